@@ -1,0 +1,41 @@
+//! volley: a thread-per-core push server on io_uring (glommio), wire-compatible
+//! with goim v2 clients.
+//!
+//! # Architecture
+//!
+//! ```text
+//!            app servers ──HTTP──┐                  clients ──TCP (goim frames)──┐
+//!                                ▼                                               ▼
+//!  ┌─ shard 0 (core 0) ───────────────────────┐  ┌─ shard 1 (core 1) ─────────────────┐
+//!  │ http_api ─encode once─> route(owner)     │  │ accept ─> TcpDriver per connection │
+//!  │ Shard: conns, RoomTable, key/mid dir,    │  │ Shard: conns, RoomTable, ...       │
+//!  │        heartbeat wheel                   │  │                                    │
+//!  └────────────▲─────────────────────────────┘  └──────────────▲─────────────────────┘
+//!               └──────── mesh: lock-free inbox per shard ──────┘
+//! ```
+//!
+//! A room publish goes to the room's owner shard, which sends one `RoomFrame`
+//! (sharing the same `Bytes`) to every shard; each shard queues it to its
+//! local members, whose drivers coalesce queued frames into one `sendmsg`.
+//!
+//! # Modules
+//! - [`config`]: every knob, file/env/flag layering.
+//! - [`server`]: listeners, executors, `ServerHandle`, shutdown.
+//! - [`shard`]: per-core state and behaviour; `shard::topics` (room index,
+//!   pure) and `shard::mesh` (cross-core messages).
+//! - [`conn`]: the socket drivers and outbound queues (the only awaiting code).
+//! - [`proto`]: sans-IO codecs.
+//! - [`http_api`]: publish / online / stats API.
+//! - [`metrics`]: counters and close reasons.
+#![warn(missing_docs)]
+
+pub mod config;
+pub mod conn;
+pub mod http_api;
+pub mod metrics;
+pub mod proto;
+pub mod server;
+pub mod shard;
+
+pub use config::Config;
+pub use server::{Server, ServerHandle, StartError};

@@ -1,0 +1,34 @@
+//! The `volley` binary: command line → `Config` → `Server::start`, then wait
+//! for SIGINT/SIGTERM and shut down cleanly.
+
+use anyhow::Context;
+use volley::config::{parse_cli, Cmd, LogFormat};
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+fn main() -> anyhow::Result<()> {
+    let cli = match parse_cli(std::env::args_os()) {
+        Ok(c) => c,
+        Err(volley::config::ConfigError::Args(e)) => e.exit(),
+        Err(e) => return Err(e.into()),
+    };
+    let Cmd::Serve(serve) = cli.cmd;
+    let config = serve.server;
+    let filter = tracing_subscriber::EnvFilter::try_new(&config.log).context("bad --log filter")?;
+    let sub = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match config.log_format {
+        LogFormat::Json => sub.json().init(),
+        LogFormat::Text => sub.init(),
+    }
+    let mut signals = signal_hook::iterator::Signals::new([signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM])
+        .context("cannot install signal handlers")?;
+    let handle = volley::Server::start(config).context("cannot start server")?;
+    if let Some(sig) = signals.forever().next() {
+        tracing::info!(signal = sig, "shutting down");
+    }
+    handle.shutdown();
+    handle.join();
+    tracing::info!("stopped");
+    Ok(())
+}

@@ -1,0 +1,196 @@
+//! The cross-core mesh: one lock-free inbox per shard, and `ShardMsg`, every
+//! message one shard (or the API on any shard) can send another.
+//!
+//! Any thread may send; only the owning shard receives. An inbox is a
+//! crossbeam `SegQueue` (MPMC, FIFO per producer) plus an `AtomicWaker` for the
+//! shard's inbox task; waking from a foreign thread is safe in glommio (the
+//! wake is queued to the owning executor). Sends never block and never fail:
+//! the queue is unbounded, and what bounds it is upstream — the publish API
+//! bounds request bodies and every connection's outbound queue is bounded.
+//!
+//! Payloads travel as `bytes::Bytes`: a frame is encoded once and the same
+//! allocation is queued to every connection on every shard.
+//!
+//! Invariants: messages from one producer to one shard arrive in send order
+//! (so a register always precedes its unregister); `Shutdown` is the last
+//! message a shard acts on.
+
+use crate::metrics::CloseReason;
+use atomic_waker::AtomicWaker;
+use bytes::Bytes;
+use crossbeam_queue::SegQueue;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+/// A connection's address inside its shard: slab index plus a generation,
+/// so a stale reference to a reused slot is detected, never misdelivered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ConnRef {
+    /// Slab index.
+    pub idx: u32,
+    /// Generation of the slot when the connection was created.
+    pub gen: u32,
+}
+
+/// A connection anywhere in the process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct GlobalConn {
+    /// Shard that owns it.
+    pub shard: u16,
+    /// Its address there.
+    pub conn: ConnRef,
+}
+
+/// What travels between shards.
+#[derive(Debug)]
+pub enum ShardMsg {
+    /// To a room's owner: a message published to the room.
+    PublishRoom {
+        /// Room key.
+        room: Arc<str>,
+        /// Encoded frame.
+        frame: Bytes,
+    },
+    /// From a room's owner to every shard: deliver to local members.
+    RoomFrame {
+        /// Room key.
+        room: Arc<str>,
+        /// Encoded frame, shared.
+        frame: Bytes,
+    },
+    /// To a key owner: deliver to these keys (accepts-filtered by `op`).
+    PushKeys {
+        /// Connection keys owned by the receiving shard.
+        keys: Vec<Arc<str>>,
+        /// Business operation code.
+        op: u32,
+        /// Encoded frame.
+        frame: Bytes,
+    },
+    /// To a user owner: deliver to every connection of these users.
+    PushMids {
+        /// User ids owned by the receiving shard.
+        mids: Vec<i64>,
+        /// Business operation code.
+        op: u32,
+        /// Encoded frame.
+        frame: Bytes,
+    },
+    /// To a connection's shard: deliver to exactly these connections.
+    Deliver {
+        /// Local connections.
+        conns: Vec<ConnRef>,
+        /// Business operation code (accepts filter).
+        op: u32,
+        /// Encoded frame.
+        frame: Bytes,
+    },
+    /// To every shard: deliver to every local connection accepting `op`.
+    All {
+        /// Business operation code.
+        op: u32,
+        /// Encoded frame.
+        frame: Bytes,
+    },
+    /// To a key's and a user's owner: a connection authenticated.
+    Register {
+        /// Connection key, if this message is for the key owner.
+        key: Option<Arc<str>>,
+        /// User id, if this message is for the user owner (0 = none).
+        mid: i64,
+        /// Where the connection lives.
+        at: GlobalConn,
+    },
+    /// To the same owners: that connection closed.
+    Unregister {
+        /// As in `Register`.
+        key: Option<Arc<str>>,
+        /// As in `Register`.
+        mid: i64,
+        /// As in `Register`.
+        at: GlobalConn,
+    },
+    /// To a connection's shard: close it.
+    Kick {
+        /// The connection.
+        conn: ConnRef,
+        /// Why.
+        reason: CloseReason,
+    },
+    /// Stop accepting, tell every client, close, and end the shard.
+    Shutdown,
+}
+
+struct Inbox {
+    queue: SegQueue<ShardMsg>,
+    waker: AtomicWaker,
+}
+
+/// All shards' inboxes.
+pub struct Mesh {
+    inboxes: Vec<Inbox>,
+}
+
+impl Mesh {
+    /// A mesh for `nr_shards` shards.
+    pub fn new(nr_shards: usize) -> Self {
+        Mesh {
+            inboxes: (0..nr_shards)
+                .map(|_| Inbox {
+                    queue: SegQueue::new(),
+                    waker: AtomicWaker::new(),
+                })
+                .collect(),
+        }
+    }
+
+    /// Number of shards.
+    pub fn nr_shards(&self) -> usize {
+        self.inboxes.len()
+    }
+
+    /// Queues `msg` for shard `to` and wakes it.
+    ///
+    /// # Panics
+    /// If `to` is not a shard index (an internal routing bug).
+    pub fn send(&self, to: usize, msg: ShardMsg) {
+        let inbox = &self.inboxes[to];
+        inbox.queue.push(msg);
+        inbox.waker.wake();
+    }
+
+    /// Takes the next message for shard `me`, or registers the caller's waker.
+    pub fn poll_recv(&self, me: usize, cx: &mut Context<'_>) -> Poll<ShardMsg> {
+        let inbox = &self.inboxes[me];
+        if let Some(m) = inbox.queue.pop() {
+            return Poll::Ready(m);
+        }
+        inbox.waker.register(cx.waker());
+        // A send between the pop and the register would otherwise be missed.
+        match inbox.queue.pop() {
+            Some(m) => Poll::Ready(m),
+            None => Poll::Pending,
+        }
+    }
+
+    /// Takes the next message without waiting.
+    pub fn try_recv(&self, me: usize) -> Option<ShardMsg> {
+        self.inboxes[me].queue.pop()
+    }
+}
+
+/// The owner shard of a string key (room, connection key).
+pub fn owner_of_str(s: &str, nr_shards: usize) -> usize {
+    use std::hash::Hasher;
+    let mut h = fnv::FnvHasher::default();
+    h.write(s.as_bytes());
+    (h.finish() % nr_shards as u64) as usize
+}
+
+/// The owner shard of a user id.
+pub fn owner_of_mid(mid: i64, nr_shards: usize) -> usize {
+    use std::hash::Hasher;
+    let mut h = fnv::FnvHasher::default();
+    h.write_i64(mid);
+    (h.finish() % nr_shards as u64) as usize
+}

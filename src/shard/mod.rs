@@ -1,0 +1,680 @@
+//! `Shard`: everything one core owns — its connections, their room
+//! memberships, its slice of the key and user directories, and its heartbeat
+//! wheel — and what it does with each inbound frame and mesh message.
+//!
+//! Runs on exactly one glommio executor thread and is shared by that
+//! executor's tasks through `Rc<RefCell<Shard>>`. No method awaits, so a
+//! borrow never spans a suspension point; I/O is left to `conn::tcp`.
+//!
+//! Ownership:
+//! - a connection belongs to the shard that accepted it, for life;
+//! - a room belongs to `owner_of_str(room)`: publishes go there first and leave
+//!   as one `RoomFrame` per shard (the owner is where offsets and history will
+//!   live);
+//! - a connection key belongs to `owner_of_str(key)` and a user id to
+//!   `owner_of_mid(mid)`: the owner keeps where each lives (the one truth for
+//!   "same key replaces" and for user pushes).
+//!
+//! Invariants:
+//! - a `ConnRef` is unique per shard and never valid on another shard; a
+//!   stale one (slot reused) fails the generation check and is ignored;
+//! - every live connection has exactly one entry in the heartbeat wheel;
+//! - a closing connection gets nothing queued except its op 6 goodbye.
+//!
+//! ```text
+//! accept ─> Handshake ──op 7 ok──> Authed ──op 6 / EOF / error / timeout──> Closing ─> removed
+//!              └──────── any other frame, bad auth, timeout ───────────────────┘
+//! ```
+
+pub mod mesh;
+pub mod topics;
+
+use crate::config::Config;
+use crate::conn::outbound::{Outbound, PushError};
+use crate::metrics::{CloseReason, ShardStats};
+use crate::proto::binary::{self, op, DecodeError, Frame};
+use crate::proto::body;
+use arc_swap::ArcSwap;
+use bytes::Bytes;
+use fnv::{FnvHashMap, FnvHashSet};
+use mesh::{owner_of_mid, owner_of_str, ConnRef, GlobalConn, Mesh, ShardMsg};
+use slab::Slab;
+use std::net::IpAddr;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::task::Waker;
+use topics::RoomTable;
+
+/// Slots in the heartbeat wheel (one per second); deadlines further out simply
+/// go round again.
+const WHEEL_SLOTS: usize = 1024;
+
+/// What each shard publishes for the others once a second: room counts and
+/// client IPs, read by heartbeat replies and the online API on any shard.
+#[derive(Debug, Default)]
+pub struct ShardView {
+    /// Room key → members on that shard.
+    pub rooms: FnvHashMap<Arc<str>, u32>,
+    /// Distinct client IPs on that shard.
+    pub ips: FnvHashSet<IpAddr>,
+}
+
+/// State shared read-only (or lock-free) by all shards.
+pub struct Shared {
+    /// The configuration, validated.
+    pub config: Config,
+    /// Cross-shard inboxes.
+    pub mesh: Mesh,
+    /// Counters, one block per shard.
+    pub stats: Vec<ShardStats>,
+    /// Latest published `ShardView` of each shard.
+    pub views: Vec<ArcSwap<ShardView>>,
+    /// Random per-process prefix for server-assigned keys.
+    pub node_tag: u64,
+}
+
+impl Shared {
+    /// Shared state for `config.nr_shards()` shards.
+    pub fn new(config: Config) -> Self {
+        let n = config.nr_shards();
+        Shared {
+            mesh: Mesh::new(n),
+            stats: (0..n).map(|_| ShardStats::default()).collect(),
+            views: (0..n).map(|_| ArcSwap::from_pointee(ShardView::default())).collect(),
+            node_tag: fastrand::u64(..),
+            config,
+        }
+    }
+
+    /// Members of `room` across all shards, as last published.
+    pub fn room_count(&self, room: &str) -> u64 {
+        self.views.iter().map(|v| u64::from(v.load().rooms.get(room).copied().unwrap_or(0))).sum()
+    }
+}
+
+/// One connection's record, reachable by delivery code through its `ConnRef`.
+#[derive(Debug)]
+pub struct Conn {
+    /// Generation of this slab slot (see `ConnRef`).
+    gen: u32,
+    /// The driver task's waker: deliveries wake it when its queue goes from
+    /// empty to non-empty, and closes wake it to finish.
+    pub waker: Option<Waker>,
+    /// Frames waiting to be written.
+    pub out: Outbound,
+    /// Passed auth.
+    authed: bool,
+    /// Protocol version chosen at auth (replies echo the request's).
+    ver: u16,
+    /// Connection key (owned by the key's owner shard's directory).
+    key: Option<Arc<str>>,
+    /// User id, 0 = anonymous.
+    mid: i64,
+    /// Current room and this connection's position in it.
+    room: Option<(Rc<str>, usize)>,
+    /// Accepted business operation codes, sorted (goim's "accepts").
+    accepts: Vec<u32>,
+    /// Wheel tick at which the connection is closed unless renewed.
+    deadline: u32,
+    /// Set once the connection must close; the driver flushes and ends.
+    pub close: Option<CloseReason>,
+    /// Peer IP, for the online IP count.
+    ip: IpAddr,
+}
+
+/// One core's state.
+pub struct Shard {
+    /// This shard's index.
+    pub id: usize,
+    /// Cross-shard state.
+    pub shared: Arc<Shared>,
+    /// Local connections.
+    conns: Slab<Conn>,
+    /// Next generation to hand out.
+    next_gen: u32,
+    /// Local room memberships.
+    rooms: RoomTable<ConnRef>,
+    /// Directory slice: keys owned by this shard → where the connection is.
+    dir_keys: FnvHashMap<Arc<str>, GlobalConn>,
+    /// Directory slice: users owned by this shard → their connections.
+    dir_mids: FnvHashMap<i64, Vec<GlobalConn>>,
+    /// Heartbeat / handshake deadline wheel, one slot per second.
+    wheel: Vec<Vec<ConnRef>>,
+    /// Seconds since the shard started (advanced by `sweep`).
+    tick: u32,
+    /// Client IPs on this shard with their connection counts.
+    ips: FnvHashMap<IpAddr, u32>,
+    /// IP set changed since the last published view.
+    ips_dirty: bool,
+    /// Counter for server-assigned keys.
+    key_seq: u64,
+    /// Set by `Shutdown`: accept loops stop, new connections are refused.
+    pub shutting_down: bool,
+}
+
+/// What the driver should do after feeding bytes.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Fed {
+    /// Keep reading.
+    Continue,
+    /// The connection is closing (reason recorded on the conn).
+    Closing,
+}
+
+impl Shard {
+    /// A new, empty shard.
+    pub fn new(id: usize, shared: Arc<Shared>) -> Self {
+        Shard {
+            id,
+            shared,
+            conns: Slab::new(),
+            next_gen: 1,
+            rooms: RoomTable::new(),
+            dir_keys: FnvHashMap::default(),
+            dir_mids: FnvHashMap::default(),
+            wheel: vec![Vec::new(); WHEEL_SLOTS],
+            tick: 0,
+            ips: FnvHashMap::default(),
+            ips_dirty: false,
+            key_seq: 0,
+            shutting_down: false,
+        }
+    }
+
+    fn cfg(&self) -> &Config {
+        &self.shared.config
+    }
+
+    /// This shard's counters.
+    pub fn stats(&self) -> &ShardStats {
+        &self.shared.stats[self.id]
+    }
+
+    /// Registers a freshly accepted connection; it must auth before the
+    /// handshake deadline.
+    pub fn new_conn(&mut self, ip: IpAddr) -> ConnRef {
+        let gen = self.next_gen;
+        self.next_gen = self.next_gen.wrapping_add(1).max(1);
+        let deadline = self.tick + self.cfg().handshake_timeout_secs;
+        let idx = self.conns.insert(Conn {
+            gen,
+            waker: None,
+            out: Outbound::default(),
+            authed: false,
+            ver: binary::VERSION_GOIM,
+            key: None,
+            mid: 0,
+            room: None,
+            accepts: Vec::new(),
+            deadline,
+            close: None,
+            ip,
+        });
+        let r = ConnRef { idx: idx as u32, gen };
+        self.wheel[deadline as usize % WHEEL_SLOTS].push(r);
+        *self.ips.entry(ip).or_default() += 1;
+        self.ips_dirty = true;
+        ShardStats::add(&self.stats().conns, 1);
+        ShardStats::add(&self.stats().accepted, 1);
+        r
+    }
+
+    /// The record of a live connection.
+    pub fn conn_mut(&mut self, r: ConnRef) -> Option<&mut Conn> {
+        self.conns.get_mut(r.idx as usize).filter(|c| c.gen == r.gen)
+    }
+
+    /// Live connections on this shard.
+    pub fn nr_conns(&self) -> usize {
+        self.conns.len()
+    }
+
+    /// Forgets a connection whose driver has ended: leaves its room, tells the
+    /// directory owners, counts the close.
+    pub fn remove_conn(&mut self, r: ConnRef) {
+        let Some(c) = self.conns.get(r.idx as usize).filter(|c| c.gen == r.gen) else {
+            return;
+        };
+        let reason = c.close.unwrap_or(CloseReason::PeerClosed);
+        let c = self.conns.remove(r.idx as usize);
+        if let Some((room, pos)) = &c.room {
+            self.leave_room(room.clone(), *pos);
+        }
+        if c.authed {
+            let at = GlobalConn { shard: self.id as u16, conn: r };
+            if let Some(key) = c.key.clone() {
+                let owner = owner_of_str(&key, self.nr());
+                self.route(owner, ShardMsg::Unregister { key: Some(key), mid: 0, at });
+            }
+            if c.mid != 0 {
+                let owner = owner_of_mid(c.mid, self.nr());
+                self.route(owner, ShardMsg::Unregister { key: None, mid: c.mid, at });
+            }
+            self.stats().authed.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        if let Some(n) = self.ips.get_mut(&c.ip) {
+            *n -= 1;
+            if *n == 0 {
+                self.ips.remove(&c.ip);
+                self.ips_dirty = true;
+            }
+        }
+        self.stats().conns.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        self.stats().close(reason);
+        tracing::debug!(shard = self.id, conn = r.idx, reason = reason.name(), "closed");
+    }
+
+    fn nr(&self) -> usize {
+        self.shared.mesh.nr_shards()
+    }
+
+    fn leave_room(&mut self, room: Rc<str>, pos: usize) {
+        if let Some(moved) = self.rooms.leave(&room, pos) {
+            if let Some(m) = self.conn_mut(moved) {
+                if let Some((_, p)) = &mut m.room {
+                    *p = pos;
+                }
+            }
+        }
+    }
+
+    /// Marks `r` as closing with `reason` (first reason wins) and wakes its
+    /// driver. Where the reason is for the client, an op 6 frame carrying
+    /// `"<reason>: <detail>"` is queued as the last thing it will receive.
+    pub fn close(&mut self, r: ConnRef, reason: CloseReason, detail: &str) {
+        let Some(c) = self.conn_mut(r) else { return };
+        if c.close.is_some() {
+            return;
+        }
+        c.close = Some(reason);
+        let dropped = if reason == CloseReason::SlowConsumer { c.out.clear() } else { 0 };
+        if reason.notifies_client() {
+            let text = if detail.is_empty() {
+                reason.name().to_string()
+            } else {
+                format!("{}: {detail}", reason.name())
+            };
+            let frame = binary::encode_to_bytes(c.ver, op::DISCONNECT, 0, text.as_bytes());
+            c.out.push_unbounded(frame);
+        }
+        if let Some(w) = &c.waker {
+            w.wake_by_ref();
+        }
+        ShardStats::add(&self.stats().dropped, dropped as u64);
+        if !matches!(reason, CloseReason::PeerClosed | CloseReason::ClientDisconnect | CloseReason::Shutdown) {
+            tracing::info!(shard = self.id, conn = r.idx, reason = reason.name(), detail, "closing connection");
+        }
+    }
+
+    /// Queues `frame` to `r`, enforcing its byte limit.
+    fn enqueue(&mut self, r: ConnRef, frame: Bytes) {
+        let limit = self.cfg().outbound_limit;
+        let Some(c) = self.conn_mut(r) else { return };
+        if c.close.is_some() {
+            ShardStats::add(&self.shared.stats[self.id].dropped, 1);
+            return;
+        }
+        match c.out.push(frame, limit) {
+            Ok(was_empty) => {
+                if was_empty {
+                    if let Some(w) = &c.waker {
+                        w.wake_by_ref();
+                    }
+                }
+                ShardStats::add(&self.shared.stats[self.id].deliveries, 1);
+            }
+            Err(PushError::OverLimit { queued }) => {
+                let detail = format!("{queued} bytes queued, limit {limit}");
+                ShardStats::add(&self.shared.stats[self.id].dropped, 1);
+                self.close(r, CloseReason::SlowConsumer, &detail);
+            }
+        }
+    }
+
+    /// Sends `msg` to shard `to`, or handles it inline when `to` is this shard.
+    pub fn route(&mut self, to: usize, msg: ShardMsg) {
+        if to == self.id {
+            self.handle(msg);
+        } else {
+            self.shared.mesh.send(to, msg);
+        }
+    }
+
+    /// Acts on one mesh message.
+    pub fn handle(&mut self, msg: ShardMsg) {
+        match msg {
+            ShardMsg::PublishRoom { room, frame } => {
+                for s in 0..self.nr() {
+                    self.route(s, ShardMsg::RoomFrame { room: room.clone(), frame: frame.clone() });
+                }
+            }
+            ShardMsg::RoomFrame { room, frame } => {
+                // Collect first: enqueue may close a slow member, which edits
+                // the member list we would be iterating.
+                let members: Vec<ConnRef> = self.rooms.members(&room).to_vec();
+                for m in members {
+                    self.enqueue(m, frame.clone());
+                }
+            }
+            ShardMsg::PushKeys { keys, op, frame } => {
+                let mut by_shard: FnvHashMap<u16, Vec<ConnRef>> = FnvHashMap::default();
+                for k in keys {
+                    if let Some(at) = self.dir_keys.get(&k) {
+                        by_shard.entry(at.shard).or_default().push(at.conn);
+                    }
+                }
+                for (s, conns) in by_shard {
+                    self.route(usize::from(s), ShardMsg::Deliver { conns, op, frame: frame.clone() });
+                }
+            }
+            ShardMsg::PushMids { mids, op, frame } => {
+                let mut by_shard: FnvHashMap<u16, Vec<ConnRef>> = FnvHashMap::default();
+                for m in mids {
+                    for at in self.dir_mids.get(&m).map(Vec::as_slice).unwrap_or(&[]) {
+                        by_shard.entry(at.shard).or_default().push(at.conn);
+                    }
+                }
+                for (s, conns) in by_shard {
+                    self.route(usize::from(s), ShardMsg::Deliver { conns, op, frame: frame.clone() });
+                }
+            }
+            ShardMsg::Deliver { conns, op, frame } => {
+                for r in conns {
+                    if self.conn_mut(r).is_some_and(|c| c.authed && c.accepts.binary_search(&op).is_ok()) {
+                        self.enqueue(r, frame.clone());
+                    }
+                }
+            }
+            ShardMsg::All { op, frame } => {
+                let targets: Vec<ConnRef> = self
+                    .conns
+                    .iter()
+                    .filter(|(_, c)| c.authed && c.accepts.binary_search(&op).is_ok())
+                    .map(|(i, c)| ConnRef { idx: i as u32, gen: c.gen })
+                    .collect();
+                for r in targets {
+                    self.enqueue(r, frame.clone());
+                }
+            }
+            ShardMsg::Register { key, mid, at } => {
+                if let Some(key) = key {
+                    if let Some(old) = self.dir_keys.insert(key, at) {
+                        if old != at {
+                            self.route(
+                                usize::from(old.shard),
+                                ShardMsg::Kick { conn: old.conn, reason: CloseReason::Replaced },
+                            );
+                        }
+                    }
+                }
+                if mid != 0 {
+                    self.dir_mids.entry(mid).or_default().push(at);
+                }
+            }
+            ShardMsg::Unregister { key, mid, at } => {
+                if let Some(key) = key {
+                    if self.dir_keys.get(&key) == Some(&at) {
+                        self.dir_keys.remove(&key);
+                    }
+                }
+                if mid != 0 {
+                    if let Some(v) = self.dir_mids.get_mut(&mid) {
+                        v.retain(|x| *x != at);
+                        if v.is_empty() {
+                            self.dir_mids.remove(&mid);
+                        }
+                    }
+                }
+            }
+            ShardMsg::Kick { conn, reason } => {
+                let detail = if reason == CloseReason::Replaced {
+                    "another connection authenticated with this key"
+                } else {
+                    ""
+                };
+                self.close(conn, reason, detail);
+            }
+            ShardMsg::Shutdown => {
+                self.shutting_down = true;
+                let all: Vec<ConnRef> =
+                    self.conns.iter().map(|(i, c)| ConnRef { idx: i as u32, gen: c.gen }).collect();
+                for r in all {
+                    self.close(r, CloseReason::Shutdown, "server shutting down, reconnect");
+                }
+            }
+        }
+    }
+
+    /// Advances the clock one second: closes connections past their deadline
+    /// and publishes this shard's view if it changed.
+    pub fn sweep(&mut self) {
+        self.tick += 1;
+        let slot = self.tick as usize % WHEEL_SLOTS;
+        let due = std::mem::take(&mut self.wheel[slot]);
+        let tick = self.tick;
+        for r in due {
+            let Some(c) = self.conn_mut(r) else { continue };
+            if c.deadline <= tick {
+                if c.close.is_none() {
+                    let (reason, detail) = if c.authed {
+                        (CloseReason::HeartbeatTimeout, "no heartbeat within the deadline")
+                    } else {
+                        (CloseReason::HandshakeTimeout, "no auth frame within the handshake timeout")
+                    };
+                    self.close(r, reason, detail);
+                }
+            } else {
+                let d = c.deadline as usize;
+                self.wheel[d % WHEEL_SLOTS].push(r);
+            }
+        }
+        let rooms_dirty = self.rooms.take_dirty();
+        if rooms_dirty || self.ips_dirty {
+            self.ips_dirty = false;
+            let view = ShardView {
+                rooms: self.rooms.counts().map(|(k, n)| (Arc::from(&**k), n as u32)).collect(),
+                ips: self.ips.keys().copied().collect(),
+            };
+            ShardStats::add(&self.stats().rooms, 0);
+            self.stats().rooms.store(self.rooms.len() as u64, std::sync::atomic::Ordering::Relaxed);
+            self.shared.views[self.id].store(Arc::new(view));
+        }
+    }
+
+    /// Room members across all shards: this shard's live count plus the other
+    /// shards' last published counts.
+    fn online(&self, room: &str) -> u32 {
+        let mut n = self.rooms.count(room) as u64;
+        for (i, v) in self.shared.views.iter().enumerate() {
+            if i != self.id {
+                n += u64::from(v.load().rooms.get(room).copied().unwrap_or(0));
+            }
+        }
+        u32::try_from(n).unwrap_or(u32::MAX)
+    }
+
+    /// Decodes and acts on as many whole frames of `data` as it holds.
+    /// Returns how many bytes were consumed; a partial frame is left.
+    pub fn feed(&mut self, r: ConnRef, data: &[u8]) -> (usize, Fed) {
+        let max_body = self.cfg().max_body;
+        ShardStats::add(&self.stats().bytes_in, data.len() as u64);
+        let mut used = 0;
+        loop {
+            if self.conn_mut(r).is_none_or(|c| c.close.is_some()) {
+                return (used, Fed::Closing);
+            }
+            match binary::decode(&data[used..], max_body) {
+                Ok(Some((frame, n))) => {
+                    used += n;
+                    self.on_frame(r, frame, false);
+                }
+                Ok(None) => return (used, Fed::Continue),
+                Err(e) => {
+                    let reason = match e {
+                        DecodeError::HeaderLength { .. } => CloseReason::BadHeaderLength,
+                        DecodeError::PacketTooShort { .. } => CloseReason::BadPacketLength,
+                        DecodeError::BodyTooLarge { .. } => CloseReason::BodyTooLarge,
+                    };
+                    self.close(r, reason, &e.to_string());
+                    return (used, Fed::Closing);
+                }
+            }
+        }
+    }
+
+    fn reply(&mut self, r: ConnRef, ver: u16, op: u32, seq: u32, body: &[u8]) {
+        // Replies bypass nothing: a client that floods requests without
+        // reading replies is a slow consumer like any other.
+        self.enqueue(r, binary::encode_to_bytes(ver, op, seq, body));
+    }
+
+    fn on_frame(&mut self, r: ConnRef, f: Frame<'_>, in_batch: bool) {
+        ShardStats::add(&self.stats().frames_in, 1);
+        let (tick, heartbeat) = (self.tick, self.cfg().heartbeat_timeout_secs);
+        let Some(c) = self.conn_mut(r) else { return };
+        if !c.authed {
+            if f.op != op::AUTH {
+                let detail = format!("first frame must be auth (op 7), got op {}", f.op);
+                return self.close(r, CloseReason::AuthRequired, &detail);
+            }
+            return self.auth(r, f);
+        }
+        match f.ver {
+            binary::VERSION_GOIM => {}
+            v => {
+                let detail = format!("protocol version {v} is not served on this connection");
+                return self.close(r, CloseReason::UnsupportedVersion, &detail);
+            }
+        }
+        match f.op {
+            op::HEARTBEAT => {
+                let room = c.room.as_ref().map(|(n, _)| n.clone());
+                c.deadline = tick + heartbeat;
+                let online = room.map_or(0, |n| self.online(&n));
+                self.reply(r, f.ver, op::HEARTBEAT_REPLY, f.seq, &online.to_be_bytes());
+            }
+            op::SEND_MSG => self.reply(r, f.ver, op::SEND_MSG_REPLY, f.seq, &[]),
+            op::DISCONNECT => self.close(r, CloseReason::ClientDisconnect, ""),
+            op::AUTH => self.close(r, CloseReason::ProtocolError, "already authenticated"),
+            op::RAW if !in_batch => {
+                let max_body = self.cfg().max_body;
+                let mut rest = f.body;
+                while !rest.is_empty() {
+                    match binary::decode(rest, max_body) {
+                        Ok(Some((inner, n))) => {
+                            rest = &rest[n..];
+                            self.on_frame(r, inner, true);
+                            if self.conn_mut(r).is_none_or(|c| c.close.is_some()) {
+                                return;
+                            }
+                        }
+                        Ok(None) => {
+                            return self.close(r, CloseReason::ProtocolError, "op 9 batch ends inside a frame");
+                        }
+                        Err(e) => return self.close(r, CloseReason::ProtocolError, &format!("op 9 batch: {e}")),
+                    }
+                }
+            }
+            op::RAW => self.close(r, CloseReason::ProtocolError, "op 9 batch nested in a batch"),
+            op::CHANGE_ROOM => match body::parse_room(f.body) {
+                Ok(room) => {
+                    let room = room.to_string();
+                    self.change_room(r, &room);
+                    self.reply(r, f.ver, op::CHANGE_ROOM_REPLY, f.seq, f.body);
+                }
+                Err(e) => self.close(r, CloseReason::BadBody, &e.to_string()),
+            },
+            op::SUB | op::UNSUB => match body::parse_ops(f.body) {
+                Ok(ops) => {
+                    let c = self.conn_mut(r).expect("checked live above");
+                    if f.op == op::SUB {
+                        c.accepts.extend(ops);
+                        c.accepts.sort_unstable();
+                        c.accepts.dedup();
+                    } else {
+                        c.accepts.retain(|a| !ops.contains(a));
+                    }
+                    if c.accepts.len() > body::MAX_ACCEPTS {
+                        return self.close(r, CloseReason::BadBody, "too many accepted operations");
+                    }
+                    let reply = if f.op == op::SUB { op::SUB_REPLY } else { op::UNSUB_REPLY };
+                    self.reply(r, f.ver, reply, f.seq, f.body);
+                }
+                Err(e) => self.close(r, CloseReason::BadBody, &e.to_string()),
+            },
+            _ => ShardStats::add(&self.stats().unknown_ops, 1),
+        }
+    }
+
+    fn auth(&mut self, r: ConnRef, f: Frame<'_>) {
+        if f.ver != binary::VERSION_GOIM {
+            let detail = format!("protocol version {} is not served (this server speaks 1)", f.ver);
+            return self.close(r, CloseReason::UnsupportedVersion, &detail);
+        }
+        let a = match body::parse_auth(f.body) {
+            Ok(a) => a,
+            Err(e) => return self.close(r, CloseReason::BadAuth, &e.to_string()),
+        };
+        let key: Arc<str> = if a.key.is_empty() { self.assign_key().into() } else { a.key.as_str().into() };
+        let heartbeat = self.cfg().heartbeat_timeout_secs;
+        let tick = self.tick;
+        let c = self.conn_mut(r).expect("caller checked");
+        c.authed = true;
+        c.ver = f.ver;
+        c.mid = a.mid;
+        c.key = Some(key.clone());
+        let mut accepts: Vec<u32> = a.accepts.iter().filter_map(|&x| u32::try_from(x).ok()).collect();
+        accepts.sort_unstable();
+        accepts.dedup();
+        c.accepts = accepts;
+        c.deadline = tick + heartbeat;
+        ShardStats::add(&self.stats().authed, 1);
+        let at = GlobalConn { shard: self.id as u16, conn: r };
+        let owner = owner_of_str(&key, self.nr());
+        self.route(owner, ShardMsg::Register { key: Some(key), mid: 0, at });
+        if a.mid != 0 {
+            let owner = owner_of_mid(a.mid, self.nr());
+            self.route(owner, ShardMsg::Register { key: None, mid: a.mid, at });
+        }
+        if !a.room_id.is_empty() {
+            self.change_room(r, &a.room_id);
+        }
+        // The Register above may already have kicked us (same key, same shard).
+        if self.conn_mut(r).is_some_and(|c| c.close.is_none()) {
+            self.reply(r, f.ver, op::AUTH_REPLY, f.seq, &[]);
+        }
+    }
+
+    fn change_room(&mut self, r: ConnRef, room: &str) {
+        let Some(c) = self.conn_mut(r) else { return };
+        if let Some((old, pos)) = c.room.take() {
+            if &*old == room {
+                c.room = Some((old, pos));
+                return;
+            }
+            self.leave_room(old, pos);
+        }
+        if room.is_empty() {
+            return;
+        }
+        let (name, pos) = self.rooms.join(room, r);
+        if let Some(c) = self.conn_mut(r) {
+            c.room = Some((name, pos));
+        }
+    }
+
+    /// A unique key in UUID text form: process tag, shard and a counter, so it
+    /// never collides within the process and practically never across nodes.
+    fn assign_key(&mut self) -> String {
+        self.key_seq += 1;
+        let t = self.shared.node_tag;
+        format!(
+            "{:08x}-{:04x}-{:04x}-{:04x}-{:012x}",
+            (t >> 32) as u32,
+            (t >> 16) as u16,
+            t as u16,
+            self.id as u16,
+            self.key_seq & 0xffff_ffff_ffff
+        )
+    }
+}
