@@ -179,7 +179,12 @@ impl Default for Config {
 impl Config {
     /// Checks ranges that clap's types do not express.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let bad = |knob, msg: &str| Err(ConfigError::Invalid { knob, msg: msg.to_string() });
+        let bad = |knob, msg: &str| {
+            Err(ConfigError::Invalid {
+                knob,
+                msg: msg.to_string(),
+            })
+        };
         if self.shards > 1024 {
             return bad("shards", "at most 1024");
         }
@@ -228,7 +233,10 @@ where
     let Some(path) = serve.config.clone() else {
         return Ok(cli);
     };
-    let text = std::fs::read_to_string(&path).map_err(|source| ConfigError::Read { path: path.clone(), source })?;
+    let text = std::fs::read_to_string(&path).map_err(|source| ConfigError::Read {
+        path: path.clone(),
+        source,
+    })?;
     let injected = file_args(&path, &text)?;
     // Insert the file's flags right after "serve" so every real flag follows.
     let at = args.iter().position(|a| a == "serve").map_or(args.len(), |i| i + 1);
@@ -239,7 +247,10 @@ where
 }
 
 fn file_args(path: &std::path::Path, text: &str) -> Result<Vec<String>, ConfigError> {
-    let err = |msg: String| ConfigError::File { path: path.to_path_buf(), msg };
+    let err = |msg: String| ConfigError::File {
+        path: path.to_path_buf(),
+        msg,
+    };
     let table: toml::Table = text.parse().map_err(|e: toml::de::Error| err(e.to_string()))?;
     let cmd = Cli::command();
     let serve = cmd.find_subcommand("serve").expect("serve subcommand exists");
@@ -302,7 +313,11 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("volley-cfg-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let f = dir.join("v.toml");
-        std::fs::write(&f, "max_body = 8192\nbacklog = 100\ncpus = [0, 1]\nlog_format = \"json\"\n").unwrap();
+        std::fs::write(
+            &f,
+            "max_body = 8192\nbacklog = 100\ncpus = [0, 1]\nlog_format = \"json\"\n",
+        )
+        .unwrap();
         let c = serve(parse_cli(["volley", "serve", "-c", f.to_str().unwrap(), "--backlog", "7"]).unwrap());
         assert_eq!(c.max_body, 8192);
         assert_eq!(c.backlog, 7, "flag beats file");
@@ -316,8 +331,10 @@ mod tests {
 
     #[test]
     fn validation() {
-        let mut c = Config::default();
-        c.max_body = 10;
+        let c = Config {
+            max_body: 10,
+            ..Config::default()
+        };
         assert!(c.validate().is_err());
     }
 }

@@ -163,7 +163,11 @@ struct Query(Vec<(String, String)>);
 
 impl Query {
     fn parse(q: Option<&str>) -> Self {
-        Query(form_urlencoded::parse(q.unwrap_or("").as_bytes()).into_owned().collect())
+        Query(
+            form_urlencoded::parse(q.unwrap_or("").as_bytes())
+                .into_owned()
+                .collect(),
+        )
     }
     fn all<'a>(&'a self, k: &'a str) -> impl Iterator<Item = &'a str> + 'a {
         self.0.iter().filter(move |(n, _)| n == k).map(|(_, v)| v.as_str())
@@ -172,11 +176,14 @@ impl Query {
         self.0.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str())
     }
     fn required(&self, k: &str) -> Result<&str, ApiError> {
-        self.one(k).filter(|v| !v.is_empty()).ok_or_else(|| bad(format!("missing query parameter `{k}`")))
+        self.one(k)
+            .filter(|v| !v.is_empty())
+            .ok_or_else(|| bad(format!("missing query parameter `{k}`")))
     }
     fn op(&self) -> Result<u32, ApiError> {
         let v = self.required("operation")?;
-        v.parse().map_err(|_| bad(format!("`operation` must be an unsigned 32-bit integer, got {v:?}")))
+        v.parse()
+            .map_err(|_| bad(format!("`operation` must be an unsigned 32-bit integer, got {v:?}")))
     }
 }
 
@@ -184,10 +191,11 @@ async fn route(req: Request<Incoming>, shard: &Rc<RefCell<Shard>>) -> Result<Res
     let cfg = shard.borrow().shared.config.clone();
     if let Some(key) = &cfg.api_key {
         let h = req.headers();
-        let given = h
-            .get("x-api-key")
-            .and_then(|v| v.to_str().ok())
-            .or_else(|| h.get("authorization").and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer ")));
+        let given = h.get("x-api-key").and_then(|v| v.to_str().ok()).or_else(|| {
+            h.get("authorization")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.strip_prefix("Bearer "))
+        });
         if given != Some(key.as_str()) {
             return Err(ApiError(StatusCode::UNAUTHORIZED, "missing or wrong API key".into()));
         }
@@ -198,16 +206,32 @@ async fn route(req: Request<Incoming>, shard: &Rc<RefCell<Shard>>) -> Result<Res
     let is_post = method == Method::POST;
     let known_post = matches!(
         path.as_str(),
-        "/goim/push/keys" | "/goim/push/mids" | "/goim/push/room" | "/goim/push/all" | "/v1/push/keys"
-            | "/v1/push/mids" | "/v1/push/room" | "/v1/push/all" | "/v1/publish"
+        "/goim/push/keys"
+            | "/goim/push/mids"
+            | "/goim/push/room"
+            | "/goim/push/all"
+            | "/v1/push/keys"
+            | "/v1/push/mids"
+            | "/v1/push/room"
+            | "/v1/push/all"
+            | "/v1/publish"
     );
     let known_get = matches!(
         path.as_str(),
-        "/goim/online/room" | "/goim/online/total" | "/goim/online/top" | "/v1/online/rooms" | "/v1/online/total"
-            | "/v1/online/top" | "/v1/stats" | "/healthz"
+        "/goim/online/room"
+            | "/goim/online/total"
+            | "/goim/online/top"
+            | "/v1/online/rooms"
+            | "/v1/online/total"
+            | "/v1/online/top"
+            | "/v1/stats"
+            | "/healthz"
     );
     if known_post && !is_post || known_get && method != Method::GET {
-        return Err(ApiError(StatusCode::METHOD_NOT_ALLOWED, format!("{method} not allowed on {path}")));
+        return Err(ApiError(
+            StatusCode::METHOD_NOT_ALLOWED,
+            format!("{method} not allowed on {path}"),
+        ));
     }
     if !known_post && !known_get {
         return Err(ApiError(StatusCode::NOT_FOUND, format!("no route {path}")));
@@ -261,13 +285,19 @@ async fn route(req: Request<Incoming>, shard: &Rc<RefCell<Shard>>) -> Result<Res
         }
         "/goim/online/room" => {
             let typ = q.required("type")?;
-            let rooms: Vec<&str> = q.all("rooms").flat_map(|v| v.split(',')).filter(|v| !v.is_empty()).collect();
+            let rooms: Vec<&str> = q
+                .all("rooms")
+                .flat_map(|v| v.split(','))
+                .filter(|v| !v.is_empty())
+                .collect();
             if rooms.is_empty() {
                 return Err(bad("missing query parameter `rooms`"));
             }
             let shared = sh.borrow().shared.clone();
-            let data: BTreeMap<&str, u64> =
-                rooms.iter().map(|r| (*r, shared.room_count(&format!("{typ}://{r}")))).collect();
+            let data: BTreeMap<&str, u64> = rooms
+                .iter()
+                .map(|r| (*r, shared.room_count(&format!("{typ}://{r}"))))
+                .collect();
             Ok(ok(json!(data)))
         }
         "/goim/online/total" | "/v1/online/total" => {
@@ -276,7 +306,10 @@ async fn route(req: Request<Incoming>, shard: &Rc<RefCell<Shard>>) -> Result<Res
         }
         "/goim/online/top" => {
             let typ = q.required("type")?;
-            let limit = q.required("limit")?.parse::<usize>().map_err(|_| bad("`limit` must be a number"))?;
+            let limit = q
+                .required("limit")?
+                .parse::<usize>()
+                .map_err(|_| bad("`limit` must be a number"))?;
             let prefix = format!("{typ}://");
             let tops = top(sh, &prefix, limit);
             let data: Vec<Value> = tops
@@ -286,9 +319,15 @@ async fn route(req: Request<Incoming>, shard: &Rc<RefCell<Shard>>) -> Result<Res
             Ok(ok(json!(data)))
         }
         "/v1/online/rooms" => {
-            let rooms: Vec<&str> = q.all("rooms").flat_map(|v| v.split(',')).filter(|v| !v.is_empty()).collect();
+            let rooms: Vec<&str> = q
+                .all("rooms")
+                .flat_map(|v| v.split(','))
+                .filter(|v| !v.is_empty())
+                .collect();
             if rooms.is_empty() {
-                return Err(bad("missing query parameter `rooms` (full room keys, e.g. live://1000)"));
+                return Err(bad(
+                    "missing query parameter `rooms` (full room keys, e.g. live://1000)",
+                ));
             }
             let shared = sh.borrow().shared.clone();
             let data: BTreeMap<&str, u64> = rooms.iter().map(|r| (*r, shared.room_count(r))).collect();
@@ -300,8 +339,10 @@ async fn route(req: Request<Incoming>, shard: &Rc<RefCell<Shard>>) -> Result<Res
                 None => 10,
             };
             let prefix = q.one("prefix").unwrap_or("");
-            let data: Vec<Value> =
-                top(sh, prefix, limit).into_iter().map(|(room, count)| json!({"room": room, "count": count})).collect();
+            let data: Vec<Value> = top(sh, prefix, limit)
+                .into_iter()
+                .map(|(room, count)| json!({"room": room, "count": count}))
+                .collect();
             Ok(ok(json!(data)))
         }
         "/v1/stats" => {
@@ -326,7 +367,9 @@ async fn route(req: Request<Incoming>, shard: &Rc<RefCell<Shard>>) -> Result<Res
             // Validate everything first so a batch is accepted whole or not at all.
             let mut resolved = Vec::with_capacity(batch.messages.len());
             for (i, m) in batch.messages.into_iter().enumerate() {
-                let r = m.resolve(None).map_err(|ApiError(s, msg)| ApiError(s, format!("messages[{i}]: {msg}")))?;
+                let r = m
+                    .resolve(None)
+                    .map_err(|ApiError(s, msg)| ApiError(s, format!("messages[{i}]: {msg}")))?;
                 check_push(&r.0, &r.2, cfg.max_push_body)
                     .map_err(|ApiError(s, msg)| ApiError(s, format!("messages[{i}]: {msg}")))?;
                 resolved.push(r);
@@ -392,7 +435,11 @@ impl PushReq {
             "keys" => return Err(bad("`keys` is empty")),
             "mids" if !self.mids.is_empty() => Target::Mids(self.mids),
             "mids" => return Err(bad("`mids` is empty")),
-            "room" => Target::Room(self.room.filter(|r| !r.is_empty()).ok_or_else(|| bad("missing `room`"))?),
+            "room" => Target::Room(
+                self.room
+                    .filter(|r| !r.is_empty())
+                    .ok_or_else(|| bad("missing `room`"))?,
+            ),
             "all" => Target::All,
             t => return Err(bad(format!("unknown target {t:?} (keys, mids, room or all)"))),
         };
@@ -433,11 +480,23 @@ fn push(shard: &Rc<RefCell<Shard>>, target: Target, op: u32, payload: &[u8], max
     match target {
         Target::Room(room) => {
             let owner = owner_of_str(&room, n);
-            sh.route(owner, ShardMsg::PublishRoom { room: Arc::from(room), frame });
+            sh.route(
+                owner,
+                ShardMsg::PublishRoom {
+                    room: Arc::from(room),
+                    frame,
+                },
+            );
         }
         Target::All => {
             for s in 0..n {
-                sh.route(s, ShardMsg::All { op, frame: frame.clone() });
+                sh.route(
+                    s,
+                    ShardMsg::All {
+                        op,
+                        frame: frame.clone(),
+                    },
+                );
             }
         }
         Target::Keys(keys) => {
@@ -446,7 +505,14 @@ fn push(shard: &Rc<RefCell<Shard>>, target: Target, op: u32, payload: &[u8], max
                 by.entry(owner_of_str(&k, n)).or_default().push(Arc::from(k));
             }
             for (s, keys) in by {
-                sh.route(s, ShardMsg::PushKeys { keys, op, frame: frame.clone() });
+                sh.route(
+                    s,
+                    ShardMsg::PushKeys {
+                        keys,
+                        op,
+                        frame: frame.clone(),
+                    },
+                );
             }
         }
         Target::Mids(mids) => {
@@ -455,7 +521,14 @@ fn push(shard: &Rc<RefCell<Shard>>, target: Target, op: u32, payload: &[u8], max
                 by.entry(owner_of_mid(m, n)).or_default().push(m);
             }
             for (s, mids) in by {
-                sh.route(s, ShardMsg::PushMids { mids, op, frame: frame.clone() });
+                sh.route(
+                    s,
+                    ShardMsg::PushMids {
+                        mids,
+                        op,
+                        frame: frame.clone(),
+                    },
+                );
             }
         }
     }
@@ -468,7 +541,11 @@ fn totals(shard: &Rc<RefCell<Shard>>) -> (usize, u64) {
     for v in &shared.views {
         ips.extend(v.load().ips.iter().copied());
     }
-    let conns = shared.stats.iter().map(|s| s.authed.load(std::sync::atomic::Ordering::Relaxed)).sum();
+    let conns = shared
+        .stats
+        .iter()
+        .map(|s| s.authed.load(std::sync::atomic::Ordering::Relaxed))
+        .sum();
     (ips.len(), conns)
 }
 

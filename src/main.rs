@@ -16,7 +16,9 @@ fn main() -> anyhow::Result<()> {
     let Cmd::Serve(serve) = cli.cmd;
     let config = serve.server;
     let filter = tracing_subscriber::EnvFilter::try_new(&config.log).context("bad --log filter")?;
-    let sub = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let sub = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     match config.log_format {
         LogFormat::Json => sub.json().init(),
         LogFormat::Text => sub.init(),

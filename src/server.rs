@@ -83,7 +83,10 @@ fn listen_all(addr: SocketAddr, backlog: u32, n: usize) -> Result<(SocketAddr, V
         .local_addr()
         .ok()
         .and_then(|a| a.as_socket())
-        .ok_or(StartError::Bind { addr, source: std::io::Error::other("no local address") })?;
+        .ok_or(StartError::Bind {
+            addr,
+            source: std::io::Error::other("no local address"),
+        })?;
     let mut all = vec![first];
     for _ in 1..n {
         all.push(listen(actual, backlog)?);
@@ -115,7 +118,10 @@ impl Server {
                 .io_memory(512 << 10)
                 .preempt_timer(Duration::from_millis(10))
                 .spawn(move || run_shard(id, shared, tcp_fd, http_fd, ready))
-                .map_err(|e| StartError::Executor { shard: id, msg: e.to_string() })?;
+                .map_err(|e| StartError::Executor {
+                    shard: id,
+                    msg: e.to_string(),
+                })?;
             threads.push(t);
         }
         drop(ready_tx);
@@ -123,11 +129,21 @@ impl Server {
             match ready_rx.recv() {
                 Ok(Ok(())) => {}
                 Ok(Err(msg)) => return Err(StartError::Executor { shard: id, msg }),
-                Err(_) => return Err(StartError::Executor { shard: id, msg: "shard thread died".into() }),
+                Err(_) => {
+                    return Err(StartError::Executor {
+                        shard: id,
+                        msg: "shard thread died".into(),
+                    })
+                }
             }
         }
         tracing::info!(%tcp_addr, %http_addr, shards = n, "volley serving");
-        Ok(ServerHandle { tcp_addr, http_addr, shared, threads })
+        Ok(ServerHandle {
+            tcp_addr,
+            http_addr,
+            shared,
+            threads,
+        })
     }
 }
 
@@ -236,7 +252,9 @@ async fn accept_clients(listener: TcpListener, shard: Rc<RefCell<Shard>>) {
         match res {
             Ok(stream) => {
                 let _ = stream.set_nodelay(true);
-                let ip = stream.peer_addr().map_or(std::net::Ipv4Addr::UNSPECIFIED.into(), |a| a.ip());
+                let ip = stream
+                    .peer_addr()
+                    .map_or(std::net::Ipv4Addr::UNSPECIFIED.into(), |a| a.ip());
                 let id = shard.borrow_mut().new_conn(ip);
                 glommio::spawn_local(TcpDriver::new(stream, shard.clone(), id)).detach();
             }

@@ -117,11 +117,17 @@ impl Outbound {
     /// bytes written (the caller calls `advance`); `WouldBlock` when the socket
     /// buffer is full.
     pub fn write_to(&self, fd: RawFd) -> io::Result<usize> {
-        let mut iov = [libc::iovec { iov_base: std::ptr::null_mut(), iov_len: 0 }; MAX_IOV];
+        let mut iov = [libc::iovec {
+            iov_base: std::ptr::null_mut(),
+            iov_len: 0,
+        }; MAX_IOV];
         let mut n = 0;
         for (i, b) in self.q.iter().take(MAX_IOV).enumerate() {
             let s = if i == 0 { &b[self.head..] } else { &b[..] };
-            iov[n] = libc::iovec { iov_base: s.as_ptr() as *mut libc::c_void, iov_len: s.len() };
+            iov[n] = libc::iovec {
+                iov_base: s.as_ptr() as *mut libc::c_void,
+                iov_len: s.len(),
+            };
             n += 1;
         }
         if n == 0 {
@@ -152,7 +158,10 @@ mod tests {
         assert_eq!(o.push(Bytes::from_static(&[1; 10]), 100), Ok(true));
         assert_eq!(o.push(Bytes::from_static(&[2; 10]), 100), Ok(false));
         assert_eq!(o.cost(), 84);
-        assert_eq!(o.push(Bytes::from_static(&[3; 10]), 100), Err(PushError::OverLimit { queued: 84 }));
+        assert_eq!(
+            o.push(Bytes::from_static(&[3; 10]), 100),
+            Err(PushError::OverLimit { queued: 84 })
+        );
         o.advance(4);
         assert_eq!(o.front(), &[1; 6]);
         assert_eq!(o.cost(), 80);

@@ -67,7 +67,13 @@ impl TcpDriver {
     /// A driver for an accepted, registered connection.
     pub fn new(stream: TcpStream, shard: Rc<RefCell<Shard>>, id: ConnRef) -> Self {
         let fd = stream.as_raw_fd();
-        TcpDriver { stream, fd, shard, id, partial: Vec::new() }
+        TcpDriver {
+            stream,
+            fd,
+            shard,
+            id,
+            partial: Vec::new(),
+        }
     }
 
     fn read(&mut self, cx: &mut Context<'_>) -> Result<(), CloseReason> {
@@ -120,7 +126,9 @@ impl TcpDriver {
     fn write(&mut self, cx: &mut Context<'_>) -> Result<(), CloseReason> {
         for _ in 0..WRITES_PER_POLL {
             let mut shard = self.shard.borrow_mut();
-            let Some(c) = shard.conn_mut(self.id) else { return Ok(()) };
+            let Some(c) = shard.conn_mut(self.id) else {
+                return Ok(());
+            };
             if c.out.is_empty() {
                 return Ok(());
             }
@@ -174,7 +182,9 @@ impl Future for TcpDriver {
         let this = self.get_mut();
         let closing = {
             let mut shard = this.shard.borrow_mut();
-            let Some(c) = shard.conn_mut(this.id) else { return Poll::Ready(()) };
+            let Some(c) = shard.conn_mut(this.id) else {
+                return Poll::Ready(());
+            };
             if !c.waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
                 c.waker = Some(cx.waker().clone());
             }
@@ -186,7 +196,11 @@ impl Future for TcpDriver {
                 this.shard.borrow_mut().close(this.id, reason, "");
             }
         }
-        let closing = this.shard.borrow_mut().conn_mut(this.id).is_none_or(|c| c.close.is_some());
+        let closing = this
+            .shard
+            .borrow_mut()
+            .conn_mut(this.id)
+            .is_none_or(|c| c.close.is_some());
         if closing {
             this.finish();
             return Poll::Ready(());

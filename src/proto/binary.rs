@@ -197,19 +197,53 @@ mod tests {
     fn cases() -> Vec<(Vec<u8>, usize, Expect)> {
         vec![
             (frame_bytes(16, 16, 1, 2, 7, b""), 16, Ok(Some((1, 2, 7, b"", 16)))),
-            (frame_bytes(21, 16, 1, 7, 1, b"hello"), 16, Ok(Some((1, 7, 1, b"hello", 21)))),
-            (frame_bytes(32, 16, 1, 1000, 0, &[9u8; 16]), 16, Ok(Some((1, 1000, 0, &[9u8; 16], 32)))),
-            (frame_bytes(33, 16, 1, 1000, 0, &[9u8; 17]), 16, Err(DecodeError::BodyTooLarge { got: 17, max: 16 })),
-            (frame_bytes(20, 20, 1, 2, 0, b"abcd"), 16, Err(DecodeError::HeaderLength { got: 20 })),
-            (frame_bytes(15, 16, 1, 2, 0, b""), 16, Err(DecodeError::PacketTooShort { got: 15 })),
-            (b"GET / HTTP/1.1\r\n".to_vec(), 4096, Err(DecodeError::BodyTooLarge { got: 1_195_725_856 - 16, max: 4096 })),
-            (frame_bytes(u32::MAX, 16, 1, 2, 0, b""), 4096, Err(DecodeError::BodyTooLarge { got: u64::from(u32::MAX) - 16, max: 4096 })),
+            (
+                frame_bytes(21, 16, 1, 7, 1, b"hello"),
+                16,
+                Ok(Some((1, 7, 1, b"hello", 21))),
+            ),
+            (
+                frame_bytes(32, 16, 1, 1000, 0, &[9u8; 16]),
+                16,
+                Ok(Some((1, 1000, 0, &[9u8; 16], 32))),
+            ),
+            (
+                frame_bytes(33, 16, 1, 1000, 0, &[9u8; 17]),
+                16,
+                Err(DecodeError::BodyTooLarge { got: 17, max: 16 }),
+            ),
+            (
+                frame_bytes(20, 20, 1, 2, 0, b"abcd"),
+                16,
+                Err(DecodeError::HeaderLength { got: 20 }),
+            ),
+            (
+                frame_bytes(15, 16, 1, 2, 0, b""),
+                16,
+                Err(DecodeError::PacketTooShort { got: 15 }),
+            ),
+            (
+                b"GET / HTTP/1.1\r\n".to_vec(),
+                4096,
+                Err(DecodeError::BodyTooLarge {
+                    got: 1_195_725_856 - 16,
+                    max: 4096,
+                }),
+            ),
+            (
+                frame_bytes(u32::MAX, 16, 1, 2, 0, b""),
+                4096,
+                Err(DecodeError::BodyTooLarge {
+                    got: u64::from(u32::MAX) - 16,
+                    max: 4096,
+                }),
+            ),
         ]
     }
 
     fn check(input: &[u8], max: usize, expect: &Expect) {
         let got = decode(input, max).map(|o| o.map(|(f, n)| (f.ver, f.op, f.seq, f.body.to_vec(), n)));
-        let want = expect.clone().map(|o| o.map(|(v, op, s, b, n)| (v, op, s, b.to_vec(), n)));
+        let want = (*expect).map(|o| o.map(|(v, op, s, b, n)| (v, op, s, b.to_vec(), n)));
         assert_eq!(got, want, "input {input:?}");
     }
 

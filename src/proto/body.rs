@@ -137,7 +137,8 @@ mod tests {
 
     #[test]
     fn goim_js_client_token() {
-        let a = parse_auth(br#"{"mid":123, "room_id":"live://1000", "platform":"web", "accepts":[1000,1001,1002]}"#).unwrap();
+        let a = parse_auth(br#"{"mid":123, "room_id":"live://1000", "platform":"web", "accepts":[1000,1001,1002]}"#)
+            .unwrap();
         assert_eq!(a.mid, 123);
         assert_eq!(a.key, "");
         assert_eq!(a.room_id, "live://1000");
@@ -150,10 +151,20 @@ mod tests {
         assert!(matches!(parse_auth(b"[]"), Err(BodyError::Json(_))));
         assert!(matches!(parse_auth(br#"{"mid":"x"}"#), Err(BodyError::Json(_))));
         let long = format!(r#"{{"key":"{}"}}"#, "k".repeat(129));
-        assert_eq!(parse_auth(long.as_bytes()), Err(BodyError::TooLong { field: "key", got: 129, max: 128 }));
+        assert_eq!(
+            parse_auth(long.as_bytes()),
+            Err(BodyError::TooLong {
+                field: "key",
+                got: 129,
+                max: 128
+            })
+        );
         assert_eq!(parse_auth(br#"{"accepts":[-1]}"#), Err(BodyError::BadOp("-1".into())));
         let many = format!(r#"{{"accepts":[{}]}}"#, vec!["1"; 257].join(","));
-        assert_eq!(parse_auth(many.as_bytes()), Err(BodyError::TooManyAccepts { got: 257, max: 256 }));
+        assert_eq!(
+            parse_auth(many.as_bytes()),
+            Err(BodyError::TooManyAccepts { got: 257, max: 256 })
+        );
     }
 
     #[test]

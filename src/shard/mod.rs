@@ -88,7 +88,10 @@ impl Shared {
 
     /// Members of `room` across all shards, as last published.
     pub fn room_count(&self, room: &str) -> u64 {
-        self.views.iter().map(|v| u64::from(v.load().rooms.get(room).copied().unwrap_or(0))).sum()
+        self.views
+            .iter()
+            .map(|v| u64::from(v.load().rooms.get(room).copied().unwrap_or(0)))
+            .sum()
     }
 }
 
@@ -116,6 +119,9 @@ pub struct Conn {
     accepts: Vec<u32>,
     /// Wheel tick at which the connection is closed unless renewed.
     deadline: u32,
+    /// Tick whose wheel slot holds this connection's live entry; entries
+    /// found at any other tick are stale leftovers of an earlier schedule.
+    wheel_at: u32,
     /// Set once the connection must close; the driver flushes and ends.
     pub close: Option<CloseReason>,
     /// Peer IP, for the online IP count.
@@ -207,16 +213,31 @@ impl Shard {
             room: None,
             accepts: Vec::new(),
             deadline,
+            wheel_at: 0,
             close: None,
             ip,
         });
         let r = ConnRef { idx: idx as u32, gen };
-        self.wheel[deadline as usize % WHEEL_SLOTS].push(r);
+        self.schedule(r);
         *self.ips.entry(ip).or_default() += 1;
         self.ips_dirty = true;
         ShardStats::add(&self.stats().conns, 1);
         ShardStats::add(&self.stats().accepted, 1);
         r
+    }
+
+    /// Puts `r` in the wheel slot of its deadline (or of the furthest tick the
+    /// wheel can hold, to be looked at again then), unless an entry already
+    /// sits at an earlier tick that will see the new deadline in time.
+    fn schedule(&mut self, r: ConnRef) {
+        let tick = self.tick;
+        let Some(c) = self.conn_mut(r) else { return };
+        let at = c.deadline.min(tick + WHEEL_SLOTS as u32 - 1).max(tick + 1);
+        if c.wheel_at > tick && c.wheel_at <= at {
+            return;
+        }
+        c.wheel_at = at;
+        self.wheel[at as usize % WHEEL_SLOTS].push(r);
     }
 
     /// The record of a live connection.
@@ -241,14 +262,31 @@ impl Shard {
             self.leave_room(room.clone(), *pos);
         }
         if c.authed {
-            let at = GlobalConn { shard: self.id as u16, conn: r };
+            let at = GlobalConn {
+                shard: self.id as u16,
+                conn: r,
+            };
             if let Some(key) = c.key.clone() {
                 let owner = owner_of_str(&key, self.nr());
-                self.route(owner, ShardMsg::Unregister { key: Some(key), mid: 0, at });
+                self.route(
+                    owner,
+                    ShardMsg::Unregister {
+                        key: Some(key),
+                        mid: 0,
+                        at,
+                    },
+                );
             }
             if c.mid != 0 {
                 let owner = owner_of_mid(c.mid, self.nr());
-                self.route(owner, ShardMsg::Unregister { key: None, mid: c.mid, at });
+                self.route(
+                    owner,
+                    ShardMsg::Unregister {
+                        key: None,
+                        mid: c.mid,
+                        at,
+                    },
+                );
             }
             self.stats().authed.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
         }
@@ -287,7 +325,11 @@ impl Shard {
             return;
         }
         c.close = Some(reason);
-        let dropped = if reason == CloseReason::SlowConsumer { c.out.clear() } else { 0 };
+        let dropped = if reason == CloseReason::SlowConsumer {
+            c.out.clear()
+        } else {
+            0
+        };
         if reason.notifies_client() {
             let text = if detail.is_empty() {
                 reason.name().to_string()
@@ -301,8 +343,17 @@ impl Shard {
             w.wake_by_ref();
         }
         ShardStats::add(&self.stats().dropped, dropped as u64);
-        if !matches!(reason, CloseReason::PeerClosed | CloseReason::ClientDisconnect | CloseReason::Shutdown) {
-            tracing::info!(shard = self.id, conn = r.idx, reason = reason.name(), detail, "closing connection");
+        if !matches!(
+            reason,
+            CloseReason::PeerClosed | CloseReason::ClientDisconnect | CloseReason::Shutdown
+        ) {
+            tracing::info!(
+                shard = self.id,
+                conn = r.idx,
+                reason = reason.name(),
+                detail,
+                "closing connection"
+            );
         }
     }
 
@@ -345,7 +396,13 @@ impl Shard {
         match msg {
             ShardMsg::PublishRoom { room, frame } => {
                 for s in 0..self.nr() {
-                    self.route(s, ShardMsg::RoomFrame { room: room.clone(), frame: frame.clone() });
+                    self.route(
+                        s,
+                        ShardMsg::RoomFrame {
+                            room: room.clone(),
+                            frame: frame.clone(),
+                        },
+                    );
                 }
             }
             ShardMsg::RoomFrame { room, frame } => {
@@ -364,7 +421,14 @@ impl Shard {
                     }
                 }
                 for (s, conns) in by_shard {
-                    self.route(usize::from(s), ShardMsg::Deliver { conns, op, frame: frame.clone() });
+                    self.route(
+                        usize::from(s),
+                        ShardMsg::Deliver {
+                            conns,
+                            op,
+                            frame: frame.clone(),
+                        },
+                    );
                 }
             }
             ShardMsg::PushMids { mids, op, frame } => {
@@ -375,12 +439,22 @@ impl Shard {
                     }
                 }
                 for (s, conns) in by_shard {
-                    self.route(usize::from(s), ShardMsg::Deliver { conns, op, frame: frame.clone() });
+                    self.route(
+                        usize::from(s),
+                        ShardMsg::Deliver {
+                            conns,
+                            op,
+                            frame: frame.clone(),
+                        },
+                    );
                 }
             }
             ShardMsg::Deliver { conns, op, frame } => {
                 for r in conns {
-                    if self.conn_mut(r).is_some_and(|c| c.authed && c.accepts.binary_search(&op).is_ok()) {
+                    if self
+                        .conn_mut(r)
+                        .is_some_and(|c| c.authed && c.accepts.binary_search(&op).is_ok())
+                    {
                         self.enqueue(r, frame.clone());
                     }
                 }
@@ -390,7 +464,10 @@ impl Shard {
                     .conns
                     .iter()
                     .filter(|(_, c)| c.authed && c.accepts.binary_search(&op).is_ok())
-                    .map(|(i, c)| ConnRef { idx: i as u32, gen: c.gen })
+                    .map(|(i, c)| ConnRef {
+                        idx: i as u32,
+                        gen: c.gen,
+                    })
                     .collect();
                 for r in targets {
                     self.enqueue(r, frame.clone());
@@ -402,7 +479,10 @@ impl Shard {
                         if old != at {
                             self.route(
                                 usize::from(old.shard),
-                                ShardMsg::Kick { conn: old.conn, reason: CloseReason::Replaced },
+                                ShardMsg::Kick {
+                                    conn: old.conn,
+                                    reason: CloseReason::Replaced,
+                                },
                             );
                         }
                     }
@@ -436,8 +516,14 @@ impl Shard {
             }
             ShardMsg::Shutdown => {
                 self.shutting_down = true;
-                let all: Vec<ConnRef> =
-                    self.conns.iter().map(|(i, c)| ConnRef { idx: i as u32, gen: c.gen }).collect();
+                let all: Vec<ConnRef> = self
+                    .conns
+                    .iter()
+                    .map(|(i, c)| ConnRef {
+                        idx: i as u32,
+                        gen: c.gen,
+                    })
+                    .collect();
                 for r in all {
                     self.close(r, CloseReason::Shutdown, "server shutting down, reconnect");
                 }
@@ -454,18 +540,23 @@ impl Shard {
         let tick = self.tick;
         for r in due {
             let Some(c) = self.conn_mut(r) else { continue };
+            if c.wheel_at != tick {
+                continue;
+            }
             if c.deadline <= tick {
                 if c.close.is_none() {
                     let (reason, detail) = if c.authed {
                         (CloseReason::HeartbeatTimeout, "no heartbeat within the deadline")
                     } else {
-                        (CloseReason::HandshakeTimeout, "no auth frame within the handshake timeout")
+                        (
+                            CloseReason::HandshakeTimeout,
+                            "no auth frame within the handshake timeout",
+                        )
                     };
                     self.close(r, reason, detail);
                 }
             } else {
-                let d = c.deadline as usize;
-                self.wheel[d % WHEEL_SLOTS].push(r);
+                self.schedule(r);
             }
         }
         let rooms_dirty = self.rooms.take_dirty();
@@ -476,7 +567,9 @@ impl Shard {
                 ips: self.ips.keys().copied().collect(),
             };
             ShardStats::add(&self.stats().rooms, 0);
-            self.stats().rooms.store(self.rooms.len() as u64, std::sync::atomic::Ordering::Relaxed);
+            self.stats()
+                .rooms
+                .store(self.rooms.len() as u64, std::sync::atomic::Ordering::Relaxed);
             self.shared.views[self.id].store(Arc::new(view));
         }
     }
@@ -550,6 +643,7 @@ impl Shard {
             op::HEARTBEAT => {
                 let room = c.room.as_ref().map(|(n, _)| n.clone());
                 c.deadline = tick + heartbeat;
+                self.schedule(r);
                 let online = room.map_or(0, |n| self.online(&n));
                 self.reply(r, f.ver, op::HEARTBEAT_REPLY, f.seq, &online.to_be_bytes());
             }
@@ -597,7 +691,11 @@ impl Shard {
                     if c.accepts.len() > body::MAX_ACCEPTS {
                         return self.close(r, CloseReason::BadBody, "too many accepted operations");
                     }
-                    let reply = if f.op == op::SUB { op::SUB_REPLY } else { op::UNSUB_REPLY };
+                    let reply = if f.op == op::SUB {
+                        op::SUB_REPLY
+                    } else {
+                        op::UNSUB_REPLY
+                    };
                     self.reply(r, f.ver, reply, f.seq, f.body);
                 }
                 Err(e) => self.close(r, CloseReason::BadBody, &e.to_string()),
@@ -615,7 +713,11 @@ impl Shard {
             Ok(a) => a,
             Err(e) => return self.close(r, CloseReason::BadAuth, &e.to_string()),
         };
-        let key: Arc<str> = if a.key.is_empty() { self.assign_key().into() } else { a.key.as_str().into() };
+        let key: Arc<str> = if a.key.is_empty() {
+            self.assign_key().into()
+        } else {
+            a.key.as_str().into()
+        };
         let heartbeat = self.cfg().heartbeat_timeout_secs;
         let tick = self.tick;
         let c = self.conn_mut(r).expect("caller checked");
@@ -628,13 +730,31 @@ impl Shard {
         accepts.dedup();
         c.accepts = accepts;
         c.deadline = tick + heartbeat;
+        self.schedule(r);
         ShardStats::add(&self.stats().authed, 1);
-        let at = GlobalConn { shard: self.id as u16, conn: r };
+        let at = GlobalConn {
+            shard: self.id as u16,
+            conn: r,
+        };
         let owner = owner_of_str(&key, self.nr());
-        self.route(owner, ShardMsg::Register { key: Some(key), mid: 0, at });
+        self.route(
+            owner,
+            ShardMsg::Register {
+                key: Some(key),
+                mid: 0,
+                at,
+            },
+        );
         if a.mid != 0 {
             let owner = owner_of_mid(a.mid, self.nr());
-            self.route(owner, ShardMsg::Register { key: None, mid: a.mid, at });
+            self.route(
+                owner,
+                ShardMsg::Register {
+                    key: None,
+                    mid: a.mid,
+                    at,
+                },
+            );
         }
         if !a.room_id.is_empty() {
             self.change_room(r, &a.room_id);

@@ -1,0 +1,186 @@
+//! Test harness: start the real server on 127.0.0.1:0 through `Server::start`
+//! (which returns only once every shard serves), then speak raw bytes.
+#![allow(dead_code)]
+
+use serde_json::Value;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::{Duration, Instant};
+use volley::{Config, Server, ServerHandle};
+
+/// A server with 2 shards on ephemeral loopback ports; `tweak` edits the config.
+pub fn start_server(tweak: impl FnOnce(&mut Config)) -> ServerHandle {
+    let mut c = Config {
+        tcp_listen: "127.0.0.1:0".parse().unwrap(),
+        http_listen: "127.0.0.1:0".parse().unwrap(),
+        shards: 2,
+        shutdown_grace_secs: 1,
+        ..Config::default()
+    };
+    tweak(&mut c);
+    Server::start(c).expect("server starts")
+}
+
+pub fn frame(ver: u16, op: u32, seq: u32, body: &[u8]) -> Vec<u8> {
+    let mut v = Vec::with_capacity(16 + body.len());
+    v.extend_from_slice(&(16 + body.len() as u32).to_be_bytes());
+    v.extend_from_slice(&16u16.to_be_bytes());
+    v.extend_from_slice(&ver.to_be_bytes());
+    v.extend_from_slice(&op.to_be_bytes());
+    v.extend_from_slice(&seq.to_be_bytes());
+    v.extend_from_slice(body);
+    v
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Got {
+    pub ver: u16,
+    pub op: u32,
+    pub seq: u32,
+    pub body: Vec<u8>,
+}
+
+impl Got {
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+}
+
+pub struct Client {
+    pub s: TcpStream,
+}
+
+impl Client {
+    pub fn connect(addr: SocketAddr) -> Client {
+        let s = TcpStream::connect(addr).expect("connect");
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        s.set_nodelay(true).unwrap();
+        Client { s }
+    }
+
+    /// Connects and authenticates with `auth` (JSON); asserts the op 8 reply.
+    pub fn authed(addr: SocketAddr, auth: &str) -> Client {
+        let mut c = Client::connect(addr);
+        c.send(7, 1, auth.as_bytes());
+        let r = c.read().expect("auth reply");
+        assert_eq!((r.op, r.seq, r.ver), (8, 1, 1), "auth reply: {r:?} ({})", r.text());
+        c
+    }
+
+    pub fn send(&mut self, op: u32, seq: u32, body: &[u8]) {
+        self.s.write_all(&frame(1, op, seq, body)).unwrap();
+    }
+
+    pub fn send_raw(&mut self, bytes: &[u8]) {
+        let _ = self.s.write_all(bytes);
+    }
+
+    /// The next frame; None on EOF or reset.
+    pub fn read(&mut self) -> Option<Got> {
+        let mut h = [0u8; 16];
+        if self.s.read_exact(&mut h).is_err() {
+            return None;
+        }
+        let len = u32::from_be_bytes(h[0..4].try_into().unwrap()) as usize;
+        assert_eq!(u16::from_be_bytes([h[4], h[5]]), 16, "server header length");
+        let mut body = vec![0u8; len - 16];
+        self.s.read_exact(&mut body).ok()?;
+        Some(Got {
+            ver: u16::from_be_bytes([h[6], h[7]]),
+            op: u32::from_be_bytes(h[8..12].try_into().unwrap()),
+            seq: u32::from_be_bytes(h[12..16].try_into().unwrap()),
+            body,
+        })
+    }
+
+    /// The next frame, skipping heartbeat replies.
+    pub fn read_push(&mut self) -> Got {
+        loop {
+            let g = self.read().expect("a push, got EOF");
+            if g.op != 3 {
+                return g;
+            }
+        }
+    }
+
+    /// Reads until EOF and returns the op 6 goodbye text if one came first.
+    pub fn expect_closed(&mut self) -> Option<String> {
+        let mut goodbye = None;
+        while let Some(g) = self.read() {
+            if g.op == 6 {
+                goodbye = Some(g.text());
+            }
+        }
+        goodbye
+    }
+}
+
+/// One HTTP/1.1 request over a fresh connection; returns status and JSON body.
+pub fn http(addr: SocketAddr, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> (u16, Value) {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    s.write_all(req.as_bytes()).unwrap();
+    s.write_all(body).unwrap();
+    let mut out = Vec::new();
+    s.read_to_end(&mut out).unwrap();
+    let text = String::from_utf8_lossy(&out);
+    let status: u16 = text
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .expect("status line");
+    let body = text.split_once("\r\n\r\n").map(|x| x.1).unwrap_or("");
+    let json = serde_json::from_str(body).unwrap_or(Value::Null);
+    (status, json)
+}
+
+pub fn post(h: &ServerHandle, path: &str, body: &[u8]) -> Value {
+    let (status, v) = http(h.http_addr, "POST", path, &[], body);
+    assert_eq!(status, 200, "{path}: {v}");
+    assert_eq!(v["code"], 0, "{path}: {v}");
+    v
+}
+
+/// Polls `cond` until it holds (the server publishes some views once a second).
+pub fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
+    let end = Instant::now() + Duration::from_secs(10);
+    while !cond() {
+        assert!(Instant::now() < end, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Authenticated connections per shard.
+pub fn authed_per_shard(h: &ServerHandle) -> Vec<u64> {
+    h.stats().iter().map(|s| s.authed).collect()
+}
+
+/// Opens clients from `make` until both shards hold at least one of them.
+/// SO_REUSEPORT spreads by 4-tuple hash, so a handful always suffices.
+pub fn spread(h: &ServerHandle, mut make: impl FnMut(usize) -> Client) -> Vec<Client> {
+    let base = authed_per_shard(h);
+    let mut out = Vec::new();
+    for i in 0..64 {
+        out.push(make(i));
+        let now = authed_per_shard(h);
+        if out.len() >= 4 && now.iter().zip(&base).all(|(n, b)| n > b) {
+            return out;
+        }
+    }
+    panic!("64 connections all landed on one shard");
+}
+
+pub fn closes(h: &ServerHandle, reason: &str) -> u64 {
+    h.stats()
+        .iter()
+        .map(|s| s.closes.get(reason).copied().unwrap_or(0))
+        .sum()
+}
