@@ -1,1 +1,509 @@
-fn main() {}
+//! volley-loadgen: drives a volley server over its goim TCP protocol and
+//! measures it.
+//!
+//! - `idle`: open N connections at a given rate, authenticate them into a room,
+//!   hold them, and report connect time and (with `--server-pid`) the server's
+//!   RSS per connection.
+//! - `broadcast`: N subscribers in one room, one publisher POSTing room pushes
+//!   at a fixed rate over HTTP keep-alive. Each payload carries a sequence
+//!   number and a send time stamp; subscribers record publish-to-receive
+//!   latency in hdrhistogram and detect loss, gaps and duplicates. Reports
+//!   deliveries per second, whole-machine and server CPU per delivery.
+//!
+//! Connections are spread over `--workers` glommio executors (threads), each
+//! owning its connections. Exit status is non-zero when anything was lost,
+//! duplicated, or failed to connect.
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+use futures_lite::io::{AsyncReadExt, AsyncWriteExt};
+use glommio::net::TcpStream;
+use glommio::{LocalExecutorBuilder, Placement};
+use hdrhistogram::Histogram;
+use std::cell::RefCell;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+#[derive(Parser)]
+#[command(name = "volley-loadgen", about = "Load generator for volley")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(clap::Args, Clone)]
+struct Common {
+    /// volley client TCP address.
+    #[arg(long, default_value = "127.0.0.1:3101")]
+    target: SocketAddr,
+    /// Connections to open.
+    #[arg(long, default_value_t = 1000)]
+    conns: usize,
+    /// Connections opened per second.
+    #[arg(long, default_value_t = 5000)]
+    rate: u64,
+    /// Room every connection joins.
+    #[arg(long, default_value = "live://bench")]
+    room: String,
+    /// Worker threads (each a glommio executor owning its connections).
+    #[arg(long, default_value_t = 1)]
+    workers: usize,
+    /// PID of the volley server, to report its RSS and CPU.
+    #[arg(long)]
+    server_pid: Option<u32>,
+    /// Print the final report as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Hold N idle authenticated connections.
+    Idle {
+        #[command(flatten)]
+        common: Common,
+        /// Seconds to hold the connections after the last one is up.
+        #[arg(long, default_value_t = 3)]
+        hold_secs: u64,
+    },
+    /// Room broadcast: N subscribers, a publisher at a fixed rate.
+    Broadcast {
+        #[command(flatten)]
+        common: Common,
+        /// volley HTTP API address.
+        #[arg(long, default_value = "127.0.0.1:3111")]
+        http: SocketAddr,
+        /// Messages published per second.
+        #[arg(long, default_value_t = 10)]
+        msg_rate: u64,
+        /// Payload size in bytes (at least 16: sequence + time stamp).
+        #[arg(long, default_value_t = 64)]
+        size: usize,
+        /// Seconds to publish for.
+        #[arg(long, default_value_t = 10)]
+        duration: u64,
+    },
+}
+
+/// The latency histogram every worker folds its own into at the end.
+type SharedHist = Arc<Mutex<Histogram<u64>>>;
+
+/// Shared counters, updated by every worker.
+#[derive(Default)]
+struct Totals {
+    connected: AtomicU64,
+    connect_failed: AtomicU64,
+    received: AtomicU64,
+    gaps: AtomicU64,
+    dups: AtomicU64,
+    closed: AtomicU64,
+}
+
+fn now_ns(base: Instant) -> u64 {
+    base.elapsed().as_nanos() as u64
+}
+
+fn frame(op: u32, seq: u32, body: &[u8]) -> Vec<u8> {
+    let mut v = Vec::with_capacity(16 + body.len());
+    v.extend_from_slice(&(16 + body.len() as u32).to_be_bytes());
+    v.extend_from_slice(&16u16.to_be_bytes());
+    v.extend_from_slice(&1u16.to_be_bytes());
+    v.extend_from_slice(&op.to_be_bytes());
+    v.extend_from_slice(&seq.to_be_bytes());
+    v.extend_from_slice(body);
+    v
+}
+
+/// (rss bytes, cpu ticks) of a process.
+fn proc_usage(pid: u32) -> Option<(u64, u64)> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let rss_kb: u64 = status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()?;
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let after = &stat[stat.rfind(')')? + 2..];
+    let f: Vec<&str> = after.split_whitespace().collect();
+    let ticks = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
+    Some((rss_kb * 1024, ticks))
+}
+
+/// (busy, total) jiffies of the whole machine.
+fn machine_cpu() -> (u64, u64) {
+    let s = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let v: Vec<u64> = s
+        .lines()
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    let total: u64 = v.iter().sum();
+    let idle = v.get(3).copied().unwrap_or(0) + v.get(4).copied().unwrap_or(0);
+    (total - idle, total)
+}
+
+fn tick_secs() -> f64 {
+    // SAFETY: sysconf has no memory effects.
+    1.0 / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64
+}
+
+struct Worker {
+    id: usize,
+    count: usize,
+    common: Common,
+    totals: Arc<Totals>,
+    hist: Arc<Mutex<Histogram<u64>>>,
+    stop: Arc<AtomicBool>,
+    base: Instant,
+}
+
+async fn run_worker(w: Worker) {
+    let per_conn_gap = Duration::from_secs_f64(w.common.workers as f64 / w.common.rate.max(1) as f64);
+    let hist = Rc::new(RefCell::new(
+        Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3).unwrap(),
+    ));
+    let auth = format!(r#"{{"room_id":"{}","accepts":[]}}"#, w.common.room);
+    let mut tasks = Vec::new();
+    let start = Instant::now();
+    for i in 0..w.count {
+        let due = start + per_conn_gap * i as u32;
+        if let Some(d) = due.checked_duration_since(Instant::now()) {
+            glommio::timer::sleep(d).await;
+        }
+        let stream = match TcpStream::connect(w.common.target).await {
+            Ok(s) => s,
+            Err(e) => {
+                if w.totals.connect_failed.fetch_add(1, Relaxed) < 5 {
+                    eprintln!("worker {}: connect failed: {e}", w.id);
+                }
+                continue;
+            }
+        };
+        let totals = w.totals.clone();
+        let hist = hist.clone();
+        let stop = w.stop.clone();
+        let auth = auth.clone();
+        let base = w.base;
+        tasks.push(glommio::spawn_local(async move {
+            let _ = subscriber(stream, &auth, &totals, &hist, &stop, base).await;
+            totals.closed.fetch_add(1, Relaxed);
+        }));
+    }
+    while !w.stop.load(Relaxed) {
+        glommio::timer::sleep(Duration::from_millis(50)).await;
+    }
+    // Give subscribers a moment to notice, then fold the histogram in.
+    glommio::timer::sleep(Duration::from_millis(100)).await;
+    w.hist.lock().unwrap().add(&*hist.borrow()).unwrap();
+    drop(tasks);
+}
+
+async fn subscriber(
+    mut s: TcpStream,
+    auth: &str,
+    totals: &Totals,
+    hist: &RefCell<Histogram<u64>>,
+    stop: &AtomicBool,
+    base: Instant,
+) -> std::io::Result<()> {
+    s.write_all(&frame(7, 1, auth.as_bytes())).await?;
+    let mut buf = vec![0u8; 4096];
+    let mut have = 0usize;
+    let mut authed = false;
+    let mut next_seq = 0u64;
+    loop {
+        if stop.load(Relaxed) {
+            return Ok(());
+        }
+        if have == buf.len() {
+            buf.resize(buf.len() * 2, 0);
+        }
+        // No per-read timeout (a timer per connection per read would cost more
+        // than the read): the worker ends by dropping its executor.
+        let n = s.read(&mut buf[have..]).await?;
+        if n == 0 {
+            return Ok(());
+        }
+        have += n;
+        let mut at = 0;
+        while have - at >= 16 {
+            let len = u32::from_be_bytes(buf[at..at + 4].try_into().unwrap()) as usize;
+            if have - at < len {
+                break;
+            }
+            let op = u32::from_be_bytes(buf[at + 8..at + 12].try_into().unwrap());
+            let body = &buf[at + 16..at + len];
+            match op {
+                8 if !authed => {
+                    authed = true;
+                    totals.connected.fetch_add(1, Relaxed);
+                }
+                1000 if body.len() >= 16 => {
+                    let seq = u64::from_be_bytes(body[0..8].try_into().unwrap());
+                    let sent = u64::from_be_bytes(body[8..16].try_into().unwrap());
+                    let lat = now_ns(base).saturating_sub(sent).max(1);
+                    let _ = hist.borrow_mut().record(lat);
+                    totals.received.fetch_add(1, Relaxed);
+                    if seq < next_seq {
+                        totals.dups.fetch_add(1, Relaxed);
+                    } else {
+                        if seq > next_seq {
+                            totals.gaps.fetch_add(seq - next_seq, Relaxed);
+                        }
+                        next_seq = seq + 1;
+                    }
+                }
+                _ => {}
+            }
+            at += len;
+        }
+        buf.copy_within(at..have, 0);
+        have -= at;
+    }
+}
+
+/// Minimal HTTP/1.1 keep-alive client for the publish API (loopback only).
+struct Publisher {
+    s: std::net::TcpStream,
+    http: SocketAddr,
+}
+
+impl Publisher {
+    fn connect(http: SocketAddr) -> Result<Self> {
+        let s = std::net::TcpStream::connect(http).context("connect to the HTTP API")?;
+        s.set_nodelay(true)?;
+        Ok(Publisher { s, http })
+    }
+    fn post(&mut self, path: &str, body: &[u8]) -> Result<()> {
+        use std::io::{Read, Write};
+        let head = format!(
+            "POST {path} HTTP/1.1\r\nHost: {}\r\nContent-Length: {}\r\n\r\n",
+            self.http,
+            body.len()
+        );
+        self.s.write_all(head.as_bytes())?;
+        self.s.write_all(body)?;
+        let mut resp = Vec::with_capacity(256);
+        let mut chunk = [0u8; 512];
+        loop {
+            let n = self.s.read(&mut chunk)?;
+            if n == 0 {
+                bail!("API closed the connection");
+            }
+            resp.extend_from_slice(&chunk[..n]);
+            if let Some(end) = resp.windows(4).position(|w| w == b"\r\n\r\n") {
+                let headers = String::from_utf8_lossy(&resp[..end]).to_ascii_lowercase();
+                let len: usize = headers
+                    .lines()
+                    .find_map(|l| l.strip_prefix("content-length:"))
+                    .and_then(|v| v.trim().parse().ok())
+                    .unwrap_or(0);
+                if resp.len() >= end + 4 + len {
+                    if !headers.starts_with("http/1.1 200") {
+                        bail!("publish failed: {}", String::from_utf8_lossy(&resp));
+                    }
+                    return Ok(());
+                }
+            }
+        }
+    }
+}
+
+fn spawn_workers(
+    common: &Common,
+    totals: &Arc<Totals>,
+    stop: &Arc<AtomicBool>,
+    base: Instant,
+) -> Result<(Vec<glommio::ExecutorJoinHandle<()>>, SharedHist)> {
+    let hist = Arc::new(Mutex::new(Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3)?));
+    let mut handles = Vec::new();
+    for id in 0..common.workers {
+        let count = common.conns / common.workers + usize::from(id < common.conns % common.workers);
+        let w = Worker {
+            id,
+            count,
+            common: common.clone(),
+            totals: totals.clone(),
+            hist: hist.clone(),
+            stop: stop.clone(),
+            base,
+        };
+        handles.push(
+            LocalExecutorBuilder::new(Placement::Unbound)
+                .name(&format!("loadgen-{id}"))
+                .io_memory(512 << 10)
+                .spawn(move || run_worker(w))
+                .map_err(|e| anyhow::anyhow!("cannot start worker {id}: {e}"))?,
+        );
+    }
+    Ok((handles, hist))
+}
+
+fn wait_connected(common: &Common, totals: &Totals) -> Result<Duration> {
+    let start = Instant::now();
+    let mut last = Instant::now();
+    loop {
+        let c = totals.connected.load(Relaxed);
+        let f = totals.connect_failed.load(Relaxed);
+        if c + f >= common.conns as u64 {
+            if f > 0 {
+                eprintln!("{f} connections failed");
+            }
+            return Ok(start.elapsed());
+        }
+        if last.elapsed() >= Duration::from_secs(1) {
+            eprintln!(
+                "[{:>5.1}s] connected {c}/{} failed {f}",
+                start.elapsed().as_secs_f64(),
+                common.conns
+            );
+            last = Instant::now();
+        }
+        if start.elapsed() > Duration::from_secs(30 + common.conns as u64 / common.rate.max(1) * 2) {
+            bail!("only {c} of {} connections authenticated", common.conns);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    let base = Instant::now();
+    let totals = Arc::new(Totals::default());
+    let stop = Arc::new(AtomicBool::new(false));
+    match cli.cmd {
+        Cmd::Idle { common, hold_secs } => {
+            let before = common.server_pid.and_then(proc_usage);
+            let (handles, _) = spawn_workers(&common, &totals, &stop, base)?;
+            let took = wait_connected(&common, &totals)?;
+            std::thread::sleep(Duration::from_secs(hold_secs));
+            let after = common.server_pid.and_then(proc_usage);
+            let n = totals.connected.load(Relaxed);
+            let per_conn = match (before, after) {
+                (Some(b), Some(a)) if n > 0 => Some((a.0 as f64 - b.0 as f64) / n as f64),
+                _ => None,
+            };
+            stop.store(true, Relaxed);
+            for h in handles {
+                let _ = h.join();
+            }
+            let report = serde_json::json!({
+                "mode": "idle",
+                "connections": n,
+                "connect_failed": totals.connect_failed.load(Relaxed),
+                "connect_secs": took.as_secs_f64(),
+                "connect_rate_per_sec": n as f64 / took.as_secs_f64().max(1e-9),
+                "server_rss_before_bytes": before.map(|b| b.0),
+                "server_rss_after_bytes": after.map(|a| a.0),
+                "server_rss_per_conn_bytes": per_conn,
+            });
+            print_report(&report, common.json);
+            if totals.connect_failed.load(Relaxed) > 0 {
+                std::process::exit(1);
+            }
+        }
+        Cmd::Broadcast {
+            common,
+            http,
+            msg_rate,
+            size,
+            duration,
+        } => {
+            if size < 16 {
+                bail!("--size must be at least 16");
+            }
+            let (handles, hist) = spawn_workers(&common, &totals, &stop, base)?;
+            let took = wait_connected(&common, &totals)?;
+            let subs = totals.connected.load(Relaxed);
+            let mut publisher = Publisher::connect(http)?;
+            let path = {
+                let (typ, id) = common.room.split_once("://").context("--room must be type://id")?;
+                format!("/goim/push/room?operation=1000&type={typ}&room={id}")
+            };
+            let total_msgs = msg_rate * duration;
+            let (m0, s0) = (machine_cpu(), common.server_pid.and_then(proc_usage));
+            let r0 = totals.received.load(Relaxed);
+            let start = Instant::now();
+            let mut last = Instant::now();
+            let mut payload = vec![b'x'; size];
+            for seq in 0..total_msgs {
+                let due = start + Duration::from_secs_f64(seq as f64 / msg_rate as f64);
+                if let Some(d) = due.checked_duration_since(Instant::now()) {
+                    std::thread::sleep(d);
+                }
+                payload[0..8].copy_from_slice(&seq.to_be_bytes());
+                payload[8..16].copy_from_slice(&now_ns(base).to_be_bytes());
+                publisher.post(&path, &payload)?;
+                if last.elapsed() >= Duration::from_secs(1) {
+                    eprintln!(
+                        "[{:>5.1}s] published {} received {}",
+                        start.elapsed().as_secs_f64(),
+                        seq + 1,
+                        totals.received.load(Relaxed) - r0
+                    );
+                    last = Instant::now();
+                }
+            }
+            let publish_secs = start.elapsed().as_secs_f64();
+            let expected = total_msgs * subs;
+            let drain_end = Instant::now() + Duration::from_secs(10);
+            while totals.received.load(Relaxed) - r0 < expected && Instant::now() < drain_end {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            let elapsed = start.elapsed().as_secs_f64();
+            let (m1, s1) = (machine_cpu(), common.server_pid.and_then(proc_usage));
+            stop.store(true, Relaxed);
+            for h in handles {
+                let _ = h.join();
+            }
+            let received = totals.received.load(Relaxed) - r0;
+            let h = hist.lock().unwrap();
+            let us = |q: f64| h.value_at_quantile(q) as f64 / 1000.0;
+            let machine_cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+            let busy_frac = (m1.0 - m0.0) as f64 / (m1.1 - m0.1).max(1) as f64;
+            let machine_cpu_secs = busy_frac * machine_cores * elapsed;
+            let server_cpu_secs = match (s0, s1) {
+                (Some(a), Some(b)) => Some((b.1 - a.1) as f64 * tick_secs()),
+                _ => None,
+            };
+            let report = serde_json::json!({
+                "mode": "broadcast",
+                "subscribers": subs,
+                "connect_secs": took.as_secs_f64(),
+                "published": total_msgs,
+                "publish_rate": total_msgs as f64 / publish_secs,
+                "payload_bytes": size,
+                "expected": expected,
+                "received": received,
+                "lost": expected.saturating_sub(received),
+                "gaps": totals.gaps.load(Relaxed),
+                "dups": totals.dups.load(Relaxed),
+                "deliveries_per_sec": received as f64 / elapsed,
+                "machine_cpu_us_per_delivery": machine_cpu_secs * 1e6 / received.max(1) as f64,
+                "server_cpu_us_per_delivery": server_cpu_secs.map(|s| s * 1e6 / received.max(1) as f64),
+                "latency_us": {"p50": us(0.5), "p90": us(0.9), "p99": us(0.99), "p999": us(0.999), "max": h.max() as f64 / 1000.0},
+            });
+            print_report(&report, common.json);
+            if received < expected || totals.dups.load(Relaxed) > 0 {
+                std::process::exit(1);
+            }
+        }
+    }
+    Ok(())
+}
+
+fn print_report(v: &serde_json::Value, json: bool) {
+    if json {
+        println!("{v}");
+    } else {
+        println!("{}", serde_json::to_string_pretty(v).unwrap());
+    }
+}
