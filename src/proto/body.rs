@@ -75,6 +75,11 @@ pub enum BodyError {
 
 /// Parses and bounds an auth body.
 pub fn parse_auth(body: &[u8]) -> Result<AuthBody, BodyError> {
+    // serde would also accept a struct in sequence form (`[123,"k",...]`);
+    // the protocol says object, so anything else is refused.
+    if body.trim_ascii_start().first() != Some(&b'{') {
+        return Err(BodyError::Json("expected a JSON object".into()));
+    }
     let auth: AuthBody = serde_json::from_slice(body).map_err(|e| BodyError::Json(e.to_string()))?;
     check_len("key", auth.key.len(), MAX_KEY_LEN)?;
     check_len("room_id", auth.room_id.len(), MAX_ROOM_LEN)?;
