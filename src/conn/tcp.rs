@@ -83,7 +83,10 @@ impl TcpDriver {
                 match Pin::new(&mut self.stream).poll_read(cx, &mut buf[..]) {
                     Poll::Pending => Ok(true),
                     Poll::Ready(Ok(0)) => Err(CloseReason::PeerClosed),
-                    Poll::Ready(Ok(n)) => self.ingest(&buf[..n]).map(|()| false),
+                    Poll::Ready(Ok(n)) => {
+                        self.ingest(&buf[..n]);
+                        Ok(false)
+                    }
                     Poll::Ready(Err(e)) if e.kind() == io::ErrorKind::Interrupted => Ok(false),
                     Poll::Ready(Err(_)) => Err(CloseReason::IoError),
                 }
@@ -97,27 +100,22 @@ impl TcpDriver {
         Ok(())
     }
 
-    fn ingest(&mut self, data: &[u8]) -> Result<(), CloseReason> {
+    /// Feeds bytes to the shard; a close it decides is recorded on the
+    /// connection's record, which `poll` checks next.
+    fn ingest(&mut self, data: &[u8]) {
         let mut shard = self.shard.borrow_mut();
-        let fed = if self.partial.is_empty() {
+        if self.partial.is_empty() {
             let (used, fed) = shard.feed(self.id, data);
             if fed == Fed::Continue && used < data.len() {
                 self.partial.extend_from_slice(&data[used..]);
             }
-            fed
         } else {
             self.partial.extend_from_slice(data);
-            let (used, fed) = shard.feed(self.id, &self.partial);
+            let (used, _) = shard.feed(self.id, &self.partial);
             self.partial.drain(..used);
             if self.partial.is_empty() {
                 self.partial = Vec::new();
             }
-            fed
-        };
-        match fed {
-            Fed::Continue => Ok(()),
-            // The reason is already on the record; stop reading.
-            Fed::Closing => Ok(()),
         }
     }
 

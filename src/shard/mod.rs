@@ -420,16 +420,7 @@ impl Shard {
                         by_shard.entry(at.shard).or_default().push(at.conn);
                     }
                 }
-                for (s, conns) in by_shard {
-                    self.route(
-                        usize::from(s),
-                        ShardMsg::Deliver {
-                            conns,
-                            op,
-                            frame: frame.clone(),
-                        },
-                    );
-                }
+                self.forward(by_shard, op, &frame);
             }
             ShardMsg::PushMids { mids, op, frame } => {
                 let mut by_shard: FnvHashMap<u16, Vec<ConnRef>> = FnvHashMap::default();
@@ -438,16 +429,7 @@ impl Shard {
                         by_shard.entry(at.shard).or_default().push(at.conn);
                     }
                 }
-                for (s, conns) in by_shard {
-                    self.route(
-                        usize::from(s),
-                        ShardMsg::Deliver {
-                            conns,
-                            op,
-                            frame: frame.clone(),
-                        },
-                    );
-                }
+                self.forward(by_shard, op, &frame);
             }
             ShardMsg::Deliver { conns, op, frame } => {
                 for r in conns {
@@ -531,6 +513,20 @@ impl Shard {
         }
     }
 
+    /// Sends each holding shard the directory hits that live there.
+    fn forward(&mut self, by_shard: FnvHashMap<u16, Vec<ConnRef>>, op: u32, frame: &Bytes) {
+        for (s, conns) in by_shard {
+            self.route(
+                usize::from(s),
+                ShardMsg::Deliver {
+                    conns,
+                    op,
+                    frame: frame.clone(),
+                },
+            );
+        }
+    }
+
     /// Advances the clock one second: closes connections past their deadline
     /// and publishes this shard's view if it changed.
     pub fn sweep(&mut self) {
@@ -566,7 +562,6 @@ impl Shard {
                 rooms: self.rooms.counts().map(|(k, n)| (Arc::from(&**k), n as u32)).collect(),
                 ips: self.ips.keys().copied().collect(),
             };
-            ShardStats::add(&self.stats().rooms, 0);
             self.stats()
                 .rooms
                 .store(self.rooms.len() as u64, std::sync::atomic::Ordering::Relaxed);
