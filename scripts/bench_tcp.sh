@@ -17,6 +17,7 @@ HTTP=127.0.0.1:3211
 PID=$!
 trap 'kill $PID 2>/dev/null; wait $PID 2>/dev/null' EXIT
 for _ in $(seq 100); do curl -sf http://$HTTP/healthz >/dev/null 2>&1 && break; sleep 0.05; done
+sleep 1 # let start-up allocation settle before the "before" sample
 echo "== idle: $N connections (server pid $PID)"
 ./target/release/volley-loadgen idle --target $TCP --conns "$N" --rate 5000 --server-pid $PID --hold-secs 3 --json \
     | tee "$OUT/idle-$N.json"

@@ -123,6 +123,13 @@ pub struct Config {
     #[arg(long, env = "VOLLEY_SHUTDOWN_GRACE_SECS", default_value_t = 5)]
     pub shutdown_grace_secs: u64,
 
+    /// Let the kernel back the heap with transparent huge pages. Off by
+    /// default: the allocator asks for them, and with many small per-connection
+    /// records half-filled 2 MiB pages doubled RSS at 19,000 connections
+    /// (BENCHMARKS.md). Applied by the `volley` binary to the whole process.
+    #[arg(long, env = "VOLLEY_TRANSPARENT_HUGEPAGES", default_value_t = false, action = clap::ArgAction::Set)]
+    pub transparent_hugepages: bool,
+
     /// Log filter (tracing EnvFilter syntax), e.g. `info` or `volley=debug`.
     #[arg(long, env = "VOLLEY_LOG", default_value = "info")]
     pub log: String,
@@ -315,7 +322,7 @@ mod tests {
         let f = dir.join("v.toml");
         std::fs::write(
             &f,
-            "max_body = 8192\nbacklog = 100\ncpus = [0, 1]\nlog_format = \"json\"\n",
+            "max_body = 8192\nbacklog = 100\ncpus = [0, 1]\nlog_format = \"json\"\ntransparent_hugepages = true\n",
         )
         .unwrap();
         let c = serve(parse_cli(["volley", "serve", "-c", f.to_str().unwrap(), "--backlog", "7"]).unwrap());
@@ -323,6 +330,7 @@ mod tests {
         assert_eq!(c.backlog, 7, "flag beats file");
         assert_eq!(c.cpus, vec![0, 1]);
         assert_eq!(c.log_format, LogFormat::Json);
+        assert!(c.transparent_hugepages);
 
         std::fs::write(&f, "no_such_knob = 1\n").unwrap();
         let e = parse_cli(["volley", "serve", "-c", f.to_str().unwrap()]).unwrap_err();

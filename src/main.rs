@@ -15,6 +15,18 @@ fn main() -> anyhow::Result<()> {
     };
     let Cmd::Serve(serve) = cli.cmd;
     let config = serve.server;
+    if !config.transparent_hugepages {
+        // Process-wide and inherited by the shard threads; pages touched so
+        // far (a few, at start-up) keep whatever they got.
+        // SAFETY: plain prctl with integer arguments.
+        let r = unsafe { libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0) };
+        if r != 0 {
+            eprintln!(
+                "volley: cannot disable transparent huge pages: {}",
+                std::io::Error::last_os_error()
+            );
+        }
+    }
     let filter = tracing_subscriber::EnvFilter::try_new(&config.log).context("bad --log filter")?;
     let sub = tracing_subscriber::fmt()
         .with_env_filter(filter)

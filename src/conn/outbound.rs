@@ -107,8 +107,10 @@ impl Outbound {
             self.head = 0;
             self.q.pop_front();
         }
-        if self.q.is_empty() && self.q.capacity() > 64 {
-            // A burst grew the deque; give the memory back while idle.
+        if self.q.is_empty() {
+            // Idle connections hold no queue memory (RSS per idle connection
+            // is a target); one allocation per write burst is cheap next to
+            // the syscall.
             self.q = VecDeque::new();
         }
     }

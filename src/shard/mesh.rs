@@ -41,6 +41,49 @@ pub struct GlobalConn {
     pub conn: ConnRef,
 }
 
+impl GlobalConn {
+    /// The server-assigned key of the connection at `self`, in UUID text form:
+    /// 48 bits of the process tag, then shard, slab index and generation. The
+    /// key *is* the address, so assigned keys need no directory entry and no
+    /// string per connection (a connection that authenticates with an empty
+    /// key costs nothing extra).
+    pub fn assigned_key(self, node_tag: u64) -> String {
+        format!(
+            "{:08x}-{:04x}-{:04x}-{:04x}-{:04x}{:08x}",
+            (node_tag >> 16) as u32,
+            node_tag as u16,
+            self.shard,
+            self.conn.idx >> 16,
+            self.conn.idx & 0xffff,
+            self.conn.gen
+        )
+    }
+
+    /// The address an assigned key of this process points to; `None` for any
+    /// other string (another process's keys, client-chosen keys, or anything
+    /// not exactly in the form `assigned_key` writes).
+    pub fn from_assigned_key(key: &str, node_tag: u64) -> Option<GlobalConn> {
+        let b = key.as_bytes();
+        if b.len() != 36 || [8, 13, 18, 23].iter().any(|&i| b[i] != b'-') {
+            return None;
+        }
+        let hex = |r: std::ops::Range<usize>| u64::from_str_radix(key.get(r)?, 16).ok();
+        let tag = (hex(0..8)? << 16) | hex(9..13)?;
+        if tag != node_tag & 0xffff_ffff_ffff {
+            return None;
+        }
+        let at = GlobalConn {
+            shard: hex(14..18)? as u16,
+            conn: ConnRef {
+                idx: ((hex(19..23)? << 16) | hex(24..28)?) as u32,
+                gen: hex(28..36)? as u32,
+            },
+        };
+        // One spelling per key: reject upper case and other variants.
+        (at.assigned_key(node_tag) == key).then_some(at)
+    }
+}
+
 /// What travels between shards.
 #[derive(Debug)]
 pub enum ShardMsg {
@@ -80,6 +123,9 @@ pub enum ShardMsg {
     Deliver {
         /// Local connections.
         conns: Vec<ConnRef>,
+        /// Only to those whose key is server-assigned (the targets were found
+        /// by decoding an assigned key, not through the directory).
+        assigned_only: bool,
         /// Business operation code (accepts filter).
         op: u32,
         /// Encoded frame.
@@ -110,12 +156,15 @@ pub enum ShardMsg {
         /// As in `Register`.
         at: GlobalConn,
     },
-    /// To a connection's shard: close it.
+    /// To a connection's shard: close it (for `Replaced`, only if it has
+    /// authenticated: a key names authenticated connections only).
     Kick {
         /// The connection.
         conn: ConnRef,
         /// Why.
         reason: CloseReason,
+        /// Only if its key is server-assigned (found by decoding the key).
+        assigned_only: bool,
     },
     /// Stop accepting, tell every client, close, and end the shard.
     Shutdown,
@@ -193,4 +242,39 @@ pub fn owner_of_mid(mid: i64, nr_shards: usize) -> usize {
     let mut h = fnv::FnvHasher::default();
     h.write_i64(mid);
     (h.finish() % nr_shards as u64) as usize
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{ConnRef, GlobalConn};
+
+    #[test]
+    fn assigned_keys_round_trip_and_nothing_else_parses() {
+        let tag = 0x1234_5678_9abc_def0;
+        let at = GlobalConn {
+            shard: 3,
+            conn: ConnRef {
+                idx: 0x0001_0002,
+                gen: 0xdead_beef,
+            },
+        };
+        let key = at.assigned_key(tag);
+        assert_eq!(key, "56789abc-def0-0003-0001-0002deadbeef");
+        assert_eq!(GlobalConn::from_assigned_key(&key, tag), Some(at));
+        // Another process's tag, other spellings, other shapes.
+        assert_eq!(GlobalConn::from_assigned_key(&key, tag ^ 1), None);
+        assert_eq!(GlobalConn::from_assigned_key(&key.to_uppercase(), tag), None);
+        for bad in [
+            "",
+            "k1",
+            "56789abc-def0-0003-0001-0002deadbee",
+            "56789abc+def0-0003-0001-0002deadbeef",
+        ] {
+            assert_eq!(GlobalConn::from_assigned_key(bad, tag), None, "{bad}");
+        }
+        assert_eq!(
+            GlobalConn::from_assigned_key("56789abc-def0-0003-0001-0002deadbeé", tag),
+            None
+        );
+    }
 }

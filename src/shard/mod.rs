@@ -109,7 +109,9 @@ pub struct Conn {
     authed: bool,
     /// Protocol version chosen at auth (replies echo the request's).
     ver: u16,
-    /// Connection key (owned by the key's owner shard's directory).
+    /// Client-chosen connection key (registered in the key owner's
+    /// directory); `None` once authenticated means a server-assigned key,
+    /// which is computed from the connection's address, never stored.
     key: Option<Arc<str>>,
     /// User id, 0 = anonymous.
     mid: i64,
@@ -140,7 +142,8 @@ pub struct Shard {
     next_gen: u32,
     /// Local room memberships.
     rooms: RoomTable<ConnRef>,
-    /// Directory slice: keys owned by this shard → where the connection is.
+    /// Directory slice: client-chosen keys owned by this shard → where the
+    /// connection is.
     dir_keys: FnvHashMap<Arc<str>, GlobalConn>,
     /// Directory slice: users owned by this shard → their connections.
     dir_mids: FnvHashMap<i64, Vec<GlobalConn>>,
@@ -152,8 +155,6 @@ pub struct Shard {
     ips: FnvHashMap<IpAddr, u32>,
     /// IP set changed since the last published view.
     ips_dirty: bool,
-    /// Counter for server-assigned keys.
-    key_seq: u64,
     /// Set by `Shutdown`: accept loops stop, new connections are refused.
     pub shutting_down: bool,
 }
@@ -182,7 +183,6 @@ impl Shard {
             tick: 0,
             ips: FnvHashMap::default(),
             ips_dirty: false,
-            key_seq: 0,
             shutting_down: false,
         }
     }
@@ -415,12 +415,18 @@ impl Shard {
             }
             ShardMsg::PushKeys { keys, op, frame } => {
                 let mut by_shard: FnvHashMap<u16, Vec<ConnRef>> = FnvHashMap::default();
+                let mut assigned: FnvHashMap<u16, Vec<ConnRef>> = FnvHashMap::default();
                 for k in keys {
                     if let Some(at) = self.dir_keys.get(&k) {
                         by_shard.entry(at.shard).or_default().push(at.conn);
+                    } else if let Some(at) = GlobalConn::from_assigned_key(&k, self.shared.node_tag) {
+                        if usize::from(at.shard) < self.nr() {
+                            assigned.entry(at.shard).or_default().push(at.conn);
+                        }
                     }
                 }
-                self.forward(by_shard, op, &frame);
+                self.forward(by_shard, op, &frame, false);
+                self.forward(assigned, op, &frame, true);
             }
             ShardMsg::PushMids { mids, op, frame } => {
                 let mut by_shard: FnvHashMap<u16, Vec<ConnRef>> = FnvHashMap::default();
@@ -429,14 +435,18 @@ impl Shard {
                         by_shard.entry(at.shard).or_default().push(at.conn);
                     }
                 }
-                self.forward(by_shard, op, &frame);
+                self.forward(by_shard, op, &frame, false);
             }
-            ShardMsg::Deliver { conns, op, frame } => {
+            ShardMsg::Deliver {
+                conns,
+                assigned_only,
+                op,
+                frame,
+            } => {
                 for r in conns {
-                    if self
-                        .conn_mut(r)
-                        .is_some_and(|c| c.authed && c.accepts.binary_search(&op).is_ok())
-                    {
+                    if self.conn_mut(r).is_some_and(|c| {
+                        c.authed && (!assigned_only || c.key.is_none()) && c.accepts.binary_search(&op).is_ok()
+                    }) {
                         self.enqueue(r, frame.clone());
                     }
                 }
@@ -457,16 +467,24 @@ impl Shard {
             }
             ShardMsg::Register { key, mid, at } => {
                 if let Some(key) = key {
-                    if let Some(old) = self.dir_keys.insert(key, at) {
-                        if old != at {
-                            self.route(
-                                usize::from(old.shard),
-                                ShardMsg::Kick {
-                                    conn: old.conn,
-                                    reason: CloseReason::Replaced,
-                                },
-                            );
-                        }
+                    // The key's previous holder: a directory entry, or the
+                    // connection whose assigned key this client chose.
+                    let assigned = GlobalConn::from_assigned_key(&key, self.shared.node_tag);
+                    let old = match self.dir_keys.insert(key, at) {
+                        Some(old) => Some((old, false)),
+                        None => assigned.map(|a| (a, true)),
+                    };
+                    if let Some((old, assigned_only)) =
+                        old.filter(|&(old, _)| old != at && usize::from(old.shard) < self.nr())
+                    {
+                        self.route(
+                            usize::from(old.shard),
+                            ShardMsg::Kick {
+                                conn: old.conn,
+                                reason: CloseReason::Replaced,
+                                assigned_only,
+                            },
+                        );
                     }
                 }
                 if mid != 0 {
@@ -488,8 +506,18 @@ impl Shard {
                     }
                 }
             }
-            ShardMsg::Kick { conn, reason } => {
+            ShardMsg::Kick {
+                conn,
+                reason,
+                assigned_only,
+            } => {
                 let detail = if reason == CloseReason::Replaced {
+                    if !self
+                        .conn_mut(conn)
+                        .is_some_and(|c| c.authed && (!assigned_only || c.key.is_none()))
+                    {
+                        return;
+                    }
                     "another connection authenticated with this key"
                 } else {
                     ""
@@ -514,12 +542,13 @@ impl Shard {
     }
 
     /// Sends each holding shard the directory hits that live there.
-    fn forward(&mut self, by_shard: FnvHashMap<u16, Vec<ConnRef>>, op: u32, frame: &Bytes) {
+    fn forward(&mut self, by_shard: FnvHashMap<u16, Vec<ConnRef>>, op: u32, frame: &Bytes, assigned_only: bool) {
         for (s, conns) in by_shard {
             self.route(
                 usize::from(s),
                 ShardMsg::Deliver {
                     conns,
+                    assigned_only,
                     op,
                     frame: frame.clone(),
                 },
@@ -710,18 +739,14 @@ impl Shard {
             Ok(a) => a,
             Err(e) => return self.close(r, CloseReason::BadAuth, &e.to_string()),
         };
-        let key: Arc<str> = if a.key.is_empty() {
-            self.assign_key().into()
-        } else {
-            a.key.as_str().into()
-        };
+        let key: Option<Arc<str>> = (!a.key.is_empty()).then(|| a.key.as_str().into());
         let heartbeat = self.cfg().heartbeat_timeout_secs;
         let tick = self.tick;
         let c = self.conn_mut(r).expect("caller checked");
         c.authed = true;
         c.ver = f.ver;
         c.mid = a.mid;
-        c.key = Some(key.clone());
+        c.key = key.clone();
         let mut accepts: Vec<u32> = a.accepts.iter().filter_map(|&x| u32::try_from(x).ok()).collect();
         accepts.sort_unstable();
         accepts.dedup();
@@ -733,15 +758,17 @@ impl Shard {
             shard: self.id as u16,
             conn: r,
         };
-        let owner = owner_of_str(&key, self.nr());
-        self.route(
-            owner,
-            ShardMsg::Register {
-                key: Some(key),
-                mid: 0,
-                at,
-            },
-        );
+        if let Some(key) = key {
+            let owner = owner_of_str(&key, self.nr());
+            self.route(
+                owner,
+                ShardMsg::Register {
+                    key: Some(key),
+                    mid: 0,
+                    at,
+                },
+            );
+        }
         if a.mid != 0 {
             let owner = owner_of_mid(a.mid, self.nr());
             self.route(
@@ -778,21 +805,6 @@ impl Shard {
         if let Some(c) = self.conn_mut(r) {
             c.room = Some((name, pos));
         }
-    }
-
-    /// A unique key in UUID text form: process tag, shard and a counter, so it
-    /// never collides within the process and practically never across nodes.
-    fn assign_key(&mut self) -> String {
-        self.key_seq += 1;
-        let t = self.shared.node_tag;
-        format!(
-            "{:08x}-{:04x}-{:04x}-{:04x}-{:012x}",
-            (t >> 32) as u32,
-            (t >> 16) as u16,
-            t as u16,
-            self.id as u16,
-            self.key_seq & 0xffff_ffff_ffff
-        )
     }
 }
 
