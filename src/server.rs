@@ -28,6 +28,10 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+/// Longest the control queue (API, mesh inbox, sweep) waits for the CPU while
+/// connection drivers run.
+const CONTROL_LATENCY: Duration = Duration::from_millis(2);
+
 /// Why the server could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -195,10 +199,24 @@ async fn run_shard(
     // with into_raw_fd; nothing else owns them.
     let (tcp, http) = unsafe { (TcpListener::from_raw_fd(tcp_fd), TcpListener::from_raw_fd(http_fd)) };
     let shard = Rc::new(RefCell::new(Shard::new(id, shared.clone())));
+    // Connection drivers run in the default queue (they inherit the accept
+    // loop's). The API, the mesh inbox (which does the fan-out) and the sweep
+    // get a queue of their own that glommio switches to within
+    // CONTROL_LATENCY even while thousands of drivers are runnable: otherwise a
+    // publisher waits behind one write per subscriber for its reply.
+    let control = glommio::executor().create_task_queue(
+        glommio::Shares::default(),
+        glommio::Latency::Matters(CONTROL_LATENCY),
+        "control",
+    );
     glommio::spawn_local(accept_clients(tcp, shard.clone())).detach();
-    glommio::spawn_local(http_api::accept(http, shard.clone())).detach();
+    let spawned = glommio::spawn_local_into(http_api::accept(http, shard.clone()), control).map(|t| t.detach());
+    if let Err(e) = spawned {
+        let _ = ready.send(Err(format!("cannot spawn the API task: {e}")));
+        return;
+    }
     let sweeper = shard.clone();
-    glommio::spawn_local(async move {
+    let sweep = async move {
         loop {
             glommio::timer::sleep(Duration::from_secs(1)).await;
             if sweeper.borrow().shutting_down {
@@ -206,24 +224,37 @@ async fn run_shard(
             }
             sweeper.borrow_mut().sweep();
         }
-    })
-    .detach();
+    };
+    let inbox_shard = shard.clone();
+    let inbox_shared = shared.clone();
+    let inbox = async move {
+        let mut handled = 0u32;
+        loop {
+            let msg = std::future::poll_fn(|cx| inbox_shared.mesh.poll_recv(id, cx)).await;
+            let stop = matches!(msg, ShardMsg::Shutdown);
+            inbox_shard.borrow_mut().handle(msg);
+            if stop {
+                break;
+            }
+            handled = handled.wrapping_add(1);
+            if handled % 64 == 0 {
+                glommio::executor().yield_if_needed().await;
+            }
+        }
+    };
+    let tasks = glommio::spawn_local_into(sweep, control)
+        .map(|t| t.detach())
+        .and_then(|_| glommio::spawn_local_into(inbox, control));
+    let inbox = match tasks {
+        Ok(t) => t,
+        Err(e) => {
+            let _ = ready.send(Err(format!("cannot spawn the shard's tasks: {e}")));
+            return;
+        }
+    };
     let _ = ready.send(Ok(()));
     drop(ready);
-
-    let mut handled = 0u32;
-    loop {
-        let msg = std::future::poll_fn(|cx| shared.mesh.poll_recv(id, cx)).await;
-        let stop = matches!(msg, ShardMsg::Shutdown);
-        shard.borrow_mut().handle(msg);
-        if stop {
-            break;
-        }
-        handled = handled.wrapping_add(1);
-        if handled % 64 == 0 {
-            glommio::executor().yield_if_needed().await;
-        }
-    }
+    inbox.await;
     // Fail the pending accepts so the loops end; new clients are refused.
     // SAFETY: shutting a listening socket we own; no memory is involved.
     unsafe {
