@@ -3,3 +3,4 @@
 
 pub mod binary;
 pub mod body;
+pub mod ws;
