@@ -66,6 +66,32 @@ pub struct Config {
     #[arg(long, env = "VOLLEY_HTTP_LISTEN", default_value = "127.0.0.1:3111")]
     pub http_listen: SocketAddr,
 
+    /// Client WebSocket listener (same protocol, one frame per binary message).
+    #[arg(long, env = "VOLLEY_WS_LISTEN", default_value = "0.0.0.0:3102")]
+    pub ws_listen: SocketAddr,
+
+    /// Path of the WebSocket endpoint (goim's is `/sub`).
+    #[arg(long, env = "VOLLEY_WS_PATH", default_value = "/sub")]
+    pub ws_path: String,
+
+    /// Allowed `Origin` values for WebSocket upgrades, comma-separated; empty =
+    /// any origin (and none). A refused origin gets HTTP 403.
+    #[arg(long, env = "VOLLEY_WS_ORIGINS", value_delimiter = ',')]
+    pub ws_origins: Vec<String>,
+
+    /// Serve a WebSocket echo endpoint at `ws_echo_path` on the WebSocket
+    /// listener, for conformance suites (Autobahn). Off in production.
+    #[arg(long, env = "VOLLEY_WS_ECHO", default_value_t = false, action = clap::ArgAction::Set)]
+    pub ws_echo: bool,
+
+    /// Path of the echo endpoint.
+    #[arg(long, env = "VOLLEY_WS_ECHO_PATH", default_value = "/echo")]
+    pub ws_echo_path: String,
+
+    /// Largest message the echo endpoint takes (it buffers whole messages).
+    #[arg(long, env = "VOLLEY_WS_ECHO_MAX_MESSAGE", default_value_t = 16 << 20)]
+    pub ws_echo_max_message: usize,
+
     /// Number of shards (one pinned executor thread each); 0 = one per
     /// available CPU.
     #[arg(long, env = "VOLLEY_SHARDS", default_value_t = 0)]
@@ -209,6 +235,15 @@ impl Config {
         }
         if self.outbound_limit < self.max_push_body + 64 {
             return bad("outbound_limit", "must hold at least one push of max_push_body");
+        }
+        if !self.ws_path.starts_with('/') || !self.ws_echo_path.starts_with('/') {
+            return bad("ws_path", "WebSocket paths start with /");
+        }
+        if self.ws_echo && self.ws_echo_path == self.ws_path {
+            return bad("ws_echo_path", "must differ from ws_path");
+        }
+        if self.ws_echo_max_message > 1 << 30 {
+            return bad("ws_echo_max_message", "at most 1 GiB");
         }
         if self.api_key.as_deref() == Some("") {
             return bad("api_key", "empty; unset it to disable the check");

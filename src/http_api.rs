@@ -25,6 +25,7 @@
 use crate::metrics::{ShardStats, StatsSnapshot};
 use crate::proto::binary;
 use crate::proto::body::MAX_ROOM_LEN;
+use crate::proto::wire::Wire;
 use crate::shard::mesh::{owner_of_mid, owner_of_str, ShardMsg};
 use crate::shard::Shard;
 use bytes::Bytes;
@@ -473,7 +474,7 @@ fn check_push(target: &Target, payload: &[u8], max: usize) -> Result<(), ApiErro
 /// Encodes the push frame once and routes it.
 fn push(shard: &Rc<RefCell<Shard>>, target: Target, op: u32, payload: &[u8], max: usize) -> Result<(), ApiError> {
     check_push(&target, payload, max)?;
-    let frame = binary::encode_to_bytes(binary::VERSION_GOIM, op, 0, payload);
+    let frame = Wire::encode(binary::VERSION_GOIM, op, 0, payload);
     let mut sh = shard.borrow_mut();
     ShardStats::add(&sh.stats().published, 1);
     let n = sh.shared.mesh.nr_shards();

@@ -54,6 +54,12 @@ close_reasons! {
     SlowConsumer => "slow_consumer", true, "Outbound queue passed its byte limit.";
     Replaced => "replaced", true, "Another connection authenticated with the same key.";
     Shutdown => "shutdown", true, "The server is shutting down; reconnect elsewhere.";
+    BadUpgrade => "bad_upgrade", false, "The WebSocket upgrade request was refused (HTTP 4xx sent).";
+    WsClosed => "ws_closed", false, "The WebSocket client sent a close frame (answered).";
+    WsProtocol => "ws_protocol_error", false, "A WebSocket framing rule was broken (close 1002).";
+    WsInvalidData => "ws_invalid_utf8", false, "A WebSocket text message or close reason was not UTF-8 (close 1007).";
+    WsTooBig => "ws_too_big", false, "A WebSocket message over the size limit (close 1009).";
+    WsUnsupportedData => "ws_unsupported_data", false, "A text message on the binary protocol endpoint (close 1003).";
 }
 
 /// Counters for one shard.

@@ -17,7 +17,7 @@ use crate::conn::tcp::TcpDriver;
 use crate::http_api;
 use crate::metrics::{ShardStats, StatsSnapshot};
 use crate::shard::mesh::ShardMsg;
-use crate::shard::{Shard, Shared};
+use crate::shard::{Shard, Shared, Transport};
 use glommio::net::TcpListener;
 use glommio::{LocalExecutorBuilder, Placement};
 use socket2::{Domain, Protocol, Socket, Type};
@@ -65,6 +65,8 @@ pub struct ServerHandle {
     pub tcp_addr: SocketAddr,
     /// HTTP API listener's actual address.
     pub http_addr: SocketAddr,
+    /// Client WebSocket listener's actual address.
+    pub ws_addr: SocketAddr,
     shared: Arc<Shared>,
     threads: Vec<glommio::ExecutorJoinHandle<()>>,
 }
@@ -106,13 +108,18 @@ impl Server {
         let n = config.nr_shards();
         let (tcp_addr, tcp_socks) = listen_all(config.tcp_listen, config.backlog, n)?;
         let (http_addr, http_socks) = listen_all(config.http_listen, config.backlog.min(4096), n)?;
+        let (ws_addr, ws_socks) = listen_all(config.ws_listen, config.backlog, n)?;
         let available = std::thread::available_parallelism().map_or(1, |c| c.get());
         let shared = Arc::new(Shared::new(config));
         let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<(), String>>();
         let mut threads = Vec::with_capacity(n);
-        for (id, (tcp, http)) in tcp_socks.into_iter().zip(http_socks).enumerate() {
+        for (id, ((tcp, http), ws)) in tcp_socks.into_iter().zip(http_socks).zip(ws_socks).enumerate() {
             let cpu = shared.config.cpus.get(id).copied().unwrap_or(id % available);
-            let (tcp_fd, http_fd) = (tcp.into_raw_fd(), http.into_raw_fd());
+            let fds = Listeners {
+                tcp: tcp.into_raw_fd(),
+                http: http.into_raw_fd(),
+                ws: ws.into_raw_fd(),
+            };
             let shared = shared.clone();
             let ready = ready_tx.clone();
             let t = LocalExecutorBuilder::new(Placement::Fixed(cpu))
@@ -121,7 +128,7 @@ impl Server {
                 // common 8 MiB RLIMIT_MEMLOCK.
                 .io_memory(512 << 10)
                 .preempt_timer(Duration::from_millis(10))
-                .spawn(move || run_shard(id, shared, tcp_fd, http_fd, ready))
+                .spawn(move || run_shard(id, shared, fds, ready))
                 .map_err(|e| StartError::Executor {
                     shard: id,
                     msg: e.to_string(),
@@ -141,10 +148,11 @@ impl Server {
                 }
             }
         }
-        tracing::info!(%tcp_addr, %http_addr, shards = n, "volley serving");
+        tracing::info!(%tcp_addr, %ws_addr, %http_addr, shards = n, "volley serving");
         Ok(ServerHandle {
             tcp_addr,
             http_addr,
+            ws_addr,
             shared,
             threads,
         })
@@ -188,16 +196,23 @@ impl Drop for ServerHandle {
     }
 }
 
-async fn run_shard(
-    id: usize,
-    shared: Arc<Shared>,
-    tcp_fd: RawFd,
-    http_fd: RawFd,
-    ready: std::sync::mpsc::Sender<Result<(), String>>,
-) {
+/// One shard's listening descriptors.
+struct Listeners {
+    tcp: RawFd,
+    http: RawFd,
+    ws: RawFd,
+}
+
+async fn run_shard(id: usize, shared: Arc<Shared>, fds: Listeners, ready: std::sync::mpsc::Sender<Result<(), String>>) {
     // SAFETY: the descriptors were just created by `listen` and handed over
     // with into_raw_fd; nothing else owns them.
-    let (tcp, http) = unsafe { (TcpListener::from_raw_fd(tcp_fd), TcpListener::from_raw_fd(http_fd)) };
+    let (tcp, http, ws) = unsafe {
+        (
+            TcpListener::from_raw_fd(fds.tcp),
+            TcpListener::from_raw_fd(fds.http),
+            TcpListener::from_raw_fd(fds.ws),
+        )
+    };
     let shard = Rc::new(RefCell::new(Shard::new(id, shared.clone())));
     // Connection drivers run in the default queue (they inherit the accept
     // loop's). The API, the mesh inbox (which does the fan-out) and the sweep
@@ -209,7 +224,8 @@ async fn run_shard(
         glommio::Latency::Matters(CONTROL_LATENCY),
         "control",
     );
-    glommio::spawn_local(accept_clients(tcp, shard.clone())).detach();
+    glommio::spawn_local(accept_clients(tcp, shard.clone(), Transport::Tcp)).detach();
+    glommio::spawn_local(accept_clients(ws, shard.clone(), Transport::WsUpgrading)).detach();
     let spawned = glommio::spawn_local_into(http_api::accept(http, shard.clone()), control).map(|t| t.detach());
     if let Err(e) = spawned {
         let _ = ready.send(Err(format!("cannot spawn the API task: {e}")));
@@ -258,8 +274,9 @@ async fn run_shard(
     // Fail the pending accepts so the loops end; new clients are refused.
     // SAFETY: shutting a listening socket we own; no memory is involved.
     unsafe {
-        libc::shutdown(tcp_fd, libc::SHUT_RDWR);
-        libc::shutdown(http_fd, libc::SHUT_RDWR);
+        libc::shutdown(fds.tcp, libc::SHUT_RDWR);
+        libc::shutdown(fds.http, libc::SHUT_RDWR);
+        libc::shutdown(fds.ws, libc::SHUT_RDWR);
     }
     let grace = Instant::now() + Duration::from_secs(shared.config.shutdown_grace_secs);
     while shard.borrow().nr_conns() > 0 && Instant::now() < grace {
@@ -274,7 +291,7 @@ async fn run_shard(
     tracing::debug!(shard = id, left = shard.borrow().nr_conns(), "shard stopped");
 }
 
-async fn accept_clients(listener: TcpListener, shard: Rc<RefCell<Shard>>) {
+async fn accept_clients(listener: TcpListener, shard: Rc<RefCell<Shard>>, transport: Transport) {
     loop {
         let res = listener.accept().await;
         if shard.borrow().shutting_down {
@@ -286,8 +303,8 @@ async fn accept_clients(listener: TcpListener, shard: Rc<RefCell<Shard>>) {
                 let ip = stream
                     .peer_addr()
                     .map_or(std::net::Ipv4Addr::UNSPECIFIED.into(), |a| a.ip());
-                let id = shard.borrow_mut().new_conn(ip);
-                glommio::spawn_local(TcpDriver::new(stream, shard.clone(), id)).detach();
+                let id = shard.borrow_mut().new_conn(ip, transport);
+                glommio::spawn_local(TcpDriver::new(stream, shard.clone(), id, transport)).detach();
             }
             Err(e) => {
                 ShardStats::add(&shard.borrow().stats().accept_errors, 1);

@@ -1,5 +1,11 @@
-//! `TcpDriver`: the task that drives one client TCP connection — read, decode,
-//! act, write — as a single hand-written future.
+//! `TcpDriver`: the task that drives one client connection — raw TCP or
+//! WebSocket — read, decode, act, write, as a single hand-written future.
+//!
+//! A WebSocket connection is the same driver with a `WsConn` box: the HTTP
+//! upgrade is answered first, then each binary message is handed to the shard
+//! exactly like a chunk of the TCP stream (it must hold whole frames), and
+//! control frames are answered here. The echo endpoint reuses all of it and
+//! only replaces "hand to the shard" with "send it back".
 //!
 //! One driver per connection, spawned on the shard that accepted it; it never
 //! leaves that shard. Each poll, in this order:
@@ -23,8 +29,9 @@
 //! keeps its waker refcount far from the i16 limit noted in FIELD-NOTES.
 
 use crate::metrics::{CloseReason, ShardStats};
+use crate::proto::{binary, ws};
 use crate::shard::mesh::ConnRef;
-use crate::shard::{Fed, Shard};
+use crate::shard::{Fed, Shard, Transport};
 use futures_lite::io::{AsyncRead, AsyncWrite};
 
 use glommio::net::TcpStream;
@@ -59,13 +66,27 @@ pub struct TcpDriver {
     shard: Rc<RefCell<Shard>>,
     /// This connection's record on the shard.
     id: ConnRef,
-    /// Bytes of an incomplete frame (empty, unallocated, most of the time).
+    /// Bytes of an incomplete frame or upgrade request (empty, unallocated,
+    /// most of the time).
     partial: Vec<u8>,
+    /// WebSocket state; `None` for raw TCP.
+    ws: Option<Box<WsConn>>,
+}
+
+/// What a WebSocket connection needs beyond a TCP one.
+#[derive(Debug, Default)]
+struct WsConn {
+    /// The 101 answer is queued; frames follow.
+    upgraded: bool,
+    /// Connected to the echo endpoint.
+    echo: bool,
+    /// Message assembly.
+    reader: ws::Reader,
 }
 
 impl TcpDriver {
     /// A driver for an accepted, registered connection.
-    pub fn new(stream: TcpStream, shard: Rc<RefCell<Shard>>, id: ConnRef) -> Self {
+    pub fn new(stream: TcpStream, shard: Rc<RefCell<Shard>>, id: ConnRef, transport: Transport) -> Self {
         let fd = stream.as_raw_fd();
         TcpDriver {
             stream,
@@ -73,6 +94,7 @@ impl TcpDriver {
             shard,
             id,
             partial: Vec::new(),
+            ws: (transport != Transport::Tcp).then(Box::default),
         }
     }
 
@@ -84,7 +106,11 @@ impl TcpDriver {
                     Poll::Pending => Ok(true),
                     Poll::Ready(Ok(0)) => Err(CloseReason::PeerClosed),
                     Poll::Ready(Ok(n)) => {
-                        self.ingest(&buf[..n]);
+                        if self.ws.is_some() {
+                            self.ingest_ws(&mut buf[..n]);
+                        } else {
+                            self.ingest(&buf[..n]);
+                        }
                         Ok(false)
                     }
                     Poll::Ready(Err(e)) if e.kind() == io::ErrorKind::Interrupted => Ok(false),
@@ -115,6 +141,114 @@ impl TcpDriver {
             self.partial.drain(..used);
             if self.partial.is_empty() {
                 self.partial = Vec::new();
+            }
+        }
+    }
+
+    /// WebSocket counterpart of `ingest`: `data` is unmasked in place.
+    fn ingest_ws(&mut self, data: &mut [u8]) {
+        if self.partial.is_empty() {
+            let used = self.process_ws(data);
+            if used < data.len() && !self.closing() {
+                self.partial.extend_from_slice(&data[used..]);
+            }
+        } else {
+            let mut buf = std::mem::take(&mut self.partial);
+            buf.extend_from_slice(data);
+            let used = self.process_ws(&mut buf);
+            if used < buf.len() && !self.closing() {
+                buf.drain(..used);
+                self.partial = buf;
+            }
+        }
+    }
+
+    fn closing(&self) -> bool {
+        self.shard
+            .borrow_mut()
+            .conn_mut(self.id)
+            .is_none_or(|c| c.close.is_some())
+    }
+
+    /// Answers the upgrade if it is still due, then handles whole frames.
+    /// Returns the bytes consumed; the rest is an incomplete request or frame.
+    fn process_ws(&mut self, buf: &mut [u8]) -> usize {
+        let id = self.id;
+        let ws = self.ws.as_mut().expect("WebSocket connection");
+        let mut shard = self.shard.borrow_mut();
+        let mut used = 0;
+        if !ws.upgraded {
+            match ws::parse_upgrade(buf, &shard.shared.ws_rules) {
+                Ok(None) => return 0,
+                Ok(Some(up)) => {
+                    shard.enqueue_bytes(id, ws::response_101(&up.accept));
+                    ws.upgraded = true;
+                    ws.echo = up.path == 1;
+                    shard.ws_upgraded(id, ws.echo);
+                    used = up.len;
+                }
+                Err(e) => {
+                    shard.enqueue_bytes(id, e.response());
+                    shard.close(id, CloseReason::BadUpgrade, &e.to_string());
+                    return buf.len();
+                }
+            }
+        }
+        let cfg = &shard.shared.config;
+        let limits = ws::Limits {
+            max_message: if ws.echo {
+                cfg.ws_echo_max_message
+            } else {
+                cfg.max_body + binary::HEADER_LEN
+            },
+        };
+        let echo = ws.echo;
+        let res = ws.reader.read(&mut buf[used..], limits, |ev| {
+            match ev {
+                ws::Event::Message { text, payload } if echo => {
+                    let op = if text { ws::opcode::TEXT } else { ws::opcode::BINARY };
+                    shard.enqueue_bytes(id, ws::frame(op, payload));
+                }
+                ws::Event::Message { text: true, .. } => shard.close(
+                    id,
+                    CloseReason::WsUnsupportedData,
+                    "text messages are not part of the protocol; send binary frames",
+                ),
+                ws::Event::Message { payload, .. } => {
+                    let (n, fed) = shard.feed(id, payload);
+                    if fed == Fed::Continue && n < payload.len() {
+                        shard.close(
+                            id,
+                            CloseReason::ProtocolError,
+                            "a WebSocket message must hold whole frames",
+                        );
+                    }
+                }
+                ws::Event::Ping(p) => shard.enqueue_bytes(id, ws::frame(ws::opcode::PONG, p)),
+                ws::Event::Pong => shard.ws_pong(id),
+                ws::Event::Close(code, _) => {
+                    // Echo the status code, as RFC 6455 5.5.1 suggests.
+                    let reply = if code == 1005 {
+                        ws::frame(ws::opcode::CLOSE, &[])
+                    } else {
+                        ws::close_frame(code, "")
+                    };
+                    shard.enqueue_bytes(id, reply);
+                    shard.close(id, CloseReason::WsClosed, "");
+                }
+            }
+            shard.conn_mut(id).is_some_and(|c| c.close.is_none())
+        });
+        match res {
+            Ok(n) => used + n,
+            Err(e) => {
+                let reason = match e.code {
+                    ws::close::INVALID_DATA => CloseReason::WsInvalidData,
+                    ws::close::TOO_BIG => CloseReason::WsTooBig,
+                    _ => CloseReason::WsProtocol,
+                };
+                shard.close_with_code(id, reason, e.reason, Some(e.code));
+                buf.len()
             }
         }
     }

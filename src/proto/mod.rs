@@ -3,4 +3,5 @@
 
 pub mod binary;
 pub mod body;
+pub mod wire;
 pub mod ws;

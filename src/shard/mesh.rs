@@ -16,8 +16,8 @@
 //! message a shard acts on.
 
 use crate::metrics::CloseReason;
+use crate::proto::wire::Wire;
 use atomic_waker::AtomicWaker;
-use bytes::Bytes;
 use crossbeam_queue::SegQueue;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -92,14 +92,14 @@ pub enum ShardMsg {
         /// Room key.
         room: Arc<str>,
         /// Encoded frame.
-        frame: Bytes,
+        frame: Wire,
     },
     /// From a room's owner to every shard: deliver to local members.
     RoomFrame {
         /// Room key.
         room: Arc<str>,
         /// Encoded frame, shared.
-        frame: Bytes,
+        frame: Wire,
     },
     /// To a key owner: deliver to these keys (accepts-filtered by `op`).
     PushKeys {
@@ -108,7 +108,7 @@ pub enum ShardMsg {
         /// Business operation code.
         op: u32,
         /// Encoded frame.
-        frame: Bytes,
+        frame: Wire,
     },
     /// To a user owner: deliver to every connection of these users.
     PushMids {
@@ -117,7 +117,7 @@ pub enum ShardMsg {
         /// Business operation code.
         op: u32,
         /// Encoded frame.
-        frame: Bytes,
+        frame: Wire,
     },
     /// To a connection's shard: deliver to exactly these connections.
     Deliver {
@@ -129,14 +129,14 @@ pub enum ShardMsg {
         /// Business operation code (accepts filter).
         op: u32,
         /// Encoded frame.
-        frame: Bytes,
+        frame: Wire,
     },
     /// To every shard: deliver to every local connection accepting `op`.
     All {
         /// Business operation code.
         op: u32,
         /// Encoded frame.
-        frame: Bytes,
+        frame: Wire,
     },
     /// To a key's and a user's owner: a connection authenticated.
     Register {

@@ -34,6 +34,8 @@ use crate::conn::outbound::{Outbound, PushError};
 use crate::metrics::{CloseReason, ShardStats};
 use crate::proto::binary::{self, op, DecodeError, Frame};
 use crate::proto::body;
+use crate::proto::wire::Wire;
+use crate::proto::ws;
 use arc_swap::ArcSwap;
 use bytes::Bytes;
 use fnv::{FnvHashMap, FnvHashSet};
@@ -44,6 +46,29 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::task::Waker;
 use topics::RoomTable;
+
+/// Seconds a WebSocket connection has to answer the server's ping once its
+/// heartbeat deadline passed (capped by the heartbeat timeout).
+const WS_PING_GRACE_SECS: u32 = 30;
+
+/// Which wire a connection speaks, and how far its WebSocket handshake got.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    /// Raw TCP: protocol frames back to back.
+    Tcp,
+    /// WebSocket, HTTP upgrade not yet answered: nothing framed may be sent.
+    WsUpgrading,
+    /// WebSocket carrying the protocol, one frame (or op 9 batch) per message.
+    Ws,
+    /// WebSocket echo endpoint (conformance testing): no protocol, no pushes.
+    WsEcho,
+}
+
+impl Transport {
+    fn websocket_open(self) -> bool {
+        matches!(self, Transport::Ws | Transport::WsEcho)
+    }
+}
 
 /// Slots in the heartbeat wheel (one per second); deadlines further out simply
 /// go round again.
@@ -71,6 +96,9 @@ pub struct Shared {
     pub views: Vec<ArcSwap<ShardView>>,
     /// Random per-process prefix for server-assigned keys.
     pub node_tag: u64,
+    /// WebSocket upgrade rules: path 0 is the protocol endpoint, path 1 the
+    /// echo endpoint when enabled.
+    pub ws_rules: ws::UpgradeRules,
 }
 
 impl Shared {
@@ -82,6 +110,12 @@ impl Shared {
             stats: (0..n).map(|_| ShardStats::default()).collect(),
             views: (0..n).map(|_| ArcSwap::from_pointee(ShardView::default())).collect(),
             node_tag: fastrand::u64(..),
+            ws_rules: ws::UpgradeRules {
+                paths: std::iter::once(config.ws_path.clone())
+                    .chain(config.ws_echo.then(|| config.ws_echo_path.clone()))
+                    .collect(),
+                origins: config.ws_origins.clone(),
+            },
             config,
         }
     }
@@ -128,6 +162,43 @@ pub struct Conn {
     pub close: Option<CloseReason>,
     /// Peer IP, for the online IP count.
     ip: IpAddr,
+    /// Wire format and WebSocket phase.
+    pub transport: Transport,
+    /// A WebSocket ping went out for a passed deadline; a pong clears it.
+    pinged: bool,
+}
+
+impl Conn {
+    /// Past the handshake: authenticated, or an echo connection.
+    fn authed_or_echo(&self) -> bool {
+        self.authed || self.transport == Transport::WsEcho
+    }
+}
+
+/// The close code a WebSocket peer gets for `reason`; `None`: no close frame
+/// (the peer is gone, or already answered).
+fn ws_close_code(reason: CloseReason) -> Option<u16> {
+    use ws::close;
+    Some(match reason {
+        CloseReason::PeerClosed | CloseReason::IoError | CloseReason::WsClosed | CloseReason::BadUpgrade => {
+            return None
+        }
+        CloseReason::ClientDisconnect
+        | CloseReason::HandshakeTimeout
+        | CloseReason::HeartbeatTimeout
+        | CloseReason::Replaced => close::NORMAL,
+        CloseReason::Shutdown => close::GOING_AWAY,
+        CloseReason::AuthRequired | CloseReason::BadAuth | CloseReason::SlowConsumer => close::POLICY,
+        CloseReason::BodyTooLarge | CloseReason::WsTooBig => close::TOO_BIG,
+        CloseReason::WsInvalidData => close::INVALID_DATA,
+        CloseReason::WsUnsupportedData => close::UNSUPPORTED,
+        CloseReason::BadHeaderLength
+        | CloseReason::BadPacketLength
+        | CloseReason::UnsupportedVersion
+        | CloseReason::BadBody
+        | CloseReason::ProtocolError
+        | CloseReason::WsProtocol => close::PROTOCOL,
+    })
 }
 
 /// One core's state.
@@ -198,7 +269,7 @@ impl Shard {
 
     /// Registers a freshly accepted connection; it must auth before the
     /// handshake deadline.
-    pub fn new_conn(&mut self, ip: IpAddr) -> ConnRef {
+    pub fn new_conn(&mut self, ip: IpAddr, transport: Transport) -> ConnRef {
         let gen = self.next_gen;
         self.next_gen = self.next_gen.wrapping_add(1).max(1);
         let deadline = self.tick + self.cfg().handshake_timeout_secs;
@@ -216,6 +287,8 @@ impl Shard {
             wheel_at: 0,
             close: None,
             ip,
+            transport,
+            pinged: false,
         });
         let r = ConnRef { idx: idx as u32, gen };
         self.schedule(r);
@@ -320,6 +393,13 @@ impl Shard {
     /// driver. Where the reason is for the client, an op 6 frame carrying
     /// `"<reason>: <detail>"` is queued as the last thing it will receive.
     pub fn close(&mut self, r: ConnRef, reason: CloseReason, detail: &str) {
+        self.close_with_code(r, reason, detail, None);
+    }
+
+    /// `close`, naming the WebSocket close code (otherwise derived from the
+    /// reason). WebSocket connections get the op 6 frame (protocol endpoint)
+    /// and then a close frame.
+    pub fn close_with_code(&mut self, r: ConnRef, reason: CloseReason, detail: &str, ws_code: Option<u16>) {
         let Some(c) = self.conn_mut(r) else { return };
         if c.close.is_some() {
             return;
@@ -330,14 +410,24 @@ impl Shard {
         } else {
             0
         };
-        if reason.notifies_client() {
-            let text = if detail.is_empty() {
-                reason.name().to_string()
-            } else {
-                format!("{}: {detail}", reason.name())
-            };
+        let text = if detail.is_empty() {
+            reason.name().to_string()
+        } else {
+            format!("{}: {detail}", reason.name())
+        };
+        if reason.notifies_client() && matches!(c.transport, Transport::Tcp | Transport::Ws) {
             let frame = binary::encode_to_bytes(c.ver, op::DISCONNECT, 0, text.as_bytes());
+            let frame = if c.transport == Transport::Ws {
+                ws::frame(ws::opcode::BINARY, &frame)
+            } else {
+                frame
+            };
             c.out.push_unbounded(frame);
+        }
+        if c.transport.websocket_open() {
+            if let Some(code) = ws_code.or_else(|| ws_close_code(reason)) {
+                c.out.push_unbounded(ws::close_frame(code, &text));
+            }
         }
         if let Some(w) = &c.waker {
             w.wake_by_ref();
@@ -357,10 +447,29 @@ impl Shard {
         }
     }
 
-    /// Queues `frame` to `r`, enforcing its byte limit.
-    fn enqueue(&mut self, r: ConnRef, frame: Bytes) {
-        let limit = self.cfg().outbound_limit;
+    /// Queues a push to `r` in its transport's form, enforcing its byte limit.
+    fn enqueue(&mut self, r: ConnRef, wire: &Wire) {
         let Some(c) = self.conn_mut(r) else { return };
+        let frame = wire.for_transport(c.transport == Transport::Ws).clone();
+        self.enqueue_bytes(r, frame);
+    }
+
+    /// Queues bytes already in `r`'s wire format (a reply, a pong, an echo,
+    /// the upgrade answer), enforcing its byte limit.
+    pub fn enqueue_bytes(&mut self, r: ConnRef, frame: Bytes) {
+        let cfg = self.cfg();
+        // An echo connection must be able to hold the largest message it
+        // takes, twice over (one being written, one echoed behind it).
+        let (limit, echo_limit) = (
+            cfg.outbound_limit,
+            cfg.outbound_limit.max(2 * cfg.ws_echo_max_message + 64),
+        );
+        let Some(c) = self.conn_mut(r) else { return };
+        let limit = if c.transport == Transport::WsEcho {
+            echo_limit
+        } else {
+            limit
+        };
         if c.close.is_some() {
             ShardStats::add(&self.shared.stats[self.id].dropped, 1);
             return;
@@ -410,7 +519,7 @@ impl Shard {
                 // the member list we would be iterating.
                 let members: Vec<ConnRef> = self.rooms.members(&room).to_vec();
                 for m in members {
-                    self.enqueue(m, frame.clone());
+                    self.enqueue(m, &frame);
                 }
             }
             ShardMsg::PushKeys { keys, op, frame } => {
@@ -447,7 +556,7 @@ impl Shard {
                     if self.conn_mut(r).is_some_and(|c| {
                         c.authed && (!assigned_only || c.key.is_none()) && c.accepts.binary_search(&op).is_ok()
                     }) {
-                        self.enqueue(r, frame.clone());
+                        self.enqueue(r, &frame);
                     }
                 }
             }
@@ -462,7 +571,7 @@ impl Shard {
                     })
                     .collect();
                 for r in targets {
-                    self.enqueue(r, frame.clone());
+                    self.enqueue(r, &frame);
                 }
             }
             ShardMsg::Register { key, mid, at } => {
@@ -542,7 +651,7 @@ impl Shard {
     }
 
     /// Sends each holding shard the directory hits that live there.
-    fn forward(&mut self, by_shard: FnvHashMap<u16, Vec<ConnRef>>, op: u32, frame: &Bytes, assigned_only: bool) {
+    fn forward(&mut self, by_shard: FnvHashMap<u16, Vec<ConnRef>>, op: u32, frame: &Wire, assigned_only: bool) {
         for (s, conns) in by_shard {
             self.route(
                 usize::from(s),
@@ -563,13 +672,21 @@ impl Shard {
         let slot = self.tick as usize % WHEEL_SLOTS;
         let due = std::mem::take(&mut self.wheel[slot]);
         let tick = self.tick;
+        let ping_grace = WS_PING_GRACE_SECS.min(self.cfg().heartbeat_timeout_secs);
         for r in due {
             let Some(c) = self.conn_mut(r) else { continue };
             if c.wheel_at != tick {
                 continue;
             }
             if c.deadline <= tick {
-                if c.close.is_none() {
+                if c.close.is_none() && c.transport.websocket_open() && !c.pinged && c.authed_or_echo() {
+                    // The WebSocket heartbeat alternative: a client that
+                    // answers pings stays, op 2 or not.
+                    c.pinged = true;
+                    c.deadline = tick + ping_grace;
+                    self.enqueue_bytes(r, ws::frame(ws::opcode::PING, b"volley"));
+                    self.schedule(r);
+                } else if c.close.is_none() {
                     let (reason, detail) = if c.authed {
                         (CloseReason::HeartbeatTimeout, "no heartbeat within the deadline")
                     } else {
@@ -642,7 +759,42 @@ impl Shard {
     fn reply(&mut self, r: ConnRef, ver: u16, op: u32, seq: u32, body: &[u8]) {
         // Replies bypass nothing: a client that floods requests without
         // reading replies is a slow consumer like any other.
-        self.enqueue(r, binary::encode_to_bytes(ver, op, seq, body));
+        let Some(c) = self.conn_mut(r) else { return };
+        let frame = binary::encode_to_bytes(ver, op, seq, body);
+        let frame = if c.transport == Transport::Ws {
+            ws::frame(ws::opcode::BINARY, &frame)
+        } else {
+            frame
+        };
+        self.enqueue_bytes(r, frame);
+    }
+
+    /// The HTTP upgrade of `r` was answered: from now on it speaks
+    /// WebSocket frames. Echo connections skip auth and live until their
+    /// heartbeat deadline (renewed by pongs).
+    pub fn ws_upgraded(&mut self, r: ConnRef, echo: bool) {
+        let (tick, heartbeat) = (self.tick, self.cfg().heartbeat_timeout_secs);
+        let Some(c) = self.conn_mut(r) else { return };
+        if echo {
+            c.transport = Transport::WsEcho;
+            c.deadline = tick + heartbeat;
+            self.schedule(r);
+        } else {
+            c.transport = Transport::Ws;
+        }
+    }
+
+    /// A WebSocket pong (or any sign of life the transport offers): the
+    /// connection's heartbeat deadline starts again.
+    pub fn ws_pong(&mut self, r: ConnRef) {
+        let (tick, heartbeat) = (self.tick, self.cfg().heartbeat_timeout_secs);
+        let Some(c) = self.conn_mut(r) else { return };
+        if !c.authed_or_echo() {
+            return;
+        }
+        c.pinged = false;
+        c.deadline = tick + heartbeat;
+        self.schedule(r);
     }
 
     fn on_frame(&mut self, r: ConnRef, f: Frame<'_>, in_batch: bool) {

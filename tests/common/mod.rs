@@ -13,6 +13,7 @@ pub fn start_server(tweak: impl FnOnce(&mut Config)) -> ServerHandle {
     let mut c = Config {
         tcp_listen: "127.0.0.1:0".parse().unwrap(),
         http_listen: "127.0.0.1:0".parse().unwrap(),
+        ws_listen: "127.0.0.1:0".parse().unwrap(),
         shards: 2,
         shutdown_grace_secs: 1,
         ..Config::default()
