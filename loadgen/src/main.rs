@@ -36,9 +36,13 @@ struct Cli {
 
 #[derive(clap::Args, Clone)]
 struct Common {
-    /// volley client TCP address.
+    /// volley client address (the TCP listener, or the WebSocket one with --ws).
     #[arg(long, default_value = "127.0.0.1:3101")]
     target: SocketAddr,
+    /// Speak the protocol over WebSocket at this path (e.g. /sub) instead of
+    /// raw TCP: one frame per binary message.
+    #[arg(long)]
+    ws: Option<String>,
     /// Connections to open.
     #[arg(long, default_value_t = 1000)]
     conns: usize,
@@ -191,9 +195,13 @@ async fn run_worker(w: Worker) {
         let hist = hist.clone();
         let stop = w.stop.clone();
         let auth = auth.clone();
+        let ws = w.common.ws.clone();
         let base = w.base;
         tasks.push(glommio::spawn_local(async move {
-            let _ = subscriber(stream, &auth, &totals, &hist, &stop, base).await;
+            let _ = match &ws {
+                Some(path) => ws_subscriber(stream, path, &auth, &totals, &hist, &stop, base).await,
+                None => subscriber(stream, &auth, &totals, &hist, &stop, base).await,
+            };
             totals.closed.fetch_add(1, Relaxed);
         }));
     }
@@ -217,8 +225,7 @@ async fn subscriber(
     s.write_all(&frame(7, 1, auth.as_bytes())).await?;
     let mut buf = vec![0u8; 4096];
     let mut have = 0usize;
-    let mut authed = false;
-    let mut next_seq = 0u64;
+    let mut track = Track::default();
     loop {
         if stop.load(Relaxed) {
             return Ok(());
@@ -239,31 +246,138 @@ async fn subscriber(
             if have - at < len {
                 break;
             }
-            let op = u32::from_be_bytes(buf[at + 8..at + 12].try_into().unwrap());
-            let body = &buf[at + 16..at + len];
+            on_frame(&buf[at..at + len], &mut track, totals, hist, base);
+            at += len;
+        }
+        buf.copy_within(at..have, 0);
+        have -= at;
+    }
+}
+
+/// What one subscriber has seen.
+#[derive(Default)]
+struct Track {
+    authed: bool,
+    next_seq: u64,
+}
+
+/// Accounts for one protocol frame received by a subscriber.
+fn on_frame(f: &[u8], track: &mut Track, totals: &Totals, hist: &RefCell<Histogram<u64>>, base: Instant) {
+    if f.len() < 16 {
+        return;
+    }
+    let op = u32::from_be_bytes(f[8..12].try_into().unwrap());
+    let body = &f[16..];
+    match op {
+        8 if !track.authed => {
+            track.authed = true;
+            totals.connected.fetch_add(1, Relaxed);
+        }
+        1000 if body.len() >= 16 => {
+            let seq = u64::from_be_bytes(body[0..8].try_into().unwrap());
+            let sent = u64::from_be_bytes(body[8..16].try_into().unwrap());
+            let lat = now_ns(base).saturating_sub(sent).max(1);
+            let _ = hist.borrow_mut().record(lat);
+            totals.received.fetch_add(1, Relaxed);
+            if seq < track.next_seq {
+                totals.dups.fetch_add(1, Relaxed);
+            } else {
+                if seq > track.next_seq {
+                    totals.gaps.fetch_add(seq - track.next_seq, Relaxed);
+                }
+                track.next_seq = seq + 1;
+            }
+        }
+        _ => {}
+    }
+}
+
+/// A masked client WebSocket frame (FIN set). The mask is fixed: it guards
+/// against cache poisoning by proxies, which loopback benchmarks do not have.
+fn ws_frame(op: u8, payload: &[u8]) -> Vec<u8> {
+    const MASK: [u8; 4] = [0x5a, 0xc3, 0x3c, 0xa5];
+    let mut v = Vec::with_capacity(14 + payload.len());
+    v.push(0x80 | op);
+    if payload.len() < 126 {
+        v.push(0x80 | payload.len() as u8);
+    } else if payload.len() <= 0xffff {
+        v.push(0x80 | 126);
+        v.extend_from_slice(&(payload.len() as u16).to_be_bytes());
+    } else {
+        v.push(0x80 | 127);
+        v.extend_from_slice(&(payload.len() as u64).to_be_bytes());
+    }
+    v.extend_from_slice(&MASK);
+    v.extend(payload.iter().enumerate().map(|(i, b)| b ^ MASK[i % 4]));
+    v
+}
+
+/// A subscriber over WebSocket: upgrade, auth in a binary message, then one
+/// protocol frame per server message; pings are answered.
+async fn ws_subscriber(
+    mut s: TcpStream,
+    path: &str,
+    auth: &str,
+    totals: &Totals,
+    hist: &RefCell<Histogram<u64>>,
+    stop: &AtomicBool,
+    base: Instant,
+) -> std::io::Result<()> {
+    let req = format!(
+        "GET {path} HTTP/1.1\r\nHost: volley\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    );
+    s.write_all(req.as_bytes()).await?;
+    s.write_all(&ws_frame(0x2, &frame(7, 1, auth.as_bytes()))).await?;
+    let mut buf = vec![0u8; 4096];
+    let mut have = 0usize;
+    let mut upgraded = false;
+    let mut track = Track::default();
+    loop {
+        if stop.load(Relaxed) {
+            return Ok(());
+        }
+        if have == buf.len() {
+            buf.resize(buf.len() * 2, 0);
+        }
+        let n = s.read(&mut buf[have..]).await?;
+        if n == 0 {
+            return Ok(());
+        }
+        have += n;
+        let mut at = 0;
+        if !upgraded {
+            let Some(end) = buf[..have].windows(4).position(|w| w == b"\r\n\r\n") else {
+                continue;
+            };
+            if !buf.starts_with(b"HTTP/1.1 101") {
+                return Err(std::io::Error::other("upgrade refused"));
+            }
+            upgraded = true;
+            at = end + 4;
+        }
+        while have - at >= 2 {
+            let (op, len_code) = (buf[at] & 0x0f, buf[at + 1] & 0x7f);
+            let (len, hdr) = match len_code {
+                126 if have - at >= 4 => (u16::from_be_bytes([buf[at + 2], buf[at + 3]]) as usize, 4),
+                127 if have - at >= 10 => (
+                    u64::from_be_bytes(buf[at + 2..at + 10].try_into().unwrap()) as usize,
+                    10,
+                ),
+                126 | 127 => break,
+                n => (n as usize, 2),
+            };
+            if have - at < hdr + len {
+                break;
+            }
+            let payload = &buf[at + hdr..at + hdr + len];
             match op {
-                8 if !authed => {
-                    authed = true;
-                    totals.connected.fetch_add(1, Relaxed);
-                }
-                1000 if body.len() >= 16 => {
-                    let seq = u64::from_be_bytes(body[0..8].try_into().unwrap());
-                    let sent = u64::from_be_bytes(body[8..16].try_into().unwrap());
-                    let lat = now_ns(base).saturating_sub(sent).max(1);
-                    let _ = hist.borrow_mut().record(lat);
-                    totals.received.fetch_add(1, Relaxed);
-                    if seq < next_seq {
-                        totals.dups.fetch_add(1, Relaxed);
-                    } else {
-                        if seq > next_seq {
-                            totals.gaps.fetch_add(seq - next_seq, Relaxed);
-                        }
-                        next_seq = seq + 1;
-                    }
-                }
+                0x2 => on_frame(payload, &mut track, totals, hist, base),
+                0x9 => s.write_all(&ws_frame(0xA, payload)).await?,
+                0x8 => return Ok(()),
                 _ => {}
             }
-            at += len;
+            at += hdr + len;
         }
         buf.copy_within(at..have, 0);
         have -= at;

@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Reproduces the TCP figures in BENCHMARKS.md: server RSS per idle connection at
+# N connections, then room broadcasts of 64-byte messages to N subscribers at
+# several publish rates. Loopback only; every run is bounded and stops itself.
+# Usage: scripts/bench_clients.sh [N=19000] [RATES="10 50 200"] [SECS=10]
+# TRANSPORT=ws runs the same over WebSocket (volley's /sub endpoint).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+N=${1:-19000}
+RATES=${2:-"10 50 200"}
+SECS=${3:-10}
+OUT=${OUT:-target/bench}
+mkdir -p "$OUT"
+cargo build --release --workspace -q
+TCP=127.0.0.1:3201
+WS=127.0.0.1:3202
+HTTP=127.0.0.1:3211
+TRANSPORT=${TRANSPORT:-tcp}
+case "$TRANSPORT" in
+    tcp) TARGET=(--target $TCP) ;;
+    ws) TARGET=(--target $WS --ws /sub) ;;
+    *) echo "TRANSPORT must be tcp or ws" >&2; exit 2 ;;
+esac
+./target/release/volley serve --tcp-listen $TCP --ws-listen $WS --http-listen $HTTP --log warn &
+PID=$!
+trap 'kill $PID 2>/dev/null; wait $PID 2>/dev/null' EXIT
+for _ in $(seq 100); do curl -sf http://$HTTP/healthz >/dev/null 2>&1 && break; sleep 0.05; done
+sleep 1 # let start-up allocation settle before the "before" sample
+echo "== idle ($TRANSPORT): $N connections (server pid $PID)"
+./target/release/volley-loadgen idle "${TARGET[@]}" --conns "$N" --rate 5000 --server-pid $PID --hold-secs 3 --json \
+    | tee "$OUT/idle-$TRANSPORT-$N.json"
+for R in $RATES; do
+    echo "== broadcast ($TRANSPORT): $N subscribers, $R msg/s x ${SECS}s, 64 B"
+    ./target/release/volley-loadgen broadcast "${TARGET[@]}" --http $HTTP --conns "$N" --rate 5000 \
+        --msg-rate "$R" --size 64 --duration "$SECS" --server-pid $PID --json | tee "$OUT/broadcast-$TRANSPORT-$N-$R.json" || true
+done
