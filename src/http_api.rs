@@ -188,8 +188,36 @@ impl Query {
     }
 }
 
+/// The browser client, served at `/volley.js`.
+const VOLLEY_JS: &str = include_str!("../web/volley.js");
+/// The live-room demo page, served at `/demo` with the WebSocket port and
+/// path filled in.
+const DEMO_HTML: &str = include_str!("../web/demo.html");
+
+fn page(content_type: &'static str, body: impl Into<Bytes>) -> Resp {
+    Response::builder()
+        .header("content-type", content_type)
+        .header("cache-control", "no-cache")
+        .body(Full::new(body.into()))
+        .expect("static headers are valid")
+}
+
 async fn route(req: Request<Incoming>, shard: &Rc<RefCell<Shard>>) -> Result<Resp, ApiError> {
     let cfg = shard.borrow().shared.config.clone();
+    // Public pages (no secrets in them); publishing from the demo still
+    // needs the API key when one is set.
+    if req.method() == Method::GET {
+        match req.uri().path() {
+            "/volley.js" => return Ok(page("text/javascript; charset=utf-8", VOLLEY_JS)),
+            "/demo" => {
+                let html = DEMO_HTML
+                    .replace("__VOLLEY_WS_PORT__", &cfg.ws_listen.port().to_string())
+                    .replace("__VOLLEY_WS_PATH__", &cfg.ws_path);
+                return Ok(page("text/html; charset=utf-8", html));
+            }
+            _ => {}
+        }
+    }
     if let Some(key) = &cfg.api_key {
         let h = req.headers();
         let given = h.get("x-api-key").and_then(|v| v.to_str().ok()).or_else(|| {

@@ -109,6 +109,10 @@ impl Server {
         let (tcp_addr, tcp_socks) = listen_all(config.tcp_listen, config.backlog, n)?;
         let (http_addr, http_socks) = listen_all(config.http_listen, config.backlog.min(4096), n)?;
         let (ws_addr, ws_socks) = listen_all(config.ws_listen, config.backlog, n)?;
+        // From here on the configuration names the bound addresses (port 0
+        // resolved), which is what the demo page and the logs need.
+        let mut config = config;
+        (config.tcp_listen, config.http_listen, config.ws_listen) = (tcp_addr, http_addr, ws_addr);
         let available = std::thread::available_parallelism().map_or(1, |c| c.get());
         let shared = Arc::new(Shared::new(config));
         let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<(), String>>();

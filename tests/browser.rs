@@ -1,0 +1,206 @@
+//! The demo live room in a real browser: headless Chromium driven through
+//! chromedriver (WebDriver over HTTP), two tabs in one room of a 2-shard
+//! server. Both tabs must connect through web/volley.js, see the room's online
+//! count reach 2, and both must show a message sent from one of them through
+//! the publish API. scripts/test.sh installs chromium and chromium-driver.
+
+mod common;
+
+use serde_json::{json, Value};
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A chromedriver we started, stopped (by its PID) when dropped.
+struct Driver {
+    child: Child,
+    addr: SocketAddr,
+}
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        // chromedriver leads its own process group, which holds the
+        // browsers it started: take them all down, pass or fail.
+        // SAFETY: plain kill(2) on a process group we created.
+        unsafe { libc::kill(-(self.child.id() as i32), libc::SIGKILL) };
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// One WebDriver command; returns its `value`.
+fn wd(addr: SocketAddr, method: &str, path: &str, body: Option<Value>) -> Value {
+    let mut s = TcpStream::connect(addr).expect("chromedriver is listening");
+    s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    let body = body.map(|b| b.to_string()).unwrap_or_default();
+    let req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(req.as_bytes()).unwrap();
+    // chromedriver may keep the connection open: read exactly Content-Length.
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    let (head_end, body_len) = loop {
+        let n = s.read(&mut buf).unwrap();
+        assert!(n > 0, "{method} {path}: connection closed before the response");
+        out.extend_from_slice(&buf[..n]);
+        if let Some(end) = out.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&out[..end]).to_ascii_lowercase();
+            let len = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .and_then(|v| v.trim().parse::<usize>().ok())
+                .expect("chromedriver sends Content-Length");
+            break (end + 4, len);
+        }
+    };
+    while out.len() < head_end + body_len {
+        let n = s.read(&mut buf).unwrap();
+        assert!(n > 0, "{method} {path}: short body");
+        out.extend_from_slice(&buf[..n]);
+    }
+    let text = String::from_utf8_lossy(&out);
+    let json = String::from_utf8_lossy(&out[head_end..head_end + body_len]);
+    let v: Value = serde_json::from_str(&json).unwrap_or_else(|e| panic!("{method} {path}: {e}: {text}"));
+    assert!(v["value"]["error"].is_null(), "{method} {path}: {}", v["value"]);
+    v["value"].clone()
+}
+
+fn start_driver() -> Driver {
+    let port = free_port();
+    use std::os::unix::process::CommandExt;
+    let child = Command::new("chromedriver")
+        .arg(format!("--port={port}"))
+        .process_group(0)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("chromedriver on PATH (apt-get install chromium chromium-driver; scripts/test.sh does it)");
+    let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+    let end = Instant::now() + Duration::from_secs(30);
+    while TcpStream::connect(addr).is_err() {
+        assert!(Instant::now() < end, "chromedriver did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Driver { child, addr }
+}
+
+/// Runs `script` (a function body) in the current tab until it returns true.
+fn wait_js(d: &Driver, sid: &str, what: &str, script: &str) {
+    let end = Instant::now() + Duration::from_secs(20);
+    loop {
+        let v = wd(
+            d.addr,
+            "POST",
+            &format!("/session/{sid}/execute/sync"),
+            Some(json!({"script": script, "args": []})),
+        );
+        if v == json!(true) {
+            return;
+        }
+        let state = wd(
+            d.addr,
+            "POST",
+            &format!("/session/{sid}/execute/sync"),
+            Some(json!({"script": "return document.body.innerText", "args": []})),
+        );
+        assert!(
+            Instant::now() < end,
+            "timed out waiting for {what}; page says:\n{state}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn two_tabs_chat_in_the_demo_room_and_see_the_online_count() {
+    let h = common::start_server(|_| {});
+    let d = start_driver();
+    let profile = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("chromium-{}", std::process::id()));
+    let caps = json!({"capabilities": {"alwaysMatch": {
+        "browserName": "chrome",
+        "goog:chromeOptions": {
+            "binary": "/usr/bin/chromium",
+            "args": ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                     format!("--user-data-dir={}", profile.display())]
+        }
+    }}});
+    let session = wd(d.addr, "POST", "/session", Some(caps));
+    let sid = session["sessionId"].as_str().expect("session id").to_string();
+    let url = |name: &str| format!("http://{}/demo?room=live://browser&name={name}", h.http_addr);
+
+    wd(
+        d.addr,
+        "POST",
+        &format!("/session/{sid}/url"),
+        Some(json!({"url": url("alice")})),
+    );
+    let alice = wd(d.addr, "GET", &format!("/session/{sid}/window"), None);
+    let bob = wd(
+        d.addr,
+        "POST",
+        &format!("/session/{sid}/window/new"),
+        Some(json!({"type": "tab"})),
+    )["handle"]
+        .clone();
+    let switch = |handle: &Value| {
+        wd(
+            d.addr,
+            "POST",
+            &format!("/session/{sid}/window"),
+            Some(json!({"handle": handle})),
+        );
+    };
+    switch(&bob);
+    wd(
+        d.addr,
+        "POST",
+        &format!("/session/{sid}/url"),
+        Some(json!({"url": url("bob")})),
+    );
+
+    for (who, handle) in [("bob", &bob), ("alice", &alice)] {
+        switch(handle);
+        wait_js(
+            &d,
+            &sid,
+            &format!("{who} connected with 2 online"),
+            &format!(
+                "return document.getElementById('status').textContent === 'connected as {who}' \
+                 && document.getElementById('online').textContent === '2'"
+            ),
+        );
+    }
+    assert_eq!(
+        common::authed_per_shard(&h).iter().sum::<u64>(),
+        2,
+        "two WebSocket clients"
+    );
+
+    // Alice sends through the page's form (POST /v1/push/room).
+    wd(
+        d.addr,
+        "POST",
+        &format!("/session/{sid}/execute/sync"),
+        Some(
+            json!({"script": "document.getElementById('text').value = 'hello from alice'; \
+                               document.getElementById('send').click(); return true", "args": []}),
+        ),
+    );
+    for (who, handle) in [("alice", &alice), ("bob", &bob)] {
+        switch(handle);
+        wait_js(
+            &d,
+            &sid,
+            &format!("the message in {who}'s tab"),
+            "return [...document.querySelectorAll('#messages li')].some(li => li.textContent === 'alicehello from alice')",
+        );
+    }
+    wd(d.addr, "DELETE", &format!("/session/{sid}"), None);
+    let _ = std::fs::remove_dir_all(&profile);
+}
