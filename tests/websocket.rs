@@ -165,7 +165,7 @@ fn server_pings_keep_a_silent_websocket_client_alive() {
     let (code, reason) = deaf.close_frame();
     assert_eq!(code, 1000);
     assert!(reason.contains("heartbeat_timeout"), "{reason}");
-    assert_eq!(closes(&h, "heartbeat_timeout"), 1);
+    wait_until("counted", || closes(&h, "heartbeat_timeout") == 1);
 }
 
 #[test]
@@ -400,4 +400,18 @@ fn echo_endpoint_is_off_by_default_and_echoes_when_on() {
     assert_eq!(ws.read().unwrap(), Message::text("héllo"));
     ws.send(Message::binary(vec![0u8; 100_000])).unwrap();
     assert_eq!(ws.read().unwrap(), Message::binary(vec![0u8; 100_000]));
+}
+
+#[test]
+fn shutdown_sends_op_6_then_close_1001() {
+    let h = start_server(|_| {});
+    let mut ws = ws_authed(h.ws_addr, r#"{"accepts":[]}"#);
+    h.shutdown();
+    let bye = next(&mut ws, true);
+    assert_eq!(bye.op, 6);
+    assert!(bye.text().starts_with("shutdown"), "{}", bye.text());
+    let (code, reason) = close_of(&mut ws);
+    assert_eq!(code, 1001);
+    assert!(reason.starts_with("shutdown"), "{reason}");
+    h.join();
 }
