@@ -19,7 +19,11 @@
 //! - a `ConnRef` is unique per shard and never valid on another shard; a
 //!   stale one (slot reused) fails the generation check and is ignored;
 //! - every live connection has exactly one entry in the heartbeat wheel;
-//! - a closing connection gets nothing queued except its op 6 goodbye.
+//! - a closing connection gets nothing queued except its op 6 goodbye (and,
+//!   on WebSocket, the close frame after it);
+//! - a WebSocket connection whose upgrade is not answered yet
+//!   (`Transport::WsUpgrading`) gets nothing framed: only the driver's HTTP
+//!   answer.
 //!
 //! ```text
 //! accept ─> Handshake ──op 7 ok──> Authed ──op 6 / EOF / error / timeout──> Closing ─> removed
@@ -687,7 +691,7 @@ impl Shard {
                     self.enqueue_bytes(r, ws::frame(ws::opcode::PING, b"volley"));
                     self.schedule(r);
                 } else if c.close.is_none() {
-                    let (reason, detail) = if c.authed {
+                    let (reason, detail) = if c.authed_or_echo() {
                         (CloseReason::HeartbeatTimeout, "no heartbeat within the deadline")
                     } else {
                         (
@@ -819,6 +823,7 @@ impl Shard {
             op::HEARTBEAT => {
                 let room = c.room.as_ref().map(|(n, _)| n.clone());
                 c.deadline = tick + heartbeat;
+                c.pinged = false;
                 self.schedule(r);
                 let online = room.map_or(0, |n| self.online(&n));
                 self.reply(r, f.ver, op::HEARTBEAT_REPLY, f.seq, &online.to_be_bytes());
