@@ -11,8 +11,17 @@
 //!   deliveries per second, whole-machine and server CPU per delivery.
 //!
 //! Connections are spread over `--workers` glommio executors (threads), each
-//! owning its connections. Exit status is non-zero when anything was lost,
-//! duplicated, or failed to connect.
+//! owning its connections, round-robin over the `--target` list and over
+//! `--sources` loopback source addresses. Exit status is non-zero when
+//! anything was lost, duplicated, or failed to connect.
+//!
+//! Scale: a process may hold only RLIMIT_NOFILE descriptors per fd table
+//! (20,000 on the development host, not raisable). Each worker therefore calls
+//! `unshare(CLONE_FILES)` first and gets a private fd table, so N workers hold
+//! N times the limit in one process. Workers share no descriptors after that
+//! (no cross-worker channels or wakers), which is what makes it safe. Source
+//! ports: with `IP_BIND_ADDRESS_NO_PORT` the port is picked at connect time
+//! per (source, destination), so capacity is ~28k ports x sources x targets.
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
@@ -36,9 +45,14 @@ struct Cli {
 
 #[derive(clap::Args, Clone)]
 struct Common {
-    /// volley client address (the TCP listener, or the WebSocket one with --ws).
-    #[arg(long, default_value = "127.0.0.1:3101")]
-    target: SocketAddr,
+    /// volley client addresses, comma-separated (the TCP listeners, or the
+    /// WebSocket ones with --ws); connections go round-robin over them.
+    #[arg(long, default_value = "127.0.0.1:3101", value_delimiter = ',')]
+    target: Vec<SocketAddr>,
+    /// Spread connections over this many loopback source addresses
+    /// (127.1.x.y); 0 = let the kernel pick (127.0.0.1).
+    #[arg(long, default_value_t = 0)]
+    sources: usize,
     /// Speak the protocol over WebSocket at this path (e.g. /sub) instead of
     /// raw TCP: one frame per binary message.
     #[arg(long)]
@@ -55,9 +69,10 @@ struct Common {
     /// Worker threads (each a glommio executor owning its connections).
     #[arg(long, default_value_t = 1)]
     workers: usize,
-    /// PID of the volley server, to report its RSS and CPU.
-    #[arg(long)]
-    server_pid: Option<u32>,
+    /// PIDs of the volley servers (comma-separated), to report their RSS and
+    /// CPU (summed).
+    #[arg(long, value_delimiter = ',')]
+    server_pid: Vec<u32>,
     /// Print the final report as JSON.
     #[arg(long)]
     json: bool,
@@ -77,9 +92,10 @@ enum Cmd {
     Broadcast {
         #[command(flatten)]
         common: Common,
-        /// volley HTTP API address.
-        #[arg(long, default_value = "127.0.0.1:3111")]
-        http: SocketAddr,
+        /// volley HTTP API addresses (comma-separated): every message is
+        /// published to each (one room per server process).
+        #[arg(long, default_value = "127.0.0.1:3111", value_delimiter = ',')]
+        http: Vec<SocketAddr>,
         /// Messages published per second.
         #[arg(long, default_value_t = 10)]
         msg_rate: u64,
@@ -89,6 +105,9 @@ enum Cmd {
         /// Seconds to publish for.
         #[arg(long, default_value_t = 10)]
         duration: u64,
+        /// Seconds to wait after the last publish for deliveries to finish.
+        #[arg(long, default_value_t = 10)]
+        drain_secs: u64,
     },
 }
 
@@ -100,10 +119,87 @@ type SharedHist = Arc<Mutex<Histogram<u64>>>;
 struct Totals {
     connected: AtomicU64,
     connect_failed: AtomicU64,
+    /// Failures by cause, in `FAIL_CAUSES` order.
+    failed_by: [AtomicU64; FAIL_CAUSES.len()],
     received: AtomicU64,
     gaps: AtomicU64,
     dups: AtomicU64,
     closed: AtomicU64,
+}
+
+/// Connect failure causes reported separately.
+const FAIL_CAUSES: [&str; 7] = [
+    "refused",
+    "timed_out",
+    "addr_not_available",
+    "too_many_files",
+    "reset",
+    "upgrade_refused",
+    "other",
+];
+
+impl Totals {
+    fn fail(&self, e: &std::io::Error) {
+        let cause = match e.raw_os_error() {
+            Some(libc::ECONNREFUSED) => 0,
+            Some(libc::ETIMEDOUT) => 1,
+            Some(libc::EADDRNOTAVAIL) | Some(libc::EADDRINUSE) => 2,
+            Some(libc::EMFILE) | Some(libc::ENFILE) => 3,
+            Some(libc::ECONNRESET) | Some(libc::EPIPE) => 4,
+            _ if e.to_string().contains("upgrade refused") => 5,
+            _ => 6,
+        };
+        self.failed_by[cause].fetch_add(1, Relaxed);
+        self.connect_failed.fetch_add(1, Relaxed);
+    }
+
+    fn failures(&self) -> serde_json::Value {
+        FAIL_CAUSES
+            .iter()
+            .zip(&self.failed_by)
+            .map(|(n, c)| (n.to_string(), serde_json::json!(c.load(Relaxed))))
+            .collect::<serde_json::Map<_, _>>()
+            .into()
+    }
+}
+
+/// The `i`-th loopback source address (127.1.0.1, 127.1.0.2, ...).
+fn source_addr(i: usize) -> std::net::IpAddr {
+    std::net::Ipv4Addr::new(127, 1 + (i / 64_000) as u8, (i / 250 % 256) as u8, (i % 250 + 1) as u8).into()
+}
+
+/// A non-blocking connect from `source` (port chosen at connect time) to
+/// `target`; the first write waits for the handshake.
+fn connect_from(source: Option<std::net::IpAddr>, target: SocketAddr) -> std::io::Result<TcpStream> {
+    use socket2::{Domain, Socket, Type};
+    use std::os::fd::{FromRawFd, IntoRawFd};
+    let s = Socket::new(Domain::for_address(target), Type::STREAM, None)?;
+    s.set_nonblocking(true)?;
+    s.set_nodelay(true)?;
+    if let Some(ip) = source {
+        let one: libc::c_int = 1;
+        // SAFETY: setsockopt with a valid int option on a socket we own.
+        let r = unsafe {
+            libc::setsockopt(
+                std::os::fd::AsRawFd::as_raw_fd(&s),
+                libc::IPPROTO_IP,
+                libc::IP_BIND_ADDRESS_NO_PORT,
+                (&one as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        if r != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        s.bind(&SocketAddr::new(ip, 0).into())?;
+    }
+    match s.connect(&target.into()) {
+        Ok(()) => {}
+        Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}
+        Err(e) => return Err(e),
+    }
+    // SAFETY: the descriptor comes from into_raw_fd and is owned by nobody else.
+    Ok(unsafe { TcpStream::from_raw_fd(s.into_raw_fd()) })
 }
 
 fn now_ns(base: Instant) -> u64 {
@@ -138,6 +234,37 @@ fn proc_usage(pid: u32) -> Option<(u64, u64)> {
     Some((rss_kb * 1024, ticks))
 }
 
+/// (rss bytes, cpu ticks) summed over processes; None if any is gone.
+fn procs_usage(pids: &[u32]) -> Option<(u64, u64)> {
+    if pids.is_empty() {
+        return None;
+    }
+    pids.iter()
+        .try_fold((0, 0), |(r, t), &p| proc_usage(p).map(|(r2, t2)| (r + r2, t + t2)))
+}
+
+/// Kernel memory the TCP stack holds: slab plus socket buffer pages, bytes.
+fn kernel_net_memory() -> u64 {
+    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+    let slab_kb: u64 = meminfo
+        .lines()
+        .find(|l| l.starts_with("Slab:"))
+        .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        .unwrap_or(0);
+    let sockstat = std::fs::read_to_string("/proc/net/sockstat").unwrap_or_default();
+    let tcp_pages: u64 = sockstat
+        .lines()
+        .find(|l| l.starts_with("TCP:"))
+        .and_then(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            f.iter()
+                .position(|w| *w == "mem")
+                .and_then(|i| f.get(i + 1)?.parse().ok())
+        })
+        .unwrap_or(0);
+    slab_kb * 1024 + tcp_pages * 4096
+}
+
 /// (busy, total) jiffies of the whole machine.
 fn machine_cpu() -> (u64, u64) {
     let s = std::fs::read_to_string("/proc/stat").unwrap_or_default();
@@ -170,6 +297,15 @@ struct Worker {
 }
 
 async fn run_worker(w: Worker) {
+    // A private fd table: see the module docs. Nothing is shared after this.
+    // SAFETY: unshare(2) with a flag only affects this thread.
+    if unsafe { libc::unshare(libc::CLONE_FILES) } != 0 {
+        eprintln!(
+            "worker {}: unshare(CLONE_FILES): {}",
+            w.id,
+            std::io::Error::last_os_error()
+        );
+    }
     let per_conn_gap = Duration::from_secs_f64(w.common.workers as f64 / w.common.rate.max(1) as f64);
     let hist = Rc::new(RefCell::new(
         Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3).unwrap(),
@@ -182,12 +318,17 @@ async fn run_worker(w: Worker) {
         if let Some(d) = due.checked_duration_since(Instant::now()) {
             glommio::timer::sleep(d).await;
         }
-        let stream = match TcpStream::connect(w.common.target).await {
+        // Global connection number: spreads targets and sources evenly.
+        let n = i * w.common.workers + w.id;
+        let target = w.common.target[n % w.common.target.len()];
+        let source = (w.common.sources > 0).then(|| source_addr(n / w.common.target.len() % w.common.sources));
+        let stream = match connect_from(source, target) {
             Ok(s) => s,
             Err(e) => {
-                if w.totals.connect_failed.fetch_add(1, Relaxed) < 5 {
-                    eprintln!("worker {}: connect failed: {e}", w.id);
+                if w.totals.connect_failed.load(Relaxed) < 5 {
+                    eprintln!("worker {}: connect to {target} failed: {e}", w.id);
                 }
+                w.totals.fail(&e);
                 continue;
             }
         };
@@ -198,11 +339,17 @@ async fn run_worker(w: Worker) {
         let ws = w.common.ws.clone();
         let base = w.base;
         tasks.push(glommio::spawn_local(async move {
-            let _ = match &ws {
-                Some(path) => ws_subscriber(stream, path, &auth, &totals, &hist, &stop, base).await,
-                None => subscriber(stream, &auth, &totals, &hist, &stop, base).await,
+            let mut track = Track::default();
+            let r = match &ws {
+                Some(path) => ws_subscriber(stream, path, &auth, &mut track, &totals, &hist, &stop, base).await,
+                None => subscriber(stream, &auth, &mut track, &totals, &hist, &stop, base).await,
             };
-            totals.closed.fetch_add(1, Relaxed);
+            match r {
+                Err(e) if !track.authed => totals.fail(&e),
+                _ => {
+                    totals.closed.fetch_add(1, Relaxed);
+                }
+            }
         }));
     }
     while !w.stop.load(Relaxed) {
@@ -217,15 +364,16 @@ async fn run_worker(w: Worker) {
 async fn subscriber(
     mut s: TcpStream,
     auth: &str,
+    track: &mut Track,
     totals: &Totals,
     hist: &RefCell<Histogram<u64>>,
     stop: &AtomicBool,
     base: Instant,
 ) -> std::io::Result<()> {
     s.write_all(&frame(7, 1, auth.as_bytes())).await?;
-    let mut buf = vec![0u8; 4096];
+    // Small on purpose: a million of these must fit; it grows for bursts.
+    let mut buf = vec![0u8; 512];
     let mut have = 0usize;
-    let mut track = Track::default();
     loop {
         if stop.load(Relaxed) {
             return Ok(());
@@ -246,7 +394,7 @@ async fn subscriber(
             if have - at < len {
                 break;
             }
-            on_frame(&buf[at..at + len], &mut track, totals, hist, base);
+            on_frame(&buf[at..at + len], track, totals, hist, base);
             at += len;
         }
         buf.copy_within(at..have, 0);
@@ -314,10 +462,12 @@ fn ws_frame(op: u8, payload: &[u8]) -> Vec<u8> {
 
 /// A subscriber over WebSocket: upgrade, auth in a binary message, then one
 /// protocol frame per server message; pings are answered.
+#[allow(clippy::too_many_arguments)]
 async fn ws_subscriber(
     mut s: TcpStream,
     path: &str,
     auth: &str,
+    track: &mut Track,
     totals: &Totals,
     hist: &RefCell<Histogram<u64>>,
     stop: &AtomicBool,
@@ -329,10 +479,9 @@ async fn ws_subscriber(
     );
     s.write_all(req.as_bytes()).await?;
     s.write_all(&ws_frame(0x2, &frame(7, 1, auth.as_bytes()))).await?;
-    let mut buf = vec![0u8; 4096];
+    let mut buf = vec![0u8; 512];
     let mut have = 0usize;
     let mut upgraded = false;
-    let mut track = Track::default();
     loop {
         if stop.load(Relaxed) {
             return Ok(());
@@ -372,7 +521,7 @@ async fn ws_subscriber(
             }
             let payload = &buf[at + hdr..at + hdr + len];
             match op {
-                0x2 => on_frame(payload, &mut track, totals, hist, base),
+                0x2 => on_frame(payload, track, totals, hist, base),
                 0x9 => s.write_all(&ws_frame(0xA, payload)).await?,
                 0x8 => return Ok(()),
                 _ => {}
@@ -475,9 +624,14 @@ fn wait_connected(common: &Common, totals: &Totals) -> Result<Duration> {
         }
         if last.elapsed() >= Duration::from_secs(1) {
             eprintln!(
-                "[{:>5.1}s] connected {c}/{} failed {f}",
+                "[{:>5.1}s] connected {c}/{} failed {f} {}",
                 start.elapsed().as_secs_f64(),
-                common.conns
+                common.conns,
+                if f > 0 {
+                    totals.failures().to_string()
+                } else {
+                    String::new()
+                }
             );
             last = Instant::now();
         }
@@ -488,23 +642,59 @@ fn wait_connected(common: &Common, totals: &Totals) -> Result<Duration> {
     }
 }
 
+/// Most connections one worker (one private fd table) is given; leaves room
+/// under a 20,000 RLIMIT_NOFILE for the executor's own descriptors.
+const MAX_CONNS_PER_WORKER: usize = 19_500;
+
+fn self_rss() -> u64 {
+    proc_usage(std::process::id()).map_or(0, |u| u.0)
+}
+
 fn main() -> Result<()> {
     let cli = Cli::parse();
+    let common = match &cli.cmd {
+        Cmd::Idle { common, .. } | Cmd::Broadcast { common, .. } => common,
+    };
+    let nofile = {
+        let mut r = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: getrlimit fills the struct we pass.
+        unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) };
+        r.rlim_cur as usize
+    };
+    let per_worker = common.conns.div_ceil(common.workers.max(1));
+    if per_worker > MAX_CONNS_PER_WORKER.min(nofile.saturating_sub(500)) {
+        bail!(
+            "{per_worker} connections per worker passes the open-file limit ({nofile} per fd table); \
+             use --workers {} or more",
+            common
+                .conns
+                .div_ceil(MAX_CONNS_PER_WORKER.min(nofile.saturating_sub(500)).max(1))
+        );
+    }
+    if common.target.is_empty() || common.workers == 0 {
+        bail!("need at least one --target and one worker");
+    }
     let base = Instant::now();
     let totals = Arc::new(Totals::default());
     let stop = Arc::new(AtomicBool::new(false));
     match cli.cmd {
         Cmd::Idle { common, hold_secs } => {
-            let before = common.server_pid.and_then(proc_usage);
+            let before = procs_usage(&common.server_pid);
+            let (self0, kernel0) = (self_rss(), kernel_net_memory());
             let (handles, _) = spawn_workers(&common, &totals, &stop, base)?;
             let took = wait_connected(&common, &totals)?;
             std::thread::sleep(Duration::from_secs(hold_secs));
-            let after = common.server_pid.and_then(proc_usage);
+            let after = procs_usage(&common.server_pid);
+            let (self1, kernel1) = (self_rss(), kernel_net_memory());
             let n = totals.connected.load(Relaxed);
             let per_conn = match (before, after) {
                 (Some(b), Some(a)) if n > 0 => Some((a.0 as f64 - b.0 as f64) / n as f64),
                 _ => None,
             };
+            let per = |a: u64, b: u64| (b as f64 - a as f64) / n.max(1) as f64;
             stop.store(true, Relaxed);
             for h in handles {
                 let _ = h.join();
@@ -518,6 +708,9 @@ fn main() -> Result<()> {
                 "server_rss_before_bytes": before.map(|b| b.0),
                 "server_rss_after_bytes": after.map(|a| a.0),
                 "server_rss_per_conn_bytes": per_conn,
+                "loadgen_rss_per_conn_bytes": per(self0, self1),
+                "kernel_mem_per_conn_bytes": per(kernel0, kernel1),
+                "connect_failures": totals.failures(),
             });
             print_report(&report, common.json);
             if totals.connect_failed.load(Relaxed) > 0 {
@@ -530,20 +723,35 @@ fn main() -> Result<()> {
             msg_rate,
             size,
             duration,
+            drain_secs,
         } => {
             if size < 16 {
                 bail!("--size must be at least 16");
             }
+            let mem0 = (procs_usage(&common.server_pid), self_rss(), kernel_net_memory());
             let (handles, hist) = spawn_workers(&common, &totals, &stop, base)?;
             let took = wait_connected(&common, &totals)?;
             let subs = totals.connected.load(Relaxed);
-            let mut publisher = Publisher::connect(http)?;
+            std::thread::sleep(Duration::from_secs(1));
+            let mem1 = (procs_usage(&common.server_pid), self_rss(), kernel_net_memory());
+            let per = |a: u64, b: u64| (b as f64 - a as f64) / subs.max(1) as f64;
+            let memory = serde_json::json!({
+                "server_rss_before_bytes": mem0.0.map(|u| u.0),
+                "server_rss_after_bytes": mem1.0.map(|u| u.0),
+                "server_rss_per_conn_bytes": mem0.0.zip(mem1.0).map(|(a, b)| per(a.0, b.0)),
+                "loadgen_rss_per_conn_bytes": per(mem0.1, mem1.1),
+                "kernel_mem_per_conn_bytes": per(mem0.2, mem1.2),
+            });
+            let mut publishers = http
+                .iter()
+                .map(|&a| Publisher::connect(a))
+                .collect::<Result<Vec<_>>>()?;
             let path = {
                 let (typ, id) = common.room.split_once("://").context("--room must be type://id")?;
                 format!("/goim/push/room?operation=1000&type={typ}&room={id}")
             };
             let total_msgs = msg_rate * duration;
-            let (m0, s0) = (machine_cpu(), common.server_pid.and_then(proc_usage));
+            let (m0, s0) = (machine_cpu(), procs_usage(&common.server_pid));
             let r0 = totals.received.load(Relaxed);
             let start = Instant::now();
             let mut last = Instant::now();
@@ -555,7 +763,9 @@ fn main() -> Result<()> {
                 }
                 payload[0..8].copy_from_slice(&seq.to_be_bytes());
                 payload[8..16].copy_from_slice(&now_ns(base).to_be_bytes());
-                publisher.post(&path, &payload)?;
+                for p in &mut publishers {
+                    p.post(&path, &payload)?;
+                }
                 if last.elapsed() >= Duration::from_secs(1) {
                     eprintln!(
                         "[{:>5.1}s] published {} received {}",
@@ -568,12 +778,12 @@ fn main() -> Result<()> {
             }
             let publish_secs = start.elapsed().as_secs_f64();
             let expected = total_msgs * subs;
-            let drain_end = Instant::now() + Duration::from_secs(10);
+            let drain_end = Instant::now() + Duration::from_secs(drain_secs);
             while totals.received.load(Relaxed) - r0 < expected && Instant::now() < drain_end {
                 std::thread::sleep(Duration::from_millis(10));
             }
             let elapsed = start.elapsed().as_secs_f64();
-            let (m1, s1) = (machine_cpu(), common.server_pid.and_then(proc_usage));
+            let (m1, s1) = (machine_cpu(), procs_usage(&common.server_pid));
             stop.store(true, Relaxed);
             for h in handles {
                 let _ = h.join();
@@ -592,6 +802,9 @@ fn main() -> Result<()> {
                 "mode": "broadcast",
                 "subscribers": subs,
                 "connect_secs": took.as_secs_f64(),
+                "connect_failed": totals.connect_failed.load(Relaxed),
+                "connect_failures": totals.failures(),
+                "memory": memory,
                 "published": total_msgs,
                 "publish_rate": total_msgs as f64 / publish_secs,
                 "payload_bytes": size,
