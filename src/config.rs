@@ -26,10 +26,26 @@ pub struct Cli {
 
 /// Subcommands.
 #[derive(Debug, Subcommand)]
+// Parsed once at start-up; boxing the server knobs would only add noise.
+#[allow(clippy::large_enum_variant)]
 pub enum Cmd {
     /// Run the server.
     #[command(args_override_self = true)]
     Serve(ServeArgs),
+    /// Report what on this host is not tuned for many connections, and how to
+    /// fix it; exits 1 when anything is.
+    CheckHost(CheckHostArgs),
+}
+
+/// Arguments of `volley check-host`.
+#[derive(Debug, Args)]
+pub struct CheckHostArgs {
+    /// Connections one volley process should hold.
+    #[arg(long, default_value_t = 1_000_000)]
+    pub conns: u64,
+    /// Shards the server will run (0 = one per CPU).
+    #[arg(long, default_value_t = 0)]
+    pub shards: u64,
 }
 
 /// Arguments of `volley serve`.
@@ -271,7 +287,9 @@ where
 {
     let args: Vec<std::ffi::OsString> = args.into_iter().map(Into::into).collect();
     let cli = Cli::try_parse_from(&args)?;
-    let Cmd::Serve(serve) = &cli.cmd;
+    let Cmd::Serve(serve) = &cli.cmd else {
+        return Ok(cli);
+    };
     let Some(path) = serve.config.clone() else {
         return Ok(cli);
     };
@@ -336,7 +354,7 @@ mod tests {
     use super::*;
 
     fn serve(cli: Cli) -> Config {
-        let Cmd::Serve(s) = cli.cmd;
+        let Cmd::Serve(s) = cli.cmd else { panic!("not serve") };
         s.server
     }
 

@@ -31,6 +31,7 @@
 
 pub mod config;
 pub mod conn;
+pub mod host;
 pub mod http_api;
 pub mod metrics;
 pub mod proto;

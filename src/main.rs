@@ -13,7 +13,21 @@ fn main() -> anyhow::Result<()> {
         Err(volley::config::ConfigError::Args(e)) => e.exit(),
         Err(e) => return Err(e.into()),
     };
-    let Cmd::Serve(serve) = cli.cmd;
+    let serve = match cli.cmd {
+        Cmd::Serve(s) => s,
+        Cmd::CheckHost(a) => {
+            let facts = volley::host::HostFacts::read();
+            let shards = if a.shards == 0 {
+                std::thread::available_parallelism().map_or(1, |n| n.get()) as u64
+            } else {
+                a.shards
+            };
+            let checks = volley::host::checks(&facts, a.conns, shards);
+            print!("{}", volley::host::render(&facts, &checks, a.conns));
+            let tuned = checks.iter().all(|c| c.status == volley::host::Status::Ok);
+            std::process::exit(if tuned { 0 } else { 1 });
+        }
+    };
     let config = serve.server;
     if !config.transparent_hugepages {
         // Process-wide and inherited by the shard threads; pages touched so
