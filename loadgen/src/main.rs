@@ -109,6 +109,102 @@ enum Cmd {
         #[arg(long, default_value_t = 10)]
         drain_secs: u64,
     },
+    /// Generic WebSocket broadcast: drives any WebSocket broadcast server
+    /// (volley, NATS, a tokio server...) with the same load. Subscribers
+    /// upgrade at --ws, send --first-message, and count every message holding
+    /// a payload marker; a publisher sends time-stamped payloads over its own
+    /// WebSocket (--publish ws) or an HTTP POST (--publish http).
+    Ws {
+        #[command(flatten)]
+        common: Common,
+        /// Text each subscriber sends after the upgrade (\r \n \t unescaped),
+        /// e.g. "CONNECT {}\r\nSUB bench 1\r\n" for NATS.
+        #[arg(long)]
+        first_message: Option<String>,
+        /// Binary message each subscriber sends after the upgrade, in hex
+        /// (instead of --first-message), e.g. a volley auth frame.
+        #[arg(long)]
+        first_binary_hex: Option<String>,
+        /// How messages are published.
+        #[arg(long, value_enum, default_value_t = PublishVia::Ws)]
+        publish: PublishVia,
+        /// Text the WebSocket publisher sends after its upgrade.
+        #[arg(long)]
+        publisher_first_message: Option<String>,
+        /// What the WebSocket publisher sends per message: `{payload}` and
+        /// `{len}` are replaced, e.g. "PUB bench {len}\r\n{payload}\r\n".
+        #[arg(long, default_value = "{payload}")]
+        publish_template: String,
+        /// HTTP APIs to POST each payload to (--publish http).
+        #[arg(long, value_delimiter = ',')]
+        publish_http: Vec<SocketAddr>,
+        /// Path of that POST.
+        #[arg(long, default_value = "/goim/push/room?operation=1000&type=live&room=bench")]
+        publish_path: String,
+        /// Messages published per second.
+        #[arg(long, default_value_t = 10)]
+        msg_rate: u64,
+        /// Payload size in bytes (at least 34: marker, sequence, time stamp).
+        #[arg(long, default_value_t = 64)]
+        size: usize,
+        /// Seconds to publish for.
+        #[arg(long, default_value_t = 10)]
+        duration: u64,
+        /// Seconds to wait after the last publish for deliveries to finish.
+        #[arg(long, default_value_t = 10)]
+        drain_secs: u64,
+    },
+}
+
+/// Publisher transport of the generic WebSocket mode.
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+enum PublishVia {
+    /// One more WebSocket connection sends each message.
+    Ws,
+    /// An HTTP POST per message to every --publish-http address.
+    Http,
+}
+
+/// What a generic-mode subscriber sends after its upgrade.
+struct Generic {
+    first: Vec<u8>,
+    binary: bool,
+}
+
+/// Marker that starts a generic-mode payload: "VL", 16 hex digits of
+/// sequence, 16 of send time (ns since the run began), then padding.
+const MARKER: &[u8] = b"VL";
+const GENERIC_MIN_SIZE: usize = 34;
+
+fn generic_payload(seq: u64, ns: u64, size: usize) -> Vec<u8> {
+    let mut p = format!("VL{seq:016x}{ns:016x}").into_bytes();
+    p.resize(size, b'x');
+    p
+}
+
+/// Every payload marker in a received message (a NATS MSG, a volley frame,
+/// a bare echo...).
+fn scan_payloads(data: &[u8], track: &mut Track, totals: &Totals, hist: &RefCell<Histogram<u64>>, base: Instant) {
+    let hex = |b: &[u8]| {
+        std::str::from_utf8(b)
+            .ok()
+            .and_then(|s| u64::from_str_radix(s, 16).ok())
+    };
+    for at in memchr::memmem::find_iter(data, MARKER) {
+        let Some(f) = data.get(at + 2..at + GENERIC_MIN_SIZE) else {
+            continue;
+        };
+        if let (Some(seq), Some(sent)) = (hex(&f[..16]), hex(&f[16..32])) {
+            record(seq, sent, track, totals, hist, base);
+        }
+    }
+}
+
+fn unescape(s: &str) -> Vec<u8> {
+    s.replace("\\r", "\r")
+        .replace("\\n", "\n")
+        .replace("\\t", "\t")
+        .into_bytes()
 }
 
 /// The latency histogram every worker folds its own into at the end.
@@ -290,6 +386,7 @@ struct Worker {
     id: usize,
     count: usize,
     common: Common,
+    generic: Option<Arc<Generic>>,
     totals: Arc<Totals>,
     hist: Arc<Mutex<Histogram<u64>>>,
     stop: Arc<AtomicBool>,
@@ -337,11 +434,26 @@ async fn run_worker(w: Worker) {
         let stop = w.stop.clone();
         let auth = auth.clone();
         let ws = w.common.ws.clone();
+        let generic = w.generic.clone();
         let base = w.base;
         tasks.push(glommio::spawn_local(async move {
             let mut track = Track::default();
             let r = match &ws {
-                Some(path) => ws_subscriber(stream, path, &auth, &mut track, &totals, &hist, &stop, base).await,
+                Some(path) => {
+                    let hello = match &generic {
+                        Some(g) if g.first.is_empty() => None,
+                        Some(g) => Some(ws_frame(if g.binary { 0x2 } else { 0x1 }, &g.first)),
+                        None => Some(ws_frame(0x2, &frame(7, 1, auth.as_bytes()))),
+                    };
+                    let sub = Sub {
+                        track: &mut track,
+                        totals: &totals,
+                        hist: &hist,
+                        base,
+                        generic: generic.is_some(),
+                    };
+                    ws_subscriber(stream, path, hello, sub, &stop).await
+                }
                 None => subscriber(stream, &auth, &mut track, &totals, &hist, &stop, base).await,
             };
             match r {
@@ -424,19 +536,24 @@ fn on_frame(f: &[u8], track: &mut Track, totals: &Totals, hist: &RefCell<Histogr
         1000 if body.len() >= 16 => {
             let seq = u64::from_be_bytes(body[0..8].try_into().unwrap());
             let sent = u64::from_be_bytes(body[8..16].try_into().unwrap());
-            let lat = now_ns(base).saturating_sub(sent).max(1);
-            let _ = hist.borrow_mut().record(lat);
-            totals.received.fetch_add(1, Relaxed);
-            if seq < track.next_seq {
-                totals.dups.fetch_add(1, Relaxed);
-            } else {
-                if seq > track.next_seq {
-                    totals.gaps.fetch_add(seq - track.next_seq, Relaxed);
-                }
-                track.next_seq = seq + 1;
-            }
+            record(seq, sent, track, totals, hist, base);
         }
         _ => {}
+    }
+}
+
+/// Accounts for one received payload: latency, loss, duplicates, gaps.
+fn record(seq: u64, sent: u64, track: &mut Track, totals: &Totals, hist: &RefCell<Histogram<u64>>, base: Instant) {
+    let lat = now_ns(base).saturating_sub(sent).max(1);
+    let _ = hist.borrow_mut().record(lat);
+    totals.received.fetch_add(1, Relaxed);
+    if seq < track.next_seq {
+        totals.dups.fetch_add(1, Relaxed);
+    } else {
+        if seq > track.next_seq {
+            totals.gaps.fetch_add(seq - track.next_seq, Relaxed);
+        }
+        track.next_seq = seq + 1;
     }
 }
 
@@ -462,23 +579,36 @@ fn ws_frame(op: u8, payload: &[u8]) -> Vec<u8> {
 
 /// A subscriber over WebSocket: upgrade, auth in a binary message, then one
 /// protocol frame per server message; pings are answered.
-#[allow(clippy::too_many_arguments)]
+/// Where a subscriber accounts what it receives.
+struct Sub<'a> {
+    track: &'a mut Track,
+    totals: &'a Totals,
+    hist: &'a RefCell<Histogram<u64>>,
+    base: Instant,
+    /// Generic mode: payload markers anywhere in any data message; connected
+    /// once upgraded. Otherwise volley frames; connected once authenticated.
+    generic: bool,
+}
+
 async fn ws_subscriber(
     mut s: TcpStream,
     path: &str,
-    auth: &str,
-    track: &mut Track,
-    totals: &Totals,
-    hist: &RefCell<Histogram<u64>>,
+    hello: Option<Vec<u8>>,
+    sub: Sub<'_>,
     stop: &AtomicBool,
-    base: Instant,
 ) -> std::io::Result<()> {
+    let Sub {
+        track,
+        totals,
+        hist,
+        base,
+        generic,
+    } = sub;
     let req = format!(
         "GET {path} HTTP/1.1\r\nHost: volley\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
          Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
     );
     s.write_all(req.as_bytes()).await?;
-    s.write_all(&ws_frame(0x2, &frame(7, 1, auth.as_bytes()))).await?;
     let mut buf = vec![0u8; 512];
     let mut have = 0usize;
     let mut upgraded = false;
@@ -503,6 +633,14 @@ async fn ws_subscriber(
                 return Err(std::io::Error::other("upgrade refused"));
             }
             upgraded = true;
+            // Only now: some servers (NATS) refuse data sent before their 101.
+            if let Some(h) = &hello {
+                s.write_all(h).await?;
+            }
+            if generic {
+                track.authed = true;
+                totals.connected.fetch_add(1, Relaxed);
+            }
             at = end + 4;
         }
         while have - at >= 2 {
@@ -521,6 +659,7 @@ async fn ws_subscriber(
             }
             let payload = &buf[at + hdr..at + hdr + len];
             match op {
+                0x1 | 0x2 if generic => scan_payloads(payload, track, totals, hist, base),
                 0x2 => on_frame(payload, track, totals, hist, base),
                 0x9 => s.write_all(&ws_frame(0xA, payload)).await?,
                 0x8 => return Ok(()),
@@ -582,6 +721,7 @@ impl Publisher {
 
 fn spawn_workers(
     common: &Common,
+    generic: Option<Arc<Generic>>,
     totals: &Arc<Totals>,
     stop: &Arc<AtomicBool>,
     base: Instant,
@@ -594,6 +734,7 @@ fn spawn_workers(
             id,
             count,
             common: common.clone(),
+            generic: generic.clone(),
             totals: totals.clone(),
             hist: hist.clone(),
             stop: stop.clone(),
@@ -653,7 +794,7 @@ fn self_rss() -> u64 {
 fn main() -> Result<()> {
     let cli = Cli::parse();
     let common = match &cli.cmd {
-        Cmd::Idle { common, .. } | Cmd::Broadcast { common, .. } => common,
+        Cmd::Idle { common, .. } | Cmd::Broadcast { common, .. } | Cmd::Ws { common, .. } => common,
     };
     let nofile = {
         let mut r = libc::rlimit {
@@ -684,7 +825,7 @@ fn main() -> Result<()> {
         Cmd::Idle { common, hold_secs } => {
             let before = procs_usage(&common.server_pid);
             let (self0, kernel0) = (self_rss(), kernel_net_memory());
-            let (handles, _) = spawn_workers(&common, &totals, &stop, base)?;
+            let (handles, _) = spawn_workers(&common, None, &totals, &stop, base)?;
             let took = wait_connected(&common, &totals)?;
             std::thread::sleep(Duration::from_secs(hold_secs));
             let after = procs_usage(&common.server_pid);
@@ -728,103 +869,245 @@ fn main() -> Result<()> {
             if size < 16 {
                 bail!("--size must be at least 16");
             }
-            let mem0 = (procs_usage(&common.server_pid), self_rss(), kernel_net_memory());
-            let (handles, hist) = spawn_workers(&common, &totals, &stop, base)?;
-            let took = wait_connected(&common, &totals)?;
-            let subs = totals.connected.load(Relaxed);
-            std::thread::sleep(Duration::from_secs(1));
-            let mem1 = (procs_usage(&common.server_pid), self_rss(), kernel_net_memory());
-            let per = |a: u64, b: u64| (b as f64 - a as f64) / subs.max(1) as f64;
-            let memory = serde_json::json!({
-                "server_rss_before_bytes": mem0.0.map(|u| u.0),
-                "server_rss_after_bytes": mem1.0.map(|u| u.0),
-                "server_rss_per_conn_bytes": mem0.0.zip(mem1.0).map(|(a, b)| per(a.0, b.0)),
-                "loadgen_rss_per_conn_bytes": per(mem0.1, mem1.1),
-                "kernel_mem_per_conn_bytes": per(mem0.2, mem1.2),
-            });
-            let mut publishers = http
-                .iter()
-                .map(|&a| Publisher::connect(a))
-                .collect::<Result<Vec<_>>>()?;
             let path = {
                 let (typ, id) = common.room.split_once("://").context("--room must be type://id")?;
                 format!("/goim/push/room?operation=1000&type={typ}&room={id}")
             };
-            let total_msgs = msg_rate * duration;
-            let (m0, s0) = (machine_cpu(), procs_usage(&common.server_pid));
-            let r0 = totals.received.load(Relaxed);
-            let start = Instant::now();
-            let mut last = Instant::now();
+            let mut publishers = http
+                .iter()
+                .map(|&a| Publisher::connect(a))
+                .collect::<Result<Vec<_>>>()?;
+            let load = Load {
+                msg_rate,
+                size,
+                duration,
+                drain_secs,
+            };
             let mut payload = vec![b'x'; size];
-            for seq in 0..total_msgs {
-                let due = start + Duration::from_secs_f64(seq as f64 / msg_rate as f64);
-                if let Some(d) = due.checked_duration_since(Instant::now()) {
-                    std::thread::sleep(d);
-                }
+            run_broadcast(&common, None, load, &totals, &stop, base, |seq, ns| {
                 payload[0..8].copy_from_slice(&seq.to_be_bytes());
-                payload[8..16].copy_from_slice(&now_ns(base).to_be_bytes());
+                payload[8..16].copy_from_slice(&ns.to_be_bytes());
                 for p in &mut publishers {
                     p.post(&path, &payload)?;
                 }
-                if last.elapsed() >= Duration::from_secs(1) {
-                    eprintln!(
-                        "[{:>5.1}s] published {} received {}",
-                        start.elapsed().as_secs_f64(),
-                        seq + 1,
-                        totals.received.load(Relaxed) - r0
-                    );
-                    last = Instant::now();
-                }
+                Ok(())
+            })?;
+        }
+        Cmd::Ws {
+            common,
+            first_message,
+            first_binary_hex,
+            publish,
+            publisher_first_message,
+            publish_template,
+            publish_http,
+            publish_path,
+            msg_rate,
+            size,
+            duration,
+            drain_secs,
+        } => {
+            if size < GENERIC_MIN_SIZE {
+                bail!("--size must be at least {GENERIC_MIN_SIZE}");
             }
-            let publish_secs = start.elapsed().as_secs_f64();
-            let expected = total_msgs * subs;
-            let drain_end = Instant::now() + Duration::from_secs(drain_secs);
-            while totals.received.load(Relaxed) - r0 < expected && Instant::now() < drain_end {
-                std::thread::sleep(Duration::from_millis(10));
-            }
-            let elapsed = start.elapsed().as_secs_f64();
-            let (m1, s1) = (machine_cpu(), procs_usage(&common.server_pid));
-            stop.store(true, Relaxed);
-            for h in handles {
-                let _ = h.join();
-            }
-            let received = totals.received.load(Relaxed) - r0;
-            let h = hist.lock().unwrap();
-            let us = |q: f64| h.value_at_quantile(q) as f64 / 1000.0;
-            let machine_cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
-            let busy_frac = (m1.0 - m0.0) as f64 / (m1.1 - m0.1).max(1) as f64;
-            let machine_cpu_secs = busy_frac * machine_cores * elapsed;
-            let server_cpu_secs = match (s0, s1) {
-                (Some(a), Some(b)) => Some((b.1 - a.1) as f64 * tick_secs()),
-                _ => None,
+            let Some(ws_path) = common.ws.clone() else {
+                bail!("the ws mode needs --ws PATH");
             };
-            let report = serde_json::json!({
-                "mode": "broadcast",
-                "subscribers": subs,
-                "connect_secs": took.as_secs_f64(),
-                "connect_failed": totals.connect_failed.load(Relaxed),
-                "connect_failures": totals.failures(),
-                "memory": memory,
-                "published": total_msgs,
-                "publish_rate": total_msgs as f64 / publish_secs,
-                "payload_bytes": size,
-                "expected": expected,
-                "received": received,
-                "lost": expected.saturating_sub(received),
-                "gaps": totals.gaps.load(Relaxed),
-                "dups": totals.dups.load(Relaxed),
-                "deliveries_per_sec": received as f64 / elapsed,
-                "machine_cpu_us_per_delivery": machine_cpu_secs * 1e6 / received.max(1) as f64,
-                "server_cpu_us_per_delivery": server_cpu_secs.map(|s| s * 1e6 / received.max(1) as f64),
-                "latency_us": {"p50": us(0.5), "p90": us(0.9), "p99": us(0.99), "p999": us(0.999), "max": h.max() as f64 / 1000.0},
-            });
-            print_report(&report, common.json);
-            if received < expected || totals.dups.load(Relaxed) > 0 {
-                std::process::exit(1);
+            let generic = match (&first_message, &first_binary_hex) {
+                (Some(_), Some(_)) => bail!("--first-message and --first-binary-hex exclude each other"),
+                (_, Some(h)) => Generic {
+                    first: decode_hex(h)?,
+                    binary: true,
+                },
+                (m, None) => Generic {
+                    first: m.as_deref().map(unescape).unwrap_or_default(),
+                    binary: false,
+                },
+            };
+            let load = Load {
+                msg_rate,
+                size,
+                duration,
+                drain_secs,
+            };
+            match publish {
+                PublishVia::Http => {
+                    if publish_http.is_empty() {
+                        bail!("--publish http needs --publish-http ADDRS");
+                    }
+                    let mut publishers = publish_http
+                        .iter()
+                        .map(|&a| Publisher::connect(a))
+                        .collect::<Result<Vec<_>>>()?;
+                    run_broadcast(
+                        &common,
+                        Some(Arc::new(generic)),
+                        load,
+                        &totals,
+                        &stop,
+                        base,
+                        |seq, ns| {
+                            let payload = generic_payload(seq, ns, size);
+                            for p in &mut publishers {
+                                p.post(&publish_path, &payload)?;
+                            }
+                            Ok(())
+                        },
+                    )?;
+                }
+                PublishVia::Ws => {
+                    let hello = publisher_first_message.as_deref().map(unescape).unwrap_or_default();
+                    let mut pubs = common
+                        .target
+                        .iter()
+                        .map(|&t| WsPublisher::connect(t, &ws_path, &hello))
+                        .collect::<Result<Vec<_>>>()?;
+                    let template = String::from_utf8(unescape(&publish_template)).context("template")?;
+                    run_broadcast(
+                        &common,
+                        Some(Arc::new(generic)),
+                        load,
+                        &totals,
+                        &stop,
+                        base,
+                        |seq, ns| {
+                            let payload = String::from_utf8(generic_payload(seq, ns, size)).expect("ASCII");
+                            let msg = template
+                                .replace("{len}", &size.to_string())
+                                .replace("{payload}", &payload);
+                            for p in &mut pubs {
+                                p.send(msg.as_bytes())?;
+                            }
+                            Ok(())
+                        },
+                    )?;
+                }
             }
         }
     }
     Ok(())
+}
+
+/// Message rate, size and timing of a broadcast run.
+struct Load {
+    msg_rate: u64,
+    size: usize,
+    duration: u64,
+    drain_secs: u64,
+}
+
+/// Connects the subscribers, publishes `msg_rate * duration` messages through
+/// `publish(seq, send_ns)`, waits for them to arrive, and reports (exits 1 on
+/// loss or duplicates).
+fn run_broadcast(
+    common: &Common,
+    generic: Option<Arc<Generic>>,
+    load: Load,
+    totals: &Arc<Totals>,
+    stop: &Arc<AtomicBool>,
+    base: Instant,
+    mut publish: impl FnMut(u64, u64) -> Result<()>,
+) -> Result<()> {
+    let Load {
+        msg_rate,
+        size,
+        duration,
+        drain_secs,
+    } = load;
+    let mem0 = (procs_usage(&common.server_pid), self_rss(), kernel_net_memory());
+    let (handles, hist) = spawn_workers(common, generic, totals, stop, base)?;
+    let took = wait_connected(common, totals)?;
+    let subs = totals.connected.load(Relaxed);
+    std::thread::sleep(Duration::from_secs(1));
+    let mem1 = (procs_usage(&common.server_pid), self_rss(), kernel_net_memory());
+    let per = |a: u64, b: u64| (b as f64 - a as f64) / subs.max(1) as f64;
+    let memory = serde_json::json!({
+        "server_rss_before_bytes": mem0.0.map(|u| u.0),
+        "server_rss_after_bytes": mem1.0.map(|u| u.0),
+        "server_rss_per_conn_bytes": mem0.0.zip(mem1.0).map(|(a, b)| per(a.0, b.0)),
+        "loadgen_rss_per_conn_bytes": per(mem0.1, mem1.1),
+        "kernel_mem_per_conn_bytes": per(mem0.2, mem1.2),
+    });
+    let total_msgs = msg_rate * duration;
+    let (m0, s0, l0) = (machine_cpu(), procs_usage(&common.server_pid), proc_usage(std::process::id()));
+    let r0 = totals.received.load(Relaxed);
+    let start = Instant::now();
+    let mut last = Instant::now();
+    for seq in 0..total_msgs {
+        let due = start + Duration::from_secs_f64(seq as f64 / msg_rate as f64);
+        if let Some(d) = due.checked_duration_since(Instant::now()) {
+            std::thread::sleep(d);
+        }
+        publish(seq, now_ns(base))?;
+        if last.elapsed() >= Duration::from_secs(1) {
+            eprintln!(
+                "[{:>5.1}s] published {} received {}",
+                start.elapsed().as_secs_f64(),
+                seq + 1,
+                totals.received.load(Relaxed) - r0
+            );
+            last = Instant::now();
+        }
+    }
+    let publish_secs = start.elapsed().as_secs_f64();
+    let expected = total_msgs * subs;
+    let drain_end = Instant::now() + Duration::from_secs(drain_secs);
+    while totals.received.load(Relaxed) - r0 < expected && Instant::now() < drain_end {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let elapsed = start.elapsed().as_secs_f64();
+    let (m1, s1, l1) = (machine_cpu(), procs_usage(&common.server_pid), proc_usage(std::process::id()));
+    stop.store(true, Relaxed);
+    for h in handles {
+        let _ = h.join();
+    }
+    let received = totals.received.load(Relaxed) - r0;
+    let h = hist.lock().unwrap();
+    let us = |q: f64| h.value_at_quantile(q) as f64 / 1000.0;
+    let machine_cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+    let busy_frac = (m1.0 - m0.0) as f64 / (m1.1 - m0.1).max(1) as f64;
+    let machine_cpu_secs = busy_frac * machine_cores * elapsed;
+    let server_cpu_secs = match (s0, s1) {
+        (Some(a), Some(b)) => Some((b.1 - a.1) as f64 * tick_secs()),
+        _ => None,
+    };
+    let report = serde_json::json!({
+        "mode": "broadcast",
+        "subscribers": subs,
+        "connect_secs": took.as_secs_f64(),
+        "connect_failed": totals.connect_failed.load(Relaxed),
+        "connect_failures": totals.failures(),
+        "memory": memory,
+        "published": total_msgs,
+        "publish_rate": total_msgs as f64 / publish_secs,
+        "payload_bytes": size,
+        "expected": expected,
+        "received": received,
+        "lost": expected.saturating_sub(received),
+        "gaps": totals.gaps.load(Relaxed),
+        "dups": totals.dups.load(Relaxed),
+        "deliveries_per_sec": received as f64 / elapsed,
+        "machine_cpu_us_per_delivery": machine_cpu_secs * 1e6 / received.max(1) as f64,
+        "server_cpu_us_per_delivery": server_cpu_secs.map(|s| s * 1e6 / received.max(1) as f64),
+        // The load generator's own share (its receive syscalls included).
+        "loadgen_cpu_us_per_delivery": l0.zip(l1).map(|(a, b)| (b.1 - a.1) as f64 * tick_secs() * 1e6 / received.max(1) as f64),
+        "latency_us": {"p50": us(0.5), "p90": us(0.9), "p99": us(0.99), "p999": us(0.999), "max": h.max() as f64 / 1000.0},
+    });
+    print_report(&report, common.json);
+    if received < expected || totals.dups.load(Relaxed) > 0 {
+        std::process::exit(1);
+    }
+    Ok(())
+}
+
+fn decode_hex(h: &str) -> Result<Vec<u8>> {
+    if h.len() & 1 == 1 {
+        bail!("odd-length hex");
+    }
+    (0..h.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&h[i..i + 2], 16).context("bad hex"))
+        .collect()
 }
 
 fn print_report(v: &serde_json::Value, json: bool) {
@@ -832,5 +1115,50 @@ fn print_report(v: &serde_json::Value, json: bool) {
         println!("{v}");
     } else {
         println!("{}", serde_json::to_string_pretty(v).unwrap());
+    }
+}
+
+/// A WebSocket publisher on a plain blocking socket (main thread). A drain
+/// thread reads and discards whatever the server sends it, so a server that
+/// echoes to the sender never blocks on it.
+struct WsPublisher {
+    s: std::net::TcpStream,
+}
+
+impl WsPublisher {
+    fn connect(target: SocketAddr, path: &str, hello: &[u8]) -> Result<Self> {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(target).with_context(|| format!("publisher connect {target}"))?;
+        s.set_nodelay(true)?;
+        let req = format!(
+            "GET {path} HTTP/1.1\r\nHost: {target}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+             Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        );
+        s.write_all(req.as_bytes())?;
+        let mut head = Vec::new();
+        let mut b = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            if s.read(&mut b)? == 0 {
+                bail!("publisher: server closed during the upgrade");
+            }
+            head.push(b[0]);
+        }
+        if !head.starts_with(b"HTTP/1.1 101") {
+            bail!("publisher upgrade refused: {}", String::from_utf8_lossy(&head));
+        }
+        if !hello.is_empty() {
+            s.write_all(&ws_frame(0x1, hello))?;
+        }
+        let mut drain = s.try_clone()?;
+        std::thread::spawn(move || {
+            let mut sink = [0u8; 64 << 10];
+            while matches!(drain.read(&mut sink), Ok(n) if n > 0) {}
+        });
+        Ok(WsPublisher { s })
+    }
+
+    fn send(&mut self, text: &[u8]) -> Result<()> {
+        use std::io::Write;
+        self.s.write_all(&ws_frame(0x1, text)).context("publisher send")
     }
 }

@@ -1,0 +1,89 @@
+#!/usr/bin/env bash
+# Side by side: volley, nats-server (WebSocket listener) and a plain tokio +
+# tokio-tungstenite broadcast server (peers/tokio-broadcast), each driven by
+# `volley-loadgen ws` (the generic WebSocket mode) with identical parameters:
+# N subscribers, 64-byte time-stamped messages at each rate for SECS seconds.
+# One server runs at a time, on the same 2 cores as the load generator.
+# Installs nats-server from apt when missing. Loopback only; every process
+# started here is stopped by PID. JSON per run in $OUT, a table at the end.
+# Usage: scripts/bench_peers.sh [N=19000] [RATES="5 50 200"] [SECS=10]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+N=${1:-19000}
+RATES=${2:-"5 50 200"}
+SECS=${3:-10}
+OUT=${OUT:-target/bench/peers}
+mkdir -p "$OUT"
+if ! command -v nats-server >/dev/null 2>&1; then
+    if [ "$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi
+    $SUDO apt-get install -y -qq nats-server
+fi
+cargo build --release --workspace -q
+LG=(./target/release/volley-loadgen ws --conns "$N" --sources 16 --rate 10000 --size 64 --duration "$SECS" --drain-secs 20 --json)
+PID=
+stop() { if [ -n "$PID" ]; then kill "$PID" 2>/dev/null || true; wait "$PID" 2>/dev/null || true; PID=; fi; }
+trap stop EXIT
+wait_port() { for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.05; done; return 1; }
+
+# volley: subscribers authenticate into live://bench with a binary frame; the
+# publisher POSTs to the room through the HTTP API.
+AUTH=$(python3 -c 'import struct,sys; b=b"{\"room_id\":\"live://bench\",\"accepts\":[]}"; sys.stdout.write((struct.pack(">IHHII",16+len(b),16,1,7,1)+b).hex())')
+run_volley() {
+    ./target/release/volley serve --tcp-listen 127.0.0.1:3201 --ws-listen 127.0.0.1:3202 --http-listen 127.0.0.1:3211 --log warn &
+    PID=$!; wait_port 3211; sleep 1
+    "${LG[@]}" --target 127.0.0.1:3202 --ws /sub --first-binary-hex "$AUTH" --publish http \
+        --publish-http 127.0.0.1:3211 --publish-path "/goim/push/room?operation=1000&type=live&room=bench" \
+        --msg-rate "$1" --server-pid "$PID" > "$OUT/volley-$1.json" || true
+    stop
+}
+
+# NATS: subscribers CONNECT and SUB over the WebSocket listener; the publisher
+# PUBs on its own WebSocket connection.
+cat > "$OUT/nats.conf" <<CONF
+listen: 127.0.0.1:4222
+websocket { listen: "127.0.0.1:3302", no_tls: true }
+max_connections: 1000000
+CONF
+run_nats() {
+    nats-server -c "$OUT/nats.conf" > "$OUT/nats.log" 2>&1 &
+    PID=$!; wait_port 3302; sleep 1
+    "${LG[@]}" --target 127.0.0.1:3302 --ws / \
+        --first-message 'CONNECT {"verbose":false}\r\nSUB bench 1\r\n' \
+        --publisher-first-message 'CONNECT {"verbose":false}\r\n' \
+        --publish-template 'PUB bench {len}\r\n{payload}\r\n' \
+        --msg-rate "$1" --server-pid "$PID" > "$OUT/nats-$1.json" || true
+    stop
+}
+
+# tokio-tungstenite: every message from any client goes to all clients.
+run_tokio() {
+    ./target/release/tokio-broadcast 127.0.0.1:3303 2>/dev/null &
+    PID=$!; wait_port 3303; sleep 1
+    "${LG[@]}" --target 127.0.0.1:3303 --ws / --msg-rate "$1" --server-pid "$PID" > "$OUT/tokio-$1.json" || true
+    stop
+}
+
+for R in $RATES; do
+    for S in volley nats tokio; do
+        echo "== $S: $N WebSocket subscribers, $R msg/s x ${SECS}s, 64 B"
+        "run_$S" "$R"
+    done
+done
+python3 - "$OUT" "$N" $RATES <<'PY'
+import json, sys
+out, n, rates = sys.argv[1], sys.argv[2], sys.argv[3:]
+print(f"\n{n} WebSocket subscribers, 64 B messages")
+print("| rate | server | achieved msg/s | deliveries/s | lost | server CPU/delivery | machine CPU/delivery | p50 | p99 | server RSS/conn |")
+print("|---|---|---|---|---|---|---|---|---|---|")
+for r in rates:
+    base = None
+    for s in ("volley", "nats", "tokio"):
+        try:
+            d = json.load(open(f"{out}/{s}-{r}.json"))
+        except Exception:
+            print(f"| {r} | {s} | (no result) |"); continue
+        l = d["latency_us"]
+        print(f"| {r} | {s} | {d['publish_rate']:.1f} | {d['deliveries_per_sec']:,.0f} | {d['lost']} | "
+              f"{d['server_cpu_us_per_delivery'] or 0:.2f} µs | {d['machine_cpu_us_per_delivery']:.2f} µs | "
+              f"{l['p50']/1000:.0f} ms | {l['p99']/1000:.0f} ms | {d['memory']['server_rss_per_conn_bytes'] or 0:,.0f} B |")
+PY
