@@ -1029,7 +1029,11 @@ fn run_broadcast(
         "kernel_mem_per_conn_bytes": per(mem0.2, mem1.2),
     });
     let total_msgs = msg_rate * duration;
-    let (m0, s0, l0) = (machine_cpu(), procs_usage(&common.server_pid), proc_usage(std::process::id()));
+    let (m0, s0, l0) = (
+        machine_cpu(),
+        procs_usage(&common.server_pid),
+        proc_usage(std::process::id()),
+    );
     let r0 = totals.received.load(Relaxed);
     let start = Instant::now();
     let mut last = Instant::now();
@@ -1056,7 +1060,11 @@ fn run_broadcast(
         std::thread::sleep(Duration::from_millis(10));
     }
     let elapsed = start.elapsed().as_secs_f64();
-    let (m1, s1, l1) = (machine_cpu(), procs_usage(&common.server_pid), proc_usage(std::process::id()));
+    let (m1, s1, l1) = (
+        machine_cpu(),
+        procs_usage(&common.server_pid),
+        proc_usage(std::process::id()),
+    );
     stop.store(true, Relaxed);
     for h in handles {
         let _ = h.join();
