@@ -1118,11 +1118,46 @@ fn decode_hex(h: &str) -> Result<Vec<u8>> {
         .collect()
 }
 
+/// The final report: one JSON object with `--json`, else aligned
+/// `name  value` lines (nested names dotted, e.g. `latency_us.p99`).
 fn print_report(v: &serde_json::Value, json: bool) {
     if json {
         println!("{v}");
-    } else {
-        println!("{}", serde_json::to_string_pretty(v).unwrap());
+        return;
+    }
+    let mut lines = Vec::new();
+    flatten("", v, &mut lines);
+    let width = lines.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
+    for (k, v) in lines {
+        println!("{k:<width$}  {v}");
+    }
+}
+
+fn flatten(prefix: &str, v: &serde_json::Value, out: &mut Vec<(String, String)>) {
+    match v {
+        serde_json::Value::Object(m) => {
+            for (k, v) in m {
+                let name = if prefix.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{prefix}.{k}")
+                };
+                flatten(&name, v, out);
+            }
+        }
+        serde_json::Value::Number(n) if n.is_f64() => {
+            let f = n.as_f64().unwrap_or(0.0);
+            out.push((
+                prefix.to_string(),
+                if f.abs() >= 100.0 {
+                    format!("{f:.0}")
+                } else {
+                    format!("{f:.3}")
+                },
+            ));
+        }
+        serde_json::Value::Null => out.push((prefix.to_string(), "-".into())),
+        other => out.push((prefix.to_string(), other.to_string())),
     }
 }
 
