@@ -458,6 +458,11 @@ async fn run_worker(w: Worker) {
             };
             match r {
                 Err(e) if !track.authed => totals.fail(&e),
+                // The server hung up before accepting us: a failure too,
+                // or the run would wait for it until its deadline.
+                Ok(()) if !track.authed && !stop.load(Relaxed) => {
+                    totals.fail(&std::io::Error::other("closed before the handshake completed"))
+                }
                 _ => {
                     totals.closed.fetch_add(1, Relaxed);
                 }
