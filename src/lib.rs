@@ -4,7 +4,7 @@
 //! # Architecture
 //!
 //! ```text
-//!            app servers ──HTTP──┐                  clients ──TCP (goim frames)──┐
+//!            app servers ──HTTP──┐      clients ──TCP (goim frames) / WebSocket──┐
 //!                                ▼                                               ▼
 //!  ┌─ shard 0 (core 0) ───────────────────────┐  ┌─ shard 1 (core 1) ─────────────────┐
 //!  │ http_api ─encode once─> route(owner)     │  │ accept ─> TcpDriver per connection │
@@ -17,6 +17,9 @@
 //! A room publish goes to the room's owner shard, which sends one `RoomFrame`
 //! (sharing the same `Bytes`) to every shard; each shard queues it to its
 //! local members, whose drivers coalesce queued frames into one `sendmsg`.
+//! A push is encoded once per transport (`proto::wire::Wire`): TCP
+//! connections get the bare frame, WebSocket ones the same frame as one binary
+//! message; both forms are shared by every connection.
 //!
 //! # Modules
 //! - [`config`]: every knob, file/env/flag layering.
@@ -24,9 +27,10 @@
 //! - [`shard`]: per-core state and behaviour; `shard::topics` (room index,
 //!   pure) and `shard::mesh` (cross-core messages).
 //! - [`conn`]: the socket drivers and outbound queues (the only awaiting code).
-//! - [`proto`]: sans-IO codecs.
+//! - [`proto`]: sans-IO codecs (binary frames, control bodies, WebSocket).
 //! - [`http_api`]: publish / online / stats API.
 //! - [`metrics`]: counters and close reasons.
+//! - [`host`]: `volley check-host`, what on this host is not tuned.
 #![warn(missing_docs)]
 
 pub mod config;

@@ -6,11 +6,18 @@
 //! socket2 (SO_REUSEPORT, configurable backlog — glommio's own `bind` fixes the
 //! backlog at 1024): shard 0's socket binds the requested address, possibly
 //! port 0, and every other shard binds the port it got, so tests can use an
-//! ephemeral port and still spread connections over every shard.
+//! ephemeral port and still spread connections over every shard. Three
+//! listeners per shard: client TCP, client WebSocket, HTTP API.
+//!
+//! Per shard, two glommio task queues: connection drivers in the default
+//! one; the API, the mesh inbox (which does the fan-out) and the sweep in a
+//! latency-sensitive "control" queue, so a publish is answered within a few
+//! milliseconds even while every subscriber's driver is runnable.
 //!
 //! Shutdown, per shard: stop accepting (the listeners are shut, which fails
-//! the pending accept), queue op 6 "shutdown" to every client, let drivers
-//! flush it, close, and end the executor after at most `shutdown_grace_secs`.
+//! the pending accept), queue op 6 "shutdown" (then close 1001 on WebSocket)
+//! to every client, let drivers flush it, close, and end the executor after
+//! at most `shutdown_grace_secs`.
 
 use crate::config::{Config, ConfigError};
 use crate::conn::tcp::TcpDriver;
