@@ -31,6 +31,7 @@ use glommio::{LocalExecutorBuilder, Placement};
 use hdrhistogram::Histogram;
 use std::cell::RefCell;
 use std::net::SocketAddr;
+use std::os::fd::RawFd;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
@@ -403,6 +404,29 @@ async fn run_worker(w: Worker) {
             std::io::Error::last_os_error()
         );
     }
+    // SAFETY: plain syscalls creating descriptors this worker owns.
+    let (epfd, wake) = unsafe {
+        (
+            libc::epoll_create1(libc::EPOLL_CLOEXEC),
+            libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC),
+        )
+    };
+    let mut ev = libc::epoll_event {
+        events: libc::EPOLLIN as u32,
+        u64: u64::MAX,
+    };
+    // SAFETY: registering our eventfd.
+    unsafe { libc::epoll_ctl(epfd, libc::EPOLL_CTL_ADD, wake, &mut ev) };
+    let (tx, rx) = std::sync::mpsc::channel();
+    // Spawned after unshare: it shares this worker's fd table.
+    let receiver = {
+        let (totals, stop, base) = (w.totals.clone(), w.stop.clone(), w.base);
+        std::thread::Builder::new()
+            .name(format!("loadgen-rx-{}", w.id))
+            .spawn(move || receive_loop(epfd, wake, rx, totals, stop, base))
+            .expect("spawn the receive thread")
+    };
+    let handoff = Rc::new(Handoff { tx, wake });
     let per_conn_gap = Duration::from_secs_f64(w.common.workers as f64 / w.common.rate.max(1) as f64);
     let hist = Rc::new(RefCell::new(
         Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3).unwrap(),
@@ -435,6 +459,7 @@ async fn run_worker(w: Worker) {
         let auth = auth.clone();
         let ws = w.common.ws.clone();
         let generic = w.generic.clone();
+        let handoff = handoff.clone();
         let base = w.base;
         tasks.push(glommio::spawn_local(async move {
             let mut track = Track::default();
@@ -452,9 +477,9 @@ async fn run_worker(w: Worker) {
                         base,
                         generic: generic.is_some(),
                     };
-                    ws_subscriber(stream, path, hello, sub, &stop).await
+                    ws_subscriber(stream, path, hello, sub, &stop, Some(&handoff)).await
                 }
-                None => subscriber(stream, &auth, &mut track, &totals, &hist, &stop, base).await,
+                None => subscriber(stream, &auth, &mut track, &totals, &hist, &stop, base, Some(&handoff)).await,
             };
             match r {
                 Err(e) if !track.authed => totals.fail(&e),
@@ -463,6 +488,7 @@ async fn run_worker(w: Worker) {
                 Ok(()) if !track.authed && !stop.load(Relaxed) => {
                     totals.fail(&std::io::Error::other("closed before the handshake completed"))
                 }
+                Ok(()) if track.handed_off => {}
                 _ => {
                     totals.closed.fetch_add(1, Relaxed);
                 }
@@ -472,12 +498,17 @@ async fn run_worker(w: Worker) {
     while !w.stop.load(Relaxed) {
         glommio::timer::sleep(Duration::from_millis(50)).await;
     }
-    // Give subscribers a moment to notice, then fold the histogram in.
+    // Give subscribers a moment to notice, then fold the histograms in.
     glommio::timer::sleep(Duration::from_millis(100)).await;
-    w.hist.lock().unwrap().add(&*hist.borrow()).unwrap();
+    let received = receiver.join().expect("receive thread");
+    let mut all = w.hist.lock().unwrap();
+    all.add(&*hist.borrow()).unwrap();
+    all.add(&received).unwrap();
+    drop(all);
     drop(tasks);
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn subscriber(
     mut s: TcpStream,
     auth: &str,
@@ -486,6 +517,7 @@ async fn subscriber(
     hist: &RefCell<Histogram<u64>>,
     stop: &AtomicBool,
     base: Instant,
+    handoff: Option<&Handoff>,
 ) -> std::io::Result<()> {
     s.write_all(&frame(7, 1, auth.as_bytes())).await?;
     // Small on purpose: a million of these must fit; it grows for bursts.
@@ -505,17 +537,14 @@ async fn subscriber(
             return Ok(());
         }
         have += n;
-        let mut at = 0;
-        while have - at >= 16 {
-            let len = u32::from_be_bytes(buf[at..at + 4].try_into().unwrap()) as usize;
-            if have - at < len {
-                break;
-            }
-            on_frame(&buf[at..at + len], track, totals, hist, base);
-            at += len;
-        }
+        let at = tcp_frames(&buf[..have], |f| on_frame(f, track, totals, hist, base));
         buf.copy_within(at..have, 0);
         have -= at;
+        if track.authed {
+            if let Some(h) = handoff {
+                return h.give(&s, buf, have, false, false, track);
+            }
+        }
     }
 }
 
@@ -523,6 +552,8 @@ async fn subscriber(
 #[derive(Default)]
 struct Track {
     authed: bool,
+    /// Passed to the receive thread (which counts its close).
+    handed_off: bool,
     next_seq: u64,
 }
 
@@ -601,6 +632,7 @@ async fn ws_subscriber(
     hello: Option<Vec<u8>>,
     sub: Sub<'_>,
     stop: &AtomicBool,
+    handoff: Option<&Handoff>,
 ) -> std::io::Result<()> {
     let Sub {
         track,
@@ -648,32 +680,253 @@ async fn ws_subscriber(
             }
             at = end + 4;
         }
-        while have - at >= 2 {
-            let (op, len_code) = (buf[at] & 0x0f, buf[at + 1] & 0x7f);
-            let (len, hdr) = match len_code {
-                126 if have - at >= 4 => (u16::from_be_bytes([buf[at + 2], buf[at + 3]]) as usize, 4),
-                127 if have - at >= 10 => (
-                    u64::from_be_bytes(buf[at + 2..at + 10].try_into().unwrap()) as usize,
-                    10,
-                ),
-                126 | 127 => break,
-                n => (n as usize, 2),
-            };
-            if have - at < hdr + len {
-                break;
-            }
-            let payload = &buf[at + hdr..at + hdr + len];
+        let mut pongs = Vec::new();
+        let mut closed = false;
+        at += ws_frames(&buf[at..have], |op, payload| {
             match op {
                 0x1 | 0x2 if generic => scan_payloads(payload, track, totals, hist, base),
                 0x2 => on_frame(payload, track, totals, hist, base),
-                0x9 => s.write_all(&ws_frame(0xA, payload)).await?,
-                0x8 => return Ok(()),
+                0x9 => pongs.push(ws_frame(0xA, payload)),
+                0x8 => closed = true,
                 _ => {}
             }
-            at += hdr + len;
+            !closed
+        });
+        for p in pongs {
+            s.write_all(&p).await?;
+        }
+        if closed {
+            return Ok(());
         }
         buf.copy_within(at..have, 0);
         have -= at;
+        if track.authed {
+            if let Some(h) = handoff {
+                return h.give(&s, buf, have, true, generic, track);
+            }
+        }
+    }
+}
+
+/// Server WebSocket frames (unmasked) in `buf`: calls `on(opcode, payload)`
+/// for each whole one until it returns false; returns the bytes consumed.
+fn ws_frames(buf: &[u8], mut on: impl FnMut(u8, &[u8]) -> bool) -> usize {
+    let mut at = 0;
+    while buf.len() - at >= 2 {
+        let (op, len_code) = (buf[at] & 0x0f, buf[at + 1] & 0x7f);
+        let (len, hdr) = match len_code {
+            126 if buf.len() - at >= 4 => (u16::from_be_bytes([buf[at + 2], buf[at + 3]]) as usize, 4),
+            127 if buf.len() - at >= 10 => (
+                u64::from_be_bytes(buf[at + 2..at + 10].try_into().unwrap()) as usize,
+                10,
+            ),
+            126 | 127 => break,
+            n => (n as usize, 2),
+        };
+        if buf.len() - at < hdr + len {
+            break;
+        }
+        let go_on = on(op, &buf[at + hdr..at + hdr + len]);
+        at += hdr + len;
+        if !go_on {
+            break;
+        }
+    }
+    at
+}
+
+/// Protocol frames in `buf`: calls `on(frame)` for each whole one; returns
+/// the bytes consumed.
+fn tcp_frames(buf: &[u8], mut on: impl FnMut(&[u8])) -> usize {
+    let mut at = 0;
+    while buf.len() - at >= 16 {
+        let len = (u32::from_be_bytes(buf[at..at + 4].try_into().unwrap()) as usize).max(16);
+        if buf.len() - at < len {
+            break;
+        }
+        on(&buf[at..at + len]);
+        at += len;
+    }
+    at
+}
+
+/// A subscriber past its handshake, owned by its worker's receive thread.
+struct Recv {
+    fd: RawFd,
+    buf: Vec<u8>,
+    have: usize,
+    track: Track,
+    ws: bool,
+    generic: bool,
+}
+
+/// Where a worker's subscribers go once their handshake is done: a plain
+/// thread of the same worker (so the same private fd table) that reads them
+/// all through one edge-triggered epoll. Each message then costs a `recv` and
+/// a share of one `epoll_wait`, instead of a recv plus a fresh glommio poll
+/// request per message (measured: 6.9 us per delivery, more than half the
+/// server's own cost, before this).
+struct Handoff {
+    tx: std::sync::mpsc::Sender<Box<Recv>>,
+    wake: RawFd,
+}
+
+impl Handoff {
+    /// Passes the connection (a duplicate of its descriptor; the glommio
+    /// stream is dropped by the caller) and what it already read.
+    fn give(
+        &self,
+        s: &TcpStream,
+        buf: Vec<u8>,
+        have: usize,
+        ws: bool,
+        generic: bool,
+        track: &mut Track,
+    ) -> std::io::Result<()> {
+        use std::os::fd::AsRawFd;
+        // SAFETY: dup of a descriptor we own; the copy is owned by the Recv.
+        let fd = unsafe { libc::dup(s.as_raw_fd()) };
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let r = Recv {
+            fd,
+            buf,
+            have,
+            track: std::mem::take(track),
+            ws,
+            generic,
+        };
+        // What the caller still sees: authenticated, and no longer its own.
+        track.authed = true;
+        track.handed_off = true;
+        let _ = self.tx.send(Box::new(r));
+        let one: u64 = 1;
+        // SAFETY: 8-byte write to our eventfd.
+        unsafe { libc::write(self.wake, (&one as *const u64).cast(), 8) };
+        Ok(())
+    }
+}
+
+/// The receive thread: registers handed-over sockets, reads whatever is
+/// ready, accounts every payload; ends when `stop` is set and returns its
+/// latency histogram.
+fn receive_loop(
+    epfd: RawFd,
+    wake: RawFd,
+    rx: std::sync::mpsc::Receiver<Box<Recv>>,
+    totals: Arc<Totals>,
+    stop: Arc<AtomicBool>,
+    base: Instant,
+) -> Histogram<u64> {
+    let hist = RefCell::new(Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3).unwrap());
+    let mut conns: Vec<Option<Box<Recv>>> = Vec::new();
+    let mut events = vec![libc::epoll_event { events: 0, u64: 0 }; 1024];
+    while !stop.load(Relaxed) {
+        // SAFETY: epoll_wait into a buffer of the given length.
+        let n = unsafe { libc::epoll_wait(epfd, events.as_mut_ptr(), events.len() as i32, 50) };
+        for e in &events[..n.max(0) as usize] {
+            let key = e.u64;
+            if key == u64::MAX {
+                let mut v = [0u8; 8];
+                // SAFETY: 8-byte read from our eventfd.
+                unsafe { libc::read(wake, v.as_mut_ptr().cast(), 8) };
+                while let Ok(r) = rx.try_recv() {
+                    let idx = conns.len();
+                    let mut ev = libc::epoll_event {
+                        events: (libc::EPOLLIN | libc::EPOLLRDHUP | libc::EPOLLET) as u32,
+                        u64: idx as u64,
+                    };
+                    // SAFETY: registering a descriptor we own.
+                    unsafe { libc::epoll_ctl(epfd, libc::EPOLL_CTL_ADD, r.fd, &mut ev) };
+                    conns.push(Some(r));
+                    if !drain(conns[idx].as_mut().unwrap(), &totals, &hist, base) {
+                        close_recv(&mut conns[idx], &totals);
+                    }
+                }
+            } else if let Some(Some(r)) = conns.get_mut(key as usize) {
+                if !drain(r, &totals, &hist, base) {
+                    close_recv(&mut conns[key as usize], &totals);
+                }
+            }
+        }
+    }
+    for c in conns.iter_mut() {
+        if let Some(r) = c.take() {
+            // SAFETY: closing the duplicate we own.
+            unsafe { libc::close(r.fd) };
+        }
+    }
+    hist.into_inner()
+}
+
+fn close_recv(slot: &mut Option<Box<Recv>>, totals: &Totals) {
+    if let Some(r) = slot.take() {
+        // SAFETY: closing the duplicate we own (this also leaves the epoll set).
+        unsafe { libc::close(r.fd) };
+        totals.closed.fetch_add(1, Relaxed);
+    }
+}
+
+/// Reads `r` until the socket is empty; false when it closed.
+fn drain(r: &mut Recv, totals: &Totals, hist: &RefCell<Histogram<u64>>, base: Instant) -> bool {
+    loop {
+        let mut alive = true;
+        let used = if r.ws {
+            let mut pongs = Vec::new();
+            let (track, generic) = (&mut r.track, r.generic);
+            let used = ws_frames(&r.buf[..r.have], |op, payload| {
+                match op {
+                    0x1 | 0x2 if generic => scan_payloads(payload, track, totals, hist, base),
+                    0x2 => on_frame(payload, track, totals, hist, base),
+                    0x9 => pongs.push(ws_frame(0xA, payload)),
+                    0x8 => alive = false,
+                    _ => {}
+                }
+                alive
+            });
+            for p in pongs {
+                // SAFETY: a small write on a descriptor we own; a full socket
+                // buffer only loses a pong.
+                unsafe {
+                    libc::send(
+                        r.fd,
+                        p.as_ptr().cast(),
+                        p.len(),
+                        libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+                    )
+                };
+            }
+            used
+        } else {
+            let track = &mut r.track;
+            tcp_frames(&r.buf[..r.have], |f| on_frame(f, track, totals, hist, base))
+        };
+        r.buf.copy_within(used..r.have, 0);
+        r.have -= used;
+        if !alive {
+            return false;
+        }
+        if r.have == r.buf.len() {
+            r.buf.resize(r.buf.len() * 2, 0);
+        }
+        // SAFETY: recv into the unfilled part of our buffer.
+        let n = unsafe {
+            libc::recv(
+                r.fd,
+                r.buf[r.have..].as_mut_ptr().cast(),
+                r.buf.len() - r.have,
+                libc::MSG_DONTWAIT,
+            )
+        };
+        match n {
+            0 => return false,
+            n if n > 0 => r.have += n as usize,
+            _ => {
+                let e = std::io::Error::last_os_error();
+                return matches!(e.raw_os_error(), Some(libc::EAGAIN) | Some(libc::EINTR));
+            }
+        }
     }
 }
 
