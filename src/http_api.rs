@@ -203,7 +203,9 @@ fn page(content_type: &'static str, body: impl Into<Bytes>) -> Resp {
 }
 
 async fn route(req: Request<Incoming>, shard: &Rc<RefCell<Shard>>) -> Result<Resp, ApiError> {
-    let cfg = shard.borrow().shared.config.clone();
+    // The shared state, not a copy of the configuration, per request.
+    let shared = shard.borrow().shared.clone();
+    let cfg = &shared.config;
     // Public pages (no secrets in them); publishing from the demo still
     // needs the API key when one is set.
     if req.method() == Method::GET {

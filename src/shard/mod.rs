@@ -72,6 +72,28 @@ impl Transport {
     fn websocket_open(self) -> bool {
         matches!(self, Transport::Ws | Transport::WsEcho)
     }
+
+    /// A protocol frame in this connection's wire form (one binary message
+    /// on WebSocket).
+    fn frame(self, ver: u16, op: u32, seq: u32, body: &[u8]) -> Bytes {
+        let frame = binary::encode_to_bytes(ver, op, seq, body);
+        if self == Transport::Ws {
+            ws::frame(ws::opcode::BINARY, &frame)
+        } else {
+            frame
+        }
+    }
+
+    /// Unwritten bytes a connection may hold before it is a slow consumer. An
+    /// echo connection must hold the largest message it takes twice over (one
+    /// being written, one echoed behind it).
+    fn outbound_limit(self, cfg: &Config) -> usize {
+        if self == Transport::WsEcho {
+            cfg.outbound_limit.max(2 * cfg.ws_echo_max_message + 64)
+        } else {
+            cfg.outbound_limit
+        }
+    }
 }
 
 /// Slots in the heartbeat wheel (one per second); deadlines further out simply
@@ -414,22 +436,23 @@ impl Shard {
         } else {
             0
         };
-        let text = if detail.is_empty() {
-            reason.name().to_string()
+        let goodbye = reason.notifies_client() && matches!(c.transport, Transport::Tcp | Transport::Ws);
+        let close_code = if c.transport.websocket_open() {
+            ws_code.or_else(|| ws_close_code(reason))
         } else {
-            format!("{}: {detail}", reason.name())
+            None
         };
-        if reason.notifies_client() && matches!(c.transport, Transport::Tcp | Transport::Ws) {
-            let frame = binary::encode_to_bytes(c.ver, op::DISCONNECT, 0, text.as_bytes());
-            let frame = if c.transport == Transport::Ws {
-                ws::frame(ws::opcode::BINARY, &frame)
+        if goodbye || close_code.is_some() {
+            let text = if detail.is_empty() {
+                reason.name().to_string()
             } else {
-                frame
+                format!("{}: {detail}", reason.name())
             };
-            c.out.push_unbounded(frame);
-        }
-        if c.transport.websocket_open() {
-            if let Some(code) = ws_code.or_else(|| ws_close_code(reason)) {
+            if goodbye {
+                c.out
+                    .push_unbounded(c.transport.frame(c.ver, op::DISCONNECT, 0, text.as_bytes()));
+            }
+            if let Some(code) = close_code {
                 c.out.push_unbounded(ws::close_frame(code, &text));
             }
         }
@@ -453,32 +476,28 @@ impl Shard {
 
     /// Queues a push to `r` in its transport's form, enforcing its byte limit.
     fn enqueue(&mut self, r: ConnRef, wire: &Wire) {
-        let Some(c) = self.conn_mut(r) else { return };
-        let frame = wire.for_transport(c.transport == Transport::Ws).clone();
-        self.enqueue_bytes(r, frame);
+        self.enqueue_with(r, |t| wire.for_transport(t == Transport::Ws).clone());
     }
 
-    /// Queues bytes already in `r`'s wire format (a reply, a pong, an echo,
-    /// the upgrade answer), enforcing its byte limit.
+    /// Queues bytes already in `r`'s wire format (a pong, an echo, the
+    /// upgrade answer), enforcing its byte limit.
     pub fn enqueue_bytes(&mut self, r: ConnRef, frame: Bytes) {
-        let cfg = self.cfg();
-        // An echo connection must be able to hold the largest message it
-        // takes, twice over (one being written, one echoed behind it).
-        let (limit, echo_limit) = (
-            cfg.outbound_limit,
-            cfg.outbound_limit.max(2 * cfg.ws_echo_max_message + 64),
-        );
-        let Some(c) = self.conn_mut(r) else { return };
-        let limit = if c.transport == Transport::WsEcho {
-            echo_limit
-        } else {
-            limit
+        self.enqueue_with(r, |_| frame);
+    }
+
+    /// The one place frames are queued: a single record lookup per delivery;
+    /// `frame` picks the connection's wire form and is not built for a
+    /// connection that is already closing.
+    fn enqueue_with(&mut self, r: ConnRef, frame: impl FnOnce(Transport) -> Bytes) {
+        let Some(c) = self.conns.get_mut(r.idx as usize).filter(|c| c.gen == r.gen) else {
+            return;
         };
         if c.close.is_some() {
             ShardStats::add(&self.shared.stats[self.id].dropped, 1);
             return;
         }
-        match c.out.push(frame, limit) {
+        let limit = c.transport.outbound_limit(&self.shared.config);
+        match c.out.push(frame(c.transport), limit) {
             Ok(was_empty) => {
                 if was_empty {
                     if let Some(w) = &c.waker {
@@ -763,14 +782,7 @@ impl Shard {
     fn reply(&mut self, r: ConnRef, ver: u16, op: u32, seq: u32, body: &[u8]) {
         // Replies bypass nothing: a client that floods requests without
         // reading replies is a slow consumer like any other.
-        let Some(c) = self.conn_mut(r) else { return };
-        let frame = binary::encode_to_bytes(ver, op, seq, body);
-        let frame = if c.transport == Transport::Ws {
-            ws::frame(ws::opcode::BINARY, &frame)
-        } else {
-            frame
-        };
-        self.enqueue_bytes(r, frame);
+        self.enqueue_with(r, |t| t.frame(ver, op, seq, body));
     }
 
     /// The HTTP upgrade of `r` was answered: from now on it speaks
