@@ -477,9 +477,9 @@ async fn run_worker(w: Worker) {
                         base,
                         generic: generic.is_some(),
                     };
-                    ws_subscriber(stream, path, hello, sub, &stop, Some(&handoff)).await
+                    ws_subscriber(stream, path, hello, sub, &stop, &handoff).await
                 }
-                None => subscriber(stream, &auth, &mut track, &totals, &hist, &stop, base, Some(&handoff)).await,
+                None => subscriber(stream, &auth, &mut track, &totals, &hist, &stop, base, &handoff).await,
             };
             match r {
                 Err(e) if !track.authed => totals.fail(&e),
@@ -517,7 +517,7 @@ async fn subscriber(
     hist: &RefCell<Histogram<u64>>,
     stop: &AtomicBool,
     base: Instant,
-    handoff: Option<&Handoff>,
+    handoff: &Handoff,
 ) -> std::io::Result<()> {
     s.write_all(&frame(7, 1, auth.as_bytes())).await?;
     // Small on purpose: a million of these must fit; it grows for bursts.
@@ -541,9 +541,7 @@ async fn subscriber(
         buf.copy_within(at..have, 0);
         have -= at;
         if track.authed {
-            if let Some(h) = handoff {
-                return h.give(&s, buf, have, false, false, track);
-            }
+            return handoff.give(&s, buf, have, false, false, track);
         }
     }
 }
@@ -632,7 +630,7 @@ async fn ws_subscriber(
     hello: Option<Vec<u8>>,
     sub: Sub<'_>,
     stop: &AtomicBool,
-    handoff: Option<&Handoff>,
+    handoff: &Handoff,
 ) -> std::io::Result<()> {
     let Sub {
         track,
@@ -641,10 +639,7 @@ async fn ws_subscriber(
         base,
         generic,
     } = sub;
-    let req = format!(
-        "GET {path} HTTP/1.1\r\nHost: volley\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
-    );
+    let req = upgrade_request(path, "volley");
     s.write_all(req.as_bytes()).await?;
     let mut buf = vec![0u8; 512];
     let mut have = 0usize;
@@ -681,17 +676,8 @@ async fn ws_subscriber(
             at = end + 4;
         }
         let mut pongs = Vec::new();
-        let mut closed = false;
-        at += ws_frames(&buf[at..have], |op, payload| {
-            match op {
-                0x1 | 0x2 if generic => scan_payloads(payload, track, totals, hist, base),
-                0x2 => on_frame(payload, track, totals, hist, base),
-                0x9 => pongs.push(ws_frame(0xA, payload)),
-                0x8 => closed = true,
-                _ => {}
-            }
-            !closed
-        });
+        let (used, closed) = ws_messages(&buf[at..have], generic, track, totals, hist, base, &mut pongs);
+        at += used;
         for p in pongs {
             s.write_all(&p).await?;
         }
@@ -701,9 +687,7 @@ async fn ws_subscriber(
         buf.copy_within(at..have, 0);
         have -= at;
         if track.authed {
-            if let Some(h) = handoff {
-                return h.give(&s, buf, have, true, generic, track);
-            }
+            return handoff.give(&s, buf, have, true, generic, track);
         }
     }
 }
@@ -733,6 +717,41 @@ fn ws_frames(buf: &[u8], mut on: impl FnMut(u8, &[u8]) -> bool) -> usize {
         }
     }
     at
+}
+
+/// Accounts for the server's WebSocket messages in `buf` (payload markers in
+/// generic mode, protocol frames otherwise) and collects the pongs to send.
+/// Returns the bytes consumed and whether a close frame came.
+fn ws_messages(
+    buf: &[u8],
+    generic: bool,
+    track: &mut Track,
+    totals: &Totals,
+    hist: &RefCell<Histogram<u64>>,
+    base: Instant,
+    pongs: &mut Vec<Vec<u8>>,
+) -> (usize, bool) {
+    let mut closed = false;
+    let used = ws_frames(buf, |op, payload| {
+        match op {
+            0x1 | 0x2 if generic => scan_payloads(payload, track, totals, hist, base),
+            0x2 => on_frame(payload, track, totals, hist, base),
+            0x9 => pongs.push(ws_frame(0xA, payload)),
+            0x8 => closed = true,
+            _ => {}
+        }
+        !closed
+    });
+    (used, closed)
+}
+
+/// The upgrade request every WebSocket client here sends (a fixed key: the
+/// load generator does not check the accept value).
+fn upgrade_request(path: &str, host: &str) -> String {
+    format!(
+        "GET {path} HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    )
 }
 
 /// Protocol frames in `buf`: calls `on(frame)` for each whole one; returns
@@ -871,20 +890,17 @@ fn close_recv(slot: &mut Option<Box<Recv>>, totals: &Totals) {
 /// Reads `r` until the socket is empty; false when it closed.
 fn drain(r: &mut Recv, totals: &Totals, hist: &RefCell<Histogram<u64>>, base: Instant) -> bool {
     loop {
-        let mut alive = true;
-        let used = if r.ws {
+        let (used, alive) = if r.ws {
             let mut pongs = Vec::new();
-            let (track, generic) = (&mut r.track, r.generic);
-            let used = ws_frames(&r.buf[..r.have], |op, payload| {
-                match op {
-                    0x1 | 0x2 if generic => scan_payloads(payload, track, totals, hist, base),
-                    0x2 => on_frame(payload, track, totals, hist, base),
-                    0x9 => pongs.push(ws_frame(0xA, payload)),
-                    0x8 => alive = false,
-                    _ => {}
-                }
-                alive
-            });
+            let (used, closed) = ws_messages(
+                &r.buf[..r.have],
+                r.generic,
+                &mut r.track,
+                totals,
+                hist,
+                base,
+                &mut pongs,
+            );
             for p in pongs {
                 // SAFETY: a small write on a descriptor we own; a full socket
                 // buffer only loses a pong.
@@ -897,10 +913,13 @@ fn drain(r: &mut Recv, totals: &Totals, hist: &RefCell<Histogram<u64>>, base: In
                     )
                 };
             }
-            used
+            (used, !closed)
         } else {
             let track = &mut r.track;
-            tcp_frames(&r.buf[..r.have], |f| on_frame(f, track, totals, hist, base))
+            (
+                tcp_frames(&r.buf[..r.have], |f| on_frame(f, track, totals, hist, base)),
+                true,
+            )
         };
         r.buf.copy_within(used..r.have, 0);
         r.have -= used;
@@ -1431,10 +1450,7 @@ impl WsPublisher {
         use std::io::{Read, Write};
         let mut s = std::net::TcpStream::connect(target).with_context(|| format!("publisher connect {target}"))?;
         s.set_nodelay(true)?;
-        let req = format!(
-            "GET {path} HTTP/1.1\r\nHost: {target}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-             Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
-        );
+        let req = upgrade_request(path, &target.to_string());
         s.write_all(req.as_bytes())?;
         let mut head = Vec::new();
         let mut b = [0u8; 1];
