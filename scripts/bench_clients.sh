@@ -4,6 +4,7 @@
 # several publish rates. Loopback only; every run is bounded and stops itself.
 # Usage: scripts/bench_clients.sh [N=19000] [RATES="10 50 200"] [SECS=10]
 # TRANSPORT=ws runs the same over WebSocket (volley's /sub endpoint).
+# PUBLISH=tcp publishes over the TCP publisher connection instead of HTTP.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 N=${1:-19000}
@@ -15,13 +16,19 @@ cargo build --release --workspace -q
 TCP=127.0.0.1:3201
 WS=127.0.0.1:3202
 HTTP=127.0.0.1:3211
+PUB=127.0.0.1:3212
 TRANSPORT=${TRANSPORT:-tcp}
+case "${PUBLISH:-http}" in
+    http) VIA=(--http $HTTP) ;;
+    tcp) VIA=(--publish-tcp $PUB) ;;
+    *) echo "PUBLISH must be http or tcp" >&2; exit 2 ;;
+esac
 case "$TRANSPORT" in
     tcp) TARGET=(--target $TCP) ;;
     ws) TARGET=(--target $WS --ws /sub) ;;
     *) echo "TRANSPORT must be tcp or ws" >&2; exit 2 ;;
 esac
-./target/release/volley serve --tcp-listen $TCP --ws-listen $WS --http-listen $HTTP --log warn &
+./target/release/volley serve --tcp-listen $TCP --ws-listen $WS --http-listen $HTTP --publish-listen $PUB --log warn &
 PID=$!
 trap 'kill $PID 2>/dev/null; wait $PID 2>/dev/null' EXIT
 for _ in $(seq 100); do curl -sf http://$HTTP/healthz >/dev/null 2>&1 && break; sleep 0.05; done
@@ -30,7 +37,8 @@ echo "== idle ($TRANSPORT): $N connections (server pid $PID)"
 ./target/release/volley-loadgen idle "${TARGET[@]}" --conns "$N" --rate 5000 --server-pid $PID --hold-secs 3 --json \
     | tee "$OUT/idle-$TRANSPORT-$N.json"
 for R in $RATES; do
-    echo "== broadcast ($TRANSPORT): $N subscribers, $R msg/s x ${SECS}s, 64 B"
-    ./target/release/volley-loadgen broadcast "${TARGET[@]}" --http $HTTP --conns "$N" --rate 5000 \
-        --msg-rate "$R" --size 64 --duration "$SECS" --server-pid $PID --json | tee "$OUT/broadcast-$TRANSPORT-$N-$R.json" || true
+    echo "== broadcast ($TRANSPORT, publish ${PUBLISH:-http}): $N subscribers, $R msg/s x ${SECS}s, 64 B"
+    ./target/release/volley-loadgen broadcast "${TARGET[@]}" "${VIA[@]}" --conns "$N" --rate 5000 \
+        --msg-rate "$R" --size 64 --duration "$SECS" --server-pid $PID --json \
+        | tee "$OUT/broadcast-$TRANSPORT-${PUBLISH:-http}-$N-$R.json" || true
 done

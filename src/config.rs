@@ -82,6 +82,12 @@ pub struct Config {
     #[arg(long, env = "VOLLEY_HTTP_LISTEN", default_value = "127.0.0.1:3111")]
     pub http_listen: SocketAddr,
 
+    /// TCP publisher listener: trusted application servers publish over the
+    /// client protocol's frames (docs/API.md). Same exposure as the HTTP API:
+    /// keep it on loopback or set `api_key`.
+    #[arg(long, env = "VOLLEY_PUBLISH_LISTEN", default_value = "127.0.0.1:3112")]
+    pub publish_listen: SocketAddr,
+
     /// Client WebSocket listener (same protocol, one frame per binary message).
     #[arg(long, env = "VOLLEY_WS_LISTEN", default_value = "0.0.0.0:3102")]
     pub ws_listen: SocketAddr,
@@ -149,7 +155,7 @@ pub struct Config {
     pub outbound_limit: usize,
 
     /// API key required on every API request (`Authorization: Bearer KEY` or
-    /// `X-Api-Key: KEY`). Unset = no check.
+    /// `X-Api-Key: KEY`) and in a TCP publisher's auth frame. Unset = no check.
     #[arg(long, env = "VOLLEY_API_KEY")]
     pub api_key: Option<String>,
 

@@ -23,10 +23,7 @@
 //! saying what is wrong. Not here: HTTP/2, TLS (terminate in front).
 
 use crate::metrics::{ShardStats, StatsSnapshot};
-use crate::proto::binary;
-use crate::proto::body::MAX_ROOM_LEN;
-use crate::proto::wire::Wire;
-use crate::shard::mesh::{owner_of_mid, owner_of_str, ShardMsg};
+use crate::publish::{self, PushError, Target};
 use crate::shard::Shard;
 use bytes::Bytes;
 use fnv::FnvHashMap;
@@ -47,8 +44,6 @@ use std::time::Duration;
 
 /// Most messages in one `/v1/publish` batch.
 pub const MAX_BATCH: usize = 10_000;
-/// Most keys or mids in one push.
-pub const MAX_TARGETS: usize = 100_000;
 
 /// Accepts API connections until the listener is shut.
 pub async fn accept(listener: TcpListener, shard: Rc<RefCell<Shard>>) {
@@ -478,92 +473,22 @@ impl PushReq {
     }
 }
 
-/// Who a push goes to.
-enum Target {
-    Keys(Vec<String>),
-    Mids(Vec<i64>),
-    Room(String),
-    All,
+impl From<PushError> for ApiError {
+    fn from(e: PushError) -> Self {
+        let status = match e {
+            PushError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            PushError::Bad(_) => StatusCode::BAD_REQUEST,
+        };
+        ApiError(status, e.to_string())
+    }
 }
 
 fn check_push(target: &Target, payload: &[u8], max: usize) -> Result<(), ApiError> {
-    if payload.len() > max {
-        return Err(ApiError(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            format!("payload of {} bytes over max_push_body {max}", payload.len()),
-        ));
-    }
-    match target {
-        Target::Keys(k) if k.len() > MAX_TARGETS => Err(bad(format!("{} keys, limit {MAX_TARGETS}", k.len()))),
-        Target::Mids(m) if m.len() > MAX_TARGETS => Err(bad(format!("{} mids, limit {MAX_TARGETS}", m.len()))),
-        Target::Room(r) if r.len() > MAX_ROOM_LEN => Err(bad(format!("room key over {MAX_ROOM_LEN} bytes"))),
-        _ => Ok(()),
-    }
+    Ok(publish::check(target, payload, max)?)
 }
 
-/// Encodes the push frame once and routes it.
 fn push(shard: &Rc<RefCell<Shard>>, target: Target, op: u32, payload: &[u8], max: usize) -> Result<(), ApiError> {
-    check_push(&target, payload, max)?;
-    let frame = Wire::encode(binary::VERSION_GOIM, op, 0, payload);
-    let mut sh = shard.borrow_mut();
-    ShardStats::add(&sh.stats().published, 1);
-    let n = sh.shared.mesh.nr_shards();
-    match target {
-        Target::Room(room) => {
-            let owner = owner_of_str(&room, n);
-            sh.route(
-                owner,
-                ShardMsg::PublishRoom {
-                    room: Arc::from(room),
-                    frame,
-                },
-            );
-        }
-        Target::All => {
-            for s in 0..n {
-                sh.route(
-                    s,
-                    ShardMsg::All {
-                        op,
-                        frame: frame.clone(),
-                    },
-                );
-            }
-        }
-        Target::Keys(keys) => {
-            let mut by: FnvHashMap<usize, Vec<Arc<str>>> = FnvHashMap::default();
-            for k in keys {
-                by.entry(owner_of_str(&k, n)).or_default().push(Arc::from(k));
-            }
-            for (s, keys) in by {
-                sh.route(
-                    s,
-                    ShardMsg::PushKeys {
-                        keys,
-                        op,
-                        frame: frame.clone(),
-                    },
-                );
-            }
-        }
-        Target::Mids(mids) => {
-            let mut by: FnvHashMap<usize, Vec<i64>> = FnvHashMap::default();
-            for m in mids {
-                by.entry(owner_of_mid(m, n)).or_default().push(m);
-            }
-            for (s, mids) in by {
-                sh.route(
-                    s,
-                    ShardMsg::PushMids {
-                        mids,
-                        op,
-                        frame: frame.clone(),
-                    },
-                );
-            }
-        }
-    }
-    Ok(())
+    Ok(publish::push(&mut shard.borrow_mut(), target, op, payload, max)?)
 }
 
 fn totals(shard: &Rc<RefCell<Shard>>) -> (usize, u64) {

@@ -4,10 +4,11 @@
 //! # Architecture
 //!
 //! ```text
-//!            app servers ──HTTP──┐      clients ──TCP (goim frames) / WebSocket──┐
-//!                                ▼                                               ▼
+//!        app servers ──HTTP / TCP──┐     clients ──TCP (goim frames) / WebSocket──┐
+//!                                  ▼                                              ▼
 //!  ┌─ shard 0 (core 0) ───────────────────────┐  ┌─ shard 1 (core 1) ─────────────────┐
-//!  │ http_api ─encode once─> route(owner)     │  │ accept ─> TcpDriver per connection │
+//!  │ http_api, publish::tcp                   │  │ accept ─> TcpDriver per connection │
+//!  │   ─encode once─> route(owner)            │  │                                    │
 //!  │ Shard: conns, RoomTable, key/mid dir,    │  │ Shard: conns, RoomTable, ...       │
 //!  │        heartbeat wheel                   │  │                                    │
 //!  └────────────▲─────────────────────────────┘  └──────────────▲─────────────────────┘
@@ -29,6 +30,8 @@
 //! - [`conn`]: the socket drivers and outbound queues (the only awaiting code).
 //! - [`proto`]: sans-IO codecs (binary frames, control bodies, WebSocket).
 //! - [`http_api`]: publish / online / stats API.
+//! - [`publish`]: checking and routing a push (HTTP and TCP publishers alike),
+//!   and the TCP publisher connection.
 //! - [`metrics`]: counters and close reasons.
 //! - [`host`]: `volley check-host`, what on this host is not tuned.
 #![warn(missing_docs)]
@@ -39,6 +42,7 @@ pub mod host;
 pub mod http_api;
 pub mod metrics;
 pub mod proto;
+pub mod publish;
 pub mod server;
 pub mod shard;
 

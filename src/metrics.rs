@@ -9,6 +9,7 @@
 //! its own stable metric name, and (where the protocol can say it) a text sent
 //! to the client in op 6 before the close.
 
+use crate::proto::binary::DecodeError;
 use serde::Serialize;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
@@ -27,6 +28,11 @@ macro_rules! close_reasons {
             /// Stable snake_case name used in stats, logs and the op 6 body.
             pub fn name(self) -> &'static str {
                 match self { $(CloseReason::$variant => $name,)* }
+            }
+
+            /// Position in `ALL` (the counter index).
+            pub fn index(self) -> usize {
+                self as usize
             }
 
             /// Whether the client is told the reason (op 6) before the close.
@@ -60,6 +66,17 @@ close_reasons! {
     WsInvalidData => "ws_invalid_utf8", false, "A WebSocket text message or close reason was not UTF-8 (close 1007).";
     WsTooBig => "ws_too_big", false, "A WebSocket message over the size limit (close 1009).";
     WsUnsupportedData => "ws_unsupported_data", false, "A text message on the binary protocol endpoint (close 1003).";
+    BadApiKey => "bad_api_key", true, "A TCP publisher's auth did not carry the API key.";
+}
+
+impl From<&DecodeError> for CloseReason {
+    fn from(e: &DecodeError) -> Self {
+        match e {
+            DecodeError::HeaderLength { .. } => CloseReason::BadHeaderLength,
+            DecodeError::PacketTooShort { .. } => CloseReason::BadPacketLength,
+            DecodeError::BodyTooLarge { .. } => CloseReason::BodyTooLarge,
+        }
+    }
 }
 
 /// Counters for one shard.
@@ -93,6 +110,10 @@ pub struct ShardStats {
     pub accept_errors: AtomicU64,
     /// Closes, indexed like `CloseReason::ALL`.
     pub closes: [AtomicU64; CloseReason::ALL.len()],
+    /// TCP publisher connections currently open.
+    pub publishers: AtomicU64,
+    /// TCP publisher connections closed, indexed like `CloseReason::ALL`.
+    pub publisher_closes: [AtomicU64; CloseReason::ALL.len()],
 }
 
 impl ShardStats {
@@ -104,16 +125,23 @@ impl ShardStats {
 
     /// Counts one close.
     pub fn close(&self, r: CloseReason) {
-        let i = CloseReason::ALL.iter().position(|x| *x == r).unwrap_or(0);
-        self.closes[i].fetch_add(1, Relaxed);
+        self.closes[r.index()].fetch_add(1, Relaxed);
+    }
+
+    /// Counts one TCP publisher close.
+    pub fn publisher_close(&self, r: CloseReason) {
+        self.publisher_closes[r.index()].fetch_add(1, Relaxed);
     }
 
     /// A plain copy for serialisation.
     pub fn snapshot(&self) -> StatsSnapshot {
-        let mut closes = std::collections::BTreeMap::new();
-        for (i, r) in CloseReason::ALL.iter().enumerate() {
-            closes.insert(r.name(), self.closes[i].load(Relaxed));
-        }
+        let by_reason = |counters: &[AtomicU64]| {
+            CloseReason::ALL
+                .iter()
+                .zip(counters)
+                .map(|(r, c)| (r.name(), c.load(Relaxed)))
+                .collect()
+        };
         StatsSnapshot {
             conns: self.conns.load(Relaxed),
             authed: self.authed.load(Relaxed),
@@ -128,7 +156,9 @@ impl ShardStats {
             dropped: self.dropped.load(Relaxed),
             unknown_ops: self.unknown_ops.load(Relaxed),
             accept_errors: self.accept_errors.load(Relaxed),
-            closes,
+            closes: by_reason(&self.closes),
+            publishers: self.publishers.load(Relaxed),
+            publisher_closes: by_reason(&self.publisher_closes),
         }
     }
 }
@@ -151,6 +181,8 @@ pub struct StatsSnapshot {
     pub unknown_ops: u64,
     pub accept_errors: u64,
     pub closes: std::collections::BTreeMap<&'static str, u64>,
+    pub publishers: u64,
+    pub publisher_closes: std::collections::BTreeMap<&'static str, u64>,
 }
 
 impl StatsSnapshot {
@@ -173,6 +205,10 @@ impl StatsSnapshot {
             t.accept_errors += s.accept_errors;
             for (k, v) in &s.closes {
                 *t.closes.entry(k).or_default() += v;
+            }
+            t.publishers += s.publishers;
+            for (k, v) in &s.publisher_closes {
+                *t.publisher_closes.entry(k).or_default() += v;
             }
         }
         t

@@ -6,11 +6,12 @@
 //! socket2 (SO_REUSEPORT, configurable backlog — glommio's own `bind` fixes the
 //! backlog at 1024): shard 0's socket binds the requested address, possibly
 //! port 0, and every other shard binds the port it got, so tests can use an
-//! ephemeral port and still spread connections over every shard. Three
-//! listeners per shard: client TCP, client WebSocket, HTTP API.
+//! ephemeral port and still spread connections over every shard. Four
+//! listeners per shard: client TCP, client WebSocket, HTTP API, TCP publisher.
 //!
 //! Per shard, two glommio task queues: connection drivers in the default
-//! one; the API, the mesh inbox (which does the fan-out) and the sweep in a
+//! one; the API, TCP publishers, the mesh inbox (which does the fan-out) and
+//! the sweep in a
 //! latency-sensitive "control" queue, so a publish is answered within a few
 //! milliseconds even while every subscriber's driver is runnable.
 //!
@@ -23,6 +24,7 @@ use crate::config::{Config, ConfigError};
 use crate::conn::tcp::TcpDriver;
 use crate::http_api;
 use crate::metrics::{ShardStats, StatsSnapshot};
+use crate::publish;
 use crate::shard::mesh::ShardMsg;
 use crate::shard::{Shard, Shared, Transport};
 use glommio::net::TcpListener;
@@ -74,6 +76,8 @@ pub struct ServerHandle {
     pub http_addr: SocketAddr,
     /// Client WebSocket listener's actual address.
     pub ws_addr: SocketAddr,
+    /// TCP publisher listener's actual address.
+    pub publish_addr: SocketAddr,
     shared: Arc<Shared>,
     threads: Vec<glommio::ExecutorJoinHandle<()>>,
 }
@@ -116,20 +120,28 @@ impl Server {
         let (tcp_addr, tcp_socks) = listen_all(config.tcp_listen, config.backlog, n)?;
         let (http_addr, http_socks) = listen_all(config.http_listen, config.backlog.min(4096), n)?;
         let (ws_addr, ws_socks) = listen_all(config.ws_listen, config.backlog, n)?;
+        let (publish_addr, publish_socks) = listen_all(config.publish_listen, config.backlog.min(4096), n)?;
         // From here on the configuration names the bound addresses (port 0
         // resolved), which is what the demo page and the logs need.
         let mut config = config;
-        (config.tcp_listen, config.http_listen, config.ws_listen) = (tcp_addr, http_addr, ws_addr);
+        (
+            config.tcp_listen,
+            config.http_listen,
+            config.ws_listen,
+            config.publish_listen,
+        ) = (tcp_addr, http_addr, ws_addr, publish_addr);
         let available = std::thread::available_parallelism().map_or(1, |c| c.get());
         let shared = Arc::new(Shared::new(config));
         let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<(), String>>();
         let mut threads = Vec::with_capacity(n);
-        for (id, ((tcp, http), ws)) in tcp_socks.into_iter().zip(http_socks).zip(ws_socks).enumerate() {
+        let socks = tcp_socks.into_iter().zip(http_socks).zip(ws_socks).zip(publish_socks);
+        for (id, (((tcp, http), ws), publish)) in socks.enumerate() {
             let cpu = shared.config.cpus.get(id).copied().unwrap_or(id % available);
             let fds = Listeners {
                 tcp: tcp.into_raw_fd(),
                 http: http.into_raw_fd(),
                 ws: ws.into_raw_fd(),
+                publish: publish.into_raw_fd(),
             };
             let shared = shared.clone();
             let ready = ready_tx.clone();
@@ -159,11 +171,12 @@ impl Server {
                 }
             }
         }
-        tracing::info!(%tcp_addr, %ws_addr, %http_addr, shards = n, "volley serving");
+        tracing::info!(%tcp_addr, %ws_addr, %http_addr, %publish_addr, shards = n, "volley serving");
         Ok(ServerHandle {
             tcp_addr,
             http_addr,
             ws_addr,
+            publish_addr,
             shared,
             threads,
         })
@@ -212,16 +225,18 @@ struct Listeners {
     tcp: RawFd,
     http: RawFd,
     ws: RawFd,
+    publish: RawFd,
 }
 
 async fn run_shard(id: usize, shared: Arc<Shared>, fds: Listeners, ready: std::sync::mpsc::Sender<Result<(), String>>) {
     // SAFETY: the descriptors were just created by `listen` and handed over
     // with into_raw_fd; nothing else owns them.
-    let (tcp, http, ws) = unsafe {
+    let (tcp, http, ws, publish) = unsafe {
         (
             TcpListener::from_raw_fd(fds.tcp),
             TcpListener::from_raw_fd(fds.http),
             TcpListener::from_raw_fd(fds.ws),
+            TcpListener::from_raw_fd(fds.publish),
         )
     };
     let shard = Rc::new(RefCell::new(Shard::new(id, shared.clone())));
@@ -237,9 +252,12 @@ async fn run_shard(id: usize, shared: Arc<Shared>, fds: Listeners, ready: std::s
     );
     glommio::spawn_local(accept_clients(tcp, shard.clone(), Transport::Tcp)).detach();
     glommio::spawn_local(accept_clients(ws, shard.clone(), Transport::WsUpgrading)).detach();
-    let spawned = glommio::spawn_local_into(http_api::accept(http, shard.clone()), control).map(|t| t.detach());
+    let spawned = glommio::spawn_local_into(http_api::accept(http, shard.clone()), control)
+        .map(|t| t.detach())
+        .and_then(|_| glommio::spawn_local_into(publish::tcp::accept(publish, shard.clone()), control))
+        .map(|t| t.detach());
     if let Err(e) = spawned {
-        let _ = ready.send(Err(format!("cannot spawn the API task: {e}")));
+        let _ = ready.send(Err(format!("cannot spawn the API tasks: {e}")));
         return;
     }
     let sweeper = shard.clone();
@@ -290,9 +308,12 @@ async fn run_shard(id: usize, shared: Arc<Shared>, fds: Listeners, ready: std::s
         libc::shutdown(fds.tcp, libc::SHUT_RDWR);
         libc::shutdown(fds.http, libc::SHUT_RDWR);
         libc::shutdown(fds.ws, libc::SHUT_RDWR);
+        libc::shutdown(fds.publish, libc::SHUT_RDWR);
     }
+    publish::tcp::stop_reading_all();
     let grace = Instant::now() + Duration::from_secs(shared.config.shutdown_grace_secs);
-    while shard.borrow().nr_conns() > 0 && Instant::now() < grace {
+    let open = |sh: &Shard| sh.nr_conns() > 0 || sh.stats().publishers.load(std::sync::atomic::Ordering::Relaxed) > 0;
+    while open(&shard.borrow()) && Instant::now() < grace {
         // Keep serving directory messages from shards still closing theirs.
         while let Some(m) = shared.mesh.try_recv(id) {
             if !matches!(m, ShardMsg::Shutdown) {

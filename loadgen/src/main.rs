@@ -4,8 +4,9 @@
 //! - `idle`: open N connections at a given rate, authenticate them into a room,
 //!   hold them, and report connect time and (with `--server-pid`) the server's
 //!   RSS per connection.
-//! - `broadcast`: N subscribers in one room, one publisher POSTing room pushes
-//!   at a fixed rate over HTTP keep-alive. Each payload carries a sequence
+//! - `broadcast`: N subscribers in one room, one publisher sending room pushes
+//!   at a fixed rate, as HTTP POSTs on a keep-alive connection or pipelined
+//!   over volley's TCP publisher connection. Each payload carries a sequence
 //!   number and a send time stamp; subscribers record publish-to-receive
 //!   latency in hdrhistogram and detect loss, gaps and duplicates. Reports
 //!   deliveries per second, whole-machine and server CPU per delivery.
@@ -97,6 +98,14 @@ enum Cmd {
         /// published to each (one room per server process).
         #[arg(long, default_value = "127.0.0.1:3111", value_delimiter = ',')]
         http: Vec<SocketAddr>,
+        /// Publish over volley's TCP publisher connections at these addresses
+        /// (comma-separated, one per server process) instead of HTTP:
+        /// pipelined, no reply per message, an op 2 barrier at the end.
+        #[arg(long, value_delimiter = ',')]
+        publish_tcp: Vec<SocketAddr>,
+        /// API key for publishing (HTTP header or TCP publisher auth).
+        #[arg(long, default_value = "")]
+        api_key: String,
         /// Messages published per second.
         #[arg(long, default_value_t = 10)]
         msg_rate: u64,
@@ -953,19 +962,27 @@ fn drain(r: &mut Recv, totals: &Totals, hist: &RefCell<Histogram<u64>>, base: In
 struct Publisher {
     s: std::net::TcpStream,
     http: SocketAddr,
+    /// `X-Api-Key` header line, or empty.
+    key_header: String,
 }
 
 impl Publisher {
-    fn connect(http: SocketAddr) -> Result<Self> {
+    fn connect(http: SocketAddr, api_key: &str) -> Result<Self> {
         let s = std::net::TcpStream::connect(http).context("connect to the HTTP API")?;
         s.set_nodelay(true)?;
-        Ok(Publisher { s, http })
+        let key_header = if api_key.is_empty() {
+            String::new()
+        } else {
+            format!("X-Api-Key: {api_key}\r\n")
+        };
+        Ok(Publisher { s, http, key_header })
     }
     fn post(&mut self, path: &str, body: &[u8]) -> Result<()> {
         use std::io::{Read, Write};
         let head = format!(
-            "POST {path} HTTP/1.1\r\nHost: {}\r\nContent-Length: {}\r\n\r\n",
+            "POST {path} HTTP/1.1\r\nHost: {}\r\n{}Content-Length: {}\r\n\r\n",
             self.http,
+            self.key_header,
             body.len()
         );
         self.s.write_all(head.as_bytes())?;
@@ -993,6 +1010,75 @@ impl Publisher {
                 }
             }
         }
+    }
+}
+
+/// volley's TCP publisher connection (docs/API.md): publishes go out
+/// pipelined with sequence 0 (no reply); `barrier` (op 2 → op 3) confirms that
+/// every earlier one was routed, or returns the server's op 6 reason.
+struct TcpPublisher {
+    s: std::net::TcpStream,
+    addr: SocketAddr,
+    body: Vec<u8>,
+}
+
+impl TcpPublisher {
+    fn connect(addr: SocketAddr, api_key: &str) -> Result<Self> {
+        use std::io::Write;
+        let s =
+            std::net::TcpStream::connect(addr).with_context(|| format!("connect to the TCP publisher port {addr}"))?;
+        s.set_nodelay(true)?;
+        s.set_read_timeout(Some(Duration::from_secs(120)))?;
+        let mut p = TcpPublisher {
+            s,
+            addr,
+            body: Vec::new(),
+        };
+        p.s.write_all(&frame(7, 1, api_key.as_bytes()))?;
+        p.expect(8)?;
+        Ok(p)
+    }
+
+    /// Reads until op `want`; an op 6 is the server's refusal.
+    fn expect(&mut self, want: u32) -> Result<()> {
+        use std::io::Read;
+        loop {
+            let mut h = [0u8; 16];
+            self.s
+                .read_exact(&mut h)
+                .with_context(|| format!("publisher {}: waiting for op {want}", self.addr))?;
+            let len = (u32::from_be_bytes([h[0], h[1], h[2], h[3]]) as usize).saturating_sub(16);
+            let op = u32::from_be_bytes([h[8], h[9], h[10], h[11]]);
+            let mut body = vec![0u8; len];
+            self.s.read_exact(&mut body)?;
+            match op {
+                6 => bail!(
+                    "publisher {}: server closed it: {}",
+                    self.addr,
+                    String::from_utf8_lossy(&body)
+                ),
+                o if o == want => return Ok(()),
+                _ => {}
+            }
+        }
+    }
+
+    fn push_room(&mut self, room: &str, op: u32, payload: &[u8]) -> Result<()> {
+        use std::io::Write;
+        self.body.clear();
+        self.body.extend_from_slice(&op.to_be_bytes());
+        self.body.extend_from_slice(&(room.len() as u16).to_be_bytes());
+        self.body.extend_from_slice(room.as_bytes());
+        self.body.extend_from_slice(payload);
+        self.s
+            .write_all(&frame(24, 0, &self.body))
+            .with_context(|| format!("publish to {}", self.addr))
+    }
+
+    fn barrier(&mut self) -> Result<()> {
+        use std::io::Write;
+        self.s.write_all(&frame(2, 1, &[]))?;
+        self.expect(3)
     }
 }
 
@@ -1138,6 +1224,8 @@ fn main() -> Result<()> {
         Cmd::Broadcast {
             common,
             http,
+            publish_tcp,
+            api_key,
             msg_rate,
             size,
             duration,
@@ -1150,25 +1238,49 @@ fn main() -> Result<()> {
                 let (typ, id) = common.room.split_once("://").context("--room must be type://id")?;
                 format!("/goim/push/room?operation=1000&type={typ}&room={id}")
             };
-            let mut publishers = http
-                .iter()
-                .map(|&a| Publisher::connect(a))
-                .collect::<Result<Vec<_>>>()?;
             let load = Load {
                 msg_rate,
                 size,
                 duration,
                 drain_secs,
             };
+            let total = msg_rate * duration;
             let mut payload = vec![b'x'; size];
-            run_broadcast(&common, None, load, &totals, &stop, base, |seq, ns| {
+            let stamp = |payload: &mut [u8], seq: u64, ns: u64| {
                 payload[0..8].copy_from_slice(&seq.to_be_bytes());
                 payload[8..16].copy_from_slice(&ns.to_be_bytes());
-                for p in &mut publishers {
-                    p.post(&path, &payload)?;
-                }
-                Ok(())
-            })?;
+            };
+            if publish_tcp.is_empty() {
+                let mut publishers = http
+                    .iter()
+                    .map(|&a| Publisher::connect(a, &api_key))
+                    .collect::<Result<Vec<_>>>()?;
+                run_broadcast(&common, None, load, &totals, &stop, base, |seq, ns| {
+                    stamp(&mut payload, seq, ns);
+                    for p in &mut publishers {
+                        p.post(&path, &payload)?;
+                    }
+                    Ok(())
+                })?;
+            } else {
+                let mut publishers = publish_tcp
+                    .iter()
+                    .map(|&a| TcpPublisher::connect(a, &api_key))
+                    .collect::<Result<Vec<_>>>()?;
+                run_broadcast(&common, None, load, &totals, &stop, base, |seq, ns| {
+                    stamp(&mut payload, seq, ns);
+                    for p in &mut publishers {
+                        p.push_room(&common.room, 1000, &payload)?;
+                    }
+                    if seq + 1 == total {
+                        // Every message routed, or the server's reason why not.
+                        for p in &mut publishers {
+                            p.barrier()?;
+                        }
+                    }
+                    Ok(())
+                })?;
+            }
         }
         Cmd::Ws {
             common,
@@ -1214,7 +1326,7 @@ fn main() -> Result<()> {
                     }
                     let mut publishers = publish_http
                         .iter()
-                        .map(|&a| Publisher::connect(a))
+                        .map(|&a| Publisher::connect(a, ""))
                         .collect::<Result<Vec<_>>>()?;
                     run_broadcast(
                         &common,

@@ -3,5 +3,6 @@
 
 pub mod binary;
 pub mod body;
+pub mod publish;
 pub mod wire;
 pub mod ws;

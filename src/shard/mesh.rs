@@ -5,8 +5,9 @@
 //! crossbeam `SegQueue` (MPMC, FIFO per producer) plus an `AtomicWaker` for the
 //! shard's inbox task; waking from a foreign thread is safe in glommio (the
 //! wake is queued to the owning executor). Sends never block and never fail:
-//! the queue is unbounded, and what bounds it is upstream — the publish API
-//! bounds request bodies and every connection's outbound queue is bounded.
+//! the queue is unbounded, and what bounds it is upstream — the HTTP API
+//! bounds request bodies, the TCP publisher stops reading while any inbox's
+//! `backlog` is high, and every connection's outbound queue is bounded.
 //!
 //! Payloads travel as `bytes::Bytes`: a frame is encoded once and the same
 //! allocation is queued to every connection on every shard.
@@ -220,6 +221,13 @@ impl Mesh {
             Some(m) => Poll::Ready(m),
             None => Poll::Pending,
         }
+    }
+
+    /// Messages queued for shard `to` and not yet taken. Publishers that can
+    /// outrun the fan-out (the TCP publisher) wait while this is high, which
+    /// is what keeps the unbounded queue bounded.
+    pub fn backlog(&self, to: usize) -> usize {
+        self.inboxes[to].queue.len()
     }
 
     /// Takes the next message without waiting.

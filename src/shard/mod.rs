@@ -36,7 +36,7 @@ pub mod topics;
 use crate::config::Config;
 use crate::conn::outbound::{Outbound, PushError};
 use crate::metrics::{CloseReason, ShardStats};
-use crate::proto::binary::{self, op, DecodeError, Frame};
+use crate::proto::binary::{self, op, Frame};
 use crate::proto::body;
 use crate::proto::wire::Wire;
 use crate::proto::ws;
@@ -214,7 +214,10 @@ fn ws_close_code(reason: CloseReason) -> Option<u16> {
         | CloseReason::HeartbeatTimeout
         | CloseReason::Replaced => close::NORMAL,
         CloseReason::Shutdown => close::GOING_AWAY,
-        CloseReason::AuthRequired | CloseReason::BadAuth | CloseReason::SlowConsumer => close::POLICY,
+        // BadApiKey is a publisher's reason; clients never get it.
+        CloseReason::AuthRequired | CloseReason::BadAuth | CloseReason::SlowConsumer | CloseReason::BadApiKey => {
+            close::POLICY
+        }
         CloseReason::BodyTooLarge | CloseReason::WsTooBig => close::TOO_BIG,
         CloseReason::WsInvalidData => close::INVALID_DATA,
         CloseReason::WsUnsupportedData => close::UNSUPPORTED,
@@ -767,12 +770,7 @@ impl Shard {
                 }
                 Ok(None) => return (used, Fed::Continue),
                 Err(e) => {
-                    let reason = match e {
-                        DecodeError::HeaderLength { .. } => CloseReason::BadHeaderLength,
-                        DecodeError::PacketTooShort { .. } => CloseReason::BadPacketLength,
-                        DecodeError::BodyTooLarge { .. } => CloseReason::BodyTooLarge,
-                    };
-                    self.close(r, reason, &e.to_string());
+                    self.close(r, CloseReason::from(&e), &e.to_string());
                     return (used, Fed::Closing);
                 }
             }

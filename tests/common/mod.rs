@@ -14,6 +14,7 @@ pub fn start_server(tweak: impl FnOnce(&mut Config)) -> ServerHandle {
         tcp_listen: "127.0.0.1:0".parse().unwrap(),
         http_listen: "127.0.0.1:0".parse().unwrap(),
         ws_listen: "127.0.0.1:0".parse().unwrap(),
+        publish_listen: "127.0.0.1:0".parse().unwrap(),
         shards: 2,
         shutdown_grace_secs: 1,
         ..Config::default()
@@ -177,6 +178,14 @@ pub fn spread(h: &ServerHandle, mut make: impl FnMut(usize) -> Client) -> Vec<Cl
         }
     }
     panic!("64 connections all landed on one shard");
+}
+
+/// TCP publisher connections closed for `reason`, all shards.
+pub fn publisher_closes(h: &ServerHandle, reason: &str) -> u64 {
+    h.stats()
+        .iter()
+        .map(|s| s.publisher_closes.get(reason).copied().unwrap_or(0))
+        .sum()
 }
 
 pub fn closes(h: &ServerHandle, reason: &str) -> u64 {
