@@ -26,13 +26,19 @@ trap stop EXIT
 wait_port() { for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.05; done; return 1; }
 
 # volley: subscribers authenticate into live://bench with a binary frame; the
-# publisher POSTs to the room through the HTTP API.
+# publisher sends room pushes over volley's TCP publisher connection (open
+# loop, like the NATS and tokio publishers). VOLLEY_PUBLISH=http POSTs each
+# message to the HTTP API instead (closed loop, the earlier runs).
 AUTH=$(python3 -c 'import struct,sys; b=b"{\"room_id\":\"live://bench\",\"accepts\":[]}"; sys.stdout.write((struct.pack(">IHHII",16+len(b),16,1,7,1)+b).hex())')
 run_volley() {
     ./target/release/volley serve --tcp-listen 127.0.0.1:3201 --ws-listen 127.0.0.1:3202 --http-listen 127.0.0.1:3211 --publish-listen 127.0.0.1:3212 --log warn &
     PID=$!; wait_port 3211; sleep 1
-    "${LG[@]}" --target 127.0.0.1:3202 --ws /sub --first-binary-hex "$AUTH" --publish http \
-        --publish-http 127.0.0.1:3211 --publish-path "/goim/push/room?operation=1000&type=live&room=bench" \
+    if [ "${VOLLEY_PUBLISH:-tcp}" = http ]; then
+        VIA=(--publish http --publish-http 127.0.0.1:3211 --publish-path "/goim/push/room?operation=1000&type=live&room=bench")
+    else
+        VIA=(--publish tcp --publish-tcp 127.0.0.1:3212 --room live://bench)
+    fi
+    "${LG[@]}" --target 127.0.0.1:3202 --ws /sub --first-binary-hex "$AUTH" "${VIA[@]}" \
         --msg-rate "$1" --server-pid "$PID" > "$OUT/volley-$1.json" || true
     stop
 }

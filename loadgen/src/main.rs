@@ -151,6 +151,9 @@ enum Cmd {
         /// Path of that POST.
         #[arg(long, default_value = "/goim/push/room?operation=1000&type=live&room=bench")]
         publish_path: String,
+        /// volley TCP publisher addresses (--publish tcp).
+        #[arg(long, value_delimiter = ',')]
+        publish_tcp: Vec<SocketAddr>,
         /// Messages published per second.
         #[arg(long, default_value_t = 10)]
         msg_rate: u64,
@@ -173,6 +176,9 @@ enum PublishVia {
     Ws,
     /// An HTTP POST per message to every --publish-http address.
     Http,
+    /// A room push to --room over volley's TCP publisher connection at every
+    /// --publish-tcp address (pipelined, open loop like a WebSocket publisher).
+    Tcp,
 }
 
 /// What a generic-mode subscriber sends after its upgrade.
@@ -1332,6 +1338,7 @@ fn main() -> Result<()> {
             publish_template,
             publish_http,
             publish_path,
+            publish_tcp,
             msg_rate,
             size,
             duration,
@@ -1380,6 +1387,37 @@ fn main() -> Result<()> {
                             let payload = generic_payload(seq, ns, size);
                             for p in &mut publishers {
                                 p.post(&publish_path, &payload)?;
+                            }
+                            Ok(())
+                        },
+                    )?;
+                }
+                PublishVia::Tcp => {
+                    if publish_tcp.is_empty() {
+                        bail!("--publish tcp needs --publish-tcp ADDRS");
+                    }
+                    let mut publishers = publish_tcp
+                        .iter()
+                        .map(|&a| TcpPublisher::connect(a, ""))
+                        .collect::<Result<Vec<_>>>()?;
+                    let total = msg_rate * duration;
+                    let room = common.room.clone();
+                    run_broadcast(
+                        &common,
+                        Some(Arc::new(generic)),
+                        load,
+                        &totals,
+                        &stop,
+                        base,
+                        |seq, ns| {
+                            let payload = generic_payload(seq, ns, size);
+                            for p in &mut publishers {
+                                p.push_room(&room, 1000, &payload)?;
+                            }
+                            if seq + 1 == total {
+                                for p in &mut publishers {
+                                    p.barrier()?;
+                                }
                             }
                             Ok(())
                         },

@@ -20,8 +20,7 @@
 //!
 //! Invariants: frames are handled in arrival order and each is routed before
 //! the next is read, so an ack or an op 3 covers everything before it; the
-//! read buffer never holds more than one frame (≤ `max_http_body`) plus one
-//! read; while any shard's mesh inbox holds more than `MESH_BACKLOG` messages
+//! read buffer stays under twice the largest frame (`max_http_body`); while any shard's mesh inbox holds more than `MESH_BACKLOG` messages
 //! the connection stops reading, so a publisher faster than the fan-out is
 //! slowed by TCP flow control instead of growing the queues. Bad input is
 //! answered with op 6 `<reason>: <detail>` and a close of this connection only,
@@ -42,7 +41,7 @@ use std::time::Duration;
 
 /// Most messages queued in any shard's inbox before publishers pause.
 pub const MESH_BACKLOG: usize = 1024;
-/// Bytes asked for per read.
+/// Initial size of the read buffer.
 const READ_CHUNK: usize = 64 * 1024;
 /// How often a quiet connection looks at the clock and at shutdown.
 const TICK: Duration = Duration::from_secs(1);
@@ -161,21 +160,25 @@ impl Publisher {
         if let Err(e) = stream.set_read_timeout(Some(TICK)) {
             return End::new(CloseReason::IoError, e.to_string());
         }
-        let mut buf: Vec<u8> = Vec::new();
+        // `buf[..have]` holds unparsed bytes. It doubles only when full
+        // without a whole frame, and decode refuses a frame over `max_frame`
+        // as soon as its length arrives, so it stays under twice that.
+        let mut buf = vec![0u8; READ_CHUNK];
+        let mut have = 0;
         let mut quiet_secs = 0u64;
         loop {
-            let start = buf.len();
-            buf.resize(start + READ_CHUNK, 0);
-            let res = stream.read(&mut buf[start..]).await;
+            if have == buf.len() {
+                buf.resize(buf.len() * 2, 0);
+            }
+            let res = stream.read(&mut buf[have..]).await;
             match res {
                 Ok(0) if self.shard.borrow().shutting_down => return End::new(CloseReason::Shutdown, ""),
                 Ok(0) => return End::new(CloseReason::PeerClosed, ""),
                 Ok(n) => {
-                    buf.truncate(start + n);
+                    have += n;
                     quiet_secs = 0;
                 }
                 Err(e) if e.kind() == io::ErrorKind::TimedOut => {
-                    buf.truncate(start);
                     if self.shard.borrow().shutting_down {
                         return End::new(CloseReason::Shutdown, "");
                     }
@@ -192,7 +195,7 @@ impl Publisher {
             }
             let mut used = 0;
             loop {
-                match binary::decode(&buf[used..], max_frame) {
+                match binary::decode(&buf[used..have], max_frame) {
                     Ok(Some((f, n))) => {
                         used += n;
                         if let Err(end) = self.on_frame(f, max_frame) {
@@ -203,7 +206,8 @@ impl Publisher {
                     Err(e) => return End::new(CloseReason::from(&e), e.to_string()),
                 }
             }
-            buf.drain(..used);
+            buf.copy_within(used..have, 0);
+            have -= used;
             if !self.out.is_empty() {
                 if let Err(e) = stream.write_all(&self.out).await {
                     return End::new(CloseReason::IoError, e.to_string());
