@@ -22,7 +22,7 @@ for round in $(seq "$ROUNDS"); do
     PIDS=() ; TARGETS=() ; PUBS=()
     for i in $(seq 0 $((P - 1))); do
         ./target/release/volley serve --shards 1 --cpus $((i % 2)) --shutdown-grace-secs $GRACE \
-            --tcp-listen 127.0.0.1:$((7000 + i)) --ws-listen 127.0.0.1:0 --http-listen 127.0.0.1:$((7200 + i)) \
+            --tcp-listen 127.0.0.1:$((7000 + i)) --ws-listen 127.0.0.1:$((7600 + i)) --http-listen 127.0.0.1:$((7200 + i)) \
             --publish-listen 127.0.0.1:$((7400 + i)) --log error &
         PIDS+=($!)
         TARGETS+=(127.0.0.1:$((7000 + i)))

@@ -34,6 +34,8 @@
 //!   and the TCP publisher connection.
 //! - [`metrics`]: counters and close reasons.
 //! - [`host`]: `volley check-host`, what on this host is not tuned.
+//! - [`wake_keeper`]: wake-up insurance for glommio executors (also used by
+//!   the load generator).
 #![warn(missing_docs)]
 
 pub mod config;
@@ -45,6 +47,7 @@ pub mod proto;
 pub mod publish;
 pub mod server;
 pub mod shard;
+pub mod wake_keeper;
 
 pub use config::Config;
 pub use server::{Server, ServerHandle, StartError};

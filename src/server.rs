@@ -260,12 +260,17 @@ async fn run_shard(id: usize, shared: Arc<Shared>, fds: Listeners, ready: std::s
         let _ = ready.send(Err(format!("cannot spawn the API tasks: {e}")));
         return;
     }
+    // A glommio executor here can sleep through its own expired timers
+    // (see wake_keeper); a foreign wake every 100 ms bounds such a stall.
+    let _keeper = match crate::wake_keeper::spawn(&format!("volley-keep-{id}"), crate::wake_keeper::PERIOD) {
+        Ok(k) => k,
+        Err(e) => {
+            let _ = ready.send(Err(format!("cannot spawn the wake keeper: {e}")));
+            return;
+        }
+    };
     let sweeper = shard.clone();
-    // Runs until the executor ends, shutdown included: besides the deadlines,
-    // its once-a-second timer guarantees the executor wakes even if a single
-    // wake-up were lost (one of 53 processes once stayed parked in its 5 ms
-    // shutdown-grace sleep until a debugger interrupted it; glommio has open
-    // reports of short sleeps hanging, DataDog/glommio#326).
+    // Runs until the executor ends, shutdown included.
     let sweep = async move {
         loop {
             glommio::timer::sleep(Duration::from_secs(1)).await;

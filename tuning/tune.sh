@@ -19,13 +19,22 @@ check)
     ;;
 apply)
     DRY=${2:-}
-    if [ "$DRY" != "--dry-run" ]; then mkdir -p "$(dirname "$STATE")"; : >"$STATE"; fi
+    # A second apply must not overwrite the host's own values with tuned ones.
+    KEEP=0
+    if [ "$DRY" != "--dry-run" ]; then
+        if [ -s "$STATE" ]; then
+            KEEP=1
+            echo "keeping the values an earlier apply saved in $STATE (restore first to save the current ones)"
+        else
+            mkdir -p "$(dirname "$STATE")"; : >"$STATE"
+        fi
+    fi
     for k in $(keys); do
         want=$(grep -E "^$k *=" "$CONF" | cut -d= -f2- | sed 's/^ *//')
         have=$(sysctl -n "$k" 2>/dev/null | tr '\t' ' ') || { echo "skip $k (not on this kernel)"; continue; }
         echo "$k: $have -> $want"
         if [ "$DRY" != "--dry-run" ]; then
-            echo "$k = $have" >>"$STATE"
+            if [ "$KEEP" = 0 ]; then echo "$k = $have" >>"$STATE"; fi
             sysctl -q -w "$k=$want"
         fi
     done
@@ -38,6 +47,7 @@ restore)
         echo "$k -> $v"
         sysctl -q -w "$k=$v"
     done <"$STATE"
+    rm -f "$STATE"
     ;;
 *)
     echo "usage: $0 check|apply [--dry-run]|restore" >&2; exit 2 ;;
