@@ -47,23 +47,12 @@ pub const MAX_BATCH: usize = 10_000;
 
 /// Accepts API connections until the listener is shut.
 pub async fn accept(listener: TcpListener, shard: Rc<RefCell<Shard>>) {
-    loop {
-        let res = listener.accept().await;
-        if shard.borrow().shutting_down {
-            break;
-        }
-        match res {
-            Ok(stream) => {
-                let idle = Duration::from_secs(shard.borrow().shared.config.http_idle_timeout_secs);
-                let _ = stream.set_read_timeout(Some(idle));
-                glommio::spawn_local(serve(stream, shard.clone())).detach();
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "API accept failed");
-                glommio::timer::sleep(Duration::from_millis(20)).await;
-            }
-        }
-    }
+    crate::server::accept_each(listener, shard, "api", |stream, shard| {
+        let idle = Duration::from_secs(shard.borrow().shared.config.http_idle_timeout_secs);
+        let _ = stream.set_read_timeout(Some(idle));
+        glommio::spawn_local(serve(stream, shard.clone())).detach();
+    })
+    .await;
 }
 
 async fn serve(stream: TcpStream, shard: Rc<RefCell<Shard>>) {

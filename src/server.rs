@@ -27,7 +27,7 @@ use crate::metrics::{ShardStats, StatsSnapshot};
 use crate::publish;
 use crate::shard::mesh::ShardMsg;
 use crate::shard::{Shard, Shared, Transport};
-use glommio::net::TcpListener;
+use glommio::net::{TcpListener, TcpStream};
 use glommio::{LocalExecutorBuilder, Placement};
 use socket2::{Domain, Protocol, Socket, Type};
 use std::cell::RefCell;
@@ -330,27 +330,39 @@ async fn run_shard(id: usize, shared: Arc<Shared>, fds: Listeners, ready: std::s
     tracing::debug!(shard = id, left = shard.borrow().nr_conns(), "shard stopped");
 }
 
-async fn accept_clients(listener: TcpListener, shard: Rc<RefCell<Shard>>, transport: Transport) {
+/// Accepts on `listener` until the shard shuts down, handing each connection
+/// to `take`. Accept errors (EMFILE and the like) are counted and back off
+/// instead of spinning. `what` names the listener in logs.
+pub(crate) async fn accept_each(
+    listener: TcpListener,
+    shard: Rc<RefCell<Shard>>,
+    what: &'static str,
+    mut take: impl FnMut(TcpStream, &Rc<RefCell<Shard>>),
+) {
     loop {
         let res = listener.accept().await;
         if shard.borrow().shutting_down {
             break;
         }
         match res {
-            Ok(stream) => {
-                let _ = stream.set_nodelay(true);
-                let ip = stream
-                    .peer_addr()
-                    .map_or(std::net::Ipv4Addr::UNSPECIFIED.into(), |a| a.ip());
-                let id = shard.borrow_mut().new_conn(ip, transport);
-                glommio::spawn_local(TcpDriver::new(stream, shard.clone(), id, transport)).detach();
-            }
+            Ok(stream) => take(stream, &shard),
             Err(e) => {
                 ShardStats::add(&shard.borrow().stats().accept_errors, 1);
-                tracing::warn!(error = %e, "accept failed");
-                // EMFILE and friends: back off instead of spinning.
+                tracing::warn!(error = %e, listener = what, "accept failed");
                 glommio::timer::sleep(Duration::from_millis(20)).await;
             }
         }
     }
+}
+
+async fn accept_clients(listener: TcpListener, shard: Rc<RefCell<Shard>>, transport: Transport) {
+    accept_each(listener, shard, "clients", move |stream, shard| {
+        let _ = stream.set_nodelay(true);
+        let ip = stream
+            .peer_addr()
+            .map_or(std::net::Ipv4Addr::UNSPECIFIED.into(), |a| a.ip());
+        let id = shard.borrow_mut().new_conn(ip, transport);
+        glommio::spawn_local(TcpDriver::new(stream, shard.clone(), id, transport)).detach();
+    })
+    .await;
 }

@@ -1132,6 +1132,21 @@ impl TcpPublisher {
         self.s.write_all(&frame(2, 1, &[]))?;
         self.expect(3)
     }
+
+    /// One room push (business op 1000) to every publisher; after the
+    /// `last` one a barrier on each: every message routed, or the server's
+    /// reason why not.
+    fn all(pubs: &mut [TcpPublisher], room: &str, payload: &[u8], last: bool) -> Result<()> {
+        for p in pubs.iter_mut() {
+            p.push_room(room, 1000, payload)?;
+        }
+        if last {
+            for p in pubs.iter_mut() {
+                p.barrier()?;
+            }
+        }
+        Ok(())
+    }
 }
 
 fn spawn_workers(
@@ -1321,16 +1336,7 @@ fn main() -> Result<()> {
                     .collect::<Result<Vec<_>>>()?;
                 run_broadcast(&common, None, load, &totals, &stop, base, |seq, ns| {
                     stamp(&mut payload, seq, ns);
-                    for p in &mut publishers {
-                        p.push_room(&common.room, 1000, &payload)?;
-                    }
-                    if seq + 1 == total {
-                        // Every message routed, or the server's reason why not.
-                        for p in &mut publishers {
-                            p.barrier()?;
-                        }
-                    }
-                    Ok(())
+                    TcpPublisher::all(&mut publishers, &common.room, &payload, seq + 1 == total)
                 })?;
             }
         }
@@ -1372,7 +1378,8 @@ fn main() -> Result<()> {
                 duration,
                 drain_secs,
             };
-            match publish {
+            // Each publisher is a closure over its connections; one run.
+            let publisher: Box<dyn FnMut(u64, u64) -> Result<()>> = match publish {
                 PublishVia::Http => {
                     if publish_http.is_empty() {
                         bail!("--publish http needs --publish-http ADDRS");
@@ -1381,21 +1388,13 @@ fn main() -> Result<()> {
                         .iter()
                         .map(|&a| Publisher::connect(a, ""))
                         .collect::<Result<Vec<_>>>()?;
-                    run_broadcast(
-                        &common,
-                        Some(Arc::new(generic)),
-                        load,
-                        &totals,
-                        &stop,
-                        base,
-                        |seq, ns| {
-                            let payload = generic_payload(seq, ns, size);
-                            for p in &mut publishers {
-                                p.post(&publish_path, &payload)?;
-                            }
-                            Ok(())
-                        },
-                    )?;
+                    Box::new(move |seq, ns| {
+                        let payload = generic_payload(seq, ns, size);
+                        for p in &mut publishers {
+                            p.post(&publish_path, &payload)?;
+                        }
+                        Ok(())
+                    })
                 }
                 PublishVia::Tcp => {
                     if publish_tcp.is_empty() {
@@ -1407,26 +1406,10 @@ fn main() -> Result<()> {
                         .collect::<Result<Vec<_>>>()?;
                     let total = msg_rate * duration;
                     let room = common.room.clone();
-                    run_broadcast(
-                        &common,
-                        Some(Arc::new(generic)),
-                        load,
-                        &totals,
-                        &stop,
-                        base,
-                        |seq, ns| {
-                            let payload = generic_payload(seq, ns, size);
-                            for p in &mut publishers {
-                                p.push_room(&room, 1000, &payload)?;
-                            }
-                            if seq + 1 == total {
-                                for p in &mut publishers {
-                                    p.barrier()?;
-                                }
-                            }
-                            Ok(())
-                        },
-                    )?;
+                    Box::new(move |seq, ns| {
+                        let payload = generic_payload(seq, ns, size);
+                        TcpPublisher::all(&mut publishers, &room, &payload, seq + 1 == total)
+                    })
                 }
                 PublishVia::Ws => {
                     let hello = publisher_first_message.as_deref().map(unescape).unwrap_or_default();
@@ -1436,26 +1419,19 @@ fn main() -> Result<()> {
                         .map(|&t| WsPublisher::connect(t, &ws_path, &hello))
                         .collect::<Result<Vec<_>>>()?;
                     let template = String::from_utf8(unescape(&publish_template)).context("template")?;
-                    run_broadcast(
-                        &common,
-                        Some(Arc::new(generic)),
-                        load,
-                        &totals,
-                        &stop,
-                        base,
-                        |seq, ns| {
-                            let payload = String::from_utf8(generic_payload(seq, ns, size)).expect("ASCII");
-                            let msg = template
-                                .replace("{len}", &size.to_string())
-                                .replace("{payload}", &payload);
-                            for p in &mut pubs {
-                                p.send(msg.as_bytes())?;
-                            }
-                            Ok(())
-                        },
-                    )?;
+                    Box::new(move |seq, ns| {
+                        let payload = String::from_utf8(generic_payload(seq, ns, size)).expect("ASCII");
+                        let msg = template
+                            .replace("{len}", &size.to_string())
+                            .replace("{payload}", &payload);
+                        for p in &mut pubs {
+                            p.send(msg.as_bytes())?;
+                        }
+                        Ok(())
+                    })
                 }
-            }
+            };
+            run_broadcast(&common, Some(Arc::new(generic)), load, &totals, &stop, base, publisher)?;
         }
     }
     Ok(())

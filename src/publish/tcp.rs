@@ -68,23 +68,11 @@ pub fn stop_reading_all() {
 
 /// Accepts publisher connections until the listener is shut.
 pub async fn accept(listener: TcpListener, shard: Rc<RefCell<Shard>>) {
-    loop {
-        let res = listener.accept().await;
-        if shard.borrow().shutting_down {
-            break;
-        }
-        match res {
-            Ok(stream) => {
-                let _ = stream.set_nodelay(true);
-                glommio::spawn_local(serve(stream, shard.clone())).detach();
-            }
-            Err(e) => {
-                ShardStats::add(&shard.borrow().stats().accept_errors, 1);
-                tracing::warn!(error = %e, "publisher accept failed");
-                glommio::timer::sleep(Duration::from_millis(20)).await;
-            }
-        }
-    }
+    crate::server::accept_each(listener, shard, "publishers", |stream, shard| {
+        let _ = stream.set_nodelay(true);
+        glommio::spawn_local(serve(stream, shard.clone())).detach();
+    })
+    .await;
 }
 
 /// Why a publisher connection ends, and what it is told.
