@@ -11,14 +11,14 @@
 //!
 //! Per shard, two glommio task queues: connection drivers in the default
 //! one; the API, TCP publishers, the mesh inbox (which does the fan-out) and
-//! the sweep in a
-//! latency-sensitive "control" queue, so a publish is answered within a few
-//! milliseconds even while every subscriber's driver is runnable.
+//! the sweep in a latency-sensitive "control" queue, so a publish is answered
+//! within a few milliseconds even while every subscriber's driver is
+//! runnable. Each shard also runs a `wake_keeper`.
 //!
 //! Shutdown, per shard: stop accepting (the listeners are shut, which fails
 //! the pending accept), queue op 6 "shutdown" (then close 1001 on WebSocket)
-//! to every client, let drivers flush it, close, and end the executor after
-//! at most `shutdown_grace_secs`.
+//! to every client and TCP publisher, let them flush it, close, and end the
+//! executor after at most `shutdown_grace_secs`.
 
 use crate::config::{Config, ConfigError};
 use crate::conn::tcp::TcpDriver;
