@@ -6,7 +6,7 @@
 //! `io_uring_enter(min_complete = 1)` on its main ring and never wakes,
 //! although a timer it armed on its latency ring has long expired: seen as
 //! load generator workers stuck in a 5 ms pacing sleep (so a 1,000,000
-//! connection run stalled at 968k-987k three times), and as a volley shard
+//! connection run stalled at 968k-987k again and again), and as a volley shard
 //! stuck in its shutdown-grace sleep. Interrupting the thread (strace, gdb)
 //! let it run on at once; see BENCHMARKS.md and DataDog/glommio#326. A wake
 //! from another thread goes through the executor's eventfd, whose read is

@@ -420,7 +420,7 @@ async fn run_worker(w: Worker) {
         );
     }
     // Without it a worker could park forever in its pacing sleep (see
-    // volley::wake_keeper): three 1M runs stalled that way at 968k-987k.
+    // volley::wake_keeper): 1M runs stalled that way at 968k-987k.
     let _keeper = volley::wake_keeper::spawn(&format!("loadgen-keep-{}", w.id), volley::wake_keeper::PERIOD)
         .map_err(|e| eprintln!("worker {}: cannot spawn its wake keeper: {e}", w.id))
         .ok();
