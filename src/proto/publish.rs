@@ -19,7 +19,6 @@
 //! of the body, borrowed, never copied here.
 
 use super::body::{MAX_KEY_LEN, MAX_ROOM_LEN};
-use bytes::{BufMut, BytesMut};
 
 /// Operation codes of the publisher protocol (client ops 2, 6, 7, 9 keep
 /// their meaning; these are publisher-only). A non-zero sequence asks for a
@@ -159,50 +158,43 @@ pub fn parse(op: u32, body: &[u8]) -> Result<Publish<'_>, BodyError> {
     })
 }
 
-/// Appends a publish body for `target` to `dst` (publishers and tests).
-///
-/// # Panics
-/// If more than 65,535 keys or users are given, or a key or room is longer
-/// than 65,535 bytes: the caller splits such pushes.
-pub fn encode_body(dst: &mut BytesMut, target: &Target, push_op: u32, payload: &[u8]) -> u32 {
-    let len16 = |n: usize| u16::try_from(n).expect("over 65,535 in one publish");
-    dst.put_u32(push_op);
-    let op = match target {
-        Target::Room(room) => {
-            dst.put_u16(len16(room.len()));
-            dst.put_slice(room.as_bytes());
-            op::PUSH_ROOM
-        }
-        Target::All => op::PUSH_ALL,
-        Target::Keys(keys) => {
-            dst.put_u16(len16(keys.len()));
-            for k in keys {
-                dst.put_u16(len16(k.len()));
-                dst.put_slice(k.as_bytes());
-            }
-            op::PUSH_KEYS
-        }
-        Target::Mids(mids) => {
-            dst.put_u16(len16(mids.len()));
-            for m in mids {
-                dst.put_i64(*m);
-            }
-            op::PUSH_MIDS
-        }
-    };
-    dst.put_slice(payload);
-    op
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use bytes::{BufMut, BytesMut};
     use proptest::prelude::*;
 
+    /// The publisher op and body for `target`: the inverse of `parse`, for
+    /// the round-trip test (tests/publish_tcp.rs builds bodies by hand).
     fn body(target: &Target, push_op: u32, payload: &[u8]) -> (u32, Vec<u8>) {
-        let mut b = BytesMut::new();
-        let op = encode_body(&mut b, target, push_op, payload);
-        (op, b.to_vec())
+        let mut dst = BytesMut::new();
+        let len16 = |n: usize| u16::try_from(n).expect("over 65,535 in one publish");
+        dst.put_u32(push_op);
+        let op = match target {
+            Target::Room(room) => {
+                dst.put_u16(len16(room.len()));
+                dst.put_slice(room.as_bytes());
+                op::PUSH_ROOM
+            }
+            Target::All => op::PUSH_ALL,
+            Target::Keys(keys) => {
+                dst.put_u16(len16(keys.len()));
+                for k in keys {
+                    dst.put_u16(len16(k.len()));
+                    dst.put_slice(k.as_bytes());
+                }
+                op::PUSH_KEYS
+            }
+            Target::Mids(mids) => {
+                dst.put_u16(len16(mids.len()));
+                for m in mids {
+                    dst.put_i64(*m);
+                }
+                op::PUSH_MIDS
+            }
+        };
+        dst.put_slice(payload);
+        (op, dst.to_vec())
     }
 
     #[test]

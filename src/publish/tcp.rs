@@ -27,10 +27,11 @@
 //! counted under `publisher_closes`.
 
 use crate::metrics::{CloseReason, ShardStats};
-use crate::proto::binary::{self, op as client_op, Frame, HEADER_LEN};
+use crate::proto::binary::{self, op as client_op, Frame};
 use crate::proto::publish::{self as body, op};
 use crate::publish::{self, PushError};
 use crate::shard::Shard;
+use bytes::BytesMut;
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use glommio::net::{TcpListener, TcpStream};
 use std::cell::RefCell;
@@ -92,7 +93,7 @@ async fn serve(mut stream: TcpStream, shard: Rc<RefCell<Shard>>) {
     let mut conn = Publisher {
         shard: shard.clone(),
         authed: false,
-        out: Vec::new(),
+        out: BytesMut::new(),
     };
     let End(reason, detail) = conn.run(&mut stream).await;
     if reason.notifies_client() {
@@ -101,17 +102,16 @@ async fn serve(mut stream: TcpStream, shard: Rc<RefCell<Shard>>) {
         } else {
             format!("{}: {detail}", reason.name())
         };
-        let mut bye = bytes::BytesMut::new();
+        // After any replies still unwritten; best effort: the peer may be
+        // gone or not reading.
         binary::encode(
-            &mut bye,
+            &mut conn.out,
             binary::VERSION_GOIM,
             client_op::DISCONNECT,
             0,
             text.as_bytes(),
         );
-        // Best effort: the peer may be gone or not reading.
         let _ = stream.write_all(&conn.out).await;
-        let _ = stream.write_all(&bye).await;
     }
     OPEN.with(|open| open.borrow_mut().remove(&fd));
     let _ = stream.close().await;
@@ -131,7 +131,7 @@ struct Publisher {
     shard: Rc<RefCell<Shard>>,
     authed: bool,
     /// Replies not yet written.
-    out: Vec<u8>,
+    out: BytesMut,
 }
 
 impl Publisher {
@@ -223,9 +223,7 @@ impl Publisher {
     }
 
     fn reply(&mut self, op: u32, seq: u32) {
-        let mut b = bytes::BytesMut::with_capacity(HEADER_LEN);
-        binary::encode(&mut b, binary::VERSION_GOIM, op, seq, &[]);
-        self.out.extend_from_slice(&b);
+        binary::encode(&mut self.out, binary::VERSION_GOIM, op, seq, &[]);
     }
 
     fn on_frame(&mut self, f: Frame<'_>, max_frame: usize) -> Result<(), End> {
