@@ -106,18 +106,8 @@ enum Cmd {
         /// API key for publishing (HTTP header or TCP publisher auth).
         #[arg(long, default_value = "")]
         api_key: String,
-        /// Messages published per second.
-        #[arg(long, default_value_t = 10)]
-        msg_rate: u64,
-        /// Payload size in bytes (at least 16: sequence + time stamp).
-        #[arg(long, default_value_t = 64)]
-        size: usize,
-        /// Seconds to publish for.
-        #[arg(long, default_value_t = 10)]
-        duration: u64,
-        /// Seconds to wait after the last publish for deliveries to finish.
-        #[arg(long, default_value_t = 10)]
-        drain_secs: u64,
+        #[command(flatten)]
+        load: Load,
     },
     /// Generic WebSocket broadcast: drives any WebSocket broadcast server
     /// (volley, NATS, a tokio server...) with the same load. Subscribers
@@ -154,18 +144,8 @@ enum Cmd {
         /// volley TCP publisher addresses (--publish tcp).
         #[arg(long, value_delimiter = ',')]
         publish_tcp: Vec<SocketAddr>,
-        /// Messages published per second.
-        #[arg(long, default_value_t = 10)]
-        msg_rate: u64,
-        /// Payload size in bytes (at least 34: marker, sequence, time stamp).
-        #[arg(long, default_value_t = 64)]
-        size: usize,
-        /// Seconds to publish for.
-        #[arg(long, default_value_t = 10)]
-        duration: u64,
-        /// Seconds to wait after the last publish for deliveries to finish.
-        #[arg(long, default_value_t = 10)]
-        drain_secs: u64,
+        #[command(flatten)]
+        load: Load,
     },
 }
 
@@ -543,20 +523,7 @@ async fn subscriber(
     // Small on purpose: a million of these must fit; it grows for bursts.
     let mut buf = vec![0u8; 512];
     let mut have = 0usize;
-    loop {
-        if stop.load(Relaxed) {
-            return Ok(());
-        }
-        if have == buf.len() {
-            buf.resize(buf.len() * 2, 0);
-        }
-        // No per-read timeout (a timer per connection per read would cost more
-        // than the read): the worker ends by dropping its executor.
-        let n = s.read(&mut buf[have..]).await?;
-        if n == 0 {
-            return Ok(());
-        }
-        have += n;
+    while read_more(&mut s, &mut buf, &mut have, stop).await? {
         let now = now_ns(base);
         let at = tcp_frames(&buf[..have], |f| on_frame(f, track, totals, hist, now));
         track.flush(totals);
@@ -566,6 +533,23 @@ async fn subscriber(
             return handoff.give(&s, buf, have, false, false, track);
         }
     }
+    Ok(())
+}
+
+/// Reads more of a handshake into `buf[have..]`, growing `buf` when full;
+/// false once the run stops or the server closed. No per-read timeout (a
+/// timer per connection per read would cost more than the read): the worker
+/// ends by dropping its executor.
+async fn read_more(s: &mut TcpStream, buf: &mut Vec<u8>, have: &mut usize, stop: &AtomicBool) -> std::io::Result<bool> {
+    if stop.load(Relaxed) {
+        return Ok(false);
+    }
+    if *have == buf.len() {
+        buf.resize(buf.len() * 2, 0);
+    }
+    let n = s.read(&mut buf[*have..]).await?;
+    *have += n;
+    Ok(n > 0)
 }
 
 /// What one subscriber has seen.
@@ -679,18 +663,7 @@ async fn ws_subscriber(
     let mut buf = vec![0u8; 512];
     let mut have = 0usize;
     let mut upgraded = false;
-    loop {
-        if stop.load(Relaxed) {
-            return Ok(());
-        }
-        if have == buf.len() {
-            buf.resize(buf.len() * 2, 0);
-        }
-        let n = s.read(&mut buf[have..]).await?;
-        if n == 0 {
-            return Ok(());
-        }
-        have += n;
+    while read_more(&mut s, &mut buf, &mut have, stop).await? {
         let mut at = 0;
         if !upgraded {
             let Some(end) = buf[..have].windows(4).position(|w| w == b"\r\n\r\n") else {
@@ -726,6 +699,7 @@ async fn ws_subscriber(
             return handoff.give(&s, buf, have, true, generic, track);
         }
     }
+    Ok(())
 }
 
 /// Server WebSocket frames (unmasked) in `buf`: calls `on(opcode, payload)`
@@ -1293,24 +1267,21 @@ fn main() -> Result<()> {
             http,
             publish_tcp,
             api_key,
-            msg_rate,
-            size,
-            duration,
-            drain_secs,
+            load,
         } => {
-            if size < 16 {
+            if load.size < 16 {
                 bail!("--size must be at least 16");
             }
             let path = {
                 let (typ, id) = common.room.split_once("://").context("--room must be type://id")?;
                 format!("/goim/push/room?operation=1000&type={typ}&room={id}")
             };
-            let load = Load {
+            let Load {
                 msg_rate,
                 size,
                 duration,
-                drain_secs,
-            };
+                ..
+            } = load;
             let total = msg_rate * duration;
             let mut payload = vec![b'x'; size];
             let stamp = |payload: &mut [u8], seq: u64, ns: u64| {
@@ -1350,12 +1321,9 @@ fn main() -> Result<()> {
             publish_http,
             publish_path,
             publish_tcp,
-            msg_rate,
-            size,
-            duration,
-            drain_secs,
+            load,
         } => {
-            if size < GENERIC_MIN_SIZE {
+            if load.size < GENERIC_MIN_SIZE {
                 bail!("--size must be at least {GENERIC_MIN_SIZE}");
             }
             let Some(ws_path) = common.ws.clone() else {
@@ -1372,12 +1340,12 @@ fn main() -> Result<()> {
                     binary: false,
                 },
             };
-            let load = Load {
+            let Load {
                 msg_rate,
                 size,
                 duration,
-                drain_secs,
-            };
+                ..
+            } = load;
             // Each publisher is a closure over its connections; one run.
             let publisher: Box<dyn FnMut(u64, u64) -> Result<()>> = match publish {
                 PublishVia::Http => {
@@ -1438,10 +1406,20 @@ fn main() -> Result<()> {
 }
 
 /// Message rate, size and timing of a broadcast run.
+#[derive(clap::Args, Clone, Copy)]
 struct Load {
+    /// Messages published per second.
+    #[arg(long, default_value_t = 10)]
     msg_rate: u64,
+    /// Payload size in bytes: at least 16 (sequence + time stamp), 34 in the
+    /// ws mode (plus its marker).
+    #[arg(long, default_value_t = 64)]
     size: usize,
+    /// Seconds to publish for.
+    #[arg(long, default_value_t = 10)]
     duration: u64,
+    /// Seconds to wait after the last publish for deliveries to finish.
+    #[arg(long, default_value_t = 10)]
     drain_secs: u64,
 }
 
