@@ -3,8 +3,8 @@
 //! message), against the naive alternative of encoding per connection.
 use bytes::Bytes;
 use criterion::{black_box, criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use volley::conn::outbound::Outbound;
 use volley::proto::binary;
+use volley::shard::outbound::Outbound;
 
 fn fanout(c: &mut Criterion) {
     let payload = [b'x'; 64];
@@ -16,10 +16,10 @@ fn fanout(c: &mut Criterion) {
             b.iter(|| {
                 let frame = binary::encode_to_bytes(1, 1000, 0, black_box(&payload));
                 for q in queues.iter_mut() {
-                    let _ = q.push(frame.clone(), 1 << 20);
+                    let _ = q.push(frame.clone(), 1 << 20, 0);
                 }
                 for q in queues.iter_mut() {
-                    q.advance(80);
+                    q.advance(80, 0);
                 }
             })
         });
@@ -27,10 +27,10 @@ fn fanout(c: &mut Criterion) {
             b.iter(|| {
                 for q in queues.iter_mut() {
                     let frame: Bytes = binary::encode_to_bytes(1, 1000, 0, black_box(&payload));
-                    let _ = q.push(frame, 1 << 20);
+                    let _ = q.push(frame, 1 << 20, 0);
                 }
                 for q in queues.iter_mut() {
-                    q.advance(80);
+                    q.advance(80, 0);
                 }
             })
         });

@@ -4,15 +4,15 @@
 //! # Architecture
 //!
 //! ```text
-//!        app servers ──HTTP / TCP──┐     clients ──TCP (goim frames) / WebSocket──┐
-//!                                  ▼                                              ▼
-//!  ┌─ shard 0 (core 0) ───────────────────────┐  ┌─ shard 1 (core 1) ─────────────────┐
-//!  │ http_api, publish::tcp                   │  │ accept ─> TcpDriver per connection │
-//!  │   ─encode once─> route(owner)            │  │                                    │
-//!  │ Shard: conns, RoomTable, key/mid dir,    │  │ Shard: conns, RoomTable, ...       │
-//!  │        heartbeat wheel                   │  │                                    │
-//!  └────────────▲─────────────────────────────┘  └──────────────▲─────────────────────┘
-//!               └──────── mesh: lock-free inbox per shard ──────┘
+//!    app servers ──HTTP / TCP publisher──┐   clients ──TCP (goim frames) / WebSocket──┐
+//!                                        ▼                                            ▼
+//!  ┌─ every shard (one per core) ──────────────────────────────────────────────────────────┐
+//!  │ api: http, tcp ── publish: encode once, route to the owner                           │
+//!  │ conn: accept ─> ClientDriver per connection (bytes only) ─> Shard::feed              │
+//!  │ shard: Shard = conns, RoomTable, key/user directory slice, heartbeat wheel (sans-IO) │
+//!  │ shard::run: inbox loop (fan-out), 1 s sweep, shutdown drain                          │
+//!  └──────────────▲─────────────────────────────────────────────────────────▲─────────────┘
+//!                 └─────────── shard::mesh: a lock-free inbox per shard ─────┘
 //! ```
 //!
 //! A room publish goes to the room's owner shard, which sends one `RoomFrame`
@@ -23,28 +23,37 @@
 //! message; both forms are shared by every connection.
 //!
 //! # Modules
-//! - [`config`]: every knob, file/env/flag layering.
-//! - [`server`]: listeners, executors, `ServerHandle`, shutdown.
-//! - [`shard`]: per-core state and behaviour; `shard::topics` (room index,
-//!   pure) and `shard::mesh` (cross-core messages).
-//! - [`conn`]: the socket drivers and outbound queues (the only awaiting code).
-//! - [`proto`]: sans-IO codecs (binary frames, control bodies, WebSocket).
-//! - [`http_api`]: publish / online / stats API.
-//! - [`publish`]: checking and routing a push (HTTP and TCP publishers alike),
-//!   and the TCP publisher connection.
-//! - [`metrics`]: counters and close reasons.
+//! - [`config`]: every knob, grouped in sections; file / environment / flag
+//!   layering.
+//! - [`server`]: binds the listeners, starts the shards, `ServerHandle`.
+//! - [`net`]: listener specs, binding one socket per shard, the accept loop.
+//! - [`shard`]: per-core state and behaviour, sans-IO (connection records,
+//!   heartbeat wheel, directory, delivery, the version-1 session, rooms,
+//!   the mesh), plus `shard::run`, the per-shard runtime that drives it.
+//! - [`conn`]: client connections' I/O: accept and the per-connection driver.
+//! - [`api`]: the application-server side: HTTP API, TCP publishers, and
+//!   the one publish path both take.
+//! - [`auth`]: the API key check (constant time).
+//! - [`proto`]: sans-IO codecs and policies (frames, batches, bodies, close
+//!   reasons, WebSocket).
+//! - [`metrics`]: counters and histograms, as JSON and Prometheus text.
 //! - [`host`]: `volley check-host`, what on this host is not tuned.
 //! - [`wake_keeper`]: wake-up insurance for glommio executors (also used by
 //!   the load generator).
+//!
+//! Code that awaits: `conn`, `api::http`, `api::tcp`, `net::accept_each`,
+//! `shard::run` and `server`'s start-up; everything else is plain
+//! functions over data, driven by them.
 #![warn(missing_docs)]
 
+pub mod api;
+pub mod auth;
 pub mod config;
 pub mod conn;
 pub mod host;
-pub mod http_api;
 pub mod metrics;
+pub mod net;
 pub mod proto;
-pub mod publish;
 pub mod server;
 pub mod shard;
 pub mod wake_keeper;

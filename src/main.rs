@@ -29,6 +29,7 @@ fn main() -> anyhow::Result<()> {
         }
     };
     let config = serve.server;
+    let notes = serve.notes;
     if !config.transparent_hugepages {
         // Process-wide and inherited by the shard threads; pages touched so
         // far (a few, at start-up) keep whatever they got.
@@ -41,13 +42,16 @@ fn main() -> anyhow::Result<()> {
             );
         }
     }
-    let filter = tracing_subscriber::EnvFilter::try_new(&config.log).context("bad --log filter")?;
+    let filter = tracing_subscriber::EnvFilter::try_new(&config.log.level).context("bad --log-level filter")?;
     let sub = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
-    match config.log_format {
+    match config.log.format {
         LogFormat::Json => sub.json().init(),
         LogFormat::Text => sub.init(),
+    }
+    for note in notes {
+        tracing::warn!("{note}");
     }
     let mut signals = signal_hook::iterator::Signals::new([signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM])
         .context("cannot install signal handlers")?;

@@ -1,45 +1,30 @@
-//! `Server::start`: binds the listeners, starts one pinned glommio executor per
-//! shard, and returns a `ServerHandle` once every shard is serving.
+//! `Server::start`: binds the configured listeners, starts one pinned glommio
+//! executor per shard, and returns a `ServerHandle` once every shard serves.
 //!
 //! Runs on the caller's thread; the shards run on their own threads until
-//! `ServerHandle::shutdown` (or drop). Listening sockets are built here with
-//! socket2 (SO_REUSEPORT, configurable backlog — glommio's own `bind` fixes the
-//! backlog at 1024): shard 0's socket binds the requested address, possibly
-//! port 0, and every other shard binds the port it got, so tests can use an
-//! ephemeral port and still spread connections over every shard. Four
-//! listeners per shard: client TCP, client WebSocket, HTTP API, TCP publisher.
+//! `ServerHandle::shutdown` (or drop). Which listeners exist is data
+//! (`net::ListenerSpec::from_config`); this module binds each on every shard
+//! (`net::bind`), then on each shard spawns one acceptor per listener — client
+//! ones in the default task queue, application-server ones in the control
+//! queue — and hands the shard to its runtime (`shard::run::serve`), which
+//! owns the inbox, the sweep and the shutdown drain.
 //!
-//! Per shard, two glommio task queues: connection drivers in the default
-//! one; the API, TCP publishers, the mesh inbox (which does the fan-out) and
-//! the sweep in a latency-sensitive "control" queue, so a publish is answered
-//! within a few milliseconds even while every subscriber's driver is
-//! runnable. Each shard also runs a `wake_keeper`.
-//!
-//! Shutdown, per shard: stop accepting (the listeners are shut, which fails
-//! the pending accept), queue op 6 "shutdown" (then close 1001 on WebSocket)
-//! to every client and TCP publisher, let them flush it, close, and end the
-//! executor after at most `shutdown_grace_secs`.
+//! Nothing here runs per connection or per message.
 
 use crate::config::{Config, ConfigError};
-use crate::conn::tcp::TcpDriver;
-use crate::http_api;
 use crate::metrics::{ShardStats, StatsSnapshot};
-use crate::publish;
+use crate::net::{self, BindError, ListenerKind, ListenerSpec};
 use crate::shard::mesh::ShardMsg;
-use crate::shard::{Shard, Shared, Transport};
-use glommio::net::{TcpListener, TcpStream};
+use crate::shard::{run, Shard, Shared};
+use crate::{api, conn};
+use glommio::net::TcpListener;
 use glommio::{LocalExecutorBuilder, Placement};
-use socket2::{Domain, Protocol, Socket, Type};
 use std::cell::RefCell;
 use std::net::SocketAddr;
 use std::os::fd::{FromRawFd, IntoRawFd, RawFd};
 use std::rc::Rc;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
-
-/// Longest the control queue (API, mesh inbox, sweep) waits for the CPU while
-/// connection drivers run.
-const CONTROL_LATENCY: Duration = Duration::from_millis(2);
+use std::time::Duration;
 
 /// Why the server could not start.
 #[derive(Debug, thiserror::Error)]
@@ -48,20 +33,15 @@ pub enum StartError {
     #[error(transparent)]
     Config(#[from] ConfigError),
     /// A listener could not be bound.
-    #[error("cannot listen on {addr}: {source}")]
-    Bind {
-        /// The address.
-        addr: SocketAddr,
-        /// The error.
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Bind(#[from] BindError),
     /// An executor could not start (CPU list, memlock limit...).
-    #[error("cannot start shard {shard}: {msg}")]
+    #[error("cannot start shard {shard}: {source}")]
     Executor {
         /// Shard index.
         shard: usize,
-        /// The error.
-        msg: String,
+        /// What went wrong.
+        source: Box<dyn std::error::Error + Send + Sync>,
     },
 }
 
@@ -78,37 +58,10 @@ pub struct ServerHandle {
     pub ws_addr: SocketAddr,
     /// TCP publisher listener's actual address.
     pub publish_addr: SocketAddr,
+    /// Every listener, its address resolved.
+    pub listeners: Vec<ListenerSpec>,
     shared: Arc<Shared>,
     threads: Vec<glommio::ExecutorJoinHandle<()>>,
-}
-
-fn listen(addr: SocketAddr, backlog: u32) -> Result<Socket, StartError> {
-    let err = |source| StartError::Bind { addr, source };
-    let s = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP)).map_err(err)?;
-    s.set_reuse_address(true).map_err(err)?;
-    s.set_reuse_port(true).map_err(err)?;
-    s.set_cloexec(true).map_err(err)?;
-    s.bind(&addr.into()).map_err(err)?;
-    s.listen(i32::try_from(backlog).unwrap_or(i32::MAX)).map_err(err)?;
-    Ok(s)
-}
-
-/// Binds one socket per shard on `addr` (port 0 resolved by the first).
-fn listen_all(addr: SocketAddr, backlog: u32, n: usize) -> Result<(SocketAddr, Vec<Socket>), StartError> {
-    let first = listen(addr, backlog)?;
-    let actual = first
-        .local_addr()
-        .ok()
-        .and_then(|a| a.as_socket())
-        .ok_or(StartError::Bind {
-            addr,
-            source: std::io::Error::other("no local address"),
-        })?;
-    let mut all = vec![first];
-    for _ in 1..n {
-        all.push(listen(actual, backlog)?);
-    }
-    Ok((actual, all))
 }
 
 impl Server {
@@ -117,32 +70,38 @@ impl Server {
     pub fn start(config: Config) -> Result<ServerHandle, StartError> {
         config.validate()?;
         let n = config.nr_shards();
-        let (tcp_addr, tcp_socks) = listen_all(config.tcp_listen, config.backlog, n)?;
-        let (http_addr, http_socks) = listen_all(config.http_listen, config.backlog.min(4096), n)?;
-        let (ws_addr, ws_socks) = listen_all(config.ws_listen, config.backlog, n)?;
-        let (publish_addr, publish_socks) = listen_all(config.publish_listen, config.backlog.min(4096), n)?;
+        let bound = ListenerSpec::from_config(&config)
+            .iter()
+            .map(|spec| net::bind(spec, n))
+            .collect::<Result<Vec<_>, _>>()?;
+        let specs: Vec<ListenerSpec> = bound.iter().map(|b| b.spec.clone()).collect();
+        let addr_of = |kind| {
+            specs
+                .iter()
+                .find(|s| s.kind == kind)
+                .map(|s| s.addr)
+                .expect("every kind is configured")
+        };
         // From here on the configuration names the bound addresses (port 0
         // resolved), which is what the demo page and the logs need.
         let mut config = config;
-        (
-            config.tcp_listen,
-            config.http_listen,
-            config.ws_listen,
-            config.publish_listen,
-        ) = (tcp_addr, http_addr, ws_addr, publish_addr);
+        config.tcp.listen = addr_of(ListenerKind::ClientTcp);
+        config.ws.listen = addr_of(ListenerKind::ClientWs);
+        config.api.listen = addr_of(ListenerKind::Api);
+        config.api.publish_listen = addr_of(ListenerKind::Publisher);
+        // Per shard: (kind, descriptor) of every listener.
+        let mut per_shard: Vec<Vec<(ListenerKind, RawFd)>> = vec![Vec::new(); n];
+        for b in bound {
+            for (i, sock) in b.sockets.into_iter().enumerate() {
+                per_shard[i].push((b.spec.kind, sock.into_raw_fd()));
+            }
+        }
         let available = std::thread::available_parallelism().map_or(1, |c| c.get());
         let shared = Arc::new(Shared::new(config));
         let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<(), String>>();
         let mut threads = Vec::with_capacity(n);
-        let socks = tcp_socks.into_iter().zip(http_socks).zip(ws_socks).zip(publish_socks);
-        for (id, (((tcp, http), ws), publish)) in socks.enumerate() {
+        for (id, fds) in per_shard.into_iter().enumerate() {
             let cpu = shared.config.cpus.get(id).copied().unwrap_or(id % available);
-            let fds = Listeners {
-                tcp: tcp.into_raw_fd(),
-                http: http.into_raw_fd(),
-                ws: ws.into_raw_fd(),
-                publish: publish.into_raw_fd(),
-            };
             let shared = shared.clone();
             let ready = ready_tx.clone();
             let t = LocalExecutorBuilder::new(Placement::Fixed(cpu))
@@ -151,36 +110,74 @@ impl Server {
                 // common 8 MiB RLIMIT_MEMLOCK.
                 .io_memory(512 << 10)
                 .preempt_timer(Duration::from_millis(10))
-                .spawn(move || run_shard(id, shared, fds, ready))
+                .spawn(move || shard_main(id, shared, fds, ready))
                 .map_err(|e| StartError::Executor {
                     shard: id,
-                    msg: e.to_string(),
+                    source: e.to_string().into(),
                 })?;
             threads.push(t);
         }
         drop(ready_tx);
         for id in 0..n {
+            let failed = |msg: String| StartError::Executor {
+                shard: id,
+                source: msg.into(),
+            };
             match ready_rx.recv() {
                 Ok(Ok(())) => {}
-                Ok(Err(msg)) => return Err(StartError::Executor { shard: id, msg }),
-                Err(_) => {
-                    return Err(StartError::Executor {
-                        shard: id,
-                        msg: "shard thread died".into(),
-                    })
-                }
+                Ok(Err(msg)) => return Err(failed(msg)),
+                Err(_) => return Err(failed("shard thread died".into())),
             }
         }
-        tracing::info!(%tcp_addr, %ws_addr, %http_addr, %publish_addr, shards = n, "volley serving");
+        let c = &shared.config;
+        tracing::info!(tcp = %c.tcp.listen, ws = %c.ws.listen, api = %c.api.listen,
+            publishers = %c.api.publish_listen, shards = n, "volley serving");
         Ok(ServerHandle {
-            tcp_addr,
-            http_addr,
-            ws_addr,
-            publish_addr,
-            shared,
+            tcp_addr: c.tcp.listen,
+            http_addr: c.api.listen,
+            ws_addr: c.ws.listen,
+            publish_addr: c.api.publish_listen,
+            listeners: specs,
+            shared: shared.clone(),
             threads,
         })
     }
+}
+
+/// One shard's start: its `Shard`, an acceptor per listener, then its
+/// runtime until shutdown.
+async fn shard_main(
+    id: usize,
+    shared: Arc<Shared>,
+    fds: Vec<(ListenerKind, RawFd)>,
+    ready: std::sync::mpsc::Sender<Result<(), String>>,
+) {
+    let shard = Rc::new(RefCell::new(Shard::new(id, shared)));
+    let control = run::control_queue();
+    for &(kind, fd) in &fds {
+        // SAFETY: the descriptor was created by `net::bind` and handed over
+        // with into_raw_fd; nothing else owns it.
+        let listener = unsafe { TcpListener::from_raw_fd(fd) };
+        let sh = shard.clone();
+        let spawned = match kind {
+            ListenerKind::ClientTcp | ListenerKind::ClientWs => {
+                glommio::spawn_local(conn::accept(listener, sh, kind)).detach();
+                Ok(())
+            }
+            ListenerKind::Api => glommio::spawn_local_into(api::http::accept(listener, sh), control).map(|t| {
+                t.detach();
+            }),
+            ListenerKind::Publisher => glommio::spawn_local_into(api::tcp::accept(listener, sh), control).map(|t| {
+                t.detach();
+            }),
+        };
+        if let Err(e) = spawned {
+            let _ = ready.send(Err(format!("cannot spawn the {} acceptor: {e}", kind.name())));
+            return;
+        }
+    }
+    let listeners = fds.iter().map(|&(_, fd)| fd).collect();
+    run::serve(shard, control, listeners, ready).await;
 }
 
 impl ServerHandle {
@@ -218,151 +215,4 @@ impl Drop for ServerHandle {
             }
         }
     }
-}
-
-/// One shard's listening descriptors.
-struct Listeners {
-    tcp: RawFd,
-    http: RawFd,
-    ws: RawFd,
-    publish: RawFd,
-}
-
-async fn run_shard(id: usize, shared: Arc<Shared>, fds: Listeners, ready: std::sync::mpsc::Sender<Result<(), String>>) {
-    // SAFETY: the descriptors were just created by `listen` and handed over
-    // with into_raw_fd; nothing else owns them.
-    let (tcp, http, ws, publish) = unsafe {
-        (
-            TcpListener::from_raw_fd(fds.tcp),
-            TcpListener::from_raw_fd(fds.http),
-            TcpListener::from_raw_fd(fds.ws),
-            TcpListener::from_raw_fd(fds.publish),
-        )
-    };
-    let shard = Rc::new(RefCell::new(Shard::new(id, shared.clone())));
-    // Connection drivers run in the default queue (they inherit the accept
-    // loop's). The API, the mesh inbox (which does the fan-out) and the sweep
-    // get a queue of their own that glommio switches to within
-    // CONTROL_LATENCY even while thousands of drivers are runnable: otherwise a
-    // publisher waits behind one write per subscriber for its reply.
-    let control = glommio::executor().create_task_queue(
-        glommio::Shares::default(),
-        glommio::Latency::Matters(CONTROL_LATENCY),
-        "control",
-    );
-    glommio::spawn_local(accept_clients(tcp, shard.clone(), Transport::Tcp)).detach();
-    glommio::spawn_local(accept_clients(ws, shard.clone(), Transport::WsUpgrading)).detach();
-    let spawned = glommio::spawn_local_into(http_api::accept(http, shard.clone()), control)
-        .map(|t| t.detach())
-        .and_then(|_| glommio::spawn_local_into(publish::tcp::accept(publish, shard.clone()), control))
-        .map(|t| t.detach());
-    if let Err(e) = spawned {
-        let _ = ready.send(Err(format!("cannot spawn the API tasks: {e}")));
-        return;
-    }
-    // A glommio executor here can sleep through its own expired timers
-    // (see wake_keeper); a foreign wake every 100 ms bounds such a stall.
-    let _keeper = match crate::wake_keeper::spawn(&format!("volley-keep-{id}"), crate::wake_keeper::PERIOD) {
-        Ok(k) => k,
-        Err(e) => {
-            let _ = ready.send(Err(format!("cannot spawn the wake keeper: {e}")));
-            return;
-        }
-    };
-    let sweeper = shard.clone();
-    // Runs until the executor ends, shutdown included.
-    let sweep = async move {
-        loop {
-            glommio::timer::sleep(Duration::from_secs(1)).await;
-            sweeper.borrow_mut().sweep();
-        }
-    };
-    let inbox_shard = shard.clone();
-    let inbox_shared = shared.clone();
-    let inbox = async move {
-        let mut handled = 0u32;
-        loop {
-            let msg = std::future::poll_fn(|cx| inbox_shared.mesh.poll_recv(id, cx)).await;
-            let stop = matches!(msg, ShardMsg::Shutdown);
-            inbox_shard.borrow_mut().handle(msg);
-            if stop {
-                break;
-            }
-            handled = handled.wrapping_add(1);
-            if handled % 64 == 0 {
-                glommio::executor().yield_if_needed().await;
-            }
-        }
-    };
-    let tasks = glommio::spawn_local_into(sweep, control)
-        .map(|t| t.detach())
-        .and_then(|_| glommio::spawn_local_into(inbox, control));
-    let inbox = match tasks {
-        Ok(t) => t,
-        Err(e) => {
-            let _ = ready.send(Err(format!("cannot spawn the shard's tasks: {e}")));
-            return;
-        }
-    };
-    let _ = ready.send(Ok(()));
-    drop(ready);
-    inbox.await;
-    // Fail the pending accepts so the loops end; new clients are refused.
-    // SAFETY: shutting a listening socket we own; no memory is involved.
-    unsafe {
-        libc::shutdown(fds.tcp, libc::SHUT_RDWR);
-        libc::shutdown(fds.http, libc::SHUT_RDWR);
-        libc::shutdown(fds.ws, libc::SHUT_RDWR);
-        libc::shutdown(fds.publish, libc::SHUT_RDWR);
-    }
-    publish::tcp::stop_reading_all();
-    let grace = Instant::now() + Duration::from_secs(shared.config.shutdown_grace_secs);
-    let open = |sh: &Shard| sh.nr_conns() > 0 || sh.stats().publishers.load(std::sync::atomic::Ordering::Relaxed) > 0;
-    while open(&shard.borrow()) && Instant::now() < grace {
-        // Keep serving directory messages from shards still closing theirs.
-        while let Some(m) = shared.mesh.try_recv(id) {
-            if !matches!(m, ShardMsg::Shutdown) {
-                shard.borrow_mut().handle(m);
-            }
-        }
-        glommio::timer::sleep(Duration::from_millis(5)).await;
-    }
-    tracing::debug!(shard = id, left = shard.borrow().nr_conns(), "shard stopped");
-}
-
-/// Accepts on `listener` until the shard shuts down, handing each connection
-/// to `take`. Accept errors (EMFILE and the like) are counted and back off
-/// instead of spinning. `what` names the listener in logs.
-pub(crate) async fn accept_each(
-    listener: TcpListener,
-    shard: Rc<RefCell<Shard>>,
-    what: &'static str,
-    mut take: impl FnMut(TcpStream, &Rc<RefCell<Shard>>),
-) {
-    loop {
-        let res = listener.accept().await;
-        if shard.borrow().shutting_down {
-            break;
-        }
-        match res {
-            Ok(stream) => take(stream, &shard),
-            Err(e) => {
-                ShardStats::add(&shard.borrow().stats().accept_errors, 1);
-                tracing::warn!(error = %e, listener = what, "accept failed");
-                glommio::timer::sleep(Duration::from_millis(20)).await;
-            }
-        }
-    }
-}
-
-async fn accept_clients(listener: TcpListener, shard: Rc<RefCell<Shard>>, transport: Transport) {
-    accept_each(listener, shard, "clients", move |stream, shard| {
-        let _ = stream.set_nodelay(true);
-        let ip = stream
-            .peer_addr()
-            .map_or(std::net::Ipv4Addr::UNSPECIFIED.into(), |a| a.ip());
-        let id = shard.borrow_mut().new_conn(ip, transport);
-        glommio::spawn_local(TcpDriver::new(stream, shard.clone(), id, transport)).detach();
-    })
-    .await;
 }

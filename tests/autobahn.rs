@@ -10,7 +10,7 @@ use std::process::Command;
 
 #[test]
 fn autobahn_fast_subset_passes_against_the_echo_endpoint() {
-    let h = common::start_server(|c| c.ws_echo = true);
+    let h = common::start_server(|c| c.ws.echo = true);
     let out_dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("autobahn");
     let out = Command::new("bash")
         .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/autobahn.sh"))

@@ -6,7 +6,7 @@ use common::*;
 
 #[test]
 fn bad_requests_get_4xx_json_errors() {
-    let h = start_server(|c| c.max_push_body = 100);
+    let h = start_server(|c| c.api.max_push_body = 100);
     let cases: &[(&str, &str, &[u8], u16, &str)] = &[
         ("POST", "/goim/push/room?type=live&room=1", b"x", 400, "operation"),
         (
@@ -62,14 +62,14 @@ fn bad_requests_get_4xx_json_errors() {
 
 #[test]
 fn request_body_limit() {
-    let h = start_server(|c| c.max_http_body = 1000);
+    let h = start_server(|c| c.api.max_body = 1000);
     let (status, v) = http(h.http_addr, "POST", "/goim/push/all?operation=1", &[], &[b'x'; 2000]);
     assert_eq!(status, 413, "{v}");
 }
 
 #[test]
 fn api_key_is_enforced_when_set() {
-    let h = start_server(|c| c.api_key = Some("s3cret".into()));
+    let h = start_server(|c| c.api.key = Some("s3cret".into()));
     let (status, v) = http(h.http_addr, "GET", "/v1/stats", &[], b"");
     assert_eq!((status, v["code"].as_i64()), (401, Some(-401)));
     let (status, _) = http(h.http_addr, "GET", "/v1/stats", &[("X-Api-Key", "wrong")], b"");

@@ -7,6 +7,7 @@ mod common;
 use common::*;
 use std::net::SocketAddr;
 use std::time::Duration;
+use volley::proto::publish::op as pop;
 
 fn room_body(op: u32, room: &str, payload: &[u8]) -> Vec<u8> {
     let mut b = op.to_be_bytes().to_vec();
@@ -46,17 +47,22 @@ fn all_body(op: u32, payload: &[u8]) -> Vec<u8> {
 /// A publisher that authenticated with `key` (empty body when `None`).
 fn publisher(addr: SocketAddr, key: Option<&str>) -> Client {
     let mut p = Client::connect(addr);
-    p.send(7, 1, key.unwrap_or("").as_bytes());
+    p.send(op::AUTH, 1, key.unwrap_or("").as_bytes());
     let r = p.read().expect("auth reply");
-    assert_eq!((r.op, r.seq), (8, 1), "{}", r.text());
+    assert_eq!((r.op, r.seq), (op::AUTH_REPLY, 1), "{}", r.text());
     p
 }
 
 /// op 2 → op 3: every publish before it has been routed.
 fn barrier(p: &mut Client) {
-    p.send(2, 77, b"");
+    p.send(op::HEARTBEAT, 77, b"");
     let r = p.read().expect("barrier reply");
-    assert_eq!((r.op, r.seq, r.body.len()), (3, 77, 0), "{}", r.text());
+    assert_eq!(
+        (r.op, r.seq, r.body.len()),
+        (op::HEARTBEAT_REPLY, 77, 0),
+        "{}",
+        r.text()
+    );
 }
 
 #[test]
@@ -74,22 +80,22 @@ fn every_push_kind_reaches_its_recipients() {
     });
     let mut p = publisher(h.publish_addr, None);
 
-    p.send(24, 0, &room_body(1001, "live://t", b"to the room"));
+    p.send(pop::PUSH_ROOM, 0, &room_body(1001, "live://t", b"to the room"));
     for s in &mut subs {
         let g = s.read_push();
         assert_eq!((g.op, g.seq, g.text().as_str()), (1001, 0, "to the room"));
     }
 
     // Acked: the reply is op + 1 with the sequence, once routed.
-    p.send(26, 9, &all_body(1000, b"to all"));
+    p.send(pop::PUSH_ALL, 9, &all_body(1000, b"to all"));
     let ack = p.read().unwrap();
-    assert_eq!((ack.op, ack.seq), (27, 9));
+    assert_eq!((ack.op, ack.seq), (pop::PUSH_ALL + 1, 9));
     for s in &mut subs {
         assert_eq!(s.read_push().text(), "to all");
     }
 
-    p.send(20, 0, &keys_body(1000, &["k0", "k1"], b"to keys"));
-    p.send(22, 0, &mids_body(1000, &[102, 103], b"to users"));
+    p.send(pop::PUSH_KEYS, 0, &keys_body(1000, &["k0", "k1"], b"to keys"));
+    p.send(pop::PUSH_MIDS, 0, &mids_body(1000, &[102, 103], b"to users"));
     barrier(&mut p);
     assert_eq!(subs[0].read_push().text(), "to keys");
     assert_eq!(subs[1].read_push().text(), "to keys");
@@ -99,9 +105,9 @@ fn every_push_kind_reaches_its_recipients() {
     // Nothing else arrived for anyone.
     barrier(&mut p);
     for s in &mut subs {
-        s.send(2, 5, b"");
+        s.send(op::HEARTBEAT, 5, b"");
         let g = s.read().unwrap();
-        assert_eq!(g.op, 3, "unexpected frame {g:?}");
+        assert_eq!(g.op, op::HEARTBEAT_REPLY, "unexpected frame {g:?}");
     }
     let published: u64 = h.stats().iter().map(|s| s.published).sum();
     assert_eq!(published, 4);
@@ -114,12 +120,17 @@ fn op9_batches_arrive_whole_and_in_order() {
     let mut p = publisher(h.publish_addr, None);
     let mut batch = Vec::new();
     for i in 0..500u32 {
-        batch.extend(frame(1, 24, 0, &room_body(1000, "live://b", &i.to_be_bytes())));
+        batch.extend(frame(
+            1,
+            pop::PUSH_ROOM,
+            0,
+            &room_body(1000, "live://b", &i.to_be_bytes()),
+        ));
     }
-    batch.extend(frame(1, 24, 3, &room_body(1000, "live://b", b"last")));
-    p.send(9, 0, &batch);
+    batch.extend(frame(1, pop::PUSH_ROOM, 3, &room_body(1000, "live://b", b"last")));
+    p.send(op::RAW, 0, &batch);
     let ack = p.read().unwrap();
-    assert_eq!((ack.op, ack.seq), (25, 3));
+    assert_eq!((ack.op, ack.seq), (pop::PUSH_ROOM + 1, 3));
     for s in &mut subs {
         for i in 0..500u32 {
             assert_eq!(s.read_push().body, i.to_be_bytes());
@@ -130,36 +141,36 @@ fn op9_batches_arrive_whole_and_in_order() {
 
 #[test]
 fn api_key_is_required_when_set() {
-    let h = start_server(|c| c.api_key = Some("s3cret".into()));
+    let h = start_server(|c| c.api.key = Some("s3cret".into()));
     let mut sub = Client::authed(h.tcp_addr, r#"{"room_id":"live://k"}"#);
     for wrong in ["", "s3cre", "s3cret!", "S3CRET"] {
         let mut p = Client::connect(h.publish_addr);
-        p.send(7, 1, wrong.as_bytes());
+        p.send(op::AUTH, 1, wrong.as_bytes());
         let bye = p.expect_closed().expect("op 6 before the close");
         assert!(bye.starts_with("bad_api_key"), "{wrong:?}: {bye}");
     }
     // Counted just after the close.
     wait_until("4 bad_api_key closes", || publisher_closes(&h, "bad_api_key") == 4);
     let mut p = publisher(h.publish_addr, Some("s3cret"));
-    p.send(24, 0, &room_body(1000, "live://k", b"ok"));
+    p.send(pop::PUSH_ROOM, 0, &room_body(1000, "live://k", b"ok"));
     assert_eq!(sub.read_push().text(), "ok");
 }
 
 #[test]
 fn bad_input_closes_only_that_publisher() {
     let h = start_server(|c| {
-        c.max_push_body = 100;
-        c.max_http_body = 1000;
+        c.api.max_push_body = 100;
+        c.api.max_body = 1000;
     });
     let mut sub = Client::authed(h.tcp_addr, r#"{"room_id":"live://x"}"#);
     let mut good = publisher(h.publish_addr, None);
-    let mut header16 = frame(1, 24, 0, &room_body(1000, "live://x", b"p"));
+    let mut header16 = frame(1, pop::PUSH_ROOM, 0, &room_body(1000, "live://x", b"p"));
     header16[4..6].copy_from_slice(&12u16.to_be_bytes());
     let cases: Vec<(&str, bool, Vec<u8>, &str)> = vec![
         (
             "first frame not auth",
             false,
-            frame(1, 24, 0, &room_body(1000, "live://x", b"p")),
+            frame(1, pop::PUSH_ROOM, 0, &room_body(1000, "live://x", b"p")),
             "auth_required",
         ),
         ("wrong header length", true, header16, "bad_header_length"),
@@ -172,68 +183,68 @@ fn bad_input_closes_only_that_publisher() {
         (
             "frame over max_http_body",
             true,
-            frame(1, 24, 0, &[0u8; 1001]),
+            frame(1, pop::PUSH_ROOM, 0, &[0u8; 1001]),
             "body_too_large",
         ),
         (
             "version 2",
             true,
-            frame(2, 24, 0, &room_body(1000, "live://x", b"p")),
+            frame(2, pop::PUSH_ROOM, 0, &room_body(1000, "live://x", b"p")),
             "unsupported_version",
         ),
         (
             "room length past the body",
             true,
-            frame(1, 24, 0, &[0, 0, 3, 232, 0, 50, b'a']),
+            frame(1, pop::PUSH_ROOM, 0, &[0, 0, 3, 232, 0, 50, b'a']),
             "bad_body",
         ),
         (
             "empty room",
             true,
-            frame(1, 24, 0, &room_body(1000, "", b"p")),
+            frame(1, pop::PUSH_ROOM, 0, &room_body(1000, "", b"p")),
             "bad_body",
         ),
         (
             "room over 256 bytes",
             true,
-            frame(1, 24, 0, &room_body(1000, &"r".repeat(257), b"p")),
+            frame(1, pop::PUSH_ROOM, 0, &room_body(1000, &"r".repeat(257), b"p")),
             "bad_body",
         ),
         (
             "room not UTF-8",
             true,
-            frame(1, 24, 0, &[0, 0, 3, 232, 0, 2, 0xff, 0xfe]),
+            frame(1, pop::PUSH_ROOM, 0, &[0, 0, 3, 232, 0, 2, 0xff, 0xfe]),
             "bad_body",
         ),
         (
             "no keys",
             true,
-            frame(1, 20, 0, &keys_body(1000, &[], b"p")),
+            frame(1, pop::PUSH_KEYS, 0, &keys_body(1000, &[], b"p")),
             "bad_body",
         ),
         (
             "payload over max_push_body",
             true,
-            frame(1, 26, 0, &all_body(1000, &[b'x'; 101])),
+            frame(1, pop::PUSH_ALL, 0, &all_body(1000, &[b'x'; 101])),
             "body_too_large",
         ),
         (
             "client op on the publisher port",
             true,
-            frame(1, 12, 0, b"live://x"),
+            frame(1, op::CHANGE_ROOM, 0, b"live://x"),
             "protocol_error",
         ),
-        ("auth twice", true, frame(1, 7, 0, b""), "protocol_error"),
+        ("auth twice", true, frame(1, op::AUTH, 0, b""), "protocol_error"),
         (
             "op 9 inside op 9",
             true,
-            frame(1, 9, 0, &frame(1, 9, 0, b"")),
+            frame(1, op::RAW, 0, &frame(1, op::RAW, 0, b"")),
             "protocol_error",
         ),
         (
             "op 9 ending inside a frame",
             true,
-            frame(1, 9, 0, &frame(1, 26, 0, &all_body(1000, b"p"))[..20]),
+            frame(1, op::RAW, 0, &frame(1, pop::PUSH_ALL, 0, &all_body(1000, b"p"))[..20]),
             "protocol_error",
         ),
     ];
@@ -250,7 +261,7 @@ fn bad_input_closes_only_that_publisher() {
         wait_until(what, || publisher_closes(&h, reason) == before + 1);
         // The bystanders are untouched.
         let msg = format!("after case {i}");
-        good.send(24, 0, &room_body(1000, "live://x", msg.as_bytes()));
+        good.send(pop::PUSH_ROOM, 0, &room_body(1000, "live://x", msg.as_bytes()));
         assert_eq!(sub.read_push().text(), msg, "{what}");
     }
     barrier(&mut good);
@@ -261,8 +272,8 @@ fn bad_input_closes_only_that_publisher() {
 #[test]
 fn silent_publishers_time_out_and_shutdown_says_so() {
     let h = start_server(|c| {
-        c.handshake_timeout_secs = 1;
-        c.heartbeat_timeout_secs = 2;
+        c.client.handshake_timeout_secs = 1;
+        c.client.heartbeat_timeout_secs = 2;
     });
     let mut mute = Client::connect(h.publish_addr);
     assert_eq!(

@@ -81,13 +81,13 @@ fn push_all_honours_accepts() {
 fn accepts_can_change_with_op_14_and_16() {
     let h = start_server(|_| {});
     let mut c = Client::authed(h.tcp_addr, r#"{"key":"acc","accepts":[]}"#);
-    c.send(14, 9, b"2000,2001");
+    c.send(op::SUB, 9, b"2000,2001");
     let r = c.read().unwrap();
-    assert_eq!((r.op, r.seq, r.body.as_slice()), (15, 9, &b"2000,2001"[..]));
+    assert_eq!((r.op, r.seq, r.body.as_slice()), (op::SUB_REPLY, 9, &b"2000,2001"[..]));
     post(&h, "/goim/push/keys?operation=2000&keys=acc", b"after-sub");
     assert_eq!(c.read_push().body, b"after-sub");
-    c.send(16, 10, b"2000");
-    assert_eq!(c.read().unwrap().op, 17);
+    c.send(op::UNSUB, 10, b"2000");
+    assert_eq!(c.read().unwrap().op, op::UNSUB_REPLY);
     post(&h, "/goim/push/keys?operation=2000&keys=acc", b"filtered");
     post(&h, "/goim/push/keys?operation=2001&keys=acc", b"still-accepted");
     assert_eq!(c.read_push().body, b"still-accepted");
@@ -97,9 +97,12 @@ fn accepts_can_change_with_op_14_and_16() {
 fn change_room_moves_the_connection() {
     let h = start_server(|_| {});
     let mut c = Client::authed(h.tcp_addr, r#"{"room_id":"live://1"}"#);
-    c.send(12, 3, b"live://2");
+    c.send(op::CHANGE_ROOM, 3, b"live://2");
     let r = c.read().unwrap();
-    assert_eq!((r.op, r.seq, r.body.as_slice()), (13, 3, &b"live://2"[..]));
+    assert_eq!(
+        (r.op, r.seq, r.body.as_slice()),
+        (op::CHANGE_ROOM_REPLY, 3, &b"live://2"[..])
+    );
     post(&h, "/goim/push/room?operation=1000&type=live&room=1", b"old");
     post(&h, "/goim/push/room?operation=1000&type=live&room=2", b"new");
     assert_eq!(c.read_push().body, b"new");
@@ -144,9 +147,9 @@ fn heartbeat_reply_carries_the_room_count_across_shards() {
         let (_, v) = http(h.http_addr, "GET", "/goim/online/room?type=live&rooms=hb", &[], b"");
         v["data"]["hb"] == n
     });
-    cs[0].send(2, 77, b"");
+    cs[0].send(op::HEARTBEAT, 77, b"");
     let r = cs[0].read().unwrap();
-    assert_eq!((r.op, r.seq), (3, 77));
+    assert_eq!((r.op, r.seq), (op::HEARTBEAT_REPLY, 77));
     assert_eq!(u32::from_be_bytes(r.body.try_into().unwrap()) as u64, n);
 }
 
@@ -166,15 +169,15 @@ fn same_key_replaces_the_older_connection() {
 fn op_4_is_acknowledged_and_op_6_closes() {
     let h = start_server(|_| {});
     let mut c = Client::authed(h.tcp_addr, r#"{}"#);
-    c.send(4, 11, b"hi");
+    c.send(op::SEND_MSG, 11, b"hi");
     let r = c.read().unwrap();
-    assert_eq!((r.op, r.seq, r.body.len()), (5, 11, 0));
+    assert_eq!((r.op, r.seq, r.body.len()), (op::SEND_MSG_REPLY, 11, 0));
     // An op 9 batch is unpacked: two heartbeats, two replies.
-    let mut batch = frame(1, 2, 1, b"");
-    batch.extend(frame(1, 2, 2, b""));
-    c.send(9, 0, &batch);
+    let mut batch = frame(1, op::HEARTBEAT, 1, b"");
+    batch.extend(frame(1, op::HEARTBEAT, 2, b""));
+    c.send(op::RAW, 0, &batch);
     assert_eq!((c.read().unwrap().seq, c.read().unwrap().seq), (1, 2));
-    c.send(6, 0, b"");
+    c.send(op::DISCONNECT, 0, b"");
     assert_eq!(c.expect_closed(), None);
     wait_until("disconnect counted", || closes(&h, "client_disconnect") == 1);
 }

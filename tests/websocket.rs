@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{closes, frame, post, start_server, wait_until, Client, Got};
+use common::{closes, frame, op, post, start_server, wait_until, Client, Got};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
@@ -41,7 +41,7 @@ fn next(ws: &mut Ws, skip_hb: bool) -> Got {
         match ws.read().expect("a message") {
             Message::Binary(b) => {
                 let g = parse(&b);
-                if !(skip_hb && g.op == 3) {
+                if !(skip_hb && g.op == op::HEARTBEAT_REPLY) {
                     return g;
                 }
             }
@@ -53,9 +53,10 @@ fn next(ws: &mut Ws, skip_hb: bool) -> Got {
 
 fn ws_authed(addr: SocketAddr, auth: &str) -> Ws {
     let mut ws = ws_connect(addr, "/sub");
-    ws.send(Message::binary(frame(1, 7, 1, auth.as_bytes()))).unwrap();
+    ws.send(Message::binary(frame(1, op::AUTH, 1, auth.as_bytes())))
+        .unwrap();
     let r = next(&mut ws, false);
-    assert_eq!((r.op, r.seq), (8, 1), "auth reply {}", r.text());
+    assert_eq!((r.op, r.seq), (op::AUTH_REPLY, 1), "auth reply {}", r.text());
     ws
 }
 
@@ -94,24 +95,24 @@ fn every_push_kind_reaches_websocket_and_tcp_clients_alike() {
 
     // Heartbeat reply carries the room count (both clients, any shard).
     wait_until("room count published", || {
-        a.send(Message::binary(frame(1, 2, 5, b""))).unwrap();
+        a.send(Message::binary(frame(1, op::HEARTBEAT, 5, b""))).unwrap();
         let r = next(&mut a, false);
-        assert_eq!((r.op, r.seq), (3, 5));
+        assert_eq!((r.op, r.seq), (op::HEARTBEAT_REPLY, 5));
         u32::from_be_bytes(r.body[..4].try_into().unwrap()) == 2
     });
     // An op 9 batch is one message with the frames concatenated.
-    let mut batch = frame(1, 2, 6, b"");
-    batch.extend(frame(1, 4, 7, b""));
-    a.send(Message::binary(frame(1, 9, 0, &batch))).unwrap();
-    assert_eq!(next(&mut a, false).op, 3);
-    assert_eq!(next(&mut a, false).op, 5);
+    let mut batch = frame(1, op::HEARTBEAT, 6, b"");
+    batch.extend(frame(1, op::SEND_MSG, 7, b""));
+    a.send(Message::binary(frame(1, op::RAW, 0, &batch))).unwrap();
+    assert_eq!(next(&mut a, false).op, op::HEARTBEAT_REPLY);
+    assert_eq!(next(&mut a, false).op, op::SEND_MSG_REPLY);
 }
 
 #[test]
 fn fragmented_messages_with_interleaved_pings_are_assembled() {
     let h = start_server(|_| {});
     let mut ws = ws_connect(h.ws_addr, "/sub");
-    let auth = frame(1, 7, 1, br#"{"room_id":"live://f","accepts":[]}"#);
+    let auth = frame(1, op::AUTH, 1, br#"{"room_id":"live://f","accepts":[]}"#);
     let (head, tail) = auth.split_at(10);
     ws.write(Message::Frame(Frame::message(
         head.to_vec(),
@@ -139,12 +140,12 @@ fn fragmented_messages_with_interleaved_pings_are_assembled() {
         }
     };
     assert!(saw_pong, "the ping between fragments was answered first");
-    assert_eq!(reply.op, 8);
+    assert_eq!(reply.op, op::AUTH_REPLY);
 }
 
 #[test]
 fn server_pings_keep_a_silent_websocket_client_alive() {
-    let h = start_server(|c| c.heartbeat_timeout_secs = 1);
+    let h = start_server(|c| c.client.heartbeat_timeout_secs = 1);
     let mut quiet = ws_authed(h.ws_addr, r#"{"room_id":"live://p","accepts":[]}"#);
     // No op 2 from this client; tungstenite answers the server's pings.
     let mut pings = 0;
@@ -161,7 +162,7 @@ fn server_pings_keep_a_silent_websocket_client_alive() {
 
     // A raw client that never answers is closed once the grace runs out.
     let mut deaf = RawWs::open(h.ws_addr);
-    deaf.send_frame(0x2, &frame(1, 7, 1, br#"{"accepts":[]}"#), true);
+    deaf.send_frame(0x2, &frame(1, op::AUTH, 1, br#"{"accepts":[]}"#), true);
     let (code, reason) = deaf.close_frame();
     assert_eq!(code, 1000);
     assert!(reason.contains("heartbeat_timeout"), "{reason}");
@@ -268,9 +269,9 @@ fn read_head(s: &mut TcpStream) -> String {
 
 #[test]
 fn each_violation_gets_its_close_code_and_harms_nobody_else() {
-    let h = start_server(|c| c.max_body = 256);
+    let h = start_server(|c| c.limits.max_body = 256);
     let mut bystander = ws_authed(h.ws_addr, r#"{"room_id":"live://b","accepts":[]}"#);
-    let auth = frame(1, 7, 1, br#"{"accepts":[]}"#);
+    let auth = frame(1, op::AUTH, 1, br#"{"accepts":[]}"#);
     type Case = (&'static str, fn(&mut RawWs, &[u8]), u16, &'static str);
     let cases: Vec<Case> = vec![
         (
@@ -311,20 +312,20 @@ fn each_violation_gets_its_close_code_and_harms_nobody_else() {
         ),
         (
             "frame before auth",
-            |w, _| w.send_frame(0x2, &frame(1, 2, 1, b""), true),
+            |w, _| w.send_frame(0x2, &frame(1, op::HEARTBEAT, 1, b""), true),
             1008,
             "auth_required",
         ),
         (
             "protocol body over max_body",
-            |w, _| w.send_frame(0x2, &frame(1, 7, 1, &[b' '; 1000])[..40], true),
+            |w, _| w.send_frame(0x2, &frame(1, op::AUTH, 1, &[b' '; 1000])[..40], true),
             1009,
             "body_too_large",
         ),
         (
             "wrong protocol header length",
             |w, _| {
-                let mut f = frame(1, 2, 1, b"");
+                let mut f = frame(1, op::HEARTBEAT, 1, b"");
                 f[5] = 15;
                 w.send_frame(0x2, &f, true)
             },
@@ -347,8 +348,8 @@ fn each_violation_gets_its_close_code_and_harms_nobody_else() {
 #[test]
 fn bad_upgrades_get_http_errors_and_slow_handshakes_are_closed() {
     let h = start_server(|c| {
-        c.handshake_timeout_secs = 1;
-        c.ws_origins = vec!["https://ok.example".into()];
+        c.client.handshake_timeout_secs = 1;
+        c.ws.origins = vec!["https://ok.example".into()];
     });
     let ask = |req: &str| {
         let mut s = TcpStream::connect(h.ws_addr).unwrap();
@@ -394,7 +395,7 @@ fn echo_endpoint_is_off_by_default_and_echoes_when_on() {
     let err = tungstenite::client::client(format!("ws://{}/echo", h.ws_addr), s).unwrap_err();
     assert!(err.to_string().contains("404"), "{err}");
 
-    let h = start_server(|c| c.ws_echo = true);
+    let h = start_server(|c| c.ws.echo = true);
     let mut ws = ws_connect(h.ws_addr, "/echo");
     ws.send(Message::text("héllo")).unwrap();
     assert_eq!(ws.read().unwrap(), Message::text("héllo"));
@@ -408,7 +409,7 @@ fn shutdown_sends_op_6_then_close_1001() {
     let mut ws = ws_authed(h.ws_addr, r#"{"accepts":[]}"#);
     h.shutdown();
     let bye = next(&mut ws, true);
-    assert_eq!(bye.op, 6);
+    assert_eq!(bye.op, op::DISCONNECT);
     assert!(bye.text().starts_with("shutdown"), "{}", bye.text());
     let (code, reason) = close_of(&mut ws);
     assert_eq!(code, 1001);

@@ -1,6 +1,35 @@
-//! Connection I/O: the only code that awaits on sockets. `tcp` drives one
-//! client connection, raw TCP or WebSocket; `outbound` is its bounded,
-//! coalescing write queue.
+//! Client connection I/O: accepting clients on a shard and `driver`, the
+//! task per connection that moves its bytes between the socket and the
+//! shard (raw TCP or WebSocket alike).
+//!
+//! Runs on each shard's executor, in its default task queue; this and the
+//! application-server side (`api`) are the code that awaits on sockets.
+//! Everything a byte means is decided in the shard and `proto`.
 
-pub mod outbound;
-pub mod tcp;
+pub mod driver;
+
+use crate::net::{accept_each, ListenerKind};
+use crate::shard::{Shard, Transport};
+use driver::ClientDriver;
+use glommio::net::TcpListener;
+use std::cell::RefCell;
+use std::rc::Rc;
+
+/// Accepts clients on `listener` until the shard shuts down: each gets a
+/// record on the shard and a driver task. `kind` says which wire they speak.
+pub async fn accept(listener: TcpListener, shard: Rc<RefCell<Shard>>, kind: ListenerKind) {
+    let transport = if kind == ListenerKind::ClientWs {
+        Transport::WsUpgrading
+    } else {
+        Transport::Tcp
+    };
+    accept_each(listener, shard, kind, move |stream, shard| {
+        let _ = stream.set_nodelay(true);
+        let ip = stream
+            .peer_addr()
+            .map_or(std::net::Ipv4Addr::UNSPECIFIED.into(), |a| a.ip());
+        let id = shard.borrow_mut().new_conn(ip, transport);
+        glommio::spawn_local(ClientDriver::new(stream, shard.clone(), id, transport)).detach();
+    })
+    .await;
+}

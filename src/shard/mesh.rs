@@ -16,7 +16,7 @@
 //! (so a register always precedes its unregister); `Shutdown` is the last
 //! message a shard acts on.
 
-use crate::metrics::CloseReason;
+use crate::proto::close::CloseReason;
 use crate::proto::wire::Wire;
 use atomic_waker::AtomicWaker;
 use crossbeam_queue::SegQueue;
@@ -169,6 +169,17 @@ pub enum ShardMsg {
     },
     /// Stop accepting, tell every client, close, and end the shard.
     Shutdown,
+}
+
+impl ShardMsg {
+    /// A message that queues frames to many local connections (its handling
+    /// time is the shard's fan-out time).
+    pub fn is_fan_out(&self) -> bool {
+        matches!(
+            self,
+            ShardMsg::RoomFrame { .. } | ShardMsg::Deliver { .. } | ShardMsg::All { .. }
+        )
+    }
 }
 
 struct Inbox {

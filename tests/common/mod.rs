@@ -6,19 +6,21 @@ use serde_json::Value;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
+pub use volley::proto::binary::op;
 use volley::{Config, Server, ServerHandle};
 
 /// A server with 2 shards on ephemeral loopback ports; `tweak` edits the config.
 pub fn start_server(tweak: impl FnOnce(&mut Config)) -> ServerHandle {
+    let any: std::net::SocketAddr = "127.0.0.1:0".parse().unwrap();
     let mut c = Config {
-        tcp_listen: "127.0.0.1:0".parse().unwrap(),
-        http_listen: "127.0.0.1:0".parse().unwrap(),
-        ws_listen: "127.0.0.1:0".parse().unwrap(),
-        publish_listen: "127.0.0.1:0".parse().unwrap(),
         shards: 2,
         shutdown_grace_secs: 1,
         ..Config::default()
     };
+    c.tcp.listen = any;
+    c.ws.listen = any;
+    c.api.listen = any;
+    c.api.publish_listen = any;
     tweak(&mut c);
     Server::start(c).expect("server starts")
 }
@@ -63,14 +65,24 @@ impl Client {
     /// Connects and authenticates with `auth` (JSON); asserts the op 8 reply.
     pub fn authed(addr: SocketAddr, auth: &str) -> Client {
         let mut c = Client::connect(addr);
-        c.send(7, 1, auth.as_bytes());
+        c.send(op::AUTH, 1, auth.as_bytes());
         let r = c.read().expect("auth reply");
-        assert_eq!((r.op, r.seq, r.ver), (8, 1, 1), "auth reply: {r:?} ({})", r.text());
+        assert_eq!(
+            (r.op, r.seq, r.ver),
+            (op::AUTH_REPLY, 1, 1),
+            "auth reply: {r:?} ({})",
+            r.text()
+        );
         c
     }
 
     pub fn send(&mut self, op: u32, seq: u32, body: &[u8]) {
-        self.s.write_all(&frame(1, op, seq, body)).unwrap();
+        self.send_as(1, op, seq, body);
+    }
+
+    /// A frame with the given protocol version.
+    pub fn send_as(&mut self, ver: u16, op: u32, seq: u32, body: &[u8]) {
+        self.s.write_all(&frame(ver, op, seq, body)).unwrap();
     }
 
     pub fn send_raw(&mut self, bytes: &[u8]) {
@@ -99,7 +111,7 @@ impl Client {
     pub fn read_push(&mut self) -> Got {
         loop {
             let g = self.read().expect("a push, got EOF");
-            if g.op != 3 {
+            if g.op != op::HEARTBEAT_REPLY {
                 return g;
             }
         }
@@ -109,11 +121,23 @@ impl Client {
     pub fn expect_closed(&mut self) -> Option<String> {
         let mut goodbye = None;
         while let Some(g) = self.read() {
-            if g.op == 6 {
+            if g.op == op::DISCONNECT {
                 goodbye = Some(g.text());
             }
         }
         goodbye
+    }
+
+    /// Reads until EOF; the last frame must be the op 6 goodbye, whose text
+    /// is returned with every frame before it.
+    pub fn goodbye_after(&mut self) -> (String, Vec<Got>) {
+        let mut got = Vec::new();
+        while let Some(g) = self.read() {
+            got.push(g);
+        }
+        let last = got.pop().expect("a goodbye before EOF, got nothing");
+        assert_eq!(last.op, op::DISCONNECT, "the last frame is the goodbye: {last:?}");
+        (last.text(), got)
     }
 }
 

@@ -1,17 +1,20 @@
-//! `Outbound`: one connection's queue of frames waiting to be written, and the
-//! coalesced, zero-copy write that empties it.
+//! `Outbound`: one connection's queue of frames waiting to be written.
 //!
 //! Lives in the connection's record on its shard; filled by delivery code,
 //! drained by the connection's driver. Each entry is a `Bytes` that may be
 //! shared with every other connection (a broadcast frame is encoded once);
-//! a write hands up to `MAX_IOV` of them to one `sendmsg` as an iovec array,
-//! so many queued frames cost one syscall and no user-space copy.
+//! `iovecs` lends up to `MAX_IOV` of them to one `sendmsg` (done by the
+//! driver, `conn::write`), so many queued frames cost one syscall and no
+//! user-space copy. Pure data: no socket, no clock (time stamps are given).
 //!
 //! Invariants:
 //! - `cost` = sum over entries of (unwritten length + `ENTRY_OVERHEAD`); it
 //!   never exceeds the limit passed to `push` except by one goodbye frame
 //!   pushed with `push_unbounded`;
-//! - `head` < length of the front entry whenever the queue is non-empty.
+//! - `head` < length of the front entry whenever the queue is non-empty;
+//! - `since` is when the oldest unwritten byte was queued, to the precision
+//!   the caller stamps with (set when the queue goes from empty to not,
+//!   moved up by each write that leaves bytes behind).
 //!
 //! An idle connection's queue holds no allocation, and neither does one
 //! frame waiting alone (the usual case at low rates: a deque per push cost
@@ -20,8 +23,7 @@
 
 use bytes::Bytes;
 use std::collections::VecDeque;
-use std::io;
-use std::os::fd::RawFd;
+use std::io::IoSlice;
 
 /// Bytes charged per queued frame on top of its length, for the deque slot.
 pub const ENTRY_OVERHEAD: usize = 32;
@@ -114,36 +116,67 @@ impl Frames {
 pub struct Outbound {
     /// Frames in write order.
     q: Frames,
-    /// Bytes of `q[0]` already written.
-    head: usize,
+    /// Bytes of `q[0]` already written (a frame is at most 4 GiB: its
+    /// length field is a u32).
+    head: u32,
     /// Bytes charged (see module invariants).
     cost: usize,
+    /// When the oldest unwritten byte was queued (µs on the caller's clock,
+    /// wrapping); meaningful only while the queue is not empty.
+    since: u32,
 }
 
 impl Outbound {
-    /// Queues `frame` unless that would pass `limit`. Returns whether the queue
-    /// was empty (the caller then wakes the writer).
-    pub fn push(&mut self, frame: Bytes, limit: usize) -> Result<bool, PushError> {
+    /// Queues `frame` at time `now` unless that would pass `limit`. Returns
+    /// whether the queue was empty (the caller then wakes the writer).
+    pub fn push(&mut self, frame: Bytes, limit: usize, now: u32) -> Result<bool, PushError> {
         let add = frame.len() + ENTRY_OVERHEAD;
         if self.cost + add > limit {
             return Err(PushError::OverLimit { queued: self.cost });
         }
-        Ok(self.push_unbounded(frame))
+        Ok(self.push_unbounded(frame, now))
     }
 
     /// Queues `frame` regardless of the limit (the op 6 goodbye).
-    pub fn push_unbounded(&mut self, frame: Bytes) -> bool {
+    pub fn push_unbounded(&mut self, frame: Bytes, now: u32) -> bool {
         let was_empty = self.q.is_empty();
         if frame.is_empty() {
             return was_empty;
+        }
+        if was_empty {
+            self.since = now;
         }
         self.cost += frame.len() + ENTRY_OVERHEAD;
         self.q.push_back(frame);
         was_empty
     }
 
-    /// Drops everything queued; returns how many frames were dropped.
+    /// When the oldest unwritten byte was queued (see `push`).
+    pub fn since(&self) -> u32 {
+        self.since
+    }
+
+    /// Drops every frame not yet started; returns how many were dropped. A
+    /// frame already partly written stays, or the peer would read the rest
+    /// of the stream (the goodbye) misframed.
     pub fn clear(&mut self) -> usize {
+        let n = self.q.len();
+        let started = (self.head > 0).then(|| self.q.front().cloned()).flatten();
+        self.q = Frames::default();
+        self.cost = 0;
+        match started {
+            Some(front) => {
+                self.cost = front.len() - self.head as usize + ENTRY_OVERHEAD;
+                self.q.push_back(front);
+                n - 1
+            }
+            None => n,
+        }
+    }
+
+    /// Drops everything, a partly written frame too (the connection is
+    /// being given up); returns how many frames were dropped.
+    pub fn discard(&mut self) -> usize {
         let n = self.q.len();
         self.q = Frames::default();
         self.head = 0;
@@ -163,16 +196,21 @@ impl Outbound {
 
     /// The unwritten part of the front frame.
     pub fn front(&self) -> &[u8] {
-        self.q.front().map_or(&[], |b| &b[self.head..])
+        self.q.front().map_or(&[], |b| &b[self.head as usize..])
     }
 
-    /// Marks `n` bytes as written.
-    pub fn advance(&mut self, mut n: usize) {
+    /// Marks `n` bytes as written at time `now`.
+    pub fn advance(&mut self, n: usize, now: u32) {
+        self.consume(n);
+        self.since = now;
+    }
+
+    fn consume(&mut self, mut n: usize) {
         while n > 0 {
             let Some(front) = self.q.front() else { return };
-            let left = front.len() - self.head;
+            let left = front.len() - self.head as usize;
             if n < left {
-                self.head += n;
+                self.head += n as u32;
                 self.cost -= n;
                 return;
             }
@@ -183,38 +221,15 @@ impl Outbound {
         }
     }
 
-    /// One non-blocking `sendmsg` of up to `MAX_IOV` queued frames. Returns the
-    /// bytes written (the caller calls `advance`); `WouldBlock` when the socket
-    /// buffer is full.
-    pub fn write_to(&self, fd: RawFd) -> io::Result<usize> {
-        let mut iov = [libc::iovec {
-            iov_base: std::ptr::null_mut(),
-            iov_len: 0,
-        }; MAX_IOV];
+    /// Lends up to `out.len()` queued frames, oldest first, as I/O slices
+    /// for one vectored write; returns how many it filled.
+    pub fn iovecs<'a>(&'a self, out: &mut [IoSlice<'a>]) -> usize {
         let mut n = 0;
-        for (i, b) in self.q.iter().take(MAX_IOV).enumerate() {
-            let s = if i == 0 { &b[self.head..] } else { &b[..] };
-            iov[n] = libc::iovec {
-                iov_base: s.as_ptr() as *mut libc::c_void,
-                iov_len: s.len(),
-            };
+        for (slot, (i, b)) in out.iter_mut().zip(self.q.iter().enumerate()) {
+            *slot = IoSlice::new(if i == 0 { &b[self.head as usize..] } else { &b[..] });
             n += 1;
         }
-        if n == 0 {
-            return Ok(0);
-        }
-        // SAFETY: msghdr is plain data; zeroed is a valid empty header.
-        let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-        msg.msg_iov = iov.as_mut_ptr();
-        msg.msg_iovlen = n as _;
-        // SAFETY: every iovec points into a `Bytes` borrowed from `self.q`,
-        // which outlives the call; the kernel only reads them.
-        let r = unsafe { libc::sendmsg(fd, &msg, libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL) };
-        if r < 0 {
-            Err(io::Error::last_os_error())
-        } else {
-            Ok(r as usize)
-        }
+        n
     }
 }
 
@@ -225,60 +240,56 @@ mod tests {
     #[test]
     fn limit_and_accounting() {
         let mut o = Outbound::default();
-        assert_eq!(o.push(Bytes::from_static(&[1; 10]), 100), Ok(true));
-        assert_eq!(o.push(Bytes::from_static(&[2; 10]), 100), Ok(false));
-        assert_eq!(o.cost(), 84);
+        assert_eq!(o.push(Bytes::from_static(&[1; 10]), 100, 5), Ok(true));
+        assert_eq!(o.push(Bytes::from_static(&[2; 10]), 100, 6), Ok(false));
+        assert_eq!((o.cost(), o.since()), (84, 5), "stamped when it stopped being empty");
         assert_eq!(
-            o.push(Bytes::from_static(&[3; 10]), 100),
+            o.push(Bytes::from_static(&[3; 10]), 100, 7),
             Err(PushError::OverLimit { queued: 84 })
         );
-        o.advance(4);
+        o.advance(4, 8);
         assert_eq!(o.front(), &[1; 6]);
-        assert_eq!(o.cost(), 80);
-        o.advance(6 + 3);
+        assert_eq!((o.cost(), o.since()), (80, 8));
+        o.advance(6 + 3, 9);
         assert_eq!(o.front(), &[2; 7]);
         assert_eq!(o.cost(), 39);
-        o.advance(7);
+        o.advance(7, 10);
         assert!(o.is_empty());
         assert_eq!(o.cost(), 0);
-        assert!(o.push_unbounded(Bytes::from_static(&[9; 200])));
+        assert!(o.push_unbounded(Bytes::from_static(&[9; 200]), 11));
         assert_eq!(o.clear(), 1);
+        assert!(o.is_empty());
+    }
+
+    #[test]
+    fn clearing_keeps_a_partly_written_frame_whole() {
+        let mut o = Outbound::default();
+        for b in [1u8, 2, 3] {
+            o.push(Bytes::from(vec![b; 10]), 1000, 0).unwrap();
+        }
+        o.advance(4, 0);
+        assert_eq!(o.clear(), 2, "the two unstarted frames");
+        assert_eq!(o.front(), &[1; 6], "the rest of the started one stays");
+        assert_eq!(o.cost(), 6 + ENTRY_OVERHEAD);
+        o.advance(6, 0);
+        assert!(o.is_empty());
     }
 
     #[test]
     fn one_frame_stays_inline_and_a_burst_spills_then_frees() {
         let mut o = Outbound::default();
-        o.push(Bytes::from_static(b"ab"), 1000).unwrap();
+        o.push(Bytes::from_static(b"ab"), 1000, 0).unwrap();
         assert!(matches!(o.q, Frames::Inline(Some(_))));
-        o.push(Bytes::from_static(b"cd"), 1000).unwrap();
-        o.push(Bytes::from_static(b"ef"), 1000).unwrap();
+        o.push(Bytes::from_static(b"cd"), 1000, 0).unwrap();
+        o.push(Bytes::from_static(b"ef"), 1000, 0).unwrap();
         assert!(matches!(o.q, Frames::Spilled(_)));
+        let mut iov = [IoSlice::new(&[]); 2];
+        assert_eq!(o.iovecs(&mut iov), 2, "as many as the caller has room for");
         let all: Vec<u8> = o.q.iter().flat_map(|b| b.to_vec()).collect();
         assert_eq!(all, b"abcdef");
-        o.advance(5);
+        o.advance(5, 0);
         assert_eq!(o.front(), b"f");
-        o.advance(1);
+        o.advance(1, 0);
         assert!(matches!(o.q, Frames::Inline(None)), "drained burst frees its deque");
-    }
-
-    #[test]
-    fn coalesced_write_over_a_socketpair() {
-        let (a, b) = std::os::unix::net::UnixStream::pair().unwrap();
-        let mut o = Outbound::default();
-        for i in 0..100u8 {
-            o.push(Bytes::from(vec![i; 3]), 1 << 20).unwrap();
-        }
-        use std::os::fd::AsRawFd;
-        let n = o.write_to(a.as_raw_fd()).unwrap();
-        assert_eq!(n, MAX_IOV * 3, "one call writes MAX_IOV frames");
-        o.advance(n);
-        let n = o.write_to(a.as_raw_fd()).unwrap();
-        o.advance(n);
-        assert!(o.is_empty());
-        let mut got = vec![0u8; 300];
-        use std::io::Read;
-        (&b).read_exact(&mut got).unwrap();
-        let want: Vec<u8> = (0..100u8).flat_map(|i| [i; 3]).collect();
-        assert_eq!(got, want);
     }
 }

@@ -1,0 +1,161 @@
+//! The HTTP API: goim-compatible publish and online routes, the same under
+//! `/v1/` with JSON bodies (plus batch publish), stats as JSON and as
+//! Prometheus text, and the demo pages.
+//!
+//! Served by hyper's HTTP/1.1 server on every shard (the API listener is
+//! SO_REUSEPORT like the client ones); a request runs on the shard that
+//! accepted it. This file is the glue: accept, hyper over glommio's streams,
+//! and `handle` — find the route (`routes::ROUTES`), check the API key, read
+//! the body within `[api] max_body`, call the handler. Parsing lives in
+//! `request`, handlers in `routes`. Publishing is fire-and-forget, as in
+//! goim: the reply says the message was accepted for delivery.
+//!
+//! ```text
+//! POST /goim/push/{keys,mids,room,all}?operation=..   body = payload
+//! GET  /goim/online/{room,total,top}
+//! POST /v1/push/{keys,mids,room,all}   POST /v1/publish (batch)
+//! GET  /v1/online/{rooms,total,top}  /v1/stats  /metrics  /healthz
+//! ```
+//!
+//! Every JSON reply is `{"code":0,"message":"","data":...}`; a bad request
+//! gets a 4xx status with `code` = minus the status and a `message` saying
+//! what is wrong. Not here: HTTP/2, TLS (terminate in front).
+
+pub mod request;
+pub mod routes;
+
+use crate::auth::{api_key_ok, http_presented_key};
+use crate::net::{accept_each, ListenerKind};
+use crate::shard::Shard;
+use bytes::Bytes;
+use futures_lite::io::{AsyncRead, AsyncWrite};
+use glommio::net::{TcpListener, TcpStream};
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+use hyper::{Method, Request, StatusCode};
+use request::{bad, ApiError, Query};
+use routes::{json_reply, Req, Resp, ROUTES};
+use serde_json::json;
+use std::cell::RefCell;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+/// Accepts API connections until the listener is shut.
+pub async fn accept(listener: TcpListener, shard: Rc<RefCell<Shard>>) {
+    accept_each(listener, shard, ListenerKind::Api, |stream, shard| {
+        let idle = Duration::from_secs(shard.borrow().shared.config.api.idle_timeout_secs);
+        let _ = stream.set_read_timeout(Some(idle));
+        glommio::spawn_local(serve(stream, shard.clone())).detach();
+    })
+    .await;
+}
+
+async fn serve(stream: TcpStream, shard: Rc<RefCell<Shard>>) {
+    let svc = hyper::service::service_fn(move |req| {
+        let shard = shard.clone();
+        async move { Ok::<_, std::convert::Infallible>(handle(req, &shard).await) }
+    });
+    let res = hyper::server::conn::http1::Builder::new()
+        // The socket's read timeout bounds idle and slow clients instead:
+        // hyper's own timer needs a Send sleep, which glommio's is not.
+        .header_read_timeout(None)
+        .max_buf_size(64 * 1024)
+        .serve_connection(HyperIo(stream), svc)
+        .await;
+    if let Err(e) = res {
+        tracing::debug!(error = %e, "API connection ended");
+    }
+}
+
+/// glommio stream → hyper's I/O traits.
+struct HyperIo(TcpStream);
+
+impl hyper::rt::Read for HyperIo {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        mut buf: hyper::rt::ReadBufCursor<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let mut tmp = [0u8; 8192];
+        // SAFETY: `remaining` only reads the cursor's capacity.
+        let want = unsafe { buf.as_mut().len() }.min(tmp.len());
+        match Pin::new(&mut self.0).poll_read(cx, &mut tmp[..want]) {
+            Poll::Ready(Ok(n)) => {
+                buf.put_slice(&tmp[..n]);
+                Poll::Ready(Ok(()))
+            }
+            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+impl hyper::rt::Write for HyperIo {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.0).poll_write(cx, buf)
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.0).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.0).poll_close(cx)
+    }
+}
+
+async fn handle(req: Request<Incoming>, shard: &Rc<RefCell<Shard>>) -> Resp {
+    match dispatch(req, shard).await {
+        Ok(r) => r,
+        Err(ApiError(status, message)) => {
+            let code = -i64::from(status.as_u16());
+            json_reply(status, &json!({"code": code, "message": message}))
+        }
+    }
+}
+
+async fn dispatch(req: Request<Incoming>, shard: &Rc<RefCell<Shard>>) -> Result<Resp, ApiError> {
+    // The shared state, not a copy of the configuration, per request.
+    let shared = shard.borrow().shared.clone();
+    let path = req.uri().path().to_string();
+    let method = req.method().clone();
+    // Pages need no key; anything else, known route or not, does first.
+    let page = ROUTES.iter().any(|r| r.path == path && r.method == method && !r.keyed);
+    if !page && !api_key_ok(shared.config.api.key.as_deref(), http_presented_key(req.headers())) {
+        return Err(ApiError(StatusCode::UNAUTHORIZED, "missing or wrong API key".into()));
+    }
+    let mut on_path = ROUTES.iter().filter(|r| r.path == path).peekable();
+    if on_path.peek().is_none() {
+        return Err(ApiError(StatusCode::NOT_FOUND, format!("no route {path}")));
+    }
+    let Some(route) = on_path.find(|r| r.method == method) else {
+        return Err(ApiError(
+            StatusCode::METHOD_NOT_ALLOWED,
+            format!("{method} not allowed on {path}"),
+        ));
+    };
+    let query = Query::parse(req.uri().query());
+    let body = if method == Method::POST {
+        let max = shared.config.api.max_body;
+        match Limited::new(req.into_body(), max).collect().await {
+            Ok(b) => b.to_bytes(),
+            Err(e) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => {
+                return Err(ApiError(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    format!("request body over {max} bytes"),
+                ))
+            }
+            Err(e) => return Err(bad(format!("cannot read body: {e}"))),
+        }
+    } else {
+        Bytes::new()
+    };
+    let r = Req {
+        path: &path,
+        query,
+        body,
+        shard,
+        shared: &shared,
+    };
+    (route.handler)(&r)
+}

@@ -1,0 +1,277 @@
+//! The HTTP API's routes: one table row per route (method, path, whether it
+//! needs the API key, handler), and the handlers, each a small sync function
+//! from a parsed request to a reply.
+//!
+//! Runs on the shard that accepted the request (`http::handle` finds the
+//! row, checks the key, reads the body, then calls the handler). docs/API.md
+//! is the contract; every reply is `{"code":0,"message":"","data":...}`.
+
+use super::request::{bad, v1_batch, v1_push, ApiError, Query};
+use crate::api::{publish, Target};
+use crate::metrics::{prometheus, ShardStats, StatsSnapshot};
+use crate::shard::{Shard, Shared};
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::{Method, Response, StatusCode};
+use serde_json::{json, Value};
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+use std::rc::Rc;
+
+/// A reply.
+pub type Resp = Response<Full<Bytes>>;
+
+/// What a handler gets: the request, parsed, and where it runs.
+pub struct Req<'a> {
+    /// The path (matched already).
+    pub path: &'a str,
+    /// The query string, parsed.
+    pub query: Query,
+    /// The body (empty for GET).
+    pub body: Bytes,
+    /// The shard serving the request.
+    pub shard: &'a Rc<RefCell<Shard>>,
+    /// State shared by every shard.
+    pub shared: &'a Shared,
+}
+
+/// A route's handler.
+pub type Handler = fn(&Req<'_>) -> Result<Resp, ApiError>;
+
+/// One row of the route table.
+pub struct Route {
+    /// The method served.
+    pub method: Method,
+    /// The exact path.
+    pub path: &'static str,
+    /// Whether the API key (when configured) is required.
+    pub keyed: bool,
+    /// What answers it.
+    pub handler: Handler,
+}
+
+const fn get(path: &'static str, handler: Handler) -> Route {
+    Route {
+        method: Method::GET,
+        path,
+        keyed: true,
+        handler,
+    }
+}
+
+const fn post(path: &'static str, handler: Handler) -> Route {
+    Route {
+        method: Method::POST,
+        path,
+        keyed: true,
+        handler,
+    }
+}
+
+const fn page(path: &'static str, handler: Handler) -> Route {
+    Route {
+        method: Method::GET,
+        path,
+        keyed: false,
+        handler,
+    }
+}
+
+/// Every route. Pages carry no secrets, so they need no key (publishing
+/// from the demo still does).
+pub const ROUTES: &[Route] = &[
+    post("/goim/push/keys", goim_push_keys),
+    post("/goim/push/mids", goim_push_mids),
+    post("/goim/push/room", goim_push_room),
+    post("/goim/push/all", goim_push_all),
+    get("/goim/online/room", goim_online_room),
+    get("/goim/online/total", online_total),
+    get("/goim/online/top", goim_online_top),
+    post("/v1/push/keys", v1_push_one),
+    post("/v1/push/mids", v1_push_one),
+    post("/v1/push/room", v1_push_one),
+    post("/v1/push/all", v1_push_one),
+    post("/v1/publish", v1_publish),
+    get("/v1/online/rooms", v1_online_rooms),
+    get("/v1/online/total", online_total),
+    get("/v1/online/top", v1_online_top),
+    get("/v1/stats", v1_stats),
+    get("/metrics", metrics),
+    get("/healthz", healthz),
+    page("/volley.js", volley_js),
+    page("/demo", demo),
+];
+
+/// A JSON reply with `status`.
+pub fn json_reply(status: StatusCode, v: &Value) -> Resp {
+    with_type(status, "application/json", Bytes::from(v.to_string()))
+}
+
+fn with_type(status: StatusCode, content_type: &'static str, body: Bytes) -> Resp {
+    Response::builder()
+        .status(status)
+        .header("content-type", content_type)
+        .header("cache-control", "no-cache")
+        .body(Full::new(body))
+        .expect("static headers are valid")
+}
+
+fn ok(data: Value) -> Resp {
+    let v = if data.is_null() {
+        json!({"code": 0, "message": ""})
+    } else {
+        json!({"code": 0, "message": "", "data": data})
+    };
+    json_reply(StatusCode::OK, &v)
+}
+
+fn push(r: &Req<'_>, target: Target, op: u32, payload: &[u8]) -> Result<Resp, ApiError> {
+    publish(&mut r.shard.borrow_mut(), target, op, payload)?;
+    Ok(ok(Value::Null))
+}
+
+fn goim_push_keys(r: &Req<'_>) -> Result<Resp, ApiError> {
+    let keys: Vec<String> = r
+        .query
+        .all("keys")
+        .filter(|k| !k.is_empty())
+        .map(String::from)
+        .collect();
+    if keys.is_empty() {
+        return Err(bad("missing query parameter `keys`"));
+    }
+    push(r, Target::Keys(keys), r.query.op()?, &r.body)
+}
+
+fn goim_push_mids(r: &Req<'_>) -> Result<Resp, ApiError> {
+    let mids = r
+        .query
+        .list("mids")
+        .map(|v| v.parse::<i64>().map_err(|_| bad(format!("bad mid {v:?}"))))
+        .collect::<Result<Vec<_>, _>>()?;
+    if mids.is_empty() {
+        return Err(bad("missing query parameter `mids`"));
+    }
+    push(r, Target::Mids(mids), r.query.op()?, &r.body)
+}
+
+fn goim_push_room(r: &Req<'_>) -> Result<Resp, ApiError> {
+    let room = format!("{}://{}", r.query.required("type")?, r.query.required("room")?);
+    push(r, Target::Room(room), r.query.op()?, &r.body)
+}
+
+fn goim_push_all(r: &Req<'_>) -> Result<Resp, ApiError> {
+    push(r, Target::All, r.query.op()?, &r.body)
+}
+
+/// Room counts for `rooms` (each prefixed with `prefix`), keyed as given.
+fn room_counts(r: &Req<'_>, prefix: &str, missing: &str) -> Result<Resp, ApiError> {
+    let rooms: Vec<&str> = r.query.list("rooms").collect();
+    if rooms.is_empty() {
+        return Err(bad(missing));
+    }
+    let data: BTreeMap<&str, u64> = rooms
+        .iter()
+        .map(|room| (*room, r.shared.room_count(&format!("{prefix}{room}"), None)))
+        .collect();
+    Ok(ok(json!(data)))
+}
+
+fn goim_online_room(r: &Req<'_>) -> Result<Resp, ApiError> {
+    let prefix = format!("{}://", r.query.required("type")?);
+    room_counts(r, &prefix, "missing query parameter `rooms`")
+}
+
+fn v1_online_rooms(r: &Req<'_>) -> Result<Resp, ApiError> {
+    room_counts(
+        r,
+        "",
+        "missing query parameter `rooms` (full room keys, e.g. live://1000)",
+    )
+}
+
+fn online_total(r: &Req<'_>) -> Result<Resp, ApiError> {
+    let (ips, conns) = r.shared.online_totals();
+    Ok(ok(json!({"ip_count": ips, "conn_count": conns})))
+}
+
+fn goim_online_top(r: &Req<'_>) -> Result<Resp, ApiError> {
+    let prefix = format!("{}://", r.query.required("type")?);
+    let limit = r.query.limit(None)?;
+    let data: Vec<Value> = r
+        .shared
+        .top_rooms(&prefix, limit)
+        .into_iter()
+        .map(|(room, count)| json!({"room_id": room[prefix.len()..], "count": count}))
+        .collect();
+    Ok(ok(json!(data)))
+}
+
+fn v1_online_top(r: &Req<'_>) -> Result<Resp, ApiError> {
+    let limit = r.query.limit(Some(10))?;
+    let prefix = r.query.one("prefix").unwrap_or("");
+    let data: Vec<Value> = r
+        .shared
+        .top_rooms(prefix, limit)
+        .into_iter()
+        .map(|(room, count)| json!({"room": room, "count": count}))
+        .collect();
+    Ok(ok(json!(data)))
+}
+
+fn v1_push_one(r: &Req<'_>) -> Result<Resp, ApiError> {
+    let kind = r.path.trim_start_matches("/v1/push/");
+    let p = v1_push(kind, &r.body)?;
+    push(r, p.target, p.op, &p.payload)
+}
+
+fn v1_publish(r: &Req<'_>) -> Result<Resp, ApiError> {
+    let all = v1_batch(&r.body, r.shared.config.api.max_push_body)?;
+    let n = all.len();
+    let mut sh = r.shard.borrow_mut();
+    for p in all {
+        publish(&mut sh, p.target, p.op, &p.payload)?;
+    }
+    Ok(ok(json!({"accepted": n})))
+}
+
+fn snapshots(r: &Req<'_>) -> Vec<StatsSnapshot> {
+    r.shared.stats.iter().map(ShardStats::snapshot).collect()
+}
+
+fn v1_stats(r: &Req<'_>) -> Result<Resp, ApiError> {
+    let shards = snapshots(r);
+    let total = StatsSnapshot::sum(&shards);
+    Ok(ok(json!({"total": total, "shards": shards})))
+}
+
+fn metrics(r: &Req<'_>) -> Result<Resp, ApiError> {
+    let text = prometheus::render(&snapshots(r));
+    Ok(with_type(StatusCode::OK, prometheus::CONTENT_TYPE, Bytes::from(text)))
+}
+
+fn healthz(_: &Req<'_>) -> Result<Resp, ApiError> {
+    Ok(ok(Value::Null))
+}
+
+/// The browser client, served at `/volley.js`.
+const VOLLEY_JS: &str = include_str!("../../../web/volley.js");
+/// The live-room demo page, served at `/demo` with the WebSocket port and
+/// path filled in.
+const DEMO_HTML: &str = include_str!("../../../web/demo.html");
+
+fn volley_js(_: &Req<'_>) -> Result<Resp, ApiError> {
+    Ok(with_type(
+        StatusCode::OK,
+        "text/javascript; charset=utf-8",
+        Bytes::from_static(VOLLEY_JS.as_bytes()),
+    ))
+}
+
+fn demo(r: &Req<'_>) -> Result<Resp, ApiError> {
+    let cfg = &r.shared.config;
+    let html = DEMO_HTML
+        .replace("__VOLLEY_WS_PORT__", &cfg.ws.listen.port().to_string())
+        .replace("__VOLLEY_WS_PATH__", &cfg.ws.path);
+    Ok(with_type(StatusCode::OK, "text/html; charset=utf-8", Bytes::from(html)))
+}

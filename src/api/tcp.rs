@@ -1,0 +1,164 @@
+//! The TCP publisher connection's I/O: a trusted application server
+//! publishes over the client protocol's frames instead of one HTTP request
+//! per message, so it can pipeline thousands of publishes per second on one
+//! connection. What each frame means is `tcp_session`'s; this module reads,
+//! decodes, writes the replies and applies flow control.
+//!
+//! Served on every shard from the `[api] publish_listen` listener (loopback
+//! by default); a connection lives and publishes on the shard that accepted
+//! it, in that shard's control task queue (with the HTTP API). docs/API.md
+//! ("TCP publisher") is the contract.
+//!
+//! ```text
+//! publisher                      volley
+//!   op 7 auth, body = API key  →
+//!                              ←  op 8          (or op 6 bad_api_key, close)
+//!   op 24 push room, seq 0     →  routed, no reply
+//!   op 24 push room, seq 9     →  routed
+//!                              ←  op 25 seq 9   (ack once routed)
+//!   op 2                       →
+//!                              ←  op 3          (every earlier publish routed)
+//! ```
+//!
+//! Invariants: the read buffer stays under twice the largest frame
+//! (`[api] max_body`); while any shard's mesh inbox holds more than
+//! `MESH_BACKLOG` messages the connection stops reading, so a publisher
+//! faster than the fan-out is slowed by TCP flow control instead of growing
+//! the queues. Bad input is answered with op 6 `<reason>: <detail>` and a
+//! close of this connection only, counted under `publisher_closes`.
+
+use super::tcp_session::{Ended, PublisherSession};
+use crate::net::{accept_each, ListenerKind};
+use crate::proto::binary::{self, op};
+use crate::proto::close::CloseReason;
+use crate::shard::Shard;
+use bytes::BytesMut;
+use futures_lite::{AsyncReadExt, AsyncWriteExt};
+use glommio::net::{TcpListener, TcpStream};
+use std::cell::RefCell;
+use std::io;
+use std::os::fd::AsRawFd;
+use std::rc::Rc;
+use std::time::Duration;
+
+/// Most messages queued in any shard's inbox before publishers pause.
+pub const MESH_BACKLOG: usize = 1024;
+/// Initial size of the read buffer.
+const READ_CHUNK: usize = 64 * 1024;
+/// How often a quiet connection looks at the clock and at shutdown.
+const TICK: Duration = Duration::from_secs(1);
+
+/// Accepts publisher connections until the listener is shut.
+pub async fn accept(listener: TcpListener, shard: Rc<RefCell<Shard>>) {
+    accept_each(listener, shard, ListenerKind::Publisher, |stream, shard| {
+        let _ = stream.set_nodelay(true);
+        glommio::spawn_local(serve(stream, shard.clone())).detach();
+    })
+    .await;
+}
+
+async fn serve(mut stream: TcpStream, shard: Rc<RefCell<Shard>>) {
+    let peer = stream.peer_addr().ok();
+    let fd = stream.as_raw_fd();
+    shard.borrow_mut().publisher_opened(fd);
+    let mut out = BytesMut::new();
+    let Ended { reason, detail } = run(&mut stream, &shard, &mut out).await;
+    if reason.notifies_client() {
+        // After any replies still unwritten; best effort: the peer may be
+        // gone or not reading.
+        let text = reason.goodbye(&detail);
+        binary::encode(&mut out, binary::VERSION_GOIM, op::DISCONNECT, 0, text.as_bytes());
+        let _ = stream.write_all(&out).await;
+    }
+    shard.borrow_mut().publisher_closed(fd);
+    let _ = stream.close().await;
+    let sh = shard.borrow();
+    sh.stats().publisher_close(reason);
+    if !reason.is_quiet() {
+        tracing::info!(shard = sh.id, ?peer, reason = reason.name(), detail, "publisher closed");
+    }
+}
+
+/// Reads, handles and answers frames until the connection must end.
+async fn run(stream: &mut TcpStream, shard: &Rc<RefCell<Shard>>, out: &mut BytesMut) -> Ended {
+    let (max_frame, now) = {
+        let sh = shard.borrow();
+        (sh.shared.config.api.max_body, sh.tick())
+    };
+    let mut session = PublisherSession::new(now);
+    if let Err(e) = stream.set_read_timeout(Some(TICK)) {
+        return Ended::new(CloseReason::IoError, e.to_string());
+    }
+    // `buf[..have]` holds unparsed bytes. It doubles only when full without
+    // a whole frame, and decode refuses a frame over `max_frame` as soon as
+    // its length arrives, so it stays under twice that.
+    let mut buf = vec![0u8; READ_CHUNK];
+    let mut have = 0;
+    loop {
+        if have == buf.len() {
+            buf.resize(buf.len() * 2, 0);
+        }
+        let res = stream.read(&mut buf[have..]).await;
+        let stopping = shard.borrow().shutting_down;
+        match res {
+            Ok(0) if stopping => return Ended::new(CloseReason::Shutdown, ""),
+            Ok(0) => return Ended::new(CloseReason::PeerClosed, ""),
+            Ok(n) => {
+                have += n;
+                session.heard(shard.borrow().tick());
+            }
+            Err(e) if e.kind() == io::ErrorKind::TimedOut => {
+                if stopping {
+                    return Ended::new(CloseReason::Shutdown, "");
+                }
+                let sh = shard.borrow();
+                if let Err(end) = session.check_quiet(sh.tick(), &sh) {
+                    return end;
+                }
+                continue;
+            }
+            Err(e) => return Ended::new(CloseReason::IoError, e.to_string()),
+        }
+        let mut used = 0;
+        {
+            let mut sh = shard.borrow_mut();
+            loop {
+                match binary::decode(&buf[used..have], max_frame) {
+                    Ok(Some((f, n))) => {
+                        used += n;
+                        if let Err(end) = session.handle_frame(f, &mut sh, out) {
+                            return end;
+                        }
+                    }
+                    Ok(None) => break,
+                    Err(e) => return Ended::new(CloseReason::from(&e), e.to_string()),
+                }
+            }
+        }
+        buf.copy_within(used..have, 0);
+        have -= used;
+        if !out.is_empty() {
+            if let Err(e) = stream.write_all(out).await {
+                return Ended::new(CloseReason::IoError, e.to_string());
+            }
+            out.clear();
+        }
+        // Flow control: stop reading while the fan-out is behind.
+        loop {
+            let (behind, stopping) = {
+                let sh = shard.borrow();
+                let mesh = &sh.shared.mesh;
+                let behind = (0..mesh.nr_shards()).any(|s| mesh.backlog(s) > MESH_BACKLOG);
+                (behind, sh.shutting_down)
+            };
+            if stopping {
+                return Ended::new(CloseReason::Shutdown, "");
+            }
+            if !behind {
+                break;
+            }
+            glommio::timer::sleep(Duration::from_millis(1)).await;
+        }
+        glommio::executor().yield_if_needed().await;
+    }
+}

@@ -1,0 +1,240 @@
+//! Layering for `volley serve`: defaults < TOML file < environment < flags,
+//! and the old flat key names.
+//!
+//! Runs once on the main thread. Clap knows the flags and their defaults
+//! only; this module turns every other source into flags placed before the
+//! real ones (the serve command's `args_override_self` makes the later one
+//! win): first the file's keys, then the environment's `VOLLEY_*` variables,
+//! then the command line as typed. A file key whose variable is set is left
+//! out, so the environment beats the file even for list knobs.
+//!
+//! Invariants: an unknown file key or section is an error, never ignored; a
+//! key or variable of the flat layout that came before the sections still
+//! works and leaves a note naming its new spelling.
+
+use super::{Cli, Cmd, ConfigError};
+use clap::{CommandFactory, Parser};
+use std::collections::HashSet;
+use std::ffi::OsString;
+use std::path::Path;
+
+/// Sections of the file; key `k` of section `s` is flag `--s-k`.
+const SECTIONS: &[&str] = &["log", "tcp", "ws", "client", "limits", "api"];
+
+/// Keys allowed outside any section.
+const TOP_LEVEL: &[&str] = &[
+    "shards",
+    "cpus",
+    "backlog",
+    "shutdown_grace_secs",
+    "transparent_hugepages",
+];
+
+/// Flat keys of the layout before sections → (section, key) now. Their old
+/// environment variables (`VOLLEY_<OLD KEY>`) are honoured too.
+pub const LEGACY: &[(&str, &str, &str)] = &[
+    ("tcp_listen", "tcp", "listen"),
+    ("ws_listen", "ws", "listen"),
+    ("ws_path", "ws", "path"),
+    ("ws_origins", "ws", "origins"),
+    ("ws_echo", "ws", "echo"),
+    ("ws_echo_path", "ws", "echo_path"),
+    ("ws_echo_max_message", "ws", "echo_max_message"),
+    ("handshake_timeout_secs", "client", "handshake_timeout_secs"),
+    ("heartbeat_timeout_secs", "client", "heartbeat_timeout_secs"),
+    ("max_body", "limits", "max_body"),
+    ("outbound_limit", "limits", "outbound_limit"),
+    ("http_listen", "api", "listen"),
+    ("publish_listen", "api", "publish_listen"),
+    ("api_key", "api", "key"),
+    ("max_http_body", "api", "max_body"),
+    ("max_push_body", "api", "max_push_body"),
+    ("http_idle_timeout_secs", "api", "idle_timeout_secs"),
+    ("log", "log", "level"),
+    ("log_format", "log", "format"),
+];
+
+/// The flag of `key` in `section` ("" for top level), without the dashes.
+fn flag_of(section: &str, key: &str) -> String {
+    let k = key.replace('_', "-");
+    if section.is_empty() {
+        k
+    } else {
+        format!("{section}-{k}")
+    }
+}
+
+/// The environment variable of a flag.
+fn env_of(flag: &str) -> String {
+    format!("VOLLEY_{}", flag.replace('-', "_").to_ascii_uppercase())
+}
+
+/// Parses the full command line, applying the environment and `--config`.
+pub fn parse_cli<I, T>(args: I) -> Result<Cli, ConfigError>
+where
+    I: IntoIterator<Item = T>,
+    T: Into<OsString> + Clone,
+{
+    parse_with_env(args, |name| std::env::var_os(name))
+}
+
+/// `parse_cli` with the environment given as a function (tests pass their
+/// own instead of touching the process's).
+pub(crate) fn parse_with_env<I, T>(args: I, env: impl Fn(&str) -> Option<OsString>) -> Result<Cli, ConfigError>
+where
+    I: IntoIterator<Item = T>,
+    T: Into<OsString> + Clone,
+{
+    let args: Vec<OsString> = args.into_iter().map(Into::into).collect();
+    let cli = Cli::try_parse_from(&args)?;
+    let Cmd::Serve(serve) = &cli.cmd else {
+        return Ok(cli);
+    };
+    let cmd = Cli::command();
+    let serve_cmd = cmd.find_subcommand("serve").expect("serve subcommand exists");
+    let flags: HashSet<String> = serve_cmd
+        .get_arguments()
+        .filter_map(|a| a.get_long())
+        .filter(|l| *l != "config")
+        .map(str::to_string)
+        .collect();
+    let mut notes = Vec::new();
+
+    // The environment, as flags, and which flags it set.
+    let mut env_flags: Vec<OsString> = Vec::new();
+    let mut from_env: HashSet<String> = HashSet::new();
+    let mut sorted: Vec<&String> = flags.iter().collect();
+    sorted.sort();
+    for flag in sorted {
+        if let Some(v) = env(&env_of(flag)) {
+            env_flags.push(flag_arg(flag, &v));
+            from_env.insert(flag.clone());
+        }
+    }
+    for &(old, section, key) in LEGACY {
+        let (old_var, flag) = (env_of(&flag_of("", old)), flag_of(section, key));
+        let new_var = env_of(&flag);
+        if old_var == new_var || from_env.contains(&flag) {
+            continue;
+        }
+        if let Some(v) = env(&old_var) {
+            env_flags.push(flag_arg(&flag, &v));
+            from_env.insert(flag);
+            notes.push(format!("environment variable {old_var} is now {new_var}"));
+        }
+    }
+
+    // The file, as flags, minus what the environment set.
+    let path = serve.config.clone().or_else(|| env("VOLLEY_CONFIG").map(Into::into));
+    let mut file_flags: Vec<OsString> = Vec::new();
+    if let Some(path) = path {
+        let text = std::fs::read_to_string(&path).map_err(|source| ConfigError::Read {
+            path: path.clone(),
+            source,
+        })?;
+        for (flag, value) in file_args(&path, &text, &flags, &mut notes)? {
+            if !from_env.contains(&flag) {
+                file_flags.push(format!("--{flag}={value}").into());
+            }
+        }
+    }
+
+    // Insert both right after "serve" so every real flag follows.
+    let at = args.iter().position(|a| a == "serve").map_or(args.len(), |i| i + 1);
+    let mut merged = args[..at].to_vec();
+    merged.extend(file_flags);
+    merged.extend(env_flags);
+    merged.extend_from_slice(&args[at..]);
+    let mut cli = Cli::try_parse_from(merged)?;
+    if let Cmd::Serve(s) = &mut cli.cmd {
+        s.notes = notes;
+    }
+    Ok(cli)
+}
+
+fn flag_arg(flag: &str, value: &std::ffi::OsStr) -> OsString {
+    let mut a = OsString::from(format!("--{flag}="));
+    a.push(value);
+    a
+}
+
+/// The file's keys as (flag, value) pairs.
+fn file_args(
+    path: &Path,
+    text: &str,
+    flags: &HashSet<String>,
+    notes: &mut Vec<String>,
+) -> Result<Vec<(String, String)>, ConfigError> {
+    let err = |msg: String| ConfigError::File {
+        path: path.to_path_buf(),
+        msg,
+    };
+    let table: toml::Table = text.parse().map_err(|e: toml::de::Error| err(e.to_string()))?;
+    let mut out = Vec::new();
+    for (name, value) in table {
+        match value {
+            toml::Value::Table(section) if SECTIONS.contains(&name.as_str()) => {
+                for (key, value) in section {
+                    let flag = flag_of(&name, &key);
+                    if !flags.contains(&flag) {
+                        return Err(err(format!("unknown key `{key}` in [{name}]")));
+                    }
+                    out.extend(scalar(&name, &key, value).map_err(err)?.map(|v| (flag, v)));
+                }
+            }
+            toml::Value::Table(_) => {
+                return Err(err(format!(
+                    "unknown section [{name}] (sections: {})",
+                    SECTIONS.join(", ")
+                )))
+            }
+            value if TOP_LEVEL.contains(&name.as_str()) => {
+                out.extend(scalar("", &name, value).map_err(err)?.map(|v| (flag_of("", &name), v)));
+            }
+            value => {
+                let Some(&(_, section, key)) = LEGACY.iter().find(|(old, _, _)| *old == name) else {
+                    return Err(err(format!("unknown key `{name}`")));
+                };
+                notes.push(format!(
+                    "config file {}: key `{name}` is now `{key}` under [{section}]",
+                    path.display()
+                ));
+                out.extend(
+                    scalar(section, key, value)
+                        .map_err(err)?
+                        .map(|v| (flag_of(section, key), v)),
+                );
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// A file value as the text its flag takes; `None` for an empty list, which
+/// leaves the knob at its default (every list knob defaults to empty).
+fn scalar(section: &str, key: &str, value: toml::Value) -> Result<Option<String>, String> {
+    let name = if section.is_empty() {
+        format!("`{key}`")
+    } else {
+        format!("`{key}` in [{section}]")
+    };
+    Ok(Some(match value {
+        toml::Value::String(s) => s,
+        toml::Value::Integer(i) => i.to_string(),
+        toml::Value::Float(f) => f.to_string(),
+        toml::Value::Boolean(b) => b.to_string(),
+        toml::Value::Array(items) if items.is_empty() => return Ok(None),
+        toml::Value::Array(items) => {
+            let mut parts = Vec::new();
+            for it in items {
+                match it {
+                    toml::Value::String(s) => parts.push(s),
+                    toml::Value::Integer(i) => parts.push(i.to_string()),
+                    other => return Err(format!("{name}: unsupported list item {other}")),
+                }
+            }
+            parts.join(",")
+        }
+        other => return Err(format!("{name}: unsupported value {other}")),
+    }))
+}

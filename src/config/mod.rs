@@ -1,0 +1,413 @@
+//! `Config`: every knob of `volley serve`, grouped as the TOML file groups
+//! them, with its default and its cost; `validate` checks what types cannot.
+//!
+//! Parsed once on the main thread before any shard starts; shards get an
+//! immutable copy inside `Shared`. One naming rule ties the three ways to
+//! set a knob: key `k` in section `[s]` of the file is flag `--s-k` and
+//! environment variable `VOLLEY_S_K` (dashes and underscores swapped as
+//! needed); a top-level key `k` is `--k` and `VOLLEY_K`. So `[ws] path` is
+//! `--ws-path` and `VOLLEY_WS_PATH`. Precedence: flags > environment > file >
+//! defaults (`layer` does the layering; this module only declares).
+//!
+//! ```text
+//! shards cpus backlog shutdown_grace_secs transparent_hugepages   (top level)
+//! [log]     level format
+//! [tcp]     listen
+//! [ws]      listen path origins echo echo_path echo_max_message
+//! [client]  handshake_timeout_secs heartbeat_timeout_secs
+//! [limits]  max_body outbound_limit
+//! [api]     listen publish_listen key max_body max_push_body idle_timeout_secs
+//! ```
+//!
+//! Invariants: `Config::default()` is the embedded defaults and reads
+//! nothing from the environment (clap here knows no environment variables;
+//! `layer` injects them), so a `VOLLEY_*` variable in a developer's shell
+//! cannot change what tests run with. Keys of the flat layout before the
+//! sections keep working, with a note naming the new key (`layer::LEGACY`).
+
+mod layer;
+
+pub use layer::{parse_cli, LEGACY};
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+/// The `volley` command line.
+#[derive(Debug, Parser)]
+#[command(
+    name = "volley",
+    version,
+    about = "Thread-per-core push server (goim-compatible)",
+    after_help = "Every flag --s-k is also the environment variable VOLLEY_S_K and key k in section [s] of the --config file."
+)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub cmd: Cmd,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+// Parsed once at start-up; boxing the server knobs would only add noise.
+#[allow(clippy::large_enum_variant)]
+pub enum Cmd {
+    /// Run the server.
+    #[command(args_override_self = true)]
+    Serve(ServeArgs),
+    /// Report what on this host is not tuned for many connections, and how to
+    /// fix it; exits 1 when anything is.
+    CheckHost(CheckHostArgs),
+}
+
+/// Arguments of `volley check-host`.
+#[derive(Debug, Args)]
+pub struct CheckHostArgs {
+    /// Connections one volley process should hold.
+    #[arg(long, default_value_t = 1_000_000)]
+    pub conns: u64,
+    /// Shards the server will run (0 = one per CPU).
+    #[arg(long, default_value_t = 0)]
+    pub shards: u64,
+}
+
+/// Arguments of `volley serve`.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// TOML file with any of the knobs below (environment: VOLLEY_CONFIG).
+    #[arg(long, short = 'c')]
+    pub config: Option<PathBuf>,
+    /// The server knobs.
+    #[command(flatten)]
+    pub server: Config,
+    /// Notes for the operator found while layering (old key names), to log
+    /// once logging is up.
+    #[arg(skip)]
+    pub notes: Vec<String>,
+}
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Every server knob. Defaults are the embedded defaults `volley serve` runs
+/// with when given nothing.
+#[derive(Debug, Clone, Args)]
+pub struct Config {
+    /// Number of shards (one pinned executor thread each); 0 = one per
+    /// available CPU.
+    #[arg(long, default_value_t = 0)]
+    pub shards: usize,
+
+    /// CPUs to pin shard i to (`cpus[i]`), comma-separated. Empty = shard i on
+    /// CPU i modulo the CPU count.
+    #[arg(long, value_delimiter = ',', action = clap::ArgAction::Set)]
+    pub cpus: Vec<usize>,
+
+    /// listen() backlog per shard for the client listeners (the kernel caps
+    /// it at net.core.somaxconn; API listeners use at most 4096). Costs
+    /// nothing until connections queue.
+    #[arg(long, default_value_t = 65535)]
+    pub backlog: u32,
+
+    /// Seconds shutdown waits for connections to flush their goodbye.
+    #[arg(long, default_value_t = 5)]
+    pub shutdown_grace_secs: u64,
+
+    /// Let the kernel back the heap with transparent huge pages. Off by
+    /// default: the allocator asks for them, and with many small per-connection
+    /// records half-filled 2 MiB pages doubled RSS at 19,000 connections
+    /// (BENCHMARKS.md). Applied by the `volley` binary to the whole process.
+    #[arg(long, default_value_t = false, action = clap::ArgAction::Set)]
+    pub transparent_hugepages: bool,
+
+    /// `[log]`: what is logged and how.
+    #[command(flatten)]
+    pub log: LogConfig,
+
+    /// `[tcp]`: the raw TCP client listener.
+    #[command(flatten)]
+    pub tcp: TcpConfig,
+
+    /// `[ws]`: the WebSocket client listener.
+    #[command(flatten)]
+    pub ws: WsConfig,
+
+    /// `[client]`: timing rules for client connections.
+    #[command(flatten)]
+    pub client: ClientConfig,
+
+    /// `[limits]`: what one client connection may send and hold.
+    #[command(flatten)]
+    pub limits: Limits,
+
+    /// `[api]`: the application-server side (HTTP API, TCP publishers).
+    #[command(flatten)]
+    pub api: ApiConfig,
+}
+
+/// `[log]`
+#[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "[log]")]
+pub struct LogConfig {
+    /// Log filter (tracing EnvFilter syntax), e.g. `info` or `volley=debug`.
+    #[arg(id = "log-level", long = "log-level", alias = "log", default_value = "info")]
+    pub level: String,
+
+    /// Log line format.
+    #[arg(id = "log-format", long = "log-format", value_enum, default_value_t = LogFormat::Text)]
+    pub format: LogFormat,
+}
+
+/// `[tcp]`
+#[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "[tcp]")]
+pub struct TcpConfig {
+    /// Client TCP listener (goim protocol).
+    #[arg(id = "tcp-listen", long = "tcp-listen", default_value = "0.0.0.0:3101")]
+    pub listen: SocketAddr,
+}
+
+/// `[ws]`
+#[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "[ws]")]
+pub struct WsConfig {
+    /// Client WebSocket listener (same protocol, one frame per binary message).
+    #[arg(id = "ws-listen", long = "ws-listen", default_value = "0.0.0.0:3102")]
+    pub listen: SocketAddr,
+
+    /// Path of the WebSocket endpoint (goim's is `/sub`).
+    #[arg(id = "ws-path", long = "ws-path", default_value = "/sub")]
+    pub path: String,
+
+    /// Allowed `Origin` values for WebSocket upgrades, comma-separated; empty =
+    /// any origin (and none). A refused origin gets HTTP 403.
+    #[arg(id = "ws-origins", long = "ws-origins", value_delimiter = ',', action = clap::ArgAction::Set)]
+    pub origins: Vec<String>,
+
+    /// Serve a WebSocket echo endpoint at `echo_path` on the WebSocket
+    /// listener, for conformance suites (Autobahn). Off in production.
+    #[arg(id = "ws-echo", long = "ws-echo", default_value_t = false, action = clap::ArgAction::Set)]
+    pub echo: bool,
+
+    /// Path of the echo endpoint.
+    #[arg(id = "ws-echo-path", long = "ws-echo-path", default_value = "/echo")]
+    pub echo_path: String,
+
+    /// Largest message the echo endpoint takes (it buffers whole messages).
+    #[arg(id = "ws-echo-max-message", long = "ws-echo-max-message", default_value_t = 16 << 20)]
+    pub echo_max_message: usize,
+}
+
+/// `[client]`
+#[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "[client]")]
+pub struct ClientConfig {
+    /// Seconds a new connection has to send its auth frame.
+    #[arg(
+        id = "client-handshake-timeout-secs",
+        long = "client-handshake-timeout-secs",
+        alias = "handshake-timeout-secs",
+        default_value_t = 10
+    )]
+    pub handshake_timeout_secs: u32,
+
+    /// Seconds after auth or the last heartbeat (op 2) before the server closes
+    /// the connection. goim clients heartbeat every 30 s (JS) to 240 s (Go).
+    #[arg(
+        id = "client-heartbeat-timeout-secs",
+        long = "client-heartbeat-timeout-secs",
+        alias = "heartbeat-timeout-secs",
+        default_value_t = 600
+    )]
+    pub heartbeat_timeout_secs: u32,
+}
+
+/// `[limits]`
+#[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "[limits]")]
+pub struct Limits {
+    /// Largest frame body a client may send, in bytes (goim: 4096). A longer
+    /// announced body closes the connection before any of it is buffered.
+    #[arg(
+        id = "limits-max-body",
+        long = "limits-max-body",
+        alias = "max-body",
+        default_value_t = 4096
+    )]
+    pub max_body: usize,
+
+    /// Bytes a connection may have queued and unwritten (plus 32 bytes of
+    /// bookkeeping per frame) before it is closed as a slow consumer. Worst
+    /// case memory per connection; shared broadcast frames are counted in
+    /// full for every connection although stored once.
+    #[arg(id = "limits-outbound-limit", long = "limits-outbound-limit", alias = "outbound-limit", default_value_t = 1 << 20)]
+    pub outbound_limit: usize,
+}
+
+/// `[api]`
+#[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "[api]")]
+pub struct ApiConfig {
+    /// HTTP API listener (publish, online, stats, metrics). Keep it on
+    /// loopback or behind an API key: it can push to every client.
+    #[arg(
+        id = "api-listen",
+        long = "api-listen",
+        alias = "http-listen",
+        default_value = "127.0.0.1:3111"
+    )]
+    pub listen: SocketAddr,
+
+    /// TCP publisher listener: trusted application servers publish over the
+    /// client protocol's frames (docs/API.md). Same exposure as the HTTP API:
+    /// keep it on loopback or set `key`.
+    #[arg(
+        id = "api-publish-listen",
+        long = "api-publish-listen",
+        alias = "publish-listen",
+        default_value = "127.0.0.1:3112"
+    )]
+    pub publish_listen: SocketAddr,
+
+    /// API key required on every API request (`Authorization: Bearer KEY` or
+    /// `X-Api-Key: KEY`) and in a TCP publisher's auth frame. Unset = no check.
+    #[arg(id = "api-key", long = "api-key")]
+    pub key: Option<String>,
+
+    /// Largest HTTP request body the API reads, and largest TCP publisher
+    /// frame, in bytes.
+    #[arg(id = "api-max-body", long = "api-max-body", alias = "max-http-body", default_value_t = 4 << 20)]
+    pub max_body: usize,
+
+    /// Largest push payload the API and TCP publishers accept per message,
+    /// in bytes.
+    #[arg(
+        id = "api-max-push-body",
+        long = "api-max-push-body",
+        alias = "max-push-body",
+        default_value_t = 65536
+    )]
+    pub max_push_body: usize,
+
+    /// Seconds an HTTP API connection may wait for bytes before it is closed.
+    #[arg(
+        id = "api-idle-timeout-secs",
+        long = "api-idle-timeout-secs",
+        alias = "http-idle-timeout-secs",
+        default_value_t = 30
+    )]
+    pub idle_timeout_secs: u64,
+}
+
+/// A configuration that cannot run.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// Reading the config file failed.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// The file is not TOML, or a key is unknown or of a bad type.
+    #[error("config file {path}: {msg}")]
+    File {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        msg: String,
+    },
+    /// Flags or values rejected by the parser.
+    #[error("{0}")]
+    Args(#[from] clap::Error),
+    /// A value out of range.
+    #[error("invalid {knob}: {msg}")]
+    Invalid {
+        /// The knob, as its file key (`[section] key` or `key`).
+        knob: &'static str,
+        /// What is wrong.
+        msg: String,
+    },
+}
+
+impl Default for Config {
+    /// The embedded defaults. Reads no environment variable.
+    fn default() -> Self {
+        #[derive(Parser)]
+        struct Only {
+            #[command(flatten)]
+            c: Config,
+        }
+        Only::parse_from(["volley"]).c
+    }
+}
+
+impl Config {
+    /// Checks ranges that clap's types do not express.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |knob, msg: &str| {
+            Err(ConfigError::Invalid {
+                knob,
+                msg: msg.to_string(),
+            })
+        };
+        if self.shards > 1024 {
+            return bad("shards", "at most 1024");
+        }
+        if !self.cpus.is_empty() && self.shards != 0 && self.cpus.len() < self.shards {
+            return bad("cpus", "fewer CPUs listed than shards");
+        }
+        if self.client.handshake_timeout_secs == 0 {
+            return bad("[client] handshake_timeout_secs", "must be at least 1 second");
+        }
+        if self.client.heartbeat_timeout_secs == 0 {
+            return bad("[client] heartbeat_timeout_secs", "must be at least 1 second");
+        }
+        if self.limits.max_body < 64 || self.limits.max_body > 16 << 20 {
+            return bad("[limits] max_body", "must be between 64 bytes and 16 MiB");
+        }
+        if self.api.max_push_body == 0 || self.api.max_push_body > 16 << 20 {
+            return bad("[api] max_push_body", "must be between 1 byte and 16 MiB");
+        }
+        if self.limits.outbound_limit < self.api.max_push_body + 64 {
+            return bad(
+                "[limits] outbound_limit",
+                "must hold at least one push of [api] max_push_body",
+            );
+        }
+        if !self.ws.path.starts_with('/') || !self.ws.echo_path.starts_with('/') {
+            return bad("[ws] path", "WebSocket paths start with /");
+        }
+        if self.ws.echo && self.ws.echo_path == self.ws.path {
+            return bad("[ws] echo_path", "must differ from [ws] path");
+        }
+        if self.ws.echo_max_message > 1 << 30 {
+            return bad("[ws] echo_max_message", "at most 1 GiB");
+        }
+        if self.api.key.as_deref() == Some("") {
+            return bad("[api] key", "empty; unset it to disable the check");
+        }
+        Ok(())
+    }
+
+    /// Number of shards to run (resolves 0 to the CPU count).
+    pub fn nr_shards(&self) -> usize {
+        if self.shards > 0 {
+            self.shards
+        } else if !self.cpus.is_empty() {
+            self.cpus.len()
+        } else {
+            std::thread::available_parallelism().map_or(1, |n| n.get())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,185 @@
+use super::layer::parse_with_env;
+use super::*;
+use std::ffi::OsString;
+
+fn serve_with(args: &[&str], env: &[(&str, &str)]) -> Result<ServeArgs, ConfigError> {
+    let env: Vec<(String, OsString)> = env.iter().map(|(k, v)| (k.to_string(), (*v).into())).collect();
+    let cli = parse_with_env(args.iter().copied(), |name| {
+        env.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone())
+    })?;
+    let Cmd::Serve(s) = cli.cmd else { panic!("not serve") };
+    Ok(s)
+}
+
+fn serve(args: &[&str]) -> Config {
+    serve_with(args, &[]).unwrap().server
+}
+
+fn file(name: &str, text: &str) -> String {
+    let dir = std::env::temp_dir().join(format!("volley-cfg-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let f = dir.join(name);
+    std::fs::write(&f, text).unwrap();
+    f.to_str().unwrap().to_string()
+}
+
+#[test]
+fn defaults() {
+    let c = serve(&["volley", "serve"]);
+    assert_eq!(c.tcp.listen, "0.0.0.0:3101".parse().unwrap());
+    assert_eq!(c.ws.listen, "0.0.0.0:3102".parse().unwrap());
+    assert_eq!(c.api.listen, "127.0.0.1:3111".parse().unwrap());
+    assert_eq!(c.api.publish_listen, "127.0.0.1:3112".parse().unwrap());
+    assert_eq!(c.backlog, 65535);
+    assert_eq!(c.limits.max_body, 4096);
+    assert_eq!(c.log.level, "info");
+    assert_eq!(c.api.key, None);
+    c.validate().unwrap();
+    let d = Config::default();
+    assert_eq!((d.tcp.listen, d.limits.max_body), (c.tcp.listen, c.limits.max_body));
+}
+
+#[test]
+fn sections_flags_and_environment_name_the_same_knob() {
+    let f = file(
+        "sections.toml",
+        "backlog = 100\ncpus = [0, 1]\n\
+         [ws]\npath = \"/live\"\necho = true\n\
+         [limits]\nmax_body = 8192\n\
+         [api]\nkey = \"from-file\"\nmax_body = 1000\n\
+         [log]\nformat = \"json\"\n",
+    );
+    let c = serve(&["volley", "serve", "-c", &f, "--backlog", "7"]);
+    assert_eq!(c.backlog, 7, "flag beats file");
+    assert_eq!(c.cpus, vec![0, 1]);
+    assert_eq!(c.ws.path, "/live");
+    assert!(c.ws.echo);
+    assert_eq!(c.limits.max_body, 8192);
+    assert_eq!(c.api.key.as_deref(), Some("from-file"));
+    assert_eq!(c.api.max_body, 1000);
+    assert_eq!(c.log.format, LogFormat::Json);
+
+    let env = [
+        ("VOLLEY_WS_PATH", "/env"),
+        ("VOLLEY_CPUS", "1"),
+        ("VOLLEY_API_KEY", "from-env"),
+    ];
+    let c = serve_with(&["volley", "serve", "-c", &f], &env).unwrap().server;
+    assert_eq!(c.ws.path, "/env", "environment beats file");
+    assert_eq!(c.cpus, vec![1], "a list from the environment replaces the file's");
+    assert_eq!(c.api.key.as_deref(), Some("from-env"));
+    let c = serve_with(
+        &["volley", "serve", "-c", &f, "--ws-path", "/flag", "--cpus", "0"],
+        &env,
+    )
+    .unwrap()
+    .server;
+    assert_eq!(c.ws.path, "/flag", "flag beats environment");
+    assert_eq!(c.cpus, vec![0]);
+
+    let c = serve_with(&["volley", "serve"], &[("VOLLEY_CONFIG", &f)])
+        .unwrap()
+        .server;
+    assert_eq!(c.ws.path, "/live", "VOLLEY_CONFIG names the file");
+}
+
+#[test]
+fn old_flat_keys_flags_and_variables_keep_working_with_a_note() {
+    let f = file(
+        "flat.toml",
+        "max_body = 8192\nhttp_listen = \"127.0.0.1:9\"\nlog_format = \"json\"\n",
+    );
+    let s = serve_with(&["volley", "serve", "-c", &f], &[("VOLLEY_MAX_PUSH_BODY", "100")]).unwrap();
+    assert_eq!(s.server.limits.max_body, 8192);
+    assert_eq!(s.server.api.listen, "127.0.0.1:9".parse().unwrap());
+    assert_eq!(s.server.log.format, LogFormat::Json);
+    assert_eq!(s.server.api.max_push_body, 100);
+    let notes = s.notes.join("\n");
+    for want in [
+        "key `max_body` is now `max_body` under [limits]",
+        "key `http_listen` is now `listen` under [api]",
+        "VOLLEY_MAX_PUSH_BODY is now VOLLEY_API_MAX_PUSH_BODY",
+    ] {
+        assert!(notes.contains(want), "{want:?} missing from {notes}");
+    }
+    // Old flags are aliases of the new ones.
+    let c = serve(&[
+        "volley",
+        "serve",
+        "--http-listen",
+        "127.0.0.1:1",
+        "--max-http-body",
+        "77",
+        "--heartbeat-timeout-secs",
+        "3",
+        "--log",
+        "debug",
+    ]);
+    assert_eq!(c.api.listen, "127.0.0.1:1".parse().unwrap());
+    assert_eq!(c.api.max_body, 77);
+    assert_eq!(c.client.heartbeat_timeout_secs, 3);
+    assert_eq!(c.log.level, "debug");
+    // A new variable wins over its old name.
+    let c = serve_with(
+        &["volley", "serve"],
+        &[("VOLLEY_MAX_HTTP_BODY", "1"), ("VOLLEY_API_MAX_BODY", "2")],
+    )
+    .unwrap()
+    .server;
+    assert_eq!(c.api.max_body, 2);
+}
+
+#[test]
+fn unknown_keys_and_sections_are_refused_by_name() {
+    for (text, want) in [
+        ("no_such_knob = 1\n", "unknown key `no_such_knob`"),
+        ("[ws]\nno_such = 1\n", "unknown key `no_such` in [ws]"),
+        ("[tls]\ncert = \"x\"\n", "unknown section [tls]"),
+        // A sectioned knob's flag name is not a top-level key.
+        ("ws_path_x = 1\n", "unknown key `ws_path_x`"),
+        ("[ws]\npath = { a = 1 }\n", "`path` in [ws]: unsupported value"),
+    ] {
+        let f = file("bad.toml", text);
+        let e = serve_with(&["volley", "serve", "-c", &f], &[]).unwrap_err().to_string();
+        assert!(e.contains(want), "{text:?}: {e}");
+    }
+}
+
+#[test]
+fn the_default_reads_no_environment() {
+    // `Config::default()` must not see VOLLEY_* variables: the layering is
+    // the only place that reads them. Whatever this process's environment
+    // holds, the default is the embedded one.
+    let d = Config::default();
+    assert_eq!(d.api.key, None);
+    assert_eq!(d.limits.max_body, 4096);
+    assert_eq!(d.client.heartbeat_timeout_secs, 600);
+}
+
+#[test]
+fn validation_names_the_knob() {
+    let bad = |edit: fn(&mut Config), knob: &str| {
+        let mut c = Config::default();
+        edit(&mut c);
+        let e = c.validate().unwrap_err();
+        assert!(
+            matches!(&e, ConfigError::Invalid { knob: k, .. } if *k == knob),
+            "{knob}: {e}"
+        );
+    };
+    bad(|c| c.limits.max_body = 10, "[limits] max_body");
+    bad(
+        |c| c.client.handshake_timeout_secs = 0,
+        "[client] handshake_timeout_secs",
+    );
+    bad(|c| c.api.key = Some(String::new()), "[api] key");
+    bad(|c| c.limits.outbound_limit = 100, "[limits] outbound_limit");
+    bad(
+        |c| {
+            c.ws.echo = true;
+            c.ws.echo_path = c.ws.path.clone()
+        },
+        "[ws] echo_path",
+    );
+    bad(|c| c.shards = 5000, "shards");
+}

@@ -1,0 +1,176 @@
+//! Operator-facing counters: one `ShardStats` block per shard, written only by
+//! its shard and read by anyone (the stats API runs on every shard), each
+//! defined once in `shard_stats!` and exposed twice — as JSON (`/v1/stats`,
+//! `ServerHandle::stats`) and as Prometheus text (`/metrics`, `prometheus`).
+//!
+//! Every counter is a relaxed atomic on the writing shard's own cache lines,
+//! so counting costs a plain add and never contends; a reader sees each value
+//! a moment late, which is all a stats page needs. Histograms (`hist`) are
+//! the same: fixed buckets, one add per record.
+//!
+//! Close reasons come from `proto::close::CloseReason` (one counter each,
+//! for clients and for TCP publishers). Time for the histograms comes from
+//! `clock_us`, the one clock the server stamps frames with.
+
+mod hist;
+pub mod prometheus;
+
+pub use hist::{bucket_bound_us, HistSnapshot, Histogram, BUCKETS};
+
+use crate::proto::close::CloseReason;
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::OnceLock;
+use std::time::Instant;
+
+/// Microseconds on a process-wide monotonic clock, wrapping every ~71
+/// minutes: only differences of nearby stamps mean anything.
+pub fn clock_us() -> u32 {
+    static START: OnceLock<Instant> = OnceLock::new();
+    START.get_or_init(Instant::now).elapsed().as_micros() as u32
+}
+
+/// How a value is exposed to Prometheus.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// Goes up and down (a level).
+    Gauge,
+    /// Only goes up (a total since start).
+    Counter,
+}
+
+macro_rules! shard_stats {
+    ($($kind:ident $field:ident: $help:literal;)*) => {
+        /// Counters for one shard.
+        #[derive(Debug, Default)]
+        pub struct ShardStats {
+            $(#[doc = $help] pub $field: AtomicU64,)*
+            /// Closes, indexed like `CloseReason::ALL`.
+            pub closes: [AtomicU64; CloseReason::ALL.len()],
+            /// TCP publisher connections closed, indexed like `CloseReason::ALL`.
+            pub publisher_closes: [AtomicU64; CloseReason::ALL.len()],
+            /// Time one fan-out message (a room frame, a direct delivery, a
+            /// push to all) takes to queue to every local recipient, µs.
+            pub fanout_us: Histogram,
+            /// At each write to a client socket, how long the oldest byte it
+            /// writes had been queued (since it was queued or since the last
+            /// write left it behind), µs.
+            pub queue_wait_us: Histogram,
+        }
+
+        /// Serialisable copy of `ShardStats` (see its fields for meaning).
+        #[derive(Debug, Default, Clone, Serialize)]
+        #[allow(missing_docs)]
+        pub struct StatsSnapshot {
+            $(pub $field: u64,)*
+            pub closes: BTreeMap<&'static str, u64>,
+            pub publisher_closes: BTreeMap<&'static str, u64>,
+            pub fanout_us: HistSnapshot,
+            pub queue_wait_us: HistSnapshot,
+        }
+
+        impl ShardStats {
+            /// A plain copy for serialisation.
+            pub fn snapshot(&self) -> StatsSnapshot {
+                StatsSnapshot {
+                    $($field: self.$field.load(Relaxed),)*
+                    closes: by_reason(&self.closes),
+                    publisher_closes: by_reason(&self.publisher_closes),
+                    fanout_us: self.fanout_us.snapshot(),
+                    queue_wait_us: self.queue_wait_us.snapshot(),
+                }
+            }
+        }
+
+        impl StatsSnapshot {
+            /// Every plain value: name, kind, help, and its value here.
+            pub fn values(&self) -> [(&'static str, Kind, &'static str, u64); [$(stringify!($field)),*].len()] {
+                [$((stringify!($field), Kind::$kind, $help, self.$field)),*]
+            }
+
+            /// Sums shard snapshots into a total.
+            pub fn sum<'a>(all: impl IntoIterator<Item = &'a StatsSnapshot>) -> StatsSnapshot {
+                let mut t = StatsSnapshot::default();
+                for s in all {
+                    $(t.$field += s.$field;)*
+                    for (k, v) in &s.closes {
+                        *t.closes.entry(k).or_default() += v;
+                    }
+                    for (k, v) in &s.publisher_closes {
+                        *t.publisher_closes.entry(k).or_default() += v;
+                    }
+                    t.fanout_us.add(&s.fanout_us);
+                    t.queue_wait_us.add(&s.queue_wait_us);
+                }
+                t
+            }
+        }
+    };
+}
+
+shard_stats! {
+    Gauge conns: "Connections currently open (accepted and not yet closed).";
+    Gauge authed: "Connections that completed auth and are still open.";
+    Counter accepted: "Connections accepted since start.";
+    Gauge rooms: "Rooms with at least one member on this shard.";
+    Counter frames_in: "Frames received from clients.";
+    Counter bytes_in: "Bytes received from clients.";
+    Counter published: "Messages published into this shard by the API (as first hop).";
+    Counter deliveries: "Frames queued to connections (replies and pushes).";
+    Counter bytes_out: "Bytes written to client sockets.";
+    Counter writes: "Write syscalls issued (deliveries / writes = coalescing factor).";
+    Counter dropped: "Frames dropped because a connection was closing or over its limit.";
+    Counter unknown_ops: "Frames from clients with an operation volley does not serve.";
+    Counter accept_errors: "Accept errors (EMFILE and the like).";
+    Gauge publishers: "TCP publisher connections currently open.";
+}
+
+fn by_reason(counters: &[AtomicU64]) -> BTreeMap<&'static str, u64> {
+    CloseReason::ALL
+        .iter()
+        .zip(counters)
+        .map(|(r, c)| (r.name(), c.load(Relaxed)))
+        .collect()
+}
+
+impl ShardStats {
+    /// Adds `n` to `c`.
+    #[inline]
+    pub fn add(c: &AtomicU64, n: u64) {
+        c.fetch_add(n, Relaxed);
+    }
+
+    /// Counts one close.
+    pub fn close(&self, r: CloseReason) {
+        self.closes[r.index()].fetch_add(1, Relaxed);
+    }
+
+    /// Counts one TCP publisher close.
+    pub fn publisher_close(&self, r: CloseReason) {
+        self.publisher_closes[r.index()].fetch_add(1, Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_value_is_listed_once_and_sums_add_up() {
+        let a = ShardStats::default();
+        ShardStats::add(&a.deliveries, 3);
+        a.close(CloseReason::SlowConsumer);
+        a.fanout_us.record(10);
+        let b = ShardStats::default();
+        ShardStats::add(&b.deliveries, 4);
+        b.close(CloseReason::SlowConsumer);
+        let t = StatsSnapshot::sum(&[a.snapshot(), b.snapshot()]);
+        assert_eq!(t.deliveries, 7);
+        assert_eq!(t.closes["slow_consumer"], 2);
+        assert_eq!(t.fanout_us.count, 1);
+        let names: std::collections::HashSet<_> = t.values().iter().map(|v| v.0).collect();
+        assert_eq!(names.len(), t.values().len());
+        assert!(t.values().iter().any(|v| v == &("deliveries", Kind::Counter, v.2, 7)));
+    }
+}

@@ -1,0 +1,176 @@
+//! Listening sockets: which listeners a server runs (`ListenerSpec`, built
+//! from the configuration as data), binding one socket per shard for each,
+//! and the accept loop every listener kind shares.
+//!
+//! Binding runs on the caller's thread in `Server::start`; `accept_each` runs
+//! on each shard's executor, one task per listener, and awaits. Sockets are
+//! built with socket2 (SO_REUSEPORT, the configured backlog: glommio's own
+//! `bind` fixes the backlog at 1024). The first socket of a spec binds the
+//! requested address, possibly port 0, and every other shard's binds the port
+//! it got, so tests use an ephemeral port and still spread connections over
+//! every shard.
+//!
+//! Invariants: every spec gets exactly one socket per shard, all on the same
+//! address; an accept error never ends the loop (it is counted, then the loop
+//! backs off), only shutdown does.
+//!
+//! Not here: what a connection does once accepted (the `take` callback
+//! decides), and TLS (a future `ListenerSpec` option).
+
+use crate::config::Config;
+use crate::metrics::ShardStats;
+use crate::shard::Shard;
+use glommio::net::{TcpListener, TcpStream};
+use socket2::{Domain, Protocol, Socket, Type};
+use std::cell::RefCell;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::time::Duration;
+
+/// What a listener serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ListenerKind {
+    /// Client protocol frames over raw TCP.
+    ClientTcp,
+    /// Client protocol over WebSocket (and the echo endpoint, when enabled).
+    ClientWs,
+    /// The HTTP API.
+    Api,
+    /// TCP publisher connections.
+    Publisher,
+}
+
+impl ListenerKind {
+    /// Name used in logs.
+    pub fn name(self) -> &'static str {
+        match self {
+            ListenerKind::ClientTcp => "clients (tcp)",
+            ListenerKind::ClientWs => "clients (websocket)",
+            ListenerKind::Api => "api",
+            ListenerKind::Publisher => "publishers",
+        }
+    }
+
+    /// Application servers, not clients: served from the shard's
+    /// latency-sensitive control task queue.
+    pub fn is_control(self) -> bool {
+        matches!(self, ListenerKind::Api | ListenerKind::Publisher)
+    }
+}
+
+/// One listener the server runs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListenerSpec {
+    /// What it serves.
+    pub kind: ListenerKind,
+    /// Where it listens (port 0: any, resolved at bind).
+    pub addr: SocketAddr,
+    /// listen() backlog per shard socket (the kernel caps it at somaxconn).
+    pub backlog: u32,
+}
+
+impl ListenerSpec {
+    /// The listeners `cfg` asks for: client TCP, client WebSocket, HTTP API
+    /// and TCP publisher. Application-server listeners keep a smaller backlog:
+    /// they see a handful of long-lived connections, not reconnect storms.
+    pub fn from_config(cfg: &Config) -> Vec<ListenerSpec> {
+        let control_backlog = cfg.backlog.min(4096);
+        vec![
+            ListenerSpec {
+                kind: ListenerKind::ClientTcp,
+                addr: cfg.tcp.listen,
+                backlog: cfg.backlog,
+            },
+            ListenerSpec {
+                kind: ListenerKind::ClientWs,
+                addr: cfg.ws.listen,
+                backlog: cfg.backlog,
+            },
+            ListenerSpec {
+                kind: ListenerKind::Api,
+                addr: cfg.api.listen,
+                backlog: control_backlog,
+            },
+            ListenerSpec {
+                kind: ListenerKind::Publisher,
+                addr: cfg.api.publish_listen,
+                backlog: control_backlog,
+            },
+        ]
+    }
+}
+
+/// A listener bound on every shard.
+#[derive(Debug)]
+pub struct Bound {
+    /// The spec, its address resolved (port 0 replaced by the real port).
+    pub spec: ListenerSpec,
+    /// One socket per shard, in shard order.
+    pub sockets: Vec<Socket>,
+}
+
+/// A listener that could not be bound.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot listen on {addr}: {source}")]
+pub struct BindError {
+    /// The address.
+    pub addr: SocketAddr,
+    /// The error.
+    pub source: std::io::Error,
+}
+
+fn listen(addr: SocketAddr, backlog: u32) -> Result<Socket, BindError> {
+    let err = |source| BindError { addr, source };
+    let s = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP)).map_err(err)?;
+    s.set_reuse_address(true).map_err(err)?;
+    s.set_reuse_port(true).map_err(err)?;
+    s.set_cloexec(true).map_err(err)?;
+    s.bind(&addr.into()).map_err(err)?;
+    s.listen(i32::try_from(backlog).unwrap_or(i32::MAX)).map_err(err)?;
+    Ok(s)
+}
+
+/// Binds `spec` once per shard (port 0 resolved by the first socket).
+pub fn bind(spec: &ListenerSpec, nr_shards: usize) -> Result<Bound, BindError> {
+    let first = listen(spec.addr, spec.backlog)?;
+    let actual = first.local_addr().ok().and_then(|a| a.as_socket()).ok_or(BindError {
+        addr: spec.addr,
+        source: std::io::Error::other("no local address"),
+    })?;
+    let mut sockets = vec![first];
+    for _ in 1..nr_shards {
+        sockets.push(listen(actual, spec.backlog)?);
+    }
+    Ok(Bound {
+        spec: ListenerSpec {
+            addr: actual,
+            ..spec.clone()
+        },
+        sockets,
+    })
+}
+
+/// Accepts on `listener` until the shard shuts down, handing each connection
+/// to `take`. Accept errors (EMFILE and the like) are counted and back off
+/// instead of spinning. `kind` names the listener in logs.
+pub async fn accept_each(
+    listener: TcpListener,
+    shard: Rc<RefCell<Shard>>,
+    kind: ListenerKind,
+    mut take: impl FnMut(TcpStream, &Rc<RefCell<Shard>>),
+) {
+    loop {
+        let res = listener.accept().await;
+        if shard.borrow().shutting_down {
+            break;
+        }
+        match res {
+            Ok(stream) => take(stream, &shard),
+            Err(e) => {
+                ShardStats::add(&shard.borrow().stats().accept_errors, 1);
+                tracing::warn!(error = %e, listener = kind.name(), "accept failed");
+                glommio::timer::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    }
+}

@@ -1,0 +1,139 @@
+//! `CloseReason`: every way a connection (client or TCP publisher) ends, as
+//! one table: its stable name (stats, logs, the op 6 body), whether the peer
+//! is told, the WebSocket close code that goes with it, and its meaning.
+//!
+//! Pure data, used by every shard. The names are part of the protocol
+//! (docs/PROTOCOL.md lists them) and of the metrics (one counter each):
+//! renaming one is a breaking change.
+//!
+//! ```text
+//! op 6 body:  "<name>"  or  "<name>: <detail>"
+//! ```
+
+use super::binary::DecodeError;
+use super::ws::close;
+
+macro_rules! close_reasons {
+    ($($variant:ident => $name:literal, $notify:literal, $ws:expr, $doc:literal;)*) => {
+        /// Why a connection was closed.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        pub enum CloseReason {
+            $(#[doc = $doc] $variant,)*
+        }
+
+        impl CloseReason {
+            /// Every reason, in counter order.
+            pub const ALL: &'static [CloseReason] = &[$(CloseReason::$variant,)*];
+
+            /// Stable snake_case name used in stats, logs and the op 6 body.
+            pub fn name(self) -> &'static str {
+                match self { $(CloseReason::$variant => $name,)* }
+            }
+
+            /// Whether the peer is told the reason (op 6) before the close.
+            pub fn notifies_client(self) -> bool {
+                match self { $(CloseReason::$variant => $notify,)* }
+            }
+
+            /// The close code a WebSocket peer gets; `None`: no close frame
+            /// (the peer is gone, was already answered, or the close frame is
+            /// the answer to its own).
+            pub fn ws_close_code(self) -> Option<u16> {
+                match self { $(CloseReason::$variant => $ws,)* }
+            }
+        }
+    };
+}
+
+close_reasons! {
+    PeerClosed => "peer_closed", false, None, "The client closed its side (EOF).";
+    ClientDisconnect => "client_disconnect", false, Some(close::NORMAL), "The client sent op 6.";
+    IoError => "io_error", false, None, "A socket error (reset, broken pipe).";
+    HandshakeTimeout => "handshake_timeout", true, Some(close::NORMAL), "No auth frame within the handshake timeout.";
+    HeartbeatTimeout => "heartbeat_timeout", true, Some(close::NORMAL), "No frame within the heartbeat deadline.";
+    AuthRequired => "auth_required", true, Some(close::POLICY), "A frame other than auth arrived first.";
+    BadAuth => "bad_auth", true, Some(close::POLICY), "The auth body was refused.";
+    BadHeaderLength => "bad_header_length", true, Some(close::PROTOCOL), "Header-length field not 16.";
+    BadPacketLength => "bad_packet_length", true, Some(close::PROTOCOL), "Packet-length field shorter than the header.";
+    BodyTooLarge => "body_too_large", true, Some(close::TOO_BIG), "Frame body over the configured limit.";
+    UnsupportedVersion => "unsupported_version", true, Some(close::PROTOCOL), "Protocol version not served.";
+    BadBody => "bad_body", true, Some(close::PROTOCOL), "A control body (room, accepts) was refused.";
+    ProtocolError => "protocol_error", true, Some(close::PROTOCOL), "Any other broken protocol rule.";
+    SlowConsumer => "slow_consumer", true, Some(close::POLICY), "Outbound queue passed its byte limit.";
+    Replaced => "replaced", true, Some(close::NORMAL), "Another connection authenticated with the same key.";
+    Shutdown => "shutdown", true, Some(close::GOING_AWAY), "The server is shutting down; reconnect elsewhere.";
+    BadUpgrade => "bad_upgrade", false, None, "The WebSocket upgrade request was refused (HTTP 4xx sent).";
+    WsClosed => "ws_closed", false, None, "The WebSocket client sent a close frame (answered).";
+    WsProtocol => "ws_protocol_error", false, Some(close::PROTOCOL), "A WebSocket framing rule was broken (close 1002).";
+    WsInvalidData => "ws_invalid_utf8", false, Some(close::INVALID_DATA), "A WebSocket text message or close reason was not UTF-8 (close 1007).";
+    WsTooBig => "ws_too_big", false, Some(close::TOO_BIG), "A WebSocket message over the size limit (close 1009).";
+    WsUnsupportedData => "ws_unsupported_data", false, Some(close::UNSUPPORTED), "A text message on the binary protocol endpoint (close 1003).";
+    // A publisher's reason; clients never get it.
+    BadApiKey => "bad_api_key", true, Some(close::POLICY), "A TCP publisher's auth did not carry the API key.";
+}
+
+impl CloseReason {
+    /// Position in `ALL` (the counter index).
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
+    /// The text the peer is told: `<name>` or `<name>: <detail>`.
+    pub fn goodbye(self, detail: &str) -> String {
+        if detail.is_empty() {
+            self.name().to_string()
+        } else {
+            format!("{}: {detail}", self.name())
+        }
+    }
+
+    /// An ordinary end, not worth a log line at info level.
+    pub fn is_quiet(self) -> bool {
+        matches!(
+            self,
+            CloseReason::PeerClosed | CloseReason::ClientDisconnect | CloseReason::Shutdown
+        )
+    }
+
+    /// The WebSocket reason for a framing violation, by the close code the
+    /// codec chose.
+    pub fn for_ws_code(code: u16) -> CloseReason {
+        match code {
+            close::INVALID_DATA => CloseReason::WsInvalidData,
+            close::TOO_BIG => CloseReason::WsTooBig,
+            _ => CloseReason::WsProtocol,
+        }
+    }
+}
+
+impl From<&DecodeError> for CloseReason {
+    fn from(e: &DecodeError) -> Self {
+        match e {
+            DecodeError::HeaderLength { .. } => CloseReason::BadHeaderLength,
+            DecodeError::PacketTooShort { .. } => CloseReason::BadPacketLength,
+            DecodeError::BodyTooLarge { .. } => CloseReason::BodyTooLarge,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_unique_snake_case_and_goodbyes_carry_them() {
+        let mut seen = std::collections::HashSet::new();
+        for r in CloseReason::ALL {
+            assert!(seen.insert(r.name()), "{} twice", r.name());
+            assert!(r
+                .name()
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b == b'_' || b.is_ascii_digit()));
+            assert_eq!(CloseReason::ALL[r.index()], *r);
+        }
+        assert_eq!(CloseReason::SlowConsumer.goodbye(""), "slow_consumer");
+        assert_eq!(CloseReason::Replaced.goodbye("x"), "replaced: x");
+        assert_eq!(CloseReason::for_ws_code(1007), CloseReason::WsInvalidData);
+        assert_eq!(CloseReason::Shutdown.ws_close_code(), Some(close::GOING_AWAY));
+    }
+}

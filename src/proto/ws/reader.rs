@@ -1,0 +1,347 @@
+//! `Reader`: one connection's WebSocket receive state — frames in, whole
+//! messages and control frames out, one event per call.
+//!
+//! Pure code. The caller offers the bytes it has (unmasked in place); `next`
+//! consumes whole frames only and returns how many bytes it took, so a
+//! partial frame stays with the caller until more bytes arrive.
+//!
+//! Invariants:
+//! - a data message in progress (after a non-FIN first frame) is the only
+//!   buffer the reader owns, bounded by `Limits::max_message`;
+//! - control frames may arrive between fragments and never disturb it;
+//! - text is checked for UTF-8 as it arrives (fail fast), an incomplete
+//!   character only at the end of a non-final fragment;
+//! - every error names its close code (`WsError::code`).
+
+use super::frame::{close_code_valid, parse_header, unmask, WsError};
+use super::{close, opcode};
+
+/// Size limits for one connection.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Largest message (sum of its fragments); larger closes with 1009.
+    pub max_message: usize,
+}
+
+/// What the reader hands to its caller.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Event<'a> {
+    /// A complete data message (text already checked to be UTF-8).
+    Message {
+        /// Text (true) or binary.
+        text: bool,
+        /// Unmasked payload.
+        payload: &'a [u8],
+    },
+    /// A ping to answer with a pong carrying the same payload.
+    Ping(&'a [u8]),
+    /// A pong.
+    Pong,
+    /// The peer's close: code (1005 when absent) and reason.
+    Close(u16, &'a str),
+}
+
+/// A fragmented message being assembled.
+#[derive(Debug)]
+struct Partial {
+    text: bool,
+    buf: Vec<u8>,
+    /// Prefix of `buf` known to be valid UTF-8 (text only).
+    checked: usize,
+}
+
+/// Per-connection receive state.
+#[derive(Debug, Default)]
+pub struct Reader {
+    /// The message being assembled, if fragmented.
+    partial: Option<Partial>,
+    /// A fragmented message completed by the last call, lent out in its
+    /// event; dropped at the next call.
+    done: Option<Partial>,
+}
+
+impl Reader {
+    /// A fragmented message is being assembled.
+    pub fn mid_message(&self) -> bool {
+        self.partial.is_some()
+    }
+
+    /// Decodes and unmasks (in place) whole frames from the front of `data`
+    /// until one yields an event or the data runs out. Returns the event, if
+    /// any, and the bytes consumed (fragments of a message count as consumed
+    /// before the message completes).
+    pub fn next<'a>(&'a mut self, data: &'a mut [u8], limits: Limits) -> Result<(Option<Event<'a>>, usize), WsError> {
+        self.done = None;
+        let mut used = 0;
+        loop {
+            let Some(h) = parse_header(&data[used..])? else {
+                return Ok((None, used));
+            };
+            let in_progress = self.partial.as_ref().map_or(0, |p| p.buf.len());
+            let size = h.len.saturating_add(in_progress as u64);
+            if size > limits.max_message as u64 {
+                return Err(WsError::TooBig {
+                    size,
+                    max: limits.max_message,
+                });
+            }
+            // Fits in usize: at most max_message.
+            let len = h.len as usize;
+            if data.len() - used < h.size + len {
+                return Ok((None, used));
+            }
+            let start = used + h.size;
+            used = start + len;
+            unmask(&mut data[start..used], h.mask, 0);
+            match h.op {
+                opcode::PING => return Ok((Some(Event::Ping(&data[start..used])), used)),
+                opcode::PONG => return Ok((Some(Event::Pong), used)),
+                opcode::CLOSE => {
+                    let (code, reason) = parse_close(&data[start..used])?;
+                    return Ok((Some(Event::Close(code, reason)), used));
+                }
+                opcode::CONT => {
+                    let Some(p) = self.partial.as_mut() else {
+                        return Err(WsError::ContinuationWithoutMessage);
+                    };
+                    p.buf.extend_from_slice(&data[start..used]);
+                    if p.text {
+                        check_utf8(p, h.fin)?;
+                    }
+                    if h.fin {
+                        let p = self.done.insert(self.partial.take().expect("checked above"));
+                        let ev = Event::Message {
+                            text: p.text,
+                            payload: &p.buf,
+                        };
+                        return Ok((Some(ev), used));
+                    }
+                }
+                op => {
+                    if self.partial.is_some() {
+                        return Err(WsError::MessageInsideMessage);
+                    }
+                    let text = op == opcode::TEXT;
+                    if h.fin {
+                        let payload = &data[start..used];
+                        if text && std::str::from_utf8(payload).is_err() {
+                            return Err(WsError::InvalidUtf8);
+                        }
+                        return Ok((Some(Event::Message { text, payload }), used));
+                    }
+                    let mut p = Partial {
+                        text,
+                        buf: data[start..used].to_vec(),
+                        checked: 0,
+                    };
+                    if text {
+                        check_utf8(&mut p, false)?;
+                    }
+                    self.partial = Some(p);
+                }
+            }
+        }
+    }
+}
+
+/// Checks the unchecked tail of a text message; an incomplete character is
+/// fine until the last fragment (fail fast on anything else).
+fn check_utf8(p: &mut Partial, last: bool) -> Result<(), WsError> {
+    match std::str::from_utf8(&p.buf[p.checked..]) {
+        Ok(_) => p.checked = p.buf.len(),
+        Err(e) if e.error_len().is_none() && !last => p.checked += e.valid_up_to(),
+        Err(_) => return Err(WsError::InvalidUtf8),
+    }
+    Ok(())
+}
+
+/// Code and reason of a close payload.
+fn parse_close(p: &[u8]) -> Result<(u16, &str), WsError> {
+    match p {
+        [] => Ok((close::NO_STATUS, "")),
+        [_] => Err(WsError::CloseOneByte),
+        [a, b, reason @ ..] => {
+            let code = u16::from_be_bytes([*a, *b]);
+            if !close_code_valid(code) {
+                return Err(WsError::InvalidCloseCode(code));
+            }
+            let reason = std::str::from_utf8(reason).map_err(|_| WsError::CloseReasonNotUtf8)?;
+            Ok((code, reason))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::frame::client_frame;
+    use super::*;
+    use proptest::prelude::*;
+
+    const MASK: [u8; 4] = [0x37, 0xfa, 0x21, 0x3d];
+
+    fn cf(fin: bool, op: u8, payload: &[u8]) -> Vec<u8> {
+        client_frame(fin, op, MASK, payload)
+    }
+
+    fn describe(e: &Event<'_>) -> String {
+        match e {
+            Event::Message { text, payload } => {
+                format!("{}:{}", if *text { "t" } else { "b" }, String::from_utf8_lossy(payload))
+            }
+            Event::Ping(p) => format!("ping:{}", String::from_utf8_lossy(p)),
+            Event::Pong => "pong".into(),
+            Event::Close(c, why) => format!("close:{c}:{why}"),
+        }
+    }
+
+    /// Every event in `data`, reading as a driver does: offer what is left
+    /// until the reader wants more. Stops after a close.
+    fn read_all(r: &mut Reader, data: &mut [u8], max: usize) -> (Result<usize, WsError>, Vec<String>) {
+        let mut got = Vec::new();
+        let mut used = 0;
+        loop {
+            match r.next(&mut data[used..], Limits { max_message: max }) {
+                Ok((ev, n)) => {
+                    used += n;
+                    let Some(ev) = ev else { return (Ok(used), got) };
+                    let close = matches!(ev, Event::Close(..));
+                    got.push(describe(&ev));
+                    if close {
+                        return (Ok(used), got);
+                    }
+                }
+                Err(e) => return (Err(e), got),
+            }
+        }
+    }
+
+    fn sample() -> Vec<u8> {
+        let mut data = cf(false, opcode::TEXT, "héllo ".as_bytes());
+        data.extend(cf(true, opcode::PING, b"p"));
+        data.extend(cf(false, opcode::CONT, &"wörld".as_bytes()[..2]));
+        data.extend(cf(true, opcode::CONT, &"wörld".as_bytes()[2..]));
+        data.extend(cf(true, opcode::BINARY, &[1, 2]));
+        data.extend(cf(true, opcode::PONG, b""));
+        data
+    }
+
+    #[test]
+    fn fragments_with_interleaved_control_frames() {
+        let mut data = sample();
+        let len = data.len();
+        let (res, got) = read_all(&mut Reader::default(), &mut data, 1000);
+        assert_eq!(res, Ok(len));
+        assert_eq!(got, vec!["ping:p", "t:héllo wörld", "b:\u{1}\u{2}", "pong"]);
+    }
+
+    /// The sample fed in two reads split at every point gives the same
+    /// events: whatever the first read leaves is offered again, with the
+    /// rest, as a driver keeps a partial frame.
+    #[test]
+    fn every_split_point_gives_the_same_events() {
+        let whole = sample();
+        let (_, want) = read_all(&mut Reader::default(), &mut whole.clone(), 1000);
+        for cut in 0..whole.len() {
+            let mut r = Reader::default();
+            let mut first = whole[..cut].to_vec();
+            let (used, mut got) = read_all(&mut r, &mut first, 1000);
+            let used = used.unwrap();
+            let mut rest = whole[..cut][used..].to_vec();
+            rest.extend_from_slice(&whole[cut..]);
+            let (res, more) = read_all(&mut r, &mut rest, 1000);
+            assert_eq!(res, Ok(rest.len()), "cut {cut}");
+            got.extend(more);
+            assert_eq!(got, want, "cut {cut}");
+        }
+    }
+
+    #[test]
+    fn violations_name_their_errors() {
+        let err = |mut data: Vec<u8>| read_all(&mut Reader::default(), &mut data, 100).0.unwrap_err();
+        let mut unmasked = cf(true, opcode::BINARY, b"x");
+        unmasked[1] &= 0x7f;
+        assert_eq!(err(unmasked), WsError::Unmasked);
+        assert_eq!(err(vec![0x80 | 0x3, 0x80, 0, 0, 0, 0]), WsError::ReservedOpcode(3));
+        assert_eq!(err(vec![0xC2, 0x80, 0, 0, 0, 0]), WsError::ReservedBits);
+        assert_eq!(err(cf(false, opcode::PING, b"")), WsError::FragmentedControl);
+        assert_eq!(err(cf(true, opcode::PING, &[0; 126])), WsError::ControlTooLong);
+        assert_eq!(err(cf(true, opcode::CONT, b"x")), WsError::ContinuationWithoutMessage);
+        let mut two = cf(false, opcode::TEXT, b"a");
+        two.extend(cf(true, opcode::TEXT, b"b"));
+        assert_eq!(err(two), WsError::MessageInsideMessage);
+        assert_eq!(err(cf(true, opcode::TEXT, &[0xff])), WsError::InvalidUtf8);
+        assert_eq!(
+            err(cf(false, opcode::TEXT, &[0xce, 0xba, 0xff])),
+            WsError::InvalidUtf8,
+            "fail fast"
+        );
+        assert_eq!(
+            err(cf(true, opcode::BINARY, &[0; 101])),
+            WsError::TooBig { size: 101, max: 100 }
+        );
+        let mut big = cf(false, opcode::BINARY, &[0; 60]);
+        big.extend(cf(true, opcode::CONT, &[0; 60]));
+        assert_eq!(err(big), WsError::TooBig { size: 120, max: 100 });
+        assert_eq!(err(cf(true, opcode::CLOSE, &[3])), WsError::CloseOneByte);
+        assert_eq!(
+            err(cf(true, opcode::CLOSE, &1004u16.to_be_bytes())),
+            WsError::InvalidCloseCode(1004)
+        );
+        let mut bad_reason = 1000u16.to_be_bytes().to_vec();
+        bad_reason.push(0xff);
+        assert_eq!(err(cf(true, opcode::CLOSE, &bad_reason)), WsError::CloseReasonNotUtf8);
+        let huge = vec![0x82, 0xff, 0x80, 0, 0, 0, 0, 0, 0, 0, 1, 2, 3, 4];
+        assert_eq!(err(huge), WsError::LengthTopBit);
+    }
+
+    #[test]
+    fn close_reports_the_code_and_an_empty_close_is_1005() {
+        let mut data = cf(true, opcode::CLOSE, &[0x03, 0xe8, b'b', b'y', b'e']);
+        data.extend(cf(true, opcode::BINARY, b"after"));
+        let (_, got) = read_all(&mut Reader::default(), &mut data, 100);
+        assert_eq!(got, vec!["close:1000:bye"]);
+        let (_, got) = read_all(&mut Reader::default(), &mut cf(true, opcode::CLOSE, b""), 100);
+        assert_eq!(got, vec!["close:1005:"]);
+    }
+
+    proptest! {
+        /// A binary message split into any fragments, with pings between
+        /// them, arrives whole, and the bytes read add up.
+        #[test]
+        fn fragmented_binary_round_trip(payload in prop::collection::vec(any::<u8>(), 0..3000),
+                                        cuts in prop::collection::vec(any::<prop::sample::Index>(), 0..6)) {
+            let mut points: Vec<usize> = cuts.iter().map(|i| i.index(payload.len() + 1)).collect();
+            points.sort_unstable();
+            points.dedup();
+            let mut data = Vec::new();
+            let mut start = 0;
+            let pieces: Vec<&[u8]> = points.iter().chain(std::iter::once(&payload.len())).map(|&end| {
+                let p = &payload[start..end.max(start)];
+                start = end.max(start);
+                p
+            }).collect();
+            for (i, p) in pieces.iter().enumerate() {
+                let op = if i == 0 { opcode::BINARY } else { opcode::CONT };
+                data.extend(cf(i + 1 == pieces.len(), op, p));
+                if i + 1 < pieces.len() {
+                    data.extend(cf(true, opcode::PING, b"x"));
+                }
+            }
+            let len = data.len();
+            let mut r = Reader::default();
+            let mut used = 0;
+            let mut message = None;
+            while used < len {
+                let (ev, n) = r.next(&mut data[used..], Limits { max_message: 4096 }).unwrap();
+                used += n;
+                match ev {
+                    Some(Event::Message { text: false, payload }) => message = Some(payload.to_vec()),
+                    Some(Event::Ping(p)) => prop_assert_eq!(p, b"x"),
+                    other => prop_assert!(false, "unexpected {:?}", other),
+                }
+            }
+            prop_assert_eq!(message, Some(payload));
+            prop_assert!(!r.mid_message());
+        }
+    }
+}

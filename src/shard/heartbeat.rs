@@ -1,0 +1,122 @@
+//! Deadlines of the shard's connections: the handshake timeout, the
+//! heartbeat deadline, and on WebSocket the ping that stands in for op 2.
+//!
+//! Runs on the owning shard; `sweep` is its clock (one tick per call, once a
+//! second from `shard::run`, directly from the simulated-time harness). The
+//! data structure is `wheel::Wheel`; this module is the policy:
+//!
+//! ```text
+//! deadline passed ── closing (goodbye not taken in CLOSE_FLUSH_SECS) ──> queue discarded, driver ends
+//!                 ├─ WebSocket, authed or echo, not pinged ──> ping "volley", deadline += grace
+//!                 └─ otherwise ─> close: handshake_timeout (never authed) | heartbeat_timeout
+//! op 2, pong ──> pinged = false, deadline = now + heartbeat_timeout_secs
+//! ```
+//!
+//! Invariant: every live connection has exactly one live wheel entry.
+
+use super::mesh::ConnRef;
+use super::state::Shard;
+use super::view::ShardView;
+use crate::metrics::ShardStats;
+use crate::proto::close::CloseReason;
+use crate::proto::ws;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+
+/// Seconds a WebSocket connection has to answer the server's ping once its
+/// heartbeat deadline passed (capped by the heartbeat timeout).
+pub const WS_PING_GRACE_SECS: u32 = 30;
+
+/// Seconds a closing connection has to take its goodbye (and whatever is
+/// queued before it) before it is given up: a client that stopped reading
+/// must not hold its socket for ever.
+pub const CLOSE_FLUSH_SECS: u32 = 5;
+
+impl Shard {
+    /// Makes sure the wheel looks at `r` by its recorded deadline.
+    pub(super) fn schedule(&mut self, r: ConnRef) {
+        let Some(c) = self.conns.get_mut(r.idx as usize).filter(|c| c.gen == r.gen) else {
+            return;
+        };
+        c.wheel_at = self.wheel.schedule(r, c.deadline, c.wheel_at);
+    }
+
+    /// A sign of life (op 2, a pong): the heartbeat deadline starts again.
+    pub(super) fn renew(&mut self, r: ConnRef) {
+        let deadline = self.wheel.now() + self.cfg().client.heartbeat_timeout_secs;
+        let Some(c) = self.conn_mut(r) else { return };
+        c.pinged = false;
+        c.deadline = deadline;
+        self.schedule(r);
+    }
+
+    /// A WebSocket pong: the connection's heartbeat deadline starts again
+    /// (only past the handshake: a pong is not auth).
+    pub fn ws_pong(&mut self, r: ConnRef) {
+        if self.conn(r).is_some_and(|c| c.authed_or_echo()) {
+            self.renew(r);
+        }
+    }
+
+    /// The current tick (seconds since the shard started).
+    pub fn tick(&self) -> u32 {
+        self.wheel.now()
+    }
+
+    /// Advances the clock one second: acts on connections past their
+    /// deadline and publishes this shard's view if it changed.
+    pub fn sweep(&mut self) {
+        let (tick, due) = self.wheel.advance();
+        let ping_grace = WS_PING_GRACE_SECS.min(self.cfg().client.heartbeat_timeout_secs);
+        for r in due {
+            let Some(c) = self.conn_mut(r) else { continue };
+            if c.wheel_at != tick {
+                continue;
+            }
+            if c.deadline > tick {
+                self.schedule(r);
+                continue;
+            }
+            if c.close.is_some() {
+                let dropped = c.out.discard();
+                if let Some(w) = &c.waker {
+                    w.wake_by_ref();
+                }
+                ShardStats::add(&self.stats().dropped, dropped as u64);
+                continue;
+            }
+            if c.transport.websocket_open() && !c.pinged && c.authed_or_echo() {
+                // The WebSocket heartbeat alternative: a client that answers
+                // pings stays, op 2 or not.
+                c.pinged = true;
+                c.deadline = tick + ping_grace;
+                self.enqueue_bytes(r, ws::session::heartbeat_ping());
+                self.schedule(r);
+            } else if c.authed_or_echo() {
+                self.close(r, CloseReason::HeartbeatTimeout, "no heartbeat within the deadline");
+            } else {
+                self.close(
+                    r,
+                    CloseReason::HandshakeTimeout,
+                    "no auth frame within the handshake timeout",
+                );
+            }
+        }
+        self.publish_view();
+    }
+
+    /// Replaces this shard's published view if its rooms or IPs changed.
+    fn publish_view(&mut self) {
+        let rooms_dirty = self.rooms.take_dirty();
+        if !rooms_dirty && !self.ips_dirty {
+            return;
+        }
+        self.ips_dirty = false;
+        let view = ShardView {
+            rooms: self.rooms.counts().map(|(k, n)| (Arc::from(&**k), n as u32)).collect(),
+            ips: self.ips.keys().copied().collect(),
+        };
+        self.stats().rooms.store(self.rooms.len() as u64, Relaxed);
+        self.shared.views[self.id].store(Arc::new(view));
+    }
+}

@@ -1,0 +1,291 @@
+//! Connection life cycle on a shard: a record is created at accept, marked
+//! closing with a named reason (queueing the goodbye), and removed when its
+//! driver ends; room membership changes in between.
+//!
+//! Runs on the owning shard only; nothing here awaits or touches a socket.
+//!
+//! Invariants:
+//! - a `ConnRef` is unique per shard and never valid on another shard; a
+//!   stale one (slot reused) fails the generation check and is ignored;
+//! - the first close reason wins; once closing, a connection gets nothing
+//!   queued but its op 6 goodbye and, on WebSocket, the close frame after it;
+//! - a WebSocket connection whose upgrade is not answered yet
+//!   (`Transport::WsUpgrading`) gets nothing framed: only the driver's HTTP
+//!   answer;
+//! - a connection is in at most one room, and its record holds its position
+//!   in that room's member list.
+//!
+//! ```text
+//! accept ─> new_conn ──op 7 ok──> authed ──op 6 / EOF / error / timeout──> closing ─> remove_conn
+//!              └──── any other frame, bad auth, timeout ──────────────────────┘
+//! ```
+
+use super::conns::{Conn, Transport};
+use super::mesh::{owner_of_mid, owner_of_str, ConnRef, GlobalConn, ShardMsg};
+use super::outbound::Outbound;
+use super::state::Shard;
+use crate::metrics::ShardStats;
+use crate::proto::binary::{self, op};
+use crate::proto::close::CloseReason;
+use crate::proto::ws;
+use std::net::IpAddr;
+use std::rc::Rc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+
+impl Shard {
+    /// Registers a freshly accepted connection; it must auth before the
+    /// handshake deadline.
+    pub fn new_conn(&mut self, ip: IpAddr, transport: Transport) -> ConnRef {
+        let gen = self.next_gen;
+        self.next_gen = self.next_gen.wrapping_add(1).max(1);
+        let deadline = self.wheel.now() + self.cfg().client.handshake_timeout_secs;
+        let idx = self.conns.insert(Conn {
+            gen,
+            waker: None,
+            out: Outbound::default(),
+            authed: false,
+            ver: binary::VERSION_GOIM,
+            key: None,
+            mid: 0,
+            room: None,
+            accepts: Box::default(),
+            deadline,
+            wheel_at: 0,
+            close: None,
+            ip,
+            transport,
+            pinged: false,
+        });
+        let r = ConnRef { idx: idx as u32, gen };
+        self.schedule(r);
+        *self.ips.entry(ip).or_default() += 1;
+        self.ips_dirty = true;
+        ShardStats::add(&self.stats().conns, 1);
+        ShardStats::add(&self.stats().accepted, 1);
+        r
+    }
+
+    /// The record of a live connection.
+    pub fn conn_mut(&mut self, r: ConnRef) -> Option<&mut Conn> {
+        self.conns.get_mut(r.idx as usize).filter(|c| c.gen == r.gen)
+    }
+
+    /// The record of a live connection and this shard's counters, at once
+    /// (the driver writes from the one and counts in the other).
+    pub fn conn_and_stats(&mut self, r: ConnRef) -> Option<(&mut Conn, &ShardStats)> {
+        let stats = &self.shared.stats[self.id];
+        let c = self.conns.get_mut(r.idx as usize).filter(|c| c.gen == r.gen)?;
+        Some((c, stats))
+    }
+
+    /// The record of a live connection, to read.
+    pub fn conn(&self, r: ConnRef) -> Option<&Conn> {
+        self.conns.get(r.idx as usize).filter(|c| c.gen == r.gen)
+    }
+
+    /// `r` is gone or closing: nothing more is read from it.
+    pub fn is_closing(&self, r: ConnRef) -> bool {
+        self.conn(r).is_none_or(Conn::closing)
+    }
+
+    /// Live connections on this shard.
+    pub fn nr_conns(&self) -> usize {
+        self.conns.len()
+    }
+
+    /// Every live connection, with its record.
+    pub(super) fn conn_refs(&self) -> impl Iterator<Item = (ConnRef, &Conn)> {
+        self.conns.iter().map(|(i, c)| {
+            (
+                ConnRef {
+                    idx: i as u32,
+                    gen: c.gen,
+                },
+                c,
+            )
+        })
+    }
+
+    /// Forgets a connection whose driver has ended: leaves its room, tells the
+    /// directory owners, counts the close.
+    pub fn remove_conn(&mut self, r: ConnRef) {
+        if self.conn(r).is_none() {
+            return;
+        }
+        let c = self.conns.remove(r.idx as usize);
+        let reason = c.close.unwrap_or(CloseReason::PeerClosed);
+        if let Some((room, pos)) = &c.room {
+            self.leave_room(room.clone(), *pos);
+        }
+        if c.authed {
+            let at = GlobalConn {
+                shard: self.id as u16,
+                conn: r,
+            };
+            self.announce(at, c.key.clone(), c.mid, false);
+            self.stats().authed.fetch_sub(1, Relaxed);
+        }
+        if let Some(n) = self.ips.get_mut(&c.ip) {
+            *n -= 1;
+            if *n == 0 {
+                self.ips.remove(&c.ip);
+                self.ips_dirty = true;
+            }
+        }
+        self.stats().conns.fetch_sub(1, Relaxed);
+        self.stats().close(reason);
+        tracing::debug!(shard = self.id, conn = r.idx, reason = reason.name(), "closed");
+    }
+
+    /// Tells the owners of `key` and `mid` that the connection at `at`
+    /// authenticated (`up`) or went away.
+    pub(super) fn announce(&mut self, at: GlobalConn, key: Option<Arc<str>>, mid: i64, up: bool) {
+        let msg = |key, mid| {
+            if up {
+                ShardMsg::Register { key, mid, at }
+            } else {
+                ShardMsg::Unregister { key, mid, at }
+            }
+        };
+        if let Some(key) = key {
+            let owner = owner_of_str(&key, self.nr());
+            self.route(owner, msg(Some(key), 0));
+        }
+        if mid != 0 {
+            let owner = owner_of_mid(mid, self.nr());
+            self.route(owner, msg(None, mid));
+        }
+    }
+
+    /// On a connection's shard: closes it (for `Replaced`, only if it has
+    /// authenticated — a key names authenticated connections only — and,
+    /// when found by decoding an assigned key, only if its key is assigned).
+    pub(super) fn kick(&mut self, conn: ConnRef, reason: CloseReason, assigned_only: bool) {
+        let detail = if reason == CloseReason::Replaced {
+            if !self
+                .conn(conn)
+                .is_some_and(|c| c.authed && (!assigned_only || c.key.is_none()))
+            {
+                return;
+            }
+            "another connection authenticated with this key"
+        } else {
+            ""
+        };
+        self.close(conn, reason, detail);
+    }
+
+    /// Takes `r` out of the room it is in, fixing the position of the member
+    /// that moved into its place.
+    pub(super) fn leave_room(&mut self, room: Rc<str>, pos: usize) {
+        if let Some(moved) = self.rooms.leave(&room, pos) {
+            if let Some(m) = self.conn_mut(moved) {
+                if let Some((_, p)) = &mut m.room {
+                    *p = pos;
+                }
+            }
+        }
+    }
+
+    /// Moves `r` to `room` (empty: out of any room); staying is a no-op.
+    pub(super) fn change_room(&mut self, r: ConnRef, room: &str) {
+        let Some(c) = self.conn_mut(r) else { return };
+        if let Some((old, pos)) = c.room.take() {
+            if &*old == room {
+                c.room = Some((old, pos));
+                return;
+            }
+            self.leave_room(old, pos);
+        }
+        if room.is_empty() {
+            return;
+        }
+        let (name, pos) = self.rooms.join(room, r);
+        if let Some(c) = self.conn_mut(r) {
+            c.room = Some((name, pos));
+        }
+    }
+
+    /// Marks `r` as closing with `reason` (first reason wins) and wakes its
+    /// driver. Where the reason is for the client, an op 6 frame carrying
+    /// `"<reason>: <detail>"` is queued as the last thing it will receive.
+    pub fn close(&mut self, r: ConnRef, reason: CloseReason, detail: &str) {
+        self.close_with_code(r, reason, detail, None);
+    }
+
+    /// `close`, naming the WebSocket close code (otherwise the reason's).
+    /// WebSocket connections get the op 6 frame (protocol endpoint) and then
+    /// a close frame with the same text.
+    pub fn close_with_code(&mut self, r: ConnRef, reason: CloseReason, detail: &str, ws_code: Option<u16>) {
+        let (id, now) = (self.id, self.now);
+        let flush_by = self.wheel.now() + super::heartbeat::CLOSE_FLUSH_SECS;
+        let Some(c) = self.conn_mut(r) else { return };
+        if c.close.is_some() {
+            return;
+        }
+        c.close = Some(reason);
+        c.deadline = flush_by;
+        let dropped = if reason == CloseReason::SlowConsumer {
+            c.out.clear()
+        } else {
+            0
+        };
+        let goodbye = reason.notifies_client() && matches!(c.transport, Transport::Tcp | Transport::Ws);
+        let close_code = if c.transport.websocket_open() {
+            ws_code.or_else(|| reason.ws_close_code())
+        } else {
+            None
+        };
+        if goodbye || close_code.is_some() {
+            let text = reason.goodbye(detail);
+            if goodbye {
+                c.out
+                    .push_unbounded(c.transport.frame(c.ver, op::DISCONNECT, 0, text.as_bytes()), now);
+            }
+            if let Some(code) = close_code {
+                c.out.push_unbounded(ws::close_frame(code, &text), now);
+            }
+        }
+        if let Some(w) = &c.waker {
+            w.wake_by_ref();
+        }
+        self.schedule(r);
+        ShardStats::add(&self.stats().dropped, dropped as u64);
+        if !reason.is_quiet() {
+            tracing::info!(
+                shard = id,
+                conn = r.idx,
+                reason = reason.name(),
+                detail,
+                "closing connection"
+            );
+        }
+    }
+
+    /// Stops accepting and closes every connection, telling each to
+    /// reconnect.
+    pub(super) fn shutdown(&mut self) {
+        self.shutting_down = true;
+        let all: Vec<ConnRef> = self.conn_refs().map(|(r, _)| r).collect();
+        for r in all {
+            self.close(r, CloseReason::Shutdown, "server shutting down, reconnect");
+        }
+    }
+
+    /// The HTTP upgrade of `r` was answered: from now on it speaks
+    /// WebSocket frames. Echo connections skip auth and live until their
+    /// heartbeat deadline (renewed by pongs).
+    pub fn ws_upgraded(&mut self, r: ConnRef, echo: bool) {
+        let heartbeat = self.cfg().client.heartbeat_timeout_secs;
+        let now = self.wheel.now();
+        let Some(c) = self.conn_mut(r) else { return };
+        if echo {
+            c.transport = Transport::WsEcho;
+            c.deadline = now + heartbeat;
+            self.schedule(r);
+        } else {
+            c.transport = Transport::Ws;
+        }
+    }
+}

@@ -1,0 +1,154 @@
+//! The per-shard runtime: the tasks that drive a `Shard` on its executor —
+//! the mesh inbox loop (which does the fan-out), the one-second sweep, the
+//! wake keeper — and the shutdown drain.
+//!
+//! Runs on the shard's glommio executor and awaits (unlike the rest of
+//! `shard`). The inbox and the sweep run in the shard's "control" task queue
+//! (`Latency::Matters`, created by `control_queue`), beside the API and
+//! publisher connections, so a publish is handled within a few milliseconds
+//! even while thousands of connection drivers are runnable in the default
+//! queue.
+//!
+//! ```text
+//! serve: spawn sweep (1 s, until the executor ends) + inbox; ready
+//!        inbox: handle messages until Shutdown (closes every client)
+//!        shut the listeners and the publishers' read sides
+//!        drain: keep handling directory messages until every connection
+//!               and publisher is gone, or shutdown_grace_secs
+//! ```
+//!
+//! Invariants: the shard is borrowed only between awaits; `Shutdown` is the
+//! last inbox message acted on as such; the fan-out time and queue clock
+//! come from `metrics::clock_us`, the only clock the shard sees.
+
+use super::mesh::ShardMsg;
+use super::state::Shard;
+use crate::metrics;
+use glommio::{Latency, Shares, TaskQueueHandle};
+use std::cell::RefCell;
+use std::os::fd::RawFd;
+use std::rc::Rc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::{Duration, Instant};
+
+/// Longest the control queue (API, mesh inbox, sweep) waits for the CPU while
+/// connection drivers run.
+pub const CONTROL_LATENCY: Duration = Duration::from_millis(2);
+
+/// Messages handled before the inbox yields to other tasks.
+const INBOX_BATCH: u32 = 64;
+
+/// Creates the shard's control task queue (see the module doc).
+pub fn control_queue() -> TaskQueueHandle {
+    glommio::executor().create_task_queue(Shares::default(), Latency::Matters(CONTROL_LATENCY), "control")
+}
+
+/// Runs the shard until shutdown: spawns the sweep and inbox tasks into
+/// `control`, reports readiness through `ready` (with why not, if a task
+/// cannot start), and after the inbox's `Shutdown` shuts `listeners` and
+/// drains. Acceptors are the caller's (they are spawned before this).
+pub async fn serve(
+    shard: Rc<RefCell<Shard>>,
+    control: TaskQueueHandle,
+    listeners: Vec<RawFd>,
+    ready: std::sync::mpsc::Sender<Result<(), String>>,
+) {
+    let id = shard.borrow().id;
+    // A glommio executor here can sleep through its own expired timers
+    // (see wake_keeper); a foreign wake every 100 ms bounds such a stall.
+    let _keeper = match crate::wake_keeper::spawn(&format!("volley-keep-{id}"), crate::wake_keeper::PERIOD) {
+        Ok(k) => k,
+        Err(e) => {
+            let _ = ready.send(Err(format!("cannot spawn the wake keeper: {e}")));
+            return;
+        }
+    };
+    let sweeper = shard.clone();
+    // Runs until the executor ends, shutdown included.
+    let sweep = async move {
+        loop {
+            glommio::timer::sleep(Duration::from_secs(1)).await;
+            sweeper.borrow_mut().sweep();
+        }
+    };
+    let tasks = glommio::spawn_local_into(sweep, control)
+        .map(|t| t.detach())
+        .and_then(|_| glommio::spawn_local_into(inbox(shard.clone()), control));
+    let inbox = match tasks {
+        Ok(t) => t,
+        Err(e) => {
+            let _ = ready.send(Err(format!("cannot spawn the shard's tasks: {e}")));
+            return;
+        }
+    };
+    let _ = ready.send(Ok(()));
+    drop(ready);
+    inbox.await;
+    // Fail the pending accepts so the loops end; new clients are refused.
+    for fd in listeners {
+        // SAFETY: shutting a listening socket we own; no memory is involved.
+        unsafe { libc::shutdown(fd, libc::SHUT_RDWR) };
+    }
+    // Each publisher's pending read ends, it sees `shutting_down`, and says
+    // goodbye on its write side, still open.
+    for fd in shard.borrow().publisher_fds() {
+        // SAFETY: the descriptor is open: it leaves the registry before its
+        // stream is closed. Shutting a socket touches no memory.
+        unsafe { libc::shutdown(fd, libc::SHUT_RD) };
+    }
+    drain(&shard).await;
+}
+
+/// The mesh inbox: every message for this shard, in arrival order, until
+/// `Shutdown`. Times each fan-out for the metrics.
+async fn inbox(shard: Rc<RefCell<Shard>>) {
+    let (id, shared) = {
+        let sh = shard.borrow();
+        (sh.id, sh.shared.clone())
+    };
+    let mut handled = 0u32;
+    loop {
+        let msg = std::future::poll_fn(|cx| shared.mesh.poll_recv(id, cx)).await;
+        let stop = matches!(msg, ShardMsg::Shutdown);
+        let fan_out = msg.is_fan_out();
+        let start = metrics::clock_us();
+        {
+            let mut sh = shard.borrow_mut();
+            sh.set_clock(start);
+            sh.handle(msg);
+        }
+        if fan_out {
+            shared.stats[id]
+                .fanout_us
+                .record(metrics::clock_us().wrapping_sub(start));
+        }
+        if stop {
+            break;
+        }
+        handled = handled.wrapping_add(1);
+        if handled % INBOX_BATCH == 0 {
+            glommio::executor().yield_if_needed().await;
+        }
+    }
+}
+
+/// After shutdown: serve directory messages from shards still closing
+/// their connections until this shard has none left (clients and
+/// publishers), or the grace period ends.
+async fn drain(shard: &Rc<RefCell<Shard>>) {
+    let (id, shared) = {
+        let sh = shard.borrow();
+        (sh.id, sh.shared.clone())
+    };
+    let grace = Instant::now() + Duration::from_secs(shared.config.shutdown_grace_secs);
+    let open = |sh: &Shard| sh.nr_conns() > 0 || sh.stats().publishers.load(Relaxed) > 0;
+    while open(&shard.borrow()) && Instant::now() < grace {
+        while let Some(m) = shared.mesh.try_recv(id) {
+            if !matches!(m, ShardMsg::Shutdown) {
+                shard.borrow_mut().handle(m);
+            }
+        }
+        glommio::timer::sleep(Duration::from_millis(5)).await;
+    }
+    tracing::debug!(shard = id, left = shard.borrow().nr_conns(), "shard stopped");
+}

@@ -1,0 +1,294 @@
+//! The simulated-time harness: one or more `Shard`s driven in memory, with
+//! no socket and no wall clock, in the spirit of quinn-proto's test `Pair`.
+//!
+//! A test connects clients to a shard, feeds them bytes, advances time in
+//! whole ticks (each tick is one `sweep` of every shard), and reads what each
+//! connection would have been sent. Between steps the harness plays every
+//! other part of the server: it delivers mesh messages until none is left
+//! (`pump`), and plays each connection's driver (`flush`): takes everything
+//! queued as written, unless the client is stalled, and removes connections
+//! that are closing after taking their goodbye.
+//!
+//! Test-only (`cfg(test)`). Deterministic: same steps, same bytes.
+
+#[cfg(test)]
+mod tests;
+
+use super::conns::Transport;
+use super::mesh::{owner_of_str, ConnRef, ShardMsg};
+use super::state::Shard;
+use super::view::Shared;
+use crate::config::Config;
+use crate::metrics::StatsSnapshot;
+use crate::proto::binary::{self, Frame};
+use crate::proto::close::CloseReason;
+use crate::proto::wire::Wire;
+use std::collections::HashMap;
+use std::io::IoSlice;
+use std::net::IpAddr;
+use std::sync::Arc;
+
+/// Simulated µs per tick (a sweep is once a second).
+const TICK_US: u32 = 1_000_000;
+
+/// A client of the simulation: where its connection lives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) struct Peer {
+    /// The shard holding it.
+    pub shard: usize,
+    /// Its record there.
+    pub conn: ConnRef,
+}
+
+/// One frame a client received, owned.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Got {
+    pub ver: u16,
+    pub op: u32,
+    pub seq: u32,
+    pub body: Vec<u8>,
+}
+
+impl Got {
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+}
+
+/// Shards, their clients, and simulated time.
+pub(crate) struct Sim {
+    pub shards: Vec<Shard>,
+    shared: Arc<Shared>,
+    /// Bytes each client has been "sent" and not yet read by the test.
+    wire: HashMap<Peer, Vec<u8>>,
+    /// Clients that do not read (their queues only grow).
+    stalled: Vec<Peer>,
+    /// Why each removed connection closed.
+    closed: HashMap<Peer, CloseReason>,
+    /// Simulated clock, µs.
+    now_us: u32,
+}
+
+impl Sim {
+    /// `nr` shards with the test defaults, then `tweak`.
+    pub fn new(nr: usize, tweak: impl FnOnce(&mut Config)) -> Sim {
+        let mut cfg = Config {
+            shards: nr,
+            ..Config::default()
+        };
+        tweak(&mut cfg);
+        cfg.validate().expect("valid test config");
+        let shared = Arc::new(Shared::new(cfg));
+        Sim {
+            shards: (0..nr).map(|i| Shard::new(i, shared.clone())).collect(),
+            shared,
+            wire: HashMap::new(),
+            stalled: Vec::new(),
+            closed: HashMap::new(),
+            now_us: 0,
+        }
+    }
+
+    /// A new raw TCP connection on `shard`.
+    pub fn connect(&mut self, shard: usize) -> Peer {
+        self.connect_as(shard, Transport::Tcp)
+    }
+
+    /// A new connection on `shard` whose WebSocket upgrade was answered.
+    pub fn connect_ws(&mut self, shard: usize) -> Peer {
+        let p = self.connect_as(shard, Transport::WsUpgrading);
+        self.shards[shard].ws_upgraded(p.conn, false);
+        p
+    }
+
+    fn connect_as(&mut self, shard: usize, t: Transport) -> Peer {
+        let ip: IpAddr = [127, 0, 0, 1].into();
+        let conn = self.shards[shard].new_conn(ip, t);
+        let p = Peer { shard, conn };
+        self.wire.insert(p, Vec::new());
+        p
+    }
+
+    /// A connection authenticated with `auth` (JSON); its op 8 is read.
+    pub fn authed(&mut self, shard: usize, auth: &str) -> Peer {
+        let p = self.connect(shard);
+        self.send(p, binary::VERSION_GOIM, binary::op::AUTH, 1, auth.as_bytes());
+        let got = self.frames(p);
+        assert_eq!(got.len(), 1, "one reply to auth: {got:?}");
+        assert_eq!(
+            (got[0].op, got[0].seq),
+            (binary::op::AUTH_REPLY, 1),
+            "{}",
+            got[0].text()
+        );
+        p
+    }
+
+    /// Feeds `bytes` as if read from `p`'s socket; returns what `feed`
+    /// consumed. Then plays the rest of the server (`settle`).
+    pub fn feed(&mut self, p: Peer, bytes: &[u8]) -> usize {
+        let sh = &mut self.shards[p.shard];
+        sh.set_clock(self.now_us);
+        let n = sh.feed(p.conn, bytes);
+        self.settle();
+        n
+    }
+
+    /// Sends one frame from `p`.
+    pub fn send(&mut self, p: Peer, ver: u16, op: u32, seq: u32, body: &[u8]) {
+        let f = binary::encode_to_bytes(ver, op, seq, body);
+        assert_eq!(self.feed(p, &f), f.len(), "a whole frame is consumed");
+    }
+
+    /// One WebSocket binary message from `p` (whole frames, per protocol).
+    pub fn send_message(&mut self, p: Peer, payload: &[u8]) {
+        self.shards[p.shard].feed_message(p.conn, payload);
+        self.settle();
+    }
+
+    /// A WebSocket pong from `p`.
+    pub fn pong(&mut self, p: Peer) {
+        self.shards[p.shard].ws_pong(p.conn);
+        self.settle();
+    }
+
+    /// A room publish arriving on shard `at` (routed to the room's owner).
+    pub fn publish_room(&mut self, at: usize, room: &str, op: u32, payload: &[u8]) {
+        let owner = owner_of_str(room, self.shards.len());
+        let frame = Wire::encode(binary::VERSION_GOIM, op, 0, payload);
+        self.shards[at].route(
+            owner,
+            ShardMsg::PublishRoom {
+                room: room.into(),
+                frame,
+            },
+        );
+        self.settle();
+    }
+
+    /// A push to every connection accepting `op`, arriving on shard `at`.
+    pub fn publish_all(&mut self, at: usize, op: u32, payload: &[u8]) {
+        let frame = Wire::encode(binary::VERSION_GOIM, op, 0, payload);
+        for s in 0..self.shards.len() {
+            self.shards[at].route(
+                s,
+                ShardMsg::All {
+                    op,
+                    frame: frame.clone(),
+                },
+            );
+        }
+        self.settle();
+    }
+
+    /// `n` ticks: each a sweep of every shard, the server settling after.
+    pub fn tick(&mut self, n: u32) {
+        for _ in 0..n {
+            self.now_us = self.now_us.wrapping_add(TICK_US);
+            for sh in &mut self.shards {
+                sh.set_clock(self.now_us);
+                sh.sweep();
+            }
+            self.settle();
+        }
+    }
+
+    /// `p` stops reading: its queue is no longer taken as written.
+    pub fn stall(&mut self, p: Peer) {
+        self.stalled.push(p);
+    }
+
+    /// Delivers mesh messages, then plays every driver, until quiet.
+    fn settle(&mut self) {
+        loop {
+            let mut any = false;
+            for i in 0..self.shards.len() {
+                while let Some(m) = self.shared.mesh.try_recv(i) {
+                    any = true;
+                    self.shards[i].set_clock(self.now_us);
+                    self.shards[i].handle(m);
+                }
+            }
+            any |= self.flush();
+            if !any {
+                return;
+            }
+        }
+    }
+
+    /// What each driver would do: write everything queued (not for stalled
+    /// clients) and finish closing connections. Returns whether anything
+    /// was removed (which may send directory messages).
+    fn flush(&mut self) -> bool {
+        let mut removed = false;
+        for (shard, sh) in self.shards.iter_mut().enumerate() {
+            let refs: Vec<ConnRef> = sh.conn_refs().map(|(r, _)| r).collect();
+            for conn in refs {
+                let p = Peer { shard, conn };
+                let stalled = self.stalled.contains(&p);
+                let Some(c) = sh.conn_mut(conn) else { continue };
+                let closing = c.close;
+                if !stalled || closing.is_some() {
+                    let wire = self.wire.entry(p).or_default();
+                    while !c.out.is_empty() {
+                        let mut iov = [IoSlice::new(&[]); 64];
+                        let n = c.out.iovecs(&mut iov);
+                        let len: usize = iov[..n].iter().map(|s| s.len()).sum();
+                        for s in &iov[..n] {
+                            wire.extend_from_slice(s);
+                        }
+                        c.out.advance(len, self.now_us);
+                    }
+                }
+                if let Some(reason) = closing {
+                    sh.remove_conn(conn);
+                    self.closed.insert(p, reason);
+                    removed = true;
+                }
+            }
+        }
+        removed
+    }
+
+    /// Everything `p` was sent since the last read, as raw bytes.
+    pub fn take(&mut self, p: Peer) -> Vec<u8> {
+        std::mem::take(self.wire.get_mut(&p).expect("a client of this simulation"))
+    }
+
+    /// Everything `p` was sent since the last read, as protocol frames
+    /// (raw TCP connections).
+    pub fn frames(&mut self, p: Peer) -> Vec<Got> {
+        let bytes = self.take(p);
+        let mut out = Vec::new();
+        let mut rest = &bytes[..];
+        while !rest.is_empty() {
+            let (f, n): (Frame<'_>, usize) = binary::decode(rest, usize::MAX >> 1)
+                .expect("the server sends valid frames")
+                .expect("the server sends whole frames");
+            out.push(Got {
+                ver: f.ver,
+                op: f.op,
+                seq: f.seq,
+                body: f.body.to_vec(),
+            });
+            rest = &rest[n..];
+        }
+        out
+    }
+
+    /// Why `p` was closed, once its connection is gone.
+    pub fn closed(&self, p: Peer) -> Option<CloseReason> {
+        self.closed.get(&p).copied()
+    }
+
+    /// Bytes queued and not yet written for `p`.
+    pub fn queued(&self, p: Peer) -> usize {
+        self.shards[p.shard].conn(p.conn).map_or(0, |c| c.out.cost())
+    }
+
+    /// Counters of all shards, summed.
+    pub fn stats(&self) -> StatsSnapshot {
+        let all: Vec<_> = self.shared.stats.iter().map(|s| s.snapshot()).collect();
+        StatsSnapshot::sum(&all)
+    }
+}

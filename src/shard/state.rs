@@ -1,0 +1,181 @@
+//! `Shard`: everything one core owns, and the dispatch of mesh messages.
+//!
+//! The fields live here; what the shard does with them is spread by
+//! responsibility over sibling files, each an `impl Shard` block:
+//! `lifecycle` (records, closes, rooms), `heartbeat` (deadlines, sweep),
+//! `deliver` (queues, fan-out), `session` and `v1` (client frames).
+//!
+//! Runs on exactly one glommio executor thread and is shared by that
+//! executor's tasks through `Rc<RefCell<Shard>>`. No method awaits, reads a
+//! clock or touches a socket: time arrives as `sweep` ticks and `set_clock`
+//! stamps, bytes as `feed`, and what connections are sent accumulates in
+//! their records' queues. That is what lets the simulated-time harness
+//! (`sim`) drive it without sockets.
+//!
+//! Routing: `route(to, msg)` handles a message inline when `to` is this
+//! shard and sends it over the mesh otherwise (seastar's `invoke_on`).
+
+use super::conns::Conn;
+use super::directory::Directory;
+use super::mesh::{ConnRef, GlobalConn, ShardMsg};
+use super::rooms::RoomTable;
+use super::view::Shared;
+use super::wheel::Wheel;
+use crate::config::Config;
+use crate::metrics::ShardStats;
+use fnv::{FnvHashMap, FnvHashSet};
+use slab::Slab;
+use std::net::IpAddr;
+use std::os::fd::RawFd;
+use std::sync::Arc;
+
+/// One core's state.
+pub struct Shard {
+    /// This shard's index.
+    pub id: usize,
+    /// Cross-shard state.
+    pub shared: Arc<Shared>,
+    /// Local connections.
+    pub(super) conns: Slab<Conn>,
+    /// Next generation to hand out.
+    pub(super) next_gen: u32,
+    /// Local room memberships.
+    pub(super) rooms: RoomTable<ConnRef>,
+    /// This shard's slice of the key and user directory.
+    pub(super) dir: Directory,
+    /// Heartbeat / handshake deadlines, one slot per second.
+    pub(super) wheel: Wheel<ConnRef>,
+    /// Client IPs on this shard with their connection counts.
+    pub(super) ips: FnvHashMap<IpAddr, u32>,
+    /// IP set changed since the last published view.
+    pub(super) ips_dirty: bool,
+    /// The clock frames are stamped with when queued (µs, wrapping), as
+    /// last set by whoever drives the shard (`set_clock`).
+    pub(super) now: u32,
+    /// Open TCP publisher sockets, so shutdown can end their reads at once.
+    pub(super) publishers: FnvHashSet<RawFd>,
+    /// Set by `Shutdown`: accept loops stop, new connections are refused.
+    pub shutting_down: bool,
+}
+
+impl Shard {
+    /// A new, empty shard.
+    pub fn new(id: usize, shared: Arc<Shared>) -> Self {
+        Shard {
+            id,
+            shared,
+            conns: Slab::new(),
+            next_gen: 1,
+            rooms: RoomTable::new(),
+            dir: Directory::default(),
+            wheel: Wheel::new(),
+            ips: FnvHashMap::default(),
+            ips_dirty: false,
+            now: 0,
+            publishers: FnvHashSet::default(),
+            shutting_down: false,
+        }
+    }
+
+    pub(super) fn cfg(&self) -> &Config {
+        &self.shared.config
+    }
+
+    /// This shard's counters.
+    pub fn stats(&self) -> &ShardStats {
+        &self.shared.stats[self.id]
+    }
+
+    /// Number of shards.
+    pub fn nr_shards(&self) -> usize {
+        self.shared.mesh.nr_shards()
+    }
+
+    pub(super) fn nr(&self) -> usize {
+        self.nr_shards()
+    }
+
+    /// Sets the clock that frames queued from now on are stamped with (µs
+    /// on any monotonic clock, wrapping); the driver compares against the
+    /// same clock when it writes them (queue-wait metric).
+    pub fn set_clock(&mut self, now_us: u32) {
+        self.now = now_us;
+    }
+
+    /// A TCP publisher connection opened (`fd`) on this shard.
+    pub fn publisher_opened(&mut self, fd: RawFd) {
+        self.publishers.insert(fd);
+        ShardStats::add(&self.stats().publishers, 1);
+    }
+
+    /// A TCP publisher connection closed; its descriptor is about to close.
+    pub fn publisher_closed(&mut self, fd: RawFd) {
+        if self.publishers.remove(&fd) {
+            self.stats()
+                .publishers
+                .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
+    /// The open publisher sockets (shutdown shuts their read sides).
+    pub fn publisher_fds(&self) -> impl Iterator<Item = RawFd> + '_ {
+        self.publishers.iter().copied()
+    }
+
+    /// Sends `msg` to shard `to`, or handles it inline when `to` is this shard.
+    pub fn route(&mut self, to: usize, msg: ShardMsg) {
+        if to == self.id {
+            self.handle(msg);
+        } else {
+            self.shared.mesh.send(to, msg);
+        }
+    }
+
+    /// Acts on one mesh message.
+    pub fn handle(&mut self, msg: ShardMsg) {
+        match msg {
+            ShardMsg::PublishRoom { room, frame } => self.publish_room(room, frame),
+            ShardMsg::RoomFrame { room, frame } => self.deliver_room(&room, &frame),
+            ShardMsg::PushKeys { keys, op, frame } => {
+                let (by_entry, assigned) = self.dir.lookup_keys(&keys, self.shared.node_tag, self.nr());
+                self.forward(by_entry, op, &frame, false);
+                self.forward(assigned, op, &frame, true);
+            }
+            ShardMsg::PushMids { mids, op, frame } => {
+                let by = self.dir.lookup_mids(&mids);
+                self.forward(by, op, &frame, false);
+            }
+            ShardMsg::Deliver {
+                conns,
+                assigned_only,
+                op,
+                frame,
+            } => self.deliver_to(conns, assigned_only, op, &frame),
+            ShardMsg::All { op, frame } => self.deliver_all(op, &frame),
+            ShardMsg::Register { key, mid, at } => self.register(key, mid, at),
+            ShardMsg::Unregister { key, mid, at } => self.dir.unregister(key.as_deref(), mid, at),
+            ShardMsg::Kick {
+                conn,
+                reason,
+                assigned_only,
+            } => self.kick(conn, reason, assigned_only),
+            ShardMsg::Shutdown => self.shutdown(),
+        }
+    }
+
+    /// On a key's or user's owner: records where the connection lives; a key
+    /// already held elsewhere has its previous holder kicked as `replaced`.
+    fn register(&mut self, key: Option<Arc<str>>, mid: i64, at: GlobalConn) {
+        let (tag, n) = (self.shared.node_tag, self.nr());
+        if let Some(old) = self.dir.register(key, mid, at, tag, n) {
+            self.route(
+                usize::from(old.at.shard),
+                ShardMsg::Kick {
+                    conn: old.at.conn,
+                    reason: crate::proto::close::CloseReason::Replaced,
+                    assigned_only: old.assigned_only,
+                },
+            );
+        }
+    }
+}

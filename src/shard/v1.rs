@@ -1,0 +1,126 @@
+//! The version-1 client session (goim-compatible): what each operation a
+//! client sends does, from auth (op 7) to unsubscribe (op 16).
+//!
+//! Runs on the connection's shard, called by `session` once per decoded
+//! frame; never awaits. docs/PROTOCOL.md is the contract this implements.
+//!
+//! ```text
+//! op 2  heartbeat       deadline renewed; op 3 with the room's online count (u32)
+//! op 4  send message    op 5, empty
+//! op 6  disconnect      closed (client_disconnect), no reply
+//! op 7  auth            (first frame only) op 8; again later: protocol_error
+//! op 9  batch           each inner frame in order
+//! op 12 change room     joined (empty body: left); op 13, body echoed
+//! op 14 / 16 accepts    codes added / removed; op 15 / 17, body echoed
+//! other                 ignored, counted as unknown_ops
+//! ```
+//!
+//! Invariants: a version-1 connection is never sent a version-2 frame;
+//! replies carry the request's version and sequence; every body is bounded
+//! by `proto::body` before anything is stored.
+
+use super::mesh::{ConnRef, GlobalConn};
+use super::state::Shard;
+use crate::metrics::ShardStats;
+use crate::proto::binary::{self, op, Frame};
+use crate::proto::body;
+use crate::proto::close::CloseReason;
+use std::sync::Arc;
+
+impl Shard {
+    /// An operation on an authenticated version-1 connection.
+    pub(super) fn v1_frame(&mut self, r: ConnRef, f: Frame<'_>) {
+        match f.op {
+            op::HEARTBEAT => {
+                self.renew(r);
+                let count = self.online(r);
+                self.reply(r, f.ver, op::HEARTBEAT_REPLY, f.seq, &count.to_be_bytes());
+            }
+            op::SEND_MSG => self.reply(r, f.ver, op::SEND_MSG_REPLY, f.seq, &[]),
+            op::DISCONNECT => self.close(r, CloseReason::ClientDisconnect, ""),
+            op::AUTH => self.close(r, CloseReason::ProtocolError, "already authenticated"),
+            op::RAW => self.on_batch(r, f.body),
+            op::CHANGE_ROOM => match body::parse_room(f.body) {
+                Ok(room) => {
+                    self.change_room(r, room);
+                    self.reply(r, f.ver, op::CHANGE_ROOM_REPLY, f.seq, f.body);
+                }
+                Err(e) => self.close(r, CloseReason::BadBody, &e.to_string()),
+            },
+            op::SUB | op::UNSUB => match body::parse_ops(f.body) {
+                Ok(ops) => self.change_accepts(r, f, &ops),
+                Err(e) => self.close(r, CloseReason::BadBody, &e.to_string()),
+            },
+            _ => ShardStats::add(&self.stats().unknown_ops, 1),
+        }
+    }
+
+    /// Members of `r`'s room on every shard (0 without a room): this
+    /// shard's live count, the others' last published ones.
+    fn online(&self, r: ConnRef) -> u32 {
+        let Some((room, _)) = self.conn(r).and_then(|c| c.room.as_ref()) else {
+            return 0;
+        };
+        let live = self.rooms.count(room);
+        let n = self.shared.room_count(room, Some((self.id, live)));
+        u32::try_from(n).unwrap_or(u32::MAX)
+    }
+
+    /// Op 14 adds `ops` to the accepts filter, op 16 removes them.
+    fn change_accepts(&mut self, r: ConnRef, f: Frame<'_>, ops: &[u32]) {
+        let Some(c) = self.conn_mut(r) else { return };
+        let mut acc = std::mem::take(&mut c.accepts).into_vec();
+        if f.op == op::SUB {
+            acc.extend_from_slice(ops);
+            acc.sort_unstable();
+            acc.dedup();
+        } else {
+            acc.retain(|a| !ops.contains(a));
+        }
+        let too_many = acc.len() > body::MAX_ACCEPTS;
+        c.accepts = acc.into_boxed_slice();
+        if too_many {
+            return self.close(r, CloseReason::BadBody, "too many accepted operations");
+        }
+        let reply = if f.op == op::SUB {
+            op::SUB_REPLY
+        } else {
+            op::UNSUB_REPLY
+        };
+        self.reply(r, f.ver, reply, f.seq, f.body);
+    }
+
+    /// Op 7 on a new connection: the body names the user, key, room and
+    /// accepts (trusted, as in goim: auth tokens come with version 2).
+    pub(super) fn v1_auth(&mut self, r: ConnRef, f: Frame<'_>) {
+        let a = match body::parse_auth(f.body) {
+            Ok(a) => a,
+            Err(e) => return self.close(r, CloseReason::BadAuth, &e.to_string()),
+        };
+        let key: Option<Arc<str>> = (!a.key.is_empty()).then(|| a.key.as_str().into());
+        let Some(c) = self.conn_mut(r) else { return };
+        c.authed = true;
+        c.ver = binary::VERSION_GOIM;
+        c.mid = a.mid;
+        c.key = key.clone();
+        let mut accepts: Vec<u32> = a.accepts.iter().filter_map(|&x| u32::try_from(x).ok()).collect();
+        accepts.sort_unstable();
+        accepts.dedup();
+        c.accepts = accepts.into_boxed_slice();
+        self.renew(r);
+        ShardStats::add(&self.stats().authed, 1);
+        let at = GlobalConn {
+            shard: self.id as u16,
+            conn: r,
+        };
+        self.announce(at, key, a.mid, true);
+        if !a.room_id.is_empty() {
+            self.change_room(r, &a.room_id);
+        }
+        // The announce above may already have kicked us (same key, same
+        // shard).
+        if !self.is_closing(r) {
+            self.reply(r, f.ver, op::AUTH_REPLY, f.seq, &[]);
+        }
+    }
+}
