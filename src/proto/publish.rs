@@ -158,44 +158,49 @@ pub fn parse(op: u32, body: &[u8]) -> Result<Publish<'_>, BodyError> {
     })
 }
 
+/// Appends the body of a publish of `payload` to `target` with business
+/// operation `push_op`, and returns the publisher operation that carries it
+/// (the inverse of `parse`; the load generator publishes with it).
+///
+/// # Panics
+/// If more than 65,535 keys or mids, or a key or room over 65,535 bytes, are
+/// given: the format cannot carry them (and the server refuses far less).
+pub fn encode(dst: &mut bytes::BytesMut, target: &Target, push_op: u32, payload: &[u8]) -> u32 {
+    use bytes::BufMut;
+    let len16 = |n: usize| u16::try_from(n).expect("over 65,535 in one publish");
+    dst.put_u32(push_op);
+    let op = match target {
+        Target::Room(room) => {
+            dst.put_u16(len16(room.len()));
+            dst.put_slice(room.as_bytes());
+            op::PUSH_ROOM
+        }
+        Target::All => op::PUSH_ALL,
+        Target::Keys(keys) => {
+            dst.put_u16(len16(keys.len()));
+            for k in keys {
+                dst.put_u16(len16(k.len()));
+                dst.put_slice(k.as_bytes());
+            }
+            op::PUSH_KEYS
+        }
+        Target::Mids(mids) => {
+            dst.put_u16(len16(mids.len()));
+            for m in mids {
+                dst.put_i64(*m);
+            }
+            op::PUSH_MIDS
+        }
+    };
+    dst.put_slice(payload);
+    op
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use bytes::{BufMut, BytesMut};
+    use bytes::BytesMut;
     use proptest::prelude::*;
-
-    /// The publisher op and body for `target`: the inverse of `parse`, for
-    /// the round-trip test (tests/publish_tcp.rs builds bodies by hand).
-    fn body(target: &Target, push_op: u32, payload: &[u8]) -> (u32, Vec<u8>) {
-        let mut dst = BytesMut::new();
-        let len16 = |n: usize| u16::try_from(n).expect("over 65,535 in one publish");
-        dst.put_u32(push_op);
-        let op = match target {
-            Target::Room(room) => {
-                dst.put_u16(len16(room.len()));
-                dst.put_slice(room.as_bytes());
-                op::PUSH_ROOM
-            }
-            Target::All => op::PUSH_ALL,
-            Target::Keys(keys) => {
-                dst.put_u16(len16(keys.len()));
-                for k in keys {
-                    dst.put_u16(len16(k.len()));
-                    dst.put_slice(k.as_bytes());
-                }
-                op::PUSH_KEYS
-            }
-            Target::Mids(mids) => {
-                dst.put_u16(len16(mids.len()));
-                for m in mids {
-                    dst.put_i64(*m);
-                }
-                op::PUSH_MIDS
-            }
-        };
-        dst.put_slice(payload);
-        (op, dst.to_vec())
-    }
 
     #[test]
     fn every_target_round_trips() {
@@ -205,7 +210,8 @@ mod tests {
             Target::Keys(vec!["a".into(), "key-2".into()]),
             Target::Mids(vec![1, -7, i64::MAX]),
         ] {
-            let (op, b) = body(&t, 1000, b"hello");
+            let mut b = BytesMut::new();
+            let op = encode(&mut b, &t, 1000, b"hello");
             let p = parse(op, &b).unwrap();
             assert_eq!((p.target, p.op, p.payload), (t, 1000, &b"hello"[..]));
         }

@@ -35,6 +35,9 @@ pub enum WsError {
     /// A client frame without a mask.
     #[error("client frames must be masked")]
     Unmasked,
+    /// A server frame with a mask (what a client reading a server refuses).
+    #[error("server frames must not be masked")]
+    Masked,
     /// A 64-bit length with its most significant bit set.
     #[error("64-bit length with the top bit set")]
     LengthTopBit,
@@ -92,8 +95,24 @@ pub struct Header {
     pub size: usize,
 }
 
+/// Who sent the frames being parsed: client frames must be masked, server
+/// frames must not be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sender {
+    /// A client (what the server reads).
+    Client,
+    /// A server (what a client, such as the load generator, reads).
+    Server,
+}
+
 /// Parses a client frame header. `Ok(None)`: not enough bytes yet.
 pub fn parse_header(buf: &[u8]) -> Result<Option<Header>, WsError> {
+    parse_header_from(buf, Sender::Client)
+}
+
+/// Parses a frame header sent by `from`. `Ok(None)`: not enough bytes yet;
+/// a server frame's header has no mask (`mask` is zero, `size` without it).
+pub fn parse_header_from(buf: &[u8], from: Sender) -> Result<Option<Header>, WsError> {
     let (Some(&b0), Some(&b1)) = (buf.first(), buf.get(1)) else {
         return Ok(None);
     };
@@ -114,8 +133,11 @@ pub fn parse_header(buf: &[u8]) -> Result<Option<Header>, WsError> {
         }
         op => return Err(WsError::ReservedOpcode(op)),
     }
-    if b1 & 0x80 == 0 {
-        return Err(WsError::Unmasked);
+    let masked = b1 & 0x80 != 0;
+    match (from, masked) {
+        (Sender::Client, false) => return Err(WsError::Unmasked),
+        (Sender::Server, true) => return Err(WsError::Masked),
+        _ => {}
     }
     let (len, at) = match b1 & 0x7f {
         126 => {
@@ -132,6 +154,15 @@ pub fn parse_header(buf: &[u8]) -> Result<Option<Header>, WsError> {
         }
         n => (u64::from(n), 2),
     };
+    if !masked {
+        return Ok(Some(Header {
+            fin,
+            op,
+            mask: [0; 4],
+            len,
+            size: at,
+        }));
+    }
     let Some(m) = buf.get(at..at + 4) else { return Ok(None) };
     Ok(Some(Header {
         fin,
@@ -259,6 +290,12 @@ mod tests {
             (ok.fin, ok.op, ok.len, ok.size, ok.mask),
             (false, 2, 256, 8, [9, 8, 7, 6])
         );
+        let server = frame(opcode::BINARY, &[5; 300]);
+        let h = parse_header_from(&server, Sender::Server).unwrap().unwrap();
+        assert_eq!((h.fin, h.op, h.len, h.size), (true, opcode::BINARY, 300, 4));
+        assert_eq!(parse_header(&server), Err(WsError::Unmasked));
+        let client = client_frame(true, opcode::BINARY, [1, 2, 3, 4], b"x");
+        assert_eq!(parse_header_from(&client, Sender::Server), Err(WsError::Masked));
         assert_eq!(WsError::TooBig { size: 1, max: 0 }.code(), close::TOO_BIG);
         assert_eq!(WsError::InvalidUtf8.code(), close::INVALID_DATA);
         assert_eq!(WsError::Unmasked.code(), close::PROTOCOL);

@@ -165,6 +165,15 @@ pub fn accept_key(key: &str) -> String {
     base64::engine::general_purpose::STANDARD.encode(h.finalize())
 }
 
+/// The upgrade request a client sends for `path` on `host`, with a fixed
+/// key (the load generator and tests do not check the accept value).
+pub fn client_request(path: &str, host: &str) -> String {
+    format!(
+        "GET {path} HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    )
+}
+
 /// The 101 response completing the handshake.
 pub fn response_101(accept: &str) -> Bytes {
     Bytes::from(format!(
@@ -185,6 +194,13 @@ mod tests {
 
     const REQ: &str = "GET /sub?x=1 HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\nConnection: keep-alive, Upgrade\r\n\
                        Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n";
+
+    #[test]
+    fn the_client_request_is_accepted() {
+        let req = client_request("/sub", "h");
+        let up = parse_upgrade(req.as_bytes(), &rules()).unwrap().unwrap();
+        assert_eq!((up.path, up.len), (0, req.len()));
+    }
 
     #[test]
     fn rfc_accept_key_example() {

@@ -1,0 +1,189 @@
+//! The command line: the three modes and every flag, each documented with
+//! its default (quinn's `perf` style). Parsed once on the main thread.
+
+use clap::{Parser, Subcommand};
+use std::net::SocketAddr;
+
+/// volley-loadgen: drives volley (or any WebSocket broadcast server) and
+/// measures it.
+#[derive(Parser)]
+#[command(name = "volley-loadgen", about = "Load generator for volley")]
+pub struct Cli {
+    /// The mode.
+    #[command(subcommand)]
+    pub cmd: Cmd,
+}
+
+/// Options every mode takes.
+#[derive(clap::Args, Clone)]
+pub struct Common {
+    /// volley client addresses, comma-separated (the TCP listeners, or the
+    /// WebSocket ones with --ws); connections go round-robin over them.
+    #[arg(long, default_value = "127.0.0.1:3101", value_delimiter = ',')]
+    pub target: Vec<SocketAddr>,
+    /// Spread connections over this many loopback source addresses
+    /// (127.1.x.y); 0 = let the kernel pick (127.0.0.1).
+    #[arg(long, default_value_t = 0)]
+    pub sources: usize,
+    /// Speak the protocol over WebSocket at this path (e.g. /sub) instead of
+    /// raw TCP: one frame per binary message.
+    #[arg(long)]
+    pub ws: Option<String>,
+    /// Connections to open.
+    #[arg(long, default_value_t = 1000)]
+    pub conns: usize,
+    /// Connections opened per second.
+    #[arg(long, default_value_t = 5000)]
+    pub rate: u64,
+    /// Room every connection joins.
+    #[arg(long, default_value = "live://bench")]
+    pub room: String,
+    /// Worker threads (each a glommio executor owning its connections).
+    #[arg(long, default_value_t = 1)]
+    pub workers: usize,
+    /// PIDs of the volley servers (comma-separated), to report their RSS and
+    /// CPU (summed).
+    #[arg(long, value_delimiter = ',')]
+    pub server_pid: Vec<u32>,
+    /// Print the final report as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// The modes.
+#[derive(Subcommand)]
+pub enum Cmd {
+    /// Hold N idle authenticated connections.
+    Idle {
+        #[command(flatten)]
+        common: Common,
+        /// Seconds to hold the connections after the last one is up.
+        #[arg(long, default_value_t = 3)]
+        hold_secs: u64,
+    },
+    /// Room broadcast: N subscribers, a publisher at a fixed rate.
+    Broadcast {
+        #[command(flatten)]
+        common: Common,
+        /// volley HTTP API addresses (comma-separated): every message is
+        /// published to each (one room per server process).
+        #[arg(long, default_value = "127.0.0.1:3111", value_delimiter = ',')]
+        http: Vec<SocketAddr>,
+        /// Publish over volley's TCP publisher connections at these addresses
+        /// (comma-separated, one per server process) instead of HTTP:
+        /// pipelined, no reply per message, an op 2 barrier at the end.
+        #[arg(long, value_delimiter = ',')]
+        publish_tcp: Vec<SocketAddr>,
+        /// API key for publishing (HTTP header or TCP publisher auth).
+        #[arg(long, default_value = "")]
+        api_key: String,
+        #[command(flatten)]
+        load: Load,
+    },
+    /// Generic WebSocket broadcast: drives any WebSocket broadcast server
+    /// (volley, NATS, a tokio server...) with the same load. Subscribers
+    /// upgrade at --ws, send --first-message, and count every message holding
+    /// a payload marker; a publisher sends time-stamped payloads over its own
+    /// WebSocket (--publish ws) or an HTTP POST (--publish http).
+    Ws {
+        #[command(flatten)]
+        common: Common,
+        /// Text each subscriber sends after the upgrade (\r \n \t unescaped),
+        /// e.g. "CONNECT {}\r\nSUB bench 1\r\n" for NATS.
+        #[arg(long)]
+        first_message: Option<String>,
+        /// Binary message each subscriber sends after the upgrade, in hex
+        /// (instead of --first-message), e.g. a volley auth frame.
+        #[arg(long)]
+        first_binary_hex: Option<String>,
+        /// How messages are published.
+        #[arg(long, value_enum, default_value_t = PublishVia::Ws)]
+        publish: PublishVia,
+        /// Text the WebSocket publisher sends after its upgrade.
+        #[arg(long)]
+        publisher_first_message: Option<String>,
+        /// What the WebSocket publisher sends per message: `{payload}` and
+        /// `{len}` are replaced, e.g. "PUB bench {len}\r\n{payload}\r\n".
+        #[arg(long, default_value = "{payload}")]
+        publish_template: String,
+        /// HTTP APIs to POST each payload to (--publish http).
+        #[arg(long, value_delimiter = ',')]
+        publish_http: Vec<SocketAddr>,
+        /// Path of that POST.
+        #[arg(long, default_value = "/goim/push/room?operation=1000&type=live&room=bench")]
+        publish_path: String,
+        /// volley TCP publisher addresses (--publish tcp).
+        #[arg(long, value_delimiter = ',')]
+        publish_tcp: Vec<SocketAddr>,
+        #[command(flatten)]
+        load: Load,
+    },
+}
+
+/// Publisher transport of the generic WebSocket mode.
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+pub enum PublishVia {
+    /// One more WebSocket connection sends each message.
+    Ws,
+    /// An HTTP POST per message to every --publish-http address.
+    Http,
+    /// A room push to --room over volley's TCP publisher connection at every
+    /// --publish-tcp address (pipelined, open loop like a WebSocket publisher).
+    Tcp,
+}
+
+/// Message rate, size and timing of a broadcast run.
+#[derive(clap::Args, Clone, Copy)]
+pub struct Load {
+    /// Messages published per second.
+    #[arg(long, default_value_t = 10)]
+    pub msg_rate: u64,
+    /// Payload size in bytes: at least 16 (sequence + time stamp), 34 in the
+    /// ws mode (plus its marker).
+    #[arg(long, default_value_t = 64)]
+    pub size: usize,
+    /// Seconds to publish for.
+    #[arg(long, default_value_t = 10)]
+    pub duration: u64,
+    /// Seconds to wait after the last publish for deliveries to finish.
+    #[arg(long, default_value_t = 10)]
+    pub drain_secs: u64,
+}
+
+/// `\r`, `\n` and `\t` in a command-line text, unescaped.
+pub fn unescape(s: &str) -> Vec<u8> {
+    s.replace("\\r", "\r")
+        .replace("\\n", "\n")
+        .replace("\\t", "\t")
+        .into_bytes()
+}
+
+/// Bytes from hex text (`--first-binary-hex`).
+pub fn decode_hex(h: &str) -> anyhow::Result<Vec<u8>> {
+    if h.len() % 2 == 1 || !h.is_ascii() {
+        anyhow::bail!("hex must be an even number of ASCII digits");
+    }
+    (0..h.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&h[i..i + 2], 16).map_err(|e| anyhow::anyhow!("bad hex: {e}")))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn escapes_and_hex() {
+        assert_eq!(unescape("A\\r\\nB\\t"), b"A\r\nB\t");
+        assert_eq!(decode_hex("00ff10").unwrap(), vec![0, 255, 16]);
+        assert!(decode_hex("abc").is_err());
+        assert!(decode_hex("zz").is_err());
+        assert!(decode_hex("é0").is_err());
+        let cli = Cli::try_parse_from(["volley-loadgen", "broadcast", "--conns", "3", "--msg-rate", "7"]).unwrap();
+        let Cmd::Broadcast { common, load, .. } = cli.cmd else {
+            panic!("broadcast")
+        };
+        assert_eq!((common.conns, load.msg_rate, load.size), (3, 7, 64));
+    }
+}
