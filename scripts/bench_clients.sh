@@ -28,7 +28,7 @@ case "$TRANSPORT" in
     ws) TARGET=(--target $WS --ws /sub) ;;
     *) echo "TRANSPORT must be tcp or ws" >&2; exit 2 ;;
 esac
-./target/release/volley serve --tcp-listen $TCP --ws-listen $WS --http-listen $HTTP --publish-listen $PUB --log warn &
+./target/release/volley serve --tcp-listen $TCP --ws-listen $WS --api-listen $HTTP --api-publish-listen $PUB --log-level warn &
 PID=$!
 trap 'kill $PID 2>/dev/null; wait $PID 2>/dev/null' EXIT
 for _ in $(seq 100); do curl -sf http://$HTTP/healthz >/dev/null 2>&1 && break; sleep 0.05; done

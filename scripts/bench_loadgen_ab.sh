@@ -13,8 +13,8 @@ ROUNDS=${4:-2}
 OUT=${OUT:-target/bench/loadgen-ab}
 mkdir -p "$OUT"
 cargo build --release --workspace -q
-./target/release/volley serve --tcp-listen 127.0.0.1:3201 --ws-listen 127.0.0.1:3202 --http-listen 127.0.0.1:3211 \
-    --publish-listen 127.0.0.1:3212 --log warn &
+./target/release/volley serve --tcp-listen 127.0.0.1:3201 --ws-listen 127.0.0.1:3202 --api-listen 127.0.0.1:3211 \
+    --api-publish-listen 127.0.0.1:3212 --log-level warn &
 PID=$!
 trap 'kill $PID 2>/dev/null; wait $PID 2>/dev/null' EXIT
 for _ in $(seq 100); do curl -sf http://127.0.0.1:3211/healthz >/dev/null 2>&1 && break; sleep 0.05; done

@@ -28,8 +28,8 @@ trap cleanup EXIT
 TARGETS=() ; APIS=() ; PUBS=()
 for i in $(seq 0 $((P - 1))); do
     ./target/release/volley serve --shards 1 --cpus $((i % 2)) \
-        --tcp-listen 127.0.0.1:$((4000 + i)) --ws-listen 127.0.0.1:$((8000 + i)) --http-listen 127.0.0.1:$((5000 + i)) \
-        --publish-listen 127.0.0.1:$((6000 + i)) --log warn &
+        --tcp-listen 127.0.0.1:$((4000 + i)) --ws-listen 127.0.0.1:$((8000 + i)) --api-listen 127.0.0.1:$((5000 + i)) \
+        --api-publish-listen 127.0.0.1:$((6000 + i)) --log-level warn &
     PIDS+=($!)
     TARGETS+=(127.0.0.1:$((4000 + i)))
     APIS+=(127.0.0.1:$((5000 + i)))

@@ -31,7 +31,7 @@ wait_port() { for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/n
 # message to the HTTP API instead (closed loop, the earlier runs).
 AUTH=$(python3 -c 'import struct,sys; b=b"{\"room_id\":\"live://bench\",\"accepts\":[]}"; sys.stdout.write((struct.pack(">IHHII",16+len(b),16,1,7,1)+b).hex())')
 run_volley() {
-    ./target/release/volley serve --tcp-listen 127.0.0.1:3201 --ws-listen 127.0.0.1:3202 --http-listen 127.0.0.1:3211 --publish-listen 127.0.0.1:3212 --log warn &
+    ./target/release/volley serve --tcp-listen 127.0.0.1:3201 --ws-listen 127.0.0.1:3202 --api-listen 127.0.0.1:3211 --api-publish-listen 127.0.0.1:3212 --log-level warn &
     PID=$!; wait_port 3211; sleep 1
     if [ "${VOLLEY_PUBLISH:-tcp}" = http ]; then
         VIA=(--publish http --publish-http 127.0.0.1:3211 --publish-path "/goim/push/room?operation=1000&type=live&room=bench")

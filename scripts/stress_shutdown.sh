@@ -22,8 +22,8 @@ for round in $(seq "$ROUNDS"); do
     PIDS=() ; TARGETS=() ; PUBS=()
     for i in $(seq 0 $((P - 1))); do
         ./target/release/volley serve --shards 1 --cpus $((i % 2)) --shutdown-grace-secs $GRACE \
-            --tcp-listen 127.0.0.1:$((7000 + i)) --ws-listen 127.0.0.1:$((7600 + i)) --http-listen 127.0.0.1:$((7200 + i)) \
-            --publish-listen 127.0.0.1:$((7400 + i)) --log error &
+            --tcp-listen 127.0.0.1:$((7000 + i)) --ws-listen 127.0.0.1:$((7600 + i)) --api-listen 127.0.0.1:$((7200 + i)) \
+            --api-publish-listen 127.0.0.1:$((7400 + i)) --log-level error &
         PIDS+=($!)
         TARGETS+=(127.0.0.1:$((7000 + i)))
         PUBS+=(127.0.0.1:$((7400 + i)))

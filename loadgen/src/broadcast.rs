@@ -7,14 +7,15 @@
 //! are the workers'. CPU is sampled around the publish phase only, memory
 //! around the ramp.
 
-use crate::cli::{decode_hex, unescape, Common, Load, PublishVia};
+use crate::cli::{decode_hex, unescape, Common, Generic, Load, PublishVia};
+use crate::hello::Hello;
 use crate::payload::{generic_payload, stamp, GENERIC_MIN_SIZE, STAMP_LEN};
 use crate::procfs::{kernel_net_memory, machine_cpu, proc_usage, procs_usage, self_rss, tick_secs};
 use crate::publish::{HttpPublisher, TcpPublisher, WsPublisher};
-use crate::subscribe::Hello;
+use crate::run::{now_ns, Run};
 use crate::wire::BENCH_OP;
-use crate::worker::{now_ns, spawn_workers, Run};
-use crate::{new_run, ramp, report};
+use crate::worker::spawn_workers;
+use crate::{ramp, report};
 use anyhow::{bail, Context, Result};
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering::Relaxed;
@@ -62,31 +63,11 @@ pub fn volley(
         })
     };
     let hello = Hello::volley(&common.room, common.ws.is_some());
-    measure(&new_run(common, hello), load, publish)
-}
-
-/// The `ws` mode's publisher and hello options.
-pub struct GenericArgs {
-    /// `--first-message`.
-    pub first_message: Option<String>,
-    /// `--first-binary-hex`.
-    pub first_binary_hex: Option<String>,
-    /// `--publish`.
-    pub publish: PublishVia,
-    /// `--publisher-first-message`.
-    pub publisher_first_message: Option<String>,
-    /// `--publish-template`.
-    pub publish_template: String,
-    /// `--publish-http`.
-    pub publish_http: Vec<SocketAddr>,
-    /// `--publish-path`.
-    pub publish_path: String,
-    /// `--publish-tcp`.
-    pub publish_tcp: Vec<SocketAddr>,
+    measure(&Run::new(common, hello), load, publish)
 }
 
 /// The `ws` mode: any WebSocket broadcast server, generic payloads.
-pub fn generic(common: Common, a: GenericArgs, load: Load) -> Result<()> {
+pub fn generic(common: Common, a: Generic, load: Load) -> Result<()> {
     if load.size < GENERIC_MIN_SIZE {
         bail!("--size must be at least {GENERIC_MIN_SIZE}");
     }
@@ -148,7 +129,7 @@ pub fn generic(common: Common, a: GenericArgs, load: Load) -> Result<()> {
             })
         }
     };
-    measure(&new_run(common, hello), load, publish)
+    measure(&Run::new(common, hello), load, publish)
 }
 
 /// Connects the subscribers, publishes `msg_rate * duration` messages through

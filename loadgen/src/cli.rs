@@ -88,36 +88,43 @@ pub enum Cmd {
     Ws {
         #[command(flatten)]
         common: Common,
-        /// Text each subscriber sends after the upgrade (\r \n \t unescaped),
-        /// e.g. "CONNECT {}\r\nSUB bench 1\r\n" for NATS.
-        #[arg(long)]
-        first_message: Option<String>,
-        /// Binary message each subscriber sends after the upgrade, in hex
-        /// (instead of --first-message), e.g. a volley auth frame.
-        #[arg(long)]
-        first_binary_hex: Option<String>,
-        /// How messages are published.
-        #[arg(long, value_enum, default_value_t = PublishVia::Ws)]
-        publish: PublishVia,
-        /// Text the WebSocket publisher sends after its upgrade.
-        #[arg(long)]
-        publisher_first_message: Option<String>,
-        /// What the WebSocket publisher sends per message: `{payload}` and
-        /// `{len}` are replaced, e.g. "PUB bench {len}\r\n{payload}\r\n".
-        #[arg(long, default_value = "{payload}")]
-        publish_template: String,
-        /// HTTP APIs to POST each payload to (--publish http).
-        #[arg(long, value_delimiter = ',')]
-        publish_http: Vec<SocketAddr>,
-        /// Path of that POST.
-        #[arg(long, default_value = "/goim/push/room?operation=1000&type=live&room=bench")]
-        publish_path: String,
-        /// volley TCP publisher addresses (--publish tcp).
-        #[arg(long, value_delimiter = ',')]
-        publish_tcp: Vec<SocketAddr>,
+        #[command(flatten)]
+        generic: Generic,
         #[command(flatten)]
         load: Load,
     },
+}
+
+/// The generic WebSocket mode's hello and publisher options.
+#[derive(clap::Args, Clone)]
+pub struct Generic {
+    /// Text each subscriber sends after the upgrade (\r \n \t unescaped),
+    /// e.g. "CONNECT {}\r\nSUB bench 1\r\n" for NATS.
+    #[arg(long)]
+    pub first_message: Option<String>,
+    /// Binary message each subscriber sends after the upgrade, in hex
+    /// (instead of --first-message), e.g. a volley auth frame.
+    #[arg(long)]
+    pub first_binary_hex: Option<String>,
+    /// How messages are published.
+    #[arg(long, value_enum, default_value_t = PublishVia::Ws)]
+    pub publish: PublishVia,
+    /// Text the WebSocket publisher sends after its upgrade.
+    #[arg(long)]
+    pub publisher_first_message: Option<String>,
+    /// What the WebSocket publisher sends per message: `{payload}` and
+    /// `{len}` are replaced, e.g. "PUB bench {len}\r\n{payload}\r\n".
+    #[arg(long, default_value = "{payload}")]
+    pub publish_template: String,
+    /// HTTP APIs to POST each payload to (--publish http).
+    #[arg(long, value_delimiter = ',')]
+    pub publish_http: Vec<SocketAddr>,
+    /// Path of that POST.
+    #[arg(long, default_value = "/goim/push/room?operation=1000&type=live&room=bench")]
+    pub publish_path: String,
+    /// volley TCP publisher addresses (--publish tcp).
+    #[arg(long, value_delimiter = ',')]
+    pub publish_tcp: Vec<SocketAddr>,
 }
 
 /// Publisher transport of the generic WebSocket mode.

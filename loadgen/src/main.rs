@@ -15,22 +15,25 @@
 //! whole-machine CPU per delivery. Exit status is non-zero when anything was
 //! lost, duplicated, or failed to connect.
 //!
-//! Modules: `cli` (flags), `worker` (executors with private fd tables, the
+//! Modules: `cli` (flags), `hello` (what subscribers send first), `worker` (executors with private fd tables, the
 //! paced connect loop), `subscribe` (handshakes), `recv` (epoll receive
 //! threads), `wire` (reading what servers send), `payload` (stamps and
 //! markers), `stats` (counters, sequence tracking), `publish` (HTTP, TCP and
-//! WebSocket publishers), `broadcast` (the measured run), `ramp` (progress
+//! WebSocket publishers), `run` (what a run's threads share), `broadcast`
+//! (the measured run), `ramp` (progress
 //! and stall reports), `procfs` (memory, CPU, threads, accept queues),
 //! `report` (the final report).
 
 mod broadcast;
 mod cli;
+mod hello;
 mod payload;
 mod procfs;
 mod publish;
 mod ramp;
 mod recv;
 mod report;
+mod run;
 mod stats;
 mod subscribe;
 mod wire;
@@ -39,13 +42,12 @@ mod worker;
 use anyhow::{bail, Result};
 use clap::Parser;
 use cli::{Cli, Cmd, Common};
+use hello::Hello;
 use procfs::{kernel_net_memory, procs_usage, self_rss};
-use stats::Totals;
-use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
-use std::sync::Arc;
-use std::time::{Duration, Instant};
-use subscribe::Hello;
-use worker::{spawn_workers, Run, MAX_CONNS_PER_WORKER};
+use run::Run;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::Duration;
+use worker::{spawn_workers, MAX_CONNS_PER_WORKER};
 
 fn main() -> Result<()> {
     let cli = Cli::parse();
@@ -62,31 +64,7 @@ fn main() -> Result<()> {
             load,
             ..
         } => broadcast::volley(common, http, publish_tcp, api_key, load),
-        Cmd::Ws {
-            first_message,
-            first_binary_hex,
-            publish,
-            publisher_first_message,
-            publish_template,
-            publish_http,
-            publish_path,
-            publish_tcp,
-            load,
-            ..
-        } => broadcast::generic(
-            common,
-            broadcast::GenericArgs {
-                first_message,
-                first_binary_hex,
-                publish,
-                publisher_first_message,
-                publish_template,
-                publish_http,
-                publish_path,
-                publish_tcp,
-            },
-            load,
-        ),
+        Cmd::Ws { generic, load, .. } => broadcast::generic(common, generic, load),
     }
 }
 
@@ -114,22 +92,10 @@ fn check_limits(common: &Common) -> Result<()> {
     Ok(())
 }
 
-/// The shared state of a run whose subscribers send `hello`.
-fn new_run(common: Common, hello: Hello) -> Run {
-    let totals = Arc::new(Totals::new(common.workers, common.target.len()));
-    Run {
-        common,
-        hello: Arc::new(hello),
-        totals,
-        stop: Arc::new(AtomicBool::new(false)),
-        base: Instant::now(),
-    }
-}
-
 /// The idle mode: connect, hold, report memory per connection.
 fn idle(common: Common, hold_secs: u64) -> Result<()> {
     let hello = Hello::volley(&common.room, common.ws.is_some());
-    let run = new_run(common, hello);
+    let run = Run::new(common, hello);
     let c = &run.common;
     let before = procs_usage(&c.server_pid);
     let (self0, kernel0) = (self_rss(), kernel_net_memory());

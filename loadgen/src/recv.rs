@@ -14,9 +14,9 @@
 //! the socket is drained unless the peer may have closed (then read to
 //! EAGAIN), so any later arrival raises a new edge.
 
+use crate::run::{now_ns, Run};
 use crate::stats::{new_hist, Totals, Track};
 use crate::wire::{on_frame, tcp_frames, ws_messages, Sink};
-use crate::worker::{now_ns, Run};
 use glommio::net::TcpStream;
 use hdrhistogram::Histogram;
 use std::cell::RefCell;

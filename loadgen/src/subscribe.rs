@@ -3,66 +3,20 @@
 //! hello), read until subscribed, then hand the socket to the worker's
 //! receive thread with whatever it already read.
 //!
-//! The hello is built once per run (`Hello::volley`, `Hello::generic`) with
-//! volley's own encoders. No per-read timeout (a timer per connection per
+//! The hello is built once per run (`hello`). No per-read timeout (a timer per connection per
 //! read would cost more than the read): a stuck handshake shows up in the
 //! ramp's progress report, and the worker ends by dropping its executor.
 
 use crate::recv::Handoff;
+use crate::run::{now_ns, Run};
 use crate::stats::Track;
-use crate::wire::{on_frame, tcp_frames, ws_messages, Sink, MASK};
-use crate::worker::{now_ns, Run};
+use crate::wire::{on_frame, tcp_frames, ws_messages, Sink};
 use futures_lite::io::{AsyncReadExt, AsyncWriteExt};
 use glommio::net::TcpStream;
 use hdrhistogram::Histogram;
 use std::cell::RefCell;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
-use volley::proto::binary::{self, op};
-use volley::proto::ws::frame::client_frame;
-use volley::proto::ws::opcode;
 use volley::proto::ws::upgrade::client_request;
-
-/// What each subscriber sends after connecting (after the upgrade, on
-/// WebSocket), and when it counts as subscribed.
-#[derive(Debug, Clone)]
-pub struct Hello {
-    /// Bytes to send (already framed for the transport); empty: nothing.
-    bytes: Vec<u8>,
-    /// Generic mode: subscribed once upgraded, and payloads are found by
-    /// their markers. Otherwise (volley) subscribed at the auth reply.
-    pub generic: bool,
-}
-
-impl Hello {
-    /// volley: an auth frame that joins `room` and accepts no business
-    /// operations (room pushes need none); one binary message on WebSocket.
-    pub fn volley(room: &str, websocket: bool) -> Hello {
-        let auth = format!(r#"{{"room_id":"{room}","accepts":[]}}"#);
-        let frame = binary::encode_to_bytes(binary::VERSION_GOIM, op::AUTH, 1, auth.as_bytes()).to_vec();
-        Hello {
-            bytes: if websocket {
-                client_frame(true, opcode::BINARY, MASK, &frame)
-            } else {
-                frame
-            },
-            generic: false,
-        }
-    }
-
-    /// Another WebSocket server: `first` sent as one text (or binary)
-    /// message after the upgrade, if not empty.
-    pub fn generic(first: &[u8], binary: bool) -> Hello {
-        let op = if binary { opcode::BINARY } else { opcode::TEXT };
-        Hello {
-            bytes: if first.is_empty() {
-                Vec::new()
-            } else {
-                client_frame(true, op, MASK, first)
-            },
-            generic: true,
-        }
-    }
-}
 
 /// Runs one subscriber's handshake on `stream` until it is handed off, the
 /// server closes, or the run stops.
@@ -183,30 +137,4 @@ async fn ws_subscriber(
         }
     }
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use volley::proto::ws::frame::{parse_header, unmask};
-
-    #[test]
-    fn hellos_are_what_the_server_decodes() {
-        let tcp = Hello::volley("live://x", false);
-        let (f, n) = binary::decode(&tcp.bytes, 4096).unwrap().unwrap();
-        assert_eq!((f.op, f.seq, n), (op::AUTH, 1, tcp.bytes.len()));
-        let auth = volley::proto::body::parse_auth(f.body).unwrap();
-        assert_eq!(auth.room_id, "live://x");
-
-        let ws = Hello::volley("live://x", true);
-        let h = parse_header(&ws.bytes).unwrap().unwrap();
-        let mut body = ws.bytes[h.size..].to_vec();
-        unmask(&mut body, h.mask, 0);
-        assert_eq!((h.op, body), (opcode::BINARY, tcp.bytes));
-
-        assert!(Hello::generic(b"", false).bytes.is_empty());
-        let sub = Hello::generic(b"SUB bench 1\r\n", false);
-        assert_eq!(parse_header(&sub.bytes).unwrap().unwrap().op, opcode::TEXT);
-        assert!(sub.generic);
-    }
 }

@@ -142,15 +142,15 @@ mod tests {
         binary::encode_to_bytes(1, BENCH_OP, 0, &p).to_vec()
     }
 
+    fn sink<'a>(totals: &'a Totals, hist: &'a RefCell<Histogram<u64>>) -> Sink<'a> {
+        Sink { totals, hist, now: 10 }
+    }
+
     #[test]
     fn tcp_frames_count_pushes_and_leave_a_partial_frame() {
         let totals = Totals::new(1, 1);
         let hist = RefCell::new(new_hist());
-        let sink = Sink {
-            totals: &totals,
-            hist: &hist,
-            now: 10,
-        };
+        let sink = sink(&totals, &hist);
         let mut track = Track::default();
         let mut bytes = binary::encode_to_bytes(1, op::AUTH_REPLY, 1, b"").to_vec();
         bytes.extend(push(0));
@@ -169,11 +169,7 @@ mod tests {
     fn ws_messages_answer_pings_and_find_markers() {
         let totals = Totals::new(1, 1);
         let hist = RefCell::new(new_hist());
-        let sink = Sink {
-            totals: &totals,
-            hist: &hist,
-            now: 10,
-        };
+        let sink = sink(&totals, &hist);
         let mut buf = ws::frame(opcode::PING, b"p").to_vec();
         buf.extend_from_slice(&ws::frame(opcode::TEXT, &generic_payload(0, 1, 40)));
         buf.extend_from_slice(&ws::frame(opcode::BINARY, &generic_payload(1, 1, 40)));

@@ -15,16 +15,16 @@
 //! Connection n (global numbering: i-th of worker w is n = i * workers + w)
 //! goes to target n % targets, from source address n / targets % sources.
 
-use crate::cli::Common;
 use crate::recv::Handoff;
-use crate::stats::{new_hist, SharedHist, Totals, Track};
-use crate::subscribe::{subscribe, Hello};
+use crate::run::Run;
+use crate::stats::{new_hist, SharedHist, Track};
+use crate::subscribe::subscribe;
 use glommio::net::TcpStream;
 use glommio::{LocalExecutorBuilder, Placement};
 use std::cell::RefCell;
 use std::net::SocketAddr;
 use std::rc::Rc;
-use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -69,26 +69,6 @@ fn connect_from(source: Option<std::net::IpAddr>, target: SocketAddr) -> std::io
     }
     // SAFETY: the descriptor comes from into_raw_fd and is owned by nobody else.
     Ok(unsafe { TcpStream::from_raw_fd(s.into_raw_fd()) })
-}
-
-/// Nanoseconds since `base` (the run's one clock).
-pub fn now_ns(base: Instant) -> u64 {
-    base.elapsed().as_nanos() as u64
-}
-
-/// What every worker of a run shares.
-#[derive(Clone)]
-pub struct Run {
-    /// The command line's common options.
-    pub common: Common,
-    /// What each subscriber sends first.
-    pub hello: Arc<Hello>,
-    /// Counters.
-    pub totals: Arc<Totals>,
-    /// Set when the run is over.
-    pub stop: Arc<AtomicBool>,
-    /// The run's clock.
-    pub base: Instant,
 }
 
 /// Starts `common.workers` workers; returns their handles and the histogram

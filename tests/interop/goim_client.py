@@ -20,8 +20,8 @@ class Conn:
         self.sock = socket.create_connection(("127.0.0.1", port), timeout=10)
         self.buf = b""
 
-    def send(self, op, body=b"", seq=0):
-        self.sock.sendall(pack(op, body, seq))
+    def send(self, op, body=b"", seq=0, ver=1):
+        self.sock.sendall(pack(op, body, seq, ver))
 
     def recv_proto(self):
         while True:
@@ -58,6 +58,15 @@ def main():
     assert (op, seq, len(body)) == (3, 2, 4), (op, seq, body)
     (online,) = struct.unpack(">I", body)
     assert online >= 1, online
+
+    # goim's own benchmark client (benchmarks/client) never sets the version
+    # of its heartbeats, so they go out as version 0; goim serves them.
+    c.send(2, seq=3, ver=0)
+    ver, op, seq, body = c.recv_proto()
+    assert (ver, op, seq, len(body)) == (0, 3, 3, 4), (ver, op, seq, body)
+    c.send(4, b"upstream", seq=4, ver=0)
+    ver, op, seq, body = c.recv_proto()
+    assert (op, seq) == (5, 4), (op, seq, body)
 
     post(http_port, "/goim/push/room?operation=1000&type=live&room=1000", b"room message")
     post(http_port, "/goim/push/mids?operation=1001&mids=123", b"user message")
