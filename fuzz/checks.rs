@@ -1,0 +1,227 @@
+//! What each fuzz target checks, as plain functions over bytes: shared by
+//! the cargo-fuzz targets (`fuzz_targets/*.rs`, nightly) and by the replay of
+//! the committed corpora in the ordinary test suite (`tests/fuzz_corpora.rs`,
+//! stable). Each function must never panic on any input except through a
+//! failed assertion, which is a bug in volley.
+//!
+//! Beyond "no panic, no unbounded allocation", each checks properties a
+//! decoder must have: what it consumes is within the input, what it decodes
+//! re-encodes to the same bytes, and reading a stream in pieces gives the
+//! same result as reading it whole.
+
+#![allow(dead_code)]
+
+use volley::proto::batch::Batch;
+use volley::proto::binary::{self, op, HEADER_LEN};
+use volley::proto::body;
+use volley::proto::publish;
+use volley::proto::ws::session::{Action, Rules};
+use volley::proto::ws::{Session, UpgradeRules};
+
+/// A body limit chosen by the input's first byte, so both the limit checks
+/// and whole frames get exercised.
+fn limit(sel: u8) -> usize {
+    [0usize, 16, 64, 4096][usize::from(sel % 4)] + usize::from(sel / 4)
+}
+
+/// Client frames (and op 9 batches): `binary::decode` over a stream.
+pub fn client_frames(data: &[u8]) {
+    let Some((&sel, data)) = data.split_first() else { return };
+    let max_body = limit(sel);
+    let mut at = 0;
+    while let Ok(Some((f, n))) = binary::decode(&data[at..], max_body) {
+        assert!(
+            n >= HEADER_LEN && n <= data.len() - at,
+            "consumed {n} of {}",
+            data.len() - at
+        );
+        assert_eq!(f.body.len() + HEADER_LEN, n);
+        assert!(f.body.len() <= max_body);
+        let again = binary::encode_to_bytes(f.ver, f.op, f.seq, f.body);
+        assert_eq!(&again[..], &data[at..at + n], "decode then encode gives the same bytes");
+        // A prefix of a whole frame is "need more", never a frame.
+        for cut in [0, 1, 4, 6, HEADER_LEN, n - 1] {
+            if cut < n {
+                assert!(
+                    !matches!(binary::decode(&data[at..at + cut], max_body), Ok(Some(_))),
+                    "a {cut}-byte prefix decoded"
+                );
+            }
+        }
+        if f.op == op::RAW {
+            for inner in Batch::new(f.body, max_body) {
+                match inner {
+                    Ok(i) => assert!(i.op != op::RAW && i.body.len() <= max_body),
+                    Err(_) => break,
+                }
+            }
+        }
+        at += n;
+    }
+}
+
+/// The client's control bodies: auth JSON (op 7), room (op 12), accepts
+/// lists (op 14/16). Whatever parses is within the documented limits.
+pub fn control_bodies(data: &[u8]) {
+    if let Ok(a) = body::parse_auth(data) {
+        assert!(a.key.len() <= body::MAX_KEY_LEN);
+        assert!(a.room_id.len() <= body::MAX_ROOM_LEN);
+        assert!(a.platform.len() <= body::MAX_PLATFORM_LEN);
+        assert!(a.accepts.len() <= body::MAX_ACCEPTS);
+        assert!(a.accepts.iter().all(|&x| u32::try_from(x).is_ok()));
+    }
+    if let Ok(room) = body::parse_room(data) {
+        assert!(room.len() <= body::MAX_ROOM_LEN);
+        assert_eq!(room.as_bytes(), data);
+    }
+    if let Ok(ops) = body::parse_ops(data) {
+        assert!(ops.len() <= body::MAX_ACCEPTS);
+        // Every code printed back parses to the same list.
+        let text: Vec<String> = ops.iter().map(u32::to_string).collect();
+        assert_eq!(body::parse_ops(text.join(",").as_bytes()).ok(), Some(ops));
+    }
+}
+
+/// TCP publisher frames and their push bodies: every publish that parses
+/// re-encodes to a body that parses the same.
+pub fn publisher(data: &[u8]) {
+    let Some((&sel, data)) = data.split_first() else { return };
+    // Each frame's body under its own op, and the whole input under the op
+    // the selector names.
+    let ops = [
+        publish::op::PUSH_KEYS,
+        publish::op::PUSH_MIDS,
+        publish::op::PUSH_ROOM,
+        publish::op::PUSH_ALL,
+    ];
+    check_publish(ops[usize::from(sel % 4)], data);
+    let mut at = 0;
+    while let Ok(Some((f, n))) = binary::decode(&data[at..], 1 << 16) {
+        check_publish(f.op, f.body);
+        if f.op == op::RAW {
+            for inner in Batch::new(f.body, 1 << 16) {
+                let Ok(inner) = inner else { break };
+                check_publish(inner.op, inner.body);
+            }
+        }
+        at += n;
+    }
+}
+
+fn check_publish(pub_op: u32, body: &[u8]) {
+    let Ok(p) = publish::parse(pub_op, body) else { return };
+    assert!(p.payload.len() <= body.len());
+    let mut again = bytes::BytesMut::new();
+    let op2 = publish::encode(&mut again, &p.target, p.op, p.payload);
+    assert_eq!(op2, pub_op);
+    let q = publish::parse(op2, &again).expect("what encode writes parses");
+    assert_eq!((q.target, q.op, q.payload), (p.target, p.op, p.payload));
+}
+
+const UPGRADE: &[u8] = b"GET /sub HTTP/1.1\r\nHost: f\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+    Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n";
+const UPGRADE_ECHO: &[u8] = b"GET /echo HTTP/1.1\r\nHost: f\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+    Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n";
+
+fn ws_rules() -> UpgradeRules {
+    UpgradeRules {
+        paths: vec!["/sub".into(), "/echo".into()],
+        origins: vec![],
+    }
+}
+
+/// Runs `stream` through a server-side WebSocket session fed in `pieces`
+/// (cut points), as the driver does: bytes not consumed are kept and offered
+/// again with the next piece. Returns every action, described.
+fn ws_actions(stream: &[u8], cuts: &[usize]) -> Vec<String> {
+    let rules_up = ws_rules();
+    let rules = Rules {
+        upgrade: &rules_up,
+        max_message: 4096 + HEADER_LEN,
+        echo_max_message: 1 << 16,
+    };
+    let mut s = Session::default();
+    let mut out = Vec::new();
+    let mut kept: Vec<u8> = Vec::new();
+    let mut from = 0;
+    for &to in cuts.iter().chain(std::iter::once(&stream.len())) {
+        let to = to.clamp(from, stream.len());
+        kept.extend_from_slice(&stream[from..to]);
+        from = to;
+        let mut used = 0;
+        loop {
+            let left = kept.len() - used;
+            let (action, n) = s.handle_read(&mut kept[used..], rules);
+            assert!(n <= left, "consumed {n} of {left}");
+            used += n;
+            let Some(a) = action else { break };
+            out.push(match a {
+                Action::Send(b) => format!("send {b:?}"),
+                Action::Upgraded { echo, .. } => format!("upgraded {echo}"),
+                Action::Deliver(p) => {
+                    assert!(p.len() <= rules.max_message);
+                    format!("deliver {p:?}")
+                }
+                Action::Alive => "alive".into(),
+                Action::Close { reason, code, .. } => format!("close {} {code:?}", reason.name()),
+            });
+        }
+        kept.drain(..used);
+    }
+    out
+}
+
+/// The WebSocket reader across fragments and reads: frames after a valid
+/// upgrade give the same actions whether read whole or in the pieces the
+/// input's first bytes choose.
+pub fn ws_reader(data: &[u8]) {
+    let Some((&sel, rest)) = data.split_first() else { return };
+    let Some((&pieces, frames)) = rest.split_first() else {
+        return;
+    };
+    let mut stream = if sel % 2 == 0 {
+        UPGRADE.to_vec()
+    } else {
+        UPGRADE_ECHO.to_vec()
+    };
+    stream.extend_from_slice(frames);
+    let whole = ws_actions(&stream.clone(), &[]);
+    // Cut points spread by the selector byte (at most 8 pieces).
+    let n = usize::from(pieces % 8) + 1;
+    let step = usize::from(sel / 2).max(1);
+    let cuts: Vec<usize> = (1..n).map(|i| (i * step * 7) % (stream.len() + 1)).collect();
+    let mut sorted = cuts.clone();
+    sorted.sort_unstable();
+    assert_eq!(
+        ws_actions(&stream, &sorted),
+        whole,
+        "pieces {sorted:?} of {}",
+        stream.len()
+    );
+}
+
+/// The HTTP upgrade parser: an accepted request is within the input and
+/// within the size limit, and none of its prefixes is accepted.
+pub fn ws_upgrade(data: &[u8]) {
+    use volley::proto::ws::upgrade::{parse_upgrade, MAX_UPGRADE_BYTES};
+    let rules = ws_rules();
+    match parse_upgrade(data, &rules) {
+        Ok(Some(up)) => {
+            assert!(up.len <= data.len() && up.len <= MAX_UPGRADE_BYTES);
+            assert!(up.path < rules.paths.len());
+            assert_eq!(up.accept.len(), 28, "base64 of a SHA-1");
+            for cut in [0, up.len / 2, up.len - 1] {
+                assert!(
+                    !matches!(parse_upgrade(&data[..cut], &rules), Ok(Some(_))),
+                    "a {cut}-byte prefix was accepted"
+                );
+            }
+            assert_eq!(
+                parse_upgrade(&data[..up.len], &rules).ok().flatten().map(|u| u.len),
+                Some(up.len)
+            );
+        }
+        Ok(None) => assert!(data.len() < MAX_UPGRADE_BYTES, "incomplete beyond the limit"),
+        Err(e) => assert!(e.response().starts_with(b"HTTP/1.1 4")),
+    }
+}
