@@ -65,10 +65,13 @@ pub fn wait_connected(common: &Common, totals: &Totals) -> Result<Duration> {
             } else {
                 String::new()
             };
+            let all = totals.workers_sum();
             eprintln!(
-                "[{:>5.1}s] connected {c}/{} failed {f} {failures}",
+                "[{:>5.1}s] connected {c}/{} failed {f} {failures}(in handshake: tcp {}, answer {})",
                 start.elapsed().as_secs_f64(),
                 common.conns,
+                all.started.saturating_sub(all.failed).saturating_sub(all.written),
+                all.written.saturating_sub(all.connected),
             );
             last_line = Instant::now();
         }

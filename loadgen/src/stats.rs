@@ -136,6 +136,19 @@ impl Totals {
         }
     }
 
+    /// Every worker's progress added up.
+    pub fn workers_sum(&self) -> ProgressSnapshot {
+        self.workers.iter().fold(ProgressSnapshot::default(), |a, p| {
+            let p = p.snapshot();
+            ProgressSnapshot {
+                started: a.started + p.started,
+                written: a.written + p.written,
+                connected: a.connected + p.connected,
+                failed: a.failed + p.failed,
+            }
+        })
+    }
+
     /// Failures by cause, as JSON.
     pub fn failures(&self) -> serde_json::Value {
         FAIL_CAUSES
