@@ -38,8 +38,6 @@
 //!   reasons, WebSocket).
 //! - [`metrics`]: counters and histograms, as JSON and Prometheus text.
 //! - [`host`]: `volley check-host`, what on this host is not tuned.
-//! - [`wake_keeper`]: wake-up insurance for glommio executors (also used by
-//!   the load generator).
 //!
 //! Code that awaits: `conn`, `api::http`, `api::tcp`, `net::accept_each`,
 //! `shard::run` and `server`'s start-up; everything else is plain
@@ -56,7 +54,6 @@ pub mod net;
 pub mod proto;
 pub mod server;
 pub mod shard;
-pub mod wake_keeper;
 
 pub use config::Config;
 pub use server::{Server, ServerHandle, StartError};

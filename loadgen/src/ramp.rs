@@ -136,15 +136,8 @@ pub fn stall_report(common: &Common, totals: &Totals, quiet: Duration) -> String
     for (w, p, due) in workers.iter().take(LIST_MAX) {
         let _ = writeln!(out, "   worker {w}: {}", stages(p, *due));
         // glommio names the executor thread "loadgen-<w>-<executor id>".
-        let (exec, rx, keep) = (
-            format!("loadgen-{w}-"),
-            format!("loadgen-rx-{w}"),
-            format!("loadgen-keep-{w}"),
-        );
-        for t in me
-            .iter()
-            .filter(|t| t.name.starts_with(&exec) || t.name == rx || t.name == keep)
-        {
+        let (exec, rx) = (format!("loadgen-{w}-"), format!("loadgen-rx-{w}"));
+        for t in me.iter().filter(|t| t.name.starts_with(&exec) || t.name == rx) {
             let _ = writeln!(out, "     {}", thread_line(t));
         }
     }

@@ -97,11 +97,6 @@ async fn run_worker(id: usize, count: usize, run: Run, all: SharedHist) {
     if unsafe { libc::unshare(libc::CLONE_FILES) } != 0 {
         eprintln!("worker {id}: unshare(CLONE_FILES): {}", std::io::Error::last_os_error());
     }
-    // Without it a worker could park forever in its pacing sleep (see
-    // volley::wake_keeper): 1M runs stalled that way at 968k-987k.
-    let _keeper = volley::wake_keeper::spawn(&format!("loadgen-keep-{id}"), volley::wake_keeper::PERIOD)
-        .map_err(|e| eprintln!("worker {id}: cannot spawn its wake keeper: {e}"))
-        .ok();
     let (handoff, receiver) = match Handoff::start(id, &run) {
         Ok(h) => h,
         Err(e) => {

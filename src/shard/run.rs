@@ -1,6 +1,6 @@
 //! The per-shard runtime: the tasks that drive a `Shard` on its executor —
-//! the mesh inbox loop (which does the fan-out), the one-second sweep, the
-//! wake keeper — and the shutdown drain.
+//! the mesh inbox loop (which does the fan-out), the one-second sweep — and
+//! the shutdown drain.
 //!
 //! Runs on the shard's glommio executor and awaits (unlike the rest of
 //! `shard`). The inbox and the sweep run in the shard's "control" task queue
@@ -53,16 +53,6 @@ pub async fn serve(
     listeners: Vec<RawFd>,
     ready: std::sync::mpsc::Sender<Result<(), String>>,
 ) {
-    let id = shard.borrow().id;
-    // A glommio executor here can sleep through its own expired timers
-    // (see wake_keeper); a foreign wake every 100 ms bounds such a stall.
-    let _keeper = match crate::wake_keeper::spawn(&format!("volley-keep-{id}"), crate::wake_keeper::PERIOD) {
-        Ok(k) => k,
-        Err(e) => {
-            let _ = ready.send(Err(format!("cannot spawn the wake keeper: {e}")));
-            return;
-        }
-    };
     let sweeper = shard.clone();
     // Runs until the executor ends, shutdown included.
     let sweep = async move {
