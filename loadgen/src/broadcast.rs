@@ -187,6 +187,16 @@ fn measure(run: &Run, load: Load, mut publish: Publish) -> Result<()> {
     let drain_end = Instant::now() + Duration::from_secs(drain_secs);
     while totals.received.load(Relaxed) - r0 < expected && Instant::now() < drain_end {
         std::thread::sleep(Duration::from_millis(10));
+        // A server still working through its queues shows here, and one that
+        // stopped delivering shows as a count that stands still.
+        if last.elapsed() >= Duration::from_secs(1) {
+            eprintln!(
+                "[{:>5.1}s] draining: received {} of {expected}",
+                start.elapsed().as_secs_f64(),
+                totals.received.load(Relaxed) - r0
+            );
+            last = Instant::now();
+        }
     }
     let elapsed = start.elapsed().as_secs_f64();
     let (m1, s1, l1) = (
@@ -223,6 +233,8 @@ fn measure(run: &Run, load: Load, mut publish: Publish) -> Result<()> {
         "received": received,
         "lost": expected.saturating_sub(received),
         "gaps": totals.gaps.load(Relaxed),
+        "subscribers_closed": totals.closed.load(Relaxed),
+        "left_unread": {"subscribers": totals.left_unread.load(Relaxed), "bytes": totals.left_unread_bytes.load(Relaxed)},
         "dups": totals.dups.load(Relaxed),
         "deliveries_per_sec": received as f64 / elapsed,
         "machine_cpu_us_per_delivery": per_delivery(machine_cpu_secs),

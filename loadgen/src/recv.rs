@@ -166,8 +166,15 @@ fn receive_loop(
     }
     for c in conns.iter_mut() {
         if let Some(r) = c.take() {
-            // SAFETY: closing the duplicate we own.
-            unsafe { libc::close(r.fd) };
+            let mut unread: libc::c_int = 0;
+            // SAFETY: FIONREAD into an int, then closing the duplicate we own.
+            unsafe {
+                if libc::ioctl(r.fd, libc::FIONREAD, &mut unread) == 0 && unread > 0 {
+                    totals.left_unread.fetch_add(1, Relaxed);
+                    totals.left_unread_bytes.fetch_add(unread as u64, Relaxed);
+                }
+                libc::close(r.fd);
+            }
         }
     }
     hist.into_inner()

@@ -90,6 +90,12 @@ pub struct Totals {
     pub dups: AtomicU64,
     /// Subscribers closed after subscribing.
     pub closed: AtomicU64,
+    /// At the end of the run: subscribers whose sockets still held bytes the
+    /// load generator had not read, and how many bytes. Non-zero means a
+    /// shortfall was the load generator's, not the server's.
+    pub left_unread: AtomicU64,
+    /// See `left_unread`.
+    pub left_unread_bytes: AtomicU64,
     /// Per worker, how far its connections got.
     pub workers: Vec<Progress>,
     /// Per target (index into `--target`), how far its connections got.

@@ -112,8 +112,14 @@ async fn run_worker(id: usize, count: usize, run: Run, all: SharedHist) {
     let start = Instant::now();
     for i in 0..count {
         let due = start + per_conn_gap * i as u32;
-        if let Some(d) = due.checked_duration_since(Instant::now()) {
-            glommio::timer::sleep(d).await;
+        match due.checked_duration_since(Instant::now()) {
+            Some(d) => glommio::timer::sleep(d).await,
+            // Behind schedule (connect itself slow, or the CPU busy): without
+            // an await this loop would hold the executor until every
+            // connection is opened, and the handshakes already sent would go
+            // unread (19,000-connection ramps stood still for seconds at
+            // 14.1k, where connects from one address get slow).
+            None => glommio::yield_if_needed().await,
         }
         // Global connection number: spreads targets and sources evenly.
         let n = i * c.workers + id;
