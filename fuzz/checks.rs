@@ -225,3 +225,39 @@ pub fn ws_upgrade(data: &[u8]) {
         Err(e) => assert!(e.response().starts_with(b"HTTP/1.1 4")),
     }
 }
+
+/// Version-2 bodies: the push envelope (as a client reads it), and the join
+/// and leave bodies (as the server reads them). The first byte picks which.
+pub fn v2_bodies(data: &[u8]) {
+    use volley::proto::v2;
+    let Some((&sel, data)) = data.split_first() else { return };
+    match sel % 3 {
+        0 => {
+            if let Ok(e) = v2::decode_push(data) {
+                assert_eq!(
+                    v2::ENVELOPE_LEN + e.room.len() + e.id.len() + e.payload.len(),
+                    data.len()
+                );
+                assert!(e.room.len() <= body::MAX_ROOM_LEN && e.id.len() <= v2::MAX_ID_LEN);
+                // Re-encoded, it is the same bytes (reserved byte aside).
+                let f = e.frame();
+                let mut want = data.to_vec();
+                want[5] = 0;
+                assert_eq!(&f[HEADER_LEN..], &want[..], "decode then encode gives the same bytes");
+            }
+        }
+        1 => {
+            if let Ok(j) = v2::parse_join(data) {
+                assert!(!j.room.is_empty() && j.room.len() <= body::MAX_ROOM_LEN);
+                if let Some(r) = j.resume {
+                    assert_eq!(v2::parse_epoch(&v2::fmt_epoch(r.epoch)), Some(r.epoch));
+                }
+            }
+        }
+        _ => {
+            if let Ok(room) = v2::parse_leave(data) {
+                assert!(!room.is_empty() && room.len() <= body::MAX_ROOM_LEN);
+            }
+        }
+    }
+}

@@ -15,12 +15,14 @@
 //!                 └─────────── shard::mesh: a lock-free inbox per shard ─────┘
 //! ```
 //!
-//! A room publish goes to the room's owner shard, which sends one `RoomFrame`
+//! A room publish goes to the room's owner shard, which gives it the room's
+//! next offset, stores it in the room's history and sends one `RoomFrame`
 //! (sharing the same `Bytes`) to every shard; each shard queues it to its
 //! local members, whose drivers coalesce queued frames into one `sendmsg`.
-//! A push is encoded once per transport (`proto::wire::Wire`): TCP
-//! connections get the bare frame, WebSocket ones the same frame as one binary
-//! message; both forms are shared by every connection.
+//! A push is encoded once per protocol version and transport
+//! (`proto::wire::Frames`): TCP connections get the bare frame, WebSocket
+//! ones the same frame as one binary message; every form is shared by every
+//! connection that needs it.
 //!
 //! # Modules
 //! - [`config`]: every knob, grouped in sections; file / environment / flag
@@ -28,14 +30,15 @@
 //! - [`server`]: binds the listeners, starts the shards, `ServerHandle`.
 //! - [`net`]: listener specs, binding one socket per shard, the accept loop.
 //! - [`shard`]: per-core state and behaviour, sans-IO (connection records,
-//!   heartbeat wheel, directory, delivery, the version-1 session, rooms,
-//!   the mesh), plus `shard::run`, the per-shard runtime that drives it.
+//!   heartbeat wheel, directory, delivery, the version-1 and version-2
+//!   sessions, rooms, room logs with offsets and history, resume, the mesh),
+//!   plus `shard::run`, the per-shard runtime that drives it.
 //! - [`conn`]: client connections' I/O: accept and the per-connection driver.
 //! - [`api`]: the application-server side: HTTP API, TCP publishers, and
 //!   the one publish path both take.
 //! - [`auth`]: the API key check (constant time).
 //! - [`proto`]: sans-IO codecs and policies (frames, batches, bodies, close
-//!   reasons, WebSocket).
+//!   reasons, version 2, WebSocket).
 //! - [`metrics`]: counters and histograms, as JSON and Prometheus text.
 //! - [`host`]: `volley check-host`, what on this host is not tuned.
 //!

@@ -45,3 +45,8 @@ fn ws_reader() {
 fn ws_upgrade() {
     replay("ws_upgrade", checks::ws_upgrade);
 }
+
+#[test]
+fn v2_bodies() {
+    replay("v2_bodies", checks::v2_bodies);
+}

@@ -12,20 +12,22 @@
 //! inline, the rest travel through the mesh.
 //!
 //! Invariants: a push is checked whole (payload size, target counts, room
-//! length) before anything is routed; its frame is encoded once per
-//! transport and shared by every recipient.
+//! length, message id) before anything is routed; its frames are encoded
+//! once per protocol version and transport and shared by every recipient
+//! (a room message by its owner shard, which gives it its offset first).
 
 pub mod http;
 pub mod tcp;
 mod tcp_session;
 
 use crate::metrics::ShardStats;
-use crate::proto::binary;
 use crate::proto::body::MAX_ROOM_LEN;
 pub use crate::proto::publish::Target;
-use crate::proto::wire::Wire;
-use crate::shard::mesh::{owner_of_mid, owner_of_str, ShardMsg};
+use crate::proto::v2::{Envelope, Kind, MAX_ID_LEN};
+use crate::proto::wire::Frames;
+use crate::shard::mesh::{owner_of_mid, owner_of_str, Publication, ShardMsg};
 use crate::shard::Shard;
+use bytes::Bytes;
 use fnv::FnvHashMap;
 use std::sync::Arc;
 
@@ -54,10 +56,26 @@ pub enum PublishError {
     /// A room key over `MAX_ROOM_LEN` bytes.
     #[error("room key over {MAX_ROOM_LEN} bytes")]
     RoomTooLong,
+    /// A message id over `MAX_ID_LEN` bytes.
+    #[error("message id over {MAX_ID_LEN} bytes")]
+    IdTooLong,
+}
+
+/// What a publisher may say about a message besides where it goes.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Meta {
+    /// The publisher's message id, carried in version-2 envelopes.
+    pub id: Option<String>,
+    /// Seconds a room message stays in history (the room's limits still
+    /// apply).
+    pub ttl: Option<u32>,
 }
 
 /// Checks a push against the limits without routing it.
-pub fn check(target: &Target, payload: &[u8], max: usize) -> Result<(), PublishError> {
+pub fn check(target: &Target, payload: &[u8], meta: &Meta, max: usize) -> Result<(), PublishError> {
+    if meta.id.as_ref().is_some_and(|id| id.len() > MAX_ID_LEN) {
+        return Err(PublishError::IdTooLong);
+    }
     if payload.len() > max {
         return Err(PublishError::TooLarge {
             got: payload.len(),
@@ -78,35 +96,55 @@ pub fn check(target: &Target, payload: &[u8], max: usize) -> Result<(), PublishE
     }
 }
 
-/// Checks a push, encodes its frame once, and routes it.
-pub fn publish(sh: &mut Shard, target: Target, op: u32, payload: &[u8]) -> Result<(), PublishError> {
-    check(&target, payload, sh.shared.config.api.max_push_body)?;
-    let frame = Wire::encode(binary::VERSION_GOIM, op, 0, payload);
+/// Checks a push, encodes its frames once (a room message: at its owner),
+/// and routes it.
+pub fn publish(sh: &mut Shard, target: Target, op: u32, payload: &[u8], meta: Meta) -> Result<(), PublishError> {
+    check(&target, payload, &meta, sh.shared.config.api.max_push_body)?;
     ShardStats::add(&sh.stats().published, 1);
     let n = sh.nr_shards();
+    let id = meta.id.as_deref().unwrap_or("");
+    let direct = |kind| {
+        Frames::new(&Envelope {
+            op,
+            kind,
+            room: "",
+            offset: 0,
+            epoch: 0,
+            id,
+            payload,
+        })
+    };
     match target {
         Target::Room(room) => {
             let owner = owner_of_str(&room, n);
+            let msg = Publication {
+                op,
+                id: meta.id.as_deref().map(Arc::from),
+                payload: Bytes::copy_from_slice(payload),
+                ttl: meta.ttl,
+            };
             sh.route(
                 owner,
                 ShardMsg::PublishRoom {
                     room: Arc::from(room),
-                    frame,
+                    msg,
                 },
             );
         }
         Target::All => {
+            let frames = direct(Kind::Direct);
             for s in 0..n {
                 sh.route(
                     s,
                     ShardMsg::All {
                         op,
-                        frame: frame.clone(),
+                        frames: frames.clone(),
                     },
                 );
             }
         }
         Target::Keys(keys) => {
+            let frames = direct(Kind::Direct);
             let mut by: FnvHashMap<usize, Vec<Arc<str>>> = FnvHashMap::default();
             for k in keys {
                 by.entry(owner_of_str(&k, n)).or_default().push(Arc::from(k));
@@ -117,12 +155,13 @@ pub fn publish(sh: &mut Shard, target: Target, op: u32, payload: &[u8]) -> Resul
                     ShardMsg::PushKeys {
                         keys,
                         op,
-                        frame: frame.clone(),
+                        frames: frames.clone(),
                     },
                 );
             }
         }
         Target::Mids(mids) => {
+            let frames = direct(Kind::User);
             let mut by: FnvHashMap<usize, Vec<i64>> = FnvHashMap::default();
             for m in mids {
                 by.entry(owner_of_mid(m, n)).or_default().push(m);
@@ -133,7 +172,7 @@ pub fn publish(sh: &mut Shard, target: Target, op: u32, payload: &[u8]) -> Resul
                     ShardMsg::PushMids {
                         mids,
                         op,
-                        frame: frame.clone(),
+                        frames: frames.clone(),
                     },
                 );
             }

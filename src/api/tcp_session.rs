@@ -129,7 +129,7 @@ impl PublisherSession {
             }
             op::PUSH_KEYS | op::PUSH_MIDS | op::PUSH_ROOM | op::PUSH_ALL => {
                 let p = body::parse(f.op, f.body).map_err(|e| Ended::new(CloseReason::BadBody, e.to_string()))?;
-                super::publish(sh, p.target, p.op, p.payload).map_err(|e| {
+                super::publish(sh, p.target, p.op, p.payload, super::Meta::default()).map_err(|e| {
                     let reason = match e {
                         PublishError::TooLarge { .. } => CloseReason::BodyTooLarge,
                         _ => CloseReason::BadBody,

@@ -14,9 +14,10 @@
 //! [log]     level format
 //! [tcp]     listen
 //! [ws]      listen path origins echo echo_path echo_max_message
-//! [client]  handshake_timeout_secs heartbeat_timeout_secs
-//! [limits]  max_body outbound_limit
+//! [client]  handshake_timeout_secs heartbeat_timeout_secs max_rooms
+//! [limits]  max_body outbound_limit replay_limit
 //! [api]     listen publish_listen key max_body max_push_body idle_timeout_secs
+//! [history] messages max_age_secs max_bytes memory overrides
 //! ```
 //!
 //! Invariants: `Config::default()` is the embedded defaults and reads
@@ -149,6 +150,11 @@ pub struct Config {
     /// `[api]`: the application-server side (HTTP API, TCP publishers).
     #[command(flatten)]
     pub api: ApiConfig,
+
+    /// `[history]`: what each room's owner keeps for version-2 resumes and
+    /// `GET /v1/history`.
+    #[command(flatten)]
+    pub history: HistoryConfig,
 }
 
 /// `[log]`
@@ -226,6 +232,12 @@ pub struct ClientConfig {
         default_value_t = 600
     )]
     pub heartbeat_timeout_secs: u32,
+
+    /// Rooms one version-2 connection may be in (joined or joining) at once;
+    /// a join past it is answered with error `room_limit`. Each membership
+    /// costs about 40 bytes on the connection's shard.
+    #[arg(id = "client-max-rooms", long = "client-max-rooms", default_value_t = 64)]
+    pub max_rooms: usize,
 }
 
 /// `[limits]`
@@ -248,6 +260,14 @@ pub struct Limits {
     /// full for every connection although stored once.
     #[arg(id = "limits-outbound-limit", long = "limits-outbound-limit", alias = "outbound-limit", default_value_t = 1 << 20)]
     pub outbound_limit: usize,
+
+    /// Bytes of replayed history (and of the pushes that follow it) a
+    /// resuming version-2 connection may have waiting beyond
+    /// `outbound_limit`; they enter its queue as it drains. A resume needing
+    /// more is answered `replay_too_large`. The frames are shared with
+    /// history, so each costs the connection a 32-byte handle, not its size.
+    #[arg(id = "limits-replay-limit", long = "limits-replay-limit", default_value_t = 4 << 20)]
+    pub replay_limit: usize,
 }
 
 /// `[api]`
@@ -303,6 +323,119 @@ pub struct ApiConfig {
         default_value_t = 30
     )]
     pub idle_timeout_secs: u64,
+}
+
+/// `[history]`
+#[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "[history]")]
+pub struct HistoryConfig {
+    /// Messages each room keeps (0: no history unless an override gives
+    /// some). Every room message is stored once, as the frames fan-out sent.
+    #[arg(id = "history-messages", long = "history-messages", default_value_t = 100)]
+    pub messages: usize,
+
+    /// Seconds a message stays in its room's history.
+    #[arg(id = "history-max-age-secs", long = "history-max-age-secs", default_value_t = 300)]
+    pub max_age_secs: u32,
+
+    /// Bytes of history one room keeps (frames, both wire forms, plus 96
+    /// bytes of bookkeeping per message).
+    #[arg(id = "history-max-bytes", long = "history-max-bytes", default_value_t = 256 << 10)]
+    pub max_bytes: usize,
+
+    /// Bytes of history all rooms together keep, split evenly over the
+    /// shards (each owns its rooms' history); past it the oldest stored
+    /// message of any room goes first (counted as `history_evicted_memory`).
+    #[arg(id = "history-memory", long = "history-memory", default_value_t = 256 << 20)]
+    pub memory: usize,
+
+    /// Per room prefix, comma-separated: `PREFIX=off` (no history) or
+    /// `PREFIX=MESSAGES:MAX_AGE_SECS:MAX_BYTES`, e.g.
+    /// `chat://=1000:3600:1048576,tmp://=off`. The longest matching prefix wins.
+    #[arg(
+        id = "history-overrides",
+        long = "history-overrides",
+        value_delimiter = ',',
+        value_parser = parse_override,
+        action = clap::ArgAction::Set
+    )]
+    pub overrides: Vec<HistoryOverride>,
+}
+
+/// How much history one room keeps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HistoryPolicy {
+    /// Most messages kept (0: history off for the room).
+    pub messages: usize,
+    /// Most seconds a message is kept.
+    pub max_age: u32,
+    /// Most bytes kept.
+    pub bytes: usize,
+}
+
+impl HistoryPolicy {
+    /// No history.
+    pub const OFF: HistoryPolicy = HistoryPolicy {
+        messages: 0,
+        max_age: 0,
+        bytes: 0,
+    };
+}
+
+/// `[history] overrides` item: rooms starting with `prefix` keep `policy`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HistoryOverride {
+    /// Room key prefix, e.g. `chat://`.
+    pub prefix: String,
+    /// What those rooms keep.
+    pub policy: HistoryPolicy,
+}
+
+/// Parses `PREFIX=off` or `PREFIX=MESSAGES:MAX_AGE_SECS:MAX_BYTES`.
+fn parse_override(s: &str) -> Result<HistoryOverride, String> {
+    let (prefix, spec) = s
+        .rsplit_once('=')
+        .ok_or_else(|| format!("{s:?}: expected PREFIX=off or PREFIX=MESSAGES:MAX_AGE_SECS:MAX_BYTES"))?;
+    let policy = if spec == "off" {
+        HistoryPolicy::OFF
+    } else {
+        let n: Vec<&str> = spec.split(':').collect();
+        let num = |i: usize| n.get(i).and_then(|v| v.parse::<u64>().ok());
+        match (n.len(), num(0), num(1), num(2)) {
+            (3, Some(messages), Some(age), Some(bytes)) => HistoryPolicy {
+                messages: messages as usize,
+                max_age: u32::try_from(age).map_err(|_| format!("{s:?}: age too large"))?,
+                bytes: bytes as usize,
+            },
+            _ => {
+                return Err(format!(
+                    "{s:?}: expected PREFIX=off or PREFIX=MESSAGES:MAX_AGE_SECS:MAX_BYTES"
+                ))
+            }
+        }
+    };
+    Ok(HistoryOverride {
+        prefix: prefix.to_string(),
+        policy,
+    })
+}
+
+impl HistoryConfig {
+    /// What `room` keeps: the longest matching override, else the defaults.
+    pub fn policy(&self, room: &str) -> HistoryPolicy {
+        self.overrides
+            .iter()
+            .filter(|o| room.starts_with(&o.prefix))
+            .max_by_key(|o| o.prefix.len())
+            .map_or(
+                HistoryPolicy {
+                    messages: self.messages,
+                    max_age: self.max_age_secs,
+                    bytes: self.max_bytes,
+                },
+                |o| o.policy,
+            )
+    }
 }
 
 /// A configuration that cannot run.
@@ -393,6 +526,22 @@ impl Config {
         }
         if self.api.key.as_deref() == Some("") {
             return bad("[api] key", "empty; unset it to disable the check");
+        }
+        if self.client.max_rooms == 0 || self.client.max_rooms > 100_000 {
+            return bad("[client] max_rooms", "must be between 1 and 100000");
+        }
+        let h = &self.history;
+        let policies = std::iter::once(h.policy("")).chain(h.overrides.iter().map(|o| o.policy));
+        for p in policies {
+            if p.messages > 1_000_000 {
+                return bad("[history] messages", "at most 1000000 per room");
+            }
+            if p.messages > 0 && (p.max_age == 0 || p.bytes == 0) {
+                return bad(
+                    "[history] max_age_secs",
+                    "a room that keeps messages needs an age and a byte limit",
+                );
+            }
         }
         Ok(())
     }

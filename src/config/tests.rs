@@ -183,3 +183,29 @@ fn validation_names_the_knob() {
     );
     bad(|c| c.shards = 5000, "shards");
 }
+
+#[test]
+fn history_overrides_pick_the_longest_prefix() {
+    let f = file(
+        "history.toml",
+        "[history]\nmessages = 10\noverrides = [\"chat://=1000:3600:1048576\", \"chat://vip/=2000:60:10\", \"tmp://=off\"]\n",
+    );
+    let c = serve(&["volley", "serve", "-c", &f]);
+    c.validate().unwrap();
+    let h = &c.history;
+    assert_eq!(h.policy("live://1").messages, 10);
+    assert_eq!(h.policy("chat://1").messages, 1000);
+    assert_eq!(h.policy("chat://vip/1").max_age, 60);
+    assert_eq!(h.policy("tmp://x"), HistoryPolicy::OFF);
+    let c = serve(&["volley", "serve", "--history-overrides", "a=off"]);
+    assert_eq!(c.history.policy("ab"), HistoryPolicy::OFF);
+    for bad in ["x", "x=1:2", "x=a:b:c", "x=1:99999999999:3"] {
+        let e = serve_with(&["volley", "serve", "--history-overrides", bad], &[]).unwrap_err();
+        assert!(
+            e.to_string().contains("expected PREFIX") || e.to_string().contains("too large"),
+            "{bad}: {e}"
+        );
+    }
+    let c = serve(&["volley", "serve", "--history-overrides", "x=5:0:10"]);
+    assert!(c.validate().unwrap_err().to_string().contains("[history]"));
+}

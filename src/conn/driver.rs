@@ -222,7 +222,7 @@ impl ClientDriver {
             };
             let now = metrics::clock_us();
             let waited = now.wrapping_sub(c.out.since());
-            c.out.advance(n, now);
+            c.written(n, now);
             stats.queue_wait_us.record(waited);
             ShardStats::add(&stats.bytes_out, n as u64);
             ShardStats::add(&stats.writes, 1);

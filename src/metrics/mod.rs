@@ -124,6 +124,15 @@ shard_stats! {
     Counter unknown_ops: "Frames from clients with an operation volley does not serve.";
     Counter accept_errors: "Accept errors (EMFILE and the like).";
     Gauge publishers: "TCP publisher connections currently open.";
+    Gauge history_messages: "Messages stored in the history of the rooms this shard owns.";
+    Gauge history_bytes: "Bytes of history stored (frames and bookkeeping).";
+    Gauge room_logs: "Rooms this shard owns that have an offset and epoch (a log).";
+    Counter history_evicted_limit: "Messages that left history by a room's message, byte or age limit.";
+    Counter history_evicted_memory: "Messages that left history because `[history] memory` was full (oldest first).";
+    Counter history_expired: "Messages that left history when their own TTL ended.";
+    Counter resumes: "Version-2 joins that asked to resume from an offset.";
+    Counter resumes_failed: "Resumes answered `recovered: false` (epoch changed, history gone, offset ahead).";
+    Counter replayed: "Messages sent to resuming connections from history.";
 }
 
 fn by_reason(counters: &[AtomicU64]) -> BTreeMap<&'static str, u64> {

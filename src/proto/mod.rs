@@ -8,6 +8,8 @@
 //! - `publish`: the TCP publisher's push bodies;
 //! - `close`: every close reason, its name, its op 6 text and close code;
 //! - `wire`: a push encoded once per transport;
+//! - `v2`: protocol version 2 — its operations, the push envelope, control
+//!   bodies and numbered errors;
 //! - `ws`: WebSocket — upgrade, frames, message reader, session policy.
 
 pub mod batch;
@@ -15,5 +17,6 @@ pub mod binary;
 pub mod body;
 pub mod close;
 pub mod publish;
+pub mod v2;
 pub mod wire;
 pub mod ws;

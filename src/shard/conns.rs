@@ -6,7 +6,7 @@
 //! The record is the biggest thing an idle connection costs us, so every
 //! field says why it is there (and a unit test bounds its size).
 
-use super::outbound::Outbound;
+use super::outbound::{Held, Outbound};
 use crate::config::Config;
 use crate::proto::binary;
 use crate::proto::close::CloseReason;
@@ -79,10 +79,9 @@ pub struct Conn {
     pub(super) key: Option<Arc<str>>,
     /// User id, 0 = anonymous.
     pub(super) mid: i64,
-    /// Current room and this connection's position in it.
-    pub(super) room: Option<(Rc<str>, usize)>,
-    /// Accepted business operation codes, sorted (goim's "accepts").
-    pub(super) accepts: Box<[u32]>,
+    /// What the connection has of its protocol version: its rooms, its
+    /// accepts filter (version 1).
+    pub(super) session: Session,
     /// Wheel tick at which the connection is closed unless renewed.
     pub(super) deadline: u32,
     /// Tick whose wheel slot holds this connection's live entry.
@@ -97,6 +96,59 @@ pub struct Conn {
     pub(super) pinged: bool,
 }
 
+/// Per protocol version: version 1 keeps what goim's session needs inline;
+/// version 2, which has more, keeps it boxed (one pointer in the record).
+#[derive(Debug)]
+pub enum Session {
+    /// Version 1 (and a connection not yet authenticated).
+    V1 {
+        /// Current room and this connection's position in it.
+        room: Option<(Rc<str>, usize)>,
+        /// Accepted business operation codes, sorted (goim's "accepts").
+        accepts: Box<[u32]>,
+    },
+    /// Version 2.
+    V2(Box<V2Conn>),
+}
+
+impl Default for Session {
+    fn default() -> Self {
+        Session::V1 {
+            room: None,
+            accepts: Box::default(),
+        }
+    }
+}
+
+/// What only a version-2 connection has.
+#[derive(Debug, Default)]
+pub struct V2Conn {
+    /// Rooms it is in, each with its position in that room's member list on
+    /// this shard.
+    pub(super) rooms: Vec<(Rc<str>, usize)>,
+    /// Rooms whose join the room's owner has not answered yet: not members
+    /// until it does (`shard::resume` says why that is what keeps a resume
+    /// gapless).
+    pub(super) joining: Vec<Arc<str>>,
+    /// Replayed frames (and pushes behind them) waiting for room in the
+    /// queue; refilled as writes drain it.
+    pub(super) held: Held,
+    /// The outbound limit the queue is refilled up to.
+    pub(super) limit: usize,
+}
+
+impl V2Conn {
+    /// Rooms joined or being joined (what `[client] max_rooms` bounds).
+    pub(super) fn nr_rooms(&self) -> usize {
+        self.rooms.len() + self.joining.len()
+    }
+
+    /// Whether `room` is joined or being joined.
+    pub(super) fn has(&self, room: &str) -> bool {
+        self.rooms.iter().any(|(r, _)| &**r == room) || self.joining.iter().any(|r| &**r == room)
+    }
+}
+
 impl Conn {
     /// Past the handshake: authenticated, or an echo connection.
     pub(super) fn authed_or_echo(&self) -> bool {
@@ -106,6 +158,46 @@ impl Conn {
     /// The connection must close (its driver flushes and ends).
     pub fn closing(&self) -> bool {
         self.close.is_some()
+    }
+
+    /// Marks `n` bytes written at time `now`; frames held behind the queue
+    /// (a version-2 replay) move in as it drains.
+    pub fn written(&mut self, n: usize, now: u32) {
+        self.out.advance(n, now);
+        if let Session::V2(v) = &mut self.session {
+            if !v.held.is_empty() {
+                v.held.refill(&mut self.out, v.limit, now);
+            }
+        }
+    }
+
+    /// Drops every frame not yet started, held ones too (see
+    /// `Outbound::clear`); returns how many.
+    pub(super) fn clear_queued(&mut self) -> usize {
+        let held = self.v2_mut().map_or(0, |v| v.held.clear());
+        self.out.clear() + held
+    }
+
+    /// Drops everything queued or held (the connection is given up).
+    pub(super) fn discard_queued(&mut self) -> usize {
+        let held = self.v2_mut().map_or(0, |v| v.held.clear());
+        self.out.discard() + held
+    }
+
+    /// The version-2 state, if this is a version-2 connection.
+    pub(super) fn v2(&self) -> Option<&V2Conn> {
+        match &self.session {
+            Session::V2(v) => Some(v),
+            Session::V1 { .. } => None,
+        }
+    }
+
+    /// The version-2 state, to change.
+    pub(super) fn v2_mut(&mut self) -> Option<&mut V2Conn> {
+        match &mut self.session {
+            Session::V2(v) => Some(v),
+            Session::V1 { .. } => None,
+        }
     }
 }
 

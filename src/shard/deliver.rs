@@ -8,30 +8,73 @@
 //! only on the queue's empty → non-empty edge.
 //!
 //! Invariants: one record lookup per delivery; a frame is never copied per
-//! connection (every queue holds a clone of the same `Bytes`); a queue over
-//! its limit closes its connection as a slow consumer, never grows.
+//! connection (every queue holds a clone of the same `Bytes`, in the form
+//! for the connection's protocol version and transport); a queue over its
+//! limit closes its connection as a slow consumer, never grows; a version-1
+//! connection is only ever given version-1 frames.
 //!
 //! ```text
-//! publish room R ─> owner_of(R): PublishRoom ─> RoomFrame to every shard ─> each member's queue
+//! publish room R ─> owner_of(R): PublishRoom ─> offset, history ─> RoomFrame to every shard ─> each member's queue
 //! push keys/mids ─> owners: directory lookup ─> Deliver to the holding shards ─> those queues
 //! push all ─────> All to every shard ─> every authenticated connection accepting the op
 //! ```
+//!
+//! The accepts filter (key, user and global pushes) is version 1's; a
+//! version-2 connection gets every push addressed to it.
 
-use super::conns::Transport;
-use super::mesh::{ConnRef, ShardMsg};
-use super::outbound::PushError;
+use super::conns::{Conn, Session, Transport};
+use super::mesh::{ConnRef, Publication, ShardMsg};
+use super::outbound::{PushError, ENTRY_OVERHEAD};
 use super::state::Shard;
 use crate::metrics::ShardStats;
+use crate::proto::binary;
 use crate::proto::close::CloseReason;
-use crate::proto::wire::Wire;
+use crate::proto::v2::{Envelope, Kind};
+use crate::proto::wire::{Frames, Wire};
 use bytes::Bytes;
 use fnv::FnvHashMap;
 use std::sync::Arc;
 
 impl Shard {
-    /// Queues a push to `r` in its transport's form, enforcing its byte limit.
-    pub(super) fn enqueue(&mut self, r: ConnRef, wire: &Wire) {
-        self.enqueue_with(r, |t| wire.for_transport(t == Transport::Ws).clone());
+    /// Queues a push to `r` in the form for its protocol version and
+    /// transport, enforcing its byte limit.
+    pub(super) fn enqueue(&mut self, r: ConnRef, frames: &Frames) {
+        self.enqueue_with(r, |c| frames.for_conn(c.ver, c.transport == Transport::Ws).clone());
+    }
+
+    /// Queues a replayed history frame in `r`'s transport form; what does
+    /// not fit under its limit is held behind its queue (`Outbound`).
+    pub(super) fn enqueue_replay(&mut self, r: ConnRef, wire: &Wire) {
+        let (now, cap) = (self.now, self.cfg().limits.replay_limit);
+        let limit = self.cfg().limits.outbound_limit;
+        let Some((c, stats)) = self.conn_and_stats(r) else {
+            return;
+        };
+        if c.close.is_some() {
+            return;
+        }
+        let frame = wire.for_transport(c.transport == Transport::Ws).clone();
+        let Session::V2(v2) = &mut c.session else { return };
+        let pushed = if v2.held.is_empty() && (c.out.is_empty() || c.out.cost() + frame.len() + ENTRY_OVERHEAD <= limit)
+        {
+            Ok(c.out.push_unbounded(frame, now))
+        } else {
+            v2.held.push(frame, cap).map(|()| false)
+        };
+        match pushed {
+            Ok(was_empty) => {
+                if was_empty {
+                    if let Some(w) = &c.waker {
+                        w.wake_by_ref();
+                    }
+                }
+                ShardStats::add(&stats.deliveries, 1);
+            }
+            Err(PushError::OverLimit { queued }) => {
+                let detail = format!("{queued} bytes of replay waiting, limit {cap}");
+                self.close(r, CloseReason::SlowConsumer, &detail);
+            }
+        }
     }
 
     /// Queues bytes already in `r`'s wire format (a pong, an echo, the
@@ -44,13 +87,13 @@ impl Shard {
     /// a client that floods requests without reading replies is a slow
     /// consumer like any other.
     pub(super) fn reply(&mut self, r: ConnRef, ver: u16, op: u32, seq: u32, body: &[u8]) {
-        self.enqueue_with(r, |t| t.frame(ver, op, seq, body));
+        self.enqueue_with(r, |c| c.transport.frame(ver, op, seq, body));
     }
 
     /// The one place frames are queued: a single record lookup per delivery;
-    /// `frame` picks the connection's wire form and is not built for a
+    /// `frame` picks the connection's form and is not built for a
     /// connection that is already closing.
-    fn enqueue_with(&mut self, r: ConnRef, frame: impl FnOnce(Transport) -> Bytes) {
+    fn enqueue_with(&mut self, r: ConnRef, frame: impl FnOnce(&Conn) -> Bytes) {
         let now = self.now;
         let Some(c) = self.conns.get_mut(r.idx as usize).filter(|c| c.gen == r.gen) else {
             return;
@@ -61,7 +104,17 @@ impl Shard {
             return;
         }
         let limit = c.transport.outbound_limit(&self.shared.config);
-        match c.out.push(frame(c.transport), limit, now) {
+        let bytes = frame(c);
+        let v2 = c.ver == binary::VERSION_NATIVE;
+        let pushed = match &mut c.session {
+            // Behind frames held for a replay, to keep order.
+            Session::V2(h) if !h.held.is_empty() => h
+                .held
+                .push(bytes, self.shared.config.limits.replay_limit)
+                .map(|()| false),
+            _ => c.out.push(bytes, limit, now),
+        };
+        match pushed {
             Ok(was_empty) => {
                 if was_empty {
                     if let Some(w) = &c.waker {
@@ -72,57 +125,83 @@ impl Shard {
             }
             Err(PushError::OverLimit { queued }) => {
                 ShardStats::add(&stats.dropped, 1);
-                let detail = format!("{queued} bytes queued, limit {limit}");
+                let mut detail = format!("{queued} bytes queued, limit {limit}");
+                if v2 {
+                    detail.push_str("; rejoin each room with its last offset to resume");
+                }
                 self.close(r, CloseReason::SlowConsumer, &detail);
             }
         }
     }
 
-    /// On a room's owner: the message leaves as one `RoomFrame` per shard.
-    pub(super) fn publish_room(&mut self, room: Arc<str>, frame: Wire) {
+    /// On a room's owner: the message gets the room's next offset and a
+    /// place in its history, is encoded once per version, and leaves as one
+    /// `RoomFrame` per shard (sent in offset order: this shard is the only
+    /// one that sends the room's frames).
+    pub(super) fn publish_room(&mut self, room: Arc<str>, msg: Publication) {
+        let policy = self.cfg().history.policy(&room);
+        let now = self.wheel.now();
+        let id = msg.id.as_deref().unwrap_or("");
+        let (_, _, v2) = self.logs.publish(&room, policy, now, msg.ttl, |offset, epoch| {
+            Wire::from_tcp(
+                Envelope {
+                    op: msg.op,
+                    kind: Kind::Room,
+                    room: &room,
+                    offset,
+                    epoch,
+                    id,
+                    payload: &msg.payload,
+                }
+                .frame(),
+            )
+        });
+        self.count_history();
+        let frames = Frames {
+            v1: Wire::encode(binary::VERSION_GOIM, msg.op, 0, &msg.payload),
+            v2,
+        };
         for s in 0..self.nr() {
             self.route(
                 s,
                 ShardMsg::RoomFrame {
                     room: room.clone(),
-                    frame: frame.clone(),
+                    frames: frames.clone(),
                 },
             );
         }
     }
 
-    /// Every local member of `room` gets `frame`.
-    pub(super) fn deliver_room(&mut self, room: &str, frame: &Wire) {
+    /// Every local member of `room` gets `frames` (in its version's form).
+    pub(super) fn deliver_room(&mut self, room: &str, frames: &Frames) {
         // Collect first: enqueue may close a slow member, which edits the
         // member list we would be iterating.
         let members: Vec<ConnRef> = self.rooms.members(room).to_vec();
         for m in members {
-            self.enqueue(m, frame);
+            self.enqueue(m, frames);
         }
     }
 
-    /// These local connections get `frame` if authenticated and accepting
-    /// `op` (and, for targets found by decoding an assigned key, only if
-    /// their key is server-assigned).
-    pub(super) fn deliver_to(&mut self, conns: Vec<ConnRef>, assigned_only: bool, op: u32, frame: &Wire) {
+    /// These local connections get `frames` if authenticated and, on
+    /// version 1, accepting `op` (and, for targets found by decoding an
+    /// assigned key, only if their key is server-assigned).
+    pub(super) fn deliver_to(&mut self, conns: Vec<ConnRef>, assigned_only: bool, op: u32, frames: &Frames) {
         for r in conns {
-            if self.conn(r).is_some_and(|c| {
-                c.authed && (!assigned_only || c.key.is_none()) && c.accepts.binary_search(&op).is_ok()
-            }) {
-                self.enqueue(r, frame);
+            if self
+                .conn(r)
+                .is_some_and(|c| wants(c, op) && (!assigned_only || c.key.is_none()))
+            {
+                self.enqueue(r, frames);
             }
         }
     }
 
-    /// Every authenticated local connection accepting `op` gets `frame`.
-    pub(super) fn deliver_all(&mut self, op: u32, frame: &Wire) {
-        let targets: Vec<ConnRef> = self
-            .conn_refs()
-            .filter(|(_, c)| c.authed && c.accepts.binary_search(&op).is_ok())
-            .map(|(r, _)| r)
-            .collect();
+    /// Every authenticated local connection accepting `op` (version 1) and
+    /// every version-2 one gets `frames`.
+    pub(super) fn deliver_all(&mut self, op: u32, frames: &Frames) {
+        let targets: Vec<ConnRef> = self.conn_refs().filter(|(_, c)| wants(c, op)).map(|(r, _)| r).collect();
         for r in targets {
-            self.enqueue(r, frame);
+            self.enqueue(r, frames);
         }
     }
 
@@ -131,7 +210,7 @@ impl Shard {
         &mut self,
         by_shard: FnvHashMap<u16, Vec<ConnRef>>,
         op: u32,
-        frame: &Wire,
+        frames: &Frames,
         assigned_only: bool,
     ) {
         for (s, conns) in by_shard {
@@ -141,9 +220,19 @@ impl Shard {
                     conns,
                     assigned_only,
                     op,
-                    frame: frame.clone(),
+                    frames: frames.clone(),
                 },
             );
         }
     }
+}
+
+/// Whether an authenticated connection takes a key, user or global push of
+/// `op`: version 2 always, version 1 if it accepts the op (goim's rule).
+fn wants(c: &Conn, op: u32) -> bool {
+    c.authed
+        && match &c.session {
+            Session::V1 { accepts, .. } => accepts.binary_search(&op).is_ok(),
+            Session::V2(_) => true,
+        }
 }

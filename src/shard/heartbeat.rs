@@ -2,8 +2,9 @@
 //! heartbeat deadline, and on WebSocket the ping that stands in for op 2.
 //!
 //! Runs on the owning shard; `sweep` is its clock (one tick per call, once a
-//! second from `shard::run`, directly from the simulated-time harness). The
-//! data structure is `wheel::Wheel`; this module is the policy:
+//! second from `shard::run`, directly from the simulated-time harness), and
+//! also what ages the history of the rooms the shard owns. The data
+//! structure is `wheel::Wheel`; this module is the policy:
 //!
 //! ```text
 //! deadline passed ── closing (goodbye not taken in CLOSE_FLUSH_SECS) ──> queue discarded, driver ends
@@ -31,6 +32,9 @@ pub const WS_PING_GRACE_SECS: u32 = 30;
 /// queued before it) before it is given up: a client that stopped reading
 /// must not hold its socket for ever.
 pub const CLOSE_FLUSH_SECS: u32 = 5;
+
+/// Every this many ticks the sweep drops idle room logs (see `history::gc`).
+const GC_TICKS: u32 = 60;
 
 impl Shard {
     /// Makes sure the wheel looks at `r` by its recorded deadline.
@@ -78,7 +82,7 @@ impl Shard {
                 continue;
             }
             if c.close.is_some() {
-                let dropped = c.out.discard();
+                let dropped = c.discard_queued();
                 if let Some(w) = &c.waker {
                     w.wake_by_ref();
                 }
@@ -102,6 +106,12 @@ impl Shard {
                 );
             }
         }
+        self.logs.expire(tick);
+        if tick % GC_TICKS == 0 {
+            let shared = self.shared.clone();
+            self.logs.gc(tick, |room| shared.room_count(room, None) > 0);
+        }
+        self.count_history();
         self.publish_view();
     }
 

@@ -12,15 +12,16 @@
 //! - a WebSocket connection whose upgrade is not answered yet
 //!   (`Transport::WsUpgrading`) gets nothing framed: only the driver's HTTP
 //!   answer;
-//! - a connection is in at most one room, and its record holds its position
-//!   in that room's member list.
+//! - a version-1 connection is in at most one room (`Conn::room`), a
+//!   version-2 one in up to `[client] max_rooms` (`V2Conn::rooms`); either
+//!   way the record holds its position in each room's member list.
 //!
 //! ```text
 //! accept ─> new_conn ──op 7 ok──> authed ──op 6 / EOF / error / timeout──> closing ─> remove_conn
 //!              └──── any other frame, bad auth, timeout ──────────────────────┘
 //! ```
 
-use super::conns::{Conn, Transport};
+use super::conns::{Conn, Session, Transport};
 use super::mesh::{owner_of_mid, owner_of_str, ConnRef, GlobalConn, ShardMsg};
 use super::outbound::Outbound;
 use super::state::Shard;
@@ -48,8 +49,7 @@ impl Shard {
             ver: binary::VERSION_GOIM,
             key: None,
             mid: 0,
-            room: None,
-            accepts: Box::default(),
+            session: Session::default(),
             deadline,
             wheel_at: 0,
             close: None,
@@ -115,8 +115,17 @@ impl Shard {
         }
         let c = self.conns.remove(r.idx as usize);
         let reason = c.close.unwrap_or(CloseReason::PeerClosed);
-        if let Some((room, pos)) = &c.room {
-            self.leave_room(room.clone(), *pos);
+        match &c.session {
+            Session::V1 {
+                room: Some((room, pos)),
+                ..
+            } => self.leave_room(room.clone(), *pos),
+            Session::V1 { room: None, .. } => {}
+            Session::V2(v2) => {
+                for (room, pos) in &v2.rooms {
+                    self.leave_room(room.clone(), *pos);
+                }
+            }
         }
         if c.authed {
             let at = GlobalConn {
@@ -176,12 +185,17 @@ impl Shard {
         self.close(conn, reason, detail);
     }
 
-    /// Takes `r` out of the room it is in, fixing the position of the member
-    /// that moved into its place.
+    /// Takes the member at `pos` out of `room`, fixing the position of the
+    /// member that moved into its place (a version-1 connection's one room,
+    /// or the matching room of a version-2 one).
     pub(super) fn leave_room(&mut self, room: Rc<str>, pos: usize) {
         if let Some(moved) = self.rooms.leave(&room, pos) {
             if let Some(m) = self.conn_mut(moved) {
-                if let Some((_, p)) = &mut m.room {
+                let at = match &mut m.session {
+                    Session::V1 { room, .. } => room.as_mut(),
+                    Session::V2(v2) => v2.rooms.iter_mut().find(|(r, _)| Rc::ptr_eq(r, &room)),
+                };
+                if let Some((_, p)) = at {
                     *p = pos;
                 }
             }
@@ -190,10 +204,16 @@ impl Shard {
 
     /// Moves `r` to `room` (empty: out of any room); staying is a no-op.
     pub(super) fn change_room(&mut self, r: ConnRef, room: &str) {
-        let Some(c) = self.conn_mut(r) else { return };
-        if let Some((old, pos)) = c.room.take() {
+        let Some(Conn {
+            session: Session::V1 { room: current, .. },
+            ..
+        }) = self.conn_mut(r)
+        else {
+            return;
+        };
+        if let Some((old, pos)) = current.take() {
             if &*old == room {
-                c.room = Some((old, pos));
+                *current = Some((old, pos));
                 return;
             }
             self.leave_room(old, pos);
@@ -202,8 +222,12 @@ impl Shard {
             return;
         }
         let (name, pos) = self.rooms.join(room, r);
-        if let Some(c) = self.conn_mut(r) {
-            c.room = Some((name, pos));
+        if let Some(Conn {
+            session: Session::V1 { room: current, .. },
+            ..
+        }) = self.conn_mut(r)
+        {
+            *current = Some((name, pos));
         }
     }
 
@@ -227,7 +251,7 @@ impl Shard {
         c.close = Some(reason);
         c.deadline = flush_by;
         let dropped = if reason == CloseReason::SlowConsumer {
-            c.out.clear()
+            c.clear_queued()
         } else {
             0
         };

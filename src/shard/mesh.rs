@@ -16,11 +16,17 @@
 //! (so a register always precedes its unregister); `Shutdown` is the last
 //! message a shard acts on.
 
+use super::history::{Entry, Resumed};
 use crate::proto::close::CloseReason;
-use crate::proto::wire::Wire;
+use crate::proto::v2::Resume;
+use crate::proto::wire::Frames;
 use atomic_waker::AtomicWaker;
+use bytes::Bytes;
 use crossbeam_queue::SegQueue;
-use std::sync::Arc;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
 /// A connection's address inside its shard: slab index plus a generation,
@@ -85,6 +91,31 @@ impl GlobalConn {
     }
 }
 
+/// A message published to a room, as it travels to the room's owner (which
+/// gives it an offset and encodes it).
+#[derive(Debug, Clone)]
+pub struct Publication {
+    /// Business operation code.
+    pub op: u32,
+    /// The publisher's message id, if it gave one (≤ `v2::MAX_ID_LEN`).
+    pub id: Option<Arc<str>>,
+    /// The payload.
+    pub payload: Bytes,
+    /// Seconds the message stays in history (the room's limits still apply).
+    pub ttl: Option<u32>,
+}
+
+/// A page of a room's history, for `GET /v1/history`.
+#[derive(Debug)]
+pub struct HistoryPage {
+    /// The room's epoch.
+    pub epoch: u64,
+    /// Its newest offset.
+    pub last: u64,
+    /// Stored messages after the requested offset, oldest first.
+    pub entries: Vec<Entry>,
+}
+
 /// What travels between shards.
 #[derive(Debug)]
 pub enum ShardMsg {
@@ -92,15 +123,16 @@ pub enum ShardMsg {
     PublishRoom {
         /// Room key.
         room: Arc<str>,
-        /// Encoded frame.
-        frame: Wire,
+        /// The message.
+        msg: Publication,
     },
-    /// From a room's owner to every shard: deliver to local members.
+    /// From a room's owner to every shard: deliver to local members, in
+    /// offset order (one producer, one FIFO queue per receiving shard).
     RoomFrame {
         /// Room key.
         room: Arc<str>,
-        /// Encoded frame, shared.
-        frame: Wire,
+        /// The message with its offset, encoded, shared.
+        frames: Frames,
     },
     /// To a key owner: deliver to these keys (accepts-filtered by `op`).
     PushKeys {
@@ -108,8 +140,8 @@ pub enum ShardMsg {
         keys: Vec<Arc<str>>,
         /// Business operation code.
         op: u32,
-        /// Encoded frame.
-        frame: Wire,
+        /// Encoded push.
+        frames: Frames,
     },
     /// To a user owner: deliver to every connection of these users.
     PushMids {
@@ -117,8 +149,8 @@ pub enum ShardMsg {
         mids: Vec<i64>,
         /// Business operation code.
         op: u32,
-        /// Encoded frame.
-        frame: Wire,
+        /// Encoded push.
+        frames: Frames,
     },
     /// To a connection's shard: deliver to exactly these connections.
     Deliver {
@@ -129,15 +161,51 @@ pub enum ShardMsg {
         assigned_only: bool,
         /// Business operation code (accepts filter).
         op: u32,
-        /// Encoded frame.
-        frame: Wire,
+        /// Encoded push.
+        frames: Frames,
     },
     /// To every shard: deliver to every local connection accepting `op`.
     All {
         /// Business operation code.
         op: u32,
-        /// Encoded frame.
-        frame: Wire,
+        /// Encoded push.
+        frames: Frames,
+    },
+    /// To a room's owner: a version-2 connection asks to join, maybe
+    /// resuming (see `shard::resume`).
+    JoinReq {
+        /// Room key.
+        room: Arc<str>,
+        /// The connection.
+        at: GlobalConn,
+        /// The join request's sequence, for the reply.
+        seq: u32,
+        /// Where the client left off, if it resumes.
+        resume: Option<Resume>,
+    },
+    /// From a room's owner to the joining connection's shard.
+    JoinReply {
+        /// The connection.
+        conn: ConnRef,
+        /// The join request's sequence.
+        seq: u32,
+        /// Room key.
+        room: Arc<str>,
+        /// Whether the client asked to resume.
+        asked: bool,
+        /// The room's position and, for a resume, what to replay.
+        resumed: Resumed,
+    },
+    /// To a room's owner: a page of its history.
+    HistoryReq {
+        /// Room key.
+        room: Arc<str>,
+        /// Messages after this offset.
+        since: u64,
+        /// At most this many.
+        limit: usize,
+        /// Where the answer goes (`None`: the room has no log).
+        reply: Reply<Option<HistoryPage>>,
     },
     /// To a key's and a user's owner: a connection authenticated.
     Register {
@@ -169,6 +237,72 @@ pub enum ShardMsg {
     },
     /// Stop accepting, tell every client, close, and end the shard.
     Shutdown,
+}
+
+/// The sending half of a one-shot answer from one shard to a task waiting
+/// on another (the API asking a room's owner). Dropping it unsent wakes the
+/// waiter with `None`.
+pub struct Reply<T> {
+    slot: Arc<Slot<T>>,
+}
+
+struct Slot<T> {
+    value: Mutex<Option<T>>,
+    done: AtomicBool,
+    waker: AtomicWaker,
+}
+
+/// The waiting half of a `Reply`: a future of the answer.
+pub struct ReplyWait<T> {
+    slot: Arc<Slot<T>>,
+}
+
+impl<T> Reply<T> {
+    /// A reply slot and the future that waits on it.
+    pub fn pair() -> (Reply<T>, ReplyWait<T>) {
+        let slot = Arc::new(Slot {
+            value: Mutex::new(None),
+            done: AtomicBool::new(false),
+            waker: AtomicWaker::new(),
+        });
+        (Reply { slot: slot.clone() }, ReplyWait { slot })
+    }
+
+    /// Answers.
+    pub fn send(self, v: T) {
+        if let Ok(mut g) = self.slot.value.lock() {
+            *g = Some(v);
+        }
+        // `Drop` marks it done and wakes the waiter.
+    }
+}
+
+impl<T> Drop for Reply<T> {
+    fn drop(&mut self) {
+        self.slot.done.store(true, Ordering::Release);
+        self.slot.waker.wake();
+    }
+}
+
+impl<T> std::fmt::Debug for Reply<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Reply")
+    }
+}
+
+impl<T> Future for ReplyWait<T> {
+    type Output = Option<T>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<T>> {
+        let slot = &self.slot;
+        if !slot.done.load(Ordering::Acquire) {
+            slot.waker.register(cx.waker());
+            if !slot.done.load(Ordering::Acquire) {
+                return Poll::Pending;
+            }
+        }
+        Poll::Ready(slot.value.lock().ok().and_then(|mut g| g.take()))
+    }
 }
 
 impl ShardMsg {

@@ -5,9 +5,9 @@
 //!
 //! Ownership:
 //! - a connection belongs to the shard that accepted it, for life;
-//! - a room belongs to `owner_of_str(room)`: publishes go there first and
-//!   leave as one `RoomFrame` per shard (the owner is where offsets and
-//!   history will live);
+//! - a room belongs to `owner_of_str(room)`: publishes go there first, get
+//!   the room's next offset and a place in its history, and leave as one
+//!   `RoomFrame` per shard;
 //! - a connection key belongs to `owner_of_str(key)` and a user id to
 //!   `owner_of_mid(mid)`: the owner keeps where each lives.
 //!
@@ -22,6 +22,9 @@
 //! directory  key and user slices (pure)        rooms      RoomTable (pure)
 //! session    bytes → frames → session by version, op 9
 //! v1         the version-1 client operations (goim's)
+//! v2         the version-2 client operations (volley's)
+//! history    room logs: offsets, epochs, history and its limits (pure)
+//! resume     version-2 joins: owner round trip, replay, then membership
 //! outbound   a connection's write queue (pure) mesh       ShardMsg, inboxes, owners
 //! view       Shared, published views, online counts
 //! run        per-shard runtime: inbox loop, sweep timer, shutdown drain (awaits)
@@ -32,14 +35,17 @@ mod conns;
 mod deliver;
 mod directory;
 mod heartbeat;
+pub mod history;
 mod lifecycle;
 pub mod mesh;
 pub mod outbound;
+mod resume;
 pub mod rooms;
 pub mod run;
 mod session;
 mod state;
 mod v1;
+mod v2;
 pub mod view;
 mod wheel;
 

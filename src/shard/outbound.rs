@@ -20,6 +20,15 @@
 //! frame waiting alone (the usual case at low rates: a deque per push cost
 //! ~80 ns per connection at 19,000 in `benches/fanout_encode.rs`); a deque is
 //! allocated only while two or more frames wait, and freed when drained.
+//!
+//! `Held`: a version-2 resume replays history that may be larger than the
+//! connection's limit (a slow consumer missed about that much when it was
+//! closed). What does not fit waits in a `Held` (kept by the version-2
+//! connection's state, so version 1 pays nothing for it), behind the queue,
+//! and moves in as writes drain the queue; every push arriving meanwhile
+//! waits behind it, so order is kept. Held frames are shared with history,
+//! so each costs the connection a handle, not its bytes; they are bounded by
+//! their own limit (`[limits] replay_limit`).
 
 use bytes::Bytes;
 use std::collections::VecDeque;
@@ -108,6 +117,63 @@ impl Frames {
             Frames::Spilled(q) => (None, Some(q.iter())),
         };
         one.into_iter().chain(many.into_iter().flatten())
+    }
+}
+
+/// Frames waiting behind a connection's queue (see the module doc).
+#[derive(Debug, Default)]
+pub struct Held {
+    frames: VecDeque<Bytes>,
+    /// Their total length.
+    bytes: usize,
+}
+
+impl Held {
+    /// Whether nothing is held.
+    pub fn is_empty(&self) -> bool {
+        self.frames.is_empty()
+    }
+
+    /// Bytes held.
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+
+    /// Holds `frame` unless that passes `cap` held bytes.
+    pub fn push(&mut self, frame: Bytes, cap: usize) -> Result<(), PushError> {
+        if self.bytes + frame.len() > cap {
+            return Err(PushError::OverLimit { queued: self.bytes });
+        }
+        self.bytes += frame.len();
+        self.frames.push_back(frame);
+        Ok(())
+    }
+
+    /// Moves held frames into `out` while they fit under `limit` (at least
+    /// one when `out` is empty); returns whether any moved.
+    pub fn refill(&mut self, out: &mut Outbound, limit: usize, now: u32) -> bool {
+        let mut moved = false;
+        while let Some(f) = self.frames.front() {
+            if !out.is_empty() && out.cost + f.len() + ENTRY_OVERHEAD > limit {
+                break;
+            }
+            let f = self.frames.pop_front().expect("front checked");
+            self.bytes -= f.len();
+            out.push_unbounded(f, now);
+            moved = true;
+        }
+        if self.frames.is_empty() {
+            // Give the burst's deque back.
+            self.frames = VecDeque::new();
+        }
+        moved
+    }
+
+    /// Drops everything held; returns how many frames.
+    pub fn clear(&mut self) -> usize {
+        let n = self.frames.len();
+        *self = Held::default();
+        n
     }
 }
 
@@ -273,6 +339,38 @@ mod tests {
         assert_eq!(o.cost(), 6 + ENTRY_OVERHEAD);
         o.advance(6, 0);
         assert!(o.is_empty());
+    }
+
+    #[test]
+    fn held_frames_wait_behind_the_limit_and_move_in_as_the_queue_drains() {
+        let mut o = Outbound::default();
+        let mut h = Held::default();
+        let f = |b: u8| Bytes::from(vec![b; 68]); // 100 bytes charged each
+        o.push(f(1), 250, 0).unwrap();
+        o.push(f(2), 250, 0).unwrap();
+        h.push(f(3), 1000).unwrap();
+        h.push(f(4), 1000).unwrap();
+        assert_eq!(
+            h.push(Bytes::from(vec![5; 900]), 1000),
+            Err(PushError::OverLimit { queued: 136 })
+        );
+        assert!(!h.refill(&mut o, 250, 0), "nothing fits yet");
+        let mut seen = Vec::new();
+        while !o.is_empty() {
+            seen.push(o.front()[0]);
+            let n = o.front().len();
+            o.advance(n, 0);
+            h.refill(&mut o, 250, 0);
+        }
+        assert_eq!(seen, vec![1, 2, 3, 4]);
+        assert!(h.is_empty() && h.bytes() == 0 && o.cost() == 0);
+        h.push(Bytes::from(vec![9; 500]), 1000).unwrap();
+        assert!(
+            h.refill(&mut o, 250, 0),
+            "an empty queue takes a frame whatever its size"
+        );
+        h.push(f(1), 1000).unwrap();
+        assert_eq!(h.clear(), 1);
     }
 
     #[test]

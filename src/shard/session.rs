@@ -1,6 +1,6 @@
 //! Client frames into the shard: decoding a connection's bytes, op 9
 //! batches, and handing each frame to the session of the protocol version
-//! the connection authenticated with (`v1` today; a `v2` lands beside it).
+//! the connection authenticated with (`v1`, goim's, or `v2`, volley's).
 //!
 //! Runs on the owning shard; called by the connection's driver with bytes it
 //! read (raw TCP) or one WebSocket message (which must hold whole frames),
@@ -74,18 +74,18 @@ impl Shard {
             }
             return match f.ver {
                 0 | binary::VERSION_GOIM => self.v1_auth(r, f),
-                binary::VERSION_NATIVE => self.close(
-                    r,
-                    CloseReason::UnsupportedVersion,
-                    "protocol version 2 is not served yet (this server speaks 1)",
-                ),
+                binary::VERSION_NATIVE => self.v2_auth(r, f),
                 v => {
-                    let detail = format!("protocol version {v} is not served (this server speaks 1)");
+                    let detail = format!("protocol version {v} is not served (this server speaks 1 and 2)");
                     self.close(r, CloseReason::UnsupportedVersion, &detail)
                 }
             };
         }
-        self.v1_frame(r, f);
+        if c.ver == binary::VERSION_NATIVE {
+            self.v2_frame(r, f);
+        } else {
+            self.v1_frame(r, f);
+        }
     }
 
     /// An op 9 batch: every inner frame in order, each with its own reply;

@@ -3,7 +3,8 @@
 //! The fields live here; what the shard does with them is spread by
 //! responsibility over sibling files, each an `impl Shard` block:
 //! `lifecycle` (records, closes, rooms), `heartbeat` (deadlines, sweep),
-//! `deliver` (queues, fan-out), `session` and `v1` (client frames).
+//! `deliver` (queues, fan-out), `resume` (version-2 joins, history reads),
+//! `session`, `v1` and `v2` (client frames).
 //!
 //! Runs on exactly one glommio executor thread and is shared by that
 //! executor's tasks through `Rc<RefCell<Shard>>`. No method awaits, reads a
@@ -17,6 +18,7 @@
 
 use super::conns::Conn;
 use super::directory::Directory;
+use super::history::Logs;
 use super::mesh::{ConnRef, GlobalConn, ShardMsg};
 use super::rooms::RoomTable;
 use super::view::Shared;
@@ -45,6 +47,8 @@ pub struct Shard {
     pub(super) dir: Directory,
     /// Heartbeat / handshake deadlines, one slot per second.
     pub(super) wheel: Wheel<ConnRef>,
+    /// Offsets, epochs and history of the rooms this shard owns.
+    pub(super) logs: Logs,
     /// Client IPs on this shard with their connection counts.
     pub(super) ips: FnvHashMap<IpAddr, u32>,
     /// IP set changed since the last published view.
@@ -61,6 +65,7 @@ pub struct Shard {
 impl Shard {
     /// A new, empty shard.
     pub fn new(id: usize, shared: Arc<Shared>) -> Self {
+        let history_cap = shared.config.history.memory / shared.mesh.nr_shards().max(1);
         Shard {
             id,
             shared,
@@ -69,6 +74,7 @@ impl Shard {
             rooms: RoomTable::new(),
             dir: Directory::default(),
             wheel: Wheel::new(),
+            logs: Logs::new(history_cap),
             ips: FnvHashMap::default(),
             ips_dirty: false,
             now: 0,
@@ -134,24 +140,38 @@ impl Shard {
     /// Acts on one mesh message.
     pub fn handle(&mut self, msg: ShardMsg) {
         match msg {
-            ShardMsg::PublishRoom { room, frame } => self.publish_room(room, frame),
-            ShardMsg::RoomFrame { room, frame } => self.deliver_room(&room, &frame),
-            ShardMsg::PushKeys { keys, op, frame } => {
+            ShardMsg::PublishRoom { room, msg } => self.publish_room(room, msg),
+            ShardMsg::RoomFrame { room, frames } => self.deliver_room(&room, &frames),
+            ShardMsg::PushKeys { keys, op, frames } => {
                 let (by_entry, assigned) = self.dir.lookup_keys(&keys, self.shared.node_tag, self.nr());
-                self.forward(by_entry, op, &frame, false);
-                self.forward(assigned, op, &frame, true);
+                self.forward(by_entry, op, &frames, false);
+                self.forward(assigned, op, &frames, true);
             }
-            ShardMsg::PushMids { mids, op, frame } => {
+            ShardMsg::PushMids { mids, op, frames } => {
                 let by = self.dir.lookup_mids(&mids);
-                self.forward(by, op, &frame, false);
+                self.forward(by, op, &frames, false);
             }
             ShardMsg::Deliver {
                 conns,
                 assigned_only,
                 op,
-                frame,
-            } => self.deliver_to(conns, assigned_only, op, &frame),
-            ShardMsg::All { op, frame } => self.deliver_all(op, &frame),
+                frames,
+            } => self.deliver_to(conns, assigned_only, op, &frames),
+            ShardMsg::All { op, frames } => self.deliver_all(op, &frames),
+            ShardMsg::JoinReq { room, at, seq, resume } => self.join_req(room, at, seq, resume),
+            ShardMsg::JoinReply {
+                conn,
+                seq,
+                room,
+                asked,
+                resumed,
+            } => self.join_reply(conn, seq, room, asked, resumed),
+            ShardMsg::HistoryReq {
+                room,
+                since,
+                limit,
+                reply,
+            } => reply.send(self.history_page(&room, since, limit)),
             ShardMsg::Register { key, mid, at } => self.register(key, mid, at),
             ShardMsg::Unregister { key, mid, at } => self.dir.unregister(key.as_deref(), mid, at),
             ShardMsg::Kick {

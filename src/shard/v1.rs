@@ -19,6 +19,7 @@
 //! replies carry the request's version and sequence; every body is bounded
 //! by `proto::body` before anything is stored.
 
+use super::conns::{Conn, Session};
 use super::mesh::{ConnRef, GlobalConn};
 use super::state::Shard;
 use crate::metrics::ShardStats;
@@ -58,7 +59,13 @@ impl Shard {
     /// Members of `r`'s room on every shard (0 without a room): this
     /// shard's live count, the others' last published ones.
     fn online(&self, r: ConnRef) -> u32 {
-        let Some((room, _)) = self.conn(r).and_then(|c| c.room.as_ref()) else {
+        let Some(Conn {
+            session: Session::V1 {
+                room: Some((room, _)), ..
+            },
+            ..
+        }) = self.conn(r)
+        else {
             return 0;
         };
         let live = self.rooms.count(room);
@@ -68,8 +75,14 @@ impl Shard {
 
     /// Op 14 adds `ops` to the accepts filter, op 16 removes them.
     fn change_accepts(&mut self, r: ConnRef, f: Frame<'_>, ops: &[u32]) {
-        let Some(c) = self.conn_mut(r) else { return };
-        let mut acc = std::mem::take(&mut c.accepts).into_vec();
+        let Some(Conn {
+            session: Session::V1 { accepts, .. },
+            ..
+        }) = self.conn_mut(r)
+        else {
+            return;
+        };
+        let mut acc = std::mem::take(accepts).into_vec();
         if f.op == op::SUB {
             acc.extend_from_slice(ops);
             acc.sort_unstable();
@@ -78,7 +91,7 @@ impl Shard {
             acc.retain(|a| !ops.contains(a));
         }
         let too_many = acc.len() > body::MAX_ACCEPTS;
-        c.accepts = acc.into_boxed_slice();
+        *accepts = acc.into_boxed_slice();
         if too_many {
             return self.close(r, CloseReason::BadBody, "too many accepted operations");
         }
@@ -106,7 +119,10 @@ impl Shard {
         let mut accepts: Vec<u32> = a.accepts.iter().filter_map(|&x| u32::try_from(x).ok()).collect();
         accepts.sort_unstable();
         accepts.dedup();
-        c.accepts = accepts.into_boxed_slice();
+        c.session = Session::V1 {
+            room: None,
+            accepts: accepts.into_boxed_slice(),
+        };
         self.renew(r);
         ShardStats::add(&self.stats().authed, 1);
         let at = GlobalConn {

@@ -218,3 +218,86 @@ pub fn closes(h: &ServerHandle, reason: &str) -> u64 {
         .map(|s| s.closes.get(reason).copied().unwrap_or(0))
         .sum()
 }
+
+/// A version-2 push, read with the test's own parser (an oracle independent
+/// of the server's encoder).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Push2 {
+    pub op: u32,
+    pub kind: u8,
+    pub room: String,
+    pub offset: u64,
+    pub epoch: u64,
+    pub id: String,
+    pub payload: Vec<u8>,
+}
+
+/// Version-2 operation codes (docs/PROTOCOL.md).
+pub mod op2 {
+    pub const JOIN: u32 = 40;
+    pub const JOIN_REPLY: u32 = 41;
+    pub const LEAVE: u32 = 42;
+    pub const LEAVE_REPLY: u32 = 43;
+    pub const PUSH: u32 = 44;
+    pub const ERROR: u32 = 50;
+}
+
+impl Push2 {
+    pub fn parse(b: &[u8]) -> Push2 {
+        let u16_at = |i: usize| u16::from_be_bytes([b[i], b[i + 1]]) as usize;
+        let u64_at = |i: usize| u64::from_be_bytes(b[i..i + 8].try_into().unwrap());
+        let (rl, il) = (u16_at(6), u16_at(24));
+        Push2 {
+            op: u32::from_be_bytes(b[0..4].try_into().unwrap()),
+            kind: b[4],
+            room: String::from_utf8(b[26..26 + rl].to_vec()).unwrap(),
+            offset: u64_at(8),
+            epoch: u64_at(16),
+            id: String::from_utf8(b[26 + rl..26 + rl + il].to_vec()).unwrap(),
+            payload: b[26 + rl + il..].to_vec(),
+        }
+    }
+}
+
+impl Client {
+    /// Connects and authenticates with version 2; returns the client and the
+    /// key its op 8 named.
+    pub fn authed_v2(addr: SocketAddr, auth: &str) -> (Client, String) {
+        let mut c = Client::connect(addr);
+        c.send_as(2, op::AUTH, 1, auth.as_bytes());
+        let r = c.read().expect("auth reply");
+        assert_eq!((r.op, r.seq, r.ver), (op::AUTH_REPLY, 1, 2), "auth reply: {}", r.text());
+        let v: Value = serde_json::from_slice(&r.body).expect("JSON auth reply");
+        let key = v["key"].as_str().expect("a key").to_string();
+        (c, key)
+    }
+
+    /// Sends a version-2 join (resuming after `(offset, epoch)` if given)
+    /// and returns its reply's JSON.
+    pub fn join(&mut self, seq: u32, room: &str, resume: Option<(u64, &str)>) -> Value {
+        let body = match resume {
+            None => serde_json::json!({ "room": room }),
+            Some((o, e)) => serde_json::json!({"room": room, "offset": o, "epoch": e}),
+        };
+        self.send_as(2, op2::JOIN, seq, body.to_string().as_bytes());
+        let r = self.read().expect("join reply");
+        assert_eq!((r.ver, r.op, r.seq), (2, op2::JOIN_REPLY, seq), "{}", r.text());
+        serde_json::from_slice(&r.body).expect("JSON join reply")
+    }
+
+    /// The next version-2 push, skipping heartbeat replies; None on EOF.
+    pub fn read_push2(&mut self) -> Option<Push2> {
+        loop {
+            let g = self.read()?;
+            match g.op {
+                op::HEARTBEAT_REPLY => continue,
+                op2::PUSH => {
+                    assert_eq!(g.ver, 2, "a version-2 push");
+                    return Some(Push2::parse(&g.body));
+                }
+                op::DISCONNECT => return None,
+                other => panic!("expected a push, got op {other}: {}", g.text()),
+            }
+        }
+    }
+}

@@ -14,7 +14,7 @@
 //! POST /goim/push/{keys,mids,room,all}?operation=..   body = payload
 //! GET  /goim/online/{room,total,top}
 //! POST /v1/push/{keys,mids,room,all}   POST /v1/publish (batch)
-//! GET  /v1/online/{rooms,total,top}  /v1/stats  /metrics  /healthz
+//! GET  /v1/online/{rooms,total,top}  /v1/history  /v1/stats  /metrics  /healthz
 //! ```
 //!
 //! Every JSON reply is `{"code":0,"message":"","data":...}`; a bad request
@@ -34,7 +34,7 @@ use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use hyper::{Method, Request, StatusCode};
 use request::{bad, ApiError, Query};
-use routes::{json_reply, Req, Resp, ROUTES};
+use routes::{json_reply, Req, Resp, Run, ROUTES};
 use serde_json::json;
 use std::cell::RefCell;
 use std::pin::Pin;
@@ -157,5 +157,12 @@ async fn dispatch(req: Request<Incoming>, shard: &Rc<RefCell<Shard>>) -> Result<
         shard,
         shared: &shared,
     };
-    (route.handler)(&r)
+    match route.run {
+        Run::Now(h) => h(&r),
+        Run::Later(h) => {
+            let later = h(&r)?;
+            drop(r);
+            later.await
+        }
+    }
 }

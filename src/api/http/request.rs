@@ -5,7 +5,7 @@
 //! produces a `Push` (target, operation, payload) or an `ApiError` whose
 //! status and text are what the caller is answered.
 
-use crate::api::{PublishError, Target};
+use crate::api::{Meta, PublishError, Target};
 use bytes::Bytes;
 use hyper::StatusCode;
 use serde::Deserialize;
@@ -75,6 +75,21 @@ impl Query {
             .map_err(|_| bad(format!("`operation` must be an unsigned 32-bit integer, got {v:?}")))
     }
 
+    /// The optional `id` (message id) and `ttl` (seconds) parameters.
+    pub fn meta(&self) -> Result<Meta, ApiError> {
+        let ttl = match self.one("ttl") {
+            None | Some("") => None,
+            Some(t) => Some(
+                t.parse()
+                    .map_err(|_| bad(format!("`ttl` must be a number of seconds, got {t:?}")))?,
+            ),
+        };
+        Ok(Meta {
+            id: self.one("id").filter(|i| !i.is_empty()).map(String::from),
+            ttl,
+        })
+    }
+
     /// A `limit` parameter (`default` when absent).
     pub fn limit(&self, default: Option<usize>) -> Result<usize, ApiError> {
         match (self.one("limit"), default) {
@@ -94,6 +109,8 @@ pub struct Push {
     pub op: u32,
     /// Payload.
     pub payload: Bytes,
+    /// Message id and TTL.
+    pub meta: Meta,
 }
 
 /// One message of the native API.
@@ -112,6 +129,10 @@ struct PushReq {
     body: Option<String>,
     /// ...or as base64.
     body_base64: Option<String>,
+    /// The publisher's message id (carried to version-2 clients).
+    id: Option<String>,
+    /// Seconds a room message stays in history.
+    ttl: Option<u32>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -137,7 +158,7 @@ pub fn v1_batch(body: &[u8], max_push_body: usize) -> Result<Vec<Push>, ApiError
     for (i, m) in batch.messages.into_iter().enumerate() {
         let at = |ApiError(s, msg)| ApiError(s, format!("messages[{i}]: {msg}"));
         let p = m.resolve(None).map_err(at)?;
-        crate::api::check(&p.target, &p.payload, max_push_body).map_err(|e| at(e.into()))?;
+        crate::api::check(&p.target, &p.payload, &p.meta, max_push_body).map_err(|e| at(e.into()))?;
         out.push(p);
     }
     Ok(out)
@@ -182,6 +203,10 @@ impl PushReq {
             target,
             op: self.op,
             payload,
+            meta: Meta {
+                id: self.id.filter(|i| !i.is_empty()),
+                ttl: self.ttl,
+            },
         })
     }
 }

@@ -7,8 +7,10 @@
 //! is the contract; every reply is `{"code":0,"message":"","data":...}`.
 
 use super::request::{bad, v1_batch, v1_push, ApiError, Query};
-use crate::api::{publish, Target};
+use crate::api::{publish, Meta, Target};
 use crate::metrics::{prometheus, ShardStats, StatsSnapshot};
+use crate::proto::v2;
+use crate::shard::mesh::{owner_of_str, HistoryPage, Reply, ShardMsg};
 use crate::shard::{Shard, Shared};
 use bytes::Bytes;
 use http_body_util::Full;
@@ -16,7 +18,10 @@ use hyper::{Method, Response, StatusCode};
 use serde_json::{json, Value};
 use std::cell::RefCell;
 use std::collections::BTreeMap;
+use std::future::Future;
+use std::pin::Pin;
 use std::rc::Rc;
+use std::sync::Arc;
 
 /// A reply.
 pub type Resp = Response<Full<Bytes>>;
@@ -38,6 +43,22 @@ pub struct Req<'a> {
 /// A route's handler.
 pub type Handler = fn(&Req<'_>) -> Result<Resp, ApiError>;
 
+/// A reply that another shard has to supply first.
+pub type Later = Pin<Box<dyn Future<Output = Result<Resp, ApiError>>>>;
+
+/// A handler that asks another shard (a room's owner) and answers when it
+/// has: it checks the request at once and returns the wait.
+pub type LaterHandler = fn(&Req<'_>) -> Result<Later, ApiError>;
+
+/// How a route is answered.
+#[derive(Clone, Copy)]
+pub enum Run {
+    /// On the spot.
+    Now(Handler),
+    /// After another shard answers.
+    Later(LaterHandler),
+}
+
 /// One row of the route table.
 pub struct Route {
     /// The method served.
@@ -47,7 +68,7 @@ pub struct Route {
     /// Whether the API key (when configured) is required.
     pub keyed: bool,
     /// What answers it.
-    pub handler: Handler,
+    pub run: Run,
 }
 
 const fn get(path: &'static str, handler: Handler) -> Route {
@@ -55,7 +76,16 @@ const fn get(path: &'static str, handler: Handler) -> Route {
         method: Method::GET,
         path,
         keyed: true,
-        handler,
+        run: Run::Now(handler),
+    }
+}
+
+const fn get_later(path: &'static str, handler: LaterHandler) -> Route {
+    Route {
+        method: Method::GET,
+        path,
+        keyed: true,
+        run: Run::Later(handler),
     }
 }
 
@@ -64,7 +94,7 @@ const fn post(path: &'static str, handler: Handler) -> Route {
         method: Method::POST,
         path,
         keyed: true,
-        handler,
+        run: Run::Now(handler),
     }
 }
 
@@ -73,7 +103,7 @@ const fn page(path: &'static str, handler: Handler) -> Route {
         method: Method::GET,
         path,
         keyed: false,
-        handler,
+        run: Run::Now(handler),
     }
 }
 
@@ -95,6 +125,7 @@ pub const ROUTES: &[Route] = &[
     get("/v1/online/rooms", v1_online_rooms),
     get("/v1/online/total", online_total),
     get("/v1/online/top", v1_online_top),
+    get_later("/v1/history", v1_history),
     get("/v1/stats", v1_stats),
     get("/metrics", metrics),
     get("/healthz", healthz),
@@ -125,8 +156,8 @@ fn ok(data: Value) -> Resp {
     json_reply(StatusCode::OK, &v)
 }
 
-fn push(r: &Req<'_>, target: Target, op: u32, payload: &[u8]) -> Result<Resp, ApiError> {
-    publish(&mut r.shard.borrow_mut(), target, op, payload)?;
+fn push(r: &Req<'_>, target: Target, op: u32, payload: &[u8], meta: Meta) -> Result<Resp, ApiError> {
+    publish(&mut r.shard.borrow_mut(), target, op, payload, meta)?;
     Ok(ok(Value::Null))
 }
 
@@ -140,7 +171,7 @@ fn goim_push_keys(r: &Req<'_>) -> Result<Resp, ApiError> {
     if keys.is_empty() {
         return Err(bad("missing query parameter `keys`"));
     }
-    push(r, Target::Keys(keys), r.query.op()?, &r.body)
+    push(r, Target::Keys(keys), r.query.op()?, &r.body, r.query.meta()?)
 }
 
 fn goim_push_mids(r: &Req<'_>) -> Result<Resp, ApiError> {
@@ -152,16 +183,16 @@ fn goim_push_mids(r: &Req<'_>) -> Result<Resp, ApiError> {
     if mids.is_empty() {
         return Err(bad("missing query parameter `mids`"));
     }
-    push(r, Target::Mids(mids), r.query.op()?, &r.body)
+    push(r, Target::Mids(mids), r.query.op()?, &r.body, r.query.meta()?)
 }
 
 fn goim_push_room(r: &Req<'_>) -> Result<Resp, ApiError> {
     let room = format!("{}://{}", r.query.required("type")?, r.query.required("room")?);
-    push(r, Target::Room(room), r.query.op()?, &r.body)
+    push(r, Target::Room(room), r.query.op()?, &r.body, r.query.meta()?)
 }
 
 fn goim_push_all(r: &Req<'_>) -> Result<Resp, ApiError> {
-    push(r, Target::All, r.query.op()?, &r.body)
+    push(r, Target::All, r.query.op()?, &r.body, r.query.meta()?)
 }
 
 /// Room counts for `rooms` (each prefixed with `prefix`), keyed as given.
@@ -222,7 +253,7 @@ fn v1_online_top(r: &Req<'_>) -> Result<Resp, ApiError> {
 fn v1_push_one(r: &Req<'_>) -> Result<Resp, ApiError> {
     let kind = r.path.trim_start_matches("/v1/push/");
     let p = v1_push(kind, &r.body)?;
-    push(r, p.target, p.op, &p.payload)
+    push(r, p.target, p.op, &p.payload, p.meta)
 }
 
 fn v1_publish(r: &Req<'_>) -> Result<Resp, ApiError> {
@@ -230,9 +261,78 @@ fn v1_publish(r: &Req<'_>) -> Result<Resp, ApiError> {
     let n = all.len();
     let mut sh = r.shard.borrow_mut();
     for p in all {
-        publish(&mut sh, p.target, p.op, &p.payload)?;
+        publish(&mut sh, p.target, p.op, &p.payload, p.meta)?;
     }
     Ok(ok(json!({"accepted": n})))
+}
+
+/// Most messages one history page returns.
+pub const MAX_HISTORY_PAGE: usize = 1000;
+
+/// `GET /v1/history?room=&since=&limit=`: asks the room's owner.
+fn v1_history(r: &Req<'_>) -> Result<Later, ApiError> {
+    let room = r.query.required("room")?.to_string();
+    if room.len() > crate::proto::body::MAX_ROOM_LEN {
+        return Err(bad("room key over 256 bytes"));
+    }
+    let since = match r.query.one("since") {
+        None | Some("") => 0,
+        Some(s) => s
+            .parse()
+            .map_err(|_| bad(format!("`since` must be an offset, got {s:?}")))?,
+    };
+    let limit = r.query.limit(Some(100))?.min(MAX_HISTORY_PAGE);
+    let (reply, wait) = Reply::pair();
+    {
+        let mut sh = r.shard.borrow_mut();
+        let owner = owner_of_str(&room, sh.nr_shards());
+        let room: Arc<str> = Arc::from(room.as_str());
+        sh.route(
+            owner,
+            ShardMsg::HistoryReq {
+                room,
+                since,
+                limit,
+                reply,
+            },
+        );
+    }
+    Ok(Box::pin(async move {
+        let page = wait.await.ok_or_else(|| {
+            ApiError(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the room's shard did not answer".into(),
+            )
+        })?;
+        Ok(ok(history_json(&room, page)))
+    }))
+}
+
+fn history_json(room: &str, page: Option<HistoryPage>) -> Value {
+    use base64::Engine;
+    let Some(page) = page else {
+        return json!({"room": room, "epoch": Value::Null, "offset": 0, "messages": []});
+    };
+    let messages: Vec<Value> = page
+        .entries
+        .iter()
+        .filter_map(|e| {
+            let (f, _) = crate::proto::binary::decode(&e.wire.tcp, usize::MAX >> 1)
+                .ok()
+                .flatten()?;
+            let env = v2::decode_push(f.body).ok()?;
+            let mut m = json!({
+                "offset": e.offset,
+                "op": env.op,
+                "body_base64": base64::engine::general_purpose::STANDARD.encode(env.payload),
+            });
+            if !env.id.is_empty() {
+                m["id"] = env.id.into();
+            }
+            Some(m)
+        })
+        .collect();
+    json!({"room": room, "epoch": v2::fmt_epoch(page.epoch), "offset": page.last, "messages": messages})
 }
 
 fn snapshots(r: &Req<'_>) -> Vec<StatsSnapshot> {

@@ -13,16 +13,18 @@
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod v2_tests;
 
 use super::conns::Transport;
-use super::mesh::{owner_of_str, ConnRef, ShardMsg};
+use super::mesh::ConnRef;
 use super::state::Shard;
 use super::view::Shared;
+use crate::api::{Meta, Target};
 use crate::config::Config;
 use crate::metrics::StatsSnapshot;
 use crate::proto::binary::{self, Frame};
 use crate::proto::close::CloseReason;
-use crate::proto::wire::Wire;
 use std::collections::HashMap;
 use std::io::IoSlice;
 use std::net::IpAddr;
@@ -154,31 +156,65 @@ impl Sim {
 
     /// A room publish arriving on shard `at` (routed to the room's owner).
     pub fn publish_room(&mut self, at: usize, room: &str, op: u32, payload: &[u8]) {
-        let owner = owner_of_str(room, self.shards.len());
-        let frame = Wire::encode(binary::VERSION_GOIM, op, 0, payload);
-        self.shards[at].route(
-            owner,
-            ShardMsg::PublishRoom {
-                room: room.into(),
-                frame,
-            },
-        );
-        self.settle();
+        self.publish(at, Target::Room(room.into()), op, payload, Meta::default());
     }
 
     /// A push to every connection accepting `op`, arriving on shard `at`.
     pub fn publish_all(&mut self, at: usize, op: u32, payload: &[u8]) {
-        let frame = Wire::encode(binary::VERSION_GOIM, op, 0, payload);
-        for s in 0..self.shards.len() {
-            self.shards[at].route(
-                s,
-                ShardMsg::All {
-                    op,
-                    frame: frame.clone(),
-                },
-            );
-        }
+        self.publish(at, Target::All, op, payload, Meta::default());
+    }
+
+    /// A publish as the API makes it, arriving on shard `at`, without the
+    /// server settling afterwards (`pump` does that): lets a test interleave
+    /// publishes with other messages still queued.
+    pub fn publish_unsettled(&mut self, at: usize, target: Target, op: u32, payload: &[u8], meta: Meta) {
+        let sh = &mut self.shards[at];
+        sh.set_clock(self.now_us);
+        crate::api::publish(sh, target, op, payload, meta).expect("a valid test publish");
+    }
+
+    /// A publish as the API makes it, arriving on shard `at`.
+    pub fn publish(&mut self, at: usize, target: Target, op: u32, payload: &[u8], meta: Meta) {
+        self.publish_unsettled(at, target, op, payload, meta);
         self.settle();
+    }
+
+    /// Sends one frame from `p` without the server settling afterwards.
+    pub fn send_unsettled(&mut self, p: Peer, ver: u16, op: u32, seq: u32, body: &[u8]) {
+        let f = binary::encode_to_bytes(ver, op, seq, body);
+        let sh = &mut self.shards[p.shard];
+        sh.set_clock(self.now_us);
+        assert_eq!(sh.feed(p.conn, &f), f.len(), "a whole frame is consumed");
+    }
+
+    /// Handles at most one queued mesh message on `shard`; false if none.
+    pub fn step(&mut self, shard: usize) -> bool {
+        match self.shared.mesh.try_recv(shard) {
+            Some(m) => {
+                self.shards[shard].set_clock(self.now_us);
+                self.shards[shard].handle(m);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Lets the server settle: every queued message handled, every driver
+    /// played.
+    pub fn pump(&mut self) {
+        self.settle();
+    }
+
+    /// A version-2 connection authenticated with `auth` (JSON); returns it
+    /// and the key its op 8 named.
+    pub fn authed_v2(&mut self, shard: usize, auth: &str) -> (Peer, String) {
+        let p = self.connect(shard);
+        self.send(p, binary::VERSION_NATIVE, binary::op::AUTH, 1, auth.as_bytes());
+        let got = self.frames(p);
+        assert_eq!(got.len(), 1, "one reply to auth: {got:?}");
+        assert_eq!((got[0].ver, got[0].op, got[0].seq), (2, binary::op::AUTH_REPLY, 1));
+        let v: serde_json::Value = serde_json::from_slice(&got[0].body).expect("JSON auth reply");
+        (p, v["key"].as_str().expect("a key").to_string())
     }
 
     /// `n` ticks: each a sweep of every shard, the server settling after.
@@ -237,7 +273,7 @@ impl Sim {
                         for s in &iov[..n] {
                             wire.extend_from_slice(s);
                         }
-                        c.out.advance(len, self.now_us);
+                        c.written(len, self.now_us);
                     }
                 }
                 if let Some(reason) = closing {

@@ -1,0 +1,143 @@
+use super::*;
+use crate::proto::v2::{Resume, Unrecovered};
+
+const P: Policy = Policy {
+    messages: 3,
+    max_age: 100,
+    bytes: 1 << 20,
+};
+
+fn frame(offset: u64, _epoch: u64) -> Wire {
+    Wire::encode(2, 44, 0, &offset.to_be_bytes())
+}
+
+fn offsets(w: &[Wire]) -> Vec<u64> {
+    w.iter()
+        .map(|w| u64::from_be_bytes(w.tcp[16..24].try_into().unwrap()))
+        .collect()
+}
+
+fn resume(logs: &mut Logs, room: &Arc<str>, offset: u64, epoch: u64, now: u32) -> Result<Vec<u64>, Unrecovered> {
+    logs.resume(room, P, now, Some(Resume { offset, epoch }))
+        .replay
+        .map(|w| offsets(&w))
+}
+
+#[test]
+fn offsets_count_up_and_a_resume_replays_exactly_what_was_missed() {
+    let mut logs = Logs::new(1 << 20);
+    let room: Arc<str> = "live://1".into();
+    let first = logs.resume(&room, P, 0, None);
+    assert_eq!((first.last, first.replay.unwrap().len()), (0, 0));
+    let epoch = first.epoch;
+    assert_ne!(epoch, 0);
+    for i in 1..=3u64 {
+        assert_eq!(logs.publish(&room, P, 1, None, frame).0, i);
+    }
+    assert_eq!(resume(&mut logs, &room, 1, epoch, 2), Ok(vec![2, 3]));
+    assert_eq!(resume(&mut logs, &room, 3, epoch, 2), Ok(vec![]));
+    assert_eq!(resume(&mut logs, &room, 0, epoch, 2), Ok(vec![1, 2, 3]));
+    assert_eq!(resume(&mut logs, &room, 4, epoch, 2), Err(Unrecovered::OffsetAhead));
+    assert_eq!(
+        resume(&mut logs, &room, 1, epoch ^ 1, 2),
+        Err(Unrecovered::EpochChanged)
+    );
+    // A fourth message pushes the first out: offset 0 can no longer be
+    // served, offset 1 still can.
+    logs.publish(&room, P, 2, None, frame);
+    assert_eq!(resume(&mut logs, &room, 0, epoch, 2), Err(Unrecovered::HistoryGone));
+    assert_eq!(resume(&mut logs, &room, 1, epoch, 2), Ok(vec![2, 3, 4]));
+    assert_eq!(logs.take_evicted().limit, 1);
+}
+
+#[test]
+fn age_and_ttl_expire_but_only_age_is_a_gap() {
+    let mut logs = Logs::new(1 << 20);
+    let room: Arc<str> = "r".into();
+    let epoch = logs.resume(&room, P, 0, None).epoch;
+    logs.publish(&room, P, 10, Some(5), frame); // 1: TTL ends at 15
+    logs.publish(&room, P, 10, None, frame); // 2
+    logs.expire(14);
+    assert_eq!(resume(&mut logs, &room, 0, epoch, 14), Ok(vec![1, 2]));
+    logs.expire(15);
+    assert_eq!(
+        logs.take_evicted(),
+        Evicted {
+            ttl: 1,
+            ..Default::default()
+        }
+    );
+    assert_eq!(
+        resume(&mut logs, &room, 0, epoch, 15),
+        Ok(vec![2]),
+        "an expired message is skipped, not lost"
+    );
+    // Age limit 100: at tick 110 message 2 is gone, and that is a gap.
+    assert_eq!(
+        resume(&mut logs, &room, 1, epoch, 110),
+        Err(Unrecovered::HistoryGone),
+        "aged, not yet swept"
+    );
+    logs.expire(110);
+    assert_eq!(logs.take_evicted().limit, 1);
+    assert_eq!(resume(&mut logs, &room, 1, epoch, 110), Err(Unrecovered::HistoryGone));
+    assert_eq!(resume(&mut logs, &room, 2, epoch, 110), Ok(vec![]));
+    assert_eq!((logs.bytes(), logs.messages()), (0, 0));
+}
+
+#[test]
+fn the_memory_cap_evicts_the_oldest_message_of_any_room() {
+    let cost = frame(1, 0).tcp.len() + frame(1, 0).ws.len() + ENTRY_OVERHEAD;
+    let mut logs = Logs::new(3 * cost);
+    let (a, b): (Arc<str>, Arc<str>) = ("a".into(), "b".into());
+    let ea = logs.resume(&a, P, 0, None).epoch;
+    logs.publish(&a, P, 0, None, frame);
+    logs.publish(&b, P, 0, None, frame);
+    logs.publish(&a, P, 0, None, frame);
+    assert_eq!(logs.bytes(), 3 * cost);
+    logs.publish(&b, P, 0, None, frame);
+    assert_eq!(logs.take_evicted().memory, 1);
+    assert_eq!(logs.bytes(), 3 * cost);
+    assert_eq!(
+        resume(&mut logs, &a, 0, ea, 0),
+        Err(Unrecovered::HistoryGone),
+        "a's first went"
+    );
+    assert_eq!(resume(&mut logs, &a, 1, ea, 0), Ok(vec![2]));
+    assert_eq!(logs.get("b").unwrap().len(), 2);
+}
+
+#[test]
+fn history_off_still_counts_offsets_and_never_recovers_a_gap() {
+    let mut logs = Logs::new(1 << 20);
+    let room: Arc<str> = "tmp://x".into();
+    let epoch = logs.resume(&room, Policy::OFF, 0, None).epoch;
+    logs.publish(&room, Policy::OFF, 0, None, frame);
+    logs.publish(&room, Policy::OFF, 0, None, frame);
+    assert_eq!((logs.get("tmp://x").unwrap().last, logs.bytes()), (2, 0));
+    let r = logs.resume(&room, Policy::OFF, 0, Some(Resume { offset: 1, epoch }));
+    assert_eq!(r.replay.unwrap_err(), Unrecovered::HistoryGone);
+    let r = logs.resume(&room, Policy::OFF, 0, Some(Resume { offset: 2, epoch }));
+    assert!(r.replay.unwrap().is_empty(), "nothing missed, nothing to replay");
+}
+
+#[test]
+fn pages_and_idle_logs() {
+    let mut logs = Logs::new(1 << 20);
+    let room: Arc<str> = "r".into();
+    for _ in 0..3 {
+        logs.publish(&room, P, 0, None, frame);
+    }
+    let (_, last, page) = logs.page("r", 1, 1, 0).unwrap();
+    assert_eq!((last, page.len(), page[0].offset), (3, 1, 2));
+    assert!(logs.page("nope", 0, 10, 0).is_none());
+    let idle: Arc<str> = "idle".into();
+    logs.resume(&idle, P, 0, None);
+    logs.gc(IDLE_TICKS - 1, |_| false);
+    assert!(logs.get("idle").is_some());
+    logs.gc(IDLE_TICKS, |r| r == "idle");
+    assert!(logs.get("idle").is_some(), "somebody is in it");
+    logs.gc(IDLE_TICKS, |_| false);
+    assert!(logs.get("idle").is_none());
+    assert!(logs.get("r").is_some(), "it has history");
+}

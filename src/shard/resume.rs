@@ -1,0 +1,162 @@
+//! Version-2 joins and resumes, and history reads: the owner side (a room's
+//! owner answers with the room's epoch, newest offset and what a resuming
+//! client missed) and the member side (the joining connection's shard
+//! replays that, then makes the connection a member).
+//!
+//! Runs on both shards of a join, inside their mesh inbox tasks (inline
+//! when they are the same shard); never awaits.
+//!
+//! ```text
+//! member shard S                         owner shard O of room R
+//! op 40 {room R, offset o, epoch e}
+//!   joining += R (not a member yet) ───> JoinReq
+//!                                        log = logs[R]: last offset L, epoch E,
+//!                                        entries (o, L] if e == E and o ≥ lost_through
+//!   <─────────────────────────────────── JoinReply{L, E, entries}
+//! op 41 {offset L, epoch E, recovered}
+//! entries (o, L] as op 44, in order
+//! member of R: every RoomFrame from now on
+//! ```
+//!
+//! Why a resume is gapless and never doubles, while publishes go on: O is
+//! the only shard that gives R offsets and the only one that sends R's
+//! `RoomFrame`s; it sends them to S in offset order through S's inbox, a
+//! FIFO per producer, and the `JoinReply` travels the same queue. When O
+//! answers the join, every offset up to L has been given out and its frame
+//! already queued to S; every later offset's frame is queued after the
+//! reply. So while the connection is joining, the frames S sees for R are
+//! exactly those ≤ L — covered by the replay, and not delivered to it (it is
+//! no member yet); the reply arrives next; every frame after it is > L and
+//! reaches it as a member. Replay (o, L] then live (L, ∞): each offset once,
+//! in order. When O is S the request and the reply are handled inline, with
+//! no frame in between, and the same holds.
+//!
+//! A resume that cannot be served (epoch changed, history no longer reaching
+//! back to o, an offset ahead of L, or a replay over `[limits]
+//! replay_limit`) is answered `recovered: false` with the reason and the
+//! current L and E, and nothing replayed: never silently. A replay larger
+//! than the connection's outbound limit is not refused: what does not fit is
+//! held behind its queue and moves in as the client reads (`Outbound`), so a
+//! slow consumer that was closed can resume.
+
+use super::history::Resumed;
+use super::mesh::{ConnRef, GlobalConn, HistoryPage, ShardMsg};
+use super::state::Shard;
+use crate::metrics::ShardStats;
+use crate::proto::binary::VERSION_NATIVE;
+use crate::proto::v2::{self, op, Resume, Unrecovered};
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+
+impl Shard {
+    /// On `r`'s shard: a version-2 join of `room` (already checked against
+    /// the connection's rooms and limit); asks the room's owner.
+    pub(super) fn start_join(&mut self, r: ConnRef, seq: u32, room: Arc<str>, resume: Option<Resume>) {
+        let Some(v2) = self.conn_mut(r).and_then(|c| c.v2_mut()) else {
+            return;
+        };
+        v2.joining.push(room.clone());
+        let at = GlobalConn {
+            shard: self.id as u16,
+            conn: r,
+        };
+        let owner = super::mesh::owner_of_str(&room, self.nr());
+        self.route(owner, ShardMsg::JoinReq { room, at, seq, resume });
+    }
+
+    /// On the room's owner: the room's position and what the client missed.
+    pub(super) fn join_req(&mut self, room: Arc<str>, at: GlobalConn, seq: u32, resume: Option<Resume>) {
+        let policy = self.cfg().history.policy(&room);
+        let resumed = self.logs.resume(&room, policy, self.wheel.now(), resume);
+        self.count_history();
+        self.route(
+            usize::from(at.shard),
+            ShardMsg::JoinReply {
+                conn: at.conn,
+                seq,
+                room,
+                asked: resume.is_some(),
+                resumed,
+            },
+        );
+    }
+
+    /// On the joining connection's shard: the reply, the replay, then
+    /// membership (see the module doc for why in this order).
+    pub(super) fn join_reply(&mut self, r: ConnRef, seq: u32, room: Arc<str>, asked: bool, resumed: Resumed) {
+        let limit = self.cfg().limits.replay_limit;
+        let Some(c) = self.conn_mut(r) else { return };
+        let closing = c.closing();
+        let Some(v2) = c.v2_mut() else { return };
+        let Some(i) = v2.joining.iter().position(|j| *j == room) else {
+            return;
+        };
+        v2.joining.swap_remove(i);
+        if closing {
+            return;
+        }
+        let Resumed { epoch, last, replay } = resumed;
+        let replay = replay.and_then(|w| {
+            let bytes: usize = w.iter().map(|w| w.ws.len()).sum();
+            if bytes > limit {
+                Err(Unrecovered::ReplayTooLarge)
+            } else {
+                Ok(w)
+            }
+        });
+        let outcome = asked.then(|| replay.as_ref().map(|_| ()).map_err(|e| *e));
+        if asked {
+            ShardStats::add(&self.stats().resumes, 1);
+            if replay.is_err() {
+                ShardStats::add(&self.stats().resumes_failed, 1);
+            }
+        }
+        let body = v2::join_reply(&room, epoch, last, outcome);
+        self.reply(r, VERSION_NATIVE, op::JOIN_REPLY, seq, &body);
+        if let Ok(entries) = replay {
+            ShardStats::add(&self.stats().replayed, entries.len() as u64);
+            for w in &entries {
+                self.enqueue_replay(r, w);
+            }
+        }
+        if self.is_closing(r) {
+            return;
+        }
+        let (name, pos) = self.rooms.join(&room, r);
+        if let Some(v2) = self.conn_mut(r).and_then(|c| c.v2_mut()) {
+            v2.rooms.push((name, pos));
+        }
+    }
+
+    /// On `r`'s shard: leaves `room` if joined. Returns whether it was.
+    pub(super) fn leave_v2_room(&mut self, r: ConnRef, room: &str) -> bool {
+        let Some(v2) = self.conn_mut(r).and_then(|c| c.v2_mut()) else {
+            return false;
+        };
+        let Some(i) = v2.rooms.iter().position(|(n, _)| &**n == room) else {
+            return false;
+        };
+        let (name, pos) = v2.rooms.swap_remove(i);
+        self.leave_room(name, pos);
+        true
+    }
+
+    /// On a room's owner: a page of its history.
+    pub(super) fn history_page(&mut self, room: &str, since: u64, limit: usize) -> Option<HistoryPage> {
+        let now = self.wheel.now();
+        let (epoch, last, entries) = self.logs.page(room, since, limit, now)?;
+        Some(HistoryPage { epoch, last, entries })
+    }
+
+    /// Publishes this shard's history figures into its stats.
+    pub(super) fn count_history(&mut self) {
+        let e = self.logs.take_evicted();
+        let st = &self.shared.stats[self.id];
+        ShardStats::add(&st.history_evicted_limit, e.limit);
+        ShardStats::add(&st.history_evicted_memory, e.memory);
+        ShardStats::add(&st.history_expired, e.ttl);
+        st.history_messages.store(self.logs.messages() as u64, Relaxed);
+        st.history_bytes.store(self.logs.bytes() as u64, Relaxed);
+        st.room_logs.store(self.logs.rooms() as u64, Relaxed);
+    }
+}

@@ -1,0 +1,134 @@
+//! The version-2 client session (volley native): auth that tells the
+//! connection its key, many rooms per connection with resume, and numbered
+//! errors instead of closes wherever the connection can go on.
+//!
+//! Runs on the connection's shard, called by `session` once per decoded
+//! frame of a connection that authenticated with version 2; never awaits.
+//! docs/PROTOCOL.md is the contract this implements; the join itself
+//! (owner round trip, replay, membership) is `resume`.
+//!
+//! ```text
+//! op 2  heartbeat   deadline renewed; op 3, empty body
+//! op 6  disconnect  closed (client_disconnect), no reply
+//! op 7  auth        (first frame only) op 8 {"key","mid"}; again later: protocol_error
+//! op 9  batch       each inner frame in order
+//! op 40 join        op 41 {"room","epoch","offset"[,"recovered"[,"reason"]]}, then any replay
+//! op 42 leave       op 43 {"room"}
+//! other             op 50 unknown_op (the connection stays)
+//! ```
+//!
+//! Invariants: every reply and push a version-2 connection gets is a
+//! version-2 frame; a refused request gets op 50 with its sequence and the
+//! connection goes on; only framing errors, a bad auth and protocol
+//! violations that leave nothing sensible to answer close it.
+
+use super::conns::{Session, V2Conn};
+use super::mesh::{ConnRef, GlobalConn};
+use super::state::Shard;
+use crate::metrics::ShardStats;
+use crate::proto::binary::{op, Frame, VERSION_NATIVE};
+use crate::proto::body;
+use crate::proto::close::CloseReason;
+use crate::proto::v2::{self, ErrorCode};
+use std::sync::Arc;
+
+impl Shard {
+    /// Op 7 with version 2 on a new connection: the body names the user and
+    /// key (trusted, as in version 1, until token auth); the reply says which
+    /// key the connection has.
+    pub(super) fn v2_auth(&mut self, r: ConnRef, f: Frame<'_>) {
+        let a = match body::parse_auth(f.body) {
+            Ok(a) => a,
+            Err(e) => return self.close(r, CloseReason::BadAuth, &e.to_string()),
+        };
+        let key: Option<Arc<str>> = (!a.key.is_empty()).then(|| a.key.as_str().into());
+        let limit = self.cfg().limits.outbound_limit;
+        let Some(c) = self.conn_mut(r) else { return };
+        c.authed = true;
+        c.ver = VERSION_NATIVE;
+        c.mid = a.mid;
+        c.key = key.clone();
+        c.session = Session::V2(Box::new(V2Conn {
+            limit,
+            ..V2Conn::default()
+        }));
+        self.renew(r);
+        ShardStats::add(&self.stats().authed, 1);
+        let at = GlobalConn {
+            shard: self.id as u16,
+            conn: r,
+        };
+        let shown = key
+            .as_deref()
+            .map_or_else(|| at.assigned_key(self.shared.node_tag), str::to_string);
+        self.announce(at, key, a.mid, true);
+        // The announce above may already have kicked us (same key, same shard).
+        if !self.is_closing(r) {
+            self.reply(r, VERSION_NATIVE, op::AUTH_REPLY, f.seq, &v2::auth_reply(&shown, a.mid));
+        }
+    }
+
+    /// An operation on an authenticated version-2 connection.
+    pub(super) fn v2_frame(&mut self, r: ConnRef, f: Frame<'_>) {
+        match f.op {
+            op::HEARTBEAT => {
+                self.renew(r);
+                self.reply(r, VERSION_NATIVE, op::HEARTBEAT_REPLY, f.seq, &[]);
+            }
+            op::DISCONNECT => self.close(r, CloseReason::ClientDisconnect, ""),
+            op::AUTH => self.close(r, CloseReason::ProtocolError, "already authenticated"),
+            op::RAW => self.on_batch(r, f.body),
+            v2::op::JOIN => self.v2_join(r, f),
+            v2::op::LEAVE => self.v2_leave(r, f),
+            other => {
+                ShardStats::add(&self.stats().unknown_ops, 1);
+                let msg = format!("operation {other} is not part of protocol version 2");
+                self.v2_error(r, f.seq, ErrorCode::UnknownOp, &msg);
+            }
+        }
+    }
+
+    fn v2_error(&mut self, r: ConnRef, seq: u32, code: ErrorCode, message: &str) {
+        self.reply(r, VERSION_NATIVE, v2::op::ERROR, seq, &code.body(message));
+    }
+
+    fn v2_join(&mut self, r: ConnRef, f: Frame<'_>) {
+        let j = match v2::parse_join(f.body) {
+            Ok(j) => j,
+            Err(e) => return self.v2_error(r, f.seq, ErrorCode::BadRequest, &e.to_string()),
+        };
+        let max = self.cfg().client.max_rooms;
+        let Some(v2) = self.conn(r).and_then(|c| c.v2()) else {
+            return;
+        };
+        if v2.has(&j.room) {
+            let msg = format!("{} is joined or being joined", j.room);
+            return self.v2_error(r, f.seq, ErrorCode::AlreadyJoined, &msg);
+        }
+        if v2.nr_rooms() >= max {
+            let msg = format!("{max} rooms per connection ([client] max_rooms)");
+            return self.v2_error(r, f.seq, ErrorCode::RoomLimit, &msg);
+        }
+        self.start_join(r, f.seq, j.room.into(), j.resume);
+    }
+
+    fn v2_leave(&mut self, r: ConnRef, f: Frame<'_>) {
+        let room = match v2::parse_leave(f.body) {
+            Ok(room) => room,
+            Err(e) => return self.v2_error(r, f.seq, ErrorCode::BadRequest, &e.to_string()),
+        };
+        let joining = self
+            .conn(r)
+            .and_then(|c| c.v2())
+            .is_some_and(|v| v.joining.iter().any(|j| **j == *room));
+        if joining {
+            let msg = format!("the join of {room} has not been answered yet");
+            return self.v2_error(r, f.seq, ErrorCode::JoinPending, &msg);
+        }
+        if self.leave_v2_room(r, &room) {
+            self.reply(r, VERSION_NATIVE, v2::op::LEAVE_REPLY, f.seq, &v2::leave_reply(&room));
+        } else {
+            self.v2_error(r, f.seq, ErrorCode::NotJoined, &format!("{room} is not joined"));
+        }
+    }
+}
