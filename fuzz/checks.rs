@@ -226,12 +226,13 @@ pub fn ws_upgrade(data: &[u8]) {
     }
 }
 
-/// Version-2 bodies: the push envelope (as a client reads it), and the join
-/// and leave bodies (as the server reads them). The first byte picks which.
+/// Version-2 bodies: the push envelope (as a client reads it), and the join,
+/// leave, ack and read bodies (as the server reads them). The first byte
+/// picks which.
 pub fn v2_bodies(data: &[u8]) {
     use volley::proto::v2;
     let Some((&sel, data)) = data.split_first() else { return };
-    match sel % 3 {
+    match sel % 5 {
         0 => {
             if let Ok(e) = v2::decode_push(data) {
                 assert_eq!(
@@ -254,8 +255,18 @@ pub fn v2_bodies(data: &[u8]) {
                 }
             }
         }
-        _ => {
+        2 => {
             if let Ok(room) = v2::parse_leave(data) {
+                assert!(!room.is_empty() && room.len() <= body::MAX_ROOM_LEN);
+            }
+        }
+        3 => {
+            if let Ok(ids) = v2::parse_ack(data) {
+                assert!(!ids.is_empty() && ids.len() <= v2::MAX_ACK_IDS);
+            }
+        }
+        _ => {
+            if let Ok((room, _)) = v2::parse_read(data) {
                 assert!(!room.is_empty() && room.len() <= body::MAX_ROOM_LEN);
             }
         }

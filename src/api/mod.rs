@@ -161,7 +161,16 @@ pub fn publish(sh: &mut Shard, target: Target, op: u32, payload: &[u8], meta: Me
             }
         }
         Target::Mids(mids) => {
-            let frames = direct(Kind::User);
+            let id = sh.next_push_id();
+            let frames = Frames::new(&Envelope {
+                op,
+                kind: Kind::User,
+                room: "",
+                offset: id,
+                epoch: 0,
+                id: meta.id.as_deref().unwrap_or(""),
+                payload,
+            });
             let mut by: FnvHashMap<usize, Vec<i64>> = FnvHashMap::default();
             for m in mids {
                 by.entry(owner_of_mid(m, n)).or_default().push(m);
@@ -173,6 +182,8 @@ pub fn publish(sh: &mut Shard, target: Target, op: u32, payload: &[u8], meta: Me
                         mids,
                         op,
                         frames: frames.clone(),
+                        id,
+                        ttl: meta.ttl,
                     },
                 );
             }

@@ -17,7 +17,8 @@
 //! [client]  handshake_timeout_secs heartbeat_timeout_secs max_rooms
 //! [limits]  max_body outbound_limit replay_limit
 //! [api]     listen publish_listen key max_body max_push_body idle_timeout_secs
-//! [history] messages max_age_secs max_bytes memory overrides
+//! [history] messages max_age_secs max_bytes memory overrides max_marks
+//! [inbox]   messages bytes ttl_secs memory
 //! ```
 //!
 //! Invariants: `Config::default()` is the embedded defaults and reads
@@ -155,6 +156,11 @@ pub struct Config {
     /// `GET /v1/history`.
     #[command(flatten)]
     pub history: HistoryConfig,
+
+    /// `[inbox]`: what each user's owner keeps of pushes to the user until a
+    /// version-2 connection of the user acknowledges them.
+    #[command(flatten)]
+    pub inbox: InboxConfig,
 }
 
 /// `[log]`
@@ -360,6 +366,36 @@ pub struct HistoryConfig {
         action = clap::ArgAction::Set
     )]
     pub overrides: Vec<HistoryOverride>,
+
+    /// Read marks one room keeps (one per user who marked it, ~40 bytes
+    /// each); a mark by one more user is answered with error `mark_limit`.
+    #[arg(id = "history-max-marks", long = "history-max-marks", default_value_t = 100_000)]
+    pub max_marks: usize,
+}
+
+/// `[inbox]`
+#[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "[inbox]")]
+pub struct InboxConfig {
+    /// Pushes kept per user until acknowledged (0: no inboxes: user pushes
+    /// are at most once, to whoever is connected).
+    #[arg(id = "inbox-messages", long = "inbox-messages", default_value_t = 100)]
+    pub messages: usize,
+
+    /// Bytes kept per user (frames of both versions plus 96 bytes each); the
+    /// oldest push leaves first.
+    #[arg(id = "inbox-bytes", long = "inbox-bytes", default_value_t = 256 << 10)]
+    pub bytes: usize,
+
+    /// Seconds a push is kept unless the publisher gave it a TTL.
+    #[arg(id = "inbox-ttl-secs", long = "inbox-ttl-secs", default_value_t = 86_400)]
+    pub ttl_secs: u32,
+
+    /// Bytes all inboxes together keep, split evenly over the shards; past
+    /// it the oldest stored push of any user goes first
+    /// (`inbox_evicted_memory`).
+    #[arg(id = "inbox-memory", long = "inbox-memory", default_value_t = 256 << 20)]
+    pub memory: usize,
 }
 
 /// How much history one room keeps.

@@ -133,6 +133,15 @@ shard_stats! {
     Counter resumes: "Version-2 joins that asked to resume from an offset.";
     Counter resumes_failed: "Resumes answered `recovered: false` (epoch changed, history gone, offset ahead).";
     Counter replayed: "Messages sent to resuming connections from history.";
+    Gauge inbox_messages: "Pushes waiting in the inboxes of the users this shard owns.";
+    Gauge inbox_bytes: "Bytes of those pushes (frames and bookkeeping).";
+    Gauge inbox_users: "Users with something in their inbox.";
+    Counter inbox_stored: "Pushes kept in a user's inbox (one per user).";
+    Counter inbox_owed: "Inbox pushes sent to a user's connection when it authenticated.";
+    Counter inbox_acked: "Inbox pushes acknowledged by a version-2 connection.";
+    Counter inbox_evicted_limit: "Inbox pushes that left by a user's message or byte limit.";
+    Counter inbox_evicted_memory: "Inbox pushes that left because `[inbox] memory` was full (oldest first).";
+    Counter inbox_expired: "Inbox pushes that left at the end of their TTL.";
 }
 
 fn by_reason(counters: &[AtomicU64]) -> BTreeMap<&'static str, u64> {

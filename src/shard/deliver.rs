@@ -229,7 +229,7 @@ impl Shard {
 
 /// Whether an authenticated connection takes a key, user or global push of
 /// `op`: version 2 always, version 1 if it accepts the op (goim's rule).
-fn wants(c: &Conn, op: u32) -> bool {
+pub(super) fn wants(c: &Conn, op: u32) -> bool {
     c.authed
         && match &c.session {
             Session::V1 { accepts, .. } => accepts.binary_search(&op).is_ok(),

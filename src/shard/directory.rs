@@ -26,8 +26,10 @@ pub type ByShard = FnvHashMap<u16, Vec<ConnRef>>;
 pub struct Directory {
     /// Client-chosen keys owned by this shard → where the connection is.
     keys: FnvHashMap<Arc<str>, GlobalConn>,
-    /// Users owned by this shard → their connections.
-    mids: FnvHashMap<i64, Vec<GlobalConn>>,
+    /// Users owned by this shard → their connections, each with whether it
+    /// speaks version 2 (which decides whether a push is kept in the user's
+    /// inbox: see `Shard::push_mids`).
+    mids: FnvHashMap<i64, Vec<(GlobalConn, bool)>>,
 }
 
 /// A connection to close because another took its key.
@@ -41,16 +43,16 @@ pub struct Replaced {
 }
 
 impl Directory {
-    /// Records that `at` holds `key` and/or belongs to user `mid` (0: none).
-    /// Returns the key's earlier holder, if another connection of this
-    /// process (`node_tag`, `nr_shards`) had it.
+    /// Records that `at` (of protocol version 2 if `v2`) holds `key` and/or
+    /// belongs to user `mid` (0: none). Returns the key's earlier holder, if
+    /// another connection of this process (`node_tag`, `nr_shards`) had it.
     pub fn register(
         &mut self,
         key: Option<Arc<str>>,
         mid: i64,
         at: GlobalConn,
-        node_tag: u64,
-        nr_shards: usize,
+        v2: bool,
+        (node_tag, nr_shards): (u64, usize),
     ) -> Option<Replaced> {
         let mut replaced = None;
         if let Some(key) = key {
@@ -66,7 +68,7 @@ impl Directory {
                 .map(|(at, assigned_only)| Replaced { at, assigned_only });
         }
         if mid != 0 {
-            self.mids.entry(mid).or_default().push(at);
+            self.mids.entry(mid).or_default().push((at, v2));
         }
         replaced
     }
@@ -80,7 +82,7 @@ impl Directory {
         }
         if mid != 0 {
             if let Some(v) = self.mids.get_mut(&mid) {
-                v.retain(|x| *x != at);
+                v.retain(|x| x.0 != at);
                 if v.is_empty() {
                     self.mids.remove(&mid);
                 }
@@ -106,15 +108,9 @@ impl Directory {
         (by_entry, assigned)
     }
 
-    /// Where these users' connections are.
-    pub fn lookup_mids(&self, mids: &[i64]) -> ByShard {
-        let mut by = ByShard::default();
-        for m in mids {
-            for at in self.mids.get(m).map(Vec::as_slice).unwrap_or(&[]) {
-                by.entry(at.shard).or_default().push(at.conn);
-            }
-        }
-        by
+    /// The connections of user `mid`, each with whether it is version 2.
+    pub fn user(&self, mid: i64) -> &[(GlobalConn, bool)] {
+        self.mids.get(&mid).map(Vec::as_slice).unwrap_or(&[])
     }
 }
 
@@ -133,9 +129,9 @@ mod tests {
     fn same_key_replaces_and_a_late_unregister_spares_the_new_holder() {
         let mut d = Directory::default();
         let k: Arc<str> = "k".into();
-        assert_eq!(d.register(Some(k.clone()), 0, at(0, 1), 7, 2), None);
+        assert_eq!(d.register(Some(k.clone()), 0, at(0, 1), false, (7, 2)), None);
         assert_eq!(
-            d.register(Some(k.clone()), 0, at(1, 2), 7, 2),
+            d.register(Some(k.clone()), 0, at(1, 2), false, (7, 2)),
             Some(Replaced {
                 at: at(0, 1),
                 assigned_only: false
@@ -152,13 +148,13 @@ mod tests {
     #[test]
     fn users_gather_connections_across_shards_and_assigned_keys_decode() {
         let mut d = Directory::default();
-        d.register(None, 42, at(0, 1), 7, 2);
-        d.register(None, 42, at(1, 5), 7, 2);
-        d.register(None, 43, at(1, 6), 7, 2);
-        let by = d.lookup_mids(&[42, 99]);
-        assert_eq!((by[&0].len(), by[&1].len()), (1, 1));
+        d.register(None, 42, at(0, 1), false, (7, 2));
+        d.register(None, 42, at(1, 5), false, (7, 2));
+        d.register(None, 43, at(1, 6), false, (7, 2));
+        assert_eq!(d.user(42).len(), 2);
+        assert!(d.user(99).is_empty());
         d.unregister(None, 42, at(0, 1));
-        assert!(!d.lookup_mids(&[42]).contains_key(&0));
+        assert_eq!(d.user(42), &[(at(1, 5), false)]);
 
         let key: Arc<str> = at(1, 9).assigned_key(7).into();
         let (by, assigned) = d.lookup_keys(std::slice::from_ref(&key), 7, 2);
@@ -170,7 +166,7 @@ mod tests {
         );
         // Choosing another connection's assigned key replaces it, carefully.
         assert_eq!(
-            d.register(Some(key), 0, at(0, 3), 7, 2),
+            d.register(Some(key), 0, at(0, 3), false, (7, 2)),
             Some(Replaced {
                 at: at(1, 9),
                 assigned_only: true

@@ -107,6 +107,8 @@ impl Shard {
             }
         }
         self.logs.expire(tick);
+        self.inbox.expire(tick);
+        self.count_inbox();
         if tick % GC_TICKS == 0 {
             let shared = self.shared.clone();
             self.logs.gc(tick, |room| shared.room_count(room, None) > 0);

@@ -150,9 +150,10 @@ impl Shard {
     /// Tells the owners of `key` and `mid` that the connection at `at`
     /// authenticated (`up`) or went away.
     pub(super) fn announce(&mut self, at: GlobalConn, key: Option<Arc<str>>, mid: i64, up: bool) {
+        let v2 = self.conn(at.conn).is_some_and(|c| c.ver == binary::VERSION_NATIVE);
         let msg = |key, mid| {
             if up {
-                ShardMsg::Register { key, mid, at }
+                ShardMsg::Register { key, mid, at, v2 }
             } else {
                 ShardMsg::Unregister { key, mid, at }
             }

@@ -143,14 +143,36 @@ pub enum ShardMsg {
         /// Encoded push.
         frames: Frames,
     },
-    /// To a user owner: deliver to every connection of these users.
+    /// To a user owner: deliver to every connection of these users, and
+    /// keep it in their inboxes (`Shard::push_mids` says when).
     PushMids {
         /// User ids owned by the receiving shard.
         mids: Vec<i64>,
         /// Business operation code.
         op: u32,
-        /// Encoded push.
+        /// Encoded push (its version-2 envelope carries `id`).
         frames: Frames,
+        /// The push's process-unique id, what clients acknowledge.
+        id: u64,
+        /// The publisher's TTL, seconds.
+        ttl: Option<u32>,
+    },
+    /// From a user's owner to a connection of the user that just
+    /// authenticated: the pushes waiting in the inbox, oldest first, to be
+    /// queued before any later push.
+    Owed {
+        /// The connection.
+        conn: ConnRef,
+        /// (business op, frames) per waiting push.
+        pushes: Vec<(u32, Frames)>,
+    },
+    /// To a user's owner: a version-2 connection of the user acknowledged
+    /// these pushes.
+    Ack {
+        /// The user.
+        mid: i64,
+        /// Push ids.
+        ids: Vec<u64>,
     },
     /// To a connection's shard: deliver to exactly these connections.
     Deliver {
@@ -182,6 +204,8 @@ pub enum ShardMsg {
         seq: u32,
         /// Where the client left off, if it resumes.
         resume: Option<Resume>,
+        /// The connection's user (0: none), for its unread count.
+        mid: i64,
     },
     /// From a room's owner to the joining connection's shard.
     JoinReply {
@@ -195,6 +219,42 @@ pub enum ShardMsg {
         asked: bool,
         /// The room's position and, for a resume, what to replay.
         resumed: Resumed,
+    },
+    /// To a room's owner: a version-2 connection's user read the room up to
+    /// `offset`.
+    MarkReq {
+        /// Room key.
+        room: Arc<str>,
+        /// The connection.
+        at: GlobalConn,
+        /// The request's sequence.
+        seq: u32,
+        /// The user.
+        mid: i64,
+        /// Read up to here.
+        offset: u64,
+    },
+    /// From a room's owner to the marking connection's shard: the mark now
+    /// and the room's newest offset (`None`: refused, `[history] max_marks`).
+    MarkReply {
+        /// The connection.
+        conn: ConnRef,
+        /// The request's sequence.
+        seq: u32,
+        /// Room key.
+        room: Arc<str>,
+        /// (mark, newest offset).
+        mark: Option<(u64, u64)>,
+    },
+    /// To a room's owner: a user's read marks and the rooms' newest offsets
+    /// (`None` for a room without a log), for `GET /v1/unread`.
+    UnreadReq {
+        /// The user.
+        mid: i64,
+        /// Rooms this shard owns.
+        rooms: Vec<Arc<str>>,
+        /// Where the answer goes: per room, (mark, newest offset).
+        reply: Reply<Vec<Option<(u64, u64)>>>,
     },
     /// To a room's owner: a page of its history.
     HistoryReq {
@@ -215,6 +275,8 @@ pub enum ShardMsg {
         mid: i64,
         /// Where the connection lives.
         at: GlobalConn,
+        /// It speaks protocol version 2.
+        v2: bool,
     },
     /// To the same owners: that connection closed.
     Unregister {
@@ -311,7 +373,7 @@ impl ShardMsg {
     pub fn is_fan_out(&self) -> bool {
         matches!(
             self,
-            ShardMsg::RoomFrame { .. } | ShardMsg::Deliver { .. } | ShardMsg::All { .. }
+            ShardMsg::RoomFrame { .. } | ShardMsg::Deliver { .. } | ShardMsg::All { .. } | ShardMsg::Owed { .. }
         )
     }
 }

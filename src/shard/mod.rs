@@ -25,6 +25,8 @@
 //! v2         the version-2 client operations (volley's)
 //! history    room logs: offsets, epochs, history and its limits (pure)
 //! resume     version-2 joins: owner round trip, replay, then membership
+//! inbox      user inboxes: pushes kept until acknowledged (pure)
+//! users      pushes to users: live delivery, inbox, what a new connection is owed
 //! outbound   a connection's write queue (pure) mesh       ShardMsg, inboxes, owners
 //! view       Shared, published views, online counts
 //! run        per-shard runtime: inbox loop, sweep timer, shutdown drain (awaits)
@@ -36,6 +38,7 @@ mod deliver;
 mod directory;
 mod heartbeat;
 pub mod history;
+pub mod inbox;
 mod lifecycle;
 pub mod mesh;
 pub mod outbound;
@@ -44,6 +47,7 @@ pub mod rooms;
 pub mod run;
 mod session;
 mod state;
+mod users;
 mod v1;
 mod v2;
 pub mod view;

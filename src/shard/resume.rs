@@ -52,22 +52,31 @@ impl Shard {
     /// On `r`'s shard: a version-2 join of `room` (already checked against
     /// the connection's rooms and limit); asks the room's owner.
     pub(super) fn start_join(&mut self, r: ConnRef, seq: u32, room: Arc<str>, resume: Option<Resume>) {
-        let Some(v2) = self.conn_mut(r).and_then(|c| c.v2_mut()) else {
-            return;
-        };
+        let Some(c) = self.conn_mut(r) else { return };
+        let mid = c.mid;
+        let Some(v2) = c.v2_mut() else { return };
         v2.joining.push(room.clone());
         let at = GlobalConn {
             shard: self.id as u16,
             conn: r,
         };
         let owner = super::mesh::owner_of_str(&room, self.nr());
-        self.route(owner, ShardMsg::JoinReq { room, at, seq, resume });
+        self.route(
+            owner,
+            ShardMsg::JoinReq {
+                room,
+                at,
+                seq,
+                resume,
+                mid,
+            },
+        );
     }
 
     /// On the room's owner: the room's position and what the client missed.
-    pub(super) fn join_req(&mut self, room: Arc<str>, at: GlobalConn, seq: u32, resume: Option<Resume>) {
+    pub(super) fn join_req(&mut self, room: Arc<str>, at: GlobalConn, seq: u32, resume: Option<Resume>, mid: i64) {
         let policy = self.cfg().history.policy(&room);
-        let resumed = self.logs.resume(&room, policy, self.wheel.now(), resume);
+        let resumed = self.logs.resume(&room, policy, self.wheel.now(), resume, mid);
         self.count_history();
         self.route(
             usize::from(at.shard),
@@ -95,7 +104,12 @@ impl Shard {
         if closing {
             return;
         }
-        let Resumed { epoch, last, replay } = resumed;
+        let Resumed {
+            epoch,
+            last,
+            mark,
+            replay,
+        } = resumed;
         let replay = replay.and_then(|w| {
             let bytes: usize = w.iter().map(|w| w.ws.len()).sum();
             if bytes > limit {
@@ -111,7 +125,8 @@ impl Shard {
                 ShardStats::add(&self.stats().resumes_failed, 1);
             }
         }
-        let body = v2::join_reply(&room, epoch, last, outcome);
+        let unread = mark.map(|m| last.saturating_sub(m));
+        let body = v2::join_reply(&room, epoch, last, outcome, unread);
         self.reply(r, VERSION_NATIVE, op::JOIN_REPLY, seq, &body);
         if let Ok(entries) = replay {
             ShardStats::add(&self.stats().replayed, entries.len() as u64);
@@ -125,6 +140,36 @@ impl Shard {
         let (name, pos) = self.rooms.join(&room, r);
         if let Some(v2) = self.conn_mut(r).and_then(|c| c.v2_mut()) {
             v2.rooms.push((name, pos));
+        }
+    }
+
+    /// On the room's owner: records a read mark and answers with it.
+    pub(super) fn mark_req(&mut self, room: Arc<str>, at: GlobalConn, seq: u32, mid: i64, offset: u64) {
+        let policy = self.cfg().history.policy(&room);
+        let max = self.cfg().history.max_marks;
+        let mark = self.logs.mark(&room, policy, self.wheel.now(), mid, offset, max);
+        self.route(
+            usize::from(at.shard),
+            ShardMsg::MarkReply {
+                conn: at.conn,
+                seq,
+                room,
+                mark,
+            },
+        );
+    }
+
+    /// On the marking connection's shard: the answer, as op 49 or error.
+    pub(super) fn mark_reply(&mut self, r: ConnRef, seq: u32, room: &str, mark: Option<(u64, u64)>) {
+        match mark {
+            Some((mark, last)) => {
+                let body = serde_json::json!({"room": room, "offset": mark, "unread": last - mark}).to_string();
+                self.reply(r, VERSION_NATIVE, op::READ_REPLY, seq, body.as_bytes());
+            }
+            None => {
+                let body = v2::ErrorCode::MarkLimit.body("the room holds [history] max_marks read marks");
+                self.reply(r, VERSION_NATIVE, op::ERROR, seq, &body);
+            }
         }
     }
 

@@ -19,6 +19,7 @@
 use super::conns::Conn;
 use super::directory::Directory;
 use super::history::Logs;
+use super::inbox::{Inboxes, Policy as InboxPolicy};
 use super::mesh::{ConnRef, GlobalConn, ShardMsg};
 use super::rooms::RoomTable;
 use super::view::Shared;
@@ -49,6 +50,10 @@ pub struct Shard {
     pub(super) wheel: Wheel<ConnRef>,
     /// Offsets, epochs and history of the rooms this shard owns.
     pub(super) logs: Logs,
+    /// Inboxes of the users this shard owns.
+    pub(super) inbox: Inboxes,
+    /// Pushes to users that entered the process at this shard (their ids).
+    pub(super) push_seq: u64,
     /// Client IPs on this shard with their connection counts.
     pub(super) ips: FnvHashMap<IpAddr, u32>,
     /// IP set changed since the last published view.
@@ -65,7 +70,17 @@ pub struct Shard {
 impl Shard {
     /// A new, empty shard.
     pub fn new(id: usize, shared: Arc<Shared>) -> Self {
-        let history_cap = shared.config.history.memory / shared.mesh.nr_shards().max(1);
+        let nr = shared.mesh.nr_shards().max(1);
+        let history_cap = shared.config.history.memory / nr;
+        let ib = &shared.config.inbox;
+        let inbox = Inboxes::new(
+            InboxPolicy {
+                messages: ib.messages,
+                bytes: ib.bytes,
+                ttl: ib.ttl_secs,
+            },
+            ib.memory / nr,
+        );
         Shard {
             id,
             shared,
@@ -75,6 +90,8 @@ impl Shard {
             dir: Directory::default(),
             wheel: Wheel::new(),
             logs: Logs::new(history_cap),
+            inbox,
+            push_seq: 0,
             ips: FnvHashMap::default(),
             ips_dirty: false,
             now: 0,
@@ -147,10 +164,15 @@ impl Shard {
                 self.forward(by_entry, op, &frames, false);
                 self.forward(assigned, op, &frames, true);
             }
-            ShardMsg::PushMids { mids, op, frames } => {
-                let by = self.dir.lookup_mids(&mids);
-                self.forward(by, op, &frames, false);
-            }
+            ShardMsg::PushMids {
+                mids,
+                op,
+                frames,
+                id,
+                ttl,
+            } => self.push_mids(&mids, op, &frames, id, ttl),
+            ShardMsg::Owed { conn, pushes } => self.deliver_owed(conn, pushes),
+            ShardMsg::Ack { mid, ids } => self.ack(mid, &ids),
             ShardMsg::Deliver {
                 conns,
                 assigned_only,
@@ -158,7 +180,24 @@ impl Shard {
                 frames,
             } => self.deliver_to(conns, assigned_only, op, &frames),
             ShardMsg::All { op, frames } => self.deliver_all(op, &frames),
-            ShardMsg::JoinReq { room, at, seq, resume } => self.join_req(room, at, seq, resume),
+            ShardMsg::JoinReq {
+                room,
+                at,
+                seq,
+                resume,
+                mid,
+            } => self.join_req(room, at, seq, resume, mid),
+            ShardMsg::MarkReq {
+                room,
+                at,
+                seq,
+                mid,
+                offset,
+            } => self.mark_req(room, at, seq, mid, offset),
+            ShardMsg::MarkReply { conn, seq, room, mark } => self.mark_reply(conn, seq, &room, mark),
+            ShardMsg::UnreadReq { mid, rooms, reply } => {
+                reply.send(rooms.iter().map(|r| self.logs.unread(r, mid)).collect());
+            }
             ShardMsg::JoinReply {
                 conn,
                 seq,
@@ -172,7 +211,7 @@ impl Shard {
                 limit,
                 reply,
             } => reply.send(self.history_page(&room, since, limit)),
-            ShardMsg::Register { key, mid, at } => self.register(key, mid, at),
+            ShardMsg::Register { key, mid, at, v2 } => self.register(key, mid, at, v2),
             ShardMsg::Unregister { key, mid, at } => self.dir.unregister(key.as_deref(), mid, at),
             ShardMsg::Kick {
                 conn,
@@ -184,10 +223,15 @@ impl Shard {
     }
 
     /// On a key's or user's owner: records where the connection lives; a key
-    /// already held elsewhere has its previous holder kicked as `replaced`.
-    fn register(&mut self, key: Option<Arc<str>>, mid: i64, at: GlobalConn) {
+    /// already held elsewhere has its previous holder kicked as `replaced`;
+    /// a user's new connection is sent what waits in the user's inbox.
+    fn register(&mut self, key: Option<Arc<str>>, mid: i64, at: GlobalConn, v2: bool) {
         let (tag, n) = (self.shared.node_tag, self.nr());
-        if let Some(old) = self.dir.register(key, mid, at, tag, n) {
+        let replaced = self.dir.register(key, mid, at, v2, (tag, n));
+        if mid != 0 {
+            self.send_owed(mid, at, v2);
+        }
+        if let Some(old) = replaced {
             self.route(
                 usize::from(old.at.shard),
                 ShardMsg::Kick {

@@ -129,14 +129,12 @@ impl Shard {
             shard: self.id as u16,
             conn: r,
         };
+        // The reply first: the announce may queue pushes owed to the user
+        // (when its owner is this shard, at once), which must follow it.
+        self.reply(r, f.ver, op::AUTH_REPLY, f.seq, &[]);
         self.announce(at, key, a.mid, true);
         if !a.room_id.is_empty() {
             self.change_room(r, &a.room_id);
-        }
-        // The announce above may already have kicked us (same key, same
-        // shard).
-        if !self.is_closing(r) {
-            self.reply(r, f.ver, op::AUTH_REPLY, f.seq, &[]);
         }
     }
 }

@@ -14,6 +14,8 @@
 //! op 9  batch       each inner frame in order
 //! op 40 join        op 41 {"room","epoch","offset"[,"recovered"[,"reason"]]}, then any replay
 //! op 42 leave       op 43 {"room"}
+//! op 46 ack         op 47 {"count"}; the user's owner forgets those pushes
+//! op 48 read        op 49 {"room","offset","unread"}: the user's read mark
 //! other             op 50 unknown_op (the connection stays)
 //! ```
 //!
@@ -23,7 +25,7 @@
 //! violations that leave nothing sensible to answer close it.
 
 use super::conns::{Session, V2Conn};
-use super::mesh::{ConnRef, GlobalConn};
+use super::mesh::{owner_of_mid, owner_of_str, ConnRef, GlobalConn, ShardMsg};
 use super::state::Shard;
 use crate::metrics::ShardStats;
 use crate::proto::binary::{op, Frame, VERSION_NATIVE};
@@ -61,11 +63,10 @@ impl Shard {
         let shown = key
             .as_deref()
             .map_or_else(|| at.assigned_key(self.shared.node_tag), str::to_string);
+        // The reply first: the announce may queue pushes owed to the user
+        // (when its owner is this shard, at once), which must follow it.
+        self.reply(r, VERSION_NATIVE, op::AUTH_REPLY, f.seq, &v2::auth_reply(&shown, a.mid));
         self.announce(at, key, a.mid, true);
-        // The announce above may already have kicked us (same key, same shard).
-        if !self.is_closing(r) {
-            self.reply(r, VERSION_NATIVE, op::AUTH_REPLY, f.seq, &v2::auth_reply(&shown, a.mid));
-        }
     }
 
     /// An operation on an authenticated version-2 connection.
@@ -80,6 +81,8 @@ impl Shard {
             op::RAW => self.on_batch(r, f.body),
             v2::op::JOIN => self.v2_join(r, f),
             v2::op::LEAVE => self.v2_leave(r, f),
+            v2::op::ACK => self.v2_ack(r, f),
+            v2::op::READ => self.v2_read(r, f),
             other => {
                 ShardStats::add(&self.stats().unknown_ops, 1);
                 let msg = format!("operation {other} is not part of protocol version 2");
@@ -110,6 +113,59 @@ impl Shard {
             return self.v2_error(r, f.seq, ErrorCode::RoomLimit, &msg);
         }
         self.start_join(r, f.seq, j.room.into(), j.resume);
+    }
+
+    fn v2_ack(&mut self, r: ConnRef, f: Frame<'_>) {
+        let ids = match v2::parse_ack(f.body) {
+            Ok(ids) => ids,
+            Err(e) => return self.v2_error(r, f.seq, ErrorCode::BadRequest, &e.to_string()),
+        };
+        let mid = self.conn(r).map_or(0, |c| c.mid);
+        if mid == 0 {
+            return self.v2_error(
+                r,
+                f.seq,
+                ErrorCode::NoUser,
+                "this connection authenticated without a mid",
+            );
+        }
+        let count = ids.len();
+        let owner = owner_of_mid(mid, self.nr());
+        self.route(owner, ShardMsg::Ack { mid, ids });
+        let body = serde_json::json!({ "count": count }).to_string();
+        self.reply(r, VERSION_NATIVE, v2::op::ACK_REPLY, f.seq, body.as_bytes());
+    }
+
+    fn v2_read(&mut self, r: ConnRef, f: Frame<'_>) {
+        let (room, offset) = match v2::parse_read(f.body) {
+            Ok(x) => x,
+            Err(e) => return self.v2_error(r, f.seq, ErrorCode::BadRequest, &e.to_string()),
+        };
+        let mid = self.conn(r).map_or(0, |c| c.mid);
+        if mid == 0 {
+            return self.v2_error(
+                r,
+                f.seq,
+                ErrorCode::NoUser,
+                "this connection authenticated without a mid",
+            );
+        }
+        let at = GlobalConn {
+            shard: self.id as u16,
+            conn: r,
+        };
+        let room: Arc<str> = room.into();
+        let owner = owner_of_str(&room, self.nr());
+        self.route(
+            owner,
+            ShardMsg::MarkReq {
+                room,
+                at,
+                seq: f.seq,
+                mid,
+                offset,
+            },
+        );
     }
 
     fn v2_leave(&mut self, r: ConnRef, f: Frame<'_>) {

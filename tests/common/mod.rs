@@ -239,6 +239,10 @@ pub mod op2 {
     pub const LEAVE: u32 = 42;
     pub const LEAVE_REPLY: u32 = 43;
     pub const PUSH: u32 = 44;
+    pub const ACK: u32 = 46;
+    pub const ACK_REPLY: u32 = 47;
+    pub const READ: u32 = 48;
+    pub const READ_REPLY: u32 = 49;
     pub const ERROR: u32 = 50;
 }
 

@@ -126,6 +126,7 @@ pub const ROUTES: &[Route] = &[
     get("/v1/online/total", online_total),
     get("/v1/online/top", v1_online_top),
     get_later("/v1/history", v1_history),
+    get_later("/v1/unread", v1_unread),
     get("/v1/stats", v1_stats),
     get("/metrics", metrics),
     get("/healthz", healthz),
@@ -305,6 +306,58 @@ fn v1_history(r: &Req<'_>) -> Result<Later, ApiError> {
             )
         })?;
         Ok(ok(history_json(&room, page)))
+    }))
+}
+
+/// Most rooms one unread query may name.
+pub const MAX_UNREAD_ROOMS: usize = 1000;
+
+/// `GET /v1/unread?mid=&rooms=`: asks each room's owner for the user's
+/// read mark and the room's newest offset.
+fn v1_unread(r: &Req<'_>) -> Result<Later, ApiError> {
+    let mid: i64 = r
+        .query
+        .required("mid")?
+        .parse()
+        .map_err(|_| bad("`mid` must be a user id (i64)"))?;
+    let rooms: Vec<String> = r.query.list("rooms").map(String::from).collect();
+    if rooms.is_empty() || rooms.len() > MAX_UNREAD_ROOMS {
+        return Err(bad(format!("`rooms` must name 1 to {MAX_UNREAD_ROOMS} rooms")));
+    }
+    if rooms.iter().any(|room| room.len() > crate::proto::body::MAX_ROOM_LEN) {
+        return Err(bad("room key over 256 bytes"));
+    }
+    let mut by_owner: BTreeMap<usize, Vec<Arc<str>>> = BTreeMap::new();
+    let n = r.shard.borrow().nr_shards();
+    for room in &rooms {
+        by_owner
+            .entry(owner_of_str(room, n))
+            .or_default()
+            .push(Arc::from(room.as_str()));
+    }
+    let mut waits = Vec::new();
+    for (owner, rooms) in by_owner {
+        let (reply, wait) = Reply::pair();
+        waits.push((rooms.clone(), wait));
+        r.shard
+            .borrow_mut()
+            .route(owner, ShardMsg::UnreadReq { mid, rooms, reply });
+    }
+    Ok(Box::pin(async move {
+        let mut data = serde_json::Map::new();
+        for (rooms, wait) in waits {
+            let marks = wait
+                .await
+                .ok_or_else(|| ApiError(StatusCode::SERVICE_UNAVAILABLE, "a room's shard did not answer".into()))?;
+            for (room, m) in rooms.iter().zip(marks) {
+                let v = m.map_or(
+                    Value::Null,
+                    |(mark, last)| json!({"unread": last - mark, "offset": last, "read": mark}),
+                );
+                data.insert(room.to_string(), v);
+            }
+        }
+        Ok(ok(json!({ "mid": mid, "rooms": data })))
     }))
 }
 

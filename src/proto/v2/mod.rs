@@ -13,7 +13,8 @@
 //! 4      u8   kind: 1 room, 2 user, 3 direct (a key push or a push to all)
 //! 5      u8   reserved, 0
 //! 6      u16  room length R (0 unless kind 1)
-//! 8      u64  offset (kind 1: the room offset; otherwise 0)
+//! 8      u64  offset (kind 1: the room offset; kind 2: the push's id, to
+//!             acknowledge; kind 3: 0)
 //! 16     u64  epoch (kind 1: the room's epoch; otherwise 0)
 //! 24     u16  message id length M (the publisher's id; 0 = none)
 //! 26     R    room (UTF-8)
@@ -48,6 +49,14 @@ pub mod op {
     pub const LEAVE_REPLY: u32 = 43;
     /// A push (server → client): envelope, then payload.
     pub const PUSH: u32 = 44;
+    /// Acknowledge user pushes: they leave the user's inbox (JSON body).
+    pub const ACK: u32 = 46;
+    /// Reply to [`ACK`] (JSON body).
+    pub const ACK_REPLY: u32 = 47;
+    /// Mark a room read up to an offset (JSON body).
+    pub const READ: u32 = 48;
+    /// Reply to [`READ`] (JSON body).
+    pub const READ_REPLY: u32 = 49;
     /// An error answering the request with the same sequence (JSON body);
     /// the connection stays open.
     pub const ERROR: u32 = 50;
@@ -79,7 +88,8 @@ pub struct Envelope<'a> {
     pub kind: Kind,
     /// The room (kind `Room`; empty otherwise).
     pub room: &'a str,
-    /// The room offset (kind `Room`; 0 otherwise).
+    /// The room offset (kind `Room`), the push's id to acknowledge (kind
+    /// `User`), or 0.
     pub offset: u64,
     /// The room's epoch (kind `Room`; 0 otherwise).
     pub epoch: u64,
@@ -198,6 +208,10 @@ pub enum ErrorCode {
     NotJoined,
     /// Leave of a room whose join has not been answered yet.
     JoinPending,
+    /// An acknowledgement (or read mark) from a connection without a user.
+    NoUser,
+    /// The room already has `[history] max_marks` read marks of other users.
+    MarkLimit,
 }
 
 impl ErrorCode {
@@ -209,6 +223,8 @@ impl ErrorCode {
         ErrorCode::AlreadyJoined,
         ErrorCode::NotJoined,
         ErrorCode::JoinPending,
+        ErrorCode::NoUser,
+        ErrorCode::MarkLimit,
     ];
 
     /// The number clients switch on.
@@ -220,6 +236,8 @@ impl ErrorCode {
             ErrorCode::AlreadyJoined => 4003,
             ErrorCode::NotJoined => 4004,
             ErrorCode::JoinPending => 4005,
+            ErrorCode::NoUser => 4006,
+            ErrorCode::MarkLimit => 4007,
         }
     }
 
@@ -232,6 +250,8 @@ impl ErrorCode {
             ErrorCode::AlreadyJoined => "already_joined",
             ErrorCode::NotJoined => "not_joined",
             ErrorCode::JoinPending => "join_pending",
+            ErrorCode::NoUser => "no_user",
+            ErrorCode::MarkLimit => "mark_limit",
         }
     }
 
@@ -274,6 +294,9 @@ pub enum BodyError {
     /// is not 16 hex digits.
     #[error("`offset` and `epoch` (16 hex digits) go together")]
     Resume,
+    /// No ids, or more than `MAX_ACK_IDS`.
+    #[error("`ids` must hold 1 to {MAX_ACK_IDS} push ids")]
+    Ids,
 }
 
 #[derive(Deserialize)]
@@ -286,6 +309,18 @@ struct JoinJson {
 #[derive(Deserialize)]
 struct LeaveJson {
     room: String,
+}
+
+#[derive(Deserialize)]
+struct ReadJson {
+    room: String,
+    offset: u64,
+}
+
+/// Parses a read mark body: `{"room":"live://1","offset":57}`.
+pub fn parse_read(body: &[u8]) -> Result<(String, u64), BodyError> {
+    let r: ReadJson = json(body)?;
+    Ok((room(r.room)?, r.offset))
 }
 
 fn json<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, BodyError> {
@@ -321,6 +356,24 @@ pub fn parse_join(body: &[u8]) -> Result<Join, BodyError> {
     })
 }
 
+/// Most push ids one acknowledgement may carry.
+pub const MAX_ACK_IDS: usize = 1000;
+
+#[derive(Deserialize)]
+struct AckJson {
+    ids: Vec<u64>,
+}
+
+/// Parses an acknowledgement body: `{"ids":[281474976710657, ...]}` (1 to
+/// `MAX_ACK_IDS` push ids).
+pub fn parse_ack(body: &[u8]) -> Result<Vec<u64>, BodyError> {
+    let ids = json::<AckJson>(body)?.ids;
+    if ids.is_empty() || ids.len() > MAX_ACK_IDS {
+        return Err(BodyError::Ids);
+    }
+    Ok(ids)
+}
+
 /// Parses a leave body: `{"room":"live://1"}`.
 pub fn parse_leave(body: &[u8]) -> Result<String, BodyError> {
     room(json::<LeaveJson>(body)?.room)
@@ -354,9 +407,19 @@ impl Unrecovered {
 
 /// The join reply body (op 41). `recovered` is present only for a resume:
 /// true when every message after the client's offset follows the reply;
-/// false (with `reason`) when none is replayed.
-pub fn join_reply(room: &str, epoch: u64, offset: u64, resume: Option<Result<(), Unrecovered>>) -> Vec<u8> {
+/// false (with `reason`) when none is replayed. `unread` only for a
+/// connection with a user: the room's newest offset minus the user's mark.
+pub fn join_reply(
+    room: &str,
+    epoch: u64,
+    offset: u64,
+    resume: Option<Result<(), Unrecovered>>,
+    unread: Option<u64>,
+) -> Vec<u8> {
     let mut v = serde_json::json!({"room": room, "epoch": fmt_epoch(epoch), "offset": offset});
+    if let Some(n) = unread {
+        v["unread"] = n.into();
+    }
     match resume {
         None => {}
         Some(Ok(())) => v["recovered"] = true.into(),

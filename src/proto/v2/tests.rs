@@ -106,15 +106,23 @@ fn join_and_leave_bodies() {
         assert!(matches!(parse_join(bad), Err(BodyError::Json(_))), "{bad:?}");
     }
     assert_eq!(parse_leave(br#"{"room":"a"}"#), Ok("a".into()));
+    assert_eq!(
+        parse_ack(br#"{"ids":[1,281474976710657]}"#),
+        Ok(vec![1, 281_474_976_710_657])
+    );
+    assert_eq!(parse_ack(br#"{"ids":[]}"#), Err(BodyError::Ids));
+    let many = format!(r#"{{"ids":[{}]}}"#, vec!["1"; MAX_ACK_IDS + 1].join(","));
+    assert_eq!(parse_ack(many.as_bytes()), Err(BodyError::Ids));
+    assert!(matches!(parse_ack(br#"{"ids":[-1]}"#), Err(BodyError::Json(_))));
     assert_eq!(parse_leave(br#"{"room":""}"#), Err(BodyError::Room));
 }
 
 #[test]
 fn replies_and_errors() {
-    let v: serde_json::Value = serde_json::from_slice(&join_reply("r", 1, 7, None)).unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&join_reply("r", 1, 7, None, None)).unwrap();
     assert_eq!(v, serde_json::json!({"room":"r","epoch":"0000000000000001","offset":7}));
     let v: serde_json::Value =
-        serde_json::from_slice(&join_reply("r", 1, 7, Some(Err(Unrecovered::HistoryGone)))).unwrap();
+        serde_json::from_slice(&join_reply("r", 1, 7, Some(Err(Unrecovered::HistoryGone)), Some(3))).unwrap();
     assert_eq!(
         (v["recovered"].as_bool(), v["reason"].as_str()),
         (Some(false), Some("history_gone"))

@@ -5,7 +5,9 @@
 //! Pure data on the room's owner shard (sans-IO): time arrives as the
 //! shard's tick (seconds), publications as already-encoded frames. The
 //! owner calls `publish` for every room message, `resume`/`page` to read,
-//! `expire` once a tick, and `gc` now and then.
+//! `expire` once a tick, and `gc` now and then. A log also holds the room's
+//! read marks (per user, the offset read up to: `mark`, `unread`), which
+//! live as long as the log.
 //!
 //! Limits, per room from its `Policy` (the longest matching prefix of
 //! `[history] overrides`, else the `[history]` defaults): at most `messages`
@@ -103,8 +105,12 @@ pub struct RoomLog {
     policy: Policy,
     entries: VecDeque<Entry>,
     bytes: usize,
-    /// Tick of the last publish or join.
+    /// Tick of the last publish, join or mark.
     touched: u32,
+    /// Per user, the offset read up to (in this epoch).
+    marks: FnvHashMap<i64, u64>,
+    /// The earliest tick this room has a mark for in `due`.
+    scheduled: u32,
 }
 
 impl RoomLog {
@@ -118,8 +124,14 @@ impl RoomLog {
         self.entries.is_empty()
     }
 
-    fn front_due(&self) -> Option<u32> {
-        self.entries.front().map(|e| e.due(self.policy))
+    /// When the front changed: the tick to mark in `due` if the room has
+    /// no mark that early yet.
+    fn reschedule(&mut self) -> Option<u32> {
+        let when = self.entries.front()?.due(self.policy);
+        (when < self.scheduled).then(|| {
+            self.scheduled = when;
+            when
+        })
     }
 }
 
@@ -130,6 +142,8 @@ pub struct Resumed {
     pub epoch: u64,
     /// The room's newest offset now.
     pub last: u64,
+    /// The joining user's read mark (`None`: no user).
+    pub mark: Option<u64>,
     /// `Ok(entries)`: every message after the client's offset, in order
     /// (expired ones skipped). `Err`: why that is not possible.
     pub replay: Result<Vec<Wire>, crate::proto::v2::Unrecovered>,
@@ -215,6 +229,8 @@ impl Logs {
             entries: VecDeque::new(),
             bytes: 0,
             touched: now,
+            marks: FnvHashMap::default(),
+            scheduled: u32::MAX,
         });
         log.touched = now;
         log
@@ -241,7 +257,6 @@ impl Logs {
             return (offset, epoch, wire);
         }
         let cost = wire.tcp.len() + wire.ws.len() + ENTRY_OVERHEAD;
-        let was_empty = log.entries.is_empty();
         log.entries.push_back(Entry {
             offset,
             wire: wire.clone(),
@@ -263,9 +278,7 @@ impl Logs {
         }
         self.evicted.limit += limit;
         self.order.push_back((room.clone(), offset));
-        // One due mark per room with history is enough: `expire` re-marks
-        // the new front whenever it pops one.
-        if let (true, Some(when)) = (was_empty, log.front_due()) {
+        if let Some(when) = log.reschedule() {
             self.due.push(Reverse((when, room.clone())));
         }
         self.enforce_cap();
@@ -286,6 +299,9 @@ impl Logs {
                 self.count -= 1;
                 log.lost_through = log.lost_through.max(e.offset);
                 self.evicted.memory += 1;
+                if let Some(when) = log.reschedule() {
+                    self.due.push(Reverse((when, room)));
+                }
             }
         }
         // Keep the order queue from outgrowing what it indexes.
@@ -313,12 +329,15 @@ impl Logs {
             if *when > now {
                 return;
             }
-            let Reverse((_, room)) = self.due.pop().expect("peeked");
+            let Reverse((when, room)) = self.due.pop().expect("peeked");
             let Some(log) = self.rooms.get_mut(&room) else { continue };
+            if when == log.scheduled {
+                log.scheduled = u32::MAX;
+            }
             let mut total = (self.bytes, self.count);
             trim(log, now, &mut total, &mut self.evicted);
             (self.bytes, self.count) = total;
-            if let Some(when) = log.front_due() {
+            if let Some(when) = log.reschedule() {
                 self.due.push(Reverse((when, room)));
             }
         }
@@ -334,6 +353,7 @@ impl Logs {
         policy: Policy,
         now: u32,
         resume: Option<crate::proto::v2::Resume>,
+        mid: i64,
     ) -> Resumed {
         use crate::proto::v2::Unrecovered;
         self.open(room, policy, now);
@@ -343,6 +363,7 @@ impl Logs {
         trim(log, now, &mut total, &mut self.evicted);
         (self.bytes, self.count) = total;
         let (epoch, last) = (log.epoch, log.last);
+        let mark = (mid != 0).then(|| log.marks.get(&mid).copied().unwrap_or(0));
         let replay = match resume {
             None => Ok(Vec::new()),
             Some(r) if r.epoch != epoch => Err(Unrecovered::EpochChanged),
@@ -355,7 +376,41 @@ impl Logs {
                 .map(|e| e.wire.clone())
                 .collect()),
         };
-        Resumed { epoch, last, replay }
+        Resumed {
+            epoch,
+            last,
+            mark,
+            replay,
+        }
+    }
+
+    /// User `mid` has read `room` up to `offset` (clamped to the room's
+    /// newest; a mark never moves back). Returns (mark, newest offset), or
+    /// `None` when the room already has `max_marks` marks of other users.
+    pub fn mark(
+        &mut self,
+        room: &Arc<str>,
+        policy: Policy,
+        now: u32,
+        mid: i64,
+        offset: u64,
+        max_marks: usize,
+    ) -> Option<(u64, u64)> {
+        self.open(room, policy, now);
+        let log = self.rooms.get_mut(room).expect("opened just above");
+        if log.marks.len() >= max_marks && !log.marks.contains_key(&mid) {
+            return None;
+        }
+        let m = log.marks.entry(mid).or_default();
+        *m = (*m).max(offset.min(log.last));
+        Some((*m, log.last))
+    }
+
+    /// `mid`'s read mark in `room` and the room's newest offset; `None` if
+    /// the room has no log.
+    pub fn unread(&self, room: &str, mid: i64) -> Option<(u64, u64)> {
+        let log = self.rooms.get(room)?;
+        Some((log.marks.get(&mid).copied().unwrap_or(0), log.last))
     }
 
     /// Up to `limit` stored messages of `room` after `since`, oldest first,

@@ -18,7 +18,7 @@ fn offsets(w: &[Wire]) -> Vec<u64> {
 }
 
 fn resume(logs: &mut Logs, room: &Arc<str>, offset: u64, epoch: u64, now: u32) -> Result<Vec<u64>, Unrecovered> {
-    logs.resume(room, P, now, Some(Resume { offset, epoch }))
+    logs.resume(room, P, now, Some(Resume { offset, epoch }), 0)
         .replay
         .map(|w| offsets(&w))
 }
@@ -27,7 +27,7 @@ fn resume(logs: &mut Logs, room: &Arc<str>, offset: u64, epoch: u64, now: u32) -
 fn offsets_count_up_and_a_resume_replays_exactly_what_was_missed() {
     let mut logs = Logs::new(1 << 20);
     let room: Arc<str> = "live://1".into();
-    let first = logs.resume(&room, P, 0, None);
+    let first = logs.resume(&room, P, 0, None, 0);
     assert_eq!((first.last, first.replay.unwrap().len()), (0, 0));
     let epoch = first.epoch;
     assert_ne!(epoch, 0);
@@ -54,7 +54,7 @@ fn offsets_count_up_and_a_resume_replays_exactly_what_was_missed() {
 fn age_and_ttl_expire_but_only_age_is_a_gap() {
     let mut logs = Logs::new(1 << 20);
     let room: Arc<str> = "r".into();
-    let epoch = logs.resume(&room, P, 0, None).epoch;
+    let epoch = logs.resume(&room, P, 0, None, 0).epoch;
     logs.publish(&room, P, 10, Some(5), frame); // 1: TTL ends at 15
     logs.publish(&room, P, 10, None, frame); // 2
     logs.expire(14);
@@ -90,7 +90,7 @@ fn the_memory_cap_evicts_the_oldest_message_of_any_room() {
     let cost = frame(1, 0).tcp.len() + frame(1, 0).ws.len() + ENTRY_OVERHEAD;
     let mut logs = Logs::new(3 * cost);
     let (a, b): (Arc<str>, Arc<str>) = ("a".into(), "b".into());
-    let ea = logs.resume(&a, P, 0, None).epoch;
+    let ea = logs.resume(&a, P, 0, None, 0).epoch;
     logs.publish(&a, P, 0, None, frame);
     logs.publish(&b, P, 0, None, frame);
     logs.publish(&a, P, 0, None, frame);
@@ -111,13 +111,13 @@ fn the_memory_cap_evicts_the_oldest_message_of_any_room() {
 fn history_off_still_counts_offsets_and_never_recovers_a_gap() {
     let mut logs = Logs::new(1 << 20);
     let room: Arc<str> = "tmp://x".into();
-    let epoch = logs.resume(&room, Policy::OFF, 0, None).epoch;
+    let epoch = logs.resume(&room, Policy::OFF, 0, None, 0).epoch;
     logs.publish(&room, Policy::OFF, 0, None, frame);
     logs.publish(&room, Policy::OFF, 0, None, frame);
     assert_eq!((logs.get("tmp://x").unwrap().last, logs.bytes()), (2, 0));
-    let r = logs.resume(&room, Policy::OFF, 0, Some(Resume { offset: 1, epoch }));
+    let r = logs.resume(&room, Policy::OFF, 0, Some(Resume { offset: 1, epoch }), 0);
     assert_eq!(r.replay.unwrap_err(), Unrecovered::HistoryGone);
-    let r = logs.resume(&room, Policy::OFF, 0, Some(Resume { offset: 2, epoch }));
+    let r = logs.resume(&room, Policy::OFF, 0, Some(Resume { offset: 2, epoch }), 0);
     assert!(r.replay.unwrap().is_empty(), "nothing missed, nothing to replay");
 }
 
@@ -132,7 +132,7 @@ fn pages_and_idle_logs() {
     assert_eq!((last, page.len(), page[0].offset), (3, 1, 2));
     assert!(logs.page("nope", 0, 10, 0).is_none());
     let idle: Arc<str> = "idle".into();
-    logs.resume(&idle, P, 0, None);
+    logs.resume(&idle, P, 0, None, 0);
     logs.gc(IDLE_TICKS - 1, |_| false);
     assert!(logs.get("idle").is_some());
     logs.gc(IDLE_TICKS, |r| r == "idle");
@@ -140,4 +140,22 @@ fn pages_and_idle_logs() {
     logs.gc(IDLE_TICKS, |_| false);
     assert!(logs.get("idle").is_none());
     assert!(logs.get("r").is_some(), "it has history");
+}
+
+#[test]
+fn read_marks_only_move_forward_and_are_bounded() {
+    let mut logs = Logs::new(1 << 20);
+    let room: Arc<str> = "r".into();
+    for _ in 0..5 {
+        logs.publish(&room, P, 0, None, frame);
+    }
+    assert_eq!(logs.unread("r", 7), Some((0, 5)));
+    assert_eq!(logs.mark(&room, P, 0, 7, 3, 2), Some((3, 5)));
+    assert_eq!(logs.mark(&room, P, 0, 7, 1, 2), Some((3, 5)), "never back");
+    assert_eq!(logs.mark(&room, P, 0, 7, 99, 2), Some((5, 5)), "clamped to the newest");
+    assert_eq!(logs.mark(&room, P, 0, 8, 1, 2), Some((1, 5)));
+    assert_eq!(logs.mark(&room, P, 0, 9, 1, 2), None, "a third user passes max_marks");
+    assert_eq!(logs.resume(&room, P, 0, None, 8).mark, Some(1));
+    assert_eq!(logs.resume(&room, P, 0, None, 0).mark, None);
+    assert_eq!(logs.unread("nope", 7), None);
 }

@@ -1,0 +1,109 @@
+//! Pushes to users, on the user's owner shard: live delivery to every
+//! connection of the user, the user's inbox (`inbox`), what a user's new
+//! connection is owed, and acknowledgements.
+//!
+//! Runs on the user's owner (`owner_of_mid`) inside its mesh inbox task,
+//! except `deliver_owed`, which runs on the connection's shard; never awaits.
+//!
+//! When a push is kept in the inbox (until a version-2 connection of the
+//! user acknowledges it, or it expires or is evicted):
+//!
+//! ```text
+//! the user's connections now      kept?   delivered live to
+//! none                             yes     —
+//! some version 2 (any others too)  yes     all of them
+//! only version 1                   no      all of them (at most once, as goim)
+//! ```
+//!
+//! A connection of the user that authenticates is sent what the inbox holds
+//! before any later push to the user (the owner sends both, in that order,
+//! through the connection shard's FIFO inbox). A version-2 one keeps it owed
+//! until acknowledged; a version-1 one, with no version-2 connection of the
+//! user up, consumes it (it cannot acknowledge: at most once).
+
+use super::deliver::wants;
+use super::directory::ByShard;
+use super::mesh::{ConnRef, GlobalConn, ShardMsg};
+use super::state::Shard;
+use crate::metrics::ShardStats;
+use crate::proto::wire::Frames;
+use std::sync::atomic::Ordering::Relaxed;
+
+impl Shard {
+    /// An id for a push to users entering the process here: unique in the
+    /// process (the shard in the top 16 bits), never 0.
+    pub fn next_push_id(&mut self) -> u64 {
+        self.push_seq += 1;
+        ((self.id as u64) << 48) | self.push_seq
+    }
+
+    /// On the users' owner: delivers push `id` to every connection of
+    /// `mids` and keeps it where the module doc says.
+    pub(super) fn push_mids(&mut self, mids: &[i64], op: u32, frames: &Frames, id: u64, ttl: Option<u32>) {
+        let now = self.wheel.now();
+        let mut by = ByShard::default();
+        for &m in mids {
+            let conns = self.dir.user(m);
+            let keep = conns.is_empty() || conns.iter().any(|&(_, v2)| v2);
+            for (at, _) in conns {
+                by.entry(at.shard).or_default().push(at.conn);
+            }
+            if keep && self.inbox.enabled() {
+                self.inbox.store(m, id, op, frames, now, ttl);
+                ShardStats::add(&self.stats().inbox_stored, 1);
+            }
+        }
+        self.count_inbox();
+        self.forward(by, op, frames, false);
+    }
+
+    /// On the user's owner, when a connection of `mid` registers: sends it
+    /// what waits in the inbox (consumed if it is version 1 and no
+    /// version-2 connection of the user is up).
+    pub(super) fn send_owed(&mut self, mid: i64, at: GlobalConn, v2: bool) {
+        let now = self.wheel.now();
+        let keep = v2 || self.dir.user(mid).iter().any(|&(_, v2)| v2);
+        let owed = if keep {
+            self.inbox.pending(mid, now)
+        } else {
+            self.inbox.take(mid, now)
+        };
+        if owed.is_empty() {
+            return;
+        }
+        ShardStats::add(&self.stats().inbox_owed, owed.len() as u64);
+        self.count_inbox();
+        let pushes = owed.into_iter().map(|e| (e.op, e.frames)).collect();
+        self.route(usize::from(at.shard), ShardMsg::Owed { conn: at.conn, pushes });
+    }
+
+    /// On the connection's shard: queues what it is owed, in order (version
+    /// 1's accepts filter applies, as to any user push).
+    pub(super) fn deliver_owed(&mut self, conn: ConnRef, pushes: Vec<(u32, Frames)>) {
+        for (op, frames) in pushes {
+            if self.conn(conn).is_some_and(|c| wants(c, op)) {
+                self.enqueue(conn, &frames);
+            }
+        }
+    }
+
+    /// On the user's owner: a version-2 connection of `mid` acknowledged
+    /// `ids`.
+    pub(super) fn ack(&mut self, mid: i64, ids: &[u64]) {
+        let n = self.inbox.ack(mid, ids);
+        ShardStats::add(&self.stats().inbox_acked, n as u64);
+        self.count_inbox();
+    }
+
+    /// Publishes this shard's inbox figures into its stats.
+    pub(super) fn count_inbox(&mut self) {
+        let e = self.inbox.take_evicted();
+        let st = &self.shared.stats[self.id];
+        ShardStats::add(&st.inbox_evicted_limit, e.limit);
+        ShardStats::add(&st.inbox_evicted_memory, e.memory);
+        ShardStats::add(&st.inbox_expired, e.ttl);
+        st.inbox_messages.store(self.inbox.messages() as u64, Relaxed);
+        st.inbox_bytes.store(self.inbox.bytes() as u64, Relaxed);
+        st.inbox_users.store(self.inbox.users() as u64, Relaxed);
+    }
+}
