@@ -16,7 +16,7 @@ fn fanout(c: &mut Criterion) {
             b.iter(|| {
                 let frame = binary::encode_to_bytes(1, 1000, 0, black_box(&payload));
                 for q in queues.iter_mut() {
-                    let _ = q.push(frame.clone(), 1 << 20, 0);
+                    let _ = q.push(frame.clone(), 80 / n, 1 << 20, 0);
                 }
                 for q in queues.iter_mut() {
                     q.advance(80, 0);
@@ -27,7 +27,7 @@ fn fanout(c: &mut Criterion) {
             b.iter(|| {
                 for q in queues.iter_mut() {
                     let frame: Bytes = binary::encode_to_bytes(1, 1000, 0, black_box(&payload));
-                    let _ = q.push(frame, 1 << 20, 0);
+                    let _ = q.push(frame, 80, 1 << 20, 0);
                 }
                 for q in queues.iter_mut() {
                     q.advance(80, 0);

@@ -55,6 +55,31 @@ fn rlimit(which: libc::__rlimit_resource_t) -> (u64, u64) {
     (v(r.rlim_cur), v(r.rlim_max))
 }
 
+/// Memory this process may use: the host's (`MemTotal`), or its cgroup's
+/// limit when that is lower (cgroup v2 `memory.max`; "max" = none).
+pub fn memory_bytes() -> Option<u64> {
+    let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let total = parse_meminfo_total(&meminfo)?;
+    let cgroup = std::fs::read_to_string("/proc/self/cgroup").ok().and_then(|c| {
+        let path = c.lines().find_map(|l| l.strip_prefix("0::"))?;
+        read_u64(&format!("/sys/fs/cgroup{}/memory.max", path.trim_end_matches('/')))
+    });
+    Some(cgroup.map_or(total, |c| c.min(total)))
+}
+
+/// `MemTotal` of a /proc/meminfo text, in bytes.
+fn parse_meminfo_total(meminfo: &str) -> Option<u64> {
+    let line = meminfo.lines().find(|l| l.starts_with("MemTotal:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
+/// The outbound budget when the configuration leaves it to the host (`[limits]
+/// outbound_budget = 0`): a quarter of `memory_bytes`, 1 GiB if unknown.
+pub fn default_outbound_budget() -> usize {
+    memory_bytes().map_or(1 << 30, |m| (m / 4) as usize)
+}
+
 impl HostFacts {
     /// Reads this host.
     pub fn read() -> HostFacts {
@@ -283,6 +308,13 @@ pub fn render(f: &HostFacts, checks: &[Check], conns: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn meminfo_total_is_read_in_bytes() {
+        let text = "MemTotal:       24600000 kB\nMemFree:         1000 kB\n";
+        assert_eq!(parse_meminfo_total(text), Some(24_600_000 * 1024));
+        assert_eq!(parse_meminfo_total("MemFree: 1 kB\n"), None);
+    }
 
     fn tuned() -> HostFacts {
         HostFacts {

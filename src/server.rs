@@ -89,6 +89,9 @@ impl Server {
         config.ws.listen = addr_of(ListenerKind::ClientWs);
         config.api.listen = addr_of(ListenerKind::Api);
         config.api.publish_listen = addr_of(ListenerKind::Publisher);
+        if config.limits.outbound_budget == 0 {
+            config.limits.outbound_budget = crate::host::default_outbound_budget().max(config.limits.outbound_limit);
+        }
         // Per shard: (kind, descriptor) of every listener.
         let mut per_shard: Vec<Vec<(ListenerKind, RawFd)>> = vec![Vec::new(); n];
         for b in bound {
@@ -131,7 +134,8 @@ impl Server {
         }
         let c = &shared.config;
         tracing::info!(tcp = %c.tcp.listen, ws = %c.ws.listen, api = %c.api.listen,
-            publishers = %c.api.publish_listen, shards = n, "volley serving");
+            publishers = %c.api.publish_listen, shards = n,
+            outbound_budget = c.limits.outbound_budget, "volley serving");
         Ok(ServerHandle {
             tcp_addr: c.tcp.listen,
             http_addr: c.api.listen,

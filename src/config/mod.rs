@@ -15,7 +15,7 @@
 //! [tcp]     listen
 //! [ws]      listen path origins echo echo_path echo_max_message
 //! [client]  handshake_timeout_secs heartbeat_timeout_secs max_rooms
-//! [limits]  max_body outbound_limit replay_limit
+//! [limits]  max_body outbound_limit replay_limit outbound_budget socket_sndbuf
 //! [api]     listen publish_listen key max_body max_push_body idle_timeout_secs
 //! [history] messages max_age_secs max_bytes memory overrides max_marks
 //! [inbox]   messages bytes ttl_secs memory
@@ -260,7 +260,7 @@ pub struct Limits {
     )]
     pub max_body: usize,
 
-    /// Bytes a connection may have queued and unwritten (plus 32 bytes of
+    /// Bytes a connection may have queued and unwritten (plus 64 bytes of
     /// bookkeeping per frame) before it is closed as a slow consumer. Worst
     /// case memory per connection; shared broadcast frames are counted in
     /// full for every connection although stored once.
@@ -271,9 +271,31 @@ pub struct Limits {
     /// resuming version-2 connection may have waiting beyond
     /// `outbound_limit`; they enter its queue as it drains. A resume needing
     /// more is answered `replay_too_large`. The frames are shared with
-    /// history, so each costs the connection a 32-byte handle, not its size.
+    /// history, so each costs the connection a 64-byte handle, not its size.
     #[arg(id = "limits-replay-limit", long = "limits-replay-limit", default_value_t = 4 << 20)]
     pub replay_limit: usize,
+
+    /// Memory all connections' queued, unwritten output may take together:
+    /// 64 bytes per queued frame per connection (its handle and queue slot)
+    /// and the frame's bytes, counted once per shard however many members
+    /// share them. Past three quarters of it, the connections whose socket
+    /// is full (the client is not reading) are closed as slow consumers,
+    /// largest queue first, until the total is under five eighths; if it
+    /// is still over a second later, the largest queues go whatever their
+    /// socket. The last quarter is headroom for bursts and the allocator.
+    /// Each shard enforces its share (budget / shards). 0 = a quarter of the
+    /// host's memory (or of the cgroup's limit, when lower), resolved at
+    /// start.
+    #[arg(id = "limits-outbound-budget", long = "limits-outbound-budget", default_value_t = 0)]
+    pub outbound_budget: usize,
+
+    /// Kernel send buffer of each client socket (SO_SNDBUF; the kernel
+    /// doubles it), bytes. 0 = the kernel's autotuning (net.ipv4.tcp_wmem,
+    /// up to 4 MiB per socket by default), which lets a client that stops
+    /// reading pin megabytes of kernel memory before anything queues in
+    /// volley. A cap bounds that and shows a stalled client sooner.
+    #[arg(id = "limits-socket-sndbuf", long = "limits-socket-sndbuf", default_value_t = 0)]
+    pub socket_sndbuf: usize,
 }
 
 /// `[api]`
@@ -549,6 +571,18 @@ impl Config {
             return bad(
                 "[limits] outbound_limit",
                 "must hold at least one push of [api] max_push_body",
+            );
+        }
+        if self.limits.socket_sndbuf > i32::MAX as usize / 2 {
+            return bad("[limits] socket_sndbuf", "at most 1 GiB");
+        }
+        if self.limits.outbound_limit > 1 << 30 {
+            return bad("[limits] outbound_limit", "at most 1 GiB");
+        }
+        if self.limits.outbound_budget != 0 && self.limits.outbound_budget < self.limits.outbound_limit {
+            return bad(
+                "[limits] outbound_budget",
+                "must hold at least one connection's outbound_limit (0 = derived from the host's memory)",
             );
         }
         if !self.ws.path.starts_with('/') || !self.ws.echo_path.starts_with('/') {

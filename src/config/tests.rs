@@ -174,6 +174,8 @@ fn validation_names_the_knob() {
     );
     bad(|c| c.api.key = Some(String::new()), "[api] key");
     bad(|c| c.limits.outbound_limit = 100, "[limits] outbound_limit");
+    bad(|c| c.limits.outbound_budget = 1000, "[limits] outbound_budget");
+    bad(|c| c.limits.socket_sndbuf = 1 << 31, "[limits] socket_sndbuf");
     bad(
         |c| {
             c.ws.echo = true;

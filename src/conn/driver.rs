@@ -214,7 +214,10 @@ impl ClientDriver {
                     match Pin::new(&mut self.stream).poll_write(cx, c.out.front()) {
                         Poll::Ready(Ok(n)) => n,
                         Poll::Ready(Err(_)) => return Err(CloseReason::IoError),
-                        Poll::Pending => return Ok(()),
+                        Poll::Pending => {
+                            shard.write_blocked(self.id);
+                            return Ok(());
+                        }
                     }
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -222,10 +225,10 @@ impl ClientDriver {
             };
             let now = metrics::clock_us();
             let waited = now.wrapping_sub(c.out.since());
-            c.written(n, now);
             stats.queue_wait_us.record(waited);
             ShardStats::add(&stats.bytes_out, n as u64);
             ShardStats::add(&stats.writes, 1);
+            shard.written(self.id, n, now);
         }
         cx.waker().wake_by_ref();
         Ok(())
@@ -337,7 +340,7 @@ mod tests {
         let (a, b) = std::os::unix::net::UnixStream::pair().unwrap();
         let mut o = Outbound::default();
         for i in 0..100u8 {
-            o.push(Bytes::from(vec![i; 3]), 1 << 20, 0).unwrap();
+            o.push(Bytes::from(vec![i; 3]), 3, 1 << 20, 0).unwrap();
         }
         let n = write_queue(a.as_raw_fd(), &o).unwrap();
         assert_eq!(n, MAX_IOV * 3, "one call writes MAX_IOV frames");

@@ -13,6 +13,7 @@ use crate::shard::{Shard, Transport};
 use driver::ClientDriver;
 use glommio::net::TcpListener;
 use std::cell::RefCell;
+use std::os::fd::{AsRawFd, RawFd};
 use std::rc::Rc;
 
 /// Accepts clients on `listener` until the shard shuts down: each gets a
@@ -23,8 +24,12 @@ pub async fn accept(listener: TcpListener, shard: Rc<RefCell<Shard>>, kind: List
     } else {
         Transport::Tcp
     };
+    let sndbuf = shard.borrow().shared.config.limits.socket_sndbuf;
     accept_each(listener, shard, kind, move |stream, shard| {
         let _ = stream.set_nodelay(true);
+        if sndbuf > 0 {
+            set_sndbuf(stream.as_raw_fd(), sndbuf);
+        }
         let ip = stream
             .peer_addr()
             .map_or(std::net::Ipv4Addr::UNSPECIFIED.into(), |a| a.ip());
@@ -32,4 +37,20 @@ pub async fn accept(listener: TcpListener, shard: Rc<RefCell<Shard>>, kind: List
         glommio::spawn_local(ClientDriver::new(stream, shard.clone(), id, transport)).detach();
     })
     .await;
+}
+
+/// Caps the socket's kernel send buffer (`[limits] socket_sndbuf`); a
+/// failure leaves the kernel's autotuning, which is only less strict.
+fn set_sndbuf(fd: RawFd, bytes: usize) {
+    let v = bytes as libc::c_int;
+    // SAFETY: setsockopt on a socket we own, with a c_int value.
+    unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_SNDBUF,
+            (&v as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
 }

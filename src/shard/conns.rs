@@ -94,6 +94,10 @@ pub struct Conn {
     pub transport: Transport,
     /// A WebSocket ping went out for a passed deadline; a pong clears it.
     pub(super) pinged: bool,
+    /// The socket refused the last write (its buffers are full: the peer
+    /// is not reading); the next write that moves bytes clears it. Only
+    /// such connections may be closed by the outbound budget.
+    pub(super) blocked: bool,
 }
 
 /// Per protocol version: version 1 keeps what goim's session needs inline;
@@ -160,9 +164,17 @@ impl Conn {
         self.close.is_some()
     }
 
+    /// What the connection's output costs in memory, as the shard's
+    /// outbound budget counts it (`Shard::queued`): its queue's
+    /// (`Outbound::mem`) and the handles of frames held behind it.
+    pub(super) fn charge(&self) -> usize {
+        self.out.mem() + self.v2().map_or(0, |v| v.held.charge())
+    }
+
     /// Marks `n` bytes written at time `now`; frames held behind the queue
-    /// (a version-2 replay) move in as it drains.
-    pub fn written(&mut self, n: usize, now: u32) {
+    /// (a version-2 replay) move in as it drains. Only through
+    /// `Shard::written`, which keeps the shard's total.
+    pub(super) fn written(&mut self, n: usize, now: u32) {
         self.out.advance(n, now);
         if let Session::V2(v) = &mut self.session {
             if !v.held.is_empty() {

@@ -35,11 +35,19 @@ use bytes::Bytes;
 use fnv::FnvHashMap;
 use std::sync::Arc;
 
+/// What a version-2 slow consumer's goodbye adds: how to get back what it
+/// missed.
+const RESUME_HINT: &str = "; rejoin each room with its last offset to resume";
+
 impl Shard {
     /// Queues a push to `r` in the form for its protocol version and
-    /// transport, enforcing its byte limit.
-    pub(super) fn enqueue(&mut self, r: ConnRef, frames: &Frames) {
-        self.enqueue_with(r, |c| frames.for_conn(c.ver, c.transport == Transport::Ws).clone());
+    /// transport, enforcing its byte limit. The push is being queued to
+    /// `among` connections of this shard, which share its bytes in the
+    /// outbound budget (`Outbound::mem`).
+    pub(super) fn enqueue(&mut self, r: ConnRef, frames: &Frames, among: usize) {
+        self.enqueue_with(r, among, |c| {
+            frames.for_conn(c.ver, c.transport == Transport::Ws).clone()
+        });
     }
 
     /// Queues a replayed history frame in `r`'s transport form; what does
@@ -55,9 +63,11 @@ impl Shard {
         }
         let frame = wire.for_transport(c.transport == Transport::Ws).clone();
         let Session::V2(v2) = &mut c.session else { return };
-        let pushed = if v2.held.is_empty() && (c.out.is_empty() || c.out.cost() + frame.len() + ENTRY_OVERHEAD <= limit)
-        {
-            Ok(c.out.push_unbounded(frame, now))
+        let into_queue =
+            v2.held.is_empty() && (c.out.is_empty() || c.out.cost() + frame.len() + ENTRY_OVERHEAD <= limit);
+        let pushed = if into_queue {
+            // History keeps the frame's bytes (and counts them).
+            Ok(c.out.push_unbounded(frame, 0, now))
         } else {
             v2.held.push(frame, cap).map(|()| false)
         };
@@ -69,6 +79,7 @@ impl Shard {
                     }
                 }
                 ShardStats::add(&stats.deliveries, 1);
+                self.charged(ENTRY_OVERHEAD);
             }
             Err(PushError::OverLimit { queued }) => {
                 let detail = format!("{queued} bytes of replay waiting, limit {cap}");
@@ -80,20 +91,20 @@ impl Shard {
     /// Queues bytes already in `r`'s wire format (a pong, an echo, the
     /// upgrade answer), enforcing its byte limit.
     pub fn enqueue_bytes(&mut self, r: ConnRef, frame: Bytes) {
-        self.enqueue_with(r, |_| frame);
+        self.enqueue_with(r, 1, |_| frame);
     }
 
     /// Queues a reply frame to `r` in its wire form. Replies bypass nothing:
     /// a client that floods requests without reading replies is a slow
     /// consumer like any other.
     pub(super) fn reply(&mut self, r: ConnRef, ver: u16, op: u32, seq: u32, body: &[u8]) {
-        self.enqueue_with(r, |c| c.transport.frame(ver, op, seq, body));
+        self.enqueue_with(r, 1, |c| c.transport.frame(ver, op, seq, body));
     }
 
     /// The one place frames are queued: a single record lookup per delivery;
     /// `frame` picks the connection's form and is not built for a
     /// connection that is already closing.
-    fn enqueue_with(&mut self, r: ConnRef, frame: impl FnOnce(&Conn) -> Bytes) {
+    fn enqueue_with(&mut self, r: ConnRef, among: usize, frame: impl FnOnce(&Conn) -> Bytes) {
         let now = self.now;
         let Some(c) = self.conns.get_mut(r.idx as usize).filter(|c| c.gen == r.gen) else {
             return;
@@ -106,13 +117,16 @@ impl Shard {
         let limit = c.transport.outbound_limit(&self.shared.config);
         let bytes = frame(c);
         let v2 = c.ver == binary::VERSION_NATIVE;
-        let pushed = match &mut c.session {
+        let share = bytes.len().div_ceil(among.max(1));
+        let (pushed, charge) = match &mut c.session {
             // Behind frames held for a replay, to keep order.
-            Session::V2(h) if !h.held.is_empty() => h
-                .held
-                .push(bytes, self.shared.config.limits.replay_limit)
-                .map(|()| false),
-            _ => c.out.push(bytes, limit, now),
+            Session::V2(h) if !h.held.is_empty() => (
+                h.held
+                    .push(bytes, self.shared.config.limits.replay_limit)
+                    .map(|()| false),
+                ENTRY_OVERHEAD,
+            ),
+            _ => (c.out.push(bytes, share, limit, now), share + ENTRY_OVERHEAD),
         };
         match pushed {
             Ok(was_empty) => {
@@ -122,16 +136,121 @@ impl Shard {
                     }
                 }
                 ShardStats::add(&stats.deliveries, 1);
+                self.charged(charge);
             }
             Err(PushError::OverLimit { queued }) => {
                 ShardStats::add(&stats.dropped, 1);
                 let mut detail = format!("{queued} bytes queued, limit {limit}");
                 if v2 {
-                    detail.push_str("; rejoin each room with its last offset to resume");
+                    detail.push_str(RESUME_HINT);
                 }
                 self.close(r, CloseReason::SlowConsumer, &detail);
             }
         }
+    }
+
+    /// `r`'s driver wrote `n` bytes at time `now` (`Conn::written`).
+    pub fn written(&mut self, r: ConnRef, n: usize, now: u32) {
+        self.requeue(r, |c| {
+            c.blocked = false;
+            c.written(n, now)
+        });
+    }
+
+    /// `r`'s socket took nothing: its peer is not reading.
+    pub fn write_blocked(&mut self, r: ConnRef) {
+        if let Some(c) = self.conn_mut(r) {
+            c.blocked = true;
+        }
+    }
+
+    /// Runs `f` on `r`'s record and keeps the shard's total of queued bytes
+    /// (`queued`) true to whatever `f` did to its queue. Never sheds: what
+    /// grows here (a goodbye, held frames moving into the queue) is not new
+    /// output, and closes run through here.
+    pub(super) fn requeue<T>(&mut self, r: ConnRef, f: impl FnOnce(&mut Conn) -> T) -> Option<T> {
+        let c = self.conns.get_mut(r.idx as usize).filter(|c| c.gen == r.gen)?;
+        let before = c.charge();
+        let out = f(c);
+        let after = c.charge();
+        if after >= before {
+            self.queued += after - before;
+        } else {
+            self.uncharged(before - after);
+        }
+        Some(out)
+    }
+
+    /// `n` more bytes queued on this shard; past three quarters of its
+    /// share of the outbound budget, the largest stalled queues go.
+    fn charged(&mut self, n: usize) {
+        self.queued += n;
+        if self.queued > self.shed_above {
+            self.shed(false);
+        }
+    }
+
+    /// `n` fewer bytes queued on this shard.
+    pub(super) fn uncharged(&mut self, n: usize) {
+        self.queued -= n;
+        if self.queued <= self.high_water() {
+            self.shed_above = self.high_water();
+        }
+    }
+
+    /// Where shedding starts: three quarters of this shard's share of
+    /// `[limits] outbound_budget`. The last quarter is headroom for what
+    /// accounting does not see (a burst fanned out faster than it is
+    /// written, the allocator's own overhead), so that the process stays
+    /// under the budget, not only the count.
+    pub(super) fn high_water(&self) -> usize {
+        self.budget - self.budget / 4
+    }
+
+    /// This shard's queues passed `high_water`: closes the connections with
+    /// the largest queues as slow consumers until the total is under five
+    /// eighths of the share (closing drops a slow consumer's unstarted
+    /// frames at once).
+    ///
+    /// Connections whose socket is full (`Conn::blocked`: the peer is not
+    /// reading) go first, largest first. The others are about to be
+    /// written (the shard has fanned out a burst faster than its drivers
+    /// have run): they go too, largest first, but only when `persistent`
+    /// (the shard is still over `high_water` at a sweep, a second later: it
+    /// is behind on writing to everyone, not stalled by a few). Queues charged
+    /// no more than three frames' handles are left: closing one frees about
+    /// what its goodbye costs. Connections already closing are left too:
+    /// what they hold (a partly written frame, a goodbye) goes when they
+    /// flush or are given up, within seconds. While only such queues keep
+    /// the shard over its share, the next shed waits for another eighth of
+    /// it (or the next sweep), so the connections are not rescanned for
+    /// every frame.
+    pub(super) fn shed(&mut self, persistent: bool) {
+        let target = self.budget / 2 + self.budget / 8;
+        let mut largest: Vec<(bool, usize, ConnRef)> = self
+            .conn_refs()
+            .filter(|(_, c)| c.close.is_none() && (persistent || c.blocked) && c.charge() > 3 * ENTRY_OVERHEAD)
+            .map(|(r, c)| (c.blocked, c.charge(), r))
+            .collect();
+        largest.sort_unstable_by_key(|&(blocked, q, _)| std::cmp::Reverse((blocked, q)));
+        let (share, mut closed) = (self.budget, 0);
+        for (_, q, r) in largest {
+            if self.queued <= target {
+                break;
+            }
+            let mut detail = format!(
+                "{q} bytes queued, the largest while the server's outbound budget was full \
+                 ({} bytes on this shard, its share {share})",
+                self.queued
+            );
+            if self.conn(r).is_some_and(|c| c.ver == binary::VERSION_NATIVE) {
+                detail.push_str(RESUME_HINT);
+            }
+            self.close(r, CloseReason::SlowConsumer, &detail);
+            closed += 1;
+        }
+        ShardStats::add(&self.stats().budget_closes, closed);
+        self.shed_above = self.high_water().max(self.queued + self.budget / 8);
     }
 
     /// On a room's owner: the message gets the room's next offset and a
@@ -177,8 +296,9 @@ impl Shard {
         // Collect first: enqueue may close a slow member, which edits the
         // member list we would be iterating.
         let members: Vec<ConnRef> = self.rooms.members(room).to_vec();
+        let among = members.len();
         for m in members {
-            self.enqueue(m, frames);
+            self.enqueue(m, frames, among);
         }
     }
 
@@ -186,12 +306,13 @@ impl Shard {
     /// version 1, accepting `op` (and, for targets found by decoding an
     /// assigned key, only if their key is server-assigned).
     pub(super) fn deliver_to(&mut self, conns: Vec<ConnRef>, assigned_only: bool, op: u32, frames: &Frames) {
+        let among = conns.len();
         for r in conns {
             if self
                 .conn(r)
                 .is_some_and(|c| wants(c, op) && (!assigned_only || c.key.is_none()))
             {
-                self.enqueue(r, frames);
+                self.enqueue(r, frames, among);
             }
         }
     }
@@ -200,8 +321,9 @@ impl Shard {
     /// every version-2 one gets `frames`.
     pub(super) fn deliver_all(&mut self, op: u32, frames: &Frames) {
         let targets: Vec<ConnRef> = self.conn_refs().filter(|(_, c)| wants(c, op)).map(|(r, _)| r).collect();
+        let among = targets.len();
         for r in targets {
-            self.enqueue(r, frames);
+            self.enqueue(r, frames, among);
         }
     }
 

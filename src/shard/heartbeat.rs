@@ -82,10 +82,14 @@ impl Shard {
                 continue;
             }
             if c.close.is_some() {
-                let dropped = c.discard_queued();
-                if let Some(w) = &c.waker {
-                    w.wake_by_ref();
-                }
+                let dropped = self
+                    .requeue(r, |c| {
+                        if let Some(w) = &c.waker {
+                            w.wake_by_ref();
+                        }
+                        c.discard_queued()
+                    })
+                    .unwrap_or(0);
                 ShardStats::add(&self.stats().dropped, dropped as u64);
                 continue;
             }
@@ -114,6 +118,11 @@ impl Shard {
             self.logs.gc(tick, |room| shared.room_count(room, None) > 0);
         }
         self.count_history();
+        if self.queued > self.high_water() {
+            // Still over a second after whatever passed it.
+            self.shed(true);
+        }
+        self.stats().outbound_queued.store(self.queued as u64, Relaxed);
         self.publish_view();
     }
 

@@ -56,6 +56,7 @@ impl Shard {
             ip,
             transport,
             pinged: false,
+            blocked: false,
         });
         let r = ConnRef { idx: idx as u32, gen };
         self.schedule(r);
@@ -114,6 +115,7 @@ impl Shard {
             return;
         }
         let c = self.conns.remove(r.idx as usize);
+        self.uncharged(c.charge());
         let reason = c.close.unwrap_or(CloseReason::PeerClosed);
         match &c.session {
             Session::V1 {
@@ -245,36 +247,43 @@ impl Shard {
     pub fn close_with_code(&mut self, r: ConnRef, reason: CloseReason, detail: &str, ws_code: Option<u16>) {
         let (id, now) = (self.id, self.now);
         let flush_by = self.wheel.now() + super::heartbeat::CLOSE_FLUSH_SECS;
-        let Some(c) = self.conn_mut(r) else { return };
-        if c.close.is_some() {
+        if self.conn(r).is_none_or(|c| c.close.is_some()) {
             return;
         }
-        c.close = Some(reason);
-        c.deadline = flush_by;
-        let dropped = if reason == CloseReason::SlowConsumer {
-            c.clear_queued()
-        } else {
-            0
-        };
-        let goodbye = reason.notifies_client() && matches!(c.transport, Transport::Tcp | Transport::Ws);
-        let close_code = if c.transport.websocket_open() {
-            ws_code.or_else(|| reason.ws_close_code())
-        } else {
-            None
-        };
-        if goodbye || close_code.is_some() {
-            let text = reason.goodbye(detail);
-            if goodbye {
-                c.out
-                    .push_unbounded(c.transport.frame(c.ver, op::DISCONNECT, 0, text.as_bytes()), now);
-            }
-            if let Some(code) = close_code {
-                c.out.push_unbounded(ws::close_frame(code, &text), now);
-            }
-        }
-        if let Some(w) = &c.waker {
-            w.wake_by_ref();
-        }
+        let dropped = self
+            .requeue(r, |c| {
+                c.close = Some(reason);
+                c.deadline = flush_by;
+                let dropped = if reason == CloseReason::SlowConsumer {
+                    c.clear_queued()
+                } else {
+                    0
+                };
+                let goodbye = reason.notifies_client() && matches!(c.transport, Transport::Tcp | Transport::Ws);
+                let close_code = if c.transport.websocket_open() {
+                    ws_code.or_else(|| reason.ws_close_code())
+                } else {
+                    None
+                };
+                if goodbye || close_code.is_some() {
+                    let text = reason.goodbye(detail);
+                    if goodbye {
+                        c.out.push_unbounded(
+                            c.transport.frame(c.ver, op::DISCONNECT, 0, text.as_bytes()),
+                            usize::MAX,
+                            now,
+                        );
+                    }
+                    if let Some(code) = close_code {
+                        c.out.push_unbounded(ws::close_frame(code, &text), usize::MAX, now);
+                    }
+                }
+                if let Some(w) = &c.waker {
+                    w.wake_by_ref();
+                }
+                dropped
+            })
+            .unwrap_or(0);
         self.schedule(r);
         ShardStats::add(&self.stats().dropped, dropped as u64);
         if !reason.is_quiet() {

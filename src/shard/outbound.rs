@@ -10,7 +10,14 @@
 //! Invariants:
 //! - `cost` = sum over entries of (unwritten length + `ENTRY_OVERHEAD`); it
 //!   never exceeds the limit passed to `push` except by one goodbye frame
-//!   pushed with `push_unbounded`;
+//!   (or replayed history) pushed with `push_unbounded`. It is what the
+//!   client is behind by, and what its limit bounds.
+//! - `mem` = what the entries cost in memory, for the shard's outbound
+//!   budget: per entry `ENTRY_OVERHEAD` and the entry's share of its bytes
+//!   (all of them for a frame of its own; a broadcast's bytes, stored once,
+//!   are split among the members it was queued to). Entries leave with the
+//!   average share, so `mem` is exact whenever the queue is empty, and 0
+//!   then;
 //! - `head` < length of the front entry whenever the queue is non-empty;
 //! - `since` is when the oldest unwritten byte was queued, to the precision
 //!   the caller stamps with (set when the queue goes from empty to not,
@@ -28,14 +35,19 @@
 //! and moves in as writes drain the queue; every push arriving meanwhile
 //! waits behind it, so order is kept. Held frames are shared with history,
 //! so each costs the connection a handle, not its bytes; they are bounded by
-//! their own limit (`[limits] replay_limit`).
+//! their own limit (`[limits] replay_limit`); `Held::charge` is what they
+//! cost in memory (handles and slots).
 
 use bytes::Bytes;
 use std::collections::VecDeque;
 use std::io::IoSlice;
 
-/// Bytes charged per queued frame on top of its length, for the deque slot.
-pub const ENTRY_OVERHEAD: usize = 32;
+/// Bytes charged per queued frame on top of its length: what the frame's
+/// place in the queue really costs. A `Bytes` handle is 32 bytes and the
+/// deque that holds a burst doubles its capacity as it grows, so a slot
+/// costs up to twice the handle. An upper bound, as the shard's outbound
+/// budget needs (`Shard::queued`).
+pub const ENTRY_OVERHEAD: usize = 2 * std::mem::size_of::<Bytes>();
 /// Most frames handed to one `sendmsg`.
 pub const MAX_IOV: usize = 64;
 
@@ -139,6 +151,13 @@ impl Held {
         self.bytes
     }
 
+    /// What holding these frames costs in memory: their handles and slots.
+    /// The frames themselves are history's (counted by its memory cap), or
+    /// pushes shared with every other member of their room.
+    pub fn charge(&self) -> usize {
+        self.frames.len() * ENTRY_OVERHEAD
+    }
+
     /// Holds `frame` unless that passes `cap` held bytes.
     pub fn push(&mut self, frame: Bytes, cap: usize) -> Result<(), PushError> {
         if self.bytes + frame.len() > cap {
@@ -154,12 +173,13 @@ impl Held {
     pub fn refill(&mut self, out: &mut Outbound, limit: usize, now: u32) -> bool {
         let mut moved = false;
         while let Some(f) = self.frames.front() {
-            if !out.is_empty() && out.cost + f.len() + ENTRY_OVERHEAD > limit {
+            if !out.is_empty() && out.cost() + f.len() + ENTRY_OVERHEAD > limit {
                 break;
             }
             let f = self.frames.pop_front().expect("front checked");
             self.bytes -= f.len();
-            out.push_unbounded(f, now);
+            // History's bytes, or a broadcast's shared with the room.
+            out.push_unbounded(f, 0, now);
             moved = true;
         }
         if self.frames.is_empty() {
@@ -185,26 +205,33 @@ pub struct Outbound {
     /// Bytes of `q[0]` already written (a frame is at most 4 GiB: its
     /// length field is a u32).
     head: u32,
-    /// Bytes charged (see module invariants).
-    cost: usize,
+    /// Bytes charged against the connection's limit (see module
+    /// invariants); the limit is at most 1 GiB, so this fits a u32 with
+    /// room for the goodbye pushed past it.
+    cost: u32,
+    /// What the queued frames cost in memory (see module invariants).
+    mem: u32,
     /// When the oldest unwritten byte was queued (µs on the caller's clock,
     /// wrapping); meaningful only while the queue is not empty.
     since: u32,
 }
 
 impl Outbound {
-    /// Queues `frame` at time `now` unless that would pass `limit`. Returns
-    /// whether the queue was empty (the caller then wakes the writer).
-    pub fn push(&mut self, frame: Bytes, limit: usize, now: u32) -> Result<bool, PushError> {
+    /// Queues `frame` at time `now` unless that would pass `limit`; `share`
+    /// is how many of its bytes this connection is charged in memory (see
+    /// `mem`). Returns whether the queue was empty (the caller then wakes
+    /// the writer).
+    pub fn push(&mut self, frame: Bytes, share: usize, limit: usize, now: u32) -> Result<bool, PushError> {
         let add = frame.len() + ENTRY_OVERHEAD;
-        if self.cost + add > limit {
-            return Err(PushError::OverLimit { queued: self.cost });
+        if self.cost() + add > limit {
+            return Err(PushError::OverLimit { queued: self.cost() });
         }
-        Ok(self.push_unbounded(frame, now))
+        Ok(self.push_unbounded(frame, share, now))
     }
 
-    /// Queues `frame` regardless of the limit (the op 6 goodbye).
-    pub fn push_unbounded(&mut self, frame: Bytes, now: u32) -> bool {
+    /// Queues `frame` regardless of the limit (the op 6 goodbye, replayed
+    /// history).
+    pub fn push_unbounded(&mut self, frame: Bytes, share: usize, now: u32) -> bool {
         let was_empty = self.q.is_empty();
         if frame.is_empty() {
             return was_empty;
@@ -212,7 +239,8 @@ impl Outbound {
         if was_empty {
             self.since = now;
         }
-        self.cost += frame.len() + ENTRY_OVERHEAD;
+        self.cost += (frame.len() + ENTRY_OVERHEAD) as u32;
+        self.mem += (share.min(frame.len()) + ENTRY_OVERHEAD) as u32;
         self.q.push_back(frame);
         was_empty
     }
@@ -228,11 +256,14 @@ impl Outbound {
     pub fn clear(&mut self) -> usize {
         let n = self.q.len();
         let started = (self.head > 0).then(|| self.q.front().cloned()).flatten();
+        let front_mem = self.mem / n.max(1) as u32;
         self.q = Frames::default();
         self.cost = 0;
+        self.mem = 0;
         match started {
             Some(front) => {
-                self.cost = front.len() - self.head as usize + ENTRY_OVERHEAD;
+                self.cost = (front.len() - self.head as usize + ENTRY_OVERHEAD) as u32;
+                self.mem = front_mem;
                 self.q.push_back(front);
                 n - 1
             }
@@ -247,6 +278,7 @@ impl Outbound {
         self.q = Frames::default();
         self.head = 0;
         self.cost = 0;
+        self.mem = 0;
         n
     }
 
@@ -255,9 +287,15 @@ impl Outbound {
         self.q.is_empty()
     }
 
-    /// Bytes charged to the queue.
+    /// Bytes charged against the connection's limit.
     pub fn cost(&self) -> usize {
-        self.cost
+        self.cost as usize
+    }
+
+    /// What the queued frames cost in memory: each frame's handle and slot,
+    /// and its share of bytes.
+    pub fn mem(&self) -> usize {
+        self.mem as usize
     }
 
     /// The unwritten part of the front frame.
@@ -277,11 +315,15 @@ impl Outbound {
             let left = front.len() - self.head as usize;
             if n < left {
                 self.head += n as u32;
-                self.cost -= n;
+                self.cost -= n as u32;
                 return;
             }
             n -= left;
-            self.cost -= left + ENTRY_OVERHEAD;
+            self.cost -= (left + ENTRY_OVERHEAD) as u32;
+            // Frames do not remember their shares: each leaves with the
+            // average, and the last takes what is left, so `mem` is exact
+            // whenever the queue is empty.
+            self.mem -= self.mem / self.q.len() as u32;
             self.head = 0;
             self.q.pop_front();
         }
@@ -305,33 +347,56 @@ mod tests {
 
     #[test]
     fn limit_and_accounting() {
+        const E: usize = ENTRY_OVERHEAD;
         let mut o = Outbound::default();
-        assert_eq!(o.push(Bytes::from_static(&[1; 10]), 100, 5), Ok(true));
-        assert_eq!(o.push(Bytes::from_static(&[2; 10]), 100, 6), Ok(false));
-        assert_eq!((o.cost(), o.since()), (84, 5), "stamped when it stopped being empty");
+        assert_eq!(o.push(Bytes::from_static(&[1; 10]), 10, 200, 5), Ok(true));
+        assert_eq!(o.push(Bytes::from_static(&[2; 10]), 10, 200, 6), Ok(false));
         assert_eq!(
-            o.push(Bytes::from_static(&[3; 10]), 100, 7),
-            Err(PushError::OverLimit { queued: 84 })
+            (o.cost(), o.since()),
+            (2 * (10 + E), 5),
+            "stamped when it stopped being empty"
+        );
+        assert_eq!(
+            o.push(Bytes::from_static(&[3; 10]), 10, 2 * (10 + E) + 10, 7),
+            Err(PushError::OverLimit { queued: 2 * (10 + E) })
         );
         o.advance(4, 8);
         assert_eq!(o.front(), &[1; 6]);
-        assert_eq!((o.cost(), o.since()), (80, 8));
+        assert_eq!((o.cost(), o.since()), (2 * (10 + E) - 4, 8));
         o.advance(6 + 3, 9);
         assert_eq!(o.front(), &[2; 7]);
-        assert_eq!(o.cost(), 39);
+        assert_eq!(o.cost(), 7 + E);
         o.advance(7, 10);
         assert!(o.is_empty());
         assert_eq!(o.cost(), 0);
-        assert!(o.push_unbounded(Bytes::from_static(&[9; 200]), 11));
+        assert!(o.push_unbounded(Bytes::from_static(&[9; 200]), 200, 11));
         assert_eq!(o.clear(), 1);
         assert!(o.is_empty());
+    }
+
+    #[test]
+    fn memory_counts_handles_and_shares_and_is_exact_when_drained() {
+        const E: usize = ENTRY_OVERHEAD;
+        let mut o = Outbound::default();
+        let shared = Bytes::from(vec![7; 1000]);
+        o.push(shared.clone(), 1000 / 4, 1 << 20, 0).unwrap(); // a broadcast to 4
+        o.push(Bytes::from(vec![1; 100]), 100, 1 << 20, 0).unwrap(); // its own
+        o.push(shared, 10, 1 << 20, 0).unwrap(); // to 100
+        assert_eq!(o.mem(), 250 + 100 + 10 + 3 * E);
+        assert_eq!(o.cost(), 1000 + 100 + 1000 + 3 * E, "the limit counts every byte");
+        o.advance(1000, 0);
+        let all = 250 + 100 + 10 + 3 * E;
+        assert_eq!(o.mem(), all - all / 3, "left with the average");
+        o.advance(1100, 0);
+        assert!(o.is_empty());
+        assert_eq!(o.mem(), 0, "exact once drained");
     }
 
     #[test]
     fn clearing_keeps_a_partly_written_frame_whole() {
         let mut o = Outbound::default();
         for b in [1u8, 2, 3] {
-            o.push(Bytes::from(vec![b; 10]), 1000, 0).unwrap();
+            o.push(Bytes::from(vec![b; 10]), 10, 1000, 0).unwrap();
         }
         o.advance(4, 0);
         assert_eq!(o.clear(), 2, "the two unstarted frames");
@@ -345,14 +410,17 @@ mod tests {
     fn held_frames_wait_behind_the_limit_and_move_in_as_the_queue_drains() {
         let mut o = Outbound::default();
         let mut h = Held::default();
-        let f = |b: u8| Bytes::from(vec![b; 68]); // 100 bytes charged each
-        o.push(f(1), 250, 0).unwrap();
-        o.push(f(2), 250, 0).unwrap();
+        let f = |b: u8| Bytes::from(vec![b; 100 - ENTRY_OVERHEAD]); // 100 bytes charged each
+        o.push(f(1), usize::MAX, 250, 0).unwrap();
+        o.push(f(2), usize::MAX, 250, 0).unwrap();
         h.push(f(3), 1000).unwrap();
         h.push(f(4), 1000).unwrap();
+        assert_eq!(h.charge(), 2 * ENTRY_OVERHEAD, "handles, not bytes");
         assert_eq!(
-            h.push(Bytes::from(vec![5; 900]), 1000),
-            Err(PushError::OverLimit { queued: 136 })
+            h.push(Bytes::from(vec![5; 950]), 1000),
+            Err(PushError::OverLimit {
+                queued: 2 * (100 - ENTRY_OVERHEAD)
+            })
         );
         assert!(!h.refill(&mut o, 250, 0), "nothing fits yet");
         let mut seen = Vec::new();
@@ -376,10 +444,10 @@ mod tests {
     #[test]
     fn one_frame_stays_inline_and_a_burst_spills_then_frees() {
         let mut o = Outbound::default();
-        o.push(Bytes::from_static(b"ab"), 1000, 0).unwrap();
+        o.push(Bytes::from_static(b"ab"), usize::MAX, 1000, 0).unwrap();
         assert!(matches!(o.q, Frames::Inline(Some(_))));
-        o.push(Bytes::from_static(b"cd"), 1000, 0).unwrap();
-        o.push(Bytes::from_static(b"ef"), 1000, 0).unwrap();
+        o.push(Bytes::from_static(b"cd"), usize::MAX, 1000, 0).unwrap();
+        o.push(Bytes::from_static(b"ef"), usize::MAX, 1000, 0).unwrap();
         assert!(matches!(o.q, Frames::Spilled(_)));
         let mut iov = [IoSlice::new(&[]); 2];
         assert_eq!(o.iovecs(&mut iov), 2, "as many as the caller has room for");

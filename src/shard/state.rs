@@ -65,6 +65,17 @@ pub struct Shard {
     pub(super) publishers: FnvHashSet<RawFd>,
     /// Set by `Shutdown`: accept loops stop, new connections are refused.
     pub shutting_down: bool,
+    /// Sum of every local connection's `Conn::charge`: what their output
+    /// costs in memory (kept by each change to a queue, see `deliver`).
+    pub(super) queued: usize,
+    /// This shard's share of `[limits] outbound_budget` (`usize::MAX` when
+    /// the configuration left it unresolved, as the simulated-time harness
+    /// does).
+    pub(super) budget: usize,
+    /// Above this, the next queued frame sheds the largest queues
+    /// (`Shard::shed`): `high_water`, or more while what keeps the shard
+    /// over it cannot be shed yet.
+    pub(super) shed_above: usize,
 }
 
 impl Shard {
@@ -72,6 +83,10 @@ impl Shard {
     pub fn new(id: usize, shared: Arc<Shared>) -> Self {
         let nr = shared.mesh.nr_shards().max(1);
         let history_cap = shared.config.history.memory / nr;
+        let budget = match shared.config.limits.outbound_budget {
+            0 => usize::MAX,
+            b => (b / nr).max(1),
+        };
         let ib = &shared.config.inbox;
         let inbox = Inboxes::new(
             InboxPolicy {
@@ -97,6 +112,9 @@ impl Shard {
             now: 0,
             publishers: FnvHashSet::default(),
             shutting_down: false,
+            queued: 0,
+            budget,
+            shed_above: budget - budget / 4,
         }
     }
 

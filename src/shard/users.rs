@@ -82,7 +82,7 @@ impl Shard {
     pub(super) fn deliver_owed(&mut self, conn: ConnRef, pushes: Vec<(u32, Frames)>) {
         for (op, frames) in pushes {
             if self.conn(conn).is_some_and(|c| wants(c, op)) {
-                self.enqueue(conn, &frames);
+                self.enqueue(conn, &frames, 1);
             }
         }
     }

@@ -273,18 +273,22 @@ impl Sim {
             for conn in refs {
                 let p = Peer { shard, conn };
                 let stalled = self.stalled.contains(&p);
-                let Some(c) = sh.conn_mut(conn) else { continue };
-                let closing = c.close;
+                let Some(closing) = sh.conn(conn).map(|c| c.close) else {
+                    continue;
+                };
+                if stalled && sh.conn(conn).is_some_and(|c| !c.out.is_empty()) {
+                    sh.write_blocked(conn);
+                }
                 if !stalled || closing.is_some() {
                     let wire = self.wire.entry(p).or_default();
-                    while !c.out.is_empty() {
+                    while let Some(c) = sh.conn(conn).filter(|c| !c.out.is_empty()) {
                         let mut iov = [IoSlice::new(&[]); 64];
                         let n = c.out.iovecs(&mut iov);
                         let len: usize = iov[..n].iter().map(|s| s.len()).sum();
                         for s in &iov[..n] {
                             wire.extend_from_slice(s);
                         }
-                        c.written(len, self.now_us);
+                        sh.written(conn, len, self.now_us);
                     }
                 }
                 if let Some(reason) = closing {
@@ -293,6 +297,8 @@ impl Sim {
                     removed = true;
                 }
             }
+            let charged: usize = sh.conn_refs().map(|(_, c)| c.charge()).sum();
+            assert_eq!(sh.queued, charged, "shard {shard}'s total of queued bytes drifted");
         }
         removed
     }
@@ -331,6 +337,12 @@ impl Sim {
     /// Bytes queued and not yet written for `p`.
     pub fn queued(&self, p: Peer) -> usize {
         self.shards[p.shard].conn(p.conn).map_or(0, |c| c.out.cost())
+    }
+
+    /// What `shard`'s connection queues cost in memory (its outbound
+    /// budget's count).
+    pub fn queued_on(&self, shard: usize) -> usize {
+        self.shards[shard].queued
     }
 
     /// Counters of all shards, summed.

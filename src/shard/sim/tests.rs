@@ -231,6 +231,59 @@ fn a_slow_consumer_is_closed_at_its_limit_and_told_last() {
 }
 
 #[test]
+fn past_the_outbound_budget_the_largest_queues_close_first() {
+    // A shard's share of the budget is 8,000 bytes. A push of 1,000 bytes
+    // (1,016 framed) queued to n members of a shard costs each 64 bytes
+    // and 1,016 / n of its bytes.
+    let mut sim = Sim::new(2, |c| {
+        c.api.max_push_body = 1000;
+        c.limits.outbound_limit = 16_000;
+        c.limits.outbound_budget = 16_000;
+    });
+    let room = r#"{"room_id":"live://b"}"#;
+    let reader = sim.authed(0, room);
+    let elsewhere = sim.authed(1, room);
+    let early = sim.authed(0, room);
+    sim.stall(early);
+    let payload = vec![b'x'; 1000];
+    for _ in 0..2 {
+        sim.publish_room(1, "live://b", 1000, &payload);
+    }
+    assert_eq!(sim.queued_on(0), 2 * (508 + 64), "two members share each push");
+    let late: Vec<Peer> = (0..3)
+        .map(|_| {
+            let p = sim.authed(0, room);
+            sim.stall(p);
+            p
+        })
+        .collect();
+    let mut budget_closes = Vec::new();
+    for _ in 0..30 {
+        sim.tick(1); // only a queue that has waited a while may be shed
+        sim.publish_room(1, "live://b", 1000, &payload);
+        assert!(sim.queued_on(0) <= 8_000, "{} bytes queued", sim.queued_on(0));
+        let s = sim.stats();
+        if s.budget_closes > budget_closes.len() as u64 {
+            let gone: Vec<Peer> = std::iter::once(early)
+                .chain(late.iter().copied())
+                .filter(|&p| sim.closed(p).is_some() && !budget_closes.contains(&p))
+                .collect();
+            budget_closes.extend(gone);
+        }
+    }
+    assert_eq!(budget_closes[0], early, "the largest queue went first");
+    let bye = goodbye(&mut sim, early);
+    assert!(bye.contains("outbound budget was full"), "{bye}");
+    assert!(late.iter().all(|&p| sim.closed(p) == Some(CloseReason::SlowConsumer)));
+    assert_eq!(sim.frames(reader).len(), 32, "the reading member got everything");
+    assert_eq!(sim.frames(elsewhere).len(), 32, "and so did the one on the other shard");
+    assert_eq!(sim.queued_on(0), 0);
+    let s = sim.stats();
+    assert!(s.budget_closes >= 2, "{}", s.budget_closes);
+    assert_eq!(s.closes["slow_consumer"], 4);
+}
+
+#[test]
 fn a_version_1_connection_takes_frames_of_any_version_as_goim_does() {
     let mut sim = Sim::new(1, |_| {});
     // goim's benchmark client: auth as version 1, heartbeats as version 0.
