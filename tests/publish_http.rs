@@ -114,3 +114,103 @@ fn online_and_stats_report_what_is_connected() {
     assert_eq!(v["data"]["total"]["authed"], 4);
     assert_eq!(v["data"]["shards"].as_array().unwrap().len(), 2);
 }
+
+#[test]
+fn a_retried_publish_is_delivered_once_and_answered_with_the_first_offset() {
+    let h = start_server(|_| {});
+    let mut c = Client::authed(
+        h.tcp_addr,
+        r#"{"mid":5,"key":"dk","room_id":"live://d","accepts":[1000]}"#,
+    );
+
+    // A room: the owner answers with the offset; a retry with the same id
+    // gets the first one's, marked, and is not delivered again.
+    let first = post(&h, "/goim/push/room?operation=1000&type=live&room=d&id=m-1", b"a");
+    assert_eq!(first["data"]["offset"], 1, "{first}");
+    assert_eq!(first["data"]["duplicate"], false);
+    let again = post(&h, "/goim/push/room?operation=1000&type=live&room=d&id=m-1", b"a");
+    assert_eq!(again["data"]["offset"], 1, "{again}");
+    assert_eq!(again["data"]["duplicate"], true);
+    assert_eq!(again["data"]["epoch"], first["data"]["epoch"]);
+    let other = post(&h, "/goim/push/room?operation=1000&type=live&room=d&id=m-2", b"b");
+    assert_eq!(
+        (other["data"]["offset"].as_u64(), other["data"]["duplicate"].as_bool()),
+        (Some(2), Some(false))
+    );
+    // The same id in another room is another message.
+    let elsewhere = post(&h, "/goim/push/room?operation=1000&type=live&room=e&id=m-1", b"x");
+    assert_eq!(elsewhere["data"]["duplicate"], false);
+    assert_eq!(c.read_push().text(), "a");
+    assert_eq!(c.read_push().text(), "b");
+
+    // Users, keys, everyone: each recipient gets a retried push once.
+    let routes = [
+        "/goim/push/mids?operation=1000&mids=5&id=u-1",
+        "/goim/push/keys?operation=1000&keys=dk&id=k-1",
+        "/goim/push/all?operation=1000&id=all-1",
+    ];
+    for route in routes {
+        for _ in 0..2 {
+            let v = post(&h, route, route.as_bytes());
+            assert!(v.get("data").is_none(), "only room pushes have an offset: {v}");
+        }
+    }
+
+    // The native batch answers each message: an offset for room messages.
+    let (status, v) = http(
+        h.http_addr,
+        "POST",
+        "/v1/publish",
+        &[],
+        br#"{"messages":[
+            {"target":"room","room":"live://d","op":1000,"body":"c","id":"m-3"},
+            {"target":"room","room":"live://d","op":1000,"body":"c","id":"m-3"},
+            {"target":"keys","keys":["dk"],"op":1000,"body":"d"}]}"#,
+    );
+    assert_eq!(status, 200, "{v}");
+    let results = &v["data"]["results"];
+    assert_eq!(
+        (results[0]["offset"].as_u64(), results[0]["duplicate"].as_bool()),
+        (Some(3), Some(false))
+    );
+    assert_eq!(
+        (results[1]["offset"].as_u64(), results[1]["duplicate"].as_bool()),
+        (Some(3), Some(true))
+    );
+    assert!(results[2].is_null());
+
+    // Pushes taking different paths may arrive in any order: count them
+    // until the connection has been quiet for a while.
+    c.s.set_read_timeout(Some(std::time::Duration::from_millis(500)))
+        .unwrap();
+    let mut got = std::collections::BTreeMap::new();
+    while let Some(g) = c.read() {
+        *got.entry(g.text()).or_insert(0) += 1;
+    }
+    let want: std::collections::BTreeMap<String, i32> = routes
+        .iter()
+        .map(|r| r.to_string())
+        .chain(["c".into(), "d".into()])
+        .map(|t| (t, 1))
+        .collect();
+    assert_eq!(got, want);
+    let dups: u64 = h.stats().iter().map(|s| s.publish_duplicates).sum();
+    assert_eq!(
+        dups, 6,
+        "the room retries (route, batch), the user's and the key's, and everyone's on each of 2 shards"
+    );
+}
+
+#[test]
+fn without_a_window_nothing_is_deduplicated() {
+    let h = start_server(|c| c.api.dedup_window_secs = 0);
+    let mut c = Client::authed(h.tcp_addr, r#"{"room_id":"live://n"}"#);
+    for expect in [1, 2] {
+        let v = post(&h, "/goim/push/room?operation=1000&type=live&room=n&id=same", b"again");
+        assert_eq!(
+            (v["data"]["offset"].as_u64(), v["data"]["duplicate"].as_bool()),
+            (Some(expect), Some(false))
+        );
+        assert_eq!(c.read_push().text(), "again");
+    }
+}

@@ -187,9 +187,9 @@ fn bad_input_closes_only_that_publisher() {
             "body_too_large",
         ),
         (
-            "version 2",
+            "version 3",
             true,
-            frame(2, pop::PUSH_ROOM, 0, &room_body(1000, "live://x", b"p")),
+            frame(3, pop::PUSH_ROOM, 0, &room_body(1000, "live://x", b"p")),
             "unsupported_version",
         ),
         (
@@ -294,4 +294,49 @@ fn silent_publishers_time_out_and_shutdown_says_so() {
     h.shutdown();
     assert_eq!(p.expect_closed().as_deref(), Some("shutdown"));
     h.join();
+}
+
+/// A version-2 publish body: message id and TTL, then the version-1 body.
+fn v2_body(id: &str, ttl: u32, body: &[u8]) -> Vec<u8> {
+    let mut b = (id.len() as u16).to_be_bytes().to_vec();
+    b.extend_from_slice(id.as_bytes());
+    b.extend_from_slice(&ttl.to_be_bytes());
+    b.extend_from_slice(body);
+    b
+}
+
+#[test]
+fn version_2_publishes_carry_a_message_id_and_a_retry_is_delivered_once() {
+    let h = start_server(|_| {});
+    let (mut c, _) = Client::authed_v2(h.tcp_addr, r#"{"mid":9}"#);
+    let joined = c.join(1, "live://v2p", None);
+    assert_eq!(joined["room"], "live://v2p", "{joined}");
+    let mut p = publisher(h.publish_addr, None);
+    for _ in 0..2 {
+        p.send_as(
+            2,
+            pop::PUSH_ROOM,
+            4,
+            &v2_body("t-1", 60, &room_body(1000, "live://v2p", b"once")),
+        );
+        let ack = p.read().unwrap();
+        assert_eq!((ack.ver, ack.op, ack.seq), (2, pop::PUSH_ROOM + 1, 4));
+    }
+    p.send_as(
+        2,
+        pop::PUSH_ROOM,
+        0,
+        &v2_body("", 0, &room_body(1000, "live://v2p", b"next")),
+    );
+    let first = c.read_push2().unwrap();
+    assert_eq!((first.id.as_str(), first.payload.as_slice()), ("t-1", &b"once"[..]));
+    let next = c.read_push2().unwrap();
+    assert_eq!((next.offset, next.payload.as_slice()), (first.offset + 1, &b"next"[..]));
+
+    // A bad prefix closes that publisher only.
+    let mut bad = publisher(h.publish_addr, None);
+    bad.send_as(2, pop::PUSH_ALL, 0, &v2_body(&"x".repeat(200), 0, &all_body(1000, b"")));
+    let bye = bad.expect_closed().unwrap();
+    assert!(bye.starts_with("bad_body: message id of 200 bytes"), "{bye}");
+    barrier(&mut p);
 }

@@ -25,7 +25,7 @@ use crate::proto::body::MAX_ROOM_LEN;
 pub use crate::proto::publish::Target;
 use crate::proto::v2::{Envelope, Kind, MAX_ID_LEN};
 use crate::proto::wire::Frames;
-use crate::shard::mesh::{owner_of_mid, owner_of_str, Publication, ShardMsg};
+use crate::shard::mesh::{owner_of_mid, owner_of_str, Publication, Published, Reply, ReplyWait, ShardMsg};
 use crate::shard::Shard;
 use bytes::Bytes;
 use fnv::FnvHashMap;
@@ -97,9 +97,20 @@ pub fn check(target: &Target, payload: &[u8], meta: &Meta, max: usize) -> Result
 }
 
 /// Checks a push, encodes its frames once (a room message: at its owner),
-/// and routes it.
-pub fn publish(sh: &mut Shard, target: Target, op: u32, payload: &[u8], meta: Meta) -> Result<(), PublishError> {
+/// and routes it. With `answer`, a room push returns the wait for its
+/// owner's answer: the offset it got (or, for a message id seen within the
+/// dedup window, the offset the first one got).
+pub fn publish(
+    sh: &mut Shard,
+    target: Target,
+    op: u32,
+    payload: &[u8],
+    meta: Meta,
+    answer: bool,
+) -> Result<Option<ReplyWait<Published>>, PublishError> {
     check(&target, payload, &meta, sh.shared.config.api.max_push_body)?;
+    let dedup: Option<Arc<str>> = meta.id.as_deref().map(Arc::from);
+    let mut wait = None;
     ShardStats::add(&sh.stats().published, 1);
     let n = sh.nr_shards();
     let id = meta.id.as_deref().unwrap_or("");
@@ -119,15 +130,21 @@ pub fn publish(sh: &mut Shard, target: Target, op: u32, payload: &[u8], meta: Me
             let owner = owner_of_str(&room, n);
             let msg = Publication {
                 op,
-                id: meta.id.as_deref().map(Arc::from),
+                id: dedup,
                 payload: Bytes::copy_from_slice(payload),
                 ttl: meta.ttl,
             };
+            let reply = answer.then(|| {
+                let (reply, w) = Reply::pair();
+                wait = Some(w);
+                reply
+            });
             sh.route(
                 owner,
                 ShardMsg::PublishRoom {
                     room: Arc::from(room),
                     msg,
+                    reply,
                 },
             );
         }
@@ -139,6 +156,7 @@ pub fn publish(sh: &mut Shard, target: Target, op: u32, payload: &[u8], meta: Me
                     ShardMsg::All {
                         op,
                         frames: frames.clone(),
+                        dedup: dedup.clone(),
                     },
                 );
             }
@@ -156,6 +174,7 @@ pub fn publish(sh: &mut Shard, target: Target, op: u32, payload: &[u8], meta: Me
                         keys,
                         op,
                         frames: frames.clone(),
+                        dedup: dedup.clone(),
                     },
                 );
             }
@@ -184,10 +203,11 @@ pub fn publish(sh: &mut Shard, target: Target, op: u32, payload: &[u8], meta: Me
                         frames: frames.clone(),
                         id,
                         ttl: meta.ttl,
+                        dedup: dedup.clone(),
                     },
                 );
             }
         }
     }
-    Ok(())
+    Ok(wait)
 }

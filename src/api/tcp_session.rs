@@ -10,6 +10,7 @@
 //! before auth:  op 7 with the API key as body → op 8      anything else → auth_required
 //! after:        op 2 → op 3 (everything before it is routed)
 //!               op 20/22/24/26 → routed; op + 1 back when the sequence is non-zero
+//!               (frame version 2: the body starts with a message id and a TTL)
 //!               op 9 → each inner frame in order (no op 9 inside)
 //!               op 6 → closed (client_disconnect)        op 7 → protocol_error
 //! quiet:        no auth within handshake_timeout_secs → handshake_timeout
@@ -90,13 +91,13 @@ impl PublisherSession {
     /// Handles one frame: routes what it publishes into `sh`, appends any
     /// reply to `out`.
     pub fn handle_frame(&mut self, f: Frame<'_>, sh: &mut Shard, out: &mut BytesMut) -> Result<(), Ended> {
-        if f.ver != binary::VERSION_GOIM {
+        if f.ver != binary::VERSION_GOIM && f.ver != binary::VERSION_NATIVE {
             return Err(Ended::new(
                 CloseReason::UnsupportedVersion,
-                format!("version {}, the publisher protocol is version 1", f.ver),
+                format!("version {}, the publisher protocol is version 1 or 2", f.ver),
             ));
         }
-        let reply = |out: &mut BytesMut, op| binary::encode(out, binary::VERSION_GOIM, op, f.seq, &[]);
+        let reply = |out: &mut BytesMut, op| binary::encode(out, f.ver, op, f.seq, &[]);
         if !self.authed {
             if f.op != client_op::AUTH {
                 return Err(Ended::new(
@@ -128,8 +129,18 @@ impl PublisherSession {
                 }
             }
             op::PUSH_KEYS | op::PUSH_MIDS | op::PUSH_ROOM | op::PUSH_ALL => {
-                let p = body::parse(f.op, f.body).map_err(|e| Ended::new(CloseReason::BadBody, e.to_string()))?;
-                super::publish(sh, p.target, p.op, p.payload, super::Meta::default()).map_err(|e| {
+                let bad = |e: body::BodyError| Ended::new(CloseReason::BadBody, e.to_string());
+                let (meta, rest) = if f.ver == binary::VERSION_NATIVE {
+                    body::parse_meta(f.body).map_err(bad)?
+                } else {
+                    (body::Meta::default(), f.body)
+                };
+                let p = body::parse(f.op, rest).map_err(bad)?;
+                let meta = super::Meta {
+                    id: meta.id.map(str::to_owned),
+                    ttl: meta.ttl,
+                };
+                super::publish(sh, p.target, p.op, p.payload, meta, false).map_err(|e| {
                     let reason = match e {
                         PublishError::TooLarge { .. } => CloseReason::BodyTooLarge,
                         _ => CloseReason::BadBody,

@@ -17,6 +17,7 @@
 //! [client]  handshake_timeout_secs heartbeat_timeout_secs max_rooms
 //! [limits]  max_body outbound_limit replay_limit outbound_budget socket_sndbuf
 //! [api]     listen publish_listen key max_body max_push_body idle_timeout_secs
+//!           dedup_window_secs dedup_max
 //! [history] messages max_age_secs max_bytes memory overrides max_marks
 //! [inbox]   messages bytes ttl_secs memory
 //! ```
@@ -351,6 +352,19 @@ pub struct ApiConfig {
         default_value_t = 30
     )]
     pub idle_timeout_secs: u64,
+
+    /// Seconds a publisher message id (`id` on every publish route) is
+    /// remembered: a publish repeating it within this window is not
+    /// delivered again (a room publish is answered with the first one's
+    /// offset). 0 = no deduplication.
+    #[arg(id = "api-dedup-window-secs", long = "api-dedup-window-secs", default_value_t = 120)]
+    pub dedup_window_secs: u32,
+
+    /// Most message ids remembered at once, all shards together (past it
+    /// the oldest are forgotten first, counted as `dedup_forgotten`).
+    /// About 150 bytes each.
+    #[arg(id = "api-dedup-max", long = "api-dedup-max", default_value_t = 1_000_000)]
+    pub dedup_max: usize,
 }
 
 /// `[history]`

@@ -122,6 +122,8 @@ shard_stats! {
     Counter writes: "Write syscalls issued (deliveries / writes = coalescing factor).";
     Counter dropped: "Frames dropped because a connection was closing or over its limit.";
     Gauge outbound_queued: "Bytes charged to this shard's connection queues ([limits] outbound_budget counts these).";
+    Counter publish_duplicates: "Publishes (or targets of one) not delivered again: their message id was seen within [api] dedup_window_secs.";
+    Counter dedup_forgotten: "Publisher message ids forgotten before their window ended because [api] dedup_max was reached.";
     Counter budget_closes: "Connections closed as slow consumers because the shard's queues passed its share of [limits] outbound_budget.";
     Counter unknown_ops: "Frames from clients with an operation volley does not serve.";
     Counter accept_errors: "Accept errors (EMFILE and the like).";

@@ -11,6 +11,9 @@
 //! op 22 push mids: u32 op, u16 n (≥ 1), n × i64, payload
 //! op 24 push room: u32 op, u16 len (1..=256), room bytes (UTF-8), payload
 //! op 26 push all:  u32 op, payload
+//!
+//! version 2 (frame header version 2): the same bodies behind a prefix
+//!   u16 id_len (0..=128), id bytes (UTF-8; 0 = no id), u32 ttl (0 = none)
 //! ```
 //!
 //! Invariants: every length is checked against the bytes present before it
@@ -19,6 +22,7 @@
 //! of the body, borrowed, never copied here.
 
 use super::body::{MAX_KEY_LEN, MAX_ROOM_LEN};
+use super::v2::MAX_ID_LEN;
 
 /// Operation codes of the publisher protocol (client ops 2, 6, 7, 9 keep
 /// their meaning; these are publisher-only). A non-zero sequence asks for a
@@ -115,6 +119,38 @@ impl<'a> Cursor<'a> {
             .map(str::to_owned)
             .map_err(|_| BodyError::NotUtf8(what))
     }
+}
+
+/// What a version-2 publish says besides its version-1 body.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Meta<'a> {
+    /// The publisher's message id (deduplicated, carried in version-2
+    /// envelopes).
+    pub id: Option<&'a str>,
+    /// Seconds the message stays in history or inboxes.
+    pub ttl: Option<u32>,
+}
+
+/// Splits a version-2 publish body into its prefix and the version-1 body
+/// behind it.
+pub fn parse_meta(body: &[u8]) -> Result<(Meta<'_>, &[u8]), BodyError> {
+    let mut c = Cursor(body);
+    let len = usize::from(c.u16("the message id length")?);
+    if len > MAX_ID_LEN {
+        return Err(BodyError::Length {
+            what: "message id",
+            len,
+            max: MAX_ID_LEN,
+        });
+    }
+    let id = c.take(len, "the message id")?;
+    let id = std::str::from_utf8(id).map_err(|_| BodyError::NotUtf8("message id"))?;
+    let ttl = c.u32("the TTL")?;
+    let meta = Meta {
+        id: (!id.is_empty()).then_some(id),
+        ttl: (ttl != 0).then_some(ttl),
+    };
+    Ok((meta, c.0))
 }
 
 /// Parses the body of publisher operation `op`.

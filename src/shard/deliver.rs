@@ -23,7 +23,8 @@
 //! version-2 connection gets every push addressed to it.
 
 use super::conns::{Conn, Session, Transport};
-use super::mesh::{ConnRef, Publication, ShardMsg};
+use super::dedup::Outcome;
+use super::mesh::{ConnRef, Publication, Published, Reply, ShardMsg};
 use super::outbound::{PushError, ENTRY_OVERHEAD};
 use super::state::Shard;
 use crate::metrics::ShardStats;
@@ -257,11 +258,27 @@ impl Shard {
     /// place in its history, is encoded once per version, and leaves as one
     /// `RoomFrame` per shard (sent in offset order: this shard is the only
     /// one that sends the room's frames).
-    pub(super) fn publish_room(&mut self, room: Arc<str>, msg: Publication) {
+    ///
+    /// A message whose publisher id this shard saw for the same room within
+    /// `[api] dedup_window_secs` is not published again: `reply` gets the
+    /// first one's offset, marked as a duplicate.
+    pub(super) fn publish_room(&mut self, room: Arc<str>, msg: Publication, reply: Option<Reply<Published>>) {
         let policy = self.cfg().history.policy(&room);
         let now = self.wheel.now();
+        let key = msg.id.as_deref().map(|id| format!("r\0{room}\0{id}"));
+        if let Some(Outcome::Room { offset, epoch }) = key.as_deref().and_then(|k| self.dedup.seen(k, now)) {
+            ShardStats::add(&self.stats().publish_duplicates, 1);
+            if let Some(r) = reply {
+                r.send(Published {
+                    offset,
+                    epoch,
+                    duplicate: true,
+                });
+            }
+            return;
+        }
         let id = msg.id.as_deref().unwrap_or("");
-        let (_, _, v2) = self.logs.publish(&room, policy, now, msg.ttl, |offset, epoch| {
+        let (offset, epoch, v2) = self.logs.publish(&room, policy, now, msg.ttl, |offset, epoch| {
             Wire::from_tcp(
                 Envelope {
                     op: msg.op,
@@ -276,6 +293,16 @@ impl Shard {
             )
         });
         self.count_history();
+        if let Some(k) = key {
+            self.dedup.record(&k, Outcome::Room { offset, epoch }, now);
+        }
+        if let Some(r) = reply {
+            r.send(Published {
+                offset,
+                epoch,
+                duplicate: false,
+            });
+        }
         let frames = Frames {
             v1: Wire::encode(binary::VERSION_GOIM, msg.op, 0, &msg.payload),
             v2,

@@ -118,6 +118,9 @@ impl Shard {
             self.logs.gc(tick, |room| shared.room_count(room, None) > 0);
         }
         self.count_history();
+        self.dedup.expire(tick);
+        let forgotten = self.dedup.take_forgotten();
+        ShardStats::add(&self.stats().dedup_forgotten, forgotten);
         if self.queued > self.high_water() {
             // Still over a second after whatever passed it.
             self.shed(true);

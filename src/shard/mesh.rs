@@ -105,6 +105,18 @@ pub struct Publication {
     pub ttl: Option<u32>,
 }
 
+/// What a room publish got, as its owner answers it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Published {
+    /// The message's offset in the room.
+    pub offset: u64,
+    /// The room's epoch.
+    pub epoch: u64,
+    /// A retry of a message id already published within the dedup window:
+    /// nothing was published now, and `offset` is the first one's.
+    pub duplicate: bool,
+}
+
 /// A page of a room's history, for `GET /v1/history`.
 #[derive(Debug)]
 pub struct HistoryPage {
@@ -125,6 +137,9 @@ pub enum ShardMsg {
         room: Arc<str>,
         /// The message.
         msg: Publication,
+        /// Where to say which offset it got (or, for a retry of a message
+        /// id seen within `[api] dedup_window_secs`, which it got then).
+        reply: Option<Reply<Published>>,
     },
     /// From a room's owner to every shard: deliver to local members, in
     /// offset order (one producer, one FIFO queue per receiving shard).
@@ -142,6 +157,9 @@ pub enum ShardMsg {
         op: u32,
         /// Encoded push.
         frames: Frames,
+        /// The publisher's message id: a key that had a push with it within
+        /// the dedup window gets nothing.
+        dedup: Option<Arc<str>>,
     },
     /// To a user owner: deliver to every connection of these users, and
     /// keep it in their inboxes (`Shard::push_mids` says when).
@@ -156,6 +174,8 @@ pub enum ShardMsg {
         id: u64,
         /// The publisher's TTL, seconds.
         ttl: Option<u32>,
+        /// The publisher's message id (see `PushKeys`).
+        dedup: Option<Arc<str>>,
     },
     /// From a user's owner to a connection of the user that just
     /// authenticated: the pushes waiting in the inbox, oldest first, to be
@@ -192,6 +212,8 @@ pub enum ShardMsg {
         op: u32,
         /// Encoded push.
         frames: Frames,
+        /// The publisher's message id (see `PushKeys`).
+        dedup: Option<Arc<str>>,
     },
     /// To a room's owner: a version-2 connection asks to join, maybe
     /// resuming (see `shard::resume`).

@@ -27,6 +27,7 @@
 //! resume     version-2 joins: owner round trip, replay, then membership
 //! inbox      user inboxes: pushes kept until acknowledged (pure)
 //! users      pushes to users: live delivery, inbox, what a new connection is owed
+//! dedup      publisher message ids seen lately, so a retry is delivered once (pure)
 //! outbound   a connection's write queue (pure) mesh       ShardMsg, inboxes, owners
 //! view       Shared, published views, online counts
 //! run        per-shard runtime: inbox loop, sweep timer, shutdown drain (awaits)
@@ -34,6 +35,7 @@
 //! ```
 
 mod conns;
+pub mod dedup;
 mod deliver;
 mod directory;
 mod heartbeat;

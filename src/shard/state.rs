@@ -17,6 +17,7 @@
 //! shard and sends it over the mesh otherwise (seastar's `invoke_on`).
 
 use super::conns::Conn;
+use super::dedup::{Dedup, Outcome};
 use super::directory::Directory;
 use super::history::Logs;
 use super::inbox::{Inboxes, Policy as InboxPolicy};
@@ -65,6 +66,9 @@ pub struct Shard {
     pub(super) publishers: FnvHashSet<RawFd>,
     /// Set by `Shutdown`: accept loops stop, new connections are refused.
     pub shutting_down: bool,
+    /// Publisher message ids seen lately, of what this shard acted on first
+    /// (`dedup`).
+    pub(super) dedup: Dedup,
     /// Sum of every local connection's `Conn::charge`: what their output
     /// costs in memory (kept by each change to a queue, see `deliver`).
     pub(super) queued: usize,
@@ -87,6 +91,7 @@ impl Shard {
             0 => usize::MAX,
             b => (b / nr).max(1),
         };
+        let dedup = Dedup::new(shared.config.api.dedup_window_secs, shared.config.api.dedup_max / nr);
         let ib = &shared.config.inbox;
         let inbox = Inboxes::new(
             InboxPolicy {
@@ -112,6 +117,7 @@ impl Shard {
             now: 0,
             publishers: FnvHashSet::default(),
             shutting_down: false,
+            dedup,
             queued: 0,
             budget,
             shed_above: budget - budget / 4,
@@ -172,12 +178,41 @@ impl Shard {
         }
     }
 
+    /// Of `targets` of a push with publisher message id `id`, those that
+    /// have not had a push with that id within the dedup window (all of
+    /// them when there is no id); remembers the id for each. `key` names a
+    /// target in this shard's dedup set.
+    pub(super) fn first_seen<T>(&mut self, targets: Vec<T>, id: Option<&str>, key: impl Fn(&T) -> String) -> Vec<T> {
+        let Some(id) = id else { return targets };
+        let now = self.wheel.now();
+        let before = targets.len();
+        let fresh: Vec<T> = targets
+            .into_iter()
+            .filter(|t| {
+                let k = format!("{}\0{id}", key(t));
+                if self.dedup.seen(&k, now).is_some() {
+                    return false;
+                }
+                self.dedup.record(&k, Outcome::Direct, now);
+                true
+            })
+            .collect();
+        ShardStats::add(&self.stats().publish_duplicates, (before - fresh.len()) as u64);
+        fresh
+    }
+
     /// Acts on one mesh message.
     pub fn handle(&mut self, msg: ShardMsg) {
         match msg {
-            ShardMsg::PublishRoom { room, msg } => self.publish_room(room, msg),
+            ShardMsg::PublishRoom { room, msg, reply } => self.publish_room(room, msg, reply),
             ShardMsg::RoomFrame { room, frames } => self.deliver_room(&room, &frames),
-            ShardMsg::PushKeys { keys, op, frames } => {
+            ShardMsg::PushKeys {
+                keys,
+                op,
+                frames,
+                dedup,
+            } => {
+                let keys = self.first_seen(keys, dedup.as_deref(), |k| format!("k\0{k}"));
                 let (by_entry, assigned) = self.dir.lookup_keys(&keys, self.shared.node_tag, self.nr());
                 self.forward(by_entry, op, &frames, false);
                 self.forward(assigned, op, &frames, true);
@@ -188,7 +223,11 @@ impl Shard {
                 frames,
                 id,
                 ttl,
-            } => self.push_mids(&mids, op, &frames, id, ttl),
+                dedup,
+            } => {
+                let mids = self.first_seen(mids, dedup.as_deref(), |m| format!("u\0{m}"));
+                self.push_mids(&mids, op, &frames, id, ttl);
+            }
             ShardMsg::Owed { conn, pushes } => self.deliver_owed(conn, pushes),
             ShardMsg::Ack { mid, ids } => self.ack(mid, &ids),
             ShardMsg::Deliver {
@@ -197,7 +236,14 @@ impl Shard {
                 op,
                 frames,
             } => self.deliver_to(conns, assigned_only, op, &frames),
-            ShardMsg::All { op, frames } => self.deliver_all(op, &frames),
+            ShardMsg::All { op, frames, dedup } => {
+                if !self
+                    .first_seen(vec![()], dedup.as_deref(), |()| "a".to_string())
+                    .is_empty()
+                {
+                    self.deliver_all(op, &frames);
+                }
+            }
             ShardMsg::JoinReq {
                 room,
                 at,

@@ -10,7 +10,7 @@ use super::request::{bad, v1_batch, v1_push, ApiError, Query};
 use crate::api::{publish, Meta, Target};
 use crate::metrics::{prometheus, ShardStats, StatsSnapshot};
 use crate::proto::v2;
-use crate::shard::mesh::{owner_of_str, HistoryPage, Reply, ShardMsg};
+use crate::shard::mesh::{owner_of_str, HistoryPage, Published, Reply, ShardMsg};
 use crate::shard::{Shard, Shared};
 use bytes::Bytes;
 use http_body_util::Full;
@@ -89,12 +89,12 @@ const fn get_later(path: &'static str, handler: LaterHandler) -> Route {
     }
 }
 
-const fn post(path: &'static str, handler: Handler) -> Route {
+const fn post_later(path: &'static str, handler: LaterHandler) -> Route {
     Route {
         method: Method::POST,
         path,
         keyed: true,
-        run: Run::Now(handler),
+        run: Run::Later(handler),
     }
 }
 
@@ -110,18 +110,18 @@ const fn page(path: &'static str, handler: Handler) -> Route {
 /// Every route. Pages carry no secrets, so they need no key (publishing
 /// from the demo still does).
 pub const ROUTES: &[Route] = &[
-    post("/goim/push/keys", goim_push_keys),
-    post("/goim/push/mids", goim_push_mids),
-    post("/goim/push/room", goim_push_room),
-    post("/goim/push/all", goim_push_all),
+    post_later("/goim/push/keys", goim_push_keys),
+    post_later("/goim/push/mids", goim_push_mids),
+    post_later("/goim/push/room", goim_push_room),
+    post_later("/goim/push/all", goim_push_all),
     get("/goim/online/room", goim_online_room),
     get("/goim/online/total", online_total),
     get("/goim/online/top", goim_online_top),
-    post("/v1/push/keys", v1_push_one),
-    post("/v1/push/mids", v1_push_one),
-    post("/v1/push/room", v1_push_one),
-    post("/v1/push/all", v1_push_one),
-    post("/v1/publish", v1_publish),
+    post_later("/v1/push/keys", v1_push_one),
+    post_later("/v1/push/mids", v1_push_one),
+    post_later("/v1/push/room", v1_push_one),
+    post_later("/v1/push/all", v1_push_one),
+    post_later("/v1/publish", v1_publish),
     get("/v1/online/rooms", v1_online_rooms),
     get("/v1/online/total", online_total),
     get("/v1/online/top", v1_online_top),
@@ -157,12 +157,30 @@ fn ok(data: Value) -> Resp {
     json_reply(StatusCode::OK, &v)
 }
 
-fn push(r: &Req<'_>, target: Target, op: u32, payload: &[u8], meta: Meta) -> Result<Resp, ApiError> {
-    publish(&mut r.shard.borrow_mut(), target, op, payload, meta)?;
-    Ok(ok(Value::Null))
+/// Routes one push; a room push is answered once its owner has given it
+/// its offset (`published_json`).
+fn push(r: &Req<'_>, target: Target, op: u32, payload: &[u8], meta: Meta) -> Result<Later, ApiError> {
+    let wait = publish(&mut r.shard.borrow_mut(), target, op, payload, meta, true)?;
+    Ok(Box::pin(async move {
+        Ok(match wait {
+            Some(w) => ok(published_json(w.await)?),
+            None => ok(Value::Null),
+        })
+    }))
 }
 
-fn goim_push_keys(r: &Req<'_>) -> Result<Resp, ApiError> {
+/// A room push's answer: `{"offset": n, "epoch": "…", "duplicate": false}`.
+fn published_json(p: Option<Published>) -> Result<Value, ApiError> {
+    let p = p.ok_or_else(|| {
+        ApiError(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the room's shard did not answer".into(),
+        )
+    })?;
+    Ok(json!({"offset": p.offset, "epoch": v2::fmt_epoch(p.epoch), "duplicate": p.duplicate}))
+}
+
+fn goim_push_keys(r: &Req<'_>) -> Result<Later, ApiError> {
     let keys: Vec<String> = r
         .query
         .all("keys")
@@ -175,7 +193,7 @@ fn goim_push_keys(r: &Req<'_>) -> Result<Resp, ApiError> {
     push(r, Target::Keys(keys), r.query.op()?, &r.body, r.query.meta()?)
 }
 
-fn goim_push_mids(r: &Req<'_>) -> Result<Resp, ApiError> {
+fn goim_push_mids(r: &Req<'_>) -> Result<Later, ApiError> {
     let mids = r
         .query
         .list("mids")
@@ -187,12 +205,12 @@ fn goim_push_mids(r: &Req<'_>) -> Result<Resp, ApiError> {
     push(r, Target::Mids(mids), r.query.op()?, &r.body, r.query.meta()?)
 }
 
-fn goim_push_room(r: &Req<'_>) -> Result<Resp, ApiError> {
+fn goim_push_room(r: &Req<'_>) -> Result<Later, ApiError> {
     let room = format!("{}://{}", r.query.required("type")?, r.query.required("room")?);
     push(r, Target::Room(room), r.query.op()?, &r.body, r.query.meta()?)
 }
 
-fn goim_push_all(r: &Req<'_>) -> Result<Resp, ApiError> {
+fn goim_push_all(r: &Req<'_>) -> Result<Later, ApiError> {
     push(r, Target::All, r.query.op()?, &r.body, r.query.meta()?)
 }
 
@@ -251,20 +269,34 @@ fn v1_online_top(r: &Req<'_>) -> Result<Resp, ApiError> {
     Ok(ok(json!(data)))
 }
 
-fn v1_push_one(r: &Req<'_>) -> Result<Resp, ApiError> {
+fn v1_push_one(r: &Req<'_>) -> Result<Later, ApiError> {
     let kind = r.path.trim_start_matches("/v1/push/");
     let p = v1_push(kind, &r.body)?;
     push(r, p.target, p.op, &p.payload, p.meta)
 }
 
-fn v1_publish(r: &Req<'_>) -> Result<Resp, ApiError> {
+/// `POST /v1/publish`: the batch is checked whole, then routed in order;
+/// answered once every room message in it has its offset.
+fn v1_publish(r: &Req<'_>) -> Result<Later, ApiError> {
     let all = v1_batch(&r.body, r.shared.config.api.max_push_body)?;
     let n = all.len();
-    let mut sh = r.shard.borrow_mut();
-    for p in all {
-        publish(&mut sh, p.target, p.op, &p.payload, p.meta)?;
+    let mut waits = Vec::with_capacity(n);
+    {
+        let mut sh = r.shard.borrow_mut();
+        for p in all {
+            waits.push(publish(&mut sh, p.target, p.op, &p.payload, p.meta, true)?);
+        }
     }
-    Ok(ok(json!({"accepted": n})))
+    Ok(Box::pin(async move {
+        let mut results = Vec::with_capacity(n);
+        for w in waits {
+            results.push(match w {
+                Some(w) => published_json(w.await)?,
+                None => Value::Null,
+            });
+        }
+        Ok(ok(json!({"accepted": n, "results": results})))
+    }))
 }
 
 /// Most messages one history page returns.

@@ -182,7 +182,7 @@ impl Sim {
     pub fn publish_unsettled(&mut self, at: usize, target: Target, op: u32, payload: &[u8], meta: Meta) {
         let sh = &mut self.shards[at];
         sh.set_clock(self.now_us);
-        crate::api::publish(sh, target, op, payload, meta).expect("a valid test publish");
+        crate::api::publish(sh, target, op, payload, meta, false).expect("a valid test publish");
     }
 
     /// A publish as the API makes it, arriving on shard `at`.

@@ -299,3 +299,22 @@ fn history_pages_and_the_memory_cap() {
     assert!(page.entries.iter().all(|e| e.offset > 10 - page.entries.len() as u64));
     assert!(sim.shards[0].history_page("nope", 0, 10).is_none());
 }
+
+#[test]
+fn a_message_id_is_delivered_once_within_its_window_and_again_after_it() {
+    let mut sim = Sim::new(2, |c| c.api.dedup_window_secs = 5);
+    let p = sim.authed(1, r#"{"room_id":"live://dd"}"#);
+    let meta = || Meta {
+        id: Some("m".into()),
+        ttl: None,
+    };
+    // From either shard: the room's owner is the one that remembers.
+    sim.publish(0, Target::Room("live://dd".into()), 1000, b"1", meta());
+    sim.publish(1, Target::Room("live://dd".into()), 1000, b"1", meta());
+    assert_eq!(sim.frames(p).len(), 1, "the retry was not delivered");
+    assert_eq!(sim.stats().publish_duplicates, 1);
+    sim.tick(5);
+    sim.publish(1, Target::Room("live://dd".into()), 1000, b"2", meta());
+    let got = sim.frames(p);
+    assert_eq!((got.len(), got[0].body.as_slice()), (1, &b"2"[..]), "a new window");
+}
