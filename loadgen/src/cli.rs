@@ -80,6 +80,60 @@ pub enum Cmd {
         #[command(flatten)]
         load: Load,
     },
+    /// Resume under churn: version-2 subscribers in --room, of which
+    /// --churn-pct percent disconnect and reconnect (resuming from their
+    /// last offset) every --churn-period-secs while a room broadcast runs.
+    /// Exits 1 on any loss, duplicate, offset gap or unrecovered resume.
+    Churn {
+        #[command(flatten)]
+        common: Common,
+        /// volley HTTP API addresses to publish to (unless --publish-tcp).
+        #[arg(long, default_value = "127.0.0.1:3111", value_delimiter = ',')]
+        http: Vec<SocketAddr>,
+        /// Publish over volley's TCP publisher connections at these addresses.
+        #[arg(long, value_delimiter = ',')]
+        publish_tcp: Vec<SocketAddr>,
+        /// API key for publishing.
+        #[arg(long, default_value = "")]
+        api_key: String,
+        /// Percentage of subscribers that reconnect each period.
+        #[arg(long, default_value_t = 10)]
+        churn_pct: u64,
+        /// Seconds between reconnect rounds.
+        #[arg(long, default_value_t = 2.0)]
+        churn_period_secs: f64,
+        #[command(flatten)]
+        load: Load,
+    },
+    /// Offline inboxes: --conns users get --messages pushes each while
+    /// offline (over the TCP publisher), then connect over version 2,
+    /// receive and acknowledge them. Reports store and delivery time and
+    /// the server's memory per stored message.
+    Inbox {
+        #[command(flatten)]
+        common: Common,
+        /// volley HTTP API address (its stats are read).
+        #[arg(long, default_value = "127.0.0.1:3111")]
+        http: SocketAddr,
+        /// volley TCP publisher address.
+        #[arg(long, default_value = "127.0.0.1:3112")]
+        publish_tcp: SocketAddr,
+        /// API key.
+        #[arg(long, default_value = "")]
+        api_key: String,
+        /// Pushes each user gets while offline.
+        #[arg(long, default_value_t = 10)]
+        messages: u64,
+        /// Payload size in bytes (at least 16).
+        #[arg(long, default_value_t = 64)]
+        size: usize,
+        /// Users named in one push.
+        #[arg(long, default_value_t = 1000)]
+        per_push: usize,
+        /// Seconds to wait for every user to receive everything.
+        #[arg(long, default_value_t = 120)]
+        drain_secs: u64,
+    },
     /// Generic WebSocket broadcast: drives any WebSocket broadcast server
     /// (volley, NATS, a tokio server...) with the same load. Subscribers
     /// upgrade at --ws, send --first-message, and count every message holding
@@ -192,5 +246,30 @@ mod tests {
             panic!("broadcast")
         };
         assert_eq!((common.conns, load.msg_rate, load.size), (3, 7, 64));
+        let cli = Cli::try_parse_from([
+            "volley-loadgen",
+            "churn",
+            "--conns",
+            "19000",
+            "--publish-tcp",
+            "127.0.0.1:3112",
+            "--churn-pct",
+            "10",
+        ])
+        .unwrap();
+        let Cmd::Churn {
+            common,
+            churn_pct,
+            churn_period_secs,
+            publish_tcp,
+            ..
+        } = cli.cmd
+        else {
+            panic!("churn")
+        };
+        assert_eq!(
+            (common.conns, churn_pct, churn_period_secs, publish_tcp.len()),
+            (19000, 10, 2.0, 1)
+        );
     }
 }

@@ -8,6 +8,9 @@
 //!   pushes at a fixed rate over HTTP or volley's pipelined TCP publisher.
 //! - `ws`: the same load against any WebSocket broadcast server (generic
 //!   mode), so volley can be compared side by side with other servers.
+//! - `churn`: version-2 subscribers reconnecting and resuming while a room
+//!   broadcast runs; `inbox`: offline users' pushes stored, then delivered
+//!   and acknowledged (`delivery`, over `v2client`).
 //!
 //! Every payload carries a sequence number and a send time stamp; subscribers
 //! record publish-to-receive latency in hdrhistogram and detect loss, gaps and
@@ -26,6 +29,7 @@
 
 mod broadcast;
 mod cli;
+mod delivery;
 mod hello;
 mod payload;
 mod procfs;
@@ -36,6 +40,7 @@ mod report;
 mod run;
 mod stats;
 mod subscribe;
+mod v2client;
 mod wire;
 mod worker;
 
@@ -52,7 +57,11 @@ use worker::{spawn_workers, MAX_CONNS_PER_WORKER};
 fn main() -> Result<()> {
     let cli = Cli::parse();
     let common = match &cli.cmd {
-        Cmd::Idle { common, .. } | Cmd::Broadcast { common, .. } | Cmd::Ws { common, .. } => common.clone(),
+        Cmd::Idle { common, .. }
+        | Cmd::Broadcast { common, .. }
+        | Cmd::Ws { common, .. }
+        | Cmd::Churn { common, .. }
+        | Cmd::Inbox { common, .. } => common.clone(),
     };
     check_limits(&common)?;
     match cli.cmd {
@@ -65,6 +74,46 @@ fn main() -> Result<()> {
             ..
         } => broadcast::volley(common, http, publish_tcp, api_key, load),
         Cmd::Ws { generic, load, .. } => broadcast::generic(common, generic, load),
+        Cmd::Churn {
+            http,
+            publish_tcp,
+            api_key,
+            churn_pct,
+            churn_period_secs,
+            load,
+            ..
+        } => delivery::churn(
+            common,
+            delivery::Churn {
+                http,
+                publish_tcp,
+                api_key,
+                pct: churn_pct,
+                period: Duration::from_secs_f64(churn_period_secs.max(0.01)),
+            },
+            load,
+        ),
+        Cmd::Inbox {
+            http,
+            publish_tcp,
+            api_key,
+            messages,
+            size,
+            per_push,
+            drain_secs,
+            ..
+        } => delivery::inbox(
+            common,
+            delivery::Inbox {
+                http,
+                publish_tcp,
+                api_key,
+                messages,
+                size,
+                per_push,
+                drain_secs,
+            },
+        ),
     }
 }
 

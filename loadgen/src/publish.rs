@@ -145,8 +145,13 @@ impl TcpPublisher {
 
     /// A room push of `payload` with business operation `push_op`.
     pub fn push_room(&mut self, room: &str, push_op: u32, payload: &[u8]) -> Result<()> {
+        self.push(&Target::Room(room.to_string()), push_op, payload)
+    }
+
+    /// A push of `payload` to `target` with business operation `push_op`.
+    pub fn push(&mut self, target: &Target, push_op: u32, payload: &[u8]) -> Result<()> {
         self.body.clear();
-        let pub_op = publish::encode(&mut self.body, &Target::Room(room.to_string()), push_op, payload);
+        let pub_op = publish::encode(&mut self.body, target, push_op, payload);
         let body = std::mem::take(&mut self.body);
         let r = self.send(pub_op, 0, &body);
         self.body = body;
@@ -216,4 +221,22 @@ impl WsPublisher {
             .write_all(&client_frame(true, opcode::TEXT, crate::wire::MASK, text))
             .context("publisher send")
     }
+}
+
+/// `GET path` on the HTTP API at `http` (one request, its own connection);
+/// the reply's `data`.
+pub fn get_json(http: SocketAddr, api_key: &str, path: &str) -> Result<serde_json::Value> {
+    let mut s = std::net::TcpStream::connect(http).context("connect to the HTTP API")?;
+    s.set_read_timeout(Some(Duration::from_secs(30)))?;
+    let key = if api_key.is_empty() {
+        String::new()
+    } else {
+        format!("X-Api-Key: {api_key}\r\n")
+    };
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: {http}\r\n{key}Connection: close\r\n\r\n").as_bytes())?;
+    let mut resp = Vec::new();
+    s.read_to_end(&mut resp)?;
+    let at = memchr::memmem::find(&resp, b"\r\n\r\n").context("no end of headers")?;
+    let v: serde_json::Value = serde_json::from_slice(&resp[at + 4..]).context("JSON reply")?;
+    Ok(v["data"].clone())
 }

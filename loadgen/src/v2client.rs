@@ -1,0 +1,528 @@
+//! Version-2 subscribers for the `churn` and `inbox` modes: plain threads,
+//! each with a private fd table (`unshare(CLONE_FILES)`, as `worker`
+//! explains), driving its share of the connections through one
+//! level-triggered epoll: connect, version-2 auth, then either a room join
+//! (resuming after the last offset seen once the connection has been up)
+//! or nothing (inbox: pushes to the user arrive on auth and are
+//! acknowledged).
+//!
+//! Each connection keeps what it has seen across reconnects: the room's
+//! epoch and last offset (so a reconnect resumes exactly there), the next
+//! payload sequence it expects, and its counts. A push whose offset is not
+//! the last plus one is a gap (or, at or below it, a duplicate); a payload
+//! sequence above the expected one is lost messages, below it a duplicate.
+//! A resume the server answers `"recovered": false` is counted: that is a
+//! loss the server owned up to.
+//!
+//! Churn: while `Shared::churning` is set, every `period` each thread closes
+//! `pct` percent of its live connections (round robin) and reconnects them
+//! at once, resuming.
+
+use crate::payload::read_stamp;
+use crate::run::now_ns;
+use crate::stats::new_hist;
+use crate::worker::source_addr;
+use hdrhistogram::Histogram;
+use serde_json::Value;
+use std::net::SocketAddr;
+use std::os::fd::RawFd;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use volley::proto::binary::{self, op};
+use volley::proto::v2::{self, decode_push};
+
+/// What every connection does after auth.
+#[derive(Clone, Debug)]
+pub enum Role {
+    /// Join this room and follow it, resuming on every reconnect.
+    Room(String),
+    /// Stay, acknowledging every push to the user; done after `expect`.
+    Inbox {
+        /// Pushes each user should receive.
+        expect: u64,
+    },
+}
+
+/// What the threads share with the main thread.
+pub struct Shared {
+    /// Server client listeners (round robin).
+    pub targets: Vec<SocketAddr>,
+    /// Loopback source addresses to spread over (0: the kernel's choice).
+    pub sources: usize,
+    /// After-auth behaviour.
+    pub role: Role,
+    /// Connections opened per second at the start, all threads together.
+    pub rate: u64,
+    /// User id of connection 0 (connection i authenticates as first_mid + i).
+    pub first_mid: i64,
+    /// Set: close and reconnect `churn_pct` percent every `churn_period`.
+    pub churning: AtomicBool,
+    /// Percentage of live connections cycled per period.
+    pub churn_pct: u64,
+    /// Churn period.
+    pub churn_period: Duration,
+    /// Set when the run is over.
+    pub stop: AtomicBool,
+    /// The run's clock.
+    pub base: Instant,
+    /// Connections that reached their role (joined, or authenticated).
+    pub live: AtomicU64,
+    /// Pushes counted as new (in order, not seen before).
+    pub received: AtomicU64,
+    /// Connections done (inbox: every expected push received).
+    pub done: AtomicU64,
+    /// Pushes seen twice.
+    pub dups: AtomicU64,
+    /// Room offsets skipped (a push whose offset is not the last plus one).
+    pub gaps: AtomicU64,
+    /// Closes and reconnects done by churn.
+    pub reconnects: AtomicU64,
+    /// Connections the server closed (op 6 or end of stream), reconnected.
+    pub server_closes: AtomicU64,
+    /// Resumes answered `recovered: false`.
+    pub unrecovered: AtomicU64,
+    /// Version-2 errors (op 50) received.
+    pub errors: AtomicU64,
+    /// Connect attempts that failed (retried).
+    pub connect_failed: AtomicU64,
+    /// Pushes acknowledged (inbox).
+    pub acked: AtomicU64,
+}
+
+impl Shared {
+    /// Shared state for `targets`, before any connection.
+    pub fn new(targets: Vec<SocketAddr>, sources: usize, role: Role, rate: u64, churn: (u64, Duration)) -> Self {
+        Shared {
+            targets,
+            sources,
+            role,
+            rate: rate.max(1),
+            first_mid: 1_000_000,
+            churning: AtomicBool::new(false),
+            churn_pct: churn.0,
+            churn_period: churn.1,
+            stop: AtomicBool::new(false),
+            base: Instant::now(),
+            live: AtomicU64::new(0),
+            received: AtomicU64::new(0),
+            done: AtomicU64::new(0),
+            dups: AtomicU64::new(0),
+            gaps: AtomicU64::new(0),
+            reconnects: AtomicU64::new(0),
+            server_closes: AtomicU64::new(0),
+            unrecovered: AtomicU64::new(0),
+            errors: AtomicU64::new(0),
+            connect_failed: AtomicU64::new(0),
+            acked: AtomicU64::new(0),
+        }
+    }
+}
+
+/// What a thread hands back when it ends.
+pub struct Outcome {
+    /// Publish-to-receive latency, ns.
+    pub hist: Histogram<u64>,
+    /// Per connection, the next payload sequence it expected (room role):
+    /// everything below it was received once, in order.
+    pub next_seq: Vec<u64>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Connecting,
+    Authing,
+    Joining,
+    Live,
+}
+
+struct Conn {
+    index: usize,
+    fd: RawFd,
+    phase: Phase,
+    buf: Vec<u8>,
+    have: usize,
+    /// Joined (or authenticated, inbox) at least once.
+    was_live: bool,
+    epoch: Option<String>,
+    last_offset: u64,
+    next_seq: u64,
+    got: u64,
+}
+
+/// Runs connections `indices` (global numbering) until `shared.stop`.
+pub fn spawn(shared: Arc<Shared>, indices: Vec<usize>, threads: usize) -> std::thread::JoinHandle<Outcome> {
+    std::thread::spawn(move || {
+        // SAFETY: plain syscall; from here this thread's descriptors are its own.
+        if unsafe { libc::unshare(libc::CLONE_FILES) } != 0 {
+            panic!("unshare(CLONE_FILES): {}", std::io::Error::last_os_error());
+        }
+        Driver::new(shared, threads).run(indices)
+    })
+}
+
+struct Driver {
+    shared: Arc<Shared>,
+    epfd: RawFd,
+    conns: Vec<Conn>,
+    hist: Histogram<u64>,
+    threads: usize,
+    /// Slots whose connect could not even start, and when to try again.
+    retry: Vec<(Instant, usize)>,
+}
+
+impl Driver {
+    fn new(shared: Arc<Shared>, threads: usize) -> Self {
+        // SAFETY: plain syscall creating a descriptor this thread owns.
+        let epfd = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
+        assert!(epfd >= 0, "epoll_create1: {}", std::io::Error::last_os_error());
+        Driver {
+            shared,
+            epfd,
+            conns: Vec::new(),
+            hist: new_hist(),
+            threads,
+            retry: Vec::new(),
+        }
+    }
+
+    fn run(mut self, indices: Vec<usize>) -> Outcome {
+        let per_sec = (self.shared.rate as f64 / self.threads as f64).max(1.0);
+        let start = Instant::now();
+        let mut opened = 0usize;
+        let mut next_churn = Instant::now();
+        let mut cursor = 0usize;
+        let mut events = vec![libc::epoll_event { events: 0, u64: 0 }; 1024];
+        loop {
+            if self.shared.stop.load(Relaxed) {
+                break;
+            }
+            // The paced ramp.
+            let due = ((start.elapsed().as_secs_f64() * per_sec) as usize + 1).min(indices.len());
+            while opened < due {
+                let index = indices[opened];
+                self.conns.push(Conn {
+                    index,
+                    fd: -1,
+                    phase: Phase::Connecting,
+                    buf: vec![0; 4096],
+                    have: 0,
+                    was_live: false,
+                    epoch: None,
+                    last_offset: 0,
+                    next_seq: 0,
+                    got: 0,
+                });
+                let slot = self.conns.len() - 1;
+                self.connect(slot);
+                opened += 1;
+            }
+            let now = Instant::now();
+            let (ready, wait): (Vec<_>, Vec<_>) = self.retry.drain(..).partition(|&(at, _)| at <= now);
+            self.retry = wait;
+            for (_, slot) in ready {
+                self.connect(slot);
+            }
+            if self.shared.churning.load(Relaxed) && Instant::now() >= next_churn {
+                next_churn = Instant::now() + self.shared.churn_period;
+                let live = self.conns.iter().filter(|c| c.phase == Phase::Live).count();
+                let mut k = (live as u64 * self.shared.churn_pct).div_ceil(100) as usize;
+                let n = self.conns.len();
+                let mut looked = 0;
+                while k > 0 && looked < n {
+                    let slot = cursor % n;
+                    cursor += 1;
+                    looked += 1;
+                    if self.conns[slot].phase == Phase::Live {
+                        self.shared.reconnects.fetch_add(1, Relaxed);
+                        self.reconnect(slot);
+                        k -= 1;
+                    }
+                }
+            }
+            // SAFETY: `events` is a valid buffer of its length.
+            let n = unsafe { libc::epoll_wait(self.epfd, events.as_mut_ptr(), events.len() as i32, 10) };
+            for e in events.iter().take(n.max(0) as usize) {
+                let (slot, ev) = (e.u64 as usize, e.events);
+                self.event(slot, ev);
+            }
+        }
+        for c in &self.conns {
+            if c.fd >= 0 {
+                // SAFETY: closing a descriptor this thread owns.
+                unsafe { libc::close(c.fd) };
+            }
+        }
+        // SAFETY: as above.
+        unsafe { libc::close(self.epfd) };
+        let mut next_seq = vec![0; self.conns.len()];
+        for (i, c) in self.conns.iter().enumerate() {
+            next_seq[i] = c.next_seq;
+        }
+        Outcome {
+            hist: self.hist,
+            next_seq,
+        }
+    }
+
+    /// Starts a non-blocking connect for `slot`.
+    fn connect(&mut self, slot: usize) {
+        let sh = &self.shared;
+        let index = self.conns[slot].index;
+        let target = sh.targets[index % sh.targets.len()];
+        let source = (sh.sources > 0).then(|| source_addr(index / sh.targets.len() % sh.sources));
+        let fd = match open(source, target) {
+            Ok(fd) => fd,
+            Err(_) => {
+                sh.connect_failed.fetch_add(1, Relaxed);
+                self.conns[slot].fd = -1;
+                self.conns[slot].phase = Phase::Connecting;
+                self.retry.push((Instant::now() + Duration::from_millis(100), slot));
+                return;
+            }
+        };
+        let c = &mut self.conns[slot];
+        c.fd = fd;
+        c.phase = Phase::Connecting;
+        c.have = 0;
+        let mut ev = libc::epoll_event {
+            events: (libc::EPOLLIN | libc::EPOLLOUT) as u32,
+            u64: slot as u64,
+        };
+        // SAFETY: valid descriptors and event.
+        unsafe { libc::epoll_ctl(self.epfd, libc::EPOLL_CTL_ADD, fd, &mut ev) };
+    }
+
+    /// Closes `slot`'s socket and connects again (resuming after auth).
+    fn reconnect(&mut self, slot: usize) {
+        let fd = self.conns[slot].fd;
+        if fd >= 0 {
+            // SAFETY: closing a descriptor this thread owns (it leaves the epoll set).
+            unsafe { libc::close(fd) };
+        }
+        self.conns[slot].fd = -1;
+        self.connect(slot);
+    }
+
+    fn event(&mut self, slot: usize, ev: u32) {
+        let fd = self.conns[slot].fd;
+        if fd < 0 {
+            return;
+        }
+        if self.conns[slot].phase == Phase::Connecting {
+            if ev & (libc::EPOLLOUT | libc::EPOLLERR | libc::EPOLLHUP) as u32 == 0 {
+                return;
+            }
+            if so_error(fd) != 0 {
+                self.shared.connect_failed.fetch_add(1, Relaxed);
+                self.reconnect(slot);
+                return;
+            }
+            let mid = self.shared.first_mid + self.conns[slot].index as i64;
+            let auth = format!(r#"{{"mid":{mid}}}"#);
+            if !self.send(slot, op::AUTH, 1, auth.as_bytes()) {
+                return;
+            }
+            self.conns[slot].phase = Phase::Authing;
+            let mut e = libc::epoll_event {
+                events: libc::EPOLLIN as u32,
+                u64: slot as u64,
+            };
+            // SAFETY: valid descriptors and event.
+            unsafe { libc::epoll_ctl(self.epfd, libc::EPOLL_CTL_MOD, fd, &mut e) };
+            return;
+        }
+        // Readable (or closed): read what there is.
+        let c = &mut self.conns[slot];
+        if c.have == c.buf.len() {
+            c.buf.resize(c.buf.len() * 2, 0);
+        }
+        // SAFETY: reading into the unused tail of our buffer.
+        let n = unsafe { libc::read(fd, c.buf[c.have..].as_mut_ptr().cast(), c.buf.len() - c.have) };
+        if n == 0 || (n < 0 && std::io::Error::last_os_error().kind() != std::io::ErrorKind::WouldBlock) {
+            self.shared.server_closes.fetch_add(1, Relaxed);
+            self.reconnect(slot);
+            return;
+        }
+        if n < 0 {
+            return;
+        }
+        c.have += n as usize;
+        let mut at = 0;
+        let mut frames = Vec::new();
+        loop {
+            let c = &self.conns[slot];
+            match binary::decode(&c.buf[at..c.have], 16 << 20) {
+                Ok(Some((f, used))) => {
+                    frames.push((f.op, f.body.to_vec()));
+                    at += used;
+                }
+                Ok(None) => break,
+                Err(_) => {
+                    self.shared.errors.fetch_add(1, Relaxed);
+                    self.reconnect(slot);
+                    return;
+                }
+            }
+        }
+        let c = &mut self.conns[slot];
+        c.buf.copy_within(at..c.have, 0);
+        c.have -= at;
+        for (op, body) in frames {
+            if self.conns[slot].fd != fd {
+                return; // reconnected while handling an earlier frame
+            }
+            self.frame(slot, op, &body);
+        }
+    }
+
+    fn frame(&mut self, slot: usize, op: u32, body: &[u8]) {
+        let sh = self.shared.clone();
+        match op {
+            op::AUTH_REPLY => match &sh.role {
+                Role::Room(room) => {
+                    let c = &self.conns[slot];
+                    let join = match &c.epoch {
+                        Some(e) => serde_json::json!({"room": room, "offset": c.last_offset, "epoch": e}),
+                        None => serde_json::json!({"room": room}),
+                    };
+                    if self.send(slot, v2::op::JOIN, 2, join.to_string().as_bytes()) {
+                        self.conns[slot].phase = Phase::Joining;
+                    }
+                }
+                Role::Inbox { .. } => self.became_live(slot),
+            },
+            v2::op::JOIN_REPLY => {
+                let v: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
+                if v["recovered"] == false {
+                    sh.unrecovered.fetch_add(1, Relaxed);
+                }
+                let c = &mut self.conns[slot];
+                let epoch = v["epoch"].as_str().map(str::to_owned);
+                if c.epoch.is_none() || v["recovered"] == false || c.epoch != epoch {
+                    // A first join, or one that could not resume: follow on
+                    // from where the room is now.
+                    c.last_offset = v["offset"].as_u64().unwrap_or(0);
+                }
+                c.epoch = epoch;
+                self.became_live(slot);
+            }
+            v2::op::PUSH => {
+                let Ok(env) = decode_push(body) else {
+                    sh.errors.fetch_add(1, Relaxed);
+                    return;
+                };
+                let now = now_ns(sh.base);
+                match sh.role {
+                    Role::Room(_) => {
+                        let c = &mut self.conns[slot];
+                        if env.offset <= c.last_offset {
+                            sh.dups.fetch_add(1, Relaxed);
+                            return;
+                        }
+                        if env.offset != c.last_offset + 1 {
+                            sh.gaps.fetch_add(env.offset - c.last_offset - 1, Relaxed);
+                        }
+                        c.last_offset = env.offset;
+                        let Some((seq, sent)) = read_stamp(env.payload) else {
+                            return;
+                        };
+                        if seq < c.next_seq {
+                            sh.dups.fetch_add(1, Relaxed);
+                            return;
+                        }
+                        // A sequence jump is loss, counted at the end as
+                        // what was expected and never received.
+                        c.next_seq = seq + 1;
+                        sh.received.fetch_add(1, Relaxed);
+                        let _ = self.hist.record(now.saturating_sub(sent).max(1));
+                    }
+                    Role::Inbox { expect } => {
+                        if let Some((_, sent)) = read_stamp(env.payload) {
+                            let _ = self.hist.record(now.saturating_sub(sent).max(1));
+                        }
+                        let id = env.offset;
+                        let c = &mut self.conns[slot];
+                        c.got += 1;
+                        let done = c.got == expect;
+                        sh.received.fetch_add(1, Relaxed);
+                        let ack = format!(r#"{{"ids":[{id}]}}"#);
+                        if self.send(slot, v2::op::ACK, 0, ack.as_bytes()) {
+                            sh.acked.fetch_add(1, Relaxed);
+                        }
+                        if done {
+                            sh.done.fetch_add(1, Relaxed);
+                        }
+                    }
+                }
+            }
+            op::DISCONNECT => {
+                sh.server_closes.fetch_add(1, Relaxed);
+                self.reconnect(slot);
+            }
+            v2::op::ERROR => {
+                sh.errors.fetch_add(1, Relaxed);
+            }
+            _ => {}
+        }
+    }
+
+    fn became_live(&mut self, slot: usize) {
+        let c = &mut self.conns[slot];
+        c.phase = Phase::Live;
+        if !c.was_live {
+            c.was_live = true;
+            self.shared.live.fetch_add(1, Relaxed);
+        }
+    }
+
+    /// Writes one version-2 frame whole (small frames on a socket that is
+    /// not backed up); a connection that cannot take it is reconnected.
+    fn send(&mut self, slot: usize, op: u32, seq: u32, body: &[u8]) -> bool {
+        let frame = binary::encode_to_bytes(binary::VERSION_NATIVE, op, seq, body);
+        let fd = self.conns[slot].fd;
+        // SAFETY: writing from a buffer we own to a descriptor we own.
+        let n = unsafe { libc::send(fd, frame.as_ptr().cast(), frame.len(), libc::MSG_NOSIGNAL) };
+        if n != frame.len() as isize {
+            self.shared.server_closes.fetch_add(1, Relaxed);
+            self.reconnect(slot);
+            return false;
+        }
+        true
+    }
+}
+
+/// A non-blocking socket connecting from `source` to `target`.
+fn open(source: Option<std::net::IpAddr>, target: SocketAddr) -> std::io::Result<RawFd> {
+    use socket2::{Domain, Socket, Type};
+    use std::os::fd::IntoRawFd;
+    let s = Socket::new(Domain::for_address(target), Type::STREAM, None)?;
+    s.set_nonblocking(true)?;
+    s.set_nodelay(true)?;
+    if let Some(ip) = source {
+        s.bind(&SocketAddr::new(ip, 0).into())?;
+    }
+    match s.connect(&target.into()) {
+        Ok(()) => {}
+        Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}
+        Err(e) => return Err(e),
+    }
+    Ok(s.into_raw_fd())
+}
+
+/// The pending error of a socket whose connect finished (0: connected).
+fn so_error(fd: RawFd) -> i32 {
+    let mut err: libc::c_int = 0;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: getsockopt into a c_int we own.
+    unsafe {
+        libc::getsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_ERROR,
+            (&mut err as *mut libc::c_int).cast(),
+            &mut len,
+        )
+    };
+    err
+}
