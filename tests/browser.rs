@@ -1,8 +1,11 @@
 //! The demo live room in a real browser: headless Chromium driven through
-//! chromedriver (WebDriver over HTTP), two tabs in one room of a 2-shard
-//! server. Both tabs must connect through web/volley.js, see the room's online
-//! count reach 2, and both must show a message sent from one of them through
-//! the publish API. scripts/test.sh installs chromium and chromium-driver.
+//! chromedriver (WebDriver over HTTP), two tabs in one room. Both tabs must
+//! connect through web/volley.js (protocol version 2), see the room's online
+//! count reach 2, and show a message sent from one of them through the
+//! publish API; closed by the server as slow consumers by a burst, both must
+//! resume and show every message of the burst exactly once; and a reloaded
+//! tab must show the room's history. scripts/test.sh installs chromium and
+//! chromium-driver.
 
 mod common;
 
@@ -118,8 +121,15 @@ fn wait_js(d: &Driver, sid: &str, what: &str, script: &str) {
 }
 
 #[test]
-fn two_tabs_chat_in_the_demo_room_and_see_the_online_count() {
-    let h = common::start_server(|_| {});
+fn two_tabs_chat_resume_after_a_server_side_close_and_see_history_on_reload() {
+    // One shard, so that a burst published in one request is queued whole
+    // before the tabs' connections are written to: with room for one big
+    // message only, both are closed as slow consumers, every time.
+    let h = common::start_server(|c| {
+        c.shards = 1;
+        c.api.max_push_body = 16384;
+        c.limits.outbound_limit = 20_000;
+    });
     let d = start_driver();
     let profile = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("chromium-{}", std::process::id()));
     let caps = json!({"capabilities": {"alwaysMatch": {
@@ -201,6 +211,50 @@ fn two_tabs_chat_in_the_demo_room_and_see_the_online_count() {
             "return [...document.querySelectorAll('#messages li')].some(li => li.textContent === 'alicehello from alice')",
         );
     }
+
+    // A burst of three 12 KB messages in one request: the tabs' queues pass
+    // their 20,000-byte limit, the server closes both, and each resumes.
+    let slow_before = common::closes(&h, "slow_consumer");
+    let msg = |i: usize| {
+        json!({"target": "room", "room": "live://browser", "op": 1000,
+        "body": json!({"from": "bot", "text": format!("big-{i}"), "pad": "x".repeat(12_000)}).to_string()})
+    };
+    let burst = json!({"messages": [msg(1), msg(2), msg(3)]}).to_string();
+    let (status, v) = common::http(h.http_addr, "POST", "/v1/publish", &[], burst.as_bytes());
+    assert_eq!(status, 200, "{v}");
+    common::wait_until("both tabs closed as slow consumers", || {
+        common::closes(&h, "slow_consumer") >= slow_before + 2
+    });
+    let once = |text: &str| {
+        format!(
+            "return [...document.querySelectorAll('#messages li')].filter(li => li.textContent === '{text}').length === 1 \
+             && document.getElementById('status').textContent.startsWith('connected as')"
+        )
+    };
+    for (who, handle) in [("alice", &alice), ("bob", &bob)] {
+        switch(handle);
+        for i in 1..=3 {
+            wait_js(
+                &d,
+                &sid,
+                &format!("big-{i} once in {who}'s tab"),
+                &once(&format!("botbig-{i}")),
+            );
+        }
+    }
+
+    // A reload shows the room's history, then goes on live.
+    wd(d.addr, "POST", &format!("/session/{sid}/refresh"), Some(json!({})));
+    wait_js(&d, &sid, "history after reload", &once("alicehello from alice"));
+    wait_js(&d, &sid, "the burst in history", &once("botbig-3"));
+    common::post(
+        &h,
+        "/v1/push/room",
+        json!({"room": "live://browser", "op": 1000, "body": json!({"from": "bot", "text": "after reload"}).to_string()})
+            .to_string()
+            .as_bytes(),
+    );
+    wait_js(&d, &sid, "live after reload", &once("botafter reload"));
     wd(d.addr, "DELETE", &format!("/session/{sid}"), None);
     let _ = std::fs::remove_dir_all(&profile);
 }

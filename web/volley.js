@@ -1,21 +1,33 @@
 // volley.js: a dependency-free browser client for volley's protocol over
 // WebSocket (docs/PROTOCOL.md). One protocol frame per binary message:
 //
-//   u32 packet length (16 + body) | u16 header length (16) | u16 version (1)
+//   u32 packet length (16 + body) | u16 header length (16) | u16 version
 //   | u32 operation | u32 sequence | body
 //
-// Usage:
+// Version 2 (the default) — many rooms, resume, acknowledgements:
 //   const c = new VolleyClient("ws://host:3102/sub", {
-//     auth: { mid: 123, room_id: "live://1000", accepts: [1000] },
-//     onPush: (op, body, text) => ..., onRoomCount: (n) => ...,
-//     onOpen: () => ..., onClose: (why) => ...,
+//     auth: { mid: 123 },
+//     onPush: (op, body, text, meta) => ...,   // meta: {kind, room, offset, epoch, id}
+//     onJoin: (room, reply) => ...,            // reply: {offset, epoch, unread, recovered, reason}
+//     onOpen: () => ..., onClose: (why) => ..., onError: (e) => ...,
 //   });
-//   c.connect(); c.joinRoom("live://7"); c.close();
+//   c.connect();
+//   c.join("live://7");                       // or c.join(room, {offset, epoch}) to resume
+//   c.markRead("live://7", offset); c.leave("live://7"); c.close();
 //
-// It authenticates on every (re)connect, heartbeats (op 2, whose reply carries
-// the room's online count), answers nothing else (the browser answers
-// WebSocket pings), and reconnects with exponential backoff and jitter unless
-// closed by the caller or replaced by a newer connection with the same key.
+// It authenticates on every (re)connect and joins every room it is in again,
+// resuming after the last offset it received in each (so a reconnect, or a
+// close as a slow consumer, loses nothing the room's history still holds;
+// when it does not, onJoin's reply says `recovered: false` and why). Pushes
+// to the user (kind 2) are acknowledged once onPush has returned, so the
+// server's inbox drops them. It heartbeats, answers nothing else (the
+// browser answers WebSocket pings), and reconnects with exponential backoff
+// and jitter unless closed by the caller or replaced by a newer connection
+// with the same key. A room push already received (at or below the room's
+// last offset in the same epoch) is not passed on twice.
+//
+// Version 1 (goim's protocol; `version: 1`): one room from auth.room_id,
+// joinRoom(room) moves it, onRoomCount gets the heartbeat reply's count.
 (function (root) {
   "use strict";
 
@@ -23,19 +35,23 @@
     HEARTBEAT: 2, HEARTBEAT_REPLY: 3, SEND: 4, SEND_REPLY: 5, DISCONNECT: 6,
     AUTH: 7, AUTH_REPLY: 8, RAW: 9, CHANGE_ROOM: 12, CHANGE_ROOM_REPLY: 13,
     SUB: 14, SUB_REPLY: 15, UNSUB: 16, UNSUB_REPLY: 17,
+    JOIN: 40, JOIN_REPLY: 41, LEAVE: 42, LEAVE_REPLY: 43, PUSH: 44,
+    ACK: 46, ACK_REPLY: 47, READ: 48, READ_REPLY: 49, ERROR: 50,
   };
+  const KIND = { ROOM: 1, USER: 2, DIRECT: 3 };
   const HEADER = 16;
+  const ENVELOPE = 26;
   const utf8 = new TextEncoder();
   const text = new TextDecoder();
 
   /** One frame as an ArrayBuffer; `body` is a string or a Uint8Array. */
-  function encode(op, seq, body) {
+  function encode(op, seq, body, ver) {
     const b = typeof body === "string" ? utf8.encode(body) : body || new Uint8Array(0);
     const buf = new ArrayBuffer(HEADER + b.length);
     const v = new DataView(buf);
     v.setUint32(0, HEADER + b.length);
     v.setUint16(4, HEADER);
-    v.setUint16(6, 1);
+    v.setUint16(6, ver || 1);
     v.setUint32(8, op);
     v.setUint32(12, seq);
     new Uint8Array(buf, HEADER).set(b);
@@ -63,15 +79,47 @@
     return out;
   }
 
+  /** An epoch (u64) as the 16 hex digits JSON carries. */
+  function hex64(big) {
+    return big.toString(16).padStart(16, "0");
+  }
+
+  /** A version-2 push envelope; throws on a malformed one. Offsets are
+   *  Numbers (room offsets stay far below 2^53); a user push's id is a
+   *  BigInt (it is not), epochs are hex strings. */
+  function decodePush(body) {
+    if (body.length < ENVELOPE) throw new Error("short push envelope");
+    const v = new DataView(body.buffer, body.byteOffset, body.length);
+    const roomLen = v.getUint16(6);
+    const idLen = v.getUint16(24);
+    if (ENVELOPE + roomLen + idLen > body.length) throw new Error("push envelope longer than its frame");
+    const kind = body[4];
+    const raw = v.getBigUint64(8);
+    const room = text.decode(body.subarray(ENVELOPE, ENVELOPE + roomLen));
+    const id = text.decode(body.subarray(ENVELOPE + roomLen, ENVELOPE + roomLen + idLen));
+    return {
+      op: v.getUint32(0),
+      meta: {
+        kind,
+        room,
+        offset: kind === KIND.USER ? raw : Number(raw),
+        epoch: kind === KIND.ROOM ? hex64(v.getBigUint64(16)) : null,
+        id,
+      },
+      payload: body.subarray(ENVELOPE + roomLen + idLen),
+    };
+  }
+
   class VolleyClient {
     constructor(url, opts) {
       this.url = url;
       this.opts = Object.assign({
+        version: 2,
         auth: {},
         heartbeatMs: 30000,
         minBackoffMs: 500,
         maxBackoffMs: 30000,
-        onPush() {}, onRoomCount() {}, onOpen() {}, onClose() {}, onError() {},
+        onPush() {}, onRoomCount() {}, onJoin() {}, onOpen() {}, onClose() {}, onError() {},
       }, opts || {});
       this.ws = null;
       this.seq = 0;
@@ -80,6 +128,13 @@
       this.retry = null;
       this.stopped = false;
       this.authed = false;
+      // Version 2: room -> {offset, epoch, joined} — where each room's
+      // stream stands, kept across reconnects.
+      this.rooms = new Map();
+    }
+
+    get v2() {
+      return this.opts.version === 2;
     }
 
     /** Opens the connection (and keeps it open until `close`). */
@@ -102,7 +157,9 @@
         for (const f of frames) this.onFrame(f);
       };
       ws.onerror = () => this.opts.onError(new Error("websocket error"));
-      ws.onclose = (ev) => this.onClosed(ev.reason || "closed (" + ev.code + ")");
+      ws.onclose = (ev) => {
+        if (this.ws === ws) this.onClosed(ev.reason || "closed (" + ev.code + ")");
+      };
     }
 
     onFrame(f) {
@@ -113,10 +170,13 @@
           this.heartbeat();
           clearInterval(this.timer);
           this.timer = setInterval(() => this.heartbeat(), this.opts.heartbeatMs);
+          if (this.v2) {
+            for (const room of this.rooms.keys()) this.sendJoin(room);
+          }
           this.opts.onOpen();
           break;
         case OP.HEARTBEAT_REPLY:
-          if (f.body.length >= 4) {
+          if (!this.v2 && f.body.length >= 4) {
             this.opts.onRoomCount(new DataView(f.body.buffer, f.body.byteOffset).getUint32(0));
           }
           break;
@@ -124,10 +184,57 @@
           this.lastReason = text.decode(f.body);
           if (this.lastReason.startsWith("replaced")) this.stopped = true;
           break;
+        case OP.JOIN_REPLY:
+          this.onJoinReply(JSON.parse(text.decode(f.body)));
+          break;
+        case OP.PUSH:
+          this.onV2Push(f.body);
+          break;
+        case OP.ERROR:
+          this.opts.onError(Object.assign(new Error("volley error"), JSON.parse(text.decode(f.body))));
+          break;
         case OP.SEND_REPLY: case OP.CHANGE_ROOM_REPLY: case OP.SUB_REPLY: case OP.UNSUB_REPLY:
+        case OP.LEAVE_REPLY: case OP.ACK_REPLY: case OP.READ_REPLY:
           break;
         default:
-          this.opts.onPush(f.op, f.body, text.decode(f.body));
+          if (!this.v2) this.opts.onPush(f.op, f.body, text.decode(f.body), null);
+      }
+    }
+
+    onJoinReply(r) {
+      const pos = this.rooms.get(r.room);
+      if (!pos) return; // left meanwhile
+      // A first join, a resume that could not be served, or a new epoch:
+      // the stream goes on from where the room is now.
+      if (pos.epoch !== r.epoch || r.recovered === false) {
+        pos.offset = r.offset;
+        pos.epoch = r.epoch;
+      }
+      pos.joined = true;
+      this.opts.onJoin(r.room, r);
+    }
+
+    onV2Push(body) {
+      let p;
+      try {
+        p = decodePush(body);
+      } catch (e) {
+        this.opts.onError(e);
+        return;
+      }
+      const m = p.meta;
+      if (m.kind === KIND.ROOM) {
+        const pos = this.rooms.get(m.room);
+        if (!pos) return;
+        if (pos.epoch === m.epoch && m.offset <= pos.offset) return; // seen
+        pos.offset = m.offset;
+        pos.epoch = m.epoch;
+      }
+      this.opts.onPush(p.op, p.payload, text.decode(p.payload), m);
+      if (m.kind === KIND.USER) {
+        // Built by hand: the id passes 2^53, which JSON.stringify of a
+        // Number would round.
+        this.send(OP.ACK, '{"ids":[' + m.offset.toString() + "]}");
       }
     }
 
@@ -135,6 +242,7 @@
       clearInterval(this.timer);
       this.timer = null;
       this.authed = false;
+      for (const pos of this.rooms.values()) pos.joined = false;
       this.opts.onClose(this.lastReason || why);
       this.lastReason = null;
       if (this.stopped) return;
@@ -147,16 +255,45 @@
     send(op, body) {
       if (!this.ws || this.ws.readyState !== WebSocket.OPEN) return false;
       this.seq = (this.seq + 1) >>> 0;
-      this.ws.send(encode(op, this.seq, body));
+      this.ws.send(encode(op, this.seq, body, this.opts.version));
       return true;
     }
 
-    /** Asks for the room's online count now (also done every heartbeatMs). */
+    /** A heartbeat now (also done every heartbeatMs); version 1's reply
+     *  carries the room's online count. */
     heartbeat() {
       return this.send(OP.HEARTBEAT, "");
     }
 
-    /** Moves to another room (kept across reconnects); "" leaves the room. */
+    sendJoin(room) {
+      const pos = this.rooms.get(room);
+      const body = pos && pos.epoch ? { room, offset: pos.offset, epoch: pos.epoch } : { room };
+      return this.send(OP.JOIN, JSON.stringify(body));
+    }
+
+    /** Version 2: joins `room` (kept across reconnects). With `from`
+     *  ({offset, epoch}, e.g. from GET /v1/history or an earlier session),
+     *  the join resumes: what came after `from.offset` is replayed first. */
+    join(room, from) {
+      if (!this.rooms.has(room)) {
+        this.rooms.set(room, { offset: from ? from.offset : 0, epoch: from ? from.epoch : null, joined: false });
+      }
+      return this.authed ? this.sendJoin(room) : false;
+    }
+
+    /** Version 2: leaves `room`. */
+    leave(room) {
+      this.rooms.delete(room);
+      return this.send(OP.LEAVE, JSON.stringify({ room }));
+    }
+
+    /** Version 2: marks `room` read up to `offset` for the user (all its
+     *  devices); the server answers with the unread count. */
+    markRead(room, offset) {
+      return this.send(OP.READ, JSON.stringify({ room, offset }));
+    }
+
+    /** Version 1: moves to another room (kept across reconnects); "" leaves. */
     joinRoom(room) {
       this.opts.auth.room_id = room;
       return this.send(OP.CHANGE_ROOM, room);
@@ -174,7 +311,9 @@
   }
 
   VolleyClient.OP = OP;
+  VolleyClient.KIND = KIND;
   VolleyClient.encode = encode;
   VolleyClient.decode = decode;
+  VolleyClient.decodePush = decodePush;
   root.VolleyClient = VolleyClient;
 })(typeof window !== "undefined" ? window : globalThis);
