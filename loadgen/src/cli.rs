@@ -133,6 +133,11 @@ pub enum Cmd {
         /// Seconds to wait for every user to receive everything.
         #[arg(long, default_value_t = 120)]
         drain_secs: u64,
+        /// Most users connected at once (0: all): each disconnects once it
+        /// has acknowledged everything, making room for the next, so one
+        /// server process (20,000 descriptors here) can serve 100,000 users.
+        #[arg(long, default_value_t = 0)]
+        concurrent: usize,
     },
     /// Generic WebSocket broadcast: drives any WebSocket broadcast server
     /// (volley, NATS, a tokio server...) with the same load. Subscribers

@@ -240,6 +240,8 @@ pub struct Inbox {
     pub per_push: usize,
     /// Seconds to wait for delivery and acknowledgement.
     pub drain_secs: u64,
+    /// Most users connected at once (0: all).
+    pub concurrent: usize,
 }
 
 fn inbox_stats(http: SocketAddr, key: &str) -> Result<(u64, u64)> {
@@ -282,13 +284,15 @@ pub fn inbox(common: Common, o: Inbox) -> Result<()> {
     let (m1, b1) = inbox_stats(o.http, &o.api_key)?;
     let stored = m1 - m0;
 
-    let shared = Arc::new(Shared::new(
+    let mut shared = Shared::new(
         common.target.clone(),
         common.sources,
         Role::Inbox { expect: o.messages },
         common.rate,
         (0, Duration::from_secs(1)),
-    ));
+    );
+    shared.max_open = o.concurrent;
+    let shared = Arc::new(shared);
     let t1 = Instant::now();
     let handles = start(&common, &shared);
     let all_done = wait_for("users done", n, Duration::from_secs(o.drain_secs), || {
@@ -306,6 +310,7 @@ pub fn inbox(common: Common, o: Inbox) -> Result<()> {
         "mode": "inbox",
         "users": n,
         "messages_per_user": o.messages,
+        "concurrent_users": o.concurrent,
         "payload_bytes": o.size,
         "stored": stored,
         "store_secs": store_secs,

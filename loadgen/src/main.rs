@@ -101,6 +101,7 @@ fn main() -> Result<()> {
             size,
             per_push,
             drain_secs,
+            concurrent,
             ..
         } => delivery::inbox(
             common,
@@ -112,6 +113,7 @@ fn main() -> Result<()> {
                 size,
                 per_push,
                 drain_secs,
+                concurrent,
             },
         ),
     }

@@ -56,6 +56,10 @@ pub struct Shared {
     pub rate: u64,
     /// User id of connection 0 (connection i authenticates as first_mid + i).
     pub first_mid: i64,
+    /// Most connections open at once, all threads together (0: no limit).
+    /// With a limit, an inbox connection closes once it has everything, so
+    /// more users than one server process's descriptors can be served.
+    pub max_open: usize,
     /// Set: close and reconnect `churn_pct` percent every `churn_period`.
     pub churning: AtomicBool,
     /// Percentage of live connections cycled per period.
@@ -99,6 +103,7 @@ impl Shared {
             role,
             rate: rate.max(1),
             first_mid: 1_000_000,
+            max_open: 0,
             churning: AtomicBool::new(false),
             churn_pct: churn.0,
             churn_period: churn.1,
@@ -134,6 +139,8 @@ enum Phase {
     Authing,
     Joining,
     Live,
+    /// Inbox with `max_open`: everything received, closed for good.
+    Finished,
 }
 
 struct Conn {
@@ -148,6 +155,8 @@ struct Conn {
     last_offset: u64,
     next_seq: u64,
     got: u64,
+    /// Acknowledgements sent and not yet answered (op 47).
+    acks_pending: u32,
 }
 
 /// Runs connections `indices` (global numbering) until `shared.stop`.
@@ -169,6 +178,8 @@ struct Driver {
     threads: usize,
     /// Slots whose connect could not even start, and when to try again.
     retry: Vec<(Instant, usize)>,
+    /// Connections open now.
+    open_now: usize,
 }
 
 impl Driver {
@@ -183,12 +194,20 @@ impl Driver {
             hist: new_hist(),
             threads,
             retry: Vec::new(),
+            open_now: 0,
         }
     }
 
     fn run(mut self, indices: Vec<usize>) -> Outcome {
         let per_sec = (self.shared.rate as f64 / self.threads as f64).max(1.0);
-        let start = Instant::now();
+        let max_open = match self.shared.max_open {
+            0 => usize::MAX,
+            m => m.div_ceil(self.threads),
+        };
+        // A token bucket holding at most 10 ms of connects, so that room
+        // made under `max_open` does not turn into a burst.
+        let mut tokens = 1.0f64;
+        let mut tick = Instant::now();
         let mut opened = 0usize;
         let mut next_churn = Instant::now();
         let mut cursor = 0usize;
@@ -198,8 +217,11 @@ impl Driver {
                 break;
             }
             // The paced ramp.
-            let due = ((start.elapsed().as_secs_f64() * per_sec) as usize + 1).min(indices.len());
-            while opened < due {
+            let now = Instant::now();
+            tokens = (tokens + now.duration_since(tick).as_secs_f64() * per_sec).min((per_sec / 100.0).max(1.0));
+            tick = now;
+            while tokens >= 1.0 && opened < indices.len() && self.open_now < max_open {
+                tokens -= 1.0;
                 let index = indices[opened];
                 self.conns.push(Conn {
                     index,
@@ -212,6 +234,7 @@ impl Driver {
                     last_offset: 0,
                     next_seq: 0,
                     got: 0,
+                    acks_pending: 0,
                 });
                 let slot = self.conns.len() - 1;
                 self.connect(slot);
@@ -281,6 +304,7 @@ impl Driver {
                 return;
             }
         };
+        self.open_now += 1;
         let c = &mut self.conns[slot];
         c.fd = fd;
         c.phase = Phase::Connecting;
@@ -295,13 +319,19 @@ impl Driver {
 
     /// Closes `slot`'s socket and connects again (resuming after auth).
     fn reconnect(&mut self, slot: usize) {
+        self.drop_socket(slot);
+        self.connect(slot);
+    }
+
+    /// Closes `slot`'s socket, if it has one.
+    fn drop_socket(&mut self, slot: usize) {
         let fd = self.conns[slot].fd;
         if fd >= 0 {
             // SAFETY: closing a descriptor this thread owns (it leaves the epoll set).
             unsafe { libc::close(fd) };
+            self.open_now -= 1;
         }
         self.conns[slot].fd = -1;
-        self.connect(slot);
     }
 
     fn event(&mut self, slot: usize, ev: u32) {
@@ -449,6 +479,7 @@ impl Driver {
                         let ack = format!(r#"{{"ids":[{id}]}}"#);
                         if self.send(slot, v2::op::ACK, 0, ack.as_bytes()) {
                             sh.acked.fetch_add(1, Relaxed);
+                            self.conns[slot].acks_pending += 1;
                         }
                         if done {
                             sh.done.fetch_add(1, Relaxed);
@@ -458,7 +489,22 @@ impl Driver {
             }
             op::DISCONNECT => {
                 sh.server_closes.fetch_add(1, Relaxed);
-                self.reconnect(slot);
+                if self.conns[slot].phase != Phase::Finished {
+                    self.reconnect(slot);
+                }
+            }
+            v2::op::ACK_REPLY => {
+                let c = &mut self.conns[slot];
+                c.acks_pending = c.acks_pending.saturating_sub(1);
+                if let Role::Inbox { expect } = sh.role {
+                    if sh.max_open > 0 && c.got >= expect && c.acks_pending == 0 {
+                        // Every acknowledgement answered (closing sooner
+                        // could reset the connection before the server read
+                        // the last one): make room for the next user.
+                        self.drop_socket(slot);
+                        self.conns[slot].phase = Phase::Finished;
+                    }
+                }
             }
             v2::op::ERROR => {
                 sh.errors.fetch_add(1, Relaxed);
