@@ -63,7 +63,12 @@ fn main() -> Result<()> {
         | Cmd::Churn { common, .. }
         | Cmd::Inbox { common, .. } => common.clone(),
     };
-    check_limits(&common)?;
+    // Inbox users connect at most --concurrent at a time.
+    let open_at_once = match &cli.cmd {
+        Cmd::Inbox { concurrent, .. } if *concurrent > 0 => common.conns.min(*concurrent),
+        _ => common.conns,
+    };
+    check_limits(&common, open_at_once)?;
     match cli.cmd {
         Cmd::Idle { hold_secs, .. } => idle(common, hold_secs),
         Cmd::Broadcast {
@@ -119,8 +124,9 @@ fn main() -> Result<()> {
     }
 }
 
-/// Refuses a run that cannot fit the per-fd-table open-file limit.
-fn check_limits(common: &Common) -> Result<()> {
+/// Refuses a run whose `open` connections at once cannot fit the
+/// per-fd-table open-file limit.
+fn check_limits(common: &Common, open: usize) -> Result<()> {
     if common.target.is_empty() || common.workers == 0 {
         bail!("need at least one --target and one worker");
     }
@@ -131,13 +137,13 @@ fn check_limits(common: &Common) -> Result<()> {
     // SAFETY: getrlimit fills the struct we pass.
     unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) };
     let nofile = r.rlim_cur as usize;
-    let per_worker = common.conns.div_ceil(common.workers);
+    let per_worker = open.div_ceil(common.workers);
     let fits = MAX_CONNS_PER_WORKER.min(nofile.saturating_sub(500)).max(1);
     if per_worker > fits {
         bail!(
             "{per_worker} connections per worker passes the open-file limit ({nofile} per fd table); \
              use --workers {} or more",
-            common.conns.div_ceil(fits)
+            open.div_ceil(fits)
         );
     }
     Ok(())
