@@ -143,6 +143,10 @@ fn a_retried_publish_is_delivered_once_and_answered_with_the_first_offset() {
     assert_eq!(c.read_push().text(), "a");
     assert_eq!(c.read_push().text(), "b");
 
+    // Without an id, a goim route answers as goim does: once routed.
+    let plain = post(&h, "/goim/push/room?operation=1000&type=live&room=d", b"p");
+    assert!(plain.get("data").is_none(), "{plain}");
+
     // Users, keys, everyone: each recipient gets a retried push once.
     let routes = [
         "/goim/push/mids?operation=1000&mids=5&id=u-1",
@@ -171,11 +175,11 @@ fn a_retried_publish_is_delivered_once_and_answered_with_the_first_offset() {
     let results = &v["data"]["results"];
     assert_eq!(
         (results[0]["offset"].as_u64(), results[0]["duplicate"].as_bool()),
-        (Some(3), Some(false))
+        (Some(4), Some(false))
     );
     assert_eq!(
         (results[1]["offset"].as_u64(), results[1]["duplicate"].as_bool()),
-        (Some(3), Some(true))
+        (Some(4), Some(true))
     );
     assert!(results[2].is_null());
 
@@ -190,7 +194,7 @@ fn a_retried_publish_is_delivered_once_and_answered_with_the_first_offset() {
     let want: std::collections::BTreeMap<String, i32> = routes
         .iter()
         .map(|r| r.to_string())
-        .chain(["c".into(), "d".into()])
+        .chain(["p".into(), "c".into(), "d".into()])
         .map(|t| (t, 1))
         .collect();
     assert_eq!(got, want);

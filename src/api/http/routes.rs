@@ -157,16 +157,27 @@ fn ok(data: Value) -> Resp {
     json_reply(StatusCode::OK, &v)
 }
 
-/// Routes one push; a room push is answered once its owner has given it
-/// its offset (`published_json`).
-fn push(r: &Req<'_>, target: Target, op: u32, payload: &[u8], meta: Meta) -> Result<Later, ApiError> {
-    let wait = publish(&mut r.shard.borrow_mut(), target, op, payload, meta, true)?;
+/// Routes one push. With `answer`, a room push is answered once its owner
+/// has given it its offset (`published_json`); without, as soon as it is
+/// routed (goim's fire-and-forget reply, which does not wait on a shard
+/// busy fanning out).
+fn push(r: &Req<'_>, target: Target, op: u32, payload: &[u8], meta: Meta, answer: bool) -> Result<Later, ApiError> {
+    let wait = publish(&mut r.shard.borrow_mut(), target, op, payload, meta, answer)?;
     Ok(Box::pin(async move {
         Ok(match wait {
             Some(w) => ok(published_json(w.await)?),
             None => ok(Value::Null),
         })
     }))
+}
+
+/// A goim route's push: answered with the offset only when it carries a
+/// message id (an idempotent publish wants to know whether it was a
+/// retry); otherwise as goim answers, once routed.
+fn goim_push(r: &Req<'_>, target: Target) -> Result<Later, ApiError> {
+    let meta = r.query.meta()?;
+    let answer = meta.id.is_some();
+    push(r, target, r.query.op()?, &r.body, meta, answer)
 }
 
 /// A room push's answer: `{"offset": n, "epoch": "…", "duplicate": false}`.
@@ -190,7 +201,7 @@ fn goim_push_keys(r: &Req<'_>) -> Result<Later, ApiError> {
     if keys.is_empty() {
         return Err(bad("missing query parameter `keys`"));
     }
-    push(r, Target::Keys(keys), r.query.op()?, &r.body, r.query.meta()?)
+    goim_push(r, Target::Keys(keys))
 }
 
 fn goim_push_mids(r: &Req<'_>) -> Result<Later, ApiError> {
@@ -202,16 +213,16 @@ fn goim_push_mids(r: &Req<'_>) -> Result<Later, ApiError> {
     if mids.is_empty() {
         return Err(bad("missing query parameter `mids`"));
     }
-    push(r, Target::Mids(mids), r.query.op()?, &r.body, r.query.meta()?)
+    goim_push(r, Target::Mids(mids))
 }
 
 fn goim_push_room(r: &Req<'_>) -> Result<Later, ApiError> {
     let room = format!("{}://{}", r.query.required("type")?, r.query.required("room")?);
-    push(r, Target::Room(room), r.query.op()?, &r.body, r.query.meta()?)
+    goim_push(r, Target::Room(room))
 }
 
 fn goim_push_all(r: &Req<'_>) -> Result<Later, ApiError> {
-    push(r, Target::All, r.query.op()?, &r.body, r.query.meta()?)
+    goim_push(r, Target::All)
 }
 
 /// Room counts for `rooms` (each prefixed with `prefix`), keyed as given.
@@ -272,7 +283,7 @@ fn v1_online_top(r: &Req<'_>) -> Result<Resp, ApiError> {
 fn v1_push_one(r: &Req<'_>) -> Result<Later, ApiError> {
     let kind = r.path.trim_start_matches("/v1/push/");
     let p = v1_push(kind, &r.body)?;
-    push(r, p.target, p.op, &p.payload, p.meta)
+    push(r, p.target, p.op, &p.payload, p.meta, true)
 }
 
 /// `POST /v1/publish`: the batch is checked whole, then routed in order;
