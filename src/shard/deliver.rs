@@ -193,7 +193,10 @@ impl Shard {
 
     /// `n` fewer bytes queued on this shard.
     pub(super) fn uncharged(&mut self, n: usize) {
-        self.queued -= n;
+        // Exact by construction (the simulated-time harness checks it after
+        // every step); a drift must not take a shard down in production.
+        debug_assert!(self.queued >= n, "queued {} < {n}", self.queued);
+        self.queued = self.queued.saturating_sub(n);
         if self.queued <= self.high_water() {
             self.shed_above = self.high_water();
         }
