@@ -22,7 +22,44 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 
 /// A publisher: sends message `seq`, stamped with send time `ns`.
-type Publish = Box<dyn FnMut(u64, u64) -> Result<()>>;
+pub type Publish = Box<dyn FnMut(u64, u64) -> Result<()>>;
+
+/// Room pushes of `size`-byte stamped payloads to volley's `room`: over
+/// TCP publisher connections at `publish_tcp` (an op 2 barrier after
+/// message `total - 1`), or, when there are none, HTTP POSTs to every
+/// `http` API.
+pub fn room_publisher(
+    room: &str,
+    http: &[SocketAddr],
+    publish_tcp: &[SocketAddr],
+    api_key: &str,
+    size: usize,
+    total: u64,
+) -> Result<Publish> {
+    let mut payload = vec![b'x'; size];
+    if publish_tcp.is_empty() {
+        let (typ, id) = room.split_once("://").context("--room must be type://id")?;
+        let path = format!("/goim/push/room?operation={BENCH_OP}&type={typ}&room={id}");
+        let mut publishers = http
+            .iter()
+            .map(|&a| HttpPublisher::connect(a, api_key))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Box::new(move |seq, ns| {
+            stamp(&mut payload, seq, ns);
+            publishers.iter_mut().try_for_each(|p| p.post(&path, &payload))
+        }))
+    } else {
+        let mut publishers = publish_tcp
+            .iter()
+            .map(|&a| TcpPublisher::connect(a, api_key))
+            .collect::<Result<Vec<_>>>()?;
+        let room = room.to_string();
+        Ok(Box::new(move |seq, ns| {
+            stamp(&mut payload, seq, ns);
+            TcpPublisher::all(&mut publishers, &room, BENCH_OP, &payload, seq + 1 == total)
+        }))
+    }
+}
 
 /// The `broadcast` mode: volley subscribers in `common.room`, published to
 /// over HTTP (`http`) or over TCP publisher connections (`publish_tcp`).
@@ -36,32 +73,8 @@ pub fn volley(
     if load.size < STAMP_LEN {
         bail!("--size must be at least {STAMP_LEN}");
     }
-    let path = {
-        let (typ, id) = common.room.split_once("://").context("--room must be type://id")?;
-        format!("/goim/push/room?operation={BENCH_OP}&type={typ}&room={id}")
-    };
     let total = load.msg_rate * load.duration;
-    let mut payload = vec![b'x'; load.size];
-    let publish: Publish = if publish_tcp.is_empty() {
-        let mut publishers = http
-            .iter()
-            .map(|&a| HttpPublisher::connect(a, &api_key))
-            .collect::<Result<Vec<_>>>()?;
-        Box::new(move |seq, ns| {
-            stamp(&mut payload, seq, ns);
-            publishers.iter_mut().try_for_each(|p| p.post(&path, &payload))
-        })
-    } else {
-        let mut publishers = publish_tcp
-            .iter()
-            .map(|&a| TcpPublisher::connect(a, &api_key))
-            .collect::<Result<Vec<_>>>()?;
-        let room = common.room.clone();
-        Box::new(move |seq, ns| {
-            stamp(&mut payload, seq, ns);
-            TcpPublisher::all(&mut publishers, &room, BENCH_OP, &payload, seq + 1 == total)
-        })
-    };
+    let publish = room_publisher(&common.room, &http, &publish_tcp, &api_key, load.size, total)?;
     let hello = Hello::volley(&common.room, common.ws.is_some());
     measure(&Run::new(common, hello), load, publish)
 }

@@ -13,16 +13,17 @@
 //! Runs on the main thread (publishing, waiting, reporting); the
 //! connections are `v2client`'s threads.
 
+use crate::broadcast::room_publisher;
 use crate::cli::{Common, Load};
 use crate::payload::{stamp, STAMP_LEN};
 use crate::procfs::{procs_usage, tick_secs};
-use crate::publish::{get_json, HttpPublisher, TcpPublisher};
+use crate::publish::{get_json, TcpPublisher};
 use crate::report;
 use crate::run::now_ns;
 use crate::stats::new_hist;
 use crate::v2client::{self, Outcome, Role, Shared};
 use crate::wire::BENCH_OP;
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
@@ -112,33 +113,7 @@ pub fn churn(common: Common, opts: Churn, load: Load) -> Result<()> {
     } = load;
     let total = msg_rate * duration;
     let n = common.conns as u64;
-    let mut publish: Box<dyn FnMut(u64, u64) -> Result<()>> = {
-        let mut payload = vec![b'x'; size];
-        let room = common.room.clone();
-        if opts.publish_tcp.is_empty() {
-            let (typ, id) = room.split_once("://").context("--room must be type://id")?;
-            let path = format!("/goim/push/room?operation={BENCH_OP}&type={typ}&room={id}");
-            let mut pubs = opts
-                .http
-                .iter()
-                .map(|&a| HttpPublisher::connect(a, &opts.api_key))
-                .collect::<Result<Vec<_>>>()?;
-            Box::new(move |seq, ns| {
-                stamp(&mut payload, seq, ns);
-                pubs.iter_mut().try_for_each(|p| p.post(&path, &payload))
-            })
-        } else {
-            let mut pubs = opts
-                .publish_tcp
-                .iter()
-                .map(|&a| TcpPublisher::connect(a, &opts.api_key))
-                .collect::<Result<Vec<_>>>()?;
-            Box::new(move |seq, ns| {
-                stamp(&mut payload, seq, ns);
-                TcpPublisher::all(&mut pubs, &room, BENCH_OP, &payload, seq + 1 == total)
-            })
-        }
-    };
+    let mut publish = room_publisher(&common.room, &opts.http, &opts.publish_tcp, &opts.api_key, size, total)?;
     let shared = Arc::new(Shared::new(
         common.target.clone(),
         common.sources,

@@ -63,13 +63,10 @@ impl Dedup {
             return;
         }
         self.expire(now);
-        if let Some(e) = self.seen.get_mut(key) {
-            // Seen before the window ended: `seen` said so and the caller
-            // did not publish. Past it: a new first publish.
-            *e = (now, outcome);
-            let key: Rc<str> = self.seen.get_key_value(key).expect("present").0.clone();
-            self.order.retain(|(_, k)| *k != key);
-            self.order.push_back((now, key));
+        if self.seen.contains_key(key) {
+            // Still within its window (expiry just ran): callers ask `seen`
+            // first and do not publish again, and a retry does not extend
+            // the window.
             return;
         }
         while self.seen.len() >= self.cap {

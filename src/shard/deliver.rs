@@ -74,12 +74,7 @@ impl Shard {
         };
         match pushed {
             Ok(was_empty) => {
-                if was_empty {
-                    if let Some(w) = &c.waker {
-                        w.wake_by_ref();
-                    }
-                }
-                ShardStats::add(&stats.deliveries, 1);
+                queued(c, stats, was_empty);
                 self.charged(ENTRY_OVERHEAD);
             }
             Err(PushError::OverLimit { queued }) => {
@@ -131,12 +126,7 @@ impl Shard {
         };
         match pushed {
             Ok(was_empty) => {
-                if was_empty {
-                    if let Some(w) = &c.waker {
-                        w.wake_by_ref();
-                    }
-                }
-                ShardStats::add(&stats.deliveries, 1);
+                queued(c, stats, was_empty);
                 self.charged(charge);
             }
             Err(PushError::OverLimit { queued }) => {
@@ -233,8 +223,9 @@ impl Shard {
         let target = self.budget / 2 + self.budget / 8;
         let mut largest: Vec<(bool, usize, ConnRef)> = self
             .conn_refs()
-            .filter(|(_, c)| c.close.is_none() && (persistent || c.blocked) && c.charge() > 3 * ENTRY_OVERHEAD)
+            .filter(|(_, c)| c.close.is_none() && (persistent || c.blocked))
             .map(|(r, c)| (c.blocked, c.charge(), r))
+            .filter(|&(_, q, _)| q > 3 * ENTRY_OVERHEAD)
             .collect();
         largest.sort_unstable_by_key(|&(blocked, q, _)| std::cmp::Reverse((blocked, q)));
         let (share, mut closed) = (self.budget, 0);
@@ -377,6 +368,17 @@ impl Shard {
             );
         }
     }
+}
+
+/// A frame went into `c`'s queue (or behind it): its driver is woken on the
+/// queue's empty → non-empty edge, and the delivery counted.
+fn queued(c: &Conn, stats: &ShardStats, was_empty: bool) {
+    if was_empty {
+        if let Some(w) = &c.waker {
+            w.wake_by_ref();
+        }
+    }
+    ShardStats::add(&stats.deliveries, 1);
 }
 
 /// Whether an authenticated connection takes a key, user or global push of
