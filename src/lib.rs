@@ -31,14 +31,15 @@
 //! - [`net`]: listener specs, binding one socket per shard, the accept loop.
 //! - [`shard`]: per-core state and behaviour, sans-IO (connection records,
 //!   heartbeat wheel, directory, delivery, the version-1 and version-2
-//!   sessions, rooms, room logs with offsets and history, resume, the mesh),
+//!   sessions, rooms, room logs with offsets and history, resume, access
+//!   and connection limits, room patterns, presence, the mesh),
 //!   plus `shard::run`, the per-shard runtime that drives it.
 //! - [`conn`]: client connections' I/O: accept and the per-connection driver.
 //! - [`api`]: the application-server side: HTTP API, TCP publishers, and
 //!   the one publish path both take.
-//! - [`auth`]: the API key check (constant time).
+//! - [`auth`]: the API key check (constant time) and client tokens (JWT).
 //! - [`proto`]: sans-IO codecs and policies (frames, batches, bodies, close
-//!   reasons, version 2, WebSocket).
+//!   reasons, room patterns, version 2, WebSocket).
 //! - [`metrics`]: counters and histograms, as JSON and Prometheus text.
 //! - [`host`]: `volley check-host`, what on this host is not tuned.
 //!

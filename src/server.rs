@@ -35,6 +35,9 @@ pub enum StartError {
     /// A listener could not be bound.
     #[error(transparent)]
     Bind(#[from] BindError),
+    /// The token keys could not be read (`[auth]`).
+    #[error("[auth]: {0}")]
+    Auth(String),
     /// An executor could not start (CPU list, memlock limit...).
     #[error("cannot start shard {shard}: {source}")]
     Executor {
@@ -100,7 +103,20 @@ impl Server {
             }
         }
         let available = std::thread::available_parallelism().map_or(1, |c| c.get());
-        let shared = Arc::new(Shared::new(config));
+        let verifier = match config.auth.mode {
+            crate::config::AuthMode::Off => None,
+            crate::config::AuthMode::Jwt => Some(
+                crate::auth::jwt::Verifier::new(
+                    &config.auth.jwt_secret,
+                    &config.auth.jwt_public_key,
+                    config.auth.leeway_secs,
+                )
+                .map_err(StartError::Auth)?,
+            ),
+        };
+        let mut shared = Shared::new(config);
+        shared.verifier = verifier;
+        let shared = Arc::new(shared);
         let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<(), String>>();
         let mut threads = Vec::with_capacity(n);
         for (id, fds) in per_shard.into_iter().enumerate() {

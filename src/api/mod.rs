@@ -22,10 +22,11 @@ mod tcp_session;
 
 use crate::metrics::ShardStats;
 use crate::proto::body::MAX_ROOM_LEN;
+use crate::proto::pattern;
 pub use crate::proto::publish::Target;
 use crate::proto::v2::{Envelope, Kind, MAX_ID_LEN};
 use crate::proto::wire::Frames;
-use crate::shard::mesh::{owner_of_mid, owner_of_str, Publication, Published, Reply, ReplyWait, ShardMsg};
+use crate::shard::mesh::{owner_of_mid, owner_of_str, Answer, Publication, Published, Reply, ReplyWait, ShardMsg};
 use crate::shard::Shard;
 use bytes::Bytes;
 use fnv::FnvHashMap;
@@ -59,6 +60,9 @@ pub enum PublishError {
     /// A message id over `MAX_ID_LEN` bytes.
     #[error("message id over {MAX_ID_LEN} bytes")]
     IdTooLong,
+    /// A room name with `>` before its last segment.
+    #[error("`>` may only be a room pattern's last segment")]
+    BadPattern,
 }
 
 /// What a publisher may say about a message besides where it goes.
@@ -92,6 +96,7 @@ pub fn check(target: &Target, payload: &[u8], meta: &Meta, max: usize) -> Result
             got: m.len(),
         }),
         Target::Room(r) if r.len() > MAX_ROOM_LEN => Err(PublishError::RoomTooLong),
+        Target::Room(r) if pattern::kind(r) == pattern::Kind::Invalid => Err(PublishError::BadPattern),
         _ => Ok(()),
     }
 }
@@ -126,6 +131,25 @@ pub fn publish(
         })
     };
     match target {
+        Target::Room(room) if pattern::kind(&room) == pattern::Kind::Pattern => {
+            let msg = Publication {
+                op,
+                id: dedup,
+                payload: Bytes::copy_from_slice(payload),
+                ttl: meta.ttl,
+            };
+            let pattern: Arc<str> = Arc::from(room);
+            for s in 0..n {
+                sh.route(
+                    s,
+                    ShardMsg::PublishPattern {
+                        pattern: pattern.clone(),
+                        msg: msg.clone(),
+                        reply: None,
+                    },
+                );
+            }
+        }
         Target::Room(room) => {
             let owner = owner_of_str(&room, n);
             let msg = Publication {
@@ -134,11 +158,13 @@ pub fn publish(
                 payload: Bytes::copy_from_slice(payload),
                 ttl: meta.ttl,
             };
-            let reply = answer.then(|| {
+            let reply = if answer {
                 let (reply, w) = Reply::pair();
                 wait = Some(w);
-                reply
-            });
+                Answer::Api(reply)
+            } else {
+                Answer::None
+            };
             sh.route(
                 owner,
                 ShardMsg::PublishRoom {

@@ -19,7 +19,9 @@ use std::ffi::OsString;
 use std::path::Path;
 
 /// Sections of the file; key `k` of section `s` is flag `--s-k`.
-const SECTIONS: &[&str] = &["log", "tcp", "ws", "client", "limits", "api", "history", "inbox"];
+const SECTIONS: &[&str] = &[
+    "log", "tcp", "ws", "client", "limits", "api", "history", "inbox", "auth",
+];
 
 /// Keys allowed outside any section.
 const TOP_LEVEL: &[&str] = &[

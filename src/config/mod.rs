@@ -14,12 +14,15 @@
 //! [log]     level format
 //! [tcp]     listen
 //! [ws]      listen path origins echo echo_path echo_max_message
-//! [client]  handshake_timeout_secs heartbeat_timeout_secs max_rooms
+//! [client]  handshake_timeout_secs heartbeat_timeout_secs max_rooms publish_rate
+//!           publish_burst max_publish_payload presence_limit
 //! [limits]  max_body outbound_limit replay_limit outbound_budget socket_sndbuf
+//!           max_conns max_conns_per_ip conn_rate_per_ip max_conns_per_user user_conn_policy
 //! [api]     listen publish_listen key max_body max_push_body idle_timeout_secs
 //!           dedup_window_secs dedup_max
 //! [history] messages max_age_secs max_bytes memory overrides max_marks
 //! [inbox]   messages bytes ttl_secs memory
+//! [auth]    mode jwt_secret jwt_public_key leeway_secs refresh_secs grace_secs dev_tokens
 //! ```
 //!
 //! Invariants: `Config::default()` is the embedded defaults and reads
@@ -162,6 +165,77 @@ pub struct Config {
     /// version-2 connection of the user acknowledges them.
     #[command(flatten)]
     pub inbox: InboxConfig,
+
+    /// `[auth]`: who a client is and what it may do.
+    #[command(flatten)]
+    pub auth: AuthConfig,
+}
+
+/// `[auth] mode`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum AuthMode {
+    /// The auth body names the user, as in goim (development, trusted
+    /// networks).
+    Off,
+    /// The auth body carries a JWT (`token`) that names the user and what
+    /// it may join and publish to.
+    Jwt,
+}
+
+/// `[auth]`
+#[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "[auth]")]
+pub struct AuthConfig {
+    /// `off`: the auth body names the user (goim's behaviour); `jwt`: it
+    /// must carry a signed token (docs/PROTOCOL.md, "Tokens").
+    #[arg(id = "auth-mode", long = "auth-mode", alias = "auth", value_enum, default_value_t = AuthMode::Off)]
+    pub mode: AuthMode,
+
+    /// HS256 secrets (at least 32 bytes each), comma-separated; a token
+    /// signed with any of them is accepted (list the new one beside the old
+    /// one while rotating). The development token endpoint signs with the
+    /// first.
+    #[arg(
+        id = "auth-jwt-secret",
+        long = "auth-jwt-secret",
+        alias = "jwt-secret",
+        value_delimiter = ',',
+        action = clap::ArgAction::Set
+    )]
+    pub jwt_secret: Vec<String>,
+
+    /// PEM files of RS256 (RSA) or ES256 (P-256) public keys,
+    /// comma-separated; a token verified by any key of its algorithm is
+    /// accepted.
+    #[arg(
+        id = "auth-jwt-public-key",
+        long = "auth-jwt-public-key",
+        alias = "jwt-public-key",
+        value_delimiter = ',',
+        action = clap::ArgAction::Set
+    )]
+    pub jwt_public_key: Vec<PathBuf>,
+
+    /// Seconds of clock difference allowed when checking `exp` and `nbf`.
+    #[arg(id = "auth-leeway-secs", long = "auth-leeway-secs", default_value_t = 5)]
+    pub leeway_secs: u64,
+
+    /// Seconds before its token's `exp` a version-2 connection is asked for
+    /// a new one (op 56).
+    #[arg(id = "auth-refresh-secs", long = "auth-refresh-secs", default_value_t = 60)]
+    pub refresh_secs: u32,
+
+    /// Seconds after `exp` (beyond the leeway) a connection that sent no
+    /// new token is closed as `token_expired`.
+    #[arg(id = "auth-grace-secs", long = "auth-grace-secs", default_value_t = 10)]
+    pub grace_secs: u32,
+
+    /// Serve `POST /v1/dev/token` on the API listener, which signs a token
+    /// for any user with the first HS256 secret (the demo signs in with
+    /// it). Development only: anyone who can reach the API can then be
+    /// anyone.
+    #[arg(id = "auth-dev-tokens", long = "auth-dev-tokens", default_value_t = false, action = clap::ArgAction::Set)]
+    pub dev_tokens: bool,
 }
 
 /// `[log]`
@@ -245,6 +319,31 @@ pub struct ClientConfig {
     /// costs about 40 bytes on the connection's shard.
     #[arg(id = "client-max-rooms", long = "client-max-rooms", default_value_t = 64)]
     pub max_rooms: usize,
+
+    /// Client publishes (op 52) one version-2 connection may make per
+    /// second, sustained; past it they are answered `rate_limited`.
+    #[arg(id = "client-publish-rate", long = "client-publish-rate", default_value_t = 10)]
+    pub publish_rate: u32,
+
+    /// Client publishes a connection may make at once after being quiet
+    /// (the bucket's size).
+    #[arg(id = "client-publish-burst", long = "client-publish-burst", default_value_t = 20)]
+    pub publish_burst: u32,
+
+    /// Largest payload of a client publish, bytes; a larger one is answered
+    /// `payload_too_large` (the frame itself is bounded by `[limits] max_body`).
+    #[arg(
+        id = "client-max-publish-payload",
+        long = "client-max-publish-payload",
+        default_value_t = 2048
+    )]
+    pub max_publish_payload: usize,
+
+    /// Members a presence answer (`GET /v1/presence`) lists at most, and
+    /// join/leave changes a presence event carries per room per second
+    /// before it says only the count.
+    #[arg(id = "client-presence-limit", long = "client-presence-limit", default_value_t = 100)]
+    pub presence_limit: usize,
 }
 
 /// `[limits]`
@@ -297,6 +396,58 @@ pub struct Limits {
     /// volley. A cap bounds that and shows a stalled client sooner.
     #[arg(id = "limits-socket-sndbuf", long = "limits-socket-sndbuf", default_value_t = 0)]
     pub socket_sndbuf: usize,
+
+    /// Client connections the server holds at once, all shards (0: no
+    /// limit but the process's open-file limit). One more is told
+    /// `conn_limit` and closed.
+    #[arg(id = "limits-max-conns", long = "limits-max-conns", default_value_t = 0)]
+    pub max_conns: usize,
+
+    /// Client connections one source IP may hold at once (0: no limit).
+    /// One more is told `ip_conn_limit` and closed.
+    #[arg(
+        id = "limits-max-conns-per-ip",
+        long = "limits-max-conns-per-ip",
+        default_value_t = 0
+    )]
+    pub max_conns_per_ip: u32,
+
+    /// Connection attempts one source IP may make per second (0: no
+    /// limit). Past it, a new connection is told `ip_rate_limit` and closed.
+    #[arg(
+        id = "limits-conn-rate-per-ip",
+        long = "limits-conn-rate-per-ip",
+        default_value_t = 0
+    )]
+    pub conn_rate_per_ip: u32,
+
+    /// Connections one user id may hold at once (0: no limit); what happens
+    /// to one more is `user_conn_policy`.
+    #[arg(
+        id = "limits-max-conns-per-user",
+        long = "limits-max-conns-per-user",
+        default_value_t = 0
+    )]
+    pub max_conns_per_user: u32,
+
+    /// `refuse`: the user's newest connection is closed as
+    /// `user_conn_limit` right after its auth; `close-oldest`: its oldest is.
+    #[arg(
+        id = "limits-user-conn-policy",
+        long = "limits-user-conn-policy",
+        value_enum,
+        default_value_t = UserConnPolicy::CloseOldest
+    )]
+    pub user_conn_policy: UserConnPolicy,
+}
+
+/// `[limits] user_conn_policy`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum UserConnPolicy {
+    /// Close the user's oldest connection (a new device wins).
+    CloseOldest,
+    /// Close the new connection (the devices already on keep their place).
+    Refuse,
 }
 
 /// `[api]`
@@ -610,6 +761,21 @@ impl Config {
         }
         if self.api.key.as_deref() == Some("") {
             return bad("[api] key", "empty; unset it to disable the check");
+        }
+        if self.auth.mode == AuthMode::Jwt && self.auth.jwt_secret.is_empty() && self.auth.jwt_public_key.is_empty() {
+            return bad("[auth] jwt_secret", "mode jwt needs a jwt_secret or a jwt_public_key");
+        }
+        if self.auth.jwt_secret.iter().any(|s| s.len() < 32) {
+            return bad("[auth] jwt_secret", "each HS256 secret must be at least 32 bytes");
+        }
+        if self.auth.dev_tokens && (self.auth.mode != AuthMode::Jwt || self.auth.jwt_secret.is_empty()) {
+            return bad("[auth] dev_tokens", "needs mode jwt and a jwt_secret to sign with");
+        }
+        if self.client.publish_rate == 0 || self.client.publish_burst == 0 {
+            return bad("[client] publish_rate", "rate and burst must be at least 1");
+        }
+        if self.client.presence_limit == 0 || self.client.presence_limit > 10_000 {
+            return bad("[client] presence_limit", "must be between 1 and 10000");
         }
         if self.client.max_rooms == 0 || self.client.max_rooms > 100_000 {
             return bad("[client] max_rooms", "must be between 1 and 100000");

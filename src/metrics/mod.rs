@@ -9,7 +9,8 @@
 //! the same: fixed buckets, one add per record.
 //!
 //! Close reasons come from `proto::close::CloseReason` (one counter each,
-//! for clients and for TCP publishers). Time for the histograms comes from
+//! for clients and for TCP publishers), version-2 refusals from
+//! `proto::v2::ErrorCode` (one counter each). Time for the histograms comes from
 //! `clock_us`, the one clock the server stamps frames with.
 
 mod hist;
@@ -18,6 +19,7 @@ pub mod prometheus;
 pub use hist::{bucket_bound_us, HistSnapshot, Histogram, BUCKETS};
 
 use crate::proto::close::CloseReason;
+use crate::proto::v2::ErrorCode;
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -47,9 +49,12 @@ macro_rules! shard_stats {
         pub struct ShardStats {
             $(#[doc = $help] pub $field: AtomicU64,)*
             /// Closes, indexed like `CloseReason::ALL`.
-            pub closes: [AtomicU64; CloseReason::ALL.len()],
+            pub closes: Counts<{ CloseReason::ALL.len() }>,
             /// TCP publisher connections closed, indexed like `CloseReason::ALL`.
-            pub publisher_closes: [AtomicU64; CloseReason::ALL.len()],
+            pub publisher_closes: Counts<{ CloseReason::ALL.len() }>,
+            /// Version-2 requests refused with an error (op 50), indexed
+            /// like `ErrorCode::ALL`.
+            pub errors: Counts<{ ErrorCode::ALL.len() }>,
             /// Time one fan-out message (a room frame, a direct delivery, a
             /// push to all) takes to queue to every local recipient, µs.
             pub fanout_us: Histogram,
@@ -66,6 +71,7 @@ macro_rules! shard_stats {
             $(pub $field: u64,)*
             pub closes: BTreeMap<&'static str, u64>,
             pub publisher_closes: BTreeMap<&'static str, u64>,
+            pub errors: BTreeMap<&'static str, u64>,
             pub fanout_us: HistSnapshot,
             pub queue_wait_us: HistSnapshot,
         }
@@ -75,8 +81,9 @@ macro_rules! shard_stats {
             pub fn snapshot(&self) -> StatsSnapshot {
                 StatsSnapshot {
                     $($field: self.$field.load(Relaxed),)*
-                    closes: by_reason(&self.closes),
-                    publisher_closes: by_reason(&self.publisher_closes),
+                    closes: by_name(CloseReason::ALL.iter().map(|r| r.name()), &self.closes.0),
+                    publisher_closes: by_name(CloseReason::ALL.iter().map(|r| r.name()), &self.publisher_closes.0),
+                    errors: by_name(ErrorCode::ALL.iter().map(|e| e.name()), &self.errors.0),
                     fanout_us: self.fanout_us.snapshot(),
                     queue_wait_us: self.queue_wait_us.snapshot(),
                 }
@@ -99,6 +106,9 @@ macro_rules! shard_stats {
                     }
                     for (k, v) in &s.publisher_closes {
                         *t.publisher_closes.entry(k).or_default() += v;
+                    }
+                    for (k, v) in &s.errors {
+                        *t.errors.entry(k).or_default() += v;
                     }
                     t.fanout_us.add(&s.fanout_us);
                     t.queue_wait_us.add(&s.queue_wait_us);
@@ -125,6 +135,8 @@ shard_stats! {
     Counter publish_duplicates: "Publishes (or targets of one) not delivered again: their message id was seen within [api] dedup_window_secs.";
     Counter dedup_forgotten: "Publisher message ids forgotten before their window ended because [api] dedup_max was reached.";
     Counter budget_closes: "Connections closed as slow consumers because the shard's queues passed its share of [limits] outbound_budget.";
+    Counter client_publishes: "Version-2 client publishes (op 52) accepted and sent to the room's owner.";
+    Counter pattern_publishes: "Rooms an API publish to a pattern reached on this shard (as their owner).";
     Counter unknown_ops: "Frames from clients with an operation volley does not serve.";
     Counter accept_errors: "Accept errors (EMFILE and the like).";
     Gauge publishers: "TCP publisher connections currently open.";
@@ -148,12 +160,18 @@ shard_stats! {
     Counter inbox_expired: "Inbox pushes that left at the end of their TTL.";
 }
 
-fn by_reason(counters: &[AtomicU64]) -> BTreeMap<&'static str, u64> {
-    CloseReason::ALL
-        .iter()
-        .zip(counters)
-        .map(|(r, c)| (r.name(), c.load(Relaxed)))
-        .collect()
+/// A counter per name of a fixed list (close reasons, error codes).
+#[derive(Debug)]
+pub struct Counts<const N: usize>(pub [AtomicU64; N]);
+
+impl<const N: usize> Default for Counts<N> {
+    fn default() -> Self {
+        Counts(std::array::from_fn(|_| AtomicU64::new(0)))
+    }
+}
+
+fn by_name(names: impl Iterator<Item = &'static str>, counters: &[AtomicU64]) -> BTreeMap<&'static str, u64> {
+    names.zip(counters).map(|(n, c)| (n, c.load(Relaxed))).collect()
 }
 
 impl ShardStats {
@@ -165,12 +183,17 @@ impl ShardStats {
 
     /// Counts one close.
     pub fn close(&self, r: CloseReason) {
-        self.closes[r.index()].fetch_add(1, Relaxed);
+        self.closes.0[r.index()].fetch_add(1, Relaxed);
     }
 
     /// Counts one TCP publisher close.
     pub fn publisher_close(&self, r: CloseReason) {
-        self.publisher_closes[r.index()].fetch_add(1, Relaxed);
+        self.publisher_closes.0[r.index()].fetch_add(1, Relaxed);
+    }
+
+    /// Counts one version-2 error reply.
+    pub fn error(&self, e: ErrorCode) {
+        self.errors.0[e.index()].fetch_add(1, Relaxed);
     }
 }
 

@@ -15,6 +15,7 @@
 
 use super::{bucket_bound_us, HistSnapshot, Kind, StatsSnapshot, BUCKETS};
 use crate::proto::close::CloseReason;
+use crate::proto::v2::ErrorCode;
 use std::fmt::Write;
 
 /// Content type of the exposition.
@@ -48,14 +49,23 @@ pub fn render(shards: &[StatsSnapshot]) -> String {
             |s: &StatsSnapshot| &s.publisher_closes,
         ),
     ] {
-        family(&mut out, full, help, "counter");
-        for (shard, s) in shards.iter().enumerate() {
-            for r in CloseReason::ALL {
-                let n = pick(s).get(r.name()).copied().unwrap_or(0);
-                let _ = writeln!(out, "{full}{{shard=\"{shard}\",reason=\"{}\"}} {n}", r.name());
-            }
-        }
+        labelled(
+            &mut out,
+            full,
+            help,
+            shards,
+            pick,
+            CloseReason::ALL.iter().map(|r| r.name()),
+        );
     }
+    labelled(
+        &mut out,
+        "volley_errors_total",
+        "Version-2 requests refused with an error reply (op 50), by reason.",
+        shards,
+        |s| &s.errors,
+        ErrorCode::ALL.iter().map(|e| e.name()),
+    );
     histogram(
         &mut out,
         "volley_fanout_seconds",
@@ -69,6 +79,23 @@ pub fn render(shards: &[StatsSnapshot]) -> String {
         shards.iter().map(|s| &s.queue_wait_us),
     );
     out
+}
+
+fn labelled(
+    out: &mut String,
+    full: &str,
+    help: &str,
+    shards: &[StatsSnapshot],
+    pick: fn(&StatsSnapshot) -> &std::collections::BTreeMap<&'static str, u64>,
+    names: impl Iterator<Item = &'static str> + Clone,
+) {
+    family(out, full, help, "counter");
+    for (shard, s) in shards.iter().enumerate() {
+        for name in names.clone() {
+            let n = pick(s).get(name).copied().unwrap_or(0);
+            let _ = writeln!(out, "{full}{{shard=\"{shard}\",reason=\"{name}\"}} {n}");
+        }
+    }
 }
 
 fn family(out: &mut String, name: &str, help: &str, typ: &str) {

@@ -7,12 +7,12 @@
 //!
 //! ```text
 //! op 7 body (JSON, goim-compatible; unknown fields ignored):
-//!   {"mid":123,"key":"","room_id":"live://1000","platform":"web","accepts":[1000,1001]}
+//!   {"mid":123,"key":"","room_id":"live://1000","platform":"web","accepts":[1000,1001],"token":"eyJ..."}
 //! op 14/16 body: ASCII decimal operation codes separated by commas, "1000,1001"
 //! ```
 //!
-//! Deliberately not here: token verification (auth on), which arrives with the
-//! native protocol.
+//! Deliberately not here: what the token means (`auth::jwt`); this only
+//! bounds its length.
 
 use serde::Deserialize;
 
@@ -24,6 +24,8 @@ pub const MAX_ROOM_LEN: usize = 256;
 pub const MAX_ACCEPTS: usize = 256;
 /// Longest accepted platform string, in bytes.
 pub const MAX_PLATFORM_LEN: usize = 32;
+/// Longest accepted token, in bytes.
+pub const MAX_TOKEN_LEN: usize = 8192;
 
 /// The auth request as goim clients send it.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
@@ -39,6 +41,8 @@ pub struct AuthBody {
     pub platform: String,
     /// Operation codes this connection accepts for key, user and global pushes.
     pub accepts: Vec<i64>,
+    /// The signed token (`[auth] mode = "jwt"`); ignored with auth off.
+    pub token: String,
 }
 
 /// Why an auth or accepts body was refused.
@@ -84,6 +88,7 @@ pub fn parse_auth(body: &[u8]) -> Result<AuthBody, BodyError> {
     check_len("key", auth.key.len(), MAX_KEY_LEN)?;
     check_len("room_id", auth.room_id.len(), MAX_ROOM_LEN)?;
     check_len("platform", auth.platform.len(), MAX_PLATFORM_LEN)?;
+    check_len("token", auth.token.len(), MAX_TOKEN_LEN)?;
     if auth.accepts.len() > MAX_ACCEPTS {
         return Err(BodyError::TooManyAccepts {
             got: auth.accepts.len(),

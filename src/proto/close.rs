@@ -68,6 +68,17 @@ close_reasons! {
     WsInvalidData => "ws_invalid_utf8", false, Some(close::INVALID_DATA), "A WebSocket text message or close reason was not UTF-8 (close 1007).";
     WsTooBig => "ws_too_big", false, Some(close::TOO_BIG), "A WebSocket message over the size limit (close 1009).";
     WsUnsupportedData => "ws_unsupported_data", false, Some(close::UNSUPPORTED), "A text message on the binary protocol endpoint (close 1003).";
+    TokenRequired => "token_required", true, Some(close::POLICY), "Auth is on and the auth body carried no token.";
+    TokenMalformed => "token_malformed", true, Some(close::POLICY), "The token is not a JWT, or its claims are not volley's.";
+    TokenAlgRefused => "token_alg_refused", true, Some(close::POLICY), "The token's algorithm is none or not configured.";
+    TokenBadSignature => "token_bad_signature", true, Some(close::POLICY), "No configured key verifies the token's signature.";
+    TokenExpired => "token_expired", true, Some(close::POLICY), "The token expired (at auth, or not refreshed in time).";
+    TokenNotYetValid => "token_not_yet_valid", true, Some(close::POLICY), "The token's nbf has not been reached.";
+    RoomNotAllowed => "room_not_allowed", true, Some(close::POLICY), "A version-1 auth or op 12 named a room the token does not allow.";
+    ConnLimit => "conn_limit", true, Some(close::TRY_AGAIN), "The server holds [limits] max_conns connections.";
+    IpConnLimit => "ip_conn_limit", true, Some(close::POLICY), "The client's IP holds [limits] max_conns_per_ip connections.";
+    IpRateLimit => "ip_rate_limit", true, Some(close::TRY_AGAIN), "The client's IP passed [limits] conn_rate_per_ip attempts this second.";
+    UserConnLimit => "user_conn_limit", true, Some(close::POLICY), "The user holds [limits] max_conns_per_user connections (policy refuse: the new one; close-oldest: the oldest).";
     // A publisher's reason; clients never get it.
     BadApiKey => "bad_api_key", true, Some(close::POLICY), "A TCP publisher's auth did not carry the API key.";
 }
@@ -84,6 +95,16 @@ impl CloseReason {
             self.name().to_string()
         } else {
             format!("{}: {detail}", self.name())
+        }
+    }
+
+    /// The HTTP status a WebSocket client refused before its upgrade gets
+    /// (the connection limits, checked at accept); `None` for the rest.
+    pub fn http_status(self) -> Option<&'static str> {
+        match self {
+            CloseReason::ConnLimit => Some("503 Service Unavailable"),
+            CloseReason::IpConnLimit | CloseReason::IpRateLimit => Some("429 Too Many Requests"),
+            _ => None,
         }
     }
 

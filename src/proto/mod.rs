@@ -7,6 +7,7 @@
 //! - `body`: the client control bodies (auth JSON, room, accepts list);
 //! - `publish`: the TCP publisher's push bodies;
 //! - `close`: every close reason, its name, its op 6 text and close code;
+//! - `pattern`: room pattern syntax, matching and covering;
 //! - `wire`: a push encoded once per transport;
 //! - `v2`: protocol version 2 — its operations, the push envelope, control
 //!   bodies and numbered errors;
@@ -16,6 +17,7 @@ pub mod batch;
 pub mod binary;
 pub mod body;
 pub mod close;
+pub mod pattern;
 pub mod publish;
 pub mod v2;
 pub mod wire;

@@ -6,6 +6,7 @@
 //! The record is the biggest thing an idle connection costs us, so every
 //! field says why it is there (and a unit test bounds its size).
 
+use super::access::Token;
 use super::outbound::{Held, Outbound};
 use crate::config::Config;
 use crate::proto::binary;
@@ -98,6 +99,8 @@ pub struct Conn {
     /// is not reading); the next write that moves bytes clears it. Only
     /// such connections may be closed by the outbound budget.
     pub(super) blocked: bool,
+    /// Its verified token (`[auth] mode = "jwt"`), with its timers.
+    pub(super) token: Option<Box<Token>>,
 }
 
 /// Per protocol version: version 1 keeps what goim's session needs inline;
@@ -139,17 +142,26 @@ pub struct V2Conn {
     pub(super) held: Held,
     /// The outbound limit the queue is refilled up to.
     pub(super) limit: usize,
+    /// Room patterns it subscribed to (in the shard's `PatternIndex`).
+    pub(super) patterns: Vec<Rc<str>>,
+    /// Client publishes left in its bucket at tick `publish_at`.
+    pub(super) publish_left: u32,
+    /// Tick of `publish_left`.
+    pub(super) publish_at: u32,
 }
 
 impl V2Conn {
-    /// Rooms joined or being joined (what `[client] max_rooms` bounds).
+    /// Rooms and patterns joined or being joined (what `[client]
+    /// max_rooms` bounds).
     pub(super) fn nr_rooms(&self) -> usize {
-        self.rooms.len() + self.joining.len()
+        self.rooms.len() + self.joining.len() + self.patterns.len()
     }
 
-    /// Whether `room` is joined or being joined.
+    /// Whether `room` (or pattern) is joined or being joined.
     pub(super) fn has(&self, room: &str) -> bool {
-        self.rooms.iter().any(|(r, _)| &**r == room) || self.joining.iter().any(|r| &**r == room)
+        self.rooms.iter().any(|(r, _)| &**r == room)
+            || self.joining.iter().any(|r| &**r == room)
+            || self.patterns.iter().any(|p| &**p == room)
     }
 }
 
@@ -220,6 +232,7 @@ mod tests {
     #[test]
     fn conn_record_stays_small() {
         let size = std::mem::size_of::<super::Conn>();
-        assert!(size <= 176, "Conn grew to {size} bytes");
+        // 176 before the token pointer (issue 11).
+        assert!(size <= 184, "Conn grew to {size} bytes");
     }
 }

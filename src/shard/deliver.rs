@@ -24,16 +24,17 @@
 
 use super::conns::{Conn, Session, Transport};
 use super::dedup::Outcome;
-use super::mesh::{ConnRef, Publication, Published, Reply, ShardMsg};
+use super::mesh::{owner_of_str, Answer, ConnRef, Publication, Published, ShardMsg};
 use super::outbound::{PushError, ENTRY_OVERHEAD};
 use super::state::Shard;
 use crate::metrics::ShardStats;
 use crate::proto::binary;
 use crate::proto::close::CloseReason;
+use crate::proto::pattern;
 use crate::proto::v2::{Envelope, Kind};
 use crate::proto::wire::{Frames, Wire};
 use bytes::Bytes;
-use fnv::FnvHashMap;
+use fnv::{FnvHashMap, FnvHashSet};
 use std::sync::Arc;
 
 /// What a version-2 slow consumer's goodbye adds: how to get back what it
@@ -256,20 +257,18 @@ impl Shard {
     /// A message whose publisher id this shard saw for the same room within
     /// `[api] dedup_window_secs` is not published again: `reply` gets the
     /// first one's offset, marked as a duplicate.
-    pub(super) fn publish_room(&mut self, room: Arc<str>, msg: Publication, reply: Option<Reply<Published>>) {
+    pub(super) fn publish_room(&mut self, room: Arc<str>, msg: Publication, reply: Answer) {
         let policy = self.cfg().history.policy(&room);
         let now = self.wheel.now();
         let key = msg.id.as_deref().map(|id| format!("r\0{room}\0{id}"));
         if let Some(Outcome::Room { offset, epoch }) = key.as_deref().and_then(|k| self.dedup.seen(k, now)) {
             ShardStats::add(&self.stats().publish_duplicates, 1);
-            if let Some(r) = reply {
-                r.send(Published {
-                    offset,
-                    epoch,
-                    duplicate: true,
-                });
-            }
-            return;
+            let p = Published {
+                offset,
+                epoch,
+                duplicate: true,
+            };
+            return self.answer(reply, &room, p);
         }
         let id = msg.id.as_deref().unwrap_or("");
         let (offset, epoch, v2) = self.logs.publish(&room, policy, now, msg.ttl, |offset, epoch| {
@@ -290,13 +289,12 @@ impl Shard {
         if let Some(k) = key {
             self.dedup.record(&k, Outcome::Room { offset, epoch }, now);
         }
-        if let Some(r) = reply {
-            r.send(Published {
-                offset,
-                epoch,
-                duplicate: false,
-            });
-        }
+        let p = Published {
+            offset,
+            epoch,
+            duplicate: false,
+        };
+        self.answer(reply, &room, p);
         let frames = Frames {
             v1: Wire::encode(binary::VERSION_GOIM, msg.op, 0, &msg.payload),
             v2,
@@ -312,11 +310,65 @@ impl Shard {
         }
     }
 
-    /// Every local member of `room` gets `frames` (in its version's form).
+    /// Tells whoever waits what a room publish got.
+    fn answer(&mut self, reply: Answer, room: &Arc<str>, p: Published) {
+        match reply {
+            Answer::None => {}
+            Answer::Api(r) => r.send(p),
+            Answer::Client { at, seq } => self.route(
+                usize::from(at.shard),
+                ShardMsg::ClientPublished {
+                    conn: at.conn,
+                    seq,
+                    room: room.clone(),
+                    published: p,
+                },
+            ),
+        }
+    }
+
+    /// An API publish to `pattern`: published, each with its own offset, to
+    /// every room this shard owns that matches and exists — has a log here,
+    /// or members on some shard as of the last published views. Returns how
+    /// many rooms. Costs a pass over those rooms' names.
+    pub(super) fn publish_pattern(&mut self, pattern: &str, msg: Publication) -> usize {
+        let (me, n) = (self.id, self.nr());
+        let mut rooms: FnvHashSet<Arc<str>> = self
+            .logs
+            .names()
+            .filter(|r| pattern::matches(pattern, r))
+            .cloned()
+            .collect();
+        for v in &self.shared.views {
+            let v = v.load();
+            rooms.extend(
+                v.rooms
+                    .keys()
+                    .filter(|r| owner_of_str(r, n) == me && pattern::matches(pattern, r))
+                    .cloned(),
+            );
+        }
+        let count = rooms.len();
+        ShardStats::add(&self.stats().pattern_publishes, count as u64);
+        for room in rooms {
+            self.publish_room(room, msg.clone(), Answer::None);
+        }
+        count
+    }
+
+    /// Every local member of `room`, and every local subscriber of a
+    /// pattern it matches, gets `frames` (in its version's form), once.
     pub(super) fn deliver_room(&mut self, room: &str, frames: &Frames) {
         // Collect first: enqueue may close a slow member, which edits the
         // member list we would be iterating.
-        let members: Vec<ConnRef> = self.rooms.members(room).to_vec();
+        let mut members: Vec<ConnRef> = self.rooms.members(room).to_vec();
+        let direct = members.len();
+        self.patterns.lookup(room, &mut members);
+        if members.len() > direct {
+            // A member of the room may also hold a matching pattern, or two.
+            members.sort_unstable_by_key(|r| (r.idx, r.gen));
+            members.dedup();
+        }
         let among = members.len();
         for m in members {
             self.enqueue(m, frames, among);

@@ -42,7 +42,7 @@ impl Shard {
         let Some(c) = self.conns.get_mut(r.idx as usize).filter(|c| c.gen == r.gen) else {
             return;
         };
-        c.wheel_at = self.wheel.schedule(r, c.deadline, c.wheel_at);
+        c.wheel_at = self.wheel.schedule(r, c.next_check(), c.wheel_at);
     }
 
     /// A sign of life (op 2, a pong): the heartbeat deadline starts again.
@@ -77,6 +77,15 @@ impl Shard {
             if c.wheel_at != tick {
                 continue;
             }
+            if c.close.is_none() {
+                if let Some(step) = c.token_due(tick) {
+                    self.token_step(r, step);
+                    if self.is_closing(r) {
+                        continue;
+                    }
+                }
+            }
+            let Some(c) = self.conn_mut(r) else { continue };
             if c.deadline > tick {
                 self.schedule(r);
                 continue;
@@ -127,6 +136,10 @@ impl Shard {
         }
         self.stats().outbound_queued.store(self.queued as u64, Relaxed);
         self.publish_view();
+        self.presence_sweep();
+        if self.id == 0 {
+            self.shared.admission.forget_idle(tick as usize, self.unix_now);
+        }
     }
 
     /// Replaces this shard's published view if its rooms or IPs changed.

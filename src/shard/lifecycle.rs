@@ -57,6 +57,7 @@ impl Shard {
             transport,
             pinged: false,
             blocked: false,
+            token: None,
         });
         let r = ConnRef { idx: idx as u32, gen };
         self.schedule(r);
@@ -64,6 +65,7 @@ impl Shard {
         self.ips_dirty = true;
         ShardStats::add(&self.stats().conns, 1);
         ShardStats::add(&self.stats().accepted, 1);
+        self.admit(r);
         r
     }
 
@@ -114,8 +116,18 @@ impl Shard {
         if self.conn(r).is_none() {
             return;
         }
+        // Presence reports the leave with the record still there to name it.
+        let rooms: Vec<Rc<str>> = match &self.conns[r.idx as usize].session {
+            Session::V1 { room, .. } => room.iter().map(|(n, _)| n.clone()).collect(),
+            Session::V2(v2) => v2.rooms.iter().map(|(n, _)| n.clone()).collect(),
+        };
+        for room in &rooms {
+            self.presence_change(r, room, false);
+            self.unwatch(r, room);
+        }
         let c = self.conns.remove(r.idx as usize);
         self.uncharged(c.charge());
+        self.shared.admission.release(c.ip, self.unix_now);
         let reason = c.close.unwrap_or(CloseReason::PeerClosed);
         match &c.session {
             Session::V1 {
@@ -126,6 +138,9 @@ impl Shard {
             Session::V2(v2) => {
                 for (room, pos) in &v2.rooms {
                     self.leave_room(room.clone(), *pos);
+                }
+                for p in &v2.patterns {
+                    self.patterns.remove(p, r);
                 }
             }
         }
@@ -182,6 +197,8 @@ impl Shard {
                 return;
             }
             "another connection authenticated with this key"
+        } else if reason == CloseReason::UserConnLimit {
+            "the user has [limits] max_conns_per_user connections"
         } else {
             ""
         };
@@ -219,11 +236,13 @@ impl Shard {
                 *current = Some((old, pos));
                 return;
             }
+            self.presence_change(r, &old, false);
             self.leave_room(old, pos);
         }
         if room.is_empty() {
             return;
         }
+        self.presence_change(r, room, true);
         let (name, pos) = self.rooms.join(room, r);
         if let Some(Conn {
             session: Session::V1 { room: current, .. },
@@ -252,6 +271,14 @@ impl Shard {
         }
         let dropped = self
             .requeue(r, |c| {
+                if c.transport == Transport::WsUpgrading {
+                    if let Some(status) = reason.http_status() {
+                        // Refused before its upgrade: told in HTTP, the only
+                        // thing it can read yet.
+                        c.out
+                            .push_unbounded(ws::refusal(status, &reason.goodbye(detail)), usize::MAX, now);
+                    }
+                }
                 c.close = Some(reason);
                 c.deadline = flush_by;
                 let dropped = if reason == CloseReason::SlowConsumer {

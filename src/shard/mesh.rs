@@ -17,9 +17,10 @@
 //! message a shard acts on.
 
 use super::history::{Entry, Resumed};
+use super::presence::{Changes, Member};
 use crate::proto::close::CloseReason;
 use crate::proto::v2::Resume;
-use crate::proto::wire::Frames;
+use crate::proto::wire::{Frames, Wire};
 use atomic_waker::AtomicWaker;
 use bytes::Bytes;
 use crossbeam_queue::SegQueue;
@@ -139,7 +140,70 @@ pub enum ShardMsg {
         msg: Publication,
         /// Where to say which offset it got (or, for a retry of a message
         /// id seen within `[api] dedup_window_secs`, which it got then).
-        reply: Option<Reply<Published>>,
+        reply: Answer,
+    },
+    /// To every shard: a message published to a room pattern; each shard
+    /// publishes it to the rooms it owns that match (`Shard::publish_pattern`).
+    PublishPattern {
+        /// The pattern.
+        pattern: Arc<str>,
+        /// The message.
+        msg: Publication,
+        /// Where to say how many rooms this shard published it to.
+        reply: Option<Reply<usize>>,
+    },
+    /// From a room's owner to a connection that published to the room
+    /// (op 52): what the publish got.
+    ClientPublished {
+        /// The connection.
+        conn: ConnRef,
+        /// The publish request's sequence.
+        seq: u32,
+        /// Room key.
+        room: Arc<str>,
+        /// Offset, epoch, duplicate.
+        published: Published,
+    },
+    /// To a room's owner: one more (+1) or one fewer (-1) shard has
+    /// connections watching the room's presence.
+    Watch {
+        /// Room key.
+        room: Arc<str>,
+        /// +1 or -1.
+        delta: i32,
+    },
+    /// From a room's owner to every shard: the room is (no longer) watched,
+    /// so its joins and leaves are (no longer) reported.
+    Watching {
+        /// Room key.
+        room: Arc<str>,
+        /// Watched.
+        on: bool,
+    },
+    /// To a room's owner: a shard's joins and leaves of the room in the last
+    /// second.
+    PresenceDelta {
+        /// Room key.
+        room: Arc<str>,
+        /// What changed.
+        changes: Changes,
+    },
+    /// From a room's owner to every shard: a presence event for the room's
+    /// local watchers.
+    PresenceFrame {
+        /// Room key.
+        room: Arc<str>,
+        /// The op 58 frame.
+        wire: Wire,
+    },
+    /// To every shard: its members of a room, for `GET /v1/presence`.
+    PresenceReq {
+        /// Room key.
+        room: Arc<str>,
+        /// Most members to list.
+        limit: usize,
+        /// (members on the shard, the first `limit` of them).
+        reply: Reply<(usize, Vec<Member>)>,
     },
     /// From a room's owner to every shard: deliver to local members, in
     /// offset order (one producer, one FIFO queue per receiving shard).
@@ -228,6 +292,8 @@ pub enum ShardMsg {
         resume: Option<Resume>,
         /// The connection's user (0: none), for its unread count.
         mid: i64,
+        /// It asked for presence events (echoed in the reply).
+        presence: bool,
     },
     /// From a room's owner to the joining connection's shard.
     JoinReply {
@@ -241,6 +307,8 @@ pub enum ShardMsg {
         asked: bool,
         /// The room's position and, for a resume, what to replay.
         resumed: Resumed,
+        /// It asked for presence events.
+        presence: bool,
     },
     /// To a room's owner: a version-2 connection's user read the room up to
     /// `offset`.
@@ -323,6 +391,22 @@ pub enum ShardMsg {
     Shutdown,
 }
 
+/// Who waits for a room publish's offset.
+#[derive(Debug)]
+pub enum Answer {
+    /// Nobody.
+    None,
+    /// An API request.
+    Api(Reply<Published>),
+    /// A version-2 connection's publish (op 52), answered with op 53.
+    Client {
+        /// The connection.
+        at: GlobalConn,
+        /// Its request's sequence.
+        seq: u32,
+    },
+}
+
 /// The sending half of a one-shot answer from one shard to a task waiting
 /// on another (the API asking a room's owner). Dropping it unsent wakes the
 /// waiter with `None`.
@@ -395,7 +479,11 @@ impl ShardMsg {
     pub fn is_fan_out(&self) -> bool {
         matches!(
             self,
-            ShardMsg::RoomFrame { .. } | ShardMsg::Deliver { .. } | ShardMsg::All { .. } | ShardMsg::Owed { .. }
+            ShardMsg::RoomFrame { .. }
+                | ShardMsg::Deliver { .. }
+                | ShardMsg::All { .. }
+                | ShardMsg::Owed { .. }
+                | ShardMsg::PresenceFrame { .. }
         )
     }
 }

@@ -28,12 +28,18 @@
 //! inbox      user inboxes: pushes kept until acknowledged (pure)
 //! users      pushes to users: live delivery, inbox, what a new connection is owed
 //! dedup      publisher message ids seen lately, so a retry is delivered once (pure)
+//! access     tokens at auth, refresh and expiry; connection limits; client publish
+//! admission  process-wide connection counts: total, per IP, attempts per IP (shared)
+//! patterns   PatternIndex: room pattern subscriptions (pure)
+//! presence   member lists, watched rooms, coalesced join/leave events
 //! outbound   a connection's write queue (pure) mesh       ShardMsg, inboxes, owners
 //! view       Shared, published views, online counts
 //! run        per-shard runtime: inbox loop, sweep timer, shutdown drain (awaits)
 //! sim        simulated-time harness for tests (no sockets, no wall clock)
 //! ```
 
+mod access;
+pub mod admission;
 mod conns;
 pub mod dedup;
 mod deliver;
@@ -44,6 +50,8 @@ pub mod inbox;
 mod lifecycle;
 pub mod mesh;
 pub mod outbound;
+pub mod patterns;
+pub mod presence;
 mod resume;
 pub mod rooms;
 pub mod run;

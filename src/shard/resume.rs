@@ -51,7 +51,7 @@ use std::sync::Arc;
 impl Shard {
     /// On `r`'s shard: a version-2 join of `room` (already checked against
     /// the connection's rooms and limit); asks the room's owner.
-    pub(super) fn start_join(&mut self, r: ConnRef, seq: u32, room: Arc<str>, resume: Option<Resume>) {
+    pub(super) fn start_join(&mut self, r: ConnRef, seq: u32, room: Arc<str>, resume: Option<Resume>, presence: bool) {
         let Some(c) = self.conn_mut(r) else { return };
         let mid = c.mid;
         let Some(v2) = c.v2_mut() else { return };
@@ -69,12 +69,19 @@ impl Shard {
                 seq,
                 resume,
                 mid,
+                presence,
             },
         );
     }
 
     /// On the room's owner: the room's position and what the client missed.
-    pub(super) fn join_req(&mut self, room: Arc<str>, at: GlobalConn, seq: u32, resume: Option<Resume>, mid: i64) {
+    pub(super) fn join_req(
+        &mut self,
+        room: Arc<str>,
+        at: GlobalConn,
+        seq: u32,
+        (resume, mid, presence): (Option<Resume>, i64, bool),
+    ) {
         let policy = self.cfg().history.policy(&room);
         let resumed = self.logs.resume(&room, policy, self.wheel.now(), resume, mid);
         self.count_history();
@@ -86,13 +93,21 @@ impl Shard {
                 room,
                 asked: resume.is_some(),
                 resumed,
+                presence,
             },
         );
     }
 
     /// On the joining connection's shard: the reply, the replay, then
     /// membership (see the module doc for why in this order).
-    pub(super) fn join_reply(&mut self, r: ConnRef, seq: u32, room: Arc<str>, asked: bool, resumed: Resumed) {
+    pub(super) fn join_reply(
+        &mut self,
+        r: ConnRef,
+        seq: u32,
+        room: Arc<str>,
+        (asked, presence): (bool, bool),
+        resumed: Resumed,
+    ) {
         let limit = self.cfg().limits.replay_limit;
         let Some(c) = self.conn_mut(r) else { return };
         let closing = c.closing();
@@ -137,9 +152,13 @@ impl Shard {
         if self.is_closing(r) {
             return;
         }
+        self.presence_change(r, &room, true);
         let (name, pos) = self.rooms.join(&room, r);
         if let Some(v2) = self.conn_mut(r).and_then(|c| c.v2_mut()) {
             v2.rooms.push((name, pos));
+        }
+        if presence {
+            self.watch(r, &room);
         }
     }
 
@@ -182,6 +201,8 @@ impl Shard {
             return false;
         };
         let (name, pos) = v2.rooms.swap_remove(i);
+        self.presence_change(r, &name, false);
+        self.unwatch(r, &name);
         self.leave_room(name, pos);
         true
     }

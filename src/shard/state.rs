@@ -22,6 +22,8 @@ use super::directory::Directory;
 use super::history::Logs;
 use super::inbox::{Inboxes, Policy as InboxPolicy};
 use super::mesh::{ConnRef, GlobalConn, ShardMsg};
+use super::patterns::PatternIndex;
+use super::presence::Watched;
 use super::rooms::RoomTable;
 use super::view::Shared;
 use super::wheel::Wheel;
@@ -80,6 +82,13 @@ pub struct Shard {
     /// (`Shard::shed`): `high_water`, or more while what keeps the shard
     /// over it cannot be shed yet.
     pub(super) shed_above: usize,
+    /// Unix seconds, as last set by whoever drives the shard (`set_unix`):
+    /// what token expiry and the per-IP attempt window are measured with.
+    pub(super) unix_now: u64,
+    /// Local version-2 connections' pattern subscriptions.
+    pub(super) patterns: PatternIndex<ConnRef>,
+    /// Rooms whose members' joins and leaves someone watches (`presence`).
+    pub(super) watched: Watched,
 }
 
 impl Shard {
@@ -121,6 +130,9 @@ impl Shard {
             queued: 0,
             budget,
             shed_above: budget - budget / 4,
+            unix_now: 0,
+            patterns: PatternIndex::new(),
+            watched: Watched::default(),
         }
     }
 
@@ -147,6 +159,12 @@ impl Shard {
     /// same clock when it writes them (queue-wait metric).
     pub fn set_clock(&mut self, now_us: u32) {
         self.now = now_us;
+    }
+
+    /// Sets the wall-clock time (Unix seconds) tokens and per-IP windows
+    /// are checked against.
+    pub fn set_unix(&mut self, secs: u64) {
+        self.unix_now = secs;
     }
 
     /// A TCP publisher connection opened (`fd`) on this shard.
@@ -205,6 +223,23 @@ impl Shard {
     pub fn handle(&mut self, msg: ShardMsg) {
         match msg {
             ShardMsg::PublishRoom { room, msg, reply } => self.publish_room(room, msg, reply),
+            ShardMsg::PublishPattern { pattern, msg, reply } => {
+                let n = self.publish_pattern(&pattern, msg);
+                if let Some(reply) = reply {
+                    reply.send(n);
+                }
+            }
+            ShardMsg::ClientPublished {
+                conn,
+                seq,
+                room,
+                published,
+            } => self.client_published(conn, seq, &room, published),
+            ShardMsg::Watch { room, delta } => self.on_watch(room, delta),
+            ShardMsg::Watching { room, on } => self.on_watching(room, on),
+            ShardMsg::PresenceDelta { room, changes } => self.on_presence_delta(&room, changes),
+            ShardMsg::PresenceFrame { room, wire } => self.on_presence_frame(&room, &wire),
+            ShardMsg::PresenceReq { room, limit, reply } => reply.send(self.presence_page(&room, limit)),
             ShardMsg::RoomFrame { room, frames } => self.deliver_room(&room, &frames),
             ShardMsg::PushKeys {
                 keys,
@@ -250,7 +285,8 @@ impl Shard {
                 seq,
                 resume,
                 mid,
-            } => self.join_req(room, at, seq, resume, mid),
+                presence,
+            } => self.join_req(room, at, seq, (resume, mid, presence)),
             ShardMsg::MarkReq {
                 room,
                 at,
@@ -268,7 +304,8 @@ impl Shard {
                 room,
                 asked,
                 resumed,
-            } => self.join_reply(conn, seq, room, asked, resumed),
+                presence,
+            } => self.join_reply(conn, seq, room, (asked, presence), resumed),
             ShardMsg::HistoryReq {
                 room,
                 since,
@@ -293,7 +330,24 @@ impl Shard {
         let (tag, n) = (self.shared.node_tag, self.nr());
         let replaced = self.dir.register(key, mid, at, v2, (tag, n));
         if mid != 0 {
-            self.send_owed(mid, at, v2);
+            let over = self.user_over_limit(mid, at);
+            if let Some(gone) = over {
+                // Out of the directory now, so that the user's next
+                // connection does not count it (its own unregister, later,
+                // finds nothing).
+                self.dir.unregister(None, mid, gone);
+                self.route(
+                    usize::from(gone.shard),
+                    ShardMsg::Kick {
+                        conn: gone.conn,
+                        reason: crate::proto::close::CloseReason::UserConnLimit,
+                        assigned_only: false,
+                    },
+                );
+            }
+            if over != Some(at) {
+                self.send_owed(mid, at, v2);
+            }
         }
         if let Some(old) = replaced {
             self.route(

@@ -10,7 +10,8 @@
 //! op 6  disconnect      closed (client_disconnect), no reply
 //! op 7  auth            (first frame only) op 8; again later: protocol_error
 //! op 9  batch           each inner frame in order
-//! op 12 change room     joined (empty body: left); op 13, body echoed
+//! op 12 change room     joined (empty body: left); op 13, body echoed;
+//!                       a room the token does not allow: closed (room_not_allowed)
 //! op 14 / 16 accepts    codes added / removed; op 15 / 17, body echoed
 //! other                 ignored, counted as unknown_ops
 //! ```
@@ -42,6 +43,10 @@ impl Shard {
             op::AUTH => self.close(r, CloseReason::ProtocolError, "already authenticated"),
             op::RAW => self.on_batch(r, f.body),
             op::CHANGE_ROOM => match body::parse_room(f.body) {
+                Ok(room) if !room.is_empty() && !self.may_join(r, room) => {
+                    let detail = format!("the token does not allow {room}");
+                    self.close(r, CloseReason::RoomNotAllowed, &detail);
+                }
                 Ok(room) => {
                     self.change_room(r, room);
                     self.reply(r, f.ver, op::CHANGE_ROOM_REPLY, f.seq, f.body);
@@ -104,18 +109,30 @@ impl Shard {
     }
 
     /// Op 7 on a new connection: the body names the user, key, room and
-    /// accepts (trusted, as in goim: auth tokens come with version 2).
+    /// accepts (trusted, as in goim, with auth off; with JWT the token names
+    /// the user and must allow the room).
     pub(super) fn v1_auth(&mut self, r: ConnRef, f: Frame<'_>) {
         let a = match body::parse_auth(f.body) {
             Ok(a) => a,
             Err(e) => return self.close(r, CloseReason::BadAuth, &e.to_string()),
         };
+        let (mid, token) = match self.authenticate(&a) {
+            Ok(x) => x,
+            Err((reason, detail)) => return self.close(r, reason, &detail),
+        };
+        if let Some(t) = &token {
+            if !a.room_id.is_empty() && !t.grant.may_join(&a.room_id) {
+                let detail = format!("the token does not allow {}", a.room_id);
+                return self.close(r, CloseReason::RoomNotAllowed, &detail);
+            }
+        }
         let key: Option<Arc<str>> = (!a.key.is_empty()).then(|| a.key.as_str().into());
         let Some(c) = self.conn_mut(r) else { return };
         c.authed = true;
         c.ver = binary::VERSION_GOIM;
-        c.mid = a.mid;
+        c.mid = mid;
         c.key = key.clone();
+        c.token = token;
         let mut accepts: Vec<u32> = a.accepts.iter().filter_map(|&x| u32::try_from(x).ok()).collect();
         accepts.sort_unstable();
         accepts.dedup();
@@ -132,7 +149,7 @@ impl Shard {
         // The reply first: the announce may queue pushes owed to the user
         // (when its owner is this shard, at once), which must follow it.
         self.reply(r, f.ver, op::AUTH_REPLY, f.seq, &[]);
-        self.announce(at, key, a.mid, true);
+        self.announce(at, key, mid, true);
         if !a.room_id.is_empty() {
             self.change_room(r, &a.room_id);
         }

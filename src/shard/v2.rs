@@ -12,10 +12,13 @@
 //! op 6  disconnect  closed (client_disconnect), no reply
 //! op 7  auth        (first frame only) op 8 {"key","mid"}; again later: protocol_error
 //! op 9  batch       each inner frame in order
-//! op 40 join        op 41 {"room","epoch","offset"[,"recovered"[,"reason"]]}, then any replay
+//! op 40 join        op 41 {"room","epoch","offset"[,"recovered"[,"reason"]]}, then any replay;
+//!                   a pattern: op 41 {"room","pattern":true}, subscribed at once
 //! op 42 leave       op 43 {"room"}
 //! op 46 ack         op 47 {"count"}; the user's owner forgets those pushes
 //! op 48 read        op 49 {"room","offset","unread"}: the user's read mark
+//! op 52 publish     op 53 {"room","offset","epoch","duplicate"} once the room's owner has it (`access`)
+//! op 54 token       op 55 {"exp"}: the connection's token replaced (`access`)
 //! other             op 50 unknown_op (the connection stays)
 //! ```
 //!
@@ -31,27 +34,36 @@ use crate::metrics::ShardStats;
 use crate::proto::binary::{op, Frame, VERSION_NATIVE};
 use crate::proto::body;
 use crate::proto::close::CloseReason;
+use crate::proto::pattern::{self, Kind};
 use crate::proto::v2::{self, ErrorCode};
 use std::sync::Arc;
 
 impl Shard {
-    /// Op 7 with version 2 on a new connection: the body names the user and
-    /// key (trusted, as in version 1, until token auth); the reply says which
-    /// key the connection has.
+    /// Op 7 with version 2 on a new connection: the body names the user
+    /// (auth off) or carries its token (`access`); the reply says which key
+    /// the connection has.
     pub(super) fn v2_auth(&mut self, r: ConnRef, f: Frame<'_>) {
         let a = match body::parse_auth(f.body) {
             Ok(a) => a,
             Err(e) => return self.close(r, CloseReason::BadAuth, &e.to_string()),
         };
+        let (mid, token) = match self.authenticate(&a) {
+            Ok(x) => x,
+            Err((reason, detail)) => return self.close(r, reason, &detail),
+        };
         let key: Option<Arc<str>> = (!a.key.is_empty()).then(|| a.key.as_str().into());
         let limit = self.cfg().limits.outbound_limit;
+        let (burst, tick) = (self.cfg().client.publish_burst, self.wheel.now());
         let Some(c) = self.conn_mut(r) else { return };
         c.authed = true;
         c.ver = VERSION_NATIVE;
-        c.mid = a.mid;
+        c.mid = mid;
         c.key = key.clone();
+        c.token = token;
         c.session = Session::V2(Box::new(V2Conn {
             limit,
+            publish_left: burst,
+            publish_at: tick,
             ..V2Conn::default()
         }));
         self.renew(r);
@@ -65,8 +77,8 @@ impl Shard {
             .map_or_else(|| at.assigned_key(self.shared.node_tag), str::to_string);
         // The reply first: the announce may queue pushes owed to the user
         // (when its owner is this shard, at once), which must follow it.
-        self.reply(r, VERSION_NATIVE, op::AUTH_REPLY, f.seq, &v2::auth_reply(&shown, a.mid));
-        self.announce(at, key, a.mid, true);
+        self.reply(r, VERSION_NATIVE, op::AUTH_REPLY, f.seq, &v2::auth_reply(&shown, mid));
+        self.announce(at, key, mid, true);
     }
 
     /// An operation on an authenticated version-2 connection.
@@ -83,6 +95,8 @@ impl Shard {
             v2::op::LEAVE => self.v2_leave(r, f),
             v2::op::ACK => self.v2_ack(r, f),
             v2::op::READ => self.v2_read(r, f),
+            v2::op::PUBLISH => self.v2_publish(r, f),
+            v2::op::TOKEN => self.v2_token(r, f),
             other => {
                 ShardStats::add(&self.stats().unknown_ops, 1);
                 let msg = format!("operation {other} is not part of protocol version 2");
@@ -91,7 +105,9 @@ impl Shard {
         }
     }
 
-    fn v2_error(&mut self, r: ConnRef, seq: u32, code: ErrorCode, message: &str) {
+    /// Refuses a request with `code`; the connection goes on.
+    pub(super) fn v2_error(&mut self, r: ConnRef, seq: u32, code: ErrorCode, message: &str) {
+        self.stats().error(code);
         self.reply(r, VERSION_NATIVE, v2::op::ERROR, seq, &code.body(message));
     }
 
@@ -100,6 +116,19 @@ impl Shard {
             Ok(j) => j,
             Err(e) => return self.v2_error(r, f.seq, ErrorCode::BadRequest, &e.to_string()),
         };
+        let kind = pattern::kind(&j.room);
+        if kind == Kind::Invalid {
+            let msg = "`>` may only be a room pattern's last segment";
+            return self.v2_error(r, f.seq, ErrorCode::BadRequest, msg);
+        }
+        if kind == Kind::Pattern && (j.resume.is_some() || j.presence) {
+            let msg = "a pattern spans rooms: it has no offset to resume from and no presence";
+            return self.v2_error(r, f.seq, ErrorCode::BadRequest, msg);
+        }
+        if !self.may_join(r, &j.room) {
+            let msg = format!("the token does not allow joining {}", j.room);
+            return self.v2_error(r, f.seq, ErrorCode::Forbidden, &msg);
+        }
         let max = self.cfg().client.max_rooms;
         let Some(v2) = self.conn(r).and_then(|c| c.v2()) else {
             return;
@@ -112,7 +141,20 @@ impl Shard {
             let msg = format!("{max} rooms per connection ([client] max_rooms)");
             return self.v2_error(r, f.seq, ErrorCode::RoomLimit, &msg);
         }
-        self.start_join(r, f.seq, j.room.into(), j.resume);
+        if kind == Kind::Pattern {
+            self.patterns.insert(&j.room, r);
+            if let Some(v2) = self.conn_mut(r).and_then(|c| c.v2_mut()) {
+                v2.patterns.push(j.room.as_str().into());
+            }
+            return self.reply(
+                r,
+                VERSION_NATIVE,
+                v2::op::JOIN_REPLY,
+                f.seq,
+                &v2::pattern_join_reply(&j.room),
+            );
+        }
+        self.start_join(r, f.seq, j.room.into(), j.resume, j.presence);
     }
 
     fn v2_ack(&mut self, r: ConnRef, f: Frame<'_>) {
@@ -180,6 +222,14 @@ impl Shard {
         if joining {
             let msg = format!("the join of {room} has not been answered yet");
             return self.v2_error(r, f.seq, ErrorCode::JoinPending, &msg);
+        }
+        let pattern = self.conn_mut(r).and_then(|c| c.v2_mut()).and_then(|v| {
+            let i = v.patterns.iter().position(|p| **p == *room)?;
+            Some(v.patterns.swap_remove(i))
+        });
+        if let Some(p) = pattern {
+            self.patterns.remove(&p, r);
+            return self.reply(r, VERSION_NATIVE, v2::op::LEAVE_REPLY, f.seq, &v2::leave_reply(&room));
         }
         if self.leave_v2_room(r, &room) {
             self.reply(r, VERSION_NATIVE, v2::op::LEAVE_REPLY, f.seq, &v2::leave_reply(&room));

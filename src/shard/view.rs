@@ -20,7 +20,9 @@ use std::net::IpAddr;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 
+use super::admission::Admission;
 use super::mesh::Mesh;
+use crate::auth::jwt::Verifier;
 
 /// What each shard publishes for the others: room counts and client IPs.
 #[derive(Debug, Default)]
@@ -46,6 +48,12 @@ pub struct Shared {
     /// WebSocket upgrade rules: path 0 is the protocol endpoint, path 1 the
     /// echo endpoint when enabled.
     pub ws_rules: ws::UpgradeRules,
+    /// Connection counts behind `[limits] max_conns`, `max_conns_per_ip`
+    /// and `conn_rate_per_ip`.
+    pub admission: Admission,
+    /// The token verifier (`[auth] mode = "jwt"`); set by the server once
+    /// it has read the keys. `None` with auth on refuses every token.
+    pub verifier: Option<Verifier>,
 }
 
 impl Shared {
@@ -63,6 +71,8 @@ impl Shared {
                     .collect(),
                 origins: config.ws.origins.clone(),
             },
+            admission: Admission::default(),
+            verifier: None,
             config,
         }
     }

@@ -98,6 +98,17 @@ const fn post_later(path: &'static str, handler: LaterHandler) -> Route {
     }
 }
 
+/// The development token endpoint: no API key (the demo page calls it),
+/// and answered 404 unless `[auth] dev_tokens` is on.
+const fn dev(path: &'static str, handler: Handler) -> Route {
+    Route {
+        method: Method::POST,
+        path,
+        keyed: false,
+        run: Run::Now(handler),
+    }
+}
+
 const fn page(path: &'static str, handler: Handler) -> Route {
     Route {
         method: Method::GET,
@@ -127,6 +138,8 @@ pub const ROUTES: &[Route] = &[
     get("/v1/online/top", v1_online_top),
     get_later("/v1/history", v1_history),
     get_later("/v1/unread", v1_unread),
+    get_later("/v1/presence", v1_presence),
+    dev("/v1/dev/token", dev_token),
     get("/v1/stats", v1_stats),
     get("/metrics", metrics),
     get("/healthz", healthz),
@@ -350,6 +363,88 @@ fn v1_history(r: &Req<'_>) -> Result<Later, ApiError> {
         })?;
         Ok(ok(history_json(&room, page)))
     }))
+}
+
+/// `GET /v1/presence?room=&limit=`: every shard's members of the room,
+/// the first `limit` (at most `[client] presence_limit`) listed.
+fn v1_presence(r: &Req<'_>) -> Result<Later, ApiError> {
+    let room = r.query.required("room")?.to_string();
+    if room.is_empty() || room.len() > crate::proto::body::MAX_ROOM_LEN {
+        return Err(bad("`room` must be 1 to 256 bytes"));
+    }
+    let max = r.shared.config.client.presence_limit;
+    let limit = r.query.limit(Some(max))?.min(max);
+    let mut waits = Vec::new();
+    {
+        let mut sh = r.shard.borrow_mut();
+        let room: Arc<str> = Arc::from(room.as_str());
+        for s in 0..sh.nr_shards() {
+            let (reply, wait) = Reply::pair();
+            waits.push(wait);
+            let room = room.clone();
+            sh.route(s, ShardMsg::PresenceReq { room, limit, reply });
+        }
+    }
+    Ok(Box::pin(async move {
+        let (mut count, mut members) = (0, Vec::new());
+        for w in waits {
+            let (n, list) = w
+                .await
+                .ok_or_else(|| ApiError(StatusCode::SERVICE_UNAVAILABLE, "a shard did not answer".into()))?;
+            count += n;
+            members.extend(list.into_iter().take(limit.saturating_sub(members.len())));
+        }
+        let truncated = members.len() < count;
+        Ok(ok(
+            json!({"room": room, "count": count, "members": members, "truncated": truncated}),
+        ))
+    }))
+}
+
+/// `POST /v1/dev/token?mid=&name=&rooms=&publish=&ttl=`: a token signed
+/// with the first `[auth] jwt_secret`, for development (the demo signs in
+/// with it). 404 unless `[auth] dev_tokens` is on.
+fn dev_token(r: &Req<'_>) -> Result<Resp, ApiError> {
+    let not_here = || ApiError(StatusCode::NOT_FOUND, "no route".into());
+    if !r.shared.config.auth.dev_tokens {
+        return Err(not_here());
+    }
+    let verifier = r.shared.verifier.as_ref().ok_or_else(not_here)?;
+    let mid: i64 = r
+        .query
+        .required("mid")?
+        .parse()
+        .ok()
+        .filter(|&m: &i64| m != 0)
+        .ok_or_else(|| bad("`mid` must be a non-zero user id"))?;
+    let list = |k: &str| -> Vec<String> {
+        let v: Vec<String> = r.query.list(k).map(String::from).collect();
+        if v.is_empty() {
+            vec![">".to_string()]
+        } else {
+            v
+        }
+    };
+    let ttl: u64 = match r.query.one("ttl") {
+        None | Some("") => 3600,
+        Some(s) => s.parse().map_err(|_| bad("`ttl` must be seconds"))?,
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let mut claims = json!({
+        "sub": mid.to_string(),
+        "exp": now + ttl.min(86_400),
+        "rooms": list("rooms"),
+        "publish": list("publish"),
+    });
+    if let Some(name) = r.query.one("name").filter(|n| !n.is_empty()) {
+        claims["info"] = json!({ "name": name });
+    }
+    let token = verifier
+        .sign_dev(&claims)
+        .ok_or_else(|| ApiError(StatusCode::INTERNAL_SERVER_ERROR, "cannot sign".into()))?;
+    Ok(ok(json!({ "token": token, "exp": claims["exp"] })))
 }
 
 /// Most rooms one unread query may name.

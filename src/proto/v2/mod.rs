@@ -60,6 +60,20 @@ pub mod op {
     /// An error answering the request with the same sequence (JSON body);
     /// the connection stays open.
     pub const ERROR: u32 = 50;
+    /// Publish to a room (client → server; binary body, `parse_publish`).
+    pub const PUBLISH: u32 = 52;
+    /// Reply to [`PUBLISH`]: the offset the message got (JSON body).
+    pub const PUBLISH_REPLY: u32 = 53;
+    /// A new token for the connection (JSON body `{"token"}`).
+    pub const TOKEN: u32 = 54;
+    /// Reply to [`TOKEN`]: the new expiry (JSON body).
+    pub const TOKEN_REPLY: u32 = 55;
+    /// Server → client: the token expires soon, send a new one with
+    /// [`TOKEN`] (JSON body `{"exp"}`).
+    pub const REFRESH: u32 = 56;
+    /// Server → client: who joined and left a watched room in the last
+    /// second, and its member count (JSON body).
+    pub const PRESENCE: u32 = 58;
 }
 
 /// Size of the envelope before its room, id and payload.
@@ -212,6 +226,15 @@ pub enum ErrorCode {
     NoUser,
     /// The room already has `[history] max_marks` read marks of other users.
     MarkLimit,
+    /// The connection's token does not allow joining or publishing to the
+    /// room.
+    Forbidden,
+    /// More publishes than `[client] publish_rate` allows.
+    RateLimited,
+    /// A publish payload over `[client] max_publish_payload`.
+    PayloadTooLarge,
+    /// A refresh token that does not verify, or names another user.
+    TokenRefused,
 }
 
 impl ErrorCode {
@@ -225,7 +248,16 @@ impl ErrorCode {
         ErrorCode::JoinPending,
         ErrorCode::NoUser,
         ErrorCode::MarkLimit,
+        ErrorCode::Forbidden,
+        ErrorCode::RateLimited,
+        ErrorCode::PayloadTooLarge,
+        ErrorCode::TokenRefused,
     ];
+
+    /// Position in `ALL` (the counter index).
+    pub fn index(self) -> usize {
+        self as usize
+    }
 
     /// The number clients switch on.
     pub fn code(self) -> u32 {
@@ -238,6 +270,10 @@ impl ErrorCode {
             ErrorCode::JoinPending => 4005,
             ErrorCode::NoUser => 4006,
             ErrorCode::MarkLimit => 4007,
+            ErrorCode::Forbidden => 4008,
+            ErrorCode::RateLimited => 4009,
+            ErrorCode::PayloadTooLarge => 4010,
+            ErrorCode::TokenRefused => 4011,
         }
     }
 
@@ -252,6 +288,10 @@ impl ErrorCode {
             ErrorCode::JoinPending => "join_pending",
             ErrorCode::NoUser => "no_user",
             ErrorCode::MarkLimit => "mark_limit",
+            ErrorCode::Forbidden => "forbidden",
+            ErrorCode::RateLimited => "rate_limited",
+            ErrorCode::PayloadTooLarge => "payload_too_large",
+            ErrorCode::TokenRefused => "token_refused",
         }
     }
 
@@ -266,10 +306,12 @@ impl ErrorCode {
 /// A join request (op 40), parsed and bounded.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Join {
-    /// The room.
+    /// The room (or room pattern).
     pub room: String,
     /// Resume after this offset of this epoch: replay what came since.
     pub resume: Option<Resume>,
+    /// Send presence events (op 58) for the room.
+    pub presence: bool,
 }
 
 /// Where a client left a room: the last offset it has, and of which epoch.
@@ -297,6 +339,9 @@ pub enum BodyError {
     /// No ids, or more than `MAX_ACK_IDS`.
     #[error("`ids` must hold 1 to {MAX_ACK_IDS} push ids")]
     Ids,
+    /// A publish body (op 52) that breaks its layout.
+    #[error("publish body: {0}")]
+    Publish(&'static str),
 }
 
 #[derive(Deserialize)]
@@ -304,6 +349,8 @@ struct JoinJson {
     room: String,
     offset: Option<u64>,
     epoch: Option<String>,
+    #[serde(default)]
+    presence: bool,
 }
 
 #[derive(Deserialize)]
@@ -353,6 +400,7 @@ pub fn parse_join(body: &[u8]) -> Result<Join, BodyError> {
     Ok(Join {
         room: room(j.room)?,
         resume,
+        presence: j.presence,
     })
 }
 
@@ -372,6 +420,73 @@ pub fn parse_ack(body: &[u8]) -> Result<Vec<u64>, BodyError> {
         return Err(BodyError::Ids);
     }
     Ok(ids)
+}
+
+/// A client publish (op 52), borrowed from its body.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClientPublish<'a> {
+    /// Business operation code.
+    pub op: u32,
+    /// The room.
+    pub room: &'a str,
+    /// The client's message id (empty: none), for deduplication.
+    pub id: &'a str,
+    /// The payload.
+    pub payload: &'a [u8],
+}
+
+/// Size of a publish body before its room, id and payload.
+pub const PUBLISH_HEAD_LEN: usize = 8;
+
+/// Parses a publish body (op 52), big-endian: `u32 op, u16 room length,
+/// u16 id length, room, id, payload`.
+pub fn parse_publish(body: &[u8]) -> Result<ClientPublish<'_>, BodyError> {
+    if body.len() < PUBLISH_HEAD_LEN {
+        return Err(BodyError::Publish("shorter than its 8-byte head"));
+    }
+    let room_len = usize::from(u16::from_be_bytes([body[4], body[5]]));
+    let id_len = usize::from(u16::from_be_bytes([body[6], body[7]]));
+    let need = PUBLISH_HEAD_LEN + room_len + id_len;
+    if body.len() < need {
+        return Err(BodyError::Publish("room and id lengths pass the body's end"));
+    }
+    if room_len == 0 || room_len > MAX_ROOM_LEN {
+        return Err(BodyError::Room);
+    }
+    if id_len > MAX_ID_LEN {
+        return Err(BodyError::Publish("message id over 128 bytes"));
+    }
+    let text = |r: std::ops::Range<usize>| {
+        std::str::from_utf8(&body[r]).map_err(|_| BodyError::Publish("room or id not UTF-8"))
+    };
+    Ok(ClientPublish {
+        op: u32::from_be_bytes(body[..4].try_into().expect("4 bytes, length checked")),
+        room: text(PUBLISH_HEAD_LEN..PUBLISH_HEAD_LEN + room_len)?,
+        id: text(PUBLISH_HEAD_LEN + room_len..need)?,
+        payload: &body[need..],
+    })
+}
+
+/// Encodes a publish body (clients: the load generator, tests).
+pub fn publish_body(op: u32, room: &str, id: &str, payload: &[u8]) -> Vec<u8> {
+    let mut b = Vec::with_capacity(PUBLISH_HEAD_LEN + room.len() + id.len() + payload.len());
+    b.extend_from_slice(&op.to_be_bytes());
+    b.extend_from_slice(&(room.len() as u16).to_be_bytes());
+    b.extend_from_slice(&(id.len() as u16).to_be_bytes());
+    b.extend_from_slice(room.as_bytes());
+    b.extend_from_slice(id.as_bytes());
+    b.extend_from_slice(payload);
+    b
+}
+
+#[derive(Deserialize)]
+struct TokenJson {
+    token: String,
+}
+
+/// Parses a token body (op 54): `{"token":"eyJ..."}`.
+pub fn parse_token(body: &[u8]) -> Result<String, BodyError> {
+    Ok(json::<TokenJson>(body)?.token)
 }
 
 /// Parses a leave body: `{"room":"live://1"}`.
@@ -429,6 +544,14 @@ pub fn join_reply(
         }
     }
     v.to_string().into_bytes()
+}
+
+/// The join reply body (op 41) of a pattern: no offset, since a pattern
+/// spans rooms (each push carries its room's).
+pub fn pattern_join_reply(pattern: &str) -> Vec<u8> {
+    serde_json::json!({"room": pattern, "pattern": true})
+        .to_string()
+        .into_bytes()
 }
 
 /// The leave reply body (op 43).

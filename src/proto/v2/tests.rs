@@ -71,9 +71,11 @@ fn join_and_leave_bodies() {
         parse_join(br#"{"room":"live://1"}"#),
         Ok(Join {
             room: "live://1".into(),
-            resume: None
+            resume: None,
+            presence: false,
         })
     );
+    assert!(parse_join(br#"{"room":"live://1","presence":true}"#).unwrap().presence);
     assert_eq!(
         parse_join(br#"{"room":"live://1","offset":41,"epoch":"9f86d081884c7d65","x":1}"#)
             .unwrap()
@@ -136,4 +138,34 @@ fn replies_and_errors() {
     assert_eq!(codes.len(), ErrorCode::ALL.len());
     assert_eq!(parse_epoch(&fmt_epoch(u64::MAX)), Some(u64::MAX));
     assert_eq!(parse_epoch("+000000000000000"), None);
+}
+
+#[test]
+fn publish_bodies_round_trip_and_bad_ones_are_named() {
+    let b = publish_body(1000, "chat/1", "m-1", b"hi");
+    assert_eq!(
+        parse_publish(&b),
+        Ok(ClientPublish {
+            op: 1000,
+            room: "chat/1",
+            id: "m-1",
+            payload: b"hi"
+        })
+    );
+    assert_eq!(parse_publish(&publish_body(1, "r", "", b"")).unwrap().payload, b"");
+    assert!(matches!(parse_publish(&b[..7]), Err(BodyError::Publish(_))));
+    assert!(matches!(parse_publish(&b[..12]), Err(BodyError::Publish(_))));
+    assert_eq!(parse_publish(&publish_body(1, "", "", b"x")), Err(BodyError::Room));
+    let long = "r".repeat(MAX_ROOM_LEN + 1);
+    assert_eq!(parse_publish(&publish_body(1, &long, "", b"")), Err(BodyError::Room));
+    let id = "i".repeat(MAX_ID_LEN + 1);
+    assert!(matches!(
+        parse_publish(&publish_body(1, "r", &id, b"")),
+        Err(BodyError::Publish(_))
+    ));
+    let mut bad = publish_body(1, "ab", "", b"");
+    bad[8] = 0xff;
+    assert!(matches!(parse_publish(&bad), Err(BodyError::Publish(_))));
+    assert_eq!(parse_token(br#"{"token":"a.b.c"}"#), Ok("a.b.c".to_string()));
+    assert!(parse_token(br#"{"tok":"a"}"#).is_err());
 }

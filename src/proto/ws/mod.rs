@@ -23,7 +23,7 @@ pub mod upgrade;
 pub use frame::{close_frame, frame, WsError};
 pub use reader::{Event, Limits, Reader};
 pub use session::Session;
-pub use upgrade::{parse_upgrade, Upgrade, UpgradeError, UpgradeRules};
+pub use upgrade::{parse_upgrade, refusal, Upgrade, UpgradeError, UpgradeRules};
 
 /// Frame opcodes.
 pub mod opcode {
@@ -61,4 +61,6 @@ pub mod close {
     pub const TOO_BIG: u16 = 1009;
     /// Unexpected server condition.
     pub const INTERNAL: u16 = 1011;
+    /// Try again later (the server is at a limit).
+    pub const TRY_AGAIN: u16 = 1013;
 }

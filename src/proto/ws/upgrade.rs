@@ -62,6 +62,17 @@ impl UpgradeError {
     }
 }
 
+/// The HTTP answer to an upgrade refused before it was read, because the
+/// server is at a connection limit: `status` ("503 Service Unavailable",
+/// "429 Too Many Requests") and the close reason's text.
+pub fn refusal(status: &str, text: &str) -> Bytes {
+    let body = serde_json::json!({ "error": text }).to_string() + "\n";
+    Bytes::from(format!(
+        "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    ))
+}
+
 /// What the upgrade is checked against.
 #[derive(Debug, Clone, Default)]
 pub struct UpgradeRules {

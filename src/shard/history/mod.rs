@@ -209,6 +209,11 @@ impl Logs {
         self.rooms.len()
     }
 
+    /// Every room with a log.
+    pub fn names(&self) -> impl Iterator<Item = &Arc<str>> {
+        self.rooms.keys()
+    }
+
     /// The log of `room`, if it has one.
     pub fn get(&self, room: &str) -> Option<&RoomLog> {
         self.rooms.get(room)

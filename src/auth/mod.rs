@@ -1,5 +1,5 @@
-//! Who may use the application-server side: the API key check shared by
-//! the HTTP API and the TCP publisher port, in constant time.
+//! Who may do what: the API key check shared by the HTTP API and the TCP
+//! publisher port, in constant time, and client tokens (`jwt`).
 //!
 //! Pure, called on whichever shard serves the request. With no key
 //! configured everything is allowed (keep the listeners on loopback then);
@@ -8,7 +8,10 @@
 //! the key byte by byte by timing refusals; it does depend on whether the
 //! lengths match, which reveals only the key's length.
 //!
-//! Not here yet: client tokens (JWT), which arrive with protocol version 2.
+//! `jwt` verifies client tokens (`[auth] mode = "jwt"`) and says what each
+//! grants; the shards enforce it (`shard::v1`, `shard::v2`).
+
+pub mod jwt;
 
 use subtle::ConstantTimeEq;
 

@@ -1,0 +1,308 @@
+//! Who a connection is and what it may do, on its shard: the token checked
+//! at auth (`[auth] mode = "jwt"`), its refresh and expiry, the connection
+//! limits checked at accept and at auth, and client publish (version 2)
+//! with its rate and size limits.
+//!
+//! Runs on the connection's shard, called from the sessions (`v1`, `v2`),
+//! `lifecycle` and the sweep; never awaits. What a token grants is
+//! `auth::jwt::Grant`; what it means for each operation is decided here.
+//!
+//! ```text
+//! auth (op 7)   mode off: the body names the user;  mode jwt: Verifier → Grant, the token's sub is the user
+//! sweep         refresh_at (exp - refresh_secs): op 56 to a version-2 connection (once)
+//!               expire_at (exp + leeway + grace): closed as token_expired (either version)
+//! op 54 token   verified, same user → op 55 {"exp"}, timers restart; else error token_refused
+//! op 52 publish room allowed (token's publish) → payload limit → rate bucket → room owner → op 53
+//! ```
+//!
+//! Invariants: with auth on, no connection is authenticated without a
+//! verified token, and every one is closed by its token's expiry plus
+//! grace unless it refreshed; a refusal of a version-2 request is an error
+//! reply (op 50), never a close; with auth off nothing here changes goim's
+//! behaviour but the connection limits an operator configured.
+
+use super::conns::Conn;
+use super::mesh::{owner_of_str, Answer, ConnRef, GlobalConn, Publication, Published, ShardMsg};
+use super::state::Shard;
+use crate::auth::jwt::{Grant, TokenError};
+use crate::config::{AuthMode, UserConnPolicy};
+use crate::metrics::ShardStats;
+use crate::proto::binary::{Frame, VERSION_NATIVE};
+use crate::proto::body::AuthBody;
+use crate::proto::close::CloseReason;
+use crate::proto::pattern::{self, Kind};
+use crate::proto::v2::{self, op, ErrorCode};
+use bytes::Bytes;
+use std::sync::Arc;
+
+/// A connection's verified token and its timers (wheel ticks).
+#[derive(Debug)]
+pub struct Token {
+    /// What it grants.
+    pub grant: Grant,
+    /// Tick at which a version-2 connection is asked for a new token.
+    pub(super) refresh_at: u32,
+    /// Tick at which the connection is closed unless it refreshed.
+    pub(super) expire_at: u32,
+    /// Op 56 was sent for this token.
+    pub(super) asked: bool,
+}
+
+/// Why an auth is refused: the close reason and its detail.
+pub(super) type Refusal = (CloseReason, String);
+
+/// What the sweep does about a connection's token now.
+pub(super) enum TokenStep {
+    /// Ask for a new one (op 56), saying when this one expires.
+    Ask(u64),
+    /// Close the connection.
+    Expire,
+}
+
+impl Token {
+    /// The next tick the sweep must look at the token (`u32::MAX`: never).
+    pub(super) fn next_check(&self, v2: bool) -> u32 {
+        if v2 && !self.asked {
+            self.refresh_at.min(self.expire_at)
+        } else {
+            self.expire_at
+        }
+    }
+}
+
+impl Conn {
+    /// The tick the wheel must look at this connection by: its deadline, or
+    /// its token's next step if sooner.
+    pub(super) fn next_check(&self) -> u32 {
+        match (&self.token, self.close) {
+            (Some(t), None) => self.deadline.min(t.next_check(self.ver == VERSION_NATIVE)),
+            _ => self.deadline,
+        }
+    }
+
+    /// What is due for the connection's token at `tick`, if anything.
+    pub(super) fn token_due(&mut self, tick: u32) -> Option<TokenStep> {
+        let v2 = self.ver == VERSION_NATIVE;
+        let t = self.token.as_mut()?;
+        if tick >= t.expire_at {
+            return Some(TokenStep::Expire);
+        }
+        if v2 && !t.asked && tick >= t.refresh_at {
+            t.asked = true;
+            return Some(TokenStep::Ask(t.grant.exp));
+        }
+        None
+    }
+}
+
+/// Publishes a connection may make now, by its bucket: `(left, at)` is
+/// what it had at tick `at`.
+fn refill(left: u32, at: u32, now: u32, rate: u32, burst: u32) -> u32 {
+    let add = u64::from(now.saturating_sub(at)) * u64::from(rate);
+    (u64::from(left) + add).min(u64::from(burst)) as u32
+}
+
+impl Shard {
+    /// A connection was accepted: counts it against the process-wide
+    /// limits; one past a limit is closed with the limit's name.
+    pub(super) fn admit(&mut self, r: ConnRef) {
+        let Some(ip) = self.conn(r).map(|c| c.ip) else { return };
+        let shared = self.shared.clone();
+        if let Err(reason) = shared.admission.admit(ip, self.unix_now, &shared.config.limits) {
+            let l = &shared.config.limits;
+            let detail = match reason {
+                CloseReason::IpRateLimit => format!("{} connections per second per IP", l.conn_rate_per_ip),
+                CloseReason::IpConnLimit => format!("{} connections per IP", l.max_conns_per_ip),
+                _ => format!("{} connections on this server", l.max_conns),
+            };
+            self.close(r, reason, &detail);
+        }
+    }
+
+    /// Who the auth body's connection is: with auth off the user the body
+    /// names; with JWT the token's, and its grant. `Err`: why it is closed.
+    pub(super) fn authenticate(&self, a: &AuthBody) -> Result<(i64, Option<Box<Token>>), Refusal> {
+        let cfg = &self.cfg().auth;
+        if cfg.mode == AuthMode::Off {
+            return Ok((a.mid, None));
+        }
+        let refused = |e: TokenError| (e.reason(), e.to_string());
+        let Some(verifier) = &self.shared.verifier else {
+            return Err((CloseReason::TokenBadSignature, "no token keys are loaded".into()));
+        };
+        let grant = verifier.verify(&a.token, self.unix_now).map_err(refused)?;
+        Ok((grant.mid, Some(Box::new(self.token_timers(grant)))))
+    }
+
+    /// A token's timers from now: asked `refresh_secs` before `exp`, closed
+    /// `leeway + grace` after it.
+    fn token_timers(&self, grant: Grant) -> Token {
+        let cfg = &self.cfg().auth;
+        let tick = self.wheel.now();
+        let left = grant.exp.saturating_sub(self.unix_now);
+        let ticks = |secs: u64| tick.saturating_add(u32::try_from(secs).unwrap_or(u32::MAX));
+        Token {
+            refresh_at: ticks(left.saturating_sub(u64::from(cfg.refresh_secs))),
+            expire_at: ticks(left + cfg.leeway_secs + u64::from(cfg.grace_secs)),
+            asked: false,
+            grant,
+        }
+    }
+
+    /// Whether `r` may join `room` (a room or pattern): always with auth
+    /// off; with a token, if its `rooms` claim allows it.
+    pub(super) fn may_join(&self, r: ConnRef, room: &str) -> bool {
+        self.conn(r)
+            .and_then(|c| c.token.as_ref())
+            .is_none_or(|t| t.grant.may_join(room))
+    }
+
+    /// The sweep found `r`'s token due (`Conn::token_due`).
+    pub(super) fn token_step(&mut self, r: ConnRef, step: TokenStep) {
+        match step {
+            TokenStep::Expire => self.close(r, CloseReason::TokenExpired, "no new token before expiry"),
+            TokenStep::Ask(exp) => {
+                let body = serde_json::json!({ "exp": exp }).to_string();
+                self.reply(r, VERSION_NATIVE, op::REFRESH, 0, body.as_bytes());
+            }
+        }
+    }
+
+    /// Op 54: a new token for the same user replaces the old one.
+    pub(super) fn v2_token(&mut self, r: ConnRef, f: Frame<'_>) {
+        let Some(mid) = self.conn(r).filter(|c| c.token.is_some()).map(|c| c.mid) else {
+            return self.v2_error(
+                r,
+                f.seq,
+                ErrorCode::TokenRefused,
+                "auth is off: there is no token to refresh",
+            );
+        };
+        let token = match v2::parse_token(f.body) {
+            Ok(t) => t,
+            Err(e) => return self.v2_error(r, f.seq, ErrorCode::BadRequest, &e.to_string()),
+        };
+        let Some(verifier) = &self.shared.verifier else { return };
+        let grant = match verifier.verify(&token, self.unix_now) {
+            Ok(g) if g.mid == mid => g,
+            Ok(g) => {
+                let msg = format!("the token is for user {}, this connection is {mid}", g.mid);
+                return self.v2_error(r, f.seq, ErrorCode::TokenRefused, &msg);
+            }
+            Err(e) => {
+                let msg = format!("{}: {e}", e.reason().name());
+                return self.v2_error(r, f.seq, ErrorCode::TokenRefused, &msg);
+            }
+        };
+        let exp = grant.exp;
+        let t = Box::new(self.token_timers(grant));
+        if let Some(c) = self.conn_mut(r) {
+            c.token = Some(t);
+        }
+        self.schedule(r);
+        let body = serde_json::json!({ "exp": exp }).to_string();
+        self.reply(r, VERSION_NATIVE, op::TOKEN_REPLY, f.seq, body.as_bytes());
+    }
+
+    /// On a user's owner, at register: the user's connections against
+    /// `[limits] max_conns_per_user`. Returns the connection to close (the
+    /// new one, or the oldest), if the user is over.
+    pub(super) fn user_over_limit(&self, mid: i64, new: GlobalConn) -> Option<GlobalConn> {
+        let l = &self.cfg().limits;
+        let max = l.max_conns_per_user as usize;
+        let conns = self.dir.user(mid);
+        if max == 0 || conns.len() <= max {
+            return None;
+        }
+        match l.user_conn_policy {
+            UserConnPolicy::Refuse => Some(new),
+            UserConnPolicy::CloseOldest => conns.iter().map(|c| c.0).find(|&c| c != new),
+        }
+    }
+
+    /// Op 52: a client publish to one room.
+    pub(super) fn v2_publish(&mut self, r: ConnRef, f: Frame<'_>) {
+        let p = match v2::parse_publish(f.body) {
+            Ok(p) => p,
+            Err(e) => return self.v2_error(r, f.seq, ErrorCode::BadRequest, &e.to_string()),
+        };
+        if pattern::kind(p.room) != Kind::Literal {
+            return self.v2_error(
+                r,
+                f.seq,
+                ErrorCode::BadRequest,
+                "a client publishes to one room, not a pattern",
+            );
+        }
+        let (rate, burst, max) = {
+            let c = &self.cfg().client;
+            (c.publish_rate, c.publish_burst, c.max_publish_payload)
+        };
+        let tick = self.wheel.now();
+        let Some(c) = self.conn_mut(r) else { return };
+        if c.token.as_ref().is_some_and(|t| !t.grant.may_publish(p.room)) {
+            let msg = format!("the token does not allow publishing to {}", p.room);
+            return self.v2_error(r, f.seq, ErrorCode::Forbidden, &msg);
+        }
+        if p.payload.len() > max {
+            let msg = format!("payload of {} bytes, limit {max}", p.payload.len());
+            return self.v2_error(r, f.seq, ErrorCode::PayloadTooLarge, &msg);
+        }
+        let Some(v2) = c.v2_mut() else { return };
+        let left = refill(v2.publish_left, v2.publish_at, tick, rate, burst);
+        v2.publish_at = tick;
+        if left == 0 {
+            v2.publish_left = 0;
+            let msg = format!("{rate} publishes per second, bursts of {burst}");
+            return self.v2_error(r, f.seq, ErrorCode::RateLimited, &msg);
+        }
+        v2.publish_left = left - 1;
+        ShardStats::add(&self.stats().client_publishes, 1);
+        let room: Arc<str> = p.room.into();
+        let msg = Publication {
+            op: p.op,
+            id: (!p.id.is_empty()).then(|| Arc::from(p.id)),
+            payload: Bytes::copy_from_slice(p.payload),
+            ttl: None,
+        };
+        let at = GlobalConn {
+            shard: self.id as u16,
+            conn: r,
+        };
+        let owner = owner_of_str(&room, self.nr());
+        self.route(
+            owner,
+            ShardMsg::PublishRoom {
+                room,
+                msg,
+                reply: Answer::Client { at, seq: f.seq },
+            },
+        );
+    }
+
+    /// On the publishing connection's shard: the owner's answer, as op 53.
+    pub(super) fn client_published(&mut self, r: ConnRef, seq: u32, room: &str, p: Published) {
+        let body = serde_json::json!({
+            "room": room,
+            "offset": p.offset,
+            "epoch": v2::fmt_epoch(p.epoch),
+            "duplicate": p.duplicate,
+        })
+        .to_string();
+        self.reply(r, VERSION_NATIVE, op::PUBLISH_REPLY, seq, body.as_bytes());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::refill;
+
+    #[test]
+    fn the_bucket_refills_at_the_rate_up_to_the_burst() {
+        assert_eq!(refill(0, 10, 10, 5, 20), 0);
+        assert_eq!(refill(0, 10, 11, 5, 20), 5);
+        assert_eq!(refill(3, 10, 100, 5, 20), 20);
+        assert_eq!(refill(3, 10, 9, 5, 20), 3, "a clock going back adds nothing");
+        assert_eq!(refill(0, 0, u32::MAX, u32::MAX, u32::MAX), u32::MAX);
+    }
+}

@@ -1,0 +1,266 @@
+//! Presence: who is in a room (`GET /v1/presence`, answered by every shard
+//! from its own members) and the join/leave events version-2 members ask
+//! for (`"presence": true` on their join), coalesced per room per second.
+//!
+//! Runs on every shard (members, watchers, pending changes) and on each
+//! room's owner (the room's watcher count and the one event per second it
+//! sends); never awaits.
+//!
+//! ```text
+//! member shard S                            owner O of room R
+//! watcher joins R (first on S) ─ Watch +1 ─> watchers[R] 0 → 1: Watching{R, on} to every shard
+//! every shard: member joins/leaves R ─> pending[R]   (details up to [client] presence_limit)
+//! sweep: pending[R] ─────────── PresenceDelta ─> changes[R]
+//!                                             sweep: one op 58 frame per changed room
+//! watchers of R on S <──── PresenceFrame ───── {"room","count","joins","leaves"} or,
+//!                                              past the limit, {"room","count","coalesced":true}
+//! ```
+//!
+//! Why coalesced: in a room of 100,000 members one event per join would be
+//! a fan-out per join to every watcher; here a room costs its watchers at
+//! most one frame per second, whatever its churn, and the details stop at
+//! `presence_limit` changes per second (then only the count).
+//!
+//! Invariants: a shard reports changes only for rooms some shard watches
+//! (told by the owner), so unwatched rooms cost nothing per join; events
+//! are best-effort (a change racing the owner's `Watching` may go
+//! unreported; the count in the next event is right).
+
+use super::conns::Conn;
+use super::mesh::{owner_of_str, ConnRef, GlobalConn, ShardMsg};
+use super::state::Shard;
+use crate::proto::binary::VERSION_NATIVE;
+use crate::proto::v2::op;
+use crate::proto::wire::Wire;
+use fnv::FnvHashMap;
+use serde::Serialize;
+use std::sync::Arc;
+
+/// One member as presence shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct Member {
+    /// User id (0: anonymous).
+    pub mid: i64,
+    /// Connection key (client-chosen or server-assigned).
+    pub key: String,
+    /// The token's `info` claim, raw JSON (`null` without one).
+    pub info: Option<Box<serde_json::value::RawValue>>,
+}
+
+/// Changes to a room's members, with details up to a limit.
+#[derive(Debug, Default)]
+pub struct Changes {
+    /// Members that joined.
+    pub joins: Vec<Member>,
+    /// Members that left.
+    pub leaves: Vec<Member>,
+    /// Changes beyond the limit (not detailed).
+    pub more: u32,
+}
+
+impl Changes {
+    fn add(&mut self, m: Member, joined: bool, limit: usize) {
+        if self.joins.len() + self.leaves.len() >= limit {
+            self.more += 1;
+        } else if joined {
+            self.joins.push(m);
+        } else {
+            self.leaves.push(m);
+        }
+    }
+
+    fn merge(&mut self, other: Changes, limit: usize) {
+        for m in other.joins {
+            self.add(m, true, limit);
+        }
+        for m in other.leaves {
+            self.add(m, false, limit);
+        }
+        self.more += other.more;
+    }
+
+    fn is_empty(&self) -> bool {
+        self.joins.is_empty() && self.leaves.is_empty() && self.more == 0
+    }
+}
+
+/// One shard's presence state.
+#[derive(Debug, Default)]
+pub struct Watched {
+    /// Rooms watched by someone, anywhere: their local changes since the
+    /// last sweep.
+    pending: FnvHashMap<Arc<str>, Changes>,
+    /// Local watchers, by room.
+    mine: FnvHashMap<Arc<str>, Vec<ConnRef>>,
+    /// Owner side: rooms this shard owns that are watched, with how many
+    /// shards have watchers and the changes reported since the last event.
+    owned: FnvHashMap<Arc<str>, (u32, Changes)>,
+}
+
+impl Shard {
+    /// What presence shows of connection `c` at `r`.
+    pub(super) fn member_of(&self, r: ConnRef, c: &Conn) -> Member {
+        let key = c.key.as_deref().map_or_else(
+            || {
+                GlobalConn {
+                    shard: self.id as u16,
+                    conn: r,
+                }
+                .assigned_key(self.shared.node_tag)
+            },
+            str::to_string,
+        );
+        let info = c
+            .token
+            .as_ref()
+            .and_then(|t| t.grant.info.as_deref())
+            .and_then(|i| serde_json::value::RawValue::from_string(i.to_string()).ok());
+        Member { mid: c.mid, key, info }
+    }
+
+    /// `r` joined (or left) `room` on this shard: noted if the room is
+    /// watched.
+    pub(super) fn presence_change(&mut self, r: ConnRef, room: &str, joined: bool) {
+        if !self.watched.pending.contains_key(room) {
+            return;
+        }
+        let Some(c) = self.conn(r) else { return };
+        let m = self.member_of(r, c);
+        let limit = self.cfg().client.presence_limit;
+        if let Some(p) = self.watched.pending.get_mut(room) {
+            p.add(m, joined, limit);
+        }
+    }
+
+    /// `r` (a version-2 member of `room`) asked for presence events.
+    pub(super) fn watch(&mut self, r: ConnRef, room: &Arc<str>) {
+        let list = self.watched.mine.entry(room.clone()).or_default();
+        list.push(r);
+        if list.len() == 1 {
+            let owner = owner_of_str(room, self.nr());
+            self.route(
+                owner,
+                ShardMsg::Watch {
+                    room: room.clone(),
+                    delta: 1,
+                },
+            );
+        }
+    }
+
+    /// `r` left `room` or closed: no more events for it.
+    pub(super) fn unwatch(&mut self, r: ConnRef, room: &str) {
+        let Some(list) = self.watched.mine.get_mut(room) else {
+            return;
+        };
+        let Some(i) = list.iter().position(|x| *x == r) else {
+            return;
+        };
+        list.swap_remove(i);
+        if list.is_empty() {
+            let (room, _) = self.watched.mine.remove_entry(room).expect("present just above");
+            let owner = owner_of_str(&room, self.nr());
+            self.route(owner, ShardMsg::Watch { room, delta: -1 });
+        }
+    }
+
+    /// On the owner: one more (or one fewer) shard has watchers of `room`.
+    pub(super) fn on_watch(&mut self, room: Arc<str>, delta: i32) {
+        let e = self.watched.owned.entry(room.clone()).or_default();
+        let before = e.0;
+        e.0 = e.0.saturating_add_signed(delta);
+        let now = e.0;
+        if now == 0 {
+            self.watched.owned.remove(&room);
+        }
+        if (before == 0) != (now == 0) {
+            for s in 0..self.nr() {
+                self.route(
+                    s,
+                    ShardMsg::Watching {
+                        room: room.clone(),
+                        on: now > 0,
+                    },
+                );
+            }
+        }
+    }
+
+    /// On every shard: `room` is (or is no longer) watched somewhere.
+    pub(super) fn on_watching(&mut self, room: Arc<str>, on: bool) {
+        if on {
+            self.watched.pending.entry(room).or_default();
+        } else {
+            self.watched.pending.remove(&room);
+        }
+    }
+
+    /// On the owner: a shard's changes to `room` in the last second.
+    pub(super) fn on_presence_delta(&mut self, room: &str, changes: Changes) {
+        let limit = self.cfg().client.presence_limit;
+        if let Some((_, c)) = self.watched.owned.get_mut(room) {
+            c.merge(changes, limit);
+        }
+    }
+
+    /// On a shard: an event for the local watchers of `room`.
+    pub(super) fn on_presence_frame(&mut self, room: &str, wire: &Wire) {
+        let targets = self.watched.mine.get(room).cloned().unwrap_or_default();
+        for r in targets {
+            let ws = self.conn(r).is_some_and(|c| c.transport == super::conns::Transport::Ws);
+            self.enqueue_bytes(r, wire.for_transport(ws).clone());
+        }
+    }
+
+    /// Once a second: local changes go to the rooms' owners; owned rooms
+    /// that changed send their event.
+    pub(super) fn presence_sweep(&mut self) {
+        let changed: Vec<(Arc<str>, Changes)> = self
+            .watched
+            .pending
+            .iter_mut()
+            .filter(|(_, c)| !c.is_empty())
+            .map(|(room, c)| (room.clone(), std::mem::take(c)))
+            .collect();
+        for (room, changes) in changed {
+            let owner = owner_of_str(&room, self.nr());
+            self.route(owner, ShardMsg::PresenceDelta { room, changes });
+        }
+        let events: Vec<(Arc<str>, Changes)> = self
+            .watched
+            .owned
+            .iter_mut()
+            .filter(|(_, (_, c))| !c.is_empty())
+            .map(|(room, (_, c))| (room.clone(), std::mem::take(c)))
+            .collect();
+        for (room, c) in events {
+            let count = self.shared.room_count(&room, Some((self.id, self.rooms.count(&room))));
+            let body = if c.more > 0 {
+                serde_json::json!({"room": &*room, "count": count, "coalesced": true})
+            } else {
+                serde_json::json!({"room": &*room, "count": count, "joins": c.joins, "leaves": c.leaves})
+            };
+            let wire = Wire::encode(VERSION_NATIVE, op::PRESENCE, 0, body.to_string().as_bytes());
+            for s in 0..self.nr() {
+                self.route(
+                    s,
+                    ShardMsg::PresenceFrame {
+                        room: room.clone(),
+                        wire: wire.clone(),
+                    },
+                );
+            }
+        }
+    }
+
+    /// This shard's members of `room`: how many, and the first `limit`.
+    pub(super) fn presence_page(&self, room: &str, limit: usize) -> (usize, Vec<Member>) {
+        let members = self.rooms.members(room);
+        let list = members
+            .iter()
+            .take(limit)
+            .filter_map(|&r| self.conn(r).map(|c| self.member_of(r, c)))
+            .collect();
+        (members.len(), list)
+    }
+}
