@@ -102,6 +102,10 @@ pub enum Cmd {
         /// Seconds between reconnect rounds.
         #[arg(long, default_value_t = 2.0)]
         churn_period_secs: f64,
+        /// Subscribers per load generator thread (the first ones) that join
+        /// with presence events on (op 58), counted in the report.
+        #[arg(long, default_value_t = 0)]
+        watchers: usize,
         #[command(flatten)]
         load: Load,
     },

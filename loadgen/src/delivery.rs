@@ -85,6 +85,9 @@ fn latency(h: &hdrhistogram::Histogram<u64>) -> serde_json::Value {
 
 /// Options of the churn mode beyond the common ones.
 pub struct Churn {
+    /// Subscribers (per load generator thread, the first ones) that ask
+    /// for presence events.
+    pub watchers: usize,
     /// HTTP APIs to publish to (when no TCP publisher is given).
     pub http: Vec<SocketAddr>,
     /// TCP publisher addresses.
@@ -114,13 +117,15 @@ pub fn churn(common: Common, opts: Churn, load: Load) -> Result<()> {
     let total = msg_rate * duration;
     let n = common.conns as u64;
     let mut publish = room_publisher(&common.room, &opts.http, &opts.publish_tcp, &opts.api_key, size, total)?;
-    let shared = Arc::new(Shared::new(
+    let mut shared = Shared::new(
         common.target.clone(),
         common.sources,
         Role::Room(common.room.clone()),
         common.rate,
         (opts.pct, opts.period),
-    ));
+    );
+    shared.watchers = opts.watchers;
+    let shared = Arc::new(shared);
     let t0 = Instant::now();
     let handles = start(&common, &shared);
     let ramp_limit = Duration::from_secs(n / common.rate.max(1) + 60);
@@ -188,6 +193,8 @@ pub fn churn(common: Common, opts: Churn, load: Load) -> Result<()> {
         "gaps": gaps,
         "unrecovered_resumes": unrecovered,
         "errors": shared.errors.load(Relaxed),
+        "watchers": opts.watchers,
+        "presence_events": shared.presence_events.load(Relaxed),
         "deliveries_per_sec": received as f64 / elapsed,
         "server_cpu_us_per_delivery": server_cpu,
         "latency_us": latency(&hist),

@@ -85,11 +85,13 @@ fn main() -> Result<()> {
             api_key,
             churn_pct,
             churn_period_secs,
+            watchers,
             load,
             ..
         } => delivery::churn(
             common,
             delivery::Churn {
+                watchers,
                 http,
                 publish_tcp,
                 api_key,

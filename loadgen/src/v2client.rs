@@ -92,6 +92,11 @@ pub struct Shared {
     pub connect_failed: AtomicU64,
     /// Pushes acknowledged (inbox).
     pub acked: AtomicU64,
+    /// Connections in slots below this (on each thread) join with
+    /// `"presence": true` (churn).
+    pub watchers: usize,
+    /// Presence events (op 58) received.
+    pub presence_events: AtomicU64,
 }
 
 impl Shared {
@@ -120,6 +125,8 @@ impl Shared {
             errors: AtomicU64::new(0),
             connect_failed: AtomicU64::new(0),
             acked: AtomicU64::new(0),
+            watchers: 0,
+            presence_events: AtomicU64::new(0),
         }
     }
 }
@@ -412,10 +419,13 @@ impl Driver {
             op::AUTH_REPLY => match &sh.role {
                 Role::Room(room) => {
                     let c = &self.conns[slot];
-                    let join = match &c.epoch {
+                    let mut join = match &c.epoch {
                         Some(e) => serde_json::json!({"room": room, "offset": c.last_offset, "epoch": e}),
                         None => serde_json::json!({"room": room}),
                     };
+                    if slot < sh.watchers {
+                        join["presence"] = true.into();
+                    }
                     if self.send(slot, v2::op::JOIN, 2, join.to_string().as_bytes()) {
                         self.conns[slot].phase = Phase::Joining;
                     }
@@ -505,6 +515,9 @@ impl Driver {
                         self.conns[slot].phase = Phase::Finished;
                     }
                 }
+            }
+            v2::op::PRESENCE => {
+                sh.presence_events.fetch_add(1, Relaxed);
             }
             v2::op::ERROR => {
                 sh.errors.fetch_add(1, Relaxed);
