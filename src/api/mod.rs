@@ -145,7 +145,6 @@ pub fn publish(
                     ShardMsg::PublishPattern {
                         pattern: pattern.clone(),
                         msg: msg.clone(),
-                        reply: None,
                     },
                 );
             }

@@ -329,9 +329,9 @@ impl Shard {
 
     /// An API publish to `pattern`: published, each with its own offset, to
     /// every room this shard owns that matches and exists — has a log here,
-    /// or members on some shard as of the last published views. Returns how
-    /// many rooms. Costs a pass over those rooms' names.
-    pub(super) fn publish_pattern(&mut self, pattern: &str, msg: Publication) -> usize {
+    /// or members on some shard as of the last published views (counted in
+    /// `pattern_publishes`). Costs a pass over those rooms' names.
+    pub(super) fn publish_pattern(&mut self, pattern: &str, msg: Publication) {
         let (me, n) = (self.id, self.nr());
         let mut rooms: FnvHashSet<Arc<str>> = self
             .logs
@@ -353,7 +353,6 @@ impl Shard {
         for room in rooms {
             self.publish_room(room, msg.clone(), Answer::None);
         }
-        count
     }
 
     /// Every local member of `room`, and every local subscriber of a

@@ -11,7 +11,11 @@
 //!                 ├─ WebSocket, authed or echo, not pinged ──> ping "volley", deadline += grace
 //!                 └─ otherwise ─> close: handshake_timeout (never authed) | heartbeat_timeout
 //! op 2, pong ──> pinged = false, deadline = now + heartbeat_timeout_secs
+//! token due (JWT) ─ version 2, refresh_at ──> op 56 (once)   ─ expire_at ──> close: token_expired
 //! ```
+//!
+//! A connection with a token is looked at by the sooner of its deadline and
+//! its token's next step (`Conn::next_check`, `access`).
 //!
 //! Invariant: every live connection has exactly one live wheel entry.
 

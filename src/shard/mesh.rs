@@ -149,8 +149,6 @@ pub enum ShardMsg {
         pattern: Arc<str>,
         /// The message.
         msg: Publication,
-        /// Where to say how many rooms this shard published it to.
-        reply: Option<Reply<usize>>,
     },
     /// From a room's owner to a connection that published to the room
     /// (op 52): what the publish got.

@@ -4,7 +4,8 @@
 //! responsibility over sibling files, each an `impl Shard` block:
 //! `lifecycle` (records, closes, rooms), `heartbeat` (deadlines, sweep),
 //! `deliver` (queues, fan-out), `resume` (version-2 joins, history reads),
-//! `session`, `v1` and `v2` (client frames).
+//! `session`, `v1` and `v2` (client frames), `access` (tokens, limits,
+//! client publish), `presence`.
 //!
 //! Runs on exactly one glommio executor thread and is shared by that
 //! executor's tasks through `Rc<RefCell<Shard>>`. No method awaits, reads a
@@ -223,12 +224,7 @@ impl Shard {
     pub fn handle(&mut self, msg: ShardMsg) {
         match msg {
             ShardMsg::PublishRoom { room, msg, reply } => self.publish_room(room, msg, reply),
-            ShardMsg::PublishPattern { pattern, msg, reply } => {
-                let n = self.publish_pattern(&pattern, msg);
-                if let Some(reply) = reply {
-                    reply.send(n);
-                }
-            }
+            ShardMsg::PublishPattern { pattern, msg } => self.publish_pattern(&pattern, msg),
             ShardMsg::ClientPublished {
                 conn,
                 seq,
