@@ -530,3 +530,32 @@ fn connections_per_user_close_the_oldest_or_refuse_the_new() {
         h.shutdown();
     }
 }
+
+#[test]
+fn the_development_token_endpoint_is_off_unless_asked_for() {
+    let off = jwt_server(|_| {});
+    let (code, _) = http(off.http_addr, "POST", "/v1/dev/token?mid=5", &[], b"");
+    assert_eq!(code, 404);
+    off.shutdown();
+
+    let h = jwt_server(|c| c.auth.dev_tokens = true);
+    let (code, v) = http(
+        h.http_addr,
+        "POST",
+        "/v1/dev/token?mid=5&name=ann&rooms=chat%2F%3E&publish=chat%2F%3E",
+        &[],
+        b"",
+    );
+    assert_eq!(code, 200, "{v}");
+    let token = v["data"]["token"].as_str().unwrap().to_string();
+    let (mut c, _) = Client::authed_v2(h.tcp_addr, &auth_body(&token, ""));
+    assert_eq!(c.join(2, "chat/x", None)["offset"], 0);
+    c.send_as(2, op2::JOIN, 3, br#"{"room":"live://1"}"#);
+    assert_eq!(error_code(&mut c, 3), 4008, "the rooms asked for, no more");
+    publish(&mut c, 4, "chat/x", b"hi");
+    assert_eq!(c.read().unwrap().op, PUBLISH_REPLY);
+    assert_eq!(c.read_push2().unwrap().payload, b"hi");
+    let (code, _) = http(h.http_addr, "POST", "/v1/dev/token?mid=0", &[], b"");
+    assert_eq!(code, 400);
+    h.shutdown();
+}
