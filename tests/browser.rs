@@ -1,10 +1,13 @@
 //! The demo live room in a real browser: headless Chromium driven through
-//! chromedriver (WebDriver over HTTP), two tabs in one room. Both tabs must
-//! connect through web/volley.js (protocol version 2), see the room's online
-//! count reach 2, and show a message sent from one of them through the
-//! publish API; closed by the server as slow consumers by a burst, both must
-//! resume and show every message of the burst exactly once; and a reloaded
-//! tab must show the room's history. scripts/test.sh installs chromium and
+//! chromedriver (WebDriver over HTTP), two tabs in one room, against a
+//! server that runs JWT auth with the development token endpoint on. Both
+//! tabs must sign in with a development token and connect through
+//! web/volley.js (protocol version 2), see the room's online count reach 2
+//! and the other's arrival as a presence event, and show a message sent
+//! from one of them as a client publish (no HTTP publish from the page);
+//! closed by the server as slow consumers by a burst, both must resume and
+//! show every message of the burst exactly once; and a reloaded tab must
+//! show the room's history. scripts/test.sh installs chromium and
 //! chromium-driver.
 
 mod common;
@@ -129,6 +132,9 @@ fn two_tabs_chat_resume_after_a_server_side_close_and_see_history_on_reload() {
         c.shards = 1;
         c.api.max_push_body = 16384;
         c.limits.outbound_limit = 20_000;
+        c.auth.mode = volley::config::AuthMode::Jwt;
+        c.auth.jwt_secret = vec!["browser-test-secret-0123456789abcdef".into()];
+        c.auth.dev_tokens = true;
     });
     let d = start_driver();
     let profile = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("chromium-{}", std::process::id()));
@@ -191,8 +197,23 @@ fn two_tabs_chat_resume_after_a_server_side_close_and_see_history_on_reload() {
         2,
         "two WebSocket clients"
     );
+    switch(&alice);
+    wait_js(
+        &d,
+        &sid,
+        "bob's arrival as a presence event in alice's tab",
+        "return [...document.querySelectorAll('#messages li')].some(li => li.textContent === '·bob joined')",
+    );
 
-    // Alice sends through the page's form (POST /v1/push/room).
+    // Alice sends through the page's form: a client publish (op 52), not
+    // the HTTP API.
+    let stat = |name: &str| -> u64 {
+        h.stats()
+            .iter()
+            .map(|s| serde_json::to_value(s).unwrap()[name].as_u64().unwrap())
+            .sum()
+    };
+    let api_before = stat("published");
     wd(
         d.addr,
         "POST",
@@ -211,6 +232,8 @@ fn two_tabs_chat_resume_after_a_server_side_close_and_see_history_on_reload() {
             "return [...document.querySelectorAll('#messages li')].some(li => li.textContent === 'alicehello from alice')",
         );
     }
+    assert_eq!(stat("client_publishes"), 1, "sent as a client publish");
+    assert_eq!(stat("published"), api_before, "nothing through the publish API");
 
     // A burst of three 12 KB messages in one request: the tabs' queues pass
     // their 20,000-byte limit, the server closes both, and each resumes.

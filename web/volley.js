@@ -13,7 +13,15 @@
 //   });
 //   c.connect();
 //   c.join("live://7");                       // or c.join(room, {offset, epoch}) to resume
+//   c.join("live://7", null, { presence: true });  // and onPresence(event) once a second
+//   c.join("live://*");                       // a room pattern: every matching room's pushes
+//   await c.publish("chat/1", 1000, "hi");    // -> {room, offset, epoch, duplicate}; rejects with
+//                                             //    the op 50 error (code, reason, message)
 //   c.markRead("live://7", offset); c.leave("live://7"); c.close();
+//
+// With a server that runs JWT auth, pass `getToken: async () => "eyJ..."`:
+// it is called before every (re)connect, and again when the server asks
+// for a fresh token (op 56) before the current one expires.
 //
 // It authenticates on every (re)connect and joins every room it is in again,
 // resuming after the last offset it received in each (so a reconnect, or a
@@ -37,6 +45,7 @@
     SUB: 14, SUB_REPLY: 15, UNSUB: 16, UNSUB_REPLY: 17,
     JOIN: 40, JOIN_REPLY: 41, LEAVE: 42, LEAVE_REPLY: 43, PUSH: 44,
     ACK: 46, ACK_REPLY: 47, READ: 48, READ_REPLY: 49, ERROR: 50,
+    PUBLISH: 52, PUBLISH_REPLY: 53, TOKEN: 54, TOKEN_REPLY: 55, REFRESH: 56, PRESENCE: 58,
   };
   const KIND = { ROOM: 1, USER: 2, DIRECT: 3 };
   const HEADER = 16;
@@ -119,8 +128,11 @@
         heartbeatMs: 30000,
         minBackoffMs: 500,
         maxBackoffMs: 30000,
-        onPush() {}, onRoomCount() {}, onJoin() {}, onOpen() {}, onClose() {}, onError() {},
+        getToken: null,
+        onPush() {}, onRoomCount() {}, onJoin() {}, onOpen() {}, onClose() {}, onError() {}, onPresence() {},
       }, opts || {});
+      // Publishes waiting for their reply: sequence -> {resolve, reject}.
+      this.pending = new Map();
       this.ws = null;
       this.seq = 0;
       this.backoff = this.opts.minBackoffMs;
@@ -140,6 +152,26 @@
     /** Opens the connection (and keeps it open until `close`). */
     connect() {
       this.stopped = false;
+      if (this.opts.getToken) {
+        Promise.resolve(this.opts.getToken()).then(
+          (token) => {
+            if (this.stopped) return;
+            // No token (a server with auth off): none is sent.
+            if (token) this.opts.auth.token = token;
+            else delete this.opts.auth.token;
+            this.open();
+          },
+          (e) => {
+            this.opts.onError(e);
+            this.onClosed("no token: " + (e && e.message));
+          },
+        );
+      } else {
+        this.open();
+      }
+    }
+
+    open() {
       const ws = new WebSocket(this.url);
       ws.binaryType = "arraybuffer";
       this.ws = ws;
@@ -190,11 +222,41 @@
         case OP.PUSH:
           this.onV2Push(f.body);
           break;
-        case OP.ERROR:
-          this.opts.onError(Object.assign(new Error("volley error"), JSON.parse(text.decode(f.body))));
+        case OP.ERROR: {
+          const e = Object.assign(new Error("volley error"), JSON.parse(text.decode(f.body)));
+          const p = this.pending.get(f.seq);
+          if (p) {
+            this.pending.delete(f.seq);
+            p.reject(e);
+          } else {
+            this.opts.onError(e);
+          }
+          break;
+        }
+        case OP.PUBLISH_REPLY: {
+          const p = this.pending.get(f.seq);
+          if (p) {
+            this.pending.delete(f.seq);
+            p.resolve(JSON.parse(text.decode(f.body)));
+          }
+          break;
+        }
+        case OP.REFRESH:
+          if (this.opts.getToken) {
+            Promise.resolve(this.opts.getToken()).then(
+              (token) => {
+                this.opts.auth.token = token;
+                this.send(OP.TOKEN, JSON.stringify({ token }));
+              },
+              (e) => this.opts.onError(e),
+            );
+          }
+          break;
+        case OP.PRESENCE:
+          this.opts.onPresence(JSON.parse(text.decode(f.body)));
           break;
         case OP.SEND_REPLY: case OP.CHANGE_ROOM_REPLY: case OP.SUB_REPLY: case OP.UNSUB_REPLY:
-        case OP.LEAVE_REPLY: case OP.ACK_REPLY: case OP.READ_REPLY:
+        case OP.LEAVE_REPLY: case OP.ACK_REPLY: case OP.READ_REPLY: case OP.TOKEN_REPLY:
           break;
         default:
           if (!this.v2) this.opts.onPush(f.op, f.body, text.decode(f.body), null);
@@ -204,6 +266,11 @@
     onJoinReply(r) {
       const pos = this.rooms.get(r.room);
       if (!pos) return; // left meanwhile
+      if (r.pattern) {
+        pos.joined = true;
+        this.opts.onJoin(r.room, r);
+        return;
+      }
       // A first join, a resume that could not be served, or a new epoch:
       // the stream goes on from where the room is now.
       if (pos.epoch !== r.epoch || r.recovered === false) {
@@ -224,11 +291,14 @@
       }
       const m = p.meta;
       if (m.kind === KIND.ROOM) {
+        // A room joined by name keeps its place; one reached through a
+        // pattern is passed on as it comes.
         const pos = this.rooms.get(m.room);
-        if (!pos) return;
-        if (pos.epoch === m.epoch && m.offset <= pos.offset) return; // seen
-        pos.offset = m.offset;
-        pos.epoch = m.epoch;
+        if (pos) {
+          if (pos.epoch === m.epoch && m.offset <= pos.offset) return; // seen
+          pos.offset = m.offset;
+          pos.epoch = m.epoch;
+        }
       }
       this.opts.onPush(p.op, p.payload, text.decode(p.payload), m);
       if (m.kind === KIND.USER) {
@@ -239,6 +309,8 @@
     }
 
     onClosed(why) {
+      for (const p of this.pending.values()) p.reject(new Error("connection closed before the reply"));
+      this.pending.clear();
       clearInterval(this.timer);
       this.timer = null;
       this.authed = false;
@@ -268,17 +340,53 @@
     sendJoin(room) {
       const pos = this.rooms.get(room);
       const body = pos && pos.epoch ? { room, offset: pos.offset, epoch: pos.epoch } : { room };
+      if (pos && pos.presence) body.presence = true;
       return this.send(OP.JOIN, JSON.stringify(body));
     }
 
     /** Version 2: joins `room` (kept across reconnects). With `from`
      *  ({offset, epoch}, e.g. from GET /v1/history or an earlier session),
-     *  the join resumes: what came after `from.offset` is replayed first. */
-    join(room, from) {
+     *  the join resumes: what came after `from.offset` is replayed first.
+     *  `opts.presence`: onPresence gets the room's joins, leaves and count
+     *  (at most once a second). A pattern (`live://*`, `chat/>`) subscribes
+     *  to every matching room. */
+    join(room, from, opts) {
       if (!this.rooms.has(room)) {
-        this.rooms.set(room, { offset: from ? from.offset : 0, epoch: from ? from.epoch : null, joined: false });
+        this.rooms.set(room, {
+          offset: from ? from.offset : 0,
+          epoch: from ? from.epoch : null,
+          joined: false,
+          presence: !!(opts && opts.presence),
+        });
       }
       return this.authed ? this.sendJoin(room) : false;
+    }
+
+    /** Version 2: publishes `payload` (string or Uint8Array) to `room` with
+     *  business operation `op`, where the token allows. Resolves with the
+     *  server's reply ({room, offset, epoch, duplicate}); rejects with the
+     *  op 50 error ({code, reason, message}: forbidden, rate_limited,
+     *  payload_too_large...) or when the connection drops first. `id`, if
+     *  given, makes a retry harmless (delivered once). */
+    publish(room, op, payload, id) {
+      const r = utf8.encode(room);
+      const i = utf8.encode(id || "");
+      const p = typeof payload === "string" ? utf8.encode(payload) : payload || new Uint8Array(0);
+      const body = new Uint8Array(8 + r.length + i.length + p.length);
+      const v = new DataView(body.buffer);
+      v.setUint32(0, op);
+      v.setUint16(4, r.length);
+      v.setUint16(6, i.length);
+      body.set(r, 8);
+      body.set(i, 8 + r.length);
+      body.set(p, 8 + r.length + i.length);
+      return new Promise((resolve, reject) => {
+        if (!this.send(OP.PUBLISH, body)) {
+          reject(new Error("not connected"));
+          return;
+        }
+        this.pending.set(this.seq, { resolve, reject });
+      });
     }
 
     /** Version 2: leaves `room`. */
