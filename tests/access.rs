@@ -559,3 +559,25 @@ fn the_development_token_endpoint_is_off_unless_asked_for() {
     assert_eq!(code, 400);
     h.shutdown();
 }
+
+#[test]
+fn rooms_per_connection_are_refused_past_the_limit_and_counted() {
+    let h = start_server(|c| c.client.max_rooms = 2);
+    let (mut c, _) = Client::authed_v2(h.tcp_addr, r#"{"mid":1}"#);
+    assert!(c.join(2, "live://1", None)["offset"].is_u64());
+    assert_eq!(
+        c.join(3, "live://*", None)["pattern"],
+        true,
+        "a pattern counts as a room"
+    );
+    c.send_as(2, op2::JOIN, 4, br#"{"room":"live://2"}"#);
+    assert_eq!(error_code(&mut c, 4), 4002);
+    assert_eq!(errors(&h, "room_limit"), 1);
+    c.send_as(2, op2::LEAVE, 5, br#"{"room":"live://*"}"#);
+    assert_eq!(c.read().unwrap().op, op2::LEAVE_REPLY);
+    assert!(
+        c.join(6, "live://2", None)["offset"].is_u64(),
+        "room again after a leave"
+    );
+    h.shutdown();
+}

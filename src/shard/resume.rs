@@ -185,10 +185,12 @@ impl Shard {
                 let body = serde_json::json!({"room": room, "offset": mark, "unread": last - mark}).to_string();
                 self.reply(r, VERSION_NATIVE, op::READ_REPLY, seq, body.as_bytes());
             }
-            None => {
-                let body = v2::ErrorCode::MarkLimit.body("the room holds [history] max_marks read marks");
-                self.reply(r, VERSION_NATIVE, op::ERROR, seq, &body);
-            }
+            None => self.v2_error(
+                r,
+                seq,
+                v2::ErrorCode::MarkLimit,
+                "the room holds [history] max_marks read marks",
+            ),
         }
     }
 

@@ -12,6 +12,8 @@
 //! Test-only (`cfg(test)`). Deterministic: same steps, same bytes.
 
 #[cfg(test)]
+mod access_tests;
+#[cfg(test)]
 mod inbox_tests;
 #[cfg(test)]
 mod tests;
@@ -71,7 +73,12 @@ pub(crate) struct Sim {
     closed: HashMap<Peer, CloseReason>,
     /// Simulated clock, µs.
     now_us: u32,
+    /// Simulated wall clock (Unix seconds), one second per tick.
+    pub unix: u64,
 }
+
+/// Where the simulated wall clock starts.
+pub const SIM_UNIX_START: u64 = 1_700_000_000;
 
 impl Sim {
     /// `nr` shards with the test defaults, then `tweak`.
@@ -82,14 +89,25 @@ impl Sim {
         };
         tweak(&mut cfg);
         cfg.validate().expect("valid test config");
-        let shared = Arc::new(Shared::new(cfg));
+        let mut shared = Shared::new(cfg);
+        if shared.config.auth.mode == crate::config::AuthMode::Jwt {
+            let a = &shared.config.auth;
+            let v = crate::auth::jwt::Verifier::new(&a.jwt_secret, &a.jwt_public_key, a.leeway_secs);
+            shared.verifier = Some(v.expect("test keys load"));
+        }
+        let shared = Arc::new(shared);
+        let mut shards: Vec<Shard> = (0..nr).map(|i| Shard::new(i, shared.clone())).collect();
+        for sh in &mut shards {
+            sh.set_unix(SIM_UNIX_START);
+        }
         Sim {
-            shards: (0..nr).map(|i| Shard::new(i, shared.clone())).collect(),
+            shards,
             shared,
             wire: HashMap::new(),
             stalled: Vec::new(),
             closed: HashMap::new(),
             now_us: 0,
+            unix: SIM_UNIX_START,
         }
     }
 
@@ -232,8 +250,10 @@ impl Sim {
     pub fn tick(&mut self, n: u32) {
         for _ in 0..n {
             self.now_us = self.now_us.wrapping_add(TICK_US);
+            self.unix += 1;
             for sh in &mut self.shards {
                 sh.set_clock(self.now_us);
+                sh.set_unix(self.unix);
                 sh.sweep();
             }
             self.settle();
