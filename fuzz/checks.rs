@@ -283,3 +283,49 @@ pub fn v2_bodies(data: &[u8]) {
         }
     }
 }
+
+/// Access-control inputs from clients: the publish body (op 52), the token
+/// body (op 54), room patterns, and tokens themselves.
+pub fn access(data: &[u8]) {
+    use volley::proto::pattern::{self, Kind};
+    use volley::proto::v2;
+    let Some((&sel, data)) = data.split_first() else { return };
+    match sel % 4 {
+        0 => {
+            if let Ok(p) = v2::parse_publish(data) {
+                assert!(!p.room.is_empty() && p.room.len() <= body::MAX_ROOM_LEN && p.id.len() <= v2::MAX_ID_LEN);
+                // Re-encoded, it is the same bytes.
+                assert_eq!(v2::publish_body(p.op, p.room, p.id, p.payload), data);
+            }
+        }
+        1 => {
+            if let Ok(t) = v2::parse_token(data) {
+                assert!(t.len() <= data.len());
+            }
+        }
+        2 => {
+            // Two names split at the first 0 byte: the pattern rules agree
+            // with each other.
+            let text = String::from_utf8_lossy(data);
+            let (a, b) = text.split_once('\0').unwrap_or((&text, ""));
+            let (ka, kb) = (pattern::kind(a), pattern::kind(b));
+            if ka != Kind::Invalid && kb == Kind::Literal {
+                assert_eq!(pattern::covers(a, b), pattern::matches(a, b), "{a:?} {b:?}");
+            }
+            if ka == Kind::Literal {
+                assert!(pattern::matches(a, a) && pattern::covers(a, a));
+            }
+        }
+        _ => {
+            // Whatever the bytes, a token either verifies (it cannot: the
+            // key is secret) or is refused by name; never a panic.
+            static V: std::sync::OnceLock<volley::auth::jwt::Verifier> = std::sync::OnceLock::new();
+            let v = V.get_or_init(|| {
+                volley::auth::jwt::Verifier::new(&["fuzz-secret-0123456789abcdef012345".to_string()], &[] as &[&str], 5)
+                    .expect("a valid secret")
+            });
+            let token = String::from_utf8_lossy(data);
+            assert!(v.verify(&token, 1_000).is_err());
+        }
+    }
+}

@@ -50,3 +50,8 @@ fn ws_upgrade() {
 fn v2_bodies() {
     replay("v2_bodies", checks::v2_bodies);
 }
+
+#[test]
+fn access() {
+    replay("access", checks::access);
+}
