@@ -5,7 +5,8 @@
 //!
 //! Runs on the connection's shard, called from the sessions (`v1`, `v2`),
 //! `lifecycle` and the sweep; never awaits. What a token grants is
-//! `auth::jwt::Grant`; what it means for each operation is decided here.
+//! `auth::jwt::Grant`, its timers are `token::Token`; what they mean for
+//! each operation is decided here.
 //!
 //! ```text
 //! auth (op 7)   mode off: the body names the user;  mode jwt: Verifier → Grant, the token's sub is the user
@@ -21,9 +22,9 @@
 //! reply (op 50), never a close; with auth off nothing here changes goim's
 //! behaviour but the connection limits an operator configured.
 
-use super::conns::Conn;
 use super::mesh::{owner_of_str, Answer, ConnRef, GlobalConn, Publication, Published, ShardMsg};
 use super::state::Shard;
+use super::token::{Token, TokenStep};
 use crate::auth::jwt::{Grant, TokenError};
 use crate::config::{AuthMode, UserConnPolicy};
 use crate::metrics::ShardStats;
@@ -35,65 +36,8 @@ use crate::proto::v2::{self, op, ErrorCode};
 use bytes::Bytes;
 use std::sync::Arc;
 
-/// A connection's verified token and its timers (wheel ticks).
-#[derive(Debug)]
-pub struct Token {
-    /// What it grants.
-    pub grant: Grant,
-    /// Tick at which a version-2 connection is asked for a new token.
-    pub(super) refresh_at: u32,
-    /// Tick at which the connection is closed unless it refreshed.
-    pub(super) expire_at: u32,
-    /// Op 56 was sent for this token.
-    pub(super) asked: bool,
-}
-
 /// Why an auth is refused: the close reason and its detail.
 pub(super) type Refusal = (CloseReason, String);
-
-/// What the sweep does about a connection's token now.
-pub(super) enum TokenStep {
-    /// Ask for a new one (op 56), saying when this one expires.
-    Ask(u64),
-    /// Close the connection.
-    Expire,
-}
-
-impl Token {
-    /// The next tick the sweep must look at the token (`u32::MAX`: never).
-    pub(super) fn next_check(&self, v2: bool) -> u32 {
-        if v2 && !self.asked {
-            self.refresh_at.min(self.expire_at)
-        } else {
-            self.expire_at
-        }
-    }
-}
-
-impl Conn {
-    /// The tick the wheel must look at this connection by: its deadline, or
-    /// its token's next step if sooner.
-    pub(super) fn next_check(&self) -> u32 {
-        match (&self.token, self.close) {
-            (Some(t), None) => self.deadline.min(t.next_check(self.ver == VERSION_NATIVE)),
-            _ => self.deadline,
-        }
-    }
-
-    /// What is due for the connection's token at `tick`, if anything.
-    pub(super) fn token_due(&mut self, tick: u32) -> Option<TokenStep> {
-        let v2 = self.ver == VERSION_NATIVE;
-        let t = self.token.as_mut()?;
-        if tick >= t.expire_at {
-            return Some(TokenStep::Expire);
-        }
-        if v2 && !t.asked && tick >= t.refresh_at {
-            t.asked = true;
-            return Some(TokenStep::Ask(t.grant.exp));
-        }
-        None
-    }
-}
 
 /// Publishes a connection may make now, by its bucket: `(left, at)` is
 /// what it had at tick `at`.

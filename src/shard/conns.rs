@@ -6,8 +6,8 @@
 //! The record is the biggest thing an idle connection costs us, so every
 //! field says why it is there (and a unit test bounds its size).
 
-use super::access::Token;
 use super::outbound::{Held, Outbound};
+use super::token::{Token, TokenStep};
 use crate::config::Config;
 use crate::proto::binary;
 use crate::proto::close::CloseReason;
@@ -222,6 +222,23 @@ impl Conn {
             Session::V2(v) => Some(v),
             Session::V1 { .. } => None,
         }
+    }
+}
+
+impl Conn {
+    /// The tick the wheel must look at this connection by: its deadline, or
+    /// its token's next step if sooner.
+    pub(super) fn next_check(&self) -> u32 {
+        match (&self.token, self.close) {
+            (Some(t), None) => self.deadline.min(t.next_check(self.ver == binary::VERSION_NATIVE)),
+            _ => self.deadline,
+        }
+    }
+
+    /// What is due for the connection's token at `tick`, if anything.
+    pub(super) fn token_due(&mut self, tick: u32) -> Option<TokenStep> {
+        let v2 = self.ver == binary::VERSION_NATIVE;
+        self.token.as_mut()?.due(tick, v2)
     }
 }
 

@@ -17,7 +17,7 @@
 //! message a shard acts on.
 
 use super::history::{Entry, Resumed};
-use super::presence::{Changes, Member};
+use super::members::{Changes, Member};
 use crate::proto::close::CloseReason;
 use crate::proto::v2::Resume;
 use crate::proto::wire::{Frames, Wire};

@@ -29,9 +29,11 @@
 //! users      pushes to users: live delivery, inbox, what a new connection is owed
 //! dedup      publisher message ids seen lately, so a retry is delivered once (pure)
 //! access     tokens at auth, refresh and expiry; connection limits; client publish
+//! token      a connection's token and its refresh / expiry ticks (pure)
 //! admission  process-wide connection counts: total, per IP, attempts per IP (shared)
 //! patterns   PatternIndex: room pattern subscriptions (pure)
 //! presence   member lists, watched rooms, coalesced join/leave events
+//! members    presence data: members, changes up to a limit, who watches (pure)
 //! outbound   a connection's write queue (pure) mesh       ShardMsg, inboxes, owners
 //! view       Shared, published views, online counts
 //! run        per-shard runtime: inbox loop, sweep timer, shutdown drain (awaits)
@@ -48,6 +50,7 @@ mod heartbeat;
 pub mod history;
 pub mod inbox;
 mod lifecycle;
+pub mod members;
 pub mod mesh;
 pub mod outbound;
 pub mod patterns;
@@ -57,6 +60,7 @@ pub mod rooms;
 pub mod run;
 mod session;
 mod state;
+mod token;
 mod users;
 mod v1;
 mod v2;

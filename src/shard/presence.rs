@@ -21,81 +21,22 @@
 //! most one frame per second, whatever its churn, and the details stop at
 //! `presence_limit` changes per second (then only the count).
 //!
+//! The data (members, changes, who watches what) is `members`; this file
+//! is what the shards do with it.
+//!
 //! Invariants: a shard reports changes only for rooms some shard watches
 //! (told by the owner), so unwatched rooms cost nothing per join; events
 //! are best-effort (a change racing the owner's `Watching` may go
 //! unreported; the count in the next event is right).
 
 use super::conns::Conn;
+use super::members::{Changes, Member};
 use super::mesh::{owner_of_str, ConnRef, GlobalConn, ShardMsg};
 use super::state::Shard;
 use crate::proto::binary::VERSION_NATIVE;
 use crate::proto::v2::op;
 use crate::proto::wire::Wire;
-use fnv::FnvHashMap;
-use serde::Serialize;
 use std::sync::Arc;
-
-/// One member as presence shows it.
-#[derive(Debug, Clone, Serialize)]
-pub struct Member {
-    /// User id (0: anonymous).
-    pub mid: i64,
-    /// Connection key (client-chosen or server-assigned).
-    pub key: String,
-    /// The token's `info` claim, raw JSON (`null` without one).
-    pub info: Option<Box<serde_json::value::RawValue>>,
-}
-
-/// Changes to a room's members, with details up to a limit.
-#[derive(Debug, Default)]
-pub struct Changes {
-    /// Members that joined.
-    pub joins: Vec<Member>,
-    /// Members that left.
-    pub leaves: Vec<Member>,
-    /// Changes beyond the limit (not detailed).
-    pub more: u32,
-}
-
-impl Changes {
-    fn add(&mut self, m: Member, joined: bool, limit: usize) {
-        if self.joins.len() + self.leaves.len() >= limit {
-            self.more += 1;
-        } else if joined {
-            self.joins.push(m);
-        } else {
-            self.leaves.push(m);
-        }
-    }
-
-    fn merge(&mut self, other: Changes, limit: usize) {
-        for m in other.joins {
-            self.add(m, true, limit);
-        }
-        for m in other.leaves {
-            self.add(m, false, limit);
-        }
-        self.more += other.more;
-    }
-
-    fn is_empty(&self) -> bool {
-        self.joins.is_empty() && self.leaves.is_empty() && self.more == 0
-    }
-}
-
-/// One shard's presence state.
-#[derive(Debug, Default)]
-pub struct Watched {
-    /// Rooms watched by someone, anywhere: their local changes since the
-    /// last sweep.
-    pending: FnvHashMap<Arc<str>, Changes>,
-    /// Local watchers, by room.
-    mine: FnvHashMap<Arc<str>, Vec<ConnRef>>,
-    /// Owner side: rooms this shard owns that are watched, with how many
-    /// shards have watchers and the changes reported since the last event.
-    owned: FnvHashMap<Arc<str>, (u32, Changes)>,
-}
 
 impl Shard {
     /// What presence shows of connection `c` at `r`.

@@ -22,9 +22,9 @@ use super::dedup::{Dedup, Outcome};
 use super::directory::Directory;
 use super::history::Logs;
 use super::inbox::{Inboxes, Policy as InboxPolicy};
+use super::members::Watched;
 use super::mesh::{ConnRef, GlobalConn, ShardMsg};
 use super::patterns::PatternIndex;
-use super::presence::Watched;
 use super::rooms::RoomTable;
 use super::view::Shared;
 use super::wheel::Wheel;
@@ -89,7 +89,7 @@ pub struct Shard {
     /// Local version-2 connections' pattern subscriptions.
     pub(super) patterns: PatternIndex<ConnRef>,
     /// Rooms whose members' joins and leaves someone watches (`presence`).
-    pub(super) watched: Watched,
+    pub(super) watched: Watched<ConnRef>,
 }
 
 impl Shard {

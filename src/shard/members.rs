@@ -1,0 +1,89 @@
+//! Presence data: `Member` (what presence shows of a connection),
+//! `Changes` (joins and leaves of a room, detailed up to a limit, then
+//! only counted) and `Watched` (one shard's view of which rooms are
+//! watched, who watches locally, and what it owns).
+//!
+//! Pure data (sans-IO), owned by one shard; `presence` drives it, and
+//! `Changes` and `Member` travel in mesh messages.
+//!
+//! Invariant: a `Changes` never details more than the limit it is given;
+//! past it only `more` grows, so a room's churn costs bounded memory per
+//! second whatever its size.
+
+use fnv::FnvHashMap;
+use serde::Serialize;
+use std::sync::Arc;
+
+/// One member as presence shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct Member {
+    /// User id (0: anonymous).
+    pub mid: i64,
+    /// Connection key (client-chosen or server-assigned).
+    pub key: String,
+    /// The token's `info` claim, raw JSON (`null` without one).
+    pub info: Option<Box<serde_json::value::RawValue>>,
+}
+
+/// Changes to a room's members, with details up to a limit.
+#[derive(Debug, Default)]
+pub struct Changes {
+    /// Members that joined.
+    pub joins: Vec<Member>,
+    /// Members that left.
+    pub leaves: Vec<Member>,
+    /// Changes beyond the limit (not detailed).
+    pub more: u32,
+}
+
+impl Changes {
+    /// One join (or leave), detailed while under `limit` changes.
+    pub fn add(&mut self, m: Member, joined: bool, limit: usize) {
+        if self.joins.len() + self.leaves.len() >= limit {
+            self.more += 1;
+        } else if joined {
+            self.joins.push(m);
+        } else {
+            self.leaves.push(m);
+        }
+    }
+
+    /// Another shard's changes added to these.
+    pub fn merge(&mut self, other: Changes, limit: usize) {
+        for m in other.joins {
+            self.add(m, true, limit);
+        }
+        for m in other.leaves {
+            self.add(m, false, limit);
+        }
+        self.more += other.more;
+    }
+
+    /// Nothing changed.
+    pub fn is_empty(&self) -> bool {
+        self.joins.is_empty() && self.leaves.is_empty() && self.more == 0
+    }
+}
+
+/// One shard's presence state; `M` is how the shard names a connection.
+#[derive(Debug)]
+pub struct Watched<M> {
+    /// Rooms watched by someone, anywhere: their local changes since the
+    /// last sweep.
+    pub pending: FnvHashMap<Arc<str>, Changes>,
+    /// Local watchers, by room.
+    pub mine: FnvHashMap<Arc<str>, Vec<M>>,
+    /// Owner side: rooms this shard owns that are watched, with how many
+    /// shards have watchers and the changes reported since the last event.
+    pub owned: FnvHashMap<Arc<str>, (u32, Changes)>,
+}
+
+impl<M> Default for Watched<M> {
+    fn default() -> Self {
+        Watched {
+            pending: FnvHashMap::default(),
+            mine: FnvHashMap::default(),
+            owned: FnvHashMap::default(),
+        }
+    }
+}
