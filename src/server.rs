@@ -48,6 +48,15 @@ pub enum StartError {
     },
 }
 
+/// Depth of each shard's io_uring rings (glommio's default is 128). Every
+/// idle connection keeps a poll request outstanding on its shard's ring, and
+/// the kernel finds one to cancel by walking a hash bucket of those; it
+/// sizes the table by the completion queue (2 x depth), up to 256 buckets
+/// at 4,096. With 128, 19,000 connections meant ~2,400 entries per bucket
+/// and cancels (glommio cancels a poll each time the executor parks) took
+/// 6 % of a shard's time at 50 msg/s (perf, BENCHMARKS.md).
+const RING_DEPTH: usize = 4096;
+
 /// The running server.
 pub struct Server;
 
@@ -128,6 +137,7 @@ impl Server {
                 // File DMA is not used yet; keep locked memory far below the
                 // common 8 MiB RLIMIT_MEMLOCK.
                 .io_memory(512 << 10)
+                .ring_depth(RING_DEPTH)
                 .preempt_timer(Duration::from_millis(10))
                 .spawn(move || shard_main(id, shared, fds, ready))
                 .map_err(|e| StartError::Executor {
