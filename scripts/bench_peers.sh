@@ -10,7 +10,8 @@
 # whole run (connects and handshakes included: N upgrade answers).
 # Installs nats-server from apt and uWebSockets.js from npm when missing.
 # Loopback only; every process started here is stopped by PID. JSON per run
-# in $OUT, a table at the end. SERVERS limits which servers run.
+# in $OUT, a table at the end. SERVERS picks which servers run (volley1:
+# volley with one shard).
 # Usage: scripts/bench_peers.sh [N=19000] [RATES="5 50 100 200"] [SECS=10]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -50,17 +51,22 @@ wait_port() { for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/n
 # loop, like the NATS and tokio publishers). VOLLEY_PUBLISH=http POSTs each
 # message to the HTTP API instead (closed loop, the earlier runs).
 AUTH=$(python3 -c 'import struct,sys; b=b"{\"room_id\":\"live://bench\",\"accepts\":[]}"; sys.stdout.write((struct.pack(">IHHII",16+len(b),16,1,7,1)+b).hex())')
-run_volley() {
-    ./target/release/volley serve --tcp-listen 127.0.0.1:3201 --ws-listen 127.0.0.1:3202 --api-listen 127.0.0.1:3211 --api-publish-listen 127.0.0.1:3212 --log-level warn &
+run_volley() { volley_as volley 0 "$1"; }
+# volley with one shard: on this 2-core host the load generator takes a core
+# of its own, which a single-threaded peer leaves it and two shards do not.
+run_volley1() { volley_as volley1 1 "$1"; }
+volley_as() {
+    ./target/release/volley serve --shards "$2" --tcp-listen 127.0.0.1:3201 --ws-listen 127.0.0.1:3202 \
+        --api-listen 127.0.0.1:3211 --api-publish-listen 127.0.0.1:3212 --log-level warn &
     PID=$!; wait_port 3211; sleep 1
     if [ "${VOLLEY_PUBLISH:-tcp}" = http ]; then
         VIA=(--publish http --publish-http 127.0.0.1:3211 --publish-path "/goim/push/room?operation=1000&type=live&room=bench")
     else
         VIA=(--publish tcp --publish-tcp 127.0.0.1:3212 --room live://bench)
     fi
-    count "volley-$1"
+    count "$1-$3"
     "${LG[@]}" --target 127.0.0.1:3202 --ws /sub --first-binary-hex "$AUTH" "${VIA[@]}" \
-        --msg-rate "$1" --server-pid "$PID" > "$OUT/volley-$1.json" || true
+        --msg-rate "$3" --server-pid "$PID" > "$OUT/$1-$3.json" || true
     stop
 }
 

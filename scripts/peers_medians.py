@@ -5,7 +5,7 @@ Usage: scripts/peers_medians.py N DIR1 DIR2 ... (each an $OUT of bench_peers.sh)
 import json, statistics, sys
 
 n, dirs = int(sys.argv[1]), sys.argv[2:]
-servers = ["volley", "uws", "nats", "tokio"]
+servers = ["volley", "volley1", "uws", "nats", "tokio"]
 
 
 def load(d, s, r):
