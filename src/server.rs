@@ -206,6 +206,10 @@ async fn shard_main(
             return;
         }
     }
+    if let Err(e) = glommio::spawn_local_into(conn::flush::flusher(shard.clone()), control).map(|t| t.detach()) {
+        let _ = ready.send(Err(format!("cannot spawn the flusher: {e}")));
+        return;
+    }
     let listeners = fds.iter().map(|&(_, fd)| fd).collect();
     run::serve(shard, control, listeners, ready).await;
 }

@@ -12,17 +12,23 @@
 //! 2. read: recv() into the shard's scratch buffer (never a buffer of our own
 //!    while idle); whole frames go to the shard (or the session), a partial
 //!    tail is kept in `partial` until it completes
-//! 3. write: one sendmsg() of up to 64 queued frames (coalescing); on EAGAIN,
-//!    glommio's poll_write arms POLLOUT and we return Pending
+//! 3. write: one sendmsg() of up to 64 queued frames (coalescing) — its own
+//!    replies, and whatever the shard's flusher (`conn::flush`) left because
+//!    the socket was full; on EAGAIN, glommio's poll_write arms POLLOUT and
+//!    we return Pending
 //! 4. if the record says "closing": no more reading; write what is queued
 //!    (the op 6 goodbye last) as the socket takes it; once the queue is empty
 //!    (or the peer is gone, or the shard gave up on it after
 //!    CLOSE_FLUSH_SECS), shut the socket, forget the connection, finish
 //! ```
 //!
-//! Invariants: the shard is never borrowed across a `Poll::Pending`; the
-//! driver always drains its queue until empty or EAGAIN, which is what lets
-//! delivery wake it only on the empty → non-empty edge. glommio hands out one
+//! Deliveries do not wake the driver: a queue's empty → non-empty edge puts
+//! the connection on the shard's dirty list, and the flusher writes it.
+//! The driver is woken for reads, for POLLOUT (after the flusher found the
+//! socket full and woke it once to arm it), and to close.
+//!
+//! Invariants: the shard is never borrowed across a `Poll::Pending`; a
+//! driver woken to write drains its queue until empty or EAGAIN. glommio hands out one
 //! waker per task; polling with our own task's context keeps its waker
 //! refcount far from glommio 0.9's i16 limit (a task polling thousands of
 //! sockets with one context panics).

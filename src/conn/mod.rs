@@ -1,12 +1,14 @@
-//! Client connection I/O: accepting clients on a shard and `driver`, the
-//! task per connection that moves its bytes between the socket and the
-//! shard (raw TCP or WebSocket alike).
+//! Client connection I/O: accepting clients on a shard, `driver`, the task
+//! per connection that moves its bytes between the socket and the shard
+//! (raw TCP or WebSocket alike), and `flush`, the one task per shard that
+//! writes what fan-out queued.
 //!
 //! Runs on each shard's executor, in its default task queue; this and the
 //! application-server side (`api`) are the code that awaits on sockets.
 //! Everything a byte means is decided in the shard and `proto`.
 
 pub mod driver;
+pub mod flush;
 
 use crate::net::{accept_each, ListenerKind};
 use crate::shard::{Shard, Transport};
@@ -33,7 +35,7 @@ pub async fn accept(listener: TcpListener, shard: Rc<RefCell<Shard>>, kind: List
         let ip = stream
             .peer_addr()
             .map_or(std::net::Ipv4Addr::UNSPECIFIED.into(), |a| a.ip());
-        let id = shard.borrow_mut().new_conn(ip, transport);
+        let id = shard.borrow_mut().new_conn(ip, transport, stream.as_raw_fd());
         glommio::spawn_local(ClientDriver::new(stream, shard.clone(), id, transport)).detach();
     })
     .await;

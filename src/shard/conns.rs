@@ -14,6 +14,7 @@ use crate::proto::close::CloseReason;
 use crate::proto::ws;
 use bytes::Bytes;
 use std::net::IpAddr;
+use std::os::fd::RawFd;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::task::Waker;
@@ -101,6 +102,9 @@ pub struct Conn {
     pub(super) blocked: bool,
     /// Its verified token (`[auth] mode = "jwt"`), with its timers.
     pub(super) token: Option<Box<Token>>,
+    /// Its socket, which the shard's flusher writes queued frames to (the
+    /// driver owns it and closes it; -1 in the simulated-time harness).
+    pub fd: RawFd,
 }
 
 /// Per protocol version: version 1 keeps what goim's session needs inline;

@@ -4,8 +4,10 @@
 //!
 //! Runs on the owning shard, inside the mesh inbox task (or inline when a
 //! publish arrives on the shard that owns its target). Nothing is written
-//! here: frames go into each connection's `Outbound`, and its driver is woken
-//! only on the queue's empty → non-empty edge.
+//! here: frames go into each connection's `Outbound`, and a queue's empty →
+//! non-empty edge puts the connection on the shard's dirty list, which the
+//! shard's flusher task (`conn::flush`) writes out after the burst — one
+//! task wake per burst, not one per connection.
 //!
 //! Invariants: one record lookup per delivery; a frame is never copied per
 //! connection (every queue holds a clone of the same `Bytes`, in the form
@@ -36,6 +38,7 @@ use crate::proto::wire::{Frames, Wire};
 use bytes::Bytes;
 use fnv::{FnvHashMap, FnvHashSet};
 use std::sync::Arc;
+use std::task::Waker;
 
 /// What a version-2 slow consumer's goodbye adds: how to get back what it
 /// missed.
@@ -75,8 +78,11 @@ impl Shard {
         };
         match pushed {
             Ok(was_empty) => {
-                queued(c, stats, was_empty);
+                ShardStats::add(&stats.deliveries, 1);
                 self.charged(ENTRY_OVERHEAD);
+                if was_empty {
+                    self.mark_dirty(r);
+                }
             }
             Err(PushError::OverLimit { queued }) => {
                 let detail = format!("{queued} bytes of replay waiting, limit {cap}");
@@ -127,8 +133,11 @@ impl Shard {
         };
         match pushed {
             Ok(was_empty) => {
-                queued(c, stats, was_empty);
+                ShardStats::add(&stats.deliveries, 1);
                 self.charged(charge);
+                if was_empty {
+                    self.mark_dirty(r);
+                }
             }
             Err(PushError::OverLimit { queued }) => {
                 ShardStats::add(&stats.dropped, 1);
@@ -138,6 +147,43 @@ impl Shard {
                 }
                 self.close(r, CloseReason::SlowConsumer, &detail);
             }
+        }
+    }
+
+    /// `r`'s queue went from empty to non-empty: it is written by the
+    /// shard's flusher (`conn::flush`), which is woken on the list's empty →
+    /// non-empty edge, so one task runs per burst of deliveries instead of a
+    /// task per connection.
+    pub(super) fn mark_dirty(&mut self, r: ConnRef) {
+        self.dirty.push(r);
+        if self.dirty.len() == 1 {
+            if let Some(w) = &self.flusher {
+                w.wake_by_ref();
+            }
+        }
+    }
+
+    /// Puts `r` back on the dirty list (the flusher's write budget for it ran
+    /// out with frames left).
+    pub fn requeue_dirty(&mut self, r: ConnRef) {
+        self.mark_dirty(r);
+    }
+
+    /// Takes the connections whose queues filled since the last call (for
+    /// the flusher; a connection may appear twice or be gone by now).
+    pub fn take_dirty(&mut self) -> Vec<ConnRef> {
+        std::mem::take(&mut self.dirty)
+    }
+
+    /// Whether some queue waits for the flusher.
+    pub fn has_dirty(&self) -> bool {
+        !self.dirty.is_empty()
+    }
+
+    /// The flusher task's waker (`mark_dirty` wakes it).
+    pub fn set_flusher(&mut self, w: &Waker) {
+        if !self.flusher.as_ref().is_some_and(|f| f.will_wake(w)) {
+            self.flusher = Some(w.clone());
         }
     }
 
@@ -419,17 +465,6 @@ impl Shard {
             );
         }
     }
-}
-
-/// A frame went into `c`'s queue (or behind it): its driver is woken on the
-/// queue's empty → non-empty edge, and the delivery counted.
-fn queued(c: &Conn, stats: &ShardStats, was_empty: bool) {
-    if was_empty {
-        if let Some(w) = &c.waker {
-            w.wake_by_ref();
-        }
-    }
-    ShardStats::add(&stats.deliveries, 1);
 }
 
 /// Whether an authenticated connection takes a key, user or global push of

@@ -30,14 +30,16 @@ use crate::proto::binary::{self, op};
 use crate::proto::close::CloseReason;
 use crate::proto::ws;
 use std::net::IpAddr;
+use std::os::fd::RawFd;
 use std::rc::Rc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 
 impl Shard {
-    /// Registers a freshly accepted connection; it must auth before the
-    /// handshake deadline.
-    pub fn new_conn(&mut self, ip: IpAddr, transport: Transport) -> ConnRef {
+    /// Registers a freshly accepted connection (its socket `fd`, which the
+    /// flusher writes to; -1 for none); it must auth before the handshake
+    /// deadline.
+    pub fn new_conn(&mut self, ip: IpAddr, transport: Transport, fd: RawFd) -> ConnRef {
         let gen = self.next_gen;
         self.next_gen = self.next_gen.wrapping_add(1).max(1);
         let deadline = self.wheel.now() + self.cfg().client.handshake_timeout_secs;
@@ -58,6 +60,7 @@ impl Shard {
             pinged: false,
             blocked: false,
             token: None,
+            fd,
         });
         let r = ConnRef { idx: idx as u32, gen };
         self.schedule(r);

@@ -90,6 +90,11 @@ pub struct Shard {
     pub(super) patterns: PatternIndex<ConnRef>,
     /// Rooms whose members' joins and leaves someone watches (`presence`).
     pub(super) watched: Watched<ConnRef>,
+    /// Connections whose queue went from empty to non-empty since the
+    /// flusher last ran (`Shard::mark_dirty`).
+    pub(super) dirty: Vec<ConnRef>,
+    /// The flusher task's waker.
+    pub(super) flusher: Option<std::task::Waker>,
 }
 
 impl Shard {
@@ -134,6 +139,8 @@ impl Shard {
             unix_now: 0,
             patterns: PatternIndex::new(),
             watched: Watched::default(),
+            dirty: Vec::new(),
+            flusher: None,
         }
     }
 

@@ -125,7 +125,7 @@ impl Sim {
 
     fn connect_as(&mut self, shard: usize, t: Transport) -> Peer {
         let ip: IpAddr = [127, 0, 0, 1].into();
-        let conn = self.shards[shard].new_conn(ip, t);
+        let conn = self.shards[shard].new_conn(ip, t, -1);
         let p = Peer { shard, conn };
         self.wire.insert(p, Vec::new());
         p
@@ -317,6 +317,8 @@ impl Sim {
                     removed = true;
                 }
             }
+            // The flusher's list: everything was written above.
+            sh.take_dirty();
             let charged: usize = sh.conn_refs().map(|(_, c)| c.charge()).sum();
             assert_eq!(sh.queued, charged, "shard {shard}'s total of queued bytes drifted");
         }
