@@ -7,7 +7,10 @@
 # One server runs at a time, on the same 2 cores as the load generator.
 # Each server's write syscalls (sendmsg, sendto, write, writev) and
 # io_uring_enter calls are counted with perf's syscall tracepoints over the
-# whole run (connects and handshakes included: N upgrade answers).
+# whole run (connects and handshakes included: N upgrade answers). volley
+# submits most of its sends as io_uring SQEs (several per io_uring_enter),
+# so for volley the column counts syscalls, not sends; its /v1/stats
+# `writes` counts sends.
 # Installs nats-server from apt and uWebSockets.js from npm when missing.
 # Loopback only; every process started here is stopped by PID. JSON per run
 # in $OUT, a table at the end. SERVERS picks which servers run (volley1:
