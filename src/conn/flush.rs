@@ -114,7 +114,7 @@ fn flush_one(sh: &mut Shard, r: ConnRef, now: u32) {
     }
     // Budget spent with frames left: after the others.
     if sh.conn(r).is_some_and(|c| !c.out.is_empty()) {
-        sh.requeue_dirty(r);
+        sh.mark_dirty(r);
     }
 }
 
@@ -153,10 +153,16 @@ impl Batch {
     }
 
     fn flush(&mut self, sh: &mut Shard, chunk: &[ConnRef], now: u32) {
+        // A connection twice in one batch would have its frames sent twice:
+        // sorted and deduplicated once, which also lets completions find
+        // their connection by binary search.
+        let mut order = chunk.to_vec();
+        order.sort_unstable_by_key(|r| (r.idx, r.gen));
+        order.dedup();
         self.conns.clear();
-        for &r in chunk {
+        for r in order {
             let Some(c) = sh.conn(r) else { continue };
-            if c.out.is_empty() || self.conns.contains(&r) {
+            if c.out.is_empty() {
                 continue;
             }
             if c.closing() || c.fd < 0 {
@@ -211,7 +217,11 @@ impl Batch {
                 idx: (tag >> 32) as u32,
                 gen: tag as u32,
             };
-            if !self.conns.contains(&r) {
+            if self
+                .conns
+                .binary_search_by_key(&(r.idx, r.gen), |c| (c.idx, c.gen))
+                .is_err()
+            {
                 continue;
             }
             answered += 1;
@@ -234,7 +244,7 @@ impl Batch {
         }
         if answered < want {
             for &r in &self.conns {
-                sh.requeue_dirty(r);
+                sh.mark_dirty(r);
             }
         }
     }

@@ -153,20 +153,15 @@ impl Shard {
     /// `r`'s queue went from empty to non-empty: it is written by the
     /// shard's flusher (`conn::flush`), which is woken on the list's empty →
     /// non-empty edge, so one task runs per burst of deliveries instead of a
-    /// task per connection.
-    pub(super) fn mark_dirty(&mut self, r: ConnRef) {
+    /// task per connection. The flusher also puts back a connection whose
+    /// write budget ran out with frames left.
+    pub fn mark_dirty(&mut self, r: ConnRef) {
         self.dirty.push(r);
         if self.dirty.len() == 1 {
             if let Some(w) = &self.flusher {
                 w.wake_by_ref();
             }
         }
-    }
-
-    /// Puts `r` back on the dirty list (the flusher's write budget for it ran
-    /// out with frames left).
-    pub fn requeue_dirty(&mut self, r: ConnRef) {
-        self.mark_dirty(r);
     }
 
     /// Takes the connections whose queues filled since the last call (for

@@ -119,14 +119,17 @@ impl Shard {
         if self.conn(r).is_none() {
             return;
         }
-        // Presence reports the leave with the record still there to name it.
-        let rooms: Vec<Rc<str>> = match &self.conns[r.idx as usize].session {
-            Session::V1 { room, .. } => room.iter().map(|(n, _)| n.clone()).collect(),
-            Session::V2(v2) => v2.rooms.iter().map(|(n, _)| n.clone()).collect(),
-        };
-        for room in &rooms {
-            self.presence_change(r, room, false);
-            self.unwatch(r, room);
+        // Presence reports the leave with the record still there to name it
+        // (nothing to do, and nothing collected, while no room is watched).
+        if self.presence_in_use() {
+            let rooms: Vec<Rc<str>> = match &self.conns[r.idx as usize].session {
+                Session::V1 { room, .. } => room.iter().map(|(n, _)| n.clone()).collect(),
+                Session::V2(v2) => v2.rooms.iter().map(|(n, _)| n.clone()).collect(),
+            };
+            for room in &rooms {
+                self.presence_change(r, room, false);
+                self.unwatch(r, room);
+            }
         }
         let c = self.conns.remove(r.idx as usize);
         self.uncharged(c.charge());

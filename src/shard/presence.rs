@@ -73,6 +73,11 @@ impl Shard {
         }
     }
 
+    /// Whether any room is watched anywhere or by a local connection.
+    pub(super) fn presence_in_use(&self) -> bool {
+        !self.watched.pending.is_empty() || !self.watched.mine.is_empty()
+    }
+
     /// `r` (a version-2 member of `room`) asked for presence events.
     pub(super) fn watch(&mut self, r: ConnRef, room: &Arc<str>) {
         let list = self.watched.mine.entry(room.clone()).or_default();
