@@ -18,7 +18,8 @@
 //! A room publish goes to the room's owner shard, which gives it the room's
 //! next offset, stores it in the room's history and sends one `RoomFrame`
 //! (sharing the same `Bytes`) to every shard; each shard queues it to its
-//! local members, whose drivers coalesce queued frames into one `sendmsg`.
+//! local members, and the shard's flusher writes each member's queued
+//! frames with one `sendmsg`, up to 256 of them per `io_uring_enter`.
 //! A push is encoded once per protocol version and transport
 //! (`proto::wire::Frames`): TCP connections get the bare frame, WebSocket
 //! ones the same frame as one binary message; every form is shared by every
@@ -34,7 +35,9 @@
 //!   sessions, rooms, room logs with offsets and history, resume, access
 //!   and connection limits, room patterns, presence, the mesh),
 //!   plus `shard::run`, the per-shard runtime that drives it.
-//! - [`conn`]: client connections' I/O: accept and the per-connection driver.
+//! - [`conn`]: client connections' I/O: accept, the per-connection driver,
+//!   and the per-shard flusher that writes what fan-out queued (batched on
+//!   io_uring).
 //! - [`api`]: the application-server side: HTTP API, TCP publishers, and
 //!   the one publish path both take.
 //! - [`auth`]: the API key check (constant time) and client tokens (JWT).
