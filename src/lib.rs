@@ -8,7 +8,7 @@
 //!                                        ▼                                            ▼
 //!  ┌─ every shard (one per core) ──────────────────────────────────────────────────────────┐
 //!  │ api: http, tcp ── publish: encode once, route to the owner                           │
-//!  │ conn: accept ─> ClientDriver per connection (bytes only) ─> Shard::feed              │
+//!  │ conn: accept ─> readiness ring ─> reactor runs ClientDriver (bytes) ─> Shard::feed   │
 //!  │ shard: Shard = conns, RoomTable, key/user directory slice, heartbeat wheel (sans-IO) │
 //!  │ shard::run: inbox loop (fan-out), 1 s sweep, shutdown drain                          │
 //!  └──────────────▲─────────────────────────────────────────────────────────▲─────────────┘
@@ -35,9 +35,11 @@
 //!   sessions, rooms, room logs with offsets and history, resume, access
 //!   and connection limits, room patterns, presence, the mesh),
 //!   plus `shard::run`, the per-shard runtime that drives it.
-//! - [`conn`]: client connections' I/O: accept, the per-connection driver,
-//!   and the per-shard flusher that writes what fan-out queued (batched on
-//!   io_uring).
+//! - [`conn`]: client connections' I/O: accept, the per-connection driver
+//!   (state, not a task), the per-shard readiness ring (one multishot poll
+//!   per connection on an io_uring of our own) and reactor that runs the
+//!   drivers, and the per-shard flusher that writes what fan-out queued
+//!   (batched on io_uring).
 //! - [`api`]: the application-server side: HTTP API, TCP publishers, and
 //!   the one publish path both take.
 //! - [`auth`]: the API key check (constant time) and client tokens (JWT).

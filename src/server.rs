@@ -4,10 +4,12 @@
 //! Runs on the caller's thread; the shards run on their own threads until
 //! `ServerHandle::shutdown` (or drop). Which listeners exist is data
 //! (`net::ListenerSpec::from_config`); this module binds each on every shard
-//! (`net::bind`), then on each shard spawns one acceptor per listener — client
+//! (`net::bind`), then on each shard creates the readiness ring
+//! (`conn::ring`) and spawns its reactor, one acceptor per listener — client
 //! ones in the default task queue, application-server ones in the control
-//! queue — and hands the shard to its runtime (`shard::run::serve`), which
-//! owns the inbox, the sweep and the shutdown drain.
+//! queue — and the flusher, and hands the shard to its runtime
+//! (`shard::run::serve`), which owns the inbox, the sweep and the shutdown
+//! drain; after it, the drivers left are dropped.
 //!
 //! Nothing here runs per connection or per message.
 
@@ -184,6 +186,15 @@ async fn shard_main(
 ) {
     let shard = Rc::new(RefCell::new(Shard::new(id, shared)));
     let control = run::control_queue();
+    if let Err(e) = conn::ring::install() {
+        let _ = ready.send(Err(format!(
+            "cannot create the readiness ring (io_uring, Linux 5.13+): {e}"
+        )));
+        return;
+    }
+    // In the default queue, as the connections' reads always were: the
+    // control queue (mesh inbox, API, flusher) goes first.
+    glommio::spawn_local(conn::ring::reactor(shard.clone())).detach();
     for &(kind, fd) in &fds {
         // SAFETY: the descriptor was created by `net::bind` and handed over
         // with into_raw_fd; nothing else owns it.
@@ -211,7 +222,8 @@ async fn shard_main(
         return;
     }
     let listeners = fds.iter().map(|&(_, fd)| fd).collect();
-    run::serve(shard, control, listeners, ready).await;
+    run::serve(shard.clone(), control, listeners, ready).await;
+    conn::driver::clear(&shard);
 }
 
 impl ServerHandle {

@@ -1,38 +1,44 @@
-//! `ClientDriver`: the task that drives one client connection — raw TCP or
-//! WebSocket — as a single hand-written future that only moves bytes:
-//! socket → shard (or WebSocket session → shard), shard's queue → socket.
+//! `ClientDriver`: what drives one client connection — raw TCP or
+//! WebSocket — moving bytes only: socket → shard (or WebSocket session →
+//! shard), shard's queue → socket. Not a task: `Drivers`, the shard's table
+//! of them, is run by the shard's I/O reactor (`conn::ring`) when the
+//! connection's socket has bytes, takes writes again, or its record was
+//! woken (`Shard::wake_conn`: a close, the flusher handing a queue over).
 //!
-//! One driver per connection, spawned on the shard that accepted it; it never
-//! leaves that shard. What the bytes mean is decided elsewhere: frames by
-//! `Shard::feed`, WebSocket policy by `proto::ws::Session`, whose actions the
-//! driver carries out. Each poll, in this order:
+//! One driver per connection, in the table of the shard that accepted it;
+//! it never leaves that shard. What the bytes mean is decided elsewhere:
+//! frames by `Shard::feed`, WebSocket policy by `proto::ws::Session`, whose
+//! actions the driver carries out. Each run, in this order:
 //!
 //! ```text
-//! 1. record the task's waker in the connection's record (deliveries wake it)
-//! 2. read: recv() into the shard's scratch buffer (never a buffer of our own
-//!    while idle); whole frames go to the shard (or the session), a partial
-//!    tail is kept in `partial` until it completes
-//! 3. write: one sendmsg() of up to 64 queued frames (coalescing) — its own
+//! 1. read: recv() into the shard's scratch buffer (never a buffer of our own
+//!    while idle) until EAGAIN; whole frames go to the shard (or the
+//!    session), a partial tail is kept in `partial` until it completes
+//! 2. write: one sendmsg() of up to 64 queued frames (coalescing) — its own
 //!    replies, and whatever the shard's flusher (`conn::flush`) left because
-//!    the socket was full; on EAGAIN, glommio's poll_write arms POLLOUT and
-//!    we return Pending
-//! 4. if the record says "closing": no more reading; write what is queued
+//!    the socket was full; on EAGAIN, a POLLOUT request on the readiness ring
+//! 3. if the record says "closing": no more reading; write what is queued
 //!    (the op 6 goodbye last) as the socket takes it; once the queue is empty
 //!    (or the peer is gone, or the shard gave up on it after
-//!    CLOSE_FLUSH_SECS), shut the socket, forget the connection, finish
+//!    CLOSE_FLUSH_SECS), shut the socket, remove its requests from the ring,
+//!    forget the connection and the driver
 //! ```
 //!
-//! Deliveries do not wake the driver: a queue's empty → non-empty edge puts
-//! the connection on the shard's dirty list, and the flusher writes it.
-//! The driver is woken for reads, for POLLOUT (after the flusher found the
-//! socket full and woke it once to arm it), and to close.
+//! A connection costs no glommio task, stream or poll `Source`: the driver
+//! holds its socket as a bare descriptor, and the shard's readiness ring
+//! keeps one multishot POLLIN request per connection (idle RSS per
+//! connection fell from ~1,150 to ~400 B, BENCHMARKS.md).
 //!
-//! Invariants: the shard is never borrowed across a `Poll::Pending`; a
-//! driver woken to write drains its queue until empty or EAGAIN. glommio hands out one
-//! waker per task; polling with our own task's context keeps its waker
-//! refcount far from glommio 0.9's i16 limit (a task polling thousands of
-//! sockets with one context panics).
+//! Deliveries do not run the driver: a queue's empty → non-empty edge puts
+//! the connection on the shard's dirty list, and the flusher writes it.
+//!
+//! Invariants: a run never leaves the shard borrowed; a driver reads until
+//! EAGAIN or asks to run again (the ring reports arrivals, not readable
+//! state); a driver run to write drains its queue until empty or EAGAIN, or
+//! asks to run again; a driver and its connection record share a `ConnRef`,
+//! and the driver outlives the record (it removes it).
 
+use super::ring;
 use crate::metrics::{self, ShardStats};
 use crate::proto::binary;
 use crate::proto::close::CloseReason;
@@ -41,40 +47,45 @@ use crate::proto::ws::Session;
 use crate::shard::mesh::ConnRef;
 use crate::shard::outbound::{Outbound, MAX_IOV};
 use crate::shard::{Shard, Shared, Transport};
-use futures_lite::io::{AsyncRead, AsyncWrite};
-use glommio::net::TcpStream;
 use std::cell::RefCell;
-use std::future::Future;
 use std::io::{self, IoSlice};
-use std::os::fd::{AsRawFd, RawFd};
-use std::pin::Pin;
-use std::rc::Rc;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::sync::Arc;
-use std::task::{Context, Poll};
 
 /// Size of the per-shard read buffer shared by every connection's reads.
 const SCRATCH: usize = 64 * 1024;
-/// Reads per poll before yielding to other connections.
-const READS_PER_POLL: usize = 4;
-/// Writes per poll before yielding to other connections.
-const WRITES_PER_POLL: usize = 16;
+/// Reads per run before other connections get their turn.
+const READS_PER_RUN: usize = 4;
+/// Writes per run before other connections get their turn.
+const WRITES_PER_RUN: usize = 16;
 
 thread_local! {
     /// The shard's read buffer: a connection only owns bytes while a frame is
     /// split across reads.
     static SCRATCH_BUF: RefCell<Vec<u8>> = RefCell::new(vec![0; SCRATCH]);
+    /// The shard's drivers.
+    static DRIVERS: RefCell<Drivers> = RefCell::new(Drivers::default());
 }
 
-/// The future that owns one client connection.
+/// Adds the driver of connection `id` to this shard's table.
+pub fn add(id: ConnRef, d: ClientDriver) {
+    DRIVERS.with(|t| t.borrow_mut().insert(id, d));
+}
+
+/// Runs connection `id`'s driver on this shard (see `Drivers::run`).
+pub fn run(shard: &RefCell<Shard>, id: ConnRef) -> Step {
+    DRIVERS.with(|t| t.borrow_mut().run(shard, id))
+}
+
+/// Drops this shard's drivers at shutdown (see `Drivers::clear`).
+pub fn clear(shard: &RefCell<Shard>) {
+    let _ = DRIVERS.try_with(|t| t.borrow_mut().clear(shard));
+}
+
+/// One client connection's I/O state.
 pub struct ClientDriver {
-    /// The socket.
-    stream: TcpStream,
-    /// Its descriptor, for `sendmsg`.
-    fd: RawFd,
-    /// The shard that owns this connection.
-    shard: Rc<RefCell<Shard>>,
-    /// This connection's record on the shard.
-    id: ConnRef,
+    /// The socket (closed when the driver is dropped).
+    fd: OwnedFd,
     /// Bytes of an incomplete frame or upgrade request (empty, unallocated,
     /// most of the time).
     partial: Vec<u8>,
@@ -91,80 +102,140 @@ struct WsConn {
     shared: Arc<Shared>,
 }
 
+/// What a run left to do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    /// Nothing until the ring or the shard wakes it.
+    Wait,
+    /// Budget spent with work left: run again after the others.
+    Again,
+    /// Finished: the connection is forgotten; drop the driver.
+    Done,
+}
+
 impl ClientDriver {
     /// A driver for an accepted, registered connection.
-    pub fn new(stream: TcpStream, shard: Rc<RefCell<Shard>>, id: ConnRef, transport: Transport) -> Self {
-        let fd = stream.as_raw_fd();
+    pub fn new(fd: OwnedFd, shared: &Arc<Shared>, transport: Transport) -> Self {
         let ws = (transport != Transport::Tcp).then(|| {
             Box::new(WsConn {
                 session: Session::default(),
-                shared: shard.borrow().shared.clone(),
+                shared: shared.clone(),
             })
         });
         ClientDriver {
-            stream,
             fd,
-            shard,
-            id,
             partial: Vec::new(),
             ws,
         }
     }
 
-    fn read(&mut self, cx: &mut Context<'_>) -> Result<(), CloseReason> {
-        for _ in 0..READS_PER_POLL {
-            let done = SCRATCH_BUF.with(|buf| {
-                let mut buf = buf.borrow_mut();
-                match Pin::new(&mut self.stream).poll_read(cx, &mut buf[..]) {
-                    Poll::Pending => Ok(true),
-                    Poll::Ready(Ok(0)) => Err(CloseReason::PeerClosed),
-                    Poll::Ready(Ok(n)) => {
-                        self.ingest(&mut buf[..n]);
-                        Ok(false)
-                    }
-                    Poll::Ready(Err(e)) if e.kind() == io::ErrorKind::Interrupted => Ok(false),
-                    Poll::Ready(Err(_)) => Err(CloseReason::IoError),
-                }
-            })?;
-            if done {
-                return Ok(());
+    /// Reads, writes, and finishes a closing connection; see the module doc.
+    pub fn run(&mut self, shard: &RefCell<Shard>, id: ConnRef) -> Step {
+        let Some(closing) = shard.borrow().conn(id).map(|c| c.closing()) else {
+            return Step::Done;
+        };
+        let mut again = false;
+        if !closing {
+            let r = self.read(shard, id).and_then(|more| Ok(more | self.write(shard, id)?));
+            match r {
+                Ok(more) => again = more,
+                Err(reason) => shard.borrow_mut().close(id, reason, ""),
             }
         }
-        // Budget spent with data possibly left: come back after others ran.
-        cx.waker().wake_by_ref();
-        Ok(())
+        let (closing, gone) = match shard.borrow().conn(id) {
+            None => (true, true),
+            Some(c) => (
+                c.closing(),
+                matches!(c.close, Some(CloseReason::PeerClosed | CloseReason::IoError)),
+            ),
+        };
+        if !closing {
+            return if again { Step::Again } else { Step::Wait };
+        }
+        // Flush the goodbye as the socket takes it; POLLOUT (or the shard
+        // giving up) runs us for the rest.
+        let flushed = gone
+            || match self.write(shard, id) {
+                Err(_) => true,
+                Ok(more) => {
+                    again = more;
+                    shard.borrow().conn(id).is_none_or(|c| c.out.is_empty())
+                }
+            };
+        if flushed {
+            self.finish(shard, id);
+            return Step::Done;
+        }
+        if again {
+            Step::Again
+        } else {
+            Step::Wait
+        }
+    }
+
+    /// Reads until EAGAIN; `Ok(true)` when the budget ran out first.
+    fn read(&mut self, shard: &RefCell<Shard>, id: ConnRef) -> Result<bool, CloseReason> {
+        for _ in 0..READS_PER_RUN {
+            let done = SCRATCH_BUF.with(|buf| {
+                let mut buf = buf.borrow_mut();
+                // SAFETY: a non-blocking recv into a buffer we own, for its
+                // length.
+                let n = unsafe {
+                    libc::recv(
+                        self.fd.as_raw_fd(),
+                        buf.as_mut_ptr().cast(),
+                        buf.len(),
+                        libc::MSG_DONTWAIT,
+                    )
+                };
+                match n {
+                    0 => Err(CloseReason::PeerClosed),
+                    n if n > 0 => {
+                        self.ingest(shard, id, &mut buf[..n as usize]);
+                        Ok(false)
+                    }
+                    _ => match io::Error::last_os_error().kind() {
+                        // Drained: the connection's multishot poll on the
+                        // shard's readiness ring reports what comes next.
+                        io::ErrorKind::WouldBlock => Ok(true),
+                        io::ErrorKind::Interrupted => Ok(false),
+                        _ => Err(CloseReason::IoError),
+                    },
+                }
+            })?;
+            if done || shard.borrow().is_closing(id) {
+                return Ok(false);
+            }
+        }
+        Ok(true)
     }
 
     /// Hands newly read bytes on, after any partial frame kept from before;
     /// keeps what is left of an incomplete frame for the next read.
-    fn ingest(&mut self, data: &mut [u8]) {
-        self.shard.borrow_mut().set_clock(metrics::clock_us());
+    fn ingest(&mut self, shard: &RefCell<Shard>, id: ConnRef, data: &mut [u8]) {
+        shard.borrow_mut().set_clock(metrics::clock_us());
         if self.partial.is_empty() {
-            let used = self.process(data);
-            if used < data.len() && !self.closing() {
+            let used = self.process(shard, id, data);
+            if used < data.len() && !shard.borrow().is_closing(id) {
                 self.partial.extend_from_slice(&data[used..]);
             }
         } else {
             let mut buf = std::mem::take(&mut self.partial);
             buf.extend_from_slice(data);
-            let used = self.process(&mut buf);
-            if used < buf.len() && !self.closing() {
+            let used = self.process(shard, id, &mut buf);
+            if used < buf.len() && !shard.borrow().is_closing(id) {
                 buf.drain(..used);
                 self.partial = buf;
             }
         }
     }
 
-    fn closing(&self) -> bool {
-        self.shard.borrow().is_closing(self.id)
-    }
-
     /// Whole frames (TCP) or whatever the WebSocket session makes of the
     /// bytes; returns how many were consumed.
-    fn process(&mut self, buf: &mut [u8]) -> usize {
-        let mut shard = self.shard.borrow_mut();
+    fn process(&mut self, shard: &RefCell<Shard>, id: ConnRef, buf: &mut [u8]) -> usize {
+        let mut shard = shard.borrow_mut();
         let Some(ws) = self.ws.as_mut() else {
-            return shard.feed(self.id, buf);
+            return shard.feed(id, buf);
         };
         let WsConn { session, shared } = &mut **ws;
         let rules = Rules {
@@ -173,18 +244,18 @@ impl ClientDriver {
             echo_max_message: shared.config.ws.echo_max_message,
         };
         let mut used = 0;
-        while !shard.is_closing(self.id) {
+        while !shard.is_closing(id) {
             let (action, n) = session.handle_read(&mut buf[used..], rules);
             used += n;
             let Some(action) = action else { break };
             match action {
-                Action::Send(bytes) => shard.enqueue_bytes(self.id, bytes),
+                Action::Send(bytes) => shard.enqueue_bytes(id, bytes),
                 Action::Upgraded { response, echo } => {
-                    shard.enqueue_bytes(self.id, response);
-                    shard.ws_upgraded(self.id, echo);
+                    shard.enqueue_bytes(id, response);
+                    shard.ws_upgraded(id, echo);
                 }
-                Action::Deliver(payload) => shard.feed_message(self.id, payload),
-                Action::Alive => shard.ws_pong(self.id),
+                Action::Deliver(payload) => shard.feed_message(id, payload),
+                Action::Alive => shard.ws_pong(id),
                 Action::Close {
                     reason,
                     detail,
@@ -192,39 +263,34 @@ impl ClientDriver {
                     reply,
                 } => {
                     if let Some(reply) = reply {
-                        shard.enqueue_bytes(self.id, reply);
+                        shard.enqueue_bytes(id, reply);
                     }
-                    shard.close_with_code(self.id, reason, &detail, code);
+                    shard.close_with_code(id, reason, &detail, code);
                 }
             }
         }
         used
     }
 
-    /// Writes until the queue is empty, the socket is full (POLLOUT armed), or
-    /// the per-poll budget is spent.
-    fn write(&mut self, cx: &mut Context<'_>) -> Result<(), CloseReason> {
-        for _ in 0..WRITES_PER_POLL {
-            let mut shard = self.shard.borrow_mut();
-            let Some((c, stats)) = shard.conn_and_stats(self.id) else {
-                return Ok(());
+    /// Writes until the queue is empty or the socket is full (POLLOUT
+    /// requested); `Ok(true)` when the budget ran out first.
+    fn write(&mut self, shard: &RefCell<Shard>, id: ConnRef) -> Result<bool, CloseReason> {
+        for _ in 0..WRITES_PER_RUN {
+            let mut shard = shard.borrow_mut();
+            let Some((c, stats)) = shard.conn_and_stats(id) else {
+                return Ok(false);
             };
             if c.out.is_empty() {
-                return Ok(());
+                return Ok(false);
             }
-            let n = match write_queue(self.fd, &c.out) {
+            let n = match write_queue(self.fd.as_raw_fd(), &c.out) {
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    // Let glommio arm POLLOUT for this task; it retries the
-                    // send first, so a race with a draining peer is harmless.
-                    match Pin::new(&mut self.stream).poll_write(cx, c.out.front()) {
-                        Poll::Ready(Ok(n)) => n,
-                        Poll::Ready(Err(_)) => return Err(CloseReason::IoError),
-                        Poll::Pending => {
-                            shard.write_blocked(self.id);
-                            return Ok(());
-                        }
-                    }
+                    // Requested after the failed send, the POLLOUT fires at
+                    // once if the peer has drained meanwhile.
+                    shard.write_blocked(id);
+                    ring::want_write(self.fd.as_raw_fd(), id);
+                    return Ok(false);
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(_) => return Err(CloseReason::IoError),
@@ -234,23 +300,68 @@ impl ClientDriver {
             stats.queue_wait_us.record(waited);
             ShardStats::add(&stats.bytes_out, n as u64);
             ShardStats::add(&stats.writes, 1);
-            shard.written(self.id, n, now);
+            shard.written(id, n, now);
         }
-        cx.waker().wake_by_ref();
-        Ok(())
+        Ok(true)
     }
 
     /// Forgets the connection (its goodbye is written, or given up). The
     /// socket closes when the driver is dropped.
-    fn finish(&mut self) {
-        let mut shard = self.shard.borrow_mut();
-        if let Some(c) = shard.conn_mut(self.id) {
-            c.waker = None;
-        }
+    fn finish(&mut self, shard: &RefCell<Shard>, id: ConnRef) {
+        ring::forget(id);
         // SAFETY: plain syscall on a descriptor we own; errors are irrelevant
         // (the peer may be gone).
-        unsafe { libc::shutdown(self.fd, libc::SHUT_WR) };
-        shard.remove_conn(self.id);
+        unsafe { libc::shutdown(self.fd.as_raw_fd(), libc::SHUT_WR) };
+        shard.borrow_mut().remove_conn(id);
+    }
+}
+
+/// The shard's drivers, by connection slot (the same slot as the record's).
+#[derive(Default)]
+pub struct Drivers {
+    slots: Vec<Option<(u32, ClientDriver)>>,
+}
+
+impl Drivers {
+    /// Adds the driver of connection `id`.
+    pub fn insert(&mut self, id: ConnRef, d: ClientDriver) {
+        let i = id.idx as usize;
+        if self.slots.len() <= i {
+            self.slots.resize_with(i + 1, || None);
+        }
+        self.slots[i] = Some((id.gen, d));
+    }
+
+    /// Runs `id`'s driver (nothing if it is gone) and drops it once done.
+    pub fn run(&mut self, shard: &RefCell<Shard>, id: ConnRef) -> Step {
+        let Some(slot) = self.slots.get_mut(id.idx as usize) else {
+            return Step::Done;
+        };
+        let Some((gen, d)) = slot.as_mut() else {
+            return Step::Done;
+        };
+        if *gen != id.gen {
+            return Step::Done;
+        }
+        let step = d.run(shard, id);
+        if step == Step::Done {
+            *slot = None;
+        }
+        step
+    }
+
+    /// Drops every driver left at shutdown, forgetting its connection so
+    /// that the counts stay right; closes their sockets.
+    pub fn clear(&mut self, shard: &RefCell<Shard>) {
+        for (i, slot) in self.slots.iter_mut().enumerate() {
+            if let Some((gen, _)) = slot.take() {
+                let id = ConnRef { idx: i as u32, gen };
+                ring::forget(id);
+                if let Ok(mut sh) = shard.try_borrow_mut() {
+                    sh.remove_conn(id);
+                }
+            }
+        }
     }
 }
 
@@ -275,64 +386,6 @@ pub fn write_queue(fd: RawFd, out: &Outbound) -> io::Result<usize> {
         Err(io::Error::last_os_error())
     } else {
         Ok(r as usize)
-    }
-}
-
-impl Future for ClientDriver {
-    type Output = ();
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
-        let this = self.get_mut();
-        let closing = {
-            let mut shard = this.shard.borrow_mut();
-            let Some(c) = shard.conn_mut(this.id) else {
-                return Poll::Ready(());
-            };
-            if !c.waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
-                c.waker = Some(cx.waker().clone());
-            }
-            c.closing()
-        };
-        if !closing {
-            let r = this.read(cx).and_then(|()| this.write(cx));
-            if let Err(reason) = r {
-                this.shard.borrow_mut().close(this.id, reason, "");
-            }
-        }
-        let (closing, gone) = {
-            let sh = this.shard.borrow();
-            match sh.conn(this.id) {
-                None => (true, true),
-                Some(c) => (
-                    c.closing(),
-                    matches!(c.close, Some(CloseReason::PeerClosed | CloseReason::IoError)),
-                ),
-            }
-        };
-        if !closing {
-            return Poll::Pending;
-        }
-        // Flush the goodbye as the socket takes it; POLLOUT (or the shard
-        // giving up) wakes us for the rest.
-        let flushed =
-            gone || this.write(cx).is_err() || this.shard.borrow().conn(this.id).is_none_or(|c| c.out.is_empty());
-        if flushed {
-            this.finish();
-            return Poll::Ready(());
-        }
-        Poll::Pending
-    }
-}
-
-impl Drop for ClientDriver {
-    fn drop(&mut self) {
-        // Dropped without finishing (executor ended at shutdown): still forget
-        // the connection so counts stay right.
-        if let Ok(mut shard) = self.shard.try_borrow_mut() {
-            if shard.conn(self.id).is_some() {
-                shard.remove_conn(self.id);
-            }
-        }
     }
 }
 

@@ -10,9 +10,9 @@
 //! (`MSG_DONTWAIT`: the kernel completes each at once, written or EAGAIN);
 //! what a connection has left after that goes out with plain `sendmsg`
 //! calls, up to `WRITES_PER_FLUSH` per connection. A connection whose
-//! socket is full is handed to its driver (woken: it arms POLLOUT through
-//! glommio and writes the rest when the socket drains); a closing one is
-//! its driver's too.
+//! socket is full gets a POLLOUT request on the shard's readiness ring
+//! (`conn::ring`), whose completion wakes its driver to write the rest; a
+//! closing one is its driver's.
 //!
 //! Why a ring of its own: glommio 0.9 writes sockets with one syscall each
 //! and its ring is not ours to submit to; batching the sends cut server CPU
@@ -26,6 +26,7 @@
 //! connections so that reads and accepts are not starved by a big fan-out.
 
 use crate::conn::driver::write_queue;
+use crate::conn::ring;
 use crate::metrics::{self, ShardStats};
 use crate::proto::close::CloseReason;
 use crate::shard::mesh::ConnRef;
@@ -90,7 +91,7 @@ fn flush_one(sh: &mut Shard, r: ConnRef, now: u32) {
             return;
         }
         if c.closing() || c.fd < 0 {
-            wake_driver(sh, r);
+            sh.wake_conn(r);
             return;
         }
         match write_queue(c.fd, &c.out) {
@@ -102,8 +103,7 @@ fn flush_one(sh: &mut Shard, r: ConnRef, now: u32) {
             }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                sh.write_blocked(r);
-                wake_driver(sh, r);
+                blocked(sh, r);
                 return;
             }
             Err(_) => {
@@ -118,9 +118,12 @@ fn flush_one(sh: &mut Shard, r: ConnRef, now: u32) {
     }
 }
 
-fn wake_driver(sh: &Shard, r: ConnRef) {
-    if let Some(w) = sh.conn(r).and_then(|c| c.waker.as_ref()) {
-        w.wake_by_ref();
+/// `r`'s socket is full: its driver writes the rest once the readiness
+/// ring says the socket takes writes again.
+fn blocked(sh: &mut Shard, r: ConnRef) {
+    sh.write_blocked(r);
+    if let Some(c) = sh.conn(r) {
+        ring::want_write(c.fd, r);
     }
 }
 
@@ -166,7 +169,7 @@ impl Batch {
                 continue;
             }
             if c.closing() || c.fd < 0 {
-                wake_driver(sh, r);
+                sh.wake_conn(r);
                 continue;
             }
             let i = self.conns.len();
@@ -236,8 +239,7 @@ impl Batch {
                     flush_one(sh, r, now);
                 }
             } else if res == -libc::EAGAIN || res == -libc::EINTR {
-                sh.write_blocked(r);
-                wake_driver(sh, r);
+                blocked(sh, r);
             } else {
                 sh.close(r, CloseReason::IoError, "");
             }

@@ -1,25 +1,30 @@
-//! Client connection I/O: accepting clients on a shard, `driver`, the task
+//! Client connection I/O: accepting clients on a shard; `driver`, the state
 //! per connection that moves its bytes between the socket and the shard
-//! (raw TCP or WebSocket alike), and `flush`, the one task per shard that
-//! writes what fan-out queued.
+//! (raw TCP or WebSocket alike); `ring`, the shard's readiness ring and the
+//! reactor task that runs the drivers; and `flush`, the one task per shard
+//! that writes what fan-out queued.
 //!
-//! Runs on each shard's executor, in its default task queue; this and the
-//! application-server side (`api`) are the code that awaits on sockets.
+//! Runs on each shard's executor: acceptors and the reactor in its default
+//! task queue, the flusher in its control queue. This and the
+//! application-server side (`api`) are the code that touches sockets.
 //! Everything a byte means is decided in the shard and `proto`.
 
 pub mod driver;
 pub mod flush;
+pub mod ring;
 
+use crate::metrics::ShardStats;
 use crate::net::{accept_each, ListenerKind};
 use crate::shard::{Shard, Transport};
 use driver::ClientDriver;
 use glommio::net::TcpListener;
 use std::cell::RefCell;
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::rc::Rc;
 
 /// Accepts clients on `listener` until the shard shuts down: each gets a
-/// record on the shard and a driver task. `kind` says which wire they speak.
+/// record on the shard, a driver in the shard's table, and a multishot poll
+/// on the shard's readiness ring. `kind` says which wire they speak.
 pub async fn accept(listener: TcpListener, shard: Rc<RefCell<Shard>>, kind: ListenerKind) {
     let transport = if kind == ListenerKind::ClientWs {
         Transport::WsUpgrading
@@ -35,8 +40,22 @@ pub async fn accept(listener: TcpListener, shard: Rc<RefCell<Shard>>, kind: List
         let ip = stream
             .peer_addr()
             .map_or(std::net::Ipv4Addr::UNSPECIFIED.into(), |a| a.ip());
-        let id = shard.borrow_mut().new_conn(ip, transport, stream.as_raw_fd());
-        glommio::spawn_local(ClientDriver::new(stream, shard.clone(), id, transport)).detach();
+        // The connection is ours from here: glommio's stream (and the poll
+        // `Source` it would arm) gives way to the descriptor alone, watched
+        // on the shard's readiness ring.
+        // SAFETY: plain syscall on the accepted socket.
+        let fd = unsafe { libc::fcntl(stream.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 0) };
+        drop(stream);
+        if fd < 0 {
+            ShardStats::add(&shard.borrow().stats().accept_errors, 1);
+            return;
+        }
+        // SAFETY: just duplicated, owned by nothing else.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        let mut sh = shard.borrow_mut();
+        let id = sh.new_conn(ip, transport, fd.as_raw_fd());
+        ring::watch(fd.as_raw_fd(), id);
+        driver::add(id, ClientDriver::new(fd, &sh.shared, transport));
     })
     .await;
 }

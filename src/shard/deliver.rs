@@ -153,7 +153,7 @@ impl Shard {
     /// `r`'s queue went from empty to non-empty: it is written by the
     /// shard's flusher (`conn::flush`), which is woken on the list's empty →
     /// non-empty edge, so one task runs per burst of deliveries instead of a
-    /// task per connection. The flusher also puts back a connection whose
+    /// driver run per connection. The flusher also puts back a connection whose
     /// write budget ran out with frames left.
     pub fn mark_dirty(&mut self, r: ConnRef) {
         self.dirty.push(r);
@@ -179,6 +179,36 @@ impl Shard {
     pub fn set_flusher(&mut self, w: &Waker) {
         if !self.flusher.as_ref().is_some_and(|f| f.will_wake(w)) {
             self.flusher = Some(w.clone());
+        }
+    }
+
+    /// `r`'s driver must run (it is closing, or the flusher hands its queue
+    /// over): the shard's I/O reactor (`conn::ring`) runs it, woken on the
+    /// list's empty → non-empty edge.
+    pub fn wake_conn(&mut self, r: ConnRef) {
+        self.woken.push(r);
+        if self.woken.len() == 1 {
+            if let Some(w) = &self.reactor {
+                w.wake_by_ref();
+            }
+        }
+    }
+
+    /// Takes the connections woken since the last call (a connection may
+    /// appear twice or be gone by now).
+    pub fn take_woken(&mut self) -> Vec<ConnRef> {
+        std::mem::take(&mut self.woken)
+    }
+
+    /// Whether some driver waits to run.
+    pub fn has_woken(&self) -> bool {
+        !self.woken.is_empty()
+    }
+
+    /// The I/O reactor's waker (`wake_conn` wakes it).
+    pub fn set_reactor(&mut self, w: &Waker) {
+        if !self.reactor.as_ref().is_some_and(|f| f.will_wake(w)) {
+            self.reactor = Some(w.clone());
         }
     }
 

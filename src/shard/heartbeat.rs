@@ -19,6 +19,7 @@
 //!
 //! Invariant: every live connection has exactly one live wheel entry.
 
+use super::conns::Conn;
 use super::mesh::ConnRef;
 use super::state::Shard;
 use super::view::ShardView;
@@ -95,14 +96,8 @@ impl Shard {
                 continue;
             }
             if c.close.is_some() {
-                let dropped = self
-                    .requeue(r, |c| {
-                        if let Some(w) = &c.waker {
-                            w.wake_by_ref();
-                        }
-                        c.discard_queued()
-                    })
-                    .unwrap_or(0);
+                let dropped = self.requeue(r, Conn::discard_queued).unwrap_or(0);
+                self.wake_conn(r);
                 ShardStats::add(&self.stats().dropped, dropped as u64);
                 continue;
             }

@@ -41,11 +41,12 @@ impl Shard {
     /// deadline.
     pub fn new_conn(&mut self, ip: IpAddr, transport: Transport, fd: RawFd) -> ConnRef {
         let gen = self.next_gen;
-        self.next_gen = self.next_gen.wrapping_add(1).max(1);
+        // 31 bits: the readiness ring (`conn::ring`) keeps a slot and its
+        // generation in one 64-bit tag beside one bit of its own.
+        self.next_gen = ((self.next_gen + 1) & 0x7fff_ffff).max(1);
         let deadline = self.wheel.now() + self.cfg().client.handshake_timeout_secs;
         let idx = self.conns.insert(Conn {
             gen,
-            waker: None,
             out: Outbound::default(),
             authed: false,
             ver: binary::VERSION_GOIM,
@@ -311,12 +312,10 @@ impl Shard {
                         c.out.push_unbounded(ws::close_frame(code, &text), usize::MAX, now);
                     }
                 }
-                if let Some(w) = &c.waker {
-                    w.wake_by_ref();
-                }
                 dropped
             })
             .unwrap_or(0);
+        self.wake_conn(r);
         self.schedule(r);
         ShardStats::add(&self.stats().dropped, dropped as u64);
         if !reason.is_quiet() {

@@ -95,6 +95,11 @@ pub struct Shard {
     pub(super) dirty: Vec<ConnRef>,
     /// The flusher task's waker.
     pub(super) flusher: Option<std::task::Waker>,
+    /// Connections whose driver must run: closes, and the flusher handing
+    /// a closing queue over (`Shard::wake_conn`).
+    pub(super) woken: Vec<ConnRef>,
+    /// The I/O reactor's waker (`conn::ring`).
+    pub(super) reactor: Option<std::task::Waker>,
 }
 
 impl Shard {
@@ -141,6 +146,8 @@ impl Shard {
             watched: Watched::default(),
             dirty: Vec::new(),
             flusher: None,
+            woken: Vec::new(),
+            reactor: None,
         }
     }
 
