@@ -54,15 +54,15 @@ pub async fn flusher(shard: Rc<RefCell<Shard>>) {
     loop {
         std::future::poll_fn(|cx| {
             let mut sh = shard.borrow_mut();
-            if sh.has_dirty() {
-                Poll::Ready(())
-            } else {
-                sh.set_flusher(cx.waker());
+            if sh.dirty().is_empty() {
+                sh.dirty().set_task(cx.waker());
                 Poll::Pending
+            } else {
+                Poll::Ready(())
             }
         })
         .await;
-        let dirty = shard.borrow_mut().take_dirty();
+        let dirty = shard.borrow_mut().dirty().take();
         for chunk in dirty.chunks(YIELD_EVERY) {
             {
                 let mut sh = shard.borrow_mut();

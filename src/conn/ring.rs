@@ -204,8 +204,8 @@ pub async fn reactor(shard: Rc<RefCell<Shard>>) {
                 !ring.ring.completion().is_empty()
             });
             let mut sh = shard.borrow_mut();
-            sh.set_reactor(cx.waker());
-            if completions == Some(true) || sh.has_woken() {
+            sh.woken().set_task(cx.waker());
+            if completions == Some(true) || !sh.woken().is_empty() {
                 return Poll::Ready(());
             }
             drop(sh);
@@ -234,8 +234,8 @@ pub async fn reactor(shard: Rc<RefCell<Shard>>) {
             {
                 let mut sh = shard.borrow_mut();
                 let room = BATCH.saturating_sub(todo.len()).max(1);
-                if sh.has_woken() {
-                    let mut woken = sh.take_woken();
+                if !sh.woken().is_empty() {
+                    let mut woken = sh.woken().take();
                     if woken.len() > room {
                         for &r in &woken[room..] {
                             sh.wake_conn(r);

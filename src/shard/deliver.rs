@@ -29,6 +29,7 @@ use super::dedup::Outcome;
 use super::mesh::{owner_of_str, Answer, ConnRef, Publication, Published, ShardMsg};
 use super::outbound::{PushError, ENTRY_OVERHEAD};
 use super::state::Shard;
+use super::worklist::Worklist;
 use crate::metrics::ShardStats;
 use crate::proto::binary;
 use crate::proto::close::CloseReason;
@@ -38,7 +39,6 @@ use crate::proto::wire::{Frames, Wire};
 use bytes::Bytes;
 use fnv::{FnvHashMap, FnvHashSet};
 use std::sync::Arc;
-use std::task::Waker;
 
 /// What a version-2 slow consumer's goodbye adds: how to get back what it
 /// missed.
@@ -153,33 +153,10 @@ impl Shard {
     /// `r`'s queue went from empty to non-empty: it is written by the
     /// shard's flusher (`conn::flush`), which is woken on the list's empty →
     /// non-empty edge, so one task runs per burst of deliveries instead of a
-    /// driver run per connection. The flusher also puts back a connection whose
-    /// write budget ran out with frames left.
+    /// driver run per connection. The flusher also puts back a connection
+    /// whose write budget ran out with frames left.
     pub fn mark_dirty(&mut self, r: ConnRef) {
         self.dirty.push(r);
-        if self.dirty.len() == 1 {
-            if let Some(w) = &self.flusher {
-                w.wake_by_ref();
-            }
-        }
-    }
-
-    /// Takes the connections whose queues filled since the last call (for
-    /// the flusher; a connection may appear twice or be gone by now).
-    pub fn take_dirty(&mut self) -> Vec<ConnRef> {
-        std::mem::take(&mut self.dirty)
-    }
-
-    /// Whether some queue waits for the flusher.
-    pub fn has_dirty(&self) -> bool {
-        !self.dirty.is_empty()
-    }
-
-    /// The flusher task's waker (`mark_dirty` wakes it).
-    pub fn set_flusher(&mut self, w: &Waker) {
-        if !self.flusher.as_ref().is_some_and(|f| f.will_wake(w)) {
-            self.flusher = Some(w.clone());
-        }
     }
 
     /// `r`'s driver must run (it is closing, or the flusher hands its queue
@@ -187,29 +164,16 @@ impl Shard {
     /// list's empty → non-empty edge.
     pub fn wake_conn(&mut self, r: ConnRef) {
         self.woken.push(r);
-        if self.woken.len() == 1 {
-            if let Some(w) = &self.reactor {
-                w.wake_by_ref();
-            }
-        }
     }
 
-    /// Takes the connections woken since the last call (a connection may
-    /// appear twice or be gone by now).
-    pub fn take_woken(&mut self) -> Vec<ConnRef> {
-        std::mem::take(&mut self.woken)
+    /// The connections whose queues wait for the flusher (`mark_dirty`).
+    pub fn dirty(&mut self) -> &mut Worklist {
+        &mut self.dirty
     }
 
-    /// Whether some driver waits to run.
-    pub fn has_woken(&self) -> bool {
-        !self.woken.is_empty()
-    }
-
-    /// The I/O reactor's waker (`wake_conn` wakes it).
-    pub fn set_reactor(&mut self, w: &Waker) {
-        if !self.reactor.as_ref().is_some_and(|f| f.will_wake(w)) {
-            self.reactor = Some(w.clone());
-        }
+    /// The connections whose drivers wait for the reactor (`wake_conn`).
+    pub fn woken(&mut self) -> &mut Worklist {
+        &mut self.woken
     }
 
     /// `r`'s driver wrote `n` bytes at time `now` (`Conn::written`).

@@ -35,6 +35,7 @@
 //! presence   member lists, watched rooms, coalesced join/leave events
 //! members    presence data: members, changes up to a limit, who watches (pure)
 //! outbound   a connection's write queue (pure) mesh       ShardMsg, inboxes, owners
+//! worklist   connections waiting for the flusher or the reactor, one wake per burst (pure)
 //! view       Shared, published views, online counts
 //! run        per-shard runtime: inbox loop, sweep timer, shutdown drain (awaits)
 //! sim        simulated-time harness for tests (no sockets, no wall clock)
@@ -66,6 +67,7 @@ mod v1;
 mod v2;
 pub mod view;
 mod wheel;
+pub mod worklist;
 
 #[cfg(test)]
 pub(crate) mod sim;

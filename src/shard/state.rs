@@ -28,6 +28,7 @@ use super::patterns::PatternIndex;
 use super::rooms::RoomTable;
 use super::view::Shared;
 use super::wheel::Wheel;
+use super::worklist::Worklist;
 use crate::config::Config;
 use crate::metrics::ShardStats;
 use fnv::{FnvHashMap, FnvHashSet};
@@ -92,14 +93,10 @@ pub struct Shard {
     pub(super) watched: Watched<ConnRef>,
     /// Connections whose queue went from empty to non-empty since the
     /// flusher last ran (`Shard::mark_dirty`).
-    pub(super) dirty: Vec<ConnRef>,
-    /// The flusher task's waker.
-    pub(super) flusher: Option<std::task::Waker>,
+    pub(super) dirty: Worklist,
     /// Connections whose driver must run: closes, and the flusher handing
-    /// a closing queue over (`Shard::wake_conn`).
-    pub(super) woken: Vec<ConnRef>,
-    /// The I/O reactor's waker (`conn::ring`).
-    pub(super) reactor: Option<std::task::Waker>,
+    /// a queue over (`Shard::wake_conn`), for the reactor (`conn::ring`).
+    pub(super) woken: Worklist,
 }
 
 impl Shard {
@@ -144,10 +141,8 @@ impl Shard {
             unix_now: 0,
             patterns: PatternIndex::new(),
             watched: Watched::default(),
-            dirty: Vec::new(),
-            flusher: None,
-            woken: Vec::new(),
-            reactor: None,
+            dirty: Worklist::default(),
+            woken: Worklist::default(),
         }
     }
 

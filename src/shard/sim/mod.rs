@@ -317,8 +317,10 @@ impl Sim {
                     removed = true;
                 }
             }
-            // The flusher's list: everything was written above.
-            sh.take_dirty();
+            // The flusher's and the reactor's lists: everything was written
+            // and every closing connection removed above.
+            sh.dirty().take();
+            sh.woken().take();
             let charged: usize = sh.conn_refs().map(|(_, c)| c.charge()).sum();
             assert_eq!(sh.queued, charged, "shard {shard}'s total of queued bytes drifted");
         }

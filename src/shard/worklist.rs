@@ -1,0 +1,47 @@
+//! `Worklist`: connections waiting for one of the shard's I/O tasks — the
+//! flusher (queues to write) or the reactor (drivers to run) — and that
+//! task's waker.
+//!
+//! Plain data in the shard (`Shard::dirty`, `Shard::woken`); the task is
+//! woken only on the list's empty → non-empty edge, so a burst of thousands
+//! of connections costs one wake. Invariant: entries may repeat or name
+//! connections gone since; the task checks each.
+
+use super::mesh::ConnRef;
+use std::task::Waker;
+
+/// Connections waiting for one task, and its waker.
+#[derive(Debug, Default)]
+pub struct Worklist {
+    items: Vec<ConnRef>,
+    task: Option<Waker>,
+}
+
+impl Worklist {
+    /// Adds `r` (it may already be there) and wakes the task on the first.
+    pub fn push(&mut self, r: ConnRef) {
+        self.items.push(r);
+        if self.items.len() == 1 {
+            if let Some(w) = &self.task {
+                w.wake_by_ref();
+            }
+        }
+    }
+
+    /// Takes the list (a connection may appear twice or be gone by now).
+    pub fn take(&mut self) -> Vec<ConnRef> {
+        std::mem::take(&mut self.items)
+    }
+
+    /// Whether anything waits.
+    pub fn is_empty(&self) -> bool {
+        self.items.is_empty()
+    }
+
+    /// The task to wake.
+    pub fn set_task(&mut self, w: &Waker) {
+        if !self.task.as_ref().is_some_and(|f| f.will_wake(w)) {
+            self.task = Some(w.clone());
+        }
+    }
+}
