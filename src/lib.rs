@@ -37,9 +37,9 @@
 //!   plus `shard::run`, the per-shard runtime that drives it.
 //! - [`conn`]: client connections' I/O: accept, the per-connection driver
 //!   (state, not a task), the per-shard readiness ring (one multishot poll
-//!   per connection on an io_uring of our own) and reactor that runs the
-//!   drivers, and the per-shard flusher that writes what fan-out queued
-//!   (batched on io_uring).
+//!   per connection on an io_uring of our own), the reactor task that runs
+//!   the drivers as it reports, and the per-shard flusher that writes what
+//!   fan-out queued (batched on io_uring).
 //! - [`api`]: the application-server side: HTTP API, TCP publishers, and
 //!   the one publish path both take.
 //! - [`auth`]: the API key check (constant time) and client tokens (JWT).

@@ -5,11 +5,11 @@
 //! `ServerHandle::shutdown` (or drop). Which listeners exist is data
 //! (`net::ListenerSpec::from_config`); this module binds each on every shard
 //! (`net::bind`), then on each shard creates the readiness ring
-//! (`conn::ring`) and spawns its reactor, one acceptor per listener — client
-//! ones in the default task queue, application-server ones in the control
-//! queue — and the flusher, and hands the shard to its runtime
-//! (`shard::run::serve`), which owns the inbox, the sweep and the shutdown
-//! drain; after it, the drivers left are dropped.
+//! (`conn::ring`) and spawns its reactor (`conn::reactor`), one acceptor
+//! per listener — client ones in the default task queue, application-server
+//! ones in the control queue — and the flusher, and hands the shard to its
+//! runtime (`shard::run::serve`), which owns the inbox, the sweep and the
+//! shutdown drain; after it, the drivers left are dropped.
 //!
 //! Nothing here runs per connection or per message.
 
@@ -194,7 +194,7 @@ async fn shard_main(
     }
     // In the default queue, as the connections' reads always were: the
     // control queue (mesh inbox, API, flusher) goes first.
-    glommio::spawn_local(conn::ring::reactor(shard.clone())).detach();
+    glommio::spawn_local(conn::reactor::reactor(shard.clone())).detach();
     for &(kind, fd) in &fds {
         // SAFETY: the descriptor was created by `net::bind` and handed over
         // with into_raw_fd; nothing else owns it.

@@ -1,7 +1,7 @@
 //! `ClientDriver`: what drives one client connection — raw TCP or
 //! WebSocket — moving bytes only: socket → shard (or WebSocket session →
 //! shard), shard's queue → socket. Not a task: `Drivers`, the shard's table
-//! of them, is run by the shard's I/O reactor (`conn::ring`) when the
+//! of them, is run by the shard's reactor (`conn::reactor`) when the
 //! connection's socket has bytes, takes writes again, or its record was
 //! woken (`Shard::wake_conn`: a close, the flusher handing a queue over).
 //!

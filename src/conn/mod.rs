@@ -1,8 +1,8 @@
 //! Client connection I/O: accepting clients on a shard; `driver`, the state
 //! per connection that moves its bytes between the socket and the shard
-//! (raw TCP or WebSocket alike); `ring`, the shard's readiness ring and the
-//! reactor task that runs the drivers; and `flush`, the one task per shard
-//! that writes what fan-out queued.
+//! (raw TCP or WebSocket alike); `ring`, the shard's readiness ring;
+//! `reactor`, the task that runs the drivers as the ring reports; and
+//! `flush`, the one task per shard that writes what fan-out queued.
 //!
 //! Runs on each shard's executor: acceptors and the reactor in its default
 //! task queue, the flusher in its control queue. This and the
@@ -11,6 +11,7 @@
 
 pub mod driver;
 pub mod flush;
+pub mod reactor;
 pub mod ring;
 
 use crate::metrics::ShardStats;

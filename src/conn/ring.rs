@@ -1,44 +1,34 @@
-//! The shard's readiness ring and its reactor: one io_uring of our own on
-//! which every client connection keeps a multishot `POLLIN` request, and a
-//! connection whose socket is full a one-shot `POLLOUT`, instead of a
-//! glommio task, stream and poll `Source` per connection.
+//! The shard's readiness ring: one io_uring of our own on which every
+//! client connection keeps a multishot `POLLIN` request, and a connection
+//! whose socket is full a one-shot `POLLOUT`, instead of a glommio task,
+//! stream and poll `Source` per connection.
 //!
-//! Runs on each shard's executor: the ring is thread-local to the shard's
-//! thread, `reactor` is one task in the default queue (the control queue's
-//! inbox, API and flusher go first). The ring posts to an
-//! eventfd, which the reactor reads through glommio (a buffered-file read,
-//! which glommio's own ring completes when the counter is non-zero), so the
-//! executor parks as before and wakes for our completions. Each completion
-//! names its connection (`ConnRef`) and what it is for; the reactor runs
-//! that connection's driver (`conn::driver`), which reads or writes until
-//! `EAGAIN`, and so it does for connections the shard woke
-//! (`Shard::wake_conn`: closes, queues the flusher hands over).
+//! Thread-local to each shard's thread; the shard's reactor
+//! (`conn::reactor`) submits what is queued here, waits on the ring's
+//! eventfd, and turns each completion into a driver run (`dispatch`). Each
+//! request's tag names its connection (`ConnRef`) and what it is for.
 //!
 //! Invariants: a multishot poll posts a completion for every arrival after
 //! it is armed (and one at once if data is already there), so a driver that
-//! reads until `EAGAIN` never misses data; one that stops early is run
-//! again after the others (`Step::Again`). At most one `POLLOUT` per
+//! reads until `EAGAIN` never misses data. At most one `POLLOUT` per
 //! connection is outstanding (`armed`). Requests are queued here and
 //! submitted when the reactor next runs (one `io_uring_enter` for a burst of
 //! accepts, closes or full sockets); a completion for a connection that is
-//! gone, or whose slot has a new generation, is ignored. A connection's
-//! requests are removed when it is forgotten (`forget`); the kernel holds
-//! its own reference to the socket until then, so closing the descriptor at
-//! once is safe. The reactor yields every `BATCH` completions or runs.
+//! gone, or whose slot has a new generation, is ignored; a multishot request
+//! the kernel ended (CQ overflow) is armed again while its connection
+//! lives. A connection's requests are removed when it is forgotten
+//! (`forget`); the kernel holds its own reference to the socket until then,
+//! so closing the descriptor at once is safe.
 
-use super::driver::{self, Step};
 use crate::proto::close::CloseReason;
 use crate::shard::mesh::ConnRef;
 use crate::shard::Shard;
 use fnv::FnvHashSet;
-use glommio::io::BufferedFile;
 use io_uring::{cqueue, opcode, types, IoUring};
 use std::cell::RefCell;
-use std::future::Future;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::rc::Rc;
-use std::task::{Poll, Waker};
+use std::task::Waker;
 
 /// Submission queue depth: requests queued between two reactor runs beyond
 /// this are submitted at once to make room.
@@ -48,9 +38,6 @@ const SQ_DEPTH: u32 = 4096;
 /// list (`IORING_FEAT_NODROP`) and may end a multishot request, which the
 /// reactor arms again.
 const CQ_DEPTH: u32 = 65536;
-/// Completions handled between yields.
-const BATCH: usize = 1024;
-
 /// What a completion is for, in the top bits of its user data.
 const READ: u64 = 0;
 const WRITE: u64 = 1;
@@ -174,96 +161,37 @@ pub fn forget(r: ConnRef) {
     });
 }
 
-/// Submits what was queued, and runs the drivers whose sockets became
-/// readable or writable or whose connections were woken
-/// (`Shard::wake_conn`), until the executor ends.
-pub async fn reactor(shard: Rc<RefCell<Shard>>) {
-    let Some(efd) = with(|ring| ring.eventfd.try_clone()) else {
-        return;
-    };
-    let efd = match efd {
-        Ok(fd) => fd,
-        Err(e) => {
-            tracing::error!(error = %e, "readiness ring: cannot duplicate its eventfd");
-            return;
+/// A duplicate of the ring's eventfd, for the reactor's reads.
+pub fn eventfd() -> Option<io::Result<OwnedFd>> {
+    with(|ring| ring.eventfd.try_clone())
+}
+
+/// Records the reactor's waker (requests waiting for submission wake it);
+/// returns whether completions wait.
+pub fn poll_completions(w: &Waker) -> bool {
+    with(|ring| {
+        if !ring.reactor.as_ref().is_some_and(|r| r.will_wake(w)) {
+            ring.reactor = Some(w.clone());
         }
-    };
-    // SAFETY: a descriptor of our own, handed over to glommio, which reads
-    // it (an eventfd ignores the offset) and closes it on drop.
-    let file = unsafe { BufferedFile::from_raw_fd(std::os::fd::IntoRawFd::into_raw_fd(efd)) };
-    let mut done: Vec<(u64, i32, u32)> = Vec::with_capacity(BATCH);
-    let mut todo: Vec<ConnRef> = Vec::new();
-    loop {
-        let mut signal = std::pin::pin!(file.read_at(0, 8));
-        std::future::poll_fn(|cx| {
-            submit();
-            let completions = with(|ring| {
-                if !ring.reactor.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
-                    ring.reactor = Some(cx.waker().clone());
-                }
-                !ring.ring.completion().is_empty()
-            });
-            let mut sh = shard.borrow_mut();
-            sh.woken().set_task(cx.waker());
-            if completions == Some(true) || !sh.woken().is_empty() {
-                return Poll::Ready(());
-            }
-            drop(sh);
-            match signal.as_mut().poll(cx) {
-                Poll::Ready(Err(e)) => {
-                    tracing::error!(error = %e, "readiness ring: eventfd read failed");
-                    Poll::Ready(())
-                }
-                Poll::Ready(Ok(_)) => Poll::Ready(()),
-                Poll::Pending => Poll::Pending,
-            }
-        })
-        .await;
-        loop {
-            done.clear();
-            with(|ring| {
-                done.extend(
-                    ring.ring
-                        .completion()
-                        .take(BATCH)
-                        .map(|c| (c.user_data(), c.result(), c.flags())),
-                )
-            });
-            todo.clear();
-            dispatch(&shard, &done, &mut todo);
-            {
-                let mut sh = shard.borrow_mut();
-                let room = BATCH.saturating_sub(todo.len()).max(1);
-                if !sh.woken().is_empty() {
-                    let mut woken = sh.woken().take();
-                    if woken.len() > room {
-                        for &r in &woken[room..] {
-                            sh.wake_conn(r);
-                        }
-                        woken.truncate(room);
-                    }
-                    todo.extend(woken);
-                }
-            }
-            if todo.is_empty() && done.is_empty() {
-                break;
-            }
-            // A connection named twice in one batch runs once.
-            todo.sort_unstable_by_key(|r| (r.idx, r.gen));
-            todo.dedup();
-            for &r in &todo {
-                if driver::run(&shard, r) == Step::Again {
-                    shard.borrow_mut().wake_conn(r);
-                }
-            }
-            submit();
-            glommio::executor().yield_if_needed().await;
-        }
-    }
+        !ring.ring.completion().is_empty()
+    })
+    .unwrap_or(false)
+}
+
+/// Moves up to `max` completions into `done`, as (tag, result, flags).
+pub fn take_completions(done: &mut Vec<(u64, i32, u32)>, max: usize) {
+    with(|ring| {
+        done.extend(
+            ring.ring
+                .completion()
+                .take(max)
+                .map(|c| (c.user_data(), c.result(), c.flags())),
+        )
+    });
 }
 
 /// Submits the requests queued since the last call.
-fn submit() {
+pub fn submit() {
     with(|ring| {
         if ring.unsubmitted > 0 {
             if let Err(e) = ring.ring.submit() {
@@ -276,8 +204,7 @@ fn submit() {
 
 /// Collects the connections the completions name into `todo`; arms again
 /// a multishot request the kernel ended while its connection lives.
-fn dispatch(shard: &Rc<RefCell<Shard>>, done: &[(u64, i32, u32)], todo: &mut Vec<ConnRef>) {
-    let mut sh = shard.borrow_mut();
+pub fn dispatch(sh: &mut Shard, done: &[(u64, i32, u32)], todo: &mut Vec<ConnRef>) {
     for &(t, res, flags) in done {
         if t == u64::MAX {
             continue;

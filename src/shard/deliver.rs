@@ -160,7 +160,7 @@ impl Shard {
     }
 
     /// `r`'s driver must run (it is closing, or the flusher hands its queue
-    /// over): the shard's I/O reactor (`conn::ring`) runs it, woken on the
+    /// over): the shard's reactor (`conn::reactor`) runs it, woken on the
     /// list's empty → non-empty edge.
     pub fn wake_conn(&mut self, r: ConnRef) {
         self.woken.push(r);

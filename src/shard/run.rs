@@ -7,7 +7,7 @@
 //! (`Latency::Matters`, created by `control_queue`), beside the API and
 //! publisher connections, so a publish is handled within a few milliseconds
 //! even while thousands of connections have bytes for their drivers (run by
-//! `conn::ring`'s reactor in the default queue).
+//! `conn::reactor` in the default queue).
 //!
 //! ```text
 //! serve: spawn sweep (1 s, until the executor ends) + inbox; ready

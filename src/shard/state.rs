@@ -95,7 +95,7 @@ pub struct Shard {
     /// flusher last ran (`Shard::mark_dirty`).
     pub(super) dirty: Worklist,
     /// Connections whose driver must run: closes, and the flusher handing
-    /// a queue over (`Shard::wake_conn`), for the reactor (`conn::ring`).
+    /// a queue over (`Shard::wake_conn`), for the reactor (`conn::reactor`).
     pub(super) woken: Worklist,
 }
 

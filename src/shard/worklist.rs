@@ -1,6 +1,6 @@
 //! `Worklist`: connections waiting for one of the shard's I/O tasks — the
-//! flusher (queues to write) or the reactor (drivers to run) — and that
-//! task's waker.
+//! flusher (queues to write, `conn::flush`) or the reactor (drivers to run,
+//! `conn::reactor`) — and that task's waker.
 //!
 //! Plain data in the shard (`Shard::dirty`, `Shard::woken`); the task is
 //! woken only on the list's empty → non-empty edge, so a burst of thousands
