@@ -193,3 +193,29 @@ fn shutdown_tells_clients_and_closes() {
     }
     h.join();
 }
+
+#[test]
+fn a_flush_delay_lets_messages_share_a_write_and_loses_none() {
+    // `[client] flush_delay_ms`: the flusher waits before writing, so
+    // messages published meanwhile go out together (the server's `writes`
+    // counter says how many sends it made).
+    let h = start_server(|c| {
+        c.shards = 1;
+        c.client.flush_delay_ms = 1000;
+    });
+    let mut member = Client::authed(h.tcp_addr, r#"{"mid":1,"room_id":"live://d"}"#);
+    let writes = |h: &volley::ServerHandle| h.stats().iter().map(|s| s.writes).sum::<u64>();
+    let before = writes(&h);
+    for i in 0..3 {
+        post(
+            &h,
+            "/goim/push/room?operation=1000&type=live&room=d",
+            format!("m{i}").as_bytes(),
+        );
+    }
+    for i in 0..3 {
+        assert_eq!(member.read_push().body, format!("m{i}").as_bytes());
+    }
+    let sent = writes(&h) - before;
+    assert!(sent < 3, "three messages published within the delay took {sent} writes");
+}

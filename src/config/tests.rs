@@ -184,6 +184,7 @@ fn validation_names_the_knob() {
         "[ws] echo_path",
     );
     bad(|c| c.shards = 5000, "shards");
+    bad(|c| c.client.flush_delay_ms = 1001, "[client] flush_delay_ms");
 }
 
 #[test]
