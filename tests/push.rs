@@ -196,9 +196,9 @@ fn shutdown_tells_clients_and_closes() {
 
 #[test]
 fn a_flush_delay_lets_messages_share_a_write_and_loses_none() {
-    // `[client] flush_delay_ms`: the flusher waits before writing, so
-    // messages published meanwhile go out together (the server's `writes`
-    // counter says how many sends it made).
+    // `[client] flush_delay_ms`: at most one round of writes per window, so
+    // messages published within one go out together (the server's `writes`
+    // counter says how many sends it made; the first may go at once).
     let h = start_server(|c| {
         c.shards = 1;
         c.client.flush_delay_ms = 1000;

@@ -345,10 +345,11 @@ pub struct ClientConfig {
     #[arg(id = "client-presence-limit", long = "client-presence-limit", default_value_t = 100)]
     pub presence_limit: usize,
 
-    /// Milliseconds the shard's flusher waits after a fan-out before it
-    /// writes, so that more messages share each connection's write: less
-    /// CPU per delivery at paced rates, that much more latency. 0 writes at
-    /// once.
+    /// Milliseconds of quiet the shard's flusher keeps between two rounds
+    /// of writes: a fan-out after a quiet window is written at once, one
+    /// sooner waits for the window's end, so that more messages share each
+    /// connection's write: less CPU per delivery at paced rates, up to a
+    /// window more latency. 0 writes every fan-out at once.
     #[arg(id = "client-flush-delay-ms", long = "client-flush-delay-ms", default_value_t = 0)]
     pub flush_delay_ms: u64,
 }

@@ -4,9 +4,12 @@
 //! Runs on each shard's executor in the control queue, beside the mesh
 //! inbox, so it runs right after a burst of fan-out has been queued (the
 //! inbox yields or drains), and writes every connection on the shard's
-//! dirty list (`Shard::mark_dirty`) — after `[client] flush_delay_ms`, if
-//! set, so that messages published meanwhile share each connection's
-//! write (less CPU per delivery, that much more latency). Up to
+//! dirty list (`Shard::mark_dirty`). With `[client] flush_delay_ms` set it
+//! keeps that window between the end of one round and the start of the
+//! next: a fan-out after a quiet window is written at once, one sooner
+//! waits for the window's end so that the messages published meanwhile
+//! share each connection's write (less CPU per delivery, up to a window
+//! more latency). Up to
 //! `YIELD_EVERY` connections at a time, each one's first write is a
 //! `sendmsg` SQE on the flusher's own io_uring, and one `io_uring_enter` submits them all and waits for them
 //! (`MSG_DONTWAIT`: the kernel completes each at once, written or EAGAIN);
@@ -37,6 +40,7 @@ use std::cell::RefCell;
 use std::io;
 use std::rc::Rc;
 use std::task::Poll;
+use std::time::{Duration, Instant};
 
 /// Writes per connection per flush before it waits for the next round.
 const WRITES_PER_FLUSH: usize = 16;
@@ -53,6 +57,9 @@ pub async fn flusher(shard: Rc<RefCell<Shard>>) {
             None
         }
     };
+    let window = Duration::from_millis(shard.borrow().shared.config.client.flush_delay_ms);
+    // When the last round of writes ended.
+    let mut last: Option<Instant> = None;
     loop {
         std::future::poll_fn(|cx| {
             let mut sh = shard.borrow_mut();
@@ -64,10 +71,13 @@ pub async fn flusher(shard: Rc<RefCell<Shard>>) {
             }
         })
         .await;
-        let delay = shard.borrow().shared.config.client.flush_delay_ms;
-        if delay > 0 {
-            // Deliveries keep queueing meanwhile: each write carries more.
-            glommio::timer::sleep(std::time::Duration::from_millis(delay)).await;
+        // A window of quiet between rounds: a fan-out after a quiet window
+        // is written at once; one sooner waits for the window's end while
+        // deliveries keep queueing (each write then carries more). Measured
+        // from the end of the last round, so that a shard busy writing
+        // still gathers more per write.
+        if let Some(since) = last.map(|t| t.elapsed()).filter(|&s| s < window) {
+            glommio::timer::sleep(window - since).await;
         }
         let dirty = shard.borrow_mut().dirty().take();
         for chunk in dirty.chunks(YIELD_EVERY) {
@@ -85,6 +95,9 @@ pub async fn flusher(shard: Rc<RefCell<Shard>>) {
                 }
             }
             glommio::executor().yield_if_needed().await;
+        }
+        if !window.is_zero() {
+            last = Some(Instant::now());
         }
     }
 }
