@@ -277,7 +277,7 @@ impl ClientDriver {
     fn write(&mut self, shard: &RefCell<Shard>, id: ConnRef) -> Result<bool, CloseReason> {
         for _ in 0..WRITES_PER_RUN {
             let mut shard = shard.borrow_mut();
-            let Some((c, stats)) = shard.conn_and_stats(id) else {
+            let Some(c) = shard.conn(id) else {
                 return Ok(false);
             };
             if c.out.is_empty() {
@@ -295,12 +295,7 @@ impl ClientDriver {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(_) => return Err(CloseReason::IoError),
             };
-            let now = metrics::clock_us();
-            let waited = now.wrapping_sub(c.out.since());
-            stats.queue_wait_us.record(waited);
-            ShardStats::add(&stats.bytes_out, n as u64);
-            ShardStats::add(&stats.writes, 1);
-            shard.written(id, n, now);
+            wrote(&mut shard, id, n, metrics::clock_us());
         }
         Ok(true)
     }
@@ -363,6 +358,18 @@ impl Drivers {
             }
         }
     }
+}
+
+/// Counts `n` bytes of `r`'s queue written at `now` (how long its oldest
+/// frame waited, bytes, one write) and drops them from the queue: every
+/// write, the driver's and the flusher's, goes through here.
+pub fn wrote(sh: &mut Shard, r: ConnRef, n: usize, now: u32) {
+    if let Some((c, stats)) = sh.conn_and_stats(r) {
+        stats.queue_wait_us.record(now.wrapping_sub(c.out.since()));
+        ShardStats::add(&stats.bytes_out, n as u64);
+        ShardStats::add(&stats.writes, 1);
+    }
+    sh.written(r, n, now);
 }
 
 /// One non-blocking `sendmsg` of up to `MAX_IOV` queued frames of `out`.

@@ -30,9 +30,9 @@
 //! through `Shard::written`; the flusher yields every `YIELD_EVERY`
 //! connections so that reads and accepts are not starved by a big fan-out.
 
-use crate::conn::driver::write_queue;
+use crate::conn::driver::{write_queue, wrote};
 use crate::conn::ring;
-use crate::metrics::{self, ShardStats};
+use crate::metrics;
 use crate::proto::close::CloseReason;
 use crate::shard::mesh::ConnRef;
 use crate::shard::Shard;
@@ -60,6 +60,7 @@ pub async fn flusher(shard: Rc<RefCell<Shard>>) {
     let window = Duration::from_millis(shard.borrow().shared.config.client.flush_delay_ms);
     // When the last round of writes ended.
     let mut last: Option<Instant> = None;
+    let mut dirty = Vec::new();
     loop {
         std::future::poll_fn(|cx| {
             let mut sh = shard.borrow_mut();
@@ -79,7 +80,12 @@ pub async fn flusher(shard: Rc<RefCell<Shard>>) {
         if let Some(since) = last.map(|t| t.elapsed()).filter(|&s| s < window) {
             glommio::timer::sleep(window - since).await;
         }
-        let dirty = shard.borrow_mut().dirty().take();
+        shard.borrow_mut().dirty().take_into(&mut dirty);
+        // A connection twice in one batch would have its frames sent twice:
+        // sorted and deduplicated once per round, which also lets a batch's
+        // completions find their connection by binary search.
+        dirty.sort_unstable_by_key(|r| (r.idx, r.gen));
+        dirty.dedup();
         for chunk in dirty.chunks(YIELD_EVERY) {
             {
                 let mut sh = shard.borrow_mut();
@@ -106,7 +112,7 @@ pub async fn flusher(shard: Rc<RefCell<Shard>>) {
 /// this cannot finish.
 fn flush_one(sh: &mut Shard, r: ConnRef, now: u32) {
     for _ in 0..WRITES_PER_FLUSH {
-        let Some((c, stats)) = sh.conn_and_stats(r) else { return };
+        let Some(c) = sh.conn(r) else { return };
         if c.out.is_empty() {
             return;
         }
@@ -115,12 +121,7 @@ fn flush_one(sh: &mut Shard, r: ConnRef, now: u32) {
             return;
         }
         match write_queue(c.fd, &c.out) {
-            Ok(n) => {
-                stats.queue_wait_us.record(now.wrapping_sub(c.out.since()));
-                ShardStats::add(&stats.bytes_out, n as u64);
-                ShardStats::add(&stats.writes, 1);
-                sh.written(r, n, now);
-            }
+            Ok(n) => wrote(sh, r, n, now),
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                 blocked(sh, r);
@@ -158,6 +159,8 @@ struct Batch {
     iov: Vec<[libc::iovec; crate::shard::outbound::MAX_IOV]>,
     msg: Vec<libc::msghdr>,
     conns: Vec<ConnRef>,
+    /// A batch's completions (tag, result), kept between batches.
+    done: Vec<(u64, i32)>,
 }
 
 impl Batch {
@@ -172,18 +175,14 @@ impl Batch {
             // SAFETY: msghdr is plain data; zeroed is a valid empty header.
             msg: (0..YIELD_EVERY).map(|_| unsafe { std::mem::zeroed() }).collect(),
             conns: Vec::with_capacity(YIELD_EVERY),
+            done: Vec::with_capacity(YIELD_EVERY),
         })
     }
 
+    /// Writes `chunk` (sorted, without repeats).
     fn flush(&mut self, sh: &mut Shard, chunk: &[ConnRef], now: u32) {
-        // A connection twice in one batch would have its frames sent twice:
-        // sorted and deduplicated once, which also lets completions find
-        // their connection by binary search.
-        let mut order = chunk.to_vec();
-        order.sort_unstable_by_key(|r| (r.idx, r.gen));
-        order.dedup();
         self.conns.clear();
-        for r in order {
+        for &r in chunk {
             let Some(c) = sh.conn(r) else { continue };
             if c.out.is_empty() {
                 continue;
@@ -229,13 +228,11 @@ impl Batch {
             }
             have = self.ring.completion().len();
         }
-        let done: Vec<(u64, i32)> = self
-            .ring
-            .completion()
-            .map(|cqe| (cqe.user_data(), cqe.result()))
-            .collect();
+        self.done.clear();
+        self.done
+            .extend(self.ring.completion().map(|cqe| (cqe.user_data(), cqe.result())));
         let mut answered = 0;
-        for (tag, res) in done {
+        for &(tag, res) in &self.done {
             let r = ConnRef {
                 idx: (tag >> 32) as u32,
                 gen: tag as u32,
@@ -249,12 +246,7 @@ impl Batch {
             }
             answered += 1;
             if res > 0 {
-                if let Some((c, stats)) = sh.conn_and_stats(r) {
-                    stats.queue_wait_us.record(now.wrapping_sub(c.out.since()));
-                    ShardStats::add(&stats.bytes_out, res as u64);
-                    ShardStats::add(&stats.writes, 1);
-                }
-                sh.written(r, res as usize, now);
+                wrote(sh, r, res as usize, now);
                 if sh.conn(r).is_some_and(|c| !c.out.is_empty()) {
                     flush_one(sh, r, now);
                 }

@@ -22,7 +22,7 @@ use crate::shard::Shard;
 use glommio::io::BufferedFile;
 use std::cell::RefCell;
 use std::future::Future;
-use std::os::fd::FromRawFd;
+use std::os::fd::{FromRawFd, IntoRawFd};
 use std::rc::Rc;
 use std::task::Poll;
 
@@ -33,19 +33,12 @@ const BATCH: usize = 1024;
 /// readable or writable or whose connections were woken
 /// (`Shard::wake_conn`), until the executor ends.
 pub async fn reactor(shard: Rc<RefCell<Shard>>) {
-    let Some(efd) = ring::eventfd() else {
+    let Some(efd) = ring::take_eventfd() else {
         return;
     };
-    let efd = match efd {
-        Ok(fd) => fd,
-        Err(e) => {
-            tracing::error!(error = %e, "readiness ring: cannot duplicate its eventfd");
-            return;
-        }
-    };
-    // SAFETY: a descriptor of our own, handed over to glommio, which reads
-    // it (an eventfd ignores the offset) and closes it on drop.
-    let file = unsafe { BufferedFile::from_raw_fd(std::os::fd::IntoRawFd::into_raw_fd(efd)) };
+    // SAFETY: the ring's eventfd, handed over to glommio, which reads it
+    // (an eventfd ignores the offset) and closes it on drop.
+    let file = unsafe { BufferedFile::from_raw_fd(efd.into_raw_fd()) };
     let mut done: Vec<(u64, i32, u32)> = Vec::with_capacity(BATCH);
     let mut todo: Vec<ConnRef> = Vec::new();
     loop {
@@ -72,35 +65,26 @@ pub async fn reactor(shard: Rc<RefCell<Shard>>) {
         loop {
             done.clear();
             ring::take_completions(&mut done, BATCH);
-            todo.clear();
             {
                 let mut sh = shard.borrow_mut();
+                sh.woken().take_into(&mut todo);
                 ring::dispatch(&mut sh, &done, &mut todo);
-                let room = BATCH.saturating_sub(todo.len()).max(1);
-                if !sh.woken().is_empty() {
-                    let mut woken = sh.woken().take();
-                    if woken.len() > room {
-                        for &r in &woken[room..] {
-                            sh.wake_conn(r);
-                        }
-                        woken.truncate(room);
-                    }
-                    todo.extend(woken);
-                }
             }
             if todo.is_empty() && done.is_empty() {
                 break;
             }
-            // A connection named twice in one batch runs once.
+            // A connection named twice in one pass runs once.
             todo.sort_unstable_by_key(|r| (r.idx, r.gen));
             todo.dedup();
-            for &r in &todo {
-                if driver::run(&shard, r) == Step::Again {
-                    shard.borrow_mut().wake_conn(r);
+            for chunk in todo.chunks(BATCH) {
+                for &r in chunk {
+                    if driver::run(&shard, r) == Step::Again {
+                        shard.borrow_mut().wake_conn(r);
+                    }
                 }
+                ring::submit();
+                glommio::executor().yield_if_needed().await;
             }
-            ring::submit();
-            glommio::executor().yield_if_needed().await;
         }
     }
 }

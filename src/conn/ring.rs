@@ -54,8 +54,8 @@ struct Ring {
     armed: FnvHashSet<ConnRef>,
     /// The reactor, to be woken when requests wait for submission.
     reactor: Option<Waker>,
-    /// The eventfd the ring posts to (the reactor's read owns a duplicate).
-    eventfd: OwnedFd,
+    /// The eventfd the ring posts to, until the reactor takes it.
+    eventfd: Option<OwnedFd>,
 }
 
 fn tag(r: ConnRef, what: u64) -> u64 {
@@ -111,7 +111,7 @@ pub fn install() -> io::Result<()> {
             unsubmitted: 0,
             armed: FnvHashSet::default(),
             reactor: None,
-            eventfd,
+            eventfd: Some(eventfd),
         })
     });
     Ok(())
@@ -161,9 +161,10 @@ pub fn forget(r: ConnRef) {
     });
 }
 
-/// A duplicate of the ring's eventfd, for the reactor's reads.
-pub fn eventfd() -> Option<io::Result<OwnedFd>> {
-    with(|ring| ring.eventfd.try_clone())
+/// The ring's eventfd, for the reactor to read (once; the ring keeps its
+/// own reference to the eventfd it posts to).
+pub fn take_eventfd() -> Option<OwnedFd> {
+    with(|ring| ring.eventfd.take()).flatten()
 }
 
 /// Records the reactor's waker (requests waiting for submission wake it);

@@ -28,9 +28,12 @@ impl Worklist {
         }
     }
 
-    /// Takes the list (a connection may appear twice or be gone by now).
-    pub fn take(&mut self) -> Vec<ConnRef> {
-        std::mem::take(&mut self.items)
+    /// Moves the list into `into` (cleared first; a connection may appear
+    /// twice or be gone by now). The two vectors trade places, so neither
+    /// the list nor the task's buffer is allocated again per burst.
+    pub fn take_into(&mut self, into: &mut Vec<ConnRef>) {
+        into.clear();
+        std::mem::swap(&mut self.items, into);
     }
 
     /// Whether anything waits.

@@ -319,8 +319,9 @@ impl Sim {
             }
             // The flusher's and the reactor's lists: everything was written
             // and every closing connection removed above.
-            sh.dirty().take();
-            sh.woken().take();
+            let mut seen = Vec::new();
+            sh.dirty().take_into(&mut seen);
+            sh.woken().take_into(&mut seen);
             let charged: usize = sh.conn_refs().map(|(_, c)| c.charge()).sum();
             assert_eq!(sh.queued, charged, "shard {shard}'s total of queued bytes drifted");
         }
