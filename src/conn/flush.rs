@@ -112,15 +112,8 @@ pub async fn flusher(shard: Rc<RefCell<Shard>>) {
 /// this cannot finish.
 fn flush_one(sh: &mut Shard, r: ConnRef, now: u32) {
     for _ in 0..WRITES_PER_FLUSH {
-        let Some(c) = sh.conn(r) else { return };
-        if c.out.is_empty() {
-            return;
-        }
-        if c.closing() || c.fd < 0 {
-            sh.wake_conn(r);
-            return;
-        }
-        match write_queue(c.fd, &c.out) {
+        let Some(fd) = ours(sh, r) else { return };
+        match write_queue(fd, &sh.conn(r).expect("checked by ours").out) {
             Ok(n) => wrote(sh, r, n, now),
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
@@ -137,6 +130,20 @@ fn flush_one(sh: &mut Shard, r: ConnRef, now: u32) {
     if sh.conn(r).is_some_and(|c| !c.out.is_empty()) {
         sh.mark_dirty(r);
     }
+}
+
+/// `r`'s socket when it has frames for the flusher to write; a closing
+/// connection (or one without a socket) is its driver's, which is woken.
+fn ours(sh: &mut Shard, r: ConnRef) -> Option<std::os::fd::RawFd> {
+    let c = sh.conn(r)?;
+    if c.out.is_empty() {
+        return None;
+    }
+    if c.closing() || c.fd < 0 {
+        sh.wake_conn(r);
+        return None;
+    }
+    Some(c.fd)
 }
 
 /// `r`'s socket is full: its driver writes the rest once the readiness
@@ -183,14 +190,8 @@ impl Batch {
     fn flush(&mut self, sh: &mut Shard, chunk: &[ConnRef], now: u32) {
         self.conns.clear();
         for &r in chunk {
-            let Some(c) = sh.conn(r) else { continue };
-            if c.out.is_empty() {
-                continue;
-            }
-            if c.closing() || c.fd < 0 {
-                sh.wake_conn(r);
-                continue;
-            }
+            let Some(fd) = ours(sh, r) else { continue };
+            let c = sh.conn(r).expect("checked by ours");
             let i = self.conns.len();
             let mut slices = [std::io::IoSlice::new(&[]); crate::shard::outbound::MAX_IOV];
             let n = c.out.iovecs(&mut slices);
@@ -200,7 +201,7 @@ impl Batch {
             }
             self.msg[i].msg_iov = self.iov[i].as_mut_ptr();
             self.msg[i].msg_iovlen = n as _;
-            let sqe = io_uring::opcode::SendMsg::new(io_uring::types::Fd(c.fd), &self.msg[i])
+            let sqe = io_uring::opcode::SendMsg::new(io_uring::types::Fd(fd), &self.msg[i])
                 .flags((libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL) as u32)
                 .build()
                 .user_data((u64::from(r.idx) << 32) | u64::from(r.gen));
