@@ -14,7 +14,8 @@
 # Installs nats-server from apt and uWebSockets.js from npm when missing.
 # Loopback only; every process started here is stopped by PID. JSON per run
 # in $OUT, a table at the end. SERVERS picks which servers run (volley1:
-# volley with one shard).
+# volley with one shard). VOLLEY_ARGS adds flags to both volley runs (for
+# example "--client-flush-delay-ms 100").
 # Usage: scripts/bench_peers.sh [N=19000] [RATES="5 50 100 200"] [SECS=10]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -59,7 +60,8 @@ run_volley() { volley_as volley 0 "$1"; }
 # of its own, which a single-threaded peer leaves it and two shards do not.
 run_volley1() { volley_as volley1 1 "$1"; }
 volley_as() {
-    ./target/release/volley serve --shards "$2" --tcp-listen 127.0.0.1:3201 --ws-listen 127.0.0.1:3202 \
+    # shellcheck disable=SC2086 # VOLLEY_ARGS is a list of flags
+    ./target/release/volley serve --shards "$2" ${VOLLEY_ARGS:-} --tcp-listen 127.0.0.1:3201 --ws-listen 127.0.0.1:3202 \
         --api-listen 127.0.0.1:3211 --api-publish-listen 127.0.0.1:3212 --log-level warn &
     PID=$!; wait_port 3211; sleep 1
     if [ "${VOLLEY_PUBLISH:-tcp}" = http ]; then

@@ -345,12 +345,13 @@ pub struct ClientConfig {
     #[arg(id = "client-presence-limit", long = "client-presence-limit", default_value_t = 100)]
     pub presence_limit: usize,
 
-    /// Milliseconds of quiet the shard's flusher keeps between two rounds
-    /// of writes: a fan-out after a quiet window is written at once, one
-    /// sooner waits for the window's end, so that more messages share each
-    /// connection's write: less CPU per delivery at paced rates, up to a
-    /// window more latency. 0 writes every fan-out at once.
-    #[arg(id = "client-flush-delay-ms", long = "client-flush-delay-ms", default_value_t = 0)]
+    /// Milliseconds of quiet the shard's flusher keeps after a busy round
+    /// of writes (at least half the connections it wrote got new frames
+    /// meanwhile): the next round waits for the window's end, so that more
+    /// messages share each connection's write: less CPU per delivery when
+    /// messages come faster than a round lasts, up to a window more
+    /// latency. A paced message is written at once. 0 never waits.
+    #[arg(id = "client-flush-delay-ms", long = "client-flush-delay-ms", default_value_t = 100)]
     pub flush_delay_ms: u64,
 }
 

@@ -5,13 +5,14 @@
 //! inbox, so it runs right after a burst of fan-out has been queued (the
 //! inbox yields or drains), and writes every connection on the shard's
 //! dirty list (`Shard::mark_dirty`). With `[client] flush_delay_ms` set it
-//! keeps that window between the end of one round and the start of the
-//! next: a fan-out after a quiet window is written at once, one sooner
-//! waits for the window's end so that the messages published meanwhile
-//! share each connection's write (less CPU per delivery, up to a window
-//! more latency). Up to
-//! `YIELD_EVERY` connections at a time, each one's first write is a
-//! `sendmsg` SQE on the flusher's own io_uring, and one `io_uring_enter` submits them all and waits for them
+//! keeps that window between the end of a busy round (`busy`: at least
+//! half the connections it wrote have new frames already) and the start of
+//! the next, so that the messages published meanwhile share each
+//! connection's write (less CPU per delivery, up to a window more
+//! latency); a fan-out after a quiet round or a quiet window is written at
+//! once. Up to `YIELD_EVERY` connections at a time, each one's first write
+//! is a `sendmsg` SQE on the flusher's own io_uring, and one
+//! `io_uring_enter` submits them all and waits for them
 //! (`MSG_DONTWAIT`: the kernel completes each at once, written or EAGAIN);
 //! what a connection has left after that goes out with plain `sendmsg`
 //! calls, up to `WRITES_PER_FLUSH` per connection. A connection whose
@@ -32,7 +33,7 @@
 
 use crate::conn::driver::{write_queue, wrote};
 use crate::conn::ring;
-use crate::metrics;
+use crate::metrics::{self, ShardStats};
 use crate::proto::close::CloseReason;
 use crate::shard::mesh::ConnRef;
 use crate::shard::Shard;
@@ -57,8 +58,12 @@ pub async fn flusher(shard: Rc<RefCell<Shard>>) {
             None
         }
     };
-    let window = Duration::from_millis(shard.borrow().shared.config.client.flush_delay_ms);
-    // When the last round of writes ended.
+    let (id, shared) = {
+        let sh = shard.borrow();
+        (sh.id, sh.shared.clone())
+    };
+    let window = Duration::from_millis(shared.config.client.flush_delay_ms);
+    // When the last busy round of writes ended.
     let mut last: Option<Instant> = None;
     let mut dirty = Vec::new();
     loop {
@@ -73,11 +78,12 @@ pub async fn flusher(shard: Rc<RefCell<Shard>>) {
         })
         .await;
         // A window of quiet between rounds: a fan-out after a quiet window
-        // is written at once; one sooner waits for the window's end while
-        // deliveries keep queueing (each write then carries more). Measured
-        // from the end of the last round, so that a shard busy writing
-        // still gathers more per write.
+        // is written at once; one sooner, after a busy round, waits for the
+        // window's end while deliveries keep queueing (each write then
+        // carries more). Measured from the end of the last round, so that
+        // a shard busy writing still gathers more per write.
         if let Some(since) = last.map(|t| t.elapsed()).filter(|&s| s < window) {
+            ShardStats::add(&shared.stats[id].flush_holds, 1);
             glommio::timer::sleep(window - since).await;
         }
         shard.borrow_mut().dirty().take_into(&mut dirty);
@@ -102,10 +108,32 @@ pub async fn flusher(shard: Rc<RefCell<Shard>>) {
             }
             glommio::executor().yield_if_needed().await;
         }
-        if !window.is_zero() {
-            last = Some(Instant::now());
+        // Held only after a busy round: see `busy`.
+        last = (!window.is_zero() && busy(&dirty, shard.borrow_mut().dirty().items())).then(Instant::now);
+    }
+}
+
+/// Whether a round was busy: at least half the connections it wrote
+/// (`round`, sorted) have something new already (`since`). Then the
+/// messages come faster than a round lasts and the next round gains by
+/// waiting, each write carrying more; otherwise what comes next is a paced
+/// message, or replies and pushes to other connections (heartbeats,
+/// small rooms), which waiting would only delay.
+fn busy(round: &[ConnRef], since: &[ConnRef]) -> bool {
+    let need = round.len().div_ceil(2);
+    if round.is_empty() || since.len() < need {
+        return false;
+    }
+    let mut again = 0;
+    for r in since {
+        if round.binary_search_by_key(&(r.idx, r.gen), |c| (c.idx, c.gen)).is_ok() {
+            again += 1;
+            if again >= need {
+                return true;
+            }
         }
     }
+    false
 }
 
 /// Writes what `r` has queued; see the module doc for who takes over when
@@ -262,5 +290,35 @@ impl Batch {
                 sh.mark_dirty(r);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn refs(idx: impl IntoIterator<Item = u32>) -> Vec<ConnRef> {
+        idx.into_iter().map(|idx| ConnRef { idx, gen: 1 }).collect()
+    }
+
+    #[test]
+    fn a_round_is_busy_when_half_its_connections_have_new_frames() {
+        let round = refs(0..10);
+        assert!(busy(&round, &refs(0..5)));
+        assert!(busy(&round, &refs((0..10).rev())));
+        assert!(!busy(&round, &refs(0..4)));
+        assert!(!busy(&round, &[]));
+        assert!(!busy(&[], &refs(0..4)));
+    }
+
+    #[test]
+    fn other_connections_and_new_generations_do_not_count() {
+        let round = refs(0..10);
+        // Replies and pushes to connections the round did not write.
+        assert!(!busy(&round, &refs(10..30)));
+        assert!(!busy(&round, &refs((0..4).chain(10..30))));
+        // Same slots, reused by new connections.
+        let reused: Vec<_> = (0..10).map(|idx| ConnRef { idx, gen: 2 }).collect();
+        assert!(!busy(&round, &reused));
     }
 }

@@ -130,6 +130,7 @@ shard_stats! {
     Counter deliveries: "Frames queued to connections (replies and pushes).";
     Counter bytes_out: "Bytes written to client sockets.";
     Counter writes: "Write syscalls issued (deliveries / writes = coalescing factor).";
+    Counter flush_holds: "Rounds of writes the flusher held for [client] flush_delay_ms after a busy round.";
     Counter dropped: "Frames dropped because a connection was closing or over its limit.";
     Gauge outbound_queued: "Bytes charged to this shard's connection queues ([limits] outbound_budget counts these).";
     Counter publish_duplicates: "Publishes (or targets of one) not delivered again: their message id was seen within [api] dedup_window_secs.";

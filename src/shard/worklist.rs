@@ -36,6 +36,11 @@ impl Worklist {
         std::mem::swap(&mut self.items, into);
     }
 
+    /// What waits now, without taking it.
+    pub fn items(&self) -> &[ConnRef] {
+        &self.items
+    }
+
     /// Whether anything waits.
     pub fn is_empty(&self) -> bool {
         self.items.is_empty()
