@@ -216,11 +216,12 @@ fn a_flush_delay_does_not_hold_paced_messages() {
 }
 
 #[test]
-fn a_flush_delay_holds_the_round_after_a_busy_one_and_loses_none() {
+fn a_burst_longer_than_a_round_loses_nothing_with_a_flush_delay() {
     // One request queues more than a round writes to a connection (16
-    // writes of 64 frames): the round ends with that connection still
-    // dirty, so the next waits for the window; the member gets every
-    // message, in order.
+    // writes of 64 frames): the rest goes in the next round, the member
+    // gets every message in order. (No round is held: the frames came
+    // before the round, not during it; when a hold pays is
+    // `conn::flush::worth_holding`'s, tested there.)
     const N: usize = 1_100;
     let h = start_server(|c| {
         c.shards = 1;
@@ -236,6 +237,6 @@ fn a_flush_delay_holds_the_round_after_a_busy_one_and_loses_none() {
     for i in 0..N {
         assert_eq!(member.read_push().body, format!("m{i}").as_bytes());
     }
-    let holds: u64 = h.stats().iter().map(|s| s.flush_holds).sum();
-    assert!(holds >= 1, "the round after the busy one was held");
+    let writes: u64 = h.stats().iter().map(|s| s.writes).sum();
+    assert!(writes > 16, "the burst took more than one round: {writes} writes");
 }

@@ -347,7 +347,8 @@ pub struct ClientConfig {
 
     /// Milliseconds of quiet the shard's flusher keeps after a busy round
     /// of writes (at least half the connections it wrote got new frames
-    /// meanwhile): the next round waits for the window's end, so that more
+    /// meanwhile, at a rate that should bring each another within the
+    /// window): the next round waits for the window's end, so that more
     /// messages share each connection's write: less CPU per delivery when
     /// messages come faster than a round lasts, up to a window more
     /// latency. A paced message is written at once. 0 never waits.

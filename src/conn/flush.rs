@@ -6,8 +6,9 @@
 //! inbox yields or drains), and writes every connection on the shard's
 //! dirty list (`Shard::mark_dirty`). With `[client] flush_delay_ms` set it
 //! keeps that window between the end of a busy round (`busy`: at least
-//! half the connections it wrote have new frames already) and the start of
-//! the next, so that the messages published meanwhile share each
+//! half the connections it wrote have new frames already, and frames came
+//! fast enough that the window should bring each another, `worth_holding`)
+//! and the start of the next, so that the messages published meanwhile share each
 //! connection's write (less CPU per delivery, up to a window more
 //! latency); a fan-out after a quiet round or a quiet window is written at
 //! once. Up to `YIELD_EVERY` connections at a time, each one's first write
@@ -40,6 +41,7 @@ use crate::shard::Shard;
 use std::cell::RefCell;
 use std::io;
 use std::rc::Rc;
+use std::sync::atomic::Ordering::Relaxed;
 use std::task::Poll;
 use std::time::{Duration, Instant};
 
@@ -87,6 +89,7 @@ pub async fn flusher(shard: Rc<RefCell<Shard>>) {
             glommio::timer::sleep(window - since).await;
         }
         shard.borrow_mut().dirty().take_into(&mut dirty);
+        let (started, queued_before) = (Instant::now(), shared.stats[id].deliveries.load(Relaxed));
         // A connection twice in one batch would have its frames sent twice:
         // sorted and deduplicated once per round, which also lets a batch's
         // completions find their connection by binary search.
@@ -108,8 +111,13 @@ pub async fn flusher(shard: Rc<RefCell<Shard>>) {
             }
             glommio::executor().yield_if_needed().await;
         }
-        // Held only after a busy round: see `busy`.
-        last = (!window.is_zero() && busy(&dirty, shard.borrow_mut().dirty().items())).then(Instant::now);
+        // Held only after a busy round (`busy`), and only when the window
+        // is expected to bring each connection another frame (`worth_holding`).
+        let queued = shared.stats[id].deliveries.load(Relaxed).wrapping_sub(queued_before);
+        last = (!window.is_zero()
+            && busy(&dirty, shard.borrow_mut().dirty().items())
+            && worth_holding(queued, dirty.len(), started.elapsed(), window))
+        .then(Instant::now);
     }
 }
 
@@ -134,6 +142,18 @@ fn busy(round: &[ConnRef], since: &[ConnRef]) -> bool {
         }
     }
     false
+}
+
+/// Whether holding the next round for `window` should gather another frame
+/// per connection: `queued` frames arrived during a round of `conns`
+/// connections that lasted `took`, so each connection gets frames at about
+/// queued / conns / took, and the window at that rate brings at least one.
+/// A round that outlasts the gap between paced messages (5 msg/s and a
+/// round of 19,000 writes longer than 200 ms, the load generator taking
+/// the shard's core) sees one message arrive during it: holding would add
+/// its wait and save no write.
+fn worth_holding(queued: u64, conns: usize, took: Duration, window: Duration) -> bool {
+    u128::from(queued) * window.as_micros() >= conns as u128 * took.as_micros()
 }
 
 /// Writes what `r` has queued; see the module doc for who takes over when
@@ -309,6 +329,18 @@ mod tests {
         assert!(!busy(&round, &refs(0..4)));
         assert!(!busy(&round, &[]));
         assert!(!busy(&[], &refs(0..4)));
+    }
+
+    #[test]
+    fn a_hold_must_be_expected_to_bring_each_connection_a_frame() {
+        let ms = Duration::from_millis;
+        // 50 msg/s: six messages to 19,000 during a 130 ms round.
+        assert!(worth_holding(6 * 19_000, 19_000, ms(130), ms(100)));
+        // 5 msg/s, a round that outlasted the 200 ms between messages.
+        assert!(!worth_holding(19_000, 19_000, ms(210), ms(100)));
+        // One message during a round as long as the window: just worth it.
+        assert!(worth_holding(19_000, 19_000, ms(100), ms(100)));
+        assert!(!worth_holding(0, 19_000, ms(50), ms(100)), "nothing came");
     }
 
     #[test]
