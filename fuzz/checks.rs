@@ -329,3 +329,39 @@ pub fn access(data: &[u8]) {
         }
     }
 }
+
+/// Replies from Redis (cluster mode): `cluster::link::next_reply` over a
+/// stream, whole and in two pieces (split where the second byte says),
+/// must give the same replies and the same verdict; an incomplete reply
+/// never grows past the limit.
+pub fn redis_reply(data: &[u8]) {
+    use volley::cluster::link::next_reply;
+    let Some((&sel, data)) = data.split_first() else { return };
+    let max = limit(sel);
+    let split = data.first().map_or(0, |&b| usize::from(b) % (data.len() + 1));
+    let run = |pieces: &[&[u8]]| {
+        let mut buf = bytes::BytesMut::new();
+        let mut got = Vec::new();
+        for piece in pieces {
+            buf.extend_from_slice(piece);
+            loop {
+                match next_reply(&mut buf, max) {
+                    Ok(Some(f)) => got.push(f),
+                    Ok(None) => break,
+                    Err(_) => return (got, true),
+                }
+            }
+        }
+        (got, false)
+    };
+    let whole = run(&[data]);
+    let (a, b) = data.split_at(split);
+    let pieces = run(&[a, b]);
+    // Cut early, an incomplete reply may pass the limit where whole it
+    // completes: what both decoded agrees, and all of it without errors.
+    let n = whole.0.len().min(pieces.0.len());
+    assert_eq!(whole.0[..n], pieces.0[..n], "pieces decode as the whole");
+    if !whole.1 && !pieces.1 {
+        assert_eq!(whole.0, pieces.0, "pieces decode as the whole");
+    }
+}

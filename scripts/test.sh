@@ -2,8 +2,8 @@
 # Runs volley's whole test suite on a fresh Debian machine with only the Rust
 # toolchain: installs what the tests need when missing, then checks formatting,
 # lints, and runs every test (unit, property, integration, interop, and the
-# fast subset of the Autobahn WebSocket conformance suite, and a headless
-# Chromium test of the demo page).
+# fast subset of the Autobahn WebSocket conformance suite, a headless
+# Chromium test of the demo page, and cluster tests against redis-server).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -14,6 +14,8 @@ python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || need_apt+=(python3-venv)
 # The browser test drives headless Chromium through chromedriver (tests/browser.rs).
 command -v chromium >/dev/null 2>&1 || need_apt+=(chromium)
 command -v chromedriver >/dev/null 2>&1 || need_apt+=(chromium-driver)
+# Cluster tests start redis-server processes of their own (tests/cluster.rs).
+command -v redis-server >/dev/null 2>&1 || need_apt+=(redis-server)
 if ((${#need_apt[@]})); then
     echo "installing: ${need_apt[*]}"
     if [ "$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi

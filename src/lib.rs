@@ -43,6 +43,8 @@
 //! - [`api`]: the application-server side: HTTP API, TCP publishers, and
 //!   the one publish path both take.
 //! - [`auth`]: the API key check (constant time) and client tokens (JWT).
+//! - [`cluster`]: cluster mode: each shard's pipelined links to the Redis
+//!   instances of `[redis] urls`, and their health.
 //! - [`proto`]: sans-IO codecs and policies (frames, batches, bodies, close
 //!   reasons, room patterns, version 2, WebSocket).
 //! - [`metrics`]: counters and histograms, as JSON and Prometheus text.
@@ -55,6 +57,7 @@
 
 pub mod api;
 pub mod auth;
+pub mod cluster;
 pub mod config;
 pub mod conn;
 pub mod host;

@@ -7,7 +7,8 @@
 //! (`net::bind`), then on each shard creates the readiness ring
 //! (`conn::ring`) and spawns its reactor (`conn::reactor`), one acceptor
 //! per listener — client ones in the default task queue, application-server
-//! ones in the control queue — and the flusher, and hands the shard to its
+//! ones in the control queue — the flusher, and in cluster mode one link
+//! per Redis instance (`cluster::link`), and hands the shard to its
 //! runtime (`shard::run::serve`), which owns the inbox, the sweep and the
 //! shutdown drain; after it, the drivers left are dropped.
 //!
@@ -18,7 +19,7 @@ use crate::metrics::{ShardStats, StatsSnapshot};
 use crate::net::{self, BindError, ListenerKind, ListenerSpec};
 use crate::shard::mesh::ShardMsg;
 use crate::shard::{run, Shard, Shared};
-use crate::{api, conn};
+use crate::{api, cluster, conn};
 use glommio::net::TcpListener;
 use glommio::{LocalExecutorBuilder, Placement};
 use std::cell::RefCell;
@@ -184,7 +185,7 @@ async fn shard_main(
     fds: Vec<(ListenerKind, RawFd)>,
     ready: std::sync::mpsc::Sender<Result<(), String>>,
 ) {
-    let shard = Rc::new(RefCell::new(Shard::new(id, shared)));
+    let shard = Rc::new(RefCell::new(Shard::new(id, shared.clone())));
     let control = run::control_queue();
     if let Err(e) = conn::ring::install() {
         let _ = ready.send(Err(format!(
@@ -220,6 +221,16 @@ async fn shard_main(
     if let Err(e) = glommio::spawn_local_into(conn::flush::flusher(shard.clone()), control).map(|t| t.detach()) {
         let _ = ready.send(Err(format!("cannot spawn the flusher: {e}")));
         return;
+    }
+    if let Some(health) = &shared.cluster {
+        for (i, url) in shared.config.redis.urls.iter().enumerate() {
+            let url = cluster::RedisUrl::parse(url).expect("checked by Config::validate");
+            let link = cluster::link::Link::new(url);
+            if let Err(e) = glommio::spawn_local_into(link.run(health.clone(), id, i), control).map(|t| t.detach()) {
+                let _ = ready.send(Err(format!("cannot spawn the Redis link: {e}")));
+                return;
+            }
+        }
     }
     let listeners = fds.iter().map(|&(_, fd)| fd).collect();
     run::serve(shard.clone(), control, listeners, ready).await;

@@ -55,3 +55,8 @@ fn v2_bodies() {
 fn access() {
     replay("access", checks::access);
 }
+
+#[test]
+fn redis_reply() {
+    replay("redis_reply", checks::redis_reply);
+}

@@ -20,7 +20,7 @@ use std::path::Path;
 
 /// Sections of the file; key `k` of section `s` is flag `--s-k`.
 const SECTIONS: &[&str] = &[
-    "log", "tcp", "ws", "client", "limits", "api", "history", "inbox", "auth",
+    "log", "tcp", "ws", "client", "limits", "api", "history", "inbox", "auth", "redis",
 ];
 
 /// Keys allowed outside any section.
@@ -100,6 +100,27 @@ where
         .filter(|l| *l != "config")
         .map(str::to_string)
         .collect();
+    // Repeatable flags (`--redis-url`) add up instead of replacing: one
+    // given on the command line leaves out the environment's and the
+    // file's, as a later value replaces an earlier one elsewhere.
+    let at = args.iter().position(|a| a == "serve").map_or(args.len(), |i| i + 1);
+    let typed: HashSet<String> = serve_cmd
+        .get_arguments()
+        .filter(|a| matches!(a.get_action(), clap::ArgAction::Append))
+        .filter(|a| {
+            let names: Vec<&str> = a
+                .get_long()
+                .into_iter()
+                .chain(a.get_all_aliases().into_iter().flatten())
+                .collect();
+            args[at..].iter().any(|arg| {
+                let arg = arg.to_string_lossy();
+                let name = arg.strip_prefix("--").map(|n| n.split('=').next().unwrap_or(n));
+                name.is_some_and(|n| names.contains(&n))
+            })
+        })
+        .filter_map(|a| a.get_long().map(str::to_string))
+        .collect();
     let mut notes = Vec::new();
 
     // The environment, as flags, and which flags it set.
@@ -108,6 +129,9 @@ where
     let mut sorted: Vec<&String> = flags.iter().collect();
     sorted.sort();
     for flag in sorted {
+        if typed.contains(flag) {
+            continue;
+        }
         if let Some(v) = env(&env_of(flag)) {
             env_flags.push(flag_arg(flag, &v));
             from_env.insert(flag.clone());
@@ -135,14 +159,13 @@ where
             source,
         })?;
         for (flag, value) in file_args(&path, &text, &flags, &mut notes)? {
-            if !from_env.contains(&flag) {
+            if !from_env.contains(&flag) && !typed.contains(&flag) {
                 file_flags.push(format!("--{flag}={value}").into());
             }
         }
     }
 
     // Insert both right after "serve" so every real flag follows.
-    let at = args.iter().position(|a| a == "serve").map_or(args.len(), |i| i + 1);
     let mut merged = args[..at].to_vec();
     merged.extend(file_flags);
     merged.extend(env_flags);

@@ -23,6 +23,7 @@
 //! [history] messages max_age_secs max_bytes memory overrides max_marks
 //! [inbox]   messages bytes ttl_secs memory
 //! [auth]    mode jwt_secret jwt_public_key leeway_secs refresh_secs grace_secs dev_tokens
+//! [redis]   urls
 //! ```
 //!
 //! Invariants: `Config::default()` is the embedded defaults and reads
@@ -169,6 +170,11 @@ pub struct Config {
     /// `[auth]`: who a client is and what it may do.
     #[command(flatten)]
     pub auth: AuthConfig,
+
+    /// `[redis]`: the Redis instances that join nodes into a cluster
+    /// (none: a single node).
+    #[command(flatten)]
+    pub redis: RedisConfig,
 }
 
 /// `[auth] mode`.
@@ -236,6 +242,24 @@ pub struct AuthConfig {
     /// anyone.
     #[arg(id = "auth-dev-tokens", long = "auth-dev-tokens", default_value_t = false, action = clap::ArgAction::Set)]
     pub dev_tokens: bool,
+}
+
+/// `[redis]`
+#[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "[redis]")]
+pub struct RedisConfig {
+    /// Redis instances of the cluster, `redis://[[user]:password@]host[:port][/db]`
+    /// (repeat the flag, or comma-separate); rooms and users are spread
+    /// over them by a hash of their name, so every node must list the same
+    /// instances in the same order. Empty: a single node, no Redis.
+    #[arg(
+        id = "redis-urls",
+        long = "redis-urls",
+        alias = "redis-url",
+        value_delimiter = ',',
+        action = clap::ArgAction::Append
+    )]
+    pub urls: Vec<String>,
 }
 
 /// `[log]`
@@ -786,6 +810,14 @@ impl Config {
         }
         if self.client.presence_limit == 0 || self.client.presence_limit > 10_000 {
             return bad("[client] presence_limit", "must be between 1 and 10000");
+        }
+        for url in &self.redis.urls {
+            if let Err(e) = crate::cluster::RedisUrl::parse(url) {
+                return bad("[redis] urls", &e);
+            }
+        }
+        if self.redis.urls.len() > 64 {
+            return bad("[redis] urls", "at most 64 instances");
         }
         if self.client.flush_delay_ms > 1_000 {
             return bad("[client] flush_delay_ms", "must be at most 1000");

@@ -212,3 +212,44 @@ fn history_overrides_pick_the_longest_prefix() {
     let c = serve(&["volley", "serve", "--history-overrides", "x=5:0:10"]);
     assert!(c.validate().unwrap_err().to_string().contains("[history]"));
 }
+
+#[test]
+fn redis_urls_repeat_and_each_layer_replaces_the_one_below() {
+    assert!(
+        serve(&["volley", "serve"]).redis.urls.is_empty(),
+        "single node by default"
+    );
+    let f = file("redis.toml", "[redis]\nurls = [\"redis://a:1\", \"redis://b:2\"]\n");
+    let c = serve(&["volley", "serve", "-c", &f]);
+    assert_eq!(c.redis.urls, ["redis://a:1", "redis://b:2"]);
+    c.validate().unwrap();
+    let env = [("VOLLEY_REDIS_URLS", "redis://e:1,redis://e:2")];
+    let c = serve_with(&["volley", "serve", "-c", &f], &env).unwrap().server;
+    assert_eq!(
+        c.redis.urls,
+        ["redis://e:1", "redis://e:2"],
+        "environment replaces the file"
+    );
+    let c = serve_with(
+        &[
+            "volley",
+            "serve",
+            "-c",
+            &f,
+            "--redis-url",
+            "redis://x:1",
+            "--redis-url=redis://y:2",
+        ],
+        &env,
+    )
+    .unwrap()
+    .server;
+    assert_eq!(
+        c.redis.urls,
+        ["redis://x:1", "redis://y:2"],
+        "repeated flags add up and replace both"
+    );
+    let c = serve(&["volley", "serve", "--redis-url", "127.0.0.1:6379"]);
+    let e = c.validate().unwrap_err().to_string();
+    assert!(e.contains("[redis] urls") && e.contains("redis://"), "{e}");
+}

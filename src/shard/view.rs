@@ -2,9 +2,10 @@
 //! configuration, the mesh, each shard's counters and its last published
 //! `ShardView` — and the online figures computed from the views.
 //!
-//! Written once at start-up except for the views: each shard replaces its
-//! own view (an `ArcSwap`, lock-free for readers) when its rooms or client
-//! IPs changed, at most once per sweep (a second). Readers on any thread see
+//! Written once at start-up except for the views and the cluster's health:
+//! each shard replaces its own view (an `ArcSwap`, lock-free for readers)
+//! when its rooms or client IPs changed, at most once per sweep (a second),
+//! and its Redis links write their own slots of `cluster::Health`. Readers on any thread see
 //! a count that may lag a join or leave by up to that second.
 //!
 //! Invariants: `views[i]` is written only by shard i; every count read from
@@ -54,6 +55,9 @@ pub struct Shared {
     /// The token verifier (`[auth] mode = "jwt"`); set by the server once
     /// it has read the keys. `None` with auth on refuses every token.
     pub verifier: Option<Verifier>,
+    /// What each shard's Redis links report (`[redis] urls`); `None` on a
+    /// single node.
+    pub cluster: Option<Arc<crate::cluster::Health>>,
 }
 
 impl Shared {
@@ -73,6 +77,8 @@ impl Shared {
             },
             admission: Admission::default(),
             verifier: None,
+            cluster: (!config.redis.urls.is_empty())
+                .then(|| Arc::new(crate::cluster::Health::new(n, config.redis.urls.len()))),
             config,
         }
     }

@@ -541,8 +541,44 @@ fn metrics(r: &Req<'_>) -> Result<Resp, ApiError> {
     Ok(with_type(StatusCode::OK, prometheus::CONTENT_TYPE, Bytes::from(text)))
 }
 
-fn healthz(_: &Req<'_>) -> Result<Resp, ApiError> {
-    Ok(ok(Value::Null))
+/// 200 while the node can do its job; 503 with the reason while a Redis
+/// instance of the cluster is unreachable from some shard (publishes fail
+/// meanwhile; client connections stay up).
+fn healthz(r: &Req<'_>) -> Result<Resp, ApiError> {
+    let Some(health) = &r.shared.cluster else {
+        return Ok(ok(Value::Null));
+    };
+    let down = health.down();
+    if down.is_empty() {
+        return Ok(ok(Value::Null));
+    }
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let urls = &r.shared.config.redis.urls;
+    let redis: Vec<Value> = down
+        .iter()
+        .map(|(i, reason, since)| {
+            let url = crate::cluster::RedisUrl::parse(&urls[*i]).map_or_else(|e| e, |u| u.to_string());
+            json!({"url": url, "reason": reason, "down_secs": now.saturating_sub(*since)})
+        })
+        .collect();
+    let message = format!(
+        "redis unreachable: {}",
+        redis
+            .iter()
+            .map(|d| format!(
+                "{} ({})",
+                d["url"].as_str().unwrap_or(""),
+                d["reason"].as_str().unwrap_or("")
+            ))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    Ok(json_reply(
+        StatusCode::SERVICE_UNAVAILABLE,
+        &json!({"code": 503, "message": message, "data": {"redis": redis}}),
+    ))
 }
 
 /// The browser client, served at `/volley.js`.

@@ -1,0 +1,241 @@
+//! Cluster mode against a real redis-server started by the test (installed
+//! by the test command, `scripts/test.sh`): the nodes' links to Redis, what
+//! `/healthz` says when Redis goes away and comes back, and that client
+//! connections stay up meanwhile.
+
+mod common;
+use common::*;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A redis-server of the test's own on a loopback port, stopped (by its
+/// PID) when dropped.
+struct Redis {
+    child: Child,
+    port: u16,
+    args: Vec<String>,
+}
+
+impl Redis {
+    /// Starts one on a free port, with `extra` arguments
+    /// (`--requirepass`...), nothing saved to disk.
+    fn start(extra: &[&str]) -> Redis {
+        let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let args: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+        Redis::start_on(port, args)
+    }
+
+    fn start_on(port: u16, args: Vec<String>) -> Redis {
+        Redis {
+            child: spawn(port, &args),
+            port,
+            args,
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Kills it (SIGKILL) and waits for it to be gone.
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// A new redis-server on the same port, as an operator's restart.
+    fn restart(&mut self) {
+        self.kill();
+        self.child = spawn(self.port, &self.args);
+    }
+}
+
+/// Runs redis-server on `port` and waits until it listens.
+fn spawn(port: u16, args: &[String]) -> Child {
+    let child = Command::new("redis-server")
+        .args([
+            "--port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ])
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("redis-server runs (scripts/test.sh installs it: apt-get install redis-server)");
+    let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+    let end = Instant::now() + Duration::from_secs(10);
+    while TcpStream::connect(addr).is_err() {
+        assert!(Instant::now() < end, "redis-server did not listen on {addr}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn health(h: &volley::ServerHandle) -> (u16, serde_json::Value) {
+    http(h.http_addr, "GET", "/healthz", &[], b"")
+}
+
+#[test]
+fn a_node_is_unhealthy_while_redis_is_down_and_keeps_its_clients() {
+    let mut redis = Redis::start(&[]);
+    let url = redis.url();
+    let h = start_server(|c| c.redis.urls = vec![url.clone()]);
+    wait_until("every shard connected to redis", || health(&h).0 == 200);
+    let mut client = Client::authed(h.tcp_addr, r#"{"mid":1,"room_id":"live://c"}"#);
+
+    redis.kill();
+    wait_until("healthz says redis is down", || health(&h).0 == 503);
+    let (_, v) = health(&h);
+    let message = v["message"].as_str().unwrap();
+    assert!(
+        message.contains(&format!("redis://127.0.0.1:{}/0", redis.port)),
+        "{message}"
+    );
+    assert!(!message.contains("password"), "{message}");
+    assert_eq!(
+        v["data"]["redis"][0]["url"],
+        format!("redis://127.0.0.1:{}/0", redis.port)
+    );
+    assert!(!v["data"]["redis"][0]["reason"].as_str().unwrap().is_empty());
+
+    // The client's connection does not depend on Redis.
+    client.send(op::HEARTBEAT, 1, b"");
+    assert_eq!(client.read().expect("heartbeat reply").op, op::HEARTBEAT_REPLY);
+
+    redis.restart();
+    wait_until("the links reconnected", || health(&h).0 == 200);
+    client.send(op::HEARTBEAT, 2, b"");
+    assert_eq!(client.read().expect("heartbeat reply").op, op::HEARTBEAT_REPLY);
+}
+
+#[test]
+fn a_node_starts_without_redis_and_says_why() {
+    // A port nobody listens on.
+    let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let h = start_server(|c| c.redis.urls = vec![format!("redis://127.0.0.1:{port}")]);
+    wait_until("the first connect failed", || {
+        let (status, v) = health(&h);
+        status == 503 && v["message"].as_str().unwrap().contains("connect")
+    });
+    let mut client = Client::authed(h.tcp_addr, r#"{"mid":1,"room_id":"live://c"}"#);
+    client.send(op::HEARTBEAT, 1, b"");
+    assert_eq!(client.read().expect("heartbeat reply").op, op::HEARTBEAT_REPLY);
+}
+
+#[test]
+fn links_authenticate_and_select_their_database() {
+    let redis = Redis::start(&["--requirepass", "s3cret-pw"]);
+    let good = format!("redis://:s3cret-pw@127.0.0.1:{}/3", redis.port);
+    let h = start_server(|c| c.redis.urls = vec![good]);
+    wait_until("connected with the password", || health(&h).0 == 200);
+    drop(h);
+
+    let bad = format!("redis://:wrong-pw@127.0.0.1:{}", redis.port);
+    let h = start_server(|c| c.redis.urls = vec![bad]);
+    wait_until("the wrong password is named", || {
+        let (status, v) = health(&h);
+        status == 503 && v["message"].as_str().unwrap().contains("AUTH")
+    });
+    let (_, v) = health(&h);
+    assert!(!v.to_string().contains("wrong-pw"), "the password stays out: {v}");
+}
+
+/// Runs `f` on a glommio executor of its own (the links are shard-local).
+fn on_executor<T, F, Fut>(make: F) -> T
+where
+    T: Send + 'static,
+    F: FnOnce() -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = T> + 'static,
+{
+    glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
+        .spawn(make)
+        .expect("executor starts")
+        .join()
+        .expect("executor ends")
+}
+
+/// A link to `url` with its task running; waits until it is up (or gives
+/// up after `wait`).
+async fn link_to(url: &str, wait: Duration) -> volley::cluster::link::Link {
+    use volley::cluster::{link::Link, Health, RedisUrl};
+    let link = Link::new(RedisUrl::parse(url).unwrap());
+    let health = std::sync::Arc::new(Health::new(1, 1));
+    glommio::spawn_local(link.clone().run(health, 0, 0)).detach();
+    let end = Instant::now() + wait;
+    while !link.is_up() && Instant::now() < end {
+        glommio::timer::sleep(Duration::from_millis(10)).await;
+    }
+    link
+}
+
+#[test]
+fn a_link_pipelines_commands_and_matches_replies_in_order() {
+    use volley::cluster::link::Frame;
+    let redis = Redis::start(&[]);
+    let url = redis.url();
+    let got = on_executor(move || async move {
+        let link = link_to(&url, Duration::from_secs(5)).await;
+        assert!(link.is_up());
+        // 1,000 commands issued before any reply: they share writes, and
+        // each caller gets its own reply.
+        let calls: Vec<_> = (0..1000)
+            .map(|i| {
+                let link = link.clone();
+                glommio::spawn_local(async move {
+                    let k = format!("k{i}");
+                    let v = format!("v{i}");
+                    link.call(&[b"SET", k.as_bytes(), v.as_bytes()]).await.unwrap();
+                    link.call(&[b"GET", k.as_bytes()]).await.unwrap()
+                })
+            })
+            .collect();
+        let mut got = Vec::new();
+        for c in calls {
+            got.push(c.await);
+        }
+        let err = link.call(&[b"NOSUCHCOMMAND"]).await.unwrap_err();
+        (got, err.to_string())
+    });
+    for (i, f) in got.0.iter().enumerate() {
+        assert_eq!(f, &Frame::BulkString(format!("v{i}").into()));
+    }
+    assert!(got.1.contains("unknown command"), "{}", got.1);
+}
+
+#[test]
+fn a_link_to_a_silent_peer_gives_up_and_its_callers_hear_why() {
+    // Accepts and never answers: the oldest command's reply is overdue.
+    let silent = TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("redis://{}", silent.local_addr().unwrap());
+    let err = on_executor(move || async move {
+        let link = link_to(&url, Duration::from_secs(5)).await;
+        assert!(link.is_up(), "the TCP connect succeeds");
+        link.call(&[b"PING"]).await.unwrap_err().to_string()
+    });
+    assert!(err.contains("no reply in 3 s"), "{err}");
+    drop(silent);
+}
+
+#[test]
+fn a_down_link_refuses_at_once() {
+    let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let url = format!("redis://127.0.0.1:{port}");
+    let err = on_executor(move || async move {
+        let link = link_to(&url, Duration::from_millis(300)).await;
+        link.call(&[b"PING"]).await.unwrap_err().to_string()
+    });
+    assert!(err.contains("unreachable") && err.contains("refused"), "{err}");
+}
