@@ -365,3 +365,16 @@ pub fn redis_reply(data: &[u8]) {
         assert_eq!(whole.0, pieces.0, "pieces decode as the whole");
     }
 }
+
+/// Room messages from a cluster channel (`cluster::room::decode_message`):
+/// what decodes re-encodes to the same bytes (one form per message), and
+/// the payload is the input's tail.
+pub fn cluster_message(data: &[u8]) {
+    use volley::cluster::room::{decode_message, encode_message};
+    let b = bytes::Bytes::copy_from_slice(data);
+    if let Ok(m) = decode_message(&b) {
+        assert_eq!(encode_message(&m), data, "decode then encode gives the same bytes");
+        assert!(data.ends_with(&m.payload));
+        assert!(m.offset > 0 && m.epoch > 0);
+    }
+}

@@ -239,3 +239,168 @@ fn a_down_link_refuses_at_once() {
     });
     assert!(err.contains("unreachable") && err.contains("refused"), "{err}");
 }
+
+/// A plain subscriber of the test's own (std socket, RESP read with the
+/// link's own reply reader): what every node's channel carries.
+struct Subscriber {
+    s: TcpStream,
+    buf: bytes::BytesMut,
+}
+
+impl Subscriber {
+    fn new(port: u16, channel: &str) -> Subscriber {
+        use std::io::Write;
+        let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut cmd = bytes::BytesMut::new();
+        volley::cluster::link::encode(&mut cmd, &[b"SUBSCRIBE", channel.as_bytes()]);
+        s.write_all(&cmd).unwrap();
+        let mut sub = Subscriber {
+            s,
+            buf: bytes::BytesMut::new(),
+        };
+        let confirm = sub.next();
+        assert!(format!("{confirm:?}").contains("subscribe"), "{confirm:?}");
+        sub
+    }
+
+    fn next(&mut self) -> volley::cluster::link::Frame {
+        use std::io::Read;
+        loop {
+            if let Some(f) = volley::cluster::link::next_reply(&mut self.buf, 1 << 20).unwrap() {
+                return f;
+            }
+            let mut chunk = [0u8; 4096];
+            let n = self.s.read(&mut chunk).expect("a message within 10 s");
+            assert!(n > 0, "redis closed the subscriber");
+            self.buf.extend_from_slice(&chunk[..n]);
+        }
+    }
+
+    /// The next channel message's payload, decoded as a room message.
+    fn message(&mut self) -> volley::cluster::room::Message {
+        use volley::cluster::link::Frame;
+        match self.next() {
+            Frame::Array(v) if v.len() == 3 => match &v[2] {
+                Frame::BulkString(b) => volley::cluster::room::decode_message(b).unwrap(),
+                other => panic!("not a payload: {other:?}"),
+            },
+            other => panic!("not a channel message: {other:?}"),
+        }
+    }
+}
+
+#[test]
+fn two_nodes_publishing_to_one_room_get_one_sequence_of_offsets() {
+    use volley::cluster::room::{self, Message, RoomKeys};
+    let redis = Redis::start(&[]);
+    let url = redis.url();
+    let keys = RoomKeys::of("live://c");
+    let mut sub = Subscriber::new(redis.port, &keys.channel);
+    // Two executors, each with its own link: two nodes as Redis sees them.
+    let node = |name: &'static str| {
+        let url = url.clone();
+        std::thread::spawn(move || {
+            on_executor(move || async move {
+                let link = link_to(&url, Duration::from_secs(5)).await;
+                let publishes: Vec<_> = (0..300)
+                    .map(|i| {
+                        let link = link.clone();
+                        glommio::spawn_local(async move {
+                            let m = Message {
+                                offset: 0,
+                                epoch: 0,
+                                op: 1000,
+                                ttl: 0,
+                                id: String::new(),
+                                payload: format!("{name}-{i}").into(),
+                            };
+                            room::publish(&link, "live://c", &m, 100, 60).await.unwrap()
+                        })
+                    })
+                    .collect();
+                let mut got = Vec::new();
+                for p in publishes {
+                    got.push(p.await);
+                }
+                got
+            })
+        })
+    };
+    let (a, b) = (node("a"), node("b"));
+    let (a, b) = (a.join().unwrap(), b.join().unwrap());
+    let epoch = a[0].epoch;
+    let mut offsets: Vec<u64> = a.iter().chain(&b).map(|p| p.offset).collect();
+    assert!(a.iter().chain(&b).all(|p| p.epoch == epoch && !p.duplicate));
+    offsets.sort_unstable();
+    assert_eq!(
+        offsets,
+        (1..=600).collect::<Vec<u64>>(),
+        "one offset each, no gap, no repeat"
+    );
+    // Every publish reached the channel once, in offset order, with the
+    // offset and epoch its publisher was told.
+    let told: std::collections::HashMap<u64, ()> = offsets.iter().map(|&o| (o, ())).collect();
+    for want in 1..=600u64 {
+        let m = sub.message();
+        assert_eq!((m.offset, m.epoch, m.op), (want, epoch, 1000));
+        assert!(told.contains_key(&m.offset));
+        let p = String::from_utf8(m.payload.to_vec()).unwrap();
+        assert!(p.starts_with("a-") || p.starts_with("b-"), "{p}");
+    }
+}
+
+#[test]
+fn a_retried_message_id_gets_its_first_offset_and_is_not_published_again() {
+    use volley::cluster::room::{self, Message, RoomKeys};
+    let redis = Redis::start(&[]);
+    let url = redis.url();
+    let mut sub = Subscriber::new(redis.port, &RoomKeys::of("live://d").channel);
+    let got = on_executor(move || async move {
+        let link = link_to(&url, Duration::from_secs(5)).await;
+        let m = |id: &str, p: &'static str| Message {
+            offset: 0,
+            epoch: 0,
+            op: 7,
+            ttl: 30,
+            id: id.into(),
+            payload: p.into(),
+        };
+        let first = room::publish(&link, "live://d", &m("order-1", "x"), 100, 60)
+            .await
+            .unwrap();
+        let again = room::publish(&link, "live://d", &m("order-1", "x"), 100, 60)
+            .await
+            .unwrap();
+        let other = room::publish(&link, "live://d", &m("order-2", "y"), 100, 60)
+            .await
+            .unwrap();
+        // The history is bounded (about: MAXLEN ~), and holds the entries.
+        for i in 0..2000 {
+            room::publish(&link, "live://d", &m("", if i % 2 == 0 { "e" } else { "o" }), 100, 60)
+                .await
+                .unwrap();
+        }
+        let len = link.call(&[b"XLEN", b"vly:{live://d}:h"]).await.unwrap();
+        (first, again, other, len)
+    });
+    let (first, again, other, len) = got;
+    assert_eq!((first.offset, first.duplicate), (1, false));
+    assert_eq!((again.offset, again.epoch, again.duplicate), (1, first.epoch, true));
+    assert_eq!((other.offset, other.duplicate), (2, false));
+    let m1 = sub.message();
+    assert_eq!(
+        (m1.offset, m1.id.as_str(), m1.ttl, &m1.payload[..]),
+        (1, "order-1", 30, &b"x"[..])
+    );
+    let m2 = sub.message();
+    assert_eq!(
+        (m2.offset, m2.id.as_str()),
+        (2, "order-2"),
+        "the retry was not published"
+    );
+    let volley::cluster::link::Frame::Integer(len) = len else {
+        panic!("{len:?}")
+    };
+    assert!((100..=300).contains(&len), "history trimmed to about 100: {len}");
+}

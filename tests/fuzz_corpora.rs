@@ -60,3 +60,8 @@ fn access() {
 fn redis_reply() {
     replay("redis_reply", checks::redis_reply);
 }
+
+#[test]
+fn cluster_message() {
+    replay("cluster_message", checks::cluster_message);
+}

@@ -3,8 +3,9 @@
 //!
 //! Owns: where each Redis instance is (`RedisUrl`), which instance a room
 //! or user name belongs to (`instance_of`), the pipelined connection a
-//! shard keeps to each instance (`link`), and what every shard's links
-//! report about each instance (`Health`, read by `/healthz`).
+//! shard keeps to each instance (`link`), what every shard's links report
+//! about each instance (`Health`, read by `/healthz`), and a room message's
+//! keys, publish script and channel form (`room`).
 //!
 //! Runs on every shard: each shard keeps a link of its own to each instance
 //! (a shard's requests never hop to another shard on their way to Redis),
@@ -17,6 +18,7 @@
 //! command at once with `RedisError::Down` (never a reply it did not get).
 
 pub mod link;
+pub mod room;
 
 use std::hash::Hasher;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
