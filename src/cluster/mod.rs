@@ -43,9 +43,12 @@ pub struct RedisUrl {
 }
 
 impl RedisUrl {
-    /// Parses `redis://...`; the reason names what is wrong.
-    pub fn parse(s: &str) -> Result<RedisUrl, String> {
-        let rest = s
+    /// Parses `redis://...`; the reason names what is wrong (and shows
+    /// the URL with its password masked: it lands in logs).
+    pub fn parse(url: &str) -> Result<RedisUrl, String> {
+        let masked = mask_password(url);
+        let s = masked.as_str();
+        let rest = url
             .strip_prefix("redis://")
             .ok_or_else(|| format!("`{s}`: must start with redis:// (TLS is not supported)"))?;
         let (authority, path) = rest.split_once('/').unwrap_or((rest, ""));
@@ -88,6 +91,22 @@ impl RedisUrl {
             password,
             db,
         })
+    }
+}
+
+/// `url` with the password of its user part replaced by `***`.
+fn mask_password(url: &str) -> String {
+    let Some(rest) = url.strip_prefix("redis://") else {
+        return url.to_string();
+    };
+    let authority = rest.split('/').next().unwrap_or(rest);
+    match authority.rsplit_once('@') {
+        Some((userinfo, host)) => {
+            let user = userinfo.split_once(':').map_or(userinfo, |(u, _)| u);
+            let path = &rest[authority.len()..];
+            format!("redis://{user}:***@{host}{path}")
+        }
+        None => url.to_string(),
     }
 }
 
@@ -222,6 +241,10 @@ mod tests {
     fn the_password_stays_out_of_logs() {
         let u = RedisUrl::parse("redis://:hunter2@h:1/3").unwrap();
         assert_eq!(u.to_string(), "redis://h:1/3");
+        for bad in ["redis://app:hunter2@h:0", "redis://:hunter2@h/x", "redis://:hunter2@"] {
+            let e = RedisUrl::parse(bad).unwrap_err();
+            assert!(!e.contains("hunter2") && e.contains(":***@"), "{e}");
+        }
     }
 
     #[test]
