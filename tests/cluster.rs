@@ -21,17 +21,16 @@ impl Redis {
     /// Starts one on a free port, with `extra` arguments
     /// (`--requirepass`...), nothing saved to disk.
     fn start(extra: &[&str]) -> Redis {
-        let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         let args: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
-        Redis::start_on(port, args)
-    }
-
-    fn start_on(port: u16, args: Vec<String>) -> Redis {
-        Redis {
-            child: spawn(port, &args),
-            port,
-            args,
+        // A free port may be taken by another test's server before this one
+        // binds it: then redis-server exits, and another port is tried.
+        for _ in 0..10 {
+            let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+            if let Some(child) = spawn(port, &args) {
+                return Redis { child, port, args };
+            }
         }
+        panic!("no free port for redis-server");
     }
 
     fn url(&self) -> String {
@@ -47,13 +46,14 @@ impl Redis {
     /// A new redis-server on the same port, as an operator's restart.
     fn restart(&mut self) {
         self.kill();
-        self.child = spawn(self.port, &self.args);
+        self.child = spawn(self.port, &self.args).expect("redis-server restarts on its port");
     }
 }
 
-/// Runs redis-server on `port` and waits until it listens.
-fn spawn(port: u16, args: &[String]) -> Child {
-    let child = Command::new("redis-server")
+/// Runs redis-server on `port` and waits until it listens; `None` if it
+/// exited instead (the port was taken).
+fn spawn(port: u16, args: &[String]) -> Option<Child> {
+    let mut child = Command::new("redis-server")
         .args([
             "--port",
             &port.to_string(),
@@ -71,11 +71,31 @@ fn spawn(port: u16, args: &[String]) -> Child {
         .expect("redis-server runs (scripts/test.sh installs it: apt-get install redis-server)");
     let addr: SocketAddr = ([127, 0, 0, 1], port).into();
     let end = Instant::now() + Duration::from_secs(10);
-    while TcpStream::connect(addr).is_err() {
+    loop {
+        if child.try_wait().unwrap().is_some() {
+            return None;
+        }
+        if TcpStream::connect(addr).is_ok() {
+            // Ours, not another test's, if it is still running.
+            std::thread::sleep(Duration::from_millis(20));
+            if child.try_wait().unwrap().is_none() {
+                return Some(child);
+            }
+            return None;
+        }
         assert!(Instant::now() < end, "redis-server did not listen on {addr}");
         std::thread::sleep(Duration::from_millis(20));
     }
-    child
+}
+
+/// A loopback port nobody listens on while the returned socket lives
+/// (bound, never listening: connects are refused, and no other test can
+/// take it).
+fn closed_port() -> (socket2::Socket, u16) {
+    let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    s.bind(&SocketAddr::from(([127, 0, 0, 1], 0)).into()).unwrap();
+    let port = s.local_addr().unwrap().as_socket().unwrap().port();
+    (s, port)
 }
 
 impl Drop for Redis {
@@ -123,8 +143,7 @@ fn a_node_is_unhealthy_while_redis_is_down_and_keeps_its_clients() {
 
 #[test]
 fn a_node_starts_without_redis_and_says_why() {
-    // A port nobody listens on.
-    let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let (_reserved, port) = closed_port();
     let h = start_server(|c| c.redis.urls = vec![format!("redis://127.0.0.1:{port}")]);
     wait_until("the first connect failed", || {
         let (status, v) = health(&h);
@@ -231,7 +250,7 @@ fn a_link_to_a_silent_peer_gives_up_and_its_callers_hear_why() {
 
 #[test]
 fn a_down_link_refuses_at_once() {
-    let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let (_reserved, port) = closed_port();
     let url = format!("redis://127.0.0.1:{port}");
     let err = on_executor(move || async move {
         let link = link_to(&url, Duration::from_millis(300)).await;
@@ -403,4 +422,91 @@ fn a_retried_message_id_gets_its_first_offset_and_is_not_published_again() {
         panic!("{len:?}")
     };
     assert!((100..=300).contains(&len), "history trimmed to about 100: {len}");
+}
+
+#[test]
+fn a_subscriber_gets_its_channels_and_subscribes_again_after_redis_restarts() {
+    use std::sync::{Arc, Mutex};
+    use volley::cluster::room::{self, decode_message, Message, RoomKeys};
+    use volley::cluster::subscriber::Subscriber;
+    use volley::cluster::RedisUrl;
+    let mut redis = Redis::start(&[]);
+    let url = redis.url();
+    let got: Arc<Mutex<Vec<(String, u64, String)>>> = Arc::default();
+    let seen = got.clone();
+    let (to_test, from_executor) = std::sync::mpsc::channel::<&'static str>();
+    let (to_executor, commands) = std::sync::mpsc::channel::<&'static str>();
+    let executor = std::thread::spawn(move || {
+        on_executor(move || async move {
+            let sub = Subscriber::new(RedisUrl::parse(&url).unwrap());
+            sub.subscribe(&RoomKeys::of("live://a").channel);
+            sub.subscribe(&RoomKeys::of("live://b").channel);
+            glommio::spawn_local(sub.clone().run(move |channel, payload| {
+                let m = decode_message(&payload).unwrap();
+                let p = String::from_utf8(m.payload.to_vec()).unwrap();
+                seen.lock()
+                    .unwrap()
+                    .push((String::from_utf8(channel.to_vec()).unwrap(), m.offset, p));
+            }))
+            .detach();
+            let link = link_to(&url, Duration::from_secs(5)).await;
+            let publish = |room: &'static str, p: &'static str| {
+                let link = link.clone();
+                async move {
+                    let m = Message {
+                        offset: 0,
+                        epoch: 0,
+                        op: 1,
+                        ttl: 0,
+                        id: String::new(),
+                        payload: p.into(),
+                    };
+                    // Redis may be on its way back: retry until it takes it.
+                    loop {
+                        match room::publish(&link, room, &m, 100, 60).await {
+                            Ok(_) => break,
+                            Err(_) => glommio::timer::sleep(Duration::from_millis(50)).await,
+                        }
+                    }
+                }
+            };
+            let wait_up = |sub: Subscriber| async move {
+                while !sub.is_up() {
+                    glommio::timer::sleep(Duration::from_millis(10)).await;
+                }
+                // Its SUBSCRIBE is written; give Redis a moment to take it.
+                glommio::timer::sleep(Duration::from_millis(100)).await;
+            };
+            wait_up(sub.clone()).await;
+            publish("live://a", "a1").await;
+            publish("live://b", "b1").await;
+            publish("live://c", "not wanted").await;
+            sub.unsubscribe(&RoomKeys::of("live://b").channel);
+            glommio::timer::sleep(Duration::from_millis(100)).await;
+            publish("live://b", "after unsubscribe").await;
+            to_test.send("restart redis").unwrap();
+            while commands.try_recv().is_err() {
+                glommio::timer::sleep(Duration::from_millis(10)).await;
+            }
+            // The link and the subscriber both reconnect by themselves.
+            while !link.is_up() {
+                glommio::timer::sleep(Duration::from_millis(10)).await;
+            }
+            wait_up(sub.clone()).await;
+            publish("live://a", "a2").await;
+            glommio::timer::sleep(Duration::from_millis(200)).await;
+        })
+    });
+    assert_eq!(from_executor.recv().unwrap(), "restart redis");
+    redis.restart();
+    to_executor.send("go on").unwrap();
+    executor.join().unwrap();
+    let got = got.lock().unwrap().clone();
+    let want = vec![
+        ("vly:{live://a}".to_string(), 1, "a1".to_string()),
+        ("vly:{live://b}".to_string(), 1, "b1".to_string()),
+        // A fresh Redis: offsets start again (step 3 gives resumes the new epoch).
+        ("vly:{live://a}".to_string(), 1, "a2".to_string()),
+    ];
+    assert_eq!(got, want);
 }

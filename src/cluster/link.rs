@@ -40,20 +40,20 @@ use std::time::{Duration, Instant};
 
 /// Longest the oldest command waits for its reply before the connection is
 /// taken for dead.
-const REPLY_TIMEOUT: Duration = Duration::from_secs(3);
+pub(super) const REPLY_TIMEOUT: Duration = Duration::from_secs(3);
 /// Longest a connect (and its AUTH / SELECT) may take.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+pub(super) const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 /// First wait before reconnecting; doubles up to `BACKOFF_MAX`.
-const BACKOFF_MIN: Duration = Duration::from_millis(100);
+pub(super) const BACKOFF_MIN: Duration = Duration::from_millis(100);
 /// Longest wait between reconnects.
-const BACKOFF_MAX: Duration = Duration::from_secs(5);
+pub(super) const BACKOFF_MAX: Duration = Duration::from_secs(5);
 /// How often an idle link pings, so that a dead peer is noticed.
-const PING_EVERY: Duration = Duration::from_secs(1);
+pub(super) const PING_EVERY: Duration = Duration::from_secs(1);
 /// Most bytes of commands waiting to be written; past it `call` is refused.
-const MAX_PENDING: usize = 64 << 20;
+pub(super) const MAX_PENDING: usize = 64 << 20;
 /// Largest reply kept while it is incomplete; past it the connection is
 /// dropped (no reply volley asks for comes near it).
-const MAX_REPLY: usize = 512 << 20;
+pub(super) const MAX_REPLY: usize = 512 << 20;
 
 /// Why a command got no reply.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -295,7 +295,7 @@ impl Drop for Pending {
 }
 
 /// Connects to `url` and sends `AUTH` / `SELECT` as it asks.
-async fn connect(url: &RedisUrl) -> Result<TcpStream, String> {
+pub(super) async fn connect(url: &RedisUrl) -> Result<TcpStream, String> {
     let mut stream = TcpStream::connect(url.addr.as_str())
         .await
         .map_err(|e| format!("connect: {e}"))?;

@@ -4,8 +4,10 @@
 //! Owns: where each Redis instance is (`RedisUrl`), which instance a room
 //! or user name belongs to (`instance_of`), the pipelined connection a
 //! shard keeps to each instance (`link`), what every shard's links report
-//! about each instance (`Health`, read by `/healthz`), and a room message's
-//! keys, publish script and channel form (`room`).
+//! about each instance (`Health`, read by `/healthz`), a room message's
+//! keys, publish script and channel form (`room`), and a shard's pub/sub
+//! connection to each instance (`subscriber`; not started by the server
+//! yet).
 //!
 //! Runs on every shard: each shard keeps a link of its own to each instance
 //! (a shard's requests never hop to another shard on their way to Redis),
@@ -19,6 +21,7 @@
 
 pub mod link;
 pub mod room;
+pub mod subscriber;
 
 use std::hash::Hasher;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};

@@ -1,0 +1,259 @@
+//! `Subscriber`: one shard's pub/sub connection to one Redis instance —
+//! the channels it wants, kept subscribed across reconnects, and every
+//! message on them handed to a callback.
+//!
+//! Meant to run on each shard, in its control queue, for the channels of
+//! the rooms it owns that have members on its node (so each channel is
+//! subscribed once per node); the server does not start it yet. `subscribe`
+//! and `unsubscribe` change the wanted set and, while connected, send the
+//! command at once (they share a write, as `Link`'s commands do); after a
+//! reconnect the task subscribes to the whole set again. Messages published
+//! while it was down are not on the channel: whoever needs them reads the
+//! room's Stream (`cluster::room`).
+//!
+//! Invariants: the wanted set, not the server's answers, is the truth (a
+//! channel unsubscribed while its SUBSCRIBE is in flight ends
+//! unsubscribed, the commands going out in order); the connection is taken
+//! for dead when nothing arrives for `REPLY_TIMEOUT` although it pings
+//! every `PING_EVERY`; what it reads is bounded as `Link`'s replies are.
+
+use super::link::{
+    connect, encode, next_reply, Frame, BACKOFF_MAX, BACKOFF_MIN, CONNECT_TIMEOUT, MAX_REPLY, PING_EVERY, REPLY_TIMEOUT,
+};
+use super::RedisUrl;
+use bytes::{Bytes, BytesMut};
+use fnv::FnvHashSet;
+use futures_lite::{AsyncReadExt, AsyncWriteExt};
+use glommio::net::TcpStream;
+use std::cell::RefCell;
+use std::rc::Rc;
+use std::task::{Poll, Waker};
+use std::time::Instant;
+
+/// Most channels in one SUBSCRIBE after a reconnect.
+const PER_COMMAND: usize = 1_000;
+
+/// A shard's pub/sub connection to one instance. Cloning shares it.
+#[derive(Clone)]
+pub struct Subscriber {
+    inner: Rc<RefCell<Inner>>,
+}
+
+struct Inner {
+    url: RedisUrl,
+    /// Channels it should be subscribed to.
+    wanted: FnvHashSet<String>,
+    /// Commands not yet written.
+    out: BytesMut,
+    /// Connected (and the wanted set sent).
+    up: bool,
+    /// The writer, parked until `out` has bytes.
+    writer: Option<Waker>,
+}
+
+impl Subscriber {
+    /// A subscriber of `url`, down until its task (`run`) connects it.
+    pub fn new(url: RedisUrl) -> Subscriber {
+        Subscriber {
+            inner: Rc::new(RefCell::new(Inner {
+                url,
+                wanted: FnvHashSet::default(),
+                out: BytesMut::new(),
+                up: false,
+                writer: None,
+            })),
+        }
+    }
+
+    /// Whether it is connected now.
+    pub fn is_up(&self) -> bool {
+        self.inner.borrow().up
+    }
+
+    /// Wants `channel` (from now on, and after every reconnect).
+    pub fn subscribe(&self, channel: &str) {
+        let mut i = self.inner.borrow_mut();
+        if i.wanted.insert(channel.to_string()) && i.up {
+            i.send(&[b"SUBSCRIBE", channel.as_bytes()]);
+        }
+    }
+
+    /// No longer wants `channel`.
+    pub fn unsubscribe(&self, channel: &str) {
+        let mut i = self.inner.borrow_mut();
+        if i.wanted.remove(channel) && i.up {
+            i.send(&[b"UNSUBSCRIBE", channel.as_bytes()]);
+        }
+    }
+
+    /// Keeps the connection up until the executor ends, calling
+    /// `on_message(channel, payload)` for every message.
+    pub async fn run(self, mut on_message: impl FnMut(&[u8], Bytes)) {
+        let mut backoff = BACKOFF_MIN;
+        let mut last_why: Option<String> = None;
+        loop {
+            let url = self.inner.borrow().url.clone();
+            let give_up = async {
+                glommio::timer::sleep(CONNECT_TIMEOUT).await;
+                Err(format!("no answer in {} s", CONNECT_TIMEOUT.as_secs()))
+            };
+            let why = match futures_lite::future::or(connect(&url), give_up).await {
+                Ok(stream) => {
+                    backoff = BACKOFF_MIN;
+                    last_why = None;
+                    self.inner.borrow_mut().resubscribe();
+                    tracing::info!(redis = %url, "redis subscriber connected");
+                    self.serve(stream, &mut on_message).await
+                }
+                Err(why) => why,
+            };
+            {
+                let mut i = self.inner.borrow_mut();
+                i.up = false;
+                i.out.clear();
+            }
+            if last_why.as_deref() != Some(why.as_str()) {
+                tracing::warn!(redis = %url, error = %why, "redis subscriber down; retrying with backoff");
+                last_why = Some(why);
+            }
+            glommio::timer::sleep(backoff).await;
+            backoff = (backoff * 2).min(BACKOFF_MAX);
+        }
+    }
+
+    async fn serve(&self, stream: TcpStream, on_message: &mut impl FnMut(&[u8], Bytes)) -> String {
+        let (mut rd, mut wr) = futures_lite::io::split(stream);
+        let heard = std::cell::Cell::new(Instant::now());
+        let writer = async {
+            loop {
+                let chunk = std::future::poll_fn(|cx| {
+                    let mut i = self.inner.borrow_mut();
+                    if i.out.is_empty() {
+                        i.writer = Some(cx.waker().clone());
+                        Poll::Pending
+                    } else {
+                        Poll::Ready(i.out.split().freeze())
+                    }
+                })
+                .await;
+                if let Err(e) = wr.write_all(&chunk).await {
+                    return format!("write: {e}");
+                }
+            }
+        };
+        let reader = async {
+            let mut buf = BytesMut::with_capacity(64 << 10);
+            let mut scratch = vec![0u8; 64 << 10];
+            loop {
+                let n = match rd.read(&mut scratch).await {
+                    Ok(0) => return "connection closed by redis".to_string(),
+                    Ok(n) => n,
+                    Err(e) => return format!("read: {e}"),
+                };
+                heard.set(Instant::now());
+                buf.extend_from_slice(&scratch[..n]);
+                loop {
+                    match next_reply(&mut buf, MAX_REPLY) {
+                        Ok(Some(frame)) => {
+                            if let Some((channel, payload)) = message(frame) {
+                                on_message(&channel, payload);
+                            }
+                        }
+                        Ok(None) => break,
+                        Err(why) => return why,
+                    }
+                }
+            }
+        };
+        let watchdog = async {
+            loop {
+                glommio::timer::sleep(PING_EVERY).await;
+                if heard.get().elapsed() > REPLY_TIMEOUT {
+                    return format!("nothing heard in {} s", REPLY_TIMEOUT.as_secs());
+                }
+                // In subscribed mode PING is answered with ["pong", ""].
+                self.inner.borrow_mut().send(&[b"PING"]);
+            }
+        };
+        futures_lite::future::or(futures_lite::future::or(writer, reader), watchdog).await
+    }
+}
+
+impl Inner {
+    fn send(&mut self, args: &[&[u8]]) {
+        encode(&mut self.out, args);
+        if let Some(w) = self.writer.take() {
+            w.wake();
+        }
+    }
+
+    /// After a connect: the whole wanted set, a thousand channels a command.
+    fn resubscribe(&mut self) {
+        self.up = true;
+        let wanted: Vec<String> = self.wanted.iter().cloned().collect();
+        for chunk in wanted.chunks(PER_COMMAND) {
+            let mut args: Vec<&[u8]> = vec![b"SUBSCRIBE"];
+            args.extend(chunk.iter().map(|c| c.as_bytes()));
+            self.send(&args);
+        }
+    }
+}
+
+/// A channel message's (channel, payload); `None` for the rest
+/// (subscribe confirmations, pongs).
+fn message(frame: Frame) -> Option<(Bytes, Bytes)> {
+    let Frame::Array(mut v) = frame else { return None };
+    if v.len() != 3 {
+        return None;
+    }
+    let payload = v.pop()?;
+    let channel = v.pop()?;
+    match (&v[0], channel, payload) {
+        (Frame::BulkString(kind), Frame::BulkString(channel), Frame::BulkString(payload))
+            if &kind[..] == b"message" =>
+        {
+            Some((channel, payload))
+        }
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bulk(s: &'static [u8]) -> Frame {
+        Frame::BulkString(Bytes::from_static(s))
+    }
+
+    #[test]
+    fn only_channel_messages_reach_the_callback() {
+        let m = Frame::Array(vec![bulk(b"message"), bulk(b"vly:{r}"), bulk(b"1 2 3 0 0 x")]);
+        let (c, p) = message(m).unwrap();
+        assert_eq!((&c[..], &p[..]), (&b"vly:{r}"[..], &b"1 2 3 0 0 x"[..]));
+        let confirm = Frame::Array(vec![bulk(b"subscribe"), bulk(b"vly:{r}"), Frame::Integer(1)]);
+        assert!(message(confirm).is_none());
+        assert!(message(Frame::Array(vec![bulk(b"pong"), bulk(b"")])).is_none());
+        assert!(message(bulk(b"message")).is_none());
+    }
+
+    #[test]
+    fn a_reconnect_subscribes_to_every_wanted_channel() {
+        let s = Subscriber::new(RedisUrl::parse("redis://127.0.0.1:1").unwrap());
+        for i in 0..2500 {
+            s.subscribe(&format!("c{i}"));
+        }
+        s.unsubscribe("c7");
+        assert!(s.inner.borrow().out.is_empty(), "nothing is sent while down");
+        s.inner.borrow_mut().resubscribe();
+        let mut out = s.inner.borrow().out.clone();
+        let mut channels = 0;
+        let mut commands = 0;
+        while let Some(Frame::Array(v)) = next_reply(&mut out, usize::MAX).unwrap() {
+            commands += 1;
+            channels += v.len() - 1;
+            assert!(!v.contains(&bulk(b"c7")));
+        }
+        assert_eq!((commands, channels), (3, 2499));
+    }
+}
