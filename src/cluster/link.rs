@@ -42,11 +42,11 @@ use std::time::{Duration, Instant};
 /// taken for dead.
 pub(super) const REPLY_TIMEOUT: Duration = Duration::from_secs(3);
 /// Longest a connect (and its AUTH / SELECT) may take.
-pub(super) const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 /// First wait before reconnecting; doubles up to `BACKOFF_MAX`.
-pub(super) const BACKOFF_MIN: Duration = Duration::from_millis(100);
+const BACKOFF_MIN: Duration = Duration::from_millis(100);
 /// Longest wait between reconnects.
-pub(super) const BACKOFF_MAX: Duration = Duration::from_secs(5);
+const BACKOFF_MAX: Duration = Duration::from_secs(5);
 /// How often an idle link pings, so that a dead peer is noticed.
 pub(super) const PING_EVERY: Duration = Duration::from_secs(1);
 /// Most bytes of commands waiting to be written; past it `call` is refused.
@@ -79,16 +79,14 @@ pub struct Link {
 struct Inner {
     /// Where it connects (shown in errors and health, without password).
     url: RedisUrl,
-    /// Commands encoded and not yet written.
-    out: BytesMut,
+    /// Commands not yet written.
+    outbox: Outbox,
     /// One entry per command written or waiting to be, oldest first.
     waiting: VecDeque<Pending>,
     /// Connected and past AUTH / SELECT.
     up: bool,
     /// Why it is down (shown to callers).
     reason: String,
-    /// The writer, parked until `out` has bytes.
-    writer: Option<Waker>,
 }
 
 impl Link {
@@ -97,11 +95,10 @@ impl Link {
         Link {
             inner: Rc::new(RefCell::new(Inner {
                 url,
-                out: BytesMut::new(),
+                outbox: Outbox::default(),
                 waiting: VecDeque::new(),
                 up: false,
                 reason: "not connected yet".into(),
-                writer: None,
             })),
         }
     }
@@ -141,18 +138,15 @@ impl Link {
         if !i.up {
             return Err(RedisError::Down(i.url.to_string(), i.reason.clone()));
         }
-        if i.out.len() > MAX_PENDING {
+        if i.outbox.len() > MAX_PENDING {
             return Err(RedisError::Busy(i.url.to_string()));
         }
-        encode(&mut i.out, args);
+        i.outbox.push(args);
         let slot = Rc::new(RefCell::new(Slot::default()));
         i.waiting.push_back(Pending {
             slot: slot.clone(),
             at: Instant::now(),
         });
-        if let Some(w) = i.writer.take() {
-            w.wake();
-        }
         Ok(slot)
     }
 
@@ -160,34 +154,21 @@ impl Link {
     /// and after a failure tells `health` (as `shard`'s link to instance
     /// `instance`) and reconnects with backoff.
     pub async fn run(self, health: Arc<Health>, shard: usize, instance: usize) {
-        let mut backoff = BACKOFF_MIN;
-        let mut last_why: Option<String> = None;
+        let url = self.inner.borrow().url.clone();
+        let mut retry = Retry::new("redis link", url.clone());
         loop {
-            let url = self.inner.borrow().url.clone();
-            let give_up = async {
-                glommio::timer::sleep(CONNECT_TIMEOUT).await;
-                Err(format!("no answer in {} s", CONNECT_TIMEOUT.as_secs()))
-            };
-            let why = match futures_lite::future::or(connect(&url), give_up).await {
+            let why = match connect(&url).await {
                 Ok(stream) => {
-                    backoff = BACKOFF_MIN;
-                    last_why = None;
+                    retry.connected();
                     self.inner.borrow_mut().up = true;
                     health.set_up(shard, instance);
-                    tracing::info!(redis = %url, shard, "redis connected");
                     self.serve(stream).await
                 }
                 Err(why) => why,
             };
             self.fail(&why);
             health.set_down(shard, instance, &why);
-            // Once per outage and reason, not once per retry.
-            if last_why.as_deref() != Some(why.as_str()) {
-                tracing::warn!(redis = %url, shard, error = %why, "redis down; retrying with backoff");
-                last_why = Some(why);
-            }
-            glommio::timer::sleep(backoff).await;
-            backoff = (backoff * 2).min(BACKOFF_MAX);
+            retry.failed(why).await;
         }
     }
 
@@ -197,7 +178,7 @@ impl Link {
             let mut i = self.inner.borrow_mut();
             i.up = false;
             why.clone_into(&mut i.reason);
-            i.out.clear();
+            i.outbox.clear();
             std::mem::take(&mut i.waiting)
         };
         // Dropping each unanswered wakes its caller, who reads the reason
@@ -207,46 +188,13 @@ impl Link {
 
     /// Writes, reads and watches one connection until it fails; returns why.
     async fn serve(&self, stream: TcpStream) -> String {
-        let (mut rd, mut wr) = futures_lite::io::split(stream);
-        let writer = async {
-            loop {
-                let chunk = std::future::poll_fn(|cx| {
-                    let mut i = self.inner.borrow_mut();
-                    if i.out.is_empty() {
-                        i.writer = Some(cx.waker().clone());
-                        Poll::Pending
-                    } else {
-                        Poll::Ready(i.out.split().freeze())
-                    }
-                })
-                .await;
-                if let Err(e) = wr.write_all(&chunk).await {
-                    return format!("write: {e}");
-                }
-            }
-        };
-        let reader = async {
-            let mut buf = BytesMut::with_capacity(64 << 10);
-            let mut scratch = vec![0u8; 64 << 10];
-            loop {
-                let n = match rd.read(&mut scratch).await {
-                    Ok(0) => return "connection closed by redis".to_string(),
-                    Ok(n) => n,
-                    Err(e) => return format!("read: {e}"),
-                };
-                buf.extend_from_slice(&scratch[..n]);
-                loop {
-                    let frame = match next_reply(&mut buf, MAX_REPLY) {
-                        Ok(Some(frame)) => frame,
-                        Ok(None) => break,
-                        Err(why) => return why,
-                    };
-                    let Some(pending) = self.inner.borrow_mut().waiting.pop_front() else {
-                        return "a reply nobody asked for".to_string();
-                    };
-                    pending.slot.borrow_mut().reply = Some(frame);
-                }
-            }
+        let take = |cx: &mut std::task::Context<'_>| self.inner.borrow_mut().outbox.poll_take(cx);
+        let on_frame = |frame: Frame| {
+            let Some(pending) = self.inner.borrow_mut().waiting.pop_front() else {
+                return Err("a reply nobody asked for".to_string());
+            };
+            pending.slot.borrow_mut().reply = Some(frame);
+            Ok(())
         };
         let watchdog = async {
             loop {
@@ -264,8 +212,129 @@ impl Link {
                 }
             }
         };
-        futures_lite::future::or(futures_lite::future::or(writer, reader), watchdog).await
+        pump(stream, take, on_frame, watchdog).await
     }
+}
+
+/// Reconnect pacing for one connection: a wait doubling from
+/// `BACKOFF_MIN` to `BACKOFF_MAX`, reset by a connect; a log line per
+/// connect and one warning per outage and reason, not one per retry.
+pub(super) struct Retry {
+    what: &'static str,
+    url: RedisUrl,
+    backoff: Duration,
+    last_why: Option<String>,
+}
+
+impl Retry {
+    pub(super) fn new(what: &'static str, url: RedisUrl) -> Retry {
+        Retry {
+            what,
+            url,
+            backoff: BACKOFF_MIN,
+            last_why: None,
+        }
+    }
+
+    /// Connected: the next failure waits the shortest time again.
+    pub(super) fn connected(&mut self) {
+        tracing::info!(redis = %self.url, "{} connected", self.what);
+        self.backoff = BACKOFF_MIN;
+        self.last_why = None;
+    }
+
+    /// The connection failed (or could not be made) because of `why`:
+    /// waits before the next attempt.
+    pub(super) async fn failed(&mut self, why: String) {
+        if self.last_why.as_deref() != Some(why.as_str()) {
+            tracing::warn!(redis = %self.url, error = %why, "{} down; retrying with backoff", self.what);
+            self.last_why = Some(why);
+        }
+        glommio::timer::sleep(self.backoff).await;
+        self.backoff = (self.backoff * 2).min(BACKOFF_MAX);
+    }
+}
+
+/// Commands encoded and not yet written, and the writer parked until there
+/// are some.
+#[derive(Default)]
+pub(super) struct Outbox {
+    out: BytesMut,
+    writer: Option<Waker>,
+}
+
+impl Outbox {
+    /// Appends one command and wakes the writer.
+    pub(super) fn push(&mut self, args: &[&[u8]]) {
+        encode(&mut self.out, args);
+        if let Some(w) = self.writer.take() {
+            w.wake();
+        }
+    }
+
+    /// Bytes waiting.
+    pub(super) fn len(&self) -> usize {
+        self.out.len()
+    }
+
+    /// Drops what waits (the connection it was for is gone).
+    pub(super) fn clear(&mut self) {
+        self.out.clear();
+    }
+
+    /// Everything waiting, once there is something.
+    pub(super) fn poll_take(&mut self, cx: &mut std::task::Context<'_>) -> Poll<Bytes> {
+        if self.out.is_empty() {
+            self.writer = Some(cx.waker().clone());
+            Poll::Pending
+        } else {
+            Poll::Ready(self.out.split().freeze())
+        }
+    }
+}
+
+/// One connection's life: writes whatever `take` yields, hands each reply
+/// to `on_frame`, until the socket fails, `on_frame` refuses, or `watch`
+/// ends; returns why. Replies are bounded by `MAX_REPLY`.
+pub(super) async fn pump(
+    stream: TcpStream,
+    mut take: impl FnMut(&mut std::task::Context<'_>) -> Poll<Bytes>,
+    mut on_frame: impl FnMut(Frame) -> Result<(), String>,
+    watch: impl std::future::Future<Output = String>,
+) -> String {
+    let (mut rd, mut wr) = futures_lite::io::split(stream);
+    let writer = async {
+        loop {
+            let chunk = std::future::poll_fn(&mut take).await;
+            if let Err(e) = wr.write_all(&chunk).await {
+                return format!("write: {e}");
+            }
+        }
+    };
+    let reader = async {
+        let mut buf = BytesMut::with_capacity(64 << 10);
+        let mut scratch = vec![0u8; 64 << 10];
+        loop {
+            let n = match rd.read(&mut scratch).await {
+                Ok(0) => return "connection closed by redis".to_string(),
+                Ok(n) => n,
+                Err(e) => return format!("read: {e}"),
+            };
+            buf.extend_from_slice(&scratch[..n]);
+            loop {
+                match next_reply(&mut buf, MAX_REPLY) {
+                    Ok(Some(frame)) => {
+                        if let Err(why) = on_frame(frame) {
+                            return why;
+                        }
+                    }
+                    Ok(None) => break,
+                    Err(why) => return why,
+                }
+            }
+        }
+    };
+    futures_lite::future::or(futures_lite::future::or(writer, reader), watch).await
 }
 
 /// Where a command's reply lands (`None` with `done`: the link failed
@@ -294,8 +363,17 @@ impl Drop for Pending {
     }
 }
 
-/// Connects to `url` and sends `AUTH` / `SELECT` as it asks.
+/// Connects to `url` and sends `AUTH` / `SELECT` as it asks, within
+/// `CONNECT_TIMEOUT`.
 pub(super) async fn connect(url: &RedisUrl) -> Result<TcpStream, String> {
+    let give_up = async {
+        glommio::timer::sleep(CONNECT_TIMEOUT).await;
+        Err(format!("no answer in {} s", CONNECT_TIMEOUT.as_secs()))
+    };
+    futures_lite::future::or(connect_now(url), give_up).await
+}
+
+async fn connect_now(url: &RedisUrl) -> Result<TcpStream, String> {
     let mut stream = TcpStream::connect(url.addr.as_str())
         .await
         .map_err(|e| format!("connect: {e}"))?;

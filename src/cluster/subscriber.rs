@@ -17,17 +17,13 @@
 //! for dead when nothing arrives for `REPLY_TIMEOUT` although it pings
 //! every `PING_EVERY`; what it reads is bounded as `Link`'s replies are.
 
-use super::link::{
-    connect, encode, next_reply, Frame, BACKOFF_MAX, BACKOFF_MIN, CONNECT_TIMEOUT, MAX_REPLY, PING_EVERY, REPLY_TIMEOUT,
-};
+use super::link::{connect, pump, Frame, Outbox, Retry, PING_EVERY, REPLY_TIMEOUT};
 use super::RedisUrl;
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use fnv::FnvHashSet;
-use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use glommio::net::TcpStream;
 use std::cell::RefCell;
 use std::rc::Rc;
-use std::task::{Poll, Waker};
 use std::time::Instant;
 
 /// Most channels in one SUBSCRIBE after a reconnect.
@@ -44,11 +40,9 @@ struct Inner {
     /// Channels it should be subscribed to.
     wanted: FnvHashSet<String>,
     /// Commands not yet written.
-    out: BytesMut,
+    outbox: Outbox,
     /// Connected (and the wanted set sent).
     up: bool,
-    /// The writer, parked until `out` has bytes.
-    writer: Option<Waker>,
 }
 
 impl Subscriber {
@@ -58,9 +52,8 @@ impl Subscriber {
             inner: Rc::new(RefCell::new(Inner {
                 url,
                 wanted: FnvHashSet::default(),
-                out: BytesMut::new(),
+                outbox: Outbox::default(),
                 up: false,
-                writer: None,
             })),
         }
     }
@@ -89,20 +82,13 @@ impl Subscriber {
     /// Keeps the connection up until the executor ends, calling
     /// `on_message(channel, payload)` for every message.
     pub async fn run(self, mut on_message: impl FnMut(&[u8], Bytes)) {
-        let mut backoff = BACKOFF_MIN;
-        let mut last_why: Option<String> = None;
+        let url = self.inner.borrow().url.clone();
+        let mut retry = Retry::new("redis subscriber", url.clone());
         loop {
-            let url = self.inner.borrow().url.clone();
-            let give_up = async {
-                glommio::timer::sleep(CONNECT_TIMEOUT).await;
-                Err(format!("no answer in {} s", CONNECT_TIMEOUT.as_secs()))
-            };
-            let why = match futures_lite::future::or(connect(&url), give_up).await {
+            let why = match connect(&url).await {
                 Ok(stream) => {
-                    backoff = BACKOFF_MIN;
-                    last_why = None;
+                    retry.connected();
                     self.inner.borrow_mut().resubscribe();
-                    tracing::info!(redis = %url, "redis subscriber connected");
                     self.serve(stream, &mut on_message).await
                 }
                 Err(why) => why,
@@ -110,60 +96,21 @@ impl Subscriber {
             {
                 let mut i = self.inner.borrow_mut();
                 i.up = false;
-                i.out.clear();
+                i.outbox.clear();
             }
-            if last_why.as_deref() != Some(why.as_str()) {
-                tracing::warn!(redis = %url, error = %why, "redis subscriber down; retrying with backoff");
-                last_why = Some(why);
-            }
-            glommio::timer::sleep(backoff).await;
-            backoff = (backoff * 2).min(BACKOFF_MAX);
+            retry.failed(why).await;
         }
     }
 
     async fn serve(&self, stream: TcpStream, on_message: &mut impl FnMut(&[u8], Bytes)) -> String {
-        let (mut rd, mut wr) = futures_lite::io::split(stream);
         let heard = std::cell::Cell::new(Instant::now());
-        let writer = async {
-            loop {
-                let chunk = std::future::poll_fn(|cx| {
-                    let mut i = self.inner.borrow_mut();
-                    if i.out.is_empty() {
-                        i.writer = Some(cx.waker().clone());
-                        Poll::Pending
-                    } else {
-                        Poll::Ready(i.out.split().freeze())
-                    }
-                })
-                .await;
-                if let Err(e) = wr.write_all(&chunk).await {
-                    return format!("write: {e}");
-                }
+        let take = |cx: &mut std::task::Context<'_>| self.inner.borrow_mut().outbox.poll_take(cx);
+        let on_frame = |frame: Frame| {
+            heard.set(Instant::now());
+            if let Some((channel, payload)) = message(frame) {
+                on_message(&channel, payload);
             }
-        };
-        let reader = async {
-            let mut buf = BytesMut::with_capacity(64 << 10);
-            let mut scratch = vec![0u8; 64 << 10];
-            loop {
-                let n = match rd.read(&mut scratch).await {
-                    Ok(0) => return "connection closed by redis".to_string(),
-                    Ok(n) => n,
-                    Err(e) => return format!("read: {e}"),
-                };
-                heard.set(Instant::now());
-                buf.extend_from_slice(&scratch[..n]);
-                loop {
-                    match next_reply(&mut buf, MAX_REPLY) {
-                        Ok(Some(frame)) => {
-                            if let Some((channel, payload)) = message(frame) {
-                                on_message(&channel, payload);
-                            }
-                        }
-                        Ok(None) => break,
-                        Err(why) => return why,
-                    }
-                }
-            }
+            Ok(())
         };
         let watchdog = async {
             loop {
@@ -172,19 +119,16 @@ impl Subscriber {
                     return format!("nothing heard in {} s", REPLY_TIMEOUT.as_secs());
                 }
                 // In subscribed mode PING is answered with ["pong", ""].
-                self.inner.borrow_mut().send(&[b"PING"]);
+                self.inner.borrow_mut().outbox.push(&[b"PING"]);
             }
         };
-        futures_lite::future::or(futures_lite::future::or(writer, reader), watchdog).await
+        pump(stream, take, on_frame, watchdog).await
     }
 }
 
 impl Inner {
     fn send(&mut self, args: &[&[u8]]) {
-        encode(&mut self.out, args);
-        if let Some(w) = self.writer.take() {
-            w.wake();
-        }
+        self.outbox.push(args);
     }
 
     /// After a connect: the whole wanted set, a thousand channels a command.
@@ -221,6 +165,7 @@ fn message(frame: Frame) -> Option<(Bytes, Bytes)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cluster::link::next_reply;
 
     fn bulk(s: &'static [u8]) -> Frame {
         Frame::BulkString(Bytes::from_static(s))
@@ -244,9 +189,13 @@ mod tests {
             s.subscribe(&format!("c{i}"));
         }
         s.unsubscribe("c7");
-        assert!(s.inner.borrow().out.is_empty(), "nothing is sent while down");
+        assert_eq!(s.inner.borrow().outbox.len(), 0, "nothing is sent while down");
         s.inner.borrow_mut().resubscribe();
-        let mut out = s.inner.borrow().out.clone();
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        let std::task::Poll::Ready(sent) = s.inner.borrow_mut().outbox.poll_take(&mut cx) else {
+            panic!("the resubscription is queued")
+        };
+        let mut out = bytes::BytesMut::from(&sent[..]);
         let mut channels = 0;
         let mut commands = 0;
         while let Some(Frame::Array(v)) = next_reply(&mut out, usize::MAX).unwrap() {
