@@ -26,7 +26,6 @@ pub mod subscriber;
 use std::hash::Hasher;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::Mutex;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 /// Default Redis port.
 const DEFAULT_PORT: u16 = 6379;
@@ -160,7 +159,7 @@ impl Health {
     pub fn set_up(&self, shard: usize, i: usize) {
         let s = &self.slots[shard * self.instances + i];
         if !s.up.swap(true, Relaxed) {
-            s.since.store(unix_now(), Relaxed);
+            s.since.store(crate::metrics::unix_now(), Relaxed);
         }
     }
 
@@ -168,7 +167,7 @@ impl Health {
     pub fn set_down(&self, shard: usize, i: usize, why: &str) {
         let s = &self.slots[shard * self.instances + i];
         if s.up.swap(false, Relaxed) || s.since.load(Relaxed) == 0 {
-            s.since.store(unix_now(), Relaxed);
+            s.since.store(crate::metrics::unix_now(), Relaxed);
         }
         if let Ok(mut r) = s.reason.lock() {
             why.clone_into(&mut r);
@@ -195,10 +194,6 @@ impl Health {
         out.sort_by_key(|d| d.0);
         out
     }
-}
-
-fn unix_now() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
 #[cfg(test)]

@@ -33,6 +33,13 @@ pub fn clock_us() -> u32 {
     START.get_or_init(Instant::now).elapsed().as_micros() as u32
 }
 
+/// Wall-clock seconds since the Unix epoch (0 if the clock is before it).
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
 /// How a value is exposed to Prometheus.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {

@@ -53,14 +53,14 @@ pub async fn serve(
     listeners: Vec<RawFd>,
     ready: std::sync::mpsc::Sender<Result<(), String>>,
 ) {
-    shard.borrow_mut().set_unix(unix_now());
+    shard.borrow_mut().set_unix(metrics::unix_now());
     let sweeper = shard.clone();
     // Runs until the executor ends, shutdown included.
     let sweep = async move {
         loop {
             glommio::timer::sleep(Duration::from_secs(1)).await;
             let mut sh = sweeper.borrow_mut();
-            sh.set_unix(unix_now());
+            sh.set_unix(metrics::unix_now());
             sh.sweep();
         }
     };
@@ -90,13 +90,6 @@ pub async fn serve(
         unsafe { libc::shutdown(fd, libc::SHUT_RD) };
     }
     drain(&shard).await;
-}
-
-/// Wall-clock seconds since the Unix epoch (0 if the clock is before it).
-fn unix_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
 }
 
 /// The mesh inbox: every message for this shard, in arrival order, until

@@ -429,9 +429,7 @@ fn dev_token(r: &Req<'_>) -> Result<Resp, ApiError> {
         None | Some("") => 3600,
         Some(s) => s.parse().map_err(|_| bad("`ttl` must be seconds"))?,
     };
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
+    let now = crate::metrics::unix_now();
     let mut claims = json!({
         "sub": mid.to_string(),
         "exp": now + ttl.min(86_400),
@@ -552,9 +550,7 @@ fn healthz(r: &Req<'_>) -> Result<Resp, ApiError> {
     if down.is_empty() {
         return Ok(ok(Value::Null));
     }
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
+    let now = crate::metrics::unix_now();
     let urls = &r.shared.config.redis.urls;
     let redis: Vec<Value> = down
         .iter()
