@@ -189,8 +189,9 @@ pub async fn publish(
         dedup_secs.max(1).to_string(),
     );
     let epoch = fastrand::u64(1..).to_string();
-    let sha = script_sha();
-    let tail: [&[u8]; 12] = [
+    let mut args: [&[u8]; 15] = [
+        b"EVALSHA",
+        script_sha().as_bytes(),
         b"4",
         keys.offset.as_bytes(),
         keys.epoch.as_bytes(),
@@ -203,12 +204,8 @@ pub async fn publish(
         &msg.payload,
         bound.as_bytes(),
         epoch.as_bytes(),
+        secs.as_bytes(),
     ];
-    let mut args: Vec<&[u8]> = Vec::with_capacity(15);
-    args.push(b"EVALSHA");
-    args.push(sha.as_bytes());
-    args.extend_from_slice(&tail);
-    args.push(secs.as_bytes());
     let reply = match link.call(&args).await {
         Err(RedisError::Server(e)) if e.starts_with("NOSCRIPT") => {
             args[0] = b"EVAL";
@@ -238,11 +235,14 @@ fn parse_published(f: &Frame) -> Option<Published> {
     }
 }
 
-/// SHA1 of `PUBLISH_SCRIPT`, hex, as `EVALSHA` names it.
-pub fn script_sha() -> String {
+/// SHA1 of `PUBLISH_SCRIPT`, hex, as `EVALSHA` names it (computed once).
+pub fn script_sha() -> &'static str {
     use sha1::{Digest, Sha1};
-    let d = Sha1::digest(PUBLISH_SCRIPT.as_bytes());
-    d.iter().map(|b| format!("{b:02x}")).collect()
+    static SHA: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    SHA.get_or_init(|| {
+        let d = Sha1::digest(PUBLISH_SCRIPT.as_bytes());
+        d.iter().map(|b| format!("{b:02x}")).collect()
+    })
 }
 
 #[cfg(test)]
