@@ -44,7 +44,9 @@
 //!   the one publish path both take.
 //! - [`auth`]: the API key check (constant time) and client tokens (JWT).
 //! - [`cluster`]: cluster mode: each shard's pipelined links to the Redis
-//!   instances of `[redis] urls`, and their health.
+//!   instances of `[redis] urls` and their health; a room message's keys,
+//!   publish script and channel form, and a pub/sub subscriber (those two
+//!   not called by the server yet).
 //! - [`proto`]: sans-IO codecs and policies (frames, batches, bodies, close
 //!   reasons, room patterns, version 2, WebSocket).
 //! - [`metrics`]: counters and histograms, as JSON and Prometheus text.

@@ -18,11 +18,11 @@
 //! about the history bound) and the `PUBLISH` of the message
 //! (`encode_message`'s form, read back by `decode_message`).
 //!
-//! Meant to run wherever a publish enters (any shard, through its own
-//! link), `decode_message` on the shard whose subscription received it;
-//! the server does not call it yet (publishes stay on their node until the
-//! cluster publish path uses it). Invariants: a message's offset and epoch come from Redis only; the
-//! published form is self-delimiting and every byte of it is checked
+//! Meant to run wherever a publish enters (any shard, through its own link),
+//! `decode_message` on the shard whose subscription received it; the server
+//! does not call it yet (publishes stay on their node until the cluster publish
+//! path uses it). Invariants: a message's offset and epoch come from Redis
+//! only; the published form is self-delimiting and every byte of it is checked
 //! before use (fuzzed: fuzz/fuzz_targets/cluster_message.rs).
 
 use super::link::{Frame, Link, RedisError};

@@ -1,25 +1,24 @@
 //! The shard's flusher: one task that writes the queues deliveries filled,
 //! instead of running one driver per connection.
 //!
-//! Runs on each shard's executor in the control queue, beside the mesh
-//! inbox, so it runs right after a burst of fan-out has been queued (the
-//! inbox yields or drains), and writes every connection on the shard's
-//! dirty list (`Shard::mark_dirty`). With `[client] flush_delay_ms` set it
-//! keeps that window between the end of a busy round (`busy`: at least
-//! half the connections it wrote have new frames already, and frames came
-//! fast enough that the window should bring each another, `worth_holding`)
-//! and the start of the next, so that the messages published meanwhile share each
-//! connection's write (less CPU per delivery, up to a window more
-//! latency); a fan-out after a quiet round or a quiet window is written at
-//! once. Up to `YIELD_EVERY` connections at a time, each one's first write
-//! is a `sendmsg` SQE on the flusher's own io_uring, and one
-//! `io_uring_enter` submits them all and waits for them
-//! (`MSG_DONTWAIT`: the kernel completes each at once, written or EAGAIN);
-//! what a connection has left after that goes out with plain `sendmsg`
-//! calls, up to `WRITES_PER_FLUSH` per connection. A connection whose
-//! socket is full gets a POLLOUT request on the shard's readiness ring
-//! (`conn::ring`), whose completion wakes its driver to write the rest; a
-//! closing one is its driver's.
+//! Runs on each shard's executor in the control queue, beside the mesh inbox,
+//! so it runs right after a burst of fan-out has been queued (the inbox yields
+//! or drains), and writes every connection on the shard's dirty list
+//! (`Shard::mark_dirty`). With `[client] flush_delay_ms` set it keeps that
+//! window between the end of a busy round (`busy`: at least half the
+//! connections it wrote have new frames already, and frames came fast enough
+//! that the window should bring each another, `worth_holding`) and the start of
+//! the next, so that the messages published meanwhile share each connection's
+//! write (less CPU per delivery, up to a window more latency); a fan-out after
+//! a quiet round or a quiet window is written at once. Up to `YIELD_EVERY`
+//! connections at a time, each one's first write is a `sendmsg` SQE on the
+//! flusher's own io_uring, and one `io_uring_enter` submits them all and waits
+//! for them (`MSG_DONTWAIT`: the kernel completes each at once, written or
+//! EAGAIN); what a connection has left after that goes out with plain `sendmsg`
+//! calls, up to `WRITES_PER_FLUSH` per connection. A connection whose socket is
+//! full gets a POLLOUT request on the shard's readiness ring (`conn::ring`),
+//! whose completion wakes its driver to write the rest; a closing one is its
+//! driver's.
 //!
 //! Why a ring of its own: glommio 0.9 writes sockets with one syscall each
 //! and its ring is not ours to submit to; batching the sends cut server CPU

@@ -2,11 +2,11 @@
 //! configuration, the mesh, each shard's counters and its last published
 //! `ShardView` — and the online figures computed from the views.
 //!
-//! Written once at start-up except for the views and the cluster's health:
-//! each shard replaces its own view (an `ArcSwap`, lock-free for readers)
-//! when its rooms or client IPs changed, at most once per sweep (a second),
-//! and its Redis links write their own slots of `cluster::Health`. Readers on any thread see
-//! a count that may lag a join or leave by up to that second.
+//! Written once at start-up except for the views and the cluster's health: each
+//! shard replaces its own view (an `ArcSwap`, lock-free for readers) when its
+//! rooms or client IPs changed, at most once per sweep (a second), and its
+//! Redis links write their own slots of `cluster::Health`. Readers on any
+//! thread see a count that may lag a join or leave by up to that second.
 //!
 //! Invariants: `views[i]` is written only by shard i; every count read from
 //! the views is a sum over all shards, with the caller's own live count in
