@@ -366,15 +366,26 @@ pub fn redis_reply(data: &[u8]) {
     }
 }
 
-/// Room messages from a cluster channel (`cluster::room::decode_message`):
-/// what decodes re-encodes to the same bytes (one form per message), and
-/// the payload is the input's tail.
+/// Room and pattern messages from a cluster channel
+/// (`cluster::room::decode_message`, `decode_pattern`): what decodes
+/// re-encodes to the same bytes (one form per message), and the payload is
+/// the input's tail.
 pub fn cluster_message(data: &[u8]) {
-    use volley::cluster::room::{decode_message, encode_message};
+    use volley::cluster::room::{decode_message, decode_pattern, encode_message, encode_pattern};
     let b = bytes::Bytes::copy_from_slice(data);
     if let Ok(m) = decode_message(&b) {
         assert_eq!(encode_message(&m), data, "decode then encode gives the same bytes");
         assert!(data.ends_with(&m.payload));
         assert!(m.offset > 0 && m.epoch > 0);
+    }
+    // The same bytes as a pattern publish (the other form on volley's
+    // channels).
+    if let Ok((pattern, token, m)) = decode_pattern(&b) {
+        assert!(!pattern.is_empty() && token > 0);
+        assert_eq!(
+            encode_pattern(&pattern, token, &m),
+            data,
+            "one form per pattern message"
+        );
     }
 }

@@ -34,7 +34,9 @@
 //!   heartbeat wheel, directory, delivery, the version-1 and version-2
 //!   sessions, rooms, room logs with offsets and history, resume, access
 //!   and connection limits, room patterns, presence, the mesh),
-//!   plus `shard::run`, the per-shard runtime that drives it.
+//!   plus `shard::run`, the per-shard runtime that drives it, and
+//!   `shard::cluster`, cluster mode on a shard (room messages through
+//!   Redis: publish, subscription, the node's cache, resume from Redis).
 //! - [`conn`]: client connections' I/O: accept, the per-connection driver
 //!   (state, not a task), the per-shard readiness ring (one multishot poll
 //!   per connection on an io_uring of our own), the reactor task that runs
@@ -43,18 +45,19 @@
 //! - [`api`]: the application-server side: HTTP API, TCP publishers, and
 //!   the one publish path both take.
 //! - [`auth`]: the API key check (constant time) and client tokens (JWT).
-//! - [`cluster`]: cluster mode: each shard's pipelined links to the Redis
-//!   instances of `[redis] urls` and their health; a room message's keys,
-//!   publish script and channel form, and a pub/sub subscriber (those two
-//!   not called by the server yet).
+//! - [`cluster`]: cluster mode's Redis side: each shard's pipelined links
+//!   to the instances of `[redis] urls` and their health, its pub/sub
+//!   subscribers, and a room message's keys, scripts, Stream reads and
+//!   channel forms.
 //! - [`proto`]: sans-IO codecs and policies (frames, batches, bodies, close
 //!   reasons, room patterns, version 2, WebSocket).
 //! - [`metrics`]: counters and histograms, as JSON and Prometheus text.
 //! - [`host`]: `volley check-host`, what on this host is not tuned.
 //!
 //! Code that awaits: `conn`, `api::http`, `api::tcp`, `net::accept_each`,
-//! `shard::run` and `server`'s start-up; everything else is plain
-//! functions over data, driven by them.
+//! `shard::run`, `cluster` (links, subscribers, scripts), the Redis tasks
+//! `shard::cluster` spawns, and `server`'s start-up; everything else is
+//! plain functions over data, driven by them.
 #![warn(missing_docs)]
 
 pub mod api;

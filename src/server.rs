@@ -7,16 +7,18 @@
 //! (`net::bind`), then on each shard creates the readiness ring
 //! (`conn::ring`) and spawns its reactor (`conn::reactor`), one acceptor
 //! per listener — client ones in the default task queue, application-server
-//! ones in the control queue — the flusher, and in cluster mode one link
-//! per Redis instance (`cluster::link`), and hands the shard to its
-//! runtime (`shard::run::serve`), which owns the inbox, the sweep and the
-//! shutdown drain; after it, the drivers left are dropped.
+//! ones in the control queue — the flusher, and in cluster mode the shard's
+//! cluster state (`shard::cluster`) with one link and one subscriber per
+//! Redis instance, and hands the shard to its runtime (`shard::run::serve`),
+//! which owns the inbox, the sweep and the shutdown drain; after it, the
+//! drivers left are dropped.
 //!
 //! Nothing here runs per connection or per message.
 
 use crate::config::{Config, ConfigError};
 use crate::metrics::{ShardStats, StatsSnapshot};
 use crate::net::{self, BindError, ListenerKind, ListenerSpec};
+use crate::shard::cluster::ShardCluster;
 use crate::shard::mesh::ShardMsg;
 use crate::shard::{run, Shard, Shared};
 use crate::{api, cluster, conn};
@@ -223,11 +225,31 @@ async fn shard_main(
         return;
     }
     if let Some(health) = &shared.cluster {
-        for (i, url) in shared.config.redis.urls.iter().enumerate() {
-            let url = cluster::RedisUrl::parse(url).expect("checked by Config::validate");
-            let link = cluster::link::Link::new(url);
-            if let Err(e) = glommio::spawn_local_into(link.run(health.clone(), id, i), control).map(|t| t.detach()) {
-                let _ = ready.send(Err(format!("cannot spawn the Redis link: {e}")));
+        let urls: Vec<cluster::RedisUrl> = shared
+            .config
+            .redis
+            .urls
+            .iter()
+            .map(|u| cluster::RedisUrl::parse(u).expect("checked by Config::validate"))
+            .collect();
+        let mut state = ShardCluster::new(id, &urls, control);
+        state.set_shard(Rc::downgrade(&shard));
+        let (links, subs) = state.connections();
+        shard.borrow_mut().cluster = Some(state);
+        for (i, (link, sub)) in links.into_iter().zip(subs).enumerate() {
+            let sh = shard.clone();
+            let on_event = move |e| sh.borrow_mut().on_redis(i, e);
+            let spawned = glommio::spawn_local_into(link.run(health.clone(), id, i), control)
+                .map(|t| {
+                    t.detach();
+                })
+                .and_then(|()| {
+                    glommio::spawn_local_into(sub.run(on_event), control).map(|t| {
+                        t.detach();
+                    })
+                });
+            if let Err(e) = spawned {
+                let _ = ready.send(Err(format!("cannot spawn the Redis connections: {e}")));
                 return;
             }
         }

@@ -334,7 +334,7 @@ fn two_nodes_publishing_to_one_room_get_one_sequence_of_offsets() {
                                 id: String::new(),
                                 payload: format!("{name}-{i}").into(),
                             };
-                            room::publish(&link, "live://c", &m, 100, 60).await.unwrap()
+                            room::publish(&link, "live://c", &m, 100, None).await.unwrap()
                         })
                     })
                     .collect();
@@ -385,18 +385,22 @@ fn a_retried_message_id_gets_its_first_offset_and_is_not_published_again() {
             id: id.into(),
             payload: p.into(),
         };
-        let first = room::publish(&link, "live://d", &m("order-1", "x"), 100, 60)
+        let d = |id: &str| room::Dedup {
+            key: RoomKeys::of("live://d").dedup(id),
+            secs: 60,
+        };
+        let first = room::publish(&link, "live://d", &m("order-1", "x"), 100, Some(&d("order-1")))
             .await
             .unwrap();
-        let again = room::publish(&link, "live://d", &m("order-1", "x"), 100, 60)
+        let again = room::publish(&link, "live://d", &m("order-1", "x"), 100, Some(&d("order-1")))
             .await
             .unwrap();
-        let other = room::publish(&link, "live://d", &m("order-2", "y"), 100, 60)
+        let other = room::publish(&link, "live://d", &m("order-2", "y"), 100, Some(&d("order-2")))
             .await
             .unwrap();
         // The history is bounded (about: MAXLEN ~), and holds the entries.
         for i in 0..2000 {
-            room::publish(&link, "live://d", &m("", if i % 2 == 0 { "e" } else { "o" }), 100, 60)
+            room::publish(&link, "live://d", &m("", if i % 2 == 0 { "e" } else { "o" }), 100, None)
                 .await
                 .unwrap();
         }
@@ -428,7 +432,7 @@ fn a_retried_message_id_gets_its_first_offset_and_is_not_published_again() {
 fn a_subscriber_gets_its_channels_and_subscribes_again_after_redis_restarts() {
     use std::sync::{Arc, Mutex};
     use volley::cluster::room::{self, decode_message, Message, RoomKeys};
-    use volley::cluster::subscriber::Subscriber;
+    use volley::cluster::subscriber::{Event, Subscriber};
     use volley::cluster::RedisUrl;
     let mut redis = Redis::start(&[]);
     let url = redis.url();
@@ -441,7 +445,8 @@ fn a_subscriber_gets_its_channels_and_subscribes_again_after_redis_restarts() {
             let sub = Subscriber::new(RedisUrl::parse(&url).unwrap());
             sub.subscribe(&RoomKeys::of("live://a").channel);
             sub.subscribe(&RoomKeys::of("live://b").channel);
-            glommio::spawn_local(sub.clone().run(move |channel, payload| {
+            glommio::spawn_local(sub.clone().run(move |e| {
+                let Event::Message { channel, payload } = e else { return };
                 let m = decode_message(&payload).unwrap();
                 let p = String::from_utf8(m.payload.to_vec()).unwrap();
                 seen.lock()
@@ -463,7 +468,7 @@ fn a_subscriber_gets_its_channels_and_subscribes_again_after_redis_restarts() {
                     };
                     // Redis may be on its way back: retry until it takes it.
                     loop {
-                        match room::publish(&link, room, &m, 100, 60).await {
+                        match room::publish(&link, room, &m, 100, None).await {
                             Ok(_) => break,
                             Err(_) => glommio::timer::sleep(Duration::from_millis(50)).await,
                         }
@@ -509,4 +514,307 @@ fn a_subscriber_gets_its_channels_and_subscribes_again_after_redis_restarts() {
         ("vly:{live://a}".to_string(), 1, "a2".to_string()),
     ];
     assert_eq!(got, want);
+}
+
+/// `n` nodes of one cluster (in-process servers sharing `redis`), each
+/// linked (healthy) before it is returned.
+fn cluster(redis: &Redis, n: usize) -> Vec<volley::ServerHandle> {
+    let url = redis.url();
+    let nodes: Vec<volley::ServerHandle> = (0..n)
+        .map(|_| start_server(|c| c.redis.urls = vec![url.clone()]))
+        .collect();
+    for h in &nodes {
+        wait_until("every shard of the node linked to redis", || health(h).0 == 200);
+    }
+    nodes
+}
+
+/// A room publish through node `h`'s HTTP API: (status, reply).
+fn publish_room(h: &volley::ServerHandle, room: &str, body: &str) -> (u16, serde_json::Value) {
+    let msg = serde_json::json!({"room": room, "op": 1000, "body": body}).to_string();
+    http(h.http_addr, "POST", "/v1/push/room", &[], msg.as_bytes())
+}
+
+#[test]
+fn room_publishes_on_any_node_reach_members_on_every_node_in_one_order() {
+    let redis = Redis::start(&[]);
+    let nodes = cluster(&redis, 3);
+    // A version-2 member on each node (its join is answered once the node
+    // is subscribed), then a version-1 member on each.
+    let mut v2: Vec<Client> = Vec::new();
+    let mut epoch = None;
+    for (i, h) in nodes.iter().enumerate() {
+        let (mut c, _) = Client::authed_v2(h.tcp_addr, &format!(r#"{{"mid":{}}}"#, 10 + i));
+        let j = c.join(2, "live://x", None);
+        assert_eq!(j["offset"], 0, "{j}");
+        let e = j["epoch"].as_str().unwrap().to_string();
+        assert_eq!(epoch.get_or_insert(e.clone()), &e, "one epoch on every node");
+        v2.push(c);
+    }
+    let mut v1: Vec<Client> = nodes
+        .iter()
+        .enumerate()
+        .map(|(i, h)| Client::authed(h.tcp_addr, &format!(r#"{{"mid":{},"room_id":"live://x"}}"#, 20 + i)))
+        .collect();
+    // Each node publishes in turn: one sequence of offsets.
+    for k in 1..=30u64 {
+        let (status, v) = publish_room(&nodes[k as usize % 3], "live://x", &format!("m{k}"));
+        assert_eq!(status, 200, "{v}");
+        assert_eq!(v["data"]["offset"], k, "{v}");
+        assert_eq!(v["data"]["epoch"].as_str(), epoch.as_deref());
+    }
+    for c in &mut v2 {
+        for k in 1..=30u64 {
+            let p = c.read_push2().expect("a push");
+            assert_eq!((p.room.as_str(), p.offset), ("live://x", k));
+            assert_eq!(format!("{:016x}", p.epoch), *epoch.as_ref().unwrap());
+            assert_eq!(p.payload, format!("m{k}").as_bytes());
+        }
+    }
+    for c in &mut v1 {
+        for k in 1..=30u64 {
+            assert_eq!(c.read_push().body, format!("m{k}").as_bytes());
+        }
+    }
+    // Redis counted one subscription per node, not one per connection.
+    let subs = redis_cli(&redis, &["PUBSUB", "NUMSUB", "vly:{live://x}"]);
+    assert!(subs.ends_with("\n3"), "{subs}");
+}
+
+/// `redis-cli` against the test's Redis, its output trimmed.
+fn redis_cli(redis: &Redis, args: &[&str]) -> String {
+    let out = Command::new("redis-cli")
+        .args(["-p", &redis.port.to_string()])
+        .args(args)
+        .output()
+        .expect("redis-cli runs (installed with redis-server)");
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+/// A version-2 client publish (op 52) body.
+fn client_publish(op: u32, room: &str, id: &str, payload: &[u8]) -> Vec<u8> {
+    let mut b = op.to_be_bytes().to_vec();
+    b.extend_from_slice(&(room.len() as u16).to_be_bytes());
+    b.extend_from_slice(&(id.len() as u16).to_be_bytes());
+    b.extend_from_slice(room.as_bytes());
+    b.extend_from_slice(id.as_bytes());
+    b.extend_from_slice(payload);
+    b
+}
+
+#[test]
+fn a_client_publish_and_a_pattern_publish_cross_nodes() {
+    let redis = Redis::start(&[]);
+    let nodes = cluster(&redis, 3);
+    let (mut a, _) = Client::authed_v2(nodes[0].tcp_addr, r#"{"mid":1}"#);
+    let (mut b, _) = Client::authed_v2(nodes[1].tcp_addr, r#"{"mid":2}"#);
+    let (mut c, _) = Client::authed_v2(nodes[2].tcp_addr, r#"{"mid":3}"#);
+    b.join(2, "chat/1", None);
+    c.join(2, "chat/2", None);
+    // A client on a node with no member publishes; the member on another
+    // node gets it, the publisher gets its offset.
+    a.send_as(2, 52, 3, &client_publish(7, "chat/1", "c-1", b"hello"));
+    let r = a.read().unwrap();
+    assert_eq!((r.op, r.seq), (53, 3), "{}", r.text());
+    let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+    assert_eq!((v["offset"].as_u64(), v["duplicate"].as_bool()), (Some(1), Some(false)));
+    let p = b.read_push2().unwrap();
+    assert_eq!(
+        (p.op, p.offset, p.id.as_str(), &p.payload[..]),
+        (7, 1, "c-1", &b"hello"[..])
+    );
+    // The same id again, from another node: a duplicate, not delivered.
+    c.send_as(2, 52, 4, &client_publish(7, "chat/1", "c-1", b"hello"));
+    let r = c.read().unwrap();
+    assert_eq!((r.op, r.seq), (53, 4), "{}", r.text());
+    assert!(r.text().contains(r#""duplicate":true"#), "{}", r.text());
+    // A pattern publish on the first node reaches the rooms other nodes
+    // have members of, each once with its own next offset.
+    let msg = serde_json::json!({"room": "chat/*", "op": 9, "body": "all"}).to_string();
+    let (status, v) = http(nodes[0].http_addr, "POST", "/v1/push/room", &[], msg.as_bytes());
+    assert_eq!(status, 200, "{v}");
+    let p = b.read_push2().unwrap();
+    assert_eq!((p.room.as_str(), p.offset, &p.payload[..]), ("chat/1", 2, &b"all"[..]));
+    let p = c.read_push2().unwrap();
+    assert_eq!((p.room.as_str(), p.offset, &p.payload[..]), ("chat/2", 1, &b"all"[..]));
+    // Once per room although every node published it there: the next
+    // message of each room has the next offset.
+    for (room, want) in [("chat/1", 3), ("chat/2", 2)] {
+        let (_, v) = publish_room(&nodes[1], room, "next");
+        assert_eq!(v["data"]["offset"], want, "{room}: {v}");
+    }
+    assert_eq!(b.read_push2().unwrap().offset, 3);
+    assert_eq!(c.read_push2().unwrap().offset, 2);
+}
+
+#[test]
+fn publishes_fail_clearly_while_redis_is_down_and_flow_again_after() {
+    let mut redis = Redis::start(&[]);
+    let nodes = cluster(&redis, 2);
+    let (mut member, _) = Client::authed_v2(nodes[1].tcp_addr, r#"{"mid":1}"#);
+    member.join(2, "live://f", None);
+    let (_, v) = publish_room(&nodes[0], "live://f", "before");
+    assert_eq!(v["data"]["offset"], 1, "{v}");
+    assert_eq!(member.read_push2().unwrap().payload, b"before");
+
+    redis.kill();
+    wait_until("both nodes see redis gone", || nodes.iter().all(|h| health(h).0 == 503));
+    // HTTP, with or without an answer awaited: 503 and why.
+    let (status, v) = publish_room(&nodes[0], "live://f", "lost");
+    assert_eq!(status, 503, "{v}");
+    assert!(v["message"].as_str().unwrap().contains("unreachable"), "{v}");
+    let (status, v) = http(
+        nodes[0].http_addr,
+        "POST",
+        "/goim/push/room?operation=1000&type=live&room=f",
+        &[],
+        b"lost",
+    );
+    assert_eq!(status, 503, "{v}");
+    let msg = serde_json::json!({"room": "live://*", "op": 1, "body": "x"}).to_string();
+    let (status, _) = http(nodes[0].http_addr, "POST", "/v1/push/room", &[], msg.as_bytes());
+    assert_eq!(status, 503);
+    // A client's publish: op 50 `unavailable`, the connection stays.
+    member.send_as(2, 52, 9, &client_publish(1000, "live://f", "", b"lost"));
+    let r = member.read().unwrap();
+    assert_eq!((r.op, r.seq), (50, 9), "{}", r.text());
+    assert!(
+        r.text().contains("unavailable") && r.text().contains("4012"),
+        "{}",
+        r.text()
+    );
+    // A join that needs Redis: op 50 too.
+    member.send_as(2, 40, 10, br#"{"room":"live://g"}"#);
+    let r = member.read().unwrap();
+    assert_eq!((r.op, r.seq), (50, 10), "{}", r.text());
+    assert!(r.text().contains("unavailable"), "{}", r.text());
+    // A TCP publisher: op 6 `unavailable` and a close of that publisher.
+    let mut p = Client::connect(nodes[0].publish_addr);
+    p.send(op::AUTH, 1, b"");
+    assert_eq!(p.read().unwrap().op, op::AUTH_REPLY);
+    let mut body = 1000u32.to_be_bytes().to_vec();
+    body.extend_from_slice(&8u16.to_be_bytes());
+    body.extend_from_slice(b"live://f");
+    body.extend_from_slice(b"lost");
+    p.send(24, 0, &body);
+    let why = p.expect_closed().unwrap_or_default();
+    assert!(why.starts_with("unavailable"), "{why}");
+    let stats = http(nodes[0].http_addr, "GET", "/v1/stats", &[], b"").1;
+    assert!(
+        stats["data"]["total"]["cluster_publish_failed"].as_u64().unwrap() >= 1,
+        "{stats}"
+    );
+
+    // Back: the nodes subscribe again by themselves and publishes flow.
+    redis.restart();
+    wait_until("both nodes linked again", || nodes.iter().all(|h| health(h).0 == 200));
+    wait_until("the member's node subscribed again", || {
+        redis_cli(&redis, &["PUBSUB", "NUMSUB", "vly:{live://f}"]).ends_with("\n1")
+    });
+    let (status, v) = publish_room(&nodes[0], "live://f", "after");
+    assert_eq!(status, 200, "{v}");
+    let p = member.read_push2().unwrap();
+    assert_eq!(p.payload, b"after", "nothing that failed was delivered");
+}
+
+/// A node run as the real binary (so that it can be killed with SIGKILL),
+/// killed when dropped.
+struct Node {
+    child: Child,
+    tcp: SocketAddr,
+    api: SocketAddr,
+}
+
+impl Node {
+    fn start(redis: &Redis) -> Node {
+        use std::io::BufRead;
+        let mut child = Command::new(env!("CARGO_BIN_EXE_volley"))
+            .args(["serve", "--shards", "2", "--log-format", "json", "--log-level", "info"])
+            .args(["--tcp-listen", "127.0.0.1:0", "--ws-listen", "127.0.0.1:0"])
+            .args(["--api-listen", "127.0.0.1:0", "--api-publish-listen", "127.0.0.1:0"])
+            .args(["--redis-url", &redis.url()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("volley binary starts");
+        let mut lines = std::io::BufReader::new(child.stderr.take().unwrap()).lines();
+        let serving = loop {
+            let line = lines.next().expect("log line before exit").unwrap();
+            let v: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
+            if v["fields"]["message"] == "volley serving" {
+                break v["fields"].clone();
+            }
+        };
+        std::thread::spawn(move || for _ in lines.by_ref() {});
+        let addr = |k: &str| serving[k].as_str().unwrap().parse().unwrap();
+        let node = Node {
+            tcp: addr("tcp"),
+            api: addr("api"),
+            child,
+        };
+        wait_until("the node linked to redis", || {
+            http(node.api, "GET", "/healthz", &[], b"").0 == 200
+        });
+        node
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn a_client_resumes_on_another_node_after_its_node_is_killed() {
+    let redis = Redis::start(&[]);
+    let mut a = Node::start(&redis);
+    let b = cluster(&redis, 1).pop().unwrap();
+    let (mut c, _) = Client::authed_v2(a.tcp, r#"{"mid":5}"#);
+    let j = c.join(2, "live://r", None);
+    let epoch = j["epoch"].as_str().unwrap().to_string();
+    for k in 1..=10 {
+        let via = if k % 2 == 0 { a.api } else { b.http_addr };
+        let msg = serde_json::json!({"room": "live://r", "op": 1000, "body": format!("m{k}")}).to_string();
+        let (status, v) = http(via, "POST", "/v1/push/room", &[], msg.as_bytes());
+        assert_eq!(status, 200, "{v}");
+    }
+    // The client has read up to 7 when its node dies.
+    for k in 1..=7 {
+        assert_eq!(c.read_push2().unwrap().offset, k);
+    }
+    let _ = a.child.kill();
+    let _ = a.child.wait();
+    for k in 11..=13 {
+        let (_, v) = publish_room(&b, "live://r", &format!("m{k}"));
+        assert_eq!(v["data"]["offset"], k, "{v}");
+    }
+    // On the other node (which never had a member of the room), the
+    // resume is served from the room's history in Redis: 8..13, in order,
+    // then live messages.
+    let (mut c, _) = Client::authed_v2(b.tcp_addr, r#"{"mid":5}"#);
+    let j = c.join(2, "live://r", Some((7, &epoch)));
+    assert_eq!(j["recovered"], true, "{j}");
+    assert_eq!(
+        (j["offset"].as_u64(), j["epoch"].as_str()),
+        (Some(13), Some(epoch.as_str()))
+    );
+    for k in 8..=13u64 {
+        let p = c.read_push2().unwrap();
+        assert_eq!((p.offset, p.payload), (k, format!("m{k}").into_bytes()));
+    }
+    let (_, v) = publish_room(&b, "live://r", "m14");
+    assert_eq!(v["data"]["offset"], 14, "{v}");
+    assert_eq!(c.read_push2().unwrap().offset, 14);
+    // A resume from before what the Stream holds is refused, never gapped.
+    let (mut d, _) = Client::authed_v2(b.tcp_addr, r#"{"mid":6}"#);
+    redis_cli(&redis, &["XTRIM", "vly:{live://r}:h", "MINID", "5-0"]);
+    let j = d.join(2, "live://r", Some((2, &epoch)));
+    assert_eq!(
+        (j["recovered"].as_bool(), j["reason"].as_str()),
+        (Some(false), Some("history_gone")),
+        "{j}"
+    );
+    drop(a);
 }

@@ -26,7 +26,7 @@ use crate::proto::pattern;
 pub use crate::proto::publish::Target;
 use crate::proto::v2::{Envelope, Kind, MAX_ID_LEN};
 use crate::proto::wire::Frames;
-use crate::shard::mesh::{owner_of_mid, owner_of_str, Answer, Publication, Published, Reply, ReplyWait, ShardMsg};
+use crate::shard::mesh::{owner_of_mid, owner_of_str, Answer, Publication, PublishOutcome, Reply, ReplyWait, ShardMsg};
 use crate::shard::Shard;
 use bytes::Bytes;
 use fnv::FnvHashMap;
@@ -63,6 +63,9 @@ pub enum PublishError {
     /// A room name with `>` before its last segment.
     #[error("`>` may only be a room pattern's last segment")]
     BadPattern,
+    /// Cluster mode: the Redis instance the publish needs is unreachable.
+    #[error("{0}")]
+    Unavailable(String),
 }
 
 /// What a publisher may say about a message besides where it goes.
@@ -104,7 +107,10 @@ pub fn check(target: &Target, payload: &[u8], meta: &Meta, max: usize) -> Result
 /// Checks a push, encodes its frames once (a room message: at its owner),
 /// and routes it. With `answer`, a room push returns the wait for its
 /// owner's answer: the offset it got (or, for a message id seen within the
-/// dedup window, the offset the first one got).
+/// dedup window, the offset the first one got). In cluster mode a room
+/// push goes to Redis from this shard (refused at once while the room's
+/// instance is unreachable, else answered with what Redis said), and a
+/// pattern push to every node through Redis.
 pub fn publish(
     sh: &mut Shard,
     target: Target,
@@ -112,8 +118,15 @@ pub fn publish(
     payload: &[u8],
     meta: Meta,
     answer: bool,
-) -> Result<Option<ReplyWait<Published>>, PublishError> {
+) -> Result<Option<ReplyWait<PublishOutcome>>, PublishError> {
     check(&target, payload, &meta, sh.shared.config.api.max_push_body)?;
+    if let Target::Room(room) = &target {
+        let pattern = pattern::kind(room) == pattern::Kind::Pattern;
+        if let Some(why) = sh.cluster_refuses((!pattern).then_some(room.as_str())) {
+            ShardStats::add(&sh.stats().cluster_publish_failed, 1);
+            return Err(PublishError::Unavailable(why));
+        }
+    }
     let dedup: Option<Arc<str>> = meta.id.as_deref().map(Arc::from);
     let mut wait = None;
     ShardStats::add(&sh.stats().published, 1);
@@ -137,7 +150,14 @@ pub fn publish(
                 id: dedup,
                 payload: Bytes::copy_from_slice(payload),
                 ttl: meta.ttl,
+                token: None,
             };
+            if sh.clustered() {
+                // Every node, this one too, hears it on the cluster's
+                // pattern channel.
+                sh.cluster_publish_pattern(&room, &msg);
+                return Ok(None);
+            }
             let pattern: Arc<str> = Arc::from(room);
             for s in 0..n {
                 sh.route(
@@ -150,12 +170,14 @@ pub fn publish(
             }
         }
         Target::Room(room) => {
-            let owner = owner_of_str(&room, n);
+            // In cluster mode Redis gives the offset: published from here.
+            let owner = if sh.clustered() { sh.id } else { owner_of_str(&room, n) };
             let msg = Publication {
                 op,
                 id: dedup,
                 payload: Bytes::copy_from_slice(payload),
                 ttl: meta.ttl,
+                token: None,
             };
             let reply = if answer {
                 let (reply, w) = Reply::pair();

@@ -143,6 +143,7 @@ impl PublisherSession {
                 super::publish(sh, p.target, p.op, p.payload, meta, false).map_err(|e| {
                     let reason = match e {
                         PublishError::TooLarge { .. } => CloseReason::BodyTooLarge,
+                        PublishError::Unavailable(_) => CloseReason::Unavailable,
                         _ => CloseReason::BadBody,
                     };
                     Ended::new(reason, e.to_string())

@@ -108,6 +108,13 @@ impl Link {
         self.inner.borrow().up
     }
 
+    /// Why the link refuses commands now (`RedisError::Down`'s text);
+    /// `None` while it is up.
+    pub fn down_reason(&self) -> Option<String> {
+        let i = self.inner.borrow();
+        (!i.up).then(|| RedisError::Down(i.url.to_string(), i.reason.clone()).to_string())
+    }
+
     /// Sends one command (its arguments, the name first) and waits for its
     /// reply; an error reply is `RedisError::Server`.
     pub async fn call(&self, args: &[&[u8]]) -> Result<Frame, RedisError> {

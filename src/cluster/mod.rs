@@ -5,9 +5,9 @@
 //! or user name belongs to (`instance_of`), the pipelined connection a
 //! shard keeps to each instance (`link`), what every shard's links report
 //! about each instance (`Health`, read by `/healthz`), a room message's
-//! keys, publish script and channel form (`room`), and a shard's pub/sub
-//! connection to each instance (`subscriber`; not started by the server
-//! yet).
+//! keys, scripts, Stream reads and channel forms (`room`), and a shard's
+//! pub/sub connection to each instance (`subscriber`). What a shard does
+//! with them is `shard::cluster`.
 //!
 //! Runs on every shard: each shard keeps a link of its own to each instance
 //! (a shard's requests never hop to another shard on their way to Redis),

@@ -6,10 +6,12 @@
 //!
 //! ```text
 //! vly:{R}:o        offset counter (INCR)
-//! vly:{R}:e        epoch, set once by the first publish
-//! vly:{R}:h        history: a Stream, entry id <offset>-0, fields op ttl id p
+//! vly:{R}:e        epoch, set once by the first publish (or sync)
+//! vly:{R}:h        history: a Stream, entry id <offset>-0, fields op ttl id p t
 //! vly:{R}:d:<id>   a publisher message id seen, -> its offset (EX dedup window)
+//! vly:{R}:p:<n>    pattern publish n reached the room (EX 60 s)
 //! vly:{R}          pub/sub channel every node with members subscribes to
+//! vly:patterns     pub/sub channel of pattern publishes (first instance)
 //! ```
 //!
 //! `PUBLISH_SCRIPT` does all of it in one atomic step, one command per
@@ -18,11 +20,15 @@
 //! about the history bound) and the `PUBLISH` of the message
 //! (`encode_message`'s form, read back by `decode_message`).
 //!
-//! Meant to run wherever a publish enters (any shard, through its own link),
-//! `decode_message` on the shard whose subscription received it; the server
-//! does not call it yet (publishes stay on their node until the cluster publish
-//! path uses it). Invariants: a message's offset and epoch come from Redis
-//! only; the published form is self-delimiting and every byte of it is checked
+//! `SYNC_SCRIPT` reads a room's position once a node's subscription to it
+//! is confirmed, `range` reads its Stream for a resume the node's cache
+//! cannot serve, and a pattern publish travels on `PATTERN_CHANNEL`
+//! (`encode_pattern`).
+//!
+//! Runs wherever a publish enters (any shard, through its own link), and
+//! on the shard whose subscription received a message (`shard::cluster`).
+//! Invariants: a message's offset and epoch come from Redis only; the
+//! published forms are self-delimiting and every byte of them is checked
 //! before use (fuzzed: fuzz/fuzz_targets/cluster_message.rs).
 
 use super::link::{Frame, Link, RedisError};
@@ -30,29 +36,51 @@ use bytes::Bytes;
 
 /// The publish script. KEYS: offset, epoch, history, dedup. ARGV: channel,
 /// op, ttl, id, payload, history bound, a new epoch (used if the room has
-/// none), dedup seconds. Returns {offset, epoch, duplicate (0/1)}.
+/// none), dedup seconds, `1` to check and remember the dedup key (`0`: no
+/// dedup). Returns {offset, epoch, duplicate (0/1)}. The Stream entry keeps
+/// the Unix second it was stored at (`t`), for TTLs and age limits on
+/// replay.
 pub const PUBLISH_SCRIPT: &str = r#"
 local epoch = redis.call('GET', KEYS[2])
 if not epoch then
   epoch = ARGV[7]
   redis.call('SET', KEYS[2], epoch)
 end
-if ARGV[4] ~= '' then
+if ARGV[9] == '1' then
   local seen = redis.call('GET', KEYS[4])
   if seen then return {tonumber(seen), epoch, 1} end
 end
 local offset = redis.call('INCR', KEYS[1])
 -- %d: Lua would write a large number in exponent form.
 local o = string.format('%d', offset)
+local now = redis.call('TIME')[1]
 redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[6], o .. '-0',
-  'op', ARGV[2], 'ttl', ARGV[3], 'id', ARGV[4], 'p', ARGV[5])
-if ARGV[4] ~= '' then
+  'op', ARGV[2], 'ttl', ARGV[3], 'id', ARGV[4], 'p', ARGV[5], 't', now)
+if ARGV[9] == '1' then
   redis.call('SET', KEYS[4], o, 'EX', ARGV[8])
 end
 redis.call('PUBLISH', ARGV[1], o .. ' ' .. epoch .. ' ' .. ARGV[2] .. ' ' ..
   ARGV[3] .. ' ' .. string.format('%d', string.len(ARGV[4])) .. ' ' .. ARGV[4] .. ARGV[5])
 return {offset, epoch, 0}
 "#;
+
+/// The sync script, run by a node once its subscription to a room's
+/// channel is confirmed: the room's epoch (set if missing, ARGV[1]) and its
+/// newest offset (0: none yet). KEYS: offset, epoch. Every message after
+/// that offset reaches the node on the channel.
+pub const SYNC_SCRIPT: &str = r#"
+local epoch = redis.call('GET', KEYS[2])
+if not epoch then
+  epoch = ARGV[1]
+  redis.call('SET', KEYS[2], epoch)
+end
+return {redis.call('GET', KEYS[1]) or '0', epoch}
+"#;
+
+/// The channel every node subscribes to (on the first instance) for
+/// pattern publishes: each node publishes such a message to the matching
+/// rooms it knows (`encode_pattern`).
+pub const PATTERN_CHANNEL: &str = "vly:patterns";
 
 /// The keys and channel of room `room`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -78,9 +106,22 @@ impl RoomKeys {
         }
     }
 
-    /// The key remembering publisher message id `id` (empty: none).
+    /// The key remembering publisher message id `id`.
     pub fn dedup(&self, id: &str) -> String {
         format!("{}:d:{id}", self.channel)
+    }
+
+    /// The key remembering that pattern publish `token` reached the room
+    /// (every node with members of a matching room publishes it; the first
+    /// one does).
+    pub fn pattern_dedup(&self, token: u64) -> String {
+        format!("{}:p:{token}", self.channel)
+    }
+
+    /// The room whose channel is `channel`; `None` for any other channel.
+    pub fn room_of(channel: &[u8]) -> Option<&str> {
+        let inner = channel.strip_prefix(b"vly:{")?.strip_suffix(b"}")?;
+        std::str::from_utf8(inner).ok()
     }
 }
 
@@ -116,7 +157,7 @@ pub struct Published {
 /// this version, published on a volley channel).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[error("cluster message: {0}")]
-pub struct BadMessage(&'static str);
+pub struct BadMessage(pub &'static str);
 
 /// The published form: `offset epoch op ttl idlen ` then the id, then the
 /// payload (what `PUBLISH_SCRIPT` builds; tests and tools use this).
@@ -169,34 +210,40 @@ pub fn decode_message(b: &Bytes) -> Result<Message, BadMessage> {
     })
 }
 
+/// How a publish is deduplicated: its key (`RoomKeys::dedup`,
+/// `RoomKeys::pattern_dedup`) and how long the key is remembered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Dedup {
+    /// The key.
+    pub key: String,
+    /// Seconds it is remembered.
+    pub secs: u32,
+}
+
 /// Publishes `msg` to room `room` through `link` (its instance): one
 /// `EVALSHA` (`EVAL` the first time on a connection that has not the
-/// script). `history` bounds the Stream (about), `dedup_secs` how long a
-/// message id is remembered.
+/// script). `history` bounds the Stream (about); with `dedup`, a publish
+/// whose key was seen answers the first one's offset and publishes nothing.
 pub async fn publish(
     link: &Link,
     room: &str,
     msg: &Message,
     history: u32,
-    dedup_secs: u32,
+    dedup: Option<&Dedup>,
 ) -> Result<Published, RedisError> {
     let keys = RoomKeys::of(room);
-    let dedup = keys.dedup(&msg.id);
-    let (op, ttl, bound, secs) = (
-        msg.op.to_string(),
-        msg.ttl.to_string(),
-        history.max(1).to_string(),
-        dedup_secs.max(1).to_string(),
-    );
+    let (op, ttl, bound) = (msg.op.to_string(), msg.ttl.to_string(), history.max(1).to_string());
+    let (dedup_key, secs, check) = match dedup {
+        Some(d) => (d.key.clone(), d.secs.max(1).to_string(), &b"1"[..]),
+        None => (keys.dedup(""), "1".into(), &b"0"[..]),
+    };
     let epoch = fastrand::u64(1..).to_string();
-    let mut args: [&[u8]; 15] = [
-        b"EVALSHA",
-        script_sha().as_bytes(),
+    let args: [&[u8]; 14] = [
         b"4",
         keys.offset.as_bytes(),
         keys.epoch.as_bytes(),
         keys.history.as_bytes(),
-        dedup.as_bytes(),
+        dedup_key.as_bytes(),
         keys.channel.as_bytes(),
         op.as_bytes(),
         ttl.as_bytes(),
@@ -205,44 +252,189 @@ pub async fn publish(
         bound.as_bytes(),
         epoch.as_bytes(),
         secs.as_bytes(),
+        check,
     ];
-    let reply = match link.call(&args).await {
+    let reply = eval(link, PUBLISH_SCRIPT, publish_sha(), &args).await?;
+    parse_published(&reply).ok_or_else(|| RedisError::Server(format!("unexpected publish reply {reply:?}")))
+}
+
+/// The room's (newest offset, epoch) as `SYNC_SCRIPT` reads them.
+pub async fn sync(link: &Link, room: &str) -> Result<(u64, u64), RedisError> {
+    let keys = RoomKeys::of(room);
+    let epoch = fastrand::u64(1..).to_string();
+    let args: [&[u8]; 4] = [b"2", keys.offset.as_bytes(), keys.epoch.as_bytes(), epoch.as_bytes()];
+    let reply = eval(link, SYNC_SCRIPT, sync_sha(), &args).await?;
+    let bad = || RedisError::Server(format!("unexpected sync reply {reply:?}"));
+    let Frame::Array(v) = &reply else { return Err(bad()) };
+    match v.as_slice() {
+        [o, e] => Ok((
+            number(o).ok_or_else(bad)?,
+            number(e).filter(|&e| e != 0).ok_or_else(bad)?,
+        )),
+        _ => Err(bad()),
+    }
+}
+
+/// One stored message read back from a room's Stream, with the Unix
+/// second it was stored at.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stored {
+    /// The message (its epoch: the one asked with).
+    pub msg: Message,
+    /// Unix seconds when Redis stored it.
+    pub at: u64,
+}
+
+/// The stored messages of `room` with offsets `from..=through`, oldest
+/// first (what the Stream still holds of them: a trimmed start is simply
+/// missing), given `epoch` as theirs.
+pub async fn range(link: &Link, room: &str, epoch: u64, from: u64, through: u64) -> Result<Vec<Stored>, RedisError> {
+    let keys = RoomKeys::of(room);
+    let (start, end) = (format!("{from}-0"), format!("{through}-0"));
+    let count = through.saturating_sub(from).saturating_add(1).to_string();
+    let reply = link
+        .call(&[
+            b"XRANGE",
+            keys.history.as_bytes(),
+            start.as_bytes(),
+            end.as_bytes(),
+            b"COUNT",
+            count.as_bytes(),
+        ])
+        .await?;
+    let Frame::Array(entries) = &reply else {
+        return Err(RedisError::Server(format!("unexpected XRANGE reply {reply:?}")));
+    };
+    entries
+        .iter()
+        .map(|e| stored(e, epoch).ok_or_else(|| RedisError::Server(format!("unexpected Stream entry {e:?}"))))
+        .collect()
+}
+
+/// One XRANGE entry: `[id, [field, value, ...]]`.
+fn stored(e: &Frame, epoch: u64) -> Option<Stored> {
+    let Frame::Array(v) = e else { return None };
+    let [Frame::BulkString(id), Frame::Array(fields)] = v.as_slice() else {
+        return None;
+    };
+    let offset = std::str::from_utf8(id).ok()?.strip_suffix("-0")?.parse().ok()?;
+    let mut m = Message {
+        offset,
+        epoch,
+        op: 0,
+        ttl: 0,
+        id: String::new(),
+        payload: Bytes::new(),
+    };
+    let mut at = 0;
+    for pair in fields.chunks(2) {
+        let [Frame::BulkString(k), Frame::BulkString(v)] = pair else {
+            return None;
+        };
+        let text = || std::str::from_utf8(v).ok();
+        match &k[..] {
+            b"op" => m.op = text()?.parse().ok()?,
+            b"ttl" => m.ttl = text()?.parse().ok()?,
+            b"id" => m.id = text()?.to_string(),
+            b"p" => m.payload = v.clone(),
+            b"t" => at = text()?.parse().ok()?,
+            _ => {}
+        }
+    }
+    Some(Stored { msg: m, at })
+}
+
+/// `EVALSHA` of a script, `EVAL` when the connection's Redis has not got it
+/// (the first call after a restart).
+async fn eval(link: &Link, script: &str, sha: &str, rest: &[&[u8]]) -> Result<Frame, RedisError> {
+    let mut args: Vec<&[u8]> = Vec::with_capacity(rest.len() + 2);
+    args.extend([&b"EVALSHA"[..], sha.as_bytes()]);
+    args.extend_from_slice(rest);
+    match link.call(&args).await {
         Err(RedisError::Server(e)) if e.starts_with("NOSCRIPT") => {
             args[0] = b"EVAL";
-            args[1] = PUBLISH_SCRIPT.as_bytes();
-            link.call(&args).await?
+            args[1] = script.as_bytes();
+            link.call(&args).await
         }
-        r => r?,
-    };
-    parse_published(&reply).ok_or_else(|| RedisError::Server(format!("unexpected publish reply {reply:?}")))
+        r => r,
+    }
+}
+
+/// A reply element read as a number (an integer, or a string of digits).
+fn number(f: &Frame) -> Option<u64> {
+    match f {
+        Frame::Integer(i) => u64::try_from(*i).ok(),
+        Frame::BulkString(b) | Frame::SimpleString(b) => std::str::from_utf8(b).ok()?.parse().ok(),
+        _ => None,
+    }
 }
 
 /// The script's reply: {offset, epoch, duplicate}.
 fn parse_published(f: &Frame) -> Option<Published> {
     let Frame::Array(v) = f else { return None };
-    let int = |f: &Frame| match f {
-        Frame::Integer(i) => u64::try_from(*i).ok(),
-        Frame::BulkString(b) | Frame::SimpleString(b) => std::str::from_utf8(b).ok()?.parse().ok(),
-        _ => None,
-    };
     match v.as_slice() {
         [o, e, d] => Some(Published {
-            offset: int(o)?,
-            epoch: int(e)?,
-            duplicate: int(d)? == 1,
+            offset: number(o)?,
+            epoch: number(e)?,
+            duplicate: number(d)? == 1,
         }),
         _ => None,
     }
 }
 
-/// SHA1 of `PUBLISH_SCRIPT`, hex, as `EVALSHA` names it (computed once).
-pub fn script_sha() -> &'static str {
+/// SHA1 of a script, hex, as `EVALSHA` names it.
+fn sha_hex(script: &str) -> String {
     use sha1::{Digest, Sha1};
+    Sha1::digest(script.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// SHA1 of `PUBLISH_SCRIPT` (computed once).
+pub fn publish_sha() -> &'static str {
     static SHA: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-    SHA.get_or_init(|| {
-        let d = Sha1::digest(PUBLISH_SCRIPT.as_bytes());
-        d.iter().map(|b| format!("{b:02x}")).collect()
-    })
+    SHA.get_or_init(|| sha_hex(PUBLISH_SCRIPT))
+}
+
+/// SHA1 of `SYNC_SCRIPT` (computed once).
+fn sync_sha() -> &'static str {
+    static SHA: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    SHA.get_or_init(|| sha_hex(SYNC_SCRIPT))
+}
+
+/// A pattern publish as it travels on `PATTERN_CHANNEL`: the pattern, and
+/// the message in the room form with its offset field carrying the
+/// publish's token (what every node deduplicates the rooms' publishes
+/// with) and epoch 1.
+pub fn encode_pattern(pattern: &str, token: u64, m: &Message) -> Vec<u8> {
+    let mut out = format!("{} {pattern}", pattern.len()).into_bytes();
+    out.extend(encode_message(&Message {
+        offset: token,
+        epoch: 1,
+        ..m.clone()
+    }));
+    out
+}
+
+/// Reads `encode_pattern`'s form: (pattern, token, message).
+pub fn decode_pattern(b: &Bytes) -> Result<(String, u64, Message), BadMessage> {
+    let space = memchr::memchr(b' ', b).ok_or(BadMessage("pattern length"))?;
+    let len: usize = std::str::from_utf8(&b[..space])
+        .ok()
+        .filter(|d| !d.is_empty() && d.len() <= 4 && !d.starts_with('0') && d.bytes().all(|c| c.is_ascii_digit()))
+        .and_then(|d| d.parse().ok())
+        .filter(|&n| n > 0 && n <= crate::proto::body::MAX_ROOM_LEN)
+        .ok_or(BadMessage("pattern length"))?;
+    let pattern = b
+        .get(space + 1..space + 1 + len)
+        .ok_or(BadMessage("pattern past the end"))?;
+    let pattern = std::str::from_utf8(pattern).map_err(|_| BadMessage("pattern not UTF-8"))?;
+    let m = decode_message(&b.slice(space + 1 + len..))?;
+    if m.epoch != 1 {
+        return Err(BadMessage("a pattern message has epoch 1"));
+    }
+    Ok((pattern.to_string(), m.offset, m))
 }
 
 #[cfg(test)]
@@ -294,12 +486,63 @@ mod tests {
     }
 
     #[test]
+    fn a_pattern_message_reads_back_as_written() {
+        let m = msg("i", b"x y");
+        let b = Bytes::from(encode_pattern("live://*", 42, &m));
+        let (p, token, got) = decode_pattern(&b).unwrap();
+        assert_eq!((p.as_str(), token), ("live://*", 42));
+        assert_eq!((got.op, got.id.as_str(), &got.payload[..]), (1000, "i", &b"x y"[..]));
+        for bad in [
+            &b""[..],
+            b"0 ",
+            b"9 live",
+            b"x live://*",
+            b"3 \xff\xfe\xfd1 1 1 0 0 ",
+            b"08 live://*1 1 1 0 0 ",
+            b"8 live://*1 2 1 0 0 ",
+        ] {
+            assert!(decode_pattern(&Bytes::copy_from_slice(bad)).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn stream_entries_read_back_as_messages() {
+        let f = |s: &'static str| Frame::BulkString(Bytes::from_static(s.as_bytes()));
+        let e = Frame::Array(vec![
+            f("12-0"),
+            Frame::Array(vec![
+                f("op"),
+                f("7"),
+                f("ttl"),
+                f("30"),
+                f("id"),
+                f("a"),
+                f("p"),
+                f("hi"),
+                f("t"),
+                f("1700000000"),
+            ]),
+        ]);
+        let s = stored(&e, 5).unwrap();
+        assert_eq!(
+            (s.msg.offset, s.msg.epoch, s.msg.op, s.msg.ttl, s.at),
+            (12, 5, 7, 30, 1_700_000_000)
+        );
+        assert_eq!((s.msg.id.as_str(), &s.msg.payload[..]), ("a", &b"hi"[..]));
+        assert!(stored(&Frame::Array(vec![f("x"), Frame::Array(vec![])]), 5).is_none());
+    }
+
+    #[test]
     fn keys_share_one_cluster_slot() {
         let k = RoomKeys::of("live://1");
         assert_eq!(k.offset, "vly:{live://1}:o");
         assert_eq!(k.channel, "vly:{live://1}");
         assert_eq!(k.dedup("m-1"), "vly:{live://1}:d:m-1");
-        assert_eq!(script_sha().len(), 40);
+        assert_eq!(k.pattern_dedup(9), "vly:{live://1}:p:9");
+        assert_eq!(RoomKeys::room_of(k.channel.as_bytes()), Some("live://1"));
+        assert_eq!(RoomKeys::room_of(PATTERN_CHANNEL.as_bytes()), None);
+        assert_eq!(publish_sha().len(), 40);
+        assert_ne!(publish_sha(), sync_sha());
     }
 
     #[test]

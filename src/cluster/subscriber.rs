@@ -2,14 +2,16 @@
 //! the channels it wants, kept subscribed across reconnects, and every
 //! message on them handed to a callback.
 //!
-//! Meant to run on each shard, in its control queue, for the channels of
-//! the rooms it owns that have members on its node (so each channel is
-//! subscribed once per node); the server does not start it yet. `subscribe`
+//! Runs on each shard, in its control queue, for the channels of the rooms
+//! it owns that have members on its node (so each channel is subscribed
+//! once per node; `shard::cluster` decides which). `subscribe`
 //! and `unsubscribe` change the wanted set and, while connected, send the
 //! command at once (they share a write, as `Link`'s commands do); after a
-//! reconnect the task subscribes to the whole set again. Messages published
-//! while it was down are not on the channel: whoever needs them reads the
-//! room's Stream (`cluster::room`).
+//! reconnect the task subscribes to the whole set again. Its callback hears
+//! every channel message, every confirmed subscription and every lost
+//! connection (`Event`): messages published while it was down are not on
+//! the channel, so whoever needs them reads the room's Stream
+//! (`cluster::room`) once the channel is confirmed again.
 //!
 //! Invariants: the wanted set, not the server's answers, is the truth (a
 //! channel unsubscribed while its SUBSCRIBE is in flight ends
@@ -29,6 +31,24 @@ use std::time::Instant;
 /// Most channels in one SUBSCRIBE after a reconnect.
 const PER_COMMAND: usize = 1_000;
 
+/// What the subscriber tells its callback.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// A message on a subscribed channel.
+    Message {
+        /// The channel.
+        channel: Bytes,
+        /// What was published.
+        payload: Bytes,
+    },
+    /// Redis confirmed a subscription: from here on every message
+    /// published to the channel arrives.
+    Subscribed(Bytes),
+    /// The connection is gone: every subscription with it (each channel
+    /// is `Subscribed` again after the reconnect).
+    Down,
+}
+
 /// A shard's pub/sub connection to one instance. Cloning shares it.
 #[derive(Clone)]
 pub struct Subscriber {
@@ -43,6 +63,8 @@ struct Inner {
     outbox: Outbox,
     /// Connected (and the wanted set sent).
     up: bool,
+    /// Why it is down.
+    reason: String,
 }
 
 impl Subscriber {
@@ -54,6 +76,7 @@ impl Subscriber {
                 wanted: FnvHashSet::default(),
                 outbox: Outbox::default(),
                 up: false,
+                reason: "not connected yet".into(),
             })),
         }
     }
@@ -61,6 +84,12 @@ impl Subscriber {
     /// Whether it is connected now.
     pub fn is_up(&self) -> bool {
         self.inner.borrow().up
+    }
+
+    /// Why it cannot subscribe now; `None` while it is up.
+    pub fn down_reason(&self) -> Option<String> {
+        let i = self.inner.borrow();
+        (!i.up).then(|| format!("redis {} unreachable: {}", i.url, i.reason))
     }
 
     /// Wants `channel` (from now on, and after every reconnect).
@@ -79,9 +108,9 @@ impl Subscriber {
         }
     }
 
-    /// Keeps the connection up until the executor ends, calling
-    /// `on_message(channel, payload)` for every message.
-    pub async fn run(self, mut on_message: impl FnMut(&[u8], Bytes)) {
+    /// Keeps the connection up until the executor ends, telling `on_event`
+    /// what happens (`Event`).
+    pub async fn run(self, mut on_event: impl FnMut(Event)) {
         let url = self.inner.borrow().url.clone();
         let mut retry = Retry::new("redis subscriber", url.clone());
         loop {
@@ -89,26 +118,34 @@ impl Subscriber {
                 Ok(stream) => {
                     retry.connected();
                     self.inner.borrow_mut().resubscribe();
-                    self.serve(stream, &mut on_message).await
+                    let why = self.serve(stream, &mut on_event).await;
+                    self.down(&why);
+                    on_event(Event::Down);
+                    why
                 }
-                Err(why) => why,
+                Err(why) => {
+                    self.down(&why);
+                    why
+                }
             };
-            {
-                let mut i = self.inner.borrow_mut();
-                i.up = false;
-                i.outbox.clear();
-            }
             retry.failed(why).await;
         }
     }
 
-    async fn serve(&self, stream: TcpStream, on_message: &mut impl FnMut(&[u8], Bytes)) -> String {
+    fn down(&self, why: &str) {
+        let mut i = self.inner.borrow_mut();
+        i.up = false;
+        i.outbox.clear();
+        why.clone_into(&mut i.reason);
+    }
+
+    async fn serve(&self, stream: TcpStream, on_event: &mut impl FnMut(Event)) -> String {
         let heard = std::cell::Cell::new(Instant::now());
         let take = |cx: &mut std::task::Context<'_>| self.inner.borrow_mut().outbox.poll_take(cx);
         let on_frame = |frame: Frame| {
             heard.set(Instant::now());
-            if let Some((channel, payload)) = message(frame) {
-                on_message(&channel, payload);
+            if let Some(e) = event(frame) {
+                on_event(e);
             }
             Ok(())
         };
@@ -143,20 +180,23 @@ impl Inner {
     }
 }
 
-/// A channel message's (channel, payload); `None` for the rest
-/// (subscribe confirmations, pongs).
-fn message(frame: Frame) -> Option<(Bytes, Bytes)> {
+/// A channel message or a subscription's confirmation; `None` for the
+/// rest (unsubscribe confirmations, pongs).
+fn event(frame: Frame) -> Option<Event> {
     let Frame::Array(mut v) = frame else { return None };
     if v.len() != 3 {
         return None;
     }
-    let payload = v.pop()?;
+    let last = v.pop()?;
     let channel = v.pop()?;
-    match (&v[0], channel, payload) {
+    match (&v[0], channel, last) {
         (Frame::BulkString(kind), Frame::BulkString(channel), Frame::BulkString(payload))
             if &kind[..] == b"message" =>
         {
-            Some((channel, payload))
+            Some(Event::Message { channel, payload })
+        }
+        (Frame::BulkString(kind), Frame::BulkString(channel), Frame::Integer(_)) if &kind[..] == b"subscribe" => {
+            Some(Event::Subscribed(channel))
         }
         _ => None,
     }
@@ -172,14 +212,21 @@ mod tests {
     }
 
     #[test]
-    fn only_channel_messages_reach_the_callback() {
+    fn messages_and_confirmations_reach_the_callback() {
         let m = Frame::Array(vec![bulk(b"message"), bulk(b"vly:{r}"), bulk(b"1 2 3 0 0 x")]);
-        let (c, p) = message(m).unwrap();
-        assert_eq!((&c[..], &p[..]), (&b"vly:{r}"[..], &b"1 2 3 0 0 x"[..]));
+        assert_eq!(
+            event(m),
+            Some(Event::Message {
+                channel: Bytes::from_static(b"vly:{r}"),
+                payload: Bytes::from_static(b"1 2 3 0 0 x")
+            })
+        );
         let confirm = Frame::Array(vec![bulk(b"subscribe"), bulk(b"vly:{r}"), Frame::Integer(1)]);
-        assert!(message(confirm).is_none());
-        assert!(message(Frame::Array(vec![bulk(b"pong"), bulk(b"")])).is_none());
-        assert!(message(bulk(b"message")).is_none());
+        assert_eq!(event(confirm), Some(Event::Subscribed(Bytes::from_static(b"vly:{r}"))));
+        let gone = Frame::Array(vec![bulk(b"unsubscribe"), bulk(b"vly:{r}"), Frame::Integer(0)]);
+        assert!(event(gone).is_none());
+        assert!(event(Frame::Array(vec![bulk(b"pong"), bulk(b"")])).is_none());
+        assert!(event(bulk(b"message")).is_none());
     }
 
     #[test]

@@ -166,6 +166,9 @@ shard_stats! {
     Counter inbox_evicted_limit: "Inbox pushes that left by a user's message or byte limit.";
     Counter inbox_evicted_memory: "Inbox pushes that left because `[inbox] memory` was full (oldest first).";
     Counter inbox_expired: "Inbox pushes that left at the end of their TTL.";
+    Gauge cluster_rooms: "Cluster mode: rooms this shard owns whose channel the node is subscribed to (it has members of them).";
+    Counter cluster_publish_failed: "Cluster mode: publishes Redis did not take (unreachable, or an error), each answered as failed.";
+    Counter cluster_bad_messages: "Cluster mode: messages on a volley channel that did not decode (refused, logged).";
 }
 
 /// A counter per name of a fixed list (close reasons, error codes).

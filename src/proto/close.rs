@@ -81,6 +81,7 @@ close_reasons! {
     UserConnLimit => "user_conn_limit", true, Some(close::POLICY), "The user holds [limits] max_conns_per_user connections (policy refuse: the new one; close-oldest: the oldest).";
     // A publisher's reason; clients never get it.
     BadApiKey => "bad_api_key", true, Some(close::POLICY), "A TCP publisher's auth did not carry the API key.";
+    Unavailable => "unavailable", true, Some(close::TRY_AGAIN), "Cluster mode: a TCP publisher's room publish needs a Redis instance that is unreachable; nothing was published.";
 }
 
 impl CloseReason {

@@ -208,12 +208,18 @@ impl Shard {
             id: (!p.id.is_empty()).then(|| Arc::from(p.id)),
             payload: Bytes::copy_from_slice(p.payload),
             ttl: None,
+            token: None,
         };
         let at = GlobalConn {
             shard: self.id as u16,
             conn: r,
         };
-        let owner = owner_of_str(&room, self.nr());
+        // In cluster mode Redis gives the offset: published from here.
+        let owner = if self.clustered() {
+            self.id
+        } else {
+            owner_of_str(&room, self.nr())
+        };
         self.route(
             owner,
             ShardMsg::PublishRoom {

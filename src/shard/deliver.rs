@@ -293,6 +293,9 @@ impl Shard {
     /// `[api] dedup_window_secs` is not published again: `reply` gets the
     /// first one's offset, marked as a duplicate.
     pub(super) fn publish_room(&mut self, room: Arc<str>, msg: Publication, reply: Answer) {
+        if self.clustered() {
+            return self.cluster_publish(room, msg, reply);
+        }
         let policy = self.cfg().history.policy(&room);
         let now = self.wheel.now();
         let key = msg.id.as_deref().map(|id| format!("r\0{room}\0{id}"));
@@ -334,6 +337,12 @@ impl Shard {
             v1: Wire::encode(binary::VERSION_GOIM, msg.op, 0, &msg.payload),
             v2,
         };
+        self.fan_out_room(&room, &frames);
+    }
+
+    /// On a room's owner: a message with its offset, to every shard's
+    /// members (in offset order: only the owner sends a room's frames).
+    pub(super) fn fan_out_room(&mut self, room: &Arc<str>, frames: &Frames) {
         for s in 0..self.nr() {
             self.route(
                 s,
@@ -349,7 +358,7 @@ impl Shard {
     fn answer(&mut self, reply: Answer, room: &Arc<str>, p: Published) {
         match reply {
             Answer::None => {}
-            Answer::Api(r) => r.send(p),
+            Answer::Api(r) => r.send(Ok(p)),
             Answer::Client { at, seq } => self.route(
                 usize::from(at.shard),
                 ShardMsg::ClientPublished {

@@ -136,6 +136,7 @@ impl Shard {
         self.stats().outbound_queued.store(self.queued as u64, Relaxed);
         self.publish_view();
         self.presence_sweep();
+        self.cluster_sweep();
         if self.id == 0 {
             self.shared.admission.forget_idle(tick as usize, self.unix_now);
         }

@@ -251,6 +251,9 @@ impl Shard {
         }
         self.presence_change(r, room, true);
         let (name, pos) = self.rooms.join(room, r);
+        if pos == 0 {
+            self.first_member(room);
+        }
         if let Some(Conn {
             session: Session::V1 { room: current, .. },
             ..

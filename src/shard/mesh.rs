@@ -104,7 +104,14 @@ pub struct Publication {
     pub payload: Bytes,
     /// Seconds the message stays in history (the room's limits still apply).
     pub ttl: Option<u32>,
+    /// Cluster mode: the pattern publish it comes from, whose every node
+    /// publishes it to the rooms it knows (Redis keeps the first per room).
+    pub token: Option<u64>,
 }
+
+/// What a room publish's waiter is told: what it got, or why Redis did not
+/// take it (cluster mode).
+pub type PublishOutcome = Result<Published, String>;
 
 /// What a room publish got, as its owner answers it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -385,6 +392,24 @@ pub enum ShardMsg {
         /// Only if its key is server-assigned (found by decoding the key).
         assigned_only: bool,
     },
+    /// Cluster mode, to a room's owner: the sending shard has its first
+    /// member of the room (`Shard::first_member`).
+    Interest {
+        /// Room key.
+        room: Arc<str>,
+    },
+    /// Cluster mode, from a room's owner to a joining connection's shard:
+    /// the join cannot be answered (Redis unreachable).
+    JoinFailed {
+        /// The connection.
+        conn: ConnRef,
+        /// The join request's sequence.
+        seq: u32,
+        /// Room key.
+        room: Arc<str>,
+        /// Why.
+        why: String,
+    },
     /// Stop accepting, tell every client, close, and end the shard.
     Shutdown,
 }
@@ -395,7 +420,7 @@ pub enum Answer {
     /// Nobody.
     None,
     /// An API request.
-    Api(Reply<Published>),
+    Api(Reply<PublishOutcome>),
     /// A version-2 connection's publish (op 52), answered with op 53.
     Client {
         /// The connection.

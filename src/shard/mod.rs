@@ -43,6 +43,7 @@
 
 mod access;
 pub mod admission;
+pub mod cluster;
 mod conns;
 pub mod dedup;
 mod deliver;

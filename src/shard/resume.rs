@@ -154,6 +154,9 @@ impl Shard {
         }
         self.presence_change(r, &room, true);
         let (name, pos) = self.rooms.join(&room, r);
+        if pos == 0 {
+            self.first_member(&room);
+        }
         if let Some(v2) = self.conn_mut(r).and_then(|c| c.v2_mut()) {
             v2.rooms.push((name, pos));
         }

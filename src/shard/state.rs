@@ -97,6 +97,9 @@ pub struct Shard {
     /// Connections whose driver must run: closes, and the flusher handing
     /// a queue over (`Shard::wake_conn`), for the reactor (`conn::reactor`).
     pub(super) woken: Worklist,
+    /// Cluster mode: links, subscribers, subscribed rooms (`None`: single
+    /// node).
+    pub cluster: Option<super::cluster::ShardCluster>,
 }
 
 impl Shard {
@@ -143,6 +146,7 @@ impl Shard {
             watched: Watched::default(),
             dirty: Worklist::default(),
             woken: Worklist::default(),
+            cluster: None,
         }
     }
 
@@ -291,6 +295,23 @@ impl Shard {
                 resume,
                 mid,
                 presence,
+            } if self.cluster.is_some() => self.cluster_join(
+                room,
+                super::cluster::Join {
+                    at,
+                    seq,
+                    resume,
+                    mid,
+                    presence,
+                },
+            ),
+            ShardMsg::JoinReq {
+                room,
+                at,
+                seq,
+                resume,
+                mid,
+                presence,
             } => self.join_req(room, at, seq, (resume, mid, presence)),
             ShardMsg::MarkReq {
                 room,
@@ -324,6 +345,8 @@ impl Shard {
                 reason,
                 assigned_only,
             } => self.kick(conn, reason, assigned_only),
+            ShardMsg::Interest { room } => self.want_room(&room),
+            ShardMsg::JoinFailed { conn, seq, room, why } => self.on_join_failed(conn, seq, &room, &why),
             ShardMsg::Shutdown => self.shutdown(),
         }
     }

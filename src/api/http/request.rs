@@ -26,6 +26,7 @@ impl From<PublishError> for ApiError {
     fn from(e: PublishError) -> Self {
         let status = match e {
             PublishError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            PublishError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             _ => StatusCode::BAD_REQUEST,
         };
         ApiError(status, e.to_string())

@@ -10,7 +10,7 @@ use super::request::{bad, v1_batch, v1_push, ApiError, Query};
 use crate::api::{publish, Meta, Target};
 use crate::metrics::{prometheus, ShardStats, StatsSnapshot};
 use crate::proto::v2;
-use crate::shard::mesh::{owner_of_str, HistoryPage, Published, Reply, ShardMsg};
+use crate::shard::mesh::{owner_of_str, HistoryPage, PublishOutcome, Reply, ShardMsg};
 use crate::shard::{Shard, Shared};
 use bytes::Bytes;
 use http_body_util::Full;
@@ -193,14 +193,13 @@ fn goim_push(r: &Req<'_>, target: Target) -> Result<Later, ApiError> {
     push(r, target, r.query.op()?, &r.body, meta, answer)
 }
 
-/// A room push's answer: `{"offset": n, "epoch": "…", "duplicate": false}`.
-fn published_json(p: Option<Published>) -> Result<Value, ApiError> {
-    let p = p.ok_or_else(|| {
-        ApiError(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "the room's shard did not answer".into(),
-        )
-    })?;
+/// A room push's answer: `{"offset": n, "epoch": "…", "duplicate": false}`;
+/// a 503 when it was not published (cluster mode: Redis did not take it).
+fn published_json(p: Option<PublishOutcome>) -> Result<Value, ApiError> {
+    let p = p
+        .ok_or_else(|| "the room's shard did not answer".to_string())
+        .and_then(|p| p)
+        .map_err(|why| ApiError(StatusCode::SERVICE_UNAVAILABLE, why))?;
     Ok(json!({"offset": p.offset, "epoch": v2::fmt_epoch(p.epoch), "duplicate": p.duplicate}))
 }
 

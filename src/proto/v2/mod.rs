@@ -235,6 +235,9 @@ pub enum ErrorCode {
     PayloadTooLarge,
     /// A refresh token that does not verify, or names another user.
     TokenRefused,
+    /// Cluster mode: the Redis instance a join or publish needs is
+    /// unreachable; nothing was done, and the request may be sent again.
+    Unavailable,
 }
 
 impl ErrorCode {
@@ -252,6 +255,7 @@ impl ErrorCode {
         ErrorCode::RateLimited,
         ErrorCode::PayloadTooLarge,
         ErrorCode::TokenRefused,
+        ErrorCode::Unavailable,
     ];
 
     /// Position in `ALL` (the counter index).
@@ -274,6 +278,7 @@ impl ErrorCode {
             ErrorCode::RateLimited => 4009,
             ErrorCode::PayloadTooLarge => 4010,
             ErrorCode::TokenRefused => 4011,
+            ErrorCode::Unavailable => 4012,
         }
     }
 
@@ -292,6 +297,7 @@ impl ErrorCode {
             ErrorCode::RateLimited => "rate_limited",
             ErrorCode::PayloadTooLarge => "payload_too_large",
             ErrorCode::TokenRefused => "token_refused",
+            ErrorCode::Unavailable => "unavailable",
         }
     }
 

@@ -251,20 +251,95 @@ impl Logs {
         ttl: Option<u32>,
         frame: impl FnOnce(u64, u64) -> Wire,
     ) -> (u64, u64, Wire) {
-        self.open(room, policy, now);
-        let log = self.rooms.get_mut(room).expect("opened just above");
-        log.last += 1;
-        let (offset, epoch) = (log.last, log.epoch);
+        let log = self.open(room, policy, now);
+        let (offset, epoch) = (log.last + 1, log.epoch);
         let wire = frame(offset, epoch);
+        self.append(room, now, offset, ttl, wire.clone());
+        (offset, epoch, wire)
+    }
+
+    /// Cluster mode: a message of `room` with the offset and epoch Redis
+    /// gave it, as this node's cache keeps it. Returns false (and stores
+    /// nothing) for an offset the cache has already passed. Another epoch
+    /// starts the log over (the room's history was lost in Redis); an
+    /// offset past the next one leaves a gap no resume is served across.
+    pub fn store(
+        &mut self,
+        room: &Arc<str>,
+        policy: Policy,
+        now: u32,
+        (offset, epoch): (u64, u64),
+        ttl: Option<u32>,
+        wire: Wire,
+    ) -> bool {
+        let log = self.open_at(room, policy, now, epoch);
+        if log.epoch != epoch {
+            self.restart(room, epoch, offset - 1);
+        }
+        let log = self.rooms.get_mut(room).expect("opened just above");
+        if offset <= log.last {
+            return false;
+        }
+        if offset > log.last + 1 {
+            log.lost_through = offset - 1;
+        }
+        self.append(room, now, offset, ttl, wire);
+        true
+    }
+
+    /// Cluster mode: Redis says `room` is at `offset` in `epoch` (as of a
+    /// moment after this node's subscription to it was confirmed). A cache
+    /// of another epoch, or one that missed messages, starts over at
+    /// `offset`: the node can serve resumes from there on (older offsets
+    /// are read from Redis).
+    pub fn sync(&mut self, room: &Arc<str>, policy: Policy, now: u32, epoch: u64, offset: u64) {
+        let log = self.open_at(room, policy, now, epoch);
+        if log.epoch != epoch || log.last != offset {
+            self.restart(room, epoch, offset);
+        }
+    }
+
+    /// The log of `room`, created with `epoch` and nothing known before
+    /// now if missing.
+    fn open_at(&mut self, room: &Arc<str>, policy: Policy, now: u32, epoch: u64) -> &mut RoomLog {
+        if !self.rooms.contains_key(room) {
+            let log = self.open(room, policy, now);
+            (log.epoch, log.last, log.lost_through) = (epoch, 0, 0);
+        }
+        self.open(room, policy, now)
+    }
+
+    /// Empties `room`'s log (which exists) and sets it at `offset` of
+    /// `epoch`, nothing older replayable; its read marks go with another
+    /// epoch.
+    fn restart(&mut self, room: &Arc<str>, epoch: u64, offset: u64) {
+        let log = self.rooms.get_mut(room).expect("restart of an open log");
+        for e in log.entries.drain(..) {
+            self.bytes -= e.cost;
+            self.count -= 1;
+        }
+        log.bytes = 0;
+        if log.epoch != epoch {
+            log.marks.clear();
+        }
+        (log.epoch, log.last, log.lost_through) = (epoch, offset, offset);
+    }
+
+    /// Stores `wire` as `room`'s message `offset` (the next one after
+    /// `last`, or past a gap the caller has marked), enforcing the room's
+    /// limits and the shard's cap.
+    fn append(&mut self, room: &Arc<str>, now: u32, offset: u64, ttl: Option<u32>, wire: Wire) {
+        let log = self.rooms.get_mut(room).expect("append to an open log");
+        log.last = offset;
         let p = log.policy;
         if p.messages == 0 {
             log.lost_through = offset;
-            return (offset, epoch, wire);
+            return;
         }
         let cost = wire.tcp.len() + wire.ws.len() + ENTRY_OVERHEAD;
         log.entries.push_back(Entry {
             offset,
-            wire: wire.clone(),
+            wire,
             at: now,
             ttl_end: ttl.map_or(u32::MAX, |t| now.saturating_add(t)),
             cost,
@@ -287,7 +362,6 @@ impl Logs {
             self.due.push(Reverse((when, room.clone())));
         }
         self.enforce_cap();
-        (offset, epoch, wire)
     }
 
     /// Evicts the oldest stored messages of any room until under the cap.

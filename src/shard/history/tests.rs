@@ -159,3 +159,40 @@ fn read_marks_only_move_forward_and_are_bounded() {
     assert_eq!(logs.resume(&room, P, 0, None, 0).mark, None);
     assert_eq!(logs.unread("nope", 7), None);
 }
+
+#[test]
+fn a_cluster_cache_takes_redis_offsets_and_knows_where_it_starts() {
+    let mut logs = Logs::new(1 << 20);
+    let room: Arc<str> = "live://c".into();
+    // Synced at offset 10 of epoch 7: nothing before it here.
+    logs.sync(&room, P, 0, 7, 10);
+    let log = logs.get(&room).unwrap();
+    assert_eq!((log.epoch, log.last, log.lost_through), (7, 10, 10));
+    assert_eq!(resume(&mut logs, &room, 10, 7, 0), Ok(vec![]));
+    assert_eq!(resume(&mut logs, &room, 9, 7, 0), Err(Unrecovered::HistoryGone));
+    // Messages in order are stored; one the cache has passed is not.
+    assert!(logs.store(&room, P, 0, (11, 7), None, frame(11, 7)));
+    assert!(logs.store(&room, P, 0, (12, 7), None, frame(12, 7)));
+    assert!(!logs.store(&room, P, 0, (12, 7), None, frame(12, 7)));
+    assert!(!logs.store(&room, P, 0, (3, 7), None, frame(3, 7)));
+    assert_eq!(resume(&mut logs, &room, 10, 7, 0), Ok(vec![11, 12]));
+    // A gap: resumes from before it are refused, never gapped.
+    assert!(logs.store(&room, P, 0, (15, 7), None, frame(15, 7)));
+    assert_eq!(resume(&mut logs, &room, 12, 7, 0), Err(Unrecovered::HistoryGone));
+    assert_eq!(resume(&mut logs, &room, 14, 7, 0), Ok(vec![15]));
+    // Synced again at the same place: the cache stays.
+    logs.sync(&room, P, 0, 7, 15);
+    assert_eq!(resume(&mut logs, &room, 14, 7, 0), Ok(vec![15]));
+    // Synced further on (messages missed while unsubscribed): it starts over.
+    logs.sync(&room, P, 0, 7, 20);
+    assert_eq!(resume(&mut logs, &room, 15, 7, 0), Err(Unrecovered::HistoryGone));
+    assert_eq!((logs.messages(), logs.get(&room).unwrap().last), (0, 20));
+    // Another epoch (Redis lost the room): over again, marks gone too.
+    logs.mark(&room, P, 0, 1, 20, 10);
+    assert!(logs.store(&room, P, 0, (1, 8), None, frame(1, 8)));
+    let log = logs.get(&room).unwrap();
+    assert_eq!((log.epoch, log.last, log.lost_through), (8, 1, 0));
+    assert_eq!(logs.unread(&room, 1), Some((0, 1)));
+    assert_eq!(resume(&mut logs, &room, 0, 8, 0), Ok(vec![1]));
+    assert_eq!(resume(&mut logs, &room, 0, 7, 0), Err(Unrecovered::EpochChanged));
+}

@@ -1,0 +1,634 @@
+//! Cluster mode on a shard: room messages through Redis (SPEC section 5).
+//!
+//! Owns, per shard, its link and its subscriber to each Redis instance
+//! (`cluster::link`, `cluster::subscriber`) and, for the rooms this shard
+//! owns that have members on this node, where their subscription stands
+//! (`RoomSync`).
+//!
+//! Runs on every shard of a node with `[redis] urls`; the tasks it spawns
+//! (one per publish, sync or history read) run in the shard's control
+//! queue and come back to the shard through a weak handle. Nothing here
+//! runs in single-node mode (`Shard::cluster` is `None`).
+//!
+//! ```text
+//! publish R (any shard) ──EVALSHA publish──> Redis: offset, Stream, PUBLISH vly:{R}
+//!                                                               │
+//! first member of R on a shard ─Interest─> owner_of(R) ─SUBSCRIBE┘ (once per node)
+//! owner: Subscribed ─> sync (epoch, newest offset) ─> Live ─> each message: cache, RoomFrame to every shard
+//! ```
+//!
+//! Invariants: a room message reaches this node's members only from the
+//! channel, in the order Redis published it, and gets its offset and epoch
+//! from Redis only; a room is `Live` only after its subscription was
+//! confirmed and its position read after that, so every message past the
+//! position arrives on the channel (messages at or before it are dropped,
+//! as the cache already stands past them); a join is answered only once the
+//! room is `Live`; a publish is answered a success only when Redis took it.
+
+use super::mesh::{owner_of_str, Answer, ConnRef, GlobalConn, Publication, Published, ShardMsg};
+use super::state::Shard;
+use crate::cluster::link::Link;
+use crate::cluster::room::{self, Dedup, Message, RoomKeys, Stored, PATTERN_CHANNEL};
+use crate::cluster::subscriber::{Event, Subscriber};
+use crate::cluster::{instance_of, RedisUrl};
+use crate::metrics::ShardStats;
+use crate::proto::binary;
+use crate::proto::v2::{Envelope, ErrorCode, Kind, Resume, Unrecovered};
+use crate::proto::wire::{Frames, Wire};
+use fnv::FnvHashMap;
+use glommio::TaskQueueHandle;
+use std::cell::RefCell;
+use std::rc::Weak;
+use std::sync::Arc;
+
+/// Seconds a room stays subscribed after the node's last member left (and
+/// the shards' published views, a second late, say so): a member coming
+/// back soon finds it live.
+const LINGER_SECS: u32 = 5;
+/// Most channel messages kept for a room while its position is read.
+const MAX_HELD: usize = 65_536;
+/// Seconds a pattern publish's token is remembered per room.
+const PATTERN_DEDUP_SECS: u32 = 60;
+
+/// A shard's cluster state (see the module doc).
+pub struct ShardCluster {
+    /// Per instance, the shard's command link.
+    links: Vec<Link>,
+    /// Per instance, the shard's pub/sub connection.
+    subs: Vec<Subscriber>,
+    /// Where the shard's Redis tasks run.
+    queue: TaskQueueHandle,
+    /// The shard itself, for the tasks to come back to.
+    me: Weak<RefCell<Shard>>,
+    /// Rooms this shard owns with members on this node.
+    rooms: FnvHashMap<Arc<str>, RoomSync>,
+}
+
+/// Where a room's subscription stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    /// SUBSCRIBE sent (or to be sent when the subscriber reconnects).
+    Subscribing,
+    /// Subscribed; its position is being read.
+    Syncing,
+    /// The read failed at this tick; tried again at the next sweep.
+    Failed(u32),
+    /// Every message past the position arrives on the channel.
+    Live,
+}
+
+struct RoomSync {
+    state: State,
+    /// Version-2 joins waiting for `Live`.
+    joins: Vec<Join>,
+    /// Channel messages that arrived while `Syncing`.
+    held: Vec<Message>,
+    /// Tick of the last sign of a member (a join, a first member on a
+    /// shard).
+    touched: u32,
+    /// Which read of the position is the current one (an answer to an
+    /// earlier one, overtaken by a lost subscription, is ignored).
+    sync: u32,
+}
+
+/// A version-2 join as its owner received it.
+#[derive(Debug, Clone)]
+pub(super) struct Join {
+    pub at: GlobalConn,
+    pub seq: u32,
+    pub resume: Option<Resume>,
+    pub mid: i64,
+    pub presence: bool,
+}
+
+impl ShardCluster {
+    /// The links and subscribers of shard `id` to `urls` (not connected:
+    /// `tasks` gives what to run), spawning into `queue`. Shard 0 also
+    /// listens for pattern publishes.
+    pub fn new(id: usize, urls: &[RedisUrl], queue: TaskQueueHandle) -> ShardCluster {
+        let subs: Vec<Subscriber> = urls.iter().cloned().map(Subscriber::new).collect();
+        if id == 0 {
+            subs[0].subscribe(PATTERN_CHANNEL);
+        }
+        ShardCluster {
+            links: urls.iter().cloned().map(Link::new).collect(),
+            subs,
+            queue,
+            me: Weak::new(),
+            rooms: FnvHashMap::default(),
+        }
+    }
+
+    /// The links and subscribers, per instance, for their tasks to run.
+    pub fn connections(&self) -> (Vec<Link>, Vec<Subscriber>) {
+        (self.links.clone(), self.subs.clone())
+    }
+
+    /// The shard this state belongs to (set once the shard is shared).
+    pub fn set_shard(&mut self, me: Weak<RefCell<Shard>>) {
+        self.me = me;
+    }
+
+    fn link_for(&self, name: &str) -> (usize, Link) {
+        let i = instance_of(name.as_bytes(), self.links.len());
+        (i, self.links[i].clone())
+    }
+
+    fn spawn(&self, f: impl std::future::Future<Output = ()> + 'static) {
+        if let Ok(t) = glommio::spawn_local_into(f, self.queue) {
+            t.detach();
+        }
+    }
+}
+
+/// Runs `f` on the shard behind `me`, if it is still there.
+fn with_shard(me: &Weak<RefCell<Shard>>, f: impl FnOnce(&mut Shard)) {
+    if let Some(sh) = me.upgrade() {
+        let mut sh = sh.borrow_mut();
+        sh.set_clock(crate::metrics::clock_us());
+        f(&mut sh);
+    }
+}
+
+impl Shard {
+    /// Whether this node is part of a cluster.
+    pub fn clustered(&self) -> bool {
+        self.cluster.is_some()
+    }
+
+    /// Cluster mode: why a publish to `room` (a pattern publish: `None`)
+    /// would fail now, its instance's link being down; so that a publisher
+    /// that gets no answer per message (the TCP publisher, fire-and-forget
+    /// routes) is refused instead of told "routed".
+    pub fn cluster_refuses(&self, room: Option<&str>) -> Option<String> {
+        let c = self.cluster.as_ref()?;
+        let link = match room {
+            Some(r) => c.link_for(r).1,
+            None => c.links[0].clone(),
+        };
+        link.down_reason()
+    }
+
+    /// Cluster mode, on any shard: publishes a room message through
+    /// Redis and tells `reply` what it got (or why not).
+    pub(super) fn cluster_publish(&mut self, room: Arc<str>, msg: Publication, reply: Answer) {
+        let Some(c) = self.cluster.as_ref() else { return };
+        let (_, link) = c.link_for(&room);
+        let me = c.me.clone();
+        let bound = self.cfg().history.policy(&room).messages.clamp(1, u32::MAX as usize) as u32;
+        let keys = RoomKeys::of(&room);
+        let dedup = match (&msg.id, msg.token) {
+            (Some(id), _) => Some(Dedup {
+                key: keys.dedup(id),
+                secs: self.cfg().api.dedup_window_secs,
+            }),
+            (None, Some(t)) => Some(Dedup {
+                key: keys.pattern_dedup(t),
+                secs: PATTERN_DEDUP_SECS,
+            }),
+            (None, None) => None,
+        };
+        let m = Message {
+            offset: 0,
+            epoch: 0,
+            op: msg.op,
+            ttl: msg.ttl.unwrap_or(0),
+            id: msg.id.as_deref().unwrap_or("").to_string(),
+            payload: msg.payload,
+        };
+        let shared = self.shared.clone();
+        let id = self.id;
+        c.spawn(async move {
+            let got = room::publish(&link, &room, &m, bound, dedup.as_ref()).await;
+            let got = got.map_err(|e| {
+                ShardStats::add(&shared.stats[id].cluster_publish_failed, 1);
+                e.to_string()
+            });
+            let got = got.map(|p| Published {
+                offset: p.offset,
+                epoch: p.epoch,
+                duplicate: p.duplicate,
+            });
+            if got.as_ref().is_ok_and(|p| p.duplicate) {
+                ShardStats::add(&shared.stats[id].publish_duplicates, 1);
+            }
+            match reply {
+                Answer::None => {}
+                Answer::Api(r) => r.send(got),
+                Answer::Client { at, seq } => with_shard(&me, |sh| match got {
+                    Ok(p) => sh.client_published(at.conn, seq, &room, p),
+                    Err(e) => sh.v2_error(at.conn, seq, ErrorCode::Unavailable, &e),
+                }),
+            }
+        });
+    }
+
+    /// Cluster mode, on any shard: a pattern publish goes to every node on
+    /// `PATTERN_CHANNEL`; each publishes it to the matching rooms it knows
+    /// (`pattern_message`).
+    pub fn cluster_publish_pattern(&mut self, pattern: &str, msg: &Publication) {
+        let Some(c) = self.cluster.as_ref() else { return };
+        let link = c.links[0].clone();
+        let m = Message {
+            offset: 0,
+            epoch: 1,
+            op: msg.op,
+            ttl: msg.ttl.unwrap_or(0),
+            id: msg.id.as_deref().unwrap_or("").to_string(),
+            payload: msg.payload.clone(),
+        };
+        let body = room::encode_pattern(pattern, fastrand::u64(1..), &m);
+        let (shared, id) = (self.shared.clone(), self.id);
+        c.spawn(async move {
+            if let Err(e) = link.call(&[b"PUBLISH", PATTERN_CHANNEL.as_bytes(), &body]).await {
+                ShardStats::add(&shared.stats[id].cluster_publish_failed, 1);
+                tracing::warn!(error = %e, "pattern publish not sent");
+            }
+        });
+    }
+
+    /// On any shard: `room` got its first member on this shard; in
+    /// cluster mode its owner makes sure the node is subscribed to it.
+    pub(super) fn first_member(&mut self, room: &str) {
+        if self.cluster.is_some() {
+            let owner = owner_of_str(room, self.nr());
+            self.route(owner, ShardMsg::Interest { room: Arc::from(room) });
+        }
+    }
+
+    /// On a room's owner: the node has (or is about to have) a member of
+    /// `room`: subscribes to its channel unless it is already.
+    pub(super) fn want_room(&mut self, room: &Arc<str>) {
+        let tick = self.wheel.now();
+        let Some(c) = self.cluster.as_mut() else { return };
+        if let Some(s) = c.rooms.get_mut(room) {
+            s.touched = tick;
+            return;
+        }
+        let i = instance_of(room.as_bytes(), c.subs.len());
+        c.subs[i].subscribe(&RoomKeys::of(room).channel);
+        c.rooms.insert(
+            room.clone(),
+            RoomSync {
+                state: State::Subscribing,
+                joins: Vec::new(),
+                held: Vec::new(),
+                touched: tick,
+                sync: 0,
+            },
+        );
+        self.count_cluster();
+    }
+
+    /// On a room's owner, cluster mode: a version-2 join, answered once
+    /// the room is live (at once if it is).
+    pub(super) fn cluster_join(&mut self, room: Arc<str>, j: Join) {
+        self.want_room(&room);
+        let Some(c) = self.cluster.as_mut() else { return };
+        let i = instance_of(room.as_bytes(), c.subs.len());
+        let down = c.subs[i].down_reason();
+        let Some(s) = c.rooms.get_mut(&room) else { return };
+        match (s.state, down) {
+            (State::Live, _) => self.join_live(room, j),
+            (_, Some(why)) => self.join_failed(&room, &j, &why),
+            _ => s.joins.push(j),
+        }
+    }
+
+    /// A live room's join: from the node's cache when it reaches back far
+    /// enough, else the missing part is read from the room's Stream first.
+    fn join_live(&mut self, room: Arc<str>, j: Join) {
+        let policy = self.cfg().history.policy(&room);
+        let Some(log) = self.logs.get(&room) else {
+            return self.join_req(room, j.at, j.seq, (j.resume, j.mid, j.presence));
+        };
+        let from_redis = j.resume.and_then(|r| {
+            let from = r.offset + 1;
+            let through = log.lost_through;
+            (r.epoch == log.epoch && r.offset < through && through - r.offset <= policy.messages as u64)
+                .then_some((from, through, log.epoch))
+        });
+        let Some((from, through, epoch)) = from_redis else {
+            return self.join_req(room, j.at, j.seq, (j.resume, j.mid, j.presence));
+        };
+        let Some(c) = self.cluster.as_ref() else { return };
+        let (_, link) = c.link_for(&room);
+        let me = c.me.clone();
+        c.spawn(async move {
+            let got = room::range(&link, &room, epoch, from, through).await;
+            with_shard(&me, |sh| sh.join_with(room, j, from, through, got));
+        });
+    }
+
+    /// A resume's missing part, `from..=through`, as read from the Stream:
+    /// replayed before what the cache holds after `through`, if every
+    /// offset is there (expired ones skipped, as in the cache).
+    fn join_with(
+        &mut self,
+        room: Arc<str>,
+        j: Join,
+        from: u64,
+        through: u64,
+        got: Result<Vec<Stored>, crate::cluster::link::RedisError>,
+    ) {
+        let Some(resume) = j.resume else { return };
+        let entries = match got {
+            Ok(e) => e,
+            Err(e) => return self.join_failed(&room, &j, &e.to_string()),
+        };
+        let policy = self.cfg().history.policy(&room);
+        let unix = self.unix_now;
+        let gapless = entries.len() as u64 == through + 1 - from
+            && entries.iter().zip(from..).all(|(s, o)| s.msg.offset == o)
+            && entries
+                .iter()
+                .all(|s| s.at.saturating_add(u64::from(policy.max_age)) > unix);
+        // The cache goes on from `through` (if it still does).
+        let mut resumed = self.logs.resume(
+            &room,
+            policy,
+            self.wheel.now(),
+            Some(Resume {
+                offset: through,
+                epoch: resume.epoch,
+            }),
+            j.mid,
+        );
+        resumed.replay = match resumed.replay {
+            Ok(rest) if gapless => {
+                let mut all: Vec<Wire> = entries
+                    .iter()
+                    .filter(|s| s.msg.ttl == 0 || s.at + u64::from(s.msg.ttl) > unix)
+                    .map(|s| room_frames(&room, &s.msg).v2)
+                    .collect();
+                all.extend(rest);
+                Ok(all)
+            }
+            Ok(_) => Err(Unrecovered::HistoryGone),
+            Err(e) => Err(e),
+        };
+        self.count_history();
+        self.route(
+            usize::from(j.at.shard),
+            ShardMsg::JoinReply {
+                conn: j.at.conn,
+                seq: j.seq,
+                room,
+                asked: true,
+                resumed,
+                presence: j.presence,
+            },
+        );
+    }
+
+    /// A join that cannot be answered (Redis unreachable): its connection
+    /// is told so and may try again.
+    fn join_failed(&mut self, room: &Arc<str>, j: &Join, why: &str) {
+        self.route(
+            usize::from(j.at.shard),
+            ShardMsg::JoinFailed {
+                conn: j.at.conn,
+                seq: j.seq,
+                room: room.clone(),
+                why: why.into(),
+            },
+        );
+    }
+
+    /// On the joining connection's shard: its join failed.
+    pub(super) fn on_join_failed(&mut self, r: ConnRef, seq: u32, room: &str, why: &str) {
+        let Some(v2) = self.conn_mut(r).and_then(|c| c.v2_mut()) else {
+            return;
+        };
+        let Some(i) = v2.joining.iter().position(|j| &**j == room) else {
+            return;
+        };
+        v2.joining.swap_remove(i);
+        self.v2_error(r, seq, ErrorCode::Unavailable, why);
+    }
+
+    /// What this shard's subscriber to instance `i` heard.
+    pub fn on_redis(&mut self, i: usize, e: Event) {
+        match e {
+            Event::Message { channel, payload } if &channel[..] == PATTERN_CHANNEL.as_bytes() => {
+                match room::decode_pattern(&payload) {
+                    Ok((pattern, token, m)) => self.pattern_message(pattern, token, m),
+                    Err(e) => self.bad_channel_message(&channel, e),
+                }
+            }
+            Event::Message { channel, payload } => {
+                let Some(name) = RoomKeys::room_of(&channel) else {
+                    return;
+                };
+                let m = match room::decode_message(&payload) {
+                    Ok(m) => m,
+                    Err(e) => return self.bad_channel_message(&channel, e),
+                };
+                let Some((room, s)) = self.cluster_room(name) else {
+                    return;
+                };
+                match s.state {
+                    State::Live => self.apply(&room, m),
+                    State::Syncing if s.held.len() < MAX_HELD => s.held.push(m),
+                    _ => {}
+                }
+            }
+            Event::Subscribed(channel) => {
+                let Some(name) = RoomKeys::room_of(&channel) else {
+                    return;
+                };
+                let Some((room, s)) = self.cluster_room(name) else {
+                    return;
+                };
+                if s.state == State::Subscribing {
+                    self.start_sync(room);
+                }
+            }
+            Event::Down => {
+                let Some(c) = self.cluster.as_mut() else { return };
+                let n = c.subs.len();
+                let mut failed = Vec::new();
+                for (room, s) in &mut c.rooms {
+                    if instance_of(room.as_bytes(), n) == i {
+                        s.state = State::Subscribing;
+                        s.held.clear();
+                        failed.extend(s.joins.drain(..).map(|j| (room.clone(), j)));
+                    }
+                }
+                let why = c.subs[i].down_reason().unwrap_or_default();
+                for (room, j) in failed {
+                    self.join_failed(&room, &j, &why);
+                }
+            }
+        }
+    }
+
+    /// A subscribed room by name: its shared name and its state.
+    fn cluster_room(&mut self, name: &str) -> Option<(Arc<str>, &mut RoomSync)> {
+        let rooms = &mut self.cluster.as_mut()?.rooms;
+        let room = rooms.get_key_value(name)?.0.clone();
+        let s = rooms.get_mut(name)?;
+        Some((room, s))
+    }
+
+    fn bad_channel_message(&mut self, channel: &[u8], e: room::BadMessage) {
+        ShardStats::add(&self.stats().cluster_bad_messages, 1);
+        tracing::warn!(channel = %String::from_utf8_lossy(channel), error = %e, "cluster message refused");
+    }
+
+    /// Reads a subscribed room's position (`room::sync`).
+    fn start_sync(&mut self, room: Arc<str>) {
+        let Some(c) = self.cluster.as_mut() else { return };
+        let Some(s) = c.rooms.get_mut(&room) else { return };
+        s.state = State::Syncing;
+        s.sync = s.sync.wrapping_add(1);
+        let gen = s.sync;
+        let (_, link) = c.link_for(&room);
+        let me = c.me.clone();
+        c.spawn(async move {
+            let got = room::sync(&link, &room).await;
+            with_shard(&me, |sh| sh.synced(room, gen, got));
+        });
+    }
+
+    /// A room's position as read after its subscription was confirmed:
+    /// the cache is set there, what the channel brought meanwhile is
+    /// applied, and the waiting joins are answered.
+    fn synced(&mut self, room: Arc<str>, gen: u32, got: Result<(u64, u64), crate::cluster::link::RedisError>) {
+        let tick = self.wheel.now();
+        let Some(s) = self.cluster.as_mut().and_then(|c| c.rooms.get_mut(&room)) else {
+            return;
+        };
+        if s.state != State::Syncing || s.sync != gen {
+            // The subscription went down meanwhile; it syncs again.
+            return;
+        }
+        let (offset, epoch) = match got {
+            Ok(p) => p,
+            Err(e) => {
+                s.state = State::Failed(tick);
+                s.held.clear();
+                let joins = std::mem::take(&mut s.joins);
+                let why = e.to_string();
+                for j in &joins {
+                    self.join_failed(&room, j, &why);
+                }
+                return;
+            }
+        };
+        s.state = State::Live;
+        let held = std::mem::take(&mut s.held);
+        let joins = std::mem::take(&mut s.joins);
+        let policy = self.cfg().history.policy(&room);
+        self.logs.sync(&room, policy, tick, epoch, offset);
+        for m in held {
+            self.apply(&room, m);
+        }
+        for j in joins {
+            self.join_live(room.clone(), j);
+        }
+    }
+
+    /// A live room's message from the channel: into the node's cache and
+    /// to every member on the node (nothing for an offset the cache has
+    /// passed).
+    fn apply(&mut self, room: &Arc<str>, m: Message) {
+        let policy = self.cfg().history.policy(room);
+        let now = self.wheel.now();
+        let frames = room_frames(room, &m);
+        let ttl = (m.ttl > 0).then_some(m.ttl);
+        if self
+            .logs
+            .store(room, policy, now, (m.offset, m.epoch), ttl, frames.v2.clone())
+        {
+            self.count_history();
+            self.fan_out_room(room, &frames);
+        }
+    }
+
+    /// A pattern publish from the cluster channel (on shard 0): every shard
+    /// publishes it to the matching rooms it owns and knows.
+    fn pattern_message(&mut self, pattern: String, token: u64, m: Message) {
+        if crate::proto::pattern::kind(&pattern) != crate::proto::pattern::Kind::Pattern {
+            return self.bad_channel_message(PATTERN_CHANNEL.as_bytes(), room::BadMessage("not a pattern"));
+        }
+        let msg = Publication {
+            op: m.op,
+            id: (!m.id.is_empty()).then(|| Arc::from(m.id.as_str())),
+            payload: m.payload,
+            ttl: (m.ttl > 0).then_some(m.ttl),
+            token: Some(token),
+        };
+        let pattern: Arc<str> = Arc::from(pattern);
+        for s in 0..self.nr() {
+            self.route(
+                s,
+                ShardMsg::PublishPattern {
+                    pattern: pattern.clone(),
+                    msg: msg.clone(),
+                },
+            );
+        }
+    }
+
+    /// Once a sweep, on each shard: retries failed syncs, and unsubscribes
+    /// from rooms the node has had no member of for `LINGER_SECS`.
+    pub(super) fn cluster_sweep(&mut self) {
+        let tick = self.wheel.now();
+        let Some(c) = self.cluster.as_ref() else { return };
+        let mut retry = Vec::new();
+        let mut idle = Vec::new();
+        for (room, s) in &c.rooms {
+            match s.state {
+                State::Failed(at) if tick > at => retry.push(room.clone()),
+                _ if s.joins.is_empty()
+                    && tick.saturating_sub(s.touched) > LINGER_SECS
+                    && self.shared.room_count(room, Some((self.id, self.rooms.count(room)))) == 0 =>
+                {
+                    idle.push(room.clone());
+                }
+                _ => {}
+            }
+        }
+        for room in retry {
+            self.start_sync(room);
+        }
+        if let Some(c) = self.cluster.as_mut() {
+            let n = c.subs.len();
+            for room in &idle {
+                c.rooms.remove(room);
+                c.subs[instance_of(room.as_bytes(), n)].unsubscribe(&RoomKeys::of(room).channel);
+            }
+        }
+        self.count_cluster();
+    }
+
+    /// Publishes the number of subscribed rooms into the shard's stats.
+    fn count_cluster(&self) {
+        if let Some(c) = &self.cluster {
+            self.stats()
+                .cluster_rooms
+                .store(c.rooms.len() as u64, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+}
+
+/// A room message's frames: version 1 (the payload) and the version-2
+/// envelope with its offset and epoch.
+pub(super) fn room_frames(room: &str, m: &Message) -> Frames {
+    Frames {
+        v1: Wire::encode(binary::VERSION_GOIM, m.op, 0, &m.payload),
+        v2: Wire::from_tcp(
+            Envelope {
+                op: m.op,
+                kind: Kind::Room,
+                room,
+                offset: m.offset,
+                epoch: m.epoch,
+                id: &m.id,
+                payload: &m.payload,
+            }
+            .frame(),
+        ),
+    }
+}
