@@ -366,8 +366,9 @@ pub fn redis_reply(data: &[u8]) {
     }
 }
 
-/// Room and pattern messages from a cluster channel
-/// (`cluster::room::decode_message`, `decode_pattern`): what decodes
+/// Room, pattern and direct push messages from a cluster channel
+/// (`cluster::room::decode_message`, `decode_pattern`,
+/// `cluster::push::decode_push`): what decodes
 /// re-encodes to the same bytes (one form per message), and the payload is
 /// the input's tail.
 pub fn cluster_message(data: &[u8]) {
@@ -387,5 +388,10 @@ pub fn cluster_message(data: &[u8]) {
             data,
             "one form per pattern message"
         );
+    }
+    // And as a key, user or everyone push.
+    if let Ok(p) = volley::cluster::push::decode_push(&b) {
+        let again = volley::cluster::push::encode_push(&p).expect("never a room");
+        assert_eq!(again, data, "one form per push");
     }
 }

@@ -8,8 +8,11 @@
 //!
 //! `publish`: a room push goes to the room's owner shard (which fans it out
 //! to every shard), a key or user push to the owners of those keys or
-//! users, a global push to every shard; a message for this shard is handled
-//! inline, the rest travel through the mesh.
+//! users, a global push to every shard (`Shard::route_push`); a message for
+//! this shard is handled inline, the rest travel through the mesh. In
+//! cluster mode room pushes go to Redis from the shard they entered, and
+//! pattern, key, user and global pushes to every node through Redis
+//! (`shard::cluster`).
 //!
 //! Invariants: a push is checked whole (payload size, target counts, room
 //! length, message id) before anything is routed; its frames are encoded
@@ -24,12 +27,10 @@ use crate::metrics::ShardStats;
 use crate::proto::body::MAX_ROOM_LEN;
 use crate::proto::pattern;
 pub use crate::proto::publish::Target;
-use crate::proto::v2::{Envelope, Kind, MAX_ID_LEN};
-use crate::proto::wire::Frames;
-use crate::shard::mesh::{owner_of_mid, owner_of_str, Answer, Publication, PublishOutcome, Reply, ReplyWait, ShardMsg};
+use crate::proto::v2::MAX_ID_LEN;
+use crate::shard::mesh::{owner_of_str, Answer, Publication, PublishOutcome, Reply, ReplyWait, ShardMsg};
 use crate::shard::Shard;
 use bytes::Bytes;
-use fnv::FnvHashMap;
 use std::sync::Arc;
 
 /// Most keys or mids in one push.
@@ -120,29 +121,20 @@ pub fn publish(
     answer: bool,
 ) -> Result<Option<ReplyWait<PublishOutcome>>, PublishError> {
     check(&target, payload, &meta, sh.shared.config.api.max_push_body)?;
-    if let Target::Room(room) = &target {
-        let pattern = pattern::kind(room) == pattern::Kind::Pattern;
-        if let Some(why) = sh.cluster_refuses((!pattern).then_some(room.as_str())) {
-            ShardStats::add(&sh.stats().cluster_publish_failed, 1);
-            return Err(PublishError::Unavailable(why));
-        }
+    // Rooms by their instance; patterns, keys, users and everyone on the
+    // first.
+    let room = match &target {
+        Target::Room(room) if pattern::kind(room) != pattern::Kind::Pattern => Some(room.as_str()),
+        _ => None,
+    };
+    if let Some(why) = sh.cluster_refuses(room) {
+        ShardStats::add(&sh.stats().cluster_publish_failed, 1);
+        return Err(PublishError::Unavailable(why));
     }
     let dedup: Option<Arc<str>> = meta.id.as_deref().map(Arc::from);
     let mut wait = None;
     ShardStats::add(&sh.stats().published, 1);
     let n = sh.nr_shards();
-    let id = meta.id.as_deref().unwrap_or("");
-    let direct = |kind| {
-        Frames::new(&Envelope {
-            op,
-            kind,
-            room: "",
-            offset: 0,
-            epoch: 0,
-            id,
-            payload,
-        })
-    };
     match target {
         Target::Room(room) if pattern::kind(&room) == pattern::Kind::Pattern => {
             let msg = Publication {
@@ -195,66 +187,12 @@ pub fn publish(
                 },
             );
         }
-        Target::All => {
-            let frames = direct(Kind::Direct);
-            for s in 0..n {
-                sh.route(
-                    s,
-                    ShardMsg::All {
-                        op,
-                        frames: frames.clone(),
-                        dedup: dedup.clone(),
-                    },
-                );
-            }
+        target if sh.clustered() => {
+            // Every node, this one too, routes it from the cluster's push
+            // channel.
+            sh.cluster_push(target, op, payload, meta.id.as_deref(), meta.ttl);
         }
-        Target::Keys(keys) => {
-            let frames = direct(Kind::Direct);
-            let mut by: FnvHashMap<usize, Vec<Arc<str>>> = FnvHashMap::default();
-            for k in keys {
-                by.entry(owner_of_str(&k, n)).or_default().push(Arc::from(k));
-            }
-            for (s, keys) in by {
-                sh.route(
-                    s,
-                    ShardMsg::PushKeys {
-                        keys,
-                        op,
-                        frames: frames.clone(),
-                        dedup: dedup.clone(),
-                    },
-                );
-            }
-        }
-        Target::Mids(mids) => {
-            let id = sh.next_push_id();
-            let frames = Frames::new(&Envelope {
-                op,
-                kind: Kind::User,
-                room: "",
-                offset: id,
-                epoch: 0,
-                id: meta.id.as_deref().unwrap_or(""),
-                payload,
-            });
-            let mut by: FnvHashMap<usize, Vec<i64>> = FnvHashMap::default();
-            for m in mids {
-                by.entry(owner_of_mid(m, n)).or_default().push(m);
-            }
-            for (s, mids) in by {
-                sh.route(
-                    s,
-                    ShardMsg::PushMids {
-                        mids,
-                        op,
-                        frames: frames.clone(),
-                        id,
-                        ttl: meta.ttl,
-                        dedup: dedup.clone(),
-                    },
-                );
-            }
-        }
+        target => sh.route_push(target, op, payload, meta.id.as_deref(), meta.ttl),
     }
     Ok(wait)
 }

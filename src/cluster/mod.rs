@@ -20,6 +20,7 @@
 //! command at once with `RedisError::Down` (never a reply it did not get).
 
 pub mod link;
+pub mod push;
 pub mod room;
 pub mod subscriber;
 

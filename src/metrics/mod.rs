@@ -168,6 +168,7 @@ shard_stats! {
     Counter inbox_expired: "Inbox pushes that left at the end of their TTL.";
     Gauge cluster_rooms: "Cluster mode: rooms this shard owns whose channel the node is subscribed to (it has members of them).";
     Counter cluster_publish_failed: "Cluster mode: publishes Redis did not take (unreachable, or an error), each answered as failed.";
+    Counter cluster_filled: "Cluster mode: messages read back from a room's Stream for the node's members after its subscription was lost.";
     Counter cluster_bad_messages: "Cluster mode: messages on a volley channel that did not decode (refused, logged).";
 }
 

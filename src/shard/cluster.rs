@@ -28,13 +28,16 @@
 use super::mesh::{owner_of_str, Answer, ConnRef, GlobalConn, Publication, Published, ShardMsg};
 use super::state::Shard;
 use crate::cluster::link::Link;
+use crate::cluster::push::{decode_push, encode_push, Push, PUSH_CHANNEL};
 use crate::cluster::room::{self, Dedup, Message, RoomKeys, Stored, PATTERN_CHANNEL};
 use crate::cluster::subscriber::{Event, Subscriber};
 use crate::cluster::{instance_of, RedisUrl};
 use crate::metrics::ShardStats;
 use crate::proto::binary;
+use crate::proto::publish::Target;
 use crate::proto::v2::{Envelope, ErrorCode, Kind, Resume, Unrecovered};
 use crate::proto::wire::{Frames, Wire};
+use bytes::Bytes;
 use fnv::FnvHashMap;
 use glommio::TaskQueueHandle;
 use std::cell::RefCell;
@@ -104,11 +107,12 @@ pub(super) struct Join {
 impl ShardCluster {
     /// The links and subscribers of shard `id` to `urls` (not connected:
     /// `tasks` gives what to run), spawning into `queue`. Shard 0 also
-    /// listens for pattern publishes.
+    /// listens for pattern publishes and for key, user and everyone pushes.
     pub fn new(id: usize, urls: &[RedisUrl], queue: TaskQueueHandle) -> ShardCluster {
         let subs: Vec<Subscriber> = urls.iter().cloned().map(Subscriber::new).collect();
         if id == 0 {
             subs[0].subscribe(PATTERN_CHANNEL);
+            subs[0].subscribe(PUSH_CHANNEL);
         }
         ShardCluster {
             links: urls.iter().cloned().map(Link::new).collect(),
@@ -243,6 +247,29 @@ impl Shard {
             if let Err(e) = link.call(&[b"PUBLISH", PATTERN_CHANNEL.as_bytes(), &body]).await {
                 ShardStats::add(&shared.stats[id].cluster_publish_failed, 1);
                 tracing::warn!(error = %e, "pattern publish not sent");
+            }
+        });
+    }
+
+    /// Cluster mode, on any shard: a push to keys, users or everyone goes
+    /// to every node on `PUSH_CHANNEL` (one Redis command), each routing it
+    /// to what it holds (`on_redis`).
+    pub fn cluster_push(&mut self, target: Target, op: u32, payload: &[u8], id: Option<&str>, ttl: Option<u32>) {
+        let Some(c) = self.cluster.as_ref() else { return };
+        let link = c.links[0].clone();
+        let p = Push {
+            target,
+            op,
+            ttl: ttl.unwrap_or(0),
+            id: id.unwrap_or("").to_string(),
+            payload: Bytes::copy_from_slice(payload),
+        };
+        let Some(body) = encode_push(&p) else { return };
+        let (shared, me) = (self.shared.clone(), self.id);
+        c.spawn(async move {
+            if let Err(e) = link.call(&[b"PUBLISH", PUSH_CHANNEL.as_bytes(), &body]).await {
+                ShardStats::add(&shared.stats[me].cluster_publish_failed, 1);
+                tracing::warn!(error = %e, "push not sent");
             }
         });
     }
@@ -410,6 +437,18 @@ impl Shard {
     /// What this shard's subscriber to instance `i` heard.
     pub fn on_redis(&mut self, i: usize, e: Event) {
         match e {
+            Event::Message { channel, payload } if &channel[..] == PUSH_CHANNEL.as_bytes() => {
+                match decode_push(&payload) {
+                    Ok(p) => {
+                        let (id, ttl) = (
+                            (!p.id.is_empty()).then_some(p.id.as_str()),
+                            (p.ttl > 0).then_some(p.ttl),
+                        );
+                        self.route_push(p.target, p.op, &p.payload, id, ttl);
+                    }
+                    Err(e) => self.bad_channel_message(&channel, e),
+                }
+            }
             Event::Message { channel, payload } if &channel[..] == PATTERN_CHANNEL.as_bytes() => {
                 match room::decode_pattern(&payload) {
                     Ok((pattern, token, m)) => self.pattern_message(pattern, token, m),
@@ -492,8 +531,8 @@ impl Shard {
     }
 
     /// A room's position as read after its subscription was confirmed:
-    /// the cache is set there, what the channel brought meanwhile is
-    /// applied, and the waiting joins are answered.
+    /// the cache is set there (after filling what it missed, if it was
+    /// live before), then the room goes live.
     fn synced(&mut self, room: Arc<str>, gen: u32, got: Result<(u64, u64), crate::cluster::link::RedisError>) {
         let tick = self.wheel.now();
         let Some(s) = self.cluster.as_mut().and_then(|c| c.rooms.get_mut(&room)) else {
@@ -505,27 +544,94 @@ impl Shard {
         }
         let (offset, epoch) = match got {
             Ok(p) => p,
-            Err(e) => {
-                s.state = State::Failed(tick);
-                s.held.clear();
-                let joins = std::mem::take(&mut s.joins);
-                let why = e.to_string();
-                for j in &joins {
-                    self.join_failed(&room, j, &why);
-                }
-                return;
+            Err(e) => return self.sync_failed(&room, &e.to_string()),
+        };
+        // The node had the room live before (its subscription was lost, or
+        // Redis restarted with its data): what was published meanwhile is
+        // read from the Stream and goes to the members first.
+        let policy = self.cfg().history.policy(&room);
+        let missed = self
+            .logs
+            .get(&room)
+            .filter(|l| l.epoch == epoch && l.last < offset && l.last > 0)
+            .map(|l| l.last + 1)
+            .filter(|&from| offset + 1 - from <= policy.messages as u64);
+        let Some(from) = missed else {
+            self.logs.sync(&room, policy, tick, epoch, offset);
+            return self.go_live(&room);
+        };
+        let Some(c) = self.cluster.as_ref() else { return };
+        let (_, link) = c.link_for(&room);
+        let me = c.me.clone();
+        c.spawn(async move {
+            let got = room::range(&link, &room, epoch, from, offset).await;
+            with_shard(&me, |sh| sh.filled(room, gen, (epoch, offset), got));
+        });
+    }
+
+    /// What a room's members missed while the node was not subscribed, as
+    /// read from the Stream: delivered in order (what the Stream no longer
+    /// holds is a gap the cache knows of), then the room goes live.
+    fn filled(
+        &mut self,
+        room: Arc<str>,
+        gen: u32,
+        (epoch, offset): (u64, u64),
+        got: Result<Vec<Stored>, crate::cluster::link::RedisError>,
+    ) {
+        let current = self
+            .cluster
+            .as_ref()
+            .and_then(|c| c.rooms.get(&room))
+            .is_some_and(|s| s.state == State::Syncing && s.sync == gen);
+        if !current {
+            return;
+        }
+        let entries = match got {
+            Ok(e) => e,
+            Err(e) => return self.sync_failed(&room, &e.to_string()),
+        };
+        let unix = self.unix_now;
+        ShardStats::add(&self.stats().cluster_filled, entries.len() as u64);
+        for s in entries {
+            if s.msg.ttl == 0 || s.at + u64::from(s.msg.ttl) > unix {
+                self.apply(&room, s.msg);
             }
+        }
+        let policy = self.cfg().history.policy(&room);
+        self.logs.sync(&room, policy, self.wheel.now(), epoch, offset);
+        self.go_live(&room);
+    }
+
+    /// A synced room: what the channel brought meanwhile is applied, and the
+    /// waiting joins are answered.
+    fn go_live(&mut self, room: &Arc<str>) {
+        let Some(s) = self.cluster.as_mut().and_then(|c| c.rooms.get_mut(room)) else {
+            return;
         };
         s.state = State::Live;
         let held = std::mem::take(&mut s.held);
         let joins = std::mem::take(&mut s.joins);
-        let policy = self.cfg().history.policy(&room);
-        self.logs.sync(&room, policy, tick, epoch, offset);
         for m in held {
-            self.apply(&room, m);
+            self.apply(room, m);
         }
         for j in joins {
             self.join_live(room.clone(), j);
+        }
+    }
+
+    /// Reading a room's position (or what it missed) failed: its joins are
+    /// told why, and the sweep tries again.
+    fn sync_failed(&mut self, room: &Arc<str>, why: &str) {
+        let tick = self.wheel.now();
+        let Some(s) = self.cluster.as_mut().and_then(|c| c.rooms.get_mut(room)) else {
+            return;
+        };
+        s.state = State::Failed(tick);
+        s.held.clear();
+        let joins = std::mem::take(&mut s.joins);
+        for j in &joins {
+            self.join_failed(room, j, why);
         }
     }
 

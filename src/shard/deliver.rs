@@ -26,7 +26,7 @@
 
 use super::conns::{Conn, Session, Transport};
 use super::dedup::Outcome;
-use super::mesh::{owner_of_str, Answer, ConnRef, Publication, Published, ShardMsg};
+use super::mesh::{owner_of_mid, owner_of_str, Answer, ConnRef, Publication, Published, ShardMsg};
 use super::outbound::{PushError, ENTRY_OVERHEAD};
 use super::state::Shard;
 use super::worklist::Worklist;
@@ -34,6 +34,7 @@ use crate::metrics::ShardStats;
 use crate::proto::binary;
 use crate::proto::close::CloseReason;
 use crate::proto::pattern;
+use crate::proto::publish::Target;
 use crate::proto::v2::{Envelope, Kind};
 use crate::proto::wire::{Frames, Wire};
 use bytes::Bytes;
@@ -351,6 +352,88 @@ impl Shard {
                     frames: frames.clone(),
                 },
             );
+        }
+    }
+
+    /// A push to keys, users or everyone (never a room), as it enters this
+    /// node: encoded once per form, then routed to the key and user owners,
+    /// or to every shard.
+    pub fn route_push(&mut self, target: Target, op: u32, payload: &[u8], id: Option<&str>, ttl: Option<u32>) {
+        let n = self.nr();
+        let dedup: Option<Arc<str>> = id.map(Arc::from);
+        let direct = || {
+            Frames::new(&Envelope {
+                op,
+                kind: Kind::Direct,
+                room: "",
+                offset: 0,
+                epoch: 0,
+                id: id.unwrap_or(""),
+                payload,
+            })
+        };
+        match target {
+            Target::Room(_) => {}
+            Target::All => {
+                let frames = direct();
+                for s in 0..n {
+                    self.route(
+                        s,
+                        ShardMsg::All {
+                            op,
+                            frames: frames.clone(),
+                            dedup: dedup.clone(),
+                        },
+                    );
+                }
+            }
+            Target::Keys(keys) => {
+                let frames = direct();
+                let mut by: FnvHashMap<usize, Vec<Arc<str>>> = FnvHashMap::default();
+                for k in keys {
+                    by.entry(owner_of_str(&k, n)).or_default().push(Arc::from(k));
+                }
+                for (s, keys) in by {
+                    self.route(
+                        s,
+                        ShardMsg::PushKeys {
+                            keys,
+                            op,
+                            frames: frames.clone(),
+                            dedup: dedup.clone(),
+                        },
+                    );
+                }
+            }
+            Target::Mids(mids) => {
+                let push = self.next_push_id();
+                let frames = Frames::new(&Envelope {
+                    op,
+                    kind: Kind::User,
+                    room: "",
+                    offset: push,
+                    epoch: 0,
+                    id: id.unwrap_or(""),
+                    payload,
+                });
+                let mut by: FnvHashMap<usize, Vec<i64>> = FnvHashMap::default();
+                for m in mids {
+                    by.entry(owner_of_mid(m, n)).or_default().push(m);
+                }
+                for (s, mids) in by {
+                    self.route(
+                        s,
+                        ShardMsg::PushMids {
+                            mids,
+                            op,
+                            frames: frames.clone(),
+                            id: push,
+                            ttl,
+                            dedup: dedup.clone(),
+                        },
+                    );
+                }
+            }
         }
     }
 

@@ -15,6 +15,11 @@
 //! only version 1                   no      all of them (at most once, as goim)
 //! ```
 //!
+//! In cluster mode (`shard::cluster`) every node hears every user push, and
+//! a node keeps one only for a user with a version-2 connection on it: a
+//! user connected nowhere has nothing kept (the inbox does not follow the
+//! user from node to node yet).
+//!
 //! A connection of the user that authenticates is sent what the inbox holds
 //! before any later push to the user (the owner sends both, in that order,
 //! through the connection shard's FIFO inbox). A version-2 one keeps it owed
@@ -42,9 +47,13 @@ impl Shard {
     pub(super) fn push_mids(&mut self, mids: &[i64], op: u32, frames: &Frames, id: u64, ttl: Option<u32>) {
         let now = self.wheel.now();
         let mut by = ByShard::default();
+        // In a cluster every node hears every user push, and an inbox here
+        // is this node's: only a user with a version-2 connection here
+        // (which acknowledges here) has it kept here.
+        let offline_kept = !self.clustered();
         for &m in mids {
             let conns = self.dir.user(m);
-            let keep = conns.is_empty() || conns.iter().any(|&(_, v2)| v2);
+            let keep = (offline_kept && conns.is_empty()) || conns.iter().any(|&(_, v2)| v2);
             for (at, _) in conns {
                 by.entry(at.shard).or_default().push(at.conn);
             }
