@@ -927,3 +927,42 @@ fn redis_restarted_mid_broadcast_loses_nothing_it_had_accepted() {
     eprintln!("publishes refused while redis restarted: {retries}; read back from the Stream: {filled}");
     assert!(filled > 0, "the node read back what its cut subscription missed");
 }
+
+#[test]
+fn online_counts_and_presence_are_the_clusters() {
+    let redis = Redis::start(&[]);
+    let mut nodes = cluster(&redis, 3);
+    let mut clients = Vec::new();
+    for (node, n) in [(0, 2), (1, 3), (2, 1)] {
+        for i in 0..n {
+            let auth = format!(r#"{{"mid":{},"room_id":"live://o"}}"#, 100 * node + i);
+            clients.push(Client::authed(nodes[node].tcp_addr, &auth));
+        }
+    }
+    let count_on = |h: &volley::ServerHandle| {
+        let (_, v) = http(h.http_addr, "GET", "/goim/online/room?type=live&rooms=o", &[], b"");
+        v["data"]["o"].as_u64().unwrap()
+    };
+    wait_until("every node counts the cluster's members", || {
+        nodes.iter().all(|h| count_on(h) == 6)
+    });
+    for h in &nodes {
+        let (_, v) = http(h.http_addr, "GET", "/goim/online/total", &[], b"");
+        assert_eq!(v["data"]["conn_count"], 6, "{v}");
+        let (_, v) = http(h.http_addr, "GET", "/v1/online/top?prefix=live://", &[], b"");
+        assert_eq!(v["data"], serde_json::json!([{"room": "live://o", "count": 6}]));
+        let (_, v) = http(h.http_addr, "GET", "/v1/presence?room=live://o", &[], b"");
+        assert_eq!(v["data"]["count"], 6, "{v}");
+    }
+    // The heartbeat reply carries the room's count, the cluster's.
+    let last = clients.last_mut().unwrap();
+    last.send(op::HEARTBEAT, 3, b"");
+    let r = last.read().unwrap();
+    assert_eq!(r.op, op::HEARTBEAT_REPLY);
+    assert_eq!(u32::from_be_bytes(r.body[..4].try_into().unwrap()), 6);
+    // A node that goes away drops out of the counts.
+    drop(nodes.remove(1));
+    wait_until("the remaining nodes count without it", || {
+        nodes.iter().all(|h| count_on(h) == 3)
+    });
+}

@@ -87,6 +87,9 @@ struct Inner {
     up: bool,
     /// Why it is down (shown to callers).
     reason: String,
+    /// Connections made so far (a change tells that Redis may have lost
+    /// what was written before).
+    connects: u64,
 }
 
 impl Link {
@@ -99,8 +102,14 @@ impl Link {
                 waiting: VecDeque::new(),
                 up: false,
                 reason: "not connected yet".into(),
+                connects: 0,
             })),
         }
+    }
+
+    /// How many times the link has connected.
+    pub fn connects(&self) -> u64 {
+        self.inner.borrow().connects
     }
 
     /// Whether the link is connected now.
@@ -167,7 +176,11 @@ impl Link {
             let why = match connect(&url).await {
                 Ok(stream) => {
                     retry.connected();
-                    self.inner.borrow_mut().up = true;
+                    {
+                        let mut i = self.inner.borrow_mut();
+                        i.up = true;
+                        i.connects += 1;
+                    }
                     health.set_up(shard, instance);
                     self.serve(stream).await
                 }

@@ -5,8 +5,10 @@
 //! or user name belongs to (`instance_of`), the pipelined connection a
 //! shard keeps to each instance (`link`), what every shard's links report
 //! about each instance (`Health`, read by `/healthz`), a room message's
-//! keys, scripts, Stream reads and channel forms (`room`), and a shard's
-//! pub/sub connection to each instance (`subscriber`). What a shard does
+//! keys, scripts, Stream reads and channel forms (`room`), the channel form
+//! of key, user and everyone pushes (`push`), each node's counts and their
+//! cluster-wide sums (`counts`), and a shard's pub/sub connection to each
+//! instance (`subscriber`). What a shard does
 //! with them is `shard::cluster`.
 //!
 //! Runs on every shard: each shard keeps a link of its own to each instance
@@ -19,6 +21,7 @@
 //! has the same `urls` in the same order. A link that is down answers every
 //! command at once with `RedisError::Down` (never a reply it did not get).
 
+pub mod counts;
 pub mod link;
 pub mod push;
 pub mod room;

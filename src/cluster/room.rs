@@ -346,7 +346,7 @@ fn stored(e: &Frame, epoch: u64) -> Option<Stored> {
 
 /// `EVALSHA` of a script, `EVAL` when the connection's Redis has not got it
 /// (the first call after a restart).
-async fn eval(link: &Link, script: &str, sha: &str, rest: &[&[u8]]) -> Result<Frame, RedisError> {
+pub(super) async fn eval(link: &Link, script: &str, sha: &str, rest: &[&[u8]]) -> Result<Frame, RedisError> {
     let mut args: Vec<&[u8]> = Vec::with_capacity(rest.len() + 2);
     args.extend([&b"EVALSHA"[..], sha.as_bytes()]);
     args.extend_from_slice(rest);
@@ -383,7 +383,7 @@ fn parse_published(f: &Frame) -> Option<Published> {
 }
 
 /// SHA1 of a script, hex, as `EVALSHA` names it.
-fn sha_hex(script: &str) -> String {
+pub(super) fn sha_hex(script: &str) -> String {
     use sha1::{Digest, Sha1};
     Sha1::digest(script.as_bytes())
         .iter()

@@ -27,6 +27,7 @@
 
 use super::mesh::{owner_of_str, Answer, ConnRef, GlobalConn, Publication, Published, ShardMsg};
 use super::state::Shard;
+use crate::cluster::counts::{self, Report};
 use crate::cluster::link::Link;
 use crate::cluster::push::{decode_push, encode_push, Push, PUSH_CHANNEL};
 use crate::cluster::room::{self, Dedup, Message, RoomKeys, Stored, PATTERN_CHANNEL};
@@ -65,6 +66,13 @@ pub struct ShardCluster {
     me: Weak<RefCell<Shard>>,
     /// Rooms this shard owns with members on this node.
     rooms: FnvHashMap<Arc<str>, RoomSync>,
+    /// Shard 0: the node's room counts as last reported to Redis.
+    reported: FnvHashMap<Arc<str>, u64>,
+    /// Shard 0: the first link's connects as of the last report (another
+    /// value: Redis may have lost the node's counts, report them whole).
+    reported_connects: u64,
+    /// Shard 0: a report is on its way.
+    reporting: bool,
 }
 
 /// Where a room's subscription stands.
@@ -120,6 +128,9 @@ impl ShardCluster {
             queue,
             me: Weak::new(),
             rooms: FnvHashMap::default(),
+            reported: FnvHashMap::default(),
+            reported_connects: 0,
+            reporting: false,
         }
     }
 
@@ -677,9 +688,79 @@ impl Shard {
         }
     }
 
+    /// Once a sweep, on shard 0: reports the node's counts to Redis and
+    /// keeps the cluster's (`cluster::counts`) for the node's readers. Only
+    /// what changed since the last report goes, unless the first link has
+    /// reconnected since (or every `FULL_REPORT_EVERY` sweeps).
+    fn report_counts(&mut self) {
+        const FULL_REPORT_EVERY: u32 = 30;
+        let tick = self.wheel.now();
+        let (ips, conns) = self.shared.online_totals();
+        let mut now: FnvHashMap<Arc<str>, u64> = FnvHashMap::default();
+        for v in &self.shared.views {
+            for (room, n) in &v.load().rooms {
+                *now.entry(room.clone()).or_default() += u64::from(*n);
+            }
+        }
+        let Some(c) = self.cluster.as_mut() else { return };
+        let link = c.links[0].clone();
+        if c.reporting || !link.is_up() {
+            return;
+        }
+        let connects = link.connects();
+        let full = connects != c.reported_connects || tick % FULL_REPORT_EVERY == 0;
+        let rooms: Vec<(Arc<str>, u64)> = if full {
+            now.iter().map(|(r, n)| (r.clone(), *n)).collect()
+        } else {
+            let gone = c
+                .reported
+                .keys()
+                .filter(|r| !now.contains_key(*r))
+                .map(|r| (r.clone(), 0));
+            let changed = now
+                .iter()
+                .filter(|(r, n)| c.reported.get(*r) != Some(*n))
+                .map(|(r, n)| (r.clone(), *n));
+            gone.chain(changed).collect()
+        };
+        let report = Report {
+            full,
+            conns,
+            ips: ips as u64,
+            rooms,
+        };
+        c.reporting = true;
+        let me = c.me.clone();
+        let node = format!("{:016x}", self.shared.node_tag);
+        let shared = self.shared.clone();
+        c.spawn(async move {
+            let got = counts::report(&link, &node, &report).await;
+            with_shard(&me, |sh| {
+                let Some(c) = sh.cluster.as_mut() else { return };
+                c.reporting = false;
+                match got {
+                    Ok(counts) => {
+                        c.reported = now;
+                        c.reported_connects = connects;
+                        shared.cluster_counts.store(Arc::new(counts));
+                    }
+                    // Reported whole next time.
+                    Err(e) => {
+                        c.reported_connects = u64::MAX;
+                        tracing::debug!(error = %e, "counts not reported");
+                    }
+                }
+            });
+        });
+    }
+
     /// Once a sweep, on each shard: retries failed syncs, and unsubscribes
-    /// from rooms the node has had no member of for `LINGER_SECS`.
+    /// from rooms the node has had no member of for `LINGER_SECS` (shard
+    /// 0 also reports the node's counts).
     pub(super) fn cluster_sweep(&mut self) {
+        if self.id == 0 {
+            self.report_counts();
+        }
         let tick = self.wheel.now();
         let Some(c) = self.cluster.as_ref() else { return };
         let mut retry = Vec::new();

@@ -180,7 +180,7 @@ impl Shard {
             .map(|(room, (_, c))| (room.clone(), std::mem::take(c)))
             .collect();
         for (room, c) in events {
-            let count = self.shared.room_count(&room, Some((self.id, self.rooms.count(&room))));
+            let count = self.shared.online_room(&room, Some((self.id, self.rooms.count(&room))));
             let body = if c.more > 0 {
                 serde_json::json!({"room": &*room, "count": count, "coalesced": true})
             } else {

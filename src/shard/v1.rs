@@ -74,7 +74,7 @@ impl Shard {
             return 0;
         };
         let live = self.rooms.count(room);
-        let n = self.shared.room_count(room, Some((self.id, live)));
+        let n = self.shared.online_room(room, Some((self.id, live)));
         u32::try_from(n).unwrap_or(u32::MAX)
     }
 

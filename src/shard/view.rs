@@ -2,11 +2,14 @@
 //! configuration, the mesh, each shard's counters and its last published
 //! `ShardView` — and the online figures computed from the views.
 //!
-//! Written once at start-up except for the views and the cluster's health: each
-//! shard replaces its own view (an `ArcSwap`, lock-free for readers) when its
-//! rooms or client IPs changed, at most once per sweep (a second), and its
-//! Redis links write their own slots of `cluster::Health`. Readers on any
-//! thread see a count that may lag a join or leave by up to that second.
+//! Written once at start-up except for the views and the cluster's health
+//! and counts: each shard replaces its own view (an `ArcSwap`, lock-free
+//! for readers) when its rooms or client IPs changed, at most once per
+//! sweep (a second), its Redis links write their own slots of
+//! `cluster::Health`, and in cluster mode shard 0 replaces the cluster's
+//! counts after each report (`cluster::counts`). Readers on any thread see
+//! a count that may lag a join or leave by up to that second (two in a
+//! cluster).
 //!
 //! Invariants: `views[i]` is written only by shard i; every count read from
 //! the views is a sum over all shards, with the caller's own live count in
@@ -58,6 +61,10 @@ pub struct Shared {
     /// What each shard's Redis links report (`[redis] urls`); `None` on a
     /// single node.
     pub cluster: Option<Arc<crate::cluster::Health>>,
+    /// Cluster mode: the cluster's online counts as of shard 0's last
+    /// report (`cluster::counts`), read instead of the views' by the
+    /// online routes and the heartbeat reply.
+    pub cluster_counts: ArcSwap<crate::cluster::counts::Counts>,
 }
 
 impl Shared {
@@ -77,6 +84,7 @@ impl Shared {
             },
             admission: Admission::default(),
             verifier: None,
+            cluster_counts: ArcSwap::from_pointee(crate::cluster::counts::Counts::default()),
             cluster: (!config.redis.urls.is_empty())
                 .then(|| Arc::new(crate::cluster::Health::new(n, config.redis.urls.len()))),
             config,
@@ -94,6 +102,51 @@ impl Shared {
                 _ => u64::from(v.load().rooms.get(room).copied().unwrap_or(0)),
             })
             .sum()
+    }
+
+    /// Members of `room` on every node of the cluster (as of the last
+    /// report, but never fewer than this node has), or on this node when it
+    /// is not in one (`room_count`).
+    pub fn online_room(&self, room: &str, local: Option<(usize, usize)>) -> u64 {
+        let here = self.room_count(room, local);
+        if self.cluster.is_none() {
+            return here;
+        }
+        self.cluster_counts
+            .load()
+            .rooms
+            .get(room)
+            .copied()
+            .unwrap_or(0)
+            .max(here)
+    }
+
+    /// Client IPs and authenticated connections, all nodes of the cluster
+    /// (IPs summed over nodes), or all shards of this one.
+    pub fn online(&self) -> (u64, u64) {
+        let (ips, conns) = self.online_totals();
+        if self.cluster.is_none() {
+            return (ips as u64, conns);
+        }
+        let c = self.cluster_counts.load();
+        (c.ips.max(ips as u64), c.conns.max(conns))
+    }
+
+    /// `top_rooms` over the cluster's counts in cluster mode.
+    pub fn online_top(&self, prefix: &str, limit: usize) -> Vec<(String, u64)> {
+        if self.cluster.is_none() {
+            return self.top_rooms(prefix, limit);
+        }
+        let c = self.cluster_counts.load();
+        let mut v: Vec<(String, u64)> = c
+            .rooms
+            .iter()
+            .filter(|(r, _)| r.starts_with(prefix))
+            .map(|(r, n)| (r.to_string(), *n))
+            .collect();
+        v.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+        v.truncate(limit);
+        v
     }
 
     /// Distinct client IPs and authenticated connections, all shards.

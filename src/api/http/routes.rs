@@ -245,7 +245,7 @@ fn room_counts(r: &Req<'_>, prefix: &str, missing: &str) -> Result<Resp, ApiErro
     }
     let data: BTreeMap<&str, u64> = rooms
         .iter()
-        .map(|room| (*room, r.shared.room_count(&format!("{prefix}{room}"), None)))
+        .map(|room| (*room, r.shared.online_room(&format!("{prefix}{room}"), None)))
         .collect();
     Ok(ok(json!(data)))
 }
@@ -264,7 +264,7 @@ fn v1_online_rooms(r: &Req<'_>) -> Result<Resp, ApiError> {
 }
 
 fn online_total(r: &Req<'_>) -> Result<Resp, ApiError> {
-    let (ips, conns) = r.shared.online_totals();
+    let (ips, conns) = r.shared.online();
     Ok(ok(json!({"ip_count": ips, "conn_count": conns})))
 }
 
@@ -273,7 +273,7 @@ fn goim_online_top(r: &Req<'_>) -> Result<Resp, ApiError> {
     let limit = r.query.limit(None)?;
     let data: Vec<Value> = r
         .shared
-        .top_rooms(&prefix, limit)
+        .online_top(&prefix, limit)
         .into_iter()
         .map(|(room, count)| json!({"room_id": room[prefix.len()..], "count": count}))
         .collect();
@@ -285,7 +285,7 @@ fn v1_online_top(r: &Req<'_>) -> Result<Resp, ApiError> {
     let prefix = r.query.one("prefix").unwrap_or("");
     let data: Vec<Value> = r
         .shared
-        .top_rooms(prefix, limit)
+        .online_top(prefix, limit)
         .into_iter()
         .map(|(room, count)| json!({"room": room, "count": count}))
         .collect();
@@ -384,6 +384,8 @@ fn v1_presence(r: &Req<'_>) -> Result<Later, ApiError> {
             sh.route(s, ShardMsg::PresenceReq { room, limit, reply });
         }
     }
+    // In a cluster the count is the cluster's; the list is this node's.
+    let cluster_count = r.shared.online_room(&room, None) as usize;
     Ok(Box::pin(async move {
         let (mut count, mut members) = (0, Vec::new());
         for w in waits {
@@ -393,6 +395,7 @@ fn v1_presence(r: &Req<'_>) -> Result<Later, ApiError> {
             count += n;
             members.extend(list.into_iter().take(limit.saturating_sub(members.len())));
         }
+        let count = cluster_count.max(count);
         let truncated = members.len() < count;
         Ok(ok(
             json!({"room": room, "count": count, "members": members, "truncated": truncated}),
