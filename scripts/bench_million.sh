@@ -10,6 +10,10 @@
 # loopback source addresses. Each message is published to every process (one
 # room per process) over its TCP publisher connection, pipelined, so all
 # processes get it at once; PUBLISH=http publishes over HTTP instead.
+# CLUSTER=1 makes the processes one cluster instead: a redis-server of its
+# own (port 6392) joins them (`--redis-url`), each message is published once,
+# to the first process only, and reaches every subscriber through Redis;
+# Redis's CPU and the commands it ran land in $OUT/million-$N-redis.json.
 # Loopback only; bounded; every process started here is stopped by PID.
 # Usage: scripts/bench_million.sh [N=1000000] [MSG_RATE=1] [SECS=10] [PER=19000]
 set -euo pipefail
@@ -25,15 +29,28 @@ P=$(( (N + PER - 1) / PER ))
 PIDS=()
 cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
 trap cleanup EXIT
-TARGETS=() ; APIS=() ; PUBS=()
+TARGETS=() ; APIS=() ; PUBS=() ; REDIS=() ; NODES=()
+# Listeners' address. In a cluster the nodes' connections to Redis take
+# ephemeral ports of 127.0.0.1 (the tuned range is 1024-65535), which may be
+# a later node's listening port there: the nodes listen on 127.0.0.2.
+IP=127.0.0.1
+if [ "${CLUSTER:-0}" = 1 ]; then
+    IP=127.0.0.2
+    redis-server --port 6392 --bind 127.0.0.1 --save '' --appendonly no --maxclients 10000 >/dev/null &
+    RPID=$!
+    PIDS+=("$RPID")
+    for _ in $(seq 200); do redis-cli -p 6392 ping >/dev/null 2>&1 && break; sleep 0.05; done
+    REDIS=(--redis-url redis://127.0.0.1:6392)
+fi
 for i in $(seq 0 $((P - 1))); do
-    ./target/release/volley serve --shards 1 --cpus $((i % 2)) \
-        --tcp-listen 127.0.0.1:$((4000 + i)) --ws-listen 127.0.0.1:$((8000 + i)) --api-listen 127.0.0.1:$((5000 + i)) \
-        --api-publish-listen 127.0.0.1:$((6000 + i)) --log-level warn &
+    ./target/release/volley serve --shards 1 --cpus $((i % 2)) "${REDIS[@]}" \
+        --tcp-listen $IP:$((4000 + i)) --ws-listen $IP:$((8000 + i)) --api-listen $IP:$((5000 + i)) \
+        --api-publish-listen $IP:$((6000 + i)) --log-level warn &
     PIDS+=($!)
-    TARGETS+=(127.0.0.1:$((4000 + i)))
-    APIS+=(127.0.0.1:$((5000 + i)))
-    PUBS+=(127.0.0.1:$((6000 + i)))
+    NODES+=($!)
+    TARGETS+=($IP:$((4000 + i)))
+    APIS+=($IP:$((5000 + i)))
+    PUBS+=($IP:$((6000 + i)))
 done
 for a in "${APIS[@]}"; do
     for _ in $(seq 200); do curl -sf "http://$a/healthz" >/dev/null 2>&1 && break; sleep 0.05; done
@@ -45,8 +62,27 @@ case "${PUBLISH:-tcp}" in
     http) VIA=(--http "$(join "${APIS[@]}")") ;;
     *) echo "PUBLISH must be tcp or http" >&2; exit 2 ;;
 esac
-echo "== $N connections over $P volley processes (pids $(join "${PIDS[@]}"))"
+if [ "${CLUSTER:-0}" = 1 ]; then
+    # One publish, to one node: the cluster carries it to every other.
+    VIA=(--publish-tcp "${PUBS[0]}")
+    R0=$(awk '{print $14 + $15}' "/proc/$RPID/stat")
+    C0=$(redis-cli -p 6392 INFO commandstats | tr -d '\r')
+fi
+echo "== $N connections over $P volley processes (pids $(join "${NODES[@]}"))"
 ./target/release/volley-loadgen broadcast --target "$(join "${TARGETS[@]}")" "${VIA[@]}" \
     --conns "$N" --workers "$P" --sources 64 --rate 10000 \
     --msg-rate "$RATE" --size 64 --duration "$SECS" --drain-secs 300 \
-    --server-pid "$(join "${PIDS[@]}")" --json | tee "$OUT/million-$N.json"
+    --server-pid "$(join "${NODES[@]}")" --json | tee "$OUT/million-$N.json"
+if [ "${CLUSTER:-0}" = 1 ]; then
+    R1=$(awk '{print $14 + $15}' "/proc/$RPID/stat")
+    C1=$(redis-cli -p 6392 INFO commandstats | tr -d '\r')
+    python3 - "$R0" "$R1" "$(getconf CLK_TCK)" "$C0" "$C1" > "$OUT/million-$N-redis.json" <<'PY'
+import json, re, sys
+r0, r1, hz, c0, c1 = sys.argv[1:]
+calls = lambda t: {m.group(1): int(m.group(2)) for m in re.finditer(r"cmdstat_(\S+?):calls=(\d+)", t)}
+a, b = calls(c0), calls(c1)
+print(json.dumps({"redis_cpu_secs": (int(r1) - int(r0)) / int(hz),
+                  "calls": {k: v - a.get(k, 0) for k, v in b.items() if v - a.get(k, 0) > 0}}))
+PY
+    cat "$OUT/million-$N-redis.json"
+fi

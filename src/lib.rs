@@ -36,7 +36,8 @@
 //!   and connection limits, room patterns, presence, the mesh),
 //!   plus `shard::run`, the per-shard runtime that drives it, and
 //!   `shard::cluster`, cluster mode on a shard (room messages through
-//!   Redis: publish, subscription, the node's cache, resume from Redis).
+//!   Redis: publish, subscription, the node's cache, resume from Redis;
+//!   pattern, user, key and everyone pushes; registry; counts).
 //! - [`conn`]: client connections' I/O: accept, the per-connection driver
 //!   (state, not a task), the per-shard readiness ring (one multishot poll
 //!   per connection on an io_uring of our own), the reactor task that runs
@@ -47,8 +48,8 @@
 //! - [`auth`]: the API key check (constant time) and client tokens (JWT).
 //! - [`cluster`]: cluster mode's Redis side: each shard's pipelined links
 //!   to the instances of `[redis] urls` and their health, its pub/sub
-//!   subscribers, and a room message's keys, scripts, Stream reads and
-//!   channel forms.
+//!   subscribers, a room message's keys, scripts, Stream reads and channel
+//!   forms, the push form, the user / key registry, and the nodes' counts.
 //! - [`proto`]: sans-IO codecs and policies (frames, batches, bodies, close
 //!   reasons, room patterns, version 2, WebSocket).
 //! - [`metrics`]: counters and histograms, as JSON and Prometheus text.

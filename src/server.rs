@@ -232,7 +232,7 @@ async fn shard_main(
             .iter()
             .map(|u| cluster::RedisUrl::parse(u).expect("checked by Config::validate"))
             .collect();
-        let mut state = ShardCluster::new(id, &urls, control);
+        let mut state = ShardCluster::new(id, &urls, control, shared.node_tag);
         state.set_shard(Rc::downgrade(&shard));
         let (links, subs) = state.connections();
         shard.borrow_mut().cluster = Some(state);

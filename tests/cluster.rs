@@ -830,12 +830,32 @@ fn key_user_and_everyone_pushes_reach_every_node() {
     let (mut u2, _) = Client::authed_v2(nodes[2].tcp_addr, r#"{"mid":7}"#);
     let mut k = Client::authed(nodes[2].tcp_addr, &auth(8, "the-key"));
     let mut other = Client::authed(nodes[1].tcp_addr, &auth(9, "k9"));
+    // A server-assigned key names its node: no registry entry.
+    let (mut assigned, key) = Client::authed_v2(nodes[1].tcp_addr, r#"{"mid":10}"#);
+    // The registry knows which nodes hold the user and the key, and that
+    // every node is alive.
+    wait_until("the registry lists the user's two nodes and the key's one", || {
+        redis_cli(&redis, &["HLEN", "vly:u:7"]) == "2" && redis_cli(&redis, &["HLEN", "vly:k:the-key"]) == "1"
+    });
+    wait_until("every node is alive", || {
+        redis_cli(&redis, &["KEYS", "vly:alive:*"]).lines().count() == 3
+    });
     let push = |path: &str| {
         let (status, v) = http(nodes[0].http_addr, "POST", path, &[], b"p");
         assert_eq!(status, 200, "{path}: {v}");
     };
+    let publishes = || {
+        let stats = redis_cli(&redis, &["INFO", "commandstats"]);
+        stats
+            .lines()
+            .find_map(|l| l.strip_prefix("cmdstat_publish:calls="))
+            .and_then(|r| r.split(',').next())
+            .map_or(0, |n| n.parse::<u64>().unwrap())
+    };
+    let before = publishes();
     push("/goim/push/mids?operation=1000&mids=7");
     push("/goim/push/keys?operation=1000&keys=the-key");
+    push(&format!("/goim/push/keys?operation=1000&keys={key}"));
     push("/goim/push/all?operation=1000");
     assert_eq!(u1.read_push().body, b"p", "the user on node 1");
     let p = u2.read_push2().unwrap();
@@ -845,6 +865,15 @@ fn key_user_and_everyone_pushes_reach_every_node() {
         "the user on node 2, as a user push"
     );
     assert_eq!(k.read_push().body, b"p", "the key on node 2");
+    assert_eq!(
+        assigned.read_push2().unwrap().payload,
+        b"p",
+        "the assigned key on node 1"
+    );
+    assert_eq!(assigned.read_push2().unwrap().payload, b"p", "everyone");
+    // The user's push went to its two nodes' channels, each key's to one,
+    // the push to everyone to the one channel all nodes hear.
+    assert_eq!(publishes() - before, 2 + 1 + 1 + 1);
     for c in [&mut u1, &mut k, &mut other] {
         assert_eq!(c.read_push().body, b"p", "everyone");
     }

@@ -7,6 +7,7 @@
 //! vly:nodes        set of node ids that reported counts
 //! vly:c:<node>     hash room -> members on that node (EX a few sweeps)
 //! vly:t:<node>     hash conns, ips of that node (same expiry)
+//! vly:sums         the sums, JSON, for 900 ms
 //! ```
 //!
 //! Once a second each node's shard 0 runs `COUNTS_SCRIPT` once: it writes
@@ -29,10 +30,12 @@ use std::sync::Arc;
 pub const TTL_SECS: u32 = 5;
 
 /// The counts script. KEYS: the node set, the node's room hash, its totals
-/// hash. ARGV: node id, expiry seconds, `1` to replace the node's rooms
-/// (`0`: apply changes), conns, ips, then room/count pairs (count 0 removes
-/// the room). Returns {conns, ips, room, count, room, count, ...} summed
-/// over the live nodes.
+/// hash, the sums. ARGV: node id, expiry seconds, `1` to replace the node's
+/// rooms (`0`: apply changes), conns, ips, then room/count pairs (count 0
+/// removes the room). Returns, as JSON, `[conns, ips, room, count, ...]`
+/// summed over the live nodes: computed by the first node to ask after the
+/// sums expired (after 900 ms), read by the others, so that the cluster sums
+/// once a second whatever the number of nodes.
 pub const COUNTS_SCRIPT: &str = r#"
 if ARGV[3] == '1' then redis.call('DEL', KEYS[2]) end
 local i = 6
@@ -48,6 +51,8 @@ redis.call('HSET', KEYS[3], 'conns', ARGV[4], 'ips', ARGV[5])
 redis.call('EXPIRE', KEYS[2], ARGV[2])
 redis.call('EXPIRE', KEYS[3], ARGV[2])
 redis.call('SADD', KEYS[1], ARGV[1])
+local cached = redis.call('GET', KEYS[4])
+if cached then return cached end
 local conns, ips, rooms = 0, 0, {}
 for _, node in ipairs(redis.call('SMEMBERS', KEYS[1])) do
   local t = redis.call('HMGET', 'vly:t:' .. node, 'conns', 'ips')
@@ -67,7 +72,9 @@ for room, n in pairs(rooms) do
   out[#out + 1] = room
   out[#out + 1] = n
 end
-return out
+local sums = cjson.encode(out)
+redis.call('SET', KEYS[4], sums, 'PX', 900)
+return sums
 "#;
 
 /// The cluster's counts as of the last run.
@@ -97,15 +104,16 @@ pub struct Report {
 
 /// Runs `COUNTS_SCRIPT` for node `node` on `link` (the first instance).
 pub async fn report(link: &Link, node: &str, r: &Report) -> Result<Counts, RedisError> {
-    let set = "vly:nodes".to_string();
+    let (set, sums) = ("vly:nodes".to_string(), "vly:sums".to_string());
     let (rooms, totals) = (format!("vly:c:{node}"), format!("vly:t:{node}"));
     let (ttl, conns, ips) = (TTL_SECS.to_string(), r.conns.to_string(), r.ips.to_string());
     let counts: Vec<String> = r.rooms.iter().map(|(_, n)| n.to_string()).collect();
     let mut args: Vec<&[u8]> = vec![
-        b"3",
+        b"4",
         set.as_bytes(),
         rooms.as_bytes(),
         totals.as_bytes(),
+        sums.as_bytes(),
         node.as_bytes(),
         ttl.as_bytes(),
         if r.full { b"1" } else { b"0" },
@@ -117,36 +125,26 @@ pub async fn report(link: &Link, node: &str, r: &Report) -> Result<Counts, Redis
         args.push(n.as_bytes());
     }
     let reply = super::room::eval(link, COUNTS_SCRIPT, counts_sha(), &args).await?;
-    parse(&reply).ok_or_else(|| RedisError::Server(format!("unexpected counts reply of {} items", len(&reply))))
-}
-
-fn len(f: &Frame) -> usize {
-    match f {
-        Frame::Array(v) => v.len(),
-        _ => 0,
-    }
-}
-
-/// `{conns, ips, room, count, ...}`.
-fn parse(f: &Frame) -> Option<Counts> {
-    let Frame::Array(v) = f else { return None };
-    let int = |f: &Frame| match f {
-        Frame::Integer(i) => u64::try_from(*i).ok(),
-        _ => None,
+    let Frame::BulkString(b) = &reply else {
+        return Err(RedisError::Server(format!("unexpected counts reply {reply:?}")));
     };
+    parse(b).ok_or_else(|| RedisError::Server("unexpected counts reply".into()))
+}
+
+/// `[conns, ips, room, count, ...]` (JSON).
+fn parse(b: &[u8]) -> Option<Counts> {
+    let v: Vec<serde_json::Value> = serde_json::from_slice(b).ok()?;
     let (head, rest) = v.split_at_checked(2)?;
     if rest.len() % 2 != 0 {
         return None;
     }
     let mut c = Counts {
-        conns: int(&head[0])?,
-        ips: int(&head[1])?,
+        conns: head[0].as_u64()?,
+        ips: head[1].as_u64()?,
         rooms: FnvHashMap::default(),
     };
     for pair in rest.chunks(2) {
-        let Frame::BulkString(room) = &pair[0] else { return None };
-        let room = std::str::from_utf8(room).ok()?;
-        c.rooms.insert(Arc::from(room), int(&pair[1])?);
+        c.rooms.insert(Arc::from(pair[0].as_str()?), pair[1].as_u64()?);
     }
     Some(c)
 }
@@ -160,26 +158,13 @@ fn counts_sha() -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use bytes::Bytes;
 
     #[test]
     fn the_reply_reads_as_totals_and_rooms() {
-        let b = |s: &'static str| Frame::BulkString(Bytes::from_static(s.as_bytes()));
-        let f = Frame::Array(vec![
-            Frame::Integer(7),
-            Frame::Integer(2),
-            b("live://1"),
-            Frame::Integer(5),
-        ]);
-        let c = parse(&f).unwrap();
+        let c = parse(br#"[7,2,"live://1",5]"#).unwrap();
         assert_eq!((c.conns, c.ips, c.rooms.get("live://1").copied()), (7, 2, Some(5)));
-        for bad in [
-            Frame::Array(vec![Frame::Integer(1)]),
-            Frame::Array(vec![Frame::Integer(1), Frame::Integer(1), b("r")]),
-            Frame::Array(vec![Frame::Integer(-1), Frame::Integer(1)]),
-            Frame::Integer(3),
-        ] {
-            assert!(parse(&bad).is_none(), "{bad:?}");
+        for bad in [&b"[1]"[..], br#"[1,1,"r"]"#, b"[-1,1]", b"3", br#"[1,1,2,3]"#, b"{}"] {
+            assert!(parse(bad).is_none(), "{}", String::from_utf8_lossy(bad));
         }
     }
 }

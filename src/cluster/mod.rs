@@ -6,9 +6,10 @@
 //! shard keeps to each instance (`link`), what every shard's links report
 //! about each instance (`Health`, read by `/healthz`), a room message's
 //! keys, scripts, Stream reads and channel forms (`room`), the channel form
-//! of key, user and everyone pushes (`push`), each node's counts and their
-//! cluster-wide sums (`counts`), and a shard's pub/sub connection to each
-//! instance (`subscriber`). What a shard does
+//! of key, user and everyone pushes (`push`), which nodes hold which users
+//! and keys (`registry`), each node's counts and their cluster-wide sums
+//! (`counts`), and a shard's pub/sub connection to each instance
+//! (`subscriber`). What a shard does
 //! with them is `shard::cluster`.
 //!
 //! Runs on every shard: each shard keeps a link of its own to each instance
@@ -24,6 +25,7 @@
 pub mod counts;
 pub mod link;
 pub mod push;
+pub mod registry;
 pub mod room;
 pub mod subscriber;
 

@@ -1,12 +1,13 @@
 //! A push to connection keys, users or everyone in cluster mode: the
 //! channel it travels on and its form there.
 //!
-//! Owns `PUSH_CHANNEL` (on the first instance) and the form of a push on
-//! it. The node where a push enters publishes it there once (one Redis
-//! command per push, whatever the number of nodes and connections); every
-//! node's shard 0 is subscribed and routes it to its own key, user and
-//! connection owners as a single node would (`shard::cluster`), so each
-//! node delivers to what it holds and the rest find nothing.
+//! Owns `PUSH_CHANNEL` (on the first instance) and the form of a push on it
+//! and on the nodes' own channels (`cluster::registry`). A push to everyone
+//! is published on `PUSH_CHANNEL` once (one Redis command per push,
+//! whatever the number of nodes and connections), a push to users or keys
+//! on the channels of the nodes that hold them; every node's shard 0 is
+//! subscribed to both and routes what it hears to its own key, user and
+//! connection owners as a single node would (`shard::cluster`).
 //!
 //! Invariants: the form is self-delimiting and canonical (one byte string
 //! per push), and every byte of it is checked before use, with the same

@@ -1,9 +1,12 @@
-//! Cluster mode on a shard: room messages through Redis (SPEC section 5).
+//! Cluster mode on a shard: room messages, pattern publishes, key / user /
+//! everyone pushes and online counts through Redis (SPEC section 5,
+//! docs/CLUSTER.md).
 //!
 //! Owns, per shard, its link and its subscriber to each Redis instance
 //! (`cluster::link`, `cluster::subscriber`) and, for the rooms this shard
 //! owns that have members on this node, where their subscription stands
-//! (`RoomSync`).
+//! (`RoomSync`); on shard 0 also the subscription to the pattern and push
+//! channels and the node's counts report (`cluster::counts`).
 //!
 //! Runs on every shard of a node with `[redis] urls`; the tasks it spawns
 //! (one per publish, sync or history read) run in the shard's control
@@ -30,6 +33,7 @@ use super::state::Shard;
 use crate::cluster::counts::{self, Report};
 use crate::cluster::link::Link;
 use crate::cluster::push::{decode_push, encode_push, Push, PUSH_CHANNEL};
+use crate::cluster::registry;
 use crate::cluster::room::{self, Dedup, Message, RoomKeys, Stored, PATTERN_CHANNEL};
 use crate::cluster::subscriber::{Event, Subscriber};
 use crate::cluster::{instance_of, RedisUrl};
@@ -73,6 +77,11 @@ pub struct ShardCluster {
     reported_connects: u64,
     /// Shard 0: a report is on its way.
     reporting: bool,
+    /// This node's id in the registry (`cluster::registry::node_id`).
+    node: String,
+    /// Per instance, the link's connects as of this shard's last
+    /// registration of its users and keys there.
+    registered: Vec<u64>,
 }
 
 /// Where a room's subscription stands.
@@ -114,13 +123,18 @@ pub(super) struct Join {
 
 impl ShardCluster {
     /// The links and subscribers of shard `id` to `urls` (not connected:
-    /// `tasks` gives what to run), spawning into `queue`. Shard 0 also
+    /// `connections` gives what to run), spawning into `queue`. Shard 0 also
     /// listens for pattern publishes and for key, user and everyone pushes.
-    pub fn new(id: usize, urls: &[RedisUrl], queue: TaskQueueHandle) -> ShardCluster {
+    pub fn new(id: usize, urls: &[RedisUrl], queue: TaskQueueHandle, node_tag: u64) -> ShardCluster {
         let subs: Vec<Subscriber> = urls.iter().cloned().map(Subscriber::new).collect();
+        let node = registry::node_id(node_tag);
         if id == 0 {
             subs[0].subscribe(PATTERN_CHANNEL);
             subs[0].subscribe(PUSH_CHANNEL);
+            // The route script publishes on the instance of the entries.
+            for s in &subs {
+                s.subscribe(&registry::channel(&node));
+            }
         }
         ShardCluster {
             links: urls.iter().cloned().map(Link::new).collect(),
@@ -131,6 +145,8 @@ impl ShardCluster {
             reported: FnvHashMap::default(),
             reported_connects: 0,
             reporting: false,
+            node,
+            registered: vec![0; urls.len()],
         }
     }
 
@@ -144,9 +160,9 @@ impl ShardCluster {
         self.me = me;
     }
 
-    fn link_for(&self, name: &str) -> (usize, Link) {
-        let i = instance_of(name.as_bytes(), self.links.len());
-        (i, self.links[i].clone())
+    /// The link to the instance that holds `name`'s keys.
+    fn link_for(&self, name: &str) -> Link {
+        self.links[instance_of(name.as_bytes(), self.links.len())].clone()
     }
 
     fn spawn(&self, f: impl std::future::Future<Output = ()> + 'static) {
@@ -178,7 +194,7 @@ impl Shard {
     pub fn cluster_refuses(&self, room: Option<&str>) -> Option<String> {
         let c = self.cluster.as_ref()?;
         let link = match room {
-            Some(r) => c.link_for(r).1,
+            Some(r) => c.link_for(r),
             None => c.links[0].clone(),
         };
         link.down_reason()
@@ -188,7 +204,7 @@ impl Shard {
     /// Redis and tells `reply` what it got (or why not).
     pub(super) fn cluster_publish(&mut self, room: Arc<str>, msg: Publication, reply: Answer) {
         let Some(c) = self.cluster.as_ref() else { return };
-        let (_, link) = c.link_for(&room);
+        let link = c.link_for(&room);
         let me = c.me.clone();
         let bound = self.cfg().history.policy(&room).messages.clamp(1, u32::MAX as usize) as u32;
         let keys = RoomKeys::of(&room);
@@ -262,27 +278,169 @@ impl Shard {
         });
     }
 
-    /// Cluster mode, on any shard: a push to keys, users or everyone goes
-    /// to every node on `PUSH_CHANNEL` (one Redis command), each routing it
-    /// to what it holds (`on_redis`).
+    /// Cluster mode, on any shard: a push to everyone goes to every node on
+    /// `PUSH_CHANNEL`; a push to users or keys to the nodes that hold them
+    /// (`cluster::registry`: one command per instance of their entries; a
+    /// server-assigned key names its node). Each node routes it to what it
+    /// holds (`on_redis`).
     pub fn cluster_push(&mut self, target: Target, op: u32, payload: &[u8], id: Option<&str>, ttl: Option<u32>) {
         let Some(c) = self.cluster.as_ref() else { return };
-        let link = c.links[0].clone();
-        let p = Push {
+        let (shared, me) = (self.shared.clone(), self.id);
+        let id = id.unwrap_or("").to_string();
+        let ttl = ttl.unwrap_or(0);
+        let payload = Bytes::copy_from_slice(payload);
+        let failed = move |e: crate::cluster::link::RedisError| {
+            ShardStats::add(&shared.stats[me].cluster_publish_failed, 1);
+            tracing::warn!(error = %e, "push not sent");
+        };
+        // (channel, push) to publish as they are.
+        let mut direct: Vec<(String, Push)> = Vec::new();
+        // Per instance, the targets to route through the registry.
+        let n = c.links.len();
+        let mut routed: Vec<Vec<Target>> = vec![Vec::new(); n];
+        let push = |target| Push {
             target,
             op,
-            ttl: ttl.unwrap_or(0),
-            id: id.unwrap_or("").to_string(),
-            payload: Bytes::copy_from_slice(payload),
+            ttl,
+            id: id.clone(),
+            payload: payload.clone(),
         };
-        let Some(body) = encode_push(&p) else { return };
-        let (shared, me) = (self.shared.clone(), self.id);
-        c.spawn(async move {
-            if let Err(e) = link.call(&[b"PUBLISH", PUSH_CHANNEL.as_bytes(), &body]).await {
-                ShardStats::add(&shared.stats[me].cluster_publish_failed, 1);
-                tracing::warn!(error = %e, "push not sent");
+        match target {
+            Target::Room(_) => return,
+            Target::All => direct.push((PUSH_CHANNEL.to_string(), push(Target::All))),
+            Target::Mids(mids) => {
+                let mut by: Vec<Vec<i64>> = vec![Vec::new(); n];
+                for m in mids {
+                    by[instance_of(registry::user_entry(m).as_bytes(), n)].push(m);
+                }
+                for (i, m) in by.into_iter().enumerate().filter(|(_, m)| !m.is_empty()) {
+                    routed[i].push(Target::Mids(m));
+                }
             }
-        });
+            Target::Keys(keys) => {
+                let mut by: Vec<Vec<String>> = vec![Vec::new(); n];
+                let mut nodes: FnvHashMap<String, Vec<String>> = FnvHashMap::default();
+                for k in keys {
+                    match registry::node_of_assigned_key(&k) {
+                        Some(node) => nodes.entry(node).or_default().push(k),
+                        None => by[instance_of(registry::key_entry(&k).as_bytes(), n)].push(k),
+                    }
+                }
+                for (i, k) in by.into_iter().enumerate().filter(|(_, k)| !k.is_empty()) {
+                    routed[i].push(Target::Keys(k));
+                }
+                for (node, k) in nodes {
+                    direct.push((registry::channel(&node), push(Target::Keys(k))));
+                }
+            }
+        }
+        let head = format!("{op} {ttl} {} {id}", id.len());
+        for (i, targets) in routed.into_iter().enumerate() {
+            for t in targets {
+                let (link, head, payload, failed) = (c.links[i].clone(), head.clone(), payload.clone(), failed.clone());
+                c.spawn(async move {
+                    if let Err(e) = registry::route(&link, &t, &head, &payload).await {
+                        failed(e);
+                    }
+                });
+            }
+        }
+        for (channel, p) in direct {
+            let Some(body) = encode_push(&p) else { continue };
+            let (link, failed) = (c.links[0].clone(), failed.clone());
+            c.spawn(async move {
+                if let Err(e) = link.call(&[b"PUBLISH", channel.as_bytes(), &body]).await {
+                    failed(e);
+                }
+            });
+        }
+    }
+
+    /// On a user's or key's owner, cluster mode: this node got its first
+    /// connection of user `mid` / with key `key` (client-chosen keys only:
+    /// an assigned key names its node); the registry hears of it.
+    pub(super) fn registry_add(&mut self, key: Option<&str>, mid: Option<i64>) {
+        let Some(c) = self.cluster.as_ref() else { return };
+        let entries = key
+            .filter(|k| registry::node_of_assigned_key(k).is_none())
+            .map(registry::key_entry)
+            .into_iter()
+            .chain(mid.map(registry::user_entry));
+        for e in entries {
+            let link = c.link_for(&e);
+            let node = c.node.clone();
+            c.spawn(async move {
+                // A failure is mended by the registration after the link
+                // reconnects (`register_all`).
+                let _ = registry::add(&link, &[e], &node).await;
+            });
+        }
+    }
+
+    /// On a user's or key's owner, cluster mode: this node's last
+    /// connection of user `mid` / with key `key` went.
+    pub(super) fn registry_remove(&mut self, key: Option<&str>, mid: Option<i64>) {
+        let Some(c) = self.cluster.as_ref() else { return };
+        let entries = key
+            .filter(|k| registry::node_of_assigned_key(k).is_none())
+            .map(registry::key_entry)
+            .into_iter()
+            .chain(mid.map(registry::user_entry));
+        for e in entries {
+            let link = c.link_for(&e);
+            let node = c.node.clone();
+            c.spawn(async move {
+                // Left behind, a field only costs the node a push it
+                // does not deliver.
+                let _ = registry::remove(&link, &e, &node).await;
+            });
+        }
+    }
+
+    /// Once a sweep: on every instance whose link has (re)connected since
+    /// this shard last did, registers all its users and keys again (Redis
+    /// may have lost them), a thousand entries a command; shard 0 also
+    /// marks the node alive on every instance.
+    fn register_all(&mut self) {
+        let Some(c) = self.cluster.as_ref() else { return };
+        let n = c.links.len();
+        let stale: Vec<usize> = (0..n)
+            .filter(|&i| c.links[i].is_up() && c.links[i].connects() != c.registered[i])
+            .collect();
+        if self.id == 0 {
+            for link in c.links.iter().filter(|l| l.is_up()) {
+                let (link, node) = (link.clone(), c.node.clone());
+                c.spawn(async move {
+                    let _ = registry::alive(&link, &node).await;
+                });
+            }
+        }
+        if stale.is_empty() {
+            return;
+        }
+        let mut by: Vec<Vec<String>> = vec![Vec::new(); n];
+        let (mids, keys) = self.dir.entries();
+        let keys = keys
+            .filter(|k| registry::node_of_assigned_key(k).is_none())
+            .map(|k| registry::key_entry(k));
+        for e in mids.map(registry::user_entry).chain(keys) {
+            let i = instance_of(e.as_bytes(), n);
+            if stale.contains(&i) {
+                by[i].push(e);
+            }
+        }
+        let Some(c) = self.cluster.as_mut() else { return };
+        for &i in &stale {
+            c.registered[i] = c.links[i].connects();
+        }
+        for (i, entries) in by.into_iter().enumerate() {
+            for chunk in entries.chunks(1000) {
+                let (link, node, chunk) = (c.links[i].clone(), c.node.clone(), chunk.to_vec());
+                c.spawn(async move {
+                    let _ = registry::add(&link, &chunk, &node).await;
+                });
+            }
+        }
     }
 
     /// On any shard: `room` got its first member on this shard; in
@@ -350,7 +508,7 @@ impl Shard {
             return self.join_req(room, j.at, j.seq, (j.resume, j.mid, j.presence));
         };
         let Some(c) = self.cluster.as_ref() else { return };
-        let (_, link) = c.link_for(&room);
+        let link = c.link_for(&room);
         let me = c.me.clone();
         c.spawn(async move {
             let got = room::range(&link, &room, epoch, from, through).await;
@@ -447,19 +605,21 @@ impl Shard {
 
     /// What this shard's subscriber to instance `i` heard.
     pub fn on_redis(&mut self, i: usize, e: Event) {
+        let node_channel = self.cluster.as_ref().map(|c| registry::channel(&c.node));
+        let direct = |channel: &[u8]| {
+            channel == PUSH_CHANNEL.as_bytes() || node_channel.as_deref().map(str::as_bytes) == Some(channel)
+        };
         match e {
-            Event::Message { channel, payload } if &channel[..] == PUSH_CHANNEL.as_bytes() => {
-                match decode_push(&payload) {
-                    Ok(p) => {
-                        let (id, ttl) = (
-                            (!p.id.is_empty()).then_some(p.id.as_str()),
-                            (p.ttl > 0).then_some(p.ttl),
-                        );
-                        self.route_push(p.target, p.op, &p.payload, id, ttl);
-                    }
-                    Err(e) => self.bad_channel_message(&channel, e),
+            Event::Message { channel, payload } if direct(&channel) => match decode_push(&payload) {
+                Ok(p) => {
+                    let (id, ttl) = (
+                        (!p.id.is_empty()).then_some(p.id.as_str()),
+                        (p.ttl > 0).then_some(p.ttl),
+                    );
+                    self.route_push(p.target, p.op, &p.payload, id, ttl);
                 }
-            }
+                Err(e) => self.bad_channel_message(&channel, e),
+            },
             Event::Message { channel, payload } if &channel[..] == PATTERN_CHANNEL.as_bytes() => {
                 match room::decode_pattern(&payload) {
                     Ok((pattern, token, m)) => self.pattern_message(pattern, token, m),
@@ -533,7 +693,7 @@ impl Shard {
         s.state = State::Syncing;
         s.sync = s.sync.wrapping_add(1);
         let gen = s.sync;
-        let (_, link) = c.link_for(&room);
+        let link = c.link_for(&room);
         let me = c.me.clone();
         c.spawn(async move {
             let got = room::sync(&link, &room).await;
@@ -572,7 +732,7 @@ impl Shard {
             return self.go_live(&room);
         };
         let Some(c) = self.cluster.as_ref() else { return };
-        let (_, link) = c.link_for(&room);
+        let link = c.link_for(&room);
         let me = c.me.clone();
         c.spawn(async move {
             let got = room::range(&link, &room, epoch, from, offset).await;
@@ -761,6 +921,7 @@ impl Shard {
         if self.id == 0 {
             self.report_counts();
         }
+        self.register_all();
         let tick = self.wheel.now();
         let Some(c) = self.cluster.as_ref() else { return };
         let mut retry = Vec::new();

@@ -73,11 +73,15 @@ impl Directory {
         replaced
     }
 
-    /// Forgets what `at` registered under `key` and/or `mid`.
-    pub fn unregister(&mut self, key: Option<&str>, mid: i64, at: GlobalConn) {
+    /// Forgets what `at` registered under `key` and/or `mid`. Returns
+    /// whether the key's entry went, and whether the user has no
+    /// connection left.
+    pub fn unregister(&mut self, key: Option<&str>, mid: i64, at: GlobalConn) -> (bool, bool) {
+        let mut gone = (false, false);
         if let Some(key) = key {
             if self.keys.get(key) == Some(&at) {
                 self.keys.remove(key);
+                gone.0 = true;
             }
         }
         if mid != 0 {
@@ -85,9 +89,16 @@ impl Directory {
                 v.retain(|x| x.0 != at);
                 if v.is_empty() {
                     self.mids.remove(&mid);
+                    gone.1 = true;
                 }
             }
         }
+        gone
+    }
+
+    /// Every user with a connection, and every client-chosen key held.
+    pub fn entries(&self) -> (impl Iterator<Item = i64> + '_, impl Iterator<Item = &Arc<str>> + '_) {
+        (self.mids.keys().copied(), self.keys.keys())
     }
 
     /// Where the connections with these keys are: through entries, and

@@ -339,7 +339,10 @@ impl Shard {
                 reply,
             } => reply.send(self.history_page(&room, since, limit)),
             ShardMsg::Register { key, mid, at, v2 } => self.register(key, mid, at, v2),
-            ShardMsg::Unregister { key, mid, at } => self.dir.unregister(key.as_deref(), mid, at),
+            ShardMsg::Unregister { key, mid, at } => {
+                let (key_gone, user_gone) = self.dir.unregister(key.as_deref(), mid, at);
+                self.registry_remove(key.as_deref().filter(|_| key_gone), user_gone.then_some(mid));
+            }
             ShardMsg::Kick {
                 conn,
                 reason,
@@ -356,6 +359,8 @@ impl Shard {
     /// a user's new connection is sent what waits in the user's inbox.
     fn register(&mut self, key: Option<Arc<str>>, mid: i64, at: GlobalConn, v2: bool) {
         let (tag, n) = (self.shared.node_tag, self.nr());
+        let first = mid != 0 && self.dir.user(mid).is_empty();
+        self.registry_add(key.as_deref(), first.then_some(mid));
         let replaced = self.dir.register(key, mid, at, v2, (tag, n));
         if mid != 0 {
             let over = self.user_over_limit(mid, at);
@@ -363,7 +368,8 @@ impl Shard {
                 // Out of the directory now, so that the user's next
                 // connection does not count it (its own unregister, later,
                 // finds nothing).
-                self.dir.unregister(None, mid, gone);
+                // The user keeps `at`, so stays registered.
+                let _ = self.dir.unregister(None, mid, gone);
                 self.route(
                     usize::from(gone.shard),
                     ShardMsg::Kick {

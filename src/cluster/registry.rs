@@ -1,0 +1,185 @@
+//! Where users and connection keys are: the registry of which nodes hold a
+//! connection of a user id or a client-chosen key, and the script that
+//! sends a push to exactly those nodes (goim's `mid_` / `key_` maps).
+//!
+//! Owns the keys (a user's and a key's entry on the instance
+//! `instance_of` its entry name; a node's liveness and channel on every
+//! instance):
+//!
+//! ```text
+//! vly:u:<mid>        hash node -> 1: nodes with a connection of the user
+//! vly:k:<key>        hash node -> 1: nodes with a connection with the key
+//! vly:alive:<node>   the node is up (EX LIVE_SECS, set every second)
+//! vly:n:<node>       channel of the pushes for that node
+//! ```
+//!
+//! A user's (key's) owner shard on a node adds the node to the entry when
+//! the node gets its first connection of the user (key) and removes it with
+//! the last; after a link reconnects, each owner adds its users and keys
+//! again (Redis may have lost them). A node that died leaves its fields
+//! behind until a push finds it not alive and removes them.
+//!
+//! `ROUTE_SCRIPT` looks the targets up and publishes, on each live node's
+//! channel, the push with the targets that node holds (the
+//! `cluster::push` form): one command per push and instance, whatever the
+//! number of nodes, and nodes without a target hear nothing.
+//!
+//! Invariants: a node id is the 48-bit tag its server-assigned keys carry
+//! (`node_of_assigned_key`), so an assigned key needs no entry.
+
+use super::link::{Frame, Link, RedisError};
+use crate::proto::publish::Target;
+
+/// Seconds a node counts as alive after its last sign of life.
+pub const LIVE_SECS: u32 = 5;
+
+/// The route script. KEYS: the targets' entries (all on this instance).
+/// ARGV: the push kind (`u` or `k`), its head `op ttl idlen id`, its
+/// payload, then each target as the push form writes it (`mid ` or
+/// `len key`), in KEYS order. Returns the number of nodes published to.
+pub const ROUTE_SCRIPT: &str = r#"
+local by, order = {}, {}
+for i, key in ipairs(KEYS) do
+  for _, node in ipairs(redis.call('HKEYS', key)) do
+    if redis.call('EXISTS', 'vly:alive:' .. node) == 1 then
+      if not by[node] then
+        by[node] = {}
+        order[#order + 1] = node
+      end
+      local t = by[node]
+      t[#t + 1] = ARGV[i + 3]
+    else
+      redis.call('HDEL', key, node)
+    end
+  end
+end
+for _, node in ipairs(order) do
+  local t = by[node]
+  redis.call('PUBLISH', 'vly:n:' .. node,
+    ARGV[1] .. ' ' .. ARGV[2] .. #t .. ' ' .. table.concat(t) .. ARGV[3])
+end
+return #order
+"#;
+
+/// A node's id: the low 48 bits of its tag, hex.
+pub fn node_id(node_tag: u64) -> String {
+    format!("{:012x}", node_tag & 0xffff_ffff_ffff)
+}
+
+/// The node whose server-assigned key `key` is (any node's: the form
+/// `GlobalConn::assigned_key` writes), `None` for a client-chosen key.
+pub fn node_of_assigned_key(key: &str) -> Option<String> {
+    let b = key.as_bytes();
+    let hex = |s: &[u8]| s.iter().all(|c| matches!(c, b'0'..=b'9' | b'a'..=b'f'));
+    let shaped = b.len() == 36 && [8, 13, 18, 23].iter().all(|&i| b[i] == b'-');
+    (shaped && hex(&b[..8]) && hex(&b[9..13])).then(|| format!("{}{}", &key[..8], &key[9..13]))
+}
+
+/// A node's channel.
+pub fn channel(node: &str) -> String {
+    format!("vly:n:{node}")
+}
+
+/// A user's registry entry.
+pub fn user_entry(mid: i64) -> String {
+    format!("vly:u:{mid}")
+}
+
+/// A key's registry entry.
+pub fn key_entry(key: &str) -> String {
+    format!("vly:k:{key}")
+}
+
+/// The add script: node ARGV[1] into every entry of KEYS.
+const ADD_SCRIPT: &str = r#"
+for _, k in ipairs(KEYS) do redis.call('HSET', k, ARGV[1], '1') end
+return #KEYS
+"#;
+
+/// Adds node `node` to every entry of `entries` (all on `link`'s
+/// instance): one command.
+pub async fn add(link: &Link, entries: &[String], node: &str) -> Result<(), RedisError> {
+    let n = entries.len().to_string();
+    let mut args: Vec<&[u8]> = Vec::with_capacity(entries.len() + 2);
+    args.push(n.as_bytes());
+    args.extend(entries.iter().map(|e| e.as_bytes()));
+    args.push(node.as_bytes());
+    super::room::eval(link, ADD_SCRIPT, add_sha(), &args).await.map(drop)
+}
+
+/// Removes node `node` from entry `entry`.
+pub async fn remove(link: &Link, entry: &str, node: &str) -> Result<(), RedisError> {
+    link.call(&[b"HDEL", entry.as_bytes(), node.as_bytes()]).await.map(drop)
+}
+
+/// Marks node `node` alive for `LIVE_SECS` on `link`'s instance.
+pub async fn alive(link: &Link, node: &str) -> Result<(), RedisError> {
+    let key = format!("vly:alive:{node}");
+    let secs = LIVE_SECS.to_string();
+    link.call(&[b"SET", key.as_bytes(), b"1", b"EX", secs.as_bytes()])
+        .await
+        .map(drop)
+}
+
+/// Publishes a push to users or keys (all of whose entries are on
+/// `link`'s instance) on the channels of the live nodes that hold them.
+/// Returns how many nodes it went to.
+pub async fn route(link: &Link, target: &Target, head: &str, payload: &[u8]) -> Result<u64, RedisError> {
+    let (kind, entries, tokens): (&[u8], Vec<String>, Vec<String>) = match target {
+        Target::Mids(m) => (
+            b"u",
+            m.iter().map(|&m| user_entry(m)).collect(),
+            m.iter().map(|m| format!("{m} ")).collect(),
+        ),
+        Target::Keys(k) => (
+            b"k",
+            k.iter().map(|k| key_entry(k)).collect(),
+            k.iter().map(|k| format!("{} {k}", k.len())).collect(),
+        ),
+        Target::Room(_) | Target::All => return Ok(0),
+    };
+    let n = entries.len().to_string();
+    let mut args: Vec<&[u8]> = Vec::with_capacity(2 * entries.len() + 6);
+    args.push(n.as_bytes());
+    args.extend(entries.iter().map(|e| e.as_bytes()));
+    args.extend([kind, head.as_bytes(), payload]);
+    args.extend(tokens.iter().map(|t| t.as_bytes()));
+    match super::room::eval(link, ROUTE_SCRIPT, route_sha(), &args).await? {
+        Frame::Integer(n) => Ok(n.max(0) as u64),
+        other => Err(RedisError::Server(format!("unexpected route reply {other:?}"))),
+    }
+}
+
+/// SHA1 of `ROUTE_SCRIPT` (computed once).
+fn route_sha() -> &'static str {
+    static SHA: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    SHA.get_or_init(|| super::room::sha_hex(ROUTE_SCRIPT))
+}
+
+/// SHA1 of `ADD_SCRIPT` (computed once).
+fn add_sha() -> &'static str {
+    static SHA: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    SHA.get_or_init(|| super::room::sha_hex(ADD_SCRIPT))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_assigned_key_names_its_node() {
+        let tag = 0x1234_5678_9abc_def0;
+        // `GlobalConn::assigned_key` of shard 3, slot 0x10002, gen 0xdeadbeef.
+        let key = "56789abc-def0-0003-0001-0002deadbeef";
+        assert_eq!(node_of_assigned_key(key), Some(node_id(tag)));
+        assert_eq!(node_id(tag), "56789abcdef0");
+        for chosen in [
+            "k1",
+            "",
+            "56789abc-def0-0003-0001-0002deadbee",
+            "XYZ89abc-def0-0003-0001-0002deadbeef",
+        ] {
+            assert_eq!(node_of_assigned_key(chosen), None, "{chosen}");
+        }
+    }
+}
