@@ -217,8 +217,11 @@ impl Link {
             Ok(())
         };
         let watchdog = async {
+            let mut last = Instant::now();
             loop {
-                glommio::timer::sleep(PING_EVERY).await;
+                if !watch_tick(&mut last).await {
+                    continue;
+                }
                 let (oldest, idle) = {
                     let i = self.inner.borrow();
                     (i.waiting.front().map(|p| p.at.elapsed()), i.waiting.is_empty())
@@ -234,6 +237,20 @@ impl Link {
         };
         pump(stream, take, on_frame, watchdog).await
     }
+}
+
+/// Waits `PING_EVERY`; returns whether the wait can judge the connection.
+/// A wait that overran by a second or more means this thread did not run
+/// for that long (a host short of CPU): replies may sit unread in the
+/// socket, so the reader gets its turn before anyone is called dead.
+pub(super) async fn watch_tick(last: &mut Instant) -> bool {
+    glommio::timer::sleep(PING_EVERY).await;
+    let starved = last.elapsed() > 2 * PING_EVERY;
+    *last = Instant::now();
+    if starved {
+        glommio::executor().yield_task_queue_now().await;
+    }
+    !starved
 }
 
 /// Reconnect pacing for one connection: a wait doubling from

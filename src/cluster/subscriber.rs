@@ -19,7 +19,7 @@
 //! for dead when nothing arrives for `REPLY_TIMEOUT` although it pings
 //! every `PING_EVERY`; what it reads is bounded as `Link`'s replies are.
 
-use super::link::{connect, pump, Frame, Outbox, Retry, PING_EVERY, REPLY_TIMEOUT};
+use super::link::{connect, pump, watch_tick, Frame, Outbox, Retry, REPLY_TIMEOUT};
 use super::RedisUrl;
 use bytes::Bytes;
 use fnv::FnvHashSet;
@@ -150,8 +150,11 @@ impl Subscriber {
             Ok(())
         };
         let watchdog = async {
+            let mut last = Instant::now();
             loop {
-                glommio::timer::sleep(PING_EVERY).await;
+                if !watch_tick(&mut last).await {
+                    continue;
+                }
                 if heard.get().elapsed() > REPLY_TIMEOUT {
                     return format!("nothing heard in {} s", REPLY_TIMEOUT.as_secs());
                 }
