@@ -995,3 +995,43 @@ fn online_counts_and_presence_are_the_clusters() {
         nodes.iter().all(|h| count_on(h) == 3)
     });
 }
+
+#[test]
+fn rooms_spread_over_several_instances_and_one_down_fails_only_its_own() {
+    let a = Redis::start(&[]);
+    let mut b = Redis::start(&[]);
+    let urls = vec![a.url(), b.url()];
+    let nodes: Vec<volley::ServerHandle> = (0..2).map(|_| start_server(|c| c.redis.urls = urls.clone())).collect();
+    for h in &nodes {
+        wait_until("linked to both instances", || health(h).0 == 200);
+    }
+    // Eight rooms, a member of each on node 1, published through node 0.
+    let rooms: Vec<String> = (0..8).map(|i| format!("live://spread-{i}")).collect();
+    let (mut member, _) = Client::authed_v2(nodes[1].tcp_addr, r#"{"mid":1}"#);
+    for (i, room) in rooms.iter().enumerate() {
+        member.join(2 + i as u32, room, None);
+    }
+    for room in &rooms {
+        let (status, v) = publish_room(&nodes[0], room, room);
+        assert_eq!(status, 200, "{v}");
+        assert_eq!(member.read_push2().unwrap().payload, room.as_bytes());
+    }
+    // Both instances hold some of the rooms, each room one instance.
+    let on = |r: &Redis, room: &str| redis_cli(r, &["EXISTS", &format!("vly:{{{room}}}:o")]) == "1";
+    let on_b: Vec<&String> = rooms.iter().filter(|r| on(&b, r)).collect();
+    assert!(!on_b.is_empty() && on_b.len() < rooms.len(), "spread: {on_b:?}");
+    assert!(rooms.iter().all(|r| on(&a, r) != on(&b, r)));
+    // The second instance goes: its rooms fail, the first's work on.
+    b.kill();
+    wait_until("the nodes see it gone", || nodes.iter().all(|h| health(h).0 == 503));
+    for room in &rooms {
+        let (status, v) = publish_room(&nodes[0], room, "again");
+        if on_b.contains(&room) {
+            assert_eq!(status, 503, "{room}: {v}");
+        } else {
+            assert_eq!(status, 200, "{room}: {v}");
+            let p = member.read_push2().unwrap();
+            assert_eq!((p.room.as_str(), &p.payload[..]), (room.as_str(), &b"again"[..]));
+        }
+    }
+}
