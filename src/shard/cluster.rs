@@ -717,16 +717,18 @@ impl Shard {
             Ok(p) => p,
             Err(e) => return self.sync_failed(&room, &e.to_string()),
         };
-        // The node had the room live before (its subscription was lost, or
-        // Redis restarted with its data): what was published meanwhile is
-        // read from the Stream and goes to the members first.
+        // The node had the room before (its subscription was lost, or Redis
+        // restarted): what was published since the cache's last message
+        // (in a new epoch: all of it) is read from the Stream and goes to
+        // the members first, as far back as the room's history reaches.
         let policy = self.cfg().history.policy(&room);
+        let keep = policy.messages as u64;
         let missed = self
             .logs
             .get(&room)
-            .filter(|l| l.epoch == epoch && l.last < offset && l.last > 0)
-            .map(|l| l.last + 1)
-            .filter(|&from| offset + 1 - from <= policy.messages as u64);
+            .map(|l| if l.epoch == epoch { l.last + 1 } else { 1 })
+            .filter(|&from| from <= offset && keep > 0)
+            .map(|from| from.max((offset + 1).saturating_sub(keep)));
         let Some(from) = missed else {
             self.logs.sync(&room, policy, tick, epoch, offset);
             return self.go_live(&room);
