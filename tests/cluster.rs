@@ -1035,3 +1035,43 @@ fn rooms_spread_over_several_instances_and_one_down_fails_only_its_own() {
         }
     }
 }
+
+#[test]
+fn read_marks_and_unread_counts_follow_the_user_to_any_node() {
+    let redis = Redis::start(&[]);
+    let nodes = cluster(&redis, 2);
+    for k in 1..=5 {
+        let (_, v) = publish_room(&nodes[0], "chat/u", &format!("m{k}"));
+        assert_eq!(v["data"]["offset"], k, "{v}");
+    }
+    // The user reads up to 3 on node 0 ...
+    let (mut a, _) = Client::authed_v2(nodes[0].tcp_addr, r#"{"mid":42}"#);
+    let j = a.join(2, "chat/u", None);
+    assert_eq!((j["offset"].as_u64(), j["unread"].as_u64()), (Some(5), Some(5)), "{j}");
+    a.send_as(2, 48, 3, br#"{"room":"chat/u","offset":3}"#);
+    let r = a.read().unwrap();
+    assert_eq!((r.op, r.seq), (49, 3), "{}", r.text());
+    let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+    assert_eq!((v["offset"].as_u64(), v["unread"].as_u64()), (Some(3), Some(2)));
+    // ... and finds it on node 1: in its join's unread count and the API's.
+    let (mut b, _) = Client::authed_v2(nodes[1].tcp_addr, r#"{"mid":42}"#);
+    let j = b.join(2, "chat/u", None);
+    assert_eq!(j["unread"], 2, "{j}");
+    let (_, v) = http(
+        nodes[1].http_addr,
+        "GET",
+        "/v1/unread?mid=42&rooms=chat/u,chat/none",
+        &[],
+        b"",
+    );
+    assert_eq!(
+        v["data"]["rooms"]["chat/u"],
+        serde_json::json!({"unread": 2, "offset": 5, "read": 3}),
+        "{v}"
+    );
+    assert_eq!(v["data"]["rooms"]["chat/none"], serde_json::Value::Null);
+    // A mark never moves back, from whichever node.
+    b.send_as(2, 48, 4, br#"{"room":"chat/u","offset":1}"#);
+    let r = b.read().unwrap();
+    assert!(r.text().contains(r#""offset":3"#), "{}", r.text());
+}

@@ -10,6 +10,7 @@
 //! vly:{R}:h        history: a Stream, entry id <offset>-0, fields op ttl id p t
 //! vly:{R}:d:<id>   a publisher message id seen, -> its offset (EX dedup window)
 //! vly:{R}:p:<n>    pattern publish n reached the room (EX 60 s)
+//! vly:{R}:m        read marks: user id -> offset read up to
 //! vly:{R}          pub/sub channel every node with members subscribes to
 //! vly:patterns     pub/sub channel of pattern publishes (first instance)
 //! ```
@@ -77,6 +78,39 @@ end
 return {redis.call('GET', KEYS[1]) or '0', epoch}
 "#;
 
+/// The mark script: user ARGV[1] has read the room up to ARGV[2] (clamped
+/// to the newest offset; a mark never moves back), unless the room has
+/// ARGV[3] marks of other users. KEYS: marks, offset. Returns {mark,
+/// newest offset}, the mark -1 when refused.
+pub const MARK_SCRIPT: &str = r#"
+local last = tonumber(redis.call('GET', KEYS[2]) or '0')
+local cur = redis.call('HGET', KEYS[1], ARGV[1])
+if not cur and redis.call('HLEN', KEYS[1]) >= tonumber(ARGV[3]) then return {-1, last} end
+local m = math.max(tonumber(cur or '0'), math.min(tonumber(ARGV[2]), last))
+redis.call('HSET', KEYS[1], ARGV[1], string.format('%d', m))
+return {m, last}
+"#;
+
+/// The unread script: for each room (KEYS in pairs: marks, offset; the
+/// epoch key's existence is read by name) user ARGV[1]'s mark and the
+/// room's newest offset, -1 -1 for a room nothing was published to or
+/// joined.
+pub const UNREAD_SCRIPT: &str = r#"
+local out = {}
+for i = 1, #KEYS, 2 do
+  local o = redis.call('GET', KEYS[i + 1])
+  if not o and redis.call('EXISTS', string.sub(KEYS[i + 1], 1, -2) .. 'e') == 1 then o = '0' end
+  if o then
+    out[#out + 1] = tonumber(redis.call('HGET', KEYS[i], ARGV[1]) or '0')
+    out[#out + 1] = tonumber(o)
+  else
+    out[#out + 1] = -1
+    out[#out + 1] = -1
+  end
+end
+return out
+"#;
+
 /// The channel every node subscribes to (on the first instance) for
 /// pattern publishes: each node publishes such a message to the matching
 /// rooms it knows (`encode_pattern`).
@@ -93,6 +127,8 @@ pub struct RoomKeys {
     pub history: String,
     /// Pub/sub channel.
     pub channel: String,
+    /// Read marks: a hash of user id -> offset read up to.
+    pub marks: String,
 }
 
 impl RoomKeys {
@@ -103,6 +139,7 @@ impl RoomKeys {
             epoch: format!("vly:{{{room}}}:e"),
             history: format!("vly:{{{room}}}:h"),
             channel: format!("vly:{{{room}}}"),
+            marks: format!("vly:{{{room}}}:m"),
         }
     }
 
@@ -275,6 +312,75 @@ pub async fn sync(link: &Link, room: &str) -> Result<(u64, u64), RedisError> {
     }
 }
 
+/// User `mid` has read `room` up to `offset`: (mark, newest offset), or
+/// `None` when the room holds `max_marks` marks of other users.
+pub async fn mark(
+    link: &Link,
+    room: &str,
+    mid: i64,
+    offset: u64,
+    max_marks: usize,
+) -> Result<Option<(u64, u64)>, RedisError> {
+    let keys = RoomKeys::of(room);
+    let (mid, offset, max) = (mid.to_string(), offset.to_string(), max_marks.to_string());
+    let args: [&[u8]; 6] = [
+        b"2",
+        keys.marks.as_bytes(),
+        keys.offset.as_bytes(),
+        mid.as_bytes(),
+        offset.as_bytes(),
+        max.as_bytes(),
+    ];
+    let reply = eval(link, MARK_SCRIPT, mark_sha(), &args).await?;
+    let bad = || RedisError::Server(format!("unexpected mark reply {reply:?}"));
+    let Frame::Array(v) = &reply else { return Err(bad()) };
+    match v.as_slice() {
+        [Frame::Integer(-1), l] => number(l).map(|_| None).ok_or_else(bad),
+        [m, l] => Ok(Some((number(m).ok_or_else(bad)?, number(l).ok_or_else(bad)?))),
+        _ => Err(bad()),
+    }
+}
+
+/// User `mid`'s read mark in each of `rooms` (all on `link`'s instance)
+/// and the room's newest offset; `None` for a room nothing was published
+/// to or joined.
+pub async fn unread(
+    link: &Link,
+    rooms: &[std::sync::Arc<str>],
+    mid: i64,
+) -> Result<Vec<Option<(u64, u64)>>, RedisError> {
+    let keys: Vec<RoomKeys> = rooms.iter().map(|r| RoomKeys::of(r)).collect();
+    let (n, mid) = ((2 * keys.len()).to_string(), mid.to_string());
+    let mut args: Vec<&[u8]> = vec![n.as_bytes()];
+    for k in &keys {
+        args.extend([k.marks.as_bytes(), k.offset.as_bytes()]);
+    }
+    args.push(mid.as_bytes());
+    let reply = eval(link, UNREAD_SCRIPT, unread_sha(), &args).await?;
+    let bad = || RedisError::Server("unexpected unread reply".into());
+    let Frame::Array(v) = &reply else { return Err(bad()) };
+    if v.len() != 2 * rooms.len() {
+        return Err(bad());
+    }
+    v.chunks(2)
+        .map(|p| match p {
+            [Frame::Integer(-1), Frame::Integer(-1)] => Ok(None),
+            [m, l] => Ok(Some((number(m).ok_or_else(bad)?, number(l).ok_or_else(bad)?))),
+            _ => Err(bad()),
+        })
+        .collect()
+}
+
+/// User `mid`'s read mark in `room` (0: none).
+pub async fn mark_of(link: &Link, room: &str, mid: i64) -> Result<u64, RedisError> {
+    let keys = RoomKeys::of(room);
+    let mid = mid.to_string();
+    match link.call(&[b"HGET", keys.marks.as_bytes(), mid.as_bytes()]).await? {
+        Frame::Null => Ok(0),
+        f => number(&f).ok_or_else(|| RedisError::Server(format!("unexpected mark {f:?}"))),
+    }
+}
+
 /// One stored message read back from a room's Stream, with the Unix
 /// second it was stored at.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -395,6 +501,18 @@ pub(super) fn sha_hex(script: &str) -> String {
 pub fn publish_sha() -> &'static str {
     static SHA: std::sync::OnceLock<String> = std::sync::OnceLock::new();
     SHA.get_or_init(|| sha_hex(PUBLISH_SCRIPT))
+}
+
+/// SHA1 of `MARK_SCRIPT` (computed once).
+fn mark_sha() -> &'static str {
+    static SHA: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    SHA.get_or_init(|| sha_hex(MARK_SCRIPT))
+}
+
+/// SHA1 of `UNREAD_SCRIPT` (computed once).
+fn unread_sha() -> &'static str {
+    static SHA: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    SHA.get_or_init(|| sha_hex(UNREAD_SCRIPT))
 }
 
 /// SHA1 of `SYNC_SCRIPT` (computed once).

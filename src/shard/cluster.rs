@@ -28,7 +28,7 @@
 //! as the cache already stands past them); a join is answered only once the
 //! room is `Live`; a publish is answered a success only when Redis took it.
 
-use super::mesh::{owner_of_str, Answer, ConnRef, GlobalConn, Publication, Published, ShardMsg};
+use super::mesh::{owner_of_str, Answer, ConnRef, GlobalConn, Publication, Published, Reply, ShardMsg};
 use super::state::Shard;
 use crate::cluster::counts::{self, Report};
 use crate::cluster::link::Link;
@@ -119,6 +119,8 @@ pub(super) struct Join {
     pub resume: Option<Resume>,
     pub mid: i64,
     pub presence: bool,
+    /// The user's read mark was read from Redis into the node's log.
+    pub marked: bool,
 }
 
 impl ShardCluster {
@@ -492,9 +494,28 @@ impl Shard {
     }
 
     /// A live room's join: from the node's cache when it reaches back far
-    /// enough, else the missing part is read from the room's Stream first.
-    fn join_live(&mut self, room: Arc<str>, j: Join) {
+    /// enough, else the missing part is read from the room's Stream first;
+    /// a user's read mark (for the reply's unread count) is read from
+    /// Redis into the node's log before anything.
+    fn join_live(&mut self, room: Arc<str>, mut j: Join) {
         let policy = self.cfg().history.policy(&room);
+        if j.mid != 0 && !j.marked {
+            let Some(c) = self.cluster.as_ref() else { return };
+            let (link, me) = (c.link_for(&room), c.me.clone());
+            return c.spawn(async move {
+                let got = room::mark_of(&link, &room, j.mid).await;
+                with_shard(&me, |sh| match got {
+                    Ok(mark) => {
+                        let (now, max) = (sh.wheel.now(), sh.cfg().history.max_marks);
+                        // The node's copy only ever holds what Redis said.
+                        sh.logs.mark(&room, policy, now, j.mid, mark, max);
+                        j.marked = true;
+                        sh.join_live(room, j);
+                    }
+                    Err(e) => sh.join_failed(&room, &j, &e.to_string()),
+                });
+            });
+        }
         let Some(log) = self.logs.get(&room) else {
             return self.join_req(room, j.at, j.seq, (j.resume, j.mid, j.presence));
         };
@@ -589,6 +610,42 @@ impl Shard {
                 why: why.into(),
             },
         );
+    }
+
+    /// Cluster mode, on the marking connection's shard: records a read mark
+    /// in Redis (op 48) and answers with it, or `unavailable`.
+    pub(super) fn cluster_mark(&mut self, r: ConnRef, seq: u32, room: Arc<str>, mid: i64, offset: u64) {
+        let max = self.cfg().history.max_marks;
+        let Some(c) = self.cluster.as_ref() else { return };
+        let (link, me) = (c.link_for(&room), c.me.clone());
+        c.spawn(async move {
+            let got = room::mark(&link, &room, mid, offset, max).await;
+            with_shard(&me, |sh| match got {
+                Ok(mark) => sh.mark_reply(r, seq, &room, mark),
+                Err(e) => sh.v2_error(r, seq, ErrorCode::Unavailable, &e.to_string()),
+            });
+        });
+    }
+
+    /// Cluster mode, for `GET /v1/unread`: user `mid`'s marks in `rooms`
+    /// (all on one instance) and their newest offsets, from Redis; `reply`
+    /// is dropped unanswered when Redis cannot say.
+    pub fn cluster_unread(&mut self, mid: i64, rooms: Vec<Arc<str>>, reply: Reply<Vec<Option<(u64, u64)>>>) {
+        let Some(c) = self.cluster.as_ref() else { return };
+        let Some(first) = rooms.first() else { return };
+        let link = c.link_for(first);
+        c.spawn(async move {
+            if let Ok(marks) = room::unread(&link, &rooms, mid).await {
+                reply.send(marks);
+            }
+        });
+    }
+
+    /// The instance (index into `[redis] urls`) of `room`'s keys; `None`
+    /// on a single node.
+    pub fn cluster_instance(&self, room: &str) -> Option<usize> {
+        let c = self.cluster.as_ref()?;
+        Some(instance_of(room.as_bytes(), c.links.len()))
     }
 
     /// On the joining connection's shard: its join failed.

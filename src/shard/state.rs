@@ -303,6 +303,7 @@ impl Shard {
                     resume,
                     mid,
                     presence,
+                    marked: false,
                 },
             ),
             ShardMsg::JoinReq {

@@ -197,6 +197,9 @@ impl Shard {
             conn: r,
         };
         let room: Arc<str> = room.into();
+        if self.clustered() {
+            return self.cluster_mark(r, f.seq, room, mid, offset);
+        }
         let owner = owner_of_str(&room, self.nr());
         self.route(
             owner,

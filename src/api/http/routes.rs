@@ -465,28 +465,40 @@ fn v1_unread(r: &Req<'_>) -> Result<Later, ApiError> {
     if rooms.iter().any(|room| room.len() > crate::proto::body::MAX_ROOM_LEN) {
         return Err(bad("room key over 256 bytes"));
     }
+    // Grouped by owner shard, or in a cluster by Redis instance (marks
+    // live there).
     let mut by_owner: BTreeMap<usize, Vec<Arc<str>>> = BTreeMap::new();
-    let n = r.shard.borrow().nr_shards();
+    let (n, clustered) = {
+        let sh = r.shard.borrow();
+        (sh.nr_shards(), sh.clustered())
+    };
     for room in &rooms {
-        by_owner
-            .entry(owner_of_str(room, n))
-            .or_default()
-            .push(Arc::from(room.as_str()));
+        let at = match r.shard.borrow().cluster_instance(room) {
+            Some(i) => i,
+            None => owner_of_str(room, n),
+        };
+        by_owner.entry(at).or_default().push(Arc::from(room.as_str()));
     }
     let mut waits = Vec::new();
     for (owner, rooms) in by_owner {
         let (reply, wait) = Reply::pair();
         waits.push((rooms.clone(), wait));
-        r.shard
-            .borrow_mut()
-            .route(owner, ShardMsg::UnreadReq { mid, rooms, reply });
+        let mut sh = r.shard.borrow_mut();
+        if clustered {
+            sh.cluster_unread(mid, rooms, reply);
+        } else {
+            sh.route(owner, ShardMsg::UnreadReq { mid, rooms, reply });
+        }
     }
     Ok(Box::pin(async move {
         let mut data = serde_json::Map::new();
         for (rooms, wait) in waits {
-            let marks = wait
-                .await
-                .ok_or_else(|| ApiError(StatusCode::SERVICE_UNAVAILABLE, "a room's shard did not answer".into()))?;
+            let marks = wait.await.ok_or_else(|| {
+                ApiError(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "no answer for some rooms (their shard, or in a cluster their Redis instance)".into(),
+                )
+            })?;
             for (room, m) in rooms.iter().zip(marks) {
                 let v = m.map_or(
                     Value::Null,
