@@ -371,6 +371,23 @@ pub async fn unread(
         .collect()
 }
 
+/// `room`'s (newest offset, epoch), read without setting anything;
+/// `None` when nothing was published to or joined in it.
+pub async fn position(link: &Link, room: &str) -> Result<Option<(u64, u64)>, RedisError> {
+    let keys = RoomKeys::of(room);
+    let reply = link
+        .call(&[b"MGET", keys.offset.as_bytes(), keys.epoch.as_bytes()])
+        .await?;
+    let bad = || RedisError::Server(format!("unexpected MGET reply {reply:?}"));
+    let Frame::Array(v) = &reply else { return Err(bad()) };
+    match v.as_slice() {
+        [_, Frame::Null] => Ok(None),
+        [Frame::Null, e] => Ok(Some((0, number(e).ok_or_else(bad)?))),
+        [o, e] => Ok(Some((number(o).ok_or_else(bad)?, number(e).ok_or_else(bad)?))),
+        _ => Err(bad()),
+    }
+}
+
 /// User `mid`'s read mark in `room` (0: none).
 pub async fn mark_of(link: &Link, room: &str, mid: i64) -> Result<u64, RedisError> {
     let keys = RoomKeys::of(room);
@@ -395,9 +412,22 @@ pub struct Stored {
 /// first (what the Stream still holds of them: a trimmed start is simply
 /// missing), given `epoch` as theirs.
 pub async fn range(link: &Link, room: &str, epoch: u64, from: u64, through: u64) -> Result<Vec<Stored>, RedisError> {
+    let count = through.saturating_sub(from).saturating_add(1);
+    range_at_most(link, room, epoch, (from, through), count).await
+}
+
+/// The first `count` stored messages of `room` with offsets
+/// `from..=through`, oldest first.
+pub async fn range_at_most(
+    link: &Link,
+    room: &str,
+    epoch: u64,
+    (from, through): (u64, u64),
+    count: u64,
+) -> Result<Vec<Stored>, RedisError> {
     let keys = RoomKeys::of(room);
     let (start, end) = (format!("{from}-0"), format!("{through}-0"));
-    let count = through.saturating_sub(from).saturating_add(1).to_string();
+    let count = count.to_string();
     let reply = link
         .call(&[
             b"XRANGE",

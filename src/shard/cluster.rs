@@ -28,7 +28,8 @@
 //! as the cache already stands past them); a join is answered only once the
 //! room is `Live`; a publish is answered a success only when Redis took it.
 
-use super::mesh::{owner_of_str, Answer, ConnRef, GlobalConn, Publication, Published, Reply, ShardMsg};
+use super::history::Entry;
+use super::mesh::{owner_of_str, Answer, ConnRef, GlobalConn, HistoryPage, Publication, Published, Reply, ShardMsg};
 use super::state::Shard;
 use crate::cluster::counts::{self, Report};
 use crate::cluster::link::Link;
@@ -638,6 +639,53 @@ impl Shard {
             if let Ok(marks) = room::unread(&link, &rooms, mid).await {
                 reply.send(marks);
             }
+        });
+    }
+
+    /// Cluster mode, for `GET /v1/history`: a page of `room`'s history
+    /// from its Stream (messages past their TTL or the room's age limit
+    /// left out); `reply` is dropped unanswered when Redis cannot say.
+    pub fn cluster_history(&mut self, room: Arc<str>, since: u64, limit: usize, reply: Reply<Option<HistoryPage>>) {
+        let policy = self.cfg().history.policy(&room);
+        let (unix, tick) = (self.unix_now, self.wheel.now());
+        let Some(c) = self.cluster.as_ref() else { return };
+        let link = c.link_for(&room);
+        c.spawn(async move {
+            let Ok(pos) = room::position(&link, &room).await else {
+                return;
+            };
+            let Some((last, epoch)) = pos else {
+                return reply.send(None);
+            };
+            let mut page = HistoryPage {
+                epoch,
+                last,
+                entries: Vec::new(),
+            };
+            if since < last && limit > 0 {
+                // Room for what the filters leave out, within one read.
+                let want = (limit as u64).saturating_mul(2).min(last - since);
+                let Ok(stored) = room::range_at_most(&link, &room, epoch, (since + 1, last), want).await else {
+                    return;
+                };
+                page.entries = stored
+                    .into_iter()
+                    .filter(|s| s.at.saturating_add(u64::from(policy.max_age)) > unix)
+                    .filter(|s| s.msg.ttl == 0 || s.at + u64::from(s.msg.ttl) > unix)
+                    .take(limit)
+                    .map(|s| {
+                        let wire = room_frames(&room, &s.msg).v2;
+                        Entry {
+                            offset: s.msg.offset,
+                            cost: wire.tcp.len() + wire.ws.len(),
+                            wire,
+                            at: tick,
+                            ttl_end: u32::MAX,
+                        }
+                    })
+                    .collect();
+            }
+            reply.send(Some(page));
         });
     }
 

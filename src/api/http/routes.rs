@@ -343,21 +343,26 @@ fn v1_history(r: &Req<'_>) -> Result<Later, ApiError> {
         let mut sh = r.shard.borrow_mut();
         let owner = owner_of_str(&room, sh.nr_shards());
         let room: Arc<str> = Arc::from(room.as_str());
-        sh.route(
-            owner,
-            ShardMsg::HistoryReq {
-                room,
-                since,
-                limit,
-                reply,
-            },
-        );
+        if sh.clustered() {
+            // History lives in Redis; a node's cache holds only the tail.
+            sh.cluster_history(room, since, limit, reply);
+        } else {
+            sh.route(
+                owner,
+                ShardMsg::HistoryReq {
+                    room,
+                    since,
+                    limit,
+                    reply,
+                },
+            );
+        }
     }
     Ok(Box::pin(async move {
         let page = wait.await.ok_or_else(|| {
             ApiError(
                 StatusCode::SERVICE_UNAVAILABLE,
-                "the room's shard did not answer".into(),
+                "the room's shard (in a cluster: its Redis instance) did not answer".into(),
             )
         })?;
         Ok(ok(history_json(&room, page)))
