@@ -35,9 +35,10 @@
 //!   sessions, rooms, room logs with offsets and history, resume, access
 //!   and connection limits, room patterns, presence, the mesh),
 //!   plus `shard::run`, the per-shard runtime that drives it, and
-//!   `shard::cluster`, cluster mode on a shard (room messages through
-//!   Redis: publish, subscription, the node's cache, resume from Redis;
-//!   pattern, user, key and everyone pushes; registry; counts).
+//!   `shard::cluster` (with its data, `shard::cluster_state`), cluster mode
+//!   on a shard: room messages through Redis (publish, subscription, the
+//!   node's cache, resume and history from Redis), pattern, user, key and
+//!   everyone pushes, the registry, read marks, counts.
 //! - [`conn`]: client connections' I/O: accept, the per-connection driver
 //!   (state, not a task), the per-shard readiness ring (one multishot poll
 //!   per connection on an io_uring of our own), the reactor task that runs

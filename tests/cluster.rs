@@ -1083,14 +1083,30 @@ fn history_is_read_from_redis_on_any_node() {
     let mut epoch = String::new();
     for k in 1..=5 {
         let msg = serde_json::json!({"room": "live://h", "op": 7, "id": format!("h-{k}"), "body": format!("m{k}")});
-        let (_, v) = http(nodes[0].http_addr, "POST", "/v1/push/room", &[], msg.to_string().as_bytes());
+        let (_, v) = http(
+            nodes[0].http_addr,
+            "POST",
+            "/v1/push/room",
+            &[],
+            msg.to_string().as_bytes(),
+        );
         epoch = v["data"]["epoch"].as_str().unwrap().to_string();
     }
     // Node 1 never had a member of the room: its page comes from the Stream.
-    let (status, v) = http(nodes[1].http_addr, "GET", "/v1/history?room=live://h&since=2&limit=2", &[], b"");
+    let (status, v) = http(
+        nodes[1].http_addr,
+        "GET",
+        "/v1/history?room=live://h&since=2&limit=2",
+        &[],
+        b"",
+    );
     assert_eq!(status, 200, "{v}");
     let d = &v["data"];
-    assert_eq!((d["epoch"].as_str(), d["offset"].as_u64()), (Some(epoch.as_str()), Some(5)), "{v}");
+    assert_eq!(
+        (d["epoch"].as_str(), d["offset"].as_u64()),
+        (Some(epoch.as_str()), Some(5)),
+        "{v}"
+    );
     let got: Vec<(u64, String)> = d["messages"]
         .as_array()
         .unwrap()
@@ -1100,7 +1116,10 @@ fn history_is_read_from_redis_on_any_node() {
     assert_eq!(got, vec![(3, "h-3".to_string()), (4, "h-4".to_string())]);
     assert_eq!(d["messages"][0]["body_base64"], "bTM=");
     let (_, v) = http(nodes[1].http_addr, "GET", "/v1/history?room=live://none", &[], b"");
-    assert_eq!((v["data"]["epoch"].clone(), v["data"]["offset"].as_u64()), (serde_json::Value::Null, Some(0)));
+    assert_eq!(
+        (v["data"]["epoch"].clone(), v["data"]["offset"].as_u64()),
+        (serde_json::Value::Null, Some(0))
+    );
     redis.kill();
     wait_until("redis gone", || health(&nodes[1]).0 == 503);
     let (status, _) = http(nodes[1].http_addr, "GET", "/v1/history?room=live://h", &[], b"");

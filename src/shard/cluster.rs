@@ -2,11 +2,13 @@
 //! everyone pushes and online counts through Redis (SPEC section 5,
 //! docs/CLUSTER.md).
 //!
-//! Owns, per shard, its link and its subscriber to each Redis instance
-//! (`cluster::link`, `cluster::subscriber`) and, for the rooms this shard
-//! owns that have members on this node, where their subscription stands
-//! (`RoomSync`); on shard 0 also the subscription to the pattern and push
-//! channels and the node's counts report (`cluster::counts`).
+//! Acts on the shard's cluster state (`shard::cluster_state`): its link and
+//! subscriber to each Redis instance (`cluster::link`,
+//! `cluster::subscriber`), the subscriptions of the rooms this shard owns
+//! that have members on this node, the user / key registry entries of its
+//! users and keys (`cluster::registry`), read marks and history pages read
+//! from Redis; on shard 0 also the pattern and push channels and the
+//! node's counts report (`cluster::counts`).
 //!
 //! Runs on every shard of a node with `[redis] urls`; the tasks it spawns
 //! (one per publish, sync or history read) run in the shard's control
@@ -24,20 +26,22 @@
 //! channel, in the order Redis published it, and gets its offset and epoch
 //! from Redis only; a room is `Live` only after its subscription was
 //! confirmed and its position read after that, so every message past the
-//! position arrives on the channel (messages at or before it are dropped,
-//! as the cache already stands past them); a join is answered only once the
-//! room is `Live`; a publish is answered a success only when Redis took it.
+//! position arrives on the channel (messages at or before it are dropped:
+//! for a room the node had before, what its members missed up to the
+//! position is read back from the Stream first); a join is answered only
+//! once the room is `Live`; a publish is answered a success only when Redis
+//! took it.
 
+use super::cluster_state::{Join, RoomSync, State, LINGER_SECS, MAX_HELD, PATTERN_DEDUP_SECS};
 use super::history::Entry;
-use super::mesh::{owner_of_str, Answer, ConnRef, GlobalConn, HistoryPage, Publication, Published, Reply, ShardMsg};
+use super::mesh::{owner_of_str, Answer, ConnRef, HistoryPage, Publication, Published, Reply, ShardMsg};
 use super::state::Shard;
 use crate::cluster::counts::{self, Report};
-use crate::cluster::link::Link;
+use crate::cluster::instance_of;
 use crate::cluster::push::{decode_push, encode_push, Push, PUSH_CHANNEL};
 use crate::cluster::registry;
 use crate::cluster::room::{self, Dedup, Message, RoomKeys, Stored, PATTERN_CHANNEL};
-use crate::cluster::subscriber::{Event, Subscriber};
-use crate::cluster::{instance_of, RedisUrl};
+use crate::cluster::subscriber::Event;
 use crate::metrics::ShardStats;
 use crate::proto::binary;
 use crate::proto::publish::Target;
@@ -45,135 +49,9 @@ use crate::proto::v2::{Envelope, ErrorCode, Kind, Resume, Unrecovered};
 use crate::proto::wire::{Frames, Wire};
 use bytes::Bytes;
 use fnv::FnvHashMap;
-use glommio::TaskQueueHandle;
 use std::cell::RefCell;
 use std::rc::Weak;
 use std::sync::Arc;
-
-/// Seconds a room stays subscribed after the node's last member left (and
-/// the shards' published views, a second late, say so): a member coming
-/// back soon finds it live.
-const LINGER_SECS: u32 = 5;
-/// Most channel messages kept for a room while its position is read.
-const MAX_HELD: usize = 65_536;
-/// Seconds a pattern publish's token is remembered per room.
-const PATTERN_DEDUP_SECS: u32 = 60;
-
-/// A shard's cluster state (see the module doc).
-pub struct ShardCluster {
-    /// Per instance, the shard's command link.
-    links: Vec<Link>,
-    /// Per instance, the shard's pub/sub connection.
-    subs: Vec<Subscriber>,
-    /// Where the shard's Redis tasks run.
-    queue: TaskQueueHandle,
-    /// The shard itself, for the tasks to come back to.
-    me: Weak<RefCell<Shard>>,
-    /// Rooms this shard owns with members on this node.
-    rooms: FnvHashMap<Arc<str>, RoomSync>,
-    /// Shard 0: the node's room counts as last reported to Redis.
-    reported: FnvHashMap<Arc<str>, u64>,
-    /// Shard 0: the first link's connects as of the last report (another
-    /// value: Redis may have lost the node's counts, report them whole).
-    reported_connects: u64,
-    /// Shard 0: a report is on its way.
-    reporting: bool,
-    /// This node's id in the registry (`cluster::registry::node_id`).
-    node: String,
-    /// Per instance, the link's connects as of this shard's last
-    /// registration of its users and keys there.
-    registered: Vec<u64>,
-}
-
-/// Where a room's subscription stands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum State {
-    /// SUBSCRIBE sent (or to be sent when the subscriber reconnects).
-    Subscribing,
-    /// Subscribed; its position is being read.
-    Syncing,
-    /// The read failed at this tick; tried again at the next sweep.
-    Failed(u32),
-    /// Every message past the position arrives on the channel.
-    Live,
-}
-
-struct RoomSync {
-    state: State,
-    /// Version-2 joins waiting for `Live`.
-    joins: Vec<Join>,
-    /// Channel messages that arrived while `Syncing`.
-    held: Vec<Message>,
-    /// Tick of the last sign of a member (a join, a first member on a
-    /// shard).
-    touched: u32,
-    /// Which read of the position is the current one (an answer to an
-    /// earlier one, overtaken by a lost subscription, is ignored).
-    sync: u32,
-}
-
-/// A version-2 join as its owner received it.
-#[derive(Debug, Clone)]
-pub(super) struct Join {
-    pub at: GlobalConn,
-    pub seq: u32,
-    pub resume: Option<Resume>,
-    pub mid: i64,
-    pub presence: bool,
-    /// The user's read mark was read from Redis into the node's log.
-    pub marked: bool,
-}
-
-impl ShardCluster {
-    /// The links and subscribers of shard `id` to `urls` (not connected:
-    /// `connections` gives what to run), spawning into `queue`. Shard 0 also
-    /// listens for pattern publishes and for key, user and everyone pushes.
-    pub fn new(id: usize, urls: &[RedisUrl], queue: TaskQueueHandle, node_tag: u64) -> ShardCluster {
-        let subs: Vec<Subscriber> = urls.iter().cloned().map(Subscriber::new).collect();
-        let node = registry::node_id(node_tag);
-        if id == 0 {
-            subs[0].subscribe(PATTERN_CHANNEL);
-            subs[0].subscribe(PUSH_CHANNEL);
-            // The route script publishes on the instance of the entries.
-            for s in &subs {
-                s.subscribe(&registry::channel(&node));
-            }
-        }
-        ShardCluster {
-            links: urls.iter().cloned().map(Link::new).collect(),
-            subs,
-            queue,
-            me: Weak::new(),
-            rooms: FnvHashMap::default(),
-            reported: FnvHashMap::default(),
-            reported_connects: 0,
-            reporting: false,
-            node,
-            registered: vec![0; urls.len()],
-        }
-    }
-
-    /// The links and subscribers, per instance, for their tasks to run.
-    pub fn connections(&self) -> (Vec<Link>, Vec<Subscriber>) {
-        (self.links.clone(), self.subs.clone())
-    }
-
-    /// The shard this state belongs to (set once the shard is shared).
-    pub fn set_shard(&mut self, me: Weak<RefCell<Shard>>) {
-        self.me = me;
-    }
-
-    /// The link to the instance that holds `name`'s keys.
-    fn link_for(&self, name: &str) -> Link {
-        self.links[instance_of(name.as_bytes(), self.links.len())].clone()
-    }
-
-    fn spawn(&self, f: impl std::future::Future<Output = ()> + 'static) {
-        if let Ok(t) = glommio::spawn_local_into(f, self.queue) {
-            t.detach();
-        }
-    }
-}
 
 /// Runs `f` on the shard behind `me`, if it is still there.
 fn with_shard(me: &Weak<RefCell<Shard>>, f: impl FnOnce(&mut Shard)) {
@@ -222,14 +100,7 @@ impl Shard {
             }),
             (None, None) => None,
         };
-        let m = Message {
-            offset: 0,
-            epoch: 0,
-            op: msg.op,
-            ttl: msg.ttl.unwrap_or(0),
-            id: msg.id.as_deref().unwrap_or("").to_string(),
-            payload: msg.payload,
-        };
+        let m = message_of(&msg);
         let shared = self.shared.clone();
         let id = self.id;
         c.spawn(async move {
@@ -263,14 +134,7 @@ impl Shard {
     pub fn cluster_publish_pattern(&mut self, pattern: &str, msg: &Publication) {
         let Some(c) = self.cluster.as_ref() else { return };
         let link = c.links[0].clone();
-        let m = Message {
-            offset: 0,
-            epoch: 1,
-            op: msg.op,
-            ttl: msg.ttl.unwrap_or(0),
-            id: msg.id.as_deref().unwrap_or("").to_string(),
-            payload: msg.payload.clone(),
-        };
+        let m = message_of(msg);
         let body = room::encode_pattern(pattern, fastrand::u64(1..), &m);
         let (shared, id) = (self.shared.clone(), self.id);
         c.spawn(async move {
@@ -360,9 +224,10 @@ impl Shard {
     }
 
     /// On a user's or key's owner, cluster mode: this node got its first
-    /// connection of user `mid` / with key `key` (client-chosen keys only:
-    /// an assigned key names its node); the registry hears of it.
-    pub(super) fn registry_add(&mut self, key: Option<&str>, mid: Option<i64>) {
+    /// connection of user `mid` / with key `key` (`on`), or its last went;
+    /// the registry hears of it (client-chosen keys only: an assigned key
+    /// names its node).
+    pub(super) fn registry_change(&mut self, key: Option<&str>, mid: Option<i64>, on: bool) {
         let Some(c) = self.cluster.as_ref() else { return };
         let entries = key
             .filter(|k| registry::node_of_assigned_key(k).is_none())
@@ -370,32 +235,16 @@ impl Shard {
             .into_iter()
             .chain(mid.map(registry::user_entry));
         for e in entries {
-            let link = c.link_for(&e);
-            let node = c.node.clone();
+            let (link, node) = (c.link_for(&e), c.node.clone());
             c.spawn(async move {
-                // A failure is mended by the registration after the link
-                // reconnects (`register_all`).
-                let _ = registry::add(&link, &[e], &node).await;
-            });
-        }
-    }
-
-    /// On a user's or key's owner, cluster mode: this node's last
-    /// connection of user `mid` / with key `key` went.
-    pub(super) fn registry_remove(&mut self, key: Option<&str>, mid: Option<i64>) {
-        let Some(c) = self.cluster.as_ref() else { return };
-        let entries = key
-            .filter(|k| registry::node_of_assigned_key(k).is_none())
-            .map(registry::key_entry)
-            .into_iter()
-            .chain(mid.map(registry::user_entry));
-        for e in entries {
-            let link = c.link_for(&e);
-            let node = c.node.clone();
-            c.spawn(async move {
-                // Left behind, a field only costs the node a push it
-                // does not deliver.
-                let _ = registry::remove(&link, &e, &node).await;
+                // A lost add is mended by the registration after the link
+                // reconnects (`register_all`); a lost remove only costs the
+                // node a push it does not deliver.
+                let _ = if on {
+                    registry::add(&link, &[e], &node).await
+                } else {
+                    registry::remove(&link, &e, &node).await
+                };
             });
         }
     }
@@ -1065,6 +914,19 @@ impl Shard {
                 .cluster_rooms
                 .store(c.rooms.len() as u64, std::sync::atomic::Ordering::Relaxed);
         }
+    }
+}
+
+/// A publication as Redis takes it (its offset and epoch are Redis's to
+/// give).
+fn message_of(msg: &Publication) -> Message {
+    Message {
+        offset: 0,
+        epoch: 1,
+        op: msg.op,
+        ttl: msg.ttl.unwrap_or(0),
+        id: msg.id.as_deref().unwrap_or("").to_string(),
+        payload: msg.payload.clone(),
     }
 }
 

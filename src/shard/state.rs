@@ -99,7 +99,7 @@ pub struct Shard {
     pub(super) woken: Worklist,
     /// Cluster mode: links, subscribers, subscribed rooms (`None`: single
     /// node).
-    pub cluster: Option<super::cluster::ShardCluster>,
+    pub cluster: Option<super::cluster_state::ShardCluster<Shard>>,
 }
 
 impl Shard {
@@ -295,25 +295,21 @@ impl Shard {
                 resume,
                 mid,
                 presence,
-            } if self.cluster.is_some() => self.cluster_join(
-                room,
-                super::cluster::Join {
-                    at,
-                    seq,
-                    resume,
-                    mid,
-                    presence,
-                    marked: false,
-                },
-            ),
-            ShardMsg::JoinReq {
-                room,
-                at,
-                seq,
-                resume,
-                mid,
-                presence,
-            } => self.join_req(room, at, seq, (resume, mid, presence)),
+            } => {
+                if self.clustered() {
+                    let j = super::cluster_state::Join {
+                        at,
+                        seq,
+                        resume,
+                        mid,
+                        presence,
+                        marked: false,
+                    };
+                    self.cluster_join(room, j);
+                } else {
+                    self.join_req(room, at, seq, (resume, mid, presence));
+                }
+            }
             ShardMsg::MarkReq {
                 room,
                 at,
@@ -342,7 +338,7 @@ impl Shard {
             ShardMsg::Register { key, mid, at, v2 } => self.register(key, mid, at, v2),
             ShardMsg::Unregister { key, mid, at } => {
                 let (key_gone, user_gone) = self.dir.unregister(key.as_deref(), mid, at);
-                self.registry_remove(key.as_deref().filter(|_| key_gone), user_gone.then_some(mid));
+                self.registry_change(key.as_deref().filter(|_| key_gone), user_gone.then_some(mid), false);
             }
             ShardMsg::Kick {
                 conn,
@@ -361,7 +357,7 @@ impl Shard {
     fn register(&mut self, key: Option<Arc<str>>, mid: i64, at: GlobalConn, v2: bool) {
         let (tag, n) = (self.shared.node_tag, self.nr());
         let first = mid != 0 && self.dir.user(mid).is_empty();
-        self.registry_add(key.as_deref(), first.then_some(mid));
+        self.registry_change(key.as_deref(), first.then_some(mid), true);
         let replaced = self.dir.register(key, mid, at, v2, (tag, n));
         if mid != 0 {
             let over = self.user_over_limit(mid, at);

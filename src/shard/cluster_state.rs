@@ -1,0 +1,156 @@
+//! A shard's cluster state, as data: its links and subscribers to the
+//! Redis instances, where each room it owns stands in its subscription
+//! (`RoomSync`), the waiting version-2 joins, and the bookkeeping of the
+//! counts report and the registry. What the shard does with it is
+//! `shard::cluster`; this file is apart so that `Shard` can hold it without
+//! the two depending on each other.
+//!
+//! Owned by one shard (`Shard::cluster`, `None` on a single node); never
+//! shared across threads.
+
+use super::mesh::GlobalConn;
+use crate::cluster::link::Link;
+use crate::cluster::push::PUSH_CHANNEL;
+use crate::cluster::registry;
+use crate::cluster::room::{Message, PATTERN_CHANNEL};
+use crate::cluster::subscriber::Subscriber;
+use crate::cluster::{instance_of, RedisUrl};
+use crate::proto::v2::Resume;
+use fnv::FnvHashMap;
+use glommio::TaskQueueHandle;
+use std::cell::RefCell;
+use std::rc::Weak;
+use std::sync::Arc;
+
+/// Seconds a room stays subscribed after the node's last member left (and
+/// the shards' published views, a second late, say so): a member coming
+/// back soon finds it live.
+pub(super) const LINGER_SECS: u32 = 5;
+/// Most channel messages kept for a room while its position is read.
+pub(super) const MAX_HELD: usize = 65_536;
+/// Seconds a pattern publish's token is remembered per room.
+pub(super) const PATTERN_DEDUP_SECS: u32 = 60;
+
+/// A shard's cluster state (see the module doc); `S` is the shard, which
+/// the state's tasks come back to.
+pub struct ShardCluster<S> {
+    /// Per instance, the shard's command link.
+    pub(super) links: Vec<Link>,
+    /// Per instance, the shard's pub/sub connection.
+    pub(super) subs: Vec<Subscriber>,
+    /// Where the shard's Redis tasks run.
+    pub(super) queue: TaskQueueHandle,
+    /// The shard itself, for the tasks to come back to.
+    pub(super) me: Weak<RefCell<S>>,
+    /// Rooms this shard owns with members on this node.
+    pub(super) rooms: FnvHashMap<Arc<str>, RoomSync>,
+    /// Shard 0: the node's room counts as last reported to Redis.
+    pub(super) reported: FnvHashMap<Arc<str>, u64>,
+    /// Shard 0: the first link's connects as of the last report (another
+    /// value: Redis may have lost the node's counts, report them whole).
+    pub(super) reported_connects: u64,
+    /// Shard 0: a report is on its way.
+    pub(super) reporting: bool,
+    /// This node's id in the registry (`cluster::registry::node_id`).
+    pub(super) node: String,
+    /// Per instance, the link's connects as of this shard's last
+    /// registration of its users and keys there.
+    pub(super) registered: Vec<u64>,
+}
+
+/// Where a room's subscription stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum State {
+    /// SUBSCRIBE sent (or to be sent when the subscriber reconnects).
+    Subscribing,
+    /// Subscribed; its position is being read.
+    Syncing,
+    /// The read failed at this tick; tried again at the next sweep.
+    Failed(u32),
+    /// Every message past the position arrives on the channel.
+    Live,
+}
+
+/// A room this shard owns with members on this node: its subscription.
+pub(super) struct RoomSync {
+    pub(super) state: State,
+    /// Version-2 joins waiting for `Live`.
+    pub(super) joins: Vec<Join>,
+    /// Channel messages that arrived while `Syncing`.
+    pub(super) held: Vec<Message>,
+    /// Tick of the last sign of a member (a join, a first member on a
+    /// shard).
+    pub(super) touched: u32,
+    /// Which read of the position is the current one (an answer to an
+    /// earlier one, overtaken by a lost subscription, is ignored).
+    pub(super) sync: u32,
+}
+
+/// A version-2 join as its owner received it.
+#[derive(Debug, Clone)]
+pub(super) struct Join {
+    /// The joining connection.
+    pub at: GlobalConn,
+    /// Its request's sequence.
+    pub seq: u32,
+    /// Where it left off, if it resumes.
+    pub resume: Option<Resume>,
+    /// Its user (0: none).
+    pub mid: i64,
+    /// It asked for presence events.
+    pub presence: bool,
+    /// The user's read mark was read from Redis into the node's log.
+    pub marked: bool,
+}
+
+impl<S> ShardCluster<S> {
+    /// The links and subscribers of shard `id` to `urls` (not connected:
+    /// `connections` gives what to run), spawning into `queue`. Shard 0 also
+    /// listens for pattern publishes and for key, user and everyone pushes.
+    pub fn new(id: usize, urls: &[RedisUrl], queue: TaskQueueHandle, node_tag: u64) -> ShardCluster<S> {
+        let subs: Vec<Subscriber> = urls.iter().cloned().map(Subscriber::new).collect();
+        let node = registry::node_id(node_tag);
+        if id == 0 {
+            subs[0].subscribe(PATTERN_CHANNEL);
+            subs[0].subscribe(PUSH_CHANNEL);
+            // The route script publishes on the instance of the entries.
+            for s in &subs {
+                s.subscribe(&registry::channel(&node));
+            }
+        }
+        ShardCluster {
+            links: urls.iter().cloned().map(Link::new).collect(),
+            subs,
+            queue,
+            me: Weak::new(),
+            rooms: FnvHashMap::default(),
+            reported: FnvHashMap::default(),
+            reported_connects: 0,
+            reporting: false,
+            node,
+            registered: vec![0; urls.len()],
+        }
+    }
+
+    /// The links and subscribers, per instance, for their tasks to run.
+    pub fn connections(&self) -> (Vec<Link>, Vec<Subscriber>) {
+        (self.links.clone(), self.subs.clone())
+    }
+
+    /// The shard this state belongs to (set once the shard is shared).
+    pub fn set_shard(&mut self, me: Weak<RefCell<S>>) {
+        self.me = me;
+    }
+
+    /// The link to the instance that holds `name`'s keys.
+    pub(super) fn link_for(&self, name: &str) -> Link {
+        self.links[instance_of(name.as_bytes(), self.links.len())].clone()
+    }
+
+    /// Runs `f` in the shard's control queue.
+    pub(super) fn spawn(&self, f: impl std::future::Future<Output = ()> + 'static) {
+        if let Ok(t) = glommio::spawn_local_into(f, self.queue) {
+            t.detach();
+        }
+    }
+}
