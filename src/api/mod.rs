@@ -10,9 +10,9 @@
 //! to every shard), a key or user push to the owners of those keys or
 //! users, a global push to every shard (`Shard::route_push`); a message for
 //! this shard is handled inline, the rest travel through the mesh. In
-//! cluster mode room pushes go to Redis from the shard they entered, and
-//! pattern, key, user and global pushes to every node through Redis
-//! (`shard::cluster`).
+//! cluster mode room pushes go to Redis from the shard they entered, pattern
+//! and global pushes to every node through Redis, and key and user pushes
+//! to the nodes the registry says hold them (`shard::cluster`).
 //!
 //! Invariants: a push is checked whole (payload size, target counts, room
 //! length, message id) before anything is routed; its frames are encoded
@@ -110,8 +110,8 @@ pub fn check(target: &Target, payload: &[u8], meta: &Meta, max: usize) -> Result
 /// owner's answer: the offset it got (or, for a message id seen within the
 /// dedup window, the offset the first one got). In cluster mode a room
 /// push goes to Redis from this shard (refused at once while the room's
-/// instance is unreachable, else answered with what Redis said), and a
-/// pattern push to every node through Redis.
+/// instance is unreachable, else answered with what Redis said), and the
+/// other pushes through Redis to the nodes they concern.
 pub fn publish(
     sh: &mut Shard,
     target: Target,
@@ -121,13 +121,7 @@ pub fn publish(
     answer: bool,
 ) -> Result<Option<ReplyWait<PublishOutcome>>, PublishError> {
     check(&target, payload, &meta, sh.shared.config.api.max_push_body)?;
-    // Rooms by their instance; patterns, keys, users and everyone on the
-    // first.
-    let room = match &target {
-        Target::Room(room) if pattern::kind(room) != pattern::Kind::Pattern => Some(room.as_str()),
-        _ => None,
-    };
-    if let Some(why) = sh.cluster_refuses(room) {
+    if let Some(why) = sh.cluster_refuses(&target) {
         ShardStats::add(&sh.stats().cluster_publish_failed, 1);
         return Err(PublishError::Unavailable(why));
     }
@@ -188,8 +182,8 @@ pub fn publish(
             );
         }
         target if sh.clustered() => {
-            // Every node, this one too, routes it from the cluster's push
-            // channel.
+            // Through Redis to the nodes that hold the targets (everyone:
+            // every node, this one too).
             sh.cluster_push(target, op, payload, meta.id.as_deref(), meta.ttl);
         }
         target => sh.route_push(target, op, payload, meta.id.as_deref(), meta.ttl),

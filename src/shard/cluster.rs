@@ -68,17 +68,28 @@ impl Shard {
         self.cluster.is_some()
     }
 
-    /// Cluster mode: why a publish to `room` (a pattern publish: `None`)
-    /// would fail now, its instance's link being down; so that a publisher
-    /// that gets no answer per message (the TCP publisher, fire-and-forget
-    /// routes) is refused instead of told "routed".
-    pub fn cluster_refuses(&self, room: Option<&str>) -> Option<String> {
+    /// Cluster mode: why a push to `target` would fail now, a link it
+    /// needs being down (a room's instance; a user's or client-chosen
+    /// key's registry instance; the first instance for patterns, everyone
+    /// and assigned keys); so that a publisher that gets no answer per
+    /// message (the TCP publisher, fire-and-forget routes) is refused
+    /// instead of told "routed".
+    pub fn cluster_refuses(&self, target: &Target) -> Option<String> {
         let c = self.cluster.as_ref()?;
-        let link = match room {
-            Some(r) => c.link_for(r),
-            None => c.links[0].clone(),
-        };
-        link.down_reason()
+        let first = || c.links[0].down_reason();
+        match target {
+            Target::Room(r) if crate::proto::pattern::kind(r) != crate::proto::pattern::Kind::Pattern => {
+                c.link_for(r).down_reason()
+            }
+            Target::Room(_) | Target::All => first(),
+            Target::Mids(mids) => mids
+                .iter()
+                .find_map(|&m| c.link_for(&registry::user_entry(m)).down_reason()),
+            Target::Keys(keys) => keys.iter().find_map(|k| match registry::node_of_assigned_key(k) {
+                Some(_) => first(),
+                None => c.link_for(&registry::key_entry(k)).down_reason(),
+            }),
+        }
     }
 
     /// Cluster mode, on any shard: publishes a room message through
