@@ -1125,3 +1125,37 @@ fn history_is_read_from_redis_on_any_node() {
     let (status, _) = http(nodes[1].http_addr, "GET", "/v1/history?room=live://h", &[], b"");
     assert_eq!(status, 503);
 }
+
+#[test]
+fn a_users_inbox_follows_the_user_to_any_node() {
+    let redis = Redis::start(&[]);
+    let nodes = cluster(&redis, 2);
+    wait_until("both nodes alive", || {
+        redis_cli(&redis, &["KEYS", "vly:alive:*"]).lines().count() == 2
+    });
+    let push = |body: &str, extra: &str| {
+        let path = format!("/goim/push/mids?operation=1000&mids=77{extra}");
+        let (status, v) = http(nodes[0].http_addr, "POST", &path, &[], body.as_bytes());
+        assert_eq!(status, 200, "{v}");
+    };
+    // Connected nowhere: both pushes wait in Redis, not on a node.
+    push("first", "");
+    push("second", "&id=s-1");
+    wait_until("two pushes in the user's inbox", || {
+        redis_cli(&redis, &["LLEN", "vly:i:77"]) == "2"
+    });
+    // The user comes back on the other node and gets them, in order.
+    let (mut c, _) = Client::authed_v2(nodes[1].tcp_addr, r#"{"mid":77}"#);
+    let a = c.read_push2().unwrap();
+    let b = c.read_push2().unwrap();
+    assert_eq!((a.kind, &a.payload[..]), (2, &b"first"[..]));
+    assert_eq!((&b.payload[..], b.id.as_str()), (&b"second"[..], "s-1"));
+    assert_eq!(redis_cli(&redis, &["EXISTS", "vly:i:77"]), "0", "taken");
+    // Connected: a push goes to the node, not to Redis.
+    wait_until("the user is registered", || {
+        redis_cli(&redis, &["HLEN", "vly:u:77"]) == "1"
+    });
+    push("live", "");
+    assert_eq!(c.read_push2().unwrap().payload, b"live");
+    assert_eq!(redis_cli(&redis, &["EXISTS", "vly:i:77"]), "0");
+}

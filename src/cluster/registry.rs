@@ -9,6 +9,8 @@
 //! ```text
 //! vly:u:<mid>        hash node -> 1: nodes with a connection of the user
 //! vly:k:<key>        hash node -> 1: nodes with a connection with the key
+//! vly:i:<mid>        inbox of a user no node held when pushed to
+//!                    (on the user's entry's instance)
 //! vly:alive:<node>   the node is up (EX LIVE_SECS, set every second)
 //! vly:n:<node>       channel of the pushes for that node
 //! ```
@@ -22,7 +24,9 @@
 //! `ROUTE_SCRIPT` looks the targets up and publishes, on each live node's
 //! channel, the push with the targets that node holds (the
 //! `cluster::push` form): one command per push and instance, whatever the
-//! number of nodes, and nodes without a target hear nothing.
+//! number of nodes, and nodes without a target hear nothing. A user held by
+//! no node gets the push in an inbox in Redis instead, which the first node
+//! to get a connection of the user takes (`take_inbox`) and delivers.
 //!
 //! Invariants: a node id is the 48-bit tag its server-assigned keys carry
 //! (`node_of_assigned_key`), so an assigned key needs no entry.
@@ -35,22 +39,35 @@ pub const LIVE_SECS: u32 = 5;
 
 /// The route script. KEYS: the targets' entries (all on this instance).
 /// ARGV: the push kind (`u` or `k`), its head `op ttl idlen id`, its
-/// payload, then each target as the push form writes it (`mid ` or
-/// `len key`), in KEYS order. Returns the number of nodes published to.
+/// payload, the inbox's message limit (0: no inbox), seconds an inbox
+/// entry is kept, then each target as the push form writes it (`mid ` or
+/// `len key`), in KEYS order. A user held by no live node gets the push in
+/// their inbox (`vly:i:<mid>`: entries `<expiry unix second> <push form>`,
+/// the newest `limit` kept). Returns the number of nodes published to.
 pub const ROUTE_SCRIPT: &str = r#"
 local by, order = {}, {}
+local now = tonumber(redis.call('TIME')[1])
 for i, key in ipairs(KEYS) do
+  local held = false
   for _, node in ipairs(redis.call('HKEYS', key)) do
     if redis.call('EXISTS', 'vly:alive:' .. node) == 1 then
+      held = true
       if not by[node] then
         by[node] = {}
         order[#order + 1] = node
       end
       local t = by[node]
-      t[#t + 1] = ARGV[i + 3]
+      t[#t + 1] = ARGV[i + 5]
     else
       redis.call('HDEL', key, node)
     end
+  end
+  if not held and ARGV[1] == 'u' and tonumber(ARGV[4]) > 0 then
+    local inbox = 'vly:i:' .. string.sub(key, 7)
+    local entry = string.format('%d', now + tonumber(ARGV[5])) .. ' u ' .. ARGV[2] .. '1 ' .. ARGV[i + 5] .. ARGV[3]
+    redis.call('RPUSH', inbox, entry)
+    redis.call('LTRIM', inbox, -tonumber(ARGV[4]), -1)
+    redis.call('EXPIRE', inbox, ARGV[5])
   end
 end
 for _, node in ipairs(order) do
@@ -121,10 +138,26 @@ pub async fn alive(link: &Link, node: &str) -> Result<(), RedisError> {
         .map(drop)
 }
 
+/// Where a push to users no node holds is kept: at most `messages` per
+/// user (0: not kept), each for `secs`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct InboxLimits {
+    /// Entries per user.
+    pub messages: usize,
+    /// Seconds an entry is kept.
+    pub secs: u32,
+}
+
 /// Publishes a push to users or keys (all of whose entries are on
-/// `link`'s instance) on the channels of the live nodes that hold them.
-/// Returns how many nodes it went to.
-pub async fn route(link: &Link, target: &Target, head: &str, payload: &[u8]) -> Result<u64, RedisError> {
+/// `link`'s instance) on the channels of the live nodes that hold them,
+/// and keeps it in the inbox of each user no node holds. Returns how many
+/// nodes it went to.
+pub async fn route(
+    link: &Link,
+    target: &Target,
+    (head, payload): (&str, &[u8]),
+    inbox: InboxLimits,
+) -> Result<u64, RedisError> {
     let (kind, entries, tokens): (&[u8], Vec<String>, Vec<String>) = match target {
         Target::Mids(m) => (
             b"u",
@@ -139,15 +172,54 @@ pub async fn route(link: &Link, target: &Target, head: &str, payload: &[u8]) -> 
         Target::Room(_) | Target::All => return Ok(0),
     };
     let n = entries.len().to_string();
+    let (max, secs) = (inbox.messages.to_string(), inbox.secs.max(1).to_string());
     let mut args: Vec<&[u8]> = Vec::with_capacity(2 * entries.len() + 6);
     args.push(n.as_bytes());
     args.extend(entries.iter().map(|e| e.as_bytes()));
-    args.extend([kind, head.as_bytes(), payload]);
+    args.extend([kind, head.as_bytes(), payload, max.as_bytes(), secs.as_bytes()]);
     args.extend(tokens.iter().map(|t| t.as_bytes()));
     match super::room::eval(link, ROUTE_SCRIPT, route_sha(), &args).await? {
         Frame::Integer(n) => Ok(n.max(0) as u64),
         other => Err(RedisError::Server(format!("unexpected route reply {other:?}"))),
     }
+}
+
+/// The take script: a user's inbox, whole, emptied in the same step (so
+/// that of two nodes taking it at once one gets it). KEYS: the inbox.
+const TAKE_SCRIPT: &str = r#"
+local all = redis.call('LRANGE', KEYS[1], 0, -1)
+redis.call('DEL', KEYS[1])
+return all
+"#;
+
+/// User `mid`'s inbox in Redis, taken (emptied): each push not past its
+/// expiry at Unix second `now`, oldest first. An entry that does not read
+/// is skipped.
+pub async fn take_inbox(link: &Link, mid: i64, now: u64) -> Result<Vec<super::push::Push>, RedisError> {
+    let key = format!("vly:i:{mid}");
+    let reply = super::room::eval(link, TAKE_SCRIPT, take_sha(), &[b"1", key.as_bytes()]).await?;
+    let Frame::Array(v) = reply else {
+        return Err(RedisError::Server("unexpected inbox reply".into()));
+    };
+    Ok(v.iter()
+        .filter_map(|f| match f {
+            Frame::BulkString(b) => inbox_entry(b, now),
+            _ => None,
+        })
+        .collect())
+}
+
+/// An inbox entry, `<expiry> <push form>`, if it reads and has not expired.
+fn inbox_entry(b: &bytes::Bytes, now: u64) -> Option<super::push::Push> {
+    let space = memchr::memchr(b' ', b)?;
+    let expiry: u64 = std::str::from_utf8(&b[..space]).ok()?.parse().ok()?;
+    (expiry > now).then(|| super::push::decode_push(&b.slice(space + 1..)).ok())?
+}
+
+/// SHA1 of `TAKE_SCRIPT` (computed once).
+fn take_sha() -> &'static str {
+    static SHA: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    SHA.get_or_init(|| super::room::sha_hex(TAKE_SCRIPT))
 }
 
 /// SHA1 of `ROUTE_SCRIPT` (computed once).

@@ -213,11 +213,16 @@ impl Shard {
             }
         }
         let head = format!("{op} {ttl} {} {id}", id.len());
+        let ib = &self.shared.config.inbox;
+        let inbox = registry::InboxLimits {
+            messages: ib.messages,
+            secs: if ttl > 0 { ttl } else { ib.ttl_secs },
+        };
         for (i, targets) in routed.into_iter().enumerate() {
             for t in targets {
                 let (link, head, payload, failed) = (c.links[i].clone(), head.clone(), payload.clone(), failed.clone());
                 c.spawn(async move {
-                    if let Err(e) = registry::route(&link, &t, &head, &payload).await {
+                    if let Err(e) = registry::route(&link, &t, (&head, &payload), inbox).await {
                         failed(e);
                     }
                 });
@@ -258,6 +263,34 @@ impl Shard {
                 };
             });
         }
+        if let (true, Some(mid)) = (on, mid) {
+            self.take_inbox(mid);
+        }
+    }
+
+    /// This node got its first connection of user `mid`: what waits for
+    /// the user in Redis (pushes while no node held them) is taken and
+    /// pushed to the user here, oldest first. Taken after the registry add,
+    /// on the same link, so a push lands either in what is taken or on
+    /// this node's channel, never nowhere.
+    fn take_inbox(&mut self, mid: i64) {
+        let Some(c) = self.cluster.as_ref() else { return };
+        let (link, me, now) = (c.link_for(&registry::user_entry(mid)), c.me.clone(), self.unix_now);
+        c.spawn(async move {
+            let Ok(pushes) = registry::take_inbox(&link, mid, now).await else {
+                return;
+            };
+            with_shard(&me, |sh| {
+                ShardStats::add(&sh.stats().inbox_owed, pushes.len() as u64);
+                for p in pushes {
+                    let (id, ttl) = (
+                        (!p.id.is_empty()).then_some(p.id.as_str()),
+                        (p.ttl > 0).then_some(p.ttl),
+                    );
+                    sh.route_push(Target::Mids(vec![mid]), p.op, &p.payload, id, ttl);
+                }
+            });
+        });
     }
 
     /// Once a sweep: on every instance whose link has (re)connected since

@@ -15,10 +15,11 @@
 //! only version 1                   no      all of them (at most once, as goim)
 //! ```
 //!
-//! In cluster mode (`shard::cluster`) every node hears every user push, and
-//! a node keeps one only for a user with a version-2 connection on it: a
-//! user connected nowhere has nothing kept (the inbox does not follow the
-//! user from node to node yet).
+//! In cluster mode (`shard::cluster`) a user push reaches only the nodes
+//! holding the user, and a node keeps it only for a user with a version-2
+//! connection on it; a push to a user no node holds waits in Redis and is
+//! pushed again by the first node the user connects to
+//! (`cluster::registry`).
 //!
 //! A connection of the user that authenticates is sent what the inbox holds
 //! before any later push to the user (the owner sends both, in that order,
