@@ -121,6 +121,19 @@ fn publish_args(i: usize) -> Vec<Vec<u8>> {
     .collect()
 }
 
+/// Runs `n` publishes, `IN_FLIGHT` at a time, each the task `start(i)`
+/// spawns.
+async fn in_waves(n: usize, mut start: impl FnMut(usize) -> glommio::Task<()>) {
+    let mut next = 0;
+    while next < n {
+        let wave: Vec<_> = (next..(next + IN_FLIGHT).min(n)).map(&mut start).collect();
+        next += wave.len();
+        for t in wave {
+            t.await;
+        }
+    }
+}
+
 /// Volley's way: the link on this executor's own socket.
 fn on_the_shard(port: u16, n: usize) -> (Duration, Duration) {
     glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
@@ -135,23 +148,15 @@ fn on_the_shard(port: u16, n: usize) -> (Duration, Duration) {
                 .await
                 .unwrap();
             let (start, cpu) = (Instant::now(), thread_cpu());
-            let mut next = 0;
-            while next < n {
-                let wave: Vec<_> = (next..(next + IN_FLIGHT).min(n))
-                    .map(|i| {
-                        let link = link.clone();
-                        glommio::spawn_local(async move {
-                            room::publish(&link, "live://bench", &message(i), 100, None)
-                                .await
-                                .unwrap();
-                        })
-                    })
-                    .collect();
-                next += wave.len();
-                for t in wave {
-                    t.await;
-                }
-            }
+            in_waves(n, |i| {
+                let link = link.clone();
+                glommio::spawn_local(async move {
+                    room::publish(&link, "live://bench", &message(i), 100, None)
+                        .await
+                        .unwrap();
+                })
+            })
+            .await;
             (start.elapsed(), thread_cpu() - cpu)
         })
         .unwrap()
@@ -198,27 +203,19 @@ fn on_a_client_thread(port: u16, n: usize) -> (Duration, Duration, Duration) {
     let shard = glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
         .spawn(move || async move {
             let (start, cpu) = (Instant::now(), thread_cpu());
-            let mut next = 0;
-            while next < n {
-                // A task per publish, as the link's side has (and as volley
-                // spawns one per publish).
-                let wave: Vec<_> = (next..(next + IN_FLIGHT).min(n))
-                    .map(|i| {
-                        let (reply, wait) = Reply::pair();
-                        tx.send((publish_args(i), reply)).unwrap();
-                        glommio::spawn_local(async move {
-                            match wait.await {
-                                Some(Frame::Array(_)) => {}
-                                other => panic!("publish reply {other:?}"),
-                            }
-                        })
-                    })
-                    .collect();
-                next += wave.len();
-                for t in wave {
-                    t.await;
-                }
-            }
+            // A task per publish, as the link's side has (and as volley
+            // spawns one per publish).
+            in_waves(n, |i| {
+                let (reply, wait) = Reply::pair();
+                tx.send((publish_args(i), reply)).unwrap();
+                glommio::spawn_local(async move {
+                    match wait.await {
+                        Some(Frame::Array(_)) => {}
+                        other => panic!("publish reply {other:?}"),
+                    }
+                })
+            })
+            .await;
             (start.elapsed(), thread_cpu() - cpu)
         })
         .unwrap()
