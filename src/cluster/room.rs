@@ -408,6 +408,13 @@ pub struct Stored {
     pub at: u64,
 }
 
+impl Stored {
+    /// Whether its own TTL (none: 0) has ended at Unix second `unix`.
+    pub fn ttl_over(&self, unix: u64) -> bool {
+        self.msg.ttl != 0 && self.at.saturating_add(u64::from(self.msg.ttl)) <= unix
+    }
+}
+
 /// The stored messages of `room` with offsets `from..=through`, oldest
 /// first (what the Stream still holds of them: a trimmed start is simply
 /// missing), given `epoch` as theirs.
@@ -453,7 +460,13 @@ fn stored(e: &Frame, epoch: u64) -> Option<Stored> {
     let [Frame::BulkString(id), Frame::Array(fields)] = v.as_slice() else {
         return None;
     };
-    let offset = std::str::from_utf8(id).ok()?.strip_suffix("-0")?.parse().ok()?;
+    // Offsets start at 1 (a Stream id 0-0 is no message of volley's).
+    let offset = std::str::from_utf8(id)
+        .ok()?
+        .strip_suffix("-0")?
+        .parse()
+        .ok()
+        .filter(|&o: &u64| o > 0)?;
     let mut m = Message {
         offset,
         epoch,

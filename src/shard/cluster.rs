@@ -413,12 +413,12 @@ impl Shard {
         let Some(log) = self.logs.get(&room) else {
             return self.join_req(room, j.at, j.seq, (j.resume, j.mid, j.presence));
         };
-        let from_redis = j.resume.and_then(|r| {
-            let from = r.offset + 1;
-            let through = log.lost_through;
-            (r.epoch == log.epoch && r.offset < through && through - r.offset <= policy.messages as u64)
-                .then_some((from, through, log.epoch))
-        });
+        let from_redis =
+            j.resume.and_then(|r| {
+                let through = log.lost_through;
+                (r.epoch == log.epoch && r.offset < through && through - r.offset <= policy.messages as u64)
+                    .then_some((r.offset + 1, through, log.epoch))
+            });
         let Some((from, through, epoch)) = from_redis else {
             return self.join_req(room, j.at, j.seq, (j.resume, j.mid, j.presence));
         };
@@ -449,7 +449,7 @@ impl Shard {
         };
         let policy = self.cfg().history.policy(&room);
         let unix = self.unix_now;
-        let gapless = entries.len() as u64 == through + 1 - from
+        let gapless = entries.len() as u64 == (through - from).saturating_add(1)
             && entries.iter().zip(from..).all(|(s, o)| s.msg.offset == o)
             && entries
                 .iter()
@@ -469,7 +469,7 @@ impl Shard {
             Ok(rest) if gapless => {
                 let mut all: Vec<Wire> = entries
                     .iter()
-                    .filter(|s| s.msg.ttl == 0 || s.at + u64::from(s.msg.ttl) > unix)
+                    .filter(|s| !s.ttl_over(unix))
                     .map(|s| room_frames(&room, &s.msg).v2)
                     .collect();
                 all.extend(rest);
@@ -564,7 +564,7 @@ impl Shard {
                 page.entries = stored
                     .into_iter()
                     .filter(|s| s.at.saturating_add(u64::from(policy.max_age)) > unix)
-                    .filter(|s| s.msg.ttl == 0 || s.at + u64::from(s.msg.ttl) > unix)
+                    .filter(|s| !s.ttl_over(unix))
                     .take(limit)
                     .map(|s| {
                         let wire = room_frames(&room, &s.msg).v2;
@@ -724,9 +724,9 @@ impl Shard {
         let missed = self
             .logs
             .get(&room)
-            .map(|l| if l.epoch == epoch { l.last + 1 } else { 1 })
+            .map(|l| if l.epoch == epoch { l.last.saturating_add(1) } else { 1 })
             .filter(|&from| from <= offset && keep > 0)
-            .map(|from| from.max((offset + 1).saturating_sub(keep)));
+            .map(|from| from.max(offset.saturating_add(1).saturating_sub(keep)));
         let Some(from) = missed else {
             self.logs.sync(&room, policy, tick, epoch, offset);
             return self.go_live(&room);
@@ -765,7 +765,7 @@ impl Shard {
         let unix = self.unix_now;
         ShardStats::add(&self.stats().cluster_filled, entries.len() as u64);
         for s in entries {
-            if s.msg.ttl == 0 || s.at + u64::from(s.msg.ttl) > unix {
+            if !s.ttl_over(unix) {
                 self.apply(&room, s.msg);
             }
         }

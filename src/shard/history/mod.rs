@@ -280,7 +280,7 @@ impl Logs {
         if offset <= log.last {
             return false;
         }
-        if offset > log.last + 1 {
+        if offset > log.last.saturating_add(1) {
             log.lost_through = offset - 1;
         }
         self.append(room, now, offset, ttl, wire);
