@@ -32,7 +32,7 @@
 //! once the room is `Live`; a publish is answered a success only when Redis
 //! took it.
 
-use super::cluster_state::{Join, RoomSync, State, LINGER_SECS, MAX_HELD, PATTERN_DEDUP_SECS};
+use super::cluster_state::{Join, RoomSync, ShardCluster, State, LINGER_SECS, MAX_HELD, PATTERN_DEDUP_SECS};
 use super::history::Entry;
 use super::mesh::{owner_of_str, Answer, ConnRef, HistoryPage, Publication, Published, Reply, ShardMsg};
 use super::state::Shard;
@@ -603,21 +603,22 @@ impl Shard {
 
     /// What this shard's subscriber to instance `i` heard.
     pub fn on_redis(&mut self, i: usize, e: Event) {
-        let node_channel = self.cluster.as_ref().map(|c| registry::channel(&c.node));
-        let direct = |channel: &[u8]| {
-            channel == PUSH_CHANNEL.as_bytes() || node_channel.as_deref().map(str::as_bytes) == Some(channel)
+        let direct = |channel: &[u8], c: Option<&ShardCluster<Shard>>| {
+            channel == PUSH_CHANNEL.as_bytes() || c.is_some_and(|c| c.node_channel.as_bytes() == channel)
         };
         match e {
-            Event::Message { channel, payload } if direct(&channel) => match decode_push(&payload) {
-                Ok(p) => {
-                    let (id, ttl) = (
-                        (!p.id.is_empty()).then_some(p.id.as_str()),
-                        (p.ttl > 0).then_some(p.ttl),
-                    );
-                    self.route_push(p.target, p.op, &p.payload, id, ttl);
+            Event::Message { channel, payload } if direct(&channel, self.cluster.as_ref()) => {
+                match decode_push(&payload) {
+                    Ok(p) => {
+                        let (id, ttl) = (
+                            (!p.id.is_empty()).then_some(p.id.as_str()),
+                            (p.ttl > 0).then_some(p.ttl),
+                        );
+                        self.route_push(p.target, p.op, &p.payload, id, ttl);
+                    }
+                    Err(e) => self.bad_channel_message(&channel, e),
                 }
-                Err(e) => self.bad_channel_message(&channel, e),
-            },
+            }
             Event::Message { channel, payload } if &channel[..] == PATTERN_CHANNEL.as_bytes() => {
                 match room::decode_pattern(&payload) {
                     Ok((pattern, token, m)) => self.pattern_message(pattern, token, m),

@@ -53,6 +53,9 @@ pub struct ShardCluster<S> {
     pub(super) reporting: bool,
     /// This node's id in the registry (`cluster::registry::node_id`).
     pub(super) node: String,
+    /// This node's channel (`cluster::registry::channel`), made once: every
+    /// channel message is compared with it.
+    pub(super) node_channel: String,
     /// Per instance, the link's connects as of this shard's last
     /// registration of its users and keys there.
     pub(super) registered: Vec<u64>,
@@ -110,12 +113,13 @@ impl<S> ShardCluster<S> {
     pub fn new(id: usize, urls: &[RedisUrl], queue: TaskQueueHandle, node_tag: u64) -> ShardCluster<S> {
         let subs: Vec<Subscriber> = urls.iter().cloned().map(Subscriber::new).collect();
         let node = registry::node_id(node_tag);
+        let node_channel = registry::channel(&node);
         if id == 0 {
             subs[0].subscribe(PATTERN_CHANNEL);
             subs[0].subscribe(PUSH_CHANNEL);
             // The route script publishes on the instance of the entries.
             for s in &subs {
-                s.subscribe(&registry::channel(&node));
+                s.subscribe(&node_channel);
             }
         }
         ShardCluster {
@@ -128,6 +132,7 @@ impl<S> ShardCluster<S> {
             reported_connects: 0,
             reporting: false,
             node,
+            node_channel,
             registered: vec![0; urls.len()],
         }
     }
