@@ -100,7 +100,7 @@ fn publish_args(i: usize) -> Vec<Vec<u8>> {
     let m = message(i);
     [
         &b"EVALSHA"[..],
-        room::publish_sha().as_bytes(),
+        room::PUBLISH_SCRIPT.sha().as_bytes(),
         b"4",
         k.offset.as_bytes(),
         k.epoch.as_bytes(),

@@ -23,6 +23,7 @@
 //! checked before use.
 
 use super::link::{Frame, Link, RedisError};
+use super::room::Script;
 use fnv::FnvHashMap;
 use std::sync::Arc;
 
@@ -36,7 +37,8 @@ pub const TTL_SECS: u32 = 5;
 /// summed over the live nodes: computed by the first node to ask after the
 /// sums expired (after 900 ms), read by the others, so that the cluster sums
 /// once a second whatever the number of nodes.
-pub const COUNTS_SCRIPT: &str = r#"
+pub static COUNTS_SCRIPT: Script = Script::new(
+    r#"
 if ARGV[3] == '1' then redis.call('DEL', KEYS[2]) end
 local i = 6
 while i < #ARGV do
@@ -75,7 +77,8 @@ end
 local sums = cjson.encode(out)
 redis.call('SET', KEYS[4], sums, 'PX', 900)
 return sums
-"#;
+"#,
+);
 
 /// The cluster's counts as of the last run.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -124,7 +127,7 @@ pub async fn report(link: &Link, node: &str, r: &Report) -> Result<Counts, Redis
         args.push(room.as_bytes());
         args.push(n.as_bytes());
     }
-    let reply = super::room::eval(link, COUNTS_SCRIPT, counts_sha(), &args).await?;
+    let reply = super::room::eval(link, &COUNTS_SCRIPT, &args).await?;
     let Frame::BulkString(b) = &reply else {
         return Err(RedisError::Server(format!("unexpected counts reply {reply:?}")));
     };
@@ -147,12 +150,6 @@ fn parse(b: &[u8]) -> Option<Counts> {
         c.rooms.insert(Arc::from(pair[0].as_str()?), pair[1].as_u64()?);
     }
     Some(c)
-}
-
-/// SHA1 of `COUNTS_SCRIPT` (computed once).
-fn counts_sha() -> &'static str {
-    static SHA: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-    SHA.get_or_init(|| super::room::sha_hex(COUNTS_SCRIPT))
 }
 
 #[cfg(test)]

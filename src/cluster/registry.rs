@@ -32,6 +32,7 @@
 //! (`node_of_assigned_key`), so an assigned key needs no entry.
 
 use super::link::{Frame, Link, RedisError};
+use super::room::Script;
 use crate::proto::publish::Target;
 
 /// Seconds a node counts as alive after its last sign of life.
@@ -44,7 +45,8 @@ pub const LIVE_SECS: u32 = 5;
 /// `len key`), in KEYS order. A user held by no live node gets the push in
 /// their inbox (`vly:i:<mid>`: entries `<expiry unix second> <push form>`,
 /// the newest `limit` kept). Returns the number of nodes published to.
-pub const ROUTE_SCRIPT: &str = r#"
+pub static ROUTE_SCRIPT: Script = Script::new(
+    r#"
 local by, order = {}, {}
 local now = tonumber(redis.call('TIME')[1])
 for i, key in ipairs(KEYS) do
@@ -76,7 +78,8 @@ for _, node in ipairs(order) do
     ARGV[1] .. ' ' .. ARGV[2] .. #t .. ' ' .. table.concat(t) .. ARGV[3])
 end
 return #order
-"#;
+"#,
+);
 
 /// A node's id: the low 48 bits of its tag, hex.
 pub fn node_id(node_tag: u64) -> String {
@@ -108,10 +111,12 @@ pub fn key_entry(key: &str) -> String {
 }
 
 /// The add script: node ARGV[1] into every entry of KEYS.
-const ADD_SCRIPT: &str = r#"
+static ADD_SCRIPT: Script = Script::new(
+    r#"
 for _, k in ipairs(KEYS) do redis.call('HSET', k, ARGV[1], '1') end
 return #KEYS
-"#;
+"#,
+);
 
 /// Adds node `node` to every entry of `entries` (all on `link`'s
 /// instance): one command.
@@ -121,7 +126,7 @@ pub async fn add(link: &Link, entries: &[String], node: &str) -> Result<(), Redi
     args.push(n.as_bytes());
     args.extend(entries.iter().map(|e| e.as_bytes()));
     args.push(node.as_bytes());
-    super::room::eval(link, ADD_SCRIPT, add_sha(), &args).await.map(drop)
+    super::room::eval(link, &ADD_SCRIPT, &args).await.map(drop)
 }
 
 /// Removes node `node` from entry `entry`.
@@ -178,7 +183,7 @@ pub async fn route(
     args.extend(entries.iter().map(|e| e.as_bytes()));
     args.extend([kind, head.as_bytes(), payload, max.as_bytes(), secs.as_bytes()]);
     args.extend(tokens.iter().map(|t| t.as_bytes()));
-    match super::room::eval(link, ROUTE_SCRIPT, route_sha(), &args).await? {
+    match super::room::eval(link, &ROUTE_SCRIPT, &args).await? {
         Frame::Integer(n) => Ok(n.max(0) as u64),
         other => Err(RedisError::Server(format!("unexpected route reply {other:?}"))),
     }
@@ -186,18 +191,20 @@ pub async fn route(
 
 /// The take script: a user's inbox, whole, emptied in the same step (so
 /// that of two nodes taking it at once one gets it). KEYS: the inbox.
-const TAKE_SCRIPT: &str = r#"
+static TAKE_SCRIPT: Script = Script::new(
+    r#"
 local all = redis.call('LRANGE', KEYS[1], 0, -1)
 redis.call('DEL', KEYS[1])
 return all
-"#;
+"#,
+);
 
 /// User `mid`'s inbox in Redis, taken (emptied): each push not past its
 /// expiry at Unix second `now`, oldest first. An entry that does not read
 /// is skipped.
 pub async fn take_inbox(link: &Link, mid: i64, now: u64) -> Result<Vec<super::push::Push>, RedisError> {
     let key = format!("vly:i:{mid}");
-    let reply = super::room::eval(link, TAKE_SCRIPT, take_sha(), &[b"1", key.as_bytes()]).await?;
+    let reply = super::room::eval(link, &TAKE_SCRIPT, &[b"1", key.as_bytes()]).await?;
     let Frame::Array(v) = reply else {
         return Err(RedisError::Server("unexpected inbox reply".into()));
     };
@@ -214,24 +221,6 @@ fn inbox_entry(b: &bytes::Bytes, now: u64) -> Option<super::push::Push> {
     let space = memchr::memchr(b' ', b)?;
     let expiry: u64 = std::str::from_utf8(&b[..space]).ok()?.parse().ok()?;
     (expiry > now).then(|| super::push::decode_push(&b.slice(space + 1..)).ok())?
-}
-
-/// SHA1 of `TAKE_SCRIPT` (computed once).
-fn take_sha() -> &'static str {
-    static SHA: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-    SHA.get_or_init(|| super::room::sha_hex(TAKE_SCRIPT))
-}
-
-/// SHA1 of `ROUTE_SCRIPT` (computed once).
-fn route_sha() -> &'static str {
-    static SHA: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-    SHA.get_or_init(|| super::room::sha_hex(ROUTE_SCRIPT))
-}
-
-/// SHA1 of `ADD_SCRIPT` (computed once).
-fn add_sha() -> &'static str {
-    static SHA: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-    SHA.get_or_init(|| super::room::sha_hex(ADD_SCRIPT))
 }
 
 #[cfg(test)]

@@ -41,7 +41,8 @@ use bytes::Bytes;
 /// dedup). Returns {offset, epoch, duplicate (0/1)}. The Stream entry keeps
 /// the Unix second it was stored at (`t`), for TTLs and age limits on
 /// replay.
-pub const PUBLISH_SCRIPT: &str = r#"
+pub static PUBLISH_SCRIPT: Script = Script::new(
+    r#"
 local epoch = redis.call('GET', KEYS[2])
 if not epoch then
   epoch = ARGV[7]
@@ -63,39 +64,45 @@ end
 redis.call('PUBLISH', ARGV[1], o .. ' ' .. epoch .. ' ' .. ARGV[2] .. ' ' ..
   ARGV[3] .. ' ' .. string.format('%d', string.len(ARGV[4])) .. ' ' .. ARGV[4] .. ARGV[5])
 return {offset, epoch, 0}
-"#;
+"#,
+);
 
 /// The sync script, run by a node once its subscription to a room's
 /// channel is confirmed: the room's epoch (set if missing, ARGV[1]) and its
 /// newest offset (0: none yet). KEYS: offset, epoch. Every message after
 /// that offset reaches the node on the channel.
-pub const SYNC_SCRIPT: &str = r#"
+pub static SYNC_SCRIPT: Script = Script::new(
+    r#"
 local epoch = redis.call('GET', KEYS[2])
 if not epoch then
   epoch = ARGV[1]
   redis.call('SET', KEYS[2], epoch)
 end
 return {redis.call('GET', KEYS[1]) or '0', epoch}
-"#;
+"#,
+);
 
 /// The mark script: user ARGV[1] has read the room up to ARGV[2] (clamped
 /// to the newest offset; a mark never moves back), unless the room has
 /// ARGV[3] marks of other users. KEYS: marks, offset. Returns {mark,
 /// newest offset}, the mark -1 when refused.
-pub const MARK_SCRIPT: &str = r#"
+pub static MARK_SCRIPT: Script = Script::new(
+    r#"
 local last = tonumber(redis.call('GET', KEYS[2]) or '0')
 local cur = redis.call('HGET', KEYS[1], ARGV[1])
 if not cur and redis.call('HLEN', KEYS[1]) >= tonumber(ARGV[3]) then return {-1, last} end
 local m = math.max(tonumber(cur or '0'), math.min(tonumber(ARGV[2]), last))
 redis.call('HSET', KEYS[1], ARGV[1], string.format('%d', m))
 return {m, last}
-"#;
+"#,
+);
 
 /// The unread script: for each room (KEYS in pairs: marks, offset; the
 /// epoch key's existence is read by name) user ARGV[1]'s mark and the
 /// room's newest offset, -1 -1 for a room nothing was published to or
 /// joined.
-pub const UNREAD_SCRIPT: &str = r#"
+pub static UNREAD_SCRIPT: Script = Script::new(
+    r#"
 local out = {}
 for i = 1, #KEYS, 2 do
   local o = redis.call('GET', KEYS[i + 1])
@@ -109,7 +116,8 @@ for i = 1, #KEYS, 2 do
   end
 end
 return out
-"#;
+"#,
+);
 
 /// The channel every node subscribes to (on the first instance) for
 /// pattern publishes: each node publishes such a message to the matching
@@ -291,7 +299,7 @@ pub async fn publish(
         secs.as_bytes(),
         check,
     ];
-    let reply = eval(link, PUBLISH_SCRIPT, publish_sha(), &args).await?;
+    let reply = eval(link, &PUBLISH_SCRIPT, &args).await?;
     parse_published(&reply).ok_or_else(|| RedisError::Server(format!("unexpected publish reply {reply:?}")))
 }
 
@@ -300,7 +308,7 @@ pub async fn sync(link: &Link, room: &str) -> Result<(u64, u64), RedisError> {
     let keys = RoomKeys::of(room);
     let epoch = fastrand::u64(1..).to_string();
     let args: [&[u8]; 4] = [b"2", keys.offset.as_bytes(), keys.epoch.as_bytes(), epoch.as_bytes()];
-    let reply = eval(link, SYNC_SCRIPT, sync_sha(), &args).await?;
+    let reply = eval(link, &SYNC_SCRIPT, &args).await?;
     let bad = || RedisError::Server(format!("unexpected sync reply {reply:?}"));
     let Frame::Array(v) = &reply else { return Err(bad()) };
     match v.as_slice() {
@@ -331,7 +339,7 @@ pub async fn mark(
         offset.as_bytes(),
         max.as_bytes(),
     ];
-    let reply = eval(link, MARK_SCRIPT, mark_sha(), &args).await?;
+    let reply = eval(link, &MARK_SCRIPT, &args).await?;
     let bad = || RedisError::Server(format!("unexpected mark reply {reply:?}"));
     let Frame::Array(v) = &reply else { return Err(bad()) };
     match v.as_slice() {
@@ -356,7 +364,7 @@ pub async fn unread(
         args.extend([k.marks.as_bytes(), k.offset.as_bytes()]);
     }
     args.push(mid.as_bytes());
-    let reply = eval(link, UNREAD_SCRIPT, unread_sha(), &args).await?;
+    let reply = eval(link, &UNREAD_SCRIPT, &args).await?;
     let bad = || RedisError::Server("unexpected unread reply".into());
     let Frame::Array(v) = &reply else { return Err(bad()) };
     if v.len() != 2 * rooms.len() {
@@ -495,14 +503,14 @@ fn stored(e: &Frame, epoch: u64) -> Option<Stored> {
 
 /// `EVALSHA` of a script, `EVAL` when the connection's Redis has not got it
 /// (the first call after a restart).
-pub(super) async fn eval(link: &Link, script: &str, sha: &str, rest: &[&[u8]]) -> Result<Frame, RedisError> {
+pub(super) async fn eval(link: &Link, script: &Script, rest: &[&[u8]]) -> Result<Frame, RedisError> {
     let mut args: Vec<&[u8]> = Vec::with_capacity(rest.len() + 2);
-    args.extend([&b"EVALSHA"[..], sha.as_bytes()]);
+    args.extend([&b"EVALSHA"[..], script.sha().as_bytes()]);
     args.extend_from_slice(rest);
     match link.call(&args).await {
         Err(RedisError::Server(e)) if e.starts_with("NOSCRIPT") => {
             args[0] = b"EVAL";
-            args[1] = script.as_bytes();
+            args[1] = script.text.as_bytes();
             link.call(&args).await
         }
         r => r,
@@ -531,37 +539,32 @@ fn parse_published(f: &Frame) -> Option<Published> {
     }
 }
 
-/// SHA1 of a script, hex, as `EVALSHA` names it.
-pub(super) fn sha_hex(script: &str) -> String {
-    use sha1::{Digest, Sha1};
-    Sha1::digest(script.as_bytes())
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+/// A Lua script volley runs on Redis: by its SHA1 (`EVALSHA`, computed
+/// once), its text sent only when a Redis has not got it (`eval`).
+pub struct Script {
+    text: &'static str,
+    sha: std::sync::OnceLock<String>,
 }
 
-/// SHA1 of `PUBLISH_SCRIPT` (computed once).
-pub fn publish_sha() -> &'static str {
-    static SHA: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-    SHA.get_or_init(|| sha_hex(PUBLISH_SCRIPT))
-}
+impl Script {
+    /// The script `text`.
+    pub const fn new(text: &'static str) -> Script {
+        Script {
+            text,
+            sha: std::sync::OnceLock::new(),
+        }
+    }
 
-/// SHA1 of `MARK_SCRIPT` (computed once).
-fn mark_sha() -> &'static str {
-    static SHA: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-    SHA.get_or_init(|| sha_hex(MARK_SCRIPT))
-}
-
-/// SHA1 of `UNREAD_SCRIPT` (computed once).
-fn unread_sha() -> &'static str {
-    static SHA: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-    SHA.get_or_init(|| sha_hex(UNREAD_SCRIPT))
-}
-
-/// SHA1 of `SYNC_SCRIPT` (computed once).
-fn sync_sha() -> &'static str {
-    static SHA: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-    SHA.get_or_init(|| sha_hex(SYNC_SCRIPT))
+    /// Its SHA1, hex, as `EVALSHA` names it.
+    pub fn sha(&self) -> &str {
+        self.sha.get_or_init(|| {
+            use sha1::{Digest, Sha1};
+            Sha1::digest(self.text.as_bytes())
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect()
+        })
+    }
 }
 
 /// A pattern publish as it travels on `PATTERN_CHANNEL`: the pattern, and
@@ -702,8 +705,8 @@ mod tests {
         assert_eq!(k.pattern_dedup(9), "vly:{live://1}:p:9");
         assert_eq!(RoomKeys::room_of(k.channel.as_bytes()), Some("live://1"));
         assert_eq!(RoomKeys::room_of(PATTERN_CHANNEL.as_bytes()), None);
-        assert_eq!(publish_sha().len(), 40);
-        assert_ne!(publish_sha(), sync_sha());
+        assert_eq!(PUBLISH_SCRIPT.sha().len(), 40);
+        assert_ne!(PUBLISH_SCRIPT.sha(), SYNC_SCRIPT.sha());
     }
 
     #[test]
