@@ -13,7 +13,7 @@
 //! per push), and every byte of it is checked before use, with the same
 //! limits as an API push (fuzzed: fuzz/fuzz_targets/cluster_message.rs).
 
-use super::room::BadMessage;
+use super::room::{BadMessage, Reader};
 use crate::proto::body::MAX_KEY_LEN;
 use crate::proto::publish::Target;
 use crate::proto::v2::MAX_ID_LEN;
@@ -73,7 +73,7 @@ pub fn encode_push(p: &Push) -> Option<Vec<u8>> {
 
 /// Reads `encode_push`'s form; the payload shares `b`'s bytes.
 pub fn decode_push(b: &Bytes) -> Result<Push, BadMessage> {
-    let mut r = Reader { b, at: 0 };
+    let mut r = Reader::new(b);
     let kind = r.take(2).ok_or(BadMessage("push kind"))?.to_vec();
     let op = r.number("op", u64::from(u32::MAX))? as u32;
     let ttl = r.number("ttl", u64::from(u32::MAX))? as u32;
@@ -112,39 +112,8 @@ pub fn decode_push(b: &Bytes) -> Result<Push, BadMessage> {
     })
 }
 
-struct Reader<'a> {
-    b: &'a Bytes,
-    at: usize,
-}
-
+/// The push form's own fields, read with the cluster messages' reader.
 impl Reader<'_> {
-    fn take(&mut self, n: usize) -> Option<&[u8]> {
-        let s = self.b.get(self.at..self.at.checked_add(n)?)?;
-        self.at += n;
-        Some(s)
-    }
-
-    /// Digits up to the next space, canonical (no sign, no leading zero).
-    fn digits(&mut self, what: &'static str) -> Result<&[u8], BadMessage> {
-        let rest = &self.b[self.at..];
-        let end = memchr::memchr(b' ', rest).ok_or(BadMessage(what))?;
-        let d = &rest[..end];
-        if d.is_empty() || d.len() > 20 || (d[0] == b'0' && d.len() > 1) || !d.iter().all(u8::is_ascii_digit) {
-            return Err(BadMessage(what));
-        }
-        self.at += end + 1;
-        Ok(d)
-    }
-
-    fn number(&mut self, what: &'static str, max: u64) -> Result<u64, BadMessage> {
-        let d = self.digits(what)?;
-        std::str::from_utf8(d)
-            .ok()
-            .and_then(|s| s.parse::<u64>().ok())
-            .filter(|&v| v <= max)
-            .ok_or(BadMessage(what))
-    }
-
     fn count(&mut self) -> Result<usize, BadMessage> {
         match self.number("target count", MAX_TARGETS as u64)? {
             0 => Err(BadMessage("no targets")),

@@ -214,34 +214,16 @@ pub fn encode_message(m: &Message) -> Vec<u8> {
 
 /// Reads the published form; the payload shares `b`'s bytes.
 pub fn decode_message(b: &Bytes) -> Result<Message, BadMessage> {
-    let mut at = 0;
-    let mut field = |what: &'static str, max: u64| -> Result<u64, BadMessage> {
-        let rest = &b[at..];
-        let end = memchr::memchr(b' ', rest).ok_or(BadMessage(what))?;
-        let digits = &rest[..end];
-        // Canonical decimal only (no sign, no leading zero), as the script
-        // writes it: one message has one form.
-        let canonical = !digits.is_empty() && (digits[0] != b'0' || digits.len() == 1);
-        if !canonical || digits.len() > 20 || !digits.iter().all(u8::is_ascii_digit) {
-            return Err(BadMessage(what));
-        }
-        let v: u64 = std::str::from_utf8(digits)
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .filter(|&v| v <= max)
-            .ok_or(BadMessage(what))?;
-        at += end + 1;
-        Ok(v)
-    };
-    let offset = field("offset", u64::MAX)?;
-    let epoch = field("epoch", u64::MAX)?;
-    let op = field("op", u64::from(u32::MAX))? as u32;
-    let ttl = field("ttl", u64::from(u32::MAX))? as u32;
-    let idlen = field("id length", crate::proto::v2::MAX_ID_LEN as u64)? as usize;
+    let mut r = Reader::new(b);
+    let offset = r.number("offset", u64::MAX)?;
+    let epoch = r.number("epoch", u64::MAX)?;
+    let op = r.number("op", u64::from(u32::MAX))? as u32;
+    let ttl = r.number("ttl", u64::from(u32::MAX))? as u32;
+    let idlen = r.number("id length", crate::proto::v2::MAX_ID_LEN as u64)? as usize;
     if offset == 0 || epoch == 0 {
         return Err(BadMessage("offset and epoch start at 1"));
     }
-    let id = b.get(at..at + idlen).ok_or(BadMessage("id past the end"))?;
+    let id = r.take(idlen).ok_or(BadMessage("id past the end"))?;
     let id = std::str::from_utf8(id)
         .map_err(|_| BadMessage("id not UTF-8"))?
         .to_string();
@@ -251,8 +233,51 @@ pub fn decode_message(b: &Bytes) -> Result<Message, BadMessage> {
         op,
         ttl,
         id,
-        payload: b.slice(at + idlen..),
+        payload: b.slice(r.at..),
     })
+}
+
+/// Reads the cluster messages' fields in order (`decode_message`,
+/// `decode_pattern`, `cluster::push::decode_push`): numbers in canonical
+/// decimal (no sign, no leading zero, as the scripts write them: one
+/// message has one form) each ended by a space, and byte runs of a given
+/// length.
+pub(super) struct Reader<'a> {
+    pub(super) b: &'a Bytes,
+    /// Where the next field starts.
+    pub(super) at: usize,
+}
+
+impl<'a> Reader<'a> {
+    /// A reader at the start of `b`.
+    pub(super) fn new(b: &'a Bytes) -> Reader<'a> {
+        Reader { b, at: 0 }
+    }
+
+    /// The next `n` bytes.
+    pub(super) fn take(&mut self, n: usize) -> Option<&'a [u8]> {
+        let b: &'a Bytes = self.b;
+        let s = b.get(self.at..self.at.checked_add(n)?)?;
+        self.at += n;
+        Some(s)
+    }
+
+    /// The next number, at most `max`; refused as `what`.
+    pub(super) fn number(&mut self, what: &'static str, max: u64) -> Result<u64, BadMessage> {
+        let rest = &self.b[self.at..];
+        let end = memchr::memchr(b' ', rest).ok_or(BadMessage(what))?;
+        let d = &rest[..end];
+        if d.is_empty() || d.len() > 20 || (d[0] == b'0' && d.len() > 1) || !d.iter().all(u8::is_ascii_digit) {
+            return Err(BadMessage(what));
+        }
+        let v = std::str::from_utf8(d)
+            .ok()
+            .and_then(|s| s.parse::<u64>().ok())
+            .filter(|&v| v <= max)
+            .ok_or(BadMessage(what))?;
+        self.at += end + 1;
+        Ok(v)
+    }
 }
 
 /// How a publish is deduplicated: its key (`RoomKeys::dedup`,
@@ -583,18 +608,14 @@ pub fn encode_pattern(pattern: &str, token: u64, m: &Message) -> Vec<u8> {
 
 /// Reads `encode_pattern`'s form: (pattern, token, message).
 pub fn decode_pattern(b: &Bytes) -> Result<(String, u64, Message), BadMessage> {
-    let space = memchr::memchr(b' ', b).ok_or(BadMessage("pattern length"))?;
-    let len: usize = std::str::from_utf8(&b[..space])
-        .ok()
-        .filter(|d| !d.is_empty() && d.len() <= 4 && !d.starts_with('0') && d.bytes().all(|c| c.is_ascii_digit()))
-        .and_then(|d| d.parse().ok())
-        .filter(|&n| n > 0 && n <= crate::proto::body::MAX_ROOM_LEN)
-        .ok_or(BadMessage("pattern length"))?;
-    let pattern = b
-        .get(space + 1..space + 1 + len)
-        .ok_or(BadMessage("pattern past the end"))?;
+    let mut r = Reader::new(b);
+    let len = r.number("pattern length", crate::proto::body::MAX_ROOM_LEN as u64)? as usize;
+    if len == 0 {
+        return Err(BadMessage("pattern length"));
+    }
+    let pattern = r.take(len).ok_or(BadMessage("pattern past the end"))?;
     let pattern = std::str::from_utf8(pattern).map_err(|_| BadMessage("pattern not UTF-8"))?;
-    let m = decode_message(&b.slice(space + 1 + len..))?;
+    let m = decode_message(&b.slice(r.at..))?;
     if m.epoch != 1 {
         return Err(BadMessage("a pattern message has epoch 1"));
     }
