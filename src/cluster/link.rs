@@ -219,9 +219,7 @@ impl Link {
         let watchdog = async {
             let mut last = Instant::now();
             loop {
-                if !watch_tick(&mut last).await {
-                    continue;
-                }
+                watch_tick(&mut last).await;
                 let (oldest, idle) = {
                     let i = self.inner.borrow();
                     (i.waiting.front().map(|p| p.at.elapsed()), i.waiting.is_empty())
@@ -239,18 +237,20 @@ impl Link {
     }
 }
 
-/// Waits `PING_EVERY`; returns whether the wait can judge the connection.
-/// A wait that overran by a second or more means this thread did not run
-/// for that long (a host short of CPU): replies may sit unread in the
-/// socket, so the reader gets its turn before anyone is called dead.
-pub(super) async fn watch_tick(last: &mut Instant) -> bool {
-    glommio::timer::sleep(PING_EVERY).await;
-    let starved = last.elapsed() > 2 * PING_EVERY;
-    *last = Instant::now();
-    if starved {
+/// Waits for the watchdog's next look at a connection: `PING_EVERY`, and
+/// another after a wait that overran by a second or more — this thread did
+/// not run for that long (a host short of CPU), replies may sit unread in
+/// the socket, so the reader gets its turn before anyone is called dead.
+pub(super) async fn watch_tick(last: &mut Instant) {
+    loop {
+        glommio::timer::sleep(PING_EVERY).await;
+        let starved = last.elapsed() > 2 * PING_EVERY;
+        *last = Instant::now();
+        if !starved {
+            return;
+        }
         glommio::executor().yield_task_queue_now().await;
     }
-    !starved
 }
 
 /// Reconnect pacing for one connection: a wait doubling from

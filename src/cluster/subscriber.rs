@@ -152,9 +152,7 @@ impl Subscriber {
         let watchdog = async {
             let mut last = Instant::now();
             loop {
-                if !watch_tick(&mut last).await {
-                    continue;
-                }
+                watch_tick(&mut last).await;
                 if heard.get().elapsed() > REPLY_TIMEOUT {
                     return format!("nothing heard in {} s", REPLY_TIMEOUT.as_secs());
                 }
