@@ -394,4 +394,16 @@ pub fn cluster_message(data: &[u8]) {
         let again = volley::cluster::push::encode_push(&p).expect("never a room");
         assert_eq!(again, data, "one form per push");
     }
+    // And as a presence note, read with the shard's own types; what reads
+    // as a note reads the same once written again.
+    use volley::cluster::presence::{decode, encode, Note};
+    use volley::shard::members::{Changes, Member};
+    if let Ok(n) = decode::<Changes, Vec<Member>>(data) {
+        let again = encode(&n);
+        let n2 = decode::<Changes, Vec<Member>>(&again).expect("a written note reads back");
+        assert_eq!(format!("{n:?}"), format!("{n2:?}"));
+        if let Note::Changes { node, .. } | Note::Watch { node } | Note::Ask { node, .. } = &n {
+            assert_eq!(node.len(), 12);
+        }
+    }
 }

@@ -38,7 +38,8 @@
 //!   `shard::cluster` (with its data, `shard::cluster_state`), cluster mode
 //!   on a shard: room messages through Redis (publish, subscription, the
 //!   node's cache, resume and history from Redis), pattern, user, key and
-//!   everyone pushes, the registry, read marks, counts.
+//!   everyone pushes, the registry, read marks, counts, and
+//!   `shard::cluster_presence`, presence lists and events across nodes.
 //! - [`conn`]: client connections' I/O: accept, the per-connection driver
 //!   (state, not a task), the per-shard readiness ring (one multishot poll
 //!   per connection on an io_uring of our own), the reactor task that runs
@@ -50,7 +51,8 @@
 //! - [`cluster`]: cluster mode's Redis side: each shard's pipelined links
 //!   to the instances of `[redis] urls` and their health, its pub/sub
 //!   subscribers, a room message's keys, scripts, Stream reads and channel
-//!   forms, the push form, the user / key registry, and the nodes' counts.
+//!   forms, the push form, the user / key registry, the nodes' counts, and
+//!   the presence notes nodes leave each other.
 //! - [`proto`]: sans-IO codecs and policies (frames, batches, bodies, close
 //!   reasons, room patterns, version 2, WebSocket).
 //! - [`metrics`]: counters and histograms, as JSON and Prometheus text.

@@ -1002,6 +1002,91 @@ fn online_counts_and_presence_are_the_clusters() {
     });
 }
 
+/// The next presence event (op 58) `c` receives, skipping other frames.
+fn next_presence(c: &mut Client) -> serde_json::Value {
+    loop {
+        let g = c.read().expect("a presence event");
+        if g.op == volley::proto::v2::op::PRESENCE {
+            return serde_json::from_slice(&g.body).unwrap();
+        }
+    }
+}
+
+/// The mids of a presence event's `joins` or `leaves`, or of a presence
+/// page's `members`, sorted.
+fn mids(list: &serde_json::Value) -> Vec<i64> {
+    let mut m: Vec<i64> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["mid"].as_i64().unwrap())
+        .collect();
+    m.sort();
+    m
+}
+
+#[test]
+fn presence_members_joins_and_leaves_cross_nodes() {
+    let redis = Redis::start(&[]);
+    let nodes = cluster(&redis, 3);
+    // Node 1 has a member before the watch begins (it hears the watch
+    // announced on the room's channel); node 2 has none (it reads the
+    // room's watch key when it subscribes for its first member).
+    let (mut b, _) = Client::authed_v2(nodes[1].tcp_addr, r#"{"mid":2}"#);
+    b.join(1, "room/p", None);
+    let (mut watcher, _) = Client::authed_v2(nodes[0].tcp_addr, r#"{"mid":1}"#);
+    watcher.send_as(2, op2::JOIN, 1, br#"{"room":"room/p","presence":true}"#);
+    assert_eq!(watcher.read().unwrap().op, op2::JOIN_REPLY);
+    std::thread::sleep(Duration::from_millis(500));
+    let (mut c, _) = Client::authed_v2(nodes[2].tcp_addr, r#"{"mid":3}"#);
+    c.join(1, "room/p", None);
+    let (mut d, _) = Client::authed_v2(nodes[1].tcp_addr, r#"{"mid":4}"#);
+    d.join(1, "room/p", None);
+    let mut joined = Vec::new();
+    while joined.len() < 2 {
+        let ev = next_presence(&mut watcher);
+        assert_eq!(ev["room"], "room/p");
+        joined.extend(mids(&ev["joins"]));
+    }
+    joined.sort();
+    assert_eq!(joined, vec![3, 4], "joins on the other nodes reach the watcher");
+    for h in &nodes {
+        let (code, v) = http(h.http_addr, "GET", "/v1/presence?room=room/p", &[], b"");
+        assert_eq!(code, 200, "{v}");
+        assert_eq!(v["data"]["count"], 4, "{v}");
+        assert_eq!(v["data"]["complete"], true, "{v}");
+        assert_eq!(
+            mids(&v["data"]["members"]),
+            vec![1, 2, 3, 4],
+            "every node's members: {v}"
+        );
+        let (_, v) = http(h.http_addr, "GET", "/v1/presence?room=room/p&limit=2", &[], b"");
+        assert_eq!(
+            (v["data"]["members"].as_array().unwrap().len(), &v["data"]["truncated"]),
+            (2, &serde_json::json!(true))
+        );
+        let (_, v) = http(h.http_addr, "GET", "/v1/presence?room=room/none", &[], b"");
+        assert_eq!(
+            (&v["data"]["count"], &v["data"]["complete"]),
+            (&serde_json::json!(0), &serde_json::json!(true)),
+            "{v}"
+        );
+    }
+    drop(c);
+    let ev = next_presence(&mut watcher);
+    assert_eq!(
+        mids(&ev["leaves"]),
+        vec![3],
+        "a leave on another node reaches the watcher: {ev}"
+    );
+    // While Redis is down the list cannot be gathered: a clear 503.
+    drop((b, d));
+    drop(redis);
+    wait_until("the node sees Redis gone", || health(&nodes[0]).0 == 503);
+    let (code, v) = http(nodes[0].http_addr, "GET", "/v1/presence?room=room/p", &[], b"");
+    assert_eq!(code, 503, "{v}");
+}
+
 #[test]
 fn rooms_spread_over_several_instances_and_one_down_fails_only_its_own() {
     let a = Redis::start(&[]);

@@ -8,7 +8,8 @@
 //! keys, scripts, Stream reads and channel forms (`room`), the channel form
 //! of key, user and everyone pushes (`push`), which nodes hold which users
 //! and keys (`registry`), each node's counts and their cluster-wide sums
-//! (`counts`), and a shard's pub/sub connection to each instance
+//! (`counts`), the notes nodes leave each other about rooms' members
+//! (`presence`), and a shard's pub/sub connection to each instance
 //! (`subscriber`). What a shard does
 //! with them is `shard::cluster`.
 //!
@@ -24,6 +25,7 @@
 
 pub mod counts;
 pub mod link;
+pub mod presence;
 pub mod push;
 pub mod registry;
 pub mod room;

@@ -11,6 +11,7 @@
 //! vly:{R}:d:<id>   a publisher message id seen, -> its offset (EX dedup window)
 //! vly:{R}:p:<n>    pattern publish n reached the room (EX 60 s)
 //! vly:{R}:m        read marks: user id -> offset read up to
+//! vly:{R}:w        some node watches R's presence (`cluster::presence`)
 //! vly:{R}          pub/sub channel every node with members subscribes to
 //! vly:patterns     pub/sub channel of pattern publishes (first instance)
 //! ```
@@ -68,9 +69,10 @@ return {offset, epoch, 0}
 );
 
 /// The sync script, run by a node once its subscription to a room's
-/// channel is confirmed: the room's epoch (set if missing, ARGV[1]) and its
-/// newest offset (0: none yet). KEYS: offset, epoch. Every message after
-/// that offset reaches the node on the channel.
+/// channel is confirmed: the room's epoch (set if missing, ARGV[1]), its
+/// newest offset (0: none yet) and whether some node watches its presence
+/// (1/0). KEYS: offset, epoch, watch. Every message after that offset
+/// reaches the node on the channel.
 pub static SYNC_SCRIPT: Script = Script::new(
     r#"
 local epoch = redis.call('GET', KEYS[2])
@@ -78,7 +80,7 @@ if not epoch then
   epoch = ARGV[1]
   redis.call('SET', KEYS[2], epoch)
 end
-return {redis.call('GET', KEYS[1]) or '0', epoch}
+return {redis.call('GET', KEYS[1]) or '0', epoch, redis.call('EXISTS', KEYS[3])}
 "#,
 );
 
@@ -149,6 +151,12 @@ impl RoomKeys {
             channel: format!("vly:{{{room}}}"),
             marks: format!("vly:{{{room}}}:m"),
         }
+    }
+
+    /// The key that says some node watches the room's presence
+    /// (`cluster::presence`).
+    pub fn watch(&self) -> String {
+        format!("{}:w", self.channel)
     }
 
     /// The key remembering publisher message id `id`.
@@ -328,19 +336,38 @@ pub async fn publish(
     parse_published(&reply).ok_or_else(|| RedisError::Server(format!("unexpected publish reply {reply:?}")))
 }
 
-/// The room's (newest offset, epoch) as `SYNC_SCRIPT` reads them.
-pub async fn sync(link: &Link, room: &str) -> Result<(u64, u64), RedisError> {
+/// Where a room stands as `SYNC_SCRIPT` reads it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Position {
+    /// Its newest offset (0: none yet).
+    pub offset: u64,
+    /// Its epoch.
+    pub epoch: u64,
+    /// Some node watches its presence.
+    pub watched: bool,
+}
+
+/// The room's position (`SYNC_SCRIPT`).
+pub async fn sync(link: &Link, room: &str) -> Result<Position, RedisError> {
     let keys = RoomKeys::of(room);
+    let watch = keys.watch();
     let epoch = fastrand::u64(1..).to_string();
-    let args: [&[u8]; 4] = [b"2", keys.offset.as_bytes(), keys.epoch.as_bytes(), epoch.as_bytes()];
+    let args: [&[u8]; 5] = [
+        b"3",
+        keys.offset.as_bytes(),
+        keys.epoch.as_bytes(),
+        watch.as_bytes(),
+        epoch.as_bytes(),
+    ];
     let reply = eval(link, &SYNC_SCRIPT, &args).await?;
     let bad = || RedisError::Server(format!("unexpected sync reply {reply:?}"));
     let Frame::Array(v) = &reply else { return Err(bad()) };
     match v.as_slice() {
-        [o, e] => Ok((
-            number(o).ok_or_else(bad)?,
-            number(e).filter(|&e| e != 0).ok_or_else(bad)?,
-        )),
+        [o, e, w] => Ok(Position {
+            offset: number(o).ok_or_else(bad)?,
+            epoch: number(e).filter(|&e| e != 0).ok_or_else(bad)?,
+            watched: number(w).ok_or_else(bad)? == 1,
+        }),
         _ => Err(bad()),
     }
 }

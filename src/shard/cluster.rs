@@ -38,6 +38,7 @@ use super::mesh::{owner_of_str, Answer, ConnRef, HistoryPage, Publication, Publi
 use super::state::Shard;
 use crate::cluster::counts::{self, Report};
 use crate::cluster::instance_of;
+use crate::cluster::presence;
 use crate::cluster::push::{decode_push, encode_push, Push, PUSH_CHANNEL};
 use crate::cluster::registry;
 use crate::cluster::room::{self, Dedup, Message, RoomKeys, Stored, PATTERN_CHANNEL};
@@ -54,7 +55,7 @@ use std::rc::Weak;
 use std::sync::Arc;
 
 /// Runs `f` on the shard behind `me`, if it is still there.
-fn with_shard(me: &Weak<RefCell<Shard>>, f: impl FnOnce(&mut Shard)) {
+pub(super) fn with_shard(me: &Weak<RefCell<Shard>>, f: impl FnOnce(&mut Shard)) {
     if let Some(sh) = me.upgrade() {
         let mut sh = sh.borrow_mut();
         sh.set_clock(crate::metrics::clock_us());
@@ -608,6 +609,9 @@ impl Shard {
         };
         match e {
             Event::Message { channel, payload } if direct(&channel, self.cluster.as_ref()) => {
+                if presence::is_note(&payload) {
+                    return self.on_node_note(&channel, &payload);
+                }
                 match decode_push(&payload) {
                     Ok(p) => {
                         let (id, ttl) = (
@@ -629,6 +633,9 @@ impl Shard {
                 let Some(name) = RoomKeys::room_of(&channel) else {
                     return;
                 };
+                if presence::is_note(&payload) {
+                    return self.on_room_note(&channel, name, &payload);
+                }
                 let m = match room::decode_message(&payload) {
                     Ok(m) => m,
                     Err(e) => return self.bad_channel_message(&channel, e),
@@ -703,7 +710,7 @@ impl Shard {
     /// A room's position as read after its subscription was confirmed:
     /// the cache is set there (after filling what it missed, if it was
     /// live before), then the room goes live.
-    fn synced(&mut self, room: Arc<str>, gen: u32, got: Result<(u64, u64), crate::cluster::link::RedisError>) {
+    fn synced(&mut self, room: Arc<str>, gen: u32, got: Result<room::Position, crate::cluster::link::RedisError>) {
         let tick = self.wheel.now();
         let Some(s) = self.cluster.as_mut().and_then(|c| c.rooms.get_mut(&room)) else {
             return;
@@ -713,7 +720,12 @@ impl Shard {
             return;
         }
         let (offset, epoch) = match got {
-            Ok(p) => p,
+            Ok(p) => {
+                if p.watched {
+                    self.remote_watch(&room);
+                }
+                (p.offset, p.epoch)
+            }
             Err(e) => return self.sync_failed(&room, &e.to_string()),
         };
         // The node had the room before (its subscription was lost, or Redis

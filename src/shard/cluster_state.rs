@@ -59,6 +59,11 @@ pub struct ShardCluster<S> {
     /// Per instance, the link's connects as of this shard's last
     /// registration of its users and keys there.
     pub(super) registered: Vec<u64>,
+    /// Shard 0: this node's presence questions waiting for answers
+    /// (`shard::cluster_presence`), by number.
+    pub(super) asks: FnvHashMap<u64, super::cluster_presence::Ask>,
+    /// Shard 0: the last question's number.
+    pub(super) next_ask: u64,
 }
 
 /// Where a room's subscription stands.
@@ -134,6 +139,8 @@ impl<S> ShardCluster<S> {
             node,
             node_channel,
             registered: vec![0; urls.len()],
+            asks: FnvHashMap::default(),
+            next_ask: 0,
         }
     }
 

@@ -4,18 +4,19 @@
 //! watched, who watches locally, and what it owns).
 //!
 //! Pure data (sans-IO), owned by one shard; `presence` drives it, and
-//! `Changes` and `Member` travel in mesh messages.
+//! `Changes` and `Member` travel in mesh messages and, in a cluster, as
+//! JSON between nodes (`cluster::presence`).
 //!
 //! Invariant: a `Changes` never details more than the limit it is given;
 //! past it only `more` grows, so a room's churn costs bounded memory per
 //! second whatever its size.
 
 use fnv::FnvHashMap;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 
 /// One member as presence shows it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Member {
     /// User id (0: anonymous).
     pub mid: i64,
@@ -26,7 +27,8 @@ pub struct Member {
 }
 
 /// Changes to a room's members, with details up to a limit.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Changes {
     /// Members that joined.
     pub joins: Vec<Member>,
@@ -73,9 +75,31 @@ pub struct Watched<M> {
     pub pending: FnvHashMap<Arc<str>, Changes>,
     /// Local watchers, by room.
     pub mine: FnvHashMap<Arc<str>, Vec<M>>,
-    /// Owner side: rooms this shard owns that are watched, with how many
-    /// shards have watchers and the changes reported since the last event.
-    pub owned: FnvHashMap<Arc<str>, (u32, Changes)>,
+    /// Owner side: rooms this shard owns that are watched.
+    pub owned: FnvHashMap<Arc<str>, Owned>,
+}
+
+/// A watched room on its owner shard.
+#[derive(Debug, Default)]
+pub struct Owned {
+    /// Shards of this node with watchers of the room.
+    pub shards: u32,
+    /// Cluster: the tick up to which another node is known to watch the
+    /// room (0: none does).
+    pub remote_until: u32,
+    /// Cluster: the tick of this node's last announcement of its watch.
+    pub announced: Option<u32>,
+    /// This node's changes since the last event.
+    pub changes: Changes,
+    /// Other nodes' changes heard since the last event.
+    pub heard: Changes,
+}
+
+impl Owned {
+    /// Whether anyone (here, or on another node as of tick `now`) watches.
+    pub fn watched(&self, now: u32) -> bool {
+        self.shards > 0 || self.remote_until > now
+    }
 }
 
 impl<M> Default for Watched<M> {

@@ -210,6 +210,16 @@ pub enum ShardMsg {
         /// (members on the shard, the first `limit` of them).
         reply: Reply<(usize, Vec<Member>)>,
     },
+    /// Cluster mode, to shard 0 (which hears the node's channel): ask
+    /// every node for its members of a room, for `GET /v1/presence`.
+    PresenceAsk {
+        /// Room key.
+        room: Arc<str>,
+        /// Most members to list.
+        limit: usize,
+        /// `None` when the room's Redis instance is unreachable.
+        reply: Reply<Option<NodesPage>>,
+    },
     /// From a room's owner to every shard: deliver to local members, in
     /// offset order (one producer, one FIFO queue per receiving shard).
     RoomFrame {
@@ -494,6 +504,18 @@ impl<T> Future for ReplyWait<T> {
         }
         Poll::Ready(slot.value.lock().ok().and_then(|mut g| g.take()))
     }
+}
+
+/// The members of a room across the nodes of a cluster, as `GET
+/// /v1/presence` shows them.
+#[derive(Debug, Default)]
+pub struct NodesPage {
+    /// Members on the nodes that answered.
+    pub count: usize,
+    /// The first `limit` of them.
+    pub members: Vec<Member>,
+    /// Every node with members (as Redis counted them) answered in time.
+    pub complete: bool,
 }
 
 impl ShardMsg {

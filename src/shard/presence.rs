@@ -24,19 +24,35 @@
 //! The data (members, changes, who watches what) is `members`; this file
 //! is what the shards do with it.
 //!
-//! Invariants: a shard reports changes only for rooms some shard watches
-//! (told by the owner), so unwatched rooms cost nothing per join; events
-//! are best-effort (a change racing the owner's `Watching` may go
-//! unreported; the count in the next event is right).
+//! In a cluster the owner also carries the room's changes between nodes
+//! (`shard::cluster_presence`): a room watched on another node counts as
+//! watched here (`Owned::remote_until`), this node's changes of each second
+//! are published for the other nodes, and theirs join this node's event.
+//!
+//! Invariants: a shard reports changes only for rooms some shard (or, in
+//! a cluster, some node) watches (told by the owner), so unwatched rooms
+//! cost nothing per join; events are best-effort (a change racing the
+//! owner's `Watching` may go unreported; the count in the next event is
+//! right).
 
 use super::conns::Conn;
 use super::members::{Changes, Member};
 use super::mesh::{owner_of_str, ConnRef, GlobalConn, ShardMsg};
 use super::state::Shard;
+use crate::cluster::presence::{WATCH_EVERY, WATCH_TTL_MS};
 use crate::proto::binary::VERSION_NATIVE;
 use crate::proto::v2::op;
 use crate::proto::wire::Wire;
 use std::sync::Arc;
+
+/// Seconds a heard watch lasts without being heard again.
+const WATCH_TTL_SECS: u32 = (WATCH_TTL_MS / 1000) as u32;
+
+/// This node's changes as the other nodes read them
+/// (`shard::cluster_presence` adds the node).
+fn presence_note(c: &Changes) -> Box<serde_json::value::RawValue> {
+    serde_json::value::to_raw_value(c).expect("changes serialize")
+}
 
 impl Shard {
     /// What presence shows of connection `c` at `r`.
@@ -112,20 +128,45 @@ impl Shard {
 
     /// On the owner: one more (or one fewer) shard has watchers of `room`.
     pub(super) fn on_watch(&mut self, room: Arc<str>, delta: i32) {
+        let now = self.wheel.now();
         let e = self.watched.owned.entry(room.clone()).or_default();
-        let before = e.0;
-        e.0 = e.0.saturating_add_signed(delta);
-        let now = e.0;
-        if now == 0 {
-            self.watched.owned.remove(&room);
+        let before = e.watched(now);
+        e.shards = e.shards.saturating_add_signed(delta);
+        if e.shards == 0 {
+            e.announced = None;
         }
-        if (before == 0) != (now == 0) {
+        let announce = e.shards > 0 && e.announced.is_none();
+        self.owned_changed(&room, before);
+        if announce {
+            self.announce_watch(&room);
+        }
+    }
+
+    /// On the owner, in a cluster: another node watches `room` (it said so,
+    /// or the room's watch key did when this node subscribed).
+    pub(super) fn remote_watch(&mut self, room: &Arc<str>) {
+        let now = self.wheel.now();
+        let e = self.watched.owned.entry(room.clone()).or_default();
+        let before = e.watched(now);
+        e.remote_until = now.saturating_add(WATCH_TTL_SECS);
+        self.owned_changed(room, before);
+    }
+
+    /// On the owner, after `room`'s watchers changed (it was watched
+    /// `before`): every shard is told when that flips.
+    fn owned_changed(&mut self, room: &Arc<str>, before: bool) {
+        let now = self.wheel.now();
+        let after = self.watched.owned.get(room).is_some_and(|e| e.watched(now));
+        if !after {
+            self.watched.owned.remove(room);
+        }
+        if before != after {
             for s in 0..self.nr() {
                 self.route(
                     s,
                     ShardMsg::Watching {
                         room: room.clone(),
-                        on: now > 0,
+                        on: after,
                     },
                 );
             }
@@ -144,8 +185,17 @@ impl Shard {
     /// On the owner: a shard's changes to `room` in the last second.
     pub(super) fn on_presence_delta(&mut self, room: &str, changes: Changes) {
         let limit = self.cfg().client.presence_limit;
-        if let Some((_, c)) = self.watched.owned.get_mut(room) {
-            c.merge(changes, limit);
+        if let Some(e) = self.watched.owned.get_mut(room) {
+            e.changes.merge(changes, limit);
+        }
+    }
+
+    /// On the owner, in a cluster: another node's changes to `room` in its
+    /// last second, for this node's watchers.
+    pub(super) fn on_presence_heard(&mut self, room: &str, changes: Changes) {
+        let limit = self.cfg().client.presence_limit;
+        if let Some(e) = self.watched.owned.get_mut(room) {
+            e.heard.merge(changes, limit);
         }
     }
 
@@ -172,13 +222,45 @@ impl Shard {
             let owner = owner_of_str(&room, self.nr());
             self.route(owner, ShardMsg::PresenceDelta { room, changes });
         }
-        let events: Vec<(Arc<str>, Changes)> = self
-            .watched
-            .owned
-            .iter_mut()
-            .filter(|(_, (_, c))| !c.is_empty())
-            .map(|(room, (_, c))| (room.clone(), std::mem::take(c)))
+        let now = self.wheel.now();
+        let expired: Vec<Arc<str>> = (self.watched.owned.iter())
+            .filter(|(_, e)| e.remote_until != 0 && e.remote_until <= now)
+            .map(|(room, _)| room.clone())
             .collect();
+        for room in expired {
+            if let Some(e) = self.watched.owned.get_mut(&room) {
+                e.remote_until = 0;
+            }
+            self.owned_changed(&room, true);
+        }
+        // In a cluster this node's changes go to the other nodes when one
+        // of them watches, and its own watch is announced again now and
+        // then; the event for its watchers has every node's changes.
+        let limit = self.cfg().client.presence_limit;
+        let clustered = self.clustered();
+        let (mut events, mut publish, mut announce) = (Vec::new(), Vec::new(), Vec::new());
+        for (room, e) in &mut self.watched.owned {
+            let mut c = std::mem::take(&mut e.changes);
+            if clustered && e.remote_until > now && !c.is_empty() {
+                publish.push((room.clone(), presence_note(&c)));
+            }
+            if e.shards == 0 {
+                continue;
+            }
+            if e.announced.is_some_and(|at| now.saturating_sub(at) >= WATCH_EVERY) {
+                announce.push(room.clone());
+            }
+            c.merge(std::mem::take(&mut e.heard), limit);
+            if !c.is_empty() {
+                events.push((room.clone(), c));
+            }
+        }
+        for (room, changes) in publish {
+            self.publish_presence_changes(&room, changes);
+        }
+        for room in announce {
+            self.announce_watch(&room);
+        }
         for (room, c) in events {
             let count = self.shared.online_room(&room, Some((self.id, self.rooms.count(&room))));
             let body = if c.more > 0 {

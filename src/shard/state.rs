@@ -249,6 +249,7 @@ impl Shard {
             ShardMsg::PresenceDelta { room, changes } => self.on_presence_delta(&room, changes),
             ShardMsg::PresenceFrame { room, wire } => self.on_presence_frame(&room, &wire),
             ShardMsg::PresenceReq { room, limit, reply } => reply.send(self.presence_page(&room, limit)),
+            ShardMsg::PresenceAsk { room, limit, reply } => self.cluster_presence(room, limit, reply),
             ShardMsg::RoomFrame { room, frames } => self.deliver_room(&room, &frames),
             ShardMsg::PushKeys {
                 keys,

@@ -369,8 +369,9 @@ fn v1_history(r: &Req<'_>) -> Result<Later, ApiError> {
     }))
 }
 
-/// `GET /v1/presence?room=&limit=`: every shard's members of the room,
-/// the first `limit` (at most `[client] presence_limit`) listed.
+/// `GET /v1/presence?room=&limit=`: every shard's members of the room
+/// (in a cluster: every node's), the first `limit` (at most `[client]
+/// presence_limit`) listed.
 fn v1_presence(r: &Req<'_>) -> Result<Later, ApiError> {
     let room = r.query.required("room")?.to_string();
     if room.is_empty() || room.len() > crate::proto::body::MAX_ROOM_LEN {
@@ -378,6 +379,38 @@ fn v1_presence(r: &Req<'_>) -> Result<Later, ApiError> {
     }
     let max = r.shared.config.client.presence_limit;
     let limit = r.query.limit(Some(max))?.min(max);
+    let cluster_count = r.shared.online_room(&room, None) as usize;
+    if r.shard.borrow().clustered() {
+        // Every node with members answers with its own; shard 0 gathers.
+        let (reply, wait) = Reply::pair();
+        let name: Arc<str> = Arc::from(room.as_str());
+        r.shard.borrow_mut().route(
+            0,
+            ShardMsg::PresenceAsk {
+                room: name,
+                limit,
+                reply,
+            },
+        );
+        return Ok(Box::pin(async move {
+            let page = wait.await.flatten().ok_or_else(|| {
+                ApiError(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "the room's Redis instance is unreachable".into(),
+                )
+            })?;
+            // Nodes that did not answer in time still count (as the
+            // cluster's counts have them).
+            let count = if page.complete {
+                page.count
+            } else {
+                page.count.max(cluster_count)
+            };
+            let truncated = page.members.len() < count;
+            Ok(ok(json!({"room": room, "count": count, "members": page.members,
+                "truncated": truncated, "complete": page.complete})))
+        }));
+    }
     let mut waits = Vec::new();
     {
         let mut sh = r.shard.borrow_mut();
@@ -389,8 +422,6 @@ fn v1_presence(r: &Req<'_>) -> Result<Later, ApiError> {
             sh.route(s, ShardMsg::PresenceReq { room, limit, reply });
         }
     }
-    // In a cluster the count is the cluster's; the list is this node's.
-    let cluster_count = r.shared.online_room(&room, None) as usize;
     Ok(Box::pin(async move {
         let (mut count, mut members) = (0, Vec::new());
         for w in waits {
@@ -400,10 +431,9 @@ fn v1_presence(r: &Req<'_>) -> Result<Later, ApiError> {
             count += n;
             members.extend(list.into_iter().take(limit.saturating_sub(members.len())));
         }
-        let count = cluster_count.max(count);
         let truncated = members.len() < count;
         Ok(ok(
-            json!({"room": room, "count": count, "members": members, "truncated": truncated}),
+            json!({"room": room, "count": count, "members": members, "truncated": truncated, "complete": true}),
         ))
     }))
 }

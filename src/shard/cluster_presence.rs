@@ -1,0 +1,236 @@
+//! Presence across a cluster's nodes: member lists for `GET /v1/presence`
+//! and the joins and leaves of op 58, through the notes of
+//! `cluster::presence` on the rooms' channels and the nodes' channels.
+//!
+//! Runs on a room's owner shard (which holds the room's subscription, so
+//! hears its notes: watches, other nodes' changes, questions) and on shard
+//! 0 (which hears the node's channel, so gathers the answers to this node's
+//! questions). What the presence data is and how one node coalesces it is
+//! `shard::presence`; this file only carries it between nodes.
+//!
+//! ```text
+//! GET /v1/presence on node A ─PresenceAsk─> A's shard 0: PUBLISH "ask" on vly:{R} ─> N nodes heard it
+//! each node's owner of R: PresenceReq to its shards ─> PUBLISH "answer" on vly:n:A
+//! A's shard 0: N answers (or ASK_WAIT) ─> the route's reply
+//! ```
+//!
+//! Invariants: a watch or changes note from this node itself is ignored
+//! (a question of its own it answers like any node); an answer is
+//! expected from every node Redis says heard the question, and the route is
+//! answered after `ASK_WAIT` whatever came (marked incomplete); an answer
+//! lists at most the asked limit, and the gathered list never exceeds it.
+
+use super::members::{Changes, Member};
+use super::mesh::{NodesPage, Reply, ShardMsg};
+use super::state::Shard;
+use crate::cluster::presence::{self, Note};
+use crate::cluster::registry;
+use crate::cluster::room::RoomKeys;
+use crate::metrics::ShardStats;
+use serde_json::value::RawValue;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// How long a question waits for the nodes' answers.
+pub const ASK_WAIT: Duration = Duration::from_secs(2);
+
+/// A note as this node reads it.
+type Heard = Note<Changes, Vec<Member>>;
+
+/// One of this node's questions, on shard 0, gathering answers.
+pub struct Ask {
+    /// Most members listed.
+    limit: usize,
+    /// How many nodes heard the question (unknown until PUBLISH answers).
+    want: Option<u64>,
+    /// Answers so far, and what they hold.
+    got: u64,
+    page: NodesPage,
+    reply: Reply<Option<NodesPage>>,
+}
+
+impl Shard {
+    /// On the owner of `room`, in a cluster: tells the other nodes that
+    /// this one watches the room (and sets the room's watch key, for
+    /// nodes that subscribe later).
+    pub(super) fn announce_watch(&mut self, room: &Arc<str>) {
+        let now = self.wheel.now();
+        let Some(c) = self.cluster.as_ref() else { return };
+        if let Some(e) = self.watched.owned.get_mut(room) {
+            e.announced = Some(now);
+        }
+        let (link, node) = (c.link_for(room), c.node.clone());
+        let keys = RoomKeys::of(room);
+        c.spawn(async move {
+            if let Err(e) = presence::watch(&link, &keys.watch(), &keys.channel, &node).await {
+                tracing::debug!(error = %e, "presence watch not announced");
+            }
+        });
+    }
+
+    /// On the owner of `room`, in a cluster: this node's changes of the
+    /// last second, for the other nodes' watchers.
+    pub(super) fn publish_presence_changes(&mut self, room: &Arc<str>, changes: Box<RawValue>) {
+        let Some(c) = self.cluster.as_ref() else { return };
+        let note = presence::encode::<_, ()>(&Note::Changes {
+            node: c.node.clone(),
+            changes,
+        });
+        let link = c.link_for(room);
+        let channel = RoomKeys::of(room).channel;
+        c.spawn(async move {
+            if let Err(e) = presence::publish(&link, &channel, &note).await {
+                tracing::debug!(error = %e, "presence changes not published");
+            }
+        });
+    }
+
+    /// A presence note on `room`'s channel (this shard owns the room).
+    pub(super) fn on_room_note(&mut self, channel: &[u8], room: &str, payload: &[u8]) {
+        let note: Heard = match presence::decode(payload) {
+            Ok(n) => n,
+            Err(e) => return self.bad_note(channel, e),
+        };
+        let Some(c) = self.cluster.as_ref() else { return };
+        // A node's own watch and changes are known to it; its own question
+        // it answers as every node does.
+        let own = note.from_node() == Some(c.node.as_str());
+        if own && !matches!(note, Note::Ask { .. }) {
+            return;
+        }
+        let room: Arc<str> = c
+            .rooms
+            .get_key_value(room)
+            .map_or_else(|| Arc::from(room), |(r, _)| r.clone());
+        match note {
+            Note::Watch { .. } => self.remote_watch(&room),
+            Note::Changes { changes, .. } => self.on_presence_heard(&room, changes),
+            Note::Ask { node, q, limit } => self.answer_ask(room, &node, q, limit),
+            Note::Answer { .. } => self.bad_note(channel, crate::cluster::room::BadMessage("an answer on a room")),
+        }
+    }
+
+    /// A presence note on this node's channel (shard 0): an answer to one
+    /// of its questions.
+    pub(super) fn on_node_note(&mut self, channel: &[u8], payload: &[u8]) {
+        let (q, count, members) = match presence::decode::<Changes, Vec<Member>>(payload) {
+            Ok(Note::Answer { q, count, members }) => (q, count, members),
+            Ok(_) => return self.bad_note(channel, crate::cluster::room::BadMessage("not an answer")),
+            Err(e) => return self.bad_note(channel, e),
+        };
+        let Some(a) = self.cluster.as_mut().and_then(|c| c.asks.get_mut(&q)) else {
+            return; // answered already (late), or not ours
+        };
+        a.got += 1;
+        a.page.count = a
+            .page
+            .count
+            .saturating_add(usize::try_from(count).unwrap_or(usize::MAX));
+        let room_left = a.limit.saturating_sub(a.page.members.len());
+        a.page.members.extend(members.into_iter().take(room_left));
+        self.ask_done(q, false);
+    }
+
+    fn bad_note(&mut self, channel: &[u8], e: crate::cluster::room::BadMessage) {
+        ShardStats::add(&self.stats().cluster_bad_messages, 1);
+        tracing::warn!(channel = %String::from_utf8_lossy(channel), error = %e, "presence note refused");
+    }
+
+    /// On the owner of `room`: node `node` asks for this node's members.
+    fn answer_ask(&mut self, room: Arc<str>, node: &str, q: u64, limit: u32) {
+        let limit = (limit as usize).min(self.cfg().client.presence_limit);
+        let mut waits = Vec::with_capacity(self.nr());
+        for s in 0..self.nr() {
+            let (reply, wait) = Reply::pair();
+            waits.push(wait);
+            self.route(
+                s,
+                ShardMsg::PresenceReq {
+                    room: room.clone(),
+                    limit,
+                    reply,
+                },
+            );
+        }
+        let Some(c) = self.cluster.as_ref() else { return };
+        let (link, channel) = (c.link_for(&room), registry::channel(node));
+        c.spawn(async move {
+            let (mut count, mut members) = (0u64, Vec::new());
+            for w in waits {
+                if let Some((n, list)) = w.await {
+                    count += n as u64;
+                    members.extend(list.into_iter().take(limit.saturating_sub(members.len())));
+                }
+            }
+            let note = presence::encode::<(), _>(&Note::Answer { q, count, members });
+            if let Err(e) = presence::publish(&link, &channel, &note).await {
+                tracing::debug!(error = %e, "presence answer not published");
+            }
+        });
+    }
+
+    /// On shard 0, in a cluster: asks every node with members of `room` for
+    /// them; `reply` gets what the nodes answered (`None`: the room's Redis
+    /// instance is unreachable).
+    pub(super) fn cluster_presence(&mut self, room: Arc<str>, limit: usize, reply: Reply<Option<NodesPage>>) {
+        let Some(c) = self.cluster.as_mut() else {
+            return reply.send(None);
+        };
+        c.next_ask += 1;
+        let q = c.next_ask;
+        c.asks.insert(
+            q,
+            Ask {
+                limit,
+                want: None,
+                got: 0,
+                page: NodesPage::default(),
+                reply,
+            },
+        );
+        let note = presence::encode::<(), ()>(&Note::Ask {
+            node: c.node.clone(),
+            q,
+            limit: u32::try_from(limit).unwrap_or(u32::MAX),
+        });
+        let (link, me) = (c.link_for(&room), c.me.clone());
+        let channel = RoomKeys::of(&room).channel;
+        c.spawn(async move {
+            let heard = presence::publish(&link, &channel, &note).await;
+            super::cluster::with_shard(&me, |sh| sh.asked(q, heard.ok()));
+            glommio::timer::sleep(ASK_WAIT).await;
+            super::cluster::with_shard(&me, |sh| sh.ask_done(q, true));
+        });
+    }
+
+    /// The question went out to `heard` nodes (`None`: it did not go out).
+    fn asked(&mut self, q: u64, heard: Option<u64>) {
+        let Some(c) = self.cluster.as_mut() else { return };
+        match heard {
+            Some(n) => {
+                if let Some(a) = c.asks.get_mut(&q) {
+                    a.want = Some(n);
+                }
+                self.ask_done(q, false);
+            }
+            None => {
+                if let Some(a) = c.asks.remove(&q) {
+                    a.reply.send(None);
+                }
+            }
+        }
+    }
+
+    /// Answers question `q` if every node did (or, `timed_out`, anyway).
+    fn ask_done(&mut self, q: u64, timed_out: bool) {
+        let Some(c) = self.cluster.as_mut() else { return };
+        let complete = c.asks.get(&q).is_some_and(|a| a.want.is_some_and(|w| a.got >= w));
+        if !complete && !timed_out {
+            return;
+        }
+        if let Some(mut a) = c.asks.remove(&q) {
+            a.page.complete = complete;
+            a.reply.send(Some(a.page));
+        }
+    }
+}
