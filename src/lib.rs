@@ -38,8 +38,9 @@
 //!   `shard::cluster` (with its data, `shard::cluster_state`), cluster mode
 //!   on a shard: room messages through Redis (publish, subscription, the
 //!   node's cache, resume and history from Redis), pattern, user, key and
-//!   everyone pushes, the registry, read marks, counts, and
-//!   `shard::cluster_presence`, presence lists and events across nodes.
+//!   everyone pushes, the registry, read marks, counts;
+//!   `shard::cluster_presence`, presence lists and events across nodes;
+//!   `shard::cluster_patterns`, pattern subscribers across nodes.
 //! - [`conn`]: client connections' I/O: accept, the per-connection driver
 //!   (state, not a task), the per-shard readiness ring (one multishot poll
 //!   per connection on an io_uring of our own), the reactor task that runs

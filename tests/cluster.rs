@@ -647,6 +647,96 @@ fn a_client_publish_and_a_pattern_publish_cross_nodes() {
     assert_eq!(c.read_push2().unwrap().offset, 2);
 }
 
+/// Every push `c` gets until the reply to a heartbeat sent after `settle`:
+/// (room, offset) in arrival order.
+fn pushes_until_quiet(c: &mut Client, want: usize) -> Vec<(String, u64)> {
+    let mut got = Vec::new();
+    while got.len() < want {
+        let p = c.read_push2().expect("a push");
+        got.push((p.room, p.offset));
+    }
+    // Anything sent twice would be on its way by now.
+    std::thread::sleep(Duration::from_millis(500));
+    c.send_as(2, op::HEARTBEAT, 99, b"");
+    loop {
+        let g = c.read().expect("the heartbeat reply");
+        match g.op {
+            op::HEARTBEAT_REPLY => return got,
+            op2::PUSH => {
+                let p = Push2::parse(&g.body);
+                got.push((p.room, p.offset));
+            }
+            other => panic!("unexpected op {other}"),
+        }
+    }
+}
+
+/// `got` in each room's order, rooms sorted.
+fn by_room(got: &[(String, u64)]) -> Vec<(String, Vec<u64>)> {
+    let mut rooms: Vec<(String, Vec<u64>)> = Vec::new();
+    for (room, offset) in got {
+        match rooms.iter_mut().find(|(r, _)| r == room) {
+            Some((_, list)) => list.push(*offset),
+            None => rooms.push((room.clone(), vec![*offset])),
+        }
+    }
+    rooms.sort();
+    rooms
+}
+
+#[test]
+fn pattern_subscribers_get_matching_rooms_of_every_node_once() {
+    let redis = Redis::start(&[]);
+    let nodes = cluster(&redis, 3);
+    // On node 0: `p` holds live://*; `q` holds live://* and > (two globs
+    // that both cover live://1); `r` is a member of live://2, so node 0
+    // hears live://2 on its channel as well as through the globs. Node 1
+    // has the only member of live://1; live://3/deep has none anywhere.
+    let (mut p, _) = Client::authed_v2(nodes[0].tcp_addr, r#"{"mid":1}"#);
+    p.join(2, "live://*", None);
+    let (mut q, _) = Client::authed_v2(nodes[0].tcp_addr, r#"{"mid":2}"#);
+    q.join(2, "live://*", None);
+    q.join(3, ">", None);
+    let (mut r, _) = Client::authed_v2(nodes[0].tcp_addr, r#"{"mid":3}"#);
+    r.join(2, "live://2", None);
+    let (mut m, _) = Client::authed_v2(nodes[1].tcp_addr, r#"{"mid":4}"#);
+    m.join(2, "live://1", None);
+    // The node's glob subscriptions take one round trip to Redis.
+    std::thread::sleep(Duration::from_millis(300));
+    for room in [
+        "live://1",
+        "live://2",
+        "live://1",
+        "live://3/deep",
+        "live://2",
+        "live://1",
+    ] {
+        let (status, v) = publish_room(&nodes[2], room, "x");
+        assert_eq!(status, 200, "{v}");
+    }
+    let want = vec![
+        ("live://1".to_string(), vec![1, 2, 3]),
+        ("live://2".to_string(), vec![1, 2]),
+    ];
+    assert_eq!(by_room(&pushes_until_quiet(&mut p, 5)), want, "each once, in order");
+    let mut want_q = want.clone();
+    want_q.push(("live://3/deep".to_string(), vec![1]));
+    assert_eq!(
+        by_room(&pushes_until_quiet(&mut q, 6)),
+        want_q,
+        "once although two patterns match"
+    );
+    assert_eq!(by_room(&pushes_until_quiet(&mut r, 2)), vec![want[1].clone()]);
+    assert_eq!(by_room(&pushes_until_quiet(&mut m, 3)), vec![want[0].clone()]);
+    // Leaving the patterns ends it.
+    p.send_as(2, op2::LEAVE, 4, br#"{"room":"live://*"}"#);
+    assert_eq!(p.read().unwrap().op, op2::LEAVE_REPLY);
+    drop(q);
+    std::thread::sleep(Duration::from_millis(300));
+    publish_room(&nodes[2], "live://1", "after");
+    assert_eq!(pushes_until_quiet(&mut p, 0), vec![], "no pattern, no message");
+}
+
 #[test]
 fn publishes_fail_clearly_while_redis_is_down_and_flow_again_after() {
     let mut redis = Redis::start(&[]);

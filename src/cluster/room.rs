@@ -13,6 +13,7 @@
 //! vly:{R}:m        read marks: user id -> offset read up to
 //! vly:{R}:w        some node watches R's presence (`cluster::presence`)
 //! vly:{R}          pub/sub channel every node with members subscribes to
+//!                  (and a node with pattern subscribers, by glob: `glob_of`)
 //! vly:patterns     pub/sub channel of pattern publishes (first instance)
 //! ```
 //!
@@ -169,6 +170,33 @@ impl RoomKeys {
     /// one does).
     pub fn pattern_dedup(&self, token: u64) -> String {
         format!("{}:p:{token}", self.channel)
+    }
+
+    /// The channel glob (`PSUBSCRIBE`) that covers the channels of every
+    /// room room pattern `pattern` matches: the channels of the rooms
+    /// starting with the pattern's literal part (up to its first wildcard
+    /// segment), Redis's glob characters in it escaped. It also covers
+    /// rooms the pattern does not match (`live://*` covers `live://1/x`);
+    /// whoever hears them checks with `proto::pattern::matches`.
+    pub fn glob_of(pattern: &str) -> String {
+        let mut literal = 0;
+        for seg in pattern.split('/') {
+            if seg == "*" || seg == ">" {
+                break;
+            }
+            literal += seg.len() + 1;
+        }
+        let prefix = &pattern[..literal.min(pattern.len())];
+        let mut glob = String::with_capacity(prefix.len() + 8);
+        glob.push_str("vly:{");
+        for ch in prefix.chars() {
+            if matches!(ch, '*' | '?' | '[' | ']' | '\\') {
+                glob.push('\\');
+            }
+            glob.push(ch);
+        }
+        glob.push('*');
+        glob
     }
 
     /// The room whose channel is `channel`; `None` for any other channel.
@@ -662,6 +690,15 @@ mod tests {
             id: id.into(),
             payload: Bytes::from_static(payload),
         }
+    }
+
+    #[test]
+    fn a_patterns_glob_covers_its_rooms_channels_with_redis_characters_escaped() {
+        assert_eq!(RoomKeys::glob_of("live://*"), "vly:{live://*");
+        assert_eq!(RoomKeys::glob_of("chat/>"), "vly:{chat/*");
+        assert_eq!(RoomKeys::glob_of("chat/*/lobby"), "vly:{chat/*");
+        assert_eq!(RoomKeys::glob_of("*/x"), "vly:{*");
+        assert_eq!(RoomKeys::glob_of("a[1]?/\\/>"), "vly:{a\\[1\\]\\?/\\\\/*");
     }
 
     #[test]

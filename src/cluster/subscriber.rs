@@ -3,8 +3,9 @@
 //! message on them handed to a callback.
 //!
 //! Runs on each shard, in its control queue, for the channels of the rooms
-//! it owns that have members on its node (so each channel is subscribed
-//! once per node; `shard::cluster` decides which). `subscribe`
+//! it owns that have members on its node and the channel globs of the room
+//! patterns it owns that have subscribers there (so each channel and glob
+//! is subscribed once per node; `shard::cluster` decides which). `subscribe`
 //! and `unsubscribe` change the wanted set and, while connected, send the
 //! command at once (they share a write, as `Link`'s commands do); after a
 //! reconnect the task subscribes to the whole set again. Its callback hears
@@ -41,6 +42,14 @@ pub enum Event {
         /// What was published.
         payload: Bytes,
     },
+    /// A message on a channel that matched a subscribed glob
+    /// (`psubscribe`).
+    Matched {
+        /// The channel.
+        channel: Bytes,
+        /// What was published.
+        payload: Bytes,
+    },
     /// Redis confirmed a subscription: from here on every message
     /// published to the channel arrives.
     Subscribed(Bytes),
@@ -59,6 +68,8 @@ struct Inner {
     url: RedisUrl,
     /// Channels it should be subscribed to.
     wanted: FnvHashSet<String>,
+    /// Channel globs it should be subscribed to (`PSUBSCRIBE`).
+    globs: FnvHashSet<String>,
     /// Commands not yet written.
     outbox: Outbox,
     /// Connected (and the wanted set sent).
@@ -74,6 +85,7 @@ impl Subscriber {
             inner: Rc::new(RefCell::new(Inner {
                 url,
                 wanted: FnvHashSet::default(),
+                globs: FnvHashSet::default(),
                 outbox: Outbox::default(),
                 up: false,
                 reason: "not connected yet".into(),
@@ -105,6 +117,22 @@ impl Subscriber {
         let mut i = self.inner.borrow_mut();
         if i.wanted.remove(channel) && i.up {
             i.send(&[b"UNSUBSCRIBE", channel.as_bytes()]);
+        }
+    }
+
+    /// Wants every channel matching `glob` (Redis glob syntax).
+    pub fn psubscribe(&self, glob: &str) {
+        let mut i = self.inner.borrow_mut();
+        if i.globs.insert(glob.to_string()) && i.up {
+            i.send(&[b"PSUBSCRIBE", glob.as_bytes()]);
+        }
+    }
+
+    /// No longer wants the channels matching `glob`.
+    pub fn punsubscribe(&self, glob: &str) {
+        let mut i = self.inner.borrow_mut();
+        if i.globs.remove(glob) && i.up {
+            i.send(&[b"PUNSUBSCRIBE", glob.as_bytes()]);
         }
     }
 
@@ -169,22 +197,38 @@ impl Inner {
         self.outbox.push(args);
     }
 
-    /// After a connect: the whole wanted set, a thousand channels a command.
+    /// After a connect: the whole wanted set, a thousand channels (or
+    /// globs) a command.
     fn resubscribe(&mut self) {
         self.up = true;
-        let wanted: Vec<String> = self.wanted.iter().cloned().collect();
-        for chunk in wanted.chunks(PER_COMMAND) {
-            let mut args: Vec<&[u8]> = vec![b"SUBSCRIBE"];
-            args.extend(chunk.iter().map(|c| c.as_bytes()));
-            self.send(&args);
+        for (command, set) in [(&b"SUBSCRIBE"[..], &self.wanted), (b"PSUBSCRIBE", &self.globs)] {
+            let names: Vec<&String> = set.iter().collect();
+            for chunk in names.chunks(PER_COMMAND) {
+                let mut args: Vec<&[u8]> = vec![command];
+                args.extend(chunk.iter().map(|c| c.as_bytes()));
+                self.outbox.push(&args);
+            }
         }
     }
 }
 
 /// A channel message or a subscription's confirmation; `None` for the
-/// rest (unsubscribe confirmations, pongs).
+/// rest (unsubscribe and glob confirmations, pongs).
 fn event(frame: Frame) -> Option<Event> {
     let Frame::Array(mut v) = frame else { return None };
+    if v.len() == 4 {
+        // ["pmessage", glob, channel, payload]
+        let payload = v.pop()?;
+        let channel = v.pop()?;
+        return match (&v[0], channel, payload) {
+            (Frame::BulkString(kind), Frame::BulkString(channel), Frame::BulkString(payload))
+                if &kind[..] == b"pmessage" =>
+            {
+                Some(Event::Matched { channel, payload })
+            }
+            _ => None,
+        };
+    }
     if v.len() != 3 {
         return None;
     }
@@ -227,6 +271,21 @@ mod tests {
         let gone = Frame::Array(vec![bulk(b"unsubscribe"), bulk(b"vly:{r}"), Frame::Integer(0)]);
         assert!(event(gone).is_none());
         assert!(event(Frame::Array(vec![bulk(b"pong"), bulk(b"")])).is_none());
+        let matched = Frame::Array(vec![
+            bulk(b"pmessage"),
+            bulk(b"vly:{live://*"),
+            bulk(b"vly:{live://1}"),
+            bulk(b"x"),
+        ]);
+        assert_eq!(
+            event(matched),
+            Some(Event::Matched {
+                channel: Bytes::from_static(b"vly:{live://1}"),
+                payload: Bytes::from_static(b"x")
+            })
+        );
+        let glob = Frame::Array(vec![bulk(b"psubscribe"), bulk(b"vly:{live://*"), Frame::Integer(1)]);
+        assert!(event(glob).is_none());
         assert!(event(bulk(b"message")).is_none());
     }
 
@@ -236,6 +295,7 @@ mod tests {
         for i in 0..2500 {
             s.subscribe(&format!("c{i}"));
         }
+        s.psubscribe("g*");
         s.unsubscribe("c7");
         assert_eq!(s.inner.borrow().outbox.len(), 0, "nothing is sent while down");
         s.inner.borrow_mut().resubscribe();
@@ -251,6 +311,6 @@ mod tests {
             channels += v.len() - 1;
             assert!(!v.contains(&bulk(b"c7")));
         }
-        assert_eq!((commands, channels), (3, 2499));
+        assert_eq!((commands, channels), (4, 2500));
     }
 }

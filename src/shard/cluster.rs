@@ -649,6 +649,7 @@ impl Shard {
                     _ => {}
                 }
             }
+            Event::Matched { channel, payload } => self.on_glob_message(&channel, &payload),
             Event::Subscribed(channel) => {
                 let Some(name) = RoomKeys::room_of(&channel) else {
                     return;
@@ -832,7 +833,8 @@ impl Shard {
             .store(room, policy, now, (m.offset, m.epoch), ttl, frames.v2.clone())
         {
             self.count_history();
-            self.fan_out_room(room, &frames);
+            let reach = self.reach_of(room, &m);
+            self.fan_out_room(room, &frames, reach);
         }
     }
 
@@ -935,6 +937,7 @@ impl Shard {
             self.report_counts();
         }
         self.register_all();
+        self.forget_matched();
         let tick = self.wheel.now();
         let Some(c) = self.cluster.as_ref() else { return };
         let mut retry = Vec::new();

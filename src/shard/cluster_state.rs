@@ -64,6 +64,24 @@ pub struct ShardCluster<S> {
     pub(super) asks: FnvHashMap<u64, super::cluster_presence::Ask>,
     /// Shard 0: the last question's number.
     pub(super) next_ask: u64,
+    /// This shard's pattern subscriptions, by their channel glob
+    /// (`shard::cluster_patterns`).
+    pub(super) local_globs: FnvHashMap<Arc<str>, u32>,
+    /// Globs this shard owns: how many shards have subscriptions with them.
+    pub(super) globs: FnvHashMap<Arc<str>, u32>,
+    /// Rooms this shard owns whose messages reached the node's pattern
+    /// subscribers through a glob: the last such message.
+    pub(super) matched: FnvHashMap<Arc<str>, Seen>,
+}
+
+/// The last message of a room delivered to pattern subscribers through a
+/// glob.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Seen {
+    pub epoch: u64,
+    pub offset: u64,
+    /// Tick it came at (forgotten after `MATCHED_SECS`).
+    pub at: u32,
 }
 
 /// Where a room's subscription stands.
@@ -141,6 +159,9 @@ impl<S> ShardCluster<S> {
             registered: vec![0; urls.len()],
             asks: FnvHashMap::default(),
             next_ask: 0,
+            local_globs: FnvHashMap::default(),
+            globs: FnvHashMap::default(),
+            matched: FnvHashMap::default(),
         }
     }
 

@@ -26,7 +26,7 @@
 
 use super::conns::{Conn, Session, Transport};
 use super::dedup::Outcome;
-use super::mesh::{owner_of_mid, owner_of_str, Answer, ConnRef, Publication, Published, ShardMsg};
+use super::mesh::{owner_of_mid, owner_of_str, Answer, ConnRef, Publication, Published, Reach, ShardMsg};
 use super::outbound::{PushError, ENTRY_OVERHEAD};
 use super::state::Shard;
 use super::worklist::Worklist;
@@ -338,18 +338,19 @@ impl Shard {
             v1: Wire::encode(binary::VERSION_GOIM, msg.op, 0, &msg.payload),
             v2,
         };
-        self.fan_out_room(&room, &frames);
+        self.fan_out_room(&room, &frames, Reach::All);
     }
 
     /// On a room's owner: a message with its offset, to every shard's
     /// members (in offset order: only the owner sends a room's frames).
-    pub(super) fn fan_out_room(&mut self, room: &Arc<str>, frames: &Frames) {
+    pub(super) fn fan_out_room(&mut self, room: &Arc<str>, frames: &Frames, reach: Reach) {
         for s in 0..self.nr() {
             self.route(
                 s,
                 ShardMsg::RoomFrame {
                     room: room.clone(),
                     frames: frames.clone(),
+                    reach,
                 },
             );
         }
@@ -484,12 +485,17 @@ impl Shard {
 
     /// Every local member of `room`, and every local subscriber of a
     /// pattern it matches, gets `frames` (in its version's form), once.
-    pub(super) fn deliver_room(&mut self, room: &str, frames: &Frames) {
+    pub(super) fn deliver_room(&mut self, room: &str, frames: &Frames, reach: Reach) {
         // Collect first: enqueue may close a slow member, which edits the
         // member list we would be iterating.
-        let mut members: Vec<ConnRef> = self.rooms.members(room).to_vec();
+        let mut members: Vec<ConnRef> = match reach {
+            Reach::All | Reach::Members => self.rooms.members(room).to_vec(),
+            Reach::Patterns => Vec::new(),
+        };
         let direct = members.len();
-        self.patterns.lookup(room, &mut members);
+        if reach != Reach::Members {
+            self.patterns.lookup(room, &mut members);
+        }
         if members.len() > direct {
             // A member of the room may also hold a matching pattern, or two.
             members.sort_unstable_by_key(|r| (r.idx, r.gen));

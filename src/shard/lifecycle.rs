@@ -148,6 +148,7 @@ impl Shard {
                 }
                 for p in &v2.patterns {
                     self.patterns.remove(p, r);
+                    self.pattern_interest(p, -1);
                 }
             }
         }

@@ -227,6 +227,25 @@ pub enum ShardMsg {
         room: Arc<str>,
         /// The message with its offset, encoded, shared.
         frames: Frames,
+        /// Who gets it.
+        reach: Reach,
+    },
+    /// Cluster mode, to the owner of a pattern's channel glob
+    /// (`cluster::room::RoomKeys::glob_of`): one more (+1) or one fewer
+    /// (-1) shard has subscribers of patterns with that glob.
+    GlobInterest {
+        /// The glob.
+        glob: Arc<str>,
+        /// +1 or -1.
+        delta: i32,
+    },
+    /// Cluster mode, to a room's owner: a message of the room heard through
+    /// a pattern's glob, for this node's pattern subscribers.
+    Matched {
+        /// Room key.
+        room: Arc<str>,
+        /// The message as published.
+        message: crate::cluster::room::Message,
     },
     /// To a key owner: deliver to these keys (accepts-filtered by `op`).
     PushKeys {
@@ -504,6 +523,19 @@ impl<T> Future for ReplyWait<T> {
         }
         Poll::Ready(slot.value.lock().ok().and_then(|mut g| g.take()))
     }
+}
+
+/// Who a `RoomFrame` is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reach {
+    /// The room's members and its pattern subscribers.
+    All,
+    /// Its members only (in a cluster: the pattern subscribers had the
+    /// message through their glob already).
+    Members,
+    /// Its pattern subscribers only (in a cluster: heard through their
+    /// glob, the node not being subscribed to the room).
+    Patterns,
 }
 
 /// The members of a room across the nodes of a cluster, as `GET

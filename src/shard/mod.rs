@@ -44,6 +44,7 @@
 mod access;
 pub mod admission;
 pub mod cluster;
+pub mod cluster_patterns;
 pub mod cluster_presence;
 pub mod cluster_state;
 mod conns;

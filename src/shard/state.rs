@@ -250,7 +250,9 @@ impl Shard {
             ShardMsg::PresenceFrame { room, wire } => self.on_presence_frame(&room, &wire),
             ShardMsg::PresenceReq { room, limit, reply } => reply.send(self.presence_page(&room, limit)),
             ShardMsg::PresenceAsk { room, limit, reply } => self.cluster_presence(room, limit, reply),
-            ShardMsg::RoomFrame { room, frames } => self.deliver_room(&room, &frames),
+            ShardMsg::RoomFrame { room, frames, reach } => self.deliver_room(&room, &frames, reach),
+            ShardMsg::GlobInterest { glob, delta } => self.on_glob_interest(glob, delta),
+            ShardMsg::Matched { room, message } => self.on_matched(room, message),
             ShardMsg::PushKeys {
                 keys,
                 op,

@@ -143,6 +143,7 @@ impl Shard {
         }
         if kind == Kind::Pattern {
             self.patterns.insert(&j.room, r);
+            self.pattern_interest(&j.room, 1);
             if let Some(v2) = self.conn_mut(r).and_then(|c| c.v2_mut()) {
                 v2.patterns.push(j.room.as_str().into());
             }
@@ -232,6 +233,7 @@ impl Shard {
         });
         if let Some(p) = pattern {
             self.patterns.remove(&p, r);
+            self.pattern_interest(&p, -1);
             return self.reply(r, VERSION_NATIVE, v2::op::LEAVE_REPLY, f.seq, &v2::leave_reply(&room));
         }
         if self.leave_v2_room(r, &room) {
