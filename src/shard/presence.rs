@@ -194,7 +194,7 @@ impl Shard {
     /// last second, for this node's watchers.
     pub(super) fn on_presence_heard(&mut self, room: &str, changes: Changes) {
         let limit = self.cfg().client.presence_limit;
-        if let Some(e) = self.watched.owned.get_mut(room) {
+        if let Some(e) = self.watched.owned.get_mut(room).filter(|e| e.shards > 0) {
             e.heard.merge(changes, limit);
         }
     }
@@ -241,6 +241,7 @@ impl Shard {
         let (mut events, mut publish, mut announce) = (Vec::new(), Vec::new(), Vec::new());
         for (room, e) in &mut self.watched.owned {
             let mut c = std::mem::take(&mut e.changes);
+            let heard = std::mem::take(&mut e.heard);
             if clustered && e.remote_until > now && !c.is_empty() {
                 publish.push((room.clone(), presence_note(&c)));
             }
@@ -250,7 +251,7 @@ impl Shard {
             if e.announced.is_some_and(|at| now.saturating_sub(at) >= WATCH_EVERY) {
                 announce.push(room.clone());
             }
-            c.merge(std::mem::take(&mut e.heard), limit);
+            c.merge(heard, limit);
             if !c.is_empty() {
                 events.push((room.clone(), c));
             }
