@@ -1337,6 +1337,36 @@ fn a_users_inbox_follows_the_user_to_any_node() {
         redis_cli(&redis, &["HLEN", "vly:u:77"]) == "1"
     });
     push("live", "");
-    assert_eq!(c.read_push2().unwrap().payload, b"live");
+    let live = c.read_push2().unwrap();
+    assert_eq!(live.payload, b"live");
+    assert_eq!(redis_cli(&redis, &["EXISTS", "vly:i:77"]), "0");
+    // The user acknowledges the first two, not the live one, and leaves:
+    // what it owes goes back to Redis, and comes on the other node.
+    let ids = serde_json::json!({"ids": [a.offset, b.offset]}).to_string();
+    c.send_as(2, op2::ACK, 5, ids.as_bytes());
+    let r = c.read().unwrap();
+    assert_eq!((r.op, r.seq), (op2::ACK_REPLY, 5), "{}", r.text());
+    std::thread::sleep(Duration::from_millis(200));
+    drop(c);
+    wait_until("the unacknowledged push back in Redis", || {
+        redis_cli(&redis, &["LLEN", "vly:i:77"]) == "1"
+    });
+    assert_eq!(redis_cli(&redis, &["HLEN", "vly:u:77"]), "0", "the node left the entry");
+    let (mut d, _) = Client::authed_v2(nodes[0].tcp_addr, r#"{"mid":77}"#);
+    let again = d.read_push2().unwrap();
+    assert_eq!((again.kind, &again.payload[..]), (2, &b"live"[..]));
+    // Held on two nodes, a user's leaving one keeps nothing in Redis: the
+    // other node had the push live.
+    let (mut e, _) = Client::authed_v2(nodes[1].tcp_addr, r#"{"mid":77}"#);
+    wait_until("the user is on both nodes", || {
+        redis_cli(&redis, &["HLEN", "vly:u:77"]) == "2"
+    });
+    push("both", "");
+    assert_eq!(d.read_push2().unwrap().payload, b"both");
+    assert_eq!(e.read_push2().unwrap().payload, b"both");
+    drop(d);
+    wait_until("node 0 left the entry", || {
+        redis_cli(&redis, &["HLEN", "vly:u:77"]) == "1"
+    });
     assert_eq!(redis_cli(&redis, &["EXISTS", "vly:i:77"]), "0");
 }

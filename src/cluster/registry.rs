@@ -9,7 +9,8 @@
 //! ```text
 //! vly:u:<mid>        hash node -> 1: nodes with a connection of the user
 //! vly:k:<key>        hash node -> 1: nodes with a connection with the key
-//! vly:i:<mid>        inbox of a user no node held when pushed to
+//! vly:i:<mid>        inbox of a user no node held when pushed to, or
+//!                    that left a node owing acknowledgements
 //!                    (on the user's entry's instance)
 //! vly:alive:<node>   the node is up (EX LIVE_SECS, set every second)
 //! vly:n:<node>       channel of the pushes for that node
@@ -17,7 +18,8 @@
 //!
 //! A user's (key's) owner shard on a node adds the node to the entry when
 //! the node gets its first connection of the user (key) and removes it with
-//! the last; after a link reconnects, each owner adds its users and keys
+//! the last (`leave`, which moves what the user did not acknowledge on the
+//! node to the user's inbox in Redis); after a link reconnects, each owner adds its users and keys
 //! again (Redis may have lost them). A node that died leaves its fields
 //! behind until a push finds it not alive and removes them.
 //!
@@ -132,6 +134,64 @@ pub async fn add(link: &Link, entries: &[String], node: &str) -> Result<(), Redi
 /// Removes node `node` from entry `entry`.
 pub async fn remove(link: &Link, entry: &str, node: &str) -> Result<(), RedisError> {
     link.call(&[b"HDEL", entry.as_bytes(), node.as_bytes()]).await.map(drop)
+}
+
+/// The leave script: node ARGV[1] no longer holds the user of entry
+/// KEYS[1]; what the user had not acknowledged there (ARGV[4..], inbox
+/// entries as `ROUTE_SCRIPT` writes them, oldest first) goes to the user's
+/// inbox KEYS[2] (the newest ARGV[2] kept, for at least ARGV[3] seconds) unless a
+/// live node still holds the user (it had those pushes live). Returns the
+/// number of entries kept.
+static LEAVE_SCRIPT: Script = Script::new(
+    r#"
+redis.call('HDEL', KEYS[1], ARGV[1])
+if #ARGV < 4 then return 0 end
+for _, node in ipairs(redis.call('HKEYS', KEYS[1])) do
+  if redis.call('EXISTS', 'vly:alive:' .. node) == 1 then return 0 end
+end
+for i = 4, #ARGV do redis.call('RPUSH', KEYS[2], ARGV[i]) end
+redis.call('LTRIM', KEYS[2], -tonumber(ARGV[2]), -1)
+if redis.call('TTL', KEYS[2]) < tonumber(ARGV[3]) then redis.call('EXPIRE', KEYS[2], ARGV[3]) end
+return #ARGV - 3
+"#,
+);
+
+/// This node's last connection of user `mid` went: the node leaves the
+/// user's entry, and `owed` (pushes the user did not acknowledge here, the
+/// `cluster::push` form for that user, each with its TTL left) go to the
+/// user's inbox in Redis for whichever node the user connects to next,
+/// unless another node holds the user. Returns how many were kept.
+pub async fn leave(
+    link: &Link,
+    mid: i64,
+    node: &str,
+    owed: &[(super::push::Push, u64)],
+    inbox: InboxLimits,
+    now: u64,
+) -> Result<u64, RedisError> {
+    let (entry, key) = (user_entry(mid), format!("vly:i:{mid}"));
+    let (max, secs) = (inbox.messages.max(1).to_string(), inbox.secs.max(1).to_string());
+    let forms: Vec<Vec<u8>> = owed
+        .iter()
+        .filter_map(|(p, left)| {
+            let mut e = format!("{} ", now.saturating_add(*left)).into_bytes();
+            e.extend(super::push::encode_push(p)?);
+            Some(e)
+        })
+        .collect();
+    let mut args: Vec<&[u8]> = vec![
+        b"2",
+        entry.as_bytes(),
+        key.as_bytes(),
+        node.as_bytes(),
+        max.as_bytes(),
+        secs.as_bytes(),
+    ];
+    args.extend(forms.iter().map(|f| &f[..]));
+    match super::room::eval(link, &LEAVE_SCRIPT, &args).await? {
+        Frame::Integer(n) => Ok(n.max(0) as u64),
+        other => Err(RedisError::Server(format!("unexpected leave reply {other:?}"))),
+    }
 }
 
 /// Marks node `node` alive for `LIVE_SECS` on `link`'s instance.

@@ -245,12 +245,18 @@ impl Shard {
     /// the registry hears of it (client-chosen keys only: an assigned key
     /// names its node).
     pub(super) fn registry_change(&mut self, key: Option<&str>, mid: Option<i64>, on: bool) {
+        if self.cluster.is_none() {
+            return;
+        }
+        if let (false, Some(mid)) = (on, mid) {
+            self.user_leaves(mid);
+        }
         let Some(c) = self.cluster.as_ref() else { return };
         let entries = key
             .filter(|k| registry::node_of_assigned_key(k).is_none())
             .map(registry::key_entry)
             .into_iter()
-            .chain(mid.map(registry::user_entry));
+            .chain(mid.filter(|_| on).map(registry::user_entry));
         for e in entries {
             let (link, node) = (c.link_for(&e), c.node.clone());
             c.spawn(async move {
@@ -267,6 +273,44 @@ impl Shard {
         if let (true, Some(mid)) = (on, mid) {
             self.take_inbox(mid);
         }
+    }
+
+    /// This node's last connection of user `mid` went: the node leaves the
+    /// user's registry entry, and what the user did not acknowledge here
+    /// leaves the node's inbox for the user's inbox in Redis (unless another
+    /// node holds the user), so that it follows the user to the next node.
+    fn user_leaves(&mut self, mid: i64) {
+        let tick = self.wheel.now();
+        let owed: Vec<(Push, u64)> = (self.inbox.take(mid, tick).iter())
+            .filter_map(|e| {
+                let tcp = e.frames.v2.for_transport(false);
+                let env = crate::proto::v2::decode_push(tcp.get(binary::HEADER_LEN..)?).ok()?;
+                let left = e.ttl_end.saturating_sub(tick);
+                let push = Push {
+                    target: Target::Mids(vec![mid]),
+                    op: env.op,
+                    ttl: left,
+                    id: env.id.to_string(),
+                    payload: Bytes::copy_from_slice(env.payload),
+                };
+                Some((push, u64::from(left)))
+            })
+            .collect();
+        self.count_inbox();
+        let Some(c) = self.cluster.as_ref() else { return };
+        let ib = &self.shared.config.inbox;
+        let limits = registry::InboxLimits {
+            messages: ib.messages,
+            secs: owed.iter().map(|(_, left)| *left as u32).max().unwrap_or(1),
+        };
+        let (link, node, now) = (c.link_for(&registry::user_entry(mid)), c.node.clone(), self.unix_now);
+        c.spawn(async move {
+            // A lost leave only costs a push the node does not deliver
+            // (the entry) and the owed pushes (kept nowhere).
+            if let Err(e) = registry::leave(&link, mid, &node, &owed, limits, now).await {
+                tracing::debug!(error = %e, mid, "user's leave not recorded");
+            }
+        });
     }
 
     /// This node got its first connection of user `mid`: what waits for
