@@ -394,6 +394,10 @@ pub fn cluster_message(data: &[u8]) {
         let again = volley::cluster::push::encode_push(&p).expect("never a room");
         assert_eq!(again, data, "one form per push");
     }
+    // And as a node's note to close its connection with a key.
+    if let Some(key) = volley::cluster::registry::read_replace(data) {
+        assert_eq!(volley::cluster::registry::replace_note(key), data, "one form per note");
+    }
     // And as a presence note, read with the shard's own types; what reads
     // as a note reads the same once written again.
     use volley::cluster::presence::{decode, encode, Note};

@@ -702,7 +702,6 @@ fn pattern_subscribers_get_matching_rooms_of_every_node_once() {
     let (mut m, _) = Client::authed_v2(nodes[1].tcp_addr, r#"{"mid":4}"#);
     m.join(2, "live://1", None);
     // The node's glob subscriptions take one round trip to Redis.
-    std::thread::sleep(Duration::from_millis(300));
     for room in [
         "live://1",
         "live://2",
@@ -732,7 +731,6 @@ fn pattern_subscribers_get_matching_rooms_of_every_node_once() {
     p.send_as(2, op2::LEAVE, 4, br#"{"room":"live://*"}"#);
     assert_eq!(p.read().unwrap().op, op2::LEAVE_REPLY);
     drop(q);
-    std::thread::sleep(Duration::from_millis(300));
     publish_room(&nodes[2], "live://1", "after");
     assert_eq!(pushes_until_quiet(&mut p, 0), vec![], "no pattern, no message");
 }
@@ -984,6 +982,43 @@ fn key_user_and_everyone_pushes_reach_every_node() {
     assert_eq!(k.read_push().body, b"p");
     k.send(op::HEARTBEAT, 6, b"");
     assert_eq!(k.read().unwrap().op, op::HEARTBEAT_REPLY, "the retry was not delivered");
+}
+
+#[test]
+fn a_client_chosen_key_on_another_node_replaces_the_older_connection() {
+    let redis = Redis::start(&[]);
+    let nodes = cluster(&redis, 2);
+    let auth = r#"{"mid":5,"key":"roaming","accepts":[1000]}"#;
+    let mut first = Client::authed(nodes[0].tcp_addr, auth);
+    wait_until("the registry lists the key's node", || {
+        redis_cli(&redis, &["HLEN", "vly:k:roaming"]) == "1"
+    });
+    let holder = redis_cli(&redis, &["HKEYS", "vly:k:roaming"]);
+    let mut second = Client::authed(nodes[1].tcp_addr, auth);
+    let bye = first.expect_closed().expect("op 6 before close");
+    assert!(bye.starts_with("replaced"), "{bye}");
+    wait_until("replaced counted on the first node", || {
+        closes(&nodes[0], "replaced") == 1
+    });
+    // The first node left the key's entry: a push to the key goes to the
+    // second node's channel only, and reaches the new connection.
+    wait_until("the key's entry lists the second node only", || {
+        let now = redis_cli(&redis, &["HKEYS", "vly:k:roaming"]);
+        now.lines().count() == 1 && now != holder
+    });
+    let (status, v) = http(
+        nodes[0].http_addr,
+        "POST",
+        "/goim/push/keys?operation=1000&keys=roaming",
+        &[],
+        b"new",
+    );
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(second.read_push().body, b"new");
+    // The new connection was not replaced by its own claim.
+    second.send(op::HEARTBEAT, 3, b"");
+    assert_eq!(second.read().unwrap().op, op::HEARTBEAT_REPLY);
+    assert_eq!(closes(&nodes[1], "replaced"), 0);
 }
 
 #[test]

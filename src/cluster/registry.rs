@@ -21,7 +21,14 @@
 //! the last (`leave`, which moves what the user did not acknowledge on the
 //! node to the user's inbox in Redis); after a link reconnects, each owner adds its users and keys
 //! again (Redis may have lost them). A node that died leaves its fields
-//! behind until a push finds it not alive and removes them.
+//! behind until a push finds it not alive and removes them. Adding a node
+//! to an entry also marks it alive, so that a node that got connections
+//! before its first mark (shard 0 marks it every second) is not taken for
+//! dead by a push or a claim in that second.
+//!
+//! A node that gets its first connection with a client-chosen key claims
+//! it (`claim`): the other live nodes holding it are told to close theirs,
+//! so a key is held by one connection in the cluster, as on one node.
 //!
 //! `ROUTE_SCRIPT` looks the targets up and publishes, on each live node's
 //! channel, the push with the targets that node holds (the
@@ -112,10 +119,12 @@ pub fn key_entry(key: &str) -> String {
     format!("vly:k:{key}")
 }
 
-/// The add script: node ARGV[1] into every entry of KEYS.
+/// The add script: node ARGV[1] into every entry of KEYS, and marked
+/// alive for ARGV[2] seconds (a node that holds connections is alive).
 static ADD_SCRIPT: Script = Script::new(
     r#"
 for _, k in ipairs(KEYS) do redis.call('HSET', k, ARGV[1], '1') end
+redis.call('SET', 'vly:alive:' .. ARGV[1], '1', 'EX', ARGV[2])
 return #KEYS
 "#,
 );
@@ -128,7 +137,62 @@ pub async fn add(link: &Link, entries: &[String], node: &str) -> Result<(), Redi
     args.push(n.as_bytes());
     args.extend(entries.iter().map(|e| e.as_bytes()));
     args.push(node.as_bytes());
+    let secs = LIVE_SECS.to_string();
+    args.push(secs.as_bytes());
     super::room::eval(link, &ADD_SCRIPT, &args).await.map(drop)
+}
+
+/// The claim script: node ARGV[1] got a connection with the key of entry
+/// KEYS[1]; every other live node holding the key is told on its channel
+/// (ARGV[2], `replace_note`) to close its connection with the key, as one
+/// node replaces a key's connection; ARGV[1] is marked alive for ARGV[3]
+/// seconds (as by the add script). Returns how many nodes were told.
+static CLAIM_SCRIPT: Script = Script::new(
+    r#"
+local told = 0
+for _, node in ipairs(redis.call('HKEYS', KEYS[1])) do
+  if node ~= ARGV[1] then
+    if redis.call('EXISTS', 'vly:alive:' .. node) == 1 then
+      redis.call('PUBLISH', 'vly:n:' .. node, ARGV[2])
+      told = told + 1
+    else
+      redis.call('HDEL', KEYS[1], node)
+    end
+  end
+end
+redis.call('HSET', KEYS[1], ARGV[1], '1')
+redis.call('SET', 'vly:alive:' .. ARGV[1], '1', 'EX', ARGV[3])
+return told
+"#,
+);
+
+/// Node `node` got its first connection with client-chosen key `key`: it
+/// joins the key's entry, and the other nodes holding the key close
+/// theirs (`replaced`).
+pub async fn claim(link: &Link, key: &str, node: &str) -> Result<u64, RedisError> {
+    let (entry, note) = (key_entry(key), replace_note(key));
+    let secs = LIVE_SECS.to_string();
+    let args: [&[u8]; 5] = [b"1", entry.as_bytes(), node.as_bytes(), &note, secs.as_bytes()];
+    match super::room::eval(link, &CLAIM_SCRIPT, &args).await? {
+        Frame::Integer(n) => Ok(n.max(0) as u64),
+        other => Err(RedisError::Server(format!("unexpected claim reply {other:?}"))),
+    }
+}
+
+/// What a node's channel carries to have the node close its connection
+/// with client-chosen key `key`: `R ` then the key.
+pub fn replace_note(key: &str) -> Vec<u8> {
+    let mut out = b"R ".to_vec();
+    out.extend_from_slice(key.as_bytes());
+    out
+}
+
+/// The key of a `replace_note`; `None` for anything else (a push, a
+/// presence note) and for a key that is not one (empty, too long, not
+/// UTF-8).
+pub fn read_replace(b: &[u8]) -> Option<&str> {
+    let key = std::str::from_utf8(b.strip_prefix(b"R ")?).ok()?;
+    (!key.is_empty() && key.len() <= crate::proto::body::MAX_KEY_LEN).then_some(key)
 }
 
 /// Removes node `node` from entry `entry`.
@@ -286,6 +350,18 @@ fn inbox_entry(b: &bytes::Bytes, now: u64) -> Option<super::push::Push> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_replace_note_names_its_key() {
+        assert_eq!(read_replace(&replace_note("k 1")), Some("k 1"));
+        for bad in [&b"R "[..], b"R\xff", b"u 1 0 0 1 7 x", b"Px", b""] {
+            assert_eq!(read_replace(bad), None);
+        }
+        assert_eq!(
+            read_replace(&replace_note(&"k".repeat(crate::proto::body::MAX_KEY_LEN + 1))),
+            None
+        );
+    }
 
     #[test]
     fn an_assigned_key_names_its_node() {

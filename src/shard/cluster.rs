@@ -252,22 +252,24 @@ impl Shard {
             self.user_leaves(mid);
         }
         let Some(c) = self.cluster.as_ref() else { return };
-        let entries = key
-            .filter(|k| registry::node_of_assigned_key(k).is_none())
-            .map(registry::key_entry)
-            .into_iter()
-            .chain(mid.filter(|_| on).map(registry::user_entry));
-        for e in entries {
-            let (link, node) = (c.link_for(&e), c.node.clone());
+        // A lost add is mended by the registration after the link
+        // reconnects (`register_all`); a lost remove only costs the node a
+        // push it does not deliver.
+        if let Some(key) = key.filter(|k| registry::node_of_assigned_key(k).is_none()) {
+            let (link, node, key) = (c.link_for(&registry::key_entry(key)), c.node.clone(), key.to_string());
             c.spawn(async move {
-                // A lost add is mended by the registration after the link
-                // reconnects (`register_all`); a lost remove only costs the
-                // node a push it does not deliver.
                 let _ = if on {
-                    registry::add(&link, &[e], &node).await
+                    registry::claim(&link, &key, &node).await.map(drop)
                 } else {
-                    registry::remove(&link, &e, &node).await
+                    registry::remove(&link, &registry::key_entry(&key), &node).await
                 };
+            });
+        }
+        if let (true, Some(mid)) = (on, mid) {
+            let (e, node) = (registry::user_entry(mid), c.node.clone());
+            let link = c.link_for(&e);
+            c.spawn(async move {
+                let _ = registry::add(&link, &[e], &node).await;
             });
         }
         if let (true, Some(mid)) = (on, mid) {
@@ -655,6 +657,11 @@ impl Shard {
             Event::Message { channel, payload } if direct(&channel, self.cluster.as_ref()) => {
                 if presence::is_note(&payload) {
                     return self.on_node_note(&channel, &payload);
+                }
+                if let Some(key) = registry::read_replace(&payload) {
+                    // Another node got a connection with this key.
+                    let owner = owner_of_str(key, self.nr());
+                    return self.route(owner, ShardMsg::KeyTaken { key: Arc::from(key) });
                 }
                 match decode_push(&payload) {
                     Ok(p) => {

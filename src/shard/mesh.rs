@@ -421,6 +421,12 @@ pub enum ShardMsg {
         /// Only if its key is server-assigned (found by decoding the key).
         assigned_only: bool,
     },
+    /// Cluster mode, to a key's owner: another node got a connection with
+    /// this client-chosen key; this node's connection with it is replaced.
+    KeyTaken {
+        /// The key.
+        key: Arc<str>,
+    },
     /// Cluster mode, to a room's owner: the sending shard has its first
     /// member of the room (`Shard::first_member`).
     Interest {

@@ -349,6 +349,20 @@ impl Shard {
                 assigned_only,
             } => self.kick(conn, reason, assigned_only),
             ShardMsg::Interest { room } => self.want_room(&room),
+            ShardMsg::KeyTaken { key } => {
+                let (held, _) = self.dir.lookup_keys(&[key], self.shared.node_tag, self.nr());
+                for (shard, conns) in held {
+                    for conn in conns {
+                        let reason = crate::proto::close::CloseReason::Replaced;
+                        let kick = ShardMsg::Kick {
+                            conn,
+                            reason,
+                            assigned_only: false,
+                        };
+                        self.route(usize::from(shard), kick);
+                    }
+                }
+            }
             ShardMsg::JoinFailed { conn, seq, room, why } => self.on_join_failed(conn, seq, &room, &why),
             ShardMsg::Shutdown => self.shutdown(),
         }
