@@ -20,6 +20,7 @@
 //! answered after `ASK_WAIT` whatever came (marked incomplete); an answer
 //! lists at most the asked limit, and the gathered list never exceeds it.
 
+use super::cluster_state::Ask;
 use super::members::{Changes, Member};
 use super::mesh::{NodesPage, Reply, ShardMsg};
 use super::state::Shard;
@@ -36,18 +37,6 @@ pub const ASK_WAIT: Duration = Duration::from_secs(2);
 
 /// A note as this node reads it.
 type Heard = Note<Changes, Vec<Member>>;
-
-/// One of this node's questions, on shard 0, gathering answers.
-pub struct Ask {
-    /// Most members listed.
-    limit: usize,
-    /// How many nodes heard the question (unknown until PUBLISH answers).
-    want: Option<u64>,
-    /// Answers so far, and what they hold.
-    got: u64,
-    page: NodesPage,
-    reply: Reply<Option<NodesPage>>,
-}
 
 impl Shard {
     /// On the owner of `room`, in a cluster: tells the other nodes that

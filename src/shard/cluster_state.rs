@@ -1,14 +1,15 @@
 //! A shard's cluster state, as data: its links and subscribers to the
 //! Redis instances, where each room it owns stands in its subscription
-//! (`RoomSync`), the waiting version-2 joins, and the bookkeeping of the
-//! counts report and the registry. What the shard does with it is
+//! (`RoomSync`), the waiting version-2 joins, shard 0's open presence
+//! questions to the other nodes (`Ask`), and the bookkeeping of the counts
+//! report and the registry. What the shard does with it is
 //! `shard::cluster`; this file is apart so that `Shard` can hold it without
 //! the two depending on each other.
 //!
 //! Owned by one shard (`Shard::cluster`, `None` on a single node); never
 //! shared across threads.
 
-use super::mesh::GlobalConn;
+use super::mesh::{GlobalConn, NodesPage, Reply};
 use crate::cluster::link::Link;
 use crate::cluster::push::PUSH_CHANNEL;
 use crate::cluster::registry;
@@ -30,6 +31,18 @@ pub(super) const LINGER_SECS: u32 = 5;
 pub(super) const MAX_HELD: usize = 65_536;
 /// Seconds a pattern publish's token is remembered per room.
 pub(super) const PATTERN_DEDUP_SECS: u32 = 60;
+
+/// One of this node's questions, on shard 0, gathering answers.
+pub struct Ask {
+    /// Most members listed.
+    pub(super) limit: usize,
+    /// How many nodes heard the question (unknown until PUBLISH answers).
+    pub(super) want: Option<u64>,
+    /// Answers so far, and what they hold.
+    pub(super) got: u64,
+    pub(super) page: NodesPage,
+    pub(super) reply: Reply<Option<NodesPage>>,
+}
 
 /// A shard's cluster state (see the module doc); `S` is the shard, which
 /// the state's tasks come back to.
@@ -61,7 +74,7 @@ pub struct ShardCluster<S> {
     pub(super) registered: Vec<u64>,
     /// Shard 0: this node's presence questions waiting for answers
     /// (`shard::cluster_presence`), by number.
-    pub(super) asks: FnvHashMap<u64, super::cluster_presence::Ask>,
+    pub(super) asks: FnvHashMap<u64, Ask>,
     /// Shard 0: the last question's number.
     pub(super) next_ask: u64,
     /// This shard's pattern subscriptions, by their channel glob
