@@ -967,8 +967,8 @@ fn key_user_and_everyone_pushes_reach_every_node() {
     );
     assert_eq!(assigned.read_push2().unwrap().payload, b"p", "everyone");
     // The user's push went to its two nodes' channels, each key's to one,
-    // the push to everyone to the one channel all nodes hear.
-    assert_eq!(publishes() - before, 2 + 1 + 1 + 1);
+    // the push to everyone to each of the three nodes' channels.
+    assert_eq!(publishes() - before, 2 + 1 + 1 + 3);
     for c in [&mut u1, &mut k, &mut other] {
         assert_eq!(c.read_push().body, b"p", "everyone");
     }
@@ -1404,4 +1404,174 @@ fn a_users_inbox_follows_the_user_to_any_node() {
         redis_cli(&redis, &["HLEN", "vly:u:77"]) == "1"
     });
     assert_eq!(redis_cli(&redis, &["EXISTS", "vly:i:77"]), "0");
+}
+
+/// A connection to Redis of the test's own, opened before the test takes
+/// new connections away (`maxclients`): a command, and its reply as text
+/// (an array's elements one per line; an error with its `-`).
+struct Admin(std::io::BufReader<TcpStream>);
+
+impl Admin {
+    fn open(redis: &Redis) -> Admin {
+        Admin(std::io::BufReader::new(
+            TcpStream::connect(("127.0.0.1", redis.port)).unwrap(),
+        ))
+    }
+
+    fn cmd(&mut self, args: &[&str]) -> String {
+        use std::io::Write;
+        let mut out = format!("*{}\r\n", args.len());
+        for a in args {
+            out.push_str(&format!("${}\r\n{a}\r\n", a.len()));
+        }
+        self.0.get_mut().write_all(out.as_bytes()).unwrap();
+        self.reply()
+    }
+
+    fn reply(&mut self) -> String {
+        use std::io::{BufRead, Read};
+        let mut line = String::new();
+        self.0.read_line(&mut line).unwrap();
+        let (kind, rest) = line.trim_end().split_at(1);
+        match kind {
+            "$" if rest == "-1" => String::new(),
+            "$" => {
+                let mut b = vec![0; rest.parse::<usize>().unwrap() + 2];
+                self.0.read_exact(&mut b).unwrap();
+                String::from_utf8_lossy(&b[..b.len() - 2]).into_owned()
+            }
+            "*" => (0..rest.parse::<usize>().unwrap())
+                .map(|_| self.reply())
+                .collect::<Vec<_>>()
+                .join("\n"),
+            "-" => line.trim_end().to_string(),
+            _ => rest.to_string(),
+        }
+    }
+}
+
+#[test]
+fn pushes_sent_while_a_nodes_subscription_is_cut_arrive_when_it_is_back() {
+    let redis = Redis::start(&[]);
+    let nodes = cluster(&redis, 2);
+    let mut admin = Admin::open(&redis);
+    // On node 1: a user, a keyed connection and a member of a room no
+    // other node knows; pushes of each kind enter at node 0.
+    let (mut u, _) = Client::authed_v2(nodes[1].tcp_addr, r#"{"mid":7}"#);
+    let mut k = Client::authed(nodes[1].tcp_addr, r#"{"mid":8,"key":"the-key","accepts":[1000]}"#);
+    let (mut m, _) = Client::authed_v2(nodes[1].tcp_addr, r#"{"mid":9}"#);
+    m.join(2, "live://q", None);
+    wait_until("the registry lists the user and the key", || {
+        redis_cli(&redis, &["HLEN", "vly:u:7"]) == "1" && redis_cli(&redis, &["HLEN", "vly:k:the-key"]) == "1"
+    });
+    // Every pub/sub connection is cut, and no new connection is let in
+    // (the nodes' command links stay): the nodes cannot subscribe again.
+    assert_eq!(admin.cmd(&["CONFIG", "SET", "maxclients", "1"]), "OK");
+    let killed: usize = admin.cmd(&["CLIENT", "KILL", "TYPE", "pubsub"]).parse().unwrap();
+    assert!(killed >= 2, "every shard of both nodes has one: {killed}");
+    let push = |path: &str, body: &[u8]| {
+        let (status, v) = http(nodes[0].http_addr, "POST", path, &[], body);
+        assert_eq!(status, 200, "{path}: {v}");
+    };
+    push("/goim/push/mids?operation=1000&mids=7", b"to the user");
+    push("/goim/push/keys?operation=1000&keys=the-key", b"to the key");
+    push("/goim/push/all?operation=1000", b"to everyone");
+    let pattern = serde_json::json!({"room": "live://*", "op": 9, "body": "to the pattern"}).to_string();
+    push("/v1/push/room", pattern.as_bytes());
+    // Redis counted no receiver on node 1's channel: all four wait in its
+    // queue (node 0's holds the push to everyone and the pattern publish).
+    let queued = |admin: &mut Admin| {
+        let keys = admin.cmd(&["KEYS", "vly:q:*"]);
+        let mut lens: Vec<u64> = keys.lines().map(|q| admin.cmd(&["LLEN", q]).parse().unwrap()).collect();
+        lens.sort_unstable();
+        lens
+    };
+    // (The goim routes answer once the push is handed to the link.)
+    wait_until("the four pushes are queued", || queued(&mut admin) == [2, 4]);
+    u.send_as(2, op::HEARTBEAT, 3, b"");
+    assert_eq!(u.read().unwrap().op, op::HEARTBEAT_REPLY, "nothing arrived meanwhile");
+    // Connections are let in again: node 1 subscribes again, takes its
+    // queue and delivers each push once.
+    assert_eq!(admin.cmd(&["CONFIG", "SET", "maxclients", "10000"]), "OK");
+    let mut got: Vec<Vec<u8>> = [u.read_push2().unwrap(), u.read_push2().unwrap()]
+        .map(|p| p.payload)
+        .to_vec();
+    got.sort();
+    assert_eq!(got, [b"to everyone".to_vec(), b"to the user".to_vec()]);
+    let mut got = [k.read_push().body, k.read_push().body].to_vec();
+    got.sort();
+    assert_eq!(got, [b"to everyone".to_vec(), b"to the key".to_vec()]);
+    let mut pattern_seen = false;
+    for _ in 0..2 {
+        let p = m.read_push2().unwrap();
+        if p.room == "live://q" {
+            assert_eq!((p.offset, &p.payload[..]), (1, &b"to the pattern"[..]));
+            pattern_seen = true;
+        } else {
+            assert_eq!(p.payload, b"to everyone");
+        }
+    }
+    assert!(pattern_seen, "the pattern publish reached the room only node 1 knows");
+    wait_until("both queues were taken", || queued(&mut admin).is_empty());
+    for c in [&mut u, &mut m] {
+        c.send_as(2, op::HEARTBEAT, 4, b"");
+        assert_eq!(c.read().unwrap().op, op::HEARTBEAT_REPLY, "nothing twice");
+    }
+    k.send(op::HEARTBEAT, 4, b"");
+    assert_eq!(k.read().unwrap().op, op::HEARTBEAT_REPLY, "nothing twice");
+    let stats = http(nodes[1].http_addr, "GET", "/v1/stats", &[], b"").1;
+    assert_eq!(stats["data"]["total"]["cluster_queued"], 4, "{stats}");
+}
+
+#[test]
+fn a_node_taken_for_dead_registers_again_and_delivers_what_waited() {
+    let redis = Redis::start(&[]);
+    let nodes = cluster(&redis, 2);
+    let (mut u, key) = Client::authed_v2(nodes[1].tcp_addr, r#"{"mid":7}"#);
+    // A server-assigned key starts with the node's id.
+    let node = format!("{}{}", &key[..8], &key[9..13]);
+    wait_until("the registry lists the user's node", || {
+        redis_cli(&redis, &["HGET", "vly:u:7", &node]) == "1"
+    });
+    // Node 1's mark expires (as for a node too slow to renew it): a push
+    // to its user finds it dead, drops it from the user's entry and keeps
+    // the push in the user's inbox. Should node 1 renew its mark in
+    // between, the push is delivered live and the test tries again.
+    let mut tries = 0;
+    loop {
+        tries += 1;
+        assert!(tries <= 5, "node 1 renewed its mark before every push");
+        redis_cli(&redis, &["DEL", &format!("vly:alive:{node}")]);
+        let (status, v) = http(
+            nodes[0].http_addr,
+            "POST",
+            // With an id, the route answers once Redis ran the push.
+            &format!("/goim/push/mids?operation=1000&mids=7&id=late-{tries}"),
+            &[],
+            b"late",
+        );
+        assert_eq!(status, 200, "{v}");
+        if redis_cli(&redis, &["LLEN", "vly:i:7"]) == "1" {
+            break;
+        }
+        assert_eq!(u.read_push2().unwrap().payload, b"late");
+    }
+    assert_eq!(redis_cli(&redis, &["HLEN", "vly:u:7"]), "0");
+    // With its next mark the node hears it was taken for dead, adds its
+    // users again and delivers what waited for them.
+    let p = u.read_push2().unwrap();
+    assert_eq!((p.op, &p.payload[..]), (1000, &b"late"[..]));
+    wait_until("the user's entry lists the node again", || {
+        redis_cli(&redis, &["HGET", "vly:u:7", &node]) == "1"
+    });
+    assert_eq!(redis_cli(&redis, &["EXISTS", "vly:i:7"]), "0");
+    let (status, v) = http(
+        nodes[0].http_addr,
+        "POST",
+        "/goim/push/mids?operation=1000&mids=7",
+        &[],
+        b"live",
+    );
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(u.read_push2().unwrap().payload, b"live");
 }

@@ -139,8 +139,7 @@ pub fn publish(
                 token: None,
             };
             if sh.clustered() {
-                // Every node, this one too, hears it on the cluster's
-                // pattern channel.
+                // Every node, this one too, hears it on its own channel.
                 sh.cluster_publish_pattern(&room, &msg);
                 return Ok(None);
             }

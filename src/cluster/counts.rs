@@ -4,7 +4,9 @@
 //! Owns the keys (on the first instance):
 //!
 //! ```text
-//! vly:nodes        set of node ids that reported counts
+//! vly:nodes        set of node ids that reported counts or were marked
+//!                  alive (`cluster::registry`); a node leaves it when it
+//!                  is neither
 //! vly:c:<node>     hash room -> members on that node (EX a few sweeps)
 //! vly:t:<node>     hash conns, ips of that node (same expiry)
 //! vly:sums         the sums, JSON, for 900 ms
@@ -59,7 +61,7 @@ local conns, ips, rooms = 0, 0, {}
 for _, node in ipairs(redis.call('SMEMBERS', KEYS[1])) do
   local t = redis.call('HMGET', 'vly:t:' .. node, 'conns', 'ips')
   if not t[1] then
-    redis.call('SREM', KEYS[1], node)
+    if redis.call('EXISTS', 'vly:alive:' .. node) == 0 then redis.call('SREM', KEYS[1], node) end
   else
     conns = conns + tonumber(t[1])
     ips = ips + tonumber(t[2])

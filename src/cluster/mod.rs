@@ -140,6 +140,9 @@ pub fn instance_of(name: &[u8], instances: usize) -> usize {
 pub struct Health {
     instances: usize,
     slots: Vec<Slot>,
+    /// The node hears what is sent to it: subscribed to its channel on
+    /// the first instance and listed among the nodes there (set once).
+    joined: AtomicBool,
 }
 
 #[derive(Default)]
@@ -160,7 +163,24 @@ impl Health {
                 ..Slot::default()
             })
             .collect();
-        Health { instances, slots }
+        Health {
+            instances,
+            slots,
+            joined: AtomicBool::new(false),
+        }
+    }
+
+    /// The node now hears pushes to everyone and pattern publishes (its
+    /// channel is subscribed and it is listed among the nodes).
+    pub fn set_joined(&self) {
+        self.joined.store(true, Relaxed);
+    }
+
+    /// Whether the node has joined (`set_joined`); until then it is not
+    /// healthy, so that a load balancer sends it no clients that would
+    /// miss pushes to everyone.
+    pub fn joined(&self) -> bool {
+        self.joined.load(Relaxed)
     }
 
     /// Shard `shard`'s link to instance `i` connected.
@@ -270,6 +290,9 @@ mod tests {
     fn health_reports_each_instance_down_once_with_a_reason() {
         let h = Health::new(2, 2);
         assert_eq!(h.down().len(), 2, "nothing connected yet");
+        assert!(!h.joined());
+        h.set_joined();
+        assert!(h.joined());
         for s in 0..2 {
             for i in 0..2 {
                 h.set_up(s, i);

@@ -1,13 +1,13 @@
-//! A push to connection keys, users or everyone in cluster mode: the
-//! channel it travels on and its form there.
+//! A push to connection keys, users or everyone in cluster mode: its form
+//! on the nodes' channels.
 //!
-//! Owns `PUSH_CHANNEL` (on the first instance) and the form of a push on it
-//! and on the nodes' own channels (`cluster::registry`). A push to everyone
-//! is published on `PUSH_CHANNEL` once (one Redis command per push,
-//! whatever the number of nodes and connections), a push to users or keys
-//! on the channels of the nodes that hold them; every node's shard 0 is
-//! subscribed to both and routes what it hears to its own key, user and
-//! connection owners as a single node would (`shard::cluster`).
+//! Owns the form of a push on the nodes' own channels and queues
+//! (`cluster::registry`): a push to users or keys is published on the
+//! channels of the nodes that hold them, a push to everyone on every live
+//! node's channel (one Redis command per push, whatever the number of nodes
+//! and connections); every node's shard 0 is subscribed to its channel and
+//! routes what it hears to its own key, user and connection owners as a
+//! single node would (`shard::cluster`).
 //!
 //! Invariants: the form is self-delimiting and canonical (one byte string
 //! per push), and every byte of it is checked before use, with the same
@@ -18,9 +18,6 @@ use crate::proto::body::MAX_KEY_LEN;
 use crate::proto::publish::Target;
 use crate::proto::v2::MAX_ID_LEN;
 use bytes::Bytes;
-
-/// The channel of key, user and everyone pushes.
-pub const PUSH_CHANNEL: &str = "vly:push";
 
 /// Most keys or users in one push (as `api::MAX_TARGETS`).
 const MAX_TARGETS: usize = 100_000;
@@ -40,7 +37,7 @@ pub struct Push {
     pub payload: Bytes,
 }
 
-/// The form on `PUSH_CHANNEL`: a kind letter (`a` everyone, `k` keys, `u`
+/// The form on a node's channel: a kind letter (`a` everyone, `k` keys, `u`
 /// users), `op ttl idlen ` and the id, then for keys `n ` and n times
 /// `len key`, for users `n ` and n times `mid ` (decimal, signed), then
 /// the payload. `None` for a room target.

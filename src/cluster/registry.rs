@@ -13,7 +13,12 @@
 //!                    that left a node owing acknowledgements
 //!                    (on the user's entry's instance)
 //! vly:alive:<node>   the node is up (EX LIVE_SECS, set every second)
+//! vly:gone:<node>    a script took the node for dead and dropped it from
+//!                    an entry (read and cleared by the node's next mark)
 //! vly:n:<node>       channel of the pushes for that node
+//! vly:q:<node>       what was sent on that channel while the node was
+//!                    not subscribed to it (QUEUE_MAX, QUEUE_SECS)
+//! vly:nodes          (first instance) the nodes, for pushes to everyone
 //! ```
 //!
 //! A user's (key's) owner shard on a node adds the node to the entry when
@@ -21,7 +26,9 @@
 //! the last (`leave`, which moves what the user did not acknowledge on the
 //! node to the user's inbox in Redis); after a link reconnects, each owner adds its users and keys
 //! again (Redis may have lost them). A node that died leaves its fields
-//! behind until a push finds it not alive and removes them. Adding a node
+//! behind until a push finds it not alive and removes them; a node that
+//! was only slow (its mark expired while it lived) hears so with its next
+//! mark (`alive`) and registers all its users and keys again. Adding a node
 //! to an entry also marks it alive, so that a node that got connections
 //! before its first mark (shard 0 marks it every second) is not taken for
 //! dead by a push or a claim in that second.
@@ -34,8 +41,18 @@
 //! channel, the push with the targets that node holds (the
 //! `cluster::push` form): one command per push and instance, whatever the
 //! number of nodes, and nodes without a target hear nothing. A user held by
-//! no node gets the push in an inbox in Redis instead, which the first node
-//! to get a connection of the user takes (`take_inbox`) and delivers.
+//! no live node gets the push in an inbox in Redis instead, which the next
+//! node to add itself to the user's entry takes (`add`) and delivers: the
+//! node of the user's next connection, or a node that was taken for dead
+//! and registers its users again. A push to everyone or to a node's
+//! server-assigned keys goes to the nodes' channels the same way
+//! (`to_nodes`).
+//!
+//! Whatever the scripts send on a live node's channel while the node is
+//! not subscribed to it (Redis counted no receiver: the node's subscriber
+//! is reconnecting) waits in the node's queue, which the node takes and
+//! handles as heard once it is subscribed again (`take_queue`); so a push
+//! Redis took reaches a node that lost its subscription for a while.
 //!
 //! Invariants: a node id is the 48-bit tag its server-assigned keys carry
 //! (`node_of_assigned_key`), so an assigned key needs no entry.
@@ -47,6 +64,29 @@ use crate::proto::publish::Target;
 /// Seconds a node counts as alive after its last sign of life.
 pub const LIVE_SECS: u32 = 5;
 
+/// Most entries in a node's queue (the oldest go first).
+pub const QUEUE_MAX: usize = 4096;
+
+/// Seconds a node's queue outlives its last entry.
+pub const QUEUE_SECS: u32 = 60;
+
+/// The scripts' way to a node's channel: published, or queued when Redis
+/// counted no receiver (the constants are `QUEUE_MAX` and `QUEUE_SECS`).
+macro_rules! lua_send {
+    () => {
+        r#"
+local function send(node, body)
+  if redis.call('PUBLISH', 'vly:n:' .. node, body) == 0 then
+    local q = 'vly:q:' .. node
+    redis.call('RPUSH', q, body)
+    redis.call('LTRIM', q, -4096, -1)
+    redis.call('EXPIRE', q, 60)
+  end
+end
+"#
+    };
+}
+
 /// The route script. KEYS: the targets' entries (all on this instance).
 /// ARGV: the push kind (`u` or `k`), its head `op ttl idlen id`, its
 /// payload, the inbox's message limit (0: no inbox), seconds an inbox
@@ -54,7 +94,8 @@ pub const LIVE_SECS: u32 = 5;
 /// `len key`), in KEYS order. A user held by no live node gets the push in
 /// their inbox (`vly:i:<mid>`: entries `<expiry unix second> <push form>`,
 /// the newest `limit` kept). Returns the number of nodes published to.
-pub static ROUTE_SCRIPT: Script = Script::new(
+pub static ROUTE_SCRIPT: Script = Script::new(concat!(
+    lua_send!(),
     r#"
 local by, order = {}, {}
 local now = tonumber(redis.call('TIME')[1])
@@ -71,6 +112,7 @@ for i, key in ipairs(KEYS) do
       t[#t + 1] = ARGV[i + 5]
     else
       redis.call('HDEL', key, node)
+      redis.call('SET', 'vly:gone:' .. node, '1', 'EX', 3600)
     end
   end
   if not held and ARGV[1] == 'u' and tonumber(ARGV[4]) > 0 then
@@ -83,12 +125,11 @@ for i, key in ipairs(KEYS) do
 end
 for _, node in ipairs(order) do
   local t = by[node]
-  redis.call('PUBLISH', 'vly:n:' .. node,
-    ARGV[1] .. ' ' .. ARGV[2] .. #t .. ' ' .. table.concat(t) .. ARGV[3])
+  send(node, ARGV[1] .. ' ' .. ARGV[2] .. #t .. ' ' .. table.concat(t) .. ARGV[3])
 end
 return #order
 "#,
-);
+));
 
 /// A node's id: the low 48 bits of its tag, hex.
 pub fn node_id(node_tag: u64) -> String {
@@ -121,17 +162,38 @@ pub fn key_entry(key: &str) -> String {
 
 /// The add script: node ARGV[1] into every entry of KEYS, and marked
 /// alive for ARGV[2] seconds (a node that holds connections is alive).
+/// What waits in the inbox of each user whose entry it is (pushes while no
+/// live node held the user) is taken in the same step, so that a push lands
+/// either there or on this node's channel, never nowhere. Returns, per
+/// user with such pushes, `[mid, entry, ...]` (entries oldest first).
 static ADD_SCRIPT: Script = Script::new(
     r#"
-for _, k in ipairs(KEYS) do redis.call('HSET', k, ARGV[1], '1') end
+local out = {}
+for _, k in ipairs(KEYS) do
+  redis.call('HSET', k, ARGV[1], '1')
+  if string.sub(k, 1, 6) == 'vly:u:' then
+    local inbox = 'vly:i:' .. string.sub(k, 7)
+    local e = redis.call('LRANGE', inbox, 0, -1)
+    if #e > 0 then
+      redis.call('DEL', inbox)
+      table.insert(e, 1, string.sub(k, 7))
+      out[#out + 1] = e
+    end
+  end
+end
 redis.call('SET', 'vly:alive:' .. ARGV[1], '1', 'EX', ARGV[2])
-return #KEYS
+return out
 "#,
 );
 
+/// Pushes a user is owed, as `add` takes them from the user's inbox.
+pub type Owed = Vec<(i64, Vec<super::push::Push>)>;
+
 /// Adds node `node` to every entry of `entries` (all on `link`'s
-/// instance): one command.
-pub async fn add(link: &Link, entries: &[String], node: &str) -> Result<(), RedisError> {
+/// instance), and takes what waits in the inboxes of the users among them:
+/// each push not past its expiry at Unix second `now`, oldest first (an
+/// entry that does not read is skipped). One command.
+pub async fn add(link: &Link, entries: &[String], node: &str, now: u64) -> Result<Owed, RedisError> {
     let n = entries.len().to_string();
     let mut args: Vec<&[u8]> = Vec::with_capacity(entries.len() + 2);
     args.push(n.as_bytes());
@@ -139,7 +201,31 @@ pub async fn add(link: &Link, entries: &[String], node: &str) -> Result<(), Redi
     args.push(node.as_bytes());
     let secs = LIVE_SECS.to_string();
     args.push(secs.as_bytes());
-    super::room::eval(link, &ADD_SCRIPT, &args).await.map(drop)
+    let reply = super::room::eval(link, &ADD_SCRIPT, &args).await?;
+    let Frame::Array(users) = reply else {
+        return Err(RedisError::Server(format!("unexpected add reply {reply:?}")));
+    };
+    let mut owed = Vec::new();
+    for user in users {
+        let Frame::Array(v) = user else { continue };
+        let Some((Frame::BulkString(mid), rest)) = v.split_first() else {
+            continue;
+        };
+        let Some(mid) = std::str::from_utf8(mid).ok().and_then(|m| m.parse().ok()) else {
+            continue;
+        };
+        let pushes: Vec<_> = rest
+            .iter()
+            .filter_map(|f| match f {
+                Frame::BulkString(b) => inbox_entry(b, now),
+                _ => None,
+            })
+            .collect();
+        if !pushes.is_empty() {
+            owed.push((mid, pushes));
+        }
+    }
+    Ok(owed)
 }
 
 /// The claim script: node ARGV[1] got a connection with the key of entry
@@ -147,16 +233,18 @@ pub async fn add(link: &Link, entries: &[String], node: &str) -> Result<(), Redi
 /// (ARGV[2], `replace_note`) to close its connection with the key, as one
 /// node replaces a key's connection; ARGV[1] is marked alive for ARGV[3]
 /// seconds (as by the add script). Returns how many nodes were told.
-static CLAIM_SCRIPT: Script = Script::new(
+static CLAIM_SCRIPT: Script = Script::new(concat!(
+    lua_send!(),
     r#"
 local told = 0
 for _, node in ipairs(redis.call('HKEYS', KEYS[1])) do
   if node ~= ARGV[1] then
     if redis.call('EXISTS', 'vly:alive:' .. node) == 1 then
-      redis.call('PUBLISH', 'vly:n:' .. node, ARGV[2])
+      send(node, ARGV[2])
       told = told + 1
     else
       redis.call('HDEL', KEYS[1], node)
+      redis.call('SET', 'vly:gone:' .. node, '1', 'EX', 3600)
     end
   end
 end
@@ -164,7 +252,7 @@ redis.call('HSET', KEYS[1], ARGV[1], '1')
 redis.call('SET', 'vly:alive:' .. ARGV[1], '1', 'EX', ARGV[3])
 return told
 "#,
-);
+));
 
 /// Node `node` got its first connection with client-chosen key `key`: it
 /// joins the key's entry, and the other nodes holding the key close
@@ -258,13 +346,74 @@ pub async fn leave(
     }
 }
 
-/// Marks node `node` alive for `LIVE_SECS` on `link`'s instance.
-pub async fn alive(link: &Link, node: &str) -> Result<(), RedisError> {
-    let key = format!("vly:alive:{node}");
+/// The alive script: node ARGV[1] is up for ARGV[2] seconds; on the first
+/// instance (ARGV[3] `1`) it is also one of the nodes pushes to everyone
+/// go to. Returns 1 if a script had taken the node for dead since the last
+/// mark (and dropped it from some entry), else 0.
+static ALIVE_SCRIPT: Script = Script::new(
+    r#"
+redis.call('SET', 'vly:alive:' .. ARGV[1], '1', 'EX', ARGV[2])
+if ARGV[3] == '1' then redis.call('SADD', 'vly:nodes', ARGV[1]) end
+return redis.call('DEL', 'vly:gone:' .. ARGV[1])
+"#,
+);
+
+/// Marks node `node` alive for `LIVE_SECS` on `link`'s instance, and on
+/// the `first` instance lists it among the nodes. `true`: the node had
+/// been taken for dead there, and its entries there are to be added again.
+pub async fn alive(link: &Link, node: &str, first: bool) -> Result<bool, RedisError> {
     let secs = LIVE_SECS.to_string();
-    link.call(&[b"SET", key.as_bytes(), b"1", b"EX", secs.as_bytes()])
-        .await
-        .map(drop)
+    let first: &[u8] = if first { b"1" } else { b"0" };
+    let args: [&[u8]; 4] = [b"0", node.as_bytes(), secs.as_bytes(), first];
+    match super::room::eval(link, &ALIVE_SCRIPT, &args).await? {
+        Frame::Integer(n) => Ok(n > 0),
+        other => Err(RedisError::Server(format!("unexpected alive reply {other:?}"))),
+    }
+}
+
+/// The nodes script: ARGV[1] to the channel of each node of ARGV[2..], or
+/// of every node in `vly:nodes` when none is named; where Redis counts no
+/// receiver, into the node's queue if the node is alive (as `send`), else
+/// nowhere (and a node of the set that is neither subscribed nor alive
+/// leaves it). Returns how many nodes heard it or will.
+static NODES_SCRIPT: Script = Script::new(
+    r#"
+local nodes, all = {}, #ARGV == 1
+if all then
+  nodes = redis.call('SMEMBERS', 'vly:nodes')
+else
+  for i = 2, #ARGV do nodes[#nodes + 1] = ARGV[i] end
+end
+local sent = 0
+for _, node in ipairs(nodes) do
+  if redis.call('PUBLISH', 'vly:n:' .. node, ARGV[1]) > 0 then
+    sent = sent + 1
+  elseif redis.call('EXISTS', 'vly:alive:' .. node) == 1 then
+    local q = 'vly:q:' .. node
+    redis.call('RPUSH', q, ARGV[1])
+    redis.call('LTRIM', q, -4096, -1)
+    redis.call('EXPIRE', q, 60)
+    sent = sent + 1
+  elseif all then
+    redis.call('SREM', 'vly:nodes', node)
+  end
+end
+return sent
+"#,
+);
+
+/// Sends `body` (a push in the `cluster::push` form, or a pattern publish)
+/// to `nodes`, or to every node when `nodes` is empty (run on the first
+/// instance, where `vly:nodes` is): to those subscribed now, and into the
+/// queue of the live ones that are not. Returns how many it went to.
+pub async fn to_nodes(link: &Link, body: &[u8], nodes: &[String]) -> Result<u64, RedisError> {
+    let mut args: Vec<&[u8]> = Vec::with_capacity(nodes.len() + 2);
+    args.extend([&b"0"[..], body]);
+    args.extend(nodes.iter().map(|n| n.as_bytes()));
+    match super::room::eval(link, &NODES_SCRIPT, &args).await? {
+        Frame::Integer(n) => Ok(n.max(0) as u64),
+        other => Err(RedisError::Server(format!("unexpected nodes reply {other:?}"))),
+    }
 }
 
 /// Where a push to users no node holds is kept: at most `messages` per
@@ -313,8 +462,8 @@ pub async fn route(
     }
 }
 
-/// The take script: a user's inbox, whole, emptied in the same step (so
-/// that of two nodes taking it at once one gets it). KEYS: the inbox.
+/// The take script: a list, whole, emptied in the same step (so that of
+/// two takers one gets it). KEYS: the list.
 static TAKE_SCRIPT: Script = Script::new(
     r#"
 local all = redis.call('LRANGE', KEYS[1], 0, -1)
@@ -323,18 +472,18 @@ return all
 "#,
 );
 
-/// User `mid`'s inbox in Redis, taken (emptied): each push not past its
-/// expiry at Unix second `now`, oldest first. An entry that does not read
-/// is skipped.
-pub async fn take_inbox(link: &Link, mid: i64, now: u64) -> Result<Vec<super::push::Push>, RedisError> {
-    let key = format!("vly:i:{mid}");
+/// Node `node`'s queue on `link`'s instance, taken (emptied): what was
+/// sent on its channel there while it was not subscribed, oldest first,
+/// as it would have been heard.
+pub async fn take_queue(link: &Link, node: &str) -> Result<Vec<bytes::Bytes>, RedisError> {
+    let key = format!("vly:q:{node}");
     let reply = super::room::eval(link, &TAKE_SCRIPT, &[b"1", key.as_bytes()]).await?;
     let Frame::Array(v) = reply else {
-        return Err(RedisError::Server("unexpected inbox reply".into()));
+        return Err(RedisError::Server("unexpected queue reply".into()));
     };
-    Ok(v.iter()
+    Ok(v.into_iter()
         .filter_map(|f| match f {
-            Frame::BulkString(b) => inbox_entry(b, now),
+            Frame::BulkString(b) => Some(b),
             _ => None,
         })
         .collect())
@@ -350,6 +499,14 @@ fn inbox_entry(b: &bytes::Bytes, now: u64) -> Option<super::push::Push> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_scripts_queue_as_the_constants_say() {
+        for text in [lua_send!(), NODES_SCRIPT.text()] {
+            assert!(text.contains(&format!("'LTRIM', q, -{QUEUE_MAX}, -1")), "{text}");
+            assert!(text.contains(&format!("'EXPIRE', q, {QUEUE_SECS})")), "{text}");
+        }
+    }
 
     #[test]
     fn a_replace_note_names_its_key() {

@@ -14,7 +14,6 @@
 //! vly:{R}:w        some node watches R's presence (`cluster::presence`)
 //! vly:{R}          pub/sub channel every node with members subscribes to
 //!                  (and a node with pattern subscribers, by glob: `glob_of`)
-//! vly:patterns     pub/sub channel of pattern publishes (first instance)
 //! ```
 //!
 //! `PUBLISH_SCRIPT` does all of it in one atomic step, one command per
@@ -25,8 +24,9 @@
 //!
 //! `SYNC_SCRIPT` reads a room's position once a node's subscription to it
 //! is confirmed, `range` reads its Stream for a resume the node's cache
-//! cannot serve, and a pattern publish travels on `PATTERN_CHANNEL`
-//! (`encode_pattern`).
+//! cannot serve, and a pattern publish travels to every node's channel
+//! (`encode_pattern`; `cluster::registry::to_nodes`), where each node
+//! publishes it to the matching rooms it knows.
 //!
 //! Runs wherever a publish enters (any shard, through its own link), and
 //! on the shard whose subscription received a message (`shard::cluster`).
@@ -121,11 +121,6 @@ end
 return out
 "#,
 );
-
-/// The channel every node subscribes to (on the first instance) for
-/// pattern publishes: each node publishes such a message to the matching
-/// rooms it knows (`encode_pattern`).
-pub const PATTERN_CHANNEL: &str = "vly:patterns";
 
 /// The keys and channel of room `room`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -635,6 +630,11 @@ impl Script {
         }
     }
 
+    /// Its Lua text.
+    pub fn text(&self) -> &'static str {
+        self.text
+    }
+
     /// Its SHA1, hex, as `EVALSHA` names it.
     pub fn sha(&self) -> &str {
         self.sha.get_or_init(|| {
@@ -647,12 +647,12 @@ impl Script {
     }
 }
 
-/// A pattern publish as it travels on `PATTERN_CHANNEL`: the pattern, and
-/// the message in the room form with its offset field carrying the
-/// publish's token (what every node deduplicates the rooms' publishes
-/// with) and epoch 1.
+/// A pattern publish as it travels on the nodes' channels: `p `, the
+/// pattern, and the message in the room form with its offset field
+/// carrying the publish's token (what every node deduplicates the rooms'
+/// publishes with) and epoch 1.
 pub fn encode_pattern(pattern: &str, token: u64, m: &Message) -> Vec<u8> {
-    let mut out = format!("{} {pattern}", pattern.len()).into_bytes();
+    let mut out = format!("p {} {pattern}", pattern.len()).into_bytes();
     out.extend(encode_message(&Message {
         offset: token,
         epoch: 1,
@@ -661,8 +661,17 @@ pub fn encode_pattern(pattern: &str, token: u64, m: &Message) -> Vec<u8> {
     out
 }
 
+/// Whether a message on a node's channel is a pattern publish.
+pub fn is_pattern(b: &[u8]) -> bool {
+    b.starts_with(b"p ")
+}
+
 /// Reads `encode_pattern`'s form: (pattern, token, message).
 pub fn decode_pattern(b: &Bytes) -> Result<(String, u64, Message), BadMessage> {
+    if !is_pattern(b) {
+        return Err(BadMessage("not a pattern publish"));
+    }
+    let b = &b.slice(2..);
     let mut r = Reader::new(b);
     let len = r.number("pattern length", crate::proto::body::MAX_ROOM_LEN as u64)? as usize;
     if len == 0 {
@@ -741,14 +750,17 @@ mod tests {
         let (p, token, got) = decode_pattern(&b).unwrap();
         assert_eq!((p.as_str(), token), ("live://*", 42));
         assert_eq!((got.op, got.id.as_str(), &got.payload[..]), (1000, "i", &b"x y"[..]));
+        assert!(is_pattern(&b));
         for bad in [
             &b""[..],
-            b"0 ",
-            b"9 live",
-            b"x live://*",
-            b"3 \xff\xfe\xfd1 1 1 0 0 ",
-            b"08 live://*1 1 1 0 0 ",
-            b"8 live://*1 2 1 0 0 ",
+            b"p 0 ",
+            b"p 9 live",
+            b"p x live://*",
+            b"p 3 \xff\xfe\xfd1 1 1 0 0 ",
+            b"p 08 live://*1 1 1 0 0 ",
+            b"p 8 live://*1 2 1 0 0 ",
+            b"8 live://*1 1 1 0 0 ",
+            b"p8 live://*1 1 1 0 0 ",
         ] {
             assert!(decode_pattern(&Bytes::copy_from_slice(bad)).is_err(), "{bad:?}");
         }
@@ -789,7 +801,7 @@ mod tests {
         assert_eq!(k.dedup("m-1"), "vly:{live://1}:d:m-1");
         assert_eq!(k.pattern_dedup(9), "vly:{live://1}:p:9");
         assert_eq!(RoomKeys::room_of(k.channel.as_bytes()), Some("live://1"));
-        assert_eq!(RoomKeys::room_of(PATTERN_CHANNEL.as_bytes()), None);
+        assert_eq!(RoomKeys::room_of(b"vly:n:0123456789ab"), None);
         assert_eq!(PUBLISH_SCRIPT.sha().len(), 40);
         assert_ne!(PUBLISH_SCRIPT.sha(), SYNC_SCRIPT.sha());
     }

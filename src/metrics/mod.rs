@@ -169,6 +169,7 @@ shard_stats! {
     Gauge cluster_rooms: "Cluster mode: rooms this shard owns whose channel the node is subscribed to (it has members of them).";
     Counter cluster_publish_failed: "Cluster mode: publishes Redis did not take (unreachable, or an error), each answered as failed.";
     Counter cluster_filled: "Cluster mode: messages read back from a room's Stream for the node's members after its subscription was lost.";
+    Counter cluster_queued: "Cluster mode: pushes and notes sent to this node while it was not subscribed to its channel, read from its queue in Redis once it was again.";
     Counter cluster_bad_messages: "Cluster mode: messages on a volley channel that did not decode (refused, logged).";
 }
 

@@ -7,8 +7,10 @@
 //! `cluster::subscriber`), the subscriptions of the rooms this shard owns
 //! that have members on this node, the user / key registry entries of its
 //! users and keys (`cluster::registry`), read marks and history pages read
-//! from Redis; on shard 0 also the pattern and push channels and the
-//! node's counts report (`cluster::counts`).
+//! from Redis; on shard 0 also the node's channel (pattern publishes, key /
+//! user / everyone pushes, notes to this node) with its queue of what was
+//! sent while it was not subscribed, and the node's counts report
+//! (`cluster::counts`).
 //!
 //! Runs on every shard of a node with `[redis] urls`; the tasks it spawns
 //! (one per publish, sync or history read) run in the shard's control
@@ -39,9 +41,9 @@ use super::state::Shard;
 use crate::cluster::counts::{self, Report};
 use crate::cluster::instance_of;
 use crate::cluster::presence;
-use crate::cluster::push::{decode_push, encode_push, Push, PUSH_CHANNEL};
+use crate::cluster::push::{decode_push, encode_push, Push};
 use crate::cluster::registry;
-use crate::cluster::room::{self, Dedup, Message, RoomKeys, Stored, PATTERN_CHANNEL};
+use crate::cluster::room::{self, Dedup, Message, RoomKeys, Stored};
 use crate::cluster::subscriber::Event;
 use crate::metrics::ShardStats;
 use crate::proto::binary;
@@ -140,9 +142,9 @@ impl Shard {
         });
     }
 
-    /// Cluster mode, on any shard: a pattern publish goes to every node on
-    /// `PATTERN_CHANNEL`; each publishes it to the matching rooms it knows
-    /// (`pattern_message`).
+    /// Cluster mode, on any shard: a pattern publish goes to every live
+    /// node's channel (`registry::to_nodes`: one command); each publishes it
+    /// to the matching rooms it knows (`pattern_message`).
     pub fn cluster_publish_pattern(&mut self, pattern: &str, msg: &Publication) {
         let Some(c) = self.cluster.as_ref() else { return };
         let link = c.links[0].clone();
@@ -150,18 +152,19 @@ impl Shard {
         let body = room::encode_pattern(pattern, fastrand::u64(1..), &m);
         let (shared, id) = (self.shared.clone(), self.id);
         c.spawn(async move {
-            if let Err(e) = link.call(&[b"PUBLISH", PATTERN_CHANNEL.as_bytes(), &body]).await {
+            if let Err(e) = registry::to_nodes(&link, &body, &[]).await {
                 ShardStats::add(&shared.stats[id].cluster_publish_failed, 1);
                 tracing::warn!(error = %e, "pattern publish not sent");
             }
         });
     }
 
-    /// Cluster mode, on any shard: a push to everyone goes to every node on
-    /// `PUSH_CHANNEL`; a push to users or keys to the nodes that hold them
+    /// Cluster mode, on any shard: a push to everyone goes to every live
+    /// node's channel; a push to users or keys to the nodes that hold them
     /// (`cluster::registry`: one command per instance of their entries; a
     /// server-assigned key names its node). Each node routes it to what it
-    /// holds (`on_redis`).
+    /// holds (`on_redis`); a node not subscribed at the time finds it in its
+    /// queue when it is again.
     pub fn cluster_push(&mut self, target: Target, op: u32, payload: &[u8], id: Option<&str>, ttl: Option<u32>) {
         let Some(c) = self.cluster.as_ref() else { return };
         let (shared, me) = (self.shared.clone(), self.id);
@@ -172,8 +175,8 @@ impl Shard {
             ShardStats::add(&shared.stats[me].cluster_publish_failed, 1);
             tracing::warn!(error = %e, "push not sent");
         };
-        // (channel, push) to publish as they are.
-        let mut direct: Vec<(String, Push)> = Vec::new();
+        // (nodes, push) to send to those nodes (none named: every node).
+        let mut direct: Vec<(Vec<String>, Push)> = Vec::new();
         // Per instance, the targets to route through the registry.
         let n = c.links.len();
         let mut routed: Vec<Vec<Target>> = vec![Vec::new(); n];
@@ -186,7 +189,7 @@ impl Shard {
         };
         match target {
             Target::Room(_) => return,
-            Target::All => direct.push((PUSH_CHANNEL.to_string(), push(Target::All))),
+            Target::All => direct.push((Vec::new(), push(Target::All))),
             Target::Mids(mids) => {
                 let mut by: Vec<Vec<i64>> = vec![Vec::new(); n];
                 for m in mids {
@@ -209,7 +212,7 @@ impl Shard {
                     routed[i].push(Target::Keys(k));
                 }
                 for (node, k) in nodes {
-                    direct.push((registry::channel(&node), push(Target::Keys(k))));
+                    direct.push((vec![node], push(Target::Keys(k))));
                 }
             }
         }
@@ -229,11 +232,11 @@ impl Shard {
                 });
             }
         }
-        for (channel, p) in direct {
+        for (nodes, p) in direct {
             let Some(body) = encode_push(&p) else { continue };
             let (link, failed) = (c.links[0].clone(), failed.clone());
             c.spawn(async move {
-                if let Err(e) = link.call(&[b"PUBLISH", channel.as_bytes(), &body]).await {
+                if let Err(e) = registry::to_nodes(&link, &body, &nodes).await {
                     failed(e);
                 }
             });
@@ -266,15 +269,39 @@ impl Shard {
             });
         }
         if let (true, Some(mid)) = (on, mid) {
+            // What waits for the user in Redis (pushes while no node held
+            // them) comes with the add.
             let (e, node) = (registry::user_entry(mid), c.node.clone());
-            let link = c.link_for(&e);
-            c.spawn(async move {
-                let _ = registry::add(&link, &[e], &node).await;
+            self.join_registry(c.link_for(&e), vec![e], node);
+        }
+    }
+
+    /// Adds this node to registry `entries` (all on `link`'s instance) and
+    /// pushes what the users among them are owed (`registry::add`) to
+    /// their connections here, oldest first.
+    fn join_registry(&self, link: crate::cluster::link::Link, entries: Vec<String>, node: String) {
+        let Some(c) = self.cluster.as_ref() else { return };
+        let (me, now) = (c.me.clone(), self.unix_now);
+        c.spawn(async move {
+            let Ok(owed) = registry::add(&link, &entries, &node, now).await else {
+                return;
+            };
+            if owed.is_empty() {
+                return;
+            }
+            with_shard(&me, |sh| {
+                for (mid, pushes) in owed {
+                    ShardStats::add(&sh.stats().inbox_owed, pushes.len() as u64);
+                    for p in pushes {
+                        let (id, ttl) = (
+                            (!p.id.is_empty()).then_some(p.id.as_str()),
+                            (p.ttl > 0).then_some(p.ttl),
+                        );
+                        sh.route_push(Target::Mids(vec![mid]), p.op, &p.payload, id, ttl);
+                    }
+                }
             });
-        }
-        if let (true, Some(mid)) = (on, mid) {
-            self.take_inbox(mid);
-        }
+        });
     }
 
     /// This node's last connection of user `mid` went: the node leaves the
@@ -315,35 +342,12 @@ impl Shard {
         });
     }
 
-    /// This node got its first connection of user `mid`: what waits for
-    /// the user in Redis (pushes while no node held them) is taken and
-    /// pushed to the user here, oldest first. Taken after the registry add,
-    /// on the same link, so a push lands either in what is taken or on
-    /// this node's channel, never nowhere.
-    fn take_inbox(&mut self, mid: i64) {
-        let Some(c) = self.cluster.as_ref() else { return };
-        let (link, me, now) = (c.link_for(&registry::user_entry(mid)), c.me.clone(), self.unix_now);
-        c.spawn(async move {
-            let Ok(pushes) = registry::take_inbox(&link, mid, now).await else {
-                return;
-            };
-            with_shard(&me, |sh| {
-                ShardStats::add(&sh.stats().inbox_owed, pushes.len() as u64);
-                for p in pushes {
-                    let (id, ttl) = (
-                        (!p.id.is_empty()).then_some(p.id.as_str()),
-                        (p.ttl > 0).then_some(p.ttl),
-                    );
-                    sh.route_push(Target::Mids(vec![mid]), p.op, &p.payload, id, ttl);
-                }
-            });
-        });
-    }
-
     /// Once a sweep: on every instance whose link has (re)connected since
-    /// this shard last did, registers all its users and keys again (Redis
-    /// may have lost them), a thousand entries a command; shard 0 also
-    /// marks the node alive on every instance.
+    /// this shard last did, or where the node was taken for dead, registers
+    /// all its users and keys again (Redis may have lost them), a thousand
+    /// entries a command, delivering what the users were owed meanwhile.
+    /// Shard 0 also marks the node alive on every instance, and takes the
+    /// node's queue where it is still to be taken.
     fn register_all(&mut self) {
         let Some(c) = self.cluster.as_ref() else { return };
         let n = c.links.len();
@@ -351,11 +355,14 @@ impl Shard {
             .filter(|&i| c.links[i].is_up() && c.links[i].connects() != c.registered[i])
             .collect();
         if self.id == 0 {
-            for link in c.links.iter().filter(|l| l.is_up()) {
-                let (link, node) = (link.clone(), c.node.clone());
-                c.spawn(async move {
-                    let _ = registry::alive(&link, &node).await;
-                });
+            let up: Vec<usize> = (0..n).filter(|&i| c.links[i].is_up()).collect();
+            for i in up {
+                self.mark_alive(i);
+            }
+            let Some(c) = self.cluster.as_ref() else { return };
+            let queued: Vec<usize> = (0..n).filter(|&i| c.queued[i]).collect();
+            for i in queued {
+                self.take_queue(i);
             }
         }
         if stale.is_empty() {
@@ -376,14 +383,74 @@ impl Shard {
         for &i in &stale {
             c.registered[i] = c.links[i].connects();
         }
+        let (links, node) = (c.links.clone(), c.node.clone());
         for (i, entries) in by.into_iter().enumerate() {
             for chunk in entries.chunks(1000) {
-                let (link, node, chunk) = (c.links[i].clone(), c.node.clone(), chunk.to_vec());
-                c.spawn(async move {
-                    let _ = registry::add(&link, &chunk, &node).await;
-                });
+                self.join_registry(links[i].clone(), chunk.to_vec(), node.clone());
             }
         }
+    }
+
+    /// Shard 0: marks the node alive on instance `i` (on the first, lists
+    /// it among the nodes, and the node has joined once its channel there
+    /// is subscribed); if it had been taken for dead there, every shard
+    /// registers its users and keys there again.
+    fn mark_alive(&mut self, i: usize) {
+        let Some(c) = self.cluster.as_ref() else { return };
+        let (link, node, me) = (c.links[i].clone(), c.node.clone(), c.me.clone());
+        let listening = c.listening;
+        c.spawn(async move {
+            let got = registry::alive(&link, &node, i == 0).await;
+            with_shard(&me, |sh| {
+                let Ok(gone) = got else { return };
+                if i == 0 && listening {
+                    if let Some(h) = &sh.shared.cluster {
+                        h.set_joined();
+                    }
+                }
+                if gone {
+                    tracing::warn!(instance = i, "this node was taken for dead; registering again");
+                    for s in 0..sh.nr() {
+                        sh.route(s, ShardMsg::Reregister { instance: i });
+                    }
+                }
+            });
+        });
+    }
+
+    /// The node was taken for dead on instance `i`: this shard's users and
+    /// keys there are registered again at the next sweep.
+    pub(super) fn reregister(&mut self, i: usize) {
+        if let Some(r) = self.cluster.as_mut().and_then(|c| c.registered.get_mut(i)) {
+            *r = u64::MAX;
+        }
+    }
+
+    /// Shard 0: takes the node's queue on instance `i` (what was sent on its
+    /// channel there while it was not subscribed) and handles it as heard;
+    /// tried again each sweep until it is read.
+    fn take_queue(&mut self, i: usize) {
+        let Some(c) = self.cluster.as_mut() else { return };
+        c.queued[i] = true;
+        if !c.links[i].is_up() {
+            return;
+        }
+        let (link, node, me) = (c.links[i].clone(), c.node.clone(), c.me.clone());
+        let channel = bytes::Bytes::from(c.node_channel.clone());
+        c.spawn(async move {
+            let got = registry::take_queue(&link, &node).await;
+            with_shard(&me, |sh| {
+                let Ok(queued) = got else { return };
+                if let Some(c) = sh.cluster.as_mut() {
+                    c.queued[i] = false;
+                }
+                ShardStats::add(&sh.stats().cluster_queued, queued.len() as u64);
+                for payload in queued {
+                    let channel = channel.clone();
+                    sh.on_redis(i, Event::Message { channel, payload });
+                }
+            });
+        });
     }
 
     /// On any shard: `room` got its first member on this shard; in
@@ -650,9 +717,8 @@ impl Shard {
 
     /// What this shard's subscriber to instance `i` heard.
     pub fn on_redis(&mut self, i: usize, e: Event) {
-        let direct = |channel: &[u8], c: Option<&ShardCluster<Shard>>| {
-            channel == PUSH_CHANNEL.as_bytes() || c.is_some_and(|c| c.node_channel.as_bytes() == channel)
-        };
+        let direct =
+            |channel: &[u8], c: Option<&ShardCluster<Shard>>| c.is_some_and(|c| c.node_channel.as_bytes() == channel);
         match e {
             Event::Message { channel, payload } if direct(&channel, self.cluster.as_ref()) => {
                 if presence::is_note(&payload) {
@@ -663,6 +729,12 @@ impl Shard {
                     let owner = owner_of_str(key, self.nr());
                     return self.route(owner, ShardMsg::KeyTaken { key: Arc::from(key) });
                 }
+                if room::is_pattern(&payload) {
+                    return match room::decode_pattern(&payload) {
+                        Ok((pattern, token, m)) => self.pattern_message(pattern, token, m),
+                        Err(e) => self.bad_channel_message(&channel, e),
+                    };
+                }
                 match decode_push(&payload) {
                     Ok(p) => {
                         let (id, ttl) = (
@@ -671,12 +743,6 @@ impl Shard {
                         );
                         self.route_push(p.target, p.op, &p.payload, id, ttl);
                     }
-                    Err(e) => self.bad_channel_message(&channel, e),
-                }
-            }
-            Event::Message { channel, payload } if &channel[..] == PATTERN_CHANNEL.as_bytes() => {
-                match room::decode_pattern(&payload) {
-                    Ok((pattern, token, m)) => self.pattern_message(pattern, token, m),
                     Err(e) => self.bad_channel_message(&channel, e),
                 }
             }
@@ -701,6 +767,17 @@ impl Shard {
                 }
             }
             Event::Matched { channel, payload } => self.on_glob_message(&channel, &payload),
+            Event::Subscribed(channel) if direct(&channel, self.cluster.as_ref()) => {
+                // From here on the channel gets what is sent to the node;
+                // what was sent before waits in the node's queue.
+                self.take_queue(i);
+                if i == 0 {
+                    if let Some(c) = self.cluster.as_mut() {
+                        c.listening = true;
+                    }
+                    self.mark_alive(0);
+                }
+            }
             Event::Subscribed(channel) => {
                 let Some(name) = RoomKeys::room_of(&channel) else {
                     return;
@@ -714,6 +791,9 @@ impl Shard {
             }
             Event::Down => {
                 let Some(c) = self.cluster.as_mut() else { return };
+                if i == 0 {
+                    c.listening = false;
+                }
                 let n = c.subs.len();
                 let mut failed = Vec::new();
                 for (room, s) in &mut c.rooms {
@@ -889,11 +969,16 @@ impl Shard {
         }
     }
 
-    /// A pattern publish from the cluster channel (on shard 0): every shard
+    /// A pattern publish from the node's channel (on shard 0): every shard
     /// publishes it to the matching rooms it owns and knows.
     fn pattern_message(&mut self, pattern: String, token: u64, m: Message) {
         if crate::proto::pattern::kind(&pattern) != crate::proto::pattern::Kind::Pattern {
-            return self.bad_channel_message(PATTERN_CHANNEL.as_bytes(), room::BadMessage("not a pattern"));
+            let channel = self
+                .cluster
+                .as_ref()
+                .map(|c| c.node_channel.clone())
+                .unwrap_or_default();
+            return self.bad_channel_message(channel.as_bytes(), room::BadMessage("not a pattern"));
         }
         let msg = Publication {
             op: m.op,

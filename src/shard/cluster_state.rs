@@ -11,9 +11,8 @@
 
 use super::mesh::{GlobalConn, NodesPage, Reply};
 use crate::cluster::link::Link;
-use crate::cluster::push::PUSH_CHANNEL;
 use crate::cluster::registry;
-use crate::cluster::room::{Message, PATTERN_CHANNEL};
+use crate::cluster::room::Message;
 use crate::cluster::subscriber::Subscriber;
 use crate::cluster::{instance_of, RedisUrl};
 use crate::proto::v2::Resume;
@@ -66,6 +65,13 @@ pub struct ShardCluster<S> {
     pub(super) reporting: bool,
     /// This node's id in the registry (`cluster::registry::node_id`).
     pub(super) node: String,
+    /// Shard 0, per instance: the node's queue there is to be taken
+    /// (`cluster::registry::take_queue`): its channel was subscribed again
+    /// and the queue not yet read.
+    pub(super) queued: Vec<bool>,
+    /// Shard 0: the node's channel on the first instance is subscribed (so
+    /// the node has joined once it is listed among the nodes there).
+    pub(super) listening: bool,
     /// This node's channel (`cluster::registry::channel`), made once: every
     /// channel message is compared with it.
     pub(super) node_channel: String,
@@ -145,14 +151,13 @@ pub(super) struct Join {
 impl<S> ShardCluster<S> {
     /// The links and subscribers of shard `id` to `urls` (not connected:
     /// `connections` gives what to run), spawning into `queue`. Shard 0 also
-    /// listens for pattern publishes and for key, user and everyone pushes.
+    /// listens on the node's channel for pattern publishes and for key,
+    /// user and everyone pushes.
     pub fn new(id: usize, urls: &[RedisUrl], queue: TaskQueueHandle, node_tag: u64) -> ShardCluster<S> {
         let subs: Vec<Subscriber> = urls.iter().cloned().map(Subscriber::new).collect();
         let node = registry::node_id(node_tag);
         let node_channel = registry::channel(&node);
         if id == 0 {
-            subs[0].subscribe(PATTERN_CHANNEL);
-            subs[0].subscribe(PUSH_CHANNEL);
             // The route script publishes on the instance of the entries.
             for s in &subs {
                 s.subscribe(&node_channel);
@@ -170,6 +175,8 @@ impl<S> ShardCluster<S> {
             node,
             node_channel,
             registered: vec![0; urls.len()],
+            queued: vec![false; urls.len()],
+            listening: false,
             asks: FnvHashMap::default(),
             next_ask: 0,
             local_globs: FnvHashMap::default(),

@@ -427,6 +427,13 @@ pub enum ShardMsg {
         /// The key.
         key: Arc<str>,
     },
+    /// Cluster mode, from shard 0 to every shard: the node was taken for
+    /// dead on Redis instance `instance` and dropped from registry entries
+    /// there; each shard adds its users and keys there again.
+    Reregister {
+        /// Index into `[redis] urls`.
+        instance: usize,
+    },
     /// Cluster mode, to a room's owner: the sending shard has its first
     /// member of the room (`Shard::first_member`).
     Interest {

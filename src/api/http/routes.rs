@@ -596,8 +596,15 @@ fn healthz(r: &Req<'_>) -> Result<Resp, ApiError> {
         return Ok(ok(Value::Null));
     };
     let down = health.down();
-    if down.is_empty() {
+    if down.is_empty() && health.joined() {
         return Ok(ok(Value::Null));
+    }
+    if down.is_empty() {
+        let message = "joining the cluster: not yet subscribed to this node's channel";
+        return Ok(json_reply(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &json!({"code": 503, "message": message, "data": {"redis": []}}),
+        ));
     }
     let now = crate::metrics::unix_now();
     let urls = &r.shared.config.redis.urls;
