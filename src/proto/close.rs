@@ -82,6 +82,7 @@ close_reasons! {
     // A publisher's reason; clients never get it.
     BadApiKey => "bad_api_key", true, Some(close::POLICY), "A TCP publisher's auth did not carry the API key.";
     Unavailable => "unavailable", true, Some(close::TRY_AGAIN), "Cluster mode: a TCP publisher's room publish needs a Redis instance that is unreachable; nothing was published.";
+    Lagged => "lagged", true, Some(close::TRY_AGAIN), "Cluster mode: the node missed messages of a room the connection joined (its Redis subscription was down) that Redis no longer holds; resuming tells which.";
 }
 
 impl CloseReason {

@@ -870,28 +870,65 @@ impl Shard {
             .logs
             .get(&room)
             .map(|l| if l.epoch == epoch { l.last.saturating_add(1) } else { 1 })
-            .filter(|&from| from <= offset && keep > 0)
-            .map(|from| from.max(offset.saturating_add(1).saturating_sub(keep)));
-        let Some(from) = missed else {
+            .filter(|&from| from <= offset);
+        let Some(want) = missed else {
             self.logs.sync(&room, policy, tick, epoch, offset);
             return self.go_live(&room);
         };
+        if keep == 0 {
+            // A room without history: nothing to read back.
+            self.tell_gap(&room);
+            self.logs.sync(&room, policy, tick, epoch, offset);
+            return self.go_live(&room);
+        }
+        let from = want.max(offset.saturating_add(1).saturating_sub(keep));
         let Some(c) = self.cluster.as_ref() else { return };
         let link = c.link_for(&room);
         let me = c.me.clone();
         c.spawn(async move {
             let got = room::range(&link, &room, epoch, from, offset).await;
-            with_shard(&me, |sh| sh.filled(room, gen, (epoch, offset), got));
+            with_shard(&me, |sh| sh.filled(room, gen, (want, from), (epoch, offset), got));
         });
     }
 
-    /// What a room's members missed while the node was not subscribed, as
-    /// read from the Stream: delivered in order (what the Stream no longer
-    /// holds is a gap the cache knows of), then the room goes live.
+    /// On a room's owner: the node's members of `room` missed messages
+    /// that are gone from Redis; every shard closes its version-2 members
+    /// as `lagged` (they resume and are told `history_gone`).
+    fn tell_gap(&mut self, room: &Arc<str>) {
+        tracing::warn!(%room, "messages missed while unsubscribed are gone from Redis; version-2 members resume");
+        for s in 0..self.nr() {
+            self.route(s, ShardMsg::RoomGap { room: room.clone() });
+        }
+    }
+
+    /// On any shard: closes the version-2 connections here that get
+    /// `room`'s messages (members, and pattern subscribers it matches) as
+    /// `lagged` (`tell_gap`).
+    pub(super) fn room_gap(&mut self, room: &str) {
+        let mut members: Vec<ConnRef> = self.rooms.members(room).to_vec();
+        self.patterns.lookup(room, &mut members);
+        members.sort_unstable_by_key(|r| (r.idx, r.gen));
+        members.dedup();
+        let detail = format!(
+            "messages of {room} were missed and are gone from Redis; rejoin each room with its last offset to be told"
+        );
+        for r in members {
+            if self.conn(r).is_some_and(|c| c.v2().is_some()) {
+                self.close(r, crate::proto::close::CloseReason::Lagged, &detail);
+            }
+        }
+    }
+
+    /// What a room's members missed while the node was not subscribed
+    /// (`want..=offset`), as read from the Stream (`from..=offset`, within
+    /// the room's history): delivered in order, then the room goes live;
+    /// what the Stream no longer holds is a gap the members are told of
+    /// (`tell_gap`).
     fn filled(
         &mut self,
         room: Arc<str>,
         gen: u32,
+        (want, from): (u64, u64),
         (epoch, offset): (u64, u64),
         got: Result<Vec<Stored>, crate::cluster::link::RedisError>,
     ) {
@@ -908,6 +945,16 @@ impl Shard {
             Err(e) => return self.sync_failed(&room, &e.to_string()),
         };
         let unix = self.unix_now;
+        // Messages past their TTL are still in the Stream (skipped below,
+        // on purpose); only a missing offset is a loss.
+        let gapless = want == from
+            && entries.len() as u64 == (offset - from).saturating_add(1)
+            && entries.iter().zip(from..).all(|(s, o)| s.msg.offset == o);
+        if !gapless {
+            // Before what follows the gap, so that no member takes a later
+            // offset for the last it has and resumes past the gap.
+            self.tell_gap(&room);
+        }
         ShardStats::add(&self.stats().cluster_filled, entries.len() as u64);
         for s in entries {
             if !s.ttl_over(unix) {

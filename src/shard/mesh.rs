@@ -427,6 +427,14 @@ pub enum ShardMsg {
         /// The key.
         key: Arc<str>,
     },
+    /// Cluster mode, from a room's owner to every shard: the node missed
+    /// messages of `room` that the room's Stream no longer holds; its
+    /// version-2 members are closed as `lagged`, so that they resume and
+    /// are told (version 1 has no resume: its members just miss them).
+    RoomGap {
+        /// Room key.
+        room: Arc<str>,
+    },
     /// Cluster mode, from shard 0 to every shard: the node was taken for
     /// dead on Redis instance `instance` and dropped from registry entries
     /// there; each shard adds its users and keys there again.

@@ -350,6 +350,7 @@ impl Shard {
             } => self.kick(conn, reason, assigned_only),
             ShardMsg::Interest { room } => self.want_room(&room),
             ShardMsg::Reregister { instance } => self.reregister(instance),
+            ShardMsg::RoomGap { room } => self.room_gap(&room),
             ShardMsg::KeyTaken { key } => {
                 let (held, _) = self.dir.lookup_keys(&[key], self.shared.node_tag, self.nr());
                 for (shard, conns) in held {
