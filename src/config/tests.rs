@@ -15,12 +15,34 @@ fn serve(args: &[&str]) -> Config {
     serve_with(args, &[]).unwrap().server
 }
 
-fn file(name: &str, text: &str) -> String {
-    let dir = std::env::temp_dir().join(format!("volley-cfg-{}", std::process::id()));
+/// A file of the test's own in a folder of its own, both removed when
+/// dropped.
+struct TmpFile(String);
+
+impl std::ops::Deref for TmpFile {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl Drop for TmpFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+        if let Some(dir) = std::path::Path::new(&self.0).parent() {
+            let _ = std::fs::remove_dir(dir);
+        }
+    }
+}
+
+fn file(name: &str, text: &str) -> TmpFile {
+    static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let dir = std::env::temp_dir().join(format!("volley-cfg-{}-{n}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let f = dir.join(name);
     std::fs::write(&f, text).unwrap();
-    f.to_str().unwrap().to_string()
+    TmpFile(f.to_str().unwrap().to_string())
 }
 
 #[test]
