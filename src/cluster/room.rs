@@ -630,11 +630,6 @@ impl Script {
         }
     }
 
-    /// Its Lua text.
-    pub fn text(&self) -> &'static str {
-        self.text
-    }
-
     /// Its SHA1, hex, as `EVALSHA` names it.
     pub fn sha(&self) -> &str {
         self.sha.get_or_init(|| {

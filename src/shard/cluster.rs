@@ -243,6 +243,14 @@ impl Shard {
         }
     }
 
+    /// A push heard from Redis goes to this node's targets as a single
+    /// node routes it (the form's empty id and zero TTL mean none).
+    fn route_cluster_push(&mut self, p: Push) {
+        let id = (!p.id.is_empty()).then_some(p.id.as_str());
+        let ttl = (p.ttl > 0).then_some(p.ttl);
+        self.route_push(p.target, p.op, &p.payload, id, ttl);
+    }
+
     /// On a user's or key's owner, cluster mode: this node got its first
     /// connection of user `mid` / with key `key` (`on`), or its last went;
     /// the registry hears of it (client-chosen keys only: an assigned key
@@ -293,11 +301,10 @@ impl Shard {
                 for (mid, pushes) in owed {
                     ShardStats::add(&sh.stats().inbox_owed, pushes.len() as u64);
                     for p in pushes {
-                        let (id, ttl) = (
-                            (!p.id.is_empty()).then_some(p.id.as_str()),
-                            (p.ttl > 0).then_some(p.ttl),
-                        );
-                        sh.route_push(Target::Mids(vec![mid]), p.op, &p.payload, id, ttl);
+                        sh.route_cluster_push(Push {
+                            target: Target::Mids(vec![mid]),
+                            ..p
+                        });
                     }
                 }
             });
@@ -736,13 +743,7 @@ impl Shard {
                     };
                 }
                 match decode_push(&payload) {
-                    Ok(p) => {
-                        let (id, ttl) = (
-                            (!p.id.is_empty()).then_some(p.id.as_str()),
-                            (p.ttl > 0).then_some(p.ttl),
-                        );
-                        self.route_push(p.target, p.op, &p.payload, id, ttl);
-                    }
+                    Ok(p) => self.route_cluster_push(p),
                     Err(e) => self.bad_channel_message(&channel, e),
                 }
             }
@@ -905,10 +906,7 @@ impl Shard {
     /// `room`'s messages (members, and pattern subscribers it matches) as
     /// `lagged` (`tell_gap`).
     pub(super) fn room_gap(&mut self, room: &str) {
-        let mut members: Vec<ConnRef> = self.rooms.members(room).to_vec();
-        self.patterns.lookup(room, &mut members);
-        members.sort_unstable_by_key(|r| (r.idx, r.gen));
-        members.dedup();
+        let members = self.receivers(room, super::mesh::Reach::All);
         let detail = format!(
             "messages of {room} were missed and are gone from Redis; rejoin each room with its last offset to be told"
         );

@@ -488,6 +488,16 @@ impl Shard {
     pub(super) fn deliver_room(&mut self, room: &str, frames: &Frames, reach: Reach) {
         // Collect first: enqueue may close a slow member, which edits the
         // member list we would be iterating.
+        let members = self.receivers(room, reach);
+        let among = members.len();
+        for m in members {
+            self.enqueue(m, frames, among);
+        }
+    }
+
+    /// The local connections that get `room`'s messages as `reach` says:
+    /// its members, the subscribers of patterns it matches, each once.
+    pub(super) fn receivers(&self, room: &str, reach: Reach) -> Vec<ConnRef> {
         let mut members: Vec<ConnRef> = match reach {
             Reach::All | Reach::Members => self.rooms.members(room).to_vec(),
             Reach::Patterns => Vec::new(),
@@ -501,10 +511,7 @@ impl Shard {
             members.sort_unstable_by_key(|r| (r.idx, r.gen));
             members.dedup();
         }
-        let among = members.len();
-        for m in members {
-            self.enqueue(m, frames, among);
-        }
+        members
     }
 
     /// These local connections get `frames` if authenticated and, on
