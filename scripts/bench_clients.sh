@@ -6,6 +6,10 @@
 # TRANSPORT=ws runs the same over WebSocket (volley's /sub endpoint).
 # PUBLISH=tcp publishes over the TCP publisher connection instead of HTTP.
 set -euo pipefail
+# The load generator opens thousands of connections per source address at
+# thousands a second: lift the per-IP limits (the documented way off,
+# docs/LIMITS.md).
+export VOLLEY_LIMITS_MAX_CONNS_PER_IP=0 VOLLEY_LIMITS_CONN_RATE_PER_IP=0 VOLLEY_LIMITS_MAX_HANDSHAKES_PER_IP=0
 cd "$(dirname "$0")/.."
 N=${1:-19000}
 RATES=${2:-"10 50 200"}

@@ -9,6 +9,10 @@
 # "--shards 1"). Builds the release binary first unless NO_BUILD=1.
 # Usage: scripts/cluster.sh [N=3] [SECS]
 set -euo pipefail
+# The load generator opens thousands of connections per source address at
+# thousands a second: lift the per-IP limits (the documented way off,
+# docs/LIMITS.md).
+export VOLLEY_LIMITS_MAX_CONNS_PER_IP=0 VOLLEY_LIMITS_CONN_RATE_PER_IP=0 VOLLEY_LIMITS_MAX_HANDSHAKES_PER_IP=0
 cd "$(dirname "$0")/.."
 N=${1:-3}
 SECS=${2:-}

@@ -80,6 +80,14 @@ pub fn default_outbound_budget() -> usize {
     memory_bytes().map_or(1 << 30, |m| (m / 4) as usize)
 }
 
+/// Client connections when the configuration leaves it to the host
+/// (`[limits] max_conns = 0`): the open-file limit less `reserve`
+/// descriptors for everything else, but at least half of it.
+pub fn default_max_conns(reserve: usize) -> usize {
+    let nofile = usize::try_from(rlimit(libc::RLIMIT_NOFILE).0).unwrap_or(usize::MAX);
+    nofile.saturating_sub(reserve).max(nofile / 2).max(1)
+}
+
 impl HostFacts {
     /// Reads this host.
     pub fn read() -> HostFacts {

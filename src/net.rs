@@ -27,6 +27,9 @@ use std::net::SocketAddr;
 use std::rc::Rc;
 use std::time::Duration;
 
+/// Least time between two "accept failed" lines of one listener on a shard.
+const ACCEPT_LOG_EVERY: Duration = Duration::from_secs(10);
+
 /// What a listener serves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum ListenerKind {
@@ -130,8 +133,31 @@ fn listen(addr: SocketAddr, backlog: u32) -> Result<Socket, BindError> {
     Ok(s)
 }
 
-/// Binds `spec` once per shard (port 0 resolved by the first socket).
+/// Fails if some socket already listens on `addr`. Our sockets share their
+/// port with SO_REUSEPORT, which would let a second server (or anything of
+/// the same user with the option set) bind it silently and take a share of
+/// the connections; a socket without the option, bound but never listening,
+/// is refused where a listener exists, and tells.
+fn probe_free(addr: SocketAddr) -> Result<(), BindError> {
+    let err = |source| BindError { addr, source };
+    let s = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP)).map_err(err)?;
+    s.set_reuse_address(true).map_err(err)?;
+    match s.bind(&addr.into()) {
+        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => Err(err(std::io::Error::new(
+            e.kind(),
+            "address in use: another process (another volley?) listens there",
+        ))),
+        Err(e) => Err(err(e)),
+        Ok(()) => Ok(()),
+    }
+}
+
+/// Binds `spec` once per shard (port 0 resolved by the first socket);
+/// refuses an address something already listens on.
 pub fn bind(spec: &ListenerSpec, nr_shards: usize) -> Result<Bound, BindError> {
+    if spec.addr.port() != 0 {
+        probe_free(spec.addr)?;
+    }
     let first = listen(spec.addr, spec.backlog)?;
     let actual = first.local_addr().ok().and_then(|a| a.as_socket()).ok_or(BindError {
         addr: spec.addr,
@@ -151,7 +177,8 @@ pub fn bind(spec: &ListenerSpec, nr_shards: usize) -> Result<Bound, BindError> {
 }
 
 /// Accepts on `listener` until the shard shuts down, handing each connection
-/// to `take`. Accept errors (EMFILE and the like) are counted and back off
+/// to `take`. Accept errors (EMFILE and the like) are counted, logged at
+/// most once per `ACCEPT_LOG_EVERY` with how many there were, and back off
 /// instead of spinning. `kind` names the listener in logs.
 pub async fn accept_each(
     listener: TcpListener,
@@ -159,6 +186,7 @@ pub async fn accept_each(
     kind: ListenerKind,
     mut take: impl FnMut(TcpStream, &Rc<RefCell<Shard>>),
 ) {
+    let (mut last_log, mut failed) = (None::<std::time::Instant>, 0u64);
     loop {
         let res = listener.accept().await;
         if shard.borrow().shutting_down {
@@ -168,7 +196,14 @@ pub async fn accept_each(
             Ok(stream) => take(stream, &shard),
             Err(e) => {
                 ShardStats::add(&shard.borrow().stats().accept_errors, 1);
-                tracing::warn!(error = %e, listener = kind.name(), "accept failed");
+                // Out of descriptors, this fails for every pending
+                // connection: one line per interval, with the count.
+                failed += 1;
+                let now = std::time::Instant::now();
+                if last_log.is_none_or(|t| now.duration_since(t) >= ACCEPT_LOG_EVERY) {
+                    tracing::warn!(error = %e, listener = kind.name(), failures = failed, "accept failed");
+                    (last_log, failed) = (Some(now), 0);
+                }
                 glommio::timer::sleep(Duration::from_millis(20)).await;
             }
         }

@@ -62,6 +62,11 @@ pub enum StartError {
 /// 6 % of a shard's time at 50 msg/s (perf, BENCHMARKS.md).
 const RING_DEPTH: usize = 4096;
 
+/// Descriptors kept beside `[api] max_conns` for what is not a connection
+/// (listeners, rings, Redis links, files) when `[limits] max_conns` is
+/// derived from the open-file limit.
+const FD_RESERVE: usize = 64;
+
 /// The running server.
 pub struct Server;
 
@@ -106,6 +111,9 @@ impl Server {
         config.ws.listen = addr_of(ListenerKind::ClientWs);
         config.api.listen = addr_of(ListenerKind::Api);
         config.api.publish_listen = addr_of(ListenerKind::Publisher);
+        if config.limits.max_conns == 0 {
+            config.limits.max_conns = crate::host::default_max_conns(config.api.max_conns + FD_RESERVE);
+        }
         if config.limits.outbound_budget == 0 {
             config.limits.outbound_budget = crate::host::default_outbound_budget().max(config.limits.outbound_limit);
         }
@@ -166,7 +174,10 @@ impl Server {
         let c = &shared.config;
         tracing::info!(tcp = %c.tcp.listen, ws = %c.ws.listen, api = %c.api.listen,
             publishers = %c.api.publish_listen, shards = n,
-            outbound_budget = c.limits.outbound_budget, "volley serving");
+            outbound_budget = c.limits.outbound_budget, max_conns = c.limits.max_conns, "volley serving");
+        for warning in c.warnings() {
+            tracing::warn!("{warning}");
+        }
         Ok(ServerHandle {
             tcp_addr: c.tcp.listen,
             http_addr: c.api.listen,

@@ -439,13 +439,7 @@ fn presence_lists_members_and_reports_joins_and_leaves() {
 }
 
 fn connect_from(addr: SocketAddr, src: &str) -> Client {
-    let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
-    s.bind(&format!("{src}:0").parse::<SocketAddr>().unwrap().into())
-        .unwrap();
-    s.connect(&addr.into()).unwrap();
-    let s: std::net::TcpStream = s.into();
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    Client { s }
+    Client::connect_from(addr, src)
 }
 
 #[test]

@@ -17,8 +17,10 @@
 //! [client]  handshake_timeout_secs heartbeat_timeout_secs max_rooms publish_rate
 //!           publish_burst max_publish_payload presence_limit flush_delay_ms
 //! [limits]  max_body outbound_limit replay_limit outbound_budget socket_sndbuf
-//!           max_conns max_conns_per_ip conn_rate_per_ip max_conns_per_user user_conn_policy
+//!           max_conns max_conns_per_ip conn_rate_per_ip max_handshakes_per_ip
+//!           max_conns_per_user user_conn_policy
 //! [api]     listen publish_listen key max_body max_push_body idle_timeout_secs
+//!           header_timeout_secs request_timeout_secs max_conns body_memory
 //!           dedup_window_secs dedup_max
 //! [history] messages max_age_secs max_bytes memory overrides max_marks
 //! [inbox]   messages bytes ttl_secs memory
@@ -431,29 +433,49 @@ pub struct Limits {
     #[arg(id = "limits-socket-sndbuf", long = "limits-socket-sndbuf", default_value_t = 0)]
     pub socket_sndbuf: usize,
 
-    /// Client connections the server holds at once, all shards (0: no
-    /// limit but the process's open-file limit). One more is told
-    /// `conn_limit` and closed.
+    /// Client connections the server holds at once, all shards. One more
+    /// is told `conn_limit` and closed. 0 = the process's open-file limit
+    /// less what the API, publishers, Redis links and files need (`[api]
+    /// max_conns` + 64), resolved at start: past the open-file limit the
+    /// kernel refuses accepts without a word to the client, and the API
+    /// would have no descriptor left.
     #[arg(id = "limits-max-conns", long = "limits-max-conns", default_value_t = 0)]
     pub max_conns: usize,
 
     /// Client connections one source IP may hold at once (0: no limit).
-    /// One more is told `ip_conn_limit` and closed.
+    /// One more is told `ip_conn_limit` and closed. The default leaves room
+    /// for a carrier NAT's many users behind one address while keeping one
+    /// host from taking the server; behind a proxy that connects from one
+    /// address, set 0 here and limit in the proxy.
     #[arg(
         id = "limits-max-conns-per-ip",
         long = "limits-max-conns-per-ip",
-        default_value_t = 0
+        default_value_t = 1000
     )]
     pub max_conns_per_ip: u32,
 
     /// Connection attempts one source IP may make per second (0: no
     /// limit). Past it, a new connection is told `ip_rate_limit` and closed.
+    /// 100 lets a NAT's thousand users back in within seconds of a restart.
     #[arg(
         id = "limits-conn-rate-per-ip",
         long = "limits-conn-rate-per-ip",
-        default_value_t = 0
+        default_value_t = 100
     )]
     pub conn_rate_per_ip: u32,
+
+    /// Connections one source IP may hold that have not authenticated yet
+    /// (WebSocket upgrade and auth in progress, and echo connections), 0:
+    /// no limit. One more is told `ip_handshake_limit` and closed. An
+    /// honest client is in that state for one round trip; one that opens
+    /// sockets and sends nothing holds a descriptor and up to one auth
+    /// frame each until `[client] handshake_timeout_secs`.
+    #[arg(
+        id = "limits-max-handshakes-per-ip",
+        long = "limits-max-handshakes-per-ip",
+        default_value_t = 64
+    )]
+    pub max_handshakes_per_ip: u32,
 
     /// Connections one user id may hold at once (0: no limit); what happens
     /// to one more is `user_conn_policy`.
@@ -529,7 +551,8 @@ pub struct ApiConfig {
     )]
     pub max_push_body: usize,
 
-    /// Seconds an HTTP API connection may wait for bytes before it is closed.
+    /// Seconds an HTTP API connection may stay open between requests: the
+    /// next request's headers must have arrived by then.
     #[arg(
         id = "api-idle-timeout-secs",
         long = "api-idle-timeout-secs",
@@ -537,6 +560,37 @@ pub struct ApiConfig {
         default_value_t = 30
     )]
     pub idle_timeout_secs: u64,
+
+    /// Seconds a new HTTP API connection has to send its first request's
+    /// headers; a connection that trickles bytes is closed then.
+    #[arg(
+        id = "api-header-timeout-secs",
+        long = "api-header-timeout-secs",
+        default_value_t = 10
+    )]
+    pub header_timeout_secs: u64,
+
+    /// Seconds an HTTP request may take from its headers to its answer
+    /// (reading the body included); past it the connection is closed.
+    #[arg(
+        id = "api-request-timeout-secs",
+        long = "api-request-timeout-secs",
+        default_value_t = 30
+    )]
+    pub request_timeout_secs: u64,
+
+    /// HTTP API and TCP publisher connections the server holds at once,
+    /// all shards; one more is answered 503 (HTTP) or op 6 `conn_limit`
+    /// (publisher) and closed. Application servers keep a few each.
+    #[arg(id = "api-max-conns", long = "api-max-conns", default_value_t = 512)]
+    pub max_conns: usize,
+
+    /// Bytes of HTTP request bodies being read at once, all shards (each
+    /// shard an even share); a request whose declared length (or `max_body`,
+    /// when it declares none) does not fit is answered 503 before its body
+    /// is read.
+    #[arg(id = "api-body-memory", long = "api-body-memory", default_value_t = 64 << 20)]
+    pub body_memory: usize,
 
     /// Seconds a publisher message id (`id` on every publish route) is
     /// remembered: a publish repeating it within this window is not
@@ -796,6 +850,49 @@ impl Config {
         if self.api.key.as_deref() == Some("") {
             return bad("[api] key", "empty; unset it to disable the check");
         }
+        for (knob, addr) in [
+            ("[api] listen", self.api.listen),
+            ("[api] publish_listen", self.api.publish_listen),
+        ] {
+            if self.api.key.is_none() && !addr.ip().is_loopback() {
+                let msg = format!(
+                    "{addr} is not a loopback address and [api] key is unset: whoever reaches it \
+                     could push to every client; set [api] key (or listen on 127.0.0.1)"
+                );
+                return bad(knob, &msg);
+            }
+        }
+        if self.api.header_timeout_secs == 0 || self.api.request_timeout_secs == 0 || self.api.idle_timeout_secs == 0 {
+            return bad(
+                "[api] header_timeout_secs",
+                "the API's header, request and idle timeouts must be at least 1 second",
+            );
+        }
+        if self.api.max_conns == 0 {
+            return bad("[api] max_conns", "must be at least 1");
+        }
+        if self.auth.mode == AuthMode::Off && (!self.auth.jwt_secret.is_empty() || !self.auth.jwt_public_key.is_empty())
+        {
+            return bad(
+                "[auth] mode",
+                "token keys are configured but [auth] mode is off, so no client would be asked \
+                 for a token; set [auth] mode = \"jwt\" (or remove the keys)",
+            );
+        }
+        if self.auth.dev_tokens && !self.api.listen.ip().is_loopback() {
+            return bad(
+                "[auth] dev_tokens",
+                "the development token endpoint signs a token for any user; it is served only \
+                 on a loopback [api] listen",
+            );
+        }
+        if self.ws.echo && !self.ws.listen.ip().is_loopback() {
+            return bad(
+                "[ws] echo",
+                "the echo endpoint (conformance testing) buffers whole messages before auth; \
+                 it is served only on a loopback [ws] listen",
+            );
+        }
         if self.auth.mode == AuthMode::Jwt && self.auth.jwt_secret.is_empty() && self.auth.jwt_public_key.is_empty() {
             return bad("[auth] jwt_secret", "mode jwt needs a jwt_secret or a jwt_public_key");
         }
@@ -839,6 +936,40 @@ impl Config {
             }
         }
         Ok(())
+    }
+
+    /// What in this configuration a server facing the internet should not
+    /// run with, though it may on a trusted network: one line each, logged
+    /// as warnings at start.
+    pub fn warnings(&self) -> Vec<String> {
+        let public: Vec<SocketAddr> = [self.tcp.listen, self.ws.listen]
+            .into_iter()
+            .filter(|a| !a.ip().is_loopback())
+            .collect();
+        if public.is_empty() {
+            return Vec::new();
+        }
+        let on = public.iter().map(ToString::to_string).collect::<Vec<_>>().join(" and ");
+        let mut w = Vec::new();
+        if self.auth.mode == AuthMode::Off {
+            w.push(format!(
+                "[auth] mode is off: any client reaching {on} may claim any user id and join any room \
+                 (production runs --auth-mode jwt)"
+            ));
+        }
+        let l = &self.limits;
+        for (knob, v) in [
+            ("max_conns_per_ip", l.max_conns_per_ip),
+            ("conn_rate_per_ip", l.conn_rate_per_ip),
+            ("max_handshakes_per_ip", l.max_handshakes_per_ip),
+        ] {
+            if v == 0 {
+                w.push(format!(
+                    "[limits] {knob} = 0 on {on}: one host may take every connection the server can hold"
+                ));
+            }
+        }
+        w
     }
 
     /// Number of shards to run (resolves 0 to the CPU count).

@@ -56,6 +56,17 @@ fn defaults() {
     assert_eq!(c.limits.max_body, 4096);
     assert_eq!(c.log.level, "info");
     assert_eq!(c.api.key, None);
+    // Safe for a client port facing the internet (docs/LIMITS.md says why
+    // each; tests/hostile spells the handshake limit out).
+    let l = &c.limits;
+    assert_eq!(
+        (l.max_conns_per_ip, l.conn_rate_per_ip, l.max_handshakes_per_ip),
+        (1000, 100, 64)
+    );
+    assert_eq!(
+        (c.api.header_timeout_secs, c.api.request_timeout_secs, c.api.max_conns),
+        (10, 30, 512)
+    );
     c.validate().unwrap();
     let d = Config::default();
     assert_eq!((d.tcp.listen, d.limits.max_body), (c.tcp.listen, c.limits.max_body));
@@ -207,6 +218,46 @@ fn validation_names_the_knob() {
     );
     bad(|c| c.shards = 5000, "shards");
     bad(|c| c.client.flush_delay_ms = 1001, "[client] flush_delay_ms");
+    let open: std::net::SocketAddr = "0.0.0.0:3111".parse().unwrap();
+    bad(|c| c.api.listen = "0.0.0.0:3111".parse().unwrap(), "[api] listen");
+    bad(
+        |c| c.api.publish_listen = "[::]:3112".parse().unwrap(),
+        "[api] publish_listen",
+    );
+    bad(|c| c.auth.jwt_public_key = vec!["k.pem".into()], "[auth] mode");
+    bad(|c| c.api.header_timeout_secs = 0, "[api] header_timeout_secs");
+    bad(|c| c.api.max_conns = 0, "[api] max_conns");
+    bad(
+        |c| {
+            c.ws.echo = true;
+            c.ws.listen = "0.0.0.0:3102".parse().unwrap();
+        },
+        "[ws] echo",
+    );
+    let mut keyed = Config::default();
+    (keyed.api.listen, keyed.api.key) = (open, Some("key".into()));
+    keyed.validate().expect("a keyed API may listen anywhere");
+    keyed.auth.mode = AuthMode::Jwt;
+    keyed.auth.jwt_secret = vec!["s".repeat(32)];
+    keyed.auth.dev_tokens = true;
+    let e = keyed.validate().unwrap_err().to_string();
+    assert!(e.contains("[auth] dev_tokens"), "{e}");
+}
+
+#[test]
+fn careless_but_runnable_settings_are_warned_about() {
+    let c = Config::default();
+    let w = c.warnings();
+    assert_eq!(w.len(), 1, "{w:?}");
+    assert!(w[0].contains("[auth] mode is off"), "{w:?}");
+    let mut c = Config::default();
+    c.limits.max_conns_per_ip = 0;
+    c.auth.mode = AuthMode::Jwt;
+    let w = c.warnings();
+    assert!(w.len() == 1 && w[0].contains("max_conns_per_ip"), "{w:?}");
+    c.tcp.listen = "127.0.0.1:3101".parse().unwrap();
+    c.ws.listen = "127.0.0.1:3102".parse().unwrap();
+    assert!(c.warnings().is_empty(), "nothing to warn about on loopback");
 }
 
 #[test]

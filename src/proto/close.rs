@@ -83,6 +83,7 @@ close_reasons! {
     BadApiKey => "bad_api_key", true, Some(close::POLICY), "A TCP publisher's auth did not carry the API key.";
     Unavailable => "unavailable", true, Some(close::TRY_AGAIN), "Cluster mode: a TCP publisher's room publish needs a Redis instance that is unreachable; nothing was published.";
     Lagged => "lagged", true, Some(close::TRY_AGAIN), "Cluster mode: the node missed messages of a room the connection joined (its Redis subscription was down) that Redis no longer holds; resuming tells which.";
+    IpHandshakeLimit => "ip_handshake_limit", true, Some(close::TRY_AGAIN), "The client's IP holds [limits] max_handshakes_per_ip connections that have not authenticated yet.";
 }
 
 impl CloseReason {
@@ -105,7 +106,9 @@ impl CloseReason {
     pub fn http_status(self) -> Option<&'static str> {
         match self {
             CloseReason::ConnLimit => Some("503 Service Unavailable"),
-            CloseReason::IpConnLimit | CloseReason::IpRateLimit => Some("429 Too Many Requests"),
+            CloseReason::IpConnLimit | CloseReason::IpRateLimit | CloseReason::IpHandshakeLimit => {
+                Some("429 Too Many Requests")
+            }
             _ => None,
         }
     }

@@ -57,6 +57,9 @@ impl Shard {
             let detail = match reason {
                 CloseReason::IpRateLimit => format!("{} connections per second per IP", l.conn_rate_per_ip),
                 CloseReason::IpConnLimit => format!("{} connections per IP", l.max_conns_per_ip),
+                CloseReason::IpHandshakeLimit => {
+                    format!("{} connections per IP not yet authenticated", l.max_handshakes_per_ip)
+                }
                 _ => format!("{} connections on this server", l.max_conns),
             };
             self.close(r, reason, &detail);

@@ -1,6 +1,7 @@
 //! `Admission`: the process-wide connection limits checked when a client
-//! connection is accepted — connections in total, per source IP, and
-//! connection attempts per source IP per second.
+//! connection is accepted — connections in total, per source IP, those of
+//! an IP not yet authenticated, and connection attempts per source IP per
+//! second.
 //!
 //! Shared by every shard (in `Shared`); each accept and each removal of a
 //! record touches it once. The total is one atomic; the per-IP figures sit
@@ -10,7 +11,9 @@
 //!
 //! Invariants: every `admit` is matched by exactly one `release` of the same
 //! IP (refused connections too: they hold a record until their goodbye is
-//! written), so the counts are the records that exist; an IP entry with no
+//! written), so the counts are the records that exist; a record counts as
+//! handshaking from its `admit` until its `authenticated` or, failing that,
+//! its `release`; an IP entry with no
 //! open connection and no attempt this second is dropped by `release` or by
 //! `forget_idle`, so the maps hold only IPs with something to count.
 
@@ -29,6 +32,8 @@ const STRIPES: usize = 64;
 struct PerIp {
     /// Records open from this IP.
     open: u32,
+    /// Of those, the ones not authenticated (yet).
+    handshaking: u32,
     /// The second `attempts` counts in (Unix seconds).
     second: u64,
     /// Connections accepted from this IP in `second`.
@@ -69,6 +74,7 @@ impl Admission {
         let mut map = self.stripe(&ip);
         let e = map.entry(ip).or_default();
         e.open += 1;
+        e.handshaking += 1;
         if e.second != now {
             e.second = now;
             e.attempts = 0;
@@ -80,18 +86,32 @@ impl Admission {
         if limits.max_conns_per_ip > 0 && e.open > limits.max_conns_per_ip {
             return Err(CloseReason::IpConnLimit);
         }
+        if limits.max_handshakes_per_ip > 0 && e.handshaking > limits.max_handshakes_per_ip {
+            return Err(CloseReason::IpHandshakeLimit);
+        }
         if limits.max_conns > 0 && total >= limits.max_conns {
             return Err(CloseReason::ConnLimit);
         }
         Ok(())
     }
 
-    /// A record from `ip` is gone.
-    pub fn release(&self, ip: IpAddr, now: u64) {
+    /// A record from `ip` authenticated: it no longer counts as
+    /// handshaking.
+    pub fn authenticated(&self, ip: IpAddr) {
+        if let Some(e) = self.stripe(&ip).get_mut(&ip) {
+            e.handshaking = e.handshaking.saturating_sub(1);
+        }
+    }
+
+    /// A record from `ip` is gone (`authed`: it had authenticated).
+    pub fn release(&self, ip: IpAddr, now: u64, authed: bool) {
         self.total.fetch_sub(1, Relaxed);
         let mut map = self.stripe(&ip);
         if let Some(e) = map.get_mut(&ip) {
             e.open = e.open.saturating_sub(1);
+            if !authed {
+                e.handshaking = e.handshaking.saturating_sub(1);
+            }
             if e.open == 0 && e.second != now {
                 map.remove(&ip);
             }
@@ -127,7 +147,9 @@ mod tests {
     use crate::config::Config;
 
     fn limits(f: impl FnOnce(&mut Limits)) -> Limits {
+        // Only the limit under test.
         let mut l = Config::default().limits;
+        (l.max_conns_per_ip, l.conn_rate_per_ip, l.max_handshakes_per_ip) = (0, 0, 0);
         f(&mut l);
         l
     }
@@ -143,14 +165,14 @@ mod tests {
         assert_eq!(a.admit(ip, 1, &per_ip), Err(CloseReason::IpConnLimit));
         assert_eq!(a.admit(other, 1, &per_ip), Ok(()), "another IP is not touched");
         for _ in 0..3 {
-            a.release(ip, 2);
+            a.release(ip, 2, false);
         }
-        a.release(other, 2);
+        a.release(other, 2, false);
         assert_eq!((a.total(), a.tracked_ips()), (0, 0));
 
         let rate = limits(|l| l.conn_rate_per_ip = 2);
         assert_eq!(a.admit(ip, 5, &rate), Ok(()));
-        a.release(ip, 5);
+        a.release(ip, 5, false);
         assert_eq!(a.admit(ip, 5, &rate), Ok(()));
         assert_eq!(
             a.admit(ip, 5, &rate),
@@ -159,7 +181,7 @@ mod tests {
         );
         assert_eq!(a.admit(ip, 6, &rate), Ok(()), "a new second");
         for _ in 0..3 {
-            a.release(ip, 6);
+            a.release(ip, 6, false);
         }
         assert_eq!(a.tracked_ips(), 1, "attempted this second: kept");
         a.forget_idle(0, 7);
@@ -168,11 +190,24 @@ mod tests {
         }
         assert_eq!(a.tracked_ips(), 0);
 
+        let hs = limits(|l| l.max_handshakes_per_ip = 2);
+        assert_eq!(a.admit(ip, 8, &hs), Ok(()));
+        assert_eq!(a.admit(ip, 8, &hs), Ok(()));
+        a.authenticated(ip);
+        assert_eq!(a.admit(ip, 8, &hs), Ok(()), "one of three authenticated");
+        assert_eq!(a.admit(ip, 8, &hs), Err(CloseReason::IpHandshakeLimit));
+        a.release(ip, 8, true);
+        for _ in 0..3 {
+            a.release(ip, 8, false);
+        }
+        assert_eq!(a.admit(ip, 8, &hs), Ok(()), "released handshakes count no more");
+        a.release(ip, 8, false);
+
         let total = limits(|l| l.max_conns = 1);
         assert_eq!(a.admit(ip, 9, &total), Ok(()));
         assert_eq!(a.admit(other, 9, &total), Err(CloseReason::ConnLimit));
-        a.release(ip, 9);
-        a.release(other, 9);
+        a.release(ip, 9, false);
+        a.release(other, 9, false);
         assert_eq!(a.total(), 0);
     }
 }

@@ -8,8 +8,9 @@
 //!
 //! ```text
 //! deadline passed ── closing (goodbye not taken in CLOSE_FLUSH_SECS) ──> queue discarded, driver ends
-//!                 ├─ WebSocket, authed or echo, not pinged ──> ping "volley", deadline += grace
+//!                 ├─ WebSocket, authed, not pinged ──> ping "volley", deadline += grace
 //!                 └─ otherwise ─> close: handshake_timeout (never authed) | heartbeat_timeout
+//!                                 (authed, or echo: one deadline, never renewed)
 //! op 2, pong ──> pinged = false, deadline = now + heartbeat_timeout_secs
 //! token due (JWT) ─ version 2, refresh_at ──> op 56 (once)   ─ expire_at ──> close: token_expired
 //! ```
@@ -60,9 +61,10 @@ impl Shard {
     }
 
     /// A WebSocket pong: the connection's heartbeat deadline starts again
-    /// (only past the handshake: a pong is not auth).
+    /// (only past auth: a pong is not auth, and an echo connection lives
+    /// its one deadline whatever it answers).
     pub fn ws_pong(&mut self, r: ConnRef) {
-        if self.conn(r).is_some_and(|c| c.authed_or_echo()) {
+        if self.conn(r).is_some_and(|c| c.authed) {
             self.renew(r);
         }
     }
@@ -101,7 +103,7 @@ impl Shard {
                 ShardStats::add(&self.stats().dropped, dropped as u64);
                 continue;
             }
-            if c.transport.websocket_open() && !c.pinged && c.authed_or_echo() {
+            if c.transport.websocket_open() && !c.pinged && c.authed {
                 // The WebSocket heartbeat alternative: a client that answers
                 // pings stays, op 2 or not.
                 c.pinged = true;

@@ -25,6 +25,7 @@ use super::conns::{Conn, Session, Transport};
 use super::mesh::{owner_of_mid, owner_of_str, ConnRef, GlobalConn, ShardMsg};
 use super::outbound::Outbound;
 use super::state::Shard;
+use super::token::Token;
 use crate::metrics::ShardStats;
 use crate::proto::binary::{self, op};
 use crate::proto::close::CloseReason;
@@ -134,7 +135,7 @@ impl Shard {
         }
         let c = self.conns.remove(r.idx as usize);
         self.uncharged(c.charge());
-        self.shared.admission.release(c.ip, self.unix_now);
+        self.shared.admission.release(c.ip, self.unix_now, c.authed);
         let reason = c.close.unwrap_or(CloseReason::PeerClosed);
         match &c.session {
             Session::V1 {
@@ -170,6 +171,29 @@ impl Shard {
         self.stats().conns.fetch_sub(1, Relaxed);
         self.stats().close(reason);
         tracing::debug!(shard = self.id, conn = r.idx, reason = reason.name(), "closed");
+    }
+
+    /// `r` passed auth as user `mid` holding `key` (`None`: its assigned
+    /// one), speaking version `ver` with `session`: its heartbeat deadline
+    /// starts, and its IP's handshake count no longer includes it.
+    pub(super) fn set_authed(
+        &mut self,
+        r: ConnRef,
+        ver: u16,
+        (mid, key, token): (i64, Option<Arc<str>>, Option<Box<Token>>),
+        session: Session,
+    ) {
+        let Some(c) = self.conn_mut(r) else { return };
+        c.authed = true;
+        c.ver = ver;
+        c.mid = mid;
+        c.key = key;
+        c.token = token;
+        c.session = session;
+        let ip = c.ip;
+        self.shared.admission.authenticated(ip);
+        self.renew(r);
+        ShardStats::add(&self.stats().authed, 1);
     }
 
     /// Tells the owners of `key` and `mid` that the connection at `at`
@@ -345,7 +369,8 @@ impl Shard {
 
     /// The HTTP upgrade of `r` was answered: from now on it speaks
     /// WebSocket frames. Echo connections skip auth and live until their
-    /// heartbeat deadline (renewed by pongs).
+    /// heartbeat deadline, which nothing renews (the endpoint is for
+    /// conformance runs, not for holding connections).
     pub fn ws_upgraded(&mut self, r: ConnRef, echo: bool) {
         let heartbeat = self.cfg().client.heartbeat_timeout_secs;
         let now = self.wheel.now();

@@ -127,21 +127,14 @@ impl Shard {
             }
         }
         let key: Option<Arc<str>> = (!a.key.is_empty()).then(|| a.key.as_str().into());
-        let Some(c) = self.conn_mut(r) else { return };
-        c.authed = true;
-        c.ver = binary::VERSION_GOIM;
-        c.mid = mid;
-        c.key = key.clone();
-        c.token = token;
         let mut accepts: Vec<u32> = a.accepts.iter().filter_map(|&x| u32::try_from(x).ok()).collect();
         accepts.sort_unstable();
         accepts.dedup();
-        c.session = Session::V1 {
+        let session = Session::V1 {
             room: None,
             accepts: accepts.into_boxed_slice(),
         };
-        self.renew(r);
-        ShardStats::add(&self.stats().authed, 1);
+        self.set_authed(r, binary::VERSION_GOIM, (mid, key.clone(), token), session);
         let at = GlobalConn {
             shard: self.id as u16,
             conn: r,

@@ -54,20 +54,13 @@ impl Shard {
         let key: Option<Arc<str>> = (!a.key.is_empty()).then(|| a.key.as_str().into());
         let limit = self.cfg().limits.outbound_limit;
         let (burst, tick) = (self.cfg().client.publish_burst, self.wheel.now());
-        let Some(c) = self.conn_mut(r) else { return };
-        c.authed = true;
-        c.ver = VERSION_NATIVE;
-        c.mid = mid;
-        c.key = key.clone();
-        c.token = token;
-        c.session = Session::V2(Box::new(V2Conn {
+        let session = Session::V2(Box::new(V2Conn {
             limit,
             publish_left: burst,
             publish_at: tick,
             ..V2Conn::default()
         }));
-        self.renew(r);
-        ShardStats::add(&self.stats().authed, 1);
+        self.set_authed(r, VERSION_NATIVE, (mid, key.clone(), token), session);
         let at = GlobalConn {
             shard: self.id as u16,
             conn: r,

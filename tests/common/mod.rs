@@ -62,6 +62,19 @@ impl Client {
         Client { s }
     }
 
+    /// Connects from source address `src` (any 127.0.0.0/8 address works
+    /// without setup), so per-IP limits can tell clients apart.
+    pub fn connect_from(addr: SocketAddr, src: &str) -> Client {
+        let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        s.bind(&format!("{src}:0").parse::<SocketAddr>().unwrap().into())
+            .unwrap();
+        s.connect(&addr.into()).unwrap();
+        let s: TcpStream = s.into();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        s.set_nodelay(true).unwrap();
+        Client { s }
+    }
+
     /// Connects and authenticates with `auth` (JSON); asserts the op 8 reply.
     pub fn authed(addr: SocketAddr, auth: &str) -> Client {
         let mut c = Client::connect(addr);
