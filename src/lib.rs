@@ -46,8 +46,9 @@
 //!   per connection on an io_uring of our own), the reactor task that runs
 //!   the drivers as it reports, and the per-shard flusher that writes what
 //!   fan-out queued (batched on io_uring).
-//! - [`api`]: the application-server side: HTTP API, TCP publishers, and
-//!   the one publish path both take.
+//! - [`api`]: the application-server side: HTTP API, TCP publishers, the
+//!   one publish path both take, and their connections' cap, deadlines and
+//!   body memory (`api::conns`).
 //! - [`auth`]: the API key check (constant time) and client tokens (JWT).
 //! - [`cluster`]: cluster mode's Redis side: each shard's pipelined links
 //!   to the instances of `[redis] urls` and their health, its pub/sub

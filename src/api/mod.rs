@@ -1,7 +1,8 @@
 //! The application-server side: where trusted servers publish and ask, side
 //! by side — `http` (the HTTP API, on hyper) and `tcp` (the pipelined TCP
 //! publisher connection) — and `publish`, the one path every push takes
-//! from either into the shards.
+//! from either into the shards; `conns` keeps both kinds of connection
+//! within `[api] max_conns`, their deadlines and the body memory.
 //!
 //! Runs on the shard that accepted the request or connection, in its
 //! control task queue. Both listeners check the same API key (`auth`).
@@ -19,6 +20,7 @@
 //! once per protocol version and transport and shared by every recipient
 //! (a room message by its owner shard, which gives it its offset first).
 
+pub mod conns;
 pub mod http;
 pub mod tcp;
 mod tcp_session;

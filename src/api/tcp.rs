@@ -20,14 +20,19 @@
 //!                              ←  op 3          (every earlier publish routed)
 //! ```
 //!
-//! Invariants: the read buffer stays under twice the largest frame
-//! (`[api] max_body`); while any shard's mesh inbox holds more than
+//! Invariants: the read buffer stays under twice the largest frame the
+//! session takes now (`PublisherSession::max_frame`: what an auth frame
+//! needs until auth, `[api] max_body` after); a connection counts against
+//! `[api] max_conns` (`conns`), evictable until it authenticates; while any
+//! shard's mesh inbox holds more than
 //! `MESH_BACKLOG` messages the connection stops reading, so a publisher
 //! faster than the fan-out is slowed by TCP flow control instead of growing
 //! the queues. Bad input is answered with op 6 `<reason>: <detail>` and a
 //! close of this connection only, counted under `publisher_closes`.
 
+use super::conns::{self, ApiConn};
 use super::tcp_session::{Ended, PublisherSession};
+use crate::metrics::ShardStats;
 use crate::net::{accept_each, ListenerKind};
 use crate::proto::binary::{self, op};
 use crate::proto::close::CloseReason;
@@ -43,8 +48,9 @@ use std::time::Duration;
 
 /// Most messages queued in any shard's inbox before publishers pause.
 pub const MESH_BACKLOG: usize = 1024;
-/// Initial size of the read buffer.
-const READ_CHUNK: usize = 64 * 1024;
+/// Initial size of the read buffer: an auth frame fits (the buffer grows
+/// for an authenticated publisher's larger frames).
+const FIRST_CHUNK: usize = 4096;
 /// How often a quiet connection looks at the clock and at shutdown.
 const TICK: Duration = Duration::from_secs(1);
 
@@ -60,9 +66,30 @@ pub async fn accept(listener: TcpListener, shard: Rc<RefCell<Shard>>) {
 async fn serve(mut stream: TcpStream, shard: Rc<RefCell<Shard>>) {
     let peer = stream.peer_addr().ok();
     let fd = stream.as_raw_fd();
+    let (cap, auth_secs) = {
+        let sh = shard.borrow();
+        let c = &sh.shared.config;
+        let cap = (c.api.max_conns / sh.nr_shards()).max(1);
+        (cap, u64::from(c.client.handshake_timeout_secs))
+    };
+    let admitted = match conns::admit(cap, conns::after(auth_secs)) {
+        conns::Admission::In { admitted, evicted } => {
+            if evicted {
+                ShardStats::add(&shard.borrow().stats().api_evicted, 1);
+            }
+            Some(admitted)
+        }
+        conns::Admission::Full => {
+            ShardStats::add(&shard.borrow().stats().api_refused, 1);
+            None
+        }
+    };
     shard.borrow_mut().publisher_opened(fd);
     let mut out = BytesMut::new();
-    let Ended { reason, detail } = run(&mut stream, &shard, &mut out).await;
+    let Ended { reason, detail } = match &admitted {
+        Some(a) => run(&mut stream, &shard, &mut out, &a.conn).await,
+        None => Ended::new(CloseReason::ConnLimit, "[api] max_conns connections are publishing"),
+    };
     if reason.notifies_client() {
         // After any replies still unwritten; best effort: the peer may be
         // gone or not reading.
@@ -80,21 +107,24 @@ async fn serve(mut stream: TcpStream, shard: Rc<RefCell<Shard>>) {
 }
 
 /// Reads, handles and answers frames until the connection must end.
-async fn run(stream: &mut TcpStream, shard: &Rc<RefCell<Shard>>, out: &mut BytesMut) -> Ended {
-    let (max_frame, now) = {
-        let sh = shard.borrow();
-        (sh.shared.config.api.max_body, sh.tick())
-    };
+async fn run(stream: &mut TcpStream, shard: &Rc<RefCell<Shard>>, out: &mut BytesMut, conn: &ApiConn) -> Ended {
+    let now = shard.borrow().tick();
     let mut session = PublisherSession::new(now);
     if let Err(e) = stream.set_read_timeout(Some(TICK)) {
         return Ended::new(CloseReason::IoError, e.to_string());
     }
     // `buf[..have]` holds unparsed bytes. It doubles only when full without
-    // a whole frame, and decode refuses a frame over `max_frame` as soon as
-    // its length arrives, so it stays under twice that.
-    let mut buf = vec![0u8; READ_CHUNK];
+    // a whole frame, and decode refuses a frame over the session's limit
+    // (small until auth) as soon as its length arrives, so it stays under
+    // twice that.
+    let mut buf = vec![0u8; FIRST_CHUNK];
     let mut have = 0;
     loop {
+        if conn.is_evicted() {
+            let detail = "[api] max_conns reached: a connection that had not authenticated made room";
+            return Ended::new(CloseReason::ConnLimit, detail);
+        }
+        let max_frame = session.max_frame(&shard.borrow().shared.config.api);
         if have == buf.len() {
             buf.resize(buf.len() * 2, 0);
         }
@@ -105,7 +135,12 @@ async fn run(stream: &mut TcpStream, shard: &Rc<RefCell<Shard>>, out: &mut Bytes
             Ok(0) => return Ended::new(CloseReason::PeerClosed, ""),
             Ok(n) => {
                 have += n;
-                session.heard(shard.borrow().tick());
+                let sh = shard.borrow();
+                session.heard(sh.tick());
+                // Bytes that trickle in do not put off the auth deadline.
+                if let Err(end) = session.check_quiet(sh.tick(), &sh) {
+                    return end;
+                }
             }
             Err(e) if e.kind() == io::ErrorKind::TimedOut => {
                 if stopping {
@@ -126,8 +161,14 @@ async fn run(stream: &mut TcpStream, shard: &Rc<RefCell<Shard>>, out: &mut Bytes
                 match binary::decode(&buf[used..have], max_frame) {
                     Ok(Some((f, n))) => {
                         used += n;
+                        let was_authed = session.authed();
                         if let Err(end) = session.handle_frame(f, &mut sh, out) {
                             return end;
+                        }
+                        if session.authed() && !was_authed {
+                            // Trusted from here: not evictable, and its
+                            // quiet time is the session's to judge.
+                            conn.keep();
                         }
                     }
                     Ok(None) => break,

@@ -13,7 +13,7 @@
 //!               (frame version 2: the body starts with a message id and a TTL)
 //!               op 9 → each inner frame in order (no op 9 inside)
 //!               op 6 → closed (client_disconnect)        op 7 → protocol_error
-//! quiet:        no auth within handshake_timeout_secs → handshake_timeout
+//! time:         no auth within handshake_timeout_secs of the connection → handshake_timeout
 //!               nothing within heartbeat_timeout_secs → heartbeat_timeout
 //! ```
 //!
@@ -21,6 +21,7 @@
 //! the next, so an ack or an op 3 covers everything before it.
 
 use crate::auth::api_key_ok;
+use crate::config::ApiConfig;
 use crate::proto::batch::{Batch, BatchError};
 use crate::proto::binary::{self, op as client_op, Frame};
 use crate::proto::close::CloseReason;
@@ -29,6 +30,9 @@ use crate::shard::Shard;
 use bytes::BytesMut;
 
 use super::PublishError;
+
+/// Largest auth frame body before auth (or the API key's length, if longer).
+pub const AUTH_FRAME_MAX: usize = 1024;
 
 /// Why a publisher connection ends, and what it is told.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -54,6 +58,9 @@ pub struct PublisherSession {
     authed: bool,
     /// Tick of the last bytes received (or of the connection).
     last_heard: u32,
+    /// Tick the connection opened: auth is due within the handshake
+    /// timeout of it, however the bytes trickle.
+    opened: u32,
 }
 
 impl PublisherSession {
@@ -62,6 +69,23 @@ impl PublisherSession {
         PublisherSession {
             authed: false,
             last_heard: now,
+            opened: now,
+        }
+    }
+
+    /// Whether the publisher has authenticated.
+    pub fn authed(&self) -> bool {
+        self.authed
+    }
+
+    /// Largest frame body taken now: before auth, what an auth frame (the
+    /// API key) needs, so that whoever reaches the port cannot make it hold
+    /// more; after, `[api] max_body`.
+    pub fn max_frame(&self, api: &ApiConfig) -> usize {
+        if self.authed {
+            api.max_body
+        } else {
+            api.key.as_ref().map_or(0, String::len).max(AUTH_FRAME_MAX)
         }
     }
 
@@ -74,7 +98,7 @@ impl PublisherSession {
     pub fn check_quiet(&self, now: u32, sh: &Shard) -> Result<(), Ended> {
         let cfg = &sh.shared.config.client;
         let quiet = now.saturating_sub(self.last_heard);
-        if !self.authed && quiet >= cfg.handshake_timeout_secs {
+        if !self.authed && now.saturating_sub(self.opened) >= cfg.handshake_timeout_secs {
             let t = cfg.handshake_timeout_secs;
             return Err(Ended::new(
                 CloseReason::HandshakeTimeout,

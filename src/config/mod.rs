@@ -585,8 +585,10 @@ pub struct ApiConfig {
     #[arg(id = "api-max-conns", long = "api-max-conns", default_value_t = 512)]
     pub max_conns: usize,
 
-    /// Bytes of HTTP request bodies being read at once, all shards (each
-    /// shard an even share); a request whose declared length (or `max_body`,
+    /// Bytes of HTTP request bodies being read at once beyond the first
+    /// 64 KiB of each (which every request may always read: their sum is
+    /// bounded by `max_conns`), all shards, each shard an even share but
+    /// at least `max_body`; a request whose declared length (or `max_body`,
     /// when it declares none) does not fit is answered 503 before its body
     /// is read.
     #[arg(id = "api-body-memory", long = "api-body-memory", default_value_t = 64 << 20)]

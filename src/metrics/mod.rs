@@ -147,6 +147,9 @@ shard_stats! {
     Counter pattern_publishes: "Rooms an API publish to a pattern reached on this shard (as their owner).";
     Counter unknown_ops: "Frames from clients with an operation volley does not serve.";
     Counter accept_errors: "Accept errors (EMFILE and the like).";
+    Counter api_refused: "HTTP API and TCP publisher connections refused at [api] max_conns (every place in a request), and HTTP requests refused for [api] body_memory.";
+    Counter api_evicted: "HTTP API and TCP publisher connections closed to make room at [api] max_conns (the one waiting longest for a request, or for its auth).";
+    Counter api_timeouts: "HTTP API connections closed by a deadline: [api] header_timeout_secs, request_timeout_secs or idle_timeout_secs.";
     Gauge publishers: "TCP publisher connections currently open.";
     Gauge history_messages: "Messages stored in the history of the rooms this shard owns.";
     Gauge history_bytes: "Bytes of history stored (frames and bookkeeping).";

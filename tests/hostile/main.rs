@@ -10,6 +10,7 @@
 #[path = "../common/mod.rs"]
 mod common;
 
+mod api;
 mod config;
 mod ip_limits;
 
@@ -51,6 +52,11 @@ impl Bystander {
     /// Connects the bystander to the server at `tcp` (client port) and
     /// starts pushing through `api`.
     pub fn start(tcp: SocketAddr, api: SocketAddr) -> Bystander {
+        Bystander::keyed(tcp, api, None)
+    }
+
+    /// `start`, publishing with the API key `key`.
+    pub fn keyed(tcp: SocketAddr, api: SocketAddr, key: Option<String>) -> Bystander {
         let mut c = Client::connect_from(tcp, "127.0.0.2");
         c.send(op::AUTH, 1, format!(r#"{{"mid":7777,"room_id":"{ROOM}"}}"#).as_bytes());
         let r = c.read().expect("the bystander's auth reply");
@@ -65,7 +71,8 @@ impl Bystander {
                 while !stop.load(Relaxed) {
                     sent.lock().unwrap().push(Instant::now());
                     let path = "/goim/push/room?operation=1000&type=live&room=bystander";
-                    let (status, v) = common::http(api, "POST", path, &[], n.to_string().as_bytes());
+                    let headers: Vec<(&str, &str)> = key.iter().map(|k| ("X-Api-Key", k.as_str())).collect();
+                    let (status, v) = common::http(api, "POST", path, &headers, n.to_string().as_bytes());
                     assert_eq!(status, 200, "the bystander's push {n} was refused: {v}");
                     n += 1;
                     std::thread::sleep(PACE);

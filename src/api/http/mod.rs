@@ -24,7 +24,9 @@
 pub mod request;
 pub mod routes;
 
+use super::conns;
 use crate::auth::{api_key_ok, http_presented_key};
+use crate::metrics::ShardStats;
 use crate::net::{accept_each, ListenerKind};
 use crate::shard::Shard;
 use bytes::Bytes;
@@ -40,32 +42,75 @@ use std::cell::RefCell;
 use std::pin::Pin;
 use std::rc::Rc;
 use std::task::{Context, Poll};
-use std::time::Duration;
 
 /// Accepts API connections until the listener is shut.
 pub async fn accept(listener: TcpListener, shard: Rc<RefCell<Shard>>) {
     accept_each(listener, shard, ListenerKind::Api, |stream, shard| {
-        let idle = Duration::from_secs(shard.borrow().shared.config.api.idle_timeout_secs);
-        let _ = stream.set_read_timeout(Some(idle));
         glommio::spawn_local(serve(stream, shard.clone())).detach();
     })
     .await;
 }
 
-async fn serve(stream: TcpStream, shard: Rc<RefCell<Shard>>) {
+/// Answers a connection turned away at the connection cap.
+const FULL: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n\
+Connection: close\r\nContent-Length: 74\r\n\r\n{\"code\":-503,\"message\":\"[api] max_conns connections are in requests\"}";
+
+async fn serve(mut stream: TcpStream, shard: Rc<RefCell<Shard>>) {
+    let (cap, api) = {
+        let sh = shard.borrow();
+        let api = sh.shared.config.api.clone();
+        ((api.max_conns / sh.nr_shards()).max(1), api)
+    };
+    let admitted = match conns::admit(cap, conns::after(api.header_timeout_secs)) {
+        conns::Admission::In { admitted, evicted } => {
+            if evicted {
+                ShardStats::add(&shard.borrow().stats().api_evicted, 1);
+            }
+            admitted
+        }
+        conns::Admission::Full => {
+            ShardStats::add(&shard.borrow().stats().api_refused, 1);
+            let _ = futures_lite::AsyncWriteExt::write_all(&mut stream, FULL).await;
+            return;
+        }
+    };
+    let conn = admitted.conn.clone();
+    let stats_of = shard.clone();
     let svc = hyper::service::service_fn(move |req| {
-        let shard = shard.clone();
-        async move { Ok::<_, std::convert::Infallible>(handle(req, &shard).await) }
+        let (shard, conn) = (shard.clone(), conn.clone());
+        conn.busy(conns::after(api.request_timeout_secs));
+        async move {
+            let resp = handle(req, &shard).await;
+            // A refusal closes the connection (`handle`); a second gives
+            // hyper the time to write it, however much of a refused body
+            // the client still sends.
+            let next = if resp.status().is_success() {
+                api.idle_timeout_secs
+            } else {
+                1
+            };
+            conn.waiting(std::time::Instant::now(), conns::after(next));
+            Ok::<_, std::convert::Infallible>(resp)
+        }
     });
-    let res = hyper::server::conn::http1::Builder::new()
-        // The socket's read timeout bounds idle and slow clients instead:
-        // hyper's own timer needs a Send sleep, which glommio's is not.
+    let http = hyper::server::conn::http1::Builder::new()
+        // `conns` bounds the time to a request's headers, to its answer and
+        // between requests: hyper's own header timer needs a Send sleep,
+        // which glommio's is not.
         .header_read_timeout(None)
         .max_buf_size(64 * 1024)
-        .serve_connection(HyperIo(stream), svc)
-        .await;
-    if let Err(e) = res {
-        tracing::debug!(error = %e, "API connection ended");
+        .serve_connection(HyperIo(stream), svc);
+    let ended = async {
+        let evicted = admitted.conn.ended().await;
+        Err(evicted)
+    };
+    match futures_lite::future::or(async { Ok(http.await) }, ended).await {
+        Ok(Err(e)) => tracing::debug!(error = %e, "API connection ended"),
+        Ok(Ok(())) | Err(true) => {}
+        // Dropping the connection closes the socket, whatever it was
+        // doing: headers not in by the header deadline, an answer not
+        // ready by the request deadline, no next request by the idle one.
+        Err(false) => ShardStats::add(&stats_of.borrow().stats().api_timeouts, 1),
     }
 }
 
@@ -109,7 +154,15 @@ async fn handle(req: Request<Incoming>, shard: &Rc<RefCell<Shard>>) -> Resp {
         Ok(r) => r,
         Err(ApiError(status, message)) => {
             let code = -i64::from(status.as_u16());
-            json_reply(status, &json!({"code": code, "message": message}))
+            let mut r = json_reply(status, &json!({"code": code, "message": message}));
+            // A refusal may come before the body was read (key, size,
+            // body memory): the connection closes after it rather than
+            // read a body it refused.
+            r.headers_mut().insert(
+                hyper::header::CONNECTION,
+                hyper::header::HeaderValue::from_static("close"),
+            );
+            r
         }
     }
 }
@@ -118,7 +171,11 @@ async fn dispatch(req: Request<Incoming>, shard: &Rc<RefCell<Shard>>) -> Result<
     // The shared state, not a copy of the configuration, per request.
     let shared = shard.borrow().shared.clone();
     let path = req.uri().path().to_string();
-    let method = req.method().clone();
+    // HEAD is GET without the body (hyper leaves it out of the answer).
+    let method = match req.method() {
+        &Method::HEAD => Method::GET,
+        m => m.clone(),
+    };
     // Pages need no key; anything else, known route or not, does first.
     let page = ROUTES.iter().any(|r| r.path == path && r.method == method && !r.keyed);
     if !page && !api_key_ok(shared.config.api.key.as_deref(), http_presented_key(req.headers())) {
@@ -135,20 +192,36 @@ async fn dispatch(req: Request<Incoming>, shard: &Rc<RefCell<Shard>>) -> Result<
         ));
     };
     let query = Query::parse(req.uri().query());
-    let body = if method == Method::POST {
+    // The lease lives as long as the body: until the answer.
+    let (body, _lease) = if method == Method::POST {
         let max = shared.config.api.max_body;
-        match Limited::new(req.into_body(), max).collect().await {
-            Ok(b) => b.to_bytes(),
-            Err(e) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => {
-                return Err(ApiError(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    format!("request body over {max} bytes"),
-                ))
-            }
-            Err(e) => return Err(bad(format!("cannot read body: {e}"))),
+        let declared = req
+            .headers()
+            .get(hyper::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+        // Refused before the body is read, so a client that asked for
+        // `100 Continue` is never told to send what would be refused.
+        if declared.is_some_and(|n| n > max as u64) {
+            return Err(too_large(max));
         }
+        let share = (shared.config.api.body_memory / shared.mesh.nr_shards().max(1)).max(max);
+        // What a body holds beyond what every connection may always read.
+        let want = declared.map_or(max, |n| n as usize).saturating_sub(conns::FREE_BODY);
+        let Some(lease) = conns::lease_body(want, share) else {
+            ShardStats::add(&shard.borrow().stats().api_refused, 1);
+            return Err(ApiError(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "[api] body_memory is taken by request bodies being read; retry".into(),
+            ));
+        };
+        let body = match Limited::new(req.into_body(), max).collect().await {
+            Ok(b) => b.to_bytes(),
+            Err(e) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => return Err(too_large(max)),
+            Err(e) => return Err(bad(format!("cannot read body: {e}"))),
+        };
+        (body, Some(lease))
     } else {
-        Bytes::new()
+        (Bytes::new(), None)
     };
     let r = Req {
         path: &path,
@@ -165,4 +238,8 @@ async fn dispatch(req: Request<Incoming>, shard: &Rc<RefCell<Shard>>) -> Result<
             later.await
         }
     }
+}
+
+fn too_large(max: usize) -> ApiError {
+    ApiError(StatusCode::PAYLOAD_TOO_LARGE, format!("request body over {max} bytes"))
 }

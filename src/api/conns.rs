@@ -1,0 +1,290 @@
+//! The application-server side's connections on a shard: how many there
+//! are (`[api] max_conns`, HTTP and TCP publishers together), each one's
+//! deadline, and the bytes of HTTP request bodies being read beyond
+//! `FREE_BODY` each (`[api] body_memory`).
+//!
+//! Runs on each shard's thread (the table is thread-local: one per shard),
+//! touched by the API's and the publishers' connection tasks; nothing here
+//! reads a socket. A connection's task registers it (`admit`), says when it
+//! is in a request (`ApiConn::busy`) or waiting for the next one
+//! (`ApiConn::waiting`), and races its I/O against `ApiConn::ended`, which
+//! completes at the deadline or when the connection is evicted.
+//!
+//! ```text
+//! accept ── table under its share of max_conns ──> admitted, waiting (header deadline)
+//!        └─ full: the connection waiting longest ─> evicted (its task ends), newcomer admitted
+//!           none waiting (all in requests) ──────> refused (503 / op 6 conn_limit)
+//! waiting ── a request's headers (HTTP) / auth (publisher) ──> busy (request deadline)
+//! busy ── the answer ──> waiting (idle deadline)
+//! ```
+//!
+//! Why eviction rather than refusal at the cap: a connection that is not
+//! in a request (trickling a request's headers, never authenticating, idle
+//! between requests) costs its client nothing to hold, so a cap that only
+//! refuses would let anyone who can open sockets keep application servers
+//! out. Evicting the one that has waited longest keeps every slot
+//! preemptible; an honest keep-alive connection that is evicted reconnects.
+//!
+//! Invariants: a table entry lives exactly as long as its `Admitted`; the
+//! body bytes counted are those of `BodyLease`s alive.
+
+use futures_lite::future;
+use slab::Slab;
+use std::cell::{Cell, RefCell};
+use std::future::Future;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::task::{Context, Poll, Waker};
+use std::time::{Duration, Instant};
+
+thread_local! {
+    static TABLE: RefCell<Table> = RefCell::new(Table::default());
+}
+
+#[derive(Default)]
+struct Table {
+    conns: Slab<Rc<ApiConn>>,
+    /// Bytes of request bodies leased out.
+    body_bytes: usize,
+}
+
+/// One API or publisher connection's state, shared by its task and the
+/// table.
+#[derive(Debug)]
+pub struct ApiConn {
+    /// In a request (or an authenticated publisher): not evictable.
+    busy: Cell<bool>,
+    /// When it last started waiting (the eviction order).
+    since: Cell<Instant>,
+    /// When its task must end.
+    deadline: Cell<Instant>,
+    /// Taken out to make room for a newcomer.
+    evicted: Cell<bool>,
+    /// The task waiting in `ended`.
+    waker: RefCell<Option<Waker>>,
+}
+
+impl ApiConn {
+    /// Waiting for a request (or for auth) until `deadline`: evictable.
+    pub fn waiting(&self, now: Instant, deadline: Instant) {
+        self.busy.set(false);
+        self.since.set(now);
+        self.deadline.set(deadline);
+    }
+
+    /// In a request until `deadline`: not evictable.
+    pub fn busy(&self, deadline: Instant) {
+        self.busy.set(true);
+        self.deadline.set(deadline);
+    }
+
+    /// Trusted from now on (an authenticated publisher): not evictable; its
+    /// task judges its own quiet time.
+    pub fn keep(&self) {
+        self.busy.set(true);
+    }
+
+    /// Whether it was evicted to make room.
+    pub fn is_evicted(&self) -> bool {
+        self.evicted.get()
+    }
+
+    /// Completes once the connection is past its deadline (as it stands
+    /// then: a later `busy` or `waiting` moves it) or evicted: `true` when
+    /// evicted.
+    pub async fn ended(&self) -> bool {
+        loop {
+            if self.evicted.get() {
+                return true;
+            }
+            let now = Instant::now();
+            let deadline = self.deadline.get();
+            if now >= deadline {
+                return false;
+            }
+            let evicted = future::or(
+                async {
+                    glommio::timer::sleep(deadline - now).await;
+                    false
+                },
+                Evicted(self),
+            );
+            if evicted.await {
+                return true;
+            }
+        }
+    }
+
+    fn evict(&self) {
+        self.evicted.set(true);
+        if let Some(w) = self.waker.borrow_mut().take() {
+            w.wake();
+        }
+    }
+}
+
+/// Completes when its connection is evicted.
+struct Evicted<'a>(&'a ApiConn);
+
+impl Future for Evicted<'_> {
+    type Output = bool;
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<bool> {
+        if self.0.evicted.get() {
+            return Poll::Ready(true);
+        }
+        *self.0.waker.borrow_mut() = Some(cx.waker().clone());
+        Poll::Pending
+    }
+}
+
+/// A connection's place in its shard's table; dropping it frees the place.
+#[derive(Debug)]
+pub struct Admitted {
+    key: usize,
+    /// The connection's state.
+    pub conn: Rc<ApiConn>,
+}
+
+impl Drop for Admitted {
+    fn drop(&mut self) {
+        TABLE.with(|t| {
+            let mut t = t.borrow_mut();
+            // An evicted connection's place may hold a newcomer by now.
+            if t.conns.get(self.key).is_some_and(|c| Rc::ptr_eq(c, &self.conn)) {
+                t.conns.remove(self.key);
+            }
+        });
+    }
+}
+
+/// What `admit` did.
+#[derive(Debug)]
+pub enum Admission {
+    /// A place in the table (after evicting another connection if `evicted`).
+    In {
+        /// The place.
+        admitted: Admitted,
+        /// Another connection was evicted to make it.
+        evicted: bool,
+    },
+    /// Every place is taken by a connection in a request.
+    Full,
+}
+
+/// Admits a new connection on this shard, which holds at most `cap`,
+/// waiting for its first request until `deadline`.
+pub fn admit(cap: usize, deadline: Instant) -> Admission {
+    TABLE.with(|t| {
+        let mut t = t.borrow_mut();
+        let now = Instant::now();
+        let mut evicted = false;
+        if t.conns.len() >= cap {
+            // The connection waiting longest, not already on its way out.
+            let victim = t
+                .conns
+                .iter()
+                .filter(|(_, c)| !c.busy.get() && !c.evicted.get())
+                .min_by_key(|(_, c)| c.since.get())
+                .map(|(k, _)| k);
+            let Some(k) = victim else {
+                return Admission::Full;
+            };
+            t.conns[k].evict();
+            // Its place is free now, whenever its task gets to end.
+            t.conns.remove(k);
+            evicted = true;
+        }
+        let conn = Rc::new(ApiConn {
+            busy: Cell::new(false),
+            since: Cell::new(now),
+            deadline: Cell::new(deadline),
+            evicted: Cell::new(false),
+            waker: RefCell::new(None),
+        });
+        let key = t.conns.insert(conn.clone());
+        Admission::In {
+            admitted: Admitted { key, conn },
+            evicted,
+        }
+    })
+}
+
+/// API and publisher connections on this shard.
+pub fn count() -> usize {
+    TABLE.with(|t| t.borrow().conns.len())
+}
+
+/// Bytes of body every request may read without a lease: their sum is
+/// bounded by `[api] max_conns` already, and a publisher's ordinary push
+/// must not wait behind large bodies that stall (only the part of a body
+/// beyond this is leased).
+pub const FREE_BODY: usize = 64 << 10;
+
+/// Bytes of a request body being read, counted against this shard's share
+/// of `[api] body_memory` until dropped.
+#[derive(Debug)]
+pub struct BodyLease(usize);
+
+impl Drop for BodyLease {
+    fn drop(&mut self) {
+        TABLE.with(|t| t.borrow_mut().body_bytes -= self.0);
+    }
+}
+
+/// Leases `bytes` of body memory if this shard has them under `cap`.
+pub fn lease_body(bytes: usize, cap: usize) -> Option<BodyLease> {
+    TABLE.with(|t| {
+        let mut t = t.borrow_mut();
+        if t.body_bytes.saturating_add(bytes) > cap {
+            return None;
+        }
+        t.body_bytes += bytes;
+        Some(BodyLease(bytes))
+    })
+}
+
+/// `now + secs`.
+pub fn after(secs: u64) -> Instant {
+    Instant::now() + Duration::from_secs(secs)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn at_the_cap_the_longest_waiting_goes_and_busy_ones_stay() {
+        let later = after(60);
+        let Admission::In { admitted: a, .. } = admit(2, later) else {
+            panic!("room for one")
+        };
+        std::thread::sleep(Duration::from_millis(2));
+        let Admission::In { admitted: b, .. } = admit(2, later) else {
+            panic!("room for two")
+        };
+        let Admission::In { admitted: c, evicted } = admit(2, later) else {
+            panic!("the first waiting one makes room")
+        };
+        assert!(evicted && a.conn.is_evicted() && !b.conn.is_evicted());
+        assert_eq!(count(), 2);
+        drop(a);
+        assert_eq!(count(), 2, "its place was freed at eviction");
+        b.conn.busy(later);
+        c.conn.busy(later);
+        assert!(matches!(admit(2, later), Admission::Full), "all in requests");
+        c.conn.waiting(Instant::now(), later);
+        let Admission::In { admitted: d, .. } = admit(2, later) else {
+            panic!("c waits again")
+        };
+        assert!(c.conn.is_evicted());
+        drop((b, c, d));
+        assert_eq!(count(), 0);
+
+        let one = lease_body(10, 15).expect("fits");
+        assert!(lease_body(6, 15).is_none());
+        let two = lease_body(5, 15).expect("fits exactly");
+        drop(one);
+        assert!(lease_body(10, 15).is_some());
+        drop(two);
+    }
+}
