@@ -288,7 +288,9 @@ fn each_violation_gets_its_close_code_and_harms_nobody_else() {
         ),
         (
             "oversize frame",
-            |w, _| w.send_frame(0x2, &[0; 300], true),
+            // Over the largest frame a message may carry: an auth frame's
+            // 16,384 + 16, whatever max_body says.
+            |w, _| w.send_frame(0x2, &[0; 16_401], true),
             1009,
             "ws_too_big",
         ),
@@ -318,7 +320,7 @@ fn each_violation_gets_its_close_code_and_harms_nobody_else() {
         ),
         (
             "protocol body over max_body",
-            |w, _| w.send_frame(0x2, &frame(1, op::AUTH, 1, &[b' '; 1000])[..40], true),
+            |w, _| w.send_frame(0x2, &frame(1, op::HEARTBEAT, 1, &[b' '; 1000])[..40], true),
             1009,
             "body_too_large",
         ),

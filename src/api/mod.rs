@@ -63,6 +63,10 @@ pub enum PublishError {
     /// A message id over `MAX_ID_LEN` bytes.
     #[error("message id over {MAX_ID_LEN} bytes")]
     IdTooLong,
+    /// A push to user id 0, which names no user: no connection has it,
+    /// and what an inbox kept for it nobody could read.
+    #[error("mid 0 names no user")]
+    NoUser,
     /// A room name with `>` before its last segment.
     #[error("`>` may only be a room pattern's last segment")]
     BadPattern,
@@ -101,6 +105,7 @@ pub fn check(target: &Target, payload: &[u8], meta: &Meta, max: usize) -> Result
             what: "mids",
             got: m.len(),
         }),
+        Target::Mids(m) if m.contains(&0) => Err(PublishError::NoUser),
         Target::Room(r) if r.len() > MAX_ROOM_LEN => Err(PublishError::RoomTooLong),
         Target::Room(r) if pattern::kind(r) == pattern::Kind::Invalid => Err(PublishError::BadPattern),
         _ => Ok(()),

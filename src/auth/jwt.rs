@@ -15,7 +15,8 @@
 //! signature    tried against every key of that algorithm; none verifies → bad_signature
 //! exp          required; now > exp + leeway → expired
 //! nbf          optional; now + leeway < nbf → not_yet_valid
-//! sub          the user id: a decimal i64 (string, or number), not 0
+//! sub          the user id: a positive i64, as a number or as canonical decimal text
+//! crit         present → refused (no extension is understood)
 //! rooms        optional list of room patterns the connection may join (absent: any)
 //! publish      optional list of room patterns it may publish to (absent: none)
 //! info         optional JSON, at most MAX_INFO_LEN bytes, shown in presence
@@ -234,21 +235,32 @@ fn header_alg(token: &str) -> Result<String, TokenError> {
     #[derive(Deserialize)]
     struct H {
         alg: String,
+        crit: Option<serde_json::Value>,
     }
     let h: H = serde_json::from_slice(&json).map_err(|_| bad("header is not JSON with an alg"))?;
+    // RFC 7515 §4.1.11: a token whose header names extensions the recipient
+    // must understand is invalid unless it understands them; volley
+    // understands none.
+    if h.crit.is_some() {
+        return Err(bad("header lists critical extensions (crit); none is supported"));
+    }
     Ok(h.alg)
 }
 
 fn grant(c: Claims) -> Result<Grant, TokenError> {
     let bad = |m: String| TokenError::Malformed(m);
+    // One spelling per user: digits only, no sign, no leading zero, so
+    // that "+5", "05" and "5" cannot be three names of user 5.
     let mid = match c.sub {
         Sub::Number(n) => n,
-        Sub::Text(s) => s
-            .parse::<i64>()
-            .map_err(|_| bad(format!("sub {s:?} is not a decimal user id")))?,
+        Sub::Text(s) => {
+            let canonical = !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) && !s.starts_with('0');
+            let n = canonical.then(|| s.parse::<i64>().ok()).flatten();
+            n.ok_or_else(|| bad(format!("sub {s:?} is not a positive decimal user id")))?
+        }
     };
-    if mid == 0 {
-        return Err(bad("sub 0 is not a user".into()));
+    if mid <= 0 {
+        return Err(bad(format!("sub {mid} is not a user (user ids are positive)")));
     }
     let patterns = |what: &str, v: Vec<String>| -> Result<Box<[Box<str>]>, TokenError> {
         if v.len() > MAX_PATTERNS {
@@ -363,12 +375,32 @@ mod tests {
             json!({"sub":"x","exp":1000}),
             json!({"sub":"0","exp":1000}),
             json!({"sub":"1"}),
+            json!({"sub":"+5","exp":1000}),
+            json!({"sub":"05","exp":1000}),
+            json!({"sub":"-7","exp":1000}),
+            json!({"sub":-7,"exp":1000}),
+            json!({"sub":" 5","exp":1000}),
+            json!({"sub":"9223372036854775808","exp":1000}),
         ] {
             assert!(
                 matches!(ver.verify(&hs(SECRET, bad.clone()), 0), Err(TokenError::Malformed(_))),
                 "{bad}"
             );
         }
+        assert_eq!(
+            ver.verify(&hs(SECRET, json!({"sub":"5","exp":1000})), 0).unwrap().mid,
+            5
+        );
+        // A critical extension, understood or not, refuses the token.
+        let signed = |header: &str| {
+            let msg = format!("{}.{}", b64(header), b64(&ok.to_string()));
+            let key = EncodingKey::from_secret(SECRET.as_bytes());
+            let sig = jsonwebtoken::crypto::sign(msg.as_bytes(), &key, Algorithm::HS256).unwrap();
+            format!("{msg}.{sig}")
+        };
+        assert!(ver.verify(&signed(r#"{"alg":"HS256"}"#), 0).is_ok());
+        let t = signed(r#"{"alg":"HS256","crit":["exp"]}"#);
+        assert!(matches!(ver.verify(&t, 0), Err(TokenError::Malformed(m)) if m.contains("crit")));
         let bad_room = json!({"sub":"1","exp":1000,"rooms":["a/>/b"]});
         assert!(matches!(
             ver.verify(&hs(SECRET, bad_room), 0),

@@ -143,6 +143,7 @@ shard_stats! {
     Counter publish_duplicates: "Publishes (or targets of one) not delivered again: their message id was seen within [api] dedup_window_secs.";
     Counter dedup_forgotten: "Publisher message ids forgotten before their window ended because [api] dedup_max was reached.";
     Counter budget_closes: "Connections closed as slow consumers because the shard's queues passed its share of [limits] outbound_budget.";
+    Counter left_ungranted: "Rooms and patterns version-2 connections were taken out of because a refreshed token no longer allowed them.";
     Counter client_publishes: "Version-2 client publishes (op 52) accepted and sent to the room's owner.";
     Counter pattern_publishes: "Rooms an API publish to a pattern reached on this shard (as their owner).";
     Counter unknown_ops: "Frames from clients with an operation volley does not serve.";

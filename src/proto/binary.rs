@@ -113,6 +113,17 @@ pub enum DecodeError {
 /// more bytes are needed (nothing consumed), or `Err` as soon as the bytes
 /// present break a rule. `max_body` bounds the body length.
 pub fn decode(buf: &[u8], max_body: usize) -> Result<Option<(Frame<'_>, usize)>, DecodeError> {
+    decode_with(buf, max_body, |_| max_body)
+}
+
+/// `decode` with a body limit per operation: `limit(op)`, which is at most
+/// `most`. A body over `most` fails as soon as the length arrives; one
+/// over its operation's limit as soon as the operation does (12 bytes in).
+pub fn decode_with(
+    buf: &[u8],
+    most: usize,
+    limit: impl Fn(u32) -> usize,
+) -> Result<Option<(Frame<'_>, usize)>, DecodeError> {
     let Some(len_bytes) = buf.get(0..4) else {
         return Ok(None);
     };
@@ -121,10 +132,10 @@ pub fn decode(buf: &[u8], max_body: usize) -> Result<Option<(Frame<'_>, usize)>,
         return Err(DecodeError::PacketTooShort { got: packet_len });
     }
     let body_len = u64::from(packet_len) - HEADER_LEN as u64;
-    if body_len > max_body as u64 {
+    if body_len > most as u64 {
         return Err(DecodeError::BodyTooLarge {
             got: body_len,
-            max: max_body,
+            max: most,
         });
     }
     if let Some(h) = buf.get(4..6) {
@@ -133,7 +144,13 @@ pub fn decode(buf: &[u8], max_body: usize) -> Result<Option<(Frame<'_>, usize)>,
             return Err(DecodeError::HeaderLength { got: header_len });
         }
     }
-    // `packet_len` fits in usize: it is at most HEADER_LEN + max_body.
+    if let Some(o) = buf.get(8..12) {
+        let max = limit(u32::from_be_bytes([o[0], o[1], o[2], o[3]])).min(most);
+        if body_len > max as u64 {
+            return Err(DecodeError::BodyTooLarge { got: body_len, max });
+        }
+    }
+    // `packet_len` fits in usize: it is at most HEADER_LEN + most.
     let packet_len = packet_len as usize;
     let Some(packet) = buf.get(..packet_len) else {
         return Ok(None);

@@ -12,7 +12,9 @@
 //! auth (op 7)   mode off: the body names the user;  mode jwt: Verifier → Grant, the token's sub is the user
 //! sweep         refresh_at (exp - refresh_secs): op 56 to a version-2 connection (once)
 //!               expire_at (exp + leeway + grace): closed as token_expired (either version)
-//! op 54 token   verified, same user → op 55 {"exp"}, timers restart; else error token_refused
+//! op 54 token   verified, same user → op 55 {"exp"}, timers restart, rooms and patterns the new
+//!               token's `rooms` no longer allow are left (op 43 {"room","reason":"forbidden"});
+//!               else error token_refused
 //! op 52 publish room allowed (token's publish) → payload limit → rate bucket → room owner → op 53
 //! ```
 //!
@@ -34,6 +36,7 @@ use crate::proto::close::CloseReason;
 use crate::proto::pattern::{self, Kind};
 use crate::proto::v2::{self, op, ErrorCode};
 use bytes::Bytes;
+use std::rc::Rc;
 use std::sync::Arc;
 
 /// Why an auth is refused: the close reason and its detail.
@@ -149,6 +152,29 @@ impl Shard {
         self.schedule(r);
         let body = serde_json::json!({ "exp": exp }).to_string();
         self.reply(r, VERSION_NATIVE, op::TOKEN_REPLY, f.seq, body.as_bytes());
+        self.leave_ungranted(r);
+    }
+
+    /// After a token refresh: takes `r` out of every room and pattern its
+    /// new token no longer allows, telling it with an unasked op 43 each.
+    fn leave_ungranted(&mut self, r: ConnRef) {
+        let Some(c) = self.conn(r) else { return };
+        let (Some(v2), Some(t)) = (c.v2(), c.token.as_ref()) else {
+            return;
+        };
+        let rooms = v2.rooms.iter().map(|(n, _)| n);
+        let gone: Vec<Rc<str>> = rooms
+            .chain(&v2.patterns)
+            .filter(|n| !t.grant.may_join(n))
+            .cloned()
+            .collect();
+        for name in gone {
+            if self.leave_v2_room(r, &name) || self.leave_pattern(r, &name) {
+                ShardStats::add(&self.stats().left_ungranted, 1);
+                let body = v2::left_body(&name, "forbidden");
+                self.reply(r, VERSION_NATIVE, op::LEAVE_REPLY, 0, &body);
+            }
+        }
     }
 
     /// On a user's owner, at register: the user's connections against

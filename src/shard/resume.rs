@@ -119,6 +119,11 @@ impl Shard {
         if closing {
             return;
         }
+        if !self.may_join(r, &room) {
+            // A token refresh while the owner answered took the room away.
+            let msg = format!("the token no longer allows joining {room}");
+            return self.v2_error(r, seq, v2::ErrorCode::Forbidden, &msg);
+        }
         let Resumed {
             epoch,
             last,

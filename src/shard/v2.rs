@@ -207,6 +207,19 @@ impl Shard {
         );
     }
 
+    /// On `r`'s shard: unsubscribes it from `pattern` if it holds it.
+    /// Returns whether it did.
+    pub(super) fn leave_pattern(&mut self, r: ConnRef, pattern: &str) -> bool {
+        let held = self.conn_mut(r).and_then(|c| c.v2_mut()).and_then(|v| {
+            let i = v.patterns.iter().position(|p| **p == *pattern)?;
+            Some(v.patterns.swap_remove(i))
+        });
+        let Some(p) = held else { return false };
+        self.patterns.remove(&p, r);
+        self.pattern_interest(&p, -1);
+        true
+    }
+
     fn v2_leave(&mut self, r: ConnRef, f: Frame<'_>) {
         let room = match v2::parse_leave(f.body) {
             Ok(room) => room,
@@ -220,16 +233,7 @@ impl Shard {
             let msg = format!("the join of {room} has not been answered yet");
             return self.v2_error(r, f.seq, ErrorCode::JoinPending, &msg);
         }
-        let pattern = self.conn_mut(r).and_then(|c| c.v2_mut()).and_then(|v| {
-            let i = v.patterns.iter().position(|p| **p == *room)?;
-            Some(v.patterns.swap_remove(i))
-        });
-        if let Some(p) = pattern {
-            self.patterns.remove(&p, r);
-            self.pattern_interest(&p, -1);
-            return self.reply(r, VERSION_NATIVE, v2::op::LEAVE_REPLY, f.seq, &v2::leave_reply(&room));
-        }
-        if self.leave_v2_room(r, &room) {
+        if self.leave_v2_room(r, &room) || self.leave_pattern(r, &room) {
             self.reply(r, VERSION_NATIVE, v2::op::LEAVE_REPLY, f.seq, &v2::leave_reply(&room));
         } else {
             self.v2_error(r, f.seq, ErrorCode::NotJoined, &format!("{room} is not joined"));

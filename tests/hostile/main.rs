@@ -13,6 +13,7 @@ mod common;
 mod api;
 mod config;
 mod ip_limits;
+mod tokens;
 
 use common::{op, Client};
 use std::net::SocketAddr;
@@ -52,16 +53,27 @@ impl Bystander {
     /// Connects the bystander to the server at `tcp` (client port) and
     /// starts pushing through `api`.
     pub fn start(tcp: SocketAddr, api: SocketAddr) -> Bystander {
-        Bystander::keyed(tcp, api, None)
+        Bystander::new(tcp, api, None, None)
     }
 
     /// `start`, publishing with the API key `key`.
     pub fn keyed(tcp: SocketAddr, api: SocketAddr, key: Option<String>) -> Bystander {
+        Bystander::new(tcp, api, key, None)
+    }
+
+    /// `start` on a `jwt_server`: the bystander signs in with a token.
+    pub fn jwt(tcp: SocketAddr, api: SocketAddr) -> Bystander {
+        Bystander::new(tcp, api, None, Some(token(serde_json::json!({"sub": "7777"}))))
+    }
+
+    fn new(tcp: SocketAddr, api: SocketAddr, key: Option<String>, token: Option<String>) -> Bystander {
         let mut c = Client::connect_from(tcp, "127.0.0.2");
-        c.send(op::AUTH, 1, format!(r#"{{"mid":7777,"room_id":"{ROOM}"}}"#).as_bytes());
+        let auth = serde_json::json!({"mid": 7777, "room_id": ROOM, "token": token.unwrap_or_default()});
+        c.send(op::AUTH, 1, auth.to_string().as_bytes());
         let r = c.read().expect("the bystander's auth reply");
         assert_eq!(r.op, op::AUTH_REPLY, "{}", r.text());
         let unblock = c.s.try_clone().unwrap();
+        let mut beat = c.s.try_clone().unwrap();
         let stop = Arc::new(AtomicBool::new(false));
         let sent: Arc<Mutex<Vec<Instant>>> = Arc::default();
         let publisher = {
@@ -69,6 +81,8 @@ impl Bystander {
             std::thread::spawn(move || {
                 let mut n = 0u64;
                 while !stop.load(Relaxed) {
+                    // A heartbeat each time: tests may shorten the deadline.
+                    let _ = std::io::Write::write_all(&mut beat, &common::frame(1, op::HEARTBEAT, 0, b""));
                     sent.lock().unwrap().push(Instant::now());
                     let path = "/goim/push/room?operation=1000&type=live&room=bystander";
                     let headers: Vec<(&str, &str)> = key.iter().map(|k| ("X-Api-Key", k.as_str())).collect();
@@ -115,7 +129,11 @@ impl Bystander {
         }
         self.stop.store(true, Relaxed);
         let published = self.publisher.join().expect("the bystander's publisher");
-        std::thread::sleep(LATE);
+        let end = Instant::now() + LATE;
+        while Instant::now() < end {
+            let _ = std::io::Write::write_all(&mut &self.unblock, &common::frame(1, op::HEARTBEAT, 0, b""));
+            std::thread::sleep(PACE);
+        }
         let _ = self.unblock.shutdown(std::net::Shutdown::Both);
         let got = self.reader.join().expect("the bystander's reader");
         let order: Vec<u64> = got.iter().map(|g| g.0).collect();
@@ -143,4 +161,32 @@ pub fn rss() -> usize {
 /// A stat summed over the server's shards.
 pub fn total(h: &volley::ServerHandle, f: impl Fn(&volley::metrics::StatsSnapshot) -> u64) -> u64 {
     h.stats().iter().map(f).sum()
+}
+
+/// The HS256 secret of `jwt_server`.
+pub const SECRET: &str = "hostile-secret-0123456789abcdef01";
+
+/// A server with JWT auth (HS256, `SECRET`), edited by `tweak`.
+pub fn jwt_server(tweak: impl FnOnce(&mut volley::Config)) -> volley::ServerHandle {
+    common::start_server(|c| {
+        c.auth.mode = volley::config::AuthMode::Jwt;
+        c.auth.jwt_secret = vec![SECRET.into()];
+        tweak(c)
+    })
+}
+
+/// `claims` signed with `SECRET`; `exp` defaults to ten minutes from now.
+pub fn token(mut claims: serde_json::Value) -> String {
+    if claims.get("exp").is_none() {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap();
+        claims["exp"] = (now.as_secs() + 600).into();
+    }
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()),
+    )
+    .unwrap()
 }

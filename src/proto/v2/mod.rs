@@ -565,6 +565,14 @@ pub fn leave_reply(room: &str) -> Vec<u8> {
     serde_json::json!({ "room": room }).to_string().into_bytes()
 }
 
+/// The body of an op 43 the server sends unasked (sequence 0): the
+/// connection is no longer in `room` (a room or pattern), for `reason`.
+pub fn left_body(room: &str, reason: &str) -> Vec<u8> {
+    serde_json::json!({ "room": room, "reason": reason })
+        .to_string()
+        .into_bytes()
+}
+
 /// The auth reply body of a version-2 connection (op 8): its key, whether
 /// chosen by the client or assigned by the server, and its user id.
 pub fn auth_reply(key: &str, mid: i64) -> Vec<u8> {

@@ -348,7 +348,7 @@ fn the_same_key_on_another_shard_replaces_the_first_connection() {
 #[test]
 fn decode_errors_close_with_the_rule_broken() {
     let mut sim = Sim::new(1, |c| c.limits.max_body = 100);
-    let cases: [(Vec<u8>, CloseReason); 3] = [
+    let cases: [(Vec<u8>, CloseReason); 5] = [
         (
             {
                 let mut f = frame(V1, op::HEARTBEAT, 0, b"");
@@ -358,7 +358,18 @@ fn decode_errors_close_with_the_rule_broken() {
             CloseReason::BadHeaderLength,
         ),
         ((3u32).to_be_bytes().to_vec(), CloseReason::BadPacketLength),
-        ((16u32 + 101).to_be_bytes().to_vec(), CloseReason::BodyTooLarge),
+        // Over every operation's limit: refused as soon as the length is in.
+        ((16u32 + 16_385).to_be_bytes().to_vec(), CloseReason::BodyTooLarge),
+        // Over max_body: refused once the operation is known (a token frame
+        // may be longer).
+        (
+            frame(V1, op::HEARTBEAT, 0, &[0; 101])[..12].to_vec(),
+            CloseReason::BodyTooLarge,
+        ),
+        (
+            frame(V1, op::AUTH, 0, &[0; 16_385])[..12].to_vec(),
+            CloseReason::BodyTooLarge,
+        ),
     ];
     for (bytes, want) in cases {
         let p = sim.authed(0, "{}");
