@@ -243,7 +243,7 @@ async fn shard_main(
             .iter()
             .map(|u| cluster::RedisUrl::parse(u).expect("checked by Config::validate"))
             .collect();
-        let mut state = ShardCluster::new(id, &urls, control, shared.node_tag);
+        let mut state = ShardCluster::new(id, &urls, control, shared.keys.tag());
         state.set_shard(Rc::downgrade(&shard));
         let (links, subs) = state.connections();
         shard.borrow_mut().cluster = Some(state);

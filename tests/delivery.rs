@@ -312,7 +312,11 @@ fn version_1_and_version_2_share_rooms_and_each_gets_its_own_frames() {
     let h = start_server(|_| {});
     let mut v1 = Client::authed(h.tcp_addr, r#"{"room_id":"live://both","accepts":[1000]}"#);
     let (mut v2c, key) = Client::authed_v2(h.tcp_addr, r#"{"mid":42}"#);
-    assert_eq!(key.len(), 36, "a server-assigned key, told to the client: {key}");
+    assert_eq!(
+        key.len(),
+        volley::shard::addr::ASSIGNED_KEY_LEN,
+        "a server-assigned key, told to the client: {key}"
+    );
     v2c.join(2, "live://both", None);
     room_push(&h, "live://both", b"room", "&id=r-1");
     let g = v1.read_push();

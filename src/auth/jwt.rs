@@ -19,6 +19,8 @@
 //! crit         present → refused (no extension is understood)
 //! rooms        optional list of room patterns the connection may join (absent: any)
 //! publish      optional list of room patterns it may publish to (absent: none)
+//! keys         optional list of connection keys it may hold (absent: none; the
+//!              connection gets a server-assigned key)
 //! info         optional JSON, at most MAX_INFO_LEN bytes, shown in presence
 //! ```
 //!
@@ -26,7 +28,7 @@
 //! `exp`; the header's algorithm picks the keys, never the other way round,
 //! so a public key is never used as an HMAC secret.
 
-use crate::proto::body::MAX_ROOM_LEN;
+use crate::proto::body::{MAX_KEY_LEN, MAX_ROOM_LEN};
 use crate::proto::close::CloseReason;
 use crate::proto::pattern::{self, Kind};
 use base64::Engine;
@@ -36,7 +38,7 @@ use std::path::Path;
 
 /// Longest `info` claim, as JSON text.
 pub const MAX_INFO_LEN: usize = 1024;
-/// Most patterns in `rooms` or in `publish`.
+/// Most patterns in `rooms` or in `publish`, and most keys in `keys`.
 pub const MAX_PATTERNS: usize = 64;
 
 /// What a verified token lets its connection do.
@@ -50,6 +52,8 @@ pub struct Grant {
     pub rooms: Option<Box<[Box<str>]>>,
     /// Rooms and patterns it may publish to.
     pub publish: Box<[Box<str>]>,
+    /// Connection keys it may choose (exact strings).
+    pub keys: Box<[Box<str>]>,
     /// Opaque JSON shown in presence.
     pub info: Option<Box<str>>,
 }
@@ -63,6 +67,13 @@ impl Grant {
     /// Whether it may publish to `room`.
     pub fn may_publish(&self, room: &str) -> bool {
         pattern::allowed(&self.publish, room)
+    }
+
+    /// Whether it may hold the client-chosen connection key `key`: only a
+    /// key the token lists, so that one user cannot name (and so take over,
+    /// with its key pushes) another user's connection.
+    pub fn may_hold_key(&self, key: &str) -> bool {
+        self.keys.iter().any(|k| &**k == key)
     }
 }
 
@@ -134,6 +145,8 @@ struct Claims {
     rooms: Option<Vec<String>>,
     #[serde(default)]
     publish: Vec<String>,
+    #[serde(default)]
+    keys: Vec<String>,
     info: Option<serde_json::Value>,
 }
 
@@ -276,6 +289,14 @@ fn grant(c: Claims) -> Result<Grant, TokenError> {
             })
             .collect()
     };
+    if c.keys.len() > MAX_PATTERNS {
+        return Err(bad(format!("keys: more than {MAX_PATTERNS}")));
+    }
+    if let Some(k) = c.keys.iter().find(|k| k.is_empty() || k.len() > MAX_KEY_LEN) {
+        return Err(bad(format!(
+            "keys: {k:?} is not a connection key (1 to {MAX_KEY_LEN} bytes)"
+        )));
+    }
     let info = match c.info {
         None => None,
         Some(v) => {
@@ -291,6 +312,7 @@ fn grant(c: Claims) -> Result<Grant, TokenError> {
         exp: c.exp,
         rooms: c.rooms.map(|r| patterns("rooms", r)).transpose()?,
         publish: patterns("publish", c.publish)?,
+        keys: c.keys.into_iter().map(String::into_boxed_str).collect(),
         info,
     })
 }

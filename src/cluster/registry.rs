@@ -141,11 +141,13 @@ pub fn node_id(node_tag: u64) -> String {
 }
 
 /// The node whose server-assigned key `key` is (any node's: the form
-/// `GlobalConn::assigned_key` writes), `None` for a client-chosen key.
+/// `shard::addr` writes, 61 characters whose first twelve hex digits are
+/// the node's id), `None` for a client-chosen key. Only the node itself can
+/// tell whether the key's signature is its own.
 pub fn node_of_assigned_key(key: &str) -> Option<String> {
     let b = key.as_bytes();
     let hex = |s: &[u8]| s.iter().all(|c| matches!(c, b'0'..=b'9' | b'a'..=b'f'));
-    let shaped = b.len() == 36 && [8, 13, 18, 23].iter().all(|&i| b[i] == b'-');
+    let shaped = b.len() == 61 && [8, 13, 18, 23, 36].iter().all(|&i| b[i] == b'-');
     (shaped && hex(&b[..8]) && hex(&b[9..13])).then(|| format!("{}{}", &key[..8], &key[9..13]))
 }
 
@@ -525,14 +527,15 @@ mod tests {
     fn an_assigned_key_names_its_node() {
         let tag = 0x1234_5678_9abc_def0;
         // `GlobalConn::assigned_key` of shard 3, slot 0x10002, gen 0xdeadbeef.
-        let key = "56789abc-def0-0003-0001-0002deadbeef";
+        let key = "56789abc-def0-0003-0001-0002deadbeef-0123456789abcdef01234567";
         assert_eq!(node_of_assigned_key(key), Some(node_id(tag)));
         assert_eq!(node_id(tag), "56789abcdef0");
         for chosen in [
             "k1",
             "",
-            "56789abc-def0-0003-0001-0002deadbee",
-            "XYZ89abc-def0-0003-0001-0002deadbeef",
+            "56789abc-def0-0003-0001-0002deadbeef",
+            "56789abc-def0-0003-0001-0002deadbeef-0123456789abcdef0123456",
+            "XYZ89abc-def0-0003-0001-0002deadbeef-0123456789abcdef01234567",
         ] {
             assert_eq!(node_of_assigned_key(chosen), None, "{chosen}");
         }

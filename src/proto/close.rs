@@ -84,6 +84,8 @@ close_reasons! {
     Unavailable => "unavailable", true, Some(close::TRY_AGAIN), "Cluster mode: a TCP publisher's room publish needs a Redis instance that is unreachable; nothing was published.";
     Lagged => "lagged", true, Some(close::TRY_AGAIN), "Cluster mode: the node missed messages of a room the connection joined (its Redis subscription was down) that Redis no longer holds; resuming tells which.";
     IpHandshakeLimit => "ip_handshake_limit", true, Some(close::TRY_AGAIN), "The client's IP holds [limits] max_handshakes_per_ip connections that have not authenticated yet.";
+    KeyInUse => "key_in_use", true, Some(close::POLICY), "Auth is on and a connection of another user holds the key this one asked for.";
+    KeyNotAllowed => "key_not_allowed", true, Some(close::POLICY), "Auth is on and the token's keys claim does not list the key the auth body asked for.";
 }
 
 impl CloseReason {

@@ -9,7 +9,8 @@
 //! each operation is decided here.
 //!
 //! ```text
-//! auth (op 7)   mode off: the body names the user;  mode jwt: Verifier → Grant, the token's sub is the user
+//! auth (op 7)   mode off: the body names the user;  mode jwt: Verifier → Grant, the token's sub is the user,
+//!               a key in the body must be in its keys claim (else key_not_allowed)
 //! sweep         refresh_at (exp - refresh_secs): op 56 to a version-2 connection (once)
 //!               expire_at (exp + leeway + grace): closed as token_expired (either version)
 //! op 54 token   verified, same user → op 55 {"exp"}, timers restart, rooms and patterns the new
@@ -81,6 +82,10 @@ impl Shard {
             return Err((CloseReason::TokenBadSignature, "no token keys are loaded".into()));
         };
         let grant = verifier.verify(&a.token, self.unix_now).map_err(refused)?;
+        if !a.key.is_empty() && !grant.may_hold_key(&a.key) {
+            let detail = format!("the token's keys claim does not list {:?}", a.key);
+            return Err((CloseReason::KeyNotAllowed, detail));
+        }
         Ok((grant.mid, Some(Box::new(self.token_timers(grant)))))
     }
 

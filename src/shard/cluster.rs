@@ -1087,7 +1087,7 @@ impl Shard {
         };
         c.reporting = true;
         let me = c.me.clone();
-        let node = format!("{:016x}", self.shared.node_tag);
+        let node = format!("{:016x}", self.shared.keys.tag());
         let shared = self.shared.clone();
         c.spawn(async move {
             let got = counts::report(&link, &node, &report).await;

@@ -209,7 +209,7 @@ impl Shard {
         };
         if let Some(key) = key {
             let owner = owner_of_str(&key, self.nr());
-            self.route(owner, msg(Some(key), 0));
+            self.route(owner, msg(Some(key), mid));
         }
         if mid != 0 {
             let owner = owner_of_mid(mid, self.nr());
@@ -231,6 +231,8 @@ impl Shard {
             "another connection authenticated with this key"
         } else if reason == CloseReason::UserConnLimit {
             "the user has [limits] max_conns_per_user connections"
+        } else if reason == CloseReason::KeyInUse {
+            "a connection of another user holds this key"
         } else {
             ""
         };

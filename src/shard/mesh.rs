@@ -30,67 +30,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
-/// A connection's address inside its shard: slab index plus a generation,
-/// so a stale reference to a reused slot is detected, never misdelivered.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct ConnRef {
-    /// Slab index.
-    pub idx: u32,
-    /// Generation of the slot when the connection was created.
-    pub gen: u32,
-}
-
-/// A connection anywhere in the process.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct GlobalConn {
-    /// Shard that owns it.
-    pub shard: u16,
-    /// Its address there.
-    pub conn: ConnRef,
-}
-
-impl GlobalConn {
-    /// The server-assigned key of the connection at `self`, in UUID text form:
-    /// 48 bits of the process tag, then shard, slab index and generation. The
-    /// key *is* the address, so assigned keys need no directory entry and no
-    /// string per connection (a connection that authenticates with an empty
-    /// key costs nothing extra).
-    pub fn assigned_key(self, node_tag: u64) -> String {
-        format!(
-            "{:08x}-{:04x}-{:04x}-{:04x}-{:04x}{:08x}",
-            (node_tag >> 16) as u32,
-            node_tag as u16,
-            self.shard,
-            self.conn.idx >> 16,
-            self.conn.idx & 0xffff,
-            self.conn.gen
-        )
-    }
-
-    /// The address an assigned key of this process points to; `None` for any
-    /// other string (another process's keys, client-chosen keys, or anything
-    /// not exactly in the form `assigned_key` writes).
-    pub fn from_assigned_key(key: &str, node_tag: u64) -> Option<GlobalConn> {
-        let b = key.as_bytes();
-        if b.len() != 36 || [8, 13, 18, 23].iter().any(|&i| b[i] != b'-') {
-            return None;
-        }
-        let hex = |r: std::ops::Range<usize>| u64::from_str_radix(key.get(r)?, 16).ok();
-        let tag = (hex(0..8)? << 16) | hex(9..13)?;
-        if tag != node_tag & 0xffff_ffff_ffff {
-            return None;
-        }
-        let at = GlobalConn {
-            shard: hex(14..18)? as u16,
-            conn: ConnRef {
-                idx: ((hex(19..23)? << 16) | hex(24..28)?) as u32,
-                gen: hex(28..36)? as u32,
-            },
-        };
-        // One spelling per key: reject upper case and other variants.
-        (at.assigned_key(node_tag) == key).then_some(at)
-    }
-}
+pub use super::addr::{ConnRef, GlobalConn};
 
 /// A message published to a room, as it travels to the room's owner (which
 /// gives it an offset and encodes it).
@@ -391,11 +331,13 @@ pub enum ShardMsg {
         /// Where the answer goes (`None`: the room has no log).
         reply: Reply<Option<HistoryPage>>,
     },
-    /// To a key's and a user's owner: a connection authenticated.
+    /// To a key's or a user's owner: a connection authenticated.
     Register {
-        /// Connection key, if this message is for the key owner.
+        /// Connection key, if this message is for the key owner (`None`:
+        /// for the user owner).
         key: Option<Arc<str>>,
-        /// User id, if this message is for the user owner (0 = none).
+        /// The connection's user (0 = none): the user to register at the
+        /// user's owner; at the key's owner, whose the key is.
         mid: i64,
         /// Where the connection lives.
         at: GlobalConn,
@@ -665,39 +607,4 @@ pub fn owner_of_mid(mid: i64, nr_shards: usize) -> usize {
     let mut h = fnv::FnvHasher::default();
     h.write_i64(mid);
     (h.finish() % nr_shards as u64) as usize
-}
-
-#[cfg(test)]
-mod tests {
-    use super::{ConnRef, GlobalConn};
-
-    #[test]
-    fn assigned_keys_round_trip_and_nothing_else_parses() {
-        let tag = 0x1234_5678_9abc_def0;
-        let at = GlobalConn {
-            shard: 3,
-            conn: ConnRef {
-                idx: 0x0001_0002,
-                gen: 0xdead_beef,
-            },
-        };
-        let key = at.assigned_key(tag);
-        assert_eq!(key, "56789abc-def0-0003-0001-0002deadbeef");
-        assert_eq!(GlobalConn::from_assigned_key(&key, tag), Some(at));
-        // Another process's tag, other spellings, other shapes.
-        assert_eq!(GlobalConn::from_assigned_key(&key, tag ^ 1), None);
-        assert_eq!(GlobalConn::from_assigned_key(&key.to_uppercase(), tag), None);
-        for bad in [
-            "",
-            "k1",
-            "56789abc-def0-0003-0001-0002deadbee",
-            "56789abc+def0-0003-0001-0002deadbeef",
-        ] {
-            assert_eq!(GlobalConn::from_assigned_key(bad, tag), None, "{bad}");
-        }
-        assert_eq!(
-            GlobalConn::from_assigned_key("56789abc-def0-0003-0001-0002deadbeé", tag),
-            None
-        );
-    }
 }

@@ -16,6 +16,7 @@
 //!
 //! ```text
 //! state      Shard's fields, route(), handle() = one line per ShardMsg
+//! addr       ConnRef, GlobalConn, signed server-assigned keys (pure)
 //! conns      Conn record, Transport            lifecycle  new / close / remove, rooms
 //! heartbeat  deadlines, WebSocket pings, sweep wheel      deadline wheel (pure)
 //! deliver    queueing, room / direct / all fan-out
@@ -42,6 +43,7 @@
 //! ```
 
 mod access;
+pub mod addr;
 pub mod admission;
 pub mod cluster;
 pub mod cluster_patterns;

@@ -63,7 +63,7 @@ impl Shard {
                     shard: self.id as u16,
                     conn: r,
                 }
-                .assigned_key(self.shared.node_tag)
+                .assigned_key(&self.shared.keys)
             },
             str::to_string,
         );

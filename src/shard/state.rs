@@ -19,7 +19,7 @@
 
 use super::conns::Conn;
 use super::dedup::{Dedup, Outcome};
-use super::directory::Directory;
+use super::directory::{Directory, KeyRule};
 use super::history::Logs;
 use super::inbox::{Inboxes, Policy as InboxPolicy};
 use super::members::Watched;
@@ -29,8 +29,9 @@ use super::rooms::RoomTable;
 use super::view::Shared;
 use super::wheel::Wheel;
 use super::worklist::Worklist;
-use crate::config::Config;
+use crate::config::{AuthMode, Config};
 use crate::metrics::ShardStats;
+use crate::proto::close::CloseReason;
 use fnv::{FnvHashMap, FnvHashSet};
 use slab::Slab;
 use std::net::IpAddr;
@@ -260,7 +261,7 @@ impl Shard {
                 dedup,
             } => {
                 let keys = self.first_seen(keys, dedup.as_deref(), |k| format!("k\0{k}"));
-                let (by_entry, assigned) = self.dir.lookup_keys(&keys, self.shared.node_tag, self.nr());
+                let (by_entry, assigned) = self.dir.lookup_keys(&keys, &self.shared.keys, self.nr());
                 self.forward(by_entry, op, &frames, false);
                 self.forward(assigned, op, &frames, true);
             }
@@ -340,6 +341,8 @@ impl Shard {
             } => reply.send(self.history_page(&room, since, limit)),
             ShardMsg::Register { key, mid, at, v2 } => self.register(key, mid, at, v2),
             ShardMsg::Unregister { key, mid, at } => {
+                // A key's message names the user only to say whose it is.
+                let mid = if key.is_some() { 0 } else { mid };
                 let (key_gone, user_gone) = self.dir.unregister(key.as_deref(), mid, at);
                 self.registry_change(key.as_deref().filter(|_| key_gone), user_gone.then_some(mid), false);
             }
@@ -352,7 +355,7 @@ impl Shard {
             ShardMsg::Reregister { instance } => self.reregister(instance),
             ShardMsg::RoomGap { room } => self.room_gap(&room),
             ShardMsg::KeyTaken { key } => {
-                let (held, _) = self.dir.lookup_keys(&[key], self.shared.node_tag, self.nr());
+                let (held, _) = self.dir.lookup_keys(&[key], &self.shared.keys, self.nr());
                 for (shard, conns) in held {
                     for conn in conns {
                         let reason = crate::proto::close::CloseReason::Replaced;
@@ -374,10 +377,27 @@ impl Shard {
     /// already held elsewhere has its previous holder kicked as `replaced`;
     /// a user's new connection is sent what waits in the user's inbox.
     fn register(&mut self, key: Option<Arc<str>>, mid: i64, at: GlobalConn, v2: bool) {
-        let (tag, n) = (self.shared.node_tag, self.nr());
-        let first = mid != 0 && self.dir.user(mid).is_empty();
-        self.registry_change(key.as_deref(), first.then_some(mid), true);
-        let replaced = self.dir.register(key, mid, at, v2, (tag, n));
+        let n = self.nr();
+        let rule = match self.cfg().auth.mode {
+            AuthMode::Off => KeyRule::Anyone,
+            AuthMode::Jwt => KeyRule::SameUser,
+        };
+        let (kick, mid) = match key {
+            Some(key) => {
+                let kick = self
+                    .dir
+                    .register_key(key.clone(), mid, at, (&self.shared.keys, n), rule);
+                let refused = kick.is_some_and(|k| k.reason == CloseReason::KeyInUse);
+                self.registry_change(Some(&*key).filter(|_| !refused), None, true);
+                (kick, 0)
+            }
+            None => {
+                let first = mid != 0 && self.dir.user(mid).is_empty();
+                self.dir.register_user(mid, at, v2);
+                self.registry_change(None, first.then_some(mid), true);
+                (None, mid)
+            }
+        };
         if mid != 0 {
             let over = self.user_over_limit(mid, at);
             if let Some(gone) = over {
@@ -390,7 +410,7 @@ impl Shard {
                     usize::from(gone.shard),
                     ShardMsg::Kick {
                         conn: gone.conn,
-                        reason: crate::proto::close::CloseReason::UserConnLimit,
+                        reason: CloseReason::UserConnLimit,
                         assigned_only: false,
                     },
                 );
@@ -399,13 +419,13 @@ impl Shard {
                 self.send_owed(mid, at, v2);
             }
         }
-        if let Some(old) = replaced {
+        if let Some(k) = kick {
             self.route(
-                usize::from(old.at.shard),
+                usize::from(k.at.shard),
                 ShardMsg::Kick {
-                    conn: old.at.conn,
-                    reason: crate::proto::close::CloseReason::Replaced,
-                    assigned_only: old.assigned_only,
+                    conn: k.at.conn,
+                    reason: k.reason,
+                    assigned_only: k.assigned_only,
                 },
             );
         }

@@ -67,7 +67,7 @@ impl Shard {
         };
         let shown = key
             .as_deref()
-            .map_or_else(|| at.assigned_key(self.shared.node_tag), str::to_string);
+            .map_or_else(|| at.assigned_key(&self.shared.keys), str::to_string);
         // The reply first: the announce may queue pushes owed to the user
         // (when its owner is this shard, at once), which must follow it.
         self.reply(r, VERSION_NATIVE, op::AUTH_REPLY, f.seq, &v2::auth_reply(&shown, mid));

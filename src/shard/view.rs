@@ -47,8 +47,9 @@ pub struct Shared {
     pub stats: Vec<ShardStats>,
     /// Latest published `ShardView` of each shard.
     pub views: Vec<ArcSwap<ShardView>>,
-    /// Random per-process prefix for server-assigned keys.
-    pub node_tag: u64,
+    /// Server-assigned keys: this process's random tag (also its node id in
+    /// a cluster) and the secret that signs them.
+    pub keys: super::addr::KeyMaker,
     /// WebSocket upgrade rules: path 0 is the protocol endpoint, path 1 the
     /// echo endpoint when enabled.
     pub ws_rules: ws::UpgradeRules,
@@ -75,7 +76,7 @@ impl Shared {
             mesh: Mesh::new(n),
             stats: (0..n).map(|_| ShardStats::default()).collect(),
             views: (0..n).map(|_| ArcSwap::from_pointee(ShardView::default())).collect(),
-            node_tag: fastrand::u64(..),
+            keys: super::addr::KeyMaker::new(fastrand::u64(..)),
             ws_rules: ws::UpgradeRules {
                 paths: std::iter::once(config.ws.path.clone())
                     .chain(config.ws.echo.then(|| config.ws.echo_path.clone()))

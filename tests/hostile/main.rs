@@ -13,6 +13,7 @@ mod common;
 mod api;
 mod config;
 mod ip_limits;
+mod keys;
 mod tokens;
 
 use common::{op, Client};

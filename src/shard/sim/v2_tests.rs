@@ -74,7 +74,11 @@ fn room_owned_by(owner: usize, n: usize) -> String {
 fn auth_names_the_key_and_pushes_carry_room_offset_epoch_op_and_id() {
     let mut sim = Sim::new(2, |_| {});
     let (_, assigned) = sim.authed_v2(0, "{}");
-    assert_eq!(assigned.len(), 36, "a server-assigned key: {assigned}");
+    assert_eq!(
+        assigned.len(),
+        crate::shard::addr::ASSIGNED_KEY_LEN,
+        "a server-assigned key: {assigned}"
+    );
     let (p, key) = sim.authed_v2(1, r#"{"key":"k-1","mid":7}"#);
     assert_eq!(key, "k-1");
     let old = sim.authed(1, r#"{"room_id":"live://1"}"#);
