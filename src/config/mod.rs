@@ -15,7 +15,8 @@
 //! [tcp]     listen
 //! [ws]      listen path origins echo echo_path echo_max_message
 //! [client]  handshake_timeout_secs heartbeat_timeout_secs max_rooms publish_rate
-//!           publish_burst max_publish_payload presence_limit flush_delay_ms
+//!           publish_burst room_op_rate room_op_burst max_publish_payload
+//!           presence_limit flush_delay_ms
 //! [limits]  max_body outbound_limit replay_limit outbound_budget socket_sndbuf
 //!           max_conns max_conns_per_ip conn_rate_per_ip max_handshakes_per_ip
 //!           max_conns_per_user user_conn_policy
@@ -355,6 +356,18 @@ pub struct ClientConfig {
     /// (the bucket's size).
     #[arg(id = "client-publish-burst", long = "client-publish-burst", default_value_t = 20)]
     pub publish_burst: u32,
+
+    /// Joins and read marks (op 40, op 48) one version-2 connection may make
+    /// per second, sustained; past it they are answered `rate_limited`.
+    /// Each may make a room's owner create or keep state (a log, a mark),
+    /// so a connection's pace is what it can make the server create.
+    #[arg(id = "client-room-op-rate", long = "client-room-op-rate", default_value_t = 20)]
+    pub room_op_rate: u32,
+
+    /// Joins and read marks a connection may make at once after being
+    /// quiet: enough to join `max_rooms` rooms again after a reconnect.
+    #[arg(id = "client-room-op-burst", long = "client-room-op-burst", default_value_t = 100)]
+    pub room_op_burst: u32,
 
     /// Largest payload of a client publish, bytes; a larger one is answered
     /// `payload_too_large` (the frame itself is bounded by `[limits] max_body`).
@@ -906,6 +919,9 @@ impl Config {
         }
         if self.client.publish_rate == 0 || self.client.publish_burst == 0 {
             return bad("[client] publish_rate", "rate and burst must be at least 1");
+        }
+        if self.client.room_op_rate == 0 || self.client.room_op_burst == 0 {
+            return bad("[client] room_op_rate", "rate and burst must be at least 1");
         }
         if self.client.presence_limit == 0 || self.client.presence_limit > 10_000 {
             return bad("[client] presence_limit", "must be between 1 and 10000");

@@ -264,6 +264,30 @@ impl Shard {
         );
     }
 
+    /// Takes one room operation (a join, a read mark: what makes a room's
+    /// owner create or keep state) from `r`'s bucket; refuses it with
+    /// `rate_limited` (op 50, sequence `seq`) when the bucket is empty.
+    pub(super) fn room_op(&mut self, r: ConnRef, seq: u32) -> bool {
+        let (rate, burst) = {
+            let c = &self.cfg().client;
+            (c.room_op_rate, c.room_op_burst)
+        };
+        let tick = self.wheel.now();
+        let Some(v2) = self.conn_mut(r).and_then(|c| c.v2_mut()) else {
+            return false;
+        };
+        let left = refill(v2.ops_left, v2.ops_at, tick, rate, burst);
+        v2.ops_at = tick;
+        if left == 0 {
+            v2.ops_left = 0;
+            let msg = format!("{rate} joins and read marks per second, bursts of {burst}");
+            self.v2_error(r, seq, ErrorCode::RateLimited, &msg);
+            return false;
+        }
+        v2.ops_left = left - 1;
+        true
+    }
+
     /// On the publishing connection's shard: the owner's answer, as op 53.
     pub(super) fn client_published(&mut self, r: ConnRef, seq: u32, room: &str, p: Published) {
         let body = serde_json::json!({

@@ -523,7 +523,7 @@ impl Shard {
                     Ok(mark) => {
                         let (now, max) = (sh.wheel.now(), sh.cfg().history.max_marks);
                         // The node's copy only ever holds what Redis said.
-                        sh.logs.mark(&room, policy, now, j.mid, mark, max);
+                        sh.logs.mark(&room, now, j.mid, mark, max);
                         j.marked = true;
                         sh.join_live(room, j);
                     }

@@ -148,6 +148,10 @@ pub struct V2Conn {
     pub(super) publish_left: u32,
     /// Tick of `publish_left`.
     pub(super) publish_at: u32,
+    /// Joins and read marks left in its bucket at tick `ops_at`.
+    pub(super) ops_left: u32,
+    /// Tick of `ops_left`.
+    pub(super) ops_at: u32,
 }
 
 impl V2Conn {

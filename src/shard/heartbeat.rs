@@ -124,8 +124,7 @@ impl Shard {
         self.inbox.expire(tick);
         self.count_inbox();
         if tick % GC_TICKS == 0 {
-            let shared = self.shared.clone();
-            self.logs.gc(tick, |room| shared.room_count(room, None) > 0);
+            self.logs.gc(tick);
         }
         self.count_history();
         self.dedup.expire(tick);

@@ -12,21 +12,29 @@
 //! Limits (`[inbox]`): per user at most `messages` entries and `bytes`
 //! bytes (the oldest leave first), none older than its TTL (the publisher's,
 //! else `ttl_secs`), and across the shard at most its share of `memory`,
-//! evicting the oldest stored push of any user first. Every eviction is
+//! evicting the oldest stored push of any user first. What counts is what
+//! is allocated (`cost`): each push's frames and place, and each user's
+//! inbox itself. A push to many users is stored once and charged in full
+//! to each, so the cap errs on the side of less memory. Every eviction is
 //! counted by cause.
 //!
 //! Invariants: entries of a user are in the order their pushes reached the
 //! owner; an id appears at most once per user (ids are process-unique per
 //! push); `bytes` and `count` are the sums over every user.
 
+use super::cost;
 use crate::proto::wire::Frames;
 use fnv::FnvHashMap;
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, VecDeque};
 
-/// Bytes charged per stored push beyond its frames: the entry, its deque
-/// slot and its place in the eviction order.
-pub const ENTRY_OVERHEAD: usize = 96;
+/// Bytes a stored push costs beyond its frames: its place in the eviction
+/// order (its slot in the user's deque is the inbox's).
+const ENTRY_COST: usize = cost::queue_slot::<(i64, u64)>();
+
+/// Bytes a user's inbox costs before its deque: its map slot and its place
+/// in the due heap.
+const INBOX_COST: usize = cost::map_slot::<i64, Inbox>() + cost::queue_slot::<Reverse<(u32, i64)>>();
 
 /// How much one user's inbox keeps.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -60,6 +68,8 @@ struct Inbox {
     bytes: usize,
     /// The earliest tick this inbox has a mark for in `due`.
     scheduled: u32,
+    /// What the inbox itself costs, as counted in `Inboxes::overhead`.
+    charged: usize,
 }
 
 impl Default for Inbox {
@@ -68,11 +78,17 @@ impl Default for Inbox {
             entries: VecDeque::new(),
             bytes: 0,
             scheduled: u32::MAX,
+            charged: 0,
         }
     }
 }
 
 impl Inbox {
+    /// What it costs beside its pushes.
+    fn cost(&self) -> usize {
+        INBOX_COST + cost::deque(&self.entries)
+    }
+
     /// Makes sure `due` will look at this inbox when its front is due
     /// (after the front changed); returns the mark to push, if one is needed.
     fn reschedule(&mut self) -> Option<u32> {
@@ -101,7 +117,10 @@ pub struct Inboxes {
     users: FnvHashMap<i64, Inbox>,
     policy: Policy,
     cap: usize,
+    /// Sum of the stored pushes' costs.
     bytes: usize,
+    /// Sum of the inboxes' own costs (`Inbox::charged`).
+    overhead: usize,
     count: usize,
     /// (user, id) in the order stored: the memory cap evicts from the front;
     /// entries already gone are skipped.
@@ -119,6 +138,7 @@ impl Inboxes {
             policy,
             cap,
             bytes: 0,
+            overhead: 0,
             count: 0,
             order: VecDeque::new(),
             due: BinaryHeap::new(),
@@ -136,9 +156,17 @@ impl Inboxes {
         self.count
     }
 
-    /// Bytes stored, all users.
+    /// Bytes counted against the cap, all users: the pushes and the
+    /// inboxes.
     pub fn bytes(&self) -> usize {
-        self.bytes
+        self.bytes + self.overhead
+    }
+
+    /// Forgets `mid`'s inbox (empty, or handed over) and its cost.
+    fn remove_user(&mut self, mid: i64) -> Option<Inbox> {
+        let inbox = self.users.remove(&mid)?;
+        self.overhead -= inbox.charged;
+        Some(inbox)
     }
 
     /// Users with something stored.
@@ -158,9 +186,13 @@ impl Inboxes {
             return;
         }
         let p = self.policy;
-        let cost = frames.v1.tcp.len() + frames.v1.ws.len() + frames.v2.tcp.len() + frames.v2.ws.len() + ENTRY_OVERHEAD;
+        let cost = cost::frames(frames) + ENTRY_COST;
         let ttl_end = now.saturating_add(ttl.unwrap_or(p.ttl));
         let inbox = self.users.entry(mid).or_default();
+        if inbox.entries.capacity() == 0 {
+            // Most users have one push waiting: no room for four up front.
+            inbox.entries.reserve_exact(1);
+        }
         inbox.entries.push_back(Entry {
             id,
             op,
@@ -178,16 +210,19 @@ impl Inboxes {
             self.count -= 1;
             self.evicted.limit += 1;
         }
+        let c = inbox.cost();
+        self.overhead = self.overhead - inbox.charged + c;
+        inbox.charged = c;
         if inbox.entries.is_empty() {
             // A push larger than a whole inbox: nothing is kept.
-            self.users.remove(&mid);
+            self.remove_user(mid);
             return;
         }
         self.order.push_back((mid, id));
         if let Some(when) = inbox.reschedule() {
             self.due.push(Reverse((when, mid)));
         }
-        while self.bytes > self.cap {
+        while self.bytes() > self.cap {
             let Some((m, id)) = self.order.pop_front() else { break };
             let Some(inbox) = self.users.get_mut(&m) else { continue };
             if inbox.entries.front().is_some_and(|e| e.id == id) {
@@ -197,7 +232,7 @@ impl Inboxes {
                 self.count -= 1;
                 self.evicted.memory += 1;
                 if inbox.entries.is_empty() {
-                    self.users.remove(&m);
+                    self.remove_user(m);
                 } else if let Some(when) = inbox.reschedule() {
                     self.due.push(Reverse((when, m)));
                 }
@@ -221,7 +256,7 @@ impl Inboxes {
     /// Hands `mid`'s whole inbox over (to a version-1 connection, which
     /// cannot acknowledge: at most once), oldest first.
     pub fn take(&mut self, mid: i64, now: u32) -> Vec<Entry> {
-        let Some(inbox) = self.users.remove(&mid) else {
+        let Some(inbox) = self.remove_user(mid) else {
             return Vec::new();
         };
         self.bytes -= inbox.bytes;
@@ -248,7 +283,7 @@ impl Inboxes {
         self.bytes -= freed;
         self.count -= gone;
         if inbox.entries.is_empty() {
-            self.users.remove(&mid);
+            self.remove_user(mid);
         } else if let Some(when) = inbox.reschedule() {
             self.due.push(Reverse((when, mid)));
         }
@@ -278,7 +313,7 @@ impl Inboxes {
                 self.evicted.ttl += 1;
             }
             if inbox.entries.is_empty() {
-                self.users.remove(&mid);
+                self.remove_user(mid);
             } else if let Some(when) = inbox.reschedule() {
                 self.due.push(Reverse((when, mid)));
             }
@@ -334,9 +369,12 @@ mod tests {
 
     #[test]
     fn ttl_and_memory_cap_and_take() {
-        let one = frames(1);
-        let cost = one.v1.tcp.len() + one.v1.ws.len() + one.v2.tcp.len() + one.v2.ws.len() + ENTRY_OVERHEAD;
-        let mut b = Inboxes::new(P, 2 * cost);
+        // What one push each to two users costs, inboxes included.
+        let mut probe = Inboxes::new(P, usize::MAX);
+        probe.store(1, 1, 7, &frames(1), 0, None);
+        probe.store(2, 2, 7, &frames(2), 0, None);
+        // And user 2's deque growing from one slot to four.
+        let mut b = Inboxes::new(P, probe.bytes() + 3 * std::mem::size_of::<Entry>());
         b.store(1, 1, 7, &frames(1), 0, Some(5));
         b.store(2, 2, 7, &frames(2), 0, None);
         b.store(2, 3, 7, &frames(3), 0, None);

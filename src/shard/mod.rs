@@ -25,6 +25,7 @@
 //! v1         the version-1 client operations (goim's)
 //! v2         the version-2 client operations (volley's)
 //! history    room logs: offsets, epochs, history and its limits (pure)
+//! cost       what kept data costs in memory, as the memory limits count it (pure)
 //! resume     version-2 joins: owner round trip, replay, then membership
 //! inbox      user inboxes: pushes kept until acknowledged (pure)
 //! users      pushes to users: live delivery, inbox, what a new connection is owed
@@ -50,6 +51,7 @@ pub mod cluster_patterns;
 pub mod cluster_presence;
 pub mod cluster_state;
 mod conns;
+pub mod cost;
 pub mod dedup;
 mod deliver;
 mod directory;

@@ -172,9 +172,8 @@ impl Shard {
 
     /// On the room's owner: records a read mark and answers with it.
     pub(super) fn mark_req(&mut self, room: Arc<str>, at: GlobalConn, seq: u32, mid: i64, offset: u64) {
-        let policy = self.cfg().history.policy(&room);
         let max = self.cfg().history.max_marks;
-        let mark = self.logs.mark(&room, policy, self.wheel.now(), mid, offset, max);
+        let mark = self.logs.mark(&room, self.wheel.now(), mid, offset, max);
         self.route(
             usize::from(at.shard),
             ShardMsg::MarkReply {
@@ -231,8 +230,9 @@ impl Shard {
         ShardStats::add(&st.history_evicted_limit, e.limit);
         ShardStats::add(&st.history_evicted_memory, e.memory);
         ShardStats::add(&st.history_expired, e.ttl);
+        ShardStats::add(&st.history_logs_evicted, e.rooms);
         st.history_messages.store(self.logs.messages() as u64, Relaxed);
-        st.history_bytes.store(self.logs.bytes() as u64, Relaxed);
+        st.history_bytes.store(self.logs.charged() as u64, Relaxed);
         st.room_logs.store(self.logs.rooms() as u64, Relaxed);
     }
 }

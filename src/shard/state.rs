@@ -122,6 +122,9 @@ impl Shard {
             },
             ib.memory / nr,
         );
+        let mut logs = Logs::new(history_cap);
+        let views = shared.clone();
+        logs.set_in_use(move |room| views.room_count(room, None) > 0);
         Shard {
             id,
             shared,
@@ -130,7 +133,7 @@ impl Shard {
             rooms: RoomTable::new(),
             dir: Directory::default(),
             wheel: Wheel::new(),
-            logs: Logs::new(history_cap),
+            logs,
             inbox,
             push_seq: 0,
             ips: FnvHashMap::default(),

@@ -54,10 +54,13 @@ impl Shard {
         let key: Option<Arc<str>> = (!a.key.is_empty()).then(|| a.key.as_str().into());
         let limit = self.cfg().limits.outbound_limit;
         let (burst, tick) = (self.cfg().client.publish_burst, self.wheel.now());
+        let ops = self.cfg().client.room_op_burst;
         let session = Session::V2(Box::new(V2Conn {
             limit,
             publish_left: burst,
             publish_at: tick,
+            ops_left: ops,
+            ops_at: tick,
             ..V2Conn::default()
         }));
         self.set_authed(r, VERSION_NATIVE, (mid, key.clone(), token), session);
@@ -122,6 +125,9 @@ impl Shard {
             let msg = format!("the token does not allow joining {}", j.room);
             return self.v2_error(r, f.seq, ErrorCode::Forbidden, &msg);
         }
+        if !self.room_op(r, f.seq) {
+            return;
+        }
         let max = self.cfg().client.max_rooms;
         let Some(v2) = self.conn(r).and_then(|c| c.v2()) else {
             return;
@@ -185,6 +191,19 @@ impl Shard {
                 ErrorCode::NoUser,
                 "this connection authenticated without a mid",
             );
+        }
+        if pattern::kind(&room) != Kind::Literal {
+            let msg = "a pattern spans rooms: it has no offset to mark";
+            return self.v2_error(r, f.seq, ErrorCode::BadRequest, msg);
+        }
+        // A mark answers the room's newest offset: only for a room the
+        // connection may join.
+        if !self.may_join(r, &room) {
+            let msg = format!("the token does not allow reading {room}");
+            return self.v2_error(r, f.seq, ErrorCode::Forbidden, &msg);
+        }
+        if !self.room_op(r, f.seq) {
+            return;
         }
         let at = GlobalConn {
             shard: self.id as u16,

@@ -75,6 +75,7 @@ fn slow_headers_meet_a_deadline_and_cannot_keep_publishers_out() {
 
 #[test]
 fn unfinished_bodies_are_bounded_by_body_memory_and_refused_before_100_continue() {
+    let _alone = super::measuring();
     let h = start_server(|c| {
         c.api.request_timeout_secs = 3;
         c.api.body_memory = 16 << 20;
@@ -137,6 +138,7 @@ fn unfinished_bodies_are_bounded_by_body_memory_and_refused_before_100_continue(
 
 #[test]
 fn unauthenticated_publishers_cannot_make_the_server_buffer_or_stay() {
+    let _alone = super::measuring();
     let h = start_server(|c| {
         c.api.key = Some("k".repeat(32));
         c.client.handshake_timeout_secs = 2;

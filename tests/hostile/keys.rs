@@ -104,6 +104,9 @@ fn assigned_keys_cannot_be_guessed_from_ones_own() {
             for gen in 1..4u32 {
                 let address = format!("{tag}-{shard:04x}-{:04x}-{:04x}{gen:08x}", s >> 16, s & 0xffff);
                 for k in [address.clone(), format!("{address}{tail}")] {
+                    if k == mine {
+                        continue; // its own, which it may take over
+                    }
                     let mut c = Client::connect(h.tcp_addr);
                     c.send_as(2, op::AUTH, 1, json!({ "mid": 999, "key": k }).to_string().as_bytes());
                     assert_eq!(c.read().unwrap().op, op::AUTH_REPLY);
@@ -112,7 +115,7 @@ fn assigned_keys_cannot_be_guessed_from_ones_own() {
             }
         }
     }
-    assert!(guesses >= 192);
+    assert!(guesses >= 191);
     // Nobody was replaced: a push to each key reaches its connection.
     for (c, key) in &mut others {
         let path = format!("/goim/push/keys?operation=1000&keys={key}");

@@ -14,6 +14,7 @@ mod api;
 mod config;
 mod ip_limits;
 mod keys;
+mod room_logs;
 mod tokens;
 
 use common::{op, Client};
@@ -145,6 +146,13 @@ impl Bystander {
         eprintln!("bystander: {published} pushes, slowest {worst:?}");
         worst
     }
+}
+
+/// Held by the tests that measure this process's resident memory, so that
+/// no other such test (the ones that allocate most) runs meanwhile.
+pub fn measuring() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: Mutex<()> = Mutex::new(());
+    LOCK.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// Resident memory of this process (the server runs in it), bytes.

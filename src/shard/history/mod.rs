@@ -12,8 +12,18 @@
 //! Limits, per room from its `Policy` (the longest matching prefix of
 //! `[history] overrides`, else the `[history]` defaults): at most `messages`
 //! entries, `bytes` of them, none older than `max_age` seconds; and across
-//! the shard at most `cap` bytes, evicting the oldest stored message of any
-//! room first. A message's own TTL removes it too.
+//! the shard at most `cap` bytes of everything kept — messages, and each
+//! log's own bookkeeping and read marks, counted as allocated (`cost`).
+//! Past the cap, idle logs go first (no message stored, nobody in the room
+//! as `in_use` tells, not touched since queued; least recently used first:
+//! a client that joins ever-new rooms pushes out its own old ones, not
+//! others' history), then the oldest stored message of any room. A
+//! message's own TTL removes it too. A read mark never creates a log: a
+//! room without one has nothing to be read up to.
+//!
+//! Files: `mod.rs` the logs and publishing, `memory.rs` the cap (costs,
+//! idle logs, eviction), `reads.rs` resumes, marks and pages, `cache.rs`
+//! cluster mode's cache of Redis offsets.
 //!
 //! Invariants:
 //! - offsets of a room are 1, 2, 3, ... in publish order; `last` is the
@@ -28,17 +38,34 @@
 //!   a log that is dropped (server restart, idle room without history) comes
 //!   back with another, so a client can always tell lost history from none.
 
+use super::cost;
 use crate::proto::wire::Wire;
 use fnv::FnvHashMap;
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, VecDeque};
 use std::sync::Arc;
 
-/// Bytes charged per stored message beyond its frames: the entry, its
-/// deque slot, and its place in the shard's eviction order.
-pub const ENTRY_OVERHEAD: usize = 96;
 /// Ticks a log without history and without activity is kept.
 pub const IDLE_TICKS: u32 = 600;
+
+/// Idle-log candidates one eviction looks at, at most (a candidate in use
+/// goes to the back of the queue; the cap is then met by messages).
+const EVICT_SCAN: usize = 256;
+
+/// Bytes a stored message costs beyond its frames: its place in the
+/// shard's eviction order (its slot in the room's deque is the log's).
+const ENTRY_COST: usize = cost::queue_slot::<(Arc<str>, u64)>();
+
+/// Bytes a log costs before its name, deque and marks: its map slot, and
+/// its places in the idle queue and the due heap.
+const LOG_COST: usize = cost::map_slot::<Arc<str>, RoomLog>()
+    + cost::queue_slot::<(Arc<str>, u32)>()
+    + cost::queue_slot::<Reverse<(u32, Arc<str>)>>();
+
+/// Bytes a read mark costs per unit of its room's map capacity: a bucket of
+/// user id and offset (16 bytes and a control byte), 8 buckets for every 7
+/// of capacity.
+const MARK_COST: usize = (17 * 8usize).div_ceil(7);
 
 pub use crate::config::HistoryPolicy as Policy;
 
@@ -111,6 +138,10 @@ pub struct RoomLog {
     marks: FnvHashMap<i64, u64>,
     /// The earliest tick this room has a mark for in `due`.
     scheduled: u32,
+    /// What the log itself costs, as counted in `Logs::overhead`.
+    charged: usize,
+    /// It is in `Logs::idle`.
+    queued: bool,
 }
 
 impl RoomLog {
@@ -122,6 +153,11 @@ impl RoomLog {
     /// Whether no message is stored.
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
+    }
+
+    /// What the log costs beside its messages (`cost`).
+    fn cost(&self, name: &str) -> usize {
+        LOG_COST + cost::arc_str(name.len()) + cost::deque(&self.entries) + self.marks.capacity() * MARK_COST
     }
 
     /// When the front changed: the tick to mark in `due` if the room has
@@ -158,6 +194,17 @@ pub struct Evicted {
     pub memory: u64,
     /// By the message's own TTL.
     pub ttl: u64,
+    /// Idle logs dropped because the shard's memory was full.
+    pub rooms: u64,
+}
+
+/// Whether a room has members anywhere (idle logs of rooms in use stay).
+pub struct InUse(Box<dyn Fn(&str) -> bool>);
+
+impl std::fmt::Debug for InUse {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("InUse(..)")
+    }
 }
 
 /// Every room log this shard owns.
@@ -166,6 +213,8 @@ pub struct Logs {
     rooms: FnvHashMap<Arc<str>, RoomLog>,
     /// Sum of every entry's cost.
     bytes: usize,
+    /// Sum of every log's own cost (`RoomLog::charged`).
+    overhead: usize,
     /// Entries stored, all rooms.
     count: usize,
     /// This shard's share of `[history] memory`.
@@ -176,6 +225,12 @@ pub struct Logs {
     /// (tick, room) at which a room's oldest entry may be due; at most a
     /// few per room, re-checked when popped.
     due: BinaryHeap<Reverse<(u32, Arc<str>)>>,
+    /// Logs with no message stored, each with its `touched` when queued:
+    /// the memory cap's first candidates, least recently used first
+    /// (re-checked when popped).
+    idle: VecDeque<(Arc<str>, u32)>,
+    /// Whether a room has members (`set_in_use`; none until set).
+    in_use: InUse,
     /// Evictions not yet collected into the stats.
     evicted: Evicted,
 }
@@ -186,17 +241,33 @@ impl Logs {
         Logs {
             rooms: FnvHashMap::default(),
             bytes: 0,
+            overhead: 0,
             count: 0,
             cap,
             order: VecDeque::new(),
             due: BinaryHeap::new(),
+            idle: VecDeque::new(),
+            in_use: InUse(Box::new(|_| false)),
             evicted: Evicted::default(),
         }
     }
 
-    /// Bytes of history stored.
+    /// Tells the logs how to find out whether a room has members (the
+    /// owner's view of every shard): an idle log of a room in use is not
+    /// dropped for memory.
+    pub fn set_in_use(&mut self, f: impl Fn(&str) -> bool + 'static) {
+        self.in_use = InUse(Box::new(f));
+    }
+
+    /// Bytes of stored messages.
     pub fn bytes(&self) -> usize {
         self.bytes
+    }
+
+    /// Everything counted against the cap: messages, and the logs' own
+    /// bookkeeping and read marks.
+    pub fn charged(&self) -> usize {
+        self.bytes + self.overhead
     }
 
     /// Messages stored, all rooms.
@@ -224,19 +295,30 @@ impl Logs {
         std::mem::take(&mut self.evicted)
     }
 
-    /// The log of `room`, created (new epoch, no offset yet) if missing.
+    /// The log of `room`, created (new epoch, no offset yet) if missing;
+    /// a new one first makes room under the cap among idle logs.
     pub fn open(&mut self, room: &Arc<str>, policy: Policy, now: u32) -> &mut RoomLog {
-        let log = self.rooms.entry(room.clone()).or_insert_with(|| RoomLog {
-            epoch: fastrand::u64(1..),
-            last: 0,
-            lost_through: 0,
-            policy,
-            entries: VecDeque::new(),
-            bytes: 0,
-            touched: now,
-            marks: FnvHashMap::default(),
-            scheduled: u32::MAX,
-        });
+        if !self.rooms.contains_key(room) {
+            let mut log = RoomLog {
+                epoch: fastrand::u64(1..),
+                last: 0,
+                lost_through: 0,
+                policy,
+                entries: VecDeque::new(),
+                bytes: 0,
+                touched: now,
+                marks: FnvHashMap::default(),
+                scheduled: u32::MAX,
+                charged: 0,
+                queued: true,
+            };
+            log.charged = log.cost(room);
+            self.evict_idle(self.cap.saturating_sub(log.charged));
+            self.overhead += log.charged;
+            self.idle.push_back((room.clone(), now));
+            self.rooms.insert(room.clone(), log);
+        }
+        let log = self.rooms.get_mut(room).expect("inserted just above");
         log.touched = now;
         log
     }
@@ -258,73 +340,6 @@ impl Logs {
         (offset, epoch, wire)
     }
 
-    /// Cluster mode: a message of `room` with the offset and epoch Redis
-    /// gave it, as this node's cache keeps it. Returns false (and stores
-    /// nothing) for an offset the cache has already passed. Another epoch
-    /// starts the log over (the room's history was lost in Redis); an
-    /// offset past the next one leaves a gap no resume is served across.
-    pub fn store(
-        &mut self,
-        room: &Arc<str>,
-        policy: Policy,
-        now: u32,
-        (offset, epoch): (u64, u64),
-        ttl: Option<u32>,
-        wire: Wire,
-    ) -> bool {
-        let log = self.open_at(room, policy, now, epoch);
-        if log.epoch != epoch {
-            self.restart(room, epoch, offset - 1);
-        }
-        let log = self.rooms.get_mut(room).expect("opened just above");
-        if offset <= log.last {
-            return false;
-        }
-        if offset > log.last.saturating_add(1) {
-            log.lost_through = offset - 1;
-        }
-        self.append(room, now, offset, ttl, wire);
-        true
-    }
-
-    /// Cluster mode: Redis says `room` is at `offset` in `epoch` (as of a
-    /// moment after this node's subscription to it was confirmed). A cache
-    /// of another epoch, or one that missed messages, starts over at
-    /// `offset`: the node can serve resumes from there on (older offsets
-    /// are read from Redis).
-    pub fn sync(&mut self, room: &Arc<str>, policy: Policy, now: u32, epoch: u64, offset: u64) {
-        let log = self.open_at(room, policy, now, epoch);
-        if log.epoch != epoch || log.last != offset {
-            self.restart(room, epoch, offset);
-        }
-    }
-
-    /// The log of `room`, created with `epoch` and nothing known before
-    /// now if missing.
-    fn open_at(&mut self, room: &Arc<str>, policy: Policy, now: u32, epoch: u64) -> &mut RoomLog {
-        if !self.rooms.contains_key(room) {
-            let log = self.open(room, policy, now);
-            (log.epoch, log.last, log.lost_through) = (epoch, 0, 0);
-        }
-        self.open(room, policy, now)
-    }
-
-    /// Empties `room`'s log (which exists) and sets it at `offset` of
-    /// `epoch`, nothing older replayable; its read marks go with another
-    /// epoch.
-    fn restart(&mut self, room: &Arc<str>, epoch: u64, offset: u64) {
-        let log = self.rooms.get_mut(room).expect("restart of an open log");
-        for e in log.entries.drain(..) {
-            self.bytes -= e.cost;
-            self.count -= 1;
-        }
-        log.bytes = 0;
-        if log.epoch != epoch {
-            log.marks.clear();
-        }
-        (log.epoch, log.last, log.lost_through) = (epoch, offset, offset);
-    }
-
     /// Stores `wire` as `room`'s message `offset` (the next one after
     /// `last`, or past a gap the caller has marked), enforcing the room's
     /// limits and the shard's cap.
@@ -336,7 +351,11 @@ impl Logs {
             log.lost_through = offset;
             return;
         }
-        let cost = wire.tcp.len() + wire.ws.len() + ENTRY_OVERHEAD;
+        let cost = cost::wire(&wire) + ENTRY_COST;
+        if log.entries.capacity() == 0 {
+            // Most rooms keep few messages: no room for four up front.
+            log.entries.reserve_exact(1);
+        }
         log.entries.push_back(Entry {
             offset,
             wire,
@@ -361,43 +380,8 @@ impl Logs {
         if let Some(when) = log.reschedule() {
             self.due.push(Reverse((when, room.clone())));
         }
+        self.recharge(room);
         self.enforce_cap();
-    }
-
-    /// Evicts the oldest stored messages of any room until under the cap.
-    fn enforce_cap(&mut self) {
-        while self.bytes > self.cap {
-            let Some((room, offset)) = self.order.pop_front() else {
-                return;
-            };
-            let Some(log) = self.rooms.get_mut(&room) else { continue };
-            if log.entries.front().is_some_and(|e| e.offset == offset) {
-                let e = log.entries.pop_front().expect("front checked");
-                log.bytes -= e.cost;
-                self.bytes -= e.cost;
-                self.count -= 1;
-                log.lost_through = log.lost_through.max(e.offset);
-                self.evicted.memory += 1;
-                if let Some(when) = log.reschedule() {
-                    self.due.push(Reverse((when, room)));
-                }
-            }
-        }
-        // Keep the order queue from outgrowing what it indexes.
-        if self.order.len() > 2 * self.messages_hint() + 1024 {
-            let rooms = &self.rooms;
-            self.order.retain(|(r, o)| {
-                rooms
-                    .get(r)
-                    .and_then(|l| l.entries.front())
-                    .is_some_and(|f| f.offset <= *o)
-            });
-        }
-    }
-
-    fn messages_hint(&self) -> usize {
-        // Cheap bound: bytes / smallest possible cost.
-        self.bytes / ENTRY_OVERHEAD
     }
 
     /// Drops every message past its room's age limit or its own TTL, as of
@@ -417,101 +401,47 @@ impl Logs {
             trim(log, now, &mut total, &mut self.evicted);
             (self.bytes, self.count) = total;
             if let Some(when) = log.reschedule() {
-                self.due.push(Reverse((when, room)));
+                self.due.push(Reverse((when, room.clone())));
             }
+            self.maybe_idle(&room);
         }
-    }
-
-    /// A client of `room` has every message up to `resume.offset` of
-    /// `resume.epoch`: what it missed, or why that cannot be told; without
-    /// `resume`, just the room's position. Creates the log if missing (so
-    /// the epoch the answer names stays).
-    pub fn resume(
-        &mut self,
-        room: &Arc<str>,
-        policy: Policy,
-        now: u32,
-        resume: Option<crate::proto::v2::Resume>,
-        mid: i64,
-    ) -> Resumed {
-        use crate::proto::v2::Unrecovered;
-        self.open(room, policy, now);
-        let log = self.rooms.get_mut(room).expect("opened just above");
-        // What is due but not yet swept is gone already.
-        let mut total = (self.bytes, self.count);
-        trim(log, now, &mut total, &mut self.evicted);
-        (self.bytes, self.count) = total;
-        let (epoch, last) = (log.epoch, log.last);
-        let mark = (mid != 0).then(|| log.marks.get(&mid).copied().unwrap_or(0));
-        let replay = match resume {
-            None => Ok(Vec::new()),
-            Some(r) if r.epoch != epoch => Err(Unrecovered::EpochChanged),
-            Some(r) if r.offset > last => Err(Unrecovered::OffsetAhead),
-            Some(r) if r.offset < log.lost_through => Err(Unrecovered::HistoryGone),
-            Some(r) => Ok(log
-                .entries
-                .iter()
-                .filter(|e| e.offset > r.offset && !e.ttl_over(now))
-                .map(|e| e.wire.clone())
-                .collect()),
-        };
-        Resumed {
-            epoch,
-            last,
-            mark,
-            replay,
+        // Logs opened since the last tick may have passed the cap.
+        if self.charged() > self.cap {
+            self.evict_idle(self.cap);
         }
-    }
-
-    /// User `mid` has read `room` up to `offset` (clamped to the room's
-    /// newest; a mark never moves back). Returns (mark, newest offset), or
-    /// `None` when the room already has `max_marks` marks of other users.
-    pub fn mark(
-        &mut self,
-        room: &Arc<str>,
-        policy: Policy,
-        now: u32,
-        mid: i64,
-        offset: u64,
-        max_marks: usize,
-    ) -> Option<(u64, u64)> {
-        self.open(room, policy, now);
-        let log = self.rooms.get_mut(room).expect("opened just above");
-        if log.marks.len() >= max_marks && !log.marks.contains_key(&mid) {
-            return None;
-        }
-        let m = log.marks.entry(mid).or_default();
-        *m = (*m).max(offset.min(log.last));
-        Some((*m, log.last))
-    }
-
-    /// `mid`'s read mark in `room` and the room's newest offset; `None` if
-    /// the room has no log.
-    pub fn unread(&self, room: &str, mid: i64) -> Option<(u64, u64)> {
-        let log = self.rooms.get(room)?;
-        Some((log.marks.get(&mid).copied().unwrap_or(0), log.last))
-    }
-
-    /// Up to `limit` stored messages of `room` after `since`, oldest first,
-    /// with the room's epoch and newest offset; `None` if the room has no log.
-    pub fn page(&self, room: &str, since: u64, limit: usize, now: u32) -> Option<(u64, u64, Vec<Entry>)> {
-        let log = self.rooms.get(room)?;
-        let entries = log
-            .entries
-            .iter()
-            .filter(|e| e.offset > since && !e.ttl_over(now) && !e.aged(log.policy, now))
-            .take(limit)
-            .cloned()
-            .collect();
-        Some((log.epoch, log.last, entries))
     }
 
     /// Drops logs with nothing stored, untouched for `IDLE_TICKS`, and whose
-    /// room `in_use` says nobody is in.
-    pub fn gc(&mut self, now: u32, in_use: impl Fn(&str) -> bool) {
+    /// room nobody is in.
+    pub fn gc(&mut self, now: u32) {
+        let (in_use, overhead) = (&self.in_use.0, &mut self.overhead);
         self.rooms.retain(|room, log| {
-            !log.entries.is_empty() || now.saturating_sub(log.touched) < IDLE_TICKS || in_use(room)
+            let keep = !log.entries.is_empty() || now.saturating_sub(log.touched) < IDLE_TICKS || in_use(room);
+            if !keep {
+                *overhead -= log.charged;
+            }
+            keep
         });
+        // The idle queue forgets dropped logs as it meets them; keep it
+        // from outgrowing what it indexes.
+        if self.idle.len() > 2 * self.rooms.len() + 1024 {
+            let rooms = &self.rooms;
+            self.idle.retain(|(r, _)| rooms.get(r).is_some_and(|l| l.queued));
+        }
+    }
+}
+
+mod cache;
+mod memory;
+mod reads;
+
+#[cfg(test)]
+impl Logs {
+    /// What `charged` should be, counted from scratch.
+    fn recount(&self) -> usize {
+        let entries: usize = self.rooms.values().flat_map(|l| &l.entries).map(|e| e.cost).sum();
+        let logs: usize = self.rooms.iter().map(|(r, l)| l.cost(r)).sum();
+        entries + logs
     }
 }
 

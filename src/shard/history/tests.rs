@@ -87,17 +87,24 @@ fn age_and_ttl_expire_but_only_age_is_a_gap() {
 
 #[test]
 fn the_memory_cap_evicts_the_oldest_message_of_any_room() {
-    let cost = frame(1, 0).tcp.len() + frame(1, 0).ws.len() + ENTRY_OVERHEAD;
-    let mut logs = Logs::new(3 * cost);
+    // What three messages in two rooms cost, logs included.
     let (a, b): (Arc<str>, Arc<str>) = ("a".into(), "b".into());
+    let mut probe = Logs::new(usize::MAX);
+    for r in [&a, &b, &a] {
+        probe.publish(r, P, 0, None, frame);
+    }
+    // And b's deque growing from one slot to four, as a's did.
+    let cap = probe.charged() + 3 * std::mem::size_of::<Entry>();
+    let mut logs = Logs::new(cap);
     let ea = logs.resume(&a, P, 0, None, 0).epoch;
     logs.publish(&a, P, 0, None, frame);
     logs.publish(&b, P, 0, None, frame);
     logs.publish(&a, P, 0, None, frame);
-    assert_eq!(logs.bytes(), 3 * cost);
+    assert_eq!((logs.charged(), logs.take_evicted().memory), (probe.charged(), 0));
     logs.publish(&b, P, 0, None, frame);
     assert_eq!(logs.take_evicted().memory, 1);
-    assert_eq!(logs.bytes(), 3 * cost);
+    assert!(logs.charged() <= cap);
+    assert_eq!(logs.messages(), 3);
     assert_eq!(
         resume(&mut logs, &a, 0, ea, 0),
         Err(Unrecovered::HistoryGone),
@@ -133,12 +140,18 @@ fn pages_and_idle_logs() {
     assert!(logs.page("nope", 0, 10, 0).is_none());
     let idle: Arc<str> = "idle".into();
     logs.resume(&idle, P, 0, None, 0);
-    logs.gc(IDLE_TICKS - 1, |_| false);
+    logs.gc(IDLE_TICKS - 1);
     assert!(logs.get("idle").is_some());
-    logs.gc(IDLE_TICKS, |r| r == "idle");
+    let members = std::rc::Rc::new(std::cell::Cell::new(true));
+    let m = members.clone();
+    logs.set_in_use(move |r| r == "idle" && m.get());
+    logs.gc(IDLE_TICKS);
     assert!(logs.get("idle").is_some(), "somebody is in it");
-    logs.gc(IDLE_TICKS, |_| false);
+    members.set(false);
+    let before = logs.charged();
+    logs.gc(IDLE_TICKS);
     assert!(logs.get("idle").is_none());
+    assert!(logs.charged() < before, "its cost went with it");
     assert!(logs.get("r").is_some(), "it has history");
 }
 
@@ -150,11 +163,11 @@ fn read_marks_only_move_forward_and_are_bounded() {
         logs.publish(&room, P, 0, None, frame);
     }
     assert_eq!(logs.unread("r", 7), Some((0, 5)));
-    assert_eq!(logs.mark(&room, P, 0, 7, 3, 2), Some((3, 5)));
-    assert_eq!(logs.mark(&room, P, 0, 7, 1, 2), Some((3, 5)), "never back");
-    assert_eq!(logs.mark(&room, P, 0, 7, 99, 2), Some((5, 5)), "clamped to the newest");
-    assert_eq!(logs.mark(&room, P, 0, 8, 1, 2), Some((1, 5)));
-    assert_eq!(logs.mark(&room, P, 0, 9, 1, 2), None, "a third user passes max_marks");
+    assert_eq!(logs.mark(&room, 0, 7, 3, 2), Some((3, 5)));
+    assert_eq!(logs.mark(&room, 0, 7, 1, 2), Some((3, 5)), "never back");
+    assert_eq!(logs.mark(&room, 0, 7, 99, 2), Some((5, 5)), "clamped to the newest");
+    assert_eq!(logs.mark(&room, 0, 8, 1, 2), Some((1, 5)));
+    assert_eq!(logs.mark(&room, 0, 9, 1, 2), None, "a third user passes max_marks");
     assert_eq!(logs.resume(&room, P, 0, None, 8).mark, Some(1));
     assert_eq!(logs.resume(&room, P, 0, None, 0).mark, None);
     assert_eq!(logs.unread("nope", 7), None);
@@ -188,11 +201,67 @@ fn a_cluster_cache_takes_redis_offsets_and_knows_where_it_starts() {
     assert_eq!(resume(&mut logs, &room, 15, 7, 0), Err(Unrecovered::HistoryGone));
     assert_eq!((logs.messages(), logs.get(&room).unwrap().last), (0, 20));
     // Another epoch (Redis lost the room): over again, marks gone too.
-    logs.mark(&room, P, 0, 1, 20, 10);
+    logs.mark(&room, 0, 1, 20, 10);
     assert!(logs.store(&room, P, 0, (1, 8), None, frame(1, 8)));
     let log = logs.get(&room).unwrap();
     assert_eq!((log.epoch, log.last, log.lost_through), (8, 1, 0));
     assert_eq!(logs.unread(&room, 1), Some((0, 1)));
     assert_eq!(resume(&mut logs, &room, 0, 8, 0), Ok(vec![1]));
     assert_eq!(resume(&mut logs, &room, 0, 7, 0), Err(Unrecovered::EpochChanged));
+}
+
+#[test]
+fn a_mark_creates_nothing_and_costs_are_counted() {
+    let mut logs = Logs::new(1 << 20);
+    let room: Arc<str> = "r".into();
+    assert_eq!(logs.mark(&room, 0, 7, 5, 10), Some((0, 0)), "nothing to read up to");
+    assert_eq!((logs.rooms(), logs.charged()), (0, 0), "no log, nothing counted");
+    logs.publish(&room, P, 0, None, frame);
+    let one = logs.charged();
+    assert!(one > logs.bytes(), "the log itself costs");
+    for mid in 1..100 {
+        logs.mark(&room, 0, mid, 1, 1000);
+    }
+    assert!(
+        logs.charged() > one + 99 * 16,
+        "marks cost: {} then {}",
+        one,
+        logs.charged()
+    );
+    assert_eq!(logs.charged(), logs.recount(), "the running count is the sum");
+}
+
+#[test]
+fn past_the_cap_idle_logs_go_first_least_recently_used_and_rooms_in_use_stay() {
+    let busy: Arc<str> = "busy".into();
+    // Room for the busy room's messages and a few logs.
+    let mut probe = Logs::new(usize::MAX);
+    for _ in 0..3 {
+        probe.publish(&busy, P, 0, None, frame);
+    }
+    let idle_cost = {
+        let mut one = Logs::new(usize::MAX);
+        one.resume(&"x0".into(), P, 0, None, 0);
+        one.charged()
+    };
+    let mut logs = Logs::new(probe.charged() + 10 * idle_cost);
+    logs.set_in_use(|r| r == "member");
+    let member: Arc<str> = "member".into();
+    logs.resume(&member, P, 0, None, 0);
+    for _ in 0..3 {
+        logs.publish(&busy, P, 1, None, frame);
+    }
+    // A thousand joins of ever-new rooms.
+    for i in 0..1000 {
+        let r: Arc<str> = format!("x{i}").into();
+        logs.resume(&r, P, 2 + i / 100, None, 0);
+    }
+    let e = logs.take_evicted();
+    assert!(e.rooms >= 990, "{e:?}");
+    assert_eq!(e.memory, 0, "no message went for empty logs");
+    assert_eq!(logs.get("busy").unwrap().len(), 3);
+    assert!(logs.get("member").is_some(), "a room with members keeps its log");
+    assert!(logs.get("x999").is_some() && logs.get("x0").is_none(), "oldest first");
+    assert!(logs.charged() <= probe.charged() + 10 * idle_cost);
+    assert_eq!(logs.charged(), logs.recount());
 }
