@@ -1,6 +1,7 @@
 //! What access control costs (sans-IO): verifying a client token per auth
 //! (HS256, ES256, RS256) and looking a room up in the pattern index with
-//! 100,000 patterns subscribed.
+//! 100,000 patterns subscribed, and in the worst index the pattern bounds
+//! allow.
 use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughput};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use volley::auth::jwt::Verifier;
@@ -94,5 +95,38 @@ fn patterns(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, jwt, patterns);
+/// The worst a room can meet within the pattern bounds: every pattern of
+/// 16 segments with one to three `*` that matches a 100-segment room
+/// (3,212 nodes on matching paths), each held by one subscriber, looked up
+/// with that room. What one room message costs a shard at most in the
+/// index, whatever its connections subscribe to.
+fn patterns_worst(c: &mut Criterion) {
+    use volley::proto::pattern::{MAX_SEGMENTS, MAX_WILDCARDS};
+    let mut idx = PatternIndex::new();
+    for mask in 1u32..1 << MAX_SEGMENTS {
+        if mask.count_ones() as usize <= MAX_WILDCARDS {
+            let p: Vec<&str> = (0..MAX_SEGMENTS)
+                .map(|i| if mask & (1 << i) != 0 { "*" } else { "a" })
+                .collect();
+            idx.insert(&p.join("/"), mask);
+        }
+    }
+    let room = vec!["a"; 100].join("/");
+    let deep16 = vec!["a"; 16].join("/");
+    let mut out = Vec::new();
+    let mut g = c.benchmark_group("pattern_index_worst");
+    g.throughput(Throughput::Elements(1));
+    for (name, room) in [("room_100_segments", &room), ("room_16_segments_all_match", &deep16)] {
+        g.bench_function(name, |b| {
+            b.iter(|| {
+                out.clear();
+                idx.lookup(black_box(room), &mut out);
+                out.len()
+            })
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(benches, jwt, patterns, patterns_worst);
 criterion_main!(benches);

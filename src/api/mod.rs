@@ -67,9 +67,10 @@ pub enum PublishError {
     /// and what an inbox kept for it nobody could read.
     #[error("mid 0 names no user")]
     NoUser,
-    /// A room name with `>` before its last segment.
-    #[error("`>` may only be a room pattern's last segment")]
-    BadPattern,
+    /// A room name with `>` before its last segment, or a pattern past
+    /// its bounds.
+    #[error("{0}")]
+    BadPattern(pattern::PatternError),
     /// Cluster mode: the Redis instance the publish needs is unreachable.
     #[error("{0}")]
     Unavailable(String),
@@ -107,7 +108,7 @@ pub fn check(target: &Target, payload: &[u8], meta: &Meta, max: usize) -> Result
         }),
         Target::Mids(m) if m.contains(&0) => Err(PublishError::NoUser),
         Target::Room(r) if r.len() > MAX_ROOM_LEN => Err(PublishError::RoomTooLong),
-        Target::Room(r) if pattern::kind(r) == pattern::Kind::Invalid => Err(PublishError::BadPattern),
+        Target::Room(r) => pattern::check(r).map(|_| ()).map_err(PublishError::BadPattern),
         _ => Ok(()),
     }
 }

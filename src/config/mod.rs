@@ -15,7 +15,8 @@
 //! [tcp]     listen
 //! [ws]      listen path origins echo echo_path echo_max_message
 //! [client]  handshake_timeout_secs heartbeat_timeout_secs max_rooms publish_rate
-//!           publish_burst room_op_rate room_op_burst max_publish_payload
+//!           publish_burst room_op_rate room_op_burst max_patterns pattern_memory
+//!           max_publish_payload
 //!           presence_limit flush_delay_ms
 //! [limits]  max_body outbound_limit replay_limit outbound_budget socket_sndbuf
 //!           max_conns max_conns_per_ip conn_rate_per_ip max_handshakes_per_ip
@@ -356,6 +357,18 @@ pub struct ClientConfig {
     /// (the bucket's size).
     #[arg(id = "client-publish-burst", long = "client-publish-burst", default_value_t = 20)]
     pub publish_burst: u32,
+
+    /// Room patterns one version-2 connection may hold (they count against
+    /// `max_rooms` too); one more is answered `pattern_limit`. A pattern
+    /// costs up to 16 index nodes (about 200 bytes each) that no other
+    /// connection shares unless it holds the same pattern.
+    #[arg(id = "client-max-patterns", long = "client-max-patterns", default_value_t = 16)]
+    pub max_patterns: usize,
+
+    /// Bytes the pattern index may take, all shards (each an even share);
+    /// past it a pattern that needs new nodes is answered `pattern_limit`.
+    #[arg(id = "client-pattern-memory", long = "client-pattern-memory", default_value_t = 64 << 20)]
+    pub pattern_memory: usize,
 
     /// Joins and read marks (op 40, op 48) one version-2 connection may make
     /// per second, sustained; past it they are answered `rate_limited`.

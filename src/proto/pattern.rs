@@ -13,9 +13,43 @@
 //! chat/*/lobby    matches chat/eu/lobby
 //! ```
 //!
+//! Bounds (a pattern only; a room may be as deep as its 256 bytes allow): at
+//! most `MAX_SEGMENTS` segments and `MAX_WILDCARDS` `*` segments. They bound
+//! what matching one room costs a shard whatever its subscribers hold: the
+//! index visits, per room message, only trie nodes on paths that match a
+//! prefix of the room, one per choice of literal-or-`*` at each depth, so at
+//! most `MAX_VISITS` (sum over depths d <= 16 of C(d, 0..=3)) however many
+//! patterns there are, and a pattern costs at most 16 nodes.
+//!
 //! Invariants: a name is a pattern iff a segment is exactly `*` or `>`; a
-//! `>` anywhere but last makes the name invalid (refused, never treated as a
-//! literal), so every name is exactly one of literal, pattern or invalid.
+//! `>` anywhere but last, or a pattern past its bounds, makes the name
+//! invalid (refused, never treated as a literal), so every name is exactly
+//! one of literal, pattern or invalid.
+
+/// Most segments in a pattern.
+pub const MAX_SEGMENTS: usize = 16;
+
+/// Most `*` segments in a pattern (a trailing `>` is not counted: it ends
+/// the walk instead of branching it).
+pub const MAX_WILDCARDS: usize = 3;
+
+/// Most trie nodes matching one room visits in a shard's index, with
+/// patterns within the bounds: Σ_{d=0..=16} Σ_{j=0..=min(d,3)} C(d, j).
+pub const MAX_VISITS: usize = 3_213;
+
+/// Why a name is neither a room nor a pattern.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum PatternError {
+    /// A `>` segment that is not the last.
+    #[error("`>` may only be a room pattern's last segment")]
+    TailNotLast,
+    /// A pattern of more than `MAX_SEGMENTS` segments.
+    #[error("a pattern has at most {MAX_SEGMENTS} segments, this one {0}")]
+    TooDeep(usize),
+    /// A pattern with more than `MAX_WILDCARDS` `*` segments.
+    #[error("a pattern has at most {MAX_WILDCARDS} `*` segments, this one {0}")]
+    TooManyWildcards(usize),
+}
 
 /// What a room name is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -30,21 +64,33 @@ pub enum Kind {
 
 /// Whether `name` is a room, a pattern, or neither.
 pub fn kind(name: &str) -> Kind {
-    let mut pattern = false;
+    check(name).unwrap_or(Kind::Invalid)
+}
+
+/// Whether `name` is a room or a pattern within its bounds, and if it is
+/// neither, why.
+pub fn check(name: &str) -> Result<Kind, PatternError> {
+    let (mut segments, mut stars, mut tail) = (0, 0, false);
     let mut segs = name.split('/').peekable();
     while let Some(s) = segs.next() {
+        segments += 1;
         match s {
-            "*" => pattern = true,
-            ">" if segs.peek().is_none() => pattern = true,
-            ">" => return Kind::Invalid,
+            "*" => stars += 1,
+            ">" if segs.peek().is_none() => tail = true,
+            ">" => return Err(PatternError::TailNotLast),
             _ => {}
         }
     }
-    if pattern {
-        Kind::Pattern
-    } else {
-        Kind::Literal
+    if stars == 0 && !tail {
+        return Ok(Kind::Literal);
     }
+    if segments > MAX_SEGMENTS {
+        return Err(PatternError::TooDeep(segments));
+    }
+    if stars > MAX_WILDCARDS {
+        return Err(PatternError::TooManyWildcards(stars));
+    }
+    Ok(Kind::Pattern)
 }
 
 /// Whether room `room` matches `pattern` (a literal pattern matches only
@@ -99,6 +145,13 @@ mod tests {
         assert_eq!(kind("chat/>"), Kind::Pattern);
         assert_eq!(kind("chat/>/x"), Kind::Invalid);
         assert_eq!(kind("a*/b>"), Kind::Literal);
+        let deep = vec!["x"; 17].join("/");
+        assert_eq!(kind(&deep), Kind::Literal, "a room may be deep");
+        assert_eq!(check(&format!("{deep}/*")), Err(PatternError::TooDeep(18)));
+        assert_eq!(check(&format!("{}/*", vec!["x"; 15].join("/"))), Ok(Kind::Pattern));
+        assert_eq!(check("*/*/*/>"), Ok(Kind::Pattern));
+        assert_eq!(check("*/*/*/*"), Err(PatternError::TooManyWildcards(4)));
+        assert_eq!(check("a/>/b"), Err(PatternError::TailNotLast));
         assert!(matches("live://*", "live://1000"));
         assert!(!matches("live://*", "live://1000/chat"));
         assert!(matches("live://*", "live://"));
@@ -120,6 +173,16 @@ mod tests {
         assert!(!covers("chat/*/lobby", "chat/>"));
         assert!(allowed(&["a/b", "live://*"], "live://9"));
         assert!(!allowed::<&str>(&[], "live://9"));
+    }
+
+    /// Σ over depths 0..=16 of the ways to put at most 3 wildcards there.
+    #[test]
+    fn the_visit_bound_is_what_the_bounds_allow() {
+        let choose = |n: usize, k: usize| (0..k).fold(1usize, |acc, i| acc * (n - i) / (i + 1));
+        let total: usize = (0..=MAX_SEGMENTS)
+            .map(|d| (0..=MAX_WILDCARDS.min(d)).map(|j| choose(d, j)).sum::<usize>())
+            .sum();
+        assert_eq!(total, MAX_VISITS);
     }
 
     fn name() -> impl Strategy<Value = String> {

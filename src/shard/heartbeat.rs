@@ -135,6 +135,7 @@ impl Shard {
             self.shed(true);
         }
         self.stats().outbound_queued.store(self.queued as u64, Relaxed);
+        self.stats().pattern_bytes.store(self.patterns.bytes() as u64, Relaxed);
         self.publish_view();
         self.presence_sweep();
         self.cluster_sweep();

@@ -29,6 +29,7 @@
 
 use super::conns::{Session, V2Conn};
 use super::mesh::{owner_of_mid, owner_of_str, ConnRef, GlobalConn, ShardMsg};
+use super::patterns::PatternIndex;
 use super::state::Shard;
 use crate::metrics::ShardStats;
 use crate::proto::binary::{op, Frame, VERSION_NATIVE};
@@ -112,11 +113,10 @@ impl Shard {
             Ok(j) => j,
             Err(e) => return self.v2_error(r, f.seq, ErrorCode::BadRequest, &e.to_string()),
         };
-        let kind = pattern::kind(&j.room);
-        if kind == Kind::Invalid {
-            let msg = "`>` may only be a room pattern's last segment";
-            return self.v2_error(r, f.seq, ErrorCode::BadRequest, msg);
-        }
+        let kind = match pattern::check(&j.room) {
+            Ok(k) => k,
+            Err(e) => return self.v2_error(r, f.seq, ErrorCode::BadRequest, &e.to_string()),
+        };
         if kind == Kind::Pattern && (j.resume.is_some() || j.presence) {
             let msg = "a pattern spans rooms: it has no offset to resume from and no presence";
             return self.v2_error(r, f.seq, ErrorCode::BadRequest, msg);
@@ -141,6 +141,9 @@ impl Shard {
             return self.v2_error(r, f.seq, ErrorCode::RoomLimit, &msg);
         }
         if kind == Kind::Pattern {
+            if let Err(msg) = self.pattern_room(r, &j.room) {
+                return self.v2_error(r, f.seq, ErrorCode::PatternLimit, &msg);
+            }
             self.patterns.insert(&j.room, r);
             self.pattern_interest(&j.room, 1);
             if let Some(v2) = self.conn_mut(r).and_then(|c| c.v2_mut()) {
@@ -224,6 +227,26 @@ impl Shard {
                 offset,
             },
         );
+    }
+
+    /// Whether `r` may hold one more pattern, `pattern`: under `[client]
+    /// max_patterns`, and the index under this shard's share of `[client]
+    /// pattern_memory` with it.
+    fn pattern_room(&self, r: ConnRef, pattern: &str) -> Result<(), String> {
+        let c = &self.cfg().client;
+        let held = self.conn(r).and_then(|c| c.v2()).map_or(0, |v| v.patterns.len());
+        if held >= c.max_patterns {
+            return Err(format!(
+                "{} patterns per connection ([client] max_patterns)",
+                c.max_patterns
+            ));
+        }
+        let share = c.pattern_memory / self.nr();
+        if self.patterns.bytes() + PatternIndex::<ConnRef>::cost_of(pattern) > share {
+            ShardStats::add(&self.stats().pattern_refused, 1);
+            return Err("the server's patterns hold [client] pattern_memory".into());
+        }
+        Ok(())
     }
 
     /// On `r`'s shard: unsubscribes it from `pattern` if it holds it.

@@ -14,6 +14,7 @@ mod api;
 mod config;
 mod ip_limits;
 mod keys;
+mod patterns;
 mod room_logs;
 mod tokens;
 

@@ -238,6 +238,9 @@ pub enum ErrorCode {
     /// Cluster mode: the Redis instance a join or publish needs is
     /// unreachable; nothing was done, and the request may be sent again.
     Unavailable,
+    /// One more pattern would pass `[client] max_patterns`, or the shard's
+    /// patterns hold `[client] pattern_memory`.
+    PatternLimit,
 }
 
 impl ErrorCode {
@@ -256,6 +259,7 @@ impl ErrorCode {
         ErrorCode::PayloadTooLarge,
         ErrorCode::TokenRefused,
         ErrorCode::Unavailable,
+        ErrorCode::PatternLimit,
     ];
 
     /// Position in `ALL` (the counter index).
@@ -279,6 +283,7 @@ impl ErrorCode {
             ErrorCode::PayloadTooLarge => 4010,
             ErrorCode::TokenRefused => 4011,
             ErrorCode::Unavailable => 4012,
+            ErrorCode::PatternLimit => 4013,
         }
     }
 
@@ -298,6 +303,7 @@ impl ErrorCode {
             ErrorCode::PayloadTooLarge => "payload_too_large",
             ErrorCode::TokenRefused => "token_refused",
             ErrorCode::Unavailable => "unavailable",
+            ErrorCode::PatternLimit => "pattern_limit",
         }
     }
 
