@@ -411,3 +411,89 @@ pub fn cluster_message(data: &[u8]) {
         }
     }
 }
+
+/// The token path with the fuzzer's claims signed by the server's key (so
+/// they reach the claims' rules, past the signature): a token either
+/// verifies into a grant that keeps every rule — a positive user in one
+/// spelling, rooms and publish patterns within the pattern bounds, keys and
+/// info within theirs — or is refused by a named reason; never a panic.
+/// Input that is not JSON is tried as a whole token instead.
+pub fn token(data: &[u8]) {
+    use volley::auth::jwt::{Verifier, MAX_INFO_LEN, MAX_PATTERNS};
+    use volley::proto::pattern;
+    static V: std::sync::OnceLock<Verifier> = std::sync::OnceLock::new();
+    let v = V.get_or_init(|| {
+        Verifier::new(&["fuzz-secret-0123456789abcdef012345".to_string()], &[] as &[&str], 5).expect("a valid secret")
+    });
+    let Ok(claims) = serde_json::from_slice::<serde_json::Value>(data) else {
+        let _ = v.verify(&String::from_utf8_lossy(data), 1_000);
+        return;
+    };
+    let Some(t) = v.sign_dev(&claims) else { return };
+    match v.verify(&t, 1_000) {
+        Ok(g) => {
+            assert!(g.mid > 0, "user {}", g.mid);
+            if let Some(sub) = claims["sub"].as_str() {
+                assert_eq!(sub, g.mid.to_string(), "one spelling per user");
+            }
+            assert!(g.exp.saturating_add(5) >= 1_000, "expired at {}", g.exp);
+            let rooms = g.rooms.iter().flat_map(|r| r.iter());
+            for p in rooms.chain(g.publish.iter()) {
+                assert!(p.len() <= body::MAX_ROOM_LEN, "{p:?}");
+                assert_ne!(pattern::kind(p), pattern::Kind::Invalid, "{p:?}");
+            }
+            assert!(g.rooms.as_ref().is_none_or(|r| r.len() <= MAX_PATTERNS));
+            assert!(g.publish.len() <= MAX_PATTERNS && g.keys.len() <= MAX_PATTERNS);
+            assert!(g.keys.iter().all(|k| !k.is_empty() && k.len() <= body::MAX_KEY_LEN));
+            assert!(g.info.as_ref().is_none_or(|i| i.len() <= MAX_INFO_LEN));
+        }
+        Err(e) => assert!(e.reason().name().starts_with("token_"), "{e}"),
+    }
+}
+
+/// The pattern parser with its bounds, and the index built from what it
+/// accepts: names (one per line) are checked — a pattern within 16
+/// segments and 3 `*`, a room with neither `*` nor `>` segments, anything
+/// else refused — patterns are subscribed, every room is looked up and
+/// must reach exactly the patterns `matches` says, and removing them all
+/// gives the index's bytes back.
+pub fn pattern(data: &[u8]) {
+    use volley::proto::pattern::{self, Kind, MAX_SEGMENTS, MAX_WILDCARDS};
+    use volley::shard::patterns::PatternIndex;
+    let text = String::from_utf8_lossy(data);
+    let names: Vec<&str> = text.split('\n').take(64).collect();
+    let mut idx = PatternIndex::<usize>::new();
+    let mut subscribed = Vec::new();
+    for (i, n) in names.iter().enumerate() {
+        let segs: Vec<&str> = n.split('/').collect();
+        let stars = segs.iter().filter(|s| **s == "*").count();
+        let tail = segs.last() == Some(&">");
+        match pattern::check(n) {
+            Ok(Kind::Pattern) => {
+                assert!(segs.len() <= MAX_SEGMENTS && stars <= MAX_WILDCARDS, "{n:?}");
+                assert!(stars > 0 || tail);
+                idx.insert(n, i);
+                subscribed.push((*n, i));
+            }
+            Ok(Kind::Literal) => assert!(stars == 0 && !segs.contains(&">"), "{n:?}"),
+            Ok(Kind::Invalid) => unreachable!("check never answers Invalid"),
+            Err(_) => assert_eq!(pattern::kind(n), Kind::Invalid),
+        }
+    }
+    for n in names.iter().filter(|n| pattern::kind(n) == Kind::Literal) {
+        let mut got = Vec::new();
+        idx.lookup(n, &mut got);
+        got.sort_unstable();
+        let mut want: Vec<usize> = subscribed
+            .iter()
+            .filter(|(p, _)| pattern::matches(p, n))
+            .map(|x| x.1)
+            .collect();
+        want.sort_unstable();
+        assert_eq!(got, want, "room {n:?}");
+    }
+    for (p, i) in subscribed {
+        assert!(idx.remove(p, i));
+    }
+    assert_eq!((idx.len(), idx.bytes()), (0, 0));
+}

@@ -65,3 +65,13 @@ fn redis_reply() {
 fn cluster_message() {
     replay("cluster_message", checks::cluster_message);
 }
+
+#[test]
+fn token() {
+    replay("token", checks::token);
+}
+
+#[test]
+fn pattern() {
+    replay("pattern", checks::pattern);
+}
