@@ -31,9 +31,10 @@
 //! - [`server`]: binds the listeners, starts the shards, `ServerHandle`.
 //! - [`net`]: listener specs, binding one socket per shard, the accept loop.
 //! - [`shard`]: per-core state and behaviour, sans-IO (connection records,
-//!   heartbeat wheel, directory, delivery, the version-1 and version-2
-//!   sessions, rooms, room logs with offsets and history, resume, access
-//!   and connection limits, room patterns, presence, the mesh),
+//!   their addresses and signed assigned keys, heartbeat wheel, directory,
+//!   delivery, the version-1 and version-2 sessions, rooms, room logs with
+//!   offsets and history, resume, access and connection limits, room
+//!   patterns, presence, the mesh, and what kept data costs in memory),
 //!   plus `shard::run`, the per-shard runtime that drives it, and
 //!   `shard::cluster` (with its data, `shard::cluster_state`), cluster mode
 //!   on a shard: room messages through Redis (publish, subscription, the

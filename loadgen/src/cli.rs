@@ -1,5 +1,5 @@
-//! The command line: the three modes and every flag, each documented with
-//! its default (quinn's `perf` style). Parsed once on the main thread.
+//! The command line: the modes and every flag, each documented with its
+//! default (quinn's `perf` style). Parsed once on the main thread.
 
 use clap::{Parser, Subcommand};
 use std::net::SocketAddr;
@@ -108,6 +108,43 @@ pub enum Cmd {
         watchers: usize,
         #[command(flatten)]
         load: Load,
+    },
+    /// Hostile clients (docs/LIMITS.md): one attack against a running
+    /// volley for --secs seconds, beside a bystander client (127.0.0.2)
+    /// getting a push a second; reports what the attack got, the server's
+    /// RSS and CPU (--server-pid), its counters, and the bystander's delays.
+    Attack {
+        /// Which attack.
+        #[arg(value_enum)]
+        kind: crate::attack::Kind,
+        /// volley's client TCP listener.
+        #[arg(long, default_value = "127.0.0.1:3101")]
+        target: SocketAddr,
+        /// volley's client WebSocket listener.
+        #[arg(long, default_value = "127.0.0.1:3102")]
+        ws: SocketAddr,
+        /// volley's HTTP API.
+        #[arg(long, default_value = "127.0.0.1:3111")]
+        http: SocketAddr,
+        /// volley's TCP publisher listener.
+        #[arg(long, default_value = "127.0.0.1:3112")]
+        publish_tcp: SocketAddr,
+        /// API key (HTTP header), for the bystander's pushes and the
+        /// attacks that publish.
+        #[arg(long, default_value = "")]
+        api_key: String,
+        /// The attacker's source address (127.0.0.0/8).
+        #[arg(long, default_value = "127.0.0.3")]
+        from: String,
+        /// Seconds the attack lasts.
+        #[arg(long, default_value_t = 40)]
+        secs: u64,
+        /// PIDs of the volley server (comma-separated), for its RSS and CPU.
+        #[arg(long, value_delimiter = ',')]
+        server_pid: Vec<u32>,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
     },
     /// Offline inboxes: --conns users get --messages pushes each while
     /// offline (over the TCP publisher), then connect over version 2,

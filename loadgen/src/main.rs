@@ -27,6 +27,7 @@
 //! and stall reports), `procfs` (memory, CPU, threads, accept queues),
 //! `report` (the final report).
 
+mod attack;
 mod broadcast;
 mod cli;
 mod delivery;
@@ -55,8 +56,40 @@ use std::time::Duration;
 use worker::{spawn_workers, MAX_CONNS_PER_WORKER};
 
 fn main() -> Result<()> {
-    let cli = Cli::parse();
+    match Cli::parse().cmd {
+        Cmd::Attack {
+            kind,
+            target,
+            ws,
+            http,
+            publish_tcp,
+            api_key,
+            from,
+            secs,
+            server_pid,
+            json,
+        } => {
+            let t = attack::Target {
+                tcp: target,
+                ws,
+                http,
+                publish: publish_tcp,
+                api_key,
+                from,
+                until: std::time::Instant::now() + Duration::from_secs(secs),
+                stop: Default::default(),
+            };
+            attack::run(kind, t, &server_pid, json)
+        }
+        cmd => load(cmd),
+    }
+}
+
+/// The load modes: connections, a room, traffic, a report.
+fn load(cmd: Cmd) -> Result<()> {
+    let cli = Cli { cmd };
     let common = match &cli.cmd {
+        Cmd::Attack { .. } => anyhow::bail!("not a load mode"),
         Cmd::Idle { common, .. }
         | Cmd::Broadcast { common, .. }
         | Cmd::Ws { common, .. }
@@ -70,6 +103,7 @@ fn main() -> Result<()> {
     };
     check_limits(&common, open_at_once)?;
     match cli.cmd {
+        Cmd::Attack { .. } => anyhow::bail!("not a load mode"),
         Cmd::Idle { hold_secs, .. } => idle(common, hold_secs),
         Cmd::Broadcast {
             http,
