@@ -4,13 +4,14 @@
 //!
 //! Pure functions and constants, used by the stores on whichever shard owns
 //! them. `tests/memory.rs` checks them against the bytes a counting
-//! allocator hands out (the process allocator rounds up by at most an eighth
-//! on top, and allocators keep some memory of their own: RSS at a full cap
-//! sits that much above it).
+//! allocator hands out; what allocators keep of their own (free blocks in
+//! partly used pages, metadata) is not counted: RSS at a full cap sits that
+//! much above it.
 //!
 //! ```text
-//! a kept frame         its buffer (exactly sized) + the shared header `bytes` allocates
-//!                      when a frozen buffer is first cloned (fan-out and the store both hold it)
+//! a kept frame         its buffer (exactly sized, in the allocator's size class) + the shared
+//!                      header `bytes` allocates when a frozen buffer is first cloned (fan-out
+//!                      and the store both hold it)
 //! a hash map value     its slot (key, value, control byte), twice: load factor and the
 //!                      headroom left when the table doubles
 //! a deque              its capacity, not its length
@@ -25,9 +26,22 @@ use std::mem::size_of;
 /// class.
 const SHARED_HEADER: usize = 32;
 
+/// What an allocation of `n` bytes takes from the process allocator: its
+/// size class (mimalloc's: 8-byte steps up to 64 bytes, then four classes
+/// per doubling: just past a power of two a quarter more, an eighth on
+/// average).
+pub const fn size_class(n: usize) -> usize {
+    if n <= 64 {
+        return n.div_ceil(8) * 8;
+    }
+    let top = usize::BITS - (n - 1).leading_zeros() - 1; // 2^top < n <= 2^(top+1)
+    let step = 1 << (top - 2);
+    n.div_ceil(step) * step
+}
+
 /// A frame kept by a store.
 pub fn frame(b: &Bytes) -> usize {
-    b.len() + SHARED_HEADER
+    size_class(b.len()) + SHARED_HEADER
 }
 
 /// Both transports' forms of a push.
@@ -58,4 +72,29 @@ pub fn deque<T>(d: &VecDeque<T>) -> usize {
 /// An `Arc<str>` of `len` bytes: its two counts and its text.
 pub const fn arc_str(len: usize) -> usize {
     16 + len
+}
+
+#[cfg(test)]
+mod tests {
+    use super::size_class;
+
+    #[test]
+    fn size_classes_round_up_by_at_most_a_quarter() {
+        assert_eq!(
+            (size_class(1), size_class(8), size_class(9), size_class(64)),
+            (8, 8, 16, 64)
+        );
+        assert_eq!(
+            (size_class(65), size_class(80), size_class(81), size_class(128)),
+            (80, 80, 96, 128)
+        );
+        assert_eq!(
+            (size_class(129), size_class(1000), size_class(1 << 20)),
+            (160, 1024, 1 << 20)
+        );
+        for n in 65..100_000 {
+            let c = size_class(n);
+            assert!(c >= n && c - n < n / 4 + 8, "{n} -> {c}");
+        }
+    }
 }

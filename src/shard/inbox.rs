@@ -238,11 +238,17 @@ impl Inboxes {
                 }
             }
         }
-        // Keep the order queue from outgrowing what it indexes.
+        // Keep the order queue and the due heap from outgrowing what they
+        // index (a user's marks stay in the heap until due, a day by
+        // default, after the user's inbox has gone).
         if self.order.len() > 2 * self.count + 1024 {
             let users = &self.users;
             self.order
                 .retain(|(m, id)| users.get(m).is_some_and(|i| i.entries.iter().any(|e| e.id == *id)));
+        }
+        if self.due.len() > 2 * self.users.len() + 1024 {
+            let users = &self.users;
+            self.due.retain(|Reverse((_, m))| users.contains_key(m));
         }
     }
 

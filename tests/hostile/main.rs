@@ -127,7 +127,7 @@ impl Bystander {
     /// Stops pushing and checks what the bystander got: every push, in
     /// order, each within `LATE`. Returns the slowest one's delay.
     pub fn finish(self) -> Duration {
-        while self.sent.lock().unwrap().len() < MIN_PUSHES {
+        while self.sent.lock().unwrap().len() < MIN_PUSHES && !self.publisher.is_finished() {
             std::thread::sleep(PACE);
         }
         self.stop.store(true, Relaxed);

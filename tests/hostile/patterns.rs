@@ -114,7 +114,12 @@ fn matching_the_worst_index_the_bounds_allow_keeps_others_on_time() {
     // room, which made every publish to it cost ~49 ms of shard CPU. They
     // are refused now.
     let deep: Vec<String> = (0..4)
-        .map(|j| (0..100).map(|k| if (k + j) % 3 == 0 { "*" } else { "a" }).collect::<Vec<_>>().join("/"))
+        .map(|j| {
+            (0..100)
+                .map(|k| if (k + j) % 3 == 0 { "*" } else { "a" })
+                .collect::<Vec<_>>()
+                .join("/")
+        })
         .collect();
     let mut subs = Vec::new();
     for (i, chunk) in all.chunks(16).enumerate() {

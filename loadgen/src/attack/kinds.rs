@@ -61,30 +61,25 @@ fn batch(s: &mut TcpStream, frames: &[Vec<u8>]) -> Result<(u64, u64)> {
 fn room_ops(t: &Target, joins: bool) -> Result<Value> {
     let mut s = v2(t, 31)?;
     let (mut ok, mut refused, mut n) = (0, 0, 0u64);
+    let frames = |o: u32, rooms: &[String], body: &dyn Fn(&String) -> Value| -> Vec<Vec<u8>> {
+        rooms
+            .iter()
+            .map(|r| frame(2, o, 1, body(r).to_string().as_bytes()))
+            .collect()
+    };
     while t.on() {
         let rooms: Vec<String> = (0..30).map(|i| format!("live://new-{n}-{i}")).collect();
         n += 1;
-        let body = |r: &String| json!({"room": r, "offset": 1}).to_string();
-        if joins {
-            let j: Vec<Vec<u8>> = rooms
-                .iter()
-                .map(|r| frame(2, op2::JOIN, 1, body(r).as_bytes()))
-                .collect();
-            let (a, b) = batch(&mut s, &j)?;
-            let l: Vec<Vec<u8>> = rooms
-                .iter()
-                .map(|r| frame(2, op2::LEAVE, 2, body(r).as_bytes()))
-                .collect();
-            batch(&mut s, &l)?;
-            (ok, refused) = (ok + a, refused + b);
+        let (a, b) = if joins {
+            let room = |r: &String| json!({ "room": r });
+            let got = batch(&mut s, &frames(op2::JOIN, &rooms, &room))?;
+            batch(&mut s, &frames(op2::LEAVE, &rooms, &room))?;
+            got
         } else {
-            let m: Vec<Vec<u8>> = rooms
-                .iter()
-                .map(|r| frame(2, op2::READ, 1, body(r).as_bytes()))
-                .collect();
-            let (a, b) = batch(&mut s, &m)?;
-            (ok, refused) = (ok + a, refused + b);
-        }
+            let mark = |r: &String| json!({"room": r, "offset": 1});
+            batch(&mut s, &frames(op2::READ, &rooms, &mark))?
+        };
+        (ok, refused) = (ok + a, refused + b);
     }
     Ok(json!({"sent": ok + refused, "answered": ok, "refused": refused}))
 }
@@ -107,12 +102,7 @@ fn deep_patterns(t: &Target) -> Result<Value> {
     let mut held = Vec::new();
     for i in 0..250 {
         let mut s = v2(t, 1000 + i)?;
-        let deep: Vec<String> = (0..64)
-            .map(|j| {
-                let segs: Vec<&str> = (0..120).map(|k| if (k + j) % 7 == 3 { "*" } else { "a" }).collect();
-                segs.join("/")
-            })
-            .collect();
+        let deep: Vec<String> = (0..64).map(|j| deep_pattern(120, i as usize, j)).collect();
         let (a, b) = join_all(&mut s, &deep)?;
         (ok, refused) = (ok + a, refused + b);
         held.push(s);
@@ -121,6 +111,23 @@ fn deep_patterns(t: &Target) -> Result<Value> {
         std::thread::sleep(Duration::from_millis(200));
     }
     Ok(json!({"conns": held.len(), "patterns_joined": ok, "patterns_refused": refused}))
+}
+
+/// A pattern of `segments` segments, mostly `a` with a `*` here and
+/// there, different for each (connection, pattern): it matches the room of
+/// as many `a` segments, and patterns like it fill the index with nodes on
+/// that room's paths.
+fn deep_pattern(segments: usize, conn: usize, j: usize) -> String {
+    let star = |k: usize| {
+        // splitmix64 of (conn, j, k): a `*` at one place in four,
+        // scattered, so no two patterns share more than a short prefix.
+        let mut z = ((conn as u64) << 40 | (j as u64) << 20 | k as u64).wrapping_add(0x9e37_79b9_7f4a_7c15);
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        (z ^ (z >> 31)).is_multiple_of(4)
+    };
+    let segs: Vec<&str> = (0..segments).map(|k| if star(k) { "*" } else { "a" }).collect();
+    segs.join("/")
 }
 
 /// Every way of putting 1 to 3 `*` in 16 segments: the worst index a room
@@ -143,12 +150,18 @@ fn pattern_cpu(t: &Target) -> Result<Value> {
     let (mut ok, mut refused) = (0, 0);
     for i in 0..100usize {
         let mut s = v2(t, 2000 + i as u64)?;
-        let mine: Vec<String> = (0..16).map(|j| all[(i * 16 + j) % all.len()].clone()).collect();
-        let (a, b) = join_all(&mut s, &mine)?;
-        (ok, refused) = (ok + a, refused + b);
+        // The issue's: 64 patterns of 100 segments matching the room; what
+        // is refused is replaced by the worst the bounds allow (16 of them).
+        let deep: Vec<String> = (0..64).map(|j| deep_pattern(100, i, j)).collect();
+        let (a, b) = join_all(&mut s, &deep)?;
+        let bounded: Vec<String> = (0..(b as usize).min(16))
+            .map(|j| all[(i * 16 + j) % all.len()].clone())
+            .collect();
+        let (c, d) = join_all(&mut s, &bounded)?;
+        (ok, refused) = (ok + a + c, refused + b + d);
         subs.push(s);
     }
-    let room = vec!["a"; 16].join("/");
+    let room = vec!["a"; 100].join("/");
     let readers: Vec<_> = subs
         .into_iter()
         .map(|mut s| {
@@ -348,39 +361,34 @@ fn handshakes(t: &Target) -> Result<Value> {
 
 fn inbox_cap(t: &Target) -> Result<Value> {
     let body = "x".repeat(64);
-    let mut pushes = 0u64;
-    while t.on() && pushes < 2_000_000 {
-        let messages: Vec<Value> = (0..1000)
-            .map(|i| json!({"target": "mids", "mids": [1 + pushes + i], "op": 1000, "body": body}))
-            .collect();
-        let status = post(
-            t.http,
-            &t.api_key,
-            "/v1/publish",
-            json!({ "messages": messages }).to_string().as_bytes(),
-        )?;
-        anyhow::ensure!(status == 200, "status {status}");
-        pushes += 1000;
-    }
-    Ok(json!({"user_pushes": pushes}))
+    let pushes = publish_batches(
+        t,
+        2_000_000,
+        |n| json!({"target": "mids", "mids": [1 + n], "op": 1000, "body": body}),
+    )?;
+    Ok(json!({ "user_pushes": pushes }))
 }
 
 fn history_cap(t: &Target) -> Result<Value> {
     let body = "x".repeat(64);
-    let mut rooms = 0u64;
-    while t.on() && rooms < 300_000 {
-        let messages: Vec<Value> = (0..1000)
-            .map(|i| json!({"target": "room", "room": format!("live://h-{}", rooms + i), "op": 1000, "body": body}))
-            .collect();
-        let status = post(
-            t.http,
-            &t.api_key,
-            "/v1/publish",
-            json!({ "messages": messages }).to_string().as_bytes(),
-        )
-        .context("publish")?;
+    let rooms = publish_batches(
+        t,
+        300_000,
+        |n| json!({"target": "room", "room": format!("live://h-{n}"), "op": 1000, "body": body}),
+    )?;
+    Ok(json!({ "rooms_published": rooms }))
+}
+
+/// Publishes `message(n)` for n = 0, 1, ... up to `most`, a thousand per
+/// `/v1/publish`, until the attack's end; returns how many.
+fn publish_batches(t: &Target, most: u64, message: impl Fn(u64) -> Value) -> Result<u64> {
+    let mut n = 0u64;
+    while t.on() && n < most {
+        let messages: Vec<Value> = (n..n + 1000).map(&message).collect();
+        let body = json!({ "messages": messages }).to_string();
+        let status = post(t.http, &t.api_key, "/v1/publish", body.as_bytes()).context("publish")?;
         anyhow::ensure!(status == 200, "status {status}");
-        rooms += 1000;
+        n += 1000;
     }
-    Ok(json!({"rooms_published": rooms}))
+    Ok(n)
 }

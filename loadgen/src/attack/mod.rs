@@ -33,8 +33,10 @@ pub enum Kind {
     Joins,
     /// 250 connections asking for 64 patterns of 120 segments each.
     DeepPatterns,
-    /// 100 connections holding the worst patterns the bounds allow for one
-    /// room, 20 clients publishing to it at 10 a second.
+    /// 100 connections asking for 64 patterns of 100 segments mixing `*`
+    /// that match one room (what is refused replaced by 16 of the worst
+    /// patterns the bounds allow), 20 clients publishing to that room at 10
+    /// a second.
     PatternCpu,
     /// Unauthenticated TCP publishers announcing 4 MiB auth frames, 100 at a
     /// time, reconnecting.

@@ -91,6 +91,11 @@ impl Logs {
                     .is_some_and(|f| f.offset <= *o)
             });
         }
+        // And the due heap (a dropped log's marks stay until due).
+        if self.due.len() > 2 * self.rooms.len() + 1024 {
+            let rooms = &self.rooms;
+            self.due.retain(|Reverse((_, r))| rooms.contains_key(r));
+        }
     }
 
     pub(super) fn messages_hint(&self) -> usize {
