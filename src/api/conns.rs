@@ -11,10 +11,11 @@
 //! completes at the deadline or when the connection is evicted.
 //!
 //! ```text
-//! accept ── table under its share of max_conns ──> admitted, waiting (header deadline)
+//! accept ── table under its share of max_conns ──> admitted, waiting (idle deadline)
 //!        └─ full: the connection waiting longest ─> evicted (its task ends), newcomer admitted
 //!           none waiting (all in requests) ──────> refused (503 / op 6 conn_limit)
-//! waiting ── a request's headers (HTTP) / auth (publisher) ──> busy (request deadline)
+//! waiting ── a request's first byte ──> its headers due (header deadline, if sooner)
+//!         ── a request's headers (HTTP) / auth (publisher) ──> busy (request deadline)
 //! busy ── the answer ──> waiting (idle deadline)
 //! ```
 //!
@@ -60,6 +61,11 @@ pub struct ApiConn {
     deadline: Cell<Instant>,
     /// Taken out to make room for a newcomer.
     evicted: Cell<bool>,
+    /// Bytes of the next request have arrived (its header deadline is set).
+    started: Cell<bool>,
+    /// The deadline moved sooner: the task waiting in `ended` must look
+    /// again.
+    nudged: Cell<bool>,
     /// The task waiting in `ended`.
     waker: RefCell<Option<Waker>>,
 }
@@ -68,8 +74,22 @@ impl ApiConn {
     /// Waiting for a request (or for auth) until `deadline`: evictable.
     pub fn waiting(&self, now: Instant, deadline: Instant) {
         self.busy.set(false);
+        self.started.set(false);
         self.since.set(now);
         self.deadline.set(deadline);
+    }
+
+    /// Bytes arrived: the first of a request has its headers due by
+    /// `headers_by`, however many more trickle in.
+    pub fn heard(&self, headers_by: Instant) {
+        if !self.busy.get() && !self.started.get() {
+            self.started.set(true);
+            if headers_by < self.deadline.get() {
+                self.deadline.set(headers_by);
+                self.nudged.set(true);
+                self.wake();
+            }
+        }
     }
 
     /// In a request until `deadline`: not evictable.
@@ -90,8 +110,8 @@ impl ApiConn {
     }
 
     /// Completes once the connection is past its deadline (as it stands
-    /// then: a later `busy` or `waiting` moves it) or evicted: `true` when
-    /// evicted.
+    /// then: `busy` and `waiting` move it later, `heard` sooner) or
+    /// evicted: `true` when evicted.
     pub async fn ended(&self) -> bool {
         loop {
             if self.evicted.get() {
@@ -102,35 +122,33 @@ impl ApiConn {
             if now >= deadline {
                 return false;
             }
-            let evicted = future::or(
-                async {
-                    glommio::timer::sleep(deadline - now).await;
-                    false
-                },
-                Evicted(self),
-            );
-            if evicted.await {
-                return true;
-            }
+            // Asleep until the deadline as it stands now, or until woken
+            // because it moved sooner or the connection was evicted; either
+            // way, look again.
+            future::or(glommio::timer::sleep(deadline - now), Nudged(self)).await;
         }
     }
 
     fn evict(&self) {
         self.evicted.set(true);
+        self.wake();
+    }
+
+    fn wake(&self) {
         if let Some(w) = self.waker.borrow_mut().take() {
             w.wake();
         }
     }
 }
 
-/// Completes when its connection is evicted.
-struct Evicted<'a>(&'a ApiConn);
+/// Completes when its connection is evicted or its deadline moved sooner.
+struct Nudged<'a>(&'a ApiConn);
 
-impl Future for Evicted<'_> {
-    type Output = bool;
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<bool> {
-        if self.0.evicted.get() {
-            return Poll::Ready(true);
+impl Future for Nudged<'_> {
+    type Output = ();
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        if self.0.evicted.get() || self.0.nudged.replace(false) {
+            return Poll::Ready(());
         }
         *self.0.waker.borrow_mut() = Some(cx.waker().clone());
         Poll::Pending
@@ -199,6 +217,8 @@ pub fn admit(cap: usize, deadline: Instant) -> Admission {
             since: Cell::new(now),
             deadline: Cell::new(deadline),
             evicted: Cell::new(false),
+            started: Cell::new(false),
+            nudged: Cell::new(false),
             waker: RefCell::new(None),
         });
         let key = t.conns.insert(conn.clone());
@@ -279,6 +299,18 @@ mod tests {
         assert!(c.conn.is_evicted());
         drop((b, c, d));
         assert_eq!(count(), 0);
+
+        // A request's first byte brings its header deadline forward, once.
+        let Admission::In { admitted: e, .. } = admit(8, later) else {
+            panic!("room")
+        };
+        let soon = Instant::now() + Duration::from_secs(2);
+        e.conn.heard(soon);
+        e.conn.heard(soon + Duration::from_secs(1));
+        assert_eq!(e.conn.deadline.get(), soon);
+        e.conn.waiting(Instant::now(), later);
+        assert_eq!(e.conn.deadline.get(), later, "an answer resets it");
+        drop(e);
 
         let one = lease_body(10, 15).expect("fits");
         assert!(lease_body(6, 15).is_none());

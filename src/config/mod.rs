@@ -577,8 +577,9 @@ pub struct ApiConfig {
     )]
     pub max_push_body: usize,
 
-    /// Seconds an HTTP API connection may stay open between requests: the
-    /// next request's headers must have arrived by then.
+    /// Seconds an HTTP API connection may stay open without a request: from
+    /// its accept, and between requests, the next request must have begun
+    /// by then.
     #[arg(
         id = "api-idle-timeout-secs",
         long = "api-idle-timeout-secs",
@@ -587,8 +588,8 @@ pub struct ApiConfig {
     )]
     pub idle_timeout_secs: u64,
 
-    /// Seconds a new HTTP API connection has to send its first request's
-    /// headers; a connection that trickles bytes is closed then.
+    /// Seconds a request's headers have from its first byte: a connection
+    /// that trickles them is closed then, however often a byte arrives.
     #[arg(
         id = "api-header-timeout-secs",
         long = "api-header-timeout-secs",

@@ -47,6 +47,16 @@ fn slow_headers_meet_a_deadline_and_cannot_keep_publishers_out() {
         c.api.max_conns = 40;
     });
     let by = Bystander::keyed(h.tcp_addr, h.http_addr, Some(key.clone()));
+    // An application server that connects before it has anything to send
+    // is not a slow client: the header deadline starts at a request's
+    // first byte, the idle one (30 s) at the accept.
+    let mut early = stalled(h.http_addr, b"");
+    std::thread::sleep(std::time::Duration::from_millis(2_500));
+    let req = format!("GET /v1/stats HTTP/1.1\r\nHost: x\r\nX-Api-Key: {key}\r\nConnection: close\r\n\r\n");
+    early.write_all(req.as_bytes()).unwrap();
+    let mut answer = String::new();
+    early.read_to_string(&mut answer).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
     // Twice the cap of connections that send half a request line, then a
     // header byte every 500 ms: each is past its header deadline within 2 s,
     // and at the cap the one waiting longest makes room for a newcomer.

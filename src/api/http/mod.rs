@@ -61,7 +61,7 @@ async fn serve(mut stream: TcpStream, shard: Rc<RefCell<Shard>>) {
         let api = sh.shared.config.api.clone();
         ((api.max_conns / sh.nr_shards()).max(1), api)
     };
-    let admitted = match conns::admit(cap, conns::after(api.header_timeout_secs)) {
+    let admitted = match conns::admit(cap, conns::after(api.idle_timeout_secs)) {
         conns::Admission::In { admitted, evicted } => {
             if evicted {
                 ShardStats::add(&shard.borrow().stats().api_evicted, 1);
@@ -99,7 +99,14 @@ async fn serve(mut stream: TcpStream, shard: Rc<RefCell<Shard>>) {
         // which glommio's is not.
         .header_read_timeout(None)
         .max_buf_size(64 * 1024)
-        .serve_connection(HyperIo(stream), svc);
+        .serve_connection(
+            HyperIo {
+                stream,
+                conn: admitted.conn.clone(),
+                header: std::time::Duration::from_secs(api.header_timeout_secs),
+            },
+            svc,
+        );
     let ended = async {
         let evicted = admitted.conn.ended().await;
         Err(evicted)
@@ -115,7 +122,13 @@ async fn serve(mut stream: TcpStream, shard: Rc<RefCell<Shard>>) {
 }
 
 /// glommio stream → hyper's I/O traits.
-struct HyperIo(TcpStream);
+/// glommio stream → hyper's I/O traits; what it reads starts a request's
+/// header deadline (`ApiConn::heard`).
+struct HyperIo {
+    stream: TcpStream,
+    conn: Rc<conns::ApiConn>,
+    header: std::time::Duration,
+}
 
 impl hyper::rt::Read for HyperIo {
     fn poll_read(
@@ -126,8 +139,11 @@ impl hyper::rt::Read for HyperIo {
         let mut tmp = [0u8; 8192];
         // SAFETY: `remaining` only reads the cursor's capacity.
         let want = unsafe { buf.as_mut().len() }.min(tmp.len());
-        match Pin::new(&mut self.0).poll_read(cx, &mut tmp[..want]) {
+        match Pin::new(&mut self.stream).poll_read(cx, &mut tmp[..want]) {
             Poll::Ready(Ok(n)) => {
+                if n > 0 {
+                    self.conn.heard(std::time::Instant::now() + self.header);
+                }
                 buf.put_slice(&tmp[..n]);
                 Poll::Ready(Ok(()))
             }
@@ -139,13 +155,13 @@ impl hyper::rt::Read for HyperIo {
 
 impl hyper::rt::Write for HyperIo {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.0).poll_write(cx, buf)
+        Pin::new(&mut self.stream).poll_write(cx, buf)
     }
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.0).poll_flush(cx)
+        Pin::new(&mut self.stream).poll_flush(cx)
     }
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.0).poll_close(cx)
+        Pin::new(&mut self.stream).poll_close(cx)
     }
 }
 
