@@ -2,6 +2,7 @@
 
 mod common;
 use common::*;
+use std::time::Duration;
 
 #[test]
 fn room_push_reaches_every_member_and_nobody_else() {
@@ -157,6 +158,17 @@ fn heartbeat_reply_carries_the_room_count_across_shards() {
 fn same_key_replaces_the_older_connection() {
     let h = start_server(|_| {});
     let mut first = Client::authed(h.tcp_addr, r#"{"key":"dup","accepts":[1000]}"#);
+    // A key is registered on its owner shard after the op 8 reply; which of
+    // two registrations in flight from different shards lands last is not
+    // ordered, so the first is confirmed held before the second arrives.
+    first.s.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
+    wait_until("the first holds the key", || {
+        post(&h, "/goim/push/keys?operation=1000&keys=dup", b"held");
+        first.read().is_some_and(|g| g.body == b"held")
+    });
+    // Pushes sent before the key was held went nowhere, and none follows
+    // the one that arrived.
+    first.s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     let mut second = Client::authed(h.tcp_addr, r#"{"key":"dup","accepts":[1000]}"#);
     let bye = first.expect_closed().expect("op 6 before close");
     assert!(bye.starts_with("replaced"), "{bye}");
