@@ -433,6 +433,68 @@ mod tests {
     }
 
     #[test]
+    fn header_tricks_bring_no_key_of_their_own() {
+        // Tokens that name a key in their header (an embedded `jwk`, a `jku`
+        // URL, a `kid` path) or sign HS256 with a configured public key's
+        // PEM as the secret: the signature is checked against the configured
+        // keys only, so each is refused.
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/keys");
+        let ver = Verifier::new(
+            &[SECRET.to_string()],
+            &[dir.join("rs256-public.pem"), dir.join("es256-next-public.pem")],
+            5,
+        )
+        .unwrap();
+        let b64 = |s: &str| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(s);
+        let claims = json!({"sub":"1","exp":1000}).to_string();
+        let signed = |header: &str, alg: Algorithm, key: &EncodingKey| {
+            let msg = format!("{}.{}", b64(header), b64(&claims));
+            let sig = jsonwebtoken::crypto::sign(msg.as_bytes(), key, alg).unwrap();
+            format!("{msg}.{sig}")
+        };
+        let attacker = EncodingKey::from_ec_pem(&std::fs::read(dir.join("es256-private.pem")).unwrap()).unwrap();
+        // The attacker's public key (tests/keys/es256-public.pem) as a JWK.
+        let jwk = json!({"alg":"ES256","jwk":{"kty":"EC","crv":"P-256",
+            "x":"4tyeP3kFbU2Lfd22JFA8UHwQ_C_QTKFfKpBctM8Uvqs","y":"GsKSV55448IUbwwN0y9vWtLPpn665S-5I8mLEmNvOHo"}})
+        .to_string();
+        assert_eq!(
+            ver.verify(&signed(&jwk, Algorithm::ES256, &attacker), 0),
+            Err(TokenError::BadSignature)
+        );
+        let other = EncodingKey::from_secret(OTHER.as_bytes());
+        for header in [
+            r#"{"alg":"HS256","jku":"http://127.0.0.1:1/keys.json"}"#,
+            r#"{"alg":"HS256","kid":"../../../../dev/null"}"#,
+            r#"{"alg":"HS256","x5u":"http://127.0.0.1:1/cert.pem"}"#,
+        ] {
+            assert_eq!(
+                ver.verify(&signed(header, Algorithm::HS256, &other), 0),
+                Err(TokenError::BadSignature),
+                "{header}"
+            );
+        }
+        let empty = EncodingKey::from_secret(b"");
+        let kid = r#"{"alg":"HS256","kid":"../../../../dev/null"}"#;
+        assert_eq!(
+            ver.verify(&signed(kid, Algorithm::HS256, &empty), 0),
+            Err(TokenError::BadSignature)
+        );
+        let pem = std::fs::read(dir.join("rs256-public.pem")).unwrap();
+        let confused = signed(r#"{"alg":"HS256"}"#, Algorithm::HS256, &EncodingKey::from_secret(&pem));
+        assert_eq!(ver.verify(&confused, 0), Err(TokenError::BadSignature));
+        assert!(ver
+            .verify(
+                &signed(
+                    r#"{"alg":"HS256"}"#,
+                    Algorithm::HS256,
+                    &EncodingKey::from_secret(SECRET.as_bytes())
+                ),
+                0
+            )
+            .is_ok());
+    }
+
+    #[test]
     fn rotation_accepts_every_configured_secret() {
         let both = v(&[OTHER, SECRET]);
         let claims = json!({"sub":"1","exp":1000});

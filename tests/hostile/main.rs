@@ -12,6 +12,7 @@ mod common;
 
 mod api;
 mod config;
+mod held;
 mod ip_limits;
 mod keys;
 mod patterns;
