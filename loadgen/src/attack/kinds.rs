@@ -161,7 +161,10 @@ fn pattern_cpu(t: &Target) -> Result<Value> {
         (ok, refused) = (ok + a + c, refused + b + d);
         subs.push(s);
     }
-    let room = vec!["a"; 100].join("/");
+    // Each publisher sends to both rooms: the issue's, which the deep
+    // patterns match, and the 16-segment one the bounded patterns match,
+    // so each build meets the worst an attacker can make it match.
+    let rooms = [vec!["a"; 100].join("/"), vec!["a"; 16].join("/")];
     let readers: Vec<_> = subs
         .into_iter()
         .map(|mut s| {
@@ -177,15 +180,27 @@ fn pattern_cpu(t: &Target) -> Result<Value> {
         .collect();
     let publishers: Vec<_> = (0..20u64)
         .map(|i| {
-            let (t, room) = (t.clone(), room.clone());
+            let (t, rooms) = (t.clone(), rooms.clone());
             std::thread::spawn(move || -> Result<(u64, u64)> {
                 let mut s = v2(&t, 3000 + i)?;
-                let body = volley::proto::v2::publish_body(1000, &room, "", b"x");
+                let frames: Vec<Vec<u8>> = rooms
+                    .iter()
+                    .map(|room| {
+                        frame(
+                            2,
+                            op2::PUBLISH,
+                            1,
+                            &volley::proto::v2::publish_body(1000, room, "", b"x"),
+                        )
+                    })
+                    .collect();
                 let (mut ok, mut refused) = (0, 0);
                 while t.on() {
-                    let (a, b) = batch(&mut s, &[frame(2, op2::PUBLISH, 1, &body)])?;
+                    // Two a batch, five batches a second: within the
+                    // default 10 publishes per second.
+                    let (a, b) = batch(&mut s, &frames)?;
                     (ok, refused) = (ok + a, refused + b);
-                    std::thread::sleep(Duration::from_millis(100));
+                    std::thread::sleep(Duration::from_millis(200));
                 }
                 Ok((ok, refused))
             })
