@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{closes, frame, op, post, start_server, wait_until, Client, Got};
+use common::{closes, frame, op, post, read_head, start_server, wait_until, Client, Got, RawWs};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
@@ -180,91 +180,6 @@ fn close_handshake_echoes_the_code() {
     .unwrap();
     assert_eq!(close_of(&mut ws).0, 4001);
     wait_until("counted", || closes(&h, "ws_closed") == 1);
-}
-
-/// A WebSocket client that sends exactly the bytes it is told to.
-struct RawWs {
-    s: TcpStream,
-}
-
-impl RawWs {
-    fn open(addr: SocketAddr) -> RawWs {
-        let mut s = TcpStream::connect(addr).unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-        s.write_all(
-            b"GET /sub HTTP/1.1\r\nHost: t\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-              Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
-        )
-        .unwrap();
-        let head = read_head(&mut s);
-        assert!(head.starts_with("HTTP/1.1 101"), "{head}");
-        assert!(head.contains("s3pPLMBiTxaQ9kYGzzhZRbK+xOo="), "{head}");
-        RawWs { s }
-    }
-
-    fn send_frame(&mut self, op: u8, payload: &[u8], masked: bool) {
-        let mut v = vec![0x80 | op];
-        let m = if masked { 0x80 } else { 0 };
-        if payload.len() < 126 {
-            v.push(m | payload.len() as u8);
-        } else {
-            v.push(m | 127);
-            v.extend_from_slice(&(payload.len() as u64).to_be_bytes());
-        }
-        let key = [9, 8, 7, 6];
-        if masked {
-            v.extend_from_slice(&key);
-        }
-        v.extend(
-            payload
-                .iter()
-                .enumerate()
-                .map(|(i, b)| if masked { b ^ key[i % 4] } else { *b }),
-        );
-        let _ = self.s.write_all(&v);
-    }
-
-    /// Skips server frames until a close frame; returns its code and reason.
-    fn close_frame(&mut self) -> (u16, String) {
-        loop {
-            let mut h = [0u8; 2];
-            self.s.read_exact(&mut h).expect("a server frame before EOF");
-            assert_eq!(h[1] & 0x80, 0, "server frames are not masked");
-            let len = match h[1] & 0x7f {
-                126 => {
-                    let mut l = [0u8; 2];
-                    self.s.read_exact(&mut l).unwrap();
-                    u16::from_be_bytes(l) as usize
-                }
-                127 => {
-                    let mut l = [0u8; 8];
-                    self.s.read_exact(&mut l).unwrap();
-                    u64::from_be_bytes(l) as usize
-                }
-                n => n as usize,
-            };
-            let mut p = vec![0u8; len];
-            self.s.read_exact(&mut p).unwrap();
-            if h[0] & 0x0f == 0x8 {
-                let code = u16::from_be_bytes([p[0], p[1]]);
-                let mut rest = Vec::new();
-                let _ = self.s.read_to_end(&mut rest);
-                return (code, String::from_utf8_lossy(&p[2..]).into_owned());
-            }
-        }
-    }
-}
-
-fn read_head(s: &mut TcpStream) -> String {
-    let mut out = Vec::new();
-    let mut b = [0u8; 1];
-    while !out.ends_with(b"\r\n\r\n") {
-        if s.read(&mut b).unwrap_or(0) == 0 {
-            break;
-        }
-        out.push(b[0]);
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 #[test]

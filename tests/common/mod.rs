@@ -318,3 +318,94 @@ impl Client {
         }
     }
 }
+
+/// A WebSocket client that sends exactly the bytes it is told to.
+pub struct RawWs {
+    pub s: TcpStream,
+}
+
+impl RawWs {
+    pub fn open(addr: SocketAddr) -> RawWs {
+        let mut s = TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        s.write_all(
+            b"GET /sub HTTP/1.1\r\nHost: t\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+              Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+        )
+        .unwrap();
+        let head = read_head(&mut s);
+        assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+        assert!(head.contains("s3pPLMBiTxaQ9kYGzzhZRbK+xOo="), "{head}");
+        RawWs { s }
+    }
+
+    pub fn send_frame(&mut self, op: u8, payload: &[u8], masked: bool) {
+        let _ = self.s.write_all(&ws_frame(op, payload, masked));
+    }
+
+    /// Skips server frames until a close frame; returns its code and reason.
+    pub fn close_frame(&mut self) -> (u16, String) {
+        loop {
+            let mut h = [0u8; 2];
+            self.s.read_exact(&mut h).expect("a server frame before EOF");
+            assert_eq!(h[1] & 0x80, 0, "server frames are not masked");
+            let len = match h[1] & 0x7f {
+                126 => {
+                    let mut l = [0u8; 2];
+                    self.s.read_exact(&mut l).unwrap();
+                    u16::from_be_bytes(l) as usize
+                }
+                127 => {
+                    let mut l = [0u8; 8];
+                    self.s.read_exact(&mut l).unwrap();
+                    u64::from_be_bytes(l) as usize
+                }
+                n => n as usize,
+            };
+            let mut p = vec![0u8; len];
+            self.s.read_exact(&mut p).unwrap();
+            if h[0] & 0x0f == 0x8 {
+                let code = u16::from_be_bytes([p[0], p[1]]);
+                let mut rest = Vec::new();
+                let _ = self.s.read_to_end(&mut rest);
+                return (code, String::from_utf8_lossy(&p[2..]).into_owned());
+            }
+        }
+    }
+}
+
+/// Reads an HTTP response head, up to its blank line (or EOF).
+pub fn read_head(s: &mut TcpStream) -> String {
+    let mut out = Vec::new();
+    let mut b = [0u8; 1];
+    while !out.ends_with(b"\r\n\r\n") {
+        if s.read(&mut b).unwrap_or(0) == 0 {
+            break;
+        }
+        out.push(b[0]);
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// A client WebSocket frame (FIN set), masked or not, as bytes.
+pub fn ws_frame(op: u8, payload: &[u8], masked: bool) -> Vec<u8> {
+    let mut v = vec![0x80 | op];
+    let m = if masked { 0x80 } else { 0 };
+    if payload.len() < 126 {
+        v.push(m | payload.len() as u8);
+    } else {
+        v.push(m | 127);
+        v.extend_from_slice(&(payload.len() as u64).to_be_bytes());
+    }
+    let key = [9, 8, 7, 6];
+    if masked {
+        v.extend_from_slice(&key);
+    }
+    v.extend(
+        payload
+            .iter()
+            .enumerate()
+            .map(|(i, b)| if masked { b ^ key[i % 4] } else { *b }),
+    );
+    v
+}

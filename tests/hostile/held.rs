@@ -5,7 +5,7 @@
 //! tests; bodies over the limit, 413, in tests/publish_http.rs; clients
 //! that stop reading, in tests/budget.rs.)
 
-use crate::common::{self, frame, op, start_server};
+use crate::common::{self, frame, op, start_server, ws_frame, RawWs};
 use crate::{measuring, rss, total, Bystander};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -76,59 +76,11 @@ fn the_api_answers_oversized_headers_ambiguous_framing_and_path_tricks_and_close
     by.finish();
 }
 
-/// An authenticated WebSocket connection on `/sub`, raw.
-fn ws_authed(addr: SocketAddr) -> TcpStream {
-    let mut s = TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    s.write_all(
-        b"GET /sub HTTP/1.1\r\nHost: t\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-          Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
-    )
-    .unwrap();
-    let mut head = Vec::new();
-    while !head.ends_with(b"\r\n\r\n") {
-        let mut b = [0u8; 1];
-        s.read_exact(&mut b).unwrap();
-        head.push(b[0]);
-    }
-    assert!(head.starts_with(b"HTTP/1.1 101"));
-    s.write_all(&ws_frame(0x2, &frame(1, op::AUTH, 1, br#"{"accepts":[]}"#)))
-        .unwrap();
-    s
-}
-
-/// A masked client frame.
-fn ws_frame(opcode: u8, payload: &[u8]) -> Vec<u8> {
-    assert!(payload.len() < 126);
-    let mut v = vec![0x80 | opcode, 0x80 | payload.len() as u8, 1, 2, 3, 4];
-    v.extend(payload.iter().enumerate().map(|(i, b)| b ^ [1, 2, 3, 4][i % 4]));
-    v
-}
-
-/// Reads server frames until a close frame: its code.
-fn close_code(s: &mut TcpStream) -> u16 {
-    loop {
-        let mut h = [0u8; 2];
-        s.read_exact(&mut h).expect("a close frame before EOF");
-        let len = match h[1] & 0x7f {
-            126 => {
-                let mut l = [0u8; 2];
-                s.read_exact(&mut l).unwrap();
-                u64::from(u16::from_be_bytes(l))
-            }
-            127 => {
-                let mut l = [0u8; 8];
-                s.read_exact(&mut l).unwrap();
-                u64::from_be_bytes(l)
-            }
-            n => u64::from(n),
-        };
-        let mut p = vec![0u8; len as usize];
-        s.read_exact(&mut p).unwrap();
-        if h[0] & 0x0f == 0x8 {
-            return u16::from_be_bytes([p[0], p[1]]);
-        }
-    }
+/// A raw WebSocket connection on `/sub`, authenticated.
+fn ws_authed(addr: SocketAddr) -> RawWs {
+    let mut w = RawWs::open(addr);
+    w.send_frame(0x2, &frame(1, op::AUTH, 1, br#"{"accepts":[]}"#), true);
+    w
 }
 
 #[test]
@@ -143,20 +95,20 @@ fn websocket_frames_claiming_2_63_bytes_and_ping_floods_are_closed() {
     let mut head = vec![0x82, 0x80 | 127];
     head.extend_from_slice(&(u64::MAX >> 1).to_be_bytes());
     head.extend_from_slice(&[1, 2, 3, 4]);
-    huge.write_all(&head).unwrap();
-    assert_eq!(close_code(&mut huge), 1009);
+    huge.s.write_all(&head).unwrap();
+    assert_eq!(huge.close_frame().0, 1009);
     common::wait_until("ws_too_big counted", || common::closes(&h, "ws_too_big") == before + 1);
 
     // Pings sent without reading the pongs: the pongs queue like any other
     // output, and the connection is closed as a slow consumer at its
     // outbound limit.
     let before = common::closes(&h, "slow_consumer");
-    let mut flood = ws_authed(h.ws_addr);
-    flood.set_write_timeout(Some(Duration::from_secs(10))).unwrap();
-    let pings: Vec<u8> = (0..1000).flat_map(|_| ws_frame(0x9, &[b'p'; 125])).collect();
+    let flood = ws_authed(h.ws_addr);
+    flood.s.set_write_timeout(Some(Duration::from_secs(10))).unwrap();
+    let pings: Vec<u8> = (0..1000).flat_map(|_| ws_frame(0x9, &[b'p'; 125], true)).collect();
     let mut sent = 0usize;
     // At most 128 MiB of pings; the close comes long before.
-    while sent < 128 << 20 && flood.write_all(&pings).is_ok() {
+    while sent < 128 << 20 && (&flood.s).write_all(&pings).is_ok() {
         sent += pings.len();
     }
     common::wait_until("the flood closed as a slow consumer", || {
