@@ -141,6 +141,13 @@ fn a_thousand_connections_opened_and_closed_leave_nothing_behind() {
     churn(1000);
     let settled = || {
         common::wait_until("every churned connection gone", || total(&h, |s| s.conns) == 1);
+        // Their rooms, users and keys went with them: only the bystander
+        // is online, in its room.
+        common::wait_until("the rooms emptied", || {
+            let (_, top) = common::http(h.http_addr, "GET", "/goim/online/top?type=live&limit=100", &[], b"");
+            let (_, all) = common::http(h.http_addr, "GET", "/goim/online/total", &[], b"");
+            top["data"].as_array().map(Vec::len) == Some(1) && all["data"]["conn_count"] == 1
+        });
         rss()
     };
     let base = settled();
@@ -148,6 +155,11 @@ fn a_thousand_connections_opened_and_closed_leave_nothing_behind() {
     let after = settled();
     let grew = after.saturating_sub(base);
     eprintln!("RSS after 1,000 more connections came and went: {base} -> {after} (+{grew})");
-    assert!(grew < 8 << 20, "1,000 connections that came and went left {grew} bytes");
+    // Other tests of this binary run beside this one: the bound catches a
+    // connection's buffers left behind (16 KiB and up each), not bytes.
+    assert!(
+        grew < 16 << 20,
+        "1,000 connections that came and went left {grew} bytes"
+    );
     by.finish();
 }
