@@ -1302,6 +1302,66 @@ fn read_marks_and_unread_counts_follow_the_user_to_any_node() {
     b.send_as(2, 48, 4, br#"{"room":"chat/u","offset":1}"#);
     let r = b.read().unwrap();
     assert!(r.text().contains(r#""offset":3"#), "{}", r.text());
+    // Redis loses the room's offset counter and keeps its marks (an
+    // eviction, a partial restore): a mark is then above the newest
+    // offset, and nothing is unread rather than an underflow.
+    assert_eq!(redis_cli(&redis, &["DEL", "vly:{chat/u}:o"]), "1");
+    let (status, v) = http(nodes[1].http_addr, "GET", "/v1/unread?mid=42&rooms=chat/u", &[], b"");
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["data"]["rooms"]["chat/u"]["unread"], 0, "{v}");
+    b.send_as(2, 48, 5, br#"{"room":"chat/u","offset":4}"#);
+    let r = b.read().unwrap();
+    assert_eq!((r.op, r.seq), (49, 5), "{}", r.text());
+    let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+    assert_eq!(v["unread"], 0, "{v}");
+}
+
+#[test]
+fn every_node_is_in_vly_nodes_once_under_its_registry_id() {
+    // Pushes to everyone read `vly:nodes` and drop an id that has neither
+    // a subscriber nor a `vly:alive:` key; the counts report must add the
+    // id the registry subscribes under, or a broadcast drops the node's
+    // counts from the cluster's sums until its next report.
+    let redis = Redis::start(&[]);
+    let nodes = cluster(&redis, 2);
+    let mut clients = Vec::new();
+    for (node, n) in [(0, 2), (1, 3)] {
+        for i in 0..n {
+            let auth = format!(
+                r#"{{"mid":{},"room_id":"live://n","accepts":[1000]}}"#,
+                100 * node + i + 1
+            );
+            clients.push(Client::authed(nodes[node].tcp_addr, &auth));
+        }
+    }
+    let counted = || {
+        nodes.iter().all(|h| {
+            let (_, v) = http(h.http_addr, "GET", "/goim/online/room?type=live&rooms=n", &[], b"");
+            v["data"]["n"] == 5
+        })
+    };
+    wait_until("every node counts the cluster's members", counted);
+    // Each node in the set once, under the id its registry entries and
+    // channel use, with the counts it reported under that id.
+    let registry_ids = || {
+        let ids = redis_cli(&redis, &["SMEMBERS", "vly:nodes"]);
+        let ids: Vec<String> = ids.lines().map(str::to_string).collect();
+        ids.len() == 2
+            && ids.iter().all(|id| {
+                id.len() == 12
+                    && id.bytes().all(|b| b.is_ascii_hexdigit())
+                    && redis_cli(&redis, &["EXISTS", &format!("vly:t:{id}")]) == "1"
+            })
+    };
+    wait_until("every node reports under its registry id", registry_ids);
+    let (status, v) = http(nodes[0].http_addr, "POST", "/goim/push/all?operation=1000", &[], b"all");
+    assert_eq!(status, 200, "{v}");
+    for c in &mut clients {
+        assert_eq!(c.read_push().body, b"all");
+    }
+    // The broadcast's script has run: no node left the set.
+    assert!(registry_ids(), "{}", redis_cli(&redis, &["SMEMBERS", "vly:nodes"]));
+    assert!(counted(), "the sums still hold every node's members");
 }
 
 #[test]

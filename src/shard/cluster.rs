@@ -1087,7 +1087,8 @@ impl Shard {
         };
         c.reporting = true;
         let me = c.me.clone();
-        let node = format!("{:016x}", self.shared.keys.tag());
+        // The registry's spelling: the ids in `vly:nodes` must be one per node.
+        let node = c.node.clone();
         let shared = self.shared.clone();
         c.spawn(async move {
             let got = counts::report(&link, &node, &report).await;

@@ -189,7 +189,10 @@ impl Shard {
     pub(super) fn mark_reply(&mut self, r: ConnRef, seq: u32, room: &str, mark: Option<(u64, u64)>) {
         match mark {
             Some((mark, last)) => {
-                let body = serde_json::json!({"room": room, "offset": mark, "unread": last - mark}).to_string();
+                // In a cluster both come from Redis, where a mark can outlive
+                // the room's offset counter (evicted, or restored apart).
+                let unread = last.saturating_sub(mark);
+                let body = serde_json::json!({"room": room, "offset": mark, "unread": unread}).to_string();
                 self.reply(r, VERSION_NATIVE, op::READ_REPLY, seq, body.as_bytes());
             }
             None => self.v2_error(

@@ -537,7 +537,9 @@ fn v1_unread(r: &Req<'_>) -> Result<Later, ApiError> {
             for (room, m) in rooms.iter().zip(marks) {
                 let v = m.map_or(
                     Value::Null,
-                    |(mark, last)| json!({"unread": last - mark, "offset": last, "read": mark}),
+                    // A mark may be above a room's newest offset when Redis
+                    // lost the offset counter but kept the marks.
+                    |(mark, last)| json!({"unread": last.saturating_sub(mark), "offset": last, "read": mark}),
                 );
                 data.insert(room.to_string(), v);
             }
