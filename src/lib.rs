@@ -40,7 +40,8 @@
 //!   on a shard: room messages through Redis (publish, subscription, the
 //!   node's cache, resume and history from Redis), pattern, user, key and
 //!   everyone pushes, the registry, read marks, counts;
-//!   `shard::cluster_presence`, presence lists and events across nodes;
+//!   `shard::cluster_ops`, what the answers of the Redis operations it
+//!   emits as values are for; `shard::cluster_presence`, presence lists and events across nodes;
 //!   `shard::cluster_patterns`, pattern subscribers across nodes.
 //! - [`conn`]: client connections' I/O: accept, the per-connection driver
 //!   (state, not a task), the per-shard readiness ring (one multishot poll
@@ -54,16 +55,18 @@
 //! - [`cluster`]: cluster mode's Redis side: each shard's pipelined links
 //!   to the instances of `[redis] urls` and their health, its pub/sub
 //!   subscribers, a room message's keys, scripts, Stream reads and channel
-//!   forms, the push form, the user / key registry, the nodes' counts, and
-//!   the presence notes nodes leave each other.
+//!   forms, the push form, the user / key registry, the nodes' counts, the
+//!   presence notes nodes leave each other, and Redis operations as values
+//!   with the per-shard driver that runs them (`cluster::ops`).
 //! - [`proto`]: sans-IO codecs and policies (frames, batches, bodies, close
 //!   reasons, room patterns, version 2, WebSocket).
 //! - [`metrics`]: counters and histograms, as JSON and Prometheus text.
 //! - [`host`]: `volley check-host`, what on this host is not tuned.
 //!
 //! Code that awaits: `conn`, `api::http`, `api::tcp`, `net::accept_each`,
-//! `shard::run`, `cluster` (links, subscribers, scripts), the Redis tasks
-//! `shard::cluster` spawns, and `server`'s start-up; everything else is
+//! `shard::run`, `cluster` (links, subscribers, scripts, the operations'
+//! driver), the Redis tasks `shard::cluster` still spawns, and `server`'s
+//! start-up; everything else is
 //! plain functions over data, driven by them.
 #![warn(missing_docs)]
 

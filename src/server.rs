@@ -247,6 +247,11 @@ async fn shard_main(
         state.set_shard(Rc::downgrade(&shard));
         let (links, subs) = state.connections();
         shard.borrow_mut().cluster = Some(state);
+        let ops = cluster::ops::drive(Rc::downgrade(&shard), links.clone(), control);
+        if let Err(e) = glommio::spawn_local_into(ops, control).map(|t| t.detach()) {
+            let _ = ready.send(Err(format!("cannot spawn the Redis operations' driver: {e}")));
+            return;
+        }
         for (i, (link, sub)) in links.into_iter().zip(subs).enumerate() {
             let sh = shard.clone();
             let on_event = move |e| sh.borrow_mut().on_redis(i, e);

@@ -9,8 +9,9 @@
 //! of key, user and everyone pushes (`push`), which nodes hold which users
 //! and keys (`registry`), each node's counts and their cluster-wide sums
 //! (`counts`), the notes nodes leave each other about rooms' members
-//! (`presence`), and a shard's pub/sub connection to each instance
-//! (`subscriber`). What a shard does
+//! (`presence`), a shard's pub/sub connection to each instance
+//! (`subscriber`), and Redis operations as values with the driver that runs
+//! them for a shard (`ops`). What a shard does
 //! with them is `shard::cluster`.
 //!
 //! Runs on every shard: each shard keeps a link of its own to each instance
@@ -25,6 +26,7 @@
 
 pub mod counts;
 pub mod link;
+pub mod ops;
 pub mod presence;
 pub mod push;
 pub mod registry;

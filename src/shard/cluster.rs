@@ -34,12 +34,14 @@
 //! once the room is `Live`; a publish is answered a success only when Redis
 //! took it.
 
+use super::cluster_ops::Then;
 use super::cluster_state::{Join, RoomSync, ShardCluster, State, LINGER_SECS, MAX_HELD, PATTERN_DEDUP_SECS};
 use super::history::Entry;
 use super::mesh::{owner_of_str, Answer, ConnRef, HistoryPage, Publication, Published, Reply, ShardMsg};
 use super::state::Shard;
 use crate::cluster::counts::{self, Report};
 use crate::cluster::instance_of;
+use crate::cluster::ops::Call;
 use crate::cluster::presence;
 use crate::cluster::push::{decode_push, encode_push, Push};
 use crate::cluster::registry;
@@ -630,30 +632,27 @@ impl Shard {
     /// Cluster mode, on the marking connection's shard: records a read mark
     /// in Redis (op 48) and answers with it, or `unavailable`.
     pub(super) fn cluster_mark(&mut self, r: ConnRef, seq: u32, room: Arc<str>, mid: i64, offset: u64) {
-        let max = self.cfg().history.max_marks;
-        let Some(c) = self.cluster.as_ref() else { return };
-        let (link, me) = (c.link_for(&room), c.me.clone());
-        c.spawn(async move {
-            let got = room::mark(&link, &room, mid, offset, max).await;
-            with_shard(&me, |sh| match got {
-                Ok(mark) => sh.mark_reply(r, seq, &room, mark),
-                Err(e) => sh.v2_error(r, seq, ErrorCode::Unavailable, &e.to_string()),
-            });
-        });
+        let max_marks = self.cfg().history.max_marks;
+        let Some(instance) = self.cluster_instance(&room) else {
+            return;
+        };
+        let call = Call::Mark {
+            room: room.clone(),
+            mid,
+            offset,
+            max_marks,
+        };
+        self.emit(instance, call, Then::Mark { r, seq, room });
     }
 
     /// Cluster mode, for `GET /v1/unread`: user `mid`'s marks in `rooms`
     /// (all on one instance) and their newest offsets, from Redis; `reply`
     /// is dropped unanswered when Redis cannot say.
     pub fn cluster_unread(&mut self, mid: i64, rooms: Vec<Arc<str>>, reply: Reply<Vec<Option<(u64, u64)>>>) {
-        let Some(c) = self.cluster.as_ref() else { return };
-        let Some(first) = rooms.first() else { return };
-        let link = c.link_for(first);
-        c.spawn(async move {
-            if let Ok(marks) = room::unread(&link, &rooms, mid).await {
-                reply.send(marks);
-            }
-        });
+        let Some(instance) = rooms.first().and_then(|first| self.cluster_instance(first)) else {
+            return;
+        };
+        self.emit(instance, Call::Unread { rooms, mid }, Then::Unread { reply });
     }
 
     /// Cluster mode, for `GET /v1/history`: a page of `room`'s history

@@ -9,8 +9,10 @@
 //! Owned by one shard (`Shard::cluster`, `None` on a single node); never
 //! shared across threads.
 
+use super::cluster_ops::Then;
 use super::mesh::{GlobalConn, NodesPage, Reply};
 use crate::cluster::link::Link;
+use crate::cluster::ops::RedisOp;
 use crate::cluster::registry;
 use crate::cluster::room::Message;
 use crate::cluster::subscriber::Subscriber;
@@ -19,8 +21,10 @@ use crate::proto::v2::Resume;
 use fnv::FnvHashMap;
 use glommio::TaskQueueHandle;
 use std::cell::RefCell;
+use std::collections::VecDeque;
 use std::rc::Weak;
 use std::sync::Arc;
+use std::task::Waker;
 
 /// Seconds a room stays subscribed after the node's last member left (and
 /// the shards' published views, a second late, say so): a member coming
@@ -91,6 +95,11 @@ pub struct ShardCluster<S> {
     /// Rooms this shard owns whose messages reached the node's pattern
     /// subscribers through a glob: the last such message.
     pub(super) matched: FnvHashMap<Arc<str>, Seen>,
+    /// Operations emitted and not yet taken by the driver
+    /// (`shard::cluster_ops`).
+    pub(super) ops: VecDeque<RedisOp<Then>>,
+    /// The driver, waiting for the next operation.
+    pub(super) ops_waker: Option<Waker>,
 }
 
 /// The last message of a room delivered to pattern subscribers through a
@@ -182,6 +191,8 @@ impl<S> ShardCluster<S> {
             local_globs: FnvHashMap::default(),
             globs: FnvHashMap::default(),
             matched: FnvHashMap::default(),
+            ops: VecDeque::new(),
+            ops_waker: None,
         }
     }
 

@@ -47,6 +47,7 @@ mod access;
 pub mod addr;
 pub mod admission;
 pub mod cluster;
+pub mod cluster_ops;
 pub mod cluster_patterns;
 pub mod cluster_presence;
 pub mod cluster_state;

@@ -1,0 +1,137 @@
+//! Redis operations as values: what a shard asks of Redis (`Call`), on
+//! which instance, and the continuation it wants the answer handed to
+//! (`RedisOp::then`, opaque here); and the driver that runs them
+//! (`drive`). The shard emits operations and handles their answers; it
+//! never awaits Redis itself, so its cluster behaviour can be driven by a
+//! simulated Redis as well as by the links.
+//!
+//! Runs on every shard of a node with `[redis] urls`: one `drive` task per
+//! shard, in the shard's control queue, one task per operation in flight.
+//!
+//! Invariants: every operation taken is answered exactly once while the
+//! shard lives (an operation whose instance has no link answers
+//! `RedisError::Down`); answers carry the clock read when they arrived, so
+//! the shard reads no clock of its own.
+//!
+//! ```text
+//! shard: emit(RedisOp) ──poll_op──> drive ──Call::run on links[instance]──> Redis
+//! shard: answered(then, Answer, now_us) <──────────────────────────────────┘
+//! ```
+//!
+//! Moving the shard's remaining spawned closures here, one `Call` each, is
+//! the work of issue 26 (REVIEW-2026-12c, order of work, step 2).
+
+use super::link::{Link, RedisError};
+use super::room;
+use std::cell::RefCell;
+use std::rc::Weak;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+/// One operation: `call` on instance `instance`, its answer for `then`.
+#[derive(Debug)]
+pub struct RedisOp<T> {
+    /// Index into `[redis] urls`.
+    pub instance: usize,
+    /// What to ask.
+    pub call: Call,
+    /// What the answer is for (the shard's).
+    pub then: T,
+}
+
+/// What to ask Redis.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Call {
+    /// `room::mark`: user `mid` has read `room` up to `offset`; refused
+    /// where the room holds `max_marks` marks of other users.
+    Mark {
+        /// The room marked.
+        room: Arc<str>,
+        /// The reader.
+        mid: i64,
+        /// Read up to here.
+        offset: u64,
+        /// `[history] max_marks`.
+        max_marks: usize,
+    },
+    /// `room::unread`: user `mid`'s marks in `rooms`, all on one instance.
+    Unread {
+        /// The rooms asked about.
+        rooms: Vec<Arc<str>>,
+        /// The reader.
+        mid: i64,
+    },
+}
+
+/// Marks and newest offsets, per room asked.
+pub type Marks = Vec<Option<(u64, u64)>>;
+
+/// What Redis answered, one variant per `Call`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Answer {
+    /// To `Call::Mark`: (mark, newest offset), `None` when refused.
+    Mark(Result<Option<(u64, u64)>, RedisError>),
+    /// To `Call::Unread`.
+    Unread(Result<Marks, RedisError>),
+}
+
+impl Call {
+    /// Runs the call on `link`.
+    pub async fn run(self, link: &Link) -> Answer {
+        match self {
+            Call::Mark {
+                room,
+                mid,
+                offset,
+                max_marks,
+            } => Answer::Mark(room::mark(link, &room, mid, offset, max_marks).await),
+            Call::Unread { rooms, mid } => Answer::Unread(room::unread(link, &rooms, mid).await),
+        }
+    }
+
+    /// The answer of a call that could not be made.
+    pub fn failed(&self, e: RedisError) -> Answer {
+        match self {
+            Call::Mark { .. } => Answer::Mark(Err(e)),
+            Call::Unread { .. } => Answer::Unread(Err(e)),
+        }
+    }
+}
+
+/// What `drive` runs operations for: a shard.
+pub trait Ops {
+    /// The shard's continuations.
+    type Then: 'static;
+    /// The next operation, or `Pending` with `cx`'s waker kept for when
+    /// one is emitted.
+    fn poll_op(&mut self, cx: &mut Context<'_>) -> Poll<RedisOp<Self::Then>>;
+    /// An operation's answer, at `now_us` (`metrics::clock_us`, wrapping).
+    fn answered(&mut self, then: Self::Then, answer: Answer, now_us: u32);
+}
+
+/// Takes the operations of the shard behind `me` and runs each on its
+/// instance's link, in `queue`, until the shard is gone.
+pub async fn drive<S: Ops + 'static>(me: Weak<RefCell<S>>, links: Vec<Link>, queue: glommio::TaskQueueHandle) {
+    loop {
+        let next = std::future::poll_fn(|cx| match me.upgrade() {
+            Some(s) => s.borrow_mut().poll_op(cx).map(Some),
+            None => Poll::Ready(None),
+        });
+        let Some(op) = next.await else { return };
+        let (me, link) = (me.clone(), links.get(op.instance).cloned());
+        let run = async move {
+            let answer = match link {
+                Some(link) => op.call.run(&link).await,
+                None => op
+                    .call
+                    .failed(RedisError::Down(format!("instance {}", op.instance), "no link".into())),
+            };
+            if let Some(s) = me.upgrade() {
+                s.borrow_mut().answered(op.then, answer, crate::metrics::clock_us());
+            }
+        };
+        if let Ok(t) = glommio::spawn_local_into(run, queue) {
+            t.detach();
+        }
+    }
+}
