@@ -15,14 +15,17 @@
 //!
 //! ```text
 //! shard: emit(RedisOp) ──poll_op──> drive ──Call::run on links[instance]──> Redis
-//! shard: answered(then, Answer, now_us) <──────────────────────────────────┘
+//! shard: answered(then, RedisAnswer, now_us) <──────────────────────────────────┘
 //! ```
 //!
 //! Moving the shard's remaining spawned closures here, one `Call` each, is
 //! the work of issue 26 (REVIEW-2026-12c, order of work, step 2).
 
 use super::link::{Link, RedisError};
-use super::room;
+use super::registry::{self, InboxLimits};
+use super::room::{self, Dedup, Message, Published, Stored};
+use crate::proto::publish::Target;
+use bytes::Bytes;
 use std::cell::RefCell;
 use std::rc::Weak;
 use std::sync::Arc;
@@ -42,6 +45,49 @@ pub struct RedisOp<T> {
 /// What to ask Redis.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Call {
+    /// `room::publish`: a room message, its Stream bounded to `history`
+    /// entries, deduplicated by `dedup`.
+    Publish {
+        /// The room.
+        room: Arc<str>,
+        /// The message (offset and epoch: Redis's to give).
+        msg: Message,
+        /// `[history]` messages of the room.
+        history: u32,
+        /// The publisher's message id or the pattern publish's token.
+        dedup: Option<Dedup>,
+    },
+    /// `registry::to_nodes`: `body` to the channels of `nodes` (none: of
+    /// every node); on the first instance.
+    ToNodes {
+        /// A push or pattern publish in its channel form.
+        body: Bytes,
+        /// Node ids.
+        nodes: Vec<String>,
+    },
+    /// `registry::route`: a user or key push to the nodes that hold its
+    /// targets, and into the inboxes of users none holds.
+    Route {
+        /// Users or keys, all of them on this instance.
+        target: Target,
+        /// The push's head (`op ttl idlen id`).
+        head: String,
+        /// Its payload.
+        payload: Bytes,
+        /// How inboxes keep it.
+        inbox: InboxLimits,
+    },
+    /// A page of `room`'s history: its position, then up to `count`
+    /// stored messages after offset `since` (`room::position`,
+    /// `room::range_at_most`).
+    History {
+        /// The room.
+        room: Arc<str>,
+        /// Messages after this offset.
+        since: u64,
+        /// Most messages to read (0: only the position).
+        count: u64,
+    },
     /// `room::mark`: user `mid` has read `room` up to `offset`; refused
     /// where the room holds `max_marks` marks of other users.
     Mark {
@@ -66,9 +112,19 @@ pub enum Call {
 /// Marks and newest offsets, per room asked.
 pub type Marks = Vec<Option<(u64, u64)>>;
 
+/// A room's position (newest offset, epoch; `None`: no log) and stored
+/// messages read after it.
+pub type Page = Option<((u64, u64), Vec<Stored>)>;
+
 /// What Redis answered, one variant per `Call`.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Answer {
+pub enum RedisAnswer {
+    /// To `Call::Publish`.
+    Publish(Result<Published, RedisError>),
+    /// To `Call::ToNodes` and `Call::Route`: how many nodes it went to.
+    Sent(Result<u64, RedisError>),
+    /// To `Call::History`.
+    History(Result<Page, RedisError>),
     /// To `Call::Mark`: (mark, newest offset), `None` when refused.
     Mark(Result<Option<(u64, u64)>, RedisError>),
     /// To `Call::Unread`.
@@ -77,25 +133,56 @@ pub enum Answer {
 
 impl Call {
     /// Runs the call on `link`.
-    pub async fn run(self, link: &Link) -> Answer {
+    pub async fn run(self, link: &Link) -> RedisAnswer {
         match self {
             Call::Mark {
                 room,
                 mid,
                 offset,
                 max_marks,
-            } => Answer::Mark(room::mark(link, &room, mid, offset, max_marks).await),
-            Call::Unread { rooms, mid } => Answer::Unread(room::unread(link, &rooms, mid).await),
+            } => RedisAnswer::Mark(room::mark(link, &room, mid, offset, max_marks).await),
+            Call::Unread { rooms, mid } => RedisAnswer::Unread(room::unread(link, &rooms, mid).await),
+            Call::Publish {
+                room,
+                msg,
+                history,
+                dedup,
+            } => RedisAnswer::Publish(room::publish(link, &room, &msg, history, dedup.as_ref()).await),
+            Call::ToNodes { body, nodes } => RedisAnswer::Sent(registry::to_nodes(link, &body, &nodes).await),
+            Call::Route {
+                target,
+                head,
+                payload,
+                inbox,
+            } => RedisAnswer::Sent(registry::route(link, &target, (&head, &payload), inbox).await),
+            Call::History { room, since, count } => RedisAnswer::History(history_page(link, &room, since, count).await),
         }
     }
 
     /// The answer of a call that could not be made.
-    pub fn failed(&self, e: RedisError) -> Answer {
+    pub fn failed(&self, e: RedisError) -> RedisAnswer {
         match self {
-            Call::Mark { .. } => Answer::Mark(Err(e)),
-            Call::Unread { .. } => Answer::Unread(Err(e)),
+            Call::Mark { .. } => RedisAnswer::Mark(Err(e)),
+            Call::Unread { .. } => RedisAnswer::Unread(Err(e)),
+            Call::Publish { .. } => RedisAnswer::Publish(Err(e)),
+            Call::ToNodes { .. } | Call::Route { .. } => RedisAnswer::Sent(Err(e)),
+            Call::History { .. } => RedisAnswer::History(Err(e)),
         }
     }
+}
+
+/// `Call::History`: the position, then what is stored past `since`.
+async fn history_page(link: &Link, room: &str, since: u64, count: u64) -> Result<Page, RedisError> {
+    let Some((last, epoch)) = room::position(link, room).await? else {
+        return Ok(None);
+    };
+    let want = count.min(last.saturating_sub(since));
+    let stored = if want > 0 {
+        room::range_at_most(link, room, epoch, (since + 1, last), want).await?
+    } else {
+        Vec::new()
+    };
+    Ok(Some(((last, epoch), stored)))
 }
 
 /// What `drive` runs operations for: a shard.
@@ -106,7 +193,7 @@ pub trait Ops {
     /// one is emitted.
     fn poll_op(&mut self, cx: &mut Context<'_>) -> Poll<RedisOp<Self::Then>>;
     /// An operation's answer, at `now_us` (`metrics::clock_us`, wrapping).
-    fn answered(&mut self, then: Self::Then, answer: Answer, now_us: u32);
+    fn answered(&mut self, then: Self::Then, answer: RedisAnswer, now_us: u32);
 }
 
 /// Takes the operations of the shard behind `me` and runs each on its

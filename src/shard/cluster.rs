@@ -12,10 +12,12 @@
 //! sent while it was not subscribed, and the node's counts report
 //! (`cluster::counts`).
 //!
-//! Runs on every shard of a node with `[redis] urls`; the tasks it spawns
-//! (one per publish, sync or history read) run in the shard's control
-//! queue and come back to the shard through a weak handle. Nothing here
-//! runs in single-node mode (`Shard::cluster` is `None`).
+//! Runs on every shard of a node with `[redis] urls`. Publishes, pushes,
+//! read marks, unread counts and history pages are emitted as operations
+//! (`shard::cluster_ops`, run by `cluster::ops::drive`); the other Redis
+//! calls are still tasks it spawns in the shard's control queue that come
+//! back to the shard through a weak handle, until they move too (issue
+//! 26). Nothing here runs in single-node mode (`Shard::cluster` is `None`).
 //!
 //! ```text
 //! publish R (any shard) ──EVALSHA publish──> Redis: offset, Stream, PUBLISH vly:{R}
@@ -36,8 +38,7 @@
 
 use super::cluster_ops::Then;
 use super::cluster_state::{Join, RoomSync, ShardCluster, State, LINGER_SECS, MAX_HELD, PATTERN_DEDUP_SECS};
-use super::history::Entry;
-use super::mesh::{owner_of_str, Answer, ConnRef, HistoryPage, Publication, Published, Reply, ShardMsg};
+use super::mesh::{owner_of_str, Answer, ConnRef, HistoryPage, Publication, Reply, ShardMsg};
 use super::state::Shard;
 use crate::cluster::counts::{self, Report};
 use crate::cluster::instance_of;
@@ -100,10 +101,10 @@ impl Shard {
     /// Cluster mode, on any shard: publishes a room message through
     /// Redis and tells `reply` what it got (or why not).
     pub(super) fn cluster_publish(&mut self, room: Arc<str>, msg: Publication, reply: Answer) {
-        let Some(c) = self.cluster.as_ref() else { return };
-        let link = c.link_for(&room);
-        let me = c.me.clone();
-        let bound = self.cfg().history.policy(&room).messages.clamp(1, u32::MAX as usize) as u32;
+        let Some(instance) = self.cluster_instance(&room) else {
+            return;
+        };
+        let history = self.cfg().history.policy(&room).messages.clamp(1, u32::MAX as usize) as u32;
         let keys = RoomKeys::of(&room);
         let dedup = match (&msg.id, msg.token) {
             (Some(id), _) => Some(Dedup {
@@ -116,49 +117,34 @@ impl Shard {
             }),
             (None, None) => None,
         };
-        let m = message_of(&msg);
-        let shared = self.shared.clone();
-        let id = self.id;
-        c.spawn(async move {
-            let got = room::publish(&link, &room, &m, bound, dedup.as_ref()).await;
-            let got = got.map_err(|e| {
-                ShardStats::add(&shared.stats[id].cluster_publish_failed, 1);
-                e.to_string()
-            });
-            let got = got.map(|p| Published {
-                offset: p.offset,
-                epoch: p.epoch,
-                duplicate: p.duplicate,
-            });
-            if got.as_ref().is_ok_and(|p| p.duplicate) {
-                ShardStats::add(&shared.stats[id].publish_duplicates, 1);
-            }
-            match reply {
-                Answer::None => {}
-                Answer::Api(r) => r.send(got),
-                Answer::Client { at, seq } => with_shard(&me, |sh| match got {
-                    Ok(p) => sh.client_published(at.conn, seq, &room, p),
-                    Err(e) => sh.v2_error(at.conn, seq, ErrorCode::Unavailable, &e),
-                }),
-            }
-        });
+        let call = Call::Publish {
+            room: room.clone(),
+            msg: message_of(&msg),
+            history,
+            dedup,
+        };
+        self.emit(instance, call, Then::Published { room, reply });
     }
 
     /// Cluster mode, on any shard: a pattern publish goes to every live
     /// node's channel (`registry::to_nodes`: one command); each publishes it
     /// to the matching rooms it knows (`pattern_message`).
     pub fn cluster_publish_pattern(&mut self, pattern: &str, msg: &Publication) {
-        let Some(c) = self.cluster.as_ref() else { return };
-        let link = c.links[0].clone();
-        let m = message_of(msg);
-        let body = room::encode_pattern(pattern, fastrand::u64(1..), &m);
-        let (shared, id) = (self.shared.clone(), self.id);
-        c.spawn(async move {
-            if let Err(e) = registry::to_nodes(&link, &body, &[]).await {
-                ShardStats::add(&shared.stats[id].cluster_publish_failed, 1);
-                tracing::warn!(error = %e, "pattern publish not sent");
-            }
-        });
+        if self.cluster.is_none() {
+            return;
+        }
+        let body = room::encode_pattern(pattern, fastrand::u64(1..), &message_of(msg));
+        let call = Call::ToNodes {
+            body: body.into(),
+            nodes: Vec::new(),
+        };
+        self.emit(
+            0,
+            call,
+            Then::Sent {
+                what: "pattern publish",
+            },
+        );
     }
 
     /// Cluster mode, on any shard: a push to everyone goes to every live
@@ -169,14 +155,9 @@ impl Shard {
     /// queue when it is again.
     pub fn cluster_push(&mut self, target: Target, op: u32, payload: &[u8], id: Option<&str>, ttl: Option<u32>) {
         let Some(c) = self.cluster.as_ref() else { return };
-        let (shared, me) = (self.shared.clone(), self.id);
         let id = id.unwrap_or("").to_string();
         let ttl = ttl.unwrap_or(0);
         let payload = Bytes::copy_from_slice(payload);
-        let failed = move |e: crate::cluster::link::RedisError| {
-            ShardStats::add(&shared.stats[me].cluster_publish_failed, 1);
-            tracing::warn!(error = %e, "push not sent");
-        };
         // (nodes, push) to send to those nodes (none named: every node).
         let mut direct: Vec<(Vec<String>, Push)> = Vec::new();
         // Per instance, the targets to route through the registry.
@@ -225,23 +206,24 @@ impl Shard {
             secs: if ttl > 0 { ttl } else { ib.ttl_secs },
         };
         for (i, targets) in routed.into_iter().enumerate() {
-            for t in targets {
-                let (link, head, payload, failed) = (c.links[i].clone(), head.clone(), payload.clone(), failed.clone());
-                c.spawn(async move {
-                    if let Err(e) = registry::route(&link, &t, (&head, &payload), inbox).await {
-                        failed(e);
-                    }
-                });
+            for target in targets {
+                let (head, payload) = (head.clone(), payload.clone());
+                let call = Call::Route {
+                    target,
+                    head,
+                    payload,
+                    inbox,
+                };
+                self.emit(i, call, Then::Sent { what: "push" });
             }
         }
         for (nodes, p) in direct {
             let Some(body) = encode_push(&p) else { continue };
-            let (link, failed) = (c.links[0].clone(), failed.clone());
-            c.spawn(async move {
-                if let Err(e) = registry::to_nodes(&link, &body, &nodes).await {
-                    failed(e);
-                }
-            });
+            let call = Call::ToNodes {
+                body: body.into(),
+                nodes,
+            };
+            self.emit(0, call, Then::Sent { what: "push" });
         }
     }
 
@@ -659,47 +641,17 @@ impl Shard {
     /// from its Stream (messages past their TTL or the room's age limit
     /// left out); `reply` is dropped unanswered when Redis cannot say.
     pub fn cluster_history(&mut self, room: Arc<str>, since: u64, limit: usize, reply: Reply<Option<HistoryPage>>) {
-        let policy = self.cfg().history.policy(&room);
-        let (unix, tick) = (self.unix_now, self.wheel.now());
-        let Some(c) = self.cluster.as_ref() else { return };
-        let link = c.link_for(&room);
-        c.spawn(async move {
-            let Ok(pos) = room::position(&link, &room).await else {
-                return;
-            };
-            let Some((last, epoch)) = pos else {
-                return reply.send(None);
-            };
-            let mut page = HistoryPage {
-                epoch,
-                last,
-                entries: Vec::new(),
-            };
-            if since < last && limit > 0 {
-                // Room for what the filters leave out, within one read.
-                let want = (limit as u64).saturating_mul(2).min(last - since);
-                let Ok(stored) = room::range_at_most(&link, &room, epoch, (since + 1, last), want).await else {
-                    return;
-                };
-                page.entries = stored
-                    .into_iter()
-                    .filter(|s| s.at.saturating_add(u64::from(policy.max_age)) > unix)
-                    .filter(|s| !s.ttl_over(unix))
-                    .take(limit)
-                    .map(|s| {
-                        let wire = room_frames(&room, &s.msg).v2;
-                        Entry {
-                            offset: s.msg.offset,
-                            cost: wire.tcp.len() + wire.ws.len(),
-                            wire,
-                            at: tick,
-                            ttl_end: u32::MAX,
-                        }
-                    })
-                    .collect();
-            }
-            reply.send(Some(page));
-        });
+        let Some(instance) = self.cluster_instance(&room) else {
+            return;
+        };
+        // Room for what the filters leave out, within one read.
+        let count = (limit as u64).saturating_mul(2);
+        let call = Call::History {
+            room: room.clone(),
+            since,
+            count,
+        };
+        self.emit(instance, call, Then::History { room, limit, reply });
     }
 
     /// The instance (index into `[redis] urls`) of `room`'s keys; `None`

@@ -9,9 +9,14 @@
 //! is paired with the one `Call` that answers it (`emit` is the only way
 //! in), so an answer of another kind is a bug, logged and dropped.
 
-use super::mesh::{ConnRef, Reply};
+use super::cluster::room_frames;
+use super::history::Entry;
+use super::mesh::{Answer, ConnRef, HistoryPage, Published, Reply};
 use super::state::Shard;
-use crate::cluster::ops::{Answer, Call, Marks, Ops, RedisOp};
+use crate::cluster::link::RedisError;
+use crate::cluster::ops::{Call, Marks, Ops, Page, RedisAnswer, RedisOp};
+use crate::cluster::room;
+use crate::metrics::ShardStats;
 use crate::proto::v2::ErrorCode;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -32,6 +37,28 @@ pub enum Then {
     Unread {
         /// Where the API route waits.
         reply: Reply<Marks>,
+    },
+    /// A room publish: tell whoever published.
+    Published {
+        /// The room.
+        room: Arc<str>,
+        /// The publisher (API, client, or nobody to tell).
+        reply: Answer,
+    },
+    /// A push or pattern publish sent on: only a failure is news.
+    Sent {
+        /// What was sent, for the log.
+        what: &'static str,
+    },
+    /// `GET /v1/history`: the page, filtered by the room's policy now.
+    History {
+        /// The room.
+        room: Arc<str>,
+        /// Most messages in the page.
+        limit: usize,
+        /// Where the API route waits; dropped unanswered when Redis cannot
+        /// say.
+        reply: Reply<Option<HistoryPage>>,
     },
 }
 
@@ -63,19 +90,83 @@ impl Ops for Shard {
         }
     }
 
-    fn answered(&mut self, then: Then, answer: Answer, now_us: u32) {
+    fn answered(&mut self, then: Then, answer: RedisAnswer, now_us: u32) {
         self.set_clock(now_us);
         match (then, answer) {
-            (Then::Mark { r, seq, room }, Answer::Mark(got)) => match got {
+            (Then::Mark { r, seq, room }, RedisAnswer::Mark(got)) => match got {
                 Ok(mark) => self.mark_reply(r, seq, &room, mark),
                 Err(e) => self.v2_error(r, seq, ErrorCode::Unavailable, &e.to_string()),
             },
-            (Then::Unread { reply }, Answer::Unread(got)) => {
+            (Then::Unread { reply }, RedisAnswer::Unread(got)) => {
                 if let Ok(marks) = got {
                     reply.send(marks);
                 }
             }
+            (Then::Published { room, reply }, RedisAnswer::Publish(got)) => self.published(&room, reply, got),
+            (Then::Sent { what }, RedisAnswer::Sent(got)) => {
+                if let Err(e) = got {
+                    ShardStats::add(&self.stats().cluster_publish_failed, 1);
+                    tracing::warn!(error = %e, "{what} not sent");
+                }
+            }
+            (Then::History { room, limit, reply }, RedisAnswer::History(got)) => {
+                if let Ok(page) = got {
+                    reply.send(self.history_of(&room, limit, page));
+                }
+            }
             (_, answer) => tracing::error!(?answer, "a Redis answer of another kind than asked: dropped"),
         }
+    }
+}
+
+impl Shard {
+    /// A room publish's answer from Redis, to whoever published.
+    fn published(&mut self, room: &str, reply: Answer, got: Result<room::Published, RedisError>) {
+        let got = got
+            .map(|p| Published {
+                offset: p.offset,
+                epoch: p.epoch,
+                duplicate: p.duplicate,
+            })
+            .map_err(|e| {
+                ShardStats::add(&self.stats().cluster_publish_failed, 1);
+                e.to_string()
+            });
+        if got.as_ref().is_ok_and(|p| p.duplicate) {
+            ShardStats::add(&self.stats().publish_duplicates, 1);
+        }
+        match reply {
+            Answer::None => {}
+            Answer::Api(r) => r.send(got),
+            Answer::Client { at, seq } => match got {
+                Ok(p) => self.client_published(at.conn, seq, room, p),
+                Err(e) => self.v2_error(at.conn, seq, ErrorCode::Unavailable, &e),
+            },
+        }
+    }
+
+    /// A history page read from Redis, without what is past its TTL or the
+    /// room's age limit, at most `limit` messages.
+    fn history_of(&self, room: &str, limit: usize, page: Page) -> Option<HistoryPage> {
+        let ((last, epoch), stored) = page?;
+        let policy = self.cfg().history.policy(room);
+        let (unix, tick) = (self.unix_now, self.wheel.now());
+        let entries = stored
+            .into_iter()
+            .filter(|s| s.at.saturating_add(u64::from(policy.max_age)) > unix)
+            .filter(|s| !s.ttl_over(unix))
+            .take(limit)
+            .map(|s| {
+                let wire = room_frames(room, &s.msg).v2;
+                Entry {
+                    offset: s.msg.offset,
+                    cost: wire.tcp.len() + wire.ws.len(),
+                    wire,
+                    at: tick,
+                    ttl_end: u32::MAX,
+                }
+            })
+            .collect();
+        Some(HistoryPage { epoch, last, entries })
     }
 }
