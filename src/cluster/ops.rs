@@ -22,7 +22,8 @@
 //! the work of issue 26 (REVIEW-2026-12c, order of work, step 2).
 
 use super::link::{Link, RedisError};
-use super::registry::{self, InboxLimits};
+use super::push::Push;
+use super::registry::{self, InboxLimits, Owed};
 use super::room::{self, Dedup, Message, Published, Stored};
 use crate::proto::publish::Target;
 use bytes::Bytes;
@@ -77,6 +78,59 @@ pub enum Call {
         /// How inboxes keep it.
         inbox: InboxLimits,
     },
+    /// `registry::claim`: node `node` holds client-chosen key `key`.
+    Claim {
+        /// The key.
+        key: String,
+        /// This node's id.
+        node: String,
+    },
+    /// `registry::remove`: node `node` no longer holds registry `entry`.
+    Remove {
+        /// A key's or user's entry.
+        entry: String,
+        /// This node's id.
+        node: String,
+    },
+    /// `registry::add`: node `node` holds `entries` (all on this
+    /// instance); answers what waits for the users among them.
+    Add {
+        /// Key and user entries.
+        entries: Vec<String>,
+        /// This node's id.
+        node: String,
+        /// Unix seconds.
+        now: u64,
+    },
+    /// `registry::leave`: the node's last connection of user `mid` went;
+    /// `owed`, with the seconds each has left, goes to the user's inbox.
+    Leave {
+        /// The user.
+        mid: i64,
+        /// This node's id.
+        node: String,
+        /// What the user did not acknowledge here.
+        owed: Vec<(Push, u64)>,
+        /// How the inbox keeps them.
+        inbox: InboxLimits,
+        /// Unix seconds.
+        now: u64,
+    },
+    /// `registry::alive`: node `node` is alive on this instance (`first`:
+    /// the first, where the node list is); answers whether it had been
+    /// taken for dead.
+    Alive {
+        /// This node's id.
+        node: String,
+        /// Whether this is the first instance.
+        first: bool,
+    },
+    /// `registry::take_queue`: what was sent on node `node`'s channel while
+    /// it was not subscribed.
+    TakeQueue {
+        /// This node's id.
+        node: String,
+    },
     /// A page of `room`'s history: its position, then up to `count`
     /// stored messages after offset `since` (`room::position`,
     /// `room::range_at_most`).
@@ -125,6 +179,14 @@ pub enum RedisAnswer {
     Sent(Result<u64, RedisError>),
     /// To `Call::History`.
     History(Result<Page, RedisError>),
+    /// To `Call::Claim`, `Remove` and `Leave`: done or not.
+    Done(Result<(), RedisError>),
+    /// To `Call::Add`: what the users were owed.
+    Owed(Result<Owed, RedisError>),
+    /// To `Call::Alive`: whether the node had been taken for dead.
+    Alive(Result<bool, RedisError>),
+    /// To `Call::TakeQueue`: the queued channel messages, oldest first.
+    Queue(Result<Vec<Bytes>, RedisError>),
     /// To `Call::Mark`: (mark, newest offset), `None` when refused.
     Mark(Result<Option<(u64, u64)>, RedisError>),
     /// To `Call::Unread`.
@@ -156,6 +218,18 @@ impl Call {
                 inbox,
             } => RedisAnswer::Sent(registry::route(link, &target, (&head, &payload), inbox).await),
             Call::History { room, since, count } => RedisAnswer::History(history_page(link, &room, since, count).await),
+            Call::Claim { key, node } => RedisAnswer::Done(registry::claim(link, &key, &node).await.map(drop)),
+            Call::Remove { entry, node } => RedisAnswer::Done(registry::remove(link, &entry, &node).await),
+            Call::Add { entries, node, now } => RedisAnswer::Owed(registry::add(link, &entries, &node, now).await),
+            Call::Leave {
+                mid,
+                node,
+                owed,
+                inbox,
+                now,
+            } => RedisAnswer::Done(registry::leave(link, mid, &node, &owed, inbox, now).await.map(drop)),
+            Call::Alive { node, first } => RedisAnswer::Alive(registry::alive(link, &node, first).await),
+            Call::TakeQueue { node } => RedisAnswer::Queue(registry::take_queue(link, &node).await),
         }
     }
 
@@ -167,6 +241,10 @@ impl Call {
             Call::Publish { .. } => RedisAnswer::Publish(Err(e)),
             Call::ToNodes { .. } | Call::Route { .. } => RedisAnswer::Sent(Err(e)),
             Call::History { .. } => RedisAnswer::History(Err(e)),
+            Call::Claim { .. } | Call::Remove { .. } | Call::Leave { .. } => RedisAnswer::Done(Err(e)),
+            Call::Add { .. } => RedisAnswer::Owed(Err(e)),
+            Call::Alive { .. } => RedisAnswer::Alive(Err(e)),
+            Call::TakeQueue { .. } => RedisAnswer::Queue(Err(e)),
         }
     }
 }

@@ -250,49 +250,58 @@ impl Shard {
         // A lost add is mended by the registration after the link
         // reconnects (`register_all`); a lost remove only costs the node a
         // push it does not deliver.
+        let node = c.node.clone();
         if let Some(key) = key.filter(|k| registry::node_of_assigned_key(k).is_none()) {
-            let (link, node, key) = (c.link_for(&registry::key_entry(key)), c.node.clone(), key.to_string());
-            c.spawn(async move {
-                let _ = if on {
-                    registry::claim(&link, &key, &node).await.map(drop)
-                } else {
-                    registry::remove(&link, &registry::key_entry(&key), &node).await
-                };
-            });
+            let entry = registry::key_entry(key);
+            let i = instance_of(entry.as_bytes(), c.links.len());
+            let (call, what) = if on {
+                (
+                    Call::Claim {
+                        key: key.to_string(),
+                        node: node.clone(),
+                    },
+                    "key claim",
+                )
+            } else {
+                (
+                    Call::Remove {
+                        entry,
+                        node: node.clone(),
+                    },
+                    "key removal",
+                )
+            };
+            self.emit(i, call, Then::Logged { what });
         }
         if let (true, Some(mid)) = (on, mid) {
             // What waits for the user in Redis (pushes while no node held
             // them) comes with the add.
-            let (e, node) = (registry::user_entry(mid), c.node.clone());
-            self.join_registry(c.link_for(&e), vec![e], node);
+            let e = registry::user_entry(mid);
+            let Some(i) = self.cluster_instance(&e) else { return };
+            self.join_registry(i, vec![e], node);
         }
     }
 
-    /// Adds this node to registry `entries` (all on `link`'s instance) and
+    /// Adds this node to registry `entries` (all on instance `i`) and
     /// pushes what the users among them are owed (`registry::add`) to
     /// their connections here, oldest first.
-    fn join_registry(&self, link: crate::cluster::link::Link, entries: Vec<String>, node: String) {
-        let Some(c) = self.cluster.as_ref() else { return };
-        let (me, now) = (c.me.clone(), self.unix_now);
-        c.spawn(async move {
-            let Ok(owed) = registry::add(&link, &entries, &node, now).await else {
-                return;
-            };
-            if owed.is_empty() {
-                return;
+    fn join_registry(&mut self, i: usize, entries: Vec<String>, node: String) {
+        let now = self.unix_now;
+        self.emit(i, Call::Add { entries, node, now }, Then::Owed);
+    }
+
+    /// What users were owed, read from Redis as this node joined their
+    /// entries: to their connections here, oldest first.
+    pub(super) fn owed_from_redis(&mut self, owed: crate::cluster::registry::Owed) {
+        for (mid, pushes) in owed {
+            ShardStats::add(&self.stats().inbox_owed, pushes.len() as u64);
+            for p in pushes {
+                self.route_cluster_push(Push {
+                    target: Target::Mids(vec![mid]),
+                    ..p
+                });
             }
-            with_shard(&me, |sh| {
-                for (mid, pushes) in owed {
-                    ShardStats::add(&sh.stats().inbox_owed, pushes.len() as u64);
-                    for p in pushes {
-                        sh.route_cluster_push(Push {
-                            target: Target::Mids(vec![mid]),
-                            ..p
-                        });
-                    }
-                }
-            });
-        });
+        }
     }
 
     /// This node's last connection of user `mid` went: the node leaves the
@@ -323,14 +332,20 @@ impl Shard {
             messages: ib.messages,
             secs: owed.iter().map(|(_, left)| *left as u32).max().unwrap_or(1),
         };
-        let (link, node, now) = (c.link_for(&registry::user_entry(mid)), c.node.clone(), self.unix_now);
-        c.spawn(async move {
-            // A lost leave only costs a push the node does not deliver
-            // (the entry) and the owed pushes (kept nowhere).
-            if let Err(e) = registry::leave(&link, mid, &node, &owed, limits, now).await {
-                tracing::debug!(error = %e, mid, "user's leave not recorded");
-            }
-        });
+        let (node, now) = (c.node.clone(), self.unix_now);
+        let Some(i) = self.cluster_instance(&registry::user_entry(mid)) else {
+            return;
+        };
+        let call = Call::Leave {
+            mid,
+            node,
+            owed,
+            inbox: limits,
+            now,
+        };
+        // A lost leave only costs a push the node does not deliver (the
+        // entry) and the owed pushes (kept nowhere).
+        self.emit(i, call, Then::Logged { what: "user's leave" });
     }
 
     /// Once a sweep: on every instance whose link has (re)connected since
@@ -374,10 +389,10 @@ impl Shard {
         for &i in &stale {
             c.registered[i] = c.links[i].connects();
         }
-        let (links, node) = (c.links.clone(), c.node.clone());
+        let node = c.node.clone();
         for (i, entries) in by.into_iter().enumerate() {
             for chunk in entries.chunks(1000) {
-                self.join_registry(links[i].clone(), chunk.to_vec(), node.clone());
+                self.join_registry(i, chunk.to_vec(), node.clone());
             }
         }
     }
@@ -388,25 +403,25 @@ impl Shard {
     /// registers its users and keys there again.
     fn mark_alive(&mut self, i: usize) {
         let Some(c) = self.cluster.as_ref() else { return };
-        let (link, node, me) = (c.links[i].clone(), c.node.clone(), c.me.clone());
-        let listening = c.listening;
-        c.spawn(async move {
-            let got = registry::alive(&link, &node, i == 0).await;
-            with_shard(&me, |sh| {
-                let Ok(gone) = got else { return };
-                if i == 0 && listening {
-                    if let Some(h) = &sh.shared.cluster {
-                        h.set_joined();
-                    }
-                }
-                if gone {
-                    tracing::warn!(instance = i, "this node was taken for dead; registering again");
-                    for s in 0..sh.nr() {
-                        sh.route(s, ShardMsg::Reregister { instance: i });
-                    }
-                }
-            });
-        });
+        let (node, listening) = (c.node.clone(), c.listening);
+        let call = Call::Alive { node, first: i == 0 };
+        self.emit(i, call, Then::Alive { instance: i, listening });
+    }
+
+    /// Shard 0: the node is marked alive on instance `i`; `gone`: it had
+    /// been taken for dead there.
+    pub(super) fn alive(&mut self, i: usize, listening: bool, gone: bool) {
+        if i == 0 && listening {
+            if let Some(h) = &self.shared.cluster {
+                h.set_joined();
+            }
+        }
+        if gone {
+            tracing::warn!(instance = i, "this node was taken for dead; registering again");
+            for s in 0..self.nr() {
+                self.route(s, ShardMsg::Reregister { instance: i });
+            }
+        }
     }
 
     /// The node was taken for dead on instance `i`: this shard's users and
@@ -426,22 +441,21 @@ impl Shard {
         if !c.links[i].is_up() {
             return;
         }
-        let (link, node, me) = (c.links[i].clone(), c.node.clone(), c.me.clone());
-        let channel = bytes::Bytes::from(c.node_channel.clone());
-        c.spawn(async move {
-            let got = registry::take_queue(&link, &node).await;
-            with_shard(&me, |sh| {
-                let Ok(queued) = got else { return };
-                if let Some(c) = sh.cluster.as_mut() {
-                    c.queued[i] = false;
-                }
-                ShardStats::add(&sh.stats().cluster_queued, queued.len() as u64);
-                for payload in queued {
-                    let channel = channel.clone();
-                    sh.on_redis(i, Event::Message { channel, payload });
-                }
-            });
-        });
+        let node = c.node.clone();
+        self.emit(i, Call::TakeQueue { node }, Then::Queue { instance: i });
+    }
+
+    /// Shard 0: the node's queue on instance `i` was read: handled as
+    /// heard, in order.
+    pub(super) fn queue_taken(&mut self, i: usize, queued: Vec<Bytes>) {
+        let Some(c) = self.cluster.as_mut() else { return };
+        c.queued[i] = false;
+        let channel = Bytes::from(c.node_channel.clone());
+        ShardStats::add(&self.stats().cluster_queued, queued.len() as u64);
+        for payload in queued {
+            let channel = channel.clone();
+            self.on_redis(i, Event::Message { channel, payload });
+        }
     }
 
     /// On any shard: `room` got its first member on this shard; in

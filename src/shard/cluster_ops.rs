@@ -50,6 +50,29 @@ pub enum Then {
         /// What was sent, for the log.
         what: &'static str,
     },
+    /// A registry change or a user's leave: a failure is only logged (a
+    /// lost add is mended by the next registration, a lost remove costs a
+    /// push the node does not deliver).
+    Logged {
+        /// What was asked, for the log.
+        what: &'static str,
+    },
+    /// Registry entries added: push what their users were owed to their
+    /// connections here, oldest first.
+    Owed,
+    /// Shard 0: the node marked alive on instance `instance`; `listening`:
+    /// its channel there was subscribed when asked.
+    Alive {
+        /// Index into `[redis] urls`.
+        instance: usize,
+        /// The node's channel was subscribed.
+        listening: bool,
+    },
+    /// Shard 0: the node's queue on instance `instance`, to handle as heard.
+    Queue {
+        /// Index into `[redis] urls`.
+        instance: usize,
+    },
     /// `GET /v1/history`: the page, filtered by the room's policy now.
     History {
         /// The room.
@@ -112,6 +135,22 @@ impl Ops for Shard {
             (Then::History { room, limit, reply }, RedisAnswer::History(got)) => {
                 if let Ok(page) = got {
                     reply.send(self.history_of(&room, limit, page));
+                }
+            }
+            (Then::Logged { what }, RedisAnswer::Done(got)) => {
+                if let Err(e) = got {
+                    tracing::debug!(error = %e, "{what} not recorded");
+                }
+            }
+            (Then::Owed, RedisAnswer::Owed(got)) => self.owed_from_redis(got.unwrap_or_default()),
+            (Then::Alive { instance, listening }, RedisAnswer::Alive(got)) => {
+                if let Ok(gone) = got {
+                    self.alive(instance, listening, gone);
+                }
+            }
+            (Then::Queue { instance }, RedisAnswer::Queue(got)) => {
+                if let Ok(queued) = got {
+                    self.queue_taken(instance, queued);
                 }
             }
             (_, answer) => tracing::error!(?answer, "a Redis answer of another kind than asked: dropped"),
