@@ -21,10 +21,11 @@
 //! Moving the shard's remaining spawned closures here, one `Call` each, is
 //! the work of issue 26 (REVIEW-2026-12c, order of work, step 2).
 
+use super::counts::{self, Counts, Report};
 use super::link::{Link, RedisError};
 use super::push::Push;
 use super::registry::{self, InboxLimits, Owed};
-use super::room::{self, Dedup, Message, Published, Stored};
+use super::room::{self, Dedup, Message, Position, Published, Stored};
 use crate::proto::publish::Target;
 use bytes::Bytes;
 use std::cell::RefCell;
@@ -131,6 +132,37 @@ pub enum Call {
         /// This node's id.
         node: String,
     },
+    /// `room::mark_of`: user `mid`'s read mark in `room`.
+    MarkOf {
+        /// The room.
+        room: Arc<str>,
+        /// The reader.
+        mid: i64,
+    },
+    /// `room::range`: `room`'s stored messages `from..=through` of epoch
+    /// `epoch`.
+    Range {
+        /// The room.
+        room: Arc<str>,
+        /// The epoch they must be of.
+        epoch: u64,
+        /// First offset.
+        from: u64,
+        /// Last offset.
+        through: u64,
+    },
+    /// `room::sync`: a subscribed room's position.
+    Sync {
+        /// The room.
+        room: Arc<str>,
+    },
+    /// `counts::report`: node `node`'s counts, and the cluster's sums back.
+    Counts {
+        /// This node's id.
+        node: String,
+        /// What changed (or all of it).
+        report: Report,
+    },
     /// A page of `room`'s history: its position, then up to `count`
     /// stored messages after offset `since` (`room::position`,
     /// `room::range_at_most`).
@@ -187,6 +219,14 @@ pub enum RedisAnswer {
     Alive(Result<bool, RedisError>),
     /// To `Call::TakeQueue`: the queued channel messages, oldest first.
     Queue(Result<Vec<Bytes>, RedisError>),
+    /// To `Call::MarkOf`.
+    MarkOf(Result<u64, RedisError>),
+    /// To `Call::Range`.
+    Range(Result<Vec<Stored>, RedisError>),
+    /// To `Call::Sync`.
+    Sync(Result<Position, RedisError>),
+    /// To `Call::Counts`: the cluster's sums.
+    Counts(Result<Counts, RedisError>),
     /// To `Call::Mark`: (mark, newest offset), `None` when refused.
     Mark(Result<Option<(u64, u64)>, RedisError>),
     /// To `Call::Unread`.
@@ -230,6 +270,15 @@ impl Call {
             } => RedisAnswer::Done(registry::leave(link, mid, &node, &owed, inbox, now).await.map(drop)),
             Call::Alive { node, first } => RedisAnswer::Alive(registry::alive(link, &node, first).await),
             Call::TakeQueue { node } => RedisAnswer::Queue(registry::take_queue(link, &node).await),
+            Call::MarkOf { room, mid } => RedisAnswer::MarkOf(room::mark_of(link, &room, mid).await),
+            Call::Range {
+                room,
+                epoch,
+                from,
+                through,
+            } => RedisAnswer::Range(room::range(link, &room, epoch, from, through).await),
+            Call::Sync { room } => RedisAnswer::Sync(room::sync(link, &room).await),
+            Call::Counts { node, report } => RedisAnswer::Counts(counts::report(link, &node, &report).await),
         }
     }
 
@@ -245,6 +294,10 @@ impl Call {
             Call::Add { .. } => RedisAnswer::Owed(Err(e)),
             Call::Alive { .. } => RedisAnswer::Alive(Err(e)),
             Call::TakeQueue { .. } => RedisAnswer::Queue(Err(e)),
+            Call::MarkOf { .. } => RedisAnswer::MarkOf(Err(e)),
+            Call::Range { .. } => RedisAnswer::Range(Err(e)),
+            Call::Sync { .. } => RedisAnswer::Sync(Err(e)),
+            Call::Counts { .. } => RedisAnswer::Counts(Err(e)),
         }
     }
 }

@@ -40,8 +40,9 @@ use super::cluster_ops::Then;
 use super::cluster_state::{Join, RoomSync, ShardCluster, State, LINGER_SECS, MAX_HELD, PATTERN_DEDUP_SECS};
 use super::mesh::{owner_of_str, Answer, ConnRef, HistoryPage, Publication, Reply, ShardMsg};
 use super::state::Shard;
-use crate::cluster::counts::{self, Report};
+use crate::cluster::counts::{Counts, Report};
 use crate::cluster::instance_of;
+use crate::cluster::link::RedisError;
 use crate::cluster::ops::Call;
 use crate::cluster::presence;
 use crate::cluster::push::{decode_push, encode_push, Push};
@@ -510,24 +511,15 @@ impl Shard {
     /// enough, else the missing part is read from the room's Stream first;
     /// a user's read mark (for the reply's unread count) is read from
     /// Redis into the node's log before anything.
-    fn join_live(&mut self, room: Arc<str>, mut j: Join) {
+    fn join_live(&mut self, room: Arc<str>, j: Join) {
         let policy = self.cfg().history.policy(&room);
         if j.mid != 0 && !j.marked {
-            let Some(c) = self.cluster.as_ref() else { return };
-            let (link, me) = (c.link_for(&room), c.me.clone());
-            return c.spawn(async move {
-                let got = room::mark_of(&link, &room, j.mid).await;
-                with_shard(&me, |sh| match got {
-                    Ok(mark) => {
-                        let (now, max) = (sh.wheel.now(), sh.cfg().history.max_marks);
-                        // The node's copy only ever holds what Redis said.
-                        sh.logs.mark(&room, now, j.mid, mark, max);
-                        j.marked = true;
-                        sh.join_live(room, j);
-                    }
-                    Err(e) => sh.join_failed(&room, &j, &e.to_string()),
-                });
-            });
+            let Some(i) = self.cluster_instance(&room) else { return };
+            let call = Call::MarkOf {
+                room: room.clone(),
+                mid: j.mid,
+            };
+            return self.emit(i, call, Then::JoinMarked { room, j });
         }
         let Some(log) = self.logs.get(&room) else {
             return self.join_req(room, j.at, j.seq, (j.resume, j.mid, j.presence));
@@ -541,25 +533,41 @@ impl Shard {
         let Some((from, through, epoch)) = from_redis else {
             return self.join_req(room, j.at, j.seq, (j.resume, j.mid, j.presence));
         };
-        let Some(c) = self.cluster.as_ref() else { return };
-        let link = c.link_for(&room);
-        let me = c.me.clone();
-        c.spawn(async move {
-            let got = room::range(&link, &room, epoch, from, through).await;
-            with_shard(&me, |sh| sh.join_with(room, j, from, through, got));
-        });
+        let Some(i) = self.cluster_instance(&room) else { return };
+        let call = Call::Range {
+            room: room.clone(),
+            epoch,
+            from,
+            through,
+        };
+        self.emit(i, call, Then::JoinRange { room, j, from, through });
+    }
+
+    /// A join's user's read mark in `room`, as Redis has it: copied into
+    /// the node's log, then the join goes on.
+    pub(super) fn join_marked(&mut self, room: Arc<str>, mut j: Join, got: Result<u64, RedisError>) {
+        match got {
+            Ok(mark) => {
+                let (now, max) = (self.wheel.now(), self.cfg().history.max_marks);
+                // The node's copy only ever holds what Redis said.
+                self.logs.mark(&room, now, j.mid, mark, max);
+                j.marked = true;
+                self.join_live(room, j);
+            }
+            Err(e) => self.join_failed(&room, &j, &e.to_string()),
+        }
     }
 
     /// A resume's missing part, `from..=through`, as read from the Stream:
     /// replayed before what the cache holds after `through`, if every
     /// offset is there (expired ones skipped, as in the cache).
-    fn join_with(
+    pub(super) fn join_with(
         &mut self,
         room: Arc<str>,
         j: Join,
         from: u64,
         through: u64,
-        got: Result<Vec<Stored>, crate::cluster::link::RedisError>,
+        got: Result<Vec<Stored>, RedisError>,
     ) {
         let Some(resume) = j.resume else { return };
         let entries = match got {
@@ -797,18 +805,14 @@ impl Shard {
         s.state = State::Syncing;
         s.sync = s.sync.wrapping_add(1);
         let gen = s.sync;
-        let link = c.link_for(&room);
-        let me = c.me.clone();
-        c.spawn(async move {
-            let got = room::sync(&link, &room).await;
-            with_shard(&me, |sh| sh.synced(room, gen, got));
-        });
+        let Some(i) = self.cluster_instance(&room) else { return };
+        self.emit(i, Call::Sync { room: room.clone() }, Then::Synced { room, gen });
     }
 
     /// A room's position as read after its subscription was confirmed:
     /// the cache is set there (after filling what it missed, if it was
     /// live before), then the room goes live.
-    fn synced(&mut self, room: Arc<str>, gen: u32, got: Result<room::Position, crate::cluster::link::RedisError>) {
+    pub(super) fn synced(&mut self, room: Arc<str>, gen: u32, got: Result<room::Position, RedisError>) {
         let tick = self.wheel.now();
         let Some(s) = self.cluster.as_mut().and_then(|c| c.rooms.get_mut(&room)) else {
             return;
@@ -848,13 +852,20 @@ impl Shard {
             return self.go_live(&room);
         }
         let from = want.max(offset.saturating_add(1).saturating_sub(keep));
-        let Some(c) = self.cluster.as_ref() else { return };
-        let link = c.link_for(&room);
-        let me = c.me.clone();
-        c.spawn(async move {
-            let got = room::range(&link, &room, epoch, from, offset).await;
-            with_shard(&me, |sh| sh.filled(room, gen, (want, from), (epoch, offset), got));
-        });
+        let Some(i) = self.cluster_instance(&room) else { return };
+        let call = Call::Range {
+            room: room.clone(),
+            epoch,
+            from,
+            through: offset,
+        };
+        let then = Then::Filled {
+            room,
+            gen,
+            want: (want, from),
+            at: (epoch, offset),
+        };
+        self.emit(i, call, then);
     }
 
     /// On a room's owner: the node's members of `room` missed messages
@@ -887,13 +898,13 @@ impl Shard {
     /// the room's history): delivered in order, then the room goes live;
     /// what the Stream no longer holds is a gap the members are told of
     /// (`tell_gap`).
-    fn filled(
+    pub(super) fn filled(
         &mut self,
         room: Arc<str>,
         gen: u32,
         (want, from): (u64, u64),
         (epoch, offset): (u64, u64),
-        got: Result<Vec<Stored>, crate::cluster::link::RedisError>,
+        got: Result<Vec<Stored>, RedisError>,
     ) {
         let current = self
             .cluster
@@ -1051,29 +1062,28 @@ impl Shard {
             rooms,
         };
         c.reporting = true;
-        let me = c.me.clone();
         // The registry's spelling: the ids in `vly:nodes` must be one per node.
         let node = c.node.clone();
+        self.emit(0, Call::Counts { node, report }, Then::Counted { now, connects });
+    }
+
+    /// Shard 0: the counts report's answer, the cluster's sums.
+    pub(super) fn counted(&mut self, now: FnvHashMap<Arc<str>, u64>, connects: u64, got: Result<Counts, RedisError>) {
         let shared = self.shared.clone();
-        c.spawn(async move {
-            let got = counts::report(&link, &node, &report).await;
-            with_shard(&me, |sh| {
-                let Some(c) = sh.cluster.as_mut() else { return };
-                c.reporting = false;
-                match got {
-                    Ok(counts) => {
-                        c.reported = now;
-                        c.reported_connects = connects;
-                        shared.cluster_counts.store(Arc::new(counts));
-                    }
-                    // Reported whole next time.
-                    Err(e) => {
-                        c.reported_connects = u64::MAX;
-                        tracing::debug!(error = %e, "counts not reported");
-                    }
-                }
-            });
-        });
+        let Some(c) = self.cluster.as_mut() else { return };
+        c.reporting = false;
+        match got {
+            Ok(counts) => {
+                c.reported = now;
+                c.reported_connects = connects;
+                shared.cluster_counts.store(Arc::new(counts));
+            }
+            // Reported whole next time.
+            Err(e) => {
+                c.reported_connects = u64::MAX;
+                tracing::debug!(error = %e, "counts not reported");
+            }
+        }
     }
 
     /// Once a sweep, on each shard: retries failed syncs, and unsubscribes

@@ -10,6 +10,7 @@
 //! in), so an answer of another kind is a bug, logged and dropped.
 
 use super::cluster::room_frames;
+use super::cluster_state::Join;
 use super::history::Entry;
 use super::mesh::{Answer, ConnRef, HistoryPage, Published, Reply};
 use super::state::Shard;
@@ -18,6 +19,7 @@ use crate::cluster::ops::{Call, Marks, Ops, Page, RedisAnswer, RedisOp};
 use crate::cluster::room;
 use crate::metrics::ShardStats;
 use crate::proto::v2::ErrorCode;
+use fnv::FnvHashMap;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
@@ -72,6 +74,51 @@ pub enum Then {
     Queue {
         /// Index into `[redis] urls`.
         instance: usize,
+    },
+    /// A version-2 join waiting for its user's read mark in the room.
+    JoinMarked {
+        /// The room.
+        room: Arc<str>,
+        /// The join.
+        j: Join,
+    },
+    /// A resuming join waiting for the part of the room its cache lacks,
+    /// `from..=through`.
+    JoinRange {
+        /// The room.
+        room: Arc<str>,
+        /// The join.
+        j: Join,
+        /// First offset read.
+        from: u64,
+        /// Last offset read.
+        through: u64,
+    },
+    /// A subscribed room's position, read for sync generation `gen`.
+    Synced {
+        /// The room.
+        room: Arc<str>,
+        /// The sync it answers (a later one makes it stale).
+        gen: u32,
+    },
+    /// What a room's members missed while the node was not subscribed.
+    Filled {
+        /// The room.
+        room: Arc<str>,
+        /// The sync it belongs to.
+        gen: u32,
+        /// The first offset missed, and the first read (history reaches
+        /// no further back).
+        want: (u64, u64),
+        /// The position the sync read: (epoch, offset).
+        at: (u64, u64),
+    },
+    /// Shard 0: the node's counts report, with what it reported.
+    Counted {
+        /// The room counts reported.
+        now: FnvHashMap<Arc<str>, u64>,
+        /// The first link's connects when reported.
+        connects: u64,
     },
     /// `GET /v1/history`: the page, filtered by the room's policy now.
     History {
@@ -153,6 +200,13 @@ impl Ops for Shard {
                     self.queue_taken(instance, queued);
                 }
             }
+            (Then::JoinMarked { room, j }, RedisAnswer::MarkOf(got)) => self.join_marked(room, j, got),
+            (Then::JoinRange { room, j, from, through }, RedisAnswer::Range(got)) => {
+                self.join_with(room, j, from, through, got)
+            }
+            (Then::Synced { room, gen }, RedisAnswer::Sync(got)) => self.synced(room, gen, got),
+            (Then::Filled { room, gen, want, at }, RedisAnswer::Range(got)) => self.filled(room, gen, want, at, got),
+            (Then::Counted { now, connects }, RedisAnswer::Counts(got)) => self.counted(now, connects, got),
             (_, answer) => tracing::error!(?answer, "a Redis answer of another kind than asked: dropped"),
         }
     }

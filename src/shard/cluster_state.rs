@@ -142,7 +142,7 @@ pub(super) struct RoomSync {
 
 /// A version-2 join as its owner received it.
 #[derive(Debug, Clone)]
-pub(super) struct Join {
+pub struct Join {
     /// The joining connection.
     pub at: GlobalConn,
     /// Its request's sequence.
