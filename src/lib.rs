@@ -65,8 +65,8 @@
 //!
 //! Code that awaits: `conn`, `api::http`, `api::tcp`, `net::accept_each`,
 //! `shard::run`, `cluster` (links, subscribers, scripts, the operations'
-//! driver), the Redis tasks `shard::cluster` still spawns, and `server`'s
-//! start-up; everything else is
+//! driver), the presence tasks `shard::cluster_presence` still spawns,
+//! and `server`'s start-up; everything else is
 //! plain functions over data, driven by them.
 #![warn(missing_docs)]
 

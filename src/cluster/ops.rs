@@ -18,11 +18,14 @@
 //! shard: answered(then, RedisAnswer, now_us) <──────────────────────────────────┘
 //! ```
 //!
-//! Moving the shard's remaining spawned closures here, one `Call` each, is
-//! the work of issue 26 (REVIEW-2026-12c, order of work, step 2).
+//! Two presence tasks (`shard::cluster_presence`: answering a question
+//! after gathering the shards' members, and a question's 2 s wait) still
+//! await on the shard's side; every other Redis call of a shard is a
+//! `Call` here.
 
 use super::counts::{self, Counts, Report};
 use super::link::{Link, RedisError};
+use super::presence;
 use super::push::Push;
 use super::registry::{self, InboxLimits, Owed};
 use super::room::{self, Dedup, Message, Position, Published, Stored};
@@ -132,6 +135,23 @@ pub enum Call {
         /// This node's id.
         node: String,
     },
+    /// `presence::watch`: node `node` watches a room's presence (sets
+    /// the room's watch key `key` and tells the room's `channel`).
+    Watch {
+        /// The room's watch key.
+        key: String,
+        /// The room's channel.
+        channel: String,
+        /// This node's id.
+        node: String,
+    },
+    /// `presence::publish`: a presence note on `channel`.
+    Note {
+        /// A room's or node's channel.
+        channel: String,
+        /// The note, encoded.
+        note: Vec<u8>,
+    },
     /// `room::mark_of`: user `mid`'s read mark in `room`.
     MarkOf {
         /// The room.
@@ -207,11 +227,12 @@ pub type Page = Option<((u64, u64), Vec<Stored>)>;
 pub enum RedisAnswer {
     /// To `Call::Publish`.
     Publish(Result<Published, RedisError>),
-    /// To `Call::ToNodes` and `Call::Route`: how many nodes it went to.
+    /// To `Call::ToNodes`, `Route` and `Note`: how many nodes it went to
+    /// (or heard it).
     Sent(Result<u64, RedisError>),
     /// To `Call::History`.
     History(Result<Page, RedisError>),
-    /// To `Call::Claim`, `Remove` and `Leave`: done or not.
+    /// To `Call::Claim`, `Remove`, `Leave` and `Watch`: done or not.
     Done(Result<(), RedisError>),
     /// To `Call::Add`: what the users were owed.
     Owed(Result<Owed, RedisError>),
@@ -270,6 +291,8 @@ impl Call {
             } => RedisAnswer::Done(registry::leave(link, mid, &node, &owed, inbox, now).await.map(drop)),
             Call::Alive { node, first } => RedisAnswer::Alive(registry::alive(link, &node, first).await),
             Call::TakeQueue { node } => RedisAnswer::Queue(registry::take_queue(link, &node).await),
+            Call::Watch { key, channel, node } => RedisAnswer::Done(presence::watch(link, &key, &channel, &node).await),
+            Call::Note { channel, note } => RedisAnswer::Sent(presence::publish(link, &channel, &note).await),
             Call::MarkOf { room, mid } => RedisAnswer::MarkOf(room::mark_of(link, &room, mid).await),
             Call::Range {
                 room,
@@ -290,7 +313,10 @@ impl Call {
             Call::Publish { .. } => RedisAnswer::Publish(Err(e)),
             Call::ToNodes { .. } | Call::Route { .. } => RedisAnswer::Sent(Err(e)),
             Call::History { .. } => RedisAnswer::History(Err(e)),
-            Call::Claim { .. } | Call::Remove { .. } | Call::Leave { .. } => RedisAnswer::Done(Err(e)),
+            Call::Claim { .. } | Call::Remove { .. } | Call::Leave { .. } | Call::Watch { .. } => {
+                RedisAnswer::Done(Err(e))
+            }
+            Call::Note { .. } => RedisAnswer::Sent(Err(e)),
             Call::Add { .. } => RedisAnswer::Owed(Err(e)),
             Call::Alive { .. } => RedisAnswer::Alive(Err(e)),
             Call::TakeQueue { .. } => RedisAnswer::Queue(Err(e)),

@@ -12,12 +12,12 @@
 //! sent while it was not subscribed, and the node's counts report
 //! (`cluster::counts`).
 //!
-//! Runs on every shard of a node with `[redis] urls`. Publishes, pushes,
-//! read marks, unread counts and history pages are emitted as operations
-//! (`shard::cluster_ops`, run by `cluster::ops::drive`); the other Redis
-//! calls are still tasks it spawns in the shard's control queue that come
-//! back to the shard through a weak handle, until they move too (issue
-//! 26). Nothing here runs in single-node mode (`Shard::cluster` is `None`).
+//! Runs on every shard of a node with `[redis] urls`. Every Redis call is
+//! emitted as an operation (`Shard::emit`, `shard::cluster_ops`) that the
+//! shard's `cluster::ops::drive` task runs; its answer comes back through
+//! `Ops::answered` to the functions here: nothing here awaits, spawns or
+//! reads a clock. Nothing here runs in single-node mode (`Shard::cluster`
+//! is `None`).
 //!
 //! ```text
 //! publish R (any shard) ──EVALSHA publish──> Redis: offset, Stream, PUBLISH vly:{R}

@@ -52,9 +52,10 @@ pub enum Then {
         /// What was sent, for the log.
         what: &'static str,
     },
-    /// A registry change or a user's leave: a failure is only logged (a
-    /// lost add is mended by the next registration, a lost remove costs a
-    /// push the node does not deliver).
+    /// A registry change, a user's leave or a presence note: a failure is
+    /// only logged (a lost add is mended by the next registration, a lost
+    /// remove costs a push the node does not deliver, a lost note a
+    /// second of presence changes).
     Logged {
         /// What was asked, for the log.
         what: &'static str,
@@ -184,11 +185,10 @@ impl Ops for Shard {
                     reply.send(self.history_of(&room, limit, page));
                 }
             }
-            (Then::Logged { what }, RedisAnswer::Done(got)) => {
-                if let Err(e) = got {
-                    tracing::debug!(error = %e, "{what} not recorded");
-                }
+            (Then::Logged { what }, RedisAnswer::Done(Err(e)) | RedisAnswer::Sent(Err(e))) => {
+                tracing::debug!(error = %e, "{what} not recorded");
             }
+            (Then::Logged { .. }, RedisAnswer::Done(Ok(())) | RedisAnswer::Sent(Ok(_))) => {}
             (Then::Owed, RedisAnswer::Owed(got)) => self.owed_from_redis(got.unwrap_or_default()),
             (Then::Alive { instance, listening }, RedisAnswer::Alive(got)) => {
                 if let Ok(gone) = got {

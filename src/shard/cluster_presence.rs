@@ -20,10 +20,12 @@
 //! answered after `ASK_WAIT` whatever came (marked incomplete); an answer
 //! lists at most the asked limit, and the gathered list never exceeds it.
 
+use super::cluster_ops::Then;
 use super::cluster_state::Ask;
 use super::members::{Changes, Member};
 use super::mesh::{NodesPage, Reply, ShardMsg};
 use super::state::Shard;
+use crate::cluster::ops::Call;
 use crate::cluster::presence::{self, Note};
 use crate::cluster::registry;
 use crate::cluster::room::RoomKeys;
@@ -48,13 +50,15 @@ impl Shard {
         if let Some(e) = self.watched.owned.get_mut(room) {
             e.announced = Some(now);
         }
-        let (link, node) = (c.link_for(room), c.node.clone());
+        let node = c.node.clone();
         let keys = RoomKeys::of(room);
-        c.spawn(async move {
-            if let Err(e) = presence::watch(&link, &keys.watch(), &keys.channel, &node).await {
-                tracing::debug!(error = %e, "presence watch not announced");
-            }
-        });
+        let Some(i) = self.cluster_instance(room) else { return };
+        let call = Call::Watch {
+            key: keys.watch(),
+            channel: keys.channel,
+            node,
+        };
+        self.emit(i, call, Then::Logged { what: "presence watch" });
     }
 
     /// On the owner of `room`, in a cluster: this node's changes of the
@@ -65,13 +69,19 @@ impl Shard {
             node: c.node.clone(),
             changes,
         });
-        let link = c.link_for(room);
         let channel = RoomKeys::of(room).channel;
-        c.spawn(async move {
-            if let Err(e) = presence::publish(&link, &channel, &note).await {
-                tracing::debug!(error = %e, "presence changes not published");
-            }
-        });
+        let Some(i) = self.cluster_instance(room) else { return };
+        let call = Call::Note {
+            channel,
+            note: note.to_vec(),
+        };
+        self.emit(
+            i,
+            call,
+            Then::Logged {
+                what: "presence changes",
+            },
+        );
     }
 
     /// A presence note on `room`'s channel (this shard owns the room).
