@@ -379,3 +379,94 @@ pub async fn drive<S: Ops + 'static>(me: Weak<RefCell<S>>, links: Vec<Link>, que
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::VecDeque;
+    use std::rc::Rc;
+    use std::task::Waker;
+
+    /// A shard's side reduced to its queue and what it was answered.
+    #[derive(Default)]
+    struct Fake {
+        ops: VecDeque<RedisOp<u32>>,
+        waker: Option<Waker>,
+        got: Vec<(u32, RedisAnswer)>,
+    }
+
+    impl Fake {
+        fn emit(&mut self, then: u32) {
+            let call = Call::Mark {
+                room: "r".into(),
+                mid: 1,
+                offset: 2,
+                max_marks: 3,
+            };
+            // Instance 1 has no link here: answered `Down` without I/O.
+            self.ops.push_back(RedisOp {
+                instance: 1,
+                call,
+                then,
+            });
+            if let Some(w) = self.waker.take() {
+                w.wake();
+            }
+        }
+    }
+
+    impl Ops for Fake {
+        type Then = u32;
+        fn poll_op(&mut self, cx: &mut Context<'_>) -> Poll<RedisOp<u32>> {
+            match self.ops.pop_front() {
+                Some(op) => Poll::Ready(op),
+                None => {
+                    self.waker = Some(cx.waker().clone());
+                    Poll::Pending
+                }
+            }
+        }
+        fn answered(&mut self, then: u32, answer: RedisAnswer, _now_us: u32) {
+            self.got.push((then, answer));
+        }
+    }
+
+    #[test]
+    fn every_operation_is_answered_once() {
+        glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
+            .spawn(|| async {
+                let fake = Rc::new(RefCell::new(Fake::default()));
+                fake.borrow_mut().emit(7);
+                fake.borrow_mut().emit(8);
+                let queue = glommio::executor().current_task_queue();
+                glommio::spawn_local(drive(Rc::downgrade(&fake), Vec::new(), queue)).detach();
+                let answered = |n: usize| {
+                    let fake = fake.clone();
+                    async move {
+                        for _ in 0..1000 {
+                            if fake.borrow().got.len() >= n {
+                                return;
+                            }
+                            glommio::timer::sleep(std::time::Duration::from_millis(1)).await;
+                        }
+                    }
+                };
+                answered(2).await;
+                // Emitted while the driver waits: its waker brings it back.
+                fake.borrow_mut().emit(9);
+                answered(3).await;
+                glommio::timer::sleep(std::time::Duration::from_millis(20)).await;
+                let got = std::mem::take(&mut fake.borrow_mut().got);
+                // Answers come as Redis gives them, not in emit order.
+                let mut thens: Vec<u32> = got.iter().map(|(t, _)| *t).collect();
+                thens.sort_unstable();
+                assert_eq!(thens, [7, 8, 9], "each once");
+                for (_, a) in got {
+                    assert!(matches!(a, RedisAnswer::Mark(Err(RedisError::Down(..)))), "{a:?}");
+                }
+            })
+            .expect("executor starts")
+            .join()
+            .expect("executor ends");
+    }
+}
