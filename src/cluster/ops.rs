@@ -32,9 +32,10 @@ use super::room::{self, Dedup, Message, Position, Published, Stored};
 use crate::proto::publish::Target;
 use bytes::Bytes;
 use std::cell::RefCell;
+use std::collections::VecDeque;
 use std::rc::Weak;
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Waker};
 
 /// One operation: `call` on instance `instance`, its answer for `then`.
 #[derive(Debug)]
@@ -45,6 +46,43 @@ pub struct RedisOp<T> {
     pub call: Call,
     /// What the answer is for (the shard's).
     pub then: T,
+}
+
+/// A shard's operations waiting for the driver, and the driver's waker
+/// while there are none: what `Ops::poll_op` serves from.
+pub struct OpQueue<T> {
+    ops: VecDeque<RedisOp<T>>,
+    waker: Option<Waker>,
+}
+
+impl<T> Default for OpQueue<T> {
+    fn default() -> Self {
+        OpQueue {
+            ops: VecDeque::new(),
+            waker: None,
+        }
+    }
+}
+
+impl<T> OpQueue<T> {
+    /// Queues `op` and wakes the driver if it waits.
+    pub fn push(&mut self, op: RedisOp<T>) {
+        self.ops.push_back(op);
+        if let Some(w) = self.waker.take() {
+            w.wake();
+        }
+    }
+
+    /// The oldest operation, or `Pending` with `cx`'s waker kept.
+    pub fn poll(&mut self, cx: &mut Context<'_>) -> Poll<RedisOp<T>> {
+        match self.ops.pop_front() {
+            Some(op) => Poll::Ready(op),
+            None => {
+                self.waker = Some(cx.waker().clone());
+                Poll::Pending
+            }
+        }
+    }
 }
 
 /// What to ask Redis.
@@ -383,15 +421,12 @@ pub async fn drive<S: Ops + 'static>(me: Weak<RefCell<S>>, links: Vec<Link>, que
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::collections::VecDeque;
     use std::rc::Rc;
-    use std::task::Waker;
 
     /// A shard's side reduced to its queue and what it was answered.
     #[derive(Default)]
     struct Fake {
-        ops: VecDeque<RedisOp<u32>>,
-        waker: Option<Waker>,
+        ops: OpQueue<u32>,
         got: Vec<(u32, RedisAnswer)>,
     }
 
@@ -404,27 +439,18 @@ mod tests {
                 max_marks: 3,
             };
             // Instance 1 has no link here: answered `Down` without I/O.
-            self.ops.push_back(RedisOp {
+            self.ops.push(RedisOp {
                 instance: 1,
                 call,
                 then,
             });
-            if let Some(w) = self.waker.take() {
-                w.wake();
-            }
         }
     }
 
     impl Ops for Fake {
         type Then = u32;
         fn poll_op(&mut self, cx: &mut Context<'_>) -> Poll<RedisOp<u32>> {
-            match self.ops.pop_front() {
-                Some(op) => Poll::Ready(op),
-                None => {
-                    self.waker = Some(cx.waker().clone());
-                    Poll::Pending
-                }
-            }
+            self.ops.poll(cx)
         }
         fn answered(&mut self, then: u32, answer: RedisAnswer, _now_us: u32) {
             self.got.push((then, answer));

@@ -247,14 +247,15 @@ impl Shard {
         if let (false, Some(mid)) = (on, mid) {
             self.user_leaves(mid);
         }
-        let Some(c) = self.cluster.as_ref() else { return };
+        let Some(node) = self.cluster.as_ref().map(|c| c.node.clone()) else {
+            return;
+        };
         // A lost add is mended by the registration after the link
         // reconnects (`register_all`); a lost remove only costs the node a
         // push it does not deliver.
-        let node = c.node.clone();
         if let Some(key) = key.filter(|k| registry::node_of_assigned_key(k).is_none()) {
             let entry = registry::key_entry(key);
-            let i = instance_of(entry.as_bytes(), c.links.len());
+            let Some(i) = self.cluster_instance(&entry) else { return };
             let (call, what) = if on {
                 (
                     Call::Claim {

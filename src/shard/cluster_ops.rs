@@ -138,10 +138,7 @@ impl Shard {
     /// Nothing in single-node mode.
     pub(super) fn emit(&mut self, instance: usize, call: Call, then: Then) {
         let Some(c) = self.cluster.as_mut() else { return };
-        c.ops.push_back(RedisOp { instance, call, then });
-        if let Some(w) = c.ops_waker.take() {
-            w.wake();
-        }
+        c.ops.push(RedisOp { instance, call, then });
     }
 }
 
@@ -152,13 +149,7 @@ impl Ops for Shard {
         let Some(c) = self.cluster.as_mut() else {
             return Poll::Pending;
         };
-        match c.ops.pop_front() {
-            Some(op) => Poll::Ready(op),
-            None => {
-                c.ops_waker = Some(cx.waker().clone());
-                Poll::Pending
-            }
-        }
+        c.ops.poll(cx)
     }
 
     fn answered(&mut self, then: Then, answer: RedisAnswer, now_us: u32) {

@@ -12,7 +12,7 @@
 use super::cluster_ops::Then;
 use super::mesh::{GlobalConn, NodesPage, Reply};
 use crate::cluster::link::Link;
-use crate::cluster::ops::RedisOp;
+use crate::cluster::ops::OpQueue;
 use crate::cluster::registry;
 use crate::cluster::room::Message;
 use crate::cluster::subscriber::Subscriber;
@@ -21,10 +21,8 @@ use crate::proto::v2::Resume;
 use fnv::FnvHashMap;
 use glommio::TaskQueueHandle;
 use std::cell::RefCell;
-use std::collections::VecDeque;
 use std::rc::Weak;
 use std::sync::Arc;
-use std::task::Waker;
 
 /// Seconds a room stays subscribed after the node's last member left (and
 /// the shards' published views, a second late, say so): a member coming
@@ -97,9 +95,7 @@ pub struct ShardCluster<S> {
     pub(super) matched: FnvHashMap<Arc<str>, Seen>,
     /// Operations emitted and not yet taken by the driver
     /// (`shard::cluster_ops`).
-    pub(super) ops: VecDeque<RedisOp<Then>>,
-    /// The driver, waiting for the next operation.
-    pub(super) ops_waker: Option<Waker>,
+    pub(super) ops: OpQueue<Then>,
 }
 
 /// The last message of a room delivered to pattern subscribers through a
@@ -191,8 +187,7 @@ impl<S> ShardCluster<S> {
             local_globs: FnvHashMap::default(),
             globs: FnvHashMap::default(),
             matched: FnvHashMap::default(),
-            ops: VecDeque::new(),
-            ops_waker: None,
+            ops: OpQueue::default(),
         }
     }
 
