@@ -80,10 +80,12 @@ impl ApiConn {
     }
 
     /// Bytes arrived: the first of a request has its headers due by
-    /// `headers_by`, however many more trickle in.
-    pub fn heard(&self, headers_by: Instant) {
+    /// `headers_by()`, however many more trickle in (asked only then: this
+    /// runs on every read, bodies included).
+    pub fn heard(&self, headers_by: impl FnOnce() -> Instant) {
         if !self.busy.get() && !self.started.get() {
             self.started.set(true);
+            let headers_by = headers_by();
             if headers_by < self.deadline.get() {
                 self.deadline.set(headers_by);
                 self.nudged.set(true);
@@ -305,8 +307,8 @@ mod tests {
             panic!("room")
         };
         let soon = Instant::now() + Duration::from_secs(2);
-        e.conn.heard(soon);
-        e.conn.heard(soon + Duration::from_secs(1));
+        e.conn.heard(|| soon);
+        e.conn.heard(|| soon + Duration::from_secs(1));
         assert_eq!(e.conn.deadline.get(), soon);
         e.conn.waiting(Instant::now(), later);
         assert_eq!(e.conn.deadline.get(), later, "an answer resets it");

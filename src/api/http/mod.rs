@@ -142,7 +142,7 @@ impl hyper::rt::Read for HyperIo {
         match Pin::new(&mut self.stream).poll_read(cx, &mut tmp[..want]) {
             Poll::Ready(Ok(n)) => {
                 if n > 0 {
-                    self.conn.heard(std::time::Instant::now() + self.header);
+                    self.conn.heard(|| std::time::Instant::now() + self.header);
                 }
                 buf.put_slice(&tmp[..n]);
                 Poll::Ready(Ok(()))
