@@ -43,7 +43,7 @@ use crate::metrics::{self, ShardStats};
 use crate::proto::close::CloseReason;
 use crate::proto::ws::session::{Action, Rules};
 use crate::proto::ws::Session;
-use crate::proto::{binary, body};
+use crate::proto::{binary, v2};
 use crate::shard::mesh::ConnRef;
 use crate::shard::outbound::{Outbound, MAX_IOV};
 use crate::shard::{Shard, Shared, Transport};
@@ -240,7 +240,7 @@ impl ClientDriver {
         let WsConn { session, shared } = &mut **ws;
         let rules = Rules {
             upgrade: &shared.ws_rules,
-            max_message: body::frame_limit(binary::op::AUTH, shared.config.limits.max_body) + binary::HEADER_LEN,
+            max_message: v2::frame_limit(binary::op::AUTH, shared.config.limits.max_body) + binary::HEADER_LEN,
             echo_max_message: shared.config.ws.echo_max_message,
         };
         let mut used = 0;

@@ -32,16 +32,6 @@ pub const MAX_TOKEN_LEN: usize = 8192;
 /// included, fit.
 pub const MAX_TOKEN_FRAME_BODY: usize = MAX_TOKEN_LEN + 8192;
 
-/// Largest body a client frame of operation `op` may have, with `[limits]
-/// max_body` = `max_body`: more for the frames that carry a token.
-pub fn frame_limit(op: u32, max_body: usize) -> usize {
-    if op == super::binary::op::AUTH || op == super::v2::op::TOKEN {
-        max_body.max(MAX_TOKEN_FRAME_BODY)
-    } else {
-        max_body
-    }
-}
-
 /// The auth request as goim clients send it.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
 #[serde(default)]

@@ -36,14 +36,14 @@
 //! once the room is `Live`; a publish is answered a success only when Redis
 //! took it.
 
-use super::cluster_ops::Then;
-use super::cluster_state::{Join, RoomSync, ShardCluster, State, LINGER_SECS, MAX_HELD, PATTERN_DEDUP_SECS};
+use super::cluster_state::{Join, RoomSync, ShardCluster, State, Then, LINGER_SECS, MAX_HELD, PATTERN_DEDUP_SECS};
+use super::history::Entry;
 use super::mesh::{owner_of_str, Answer, ConnRef, HistoryPage, Publication, Reply, ShardMsg};
 use super::state::Shard;
 use crate::cluster::counts::{Counts, Report};
 use crate::cluster::instance_of;
 use crate::cluster::link::RedisError;
-use crate::cluster::ops::Call;
+use crate::cluster::ops::{Call, Page};
 use crate::cluster::presence;
 use crate::cluster::push::{decode_push, encode_push, Push};
 use crate::cluster::registry;
@@ -675,6 +675,31 @@ impl Shard {
             count,
         };
         self.emit(instance, call, Then::History { room, limit, reply });
+    }
+
+    /// A history page read from Redis, without what is past its TTL or the
+    /// room's age limit, at most `limit` messages.
+    pub(super) fn history_of(&self, room: &str, limit: usize, page: Page) -> Option<HistoryPage> {
+        let ((last, epoch), stored) = page?;
+        let policy = self.cfg().history.policy(room);
+        let (unix, tick) = (self.unix_now, self.wheel.now());
+        let entries = stored
+            .into_iter()
+            .filter(|s| s.at.saturating_add(u64::from(policy.max_age)) > unix)
+            .filter(|s| !s.ttl_over(unix))
+            .take(limit)
+            .map(|s| {
+                let wire = room_frames(room, &s.msg).v2;
+                Entry {
+                    offset: s.msg.offset,
+                    cost: wire.tcp.len() + wire.ws.len(),
+                    wire,
+                    at: tick,
+                    ttl_end: u32::MAX,
+                }
+            })
+            .collect();
+        Some(HistoryPage { epoch, last, entries })
     }
 
     /// The instance (index into `[redis] urls`) of `room`'s keys; `None`

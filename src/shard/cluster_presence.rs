@@ -20,8 +20,7 @@
 //! answered after `ASK_WAIT` whatever came (marked incomplete); an answer
 //! lists at most the asked limit, and the gathered list never exceeds it.
 
-use super::cluster_ops::Then;
-use super::cluster_state::Ask;
+use super::cluster_state::{Ask, Then};
 use super::members::{Changes, Member};
 use super::mesh::{NodesPage, Reply, ShardMsg};
 use super::state::Shard;

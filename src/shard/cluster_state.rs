@@ -1,18 +1,18 @@
 //! A shard's cluster state, as data: its links and subscribers to the
 //! Redis instances, where each room it owns stands in its subscription
 //! (`RoomSync`), the waiting version-2 joins, shard 0's open presence
-//! questions to the other nodes (`Ask`), and the bookkeeping of the counts
-//! report and the registry. What the shard does with it is
+//! questions to the other nodes (`Ask`), the bookkeeping of the counts
+//! report and the registry, and the Redis operations emitted and what each
+//! answer is for (`Then`, handled in `shard::cluster_ops`). What the shard does with it is
 //! `shard::cluster`; this file is apart so that `Shard` can hold it without
 //! the two depending on each other.
 //!
 //! Owned by one shard (`Shard::cluster`, `None` on a single node); never
 //! shared across threads.
 
-use super::cluster_ops::Then;
-use super::mesh::{GlobalConn, NodesPage, Reply};
+use super::mesh::{Answer, ConnRef, GlobalConn, HistoryPage, NodesPage, Reply};
 use crate::cluster::link::Link;
-use crate::cluster::ops::OpQueue;
+use crate::cluster::ops::{Marks, OpQueue};
 use crate::cluster::registry;
 use crate::cluster::room::Message;
 use crate::cluster::subscriber::Subscriber;
@@ -212,4 +212,114 @@ impl<S> ShardCluster<S> {
             t.detach();
         }
     }
+}
+
+/// What an operation's answer is for.
+pub enum Then {
+    /// Op 48 of connection `r`: answer it with op 49 (or an error).
+    Mark {
+        /// The marking connection.
+        r: ConnRef,
+        /// Its op 48's sequence.
+        seq: u32,
+        /// The room marked.
+        room: Arc<str>,
+    },
+    /// `GET /v1/unread`, waiting on another thread; dropped unanswered
+    /// when Redis cannot say.
+    Unread {
+        /// Where the API route waits.
+        reply: Reply<Marks>,
+    },
+    /// A room publish: tell whoever published.
+    Published {
+        /// The room.
+        room: Arc<str>,
+        /// The publisher (API, client, or nobody to tell).
+        reply: Answer,
+    },
+    /// A push or pattern publish sent on: only a failure is news.
+    Sent {
+        /// What was sent, for the log.
+        what: &'static str,
+    },
+    /// A registry change, a user's leave or a presence note: a failure is
+    /// only logged (a lost add is mended by the next registration, a lost
+    /// remove costs a push the node does not deliver, a lost note a
+    /// second of presence changes).
+    Logged {
+        /// What was asked, for the log.
+        what: &'static str,
+    },
+    /// Registry entries added: push what their users were owed to their
+    /// connections here, oldest first.
+    Owed,
+    /// Shard 0: the node marked alive on instance `instance`; `listening`:
+    /// its channel there was subscribed when asked.
+    Alive {
+        /// Index into `[redis] urls`.
+        instance: usize,
+        /// The node's channel was subscribed.
+        listening: bool,
+    },
+    /// Shard 0: the node's queue on instance `instance`, to handle as heard.
+    Queue {
+        /// Index into `[redis] urls`.
+        instance: usize,
+    },
+    /// A version-2 join waiting for its user's read mark in the room.
+    JoinMarked {
+        /// The room.
+        room: Arc<str>,
+        /// The join.
+        j: Join,
+    },
+    /// A resuming join waiting for the part of the room its cache lacks,
+    /// `from..=through`.
+    JoinRange {
+        /// The room.
+        room: Arc<str>,
+        /// The join.
+        j: Join,
+        /// First offset read.
+        from: u64,
+        /// Last offset read.
+        through: u64,
+    },
+    /// A subscribed room's position, read for sync generation `gen`.
+    Synced {
+        /// The room.
+        room: Arc<str>,
+        /// The sync it answers (a later one makes it stale).
+        gen: u32,
+    },
+    /// What a room's members missed while the node was not subscribed.
+    Filled {
+        /// The room.
+        room: Arc<str>,
+        /// The sync it belongs to.
+        gen: u32,
+        /// The first offset missed, and the first read (history reaches
+        /// no further back).
+        want: (u64, u64),
+        /// The position the sync read: (epoch, offset).
+        at: (u64, u64),
+    },
+    /// Shard 0: the node's counts report, with what it reported.
+    Counted {
+        /// The room counts reported.
+        now: FnvHashMap<Arc<str>, u64>,
+        /// The first link's connects when reported.
+        connects: u64,
+    },
+    /// `GET /v1/history`: the page, filtered by the room's policy now.
+    History {
+        /// The room.
+        room: Arc<str>,
+        /// Most messages in the page.
+        limit: usize,
+        /// Where the API route waits; dropped unanswered when Redis cannot
+        /// say.
+        reply: Reply<Option<HistoryPage>>,
+    },
 }

@@ -22,8 +22,8 @@ use super::state::Shard;
 use crate::metrics::ShardStats;
 use crate::proto::batch::Batch;
 use crate::proto::binary::{self, op, Frame};
-use crate::proto::body;
 use crate::proto::close::CloseReason;
+use crate::proto::v2;
 
 impl Shard {
     /// Decodes and acts on as many whole frames of `data` as it holds.
@@ -31,14 +31,14 @@ impl Shard {
     /// `is_closing` to tell a partial frame from a close).
     pub fn feed(&mut self, r: ConnRef, data: &[u8]) -> usize {
         let max_body = self.cfg().limits.max_body;
-        let most = body::frame_limit(op::AUTH, max_body);
+        let most = v2::frame_limit(op::AUTH, max_body);
         ShardStats::add(&self.stats().bytes_in, data.len() as u64);
         let mut used = 0;
         loop {
             if self.is_closing(r) {
                 return used;
             }
-            match binary::decode_with(&data[used..], most, |op| body::frame_limit(op, max_body)) {
+            match binary::decode_with(&data[used..], most, |op| v2::frame_limit(op, max_body)) {
                 Ok(Some((frame, n))) => {
                     used += n;
                     self.on_frame(r, frame);

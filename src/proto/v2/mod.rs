@@ -32,9 +32,20 @@
 //! recipient, so it is encoded once and its bytes shared.
 
 use super::binary::{self, VERSION_NATIVE};
-use super::body::MAX_ROOM_LEN;
+use super::body::{MAX_ROOM_LEN, MAX_TOKEN_FRAME_BODY};
 use bytes::{BufMut, Bytes, BytesMut};
 use serde::Deserialize;
+
+/// Largest body a client frame of operation `op` (either version) may
+/// have, with `[limits] max_body` = `max_body`: more for the frames that
+/// carry a token (op 7 auth, op 54 token refresh).
+pub fn frame_limit(op: u32, max_body: usize) -> usize {
+    if op == binary::op::AUTH || op == op::TOKEN {
+        max_body.max(MAX_TOKEN_FRAME_BODY)
+    } else {
+        max_body
+    }
+}
 
 /// Operation codes of version 2 beyond those it shares with version 1
 /// (2/3 heartbeat, 6 disconnect, 7/8 auth, 9 batch).
