@@ -146,6 +146,59 @@ fn the_sweep_closes_silent_connections_on_the_real_clock() {
     );
 }
 
+/// A deadline of T seconds never closes before T (docs/PROTOCOL.md: "closed
+/// between T and T+1 s after its deadline"), wherever in the shard's
+/// one-second sweep the connection came: four of each kind, made a quarter
+/// second apart, on the client port and the publisher port, before auth
+/// (handshake, 1 s) and after it (heartbeat, 2 s). Each is timed from the
+/// last thing it sent or was answered; only the lower bound is exact, the
+/// upper one is generous for a loaded machine.
+#[test]
+fn deadlines_never_close_before_they_are_due() {
+    let h = start_server(|c| {
+        c.client.handshake_timeout_secs = 1;
+        c.client.heartbeat_timeout_secs = 2;
+    });
+    let mut waiting = Vec::new();
+    for i in 0..4 {
+        for (port, authed) in [
+            (h.tcp_addr, false),
+            (h.tcp_addr, true),
+            (h.publish_addr, false),
+            (h.publish_addr, true),
+        ] {
+            let mut c = Client::connect(port);
+            let mut from = Instant::now();
+            let due = if authed {
+                let body: &[u8] = if port == h.tcp_addr { b"{}" } else { b"" };
+                c.send(op::AUTH, 1, body);
+                assert_eq!(c.read().expect("auth reply").op, op::AUTH_REPLY);
+                from = Instant::now();
+                2
+            } else {
+                1
+            };
+            waiting.push(std::thread::spawn(move || {
+                let bye = c.expect_closed().unwrap_or_default();
+                (i, port, authed, bye, from.elapsed(), due)
+            }));
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    for w in waiting {
+        let (i, port, authed, bye, took, due) = w.join().unwrap();
+        let what = format!("connection {i} to {port}, authed {authed}: {bye:?} after {took:?}");
+        let reason = if authed {
+            "heartbeat_timeout"
+        } else {
+            "handshake_timeout"
+        };
+        assert!(bye.starts_with(reason), "{what}");
+        assert!(took >= Duration::from_secs(due), "closed before its deadline: {what}");
+        assert!(took < Duration::from_secs(due + 8), "{what}");
+    }
+}
+
 #[test]
 fn slow_consumer_is_closed_and_its_queue_bounded() {
     let limit = 256 * 1024;

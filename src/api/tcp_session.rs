@@ -94,18 +94,21 @@ impl PublisherSession {
         self.last_heard = now;
     }
 
-    /// Whether the connection has been quiet too long at tick `now`.
+    /// Whether the connection has been quiet too long at tick `now`. Ticks
+    /// are whole seconds and an event's tick began up to a second before
+    /// it, so T seconds have surely passed only after T+1 ticks: a deadline
+    /// of T never closes before T.
     pub fn check_quiet(&self, now: u32, sh: &Shard) -> Result<(), Ended> {
         let cfg = &sh.shared.config.client;
         let quiet = now.saturating_sub(self.last_heard);
-        if !self.authed && now.saturating_sub(self.opened) >= cfg.handshake_timeout_secs {
+        if !self.authed && now.saturating_sub(self.opened) > cfg.handshake_timeout_secs {
             let t = cfg.handshake_timeout_secs;
             return Err(Ended::new(
                 CloseReason::HandshakeTimeout,
                 format!("no auth within {t} s"),
             ));
         }
-        if quiet >= cfg.heartbeat_timeout_secs {
+        if quiet > cfg.heartbeat_timeout_secs {
             let t = cfg.heartbeat_timeout_secs;
             return Err(Ended::new(CloseReason::HeartbeatTimeout, format!("nothing for {t} s")));
         }

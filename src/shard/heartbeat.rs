@@ -11,7 +11,7 @@
 //!                 ├─ WebSocket, authed, not pinged ──> ping "volley", deadline += grace
 //!                 └─ otherwise ─> close: handshake_timeout (never authed) | heartbeat_timeout
 //!                                 (authed, or echo: one deadline, never renewed)
-//! op 2, pong ──> pinged = false, deadline = now + heartbeat_timeout_secs
+//! op 2, pong ──> pinged = false, deadline = now + heartbeat_timeout_secs + 1 (never early: `deadline_in`)
 //! token due (JWT) ─ version 2, refresh_at ──> op 56 (once)   ─ expire_at ──> close: token_expired
 //! ```
 //!
@@ -51,9 +51,17 @@ impl Shard {
         c.wheel_at = self.wheel.schedule(r, c.next_check(), c.wheel_at);
     }
 
+    /// The first tick at least `secs` from now. The tick in force began up
+    /// to a second ago, so `now + secs` could come up to a second early; a
+    /// client given T seconds is closed between T and T+1 s later, never
+    /// before (docs/PROTOCOL.md, *Session*).
+    pub(super) fn deadline_in(&self, secs: u32) -> u32 {
+        self.wheel.now() + secs + 1
+    }
+
     /// A sign of life (op 2, a pong): the heartbeat deadline starts again.
     pub(super) fn renew(&mut self, r: ConnRef) {
-        let deadline = self.wheel.now() + self.cfg().client.heartbeat_timeout_secs;
+        let deadline = self.deadline_in(self.cfg().client.heartbeat_timeout_secs);
         let Some(c) = self.conn_mut(r) else { return };
         c.pinged = false;
         c.deadline = deadline;

@@ -45,7 +45,7 @@ impl Shard {
         // 31 bits: the readiness ring (`conn::ring`) keeps a slot and its
         // generation in one 64-bit tag beside one bit of its own.
         self.next_gen = ((self.next_gen + 1) & 0x7fff_ffff).max(1);
-        let deadline = self.wheel.now() + self.cfg().client.handshake_timeout_secs;
+        let deadline = self.deadline_in(self.cfg().client.handshake_timeout_secs);
         let idx = self.conns.insert(Conn {
             gen,
             out: Outbound::default(),

@@ -30,16 +30,22 @@ fn heartbeat_count(sim: &mut Sim, p: Peer, seq: u32) -> u32 {
     u32::from_be_bytes(got[0].body[..4].try_into().unwrap())
 }
 
+// A connection made at tick k may have come just before tick k+1, so at
+// tick k+T only a little over T-1 seconds may have passed: a deadline of T
+// seconds holds through tick k+T and closes at tick k+T+1 (docs/PROTOCOL.md:
+// "between T and T+1 s").
+
 #[test]
-fn no_auth_within_the_handshake_timeout_closes_at_the_deadline() {
+fn no_auth_within_the_handshake_timeout_closes_in_the_second_after_it() {
     let mut sim = Sim::new(1, |c| c.client.handshake_timeout_secs = 3);
     let quiet = sim.connect(0);
     let partial = sim.connect(0);
     // Half an auth frame is not an auth frame.
     let auth = frame(V1, op::AUTH, 1, b"{}");
     assert_eq!(sim.feed(partial, &auth[..10]), 0);
-    sim.tick(2);
-    assert_eq!(sim.closed(quiet), None);
+    sim.tick(3);
+    assert_eq!(sim.closed(quiet), None, "never before the deadline");
+    assert_eq!(sim.closed(partial), None);
     sim.tick(1);
     for p in [quiet, partial] {
         assert_eq!(sim.closed(p), Some(CloseReason::HandshakeTimeout));
@@ -52,19 +58,22 @@ fn no_auth_within_the_handshake_timeout_closes_at_the_deadline() {
 }
 
 #[test]
-fn heartbeats_renew_the_deadline_and_silence_closes_exactly_at_it() {
+fn heartbeats_renew_the_deadline_and_silence_closes_in_the_second_after_it() {
     let mut sim = Sim::new(1, |c| c.client.heartbeat_timeout_secs = 5);
     let p = sim.authed(0, "{}");
     let other = sim.authed(0, "{}");
     sim.tick(3);
     assert_eq!(heartbeat_count(&mut sim, p, 1), 0, "no room, count 0");
-    sim.tick(4); // tick 7: `other` passed its deadline at 5, `p` renewed to 8
+    sim.tick(2);
+    assert_eq!(sim.closed(other), None, "tick 5: 5 s may not have passed yet");
+    sim.tick(1);
     assert_eq!(sim.closed(other), Some(CloseReason::HeartbeatTimeout));
     assert_eq!(
         goodbye(&mut sim, other),
         "heartbeat_timeout: no heartbeat within the deadline"
     );
-    assert_eq!(sim.closed(p), None);
+    sim.tick(2);
+    assert_eq!(sim.closed(p), None, "tick 8: renewed at 3, 5 s may not have passed");
     sim.tick(1);
     assert_eq!(sim.closed(p), Some(CloseReason::HeartbeatTimeout));
 }
@@ -77,15 +86,18 @@ fn websocket_pings_stand_in_for_heartbeats() {
     let auth_reply = sim.take(ws);
     assert_eq!(auth_reply[0], 0x82, "one binary message");
     sim.tick(40);
+    assert!(sim.take(ws).is_empty(), "40 s may not have passed yet");
+    sim.tick(1);
     assert_eq!(
         sim.take(ws),
         ws::session::heartbeat_ping().to_vec(),
-        "a ping at the deadline"
+        "a ping in the second after the deadline"
     );
     sim.tick(10);
     sim.pong(ws);
-    sim.tick(39);
-    assert_eq!(sim.closed(ws), None, "the pong started a new deadline (90)");
+    sim.tick(40);
+    assert_eq!(sim.closed(ws), None, "the pong at 51 started a new deadline (92)");
+    assert!(sim.take(ws).is_empty());
     sim.tick(1);
     assert_eq!(sim.take(ws), ws::session::heartbeat_ping().to_vec());
     sim.tick(30);
