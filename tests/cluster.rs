@@ -1139,6 +1139,63 @@ fn online_counts_and_presence_are_the_clusters() {
     });
 }
 
+/// docs/CLUSTER.md: a dead node's counts "leave the cluster's within 5 s".
+/// Two nodes run as binaries and are killed with SIGKILL half a second
+/// apart (so at different points of their once-a-second report), each with
+/// members of its own room; the surviving node is asked every 50 ms. Only
+/// the promise is timed: how long after its kill each room still counted.
+#[test]
+fn a_killed_nodes_members_leave_the_counts_within_5_s() {
+    let redis = Redis::start(&[]);
+    let survivor = cluster(&redis, 1).pop().unwrap();
+    let mut doomed = [Node::start(&redis), Node::start(&redis)];
+    let mut clients = Vec::new();
+    for (i, node) in doomed.iter().enumerate() {
+        for m in 0..3 {
+            let auth = format!(r#"{{"mid":{},"room_id":"live://k{i}"}}"#, 10 * i + m + 1);
+            clients.push(Client::authed(node.tcp, &auth));
+        }
+    }
+    let counts = || {
+        let (_, v) = http(
+            survivor.http_addr,
+            "GET",
+            "/v1/online/rooms?rooms=live://k0,live://k1",
+            &[],
+            b"",
+        );
+        [0, 1].map(|i| v["data"][format!("live://k{i}")].as_u64().unwrap_or(0))
+    };
+    wait_until("the survivor counts both nodes' members", || counts() == [3, 3]);
+    let mut killed = Vec::new();
+    for node in doomed.iter_mut() {
+        let _ = node.child.kill();
+        let _ = node.child.wait();
+        killed.push(Instant::now());
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    drop(clients);
+    let mut gone = [None, None];
+    let start = Instant::now();
+    while gone.iter().any(Option::is_none) && start.elapsed() < Duration::from_secs(30) {
+        let now = counts();
+        for i in 0..2 {
+            if now[i] == 0 && gone[i].is_none() {
+                gone[i] = Some(killed[i].elapsed());
+            }
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    for (i, took) in gone.iter().enumerate() {
+        let took = took.unwrap_or_else(|| panic!("node {i}'s members still counted 30 s after its kill"));
+        eprintln!("node {i}'s members left the counts {took:?} after its kill");
+        assert!(
+            took <= Duration::from_secs(5),
+            "node {i}'s members counted {took:?} after its kill"
+        );
+    }
+}
+
 /// The next presence event (op 58) `c` receives, skipping other frames.
 fn next_presence(c: &mut Client) -> serde_json::Value {
     loop {

@@ -8,41 +8,59 @@
 //!                  alive (`cluster::registry`); a node leaves it when it
 //!                  is neither
 //! vly:c:<node>     hash room -> members on that node (EX a few sweeps)
-//! vly:t:<node>     hash conns, ips of that node (same expiry)
-//! vly:sums         the sums, JSON, for 900 ms
+//! vly:t:<node>     hash conns, ips, at (Redis time of the report, ms) of
+//!                  that node (same expiry)
+//! vly:sums         the sums, JSON, for `SUMS_MS`
 //! ```
 //!
 //! Once a second each node's shard 0 runs `COUNTS_SCRIPT` once: it writes
 //! what changed in the node's counts since the last run (all of them after
 //! a reconnect, and now and then) and reads back the sums over every node
 //! whose hashes have not expired, which the node's readers use until the
-//! next run (`Shared::cluster_counts`). A node that stops reporting drops
-//! out when its hashes expire. Cost: per node and second, one command whose
-//! work grows with the rooms that changed and the rooms of the cluster.
+//! next run (`Shared::cluster_counts`). A node that stops reporting is left
+//! out of the sums once its last report is `STALE_MS` old by Redis's clock
+//! (one clock for every node, whatever theirs say), and its hashes expire
+//! later. Cost: per node and second, one command whose work grows with the
+//! rooms that changed and the rooms of the cluster.
 //!
-//! Invariants: a dead node's counts are gone within `TTL_SECS`; the sums
-//! are those of one moment of Redis (the script is atomic); the reply is
-//! checked before use.
+//! Invariants: a dead node's counts leave every node's figures within
+//! `STALE_MS + SUMS_MS` plus one report period of its death (about 4 s;
+//! docs/CLUSTER.md promises 5); the sums are those of one moment of Redis
+//! (the script is atomic); the reply is checked before use.
 
 use super::link::{Frame, Link, RedisError};
 use super::room::Script;
 use fnv::FnvHashMap;
 use std::sync::Arc;
 
-/// Seconds a node's counts outlive its last report.
+/// Seconds a node's counts are kept after its last report (cleanup; the
+/// sums leave them out sooner, `STALE_MS`).
 pub const TTL_SECS: u32 = 5;
+
+/// Age of a node's last report past which the sums leave it out: two and
+/// a half report periods, so one late sweep does not make a live node's
+/// members flicker out of the counts.
+pub const STALE_MS: u32 = 2_500;
+
+/// How long one computation of the sums is served to every node that asks.
+pub const SUMS_MS: u32 = 500;
 
 /// The counts script. KEYS: the node set, the node's room hash, its totals
 /// hash, the sums. ARGV: node id, expiry seconds, `1` to replace the node's
-/// rooms (`0`: apply changes), conns, ips, then room/count pairs (count 0
-/// removes the room). Returns, as JSON, `[conns, ips, room, count, ...]`
-/// summed over the live nodes: computed by the first node to ask after the
-/// sums expired (after 900 ms), read by the others, so that the cluster sums
-/// once a second whatever the number of nodes.
+/// rooms (`0`: apply changes), conns, ips, staleness in ms, sums lifetime
+/// in ms, then room/count pairs (count 0 removes the room). Returns, as
+/// JSON, `[conns, ips, room, count, ...]` summed over the nodes that
+/// reported within the staleness: computed by the first node to ask after
+/// the sums expired, read by the others, so that the cluster sums at most
+/// twice a second whatever the number of nodes. (A report without `at`,
+/// from a node of an older build, counts until its hashes expire.)
 pub static COUNTS_SCRIPT: Script = Script::new(
     r#"
 if ARGV[3] == '1' then redis.call('DEL', KEYS[2]) end
-local i = 6
+local time = redis.call('TIME')
+local now = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
+local stale, keep = tonumber(ARGV[6]), ARGV[7]
+local i = 8
 while i < #ARGV do
   if ARGV[i + 1] == '0' then
     redis.call('HDEL', KEYS[2], ARGV[i])
@@ -51,7 +69,7 @@ while i < #ARGV do
   end
   i = i + 2
 end
-redis.call('HSET', KEYS[3], 'conns', ARGV[4], 'ips', ARGV[5])
+redis.call('HSET', KEYS[3], 'conns', ARGV[4], 'ips', ARGV[5], 'at', now)
 redis.call('EXPIRE', KEYS[2], ARGV[2])
 redis.call('EXPIRE', KEYS[3], ARGV[2])
 redis.call('SADD', KEYS[1], ARGV[1])
@@ -59,10 +77,10 @@ local cached = redis.call('GET', KEYS[4])
 if cached then return cached end
 local conns, ips, rooms = 0, 0, {}
 for _, node in ipairs(redis.call('SMEMBERS', KEYS[1])) do
-  local t = redis.call('HMGET', 'vly:t:' .. node, 'conns', 'ips')
+  local t = redis.call('HMGET', 'vly:t:' .. node, 'conns', 'ips', 'at')
   if not t[1] then
     if redis.call('EXISTS', 'vly:alive:' .. node) == 0 then redis.call('SREM', KEYS[1], node) end
-  else
+  elseif not t[3] or now - tonumber(t[3]) <= stale then
     conns = conns + tonumber(t[1])
     ips = ips + tonumber(t[2])
     local h = redis.call('HGETALL', 'vly:c:' .. node)
@@ -77,7 +95,7 @@ for room, n in pairs(rooms) do
   out[#out + 1] = n
 end
 local sums = cjson.encode(out)
-redis.call('SET', KEYS[4], sums, 'PX', 900)
+redis.call('SET', KEYS[4], sums, 'PX', keep)
 return sums
 "#,
 );
@@ -112,6 +130,7 @@ pub async fn report(link: &Link, node: &str, r: &Report) -> Result<Counts, Redis
     let (set, sums) = ("vly:nodes".to_string(), "vly:sums".to_string());
     let (rooms, totals) = (format!("vly:c:{node}"), format!("vly:t:{node}"));
     let (ttl, conns, ips) = (TTL_SECS.to_string(), r.conns.to_string(), r.ips.to_string());
+    let (stale, keep) = (STALE_MS.to_string(), SUMS_MS.to_string());
     let counts: Vec<String> = r.rooms.iter().map(|(_, n)| n.to_string()).collect();
     let mut args: Vec<&[u8]> = vec![
         b"4",
@@ -124,6 +143,8 @@ pub async fn report(link: &Link, node: &str, r: &Report) -> Result<Counts, Redis
         if r.full { b"1" } else { b"0" },
         conns.as_bytes(),
         ips.as_bytes(),
+        stale.as_bytes(),
+        keep.as_bytes(),
     ];
     for ((room, _), n) in r.rooms.iter().zip(&counts) {
         args.push(room.as_bytes());
