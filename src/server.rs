@@ -243,8 +243,7 @@ async fn shard_main(
             .iter()
             .map(|u| cluster::RedisUrl::parse(u).expect("checked by Config::validate"))
             .collect();
-        let mut state = ShardCluster::new(id, &urls, control, shared.keys.tag());
-        state.set_shard(Rc::downgrade(&shard));
+        let state = ShardCluster::new(id, &urls, shared.keys.tag());
         let (links, subs) = state.connections();
         shard.borrow_mut().cluster = Some(state);
         let ops = cluster::ops::drive(Rc::downgrade(&shard), links.clone(), control);

@@ -107,6 +107,20 @@ impl Link {
         }
     }
 
+    /// The simulated-time harness's stand-in for the link's task: up (a
+    /// new connection) or down, as a real link would be after a connect or
+    /// a loss. Nothing is sent either way.
+    #[cfg(test)]
+    pub(crate) fn simulate(&self, up: bool) {
+        let mut i = self.inner.borrow_mut();
+        if up && !i.up {
+            i.connects += 1;
+        }
+        i.up = up;
+        i.outbox.clear();
+        i.reason = if up { String::new() } else { "simulated down".into() };
+    }
+
     /// How many times the link has connected.
     pub fn connects(&self) -> u64 {
         self.inner.borrow().connects

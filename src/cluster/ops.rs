@@ -18,10 +18,9 @@
 //! shard: answered(then, RedisAnswer, now_us) <──────────────────────────────────┘
 //! ```
 //!
-//! Two presence tasks (`shard::cluster_presence`: answering a question
-//! after gathering the shards' members, and a question's 2 s wait) still
-//! await on the shard's side; every other Redis call of a shard is a
-//! `Call` here.
+//! A shard's one wait that is not Redis's, a presence question's 2 s
+//! (`shard::cluster_presence`), is a `Call::Wait` too: the driver owns the
+//! timer as it owns the links, and the shard never sleeps.
 
 use super::counts::{self, Counts, Report};
 use super::link::{Link, RedisError};
@@ -251,6 +250,12 @@ pub enum Call {
         /// The reader.
         mid: i64,
     },
+    /// Not Redis: answered once `ms` milliseconds have passed (on no
+    /// instance; the driver's timer, so that the shard reads no clock).
+    Wait {
+        /// How long.
+        ms: u32,
+    },
 }
 
 /// Marks and newest offsets, per room asked.
@@ -290,6 +295,8 @@ pub enum RedisAnswer {
     Mark(Result<Option<(u64, u64)>, RedisError>),
     /// To `Call::Unread`.
     Unread(Result<Marks, RedisError>),
+    /// To `Call::Wait`: the time has passed.
+    Waited,
 }
 
 impl Call {
@@ -340,6 +347,7 @@ impl Call {
             } => RedisAnswer::Range(room::range(link, &room, epoch, from, through).await),
             Call::Sync { room } => RedisAnswer::Sync(room::sync(link, &room).await),
             Call::Counts { node, report } => RedisAnswer::Counts(counts::report(link, &node, &report).await),
+            Call::Wait { ms } => wait(ms).await,
         }
     }
 
@@ -362,8 +370,16 @@ impl Call {
             Call::Range { .. } => RedisAnswer::Range(Err(e)),
             Call::Sync { .. } => RedisAnswer::Sync(Err(e)),
             Call::Counts { .. } => RedisAnswer::Counts(Err(e)),
+            // A wait asks nothing of Redis, so nothing can refuse it.
+            Call::Wait { .. } => RedisAnswer::Waited,
         }
     }
+}
+
+/// `Call::Wait`.
+async fn wait(ms: u32) -> RedisAnswer {
+    glommio::timer::sleep(std::time::Duration::from_millis(ms.into())).await;
+    RedisAnswer::Waited
 }
 
 /// `Call::History`: the position, then what is stored past `since`.
@@ -402,11 +418,10 @@ pub async fn drive<S: Ops + 'static>(me: Weak<RefCell<S>>, links: Vec<Link>, que
         let Some(op) = next.await else { return };
         let (me, link) = (me.clone(), links.get(op.instance).cloned());
         let run = async move {
-            let answer = match link {
-                Some(link) => op.call.run(&link).await,
-                None => op
-                    .call
-                    .failed(RedisError::Down(format!("instance {}", op.instance), "no link".into())),
+            let answer = match (op.call, link) {
+                (Call::Wait { ms }, _) => wait(ms).await,
+                (call, Some(link)) => call.run(&link).await,
+                (call, None) => call.failed(RedisError::Down(format!("instance {}", op.instance), "no link".into())),
             };
             if let Some(s) = me.upgrade() {
                 s.borrow_mut().answered(op.then, answer, crate::metrics::clock_us());

@@ -93,6 +93,24 @@ impl Subscriber {
         }
     }
 
+    /// The simulated-time harness's stand-in for the subscriber's task: up
+    /// (the wanted set subscribed again, each channel to be confirmed by
+    /// the harness's Redis) or down. Nothing is sent either way.
+    #[cfg(test)]
+    pub(crate) fn simulate(&self, up: bool) {
+        let mut i = self.inner.borrow_mut();
+        i.up = up;
+        i.outbox.clear();
+        i.reason = if up { String::new() } else { "simulated down".into() };
+    }
+
+    /// The channels and globs it wants now (simulated-time harness).
+    #[cfg(test)]
+    pub(crate) fn wanted(&self) -> (Vec<String>, Vec<String>) {
+        let i = self.inner.borrow();
+        (i.wanted.iter().cloned().collect(), i.globs.iter().cloned().collect())
+    }
+
     /// Whether it is connected now.
     pub fn is_up(&self) -> bool {
         self.inner.borrow().up

@@ -56,18 +56,7 @@ use crate::proto::v2::{Envelope, ErrorCode, Kind, Resume, Unrecovered};
 use crate::proto::wire::{Frames, Wire};
 use bytes::Bytes;
 use fnv::FnvHashMap;
-use std::cell::RefCell;
-use std::rc::Weak;
 use std::sync::Arc;
-
-/// Runs `f` on the shard behind `me`, if it is still there.
-pub(super) fn with_shard(me: &Weak<RefCell<Shard>>, f: impl FnOnce(&mut Shard)) {
-    if let Some(sh) = me.upgrade() {
-        let mut sh = sh.borrow_mut();
-        sh.set_clock(crate::metrics::clock_us());
-        f(&mut sh);
-    }
-}
 
 impl Shard {
     /// Whether this node is part of a cluster.
@@ -723,8 +712,7 @@ impl Shard {
 
     /// What this shard's subscriber to instance `i` heard.
     pub fn on_redis(&mut self, i: usize, e: Event) {
-        let direct =
-            |channel: &[u8], c: Option<&ShardCluster<Shard>>| c.is_some_and(|c| c.node_channel.as_bytes() == channel);
+        let direct = |channel: &[u8], c: Option<&ShardCluster>| c.is_some_and(|c| c.node_channel.as_bytes() == channel);
         match e {
             Event::Message { channel, payload } if direct(&channel, self.cluster.as_ref()) => {
                 if presence::is_note(&payload) {

@@ -84,6 +84,8 @@ impl Ops for Shard {
             (Then::Synced { room, gen }, RedisAnswer::Sync(got)) => self.synced(room, gen, got),
             (Then::Filled { room, gen, want, at }, RedisAnswer::Range(got)) => self.filled(room, gen, want, at, got),
             (Then::Counted { now, connects }, RedisAnswer::Counts(got)) => self.counted(now, connects, got),
+            (Then::Asked { q }, RedisAnswer::Sent(got)) => self.asked(q, got.ok()),
+            (Then::AskWaited { q }, RedisAnswer::Waited) => self.ask_done(q, true),
             (_, answer) => tracing::error!(?answer, "a Redis answer of another kind than asked: dropped"),
         }
     }

@@ -10,19 +10,19 @@
 //!
 //! ```text
 //! GET /v1/presence on node A ─PresenceAsk─> A's shard 0: PUBLISH "ask" on vly:{R} ─> N nodes heard it
-//! each node's owner of R: PresenceReq to its shards ─> PUBLISH "answer" on vly:n:A
-//! A's shard 0: N answers (or ASK_WAIT) ─> the route's reply
+//! each node's owner of R: PresenceReq to its shards, PresencePart back ─> PUBLISH "answer" on vly:n:A
+//! A's shard 0: N answers (or ASK_WAIT_MS, a Call::Wait) ─> the route's reply
 //! ```
 //!
 //! Invariants: a watch or changes note from this node itself is ignored
 //! (a question of its own it answers like any node); an answer is
 //! expected from every node Redis says heard the question, and the route is
-//! answered after `ASK_WAIT` whatever came (marked incomplete); an answer
+//! answered after `ASK_WAIT_MS` whatever came (marked incomplete); an answer
 //! lists at most the asked limit, and the gathered list never exceeds it.
 
-use super::cluster_state::{Ask, Then};
+use super::cluster_state::{Ask, Gather, Then};
 use super::members::{Changes, Member};
-use super::mesh::{NodesPage, Reply, ShardMsg};
+use super::mesh::{MembersTo, NodesPage, Reply, ShardMsg};
 use super::state::Shard;
 use crate::cluster::ops::Call;
 use crate::cluster::presence::{self, Note};
@@ -31,10 +31,9 @@ use crate::cluster::room::RoomKeys;
 use crate::metrics::ShardStats;
 use serde_json::value::RawValue;
 use std::sync::Arc;
-use std::time::Duration;
 
-/// How long a question waits for the nodes' answers.
-pub const ASK_WAIT: Duration = Duration::from_secs(2);
+/// How long a question waits for the nodes' answers, in milliseconds.
+pub const ASK_WAIT_MS: u32 = 2_000;
 
 /// A note as this node reads it.
 type Heard = Note<Changes, Vec<Member>>;
@@ -135,42 +134,72 @@ impl Shard {
     }
 
     /// On the owner of `room`: node `node` asks for this node's members.
+    /// Every shard sends its own (`presence_part`), and the last one's
+    /// completes the answer.
     fn answer_ask(&mut self, room: Arc<str>, node: &str, q: u64, limit: u32) {
         let limit = (limit as usize).min(self.cfg().client.presence_limit);
-        let mut waits = Vec::with_capacity(self.nr());
-        for s in 0..self.nr() {
-            let (reply, wait) = Reply::pair();
-            waits.push(wait);
-            self.route(
-                s,
-                ShardMsg::PresenceReq {
-                    room: room.clone(),
-                    limit,
-                    reply,
-                },
-            );
+        let Some(instance) = self.cluster_instance(&room) else {
+            return;
+        };
+        let (nr, me) = (self.nr(), self.id);
+        let Some(c) = self.cluster.as_mut() else { return };
+        c.next_gather += 1;
+        let id = c.next_gather;
+        let gather = Gather {
+            asker: node.to_string(),
+            q,
+            limit,
+            instance,
+            left: nr,
+            count: 0,
+            members: Vec::new(),
+        };
+        c.gathers.insert(id, gather);
+        for s in 0..nr {
+            let to = MembersTo::Gather { shard: me, id };
+            let room = room.clone();
+            self.route(s, ShardMsg::PresenceReq { room, limit, to });
         }
-        let Some(c) = self.cluster.as_ref() else { return };
-        let (link, channel) = (c.link_for(&room), registry::channel(node));
-        c.spawn(async move {
-            let (mut count, mut members) = (0u64, Vec::new());
-            for w in waits {
-                if let Some((n, list)) = w.await {
-                    count += n as u64;
-                    members.extend(list.into_iter().take(limit.saturating_sub(members.len())));
-                }
-            }
-            let note = presence::encode::<(), _>(&Note::Answer { q, count, members });
-            if let Err(e) = presence::publish(&link, &channel, &note).await {
-                tracing::debug!(error = %e, "presence answer not published");
-            }
+    }
+
+    /// One shard's members for gathering `id`; the last one publishes the
+    /// node's answer on the asking node's channel.
+    pub(super) fn presence_part(&mut self, id: u64, count: usize, members: Vec<Member>) {
+        let Some(c) = self.cluster.as_mut() else { return };
+        let Some(g) = c.gathers.get_mut(&id) else { return };
+        g.count += count as u64;
+        let room_left = g.limit.saturating_sub(g.members.len());
+        g.members.extend(members.into_iter().take(room_left));
+        g.left -= 1;
+        if g.left > 0 {
+            return;
+        }
+        let Some(g) = c.gathers.remove(&id) else { return };
+        let note = presence::encode::<(), _>(&Note::Answer {
+            q: g.q,
+            count: g.count,
+            members: g.members,
         });
+        let call = Call::Note {
+            channel: registry::channel(&g.asker),
+            note: note.to_vec(),
+        };
+        self.emit(
+            g.instance,
+            call,
+            Then::Logged {
+                what: "presence answer",
+            },
+        );
     }
 
     /// On shard 0, in a cluster: asks every node with members of `room` for
     /// them; `reply` gets what the nodes answered (`None`: the room's Redis
     /// instance is unreachable).
     pub(super) fn cluster_presence(&mut self, room: Arc<str>, limit: usize, reply: Reply<Option<NodesPage>>) {
+        let Some(instance) = self.cluster_instance(&room) else {
+            return reply.send(None);
+        };
         let Some(c) = self.cluster.as_mut() else {
             return reply.send(None);
         };
@@ -191,24 +220,24 @@ impl Shard {
             q,
             limit: u32::try_from(limit).unwrap_or(u32::MAX),
         });
-        let (link, me) = (c.link_for(&room), c.me.clone());
-        let channel = RoomKeys::of(&room).channel;
-        c.spawn(async move {
-            let heard = presence::publish(&link, &channel, &note).await;
-            super::cluster::with_shard(&me, |sh| sh.asked(q, heard.ok()));
-            glommio::timer::sleep(ASK_WAIT).await;
-            super::cluster::with_shard(&me, |sh| sh.ask_done(q, true));
-        });
+        let call = Call::Note {
+            channel: RoomKeys::of(&room).channel,
+            note: note.to_vec(),
+        };
+        self.emit(instance, call, Then::Asked { q });
     }
 
-    /// The question went out to `heard` nodes (`None`: it did not go out).
-    fn asked(&mut self, q: u64, heard: Option<u64>) {
+    /// The question went out to `heard` nodes (`None`: it did not go out);
+    /// their answers are waited for `ASK_WAIT_MS` at most.
+    pub(super) fn asked(&mut self, q: u64, heard: Option<u64>) {
         let Some(c) = self.cluster.as_mut() else { return };
         match heard {
             Some(n) => {
                 if let Some(a) = c.asks.get_mut(&q) {
                     a.want = Some(n);
                 }
+                let wait = Call::Wait { ms: ASK_WAIT_MS };
+                self.emit(0, wait, Then::AskWaited { q });
                 self.ask_done(q, false);
             }
             None => {
@@ -220,7 +249,7 @@ impl Shard {
     }
 
     /// Answers question `q` if every node did (or, `timed_out`, anyway).
-    fn ask_done(&mut self, q: u64, timed_out: bool) {
+    pub(super) fn ask_done(&mut self, q: u64, timed_out: bool) {
         let Some(c) = self.cluster.as_mut() else { return };
         let complete = c.asks.get(&q).is_some_and(|a| a.want.is_some_and(|w| a.got >= w));
         if !complete && !timed_out {

@@ -10,6 +10,7 @@
 //! Owned by one shard (`Shard::cluster`, `None` on a single node); never
 //! shared across threads.
 
+use super::members::Member;
 use super::mesh::{Answer, ConnRef, GlobalConn, HistoryPage, NodesPage, Reply};
 use crate::cluster::link::Link;
 use crate::cluster::ops::{Marks, OpQueue};
@@ -19,9 +20,6 @@ use crate::cluster::subscriber::Subscriber;
 use crate::cluster::{instance_of, RedisUrl};
 use crate::proto::v2::Resume;
 use fnv::FnvHashMap;
-use glommio::TaskQueueHandle;
-use std::cell::RefCell;
-use std::rc::Weak;
 use std::sync::Arc;
 
 /// Seconds a room stays subscribed after the node's last member left (and
@@ -45,17 +43,30 @@ pub struct Ask {
     pub(super) reply: Reply<Option<NodesPage>>,
 }
 
-/// A shard's cluster state (see the module doc); `S` is the shard, which
-/// the state's tasks come back to.
-pub struct ShardCluster<S> {
+/// Another node's question, on the room's owner, gathering the members of
+/// this node's shards (`ShardMsg::PresencePart`) before it is answered.
+pub struct Gather {
+    /// The asking node's id (its channel gets the answer).
+    pub(super) asker: String,
+    /// The asker's number for the question.
+    pub(super) q: u64,
+    /// Most members listed.
+    pub(super) limit: usize,
+    /// The room's instance (where the answer is published).
+    pub(super) instance: usize,
+    /// Shards yet to answer.
+    pub(super) left: usize,
+    /// Members on the shards that answered, and the first `limit` of them.
+    pub(super) count: u64,
+    pub(super) members: Vec<Member>,
+}
+
+/// A shard's cluster state (see the module doc).
+pub struct ShardCluster {
     /// Per instance, the shard's command link.
     pub(super) links: Vec<Link>,
     /// Per instance, the shard's pub/sub connection.
     pub(super) subs: Vec<Subscriber>,
-    /// Where the shard's Redis tasks run.
-    pub(super) queue: TaskQueueHandle,
-    /// The shard itself, for the tasks to come back to.
-    pub(super) me: Weak<RefCell<S>>,
     /// Rooms this shard owns with members on this node.
     pub(super) rooms: FnvHashMap<Arc<str>, RoomSync>,
     /// Shard 0: the node's room counts as last reported to Redis.
@@ -85,6 +96,11 @@ pub struct ShardCluster<S> {
     pub(super) asks: FnvHashMap<u64, Ask>,
     /// Shard 0: the last question's number.
     pub(super) next_ask: u64,
+    /// Other nodes' questions about rooms this shard owns, gathering the
+    /// shards' members, by number.
+    pub(super) gathers: FnvHashMap<u64, Gather>,
+    /// The last gathering's number.
+    pub(super) next_gather: u64,
     /// This shard's pattern subscriptions, by their channel glob
     /// (`shard::cluster_patterns`).
     pub(super) local_globs: FnvHashMap<Arc<str>, u32>,
@@ -153,12 +169,12 @@ pub struct Join {
     pub marked: bool,
 }
 
-impl<S> ShardCluster<S> {
+impl ShardCluster {
     /// The links and subscribers of shard `id` to `urls` (not connected:
-    /// `connections` gives what to run), spawning into `queue`. Shard 0 also
+    /// `connections` gives what to run). Shard 0 also
     /// listens on the node's channel for pattern publishes and for key,
     /// user and everyone pushes.
-    pub fn new(id: usize, urls: &[RedisUrl], queue: TaskQueueHandle, node_tag: u64) -> ShardCluster<S> {
+    pub fn new(id: usize, urls: &[RedisUrl], node_tag: u64) -> ShardCluster {
         let subs: Vec<Subscriber> = urls.iter().cloned().map(Subscriber::new).collect();
         let node = registry::node_id(node_tag);
         let node_channel = registry::channel(&node);
@@ -171,8 +187,6 @@ impl<S> ShardCluster<S> {
         ShardCluster {
             links: urls.iter().cloned().map(Link::new).collect(),
             subs,
-            queue,
-            me: Weak::new(),
             rooms: FnvHashMap::default(),
             reported: FnvHashMap::default(),
             reported_connects: 0,
@@ -184,6 +198,8 @@ impl<S> ShardCluster<S> {
             listening: false,
             asks: FnvHashMap::default(),
             next_ask: 0,
+            gathers: FnvHashMap::default(),
+            next_gather: 0,
             local_globs: FnvHashMap::default(),
             globs: FnvHashMap::default(),
             matched: FnvHashMap::default(),
@@ -196,21 +212,9 @@ impl<S> ShardCluster<S> {
         (self.links.clone(), self.subs.clone())
     }
 
-    /// The shard this state belongs to (set once the shard is shared).
-    pub fn set_shard(&mut self, me: Weak<RefCell<S>>) {
-        self.me = me;
-    }
-
     /// The link to the instance that holds `name`'s keys.
     pub(super) fn link_for(&self, name: &str) -> Link {
         self.links[instance_of(name.as_bytes(), self.links.len())].clone()
-    }
-
-    /// Runs `f` in the shard's control queue.
-    pub(super) fn spawn(&self, f: impl std::future::Future<Output = ()> + 'static) {
-        if let Ok(t) = glommio::spawn_local_into(f, self.queue) {
-            t.detach();
-        }
     }
 }
 
@@ -250,6 +254,17 @@ pub enum Then {
     Logged {
         /// What was asked, for the log.
         what: &'static str,
+    },
+    /// Shard 0: question `q` was published; the answer is how many nodes
+    /// heard it.
+    Asked {
+        /// The question.
+        q: u64,
+    },
+    /// Shard 0: question `q` has waited long enough.
+    AskWaited {
+        /// The question.
+        q: u64,
     },
     /// Registry entries added: push what their users were owed to their
     /// connections here, oldest first.

@@ -76,6 +76,21 @@ pub struct HistoryPage {
     pub entries: Vec<Entry>,
 }
 
+/// Where a shard's members of a room go (`ShardMsg::PresenceReq`).
+#[derive(Debug)]
+pub enum MembersTo {
+    /// The API route, waiting on another thread.
+    Api(Reply<(usize, Vec<Member>)>),
+    /// A shard gathering the node's members (in a cluster, the room's owner
+    /// answering another node's question), as `ShardMsg::PresencePart`.
+    Gather {
+        /// The gathering shard.
+        shard: usize,
+        /// Its number for the gathering.
+        id: u64,
+    },
+}
+
 /// What travels between shards.
 #[derive(Debug)]
 pub enum ShardMsg {
@@ -147,8 +162,18 @@ pub enum ShardMsg {
         room: Arc<str>,
         /// Most members to list.
         limit: usize,
-        /// (members on the shard, the first `limit` of them).
-        reply: Reply<(usize, Vec<Member>)>,
+        /// Where (members on the shard, the first `limit` of them) go.
+        to: MembersTo,
+    },
+    /// A shard's members of a room, back to the shard gathering them
+    /// (`MembersTo::Gather`).
+    PresencePart {
+        /// The gathering's number on that shard.
+        id: u64,
+        /// Members on the sending shard.
+        count: usize,
+        /// The first of them, at most the asked limit.
+        members: Vec<Member>,
     },
     /// Cluster mode, to shard 0 (which hears the node's channel): ask
     /// every node for its members of a room, for `GET /v1/presence`.

@@ -12,7 +12,8 @@
 //!   `owner_of_mid(mid)`: the owner keeps where each lives.
 //!
 //! Files, by responsibility (all but `run` are sans-IO: no socket, no
-//! clock, no await):
+//! clock, no await; cluster mode's Redis calls are values run by
+//! `cluster::ops::drive`):
 //!
 //! ```text
 //! state      Shard's fields, route(), handle() = one line per ShardMsg
@@ -39,6 +40,11 @@
 //! outbound   a connection's write queue (pure) mesh       ShardMsg, inboxes, owners
 //! worklist   connections waiting for the flusher or the reactor, one wake per burst (pure)
 //! view       Shared, published views, online counts
+//! cluster    cluster mode: room subscriptions, pushes, registry, counts through Redis
+//! cluster_state     its data: links, subscriptions, open questions, Then
+//! cluster_ops       emit Redis operations as values; each answer to its Then
+//! cluster_patterns  pattern subscriptions as channel globs
+//! cluster_presence  member lists and presence changes between nodes
 //! run        per-shard runtime: inbox loop, sweep timer, shutdown drain (awaits)
 //! sim        simulated-time harness for tests (no sockets, no wall clock)
 //! ```

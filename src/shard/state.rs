@@ -23,7 +23,7 @@ use super::directory::{Directory, KeyRule};
 use super::history::Logs;
 use super::inbox::{Inboxes, Policy as InboxPolicy};
 use super::members::Watched;
-use super::mesh::{ConnRef, GlobalConn, ShardMsg};
+use super::mesh::{ConnRef, GlobalConn, MembersTo, ShardMsg};
 use super::patterns::PatternIndex;
 use super::rooms::RoomTable;
 use super::view::Shared;
@@ -100,7 +100,7 @@ pub struct Shard {
     pub(super) woken: Worklist,
     /// Cluster mode: links, subscribers, subscribed rooms (`None`: single
     /// node).
-    pub cluster: Option<super::cluster_state::ShardCluster<Shard>>,
+    pub cluster: Option<super::cluster_state::ShardCluster>,
 }
 
 impl Shard {
@@ -252,7 +252,16 @@ impl Shard {
             ShardMsg::Watching { room, on } => self.on_watching(room, on),
             ShardMsg::PresenceDelta { room, changes } => self.on_presence_delta(&room, changes),
             ShardMsg::PresenceFrame { room, wire } => self.on_presence_frame(&room, &wire),
-            ShardMsg::PresenceReq { room, limit, reply } => reply.send(self.presence_page(&room, limit)),
+            ShardMsg::PresenceReq { room, limit, to } => {
+                let (count, members) = self.presence_page(&room, limit);
+                match to {
+                    MembersTo::Api(reply) => reply.send((count, members)),
+                    MembersTo::Gather { shard, id } => {
+                        self.route(shard, ShardMsg::PresencePart { id, count, members });
+                    }
+                }
+            }
+            ShardMsg::PresencePart { id, count, members } => self.presence_part(id, count, members),
             ShardMsg::PresenceAsk { room, limit, reply } => self.cluster_presence(room, limit, reply),
             ShardMsg::RoomFrame { room, frames, reach } => self.deliver_room(&room, &frames, reach),
             ShardMsg::GlobInterest { glob, delta } => self.on_glob_interest(glob, delta),

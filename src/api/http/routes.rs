@@ -10,7 +10,7 @@ use super::request::{bad, v1_batch, v1_push, ApiError, Query};
 use crate::api::{publish, Meta, Target};
 use crate::metrics::{prometheus, ShardStats, StatsSnapshot};
 use crate::proto::v2;
-use crate::shard::mesh::{owner_of_str, HistoryPage, PublishOutcome, Reply, ShardMsg};
+use crate::shard::mesh::{owner_of_str, HistoryPage, MembersTo, PublishOutcome, Reply, ShardMsg};
 use crate::shard::{Shard, Shared};
 use bytes::Bytes;
 use http_body_util::Full;
@@ -419,7 +419,8 @@ fn v1_presence(r: &Req<'_>) -> Result<Later, ApiError> {
             let (reply, wait) = Reply::pair();
             waits.push(wait);
             let room = room.clone();
-            sh.route(s, ShardMsg::PresenceReq { room, limit, reply });
+            let to = MembersTo::Api(reply);
+            sh.route(s, ShardMsg::PresenceReq { room, limit, to });
         }
     }
     Ok(Box::pin(async move {
