@@ -72,6 +72,12 @@ impl<T> OpQueue<T> {
         }
     }
 
+    /// The oldest operation, if any (a driver without a waker: the
+    /// simulated-time harness).
+    pub fn pop(&mut self) -> Option<RedisOp<T>> {
+        self.ops.pop_front()
+    }
+
     /// The oldest operation, or `Pending` with `cx`'s waker kept.
     pub fn poll(&mut self, cx: &mut Context<'_>) -> Poll<RedisOp<T>> {
         match self.ops.pop_front() {

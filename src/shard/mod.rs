@@ -46,7 +46,7 @@
 //! cluster_patterns  pattern subscriptions as channel globs
 //! cluster_presence  member lists and presence changes between nodes
 //! run        per-shard runtime: inbox loop, sweep timer, shutdown drain (awaits)
-//! sim        simulated-time harness for tests (no sockets, no wall clock)
+//! sim        simulated-time harness for tests (no sockets, no wall clock), with a simulated Redis
 //! ```
 
 mod access;

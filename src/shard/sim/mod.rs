@@ -9,12 +9,20 @@
 //! queued as written, unless the client is stalled, and removes connections
 //! that are closing after taking their goodbye.
 //!
+//! Cluster mode runs in the same harness: `redis::ClusterSim` is several
+//! such nodes around a simulated Redis (`redis::FakeRedis`) that answers
+//! the operations their shards emit and carries their channel messages.
+//!
 //! Test-only (`cfg(test)`). Deterministic: same steps, same bytes.
 
 #[cfg(test)]
 mod access_tests;
 #[cfg(test)]
+mod cluster_tests;
+#[cfg(test)]
 mod inbox_tests;
+#[cfg(test)]
+pub(crate) mod redis;
 #[cfg(test)]
 mod tests;
 #[cfg(test)]

@@ -1,0 +1,534 @@
+//! A simulated Redis and the nodes of a cluster around it: cluster mode on
+//! simulated time, with no socket and no executor.
+//!
+//! Each node is a `Sim` whose shards hold a `ShardCluster` with one
+//! instance. The harness plays what runs beside the shards in a real
+//! process: the driver (`cluster::ops::drive`: every operation a shard
+//! emits is answered here, at once, or held while the test says so) and
+//! the subscribers (`cluster::subscriber`: a channel a shard wants is
+//! confirmed, `Event::Subscribed`, and from then on gets what is published
+//! on it). `FakeRedis` keeps what the scripts keep in the real one, as far
+//! as the shards can tell: each room's offset, epoch, Stream (bounded by
+//! the publish's history length, exactly where the real one trims about),
+//! read marks and publish ids; the node queues; which nodes were taken for
+//! dead. User and key pushes routed through the registry are counted, not
+//! delivered (the end-to-end tests against redis-server cover them).
+//!
+//! Test-only. Deterministic but for node ids (each node's key tag).
+
+use super::Sim;
+use crate::cluster::counts::Counts;
+use crate::cluster::link::RedisError;
+use crate::cluster::ops::{Call, Ops, RedisAnswer, RedisOp};
+use crate::cluster::room::{encode_message, Position, Published, RoomKeys, Stored};
+use crate::cluster::subscriber::Event;
+use crate::cluster::{registry, RedisUrl};
+use crate::config::Config;
+use crate::shard::cluster_state::{ShardCluster, Then};
+use bytes::Bytes;
+use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::sync::Arc;
+
+/// Unix seconds the simulated Redis stamps Stream entries with (fixed:
+/// nothing here expires by age unless a test sets it).
+const STORED_AT: u64 = super::SIM_UNIX_START;
+
+/// One room as the scripts keep it.
+#[derive(Default)]
+struct Room {
+    offset: u64,
+    epoch: u64,
+    stream: VecDeque<Stored>,
+    marks: HashMap<i64, u64>,
+}
+
+/// A node's counts as its last report left them: conns, ips, rooms.
+type Reported = (u64, u64, HashMap<Arc<str>, u64>);
+
+/// Where an operation came from: node, shard.
+type From = (usize, usize);
+
+/// What the real Redis would hold for a cluster's nodes (see the module
+/// doc).
+#[derive(Default)]
+pub(crate) struct FakeRedis {
+    rooms: HashMap<Arc<str>, Room>,
+    dedup: HashMap<String, u64>,
+    next_epoch: u64,
+    /// Channels each subscriber has had confirmed.
+    confirmed: HashMap<From, BTreeSet<String>>,
+    /// Messages on their way to subscribers.
+    events: VecDeque<(From, Event)>,
+    /// Unreachable: every operation fails, subscribers are down.
+    pub down: bool,
+    /// Kinds of operation (`kind`) whose answers are held until
+    /// `release`: Redis ran them when they came (as the real one runs a
+    /// script at once), their replies are slow to arrive.
+    pub hold: Vec<&'static str>,
+    held: Vec<(From, Then, RedisAnswer)>,
+    /// Waits (`Call::Wait`) and the simulated ms each has left.
+    waits: Vec<(From, u32, Then)>,
+    /// Each operation answered: the node that sent it and its kind.
+    pub calls: Vec<(usize, &'static str)>,
+    /// Subscriptions are not confirmed (the SUBSCRIBE is in flight) while
+    /// set.
+    pub unconfirmed: bool,
+    /// Kinds of operation answered with an error reply.
+    pub fail: Vec<&'static str>,
+    /// Nodes whose notes (`Call::Note`) are lost: answered as sent to no
+    /// one, published nowhere.
+    pub mute: BTreeSet<usize>,
+    /// Node ids taken for dead (answered by their next `Alive`).
+    pub gone: BTreeSet<String>,
+    /// What waits in each node's queue.
+    pub queues: HashMap<String, Vec<Bytes>>,
+    /// Each node's last counts report: totals and rooms.
+    reports: HashMap<String, Reported>,
+}
+
+/// The name of a call's kind.
+pub(crate) fn kind(c: &Call) -> &'static str {
+    match c {
+        Call::Publish { .. } => "publish",
+        Call::ToNodes { .. } => "to_nodes",
+        Call::Route { .. } => "route",
+        Call::Claim { .. } => "claim",
+        Call::Remove { .. } => "remove",
+        Call::Add { .. } => "add",
+        Call::Leave { .. } => "leave",
+        Call::Alive { .. } => "alive",
+        Call::TakeQueue { .. } => "take_queue",
+        Call::Watch { .. } => "watch",
+        Call::Note { .. } => "note",
+        Call::MarkOf { .. } => "mark_of",
+        Call::Range { .. } => "range",
+        Call::Sync { .. } => "sync",
+        Call::Counts { .. } => "counts",
+        Call::History { .. } => "history",
+        Call::Mark { .. } => "mark",
+        Call::Unread { .. } => "unread",
+        Call::Wait { .. } => "wait",
+    }
+}
+
+/// Nodes of one cluster and their Redis.
+pub(crate) struct ClusterSim {
+    pub nodes: Vec<Sim>,
+    pub redis: FakeRedis,
+}
+
+impl ClusterSim {
+    /// `nodes` nodes of `shards` shards each, the test defaults, then
+    /// `tweak`; every link and subscriber up.
+    pub fn new(nodes: usize, shards: usize, tweak: impl Fn(&mut Config)) -> ClusterSim {
+        let url = "redis://127.0.0.1:1";
+        let nodes = (0..nodes)
+            .map(|_| {
+                let mut sim = Sim::new(shards, |c| {
+                    c.redis.urls = vec![url.to_string()];
+                    tweak(c);
+                });
+                let tag = sim.shared.keys.tag();
+                for (i, sh) in sim.shards.iter_mut().enumerate() {
+                    let c = ShardCluster::new(i, &[RedisUrl::parse(url).expect("a test URL")], tag);
+                    c.links[0].simulate(true);
+                    c.subs[0].simulate(true);
+                    sh.cluster = Some(c);
+                }
+                sim
+            })
+            .collect();
+        let mut cs = ClusterSim {
+            nodes,
+            redis: FakeRedis::default(),
+        };
+        cs.settle();
+        cs
+    }
+
+    /// Node `k`'s id in the registry.
+    pub fn node_id(&self, k: usize) -> String {
+        registry::node_id(self.nodes[k].shared.keys.tag())
+    }
+
+    /// `n` ticks on every node, the cluster settling after each.
+    pub fn tick(&mut self, n: u32) {
+        for _ in 0..n {
+            for node in &mut self.nodes {
+                node.tick(1);
+            }
+            for w in &mut self.redis.waits {
+                w.1 = w.1.saturating_sub(super::TICK_US / 1000);
+            }
+            for (from, then) in self.redis.take_ended() {
+                self.answer(from, then, RedisAnswer::Waited);
+            }
+            self.settle();
+        }
+    }
+
+    /// Node `k`'s subscribers lose their connection (`Event::Down` to
+    /// every shard); what is published meanwhile does not reach them.
+    pub fn cut(&mut self, k: usize) {
+        for (s, sh) in self.nodes[k].shards.iter_mut().enumerate() {
+            if let Some(c) = &sh.cluster {
+                c.subs[0].simulate(false);
+            }
+            self.redis.confirmed.remove(&(k, s));
+            self.redis.events.push_back(((k, s), Event::Down));
+        }
+        self.settle();
+    }
+
+    /// Node `k`'s subscribers are back: every channel they want is
+    /// subscribed (and confirmed) again.
+    pub fn restore(&mut self, k: usize) {
+        for sh in &mut self.nodes[k].shards {
+            if let Some(c) = &sh.cluster {
+                c.subs[0].simulate(true);
+            }
+        }
+        self.settle();
+    }
+
+    /// Redis becomes unreachable (`up` false) or reachable again: links
+    /// and subscribers of every node follow.
+    pub fn redis_up(&mut self, up: bool) {
+        self.redis.down = !up;
+        for k in 0..self.nodes.len() {
+            for sh in &mut self.nodes[k].shards {
+                if let Some(c) = &sh.cluster {
+                    c.links[0].simulate(up);
+                }
+            }
+            if up {
+                self.restore(k);
+            } else {
+                self.cut(k);
+            }
+        }
+    }
+
+    /// Redis restarts without persistence: every connection drops, and
+    /// what it held is gone when they come back.
+    pub fn restart_redis(&mut self) {
+        for k in 0..self.nodes.len() {
+            self.cut(k);
+        }
+        self.redis.rooms.clear();
+        self.redis.dedup.clear();
+        self.redis.queues.clear();
+        self.redis.reports.clear();
+        for k in 0..self.nodes.len() {
+            self.restore(k);
+        }
+    }
+
+    /// `PUBLISH channel payload` from outside volley.
+    pub fn inject(&mut self, channel: &str, payload: &[u8]) {
+        self.redis.publish(channel, Bytes::copy_from_slice(payload));
+        self.settle();
+    }
+
+    /// Hands over every held answer, in the order the operations came.
+    pub fn release(&mut self) {
+        self.redis.hold.clear();
+        for (from, then, answer) in std::mem::take(&mut self.redis.held) {
+            self.answer(from, then, answer);
+        }
+        self.settle();
+    }
+
+    /// Plays every part until nothing moves: each node settles, wanted
+    /// channels are confirmed, channel messages delivered, operations
+    /// answered.
+    pub fn settle(&mut self) {
+        loop {
+            for node in &mut self.nodes {
+                node.settle();
+            }
+            let mut any = self.confirm();
+            while let Some(((k, s), e)) = self.redis.events.pop_front() {
+                any = true;
+                let now = self.nodes[k].now_us;
+                let sh = &mut self.nodes[k].shards[s];
+                sh.set_clock(now);
+                sh.on_redis(0, e);
+                self.nodes[k].settle();
+            }
+            for k in 0..self.nodes.len() {
+                for s in 0..self.nodes[k].shards.len() {
+                    while let Some(op) = self.nodes[k].shards[s].cluster.as_mut().and_then(|c| c.ops.pop()) {
+                        any = true;
+                        self.run((k, s), op);
+                    }
+                }
+            }
+            if !any {
+                return;
+            }
+        }
+    }
+
+    /// Confirms the channels subscribers want and Redis has not confirmed;
+    /// forgets those no longer wanted. Whether anything was confirmed.
+    fn confirm(&mut self) -> bool {
+        let mut any = false;
+        for (k, node) in self.nodes.iter().enumerate() {
+            for (s, sh) in node.shards.iter().enumerate() {
+                let Some(c) = &sh.cluster else { continue };
+                if self.redis.down || self.redis.unconfirmed || !c.subs[0].is_up() {
+                    continue;
+                }
+                let (wanted, _globs) = c.subs[0].wanted();
+                let confirmed = self.redis.confirmed.entry((k, s)).or_default();
+                confirmed.retain(|ch| wanted.contains(ch));
+                for ch in wanted {
+                    if confirmed.insert(ch.clone()) {
+                        any = true;
+                        self.redis
+                            .events
+                            .push_back(((k, s), Event::Subscribed(Bytes::from(ch))));
+                    }
+                }
+            }
+        }
+        any
+    }
+
+    /// One operation: run at once (or failed while Redis is down) and
+    /// answered, or its answer held; a wait kept for the ticks.
+    fn run(&mut self, from: From, op: RedisOp<Then>) {
+        let what = kind(&op.call);
+        self.redis.calls.push((from.0, what));
+        if let Call::Wait { ms } = op.call {
+            self.redis.waits.push((from, ms, op.then));
+            return;
+        }
+        if let (Call::Note { .. }, true) = (&op.call, self.redis.mute.contains(&from.0)) {
+            return self.answer(from, op.then, RedisAnswer::Sent(Ok(0)));
+        }
+        let answer = if self.redis.down {
+            op.call
+                .failed(RedisError::Down("redis://127.0.0.1:1".into(), "simulated down".into()))
+        } else if self.redis.fail.contains(&what) {
+            op.call.failed(RedisError::Server("ERR simulated".into()))
+        } else {
+            self.redis.answer(op.call)
+        };
+        if self.redis.hold.contains(&what) {
+            self.redis.held.push((from, op.then, answer));
+        } else {
+            self.answer(from, op.then, answer);
+        }
+    }
+
+    fn answer(&mut self, (k, s): From, then: Then, answer: RedisAnswer) {
+        let now = self.nodes[k].now_us;
+        self.nodes[k].shards[s].answered(then, answer, now);
+        self.nodes[k].settle();
+    }
+}
+
+impl FakeRedis {
+    /// The waits whose time is up, oldest first.
+    fn take_ended(&mut self) -> Vec<(From, Then)> {
+        let (ended, left): (Vec<_>, Vec<_>) = std::mem::take(&mut self.waits).into_iter().partition(|w| w.1 == 0);
+        self.waits = left;
+        ended.into_iter().map(|(from, _, then)| (from, then)).collect()
+    }
+
+    /// What the real scripts would answer to `call`.
+    fn answer(&mut self, call: Call) -> RedisAnswer {
+        match call {
+            Call::Publish {
+                room,
+                mut msg,
+                history,
+                dedup,
+            } => {
+                if let Some(d) = &dedup {
+                    if let Some(&offset) = self.dedup.get(&d.key) {
+                        let epoch = self.rooms[&room].epoch;
+                        let p = Published {
+                            offset,
+                            epoch,
+                            duplicate: true,
+                        };
+                        return RedisAnswer::Publish(Ok(p));
+                    }
+                }
+                let r = self.room(&room);
+                r.offset += 1;
+                msg.offset = r.offset;
+                msg.epoch = r.epoch;
+                r.stream.push_back(Stored {
+                    msg: msg.clone(),
+                    at: STORED_AT,
+                });
+                while r.stream.len() > history as usize {
+                    r.stream.pop_front();
+                }
+                let p = Published {
+                    offset: msg.offset,
+                    epoch: msg.epoch,
+                    duplicate: false,
+                };
+                if let Some(d) = dedup {
+                    self.dedup.insert(d.key, p.offset);
+                }
+                self.publish(&RoomKeys::of(&room).channel, Bytes::from(encode_message(&msg)));
+                RedisAnswer::Publish(Ok(p))
+            }
+            Call::Sync { room } => {
+                let r = self.room(&room);
+                let p = Position {
+                    offset: r.offset,
+                    epoch: r.epoch,
+                    watched: false,
+                };
+                RedisAnswer::Sync(Ok(p))
+            }
+            Call::Range {
+                room,
+                epoch,
+                from,
+                through,
+            } => RedisAnswer::Range(Ok(self.stored(&room, epoch, from, through, u64::MAX))),
+            Call::History { room, since, count } => {
+                let Some(r) = self.rooms.get(&room) else {
+                    return RedisAnswer::History(Ok(None));
+                };
+                let (last, epoch) = (r.offset, r.epoch);
+                let stored = self.stored(&room, epoch, since + 1, last, count);
+                RedisAnswer::History(Ok(Some(((last, epoch), stored))))
+            }
+            Call::MarkOf { room, mid } => {
+                let mark = self.rooms.get(&room).and_then(|r| r.marks.get(&mid).copied());
+                RedisAnswer::MarkOf(Ok(mark.unwrap_or(0)))
+            }
+            Call::Mark {
+                room,
+                mid,
+                offset,
+                max_marks,
+            } => {
+                let r = self.room(&room);
+                let last = r.offset;
+                if !r.marks.contains_key(&mid) && r.marks.len() >= max_marks {
+                    return RedisAnswer::Mark(Ok(None));
+                }
+                let m = r.marks.entry(mid).or_default();
+                *m = (*m).max(offset.min(last));
+                RedisAnswer::Mark(Ok(Some((*m, last))))
+            }
+            Call::Unread { rooms, mid } => {
+                let marks = rooms
+                    .iter()
+                    .map(|room| {
+                        let r = self.rooms.get(room)?;
+                        Some((r.marks.get(&mid).copied().unwrap_or(0), r.offset))
+                    })
+                    .collect();
+                RedisAnswer::Unread(Ok(marks))
+            }
+            Call::ToNodes { body, nodes } => {
+                let n = nodes.len() as u64;
+                for node in nodes {
+                    self.publish(&registry::channel(&node), body.clone());
+                }
+                RedisAnswer::Sent(Ok(n))
+            }
+            Call::Note { channel, note } => RedisAnswer::Sent(Ok(self.publish(&channel, Bytes::from(note)))),
+            Call::Route { .. } => RedisAnswer::Sent(Ok(0)),
+            Call::Claim { .. } | Call::Remove { .. } | Call::Leave { .. } | Call::Watch { .. } => {
+                RedisAnswer::Done(Ok(()))
+            }
+            Call::Add { .. } => RedisAnswer::Owed(Ok(Vec::new())),
+            Call::Alive { node, .. } => RedisAnswer::Alive(Ok(self.gone.remove(&node))),
+            Call::TakeQueue { node } => RedisAnswer::Queue(Ok(self.queues.remove(&node).unwrap_or_default())),
+            Call::Counts { node, report } => {
+                let entry = self.reports.entry(node).or_default();
+                if report.full {
+                    entry.2.clear();
+                }
+                entry.0 = report.conns;
+                entry.1 = report.ips;
+                for (room, n) in report.rooms {
+                    if n == 0 {
+                        entry.2.remove(&room);
+                    } else {
+                        entry.2.insert(room, n);
+                    }
+                }
+                let mut sums = Counts::default();
+                for (conns, ips, rooms) in self.reports.values() {
+                    sums.conns += conns;
+                    sums.ips += ips;
+                    for (room, n) in rooms {
+                        *sums.rooms.entry(room.clone()).or_default() += n;
+                    }
+                }
+                RedisAnswer::Counts(Ok(sums))
+            }
+            // Taken by `ClusterSim::run` before it gets here.
+            Call::Wait { .. } => RedisAnswer::Waited,
+        }
+    }
+
+    /// A room, made with a new epoch if Redis had none (as the publish and
+    /// sync scripts set it).
+    fn room(&mut self, room: &Arc<str>) -> &mut Room {
+        let next = &mut self.next_epoch;
+        self.rooms.entry(room.clone()).or_insert_with(|| {
+            *next += 1;
+            Room {
+                epoch: 0x00e0_0000 + *next,
+                ..Room::default()
+            }
+        })
+    }
+
+    /// The stored messages `from..=through` of `room`, at most `count`.
+    fn stored(&self, room: &str, epoch: u64, from: u64, through: u64, count: u64) -> Vec<Stored> {
+        let Some(r) = self.rooms.get(room).filter(|r| r.epoch == epoch) else {
+            return Vec::new();
+        };
+        r.stream
+            .iter()
+            .filter(|s| (from..=through).contains(&s.msg.offset))
+            .take(usize::try_from(count).unwrap_or(usize::MAX))
+            .cloned()
+            .collect()
+    }
+
+    /// `PUBLISH channel payload`: to every subscriber that has the channel
+    /// confirmed; how many.
+    fn publish(&mut self, channel: &str, payload: Bytes) -> u64 {
+        let to: Vec<From> = self
+            .confirmed
+            .iter()
+            .filter(|(_, set)| set.contains(channel))
+            .map(|(from, _)| *from)
+            .collect();
+        let channel = Bytes::from(channel.to_string());
+        for from in &to {
+            let e = Event::Message {
+                channel: channel.clone(),
+                payload: payload.clone(),
+            };
+            self.events.push_back((*from, e));
+        }
+        to.len() as u64
+    }
+
+    /// The room's newest offset and epoch in Redis.
+    pub fn position(&self, room: &str) -> Option<(u64, u64)> {
+        self.rooms.get(room).map(|r| (r.offset, r.epoch))
+    }
+
+    /// How many operations of `kind` node `k` sent.
+    pub fn count(&self, k: usize, kind: &str) -> usize {
+        self.calls.iter().filter(|(n, c)| *n == k && *c == kind).count()
+    }
+}
