@@ -14,7 +14,7 @@ python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || need_apt+=(python3-venv)
 # The browser test drives headless Chromium through chromedriver (tests/browser.rs).
 command -v chromium >/dev/null 2>&1 || need_apt+=(chromium)
 command -v chromedriver >/dev/null 2>&1 || need_apt+=(chromium-driver)
-# Cluster tests start redis-server processes of their own (tests/cluster.rs).
+# Cluster tests start redis-server processes of their own (tests/cluster/).
 command -v redis-server >/dev/null 2>&1 || need_apt+=(redis-server)
 if ((${#need_apt[@]})); then
     echo "installing: ${need_apt[*]}"

@@ -3,7 +3,7 @@
 //! to live, a lost subscription filled from the Stream, a gap past history,
 //! a node taken for dead, the node queue, Redis unreachable, a presence
 //! question across nodes. No socket, no sleep: every step is the test's.
-//! (The same paths against a real redis-server: tests/cluster.rs.)
+//! (The same paths against a real redis-server: tests/cluster/.)
 
 use super::redis::ClusterSim;
 use super::{Got, Peer};
