@@ -15,11 +15,29 @@
 //!                 └─────────── shard::mesh: a lock-free inbox per shard ─────┘
 //! ```
 //!
-//! A room publish goes to the room's owner shard, which gives it the room's
-//! next offset, stores it in the room's history and sends one `RoomFrame`
-//! (sharing the same `Bytes`) to every shard; each shard queues it to its
-//! local members, and the shard's flusher writes each member's queued
-//! frames with one `sendmsg`, up to 256 of them per `io_uring_enter`.
+//! # A room publish, step by step
+//!
+//! ```text
+//! one node:  api::publish (HTTP, TCP publisher) | shard::access (client op 52)
+//!              └─> shard::router::publish_room_in ─PublishRoom─> owner_of(room):
+//!                  shard::deliver::publish_room: dedup, next offset, history, answer
+//!                  └─> fan_out_room ─RoomFrame─> every shard: deliver_room ─> queue per member
+//!                      └─> conn::flush: one sendmsg per connection, batched on io_uring
+//! cluster:   the same entry ─> shard::router::publish_room_in ─> shard::cluster::cluster_publish
+//!              └─> a Call::Publish value ─> cluster::ops::drive ─> Redis (offset, Stream, PUBLISH)
+//!              each node's owner of the room hears it on its subscription (shard::cluster::on_redis)
+//!              └─> apply: the node's cache ─> fan_out_room ─> (as on one node from here)
+//! ```
+//!
+//! `shard::router` is the one place that decides, per operation, this node
+//! or the cluster; cluster mode on a shard lives in `shard::cluster*` and
+//! is sans-IO (Redis calls are values, `cluster::ops`), tested against a
+//! simulated Redis in `shard::sim::redis`.
+//!
+//! The owner shard sends one `RoomFrame` per shard, all sharing the same
+//! `Bytes`; each shard queues it to its local members, and the shard's
+//! flusher writes each member's queued frames with one `sendmsg`, up to 256
+//! of them per `io_uring_enter`.
 //! A push is encoded once per protocol version and transport
 //! (`proto::wire::Frames`): TCP connections get the bare frame, WebSocket
 //! ones the same frame as one binary message; every form is shared by every
@@ -35,8 +53,9 @@
 //!   delivery, the version-1 and version-2 sessions, rooms, room logs with
 //!   offsets and history, resume, access and connection limits, room
 //!   patterns, presence, the mesh, and what kept data costs in memory),
-//!   plus `shard::run`, the per-shard runtime that drives it, and
-//!   `shard::cluster` (with its data, `shard::cluster_state`), cluster mode
+//!   plus `shard::run`, the per-shard runtime that drives it,
+//!   `shard::router`, the fork per operation between this node and the
+//!   cluster, and `shard::cluster` (with its data, `shard::cluster_state`), cluster mode
 //!   on a shard: room messages through Redis (publish, subscription, the
 //!   node's cache, resume and history from Redis), pattern, user, key and
 //!   everyone pushes, the registry, read marks, counts;
@@ -65,8 +84,7 @@
 //!
 //! Code that awaits: `conn`, `api::http`, `api::tcp`, `net::accept_each`,
 //! `shard::run`, `cluster` (links, subscribers, scripts, the operations'
-//! driver), the presence tasks `shard::cluster_presence` still spawns,
-//! and `server`'s start-up; everything else is
+//! driver and its timer), and `server`'s start-up; everything else is
 //! plain functions over data, driven by them.
 #![warn(missing_docs)]
 

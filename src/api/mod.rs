@@ -30,7 +30,7 @@ use crate::proto::body::MAX_ROOM_LEN;
 use crate::proto::pattern;
 pub use crate::proto::publish::Target;
 use crate::proto::v2::MAX_ID_LEN;
-use crate::shard::mesh::{owner_of_str, Answer, Publication, PublishOutcome, Reply, ReplyWait, ShardMsg};
+use crate::shard::mesh::{Answer, Publication, PublishOutcome, Reply, ReplyWait};
 use crate::shard::Shard;
 use bytes::Bytes;
 use std::sync::Arc;
@@ -129,14 +129,13 @@ pub fn publish(
     answer: bool,
 ) -> Result<Option<ReplyWait<PublishOutcome>>, PublishError> {
     check(&target, payload, &meta, sh.shared.config.api.max_push_body)?;
-    if let Some(why) = sh.cluster_refuses(&target) {
+    if let Some(why) = sh.refuses(&target) {
         ShardStats::add(&sh.stats().cluster_publish_failed, 1);
         return Err(PublishError::Unavailable(why));
     }
     let dedup: Option<Arc<str>> = meta.id.as_deref().map(Arc::from);
     let mut wait = None;
     ShardStats::add(&sh.stats().published, 1);
-    let n = sh.nr_shards();
     match target {
         Target::Room(room) if pattern::kind(&room) == pattern::Kind::Pattern => {
             let msg = Publication {
@@ -146,25 +145,9 @@ pub fn publish(
                 ttl: meta.ttl,
                 token: None,
             };
-            if sh.clustered() {
-                // Every node, this one too, hears it on its own channel.
-                sh.cluster_publish_pattern(&room, &msg);
-                return Ok(None);
-            }
-            let pattern: Arc<str> = Arc::from(room);
-            for s in 0..n {
-                sh.route(
-                    s,
-                    ShardMsg::PublishPattern {
-                        pattern: pattern.clone(),
-                        msg: msg.clone(),
-                    },
-                );
-            }
+            sh.publish_pattern_in(&room, msg);
         }
         Target::Room(room) => {
-            // In cluster mode Redis gives the offset: published from here.
-            let owner = if sh.clustered() { sh.id } else { owner_of_str(&room, n) };
             let msg = Publication {
                 op,
                 id: dedup,
@@ -179,21 +162,9 @@ pub fn publish(
             } else {
                 Answer::None
             };
-            sh.route(
-                owner,
-                ShardMsg::PublishRoom {
-                    room: Arc::from(room),
-                    msg,
-                    reply,
-                },
-            );
+            sh.publish_room_in(Arc::from(room), msg, reply);
         }
-        target if sh.clustered() => {
-            // Through Redis to the nodes that hold the targets (everyone:
-            // every node, this one too).
-            sh.cluster_push(target, op, payload, meta.id.as_deref(), meta.ttl);
-        }
-        target => sh.route_push(target, op, payload, meta.id.as_deref(), meta.ttl),
+        target => sh.push_in(target, op, payload, meta.id.as_deref(), meta.ttl),
     }
     Ok(wait)
 }

@@ -25,7 +25,7 @@
 //! reply (op 50), never a close; with auth off nothing here changes goim's
 //! behaviour but the connection limits an operator configured.
 
-use super::mesh::{owner_of_str, Answer, ConnRef, GlobalConn, Publication, Published, ShardMsg};
+use super::mesh::{Answer, ConnRef, GlobalConn, Publication, Published};
 use super::state::Shard;
 use super::token::{Token, TokenStep};
 use crate::auth::jwt::{Grant, TokenError};
@@ -248,20 +248,7 @@ impl Shard {
             shard: self.id as u16,
             conn: r,
         };
-        // In cluster mode Redis gives the offset: published from here.
-        let owner = if self.clustered() {
-            self.id
-        } else {
-            owner_of_str(&room, self.nr())
-        };
-        self.route(
-            owner,
-            ShardMsg::PublishRoom {
-                room,
-                msg,
-                reply: Answer::Client { at, seq: f.seq },
-            },
-        );
+        self.publish_room_in(room, msg, Answer::Client { at, seq: f.seq });
     }
 
     /// Takes one room operation (a join, a read mark: what makes a room's

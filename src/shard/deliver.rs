@@ -294,9 +294,6 @@ impl Shard {
     /// `[api] dedup_window_secs` is not published again: `reply` gets the
     /// first one's offset, marked as a duplicate.
     pub(super) fn publish_room(&mut self, room: Arc<str>, msg: Publication, reply: Answer) {
-        if self.clustered() {
-            return self.cluster_publish(room, msg, reply);
-        }
         let policy = self.cfg().history.policy(&room);
         let now = self.wheel.now();
         let key = msg.id.as_deref().map(|id| format!("r\0{room}\0{id}"));
@@ -479,7 +476,10 @@ impl Shard {
         let count = rooms.len();
         ShardStats::add(&self.stats().pattern_publishes, count as u64);
         for room in rooms {
-            self.publish_room(room, msg.clone(), Answer::None);
+            // This shard owns them: on a single node published here, in a
+            // cluster through Redis (each node publishes it, a token makes
+            // it once).
+            self.publish_room_in(room, msg.clone(), Answer::None);
         }
     }
 

@@ -17,6 +17,7 @@
 //!
 //! ```text
 //! state      Shard's fields, route(), handle() = one line per ShardMsg
+//! router     THE fork per operation: this node (owner shards) or the cluster (Redis)
 //! addr       ConnRef, GlobalConn, signed server-assigned keys (pure)
 //! conns      Conn record, Transport            lifecycle  new / close / remove, rooms
 //! heartbeat  deadlines, WebSocket pings, sweep wheel      deadline wheel (pure)
@@ -73,6 +74,7 @@ pub mod patterns;
 pub mod presence;
 mod resume;
 pub mod rooms;
+pub mod router;
 pub mod run;
 mod session;
 mod state;

@@ -312,19 +312,7 @@ impl Shard {
                 mid,
                 presence,
             } => {
-                if self.clustered() {
-                    let j = super::cluster_state::Join {
-                        at,
-                        seq,
-                        resume,
-                        mid,
-                        presence,
-                        marked: false,
-                    };
-                    self.cluster_join(room, j);
-                } else {
-                    self.join_req(room, at, seq, (resume, mid, presence));
-                }
+                self.join_at_owner(room, at, seq, (resume, mid, presence));
             }
             ShardMsg::MarkReq {
                 room,

@@ -28,7 +28,7 @@
 //! violations that leave nothing sensible to answer close it.
 
 use super::conns::{Session, V2Conn};
-use super::mesh::{owner_of_mid, owner_of_str, ConnRef, GlobalConn, ShardMsg};
+use super::mesh::{owner_of_mid, ConnRef, GlobalConn, ShardMsg};
 use super::patterns::PatternIndex;
 use super::state::Shard;
 use crate::metrics::ShardStats;
@@ -208,25 +208,7 @@ impl Shard {
         if !self.room_op(r, f.seq) {
             return;
         }
-        let at = GlobalConn {
-            shard: self.id as u16,
-            conn: r,
-        };
-        let room: Arc<str> = room.into();
-        if self.clustered() {
-            return self.cluster_mark(r, f.seq, room, mid, offset);
-        }
-        let owner = owner_of_str(&room, self.nr());
-        self.route(
-            owner,
-            ShardMsg::MarkReq {
-                room,
-                at,
-                seq: f.seq,
-                mid,
-                offset,
-            },
-        );
+        self.mark_in(r, f.seq, room.into(), mid, offset);
     }
 
     /// Whether `r` may hold one more pattern, `pattern`: under `[client]

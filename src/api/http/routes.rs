@@ -10,7 +10,8 @@ use super::request::{bad, v1_batch, v1_push, ApiError, Query};
 use crate::api::{publish, Meta, Target};
 use crate::metrics::{prometheus, ShardStats, StatsSnapshot};
 use crate::proto::v2;
-use crate::shard::mesh::{owner_of_str, HistoryPage, MembersTo, PublishOutcome, Reply, ShardMsg};
+use crate::shard::mesh::{HistoryPage, PublishOutcome, Reply};
+use crate::shard::router::PresenceAsked;
 use crate::shard::{Shard, Shared};
 use bytes::Bytes;
 use http_body_util::Full;
@@ -339,25 +340,8 @@ fn v1_history(r: &Req<'_>) -> Result<Later, ApiError> {
     };
     let limit = r.query.limit(Some(100))?.min(MAX_HISTORY_PAGE);
     let (reply, wait) = Reply::pair();
-    {
-        let mut sh = r.shard.borrow_mut();
-        let owner = owner_of_str(&room, sh.nr_shards());
-        let room: Arc<str> = Arc::from(room.as_str());
-        if sh.clustered() {
-            // History lives in Redis; a node's cache holds only the tail.
-            sh.cluster_history(room, since, limit, reply);
-        } else {
-            sh.route(
-                owner,
-                ShardMsg::HistoryReq {
-                    room,
-                    since,
-                    limit,
-                    reply,
-                },
-            );
-        }
-    }
+    let name: Arc<str> = Arc::from(room.as_str());
+    r.shard.borrow_mut().ask_history(name, since, limit, reply);
     Ok(Box::pin(async move {
         let page = wait.await.ok_or_else(|| {
             ApiError(
@@ -380,49 +364,30 @@ fn v1_presence(r: &Req<'_>) -> Result<Later, ApiError> {
     let max = r.shared.config.client.presence_limit;
     let limit = r.query.limit(Some(max))?.min(max);
     let cluster_count = r.shared.online_room(&room, None) as usize;
-    if r.shard.borrow().clustered() {
-        // Every node with members answers with its own; shard 0 gathers.
-        let (reply, wait) = Reply::pair();
-        let name: Arc<str> = Arc::from(room.as_str());
-        r.shard.borrow_mut().route(
-            0,
-            ShardMsg::PresenceAsk {
-                room: name,
-                limit,
-                reply,
-            },
-        );
-        return Ok(Box::pin(async move {
-            let page = wait.await.flatten().ok_or_else(|| {
-                ApiError(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "the room's Redis instance is unreachable".into(),
-                )
-            })?;
-            // Nodes that did not answer in time still count (as the
-            // cluster's counts have them).
-            let count = if page.complete {
-                page.count
-            } else {
-                page.count.max(cluster_count)
-            };
-            let truncated = page.members.len() < count;
-            Ok(ok(json!({"room": room, "count": count, "members": page.members,
+    let asked = r.shard.borrow_mut().ask_presence(&room, limit);
+    let waits = match asked {
+        PresenceAsked::Shards(waits) => waits,
+        PresenceAsked::Nodes(wait) => {
+            return Ok(Box::pin(async move {
+                let page = wait.await.flatten().ok_or_else(|| {
+                    ApiError(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "the room's Redis instance is unreachable".into(),
+                    )
+                })?;
+                // Nodes that did not answer in time still count (as the
+                // cluster's counts have them).
+                let count = if page.complete {
+                    page.count
+                } else {
+                    page.count.max(cluster_count)
+                };
+                let truncated = page.members.len() < count;
+                Ok(ok(json!({"room": room, "count": count, "members": page.members,
                 "truncated": truncated, "complete": page.complete})))
-        }));
-    }
-    let mut waits = Vec::new();
-    {
-        let mut sh = r.shard.borrow_mut();
-        let room: Arc<str> = Arc::from(room.as_str());
-        for s in 0..sh.nr_shards() {
-            let (reply, wait) = Reply::pair();
-            waits.push(wait);
-            let room = room.clone();
-            let to = MembersTo::Api(reply);
-            sh.route(s, ShardMsg::PresenceReq { room, limit, to });
+            }));
         }
-    }
+    };
     Ok(Box::pin(async move {
         let (mut count, mut members) = (0, Vec::new());
         for w in waits {
@@ -501,31 +466,7 @@ fn v1_unread(r: &Req<'_>) -> Result<Later, ApiError> {
     if rooms.iter().any(|room| room.len() > crate::proto::body::MAX_ROOM_LEN) {
         return Err(bad("room key over 256 bytes"));
     }
-    // Grouped by owner shard, or in a cluster by Redis instance (marks
-    // live there).
-    let mut by_owner: BTreeMap<usize, Vec<Arc<str>>> = BTreeMap::new();
-    let (n, clustered) = {
-        let sh = r.shard.borrow();
-        (sh.nr_shards(), sh.clustered())
-    };
-    for room in &rooms {
-        let at = match r.shard.borrow().cluster_instance(room) {
-            Some(i) => i,
-            None => owner_of_str(room, n),
-        };
-        by_owner.entry(at).or_default().push(Arc::from(room.as_str()));
-    }
-    let mut waits = Vec::new();
-    for (owner, rooms) in by_owner {
-        let (reply, wait) = Reply::pair();
-        waits.push((rooms.clone(), wait));
-        let mut sh = r.shard.borrow_mut();
-        if clustered {
-            sh.cluster_unread(mid, rooms, reply);
-        } else {
-            sh.route(owner, ShardMsg::UnreadReq { mid, rooms, reply });
-        }
-    }
+    let waits = r.shard.borrow_mut().ask_unread(mid, &rooms);
     Ok(Box::pin(async move {
         let mut data = serde_json::Map::new();
         for (rooms, wait) in waits {

@@ -386,3 +386,36 @@ fn a_room_is_unsubscribed_a_few_seconds_after_its_last_member_left() {
     say(&mut cs, 0, "again");
     assert_eq!(pushes(&cs.nodes[0].frames(q)), [(1, "again".to_string())]);
 }
+
+#[test]
+fn a_pattern_publish_reaches_each_matching_room_of_every_node_once() {
+    let mut cs = ClusterSim::new(2, 2, |_| {});
+    let mut at = Vec::new();
+    for (k, room) in [(0, "chat/1"), (1, "chat/2")] {
+        let (p, _) = cs.nodes[k].authed_v2(1, "{}");
+        let body = json!({ "room": room }).to_string();
+        cs.nodes[k].send(p, V2, v2::op::JOIN, 2, body.as_bytes());
+        cs.settle();
+        join_reply(&mut cs, k, p, 2);
+        at.push((k, p, room));
+    }
+    // Each node learns of its rooms from the shards' views, a tick late.
+    cs.tick(1);
+    let target = Target::Room("chat/*".into());
+    cs.nodes[0].publish(0, target, 9, b"all", Meta::default());
+    cs.settle();
+    for &(k, p, room) in &at {
+        let got = cs.nodes[k].frames(p);
+        let e = decode_push(&got[0].body).unwrap();
+        assert_eq!(
+            (got.len(), e.room, e.offset, e.payload),
+            (1, room, 1, &b"all"[..]),
+            "{room}"
+        );
+    }
+    // Every node published it to the rooms it knows; Redis took it once
+    // per room, so the next message has the next offset.
+    for &(_, _, room) in &at {
+        assert_eq!(cs.redis.position(room).unwrap().0, 1, "{room}");
+    }
+}

@@ -433,11 +433,17 @@ impl FakeRedis {
                 RedisAnswer::Unread(Ok(marks))
             }
             Call::ToNodes { body, nodes } => {
-                let n = nodes.len() as u64;
-                for node in nodes {
-                    self.publish(&registry::channel(&node), body.clone());
+                // None named: every node (the ones listening, here).
+                let channels: BTreeSet<String> = if nodes.is_empty() {
+                    let every = self.confirmed.values().flatten();
+                    every.filter(|ch| ch.starts_with("vly:n:")).cloned().collect()
+                } else {
+                    nodes.iter().map(|n| registry::channel(n)).collect()
+                };
+                for ch in &channels {
+                    self.publish(ch, body.clone());
                 }
-                RedisAnswer::Sent(Ok(n))
+                RedisAnswer::Sent(Ok(channels.len() as u64))
             }
             Call::Note { channel, note } => RedisAnswer::Sent(Ok(self.publish(&channel, Bytes::from(note)))),
             Call::Route { .. } => RedisAnswer::Sent(Ok(0)),
