@@ -23,14 +23,14 @@
 //!                  shard::deliver::publish_room: dedup, next offset, history, answer
 //!                  └─> fan_out_room ─RoomFrame─> every shard: deliver_room ─> queue per member
 //!                      └─> conn::flush: one sendmsg per connection, batched on io_uring
-//! cluster:   the same entry ─> shard::router::publish_room_in ─> shard::cluster::cluster_publish
+//! cluster:   the same entry ─> shard::router::publish_room_in ─> shard::cluster::publish
 //!              └─> a Call::Publish value ─> cluster::ops::drive ─> Redis (offset, Stream, PUBLISH)
 //!              each node's owner of the room hears it on its subscription (shard::cluster::on_redis)
-//!              └─> apply: the node's cache ─> fan_out_room ─> (as on one node from here)
+//!              └─> shard::cluster::rooms::apply: the node's cache ─> fan_out_room ─> (as on one node from here)
 //! ```
 //!
 //! `shard::router` is the one place that decides, per operation, this node
-//! or the cluster; cluster mode on a shard lives in `shard::cluster*` and
+//! or the cluster; cluster mode on a shard lives in `shard::cluster` and
 //! is sans-IO (Redis calls are values, `cluster::ops`), tested against a
 //! simulated Redis in `shard::sim::redis`.
 //!
@@ -55,13 +55,10 @@
 //!   patterns, presence, the mesh, and what kept data costs in memory),
 //!   plus `shard::run`, the per-shard runtime that drives it,
 //!   `shard::router`, the fork per operation between this node and the
-//!   cluster, and `shard::cluster` (with its data, `shard::cluster_state`), cluster mode
-//!   on a shard: room messages through Redis (publish, subscription, the
-//!   node's cache, resume and history from Redis), pattern, user, key and
-//!   everyone pushes, the registry, read marks, counts;
-//!   `shard::cluster_ops`, what the answers of the Redis operations it
-//!   emits as values are for; `shard::cluster_presence`, presence lists and events across nodes;
-//!   `shard::cluster_patterns`, pattern subscribers across nodes.
+//!   cluster, and `shard::cluster`, cluster mode on a shard (one file per
+//!   role: its data, the Redis operations it emits and their answers,
+//!   publishes and pushes, the rooms' subscription machine, the registry,
+//!   reads from Redis, counts, patterns and presence across nodes).
 //! - [`conn`]: client connections' I/O: accept, the per-connection driver
 //!   (state, not a task), the per-shard readiness ring (one multishot poll
 //!   per connection on an io_uring of our own), the reactor task that runs

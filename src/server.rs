@@ -18,7 +18,7 @@
 use crate::config::{Config, ConfigError};
 use crate::metrics::{ShardStats, StatsSnapshot};
 use crate::net::{self, BindError, ListenerKind, ListenerSpec};
-use crate::shard::cluster_state::ShardCluster;
+use crate::shard::cluster::state::ShardCluster;
 use crate::shard::mesh::ShardMsg;
 use crate::shard::{run, Shard, Shared};
 use crate::{api, cluster, conn};

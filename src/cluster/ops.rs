@@ -19,7 +19,7 @@
 //! ```
 //!
 //! A shard's one wait that is not Redis's, a presence question's 2 s
-//! (`shard::cluster_presence`), is a `Call::Wait` too: the driver owns the
+//! (`shard::cluster::presence`), is a `Call::Wait` too: the driver owns the
 //! timer as it owns the links, and the shard never sleeps.
 
 use super::counts::{self, Counts, Report};

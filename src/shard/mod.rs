@@ -41,11 +41,17 @@
 //! outbound   a connection's write queue (pure) mesh       ShardMsg, inboxes, owners
 //! worklist   connections waiting for the flusher or the reactor, one wake per burst (pure)
 //! view       Shared, published views, online counts
-//! cluster    cluster mode: room subscriptions, pushes, registry, counts through Redis
-//! cluster_state     its data: links, subscriptions, open questions, Then
-//! cluster_ops       emit Redis operations as values; each answer to its Then
-//! cluster_patterns  pattern subscriptions as channel globs
-//! cluster_presence  member lists and presence changes between nodes
+//! cluster/   cluster mode on a shard, sans-IO (Redis calls are values):
+//!   mod        the mode, the hooks single-node code calls, what subscribers hear, the sweep
+//!   state      its data: links, subscriptions, open questions, Then
+//!   ops        emit Redis operations as values; each answer to its Then
+//!   publish    room messages, pattern publishes and pushes through Redis
+//!   rooms      the subscription machine: subscribing, syncing, live, filled, gaps
+//!   registry   who holds which users and keys; alive marks; the node queue
+//!   reads      read marks, unread counts and history pages from Redis
+//!   counts     the node's counts report and the cluster's sums
+//!   patterns   pattern subscriptions as channel globs
+//!   presence   member lists and presence changes between nodes
 //! run        per-shard runtime: inbox loop, sweep timer, shutdown drain (awaits)
 //! sim        simulated-time harness for tests (no sockets, no wall clock), with a simulated Redis
 //! ```
@@ -54,10 +60,6 @@ mod access;
 pub mod addr;
 pub mod admission;
 pub mod cluster;
-pub mod cluster_ops;
-pub mod cluster_patterns;
-pub mod cluster_presence;
-pub mod cluster_state;
 mod conns;
 pub mod cost;
 pub mod dedup;

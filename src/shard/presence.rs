@@ -25,7 +25,7 @@
 //! is what the shards do with it.
 //!
 //! In a cluster the owner also carries the room's changes between nodes
-//! (`shard::cluster_presence`): a room watched on another node counts as
+//! (`shard::cluster::presence`): a room watched on another node counts as
 //! watched here (`Owned::remote_until`), this node's changes of each second
 //! are published for the other nodes, and theirs join this node's event.
 //!
@@ -49,7 +49,7 @@ use std::sync::Arc;
 const WATCH_TTL_SECS: u32 = (WATCH_TTL_MS / 1000) as u32;
 
 /// This node's changes as the other nodes read them
-/// (`shard::cluster_presence` adds the node).
+/// (`shard::cluster::presence` adds the node).
 fn presence_note(c: &Changes) -> Box<serde_json::value::RawValue> {
     serde_json::value::to_raw_value(c).expect("changes serialize")
 }

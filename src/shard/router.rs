@@ -29,7 +29,7 @@
 //! inbox (`users`: Redis keeps it in a cluster) and presence changes sent
 //! to watching nodes (`presence`).
 
-use super::cluster_state::Join;
+use super::cluster::state::Join;
 use super::members::Member;
 use super::mesh::{owner_of_str, Answer, GlobalConn, HistoryPage, MembersTo, NodesPage, Publication, Reply};
 use super::mesh::{ConnRef, ReplyWait, ShardMsg};

@@ -100,7 +100,7 @@ pub struct Shard {
     pub(super) woken: Worklist,
     /// Cluster mode: links, subscribers, subscribed rooms (`None`: single
     /// node).
-    pub cluster: Option<super::cluster_state::ShardCluster>,
+    pub cluster: Option<super::cluster::state::ShardCluster>,
 }
 
 impl Shard {

@@ -12,7 +12,7 @@ use crate::cluster::push::{encode_push, Push};
 use crate::proto::binary;
 use crate::proto::close::CloseReason;
 use crate::proto::v2::{self, decode_push, ErrorCode};
-use crate::shard::cluster_state::State;
+use crate::shard::cluster::state::State;
 use crate::shard::mesh::{owner_of_str, Reply, ReplyWait};
 use serde_json::{json, Value};
 use std::future::Future;
@@ -373,7 +373,7 @@ fn a_room_is_unsubscribed_a_few_seconds_after_its_last_member_left() {
         cs.tick(1);
         ticks += 1;
     }
-    let linger = crate::shard::cluster_state::LINGER_SECS;
+    let linger = crate::shard::cluster::state::LINGER_SECS;
     assert!(
         (linger..=linger + 2).contains(&ticks),
         "unsubscribed after {ticks} ticks"

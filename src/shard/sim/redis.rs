@@ -24,7 +24,7 @@ use crate::cluster::room::{encode_message, Position, Published, RoomKeys, Stored
 use crate::cluster::subscriber::Event;
 use crate::cluster::{registry, RedisUrl};
 use crate::config::Config;
-use crate::shard::cluster_state::{ShardCluster, Then};
+use crate::shard::cluster::state::{ShardCluster, Then};
 use bytes::Bytes;
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;

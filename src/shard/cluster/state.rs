@@ -3,15 +3,14 @@
 //! (`RoomSync`), the waiting version-2 joins, shard 0's open presence
 //! questions to the other nodes (`Ask`), the bookkeeping of the counts
 //! report and the registry, and the Redis operations emitted and what each
-//! answer is for (`Then`, handled in `shard::cluster_ops`). What the shard does with it is
+//! answer is for (`Then`, handled in `shard::cluster::ops`). What the shard
+//! does with it is the rest of
 //! `shard::cluster`; this file is apart so that `Shard` can hold it without
 //! the two depending on each other.
 //!
 //! Owned by one shard (`Shard::cluster`, `None` on a single node); never
 //! shared across threads.
 
-use super::members::Member;
-use super::mesh::{Answer, ConnRef, GlobalConn, HistoryPage, NodesPage, Reply};
 use crate::cluster::link::Link;
 use crate::cluster::ops::{Marks, OpQueue};
 use crate::cluster::registry;
@@ -19,105 +18,107 @@ use crate::cluster::room::Message;
 use crate::cluster::subscriber::Subscriber;
 use crate::cluster::{instance_of, RedisUrl};
 use crate::proto::v2::Resume;
+use crate::shard::members::Member;
+use crate::shard::mesh::{Answer, ConnRef, GlobalConn, HistoryPage, NodesPage, Reply};
 use fnv::FnvHashMap;
 use std::sync::Arc;
 
 /// Seconds a room stays subscribed after the node's last member left (and
 /// the shards' published views, a second late, say so): a member coming
 /// back soon finds it live.
-pub(super) const LINGER_SECS: u32 = 5;
+pub(in crate::shard) const LINGER_SECS: u32 = 5;
 /// Most channel messages kept for a room while its position is read.
-pub(super) const MAX_HELD: usize = 65_536;
+pub(in crate::shard) const MAX_HELD: usize = 65_536;
 /// Seconds a pattern publish's token is remembered per room.
-pub(super) const PATTERN_DEDUP_SECS: u32 = 60;
+pub(in crate::shard) const PATTERN_DEDUP_SECS: u32 = 60;
 
 /// One of this node's questions, on shard 0, gathering answers.
 pub struct Ask {
     /// Most members listed.
-    pub(super) limit: usize,
+    pub(in crate::shard) limit: usize,
     /// How many nodes heard the question (unknown until PUBLISH answers).
-    pub(super) want: Option<u64>,
+    pub(in crate::shard) want: Option<u64>,
     /// Answers so far, and what they hold.
-    pub(super) got: u64,
-    pub(super) page: NodesPage,
-    pub(super) reply: Reply<Option<NodesPage>>,
+    pub(in crate::shard) got: u64,
+    pub(in crate::shard) page: NodesPage,
+    pub(in crate::shard) reply: Reply<Option<NodesPage>>,
 }
 
 /// Another node's question, on the room's owner, gathering the members of
 /// this node's shards (`ShardMsg::PresencePart`) before it is answered.
 pub struct Gather {
     /// The asking node's id (its channel gets the answer).
-    pub(super) asker: String,
+    pub(in crate::shard) asker: String,
     /// The asker's number for the question.
-    pub(super) q: u64,
+    pub(in crate::shard) q: u64,
     /// Most members listed.
-    pub(super) limit: usize,
+    pub(in crate::shard) limit: usize,
     /// The room's instance (where the answer is published).
-    pub(super) instance: usize,
+    pub(in crate::shard) instance: usize,
     /// Shards yet to answer.
-    pub(super) left: usize,
+    pub(in crate::shard) left: usize,
     /// Members on the shards that answered, and the first `limit` of them.
-    pub(super) count: u64,
-    pub(super) members: Vec<Member>,
+    pub(in crate::shard) count: u64,
+    pub(in crate::shard) members: Vec<Member>,
 }
 
 /// A shard's cluster state (see the module doc).
 pub struct ShardCluster {
     /// Per instance, the shard's command link.
-    pub(super) links: Vec<Link>,
+    pub(in crate::shard) links: Vec<Link>,
     /// Per instance, the shard's pub/sub connection.
-    pub(super) subs: Vec<Subscriber>,
+    pub(in crate::shard) subs: Vec<Subscriber>,
     /// Rooms this shard owns with members on this node.
-    pub(super) rooms: FnvHashMap<Arc<str>, RoomSync>,
+    pub(in crate::shard) rooms: FnvHashMap<Arc<str>, RoomSync>,
     /// Shard 0: the node's room counts as last reported to Redis.
-    pub(super) reported: FnvHashMap<Arc<str>, u64>,
+    pub(in crate::shard) reported: FnvHashMap<Arc<str>, u64>,
     /// Shard 0: the first link's connects as of the last report (another
     /// value: Redis may have lost the node's counts, report them whole).
-    pub(super) reported_connects: u64,
+    pub(in crate::shard) reported_connects: u64,
     /// Shard 0: a report is on its way.
-    pub(super) reporting: bool,
+    pub(in crate::shard) reporting: bool,
     /// This node's id in the registry (`cluster::registry::node_id`).
-    pub(super) node: String,
+    pub(in crate::shard) node: String,
     /// Shard 0, per instance: the node's queue there is to be taken
     /// (`cluster::registry::take_queue`): its channel was subscribed again
     /// and the queue not yet read.
-    pub(super) queued: Vec<bool>,
+    pub(in crate::shard) queued: Vec<bool>,
     /// Shard 0: the node's channel on the first instance is subscribed (so
     /// the node has joined once it is listed among the nodes there).
-    pub(super) listening: bool,
+    pub(in crate::shard) listening: bool,
     /// This node's channel (`cluster::registry::channel`), made once: every
     /// channel message is compared with it.
-    pub(super) node_channel: String,
+    pub(in crate::shard) node_channel: String,
     /// Per instance, the link's connects as of this shard's last
     /// registration of its users and keys there.
-    pub(super) registered: Vec<u64>,
+    pub(in crate::shard) registered: Vec<u64>,
     /// Shard 0: this node's presence questions waiting for answers
-    /// (`shard::cluster_presence`), by number.
-    pub(super) asks: FnvHashMap<u64, Ask>,
+    /// (`shard::cluster::presence`), by number.
+    pub(in crate::shard) asks: FnvHashMap<u64, Ask>,
     /// Shard 0: the last question's number.
-    pub(super) next_ask: u64,
+    pub(in crate::shard) next_ask: u64,
     /// Other nodes' questions about rooms this shard owns, gathering the
     /// shards' members, by number.
-    pub(super) gathers: FnvHashMap<u64, Gather>,
+    pub(in crate::shard) gathers: FnvHashMap<u64, Gather>,
     /// The last gathering's number.
-    pub(super) next_gather: u64,
+    pub(in crate::shard) next_gather: u64,
     /// This shard's pattern subscriptions, by their channel glob
-    /// (`shard::cluster_patterns`).
-    pub(super) local_globs: FnvHashMap<Arc<str>, u32>,
+    /// (`shard::cluster::patterns`).
+    pub(in crate::shard) local_globs: FnvHashMap<Arc<str>, u32>,
     /// Globs this shard owns: how many shards have subscriptions with them.
-    pub(super) globs: FnvHashMap<Arc<str>, u32>,
+    pub(in crate::shard) globs: FnvHashMap<Arc<str>, u32>,
     /// Rooms this shard owns whose messages reached the node's pattern
     /// subscribers through a glob: the last such message.
-    pub(super) matched: FnvHashMap<Arc<str>, Seen>,
+    pub(in crate::shard) matched: FnvHashMap<Arc<str>, Seen>,
     /// Operations emitted and not yet taken by the driver
-    /// (`shard::cluster_ops`).
-    pub(super) ops: OpQueue<Then>,
+    /// (`shard::cluster::ops`).
+    pub(in crate::shard) ops: OpQueue<Then>,
 }
 
 /// The last message of a room delivered to pattern subscribers through a
 /// glob.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) struct Seen {
+pub(in crate::shard) struct Seen {
     pub epoch: u64,
     pub offset: u64,
     /// Tick it came at (forgotten after `MATCHED_SECS`).
@@ -126,7 +127,7 @@ pub(super) struct Seen {
 
 /// Where a room's subscription stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum State {
+pub(in crate::shard) enum State {
     /// SUBSCRIBE sent (or to be sent when the subscriber reconnects).
     Subscribing,
     /// Subscribed; its position is being read.
@@ -138,18 +139,18 @@ pub(super) enum State {
 }
 
 /// A room this shard owns with members on this node: its subscription.
-pub(super) struct RoomSync {
-    pub(super) state: State,
+pub(in crate::shard) struct RoomSync {
+    pub(in crate::shard) state: State,
     /// Version-2 joins waiting for `Live`.
-    pub(super) joins: Vec<Join>,
+    pub(in crate::shard) joins: Vec<Join>,
     /// Channel messages that arrived while `Syncing`.
-    pub(super) held: Vec<Message>,
+    pub(in crate::shard) held: Vec<Message>,
     /// Tick of the last sign of a member (a join, a first member on a
     /// shard).
-    pub(super) touched: u32,
+    pub(in crate::shard) touched: u32,
     /// Which read of the position is the current one (an answer to an
     /// earlier one, overtaken by a lost subscription, is ignored).
-    pub(super) sync: u32,
+    pub(in crate::shard) sync: u32,
 }
 
 /// A version-2 join as its owner received it.
@@ -213,7 +214,7 @@ impl ShardCluster {
     }
 
     /// The link to the instance that holds `name`'s keys.
-    pub(super) fn link_for(&self, name: &str) -> Link {
+    pub(in crate::shard) fn link_for(&self, name: &str) -> Link {
         self.links[instance_of(name.as_bytes(), self.links.len())].clone()
     }
 }

@@ -1,6 +1,6 @@
 //! The shard's side of Redis operations as values (`cluster::ops`):
 //! emitting them into the queue the driver takes from, and handing each
-//! answer to what it is for (`cluster_state::Then`).
+//! answer to what it is for (`state::Then`).
 //!
 //! Runs on every shard of a node in cluster mode; the queue is
 //! `ShardCluster::ops`, drained by the shard's `cluster::ops::drive` task.
@@ -9,20 +9,20 @@
 //! is paired with the one `Call` that answers it (`emit` is the only way
 //! in), so an answer of another kind is a bug, logged and dropped.
 
-use super::cluster_state::Then;
-use super::mesh::{Answer, Published};
-use super::state::Shard;
 use crate::cluster::link::RedisError;
 use crate::cluster::ops::{Call, Ops, RedisAnswer, RedisOp};
 use crate::cluster::room;
 use crate::metrics::ShardStats;
 use crate::proto::v2::ErrorCode;
+use crate::shard::cluster::state::Then;
+use crate::shard::mesh::{Answer, Published};
+use crate::shard::state::Shard;
 use std::task::{Context, Poll};
 
 impl Shard {
     /// Queues `call` on `instance` for the driver, its answer for `then`.
     /// Nothing in single-node mode.
-    pub(super) fn emit(&mut self, instance: usize, call: Call, then: Then) {
+    pub(in crate::shard) fn emit(&mut self, instance: usize, call: Call, then: Then) {
         let Some(c) = self.cluster.as_mut() else { return };
         c.ops.push(RedisOp { instance, call, then });
     }

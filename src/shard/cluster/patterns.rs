@@ -26,13 +26,13 @@
 //! nowhere (`PatternIndex::lookup` finds no one); a room's `Seen` is
 //! forgotten `MATCHED_SECS` after its last message.
 
-use super::cluster::room_frames;
-use super::cluster_state::Seen;
-use super::mesh::{owner_of_str, Reach, ShardMsg};
-use super::state::Shard;
 use crate::cluster::presence;
 use crate::cluster::room::{self, Message, RoomKeys};
 use crate::metrics::ShardStats;
+use crate::shard::cluster::room_frames;
+use crate::shard::cluster::state::Seen;
+use crate::shard::mesh::{owner_of_str, Reach, ShardMsg};
+use crate::shard::state::Shard;
 use bytes::Bytes;
 use std::sync::Arc;
 
@@ -42,7 +42,7 @@ pub const MATCHED_SECS: u32 = 60;
 impl Shard {
     /// Cluster mode: a connection of this shard subscribed (+1) to room
     /// pattern `pattern`, or no longer is (-1).
-    pub(super) fn pattern_interest(&mut self, pattern: &str, delta: i32) {
+    pub(in crate::shard) fn pattern_interest(&mut self, pattern: &str, delta: i32) {
         let Some(c) = self.cluster.as_mut() else { return };
         let glob: Arc<str> = Arc::from(RoomKeys::glob_of(pattern));
         let n = c.local_globs.entry(glob.clone()).or_default();
@@ -61,7 +61,7 @@ impl Shard {
 
     /// On a glob's owner: one more (or one fewer) shard has subscribers of
     /// patterns with `glob`; the node subscribes to it while any does.
-    pub(super) fn on_glob_interest(&mut self, glob: Arc<str>, delta: i32) {
+    pub(in crate::shard) fn on_glob_interest(&mut self, glob: Arc<str>, delta: i32) {
         let Some(c) = self.cluster.as_mut() else { return };
         let n = c.globs.entry(glob.clone()).or_default();
         let before = *n;
@@ -79,7 +79,7 @@ impl Shard {
 
     /// On a glob's owner: a message on `channel`, heard through a glob;
     /// a room message goes to the room's owner.
-    pub(super) fn on_glob_message(&mut self, channel: &Bytes, payload: &Bytes) {
+    pub(in crate::shard) fn on_glob_message(&mut self, channel: &Bytes, payload: &Bytes) {
         let Some(name) = RoomKeys::room_of(channel) else {
             return;
         };
@@ -107,7 +107,7 @@ impl Shard {
     /// On a room's owner: a message of the room heard through a glob, for
     /// the node's pattern subscribers if the room's own subscription did
     /// not bring it first.
-    pub(super) fn on_matched(&mut self, room: Arc<str>, m: Message) {
+    pub(in crate::shard) fn on_matched(&mut self, room: Arc<str>, m: Message) {
         let now = self.wheel.now();
         if self
             .logs
@@ -136,7 +136,7 @@ impl Shard {
     /// On a room's owner, for a message its own subscription brought: who
     /// still needs it (the pattern subscribers may have had it through
     /// their glob).
-    pub(super) fn reach_of(&self, room: &str, m: &Message) -> Reach {
+    pub(in crate::shard) fn reach_of(&self, room: &str, m: &Message) -> Reach {
         let seen = self.cluster.as_ref().and_then(|c| c.matched.get(room));
         match seen {
             Some(s) if s.epoch == m.epoch && s.offset >= m.offset => Reach::Members,
@@ -146,7 +146,7 @@ impl Shard {
 
     /// Once a sweep: forgets rooms whose last glob-delivered message is
     /// older than `MATCHED_SECS`.
-    pub(super) fn forget_matched(&mut self) {
+    pub(in crate::shard) fn forget_matched(&mut self) {
         let now = self.wheel.now();
         if let Some(c) = self.cluster.as_mut() {
             c.matched.retain(|_, s| now.saturating_sub(s.at) <= MATCHED_SECS);

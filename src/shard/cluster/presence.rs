@@ -20,15 +20,15 @@
 //! answered after `ASK_WAIT_MS` whatever came (marked incomplete); an answer
 //! lists at most the asked limit, and the gathered list never exceeds it.
 
-use super::cluster_state::{Ask, Gather, Then};
-use super::members::{Changes, Member};
-use super::mesh::{MembersTo, NodesPage, Reply, ShardMsg};
-use super::state::Shard;
 use crate::cluster::ops::Call;
 use crate::cluster::presence::{self, Note};
 use crate::cluster::registry;
 use crate::cluster::room::RoomKeys;
 use crate::metrics::ShardStats;
+use crate::shard::cluster::state::{Ask, Gather, Then};
+use crate::shard::members::{Changes, Member};
+use crate::shard::mesh::{MembersTo, NodesPage, Reply, ShardMsg};
+use crate::shard::state::Shard;
 use serde_json::value::RawValue;
 use std::sync::Arc;
 
@@ -42,7 +42,7 @@ impl Shard {
     /// On the owner of `room`, in a cluster: tells the other nodes that
     /// this one watches the room (and sets the room's watch key, for
     /// nodes that subscribe later).
-    pub(super) fn announce_watch(&mut self, room: &Arc<str>) {
+    pub(in crate::shard) fn announce_watch(&mut self, room: &Arc<str>) {
         let now = self.wheel.now();
         let Some(c) = self.cluster.as_ref() else { return };
         if let Some(e) = self.watched.owned.get_mut(room) {
@@ -61,7 +61,7 @@ impl Shard {
 
     /// On the owner of `room`, in a cluster: this node's changes of the
     /// last second, for the other nodes' watchers.
-    pub(super) fn publish_presence_changes(&mut self, room: &Arc<str>, changes: Box<RawValue>) {
+    pub(in crate::shard) fn publish_presence_changes(&mut self, room: &Arc<str>, changes: Box<RawValue>) {
         let Some(c) = self.cluster.as_ref() else { return };
         let note = presence::encode::<_, ()>(&Note::Changes {
             node: c.node.clone(),
@@ -83,7 +83,7 @@ impl Shard {
     }
 
     /// A presence note on `room`'s channel (this shard owns the room).
-    pub(super) fn on_room_note(&mut self, channel: &[u8], room: &str, payload: &[u8]) {
+    pub(in crate::shard) fn on_room_note(&mut self, channel: &[u8], room: &str, payload: &[u8]) {
         let note: Heard = match presence::decode(payload) {
             Ok(n) => n,
             Err(e) => return self.bad_note(channel, e),
@@ -109,7 +109,7 @@ impl Shard {
 
     /// A presence note on this node's channel (shard 0): an answer to one
     /// of its questions.
-    pub(super) fn on_node_note(&mut self, channel: &[u8], payload: &[u8]) {
+    pub(in crate::shard) fn on_node_note(&mut self, channel: &[u8], payload: &[u8]) {
         let (q, count, members) = match presence::decode::<Changes, Vec<Member>>(payload) {
             Ok(Note::Answer { q, count, members }) => (q, count, members),
             Ok(_) => return self.bad_note(channel, crate::cluster::room::BadMessage("not an answer")),
@@ -164,7 +164,7 @@ impl Shard {
 
     /// One shard's members for gathering `id`; the last one publishes the
     /// node's answer on the asking node's channel.
-    pub(super) fn presence_part(&mut self, id: u64, count: usize, members: Vec<Member>) {
+    pub(in crate::shard) fn presence_part(&mut self, id: u64, count: usize, members: Vec<Member>) {
         let Some(c) = self.cluster.as_mut() else { return };
         let Some(g) = c.gathers.get_mut(&id) else { return };
         g.count += count as u64;
@@ -196,7 +196,7 @@ impl Shard {
     /// On shard 0, in a cluster: asks every node with members of `room` for
     /// them; `reply` gets what the nodes answered (`None`: the room's Redis
     /// instance is unreachable).
-    pub(super) fn cluster_presence(&mut self, room: Arc<str>, limit: usize, reply: Reply<Option<NodesPage>>) {
+    pub(in crate::shard) fn cluster_presence(&mut self, room: Arc<str>, limit: usize, reply: Reply<Option<NodesPage>>) {
         let Some(instance) = self.cluster_instance(&room) else {
             return reply.send(None);
         };
@@ -229,7 +229,7 @@ impl Shard {
 
     /// The question went out to `heard` nodes (`None`: it did not go out);
     /// their answers are waited for `ASK_WAIT_MS` at most.
-    pub(super) fn asked(&mut self, q: u64, heard: Option<u64>) {
+    pub(in crate::shard) fn asked(&mut self, q: u64, heard: Option<u64>) {
         let Some(c) = self.cluster.as_mut() else { return };
         match heard {
             Some(n) => {
@@ -249,7 +249,7 @@ impl Shard {
     }
 
     /// Answers question `q` if every node did (or, `timed_out`, anyway).
-    pub(super) fn ask_done(&mut self, q: u64, timed_out: bool) {
+    pub(in crate::shard) fn ask_done(&mut self, q: u64, timed_out: bool) {
         let Some(c) = self.cluster.as_mut() else { return };
         let complete = c.asks.get(&q).is_some_and(|a| a.want.is_some_and(|w| a.got >= w));
         if !complete && !timed_out {
