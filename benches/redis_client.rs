@@ -1,12 +1,12 @@
 //! How a shard should talk to Redis: the RESP codec on the shard's own
-//! glommio socket (`cluster::link::Link`, what volley does) against a
+//! glommio socket (`redis::link::Link`, what volley does) against a
 //! client on a thread of its own that the shard hands commands to (a
 //! blocking socket with the same codec, commands and replies crossing
 //! threads, as a Redis client library on its own thread would have them).
 //!
 //! Starts a redis-server of its own (needs `redis-server` on the PATH, as
 //! the test suite does), runs `N` room publishes (the publish script,
-//! `cluster::room`) with `IN_FLIGHT` outstanding, both ways, and prints per
+//! `redis::room`) with `IN_FLIGHT` outstanding, both ways, and prints per
 //! publish: wall time, CPU of the shard's thread, CPU of the client thread,
 //! and Redis's CPU. Loopback only; the server is stopped by its PID.
 //! Usage: `cargo bench --bench redis_client [-- N]` (default 100,000).
@@ -17,9 +17,9 @@ use std::net::TcpStream;
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
-use volley::cluster::link::{encode, next_reply, Frame, Link};
-use volley::cluster::room::{self, Message, RoomKeys};
-use volley::cluster::{Health, RedisUrl};
+use volley::redis::link::{encode, next_reply, Frame, Link};
+use volley::redis::room::{self, Message, RoomKeys};
+use volley::redis::{Health, RedisUrl};
 use volley::shard::mesh::Reply;
 
 /// Publishes outstanding at once.

@@ -330,12 +330,12 @@ pub fn access(data: &[u8]) {
     }
 }
 
-/// Replies from Redis (cluster mode): `cluster::link::next_reply` over a
+/// Replies from Redis (cluster mode): `redis::link::next_reply` over a
 /// stream, whole and in two pieces (split where the second byte says),
 /// must give the same replies and the same verdict; an incomplete reply
 /// never grows past the limit.
 pub fn redis_reply(data: &[u8]) {
-    use volley::cluster::link::next_reply;
+    use volley::redis::link::next_reply;
     let Some((&sel, data)) = data.split_first() else { return };
     let max = limit(sel);
     let split = data.first().map_or(0, |&b| usize::from(b) % (data.len() + 1));
@@ -367,12 +367,12 @@ pub fn redis_reply(data: &[u8]) {
 }
 
 /// Room, pattern and direct push messages from a cluster channel
-/// (`cluster::room::decode_message`, `decode_pattern`,
-/// `cluster::push::decode_push`): what decodes
+/// (`redis::room::decode_message`, `decode_pattern`,
+/// `redis::push::decode_push`): what decodes
 /// re-encodes to the same bytes (one form per message), and the payload is
 /// the input's tail.
 pub fn cluster_message(data: &[u8]) {
-    use volley::cluster::room::{decode_message, decode_pattern, encode_message, encode_pattern};
+    use volley::redis::room::{decode_message, decode_pattern, encode_message, encode_pattern};
     let b = bytes::Bytes::copy_from_slice(data);
     if let Ok(m) = decode_message(&b) {
         assert_eq!(encode_message(&m), data, "decode then encode gives the same bytes");
@@ -390,17 +390,17 @@ pub fn cluster_message(data: &[u8]) {
         );
     }
     // And as a key, user or everyone push.
-    if let Ok(p) = volley::cluster::push::decode_push(&b) {
-        let again = volley::cluster::push::encode_push(&p).expect("never a room");
+    if let Ok(p) = volley::redis::push::decode_push(&b) {
+        let again = volley::redis::push::encode_push(&p).expect("never a room");
         assert_eq!(again, data, "one form per push");
     }
     // And as a node's note to close its connection with a key.
-    if let Some(key) = volley::cluster::registry::read_replace(data) {
-        assert_eq!(volley::cluster::registry::replace_note(key), data, "one form per note");
+    if let Some(key) = volley::redis::registry::read_replace(data) {
+        assert_eq!(volley::redis::registry::replace_note(key), data, "one form per note");
     }
     // And as a presence note, read with the shard's own types; what reads
     // as a note reads the same once written again.
-    use volley::cluster::presence::{decode, encode, Note};
+    use volley::redis::presence::{decode, encode, Note};
     use volley::shard::members::{Changes, Member};
     if let Ok(n) = decode::<Changes, Vec<Member>>(data) {
         let again = encode(&n);

@@ -24,14 +24,14 @@
 //!                  └─> fan_out_room ─RoomFrame─> every shard: deliver_room ─> queue per member
 //!                      └─> conn::flush: one sendmsg per connection, batched on io_uring
 //! cluster:   the same entry ─> shard::router::publish_room_in ─> shard::cluster::publish
-//!              └─> a Call::Publish value ─> cluster::ops::drive ─> Redis (offset, Stream, PUBLISH)
+//!              └─> a Call::Publish value ─> redis::ops::drive ─> Redis (offset, Stream, PUBLISH)
 //!              each node's owner of the room hears it on its subscription (shard::cluster::on_redis)
 //!              └─> shard::cluster::rooms::apply: the node's cache ─> fan_out_room ─> (as on one node from here)
 //! ```
 //!
 //! `shard::router` is the one place that decides, per operation, this node
 //! or the cluster; cluster mode on a shard lives in `shard::cluster` and
-//! is sans-IO (Redis calls are values, `cluster::ops`), tested against a
+//! is sans-IO (Redis calls are values, `redis::ops`), tested against a
 //! simulated Redis in `shard::sim::redis`.
 //!
 //! The owner shard sends one `RoomFrame` per shard, all sharing the same
@@ -68,32 +68,33 @@
 //!   one publish path both take, and their connections' cap, deadlines and
 //!   body memory (`api::conns`).
 //! - [`auth`]: the API key check (constant time) and client tokens (JWT).
-//! - [`cluster`]: cluster mode's Redis side: each shard's pipelined links
+//! - [`redis`]: cluster mode's Redis side (named for what it talks to, so
+//!   that "cluster" names one thing, `shard::cluster`): each shard's pipelined links
 //!   to the instances of `[redis] urls` and their health, its pub/sub
 //!   subscribers, a room message's keys, scripts, Stream reads and channel
 //!   forms, the push form, the user / key registry, the nodes' counts, the
 //!   presence notes nodes leave each other, and Redis operations as values
-//!   with the per-shard driver that runs them (`cluster::ops`).
+//!   with the per-shard driver that runs them (`redis::ops`).
 //! - [`proto`]: sans-IO codecs and policies (frames, batches, bodies, close
 //!   reasons, room patterns, version 2, WebSocket).
 //! - [`metrics`]: counters and histograms, as JSON and Prometheus text.
 //! - [`host`]: `volley check-host`, what on this host is not tuned.
 //!
 //! Code that awaits: `conn`, `api::http`, `api::tcp`, `net::accept_each`,
-//! `shard::run`, `cluster` (links, subscribers, scripts, the operations'
+//! `shard::run`, `redis` (links, subscribers, scripts, the operations'
 //! driver and its timer), and `server`'s start-up; everything else is
 //! plain functions over data, driven by them.
 #![warn(missing_docs)]
 
 pub mod api;
 pub mod auth;
-pub mod cluster;
 pub mod config;
 pub mod conn;
 pub mod host;
 pub mod metrics;
 pub mod net;
 pub mod proto;
+pub mod redis;
 pub mod server;
 pub mod shard;
 

@@ -21,7 +21,7 @@ use crate::net::{self, BindError, ListenerKind, ListenerSpec};
 use crate::shard::cluster::state::ShardCluster;
 use crate::shard::mesh::ShardMsg;
 use crate::shard::{run, Shard, Shared};
-use crate::{api, cluster, conn};
+use crate::{api, conn, redis};
 use glommio::net::TcpListener;
 use glommio::{LocalExecutorBuilder, Placement};
 use std::cell::RefCell;
@@ -236,17 +236,17 @@ async fn shard_main(
         return;
     }
     if let Some(health) = &shared.cluster {
-        let urls: Vec<cluster::RedisUrl> = shared
+        let urls: Vec<redis::RedisUrl> = shared
             .config
             .redis
             .urls
             .iter()
-            .map(|u| cluster::RedisUrl::parse(u).expect("checked by Config::validate"))
+            .map(|u| redis::RedisUrl::parse(u).expect("checked by Config::validate"))
             .collect();
         let state = ShardCluster::new(id, &urls, shared.keys.tag());
         let (links, subs) = state.connections();
         shard.borrow_mut().cluster = Some(state);
-        let ops = cluster::ops::drive(Rc::downgrade(&shard), links.clone(), control);
+        let ops = redis::ops::drive(Rc::downgrade(&shard), links.clone(), control);
         if let Err(e) = glommio::spawn_local_into(ops, control).map(|t| t.detach()) {
             let _ = ready.send(Err(format!("cannot spawn the Redis operations' driver: {e}")));
             return;

@@ -126,7 +126,7 @@ impl Config {
             return bad("[client] presence_limit", "must be between 1 and 10000");
         }
         for url in &self.redis.urls {
-            if let Err(e) = crate::cluster::RedisUrl::parse(url) {
+            if let Err(e) = crate::redis::RedisUrl::parse(url) {
                 return bad("[redis] urls", &e);
             }
         }

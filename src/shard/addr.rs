@@ -198,8 +198,8 @@ mod tests {
         assert!(!format!("{keys:?}").contains("secret"));
         // Other nodes route it by the node id it starts with.
         assert_eq!(
-            crate::cluster::registry::node_of_assigned_key(&key),
-            Some(crate::cluster::registry::node_id(keys.tag()))
+            crate::redis::registry::node_of_assigned_key(&key),
+            Some(crate::redis::registry::node_id(keys.tag()))
         );
     }
 }

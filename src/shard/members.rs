@@ -5,7 +5,7 @@
 //!
 //! Pure data (sans-IO), owned by one shard; `presence` drives it, and
 //! `Changes` and `Member` travel in mesh messages and, in a cluster, as
-//! JSON between nodes (`cluster::presence`).
+//! JSON between nodes (`redis::presence`).
 //!
 //! Invariant: a `Changes` never details more than the limit it is given;
 //! past it only `more` grows, so a room's churn costs bounded memory per

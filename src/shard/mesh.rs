@@ -196,7 +196,7 @@ pub enum ShardMsg {
         reach: Reach,
     },
     /// Cluster mode, to the owner of a pattern's channel glob
-    /// (`cluster::room::RoomKeys::glob_of`): one more (+1) or one fewer
+    /// (`redis::room::RoomKeys::glob_of`): one more (+1) or one fewer
     /// (-1) shard has subscribers of patterns with that glob.
     GlobInterest {
         /// The glob.
@@ -210,7 +210,7 @@ pub enum ShardMsg {
         /// Room key.
         room: Arc<str>,
         /// The message as published.
-        message: crate::cluster::room::Message,
+        message: crate::redis::room::Message,
     },
     /// To a key owner: deliver to these keys (accepts-filtered by `op`).
     PushKeys {

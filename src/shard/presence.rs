@@ -39,10 +39,10 @@ use super::conns::Conn;
 use super::members::{Changes, Member};
 use super::mesh::{owner_of_str, ConnRef, GlobalConn, ShardMsg};
 use super::state::Shard;
-use crate::cluster::presence::{WATCH_EVERY, WATCH_TTL_MS};
 use crate::proto::binary::VERSION_NATIVE;
 use crate::proto::v2::op;
 use crate::proto::wire::Wire;
+use crate::redis::presence::{WATCH_EVERY, WATCH_TTL_MS};
 use std::sync::Arc;
 
 /// Seconds a heard watch lasts without being heard again.

@@ -34,9 +34,9 @@ use super::members::Member;
 use super::mesh::{owner_of_str, Answer, GlobalConn, HistoryPage, MembersTo, NodesPage, Publication, Reply};
 use super::mesh::{ConnRef, ReplyWait, ShardMsg};
 use super::state::Shard;
-use crate::cluster::ops::Marks;
 use crate::proto::publish::Target;
 use crate::proto::v2::Resume;
+use crate::redis::ops::Marks;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 

@@ -19,7 +19,7 @@
 //! holding the user, and a node keeps it only for a user with a version-2
 //! connection on it; a push to a user no node holds waits in Redis and is
 //! pushed again by the first node the user connects to
-//! (`cluster::registry`).
+//! (`redis::registry`).
 //!
 //! A connection of the user that authenticates is sent what the inbox holds
 //! before any later push to the user (the owner sends both, in that order,

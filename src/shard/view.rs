@@ -6,8 +6,8 @@
 //! and counts: each shard replaces its own view (an `ArcSwap`, lock-free
 //! for readers) when its rooms or client IPs changed, at most once per
 //! sweep (a second), its Redis links write their own slots of
-//! `cluster::Health`, and in cluster mode shard 0 replaces the cluster's
-//! counts after each report (`cluster::counts`). Readers on any thread see
+//! `redis::Health`, and in cluster mode shard 0 replaces the cluster's
+//! counts after each report (`redis::counts`). Readers on any thread see
 //! a count that may lag a join or leave by up to that second (two in a
 //! cluster).
 //!
@@ -61,11 +61,11 @@ pub struct Shared {
     pub verifier: Option<Verifier>,
     /// What each shard's Redis links report (`[redis] urls`); `None` on a
     /// single node.
-    pub cluster: Option<Arc<crate::cluster::Health>>,
+    pub cluster: Option<Arc<crate::redis::Health>>,
     /// Cluster mode: the cluster's online counts as of shard 0's last
-    /// report (`cluster::counts`), read instead of the views' by the
+    /// report (`redis::counts`), read instead of the views' by the
     /// online routes and the heartbeat reply.
-    pub cluster_counts: ArcSwap<crate::cluster::counts::Counts>,
+    pub cluster_counts: ArcSwap<crate::redis::counts::Counts>,
 }
 
 impl Shared {
@@ -85,9 +85,9 @@ impl Shared {
             },
             admission: Admission::default(),
             verifier: None,
-            cluster_counts: ArcSwap::from_pointee(crate::cluster::counts::Counts::default()),
+            cluster_counts: ArcSwap::from_pointee(crate::redis::counts::Counts::default()),
             cluster: (!config.redis.urls.is_empty())
-                .then(|| Arc::new(crate::cluster::Health::new(n, config.redis.urls.len()))),
+                .then(|| Arc::new(crate::redis::Health::new(n, config.redis.urls.len()))),
             config,
         }
     }

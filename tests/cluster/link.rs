@@ -70,7 +70,7 @@ fn links_authenticate_and_select_their_database() {
 
 #[test]
 fn a_link_pipelines_commands_and_matches_replies_in_order() {
-    use volley::cluster::link::Frame;
+    use volley::redis::link::Frame;
     let redis = Redis::start(&[]);
     let url = redis.url();
     let got = on_executor(move || async move {
@@ -140,9 +140,9 @@ fn a_subscriber_gets_its_channels_and_subscribes_again_after_redis_restarts() {
         panic!("not within 5 s: {what}");
     }
     use std::sync::{Arc, Mutex};
-    use volley::cluster::room::{self, decode_message, Message, RoomKeys};
-    use volley::cluster::subscriber::{Event, Subscriber};
-    use volley::cluster::RedisUrl;
+    use volley::redis::room::{self, decode_message, Message, RoomKeys};
+    use volley::redis::subscriber::{Event, Subscriber};
+    use volley::redis::RedisUrl;
     let mut redis = Redis::start(&[]);
     let url = redis.url();
     let got: Arc<Mutex<Vec<(String, u64, String)>>> = Arc::default();
@@ -200,8 +200,8 @@ fn a_subscriber_gets_its_channels_and_subscribes_again_after_redis_restarts() {
                 async move {
                     let ch = RoomKeys::of(room).channel;
                     match link.call(&[b"PUBSUB", b"NUMSUB", ch.as_bytes()]).await {
-                        Ok(volley::cluster::link::Frame::Array(v)) => match v.get(1) {
-                            Some(volley::cluster::link::Frame::Integer(n)) => *n,
+                        Ok(volley::redis::link::Frame::Array(v)) => match v.get(1) {
+                            Some(volley::redis::link::Frame::Integer(n)) => *n,
                             _ => -1,
                         },
                         _ => -1,

@@ -266,8 +266,8 @@ where
 
 /// A link to `url` with its task running; waits until it is up (or gives
 /// up after `wait`).
-async fn link_to(url: &str, wait: Duration) -> volley::cluster::link::Link {
-    use volley::cluster::{link::Link, Health, RedisUrl};
+async fn link_to(url: &str, wait: Duration) -> volley::redis::link::Link {
+    use volley::redis::{link::Link, Health, RedisUrl};
     let link = Link::new(RedisUrl::parse(url).unwrap());
     let health = std::sync::Arc::new(Health::new(1, 1));
     glommio::spawn_local(link.clone().run(health, 0, 0)).detach();
@@ -291,7 +291,7 @@ impl Subscriber {
         let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
         s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
         let mut cmd = bytes::BytesMut::new();
-        volley::cluster::link::encode(&mut cmd, &[b"SUBSCRIBE", channel.as_bytes()]);
+        volley::redis::link::encode(&mut cmd, &[b"SUBSCRIBE", channel.as_bytes()]);
         s.write_all(&cmd).unwrap();
         let mut sub = Subscriber {
             s,
@@ -302,10 +302,10 @@ impl Subscriber {
         sub
     }
 
-    fn next(&mut self) -> volley::cluster::link::Frame {
+    fn next(&mut self) -> volley::redis::link::Frame {
         use std::io::Read;
         loop {
-            if let Some(f) = volley::cluster::link::next_reply(&mut self.buf, 1 << 20).unwrap() {
+            if let Some(f) = volley::redis::link::next_reply(&mut self.buf, 1 << 20).unwrap() {
                 return f;
             }
             let mut chunk = [0u8; 4096];
@@ -316,11 +316,11 @@ impl Subscriber {
     }
 
     /// The next channel message's payload, decoded as a room message.
-    fn message(&mut self) -> volley::cluster::room::Message {
-        use volley::cluster::link::Frame;
+    fn message(&mut self) -> volley::redis::room::Message {
+        use volley::redis::link::Frame;
         match self.next() {
             Frame::Array(v) if v.len() == 3 => match &v[2] {
-                Frame::BulkString(b) => volley::cluster::room::decode_message(b).unwrap(),
+                Frame::BulkString(b) => volley::redis::room::decode_message(b).unwrap(),
                 other => panic!("not a payload: {other:?}"),
             },
             other => panic!("not a channel message: {other:?}"),

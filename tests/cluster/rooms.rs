@@ -6,7 +6,7 @@ use super::*;
 
 #[test]
 fn two_nodes_publishing_to_one_room_get_one_sequence_of_offsets() {
-    use volley::cluster::room::{self, Message, RoomKeys};
+    use volley::redis::room::{self, Message, RoomKeys};
     let redis = Redis::start(&[]);
     let url = redis.url();
     let keys = RoomKeys::of("live://c");
@@ -66,7 +66,7 @@ fn two_nodes_publishing_to_one_room_get_one_sequence_of_offsets() {
 
 #[test]
 fn a_retried_message_id_gets_its_first_offset_and_is_not_published_again() {
-    use volley::cluster::room::{self, Message, RoomKeys};
+    use volley::redis::room::{self, Message, RoomKeys};
     let redis = Redis::start(&[]);
     let url = redis.url();
     let mut sub = Subscriber::new(redis.port, &RoomKeys::of("live://d").channel);
@@ -117,7 +117,7 @@ fn a_retried_message_id_gets_its_first_offset_and_is_not_published_again() {
         (2, "order-2"),
         "the retry was not published"
     );
-    let volley::cluster::link::Frame::Integer(len) = len else {
+    let volley::redis::link::Frame::Integer(len) = len else {
         panic!("{len:?}")
     };
     assert!((100..=300).contains(&len), "history trimmed to about 100: {len}");

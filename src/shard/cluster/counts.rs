@@ -1,10 +1,10 @@
 //! Cluster mode's online counts: shard 0 reports the node's counts once a
 //! sweep and keeps the cluster's sums for the node's readers
-//! (`cluster::counts`).
+//! (`redis::counts`).
 
-use crate::cluster::counts::{Counts, Report};
-use crate::cluster::link::RedisError;
-use crate::cluster::ops::Call;
+use crate::redis::counts::{Counts, Report};
+use crate::redis::link::RedisError;
+use crate::redis::ops::Call;
 use crate::shard::cluster::state::Then;
 use crate::shard::state::Shard;
 use fnv::FnvHashMap;
@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 impl Shard {
     /// Once a sweep, on shard 0: reports the node's counts to Redis and
-    /// keeps the cluster's (`cluster::counts`) for the node's readers. Only
+    /// keeps the cluster's (`redis::counts`) for the node's readers. Only
     /// what changed since the last report goes, unless the first link has
     /// reconnected since (or every `FULL_REPORT_EVERY` sweeps).
     pub(super) fn report_counts(&mut self) {

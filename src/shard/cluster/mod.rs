@@ -3,18 +3,18 @@
 //! docs/CLUSTER.md).
 //!
 //! Acts on the shard's cluster state (`shard::cluster::state`): its link and
-//! subscriber to each Redis instance (`cluster::link`,
-//! `cluster::subscriber`), the subscriptions of the rooms this shard owns
+//! subscriber to each Redis instance (`redis::link`,
+//! `redis::subscriber`), the subscriptions of the rooms this shard owns
 //! that have members on this node, the user / key registry entries of its
-//! users and keys (`cluster::registry`), read marks and history pages read
+//! users and keys (`redis::registry`), read marks and history pages read
 //! from Redis; on shard 0 also the node's channel (pattern publishes, key /
 //! user / everyone pushes, notes to this node) with its queue of what was
 //! sent while it was not subscribed, and the node's counts report
-//! (`cluster::counts`).
+//! (`redis::counts`).
 //!
 //! Runs on every shard of a node with `[redis] urls`. Every Redis call is
 //! emitted as an operation (`Shard::emit`, `shard::cluster::ops`) that the
-//! shard's `cluster::ops::drive` task runs; its answer comes back through
+//! shard's `redis::ops::drive` task runs; its answer comes back through
 //! `Ops::answered` to the functions of these files: none awaits, spawns or
 //! reads a clock. Nothing here runs in single-node mode (`Shard::cluster`
 //! is `None`).
@@ -54,11 +54,11 @@ pub mod state;
 
 pub(in crate::shard) use rooms::room_frames;
 
-use crate::cluster::instance_of;
-use crate::cluster::push::decode_push;
-use crate::cluster::room::{self, RoomKeys};
-use crate::cluster::subscriber::Event;
 use crate::metrics::ShardStats;
+use crate::redis::instance_of;
+use crate::redis::push::decode_push;
+use crate::redis::room::{self, RoomKeys};
+use crate::redis::subscriber::Event;
 use crate::shard::cluster::state::{ShardCluster, State, LINGER_SECS, MAX_HELD};
 use crate::shard::mesh::{owner_of_str, ShardMsg};
 use crate::shard::state::Shard;
@@ -91,10 +91,10 @@ impl Shard {
         let direct = |channel: &[u8], c: Option<&ShardCluster>| c.is_some_and(|c| c.node_channel.as_bytes() == channel);
         match e {
             Event::Message { channel, payload } if direct(&channel, self.cluster.as_ref()) => {
-                if crate::cluster::presence::is_note(&payload) {
+                if crate::redis::presence::is_note(&payload) {
                     return self.on_node_note(&channel, &payload);
                 }
-                if let Some(key) = crate::cluster::registry::read_replace(&payload) {
+                if let Some(key) = crate::redis::registry::read_replace(&payload) {
                     // Another node got a connection with this key.
                     let owner = owner_of_str(key, self.nr());
                     return self.route(owner, ShardMsg::KeyTaken { key: Arc::from(key) });
@@ -114,7 +114,7 @@ impl Shard {
                 let Some(name) = RoomKeys::room_of(&channel) else {
                     return;
                 };
-                if crate::cluster::presence::is_note(&payload) {
+                if crate::redis::presence::is_note(&payload) {
                     return self.on_room_note(&channel, name, &payload);
                 }
                 let m = match room::decode_message(&payload) {

@@ -1,19 +1,19 @@
-//! The shard's side of Redis operations as values (`cluster::ops`):
+//! The shard's side of Redis operations as values (`redis::ops`):
 //! emitting them into the queue the driver takes from, and handing each
 //! answer to what it is for (`state::Then`).
 //!
 //! Runs on every shard of a node in cluster mode; the queue is
-//! `ShardCluster::ops`, drained by the shard's `cluster::ops::drive` task.
+//! `ShardCluster::ops`, drained by the shard's `redis::ops::drive` task.
 //!
 //! Invariants: an operation is emitted only in cluster mode; each `Then`
 //! is paired with the one `Call` that answers it (`emit` is the only way
 //! in), so an answer of another kind is a bug, logged and dropped.
 
-use crate::cluster::link::RedisError;
-use crate::cluster::ops::{Call, Ops, RedisAnswer, RedisOp};
-use crate::cluster::room;
 use crate::metrics::ShardStats;
 use crate::proto::v2::ErrorCode;
+use crate::redis::link::RedisError;
+use crate::redis::ops::{Call, Ops, RedisAnswer, RedisOp};
+use crate::redis::room;
 use crate::shard::cluster::state::Then;
 use crate::shard::mesh::{Answer, Published};
 use crate::shard::state::Shard;

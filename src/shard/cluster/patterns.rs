@@ -26,9 +26,9 @@
 //! nowhere (`PatternIndex::lookup` finds no one); a room's `Seen` is
 //! forgotten `MATCHED_SECS` after its last message.
 
-use crate::cluster::presence;
-use crate::cluster::room::{self, Message, RoomKeys};
 use crate::metrics::ShardStats;
+use crate::redis::presence;
+use crate::redis::room::{self, Message, RoomKeys};
 use crate::shard::cluster::room_frames;
 use crate::shard::cluster::state::Seen;
 use crate::shard::mesh::{owner_of_str, Reach, ShardMsg};

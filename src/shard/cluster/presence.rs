@@ -1,6 +1,6 @@
 //! Presence across a cluster's nodes: member lists for `GET /v1/presence`
 //! and the joins and leaves of op 58, through the notes of
-//! `cluster::presence` on the rooms' channels and the nodes' channels.
+//! `redis::presence` on the rooms' channels and the nodes' channels.
 //!
 //! Runs on a room's owner shard (which holds the room's subscription, so
 //! hears its notes: watches, other nodes' changes, questions) and on shard
@@ -20,11 +20,11 @@
 //! answered after `ASK_WAIT_MS` whatever came (marked incomplete); an answer
 //! lists at most the asked limit, and the gathered list never exceeds it.
 
-use crate::cluster::ops::Call;
-use crate::cluster::presence::{self, Note};
-use crate::cluster::registry;
-use crate::cluster::room::RoomKeys;
 use crate::metrics::ShardStats;
+use crate::redis::ops::Call;
+use crate::redis::presence::{self, Note};
+use crate::redis::registry;
+use crate::redis::room::RoomKeys;
 use crate::shard::cluster::state::{Ask, Gather, Then};
 use crate::shard::members::{Changes, Member};
 use crate::shard::mesh::{MembersTo, NodesPage, Reply, ShardMsg};
@@ -103,7 +103,7 @@ impl Shard {
             Note::Watch { .. } => self.remote_watch(&room),
             Note::Changes { changes, .. } => self.on_presence_heard(&room, changes),
             Note::Ask { node, q, limit } => self.answer_ask(room, &node, q, limit),
-            Note::Answer { .. } => self.bad_note(channel, crate::cluster::room::BadMessage("an answer on a room")),
+            Note::Answer { .. } => self.bad_note(channel, crate::redis::room::BadMessage("an answer on a room")),
         }
     }
 
@@ -112,7 +112,7 @@ impl Shard {
     pub(in crate::shard) fn on_node_note(&mut self, channel: &[u8], payload: &[u8]) {
         let (q, count, members) = match presence::decode::<Changes, Vec<Member>>(payload) {
             Ok(Note::Answer { q, count, members }) => (q, count, members),
-            Ok(_) => return self.bad_note(channel, crate::cluster::room::BadMessage("not an answer")),
+            Ok(_) => return self.bad_note(channel, crate::redis::room::BadMessage("not an answer")),
             Err(e) => return self.bad_note(channel, e),
         };
         let Some(a) = self.cluster.as_mut().and_then(|c| c.asks.get_mut(&q)) else {
@@ -128,7 +128,7 @@ impl Shard {
         self.ask_done(q, false);
     }
 
-    fn bad_note(&mut self, channel: &[u8], e: crate::cluster::room::BadMessage) {
+    fn bad_note(&mut self, channel: &[u8], e: crate::redis::room::BadMessage) {
         ShardStats::add(&self.stats().cluster_bad_messages, 1);
         tracing::warn!(channel = %String::from_utf8_lossy(channel), error = %e, "presence note refused");
     }

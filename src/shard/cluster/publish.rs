@@ -6,12 +6,12 @@
 //! Runs on the shard where a publish entered (`shard::router`), and on
 //! shard 0 for what the node's channel brings.
 
-use crate::cluster::instance_of;
-use crate::cluster::ops::Call;
-use crate::cluster::push::{encode_push, Push};
-use crate::cluster::registry;
-use crate::cluster::room::{self, Dedup, Message, RoomKeys};
 use crate::proto::publish::Target;
+use crate::redis::instance_of;
+use crate::redis::ops::Call;
+use crate::redis::push::{encode_push, Push};
+use crate::redis::registry;
+use crate::redis::room::{self, Dedup, Message, RoomKeys};
 use crate::shard::cluster::state::{Then, PATTERN_DEDUP_SECS};
 use crate::shard::mesh::{Answer, Publication, ShardMsg};
 use crate::shard::state::Shard;
@@ -95,7 +95,7 @@ impl Shard {
 
     /// Cluster mode, on any shard: a push to everyone goes to every live
     /// node's channel; a push to users or keys to the nodes that hold them
-    /// (`cluster::registry`: one command per instance of their entries; a
+    /// (`redis::registry`: one command per instance of their entries; a
     /// server-assigned key names its node). Each node routes it to what it
     /// holds (`on_redis`); a node not subscribed at the time finds it in its
     /// queue when it is again.

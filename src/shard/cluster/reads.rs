@@ -3,7 +3,7 @@
 //!
 //! Runs on the shard the request entered.
 
-use crate::cluster::ops::{Call, Page};
+use crate::redis::ops::{Call, Page};
 use crate::shard::cluster::state::Then;
 use crate::shard::history::Entry;
 use crate::shard::mesh::{ConnRef, HistoryPage, Reply};

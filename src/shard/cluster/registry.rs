@@ -1,19 +1,19 @@
 //! Cluster mode's registry: which node holds which users and keys
-//! (`cluster::registry`), a user's leave with what it owes, registering
+//! (`redis::registry`), a user's leave with what it owes, registering
 //! everything again after a reconnect or when the node was taken for dead,
 //! the node's alive mark and its queue.
 //!
 //! Runs on the owner shards of keys and users; the alive mark and the
 //! queue on shard 0.
 
-use crate::cluster::instance_of;
-use crate::cluster::ops::Call;
-use crate::cluster::push::Push;
-use crate::cluster::registry;
-use crate::cluster::subscriber::Event;
 use crate::metrics::ShardStats;
 use crate::proto::binary;
 use crate::proto::publish::Target;
+use crate::redis::instance_of;
+use crate::redis::ops::Call;
+use crate::redis::push::Push;
+use crate::redis::registry;
+use crate::redis::subscriber::Event;
 use crate::shard::cluster::state::Then;
 use crate::shard::mesh::ShardMsg;
 use crate::shard::state::Shard;
@@ -78,7 +78,7 @@ impl Shard {
 
     /// What users were owed, read from Redis as this node joined their
     /// entries: to their connections here, oldest first.
-    pub(in crate::shard) fn owed_from_redis(&mut self, owed: crate::cluster::registry::Owed) {
+    pub(in crate::shard) fn owed_from_redis(&mut self, owed: crate::redis::registry::Owed) {
         for (mid, pushes) in owed {
             ShardStats::add(&self.stats().inbox_owed, pushes.len() as u64);
             for p in pushes {

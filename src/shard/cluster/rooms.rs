@@ -11,14 +11,14 @@
 //! Joins wait for `Live`; a live room's messages go into the node's cache
 //! and to its members (`apply`).
 
-use crate::cluster::instance_of;
-use crate::cluster::link::RedisError;
-use crate::cluster::ops::Call;
-use crate::cluster::room::{self, Message, RoomKeys, Stored};
 use crate::metrics::ShardStats;
 use crate::proto::binary;
 use crate::proto::v2::{Envelope, ErrorCode, Kind, Resume, Unrecovered};
 use crate::proto::wire::{Frames, Wire};
+use crate::redis::instance_of;
+use crate::redis::link::RedisError;
+use crate::redis::ops::Call;
+use crate::redis::room::{self, Message, RoomKeys, Stored};
 use crate::shard::cluster::state::{Join, RoomSync, State, Then};
 use crate::shard::mesh::{ConnRef, ShardMsg};
 use crate::shard::state::Shard;

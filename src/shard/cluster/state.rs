@@ -11,13 +11,13 @@
 //! Owned by one shard (`Shard::cluster`, `None` on a single node); never
 //! shared across threads.
 
-use crate::cluster::link::Link;
-use crate::cluster::ops::{Marks, OpQueue};
-use crate::cluster::registry;
-use crate::cluster::room::Message;
-use crate::cluster::subscriber::Subscriber;
-use crate::cluster::{instance_of, RedisUrl};
 use crate::proto::v2::Resume;
+use crate::redis::link::Link;
+use crate::redis::ops::{Marks, OpQueue};
+use crate::redis::registry;
+use crate::redis::room::Message;
+use crate::redis::subscriber::Subscriber;
+use crate::redis::{instance_of, RedisUrl};
 use crate::shard::members::Member;
 use crate::shard::mesh::{Answer, ConnRef, GlobalConn, HistoryPage, NodesPage, Reply};
 use fnv::FnvHashMap;
@@ -77,16 +77,16 @@ pub struct ShardCluster {
     pub(in crate::shard) reported_connects: u64,
     /// Shard 0: a report is on its way.
     pub(in crate::shard) reporting: bool,
-    /// This node's id in the registry (`cluster::registry::node_id`).
+    /// This node's id in the registry (`redis::registry::node_id`).
     pub(in crate::shard) node: String,
     /// Shard 0, per instance: the node's queue there is to be taken
-    /// (`cluster::registry::take_queue`): its channel was subscribed again
+    /// (`redis::registry::take_queue`): its channel was subscribed again
     /// and the queue not yet read.
     pub(in crate::shard) queued: Vec<bool>,
     /// Shard 0: the node's channel on the first instance is subscribed (so
     /// the node has joined once it is listed among the nodes there).
     pub(in crate::shard) listening: bool,
-    /// This node's channel (`cluster::registry::channel`), made once: every
+    /// This node's channel (`redis::registry::channel`), made once: every
     /// channel message is compared with it.
     pub(in crate::shard) node_channel: String,
     /// Per instance, the link's connects as of this shard's last

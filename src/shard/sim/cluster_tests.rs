@@ -8,10 +8,10 @@
 use super::redis::ClusterSim;
 use super::{Got, Peer};
 use crate::api::{Meta, PublishError, Target};
-use crate::cluster::push::{encode_push, Push};
 use crate::proto::binary;
 use crate::proto::close::CloseReason;
 use crate::proto::v2::{self, decode_push, ErrorCode};
+use crate::redis::push::{encode_push, Push};
 use crate::shard::cluster::state::State;
 use crate::shard::mesh::{owner_of_str, Reply, ReplyWait};
 use serde_json::{json, Value};
@@ -349,12 +349,12 @@ fn after_redis_restarts_without_its_data_rooms_go_on_in_a_new_epoch() {
 fn a_channel_message_that_does_not_decode_is_counted_and_harms_no_one() {
     let mut cs = ClusterSim::new(2, 2, |_| {});
     let p = member(&mut cs, 0, 0);
-    let channel = crate::cluster::room::RoomKeys::of(ROOM).channel;
+    let channel = crate::redis::room::RoomKeys::of(ROOM).channel;
     for bad in [&b"1 2 3"[..], b"01 1 1000 0 0 x", b"", b"1 1 1000 0 200 short"] {
         cs.inject(&channel, bad);
     }
     let node = cs.node_id(0);
-    cs.inject(&crate::cluster::registry::channel(&node), b"z nonsense");
+    cs.inject(&crate::redis::registry::channel(&node), b"z nonsense");
     assert_eq!(cs.nodes[0].stats().cluster_bad_messages, 5);
     assert!(cs.nodes[0].frames(p).is_empty());
     say(&mut cs, 1, "fine");
@@ -380,7 +380,7 @@ fn a_room_is_unsubscribed_a_few_seconds_after_its_last_member_left() {
     );
     let owner = owner_of_str(ROOM, 2);
     let (wanted, _) = cs.nodes[0].shards[owner].cluster.as_ref().unwrap().subs[0].wanted();
-    assert!(!wanted.contains(&crate::cluster::room::RoomKeys::of(ROOM).channel));
+    assert!(!wanted.contains(&crate::redis::room::RoomKeys::of(ROOM).channel));
     // A member coming back subscribes again and is served.
     let q = member(&mut cs, 0, 0);
     say(&mut cs, 0, "again");

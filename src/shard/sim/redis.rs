@@ -3,9 +3,9 @@
 //!
 //! Each node is a `Sim` whose shards hold a `ShardCluster` with one
 //! instance. The harness plays what runs beside the shards in a real
-//! process: the driver (`cluster::ops::drive`: every operation a shard
+//! process: the driver (`redis::ops::drive`: every operation a shard
 //! emits is answered here, at once, or held while the test says so) and
-//! the subscribers (`cluster::subscriber`: a channel a shard wants is
+//! the subscribers (`redis::subscriber`: a channel a shard wants is
 //! confirmed, `Event::Subscribed`, and from then on gets what is published
 //! on it). `FakeRedis` keeps what the scripts keep in the real one, as far
 //! as the shards can tell: each room's offset, epoch, Stream (bounded by
@@ -17,13 +17,13 @@
 //! Test-only. Deterministic but for node ids (each node's key tag).
 
 use super::Sim;
-use crate::cluster::counts::Counts;
-use crate::cluster::link::RedisError;
-use crate::cluster::ops::{Call, Ops, RedisAnswer, RedisOp};
-use crate::cluster::room::{encode_message, Position, Published, RoomKeys, Stored};
-use crate::cluster::subscriber::Event;
-use crate::cluster::{registry, RedisUrl};
 use crate::config::Config;
+use crate::redis::counts::Counts;
+use crate::redis::link::RedisError;
+use crate::redis::ops::{Call, Ops, RedisAnswer, RedisOp};
+use crate::redis::room::{encode_message, Position, Published, RoomKeys, Stored};
+use crate::redis::subscriber::Event;
+use crate::redis::{registry, RedisUrl};
 use crate::shard::cluster::state::{ShardCluster, Then};
 use bytes::Bytes;
 use std::collections::{BTreeSet, HashMap, VecDeque};

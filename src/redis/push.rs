@@ -2,7 +2,7 @@
 //! on the nodes' channels.
 //!
 //! Owns the form of a push on the nodes' own channels and queues
-//! (`cluster::registry`): a push to users or keys is published on the
+//! (`redis::registry`): a push to users or keys is published on the
 //! channels of the nodes that hold them, a push to everyone on every live
 //! node's channel (one Redis command per push, whatever the number of nodes
 //! and connections); every node's shard 0 is subscribed to its channel and

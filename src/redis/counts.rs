@@ -5,7 +5,7 @@
 //!
 //! ```text
 //! vly:nodes        set of node ids that reported counts or were marked
-//!                  alive (`cluster::registry`); a node leaves it when it
+//!                  alive (`redis::registry`); a node leaves it when it
 //!                  is neither
 //! vly:c:<node>     hash room -> members on that node (EX a few sweeps)
 //! vly:t:<node>     hash conns, ips, at (Redis time of the report, ms) of

@@ -11,7 +11,7 @@
 //! vly:{R}:d:<id>   a publisher message id seen, -> its offset (EX dedup window)
 //! vly:{R}:p:<n>    pattern publish n reached the room (EX 60 s)
 //! vly:{R}:m        read marks: user id -> offset read up to
-//! vly:{R}:w        some node watches R's presence (`cluster::presence`)
+//! vly:{R}:w        some node watches R's presence (`redis::presence`)
 //! vly:{R}          pub/sub channel every node with members subscribes to
 //!                  (and a node with pattern subscribers, by glob: `glob_of`)
 //! ```
@@ -25,7 +25,7 @@
 //! `SYNC_SCRIPT` reads a room's position once a node's subscription to it
 //! is confirmed, `range` reads its Stream for a resume the node's cache
 //! cannot serve, and a pattern publish travels to every node's channel
-//! (`encode_pattern`; `cluster::registry::to_nodes`), where each node
+//! (`encode_pattern`; `redis::registry::to_nodes`), where each node
 //! publishes it to the matching rooms it knows.
 //!
 //! Runs wherever a publish enters (any shard, through its own link), and
@@ -150,7 +150,7 @@ impl RoomKeys {
     }
 
     /// The key that says some node watches the room's presence
-    /// (`cluster::presence`).
+    /// (`redis::presence`).
     pub fn watch(&self) -> String {
         format!("{}:w", self.channel)
     }
@@ -269,7 +269,7 @@ pub fn decode_message(b: &Bytes) -> Result<Message, BadMessage> {
 }
 
 /// Reads the cluster messages' fields in order (`decode_message`,
-/// `decode_pattern`, `cluster::push::decode_push`): numbers in canonical
+/// `decode_pattern`, `redis::push::decode_push`): numbers in canonical
 /// decimal (no sign, no leading zero, as the scripts write them: one
 /// message has one form) each ended by a space, and byte runs of a given
 /// length.

@@ -39,7 +39,7 @@
 //!
 //! `ROUTE_SCRIPT` looks the targets up and publishes, on each live node's
 //! channel, the push with the targets that node holds (the
-//! `cluster::push` form): one command per push and instance, whatever the
+//! `redis::push` form): one command per push and instance, whatever the
 //! number of nodes, and nodes without a target hear nothing. A user held by
 //! no live node gets the push in an inbox in Redis instead, which the next
 //! node to add itself to the user's entry takes (`add`) and delivers: the
@@ -316,7 +316,7 @@ return #ARGV - 3
 
 /// This node's last connection of user `mid` went: the node leaves the
 /// user's entry, and `owed` (pushes the user did not acknowledge here, the
-/// `cluster::push` form for that user, each with its TTL left) go to the
+/// `redis::push` form for that user, each with its TTL left) go to the
 /// user's inbox in Redis for whichever node the user connects to next,
 /// unless another node holds the user. Returns how many were kept.
 pub async fn leave(
@@ -406,7 +406,7 @@ return sent
 "#,
 ));
 
-/// Sends `body` (a push in the `cluster::push` form, or a pattern publish)
+/// Sends `body` (a push in the `redis::push` form, or a pattern publish)
 /// to `nodes`, or to every node when `nodes` is empty (run on the first
 /// instance, where `vly:nodes` is): to those subscribed now, and into the
 /// queue of the live ones that are not. Returns how many it went to.

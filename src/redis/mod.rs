@@ -1,5 +1,7 @@
-//! Cluster mode: a node's links to the Redis instances of `[redis] urls`,
-//! through which several volley nodes form one cluster (SPEC section 5).
+//! The Redis side of cluster mode: a node's links to the Redis instances
+//! of `[redis] urls`, through which several volley nodes form one cluster
+//! (SPEC section 5). Named for what it talks to: "cluster" is
+//! `shard::cluster`.
 //!
 //! Owns: where each Redis instance is (`RedisUrl`), which instance a room
 //! or user name belongs to (`instance_of`), the pipelined connection a

@@ -12,7 +12,7 @@
 //! every channel message, every confirmed subscription and every lost
 //! connection (`Event`): messages published while it was down are not on
 //! the channel, so whoever needs them reads the room's Stream
-//! (`cluster::room`) once the channel is confirmed again.
+//! (`redis::room`) once the channel is confirmed again.
 //!
 //! Invariants: the wanted set, not the server's answers, is the truth (a
 //! channel unsubscribed while its SUBSCRIBE is in flight ends
@@ -268,7 +268,7 @@ fn event(frame: Frame) -> Option<Event> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cluster::link::next_reply;
+    use crate::redis::link::next_reply;
 
     fn bulk(s: &'static [u8]) -> Frame {
         Frame::BulkString(Bytes::from_static(s))
