@@ -178,6 +178,10 @@ shard_stats! {
     Counter cluster_filled: "Cluster mode: messages read back from a room's Stream for the node's members after its subscription was lost.";
     Counter cluster_queued: "Cluster mode: pushes and notes sent to this node while it was not subscribed to its channel, read from its queue in Redis once it was again.";
     Counter cluster_bad_messages: "Cluster mode: messages on a volley channel that did not decode (refused, logged).";
+    Counter cluster_redis_down: "Cluster mode: Redis operations that failed because their instance was unreachable.";
+    Counter cluster_redis_busy: "Cluster mode: Redis operations refused because too many commands were waiting to be written to their instance.";
+    Counter cluster_redis_error_replies: "Cluster mode: Redis operations Redis answered with an error reply.";
+    Counter cluster_redis_unexpected: "Cluster mode: Redis operations answered with a reply of a shape the command never gives.";
 }
 
 /// A counter per name of a fixed list (close reasons, error codes).

@@ -152,9 +152,9 @@ pub async fn report(link: &Link, node: &str, r: &Report) -> Result<Counts, Redis
     }
     let reply = super::room::eval(link, &COUNTS_SCRIPT, &args).await?;
     let Frame::BulkString(b) = &reply else {
-        return Err(RedisError::Server(format!("unexpected counts reply {reply:?}")));
+        return Err(RedisError::Unexpected(format!("unexpected counts reply {reply:?}")));
     };
-    parse(b).ok_or_else(|| RedisError::Server("unexpected counts reply".into()))
+    parse(b).ok_or_else(|| RedisError::Unexpected("unexpected counts reply".into()))
 }
 
 /// `[conns, ips, room, count, ...]` (JSON).

@@ -67,6 +67,23 @@ pub enum RedisError {
     /// More commands are waiting to be written than `MAX_PENDING` allows.
     #[error("redis {0}: too many commands waiting")]
     Busy(String),
+    /// Redis answered with a reply of a shape the command never gives (a
+    /// server that is not the Redis volley expects, or another version of
+    /// volley's scripts).
+    #[error("redis answered unexpectedly: {0}")]
+    Unexpected(String),
+}
+
+impl RedisError {
+    /// The kind's name, as metrics and logs tell them apart.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            RedisError::Down(..) => "down",
+            RedisError::Server(_) => "error_reply",
+            RedisError::Busy(_) => "busy",
+            RedisError::Unexpected(_) => "unexpected",
+        }
+    }
 }
 
 /// A shard's link to one Redis instance (see the module doc). Cloning

@@ -305,6 +305,28 @@ pub enum RedisAnswer {
     Waited,
 }
 
+impl RedisAnswer {
+    /// Why the operation failed, if it did.
+    pub fn error(&self) -> Option<&RedisError> {
+        match self {
+            RedisAnswer::Publish(Err(e))
+            | RedisAnswer::Sent(Err(e))
+            | RedisAnswer::History(Err(e))
+            | RedisAnswer::Done(Err(e))
+            | RedisAnswer::Owed(Err(e))
+            | RedisAnswer::Alive(Err(e))
+            | RedisAnswer::Queue(Err(e))
+            | RedisAnswer::MarkOf(Err(e))
+            | RedisAnswer::Range(Err(e))
+            | RedisAnswer::Sync(Err(e))
+            | RedisAnswer::Counts(Err(e))
+            | RedisAnswer::Mark(Err(e))
+            | RedisAnswer::Unread(Err(e)) => Some(e),
+            _ => None,
+        }
+    }
+}
+
 impl Call {
     /// Runs the call on `link`.
     pub async fn run(self, link: &Link) -> RedisAnswer {

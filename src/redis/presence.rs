@@ -136,7 +136,7 @@ pub async fn watch(link: &Link, key: &str, channel: &str, node: &str) -> Result<
 pub async fn publish(link: &Link, channel: &str, note: &[u8]) -> Result<u64, RedisError> {
     match link.call(&[b"PUBLISH", channel.as_bytes(), note]).await? {
         Frame::Integer(n) if n >= 0 => Ok(n as u64),
-        other => Err(RedisError::Server(format!("unexpected PUBLISH reply {other:?}"))),
+        other => Err(RedisError::Unexpected(format!("unexpected PUBLISH reply {other:?}"))),
     }
 }
 

@@ -209,7 +209,7 @@ pub async fn add(link: &Link, entries: &[String], node: &str, now: u64) -> Resul
     args.push(secs.as_bytes());
     let reply = super::room::eval(link, &ADD_SCRIPT, &args).await?;
     let Frame::Array(users) = reply else {
-        return Err(RedisError::Server(format!("unexpected add reply {reply:?}")));
+        return Err(RedisError::Unexpected(format!("unexpected add reply {reply:?}")));
     };
     let mut owed = Vec::new();
     for user in users {
@@ -269,7 +269,7 @@ pub async fn claim(link: &Link, key: &str, node: &str) -> Result<u64, RedisError
     let args: [&[u8]; 5] = [b"1", entry.as_bytes(), node.as_bytes(), &note, secs.as_bytes()];
     match super::room::eval(link, &CLAIM_SCRIPT, &args).await? {
         Frame::Integer(n) => Ok(n.max(0) as u64),
-        other => Err(RedisError::Server(format!("unexpected claim reply {other:?}"))),
+        other => Err(RedisError::Unexpected(format!("unexpected claim reply {other:?}"))),
     }
 }
 
@@ -348,7 +348,7 @@ pub async fn leave(
     args.extend(forms.iter().map(|f| &f[..]));
     match super::room::eval(link, &LEAVE_SCRIPT, &args).await? {
         Frame::Integer(n) => Ok(n.max(0) as u64),
-        other => Err(RedisError::Server(format!("unexpected leave reply {other:?}"))),
+        other => Err(RedisError::Unexpected(format!("unexpected leave reply {other:?}"))),
     }
 }
 
@@ -373,7 +373,7 @@ pub async fn alive(link: &Link, node: &str, first: bool) -> Result<bool, RedisEr
     let args: [&[u8]; 4] = [b"0", node.as_bytes(), secs.as_bytes(), first];
     match super::room::eval(link, &ALIVE_SCRIPT, &args).await? {
         Frame::Integer(n) => Ok(n > 0),
-        other => Err(RedisError::Server(format!("unexpected alive reply {other:?}"))),
+        other => Err(RedisError::Unexpected(format!("unexpected alive reply {other:?}"))),
     }
 }
 
@@ -416,7 +416,7 @@ pub async fn to_nodes(link: &Link, body: &[u8], nodes: &[String]) -> Result<u64,
     args.extend(nodes.iter().map(|n| n.as_bytes()));
     match super::room::eval(link, &NODES_SCRIPT, &args).await? {
         Frame::Integer(n) => Ok(n.max(0) as u64),
-        other => Err(RedisError::Server(format!("unexpected nodes reply {other:?}"))),
+        other => Err(RedisError::Unexpected(format!("unexpected nodes reply {other:?}"))),
     }
 }
 
@@ -462,7 +462,7 @@ pub async fn route(
     args.extend(tokens.iter().map(|t| t.as_bytes()));
     match super::room::eval(link, &ROUTE_SCRIPT, &args).await? {
         Frame::Integer(n) => Ok(n.max(0) as u64),
-        other => Err(RedisError::Server(format!("unexpected route reply {other:?}"))),
+        other => Err(RedisError::Unexpected(format!("unexpected route reply {other:?}"))),
     }
 }
 
@@ -483,7 +483,7 @@ pub async fn take_queue(link: &Link, node: &str) -> Result<Vec<bytes::Bytes>, Re
     let key = format!("vly:q:{node}");
     let reply = super::room::eval(link, &TAKE_SCRIPT, &[b"1", key.as_bytes()]).await?;
     let Frame::Array(v) = reply else {
-        return Err(RedisError::Server("unexpected queue reply".into()));
+        return Err(RedisError::Unexpected("unexpected queue reply".into()));
     };
     Ok(v.into_iter()
         .filter_map(|f| match f {

@@ -356,7 +356,7 @@ pub async fn publish(
         check,
     ];
     let reply = eval(link, &PUBLISH_SCRIPT, &args).await?;
-    parse_published(&reply).ok_or_else(|| RedisError::Server(format!("unexpected publish reply {reply:?}")))
+    parse_published(&reply).ok_or_else(|| RedisError::Unexpected(format!("unexpected publish reply {reply:?}")))
 }
 
 /// Where a room stands as `SYNC_SCRIPT` reads it.
@@ -383,7 +383,7 @@ pub async fn sync(link: &Link, room: &str) -> Result<Position, RedisError> {
         epoch.as_bytes(),
     ];
     let reply = eval(link, &SYNC_SCRIPT, &args).await?;
-    let bad = || RedisError::Server(format!("unexpected sync reply {reply:?}"));
+    let bad = || RedisError::Unexpected(format!("unexpected sync reply {reply:?}"));
     let Frame::Array(v) = &reply else { return Err(bad()) };
     match v.as_slice() {
         [o, e, w] => Ok(Position {
@@ -415,7 +415,7 @@ pub async fn mark(
         max.as_bytes(),
     ];
     let reply = eval(link, &MARK_SCRIPT, &args).await?;
-    let bad = || RedisError::Server(format!("unexpected mark reply {reply:?}"));
+    let bad = || RedisError::Unexpected(format!("unexpected mark reply {reply:?}"));
     let Frame::Array(v) = &reply else { return Err(bad()) };
     match v.as_slice() {
         [Frame::Integer(-1), l] => number(l).map(|_| None).ok_or_else(bad),
@@ -440,7 +440,7 @@ pub async fn unread(
     }
     args.push(mid.as_bytes());
     let reply = eval(link, &UNREAD_SCRIPT, &args).await?;
-    let bad = || RedisError::Server("unexpected unread reply".into());
+    let bad = || RedisError::Unexpected("unexpected unread reply".into());
     let Frame::Array(v) = &reply else { return Err(bad()) };
     if v.len() != 2 * rooms.len() {
         return Err(bad());
@@ -461,7 +461,7 @@ pub async fn position(link: &Link, room: &str) -> Result<Option<(u64, u64)>, Red
     let reply = link
         .call(&[b"MGET", keys.offset.as_bytes(), keys.epoch.as_bytes()])
         .await?;
-    let bad = || RedisError::Server(format!("unexpected MGET reply {reply:?}"));
+    let bad = || RedisError::Unexpected(format!("unexpected MGET reply {reply:?}"));
     let Frame::Array(v) = &reply else { return Err(bad()) };
     match v.as_slice() {
         [_, Frame::Null] => Ok(None),
@@ -477,7 +477,7 @@ pub async fn mark_of(link: &Link, room: &str, mid: i64) -> Result<u64, RedisErro
     let mid = mid.to_string();
     match link.call(&[b"HGET", keys.marks.as_bytes(), mid.as_bytes()]).await? {
         Frame::Null => Ok(0),
-        f => number(&f).ok_or_else(|| RedisError::Server(format!("unexpected mark {f:?}"))),
+        f => number(&f).ok_or_else(|| RedisError::Unexpected(format!("unexpected mark {f:?}"))),
     }
 }
 
@@ -529,11 +529,11 @@ pub async fn range_at_most(
         ])
         .await?;
     let Frame::Array(entries) = &reply else {
-        return Err(RedisError::Server(format!("unexpected XRANGE reply {reply:?}")));
+        return Err(RedisError::Unexpected(format!("unexpected XRANGE reply {reply:?}")));
     };
     entries
         .iter()
-        .map(|e| stored(e, epoch).ok_or_else(|| RedisError::Server(format!("unexpected Stream entry {e:?}"))))
+        .map(|e| stored(e, epoch).ok_or_else(|| RedisError::Unexpected(format!("unexpected Stream entry {e:?}"))))
         .collect()
 }
 

@@ -40,6 +40,16 @@ impl Ops for Shard {
 
     fn answered(&mut self, then: Then, answer: RedisAnswer, now_us: u32) {
         self.set_clock(now_us);
+        if let Some(e) = answer.error() {
+            let s = self.stats();
+            let counter = match e {
+                RedisError::Down(..) => &s.cluster_redis_down,
+                RedisError::Busy(_) => &s.cluster_redis_busy,
+                RedisError::Server(_) => &s.cluster_redis_error_replies,
+                RedisError::Unexpected(_) => &s.cluster_redis_unexpected,
+            };
+            ShardStats::add(counter, 1);
+        }
         match (then, answer) {
             (Then::Mark { r, seq, room }, RedisAnswer::Mark(got)) => match got {
                 Ok(mark) => self.mark_reply(r, seq, &room, mark),

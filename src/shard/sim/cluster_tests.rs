@@ -11,6 +11,7 @@ use crate::api::{Meta, PublishError, Target};
 use crate::proto::binary;
 use crate::proto::close::CloseReason;
 use crate::proto::v2::{self, decode_push, ErrorCode};
+use crate::redis::link::RedisError;
 use crate::redis::push::{encode_push, Push};
 use crate::shard::cluster::state::State;
 use crate::shard::mesh::{owner_of_str, Reply, ReplyWait};
@@ -153,14 +154,21 @@ fn a_room_subscribes_until_redis_confirms_and_a_failed_read_is_tried_again_at_th
         "no position read before the channel is confirmed"
     );
     // Confirmed, but reading the position fails: the join is told, the
-    // room waits for the sweep.
+    // room waits for the sweep, the failure is counted by its kind.
     cs.redis.unconfirmed = false;
-    cs.redis.fail = vec!["sync"];
+    cs.redis.fail = vec![("sync", RedisError::Server("ERR simulated".into()))];
     cs.settle();
     let got = cs.nodes[0].frames(p);
     assert_eq!((got.len(), got[0].op, got[0].seq), (1, v2::op::ERROR, 2), "{got:?}");
     assert_eq!(json_of(&got[0])["code"], ErrorCode::Unavailable.code());
     assert!(matches!(state(&cs, 0), Some(State::Failed(_))));
+    assert_eq!(cs.nodes[0].stats().cluster_redis_error_replies, 1);
+    // A reply of another shape than the script gives: the same, counted
+    // apart.
+    cs.redis.fail = vec![("sync", RedisError::Unexpected("sync reply [1]".into()))];
+    cs.tick(1);
+    assert!(matches!(state(&cs, 0), Some(State::Failed(_))));
+    assert_eq!(cs.nodes[0].stats().cluster_redis_unexpected, 1);
     cs.redis.fail.clear();
     cs.tick(1);
     assert_eq!(state(&cs, 0), Some(State::Live), "read again at the next sweep");
@@ -278,12 +286,27 @@ fn while_redis_is_unreachable_publishes_and_joins_are_refused_clearly() {
     assert_eq!((got[0].op, got[0].seq), (v2::op::ERROR, 4));
     assert_eq!(json_of(&got[0])["code"], ErrorCode::Unavailable.code());
     assert_eq!(cs.nodes[0].closed(p), None, "members stay");
+    // Refused before anything was sent: nothing is in flight to fail.
+    let s = cs.nodes[1].stats();
+    assert_eq!((s.cluster_publish_failed, s.cluster_redis_down), (1, 0));
     cs.redis_up(true);
     say(&mut cs, 1, "back");
     assert_eq!(pushes(&cs.nodes[0].frames(p)), [(1, "back".to_string())]);
     send_join(&mut cs, 0, q, 5);
     let (reply, _) = join_reply(&mut cs, 0, q, 5);
     assert_eq!(reply["offset"], 1);
+    // An operation in flight when its instance goes away fails as down,
+    // counted apart from error replies.
+    let down = RedisError::Down("redis://127.0.0.1:1".into(), "connection reset".into());
+    cs.redis.fail = vec![("mark", down)];
+    let (u, _) = cs.nodes[0].authed_v2(0, r#"{"mid":9}"#);
+    let mark = json!({"room": ROOM, "offset": 1}).to_string();
+    cs.nodes[0].send(u, V2, v2::op::READ, 6, mark.as_bytes());
+    cs.settle();
+    let got = cs.nodes[0].frames(u);
+    assert_eq!((got.len(), got[0].op, got[0].seq), (1, v2::op::ERROR, 6), "{got:?}");
+    let s = cs.nodes[0].stats();
+    assert_eq!((s.cluster_redis_down, s.cluster_redis_error_replies), (1, 0));
 }
 
 #[test]

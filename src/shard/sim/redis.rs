@@ -73,8 +73,8 @@ pub(crate) struct FakeRedis {
     /// Subscriptions are not confirmed (the SUBSCRIBE is in flight) while
     /// set.
     pub unconfirmed: bool,
-    /// Kinds of operation answered with an error reply.
-    pub fail: Vec<&'static str>,
+    /// Kinds of operation answered with an error instead (`kind`).
+    pub fail: Vec<(&'static str, RedisError)>,
     /// Nodes whose notes (`Call::Note`) are lost: answered as sent to no
     /// one, published nowhere.
     pub mute: BTreeSet<usize>,
@@ -311,8 +311,8 @@ impl ClusterSim {
         let answer = if self.redis.down {
             op.call
                 .failed(RedisError::Down("redis://127.0.0.1:1".into(), "simulated down".into()))
-        } else if self.redis.fail.contains(&what) {
-            op.call.failed(RedisError::Server("ERR simulated".into()))
+        } else if let Some((_, e)) = self.redis.fail.iter().find(|(k, _)| *k == what) {
+            op.call.failed(e.clone())
         } else {
             self.redis.answer(op.call)
         };
