@@ -24,7 +24,7 @@
 //!                  └─> fan_out_room ─RoomFrame─> every shard: deliver_room ─> queue per member
 //!                      └─> conn::flush: one sendmsg per connection, batched on io_uring
 //! cluster:   the same entry ─> shard::router::publish_room_in ─> shard::cluster::publish
-//!              └─> a Call::Publish value ─> redis::ops::drive ─> Redis (offset, Stream, PUBLISH)
+//!              └─> a Call::Publish value ─> redis::driver::drive ─> Redis (offset, Stream, PUBLISH)
 //!              each node's owner of the room hears it on its subscription (shard::cluster::on_redis)
 //!              └─> shard::cluster::rooms::apply: the node's cache ─> fan_out_room ─> (as on one node from here)
 //! ```

@@ -246,7 +246,7 @@ async fn shard_main(
         let state = ShardCluster::new(id, &urls, shared.keys.tag());
         let (links, subs) = state.connections();
         shard.borrow_mut().cluster = Some(state);
-        let ops = redis::ops::drive(Rc::downgrade(&shard), links.clone(), control);
+        let ops = redis::driver::drive(Rc::downgrade(&shard), links.clone(), control);
         if let Err(e) = glommio::spawn_local_into(ops, control).map(|t| t.detach()) {
             let _ = ready.send(Err(format!("cannot spawn the Redis operations' driver: {e}")));
             return;

@@ -27,6 +27,7 @@
 //! command at once with `RedisError::Down` (never a reply it did not get).
 
 pub mod counts;
+pub mod driver;
 pub mod link;
 pub mod ops;
 pub mod presence;

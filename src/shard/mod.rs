@@ -13,7 +13,7 @@
 //!
 //! Files, by responsibility (all but `run` are sans-IO: no socket, no
 //! clock, no await; cluster mode's Redis calls are values run by
-//! `redis::ops::drive`):
+//! `redis::driver::drive`):
 //!
 //! ```text
 //! state      Shard's fields, route(), handle() = one line per ShardMsg

@@ -14,7 +14,7 @@
 //!
 //! Runs on every shard of a node with `[redis] urls`. Every Redis call is
 //! emitted as an operation (`Shard::emit`, `shard::cluster::ops`) that the
-//! shard's `redis::ops::drive` task runs; its answer comes back through
+//! shard's `redis::driver::drive` task runs; its answer comes back through
 //! `Ops::answered` to the functions of these files: none awaits, spawns or
 //! reads a clock. Nothing here runs in single-node mode (`Shard::cluster`
 //! is `None`).

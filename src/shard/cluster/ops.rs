@@ -3,7 +3,7 @@
 //! answer to what it is for (`state::Then`).
 //!
 //! Runs on every shard of a node in cluster mode; the queue is
-//! `ShardCluster::ops`, drained by the shard's `redis::ops::drive` task.
+//! `ShardCluster::ops`, drained by the shard's `redis::driver::drive` task.
 //!
 //! Invariants: an operation is emitted only in cluster mode; each `Then`
 //! is paired with the one `Call` that answers it (`emit` is the only way

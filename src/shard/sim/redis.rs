@@ -3,7 +3,7 @@
 //!
 //! Each node is a `Sim` whose shards hold a `ShardCluster` with one
 //! instance. The harness plays what runs beside the shards in a real
-//! process: the driver (`redis::ops::drive`: every operation a shard
+//! process: the driver (`redis::driver::drive`: every operation a shard
 //! emits is answered here, at once, or held while the test says so) and
 //! the subscribers (`redis::subscriber`: a channel a shard wants is
 //! confirmed, `Event::Subscribed`, and from then on gets what is published
