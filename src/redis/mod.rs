@@ -28,12 +28,14 @@
 
 pub mod counts;
 pub mod driver;
+pub mod forms;
 pub mod link;
 pub mod ops;
 pub mod presence;
 pub mod push;
 pub mod registry;
 pub mod room;
+pub mod script;
 pub mod subscriber;
 
 use std::hash::Hasher;
