@@ -38,7 +38,9 @@
 //! patterns   PatternIndex: room pattern subscriptions (pure)
 //! presence   member lists, watched rooms, coalesced join/leave events
 //! members    presence data: members, changes up to a limit, who watches (pure)
-//! outbound   a connection's write queue (pure) mesh       ShardMsg, inboxes, owners
+//! outbound   a connection's write queue (pure) mesh       inboxes, owners
+//! msg        ShardMsg and what travels with it (pure)
+//! reply      Reply / ReplyWait: a one-shot answer across shards and threads
 //! worklist   connections waiting for the flusher or the reactor, one wake per burst (pure)
 //! view       Shared, published views, online counts
 //! cluster/   cluster mode on a shard, sans-IO (Redis calls are values):
@@ -71,9 +73,11 @@ pub mod inbox;
 mod lifecycle;
 pub mod members;
 pub mod mesh;
+pub mod msg;
 pub mod outbound;
 pub mod patterns;
 pub mod presence;
+pub mod reply;
 mod resume;
 pub mod rooms;
 pub mod router;
