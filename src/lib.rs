@@ -20,8 +20,8 @@
 //! ```text
 //! one node:  api::publish (HTTP, TCP publisher) | shard::access (client op 52)
 //!              └─> shard::router::publish_room_in ─PublishRoom─> owner_of(room):
-//!                  shard::deliver::publish_room: dedup, next offset, history, answer
-//!                  └─> fan_out_room ─RoomFrame─> every shard: deliver_room ─> queue per member
+//!                  shard::publish::owner: dedup, next offset, history, answer
+//!                  └─> fan_out_room ─RoomFrame─> every shard: publish::fanout ─> publish::queue per member
 //!                      └─> conn::flush: one sendmsg per connection, batched on io_uring
 //! cluster:   the same entry ─> shard::router::publish_room_in ─> shard::cluster::publish
 //!              └─> a Call::Publish value ─> redis::driver::drive ─> Redis (offset, Stream, PUBLISH)

@@ -21,7 +21,7 @@
 //! addr       ConnRef, GlobalConn, signed server-assigned keys (pure)
 //! conns      Conn record, Transport            lifecycle  new / close / remove, rooms
 //! heartbeat  deadlines, WebSocket pings, sweep wheel      deadline wheel (pure)
-//! deliver    queueing, room / direct / all fan-out
+//! publish/   the publish path in data-path order: ingress, owner, fanout, queue (→ conn::flush)
 //! directory  key and user slices (pure)        rooms      RoomTable (pure)
 //! session    bytes → frames → session by version, op 9
 //! v1         the version-1 client operations (goim's)
@@ -65,7 +65,6 @@ pub mod cluster;
 mod conns;
 pub mod cost;
 pub mod dedup;
-mod deliver;
 mod directory;
 mod heartbeat;
 pub mod history;
@@ -77,6 +76,7 @@ pub mod msg;
 pub mod outbound;
 pub mod patterns;
 pub mod presence;
+mod publish;
 pub mod reply;
 mod resume;
 pub mod rooms;

@@ -27,9 +27,9 @@
 //! until acknowledged; a version-1 one, with no version-2 connection of the
 //! user up, consumes it (it cannot acknowledge: at most once).
 
-use super::deliver::wants;
 use super::directory::ByShard;
 use super::mesh::{ConnRef, GlobalConn, ShardMsg};
+use super::publish::wants;
 use super::state::Shard;
 use crate::metrics::ShardStats;
 use crate::proto::wire::Frames;

@@ -6,8 +6,10 @@
 //! SO_REUSEPORT like the client ones); a request runs on the shard that
 //! accepted it. This file is the glue: accept, hyper over glommio's streams,
 //! and `handle` — find the route (`routes::ROUTES`), check the API key, read
-//! the body within `[api] max_body`, call the handler. Parsing lives in
-//! `request`, handlers in `routes`. Publishing is fire-and-forget, as in
+//! the body within `[api] max_body`, call the handler. What a handler gets
+//! and gives, and parsing, live in `request`; the route table and most
+//! handlers in `routes`; the reads that ask a room's owner (history,
+//! presence, unread) in `reads`. Publishing is fire-and-forget, as in
 //! goim: the reply says the message was accepted for delivery.
 //!
 //! ```text
@@ -21,6 +23,7 @@
 //! gets a 4xx status with `code` = minus the status and a `message` saying
 //! what is wrong. Not here: HTTP/2, TLS (terminate in front).
 
+mod reads;
 pub mod request;
 pub mod routes;
 
@@ -36,7 +39,8 @@ use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use hyper::{Method, Request, StatusCode};
 use request::{bad, ApiError, Query};
-use routes::{json_reply, Req, Resp, Run, ROUTES};
+use request::{json_reply, Req, Resp};
+use routes::{Run, ROUTES};
 use serde_json::json;
 use std::cell::RefCell;
 use std::pin::Pin;

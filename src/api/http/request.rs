@@ -1,4 +1,5 @@
-//! HTTP request parsing, separate from dispatch: query strings, the native
+//! HTTP request parsing, separate from dispatch: what a handler gets
+//! (`Req`) and gives (`Resp`, `Later`, `ok`), query strings, the native
 //! JSON message bodies, and the error type every handler returns.
 //!
 //! Pure code on the request's shard; nothing here routes a push. A parse
@@ -6,9 +7,16 @@
 //! status and text are what the caller is answered.
 
 use crate::api::{Meta, PublishError, Target};
+use crate::shard::{Shard, Shared};
 use bytes::Bytes;
-use hyper::StatusCode;
+use http_body_util::Full;
+use hyper::{Response, StatusCode};
 use serde::Deserialize;
+use serde_json::{json, Value};
+use std::cell::RefCell;
+use std::future::Future;
+use std::pin::Pin;
+use std::rc::Rc;
 
 /// Most messages in one `/v1/publish` batch.
 pub const MAX_BATCH: usize = 10_000;
@@ -210,6 +218,56 @@ impl PushReq {
             },
         })
     }
+}
+
+/// A reply.
+pub type Resp = Response<Full<Bytes>>;
+
+/// What a handler gets: the request, parsed, and where it runs.
+pub struct Req<'a> {
+    /// The path (matched already).
+    pub path: &'a str,
+    /// The query string, parsed.
+    pub query: Query,
+    /// The body (empty for GET).
+    pub body: Bytes,
+    /// The shard serving the request.
+    pub shard: &'a Rc<RefCell<Shard>>,
+    /// State shared by every shard.
+    pub shared: &'a Shared,
+}
+
+/// A route's handler.
+pub type Handler = fn(&Req<'_>) -> Result<Resp, ApiError>;
+
+/// A reply that another shard has to supply first.
+pub type Later = Pin<Box<dyn Future<Output = Result<Resp, ApiError>>>>;
+
+/// A handler that asks another shard (a room's owner) and answers when it
+/// has: it checks the request at once and returns the wait.
+pub type LaterHandler = fn(&Req<'_>) -> Result<Later, ApiError>;
+
+/// A JSON reply with `status`.
+pub fn json_reply(status: StatusCode, v: &Value) -> Resp {
+    with_type(status, "application/json", Bytes::from(v.to_string()))
+}
+
+pub(super) fn with_type(status: StatusCode, content_type: &'static str, body: Bytes) -> Resp {
+    Response::builder()
+        .status(status)
+        .header("content-type", content_type)
+        .header("cache-control", "no-cache")
+        .body(Full::new(body))
+        .expect("static headers are valid")
+}
+
+pub(super) fn ok(data: Value) -> Resp {
+    let v = if data.is_null() {
+        json!({"code": 0, "message": ""})
+    } else {
+        json!({"code": 0, "message": "", "data": data})
+    };
+    json_reply(StatusCode::OK, &v)
 }
 
 #[cfg(test)]

@@ -6,50 +6,18 @@
 //! row, checks the key, reads the body, then calls the handler). docs/API.md
 //! is the contract; every reply is `{"code":0,"message":"","data":...}`.
 
-use super::request::{bad, v1_batch, v1_push, ApiError, Query};
+use super::reads::{v1_history, v1_presence, v1_unread};
+use super::request::{
+    bad, json_reply, ok, v1_batch, v1_push, with_type, ApiError, Handler, Later, LaterHandler, Req, Resp,
+};
 use crate::api::{publish, Meta, Target};
 use crate::metrics::{prometheus, ShardStats, StatsSnapshot};
 use crate::proto::v2;
-use crate::shard::mesh::{HistoryPage, PublishOutcome, Reply};
-use crate::shard::router::PresenceAsked;
-use crate::shard::{Shard, Shared};
+use crate::shard::mesh::PublishOutcome;
 use bytes::Bytes;
-use http_body_util::Full;
-use hyper::{Method, Response, StatusCode};
+use hyper::{Method, StatusCode};
 use serde_json::{json, Value};
-use std::cell::RefCell;
 use std::collections::BTreeMap;
-use std::future::Future;
-use std::pin::Pin;
-use std::rc::Rc;
-use std::sync::Arc;
-
-/// A reply.
-pub type Resp = Response<Full<Bytes>>;
-
-/// What a handler gets: the request, parsed, and where it runs.
-pub struct Req<'a> {
-    /// The path (matched already).
-    pub path: &'a str,
-    /// The query string, parsed.
-    pub query: Query,
-    /// The body (empty for GET).
-    pub body: Bytes,
-    /// The shard serving the request.
-    pub shard: &'a Rc<RefCell<Shard>>,
-    /// State shared by every shard.
-    pub shared: &'a Shared,
-}
-
-/// A route's handler.
-pub type Handler = fn(&Req<'_>) -> Result<Resp, ApiError>;
-
-/// A reply that another shard has to supply first.
-pub type Later = Pin<Box<dyn Future<Output = Result<Resp, ApiError>>>>;
-
-/// A handler that asks another shard (a room's owner) and answers when it
-/// has: it checks the request at once and returns the wait.
-pub type LaterHandler = fn(&Req<'_>) -> Result<Later, ApiError>;
 
 /// How a route is answered.
 #[derive(Clone, Copy)]
@@ -147,29 +115,6 @@ pub const ROUTES: &[Route] = &[
     page("/volley.js", volley_js),
     page("/demo", demo),
 ];
-
-/// A JSON reply with `status`.
-pub fn json_reply(status: StatusCode, v: &Value) -> Resp {
-    with_type(status, "application/json", Bytes::from(v.to_string()))
-}
-
-fn with_type(status: StatusCode, content_type: &'static str, body: Bytes) -> Resp {
-    Response::builder()
-        .status(status)
-        .header("content-type", content_type)
-        .header("cache-control", "no-cache")
-        .body(Full::new(body))
-        .expect("static headers are valid")
-}
-
-fn ok(data: Value) -> Resp {
-    let v = if data.is_null() {
-        json!({"code": 0, "message": ""})
-    } else {
-        json!({"code": 0, "message": "", "data": data})
-    };
-    json_reply(StatusCode::OK, &v)
-}
 
 /// Routes one push. With `answer`, a room push is answered once its owner
 /// has given it its offset (`published_json`); without, as soon as it is
@@ -323,87 +268,6 @@ fn v1_publish(r: &Req<'_>) -> Result<Later, ApiError> {
     }))
 }
 
-/// Most messages one history page returns.
-pub const MAX_HISTORY_PAGE: usize = 1000;
-
-/// `GET /v1/history?room=&since=&limit=`: asks the room's owner.
-fn v1_history(r: &Req<'_>) -> Result<Later, ApiError> {
-    let room = r.query.required("room")?.to_string();
-    if room.len() > crate::proto::body::MAX_ROOM_LEN {
-        return Err(bad("room key over 256 bytes"));
-    }
-    let since = match r.query.one("since") {
-        None | Some("") => 0,
-        Some(s) => s
-            .parse()
-            .map_err(|_| bad(format!("`since` must be an offset, got {s:?}")))?,
-    };
-    let limit = r.query.limit(Some(100))?.min(MAX_HISTORY_PAGE);
-    let (reply, wait) = Reply::pair();
-    let name: Arc<str> = Arc::from(room.as_str());
-    r.shard.borrow_mut().ask_history(name, since, limit, reply);
-    Ok(Box::pin(async move {
-        let page = wait.await.ok_or_else(|| {
-            ApiError(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "the room's shard (in a cluster: its Redis instance) did not answer".into(),
-            )
-        })?;
-        Ok(ok(history_json(&room, page)))
-    }))
-}
-
-/// `GET /v1/presence?room=&limit=`: every shard's members of the room
-/// (in a cluster: every node's), the first `limit` (at most `[client]
-/// presence_limit`) listed.
-fn v1_presence(r: &Req<'_>) -> Result<Later, ApiError> {
-    let room = r.query.required("room")?.to_string();
-    if room.is_empty() || room.len() > crate::proto::body::MAX_ROOM_LEN {
-        return Err(bad("`room` must be 1 to 256 bytes"));
-    }
-    let max = r.shared.config.client.presence_limit;
-    let limit = r.query.limit(Some(max))?.min(max);
-    let cluster_count = r.shared.online_room(&room, None) as usize;
-    let asked = r.shard.borrow_mut().ask_presence(&room, limit);
-    let waits = match asked {
-        PresenceAsked::Shards(waits) => waits,
-        PresenceAsked::Nodes(wait) => {
-            return Ok(Box::pin(async move {
-                let page = wait.await.flatten().ok_or_else(|| {
-                    ApiError(
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        "the room's Redis instance is unreachable".into(),
-                    )
-                })?;
-                // Nodes that did not answer in time still count (as the
-                // cluster's counts have them).
-                let count = if page.complete {
-                    page.count
-                } else {
-                    page.count.max(cluster_count)
-                };
-                let truncated = page.members.len() < count;
-                Ok(ok(json!({"room": room, "count": count, "members": page.members,
-                "truncated": truncated, "complete": page.complete})))
-            }));
-        }
-    };
-    Ok(Box::pin(async move {
-        let (mut count, mut members) = (0, Vec::new());
-        for w in waits {
-            let (n, list) = w
-                .await
-                .ok_or_else(|| ApiError(StatusCode::SERVICE_UNAVAILABLE, "a shard did not answer".into()))?;
-            count += n;
-            members.extend(list.into_iter().take(limit.saturating_sub(members.len())));
-        }
-        let truncated = members.len() < count;
-        Ok(ok(
-            json!({"room": room, "count": count, "members": members, "truncated": truncated, "complete": true}),
-        ))
-    }))
-}
-
 /// `POST /v1/dev/token?mid=&name=&rooms=&publish=&ttl=`: a token signed
 /// with the first `[auth] jwt_secret`, for development (the demo signs in
 /// with it). 404 unless `[auth] dev_tokens` is on.
@@ -446,75 +310,6 @@ fn dev_token(r: &Req<'_>) -> Result<Resp, ApiError> {
         .sign_dev(&claims)
         .ok_or_else(|| ApiError(StatusCode::INTERNAL_SERVER_ERROR, "cannot sign".into()))?;
     Ok(ok(json!({ "token": token, "exp": claims["exp"] })))
-}
-
-/// Most rooms one unread query may name.
-pub const MAX_UNREAD_ROOMS: usize = 1000;
-
-/// `GET /v1/unread?mid=&rooms=`: asks each room's owner for the user's
-/// read mark and the room's newest offset.
-fn v1_unread(r: &Req<'_>) -> Result<Later, ApiError> {
-    let mid: i64 = r
-        .query
-        .required("mid")?
-        .parse()
-        .map_err(|_| bad("`mid` must be a user id (i64)"))?;
-    let rooms: Vec<String> = r.query.list("rooms").map(String::from).collect();
-    if rooms.is_empty() || rooms.len() > MAX_UNREAD_ROOMS {
-        return Err(bad(format!("`rooms` must name 1 to {MAX_UNREAD_ROOMS} rooms")));
-    }
-    if rooms.iter().any(|room| room.len() > crate::proto::body::MAX_ROOM_LEN) {
-        return Err(bad("room key over 256 bytes"));
-    }
-    let waits = r.shard.borrow_mut().ask_unread(mid, &rooms);
-    Ok(Box::pin(async move {
-        let mut data = serde_json::Map::new();
-        for (rooms, wait) in waits {
-            let marks = wait.await.ok_or_else(|| {
-                ApiError(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "no answer for some rooms (their shard, or in a cluster their Redis instance)".into(),
-                )
-            })?;
-            for (room, m) in rooms.iter().zip(marks) {
-                let v = m.map_or(
-                    Value::Null,
-                    // A mark may be above a room's newest offset when Redis
-                    // lost the offset counter but kept the marks.
-                    |(mark, last)| json!({"unread": last.saturating_sub(mark), "offset": last, "read": mark}),
-                );
-                data.insert(room.to_string(), v);
-            }
-        }
-        Ok(ok(json!({ "mid": mid, "rooms": data })))
-    }))
-}
-
-fn history_json(room: &str, page: Option<HistoryPage>) -> Value {
-    use base64::Engine;
-    let Some(page) = page else {
-        return json!({"room": room, "epoch": Value::Null, "offset": 0, "messages": []});
-    };
-    let messages: Vec<Value> = page
-        .entries
-        .iter()
-        .filter_map(|e| {
-            let (f, _) = crate::proto::binary::decode(&e.wire.tcp, usize::MAX >> 1)
-                .ok()
-                .flatten()?;
-            let env = v2::decode_push(f.body).ok()?;
-            let mut m = json!({
-                "offset": e.offset,
-                "op": env.op,
-                "body_base64": base64::engine::general_purpose::STANDARD.encode(env.payload),
-            });
-            if !env.id.is_empty() {
-                m["id"] = env.id.into();
-            }
-            Some(m)
-        })
-        .collect();
-    json!({"room": room, "epoch": v2::fmt_epoch(page.epoch), "offset": page.last, "messages": messages})
 }
 
 fn snapshots(r: &Req<'_>) -> Vec<StatsSnapshot> {
