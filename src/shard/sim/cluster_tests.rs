@@ -1,9 +1,12 @@
 //! Cluster mode on simulated time, against the simulated Redis
 //! (`sim::redis`): a room's subscription from subscribing through syncing
-//! to live, a lost subscription filled from the Stream, a gap past history,
-//! a node taken for dead, the node queue, Redis unreachable, a presence
-//! question across nodes. No socket, no sleep: every step is the test's.
-//! (The same paths against a real redis-server: tests/cluster/.)
+//! to live (and failed, and unsubscribed), a lost subscription filled from
+//! the Stream, a gap past history, a node taken for dead, the node queue,
+//! Redis unreachable, one of several instances unreachable, Redis restarted
+//! without its data, presence questions across nodes, pattern publishes,
+//! undecodable channel messages, and failures counted by kind. No socket,
+//! no sleep: every step is the test's. (The same paths against a real
+//! redis-server: tests/cluster/.)
 
 use super::redis::ClusterSim;
 use super::{Got, Peer};
@@ -441,4 +444,70 @@ fn a_pattern_publish_reaches_each_matching_room_of_every_node_once() {
     for &(_, _, room) in &at {
         assert_eq!(cs.redis.position(room).unwrap().0, 1, "{room}");
     }
+}
+
+/// The first room `live://<n>` whose keys are on instance `i` of `of`.
+fn room_on(i: usize, of: usize) -> String {
+    (0..)
+        .map(|n| format!("live://{n}"))
+        .find(|r| crate::redis::instance_of(r.as_bytes(), of) == i)
+        .unwrap()
+}
+
+#[test]
+fn one_of_several_instances_down_fails_only_what_lives_on_it() {
+    let mut cs = ClusterSim::with_instances(2, 2, 2, |_| {});
+    let (up, down) = (room_on(0, 2), room_on(1, 2));
+    let mut members = Vec::new();
+    for room in [&up, &down] {
+        let (p, _) = cs.nodes[0].authed_v2(1, "{}");
+        cs.nodes[0].send(p, V2, v2::op::JOIN, 2, json!({ "room": room }).to_string().as_bytes());
+        cs.settle();
+        join_reply(&mut cs, 0, p, 2);
+        members.push(p);
+    }
+    cs.instance_up(1, false);
+    let publish = |cs: &mut ClusterSim, room: &str, text: &str| {
+        let target = Target::Room(room.into());
+        let r = crate::api::publish(
+            &mut cs.nodes[1].shards[0],
+            target,
+            1000,
+            text.as_bytes(),
+            Meta::default(),
+            false,
+        );
+        cs.settle();
+        r.is_ok()
+    };
+    assert!(
+        !publish(&mut cs, &down, "refused"),
+        "a room on the unreachable instance is refused"
+    );
+    assert!(
+        publish(&mut cs, &up, "fine"),
+        "the other instance's rooms work as usual"
+    );
+    assert_eq!(pushes(&cs.nodes[0].frames(members[0])), [(1, "fine".to_string())]);
+    assert!(cs.nodes[0].frames(members[1]).is_empty());
+    // A join of the unreachable instance's room is told why; the other's is served.
+    let (q, _) = cs.nodes[0].authed_v2(0, "{}");
+    cs.nodes[0].send(q, V2, v2::op::JOIN, 3, json!({ "room": &down }).to_string().as_bytes());
+    cs.settle();
+    let got = cs.nodes[0].frames(q);
+    assert_eq!((got[0].op, got[0].seq), (v2::op::ERROR, 3), "{got:?}");
+    cs.nodes[0].send(q, V2, v2::op::JOIN, 4, json!({ "room": &up }).to_string().as_bytes());
+    cs.settle();
+    let (reply, _) = join_reply(&mut cs, 0, q, 4);
+    assert_eq!(reply["offset"], 1);
+    // Presence of a room on the unreachable instance: no answer (503).
+    let (reply, mut wait) = Reply::pair();
+    cs.nodes[0].shards[0].cluster_presence(down.as_str().into(), 10, reply);
+    cs.settle();
+    assert!(matches!(ready(&mut wait), Some(Some(None))), "unreachable, said so");
+    // Back: the room's member on node 0 hears again, nothing missing.
+    cs.instance_up(1, true);
+    assert!(publish(&mut cs, &down, "back"));
+    assert_eq!(pushes(&cs.nodes[0].frames(members[1])), [(1, "back".to_string())]);
+    assert_eq!(cs.nodes[0].closed(members[1]), None);
 }

@@ -1,8 +1,8 @@
 //! A simulated Redis and the nodes of a cluster around it: cluster mode on
 //! simulated time, with no socket and no executor.
 //!
-//! Each node is a `Sim` whose shards hold a `ShardCluster` with one
-//! instance. The harness plays what runs beside the shards in a real
+//! Each node is a `Sim` whose shards hold a `ShardCluster` with one or more
+//! instances. The harness plays what runs beside the shards in a real
 //! process: the driver (`redis::driver::drive`: every operation a shard
 //! emits is answered here, at once, or held while the test says so) and
 //! the subscribers (`redis::subscriber`: a channel a shard wants is
@@ -48,6 +48,9 @@ type Reported = (u64, u64, HashMap<Arc<str>, u64>);
 /// Where an operation came from: node, shard.
 type From = (usize, usize);
 
+/// A shard's subscriber to one instance: node, shard, instance.
+type Sub = (usize, usize, usize);
+
 /// What the real Redis would hold for a cluster's nodes (see the module
 /// doc).
 #[derive(Default)]
@@ -56,11 +59,12 @@ pub(crate) struct FakeRedis {
     dedup: HashMap<String, u64>,
     next_epoch: u64,
     /// Channels each subscriber has had confirmed.
-    confirmed: HashMap<From, BTreeSet<String>>,
+    confirmed: HashMap<Sub, BTreeSet<String>>,
     /// Messages on their way to subscribers.
-    events: VecDeque<(From, Event)>,
-    /// Unreachable: every operation fails, subscribers are down.
-    pub down: bool,
+    events: VecDeque<(Sub, Event)>,
+    /// Instances unreachable: their operations fail, their subscribers are
+    /// down.
+    down: BTreeSet<usize>,
     /// Kinds of operation (`kind`) whose answers are held until
     /// `release`: Redis ran them when they came (as the real one runs a
     /// script at once), their replies are slow to arrive.
@@ -119,20 +123,29 @@ pub(crate) struct ClusterSim {
 
 impl ClusterSim {
     /// `nodes` nodes of `shards` shards each, the test defaults, then
-    /// `tweak`; every link and subscriber up.
+    /// `tweak`; one Redis instance, every link and subscriber up.
     pub fn new(nodes: usize, shards: usize, tweak: impl Fn(&mut Config)) -> ClusterSim {
-        let url = "redis://127.0.0.1:1";
+        Self::with_instances(nodes, shards, 1, tweak)
+    }
+
+    /// As `new`, with `instances` Redis instances (rooms, users and keys
+    /// spread over them by `redis::instance_of`, as in a real cluster).
+    pub fn with_instances(nodes: usize, shards: usize, instances: usize, tweak: impl Fn(&mut Config)) -> ClusterSim {
+        let urls: Vec<String> = (1..=instances)
+            .map(|port| format!("redis://127.0.0.1:{port}"))
+            .collect();
+        let parsed: Vec<RedisUrl> = urls.iter().map(|u| RedisUrl::parse(u).expect("a test URL")).collect();
         let nodes = (0..nodes)
             .map(|_| {
                 let mut sim = Sim::new(shards, |c| {
-                    c.redis.urls = vec![url.to_string()];
+                    c.redis.urls = urls.clone();
                     tweak(c);
                 });
                 let tag = sim.shared.keys.tag();
                 for (i, sh) in sim.shards.iter_mut().enumerate() {
-                    let c = ShardCluster::new(i, &[RedisUrl::parse(url).expect("a test URL")], tag);
-                    c.links[0].simulate(true);
-                    c.subs[0].simulate(true);
+                    let c = ShardCluster::new(i, &parsed, tag);
+                    c.links.iter().for_each(|l| l.simulate(true));
+                    c.subs.iter().for_each(|s| s.simulate(true));
                     sh.cluster = Some(c);
                 }
                 sim
@@ -167,17 +180,30 @@ impl ClusterSim {
         }
     }
 
-    /// Node `k`'s subscribers lose their connection (`Event::Down` to
-    /// every shard); what is published meanwhile does not reach them.
+    /// The instances of this cluster's Redis.
+    fn instances(&self) -> usize {
+        self.nodes[0].shards[0].cluster.as_ref().map_or(1, |c| c.subs.len())
+    }
+
+    /// Node `k`'s subscribers lose their connections (`Event::Down` to
+    /// every shard, per instance); what is published meanwhile does not
+    /// reach them.
     pub fn cut(&mut self, k: usize) {
-        for (s, sh) in self.nodes[k].shards.iter_mut().enumerate() {
-            if let Some(c) = &sh.cluster {
-                c.subs[0].simulate(false);
-            }
-            self.redis.confirmed.remove(&(k, s));
-            self.redis.events.push_back(((k, s), Event::Down));
+        for i in 0..self.instances() {
+            self.cut_on(k, i);
         }
         self.settle();
+    }
+
+    /// Node `k`'s subscribers to instance `i` lose their connection.
+    fn cut_on(&mut self, k: usize, i: usize) {
+        for (s, sh) in self.nodes[k].shards.iter_mut().enumerate() {
+            if let Some(c) = &sh.cluster {
+                c.subs[i].simulate(false);
+            }
+            self.redis.confirmed.remove(&(k, s, i));
+            self.redis.events.push_back(((k, s, i), Event::Down));
+        }
     }
 
     /// Node `k`'s subscribers are back: every channel they want is
@@ -185,28 +211,39 @@ impl ClusterSim {
     pub fn restore(&mut self, k: usize) {
         for sh in &mut self.nodes[k].shards {
             if let Some(c) = &sh.cluster {
-                c.subs[0].simulate(true);
+                c.subs.iter().for_each(|s| s.simulate(true));
             }
         }
         self.settle();
     }
 
-    /// Redis becomes unreachable (`up` false) or reachable again: links
-    /// and subscribers of every node follow.
+    /// Redis becomes unreachable (`up` false) or reachable again, every
+    /// instance: links and subscribers of every node follow.
     pub fn redis_up(&mut self, up: bool) {
-        self.redis.down = !up;
+        for i in 0..self.instances() {
+            self.instance_up(i, up);
+        }
+    }
+
+    /// Instance `i` becomes unreachable or reachable again.
+    pub fn instance_up(&mut self, i: usize, up: bool) {
+        if up {
+            self.redis.down.remove(&i);
+        } else {
+            self.redis.down.insert(i);
+        }
         for k in 0..self.nodes.len() {
             for sh in &mut self.nodes[k].shards {
                 if let Some(c) = &sh.cluster {
-                    c.links[0].simulate(up);
+                    c.links[i].simulate(up);
+                    c.subs[i].simulate(up);
                 }
             }
-            if up {
-                self.restore(k);
-            } else {
-                self.cut(k);
+            if !up {
+                self.cut_on(k, i);
             }
         }
+        self.settle();
     }
 
     /// Redis restarts without persistence: every connection drops, and
@@ -224,9 +261,10 @@ impl ClusterSim {
         }
     }
 
-    /// `PUBLISH channel payload` from outside volley.
+    /// `PUBLISH channel payload` from outside volley (on the first
+    /// instance).
     pub fn inject(&mut self, channel: &str, payload: &[u8]) {
-        self.redis.publish(channel, Bytes::copy_from_slice(payload));
+        self.redis.publish(0, channel, Bytes::copy_from_slice(payload));
         self.settle();
     }
 
@@ -248,12 +286,12 @@ impl ClusterSim {
                 node.settle();
             }
             let mut any = self.confirm();
-            while let Some(((k, s), e)) = self.redis.events.pop_front() {
+            while let Some(((k, s, i), e)) = self.redis.events.pop_front() {
                 any = true;
                 let now = self.nodes[k].now_us;
                 let sh = &mut self.nodes[k].shards[s];
                 sh.set_clock(now);
-                sh.on_redis(0, e);
+                sh.on_redis(i, e);
                 self.nodes[k].settle();
             }
             for k in 0..self.nodes.len() {
@@ -277,18 +315,19 @@ impl ClusterSim {
         for (k, node) in self.nodes.iter().enumerate() {
             for (s, sh) in node.shards.iter().enumerate() {
                 let Some(c) = &sh.cluster else { continue };
-                if self.redis.down || self.redis.unconfirmed || !c.subs[0].is_up() {
-                    continue;
-                }
-                let (wanted, _globs) = c.subs[0].wanted();
-                let confirmed = self.redis.confirmed.entry((k, s)).or_default();
-                confirmed.retain(|ch| wanted.contains(ch));
-                for ch in wanted {
-                    if confirmed.insert(ch.clone()) {
-                        any = true;
-                        self.redis
-                            .events
-                            .push_back(((k, s), Event::Subscribed(Bytes::from(ch))));
+                for (i, sub) in c.subs.iter().enumerate() {
+                    if self.redis.down.contains(&i) || self.redis.unconfirmed || !sub.is_up() {
+                        continue;
+                    }
+                    let (wanted, _globs) = sub.wanted();
+                    let confirmed = self.redis.confirmed.entry((k, s, i)).or_default();
+                    confirmed.retain(|ch| wanted.contains(ch));
+                    for ch in wanted {
+                        if confirmed.insert(ch.clone()) {
+                            any = true;
+                            let e = Event::Subscribed(Bytes::from(ch));
+                            self.redis.events.push_back(((k, s, i), e));
+                        }
                     }
                 }
             }
@@ -308,13 +347,13 @@ impl ClusterSim {
         if let (Call::Note { .. }, true) = (&op.call, self.redis.mute.contains(&from.0)) {
             return self.answer(from, op.then, RedisAnswer::Sent(Ok(0)));
         }
-        let answer = if self.redis.down {
+        let answer = if self.redis.down.contains(&op.instance) {
             op.call
                 .failed(RedisError::Down("redis://127.0.0.1:1".into(), "simulated down".into()))
         } else if let Some((_, e)) = self.redis.fail.iter().find(|(k, _)| *k == what) {
             op.call.failed(e.clone())
         } else {
-            self.redis.answer(op.call)
+            self.redis.answer(op.instance, op.call)
         };
         if self.redis.hold.contains(&what) {
             self.redis.held.push((from, op.then, answer));
@@ -339,7 +378,7 @@ impl FakeRedis {
     }
 
     /// What the real scripts would answer to `call`.
-    fn answer(&mut self, call: Call) -> RedisAnswer {
+    fn answer(&mut self, instance: usize, call: Call) -> RedisAnswer {
         match call {
             Call::Publish {
                 room,
@@ -377,7 +416,11 @@ impl FakeRedis {
                 if let Some(d) = dedup {
                     self.dedup.insert(d.key, p.offset);
                 }
-                self.publish(&RoomKeys::of(&room).channel, Bytes::from(encode_message(&msg)));
+                self.publish(
+                    instance,
+                    &RoomKeys::of(&room).channel,
+                    Bytes::from(encode_message(&msg)),
+                );
                 RedisAnswer::Publish(Ok(p))
             }
             Call::Sync { room } => {
@@ -441,11 +484,11 @@ impl FakeRedis {
                     nodes.iter().map(|n| registry::channel(n)).collect()
                 };
                 for ch in &channels {
-                    self.publish(ch, body.clone());
+                    self.publish(instance, ch, body.clone());
                 }
                 RedisAnswer::Sent(Ok(channels.len() as u64))
             }
-            Call::Note { channel, note } => RedisAnswer::Sent(Ok(self.publish(&channel, Bytes::from(note)))),
+            Call::Note { channel, note } => RedisAnswer::Sent(Ok(self.publish(instance, &channel, Bytes::from(note)))),
             Call::Route { .. } => RedisAnswer::Sent(Ok(0)),
             Call::Claim { .. } | Call::Remove { .. } | Call::Leave { .. } | Call::Watch { .. } => {
                 RedisAnswer::Done(Ok(()))
@@ -508,14 +551,14 @@ impl FakeRedis {
             .collect()
     }
 
-    /// `PUBLISH channel payload`: to every subscriber that has the channel
-    /// confirmed; how many.
-    fn publish(&mut self, channel: &str, payload: Bytes) -> u64 {
-        let to: Vec<From> = self
+    /// `PUBLISH channel payload` on instance `instance`: to every
+    /// subscriber there that has the channel confirmed; how many.
+    fn publish(&mut self, instance: usize, channel: &str, payload: Bytes) -> u64 {
+        let to: Vec<Sub> = self
             .confirmed
             .iter()
-            .filter(|(_, set)| set.contains(channel))
-            .map(|(from, _)| *from)
+            .filter(|(sub, set)| sub.2 == instance && set.contains(channel))
+            .map(|(sub, _)| *sub)
             .collect();
         let channel = Bytes::from(channel.to_string());
         for from in &to {
