@@ -22,7 +22,7 @@
 //! conns      Conn record, Transport            lifecycle  new / close / remove, rooms
 //! heartbeat  deadlines, WebSocket pings, sweep wheel      deadline wheel (pure)
 //! publish/   the publish path in data-path order: ingress, owner, fanout, queue (→ conn::flush)
-//! directory  key and user slices (pure)        rooms      RoomTable (pure)
+//! directory  key and user slices (pure)
 //! session    bytes → frames → session by version, op 9
 //! v1         the version-1 client operations (goim's)
 //! v2         the version-2 client operations (volley's)
@@ -35,9 +35,8 @@
 //! access     tokens at auth, refresh and expiry; connection limits; client publish
 //! token      a connection's token and its refresh / expiry ticks (pure)
 //! admission  process-wide connection counts: total, per IP, attempts per IP (shared)
-//! patterns   PatternIndex: room pattern subscriptions (pure)
 //! presence   member lists, watched rooms, coalesced join/leave events
-//! members    presence data: members, changes up to a limit, who watches (pure)
+//! index/     pure indexes: rooms (RoomTable), patterns (PatternIndex), members (presence data)
 //! outbound   a connection's write queue (pure) mesh       inboxes, owners
 //! msg        ShardMsg and what travels with it (pure)
 //! reply      Reply / ReplyWait: a one-shot answer across shards and threads
@@ -70,16 +69,13 @@ mod heartbeat;
 pub mod history;
 pub mod inbox;
 mod lifecycle;
-pub mod members;
 pub mod mesh;
 pub mod msg;
 pub mod outbound;
-pub mod patterns;
 pub mod presence;
 mod publish;
 pub mod reply;
 mod resume;
-pub mod rooms;
 pub mod router;
 pub mod run;
 mod session;
@@ -91,6 +87,11 @@ mod v2;
 pub mod view;
 mod wheel;
 pub mod worklist;
+
+mod index;
+pub use index::members;
+pub use index::patterns;
+pub use index::rooms;
 
 #[cfg(test)]
 pub(crate) mod sim;
