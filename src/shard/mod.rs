@@ -23,17 +23,12 @@
 //! heartbeat  deadlines, WebSocket pings, sweep wheel      deadline wheel (pure)
 //! publish/   the publish path in data-path order: ingress, owner, fanout, queue (→ conn::flush)
 //! directory  key and user slices (pure)
-//! session    bytes → frames → session by version, op 9
-//! v1         the version-1 client operations (goim's)
-//! v2         the version-2 client operations (volley's)
+//! session/   bytes → frames → v1 / v2 operations, resume, access (auth, tokens, limits), token
 //! history    room logs: offsets, epochs, history and its limits (pure)
 //! cost       what kept data costs in memory, as the memory limits count it (pure)
-//! resume     version-2 joins: owner round trip, replay, then membership
 //! inbox      user inboxes: pushes kept until acknowledged (pure)
 //! users      pushes to users: live delivery, inbox, what a new connection is owed
 //! dedup      publisher message ids seen lately, so a retry is delivered once (pure)
-//! access     tokens at auth, refresh and expiry; connection limits; client publish
-//! token      a connection's token and its refresh / expiry ticks (pure)
 //! admission  process-wide connection counts: total, per IP, attempts per IP (shared)
 //! presence   member lists, watched rooms, coalesced join/leave events
 //! index/     pure indexes: rooms (RoomTable), patterns (PatternIndex), members (presence data)
@@ -57,7 +52,6 @@
 //! sim        simulated-time harness for tests (no sockets, no wall clock), with a simulated Redis
 //! ```
 
-mod access;
 pub mod addr;
 pub mod admission;
 pub mod cluster;
@@ -75,15 +69,11 @@ pub mod outbound;
 pub mod presence;
 mod publish;
 pub mod reply;
-mod resume;
 pub mod router;
 pub mod run;
 mod session;
 mod state;
-mod token;
 mod users;
-mod v1;
-mod v2;
 pub mod view;
 mod wheel;
 pub mod worklist;
@@ -92,6 +82,8 @@ mod index;
 pub use index::members;
 pub use index::patterns;
 pub use index::rooms;
+
+use session::token;
 
 #[cfg(test)]
 pub(crate) mod sim;

@@ -20,18 +20,18 @@
 //! replies carry the request's version and sequence; every body is bounded
 //! by `proto::body` before anything is stored.
 
-use super::conns::{Conn, Session};
-use super::mesh::{ConnRef, GlobalConn};
-use super::state::Shard;
 use crate::metrics::ShardStats;
 use crate::proto::binary::{self, op, Frame};
 use crate::proto::body;
 use crate::proto::close::CloseReason;
+use crate::shard::conns::{Conn, Session};
+use crate::shard::mesh::{ConnRef, GlobalConn};
+use crate::shard::state::Shard;
 use std::sync::Arc;
 
 impl Shard {
     /// An operation on an authenticated version-1 connection.
-    pub(super) fn v1_frame(&mut self, r: ConnRef, f: Frame<'_>) {
+    pub(in crate::shard) fn v1_frame(&mut self, r: ConnRef, f: Frame<'_>) {
         match f.op {
             op::HEARTBEAT => {
                 self.renew(r);
@@ -111,7 +111,7 @@ impl Shard {
     /// Op 7 on a new connection: the body names the user, key, room and
     /// accepts (trusted, as in goim, with auth off; with JWT the token names
     /// the user and must allow the room).
-    pub(super) fn v1_auth(&mut self, r: ConnRef, f: Frame<'_>) {
+    pub(in crate::shard) fn v1_auth(&mut self, r: ConnRef, f: Frame<'_>) {
         let a = match body::parse_auth(f.body) {
             Ok(a) => a,
             Err(e) => return self.close(r, CloseReason::BadAuth, &e.to_string()),

@@ -25,9 +25,6 @@
 //! reply (op 50), never a close; with auth off nothing here changes goim's
 //! behaviour but the connection limits an operator configured.
 
-use super::mesh::{Answer, ConnRef, GlobalConn, Publication, Published};
-use super::state::Shard;
-use super::token::{Token, TokenStep};
 use crate::auth::jwt::{Grant, TokenError};
 use crate::config::{AuthMode, UserConnPolicy};
 use crate::metrics::ShardStats;
@@ -36,12 +33,15 @@ use crate::proto::body::AuthBody;
 use crate::proto::close::CloseReason;
 use crate::proto::pattern::{self, Kind};
 use crate::proto::v2::{self, op, ErrorCode};
+use crate::shard::mesh::{Answer, ConnRef, GlobalConn, Publication, Published};
+use crate::shard::state::Shard;
+use crate::shard::token::{Token, TokenStep};
 use bytes::Bytes;
 use std::rc::Rc;
 use std::sync::Arc;
 
 /// Why an auth is refused: the close reason and its detail.
-pub(super) type Refusal = (CloseReason, String);
+pub(in crate::shard) type Refusal = (CloseReason, String);
 
 /// Publishes a connection may make now, by its bucket: `(left, at)` is
 /// what it had at tick `at`.
@@ -53,7 +53,7 @@ fn refill(left: u32, at: u32, now: u32, rate: u32, burst: u32) -> u32 {
 impl Shard {
     /// A connection was accepted: counts it against the process-wide
     /// limits; one past a limit is closed with the limit's name.
-    pub(super) fn admit(&mut self, r: ConnRef) {
+    pub(in crate::shard) fn admit(&mut self, r: ConnRef) {
         let Some(ip) = self.conn(r).map(|c| c.ip) else { return };
         let shared = self.shared.clone();
         if let Err(reason) = shared.admission.admit(ip, self.unix_now, &shared.config.limits) {
@@ -72,7 +72,7 @@ impl Shard {
 
     /// Who the auth body's connection is: with auth off the user the body
     /// names; with JWT the token's, and its grant. `Err`: why it is closed.
-    pub(super) fn authenticate(&self, a: &AuthBody) -> Result<(i64, Option<Box<Token>>), Refusal> {
+    pub(in crate::shard) fn authenticate(&self, a: &AuthBody) -> Result<(i64, Option<Box<Token>>), Refusal> {
         let cfg = &self.cfg().auth;
         if cfg.mode == AuthMode::Off {
             return Ok((a.mid, None));
@@ -106,14 +106,14 @@ impl Shard {
 
     /// Whether `r` may join `room` (a room or pattern): always with auth
     /// off; with a token, if its `rooms` claim allows it.
-    pub(super) fn may_join(&self, r: ConnRef, room: &str) -> bool {
+    pub(in crate::shard) fn may_join(&self, r: ConnRef, room: &str) -> bool {
         self.conn(r)
             .and_then(|c| c.token.as_ref())
             .is_none_or(|t| t.grant.may_join(room))
     }
 
     /// The sweep found `r`'s token due (`Conn::token_due`).
-    pub(super) fn token_step(&mut self, r: ConnRef, step: TokenStep) {
+    pub(in crate::shard) fn token_step(&mut self, r: ConnRef, step: TokenStep) {
         match step {
             TokenStep::Expire => self.close(r, CloseReason::TokenExpired, "no new token before expiry"),
             TokenStep::Ask(exp) => {
@@ -124,7 +124,7 @@ impl Shard {
     }
 
     /// Op 54: a new token for the same user replaces the old one.
-    pub(super) fn v2_token(&mut self, r: ConnRef, f: Frame<'_>) {
+    pub(in crate::shard) fn v2_token(&mut self, r: ConnRef, f: Frame<'_>) {
         let Some(mid) = self.conn(r).filter(|c| c.token.is_some()).map(|c| c.mid) else {
             return self.v2_error(
                 r,
@@ -185,7 +185,7 @@ impl Shard {
     /// On a user's owner, at register: the user's connections against
     /// `[limits] max_conns_per_user`. Returns the connection to close (the
     /// new one, or the oldest), if the user is over.
-    pub(super) fn user_over_limit(&self, mid: i64, new: GlobalConn) -> Option<GlobalConn> {
+    pub(in crate::shard) fn user_over_limit(&self, mid: i64, new: GlobalConn) -> Option<GlobalConn> {
         let l = &self.cfg().limits;
         let max = l.max_conns_per_user as usize;
         let conns = self.dir.user(mid);
@@ -199,7 +199,7 @@ impl Shard {
     }
 
     /// Op 52: a client publish to one room.
-    pub(super) fn v2_publish(&mut self, r: ConnRef, f: Frame<'_>) {
+    pub(in crate::shard) fn v2_publish(&mut self, r: ConnRef, f: Frame<'_>) {
         let p = match v2::parse_publish(f.body) {
             Ok(p) => p,
             Err(e) => return self.v2_error(r, f.seq, ErrorCode::BadRequest, &e.to_string()),
@@ -254,7 +254,7 @@ impl Shard {
     /// Takes one room operation (a join, a read mark: what makes a room's
     /// owner create or keep state) from `r`'s bucket; refuses it with
     /// `rate_limited` (op 50, sequence `seq`) when the bucket is empty.
-    pub(super) fn room_op(&mut self, r: ConnRef, seq: u32) -> bool {
+    pub(in crate::shard) fn room_op(&mut self, r: ConnRef, seq: u32) -> bool {
         let (rate, burst) = {
             let c = &self.cfg().client;
             (c.room_op_rate, c.room_op_burst)
@@ -276,7 +276,7 @@ impl Shard {
     }
 
     /// On the publishing connection's shard: the owner's answer, as op 53.
-    pub(super) fn client_published(&mut self, r: ConnRef, seq: u32, room: &str, p: Published) {
+    pub(in crate::shard) fn client_published(&mut self, r: ConnRef, seq: u32, room: &str, p: Published) {
         let body = serde_json::json!({
             "room": room,
             "offset": p.offset,

@@ -27,23 +27,23 @@
 //! connection goes on; only framing errors, a bad auth and protocol
 //! violations that leave nothing sensible to answer close it.
 
-use super::conns::{Session, V2Conn};
-use super::mesh::{owner_of_mid, ConnRef, GlobalConn, ShardMsg};
-use super::patterns::PatternIndex;
-use super::state::Shard;
 use crate::metrics::ShardStats;
 use crate::proto::binary::{op, Frame, VERSION_NATIVE};
 use crate::proto::body;
 use crate::proto::close::CloseReason;
 use crate::proto::pattern::{self, Kind};
 use crate::proto::v2::{self, ErrorCode};
+use crate::shard::conns::{Session, V2Conn};
+use crate::shard::mesh::{owner_of_mid, ConnRef, GlobalConn, ShardMsg};
+use crate::shard::patterns::PatternIndex;
+use crate::shard::state::Shard;
 use std::sync::Arc;
 
 impl Shard {
     /// Op 7 with version 2 on a new connection: the body names the user
     /// (auth off) or carries its token (`access`); the reply says which key
     /// the connection has.
-    pub(super) fn v2_auth(&mut self, r: ConnRef, f: Frame<'_>) {
+    pub(in crate::shard) fn v2_auth(&mut self, r: ConnRef, f: Frame<'_>) {
         let a = match body::parse_auth(f.body) {
             Ok(a) => a,
             Err(e) => return self.close(r, CloseReason::BadAuth, &e.to_string()),
@@ -79,7 +79,7 @@ impl Shard {
     }
 
     /// An operation on an authenticated version-2 connection.
-    pub(super) fn v2_frame(&mut self, r: ConnRef, f: Frame<'_>) {
+    pub(in crate::shard) fn v2_frame(&mut self, r: ConnRef, f: Frame<'_>) {
         match f.op {
             op::HEARTBEAT => {
                 self.renew(r);
@@ -103,7 +103,7 @@ impl Shard {
     }
 
     /// Refuses a request with `code`; the connection goes on.
-    pub(super) fn v2_error(&mut self, r: ConnRef, seq: u32, code: ErrorCode, message: &str) {
+    pub(in crate::shard) fn v2_error(&mut self, r: ConnRef, seq: u32, code: ErrorCode, message: &str) {
         self.stats().error(code);
         self.reply(r, VERSION_NATIVE, v2::op::ERROR, seq, &code.body(message));
     }
@@ -233,7 +233,7 @@ impl Shard {
 
     /// On `r`'s shard: unsubscribes it from `pattern` if it holds it.
     /// Returns whether it did.
-    pub(super) fn leave_pattern(&mut self, r: ConnRef, pattern: &str) -> bool {
+    pub(in crate::shard) fn leave_pattern(&mut self, r: ConnRef, pattern: &str) -> bool {
         let held = self.conn_mut(r).and_then(|c| c.v2_mut()).and_then(|v| {
             let i = v.patterns.iter().position(|p| **p == *pattern)?;
             Some(v.patterns.swap_remove(i))

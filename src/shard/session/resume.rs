@@ -39,19 +39,26 @@
 //! held behind its queue and moves in as the client reads (`Outbound`), so a
 //! slow consumer that was closed can resume.
 
-use super::history::Resumed;
-use super::mesh::{ConnRef, GlobalConn, HistoryPage, ShardMsg};
-use super::state::Shard;
 use crate::metrics::ShardStats;
 use crate::proto::binary::VERSION_NATIVE;
 use crate::proto::v2::{self, op, Resume, Unrecovered};
+use crate::shard::history::Resumed;
+use crate::shard::mesh::{ConnRef, GlobalConn, HistoryPage, ShardMsg};
+use crate::shard::state::Shard;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 
 impl Shard {
     /// On `r`'s shard: a version-2 join of `room` (already checked against
     /// the connection's rooms and limit); asks the room's owner.
-    pub(super) fn start_join(&mut self, r: ConnRef, seq: u32, room: Arc<str>, resume: Option<Resume>, presence: bool) {
+    pub(in crate::shard) fn start_join(
+        &mut self,
+        r: ConnRef,
+        seq: u32,
+        room: Arc<str>,
+        resume: Option<Resume>,
+        presence: bool,
+    ) {
         let Some(c) = self.conn_mut(r) else { return };
         let mid = c.mid;
         let Some(v2) = c.v2_mut() else { return };
@@ -60,7 +67,7 @@ impl Shard {
             shard: self.id as u16,
             conn: r,
         };
-        let owner = super::mesh::owner_of_str(&room, self.nr());
+        let owner = crate::shard::mesh::owner_of_str(&room, self.nr());
         self.route(
             owner,
             ShardMsg::JoinReq {
@@ -75,7 +82,7 @@ impl Shard {
     }
 
     /// On the room's owner: the room's position and what the client missed.
-    pub(super) fn join_req(
+    pub(in crate::shard) fn join_req(
         &mut self,
         room: Arc<str>,
         at: GlobalConn,
@@ -100,7 +107,7 @@ impl Shard {
 
     /// On the joining connection's shard: the reply, the replay, then
     /// membership (see the module doc for why in this order).
-    pub(super) fn join_reply(
+    pub(in crate::shard) fn join_reply(
         &mut self,
         r: ConnRef,
         seq: u32,
@@ -171,7 +178,7 @@ impl Shard {
     }
 
     /// On the room's owner: records a read mark and answers with it.
-    pub(super) fn mark_req(&mut self, room: Arc<str>, at: GlobalConn, seq: u32, mid: i64, offset: u64) {
+    pub(in crate::shard) fn mark_req(&mut self, room: Arc<str>, at: GlobalConn, seq: u32, mid: i64, offset: u64) {
         let max = self.cfg().history.max_marks;
         let mark = self.logs.mark(&room, self.wheel.now(), mid, offset, max);
         self.route(
@@ -186,7 +193,7 @@ impl Shard {
     }
 
     /// On the marking connection's shard: the answer, as op 49 or error.
-    pub(super) fn mark_reply(&mut self, r: ConnRef, seq: u32, room: &str, mark: Option<(u64, u64)>) {
+    pub(in crate::shard) fn mark_reply(&mut self, r: ConnRef, seq: u32, room: &str, mark: Option<(u64, u64)>) {
         match mark {
             Some((mark, last)) => {
                 // In a cluster both come from Redis, where a mark can outlive
@@ -205,7 +212,7 @@ impl Shard {
     }
 
     /// On `r`'s shard: leaves `room` if joined. Returns whether it was.
-    pub(super) fn leave_v2_room(&mut self, r: ConnRef, room: &str) -> bool {
+    pub(in crate::shard) fn leave_v2_room(&mut self, r: ConnRef, room: &str) -> bool {
         let Some(v2) = self.conn_mut(r).and_then(|c| c.v2_mut()) else {
             return false;
         };
@@ -220,14 +227,14 @@ impl Shard {
     }
 
     /// On a room's owner: a page of its history.
-    pub(super) fn history_page(&mut self, room: &str, since: u64, limit: usize) -> Option<HistoryPage> {
+    pub(in crate::shard) fn history_page(&mut self, room: &str, since: u64, limit: usize) -> Option<HistoryPage> {
         let now = self.wheel.now();
         let (epoch, last, entries) = self.logs.page(room, since, limit, now)?;
         Some(HistoryPage { epoch, last, entries })
     }
 
     /// Publishes this shard's history figures into its stats.
-    pub(super) fn count_history(&mut self) {
+    pub(in crate::shard) fn count_history(&mut self) {
         let e = self.logs.take_evicted();
         let st = &self.shared.stats[self.id];
         ShardStats::add(&st.history_evicted_limit, e.limit);

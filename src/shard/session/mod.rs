@@ -16,14 +16,26 @@
 //! Invariants: a frame is acted on only while its connection is open;
 //! nothing is read past the first frame that closes it; a decode error
 //! closes with the reason named for the rule broken.
+//!
+//! Files: this one (bytes to frames), `v1` and `v2` (each version's
+//! operations), `resume` (version-2 joins: the owner's round trip, replay,
+//! then membership), `access` (auth, tokens at refresh and expiry,
+//! connection limits, client publish), `token` (a connection's token and
+//! its refresh / expiry ticks, pure).
 
-use super::mesh::ConnRef;
-use super::state::Shard;
 use crate::metrics::ShardStats;
 use crate::proto::batch::Batch;
 use crate::proto::binary::{self, op, Frame};
 use crate::proto::close::CloseReason;
-use crate::proto::v2;
+use crate::proto::v2 as proto_v2;
+use crate::shard::mesh::ConnRef;
+use crate::shard::state::Shard;
+
+mod access;
+mod resume;
+pub(super) mod token;
+mod v1;
+mod v2;
 
 impl Shard {
     /// Decodes and acts on as many whole frames of `data` as it holds.
@@ -31,14 +43,14 @@ impl Shard {
     /// `is_closing` to tell a partial frame from a close).
     pub fn feed(&mut self, r: ConnRef, data: &[u8]) -> usize {
         let max_body = self.cfg().limits.max_body;
-        let most = v2::frame_limit(op::AUTH, max_body);
+        let most = proto_v2::frame_limit(op::AUTH, max_body);
         ShardStats::add(&self.stats().bytes_in, data.len() as u64);
         let mut used = 0;
         loop {
             if self.is_closing(r) {
                 return used;
             }
-            match binary::decode_with(&data[used..], most, |op| v2::frame_limit(op, max_body)) {
+            match binary::decode_with(&data[used..], most, |op| proto_v2::frame_limit(op, max_body)) {
                 Ok(Some((frame, n))) => {
                     used += n;
                     self.on_frame(r, frame);
@@ -66,7 +78,7 @@ impl Shard {
     }
 
     /// One frame from `r`: auth first, then its session's operations.
-    pub(super) fn on_frame(&mut self, r: ConnRef, f: Frame<'_>) {
+    pub(in crate::shard) fn on_frame(&mut self, r: ConnRef, f: Frame<'_>) {
         ShardStats::add(&self.stats().frames_in, 1);
         let Some(c) = self.conn(r) else { return };
         if !c.authed {
@@ -93,7 +105,7 @@ impl Shard {
     /// An op 9 batch: every inner frame in order, each with its own reply;
     /// a malformed batch closes the connection after the frames before the
     /// fault.
-    pub(super) fn on_batch(&mut self, r: ConnRef, body: &[u8]) {
+    pub(in crate::shard) fn on_batch(&mut self, r: ConnRef, body: &[u8]) {
         let max_body = self.cfg().limits.max_body;
         for inner in Batch::new(body, max_body) {
             match inner {
