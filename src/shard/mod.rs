@@ -19,8 +19,8 @@
 //! state      Shard's fields, route(), handle() = one line per ShardMsg
 //! router     THE fork per operation: this node (owner shards) or the cluster (Redis)
 //! addr       ConnRef, GlobalConn, signed server-assigned keys (pure)
-//! conns      Conn record, Transport            lifecycle  new / close / remove, rooms
-//! heartbeat  deadlines, WebSocket pings, sweep wheel      deadline wheel (pure)
+//! conns/     Conn record, Transport; lifecycle (new / close / remove, rooms), heartbeat
+//!            (deadlines, pings, sweep), wheel, outbound (write queue), worklist (pure)
 //! publish/   the publish path in data-path order: ingress, owner, fanout, queue (→ conn::flush)
 //! directory  key and user slices (pure)
 //! session/   bytes → frames → v1 / v2 operations, resume, access (auth, tokens, limits), token
@@ -32,10 +32,9 @@
 //! admission  process-wide connection counts: total, per IP, attempts per IP (shared)
 //! presence   member lists, watched rooms, coalesced join/leave events
 //! index/     pure indexes: rooms (RoomTable), patterns (PatternIndex), members (presence data)
-//! outbound   a connection's write queue (pure) mesh       inboxes, owners
+//! mesh       inboxes, owners
 //! msg        ShardMsg and what travels with it (pure)
 //! reply      Reply / ReplyWait: a one-shot answer across shards and threads
-//! worklist   connections waiting for the flusher or the reactor, one wake per burst (pure)
 //! view       Shared, published views, online counts
 //! cluster/   cluster mode on a shard, sans-IO (Redis calls are values):
 //!   mod        the mode, the hooks single-node code calls, what subscribers hear, the sweep
@@ -59,13 +58,10 @@ mod conns;
 pub mod cost;
 pub mod dedup;
 mod directory;
-mod heartbeat;
 pub mod history;
 pub mod inbox;
-mod lifecycle;
 pub mod mesh;
 pub mod msg;
-pub mod outbound;
 pub mod presence;
 mod publish;
 pub mod reply;
@@ -75,8 +71,6 @@ mod session;
 mod state;
 mod users;
 pub mod view;
-mod wheel;
-pub mod worklist;
 
 mod index;
 pub use index::members;
@@ -84,6 +78,11 @@ pub use index::patterns;
 pub use index::rooms;
 
 use session::token;
+
+use conns::heartbeat;
+pub use conns::outbound;
+use conns::wheel;
+pub use conns::worklist;
 
 #[cfg(test)]
 pub(crate) mod sim;

@@ -7,7 +7,7 @@
 //! of connections costs one wake. Invariant: entries may repeat or name
 //! connections gone since; the task checks each.
 
-use super::mesh::ConnRef;
+use crate::shard::mesh::ConnRef;
 use std::task::Waker;
 
 /// Connections waiting for one task, and its waker.

@@ -20,13 +20,13 @@
 //!
 //! Invariant: every live connection has exactly one live wheel entry.
 
-use super::conns::Conn;
-use super::mesh::ConnRef;
-use super::state::Shard;
-use super::view::ShardView;
 use crate::metrics::ShardStats;
 use crate::proto::close::CloseReason;
 use crate::proto::ws;
+use crate::shard::conns::Conn;
+use crate::shard::mesh::ConnRef;
+use crate::shard::state::Shard;
+use crate::shard::view::ShardView;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 
@@ -44,7 +44,7 @@ const GC_TICKS: u32 = 60;
 
 impl Shard {
     /// Makes sure the wheel looks at `r` by its recorded deadline.
-    pub(super) fn schedule(&mut self, r: ConnRef) {
+    pub(in crate::shard) fn schedule(&mut self, r: ConnRef) {
         let Some(c) = self.conns.get_mut(r.idx as usize).filter(|c| c.gen == r.gen) else {
             return;
         };
@@ -55,12 +55,12 @@ impl Shard {
     /// to a second ago, so `now + secs` could come up to a second early; a
     /// client given T seconds is closed between T and T+1 s later, never
     /// before (docs/PROTOCOL.md, *Session*).
-    pub(super) fn deadline_in(&self, secs: u32) -> u32 {
+    pub(in crate::shard) fn deadline_in(&self, secs: u32) -> u32 {
         self.wheel.now() + secs + 1
     }
 
     /// A sign of life (op 2, a pong): the heartbeat deadline starts again.
-    pub(super) fn renew(&mut self, r: ConnRef) {
+    pub(in crate::shard) fn renew(&mut self, r: ConnRef) {
         let deadline = self.deadline_in(self.cfg().client.heartbeat_timeout_secs);
         let Some(c) = self.conn_mut(r) else { return };
         c.pinged = false;

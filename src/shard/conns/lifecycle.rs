@@ -21,15 +21,15 @@
 //!              └──── any other frame, bad auth, timeout ──────────────────────┘
 //! ```
 
-use super::conns::{Conn, Session, Transport};
-use super::mesh::{owner_of_mid, owner_of_str, ConnRef, GlobalConn, ShardMsg};
-use super::outbound::Outbound;
-use super::state::Shard;
-use super::token::Token;
 use crate::metrics::ShardStats;
 use crate::proto::binary::{self, op};
 use crate::proto::close::CloseReason;
 use crate::proto::ws;
+use crate::shard::conns::{Conn, Session, Transport};
+use crate::shard::mesh::{owner_of_mid, owner_of_str, ConnRef, GlobalConn, ShardMsg};
+use crate::shard::outbound::Outbound;
+use crate::shard::state::Shard;
+use crate::shard::token::Token;
 use std::net::IpAddr;
 use std::os::fd::RawFd;
 use std::rc::Rc;
@@ -103,7 +103,7 @@ impl Shard {
     }
 
     /// Every live connection, with its record.
-    pub(super) fn conn_refs(&self) -> impl Iterator<Item = (ConnRef, &Conn)> {
+    pub(in crate::shard) fn conn_refs(&self) -> impl Iterator<Item = (ConnRef, &Conn)> {
         self.conns.iter().map(|(i, c)| {
             (
                 ConnRef {
@@ -176,7 +176,7 @@ impl Shard {
     /// `r` passed auth as user `mid` holding `key` (`None`: its assigned
     /// one), speaking version `ver` with `session`: its heartbeat deadline
     /// starts, and its IP's handshake count no longer includes it.
-    pub(super) fn set_authed(
+    pub(in crate::shard) fn set_authed(
         &mut self,
         r: ConnRef,
         ver: u16,
@@ -198,7 +198,7 @@ impl Shard {
 
     /// Tells the owners of `key` and `mid` that the connection at `at`
     /// authenticated (`up`) or went away.
-    pub(super) fn announce(&mut self, at: GlobalConn, key: Option<Arc<str>>, mid: i64, up: bool) {
+    pub(in crate::shard) fn announce(&mut self, at: GlobalConn, key: Option<Arc<str>>, mid: i64, up: bool) {
         let v2 = self.conn(at.conn).is_some_and(|c| c.ver == binary::VERSION_NATIVE);
         let msg = |key, mid| {
             if up {
@@ -220,7 +220,7 @@ impl Shard {
     /// On a connection's shard: closes it (for `Replaced`, only if it has
     /// authenticated — a key names authenticated connections only — and,
     /// when found by decoding an assigned key, only if its key is assigned).
-    pub(super) fn kick(&mut self, conn: ConnRef, reason: CloseReason, assigned_only: bool) {
+    pub(in crate::shard) fn kick(&mut self, conn: ConnRef, reason: CloseReason, assigned_only: bool) {
         let detail = if reason == CloseReason::Replaced {
             if !self
                 .conn(conn)
@@ -242,7 +242,7 @@ impl Shard {
     /// Takes the member at `pos` out of `room`, fixing the position of the
     /// member that moved into its place (a version-1 connection's one room,
     /// or the matching room of a version-2 one).
-    pub(super) fn leave_room(&mut self, room: Rc<str>, pos: usize) {
+    pub(in crate::shard) fn leave_room(&mut self, room: Rc<str>, pos: usize) {
         if let Some(moved) = self.rooms.leave(&room, pos) {
             if let Some(m) = self.conn_mut(moved) {
                 let at = match &mut m.session {
@@ -257,7 +257,7 @@ impl Shard {
     }
 
     /// Moves `r` to `room` (empty: out of any room); staying is a no-op.
-    pub(super) fn change_room(&mut self, r: ConnRef, room: &str) {
+    pub(in crate::shard) fn change_room(&mut self, r: ConnRef, room: &str) {
         let Some(Conn {
             session: Session::V1 { room: current, .. },
             ..
@@ -302,7 +302,7 @@ impl Shard {
     /// a close frame with the same text.
     pub fn close_with_code(&mut self, r: ConnRef, reason: CloseReason, detail: &str, ws_code: Option<u16>) {
         let (id, now) = (self.id, self.now);
-        let flush_by = self.wheel.now() + super::heartbeat::CLOSE_FLUSH_SECS;
+        let flush_by = self.wheel.now() + crate::shard::heartbeat::CLOSE_FLUSH_SECS;
         if self.conn(r).is_none_or(|c| c.close.is_some()) {
             return;
         }
@@ -361,7 +361,7 @@ impl Shard {
 
     /// Stops accepting and closes every connection, telling each to
     /// reconnect.
-    pub(super) fn shutdown(&mut self) {
+    pub(in crate::shard) fn shutdown(&mut self) {
         self.shutting_down = true;
         let all: Vec<ConnRef> = self.conn_refs().map(|(r, _)| r).collect();
         for r in all {

@@ -5,18 +5,30 @@
 //! records, the driver (`conn::driver`) reads the queue and close mark.
 //! The record is the biggest thing an idle connection costs us, so every
 //! field says why it is there (and a unit test bounds its size).
+//!
+//! Files: this one (the record), `lifecycle` (new, close, remove, room
+//! changes), `heartbeat` (deadlines, WebSocket pings, the sweep), `wheel`
+//! (the deadline wheel, pure), `outbound` (a connection's write queue,
+//! pure), `worklist` (connections waiting for the flusher or the reactor,
+//! one wake per burst, pure).
 
-use super::outbound::{Held, Outbound};
-use super::token::{Token, TokenStep};
 use crate::config::Config;
 use crate::proto::binary;
 use crate::proto::close::CloseReason;
 use crate::proto::ws;
+use crate::shard::outbound::{Held, Outbound};
+use crate::shard::token::{Token, TokenStep};
 use bytes::Bytes;
 use std::net::IpAddr;
 use std::os::fd::RawFd;
 use std::rc::Rc;
 use std::sync::Arc;
+
+pub(super) mod heartbeat;
+mod lifecycle;
+pub mod outbound;
+pub(super) mod wheel;
+pub mod worklist;
 
 /// Which wire a connection speaks, and how far its WebSocket handshake got.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -64,40 +76,40 @@ impl Transport {
 #[derive(Debug)]
 pub struct Conn {
     /// Generation of this slab slot (see `ConnRef`).
-    pub(super) gen: u32,
+    pub(in crate::shard) gen: u32,
     /// Frames waiting to be written.
     pub out: Outbound,
     /// Passed auth.
-    pub(super) authed: bool,
+    pub(in crate::shard) authed: bool,
     /// Protocol version chosen at auth (replies echo the request's).
-    pub(super) ver: u16,
+    pub(in crate::shard) ver: u16,
     /// Client-chosen connection key (registered in the key owner's
     /// directory); `None` once authenticated means a server-assigned key,
     /// which is computed from the connection's address, never stored.
-    pub(super) key: Option<Arc<str>>,
+    pub(in crate::shard) key: Option<Arc<str>>,
     /// User id, 0 = anonymous.
-    pub(super) mid: i64,
+    pub(in crate::shard) mid: i64,
     /// What the connection has of its protocol version: its rooms, its
     /// accepts filter (version 1).
-    pub(super) session: Session,
+    pub(in crate::shard) session: Session,
     /// Wheel tick at which the connection is closed unless renewed.
-    pub(super) deadline: u32,
+    pub(in crate::shard) deadline: u32,
     /// Tick whose wheel slot holds this connection's live entry.
-    pub(super) wheel_at: u32,
+    pub(in crate::shard) wheel_at: u32,
     /// Set once the connection must close; the driver flushes and ends.
     pub close: Option<CloseReason>,
     /// Peer IP, for the online IP count.
-    pub(super) ip: IpAddr,
+    pub(in crate::shard) ip: IpAddr,
     /// Wire format and WebSocket phase.
     pub transport: Transport,
     /// A WebSocket ping went out for a passed deadline; a pong clears it.
-    pub(super) pinged: bool,
+    pub(in crate::shard) pinged: bool,
     /// The socket refused the last write (its buffers are full: the peer
     /// is not reading); the next write that moves bytes clears it. Only
     /// such connections may be closed by the outbound budget.
-    pub(super) blocked: bool,
+    pub(in crate::shard) blocked: bool,
     /// Its verified token (`[auth] mode = "jwt"`), with its timers.
-    pub(super) token: Option<Box<Token>>,
+    pub(in crate::shard) token: Option<Box<Token>>,
     /// Its socket, which the shard's flusher writes queued frames to (the
     /// driver owns it and closes it; -1 in the simulated-time harness).
     pub fd: RawFd,
@@ -132,37 +144,37 @@ impl Default for Session {
 pub struct V2Conn {
     /// Rooms it is in, each with its position in that room's member list on
     /// this shard.
-    pub(super) rooms: Vec<(Rc<str>, usize)>,
+    pub(in crate::shard) rooms: Vec<(Rc<str>, usize)>,
     /// Rooms whose join the room's owner has not answered yet: not members
     /// until it does (`shard::resume` says why that is what keeps a resume
     /// gapless).
-    pub(super) joining: Vec<Arc<str>>,
+    pub(in crate::shard) joining: Vec<Arc<str>>,
     /// Replayed frames (and pushes behind them) waiting for room in the
     /// queue; refilled as writes drain it.
-    pub(super) held: Held,
+    pub(in crate::shard) held: Held,
     /// The outbound limit the queue is refilled up to.
-    pub(super) limit: usize,
+    pub(in crate::shard) limit: usize,
     /// Room patterns it subscribed to (in the shard's `PatternIndex`).
-    pub(super) patterns: Vec<Rc<str>>,
+    pub(in crate::shard) patterns: Vec<Rc<str>>,
     /// Client publishes left in its bucket at tick `publish_at`.
-    pub(super) publish_left: u32,
+    pub(in crate::shard) publish_left: u32,
     /// Tick of `publish_left`.
-    pub(super) publish_at: u32,
+    pub(in crate::shard) publish_at: u32,
     /// Joins and read marks left in its bucket at tick `ops_at`.
-    pub(super) ops_left: u32,
+    pub(in crate::shard) ops_left: u32,
     /// Tick of `ops_left`.
-    pub(super) ops_at: u32,
+    pub(in crate::shard) ops_at: u32,
 }
 
 impl V2Conn {
     /// Rooms and patterns joined or being joined (what `[client]
     /// max_rooms` bounds).
-    pub(super) fn nr_rooms(&self) -> usize {
+    pub(in crate::shard) fn nr_rooms(&self) -> usize {
         self.rooms.len() + self.joining.len() + self.patterns.len()
     }
 
     /// Whether `room` (or pattern) is joined or being joined.
-    pub(super) fn has(&self, room: &str) -> bool {
+    pub(in crate::shard) fn has(&self, room: &str) -> bool {
         self.rooms.iter().any(|(r, _)| &**r == room)
             || self.joining.iter().any(|r| &**r == room)
             || self.patterns.iter().any(|p| &**p == room)
@@ -171,7 +183,7 @@ impl V2Conn {
 
 impl Conn {
     /// Past the handshake: authenticated, or an echo connection.
-    pub(super) fn authed_or_echo(&self) -> bool {
+    pub(in crate::shard) fn authed_or_echo(&self) -> bool {
         self.authed || self.transport == Transport::WsEcho
     }
 
@@ -183,14 +195,14 @@ impl Conn {
     /// What the connection's output costs in memory, as the shard's
     /// outbound budget counts it (`Shard::queued`): its queue's
     /// (`Outbound::mem`) and the handles of frames held behind it.
-    pub(super) fn charge(&self) -> usize {
+    pub(in crate::shard) fn charge(&self) -> usize {
         self.out.mem() + self.v2().map_or(0, |v| v.held.charge())
     }
 
     /// Marks `n` bytes written at time `now`; frames held behind the queue
     /// (a version-2 replay) move in as it drains. Only through
     /// `Shard::written`, which keeps the shard's total.
-    pub(super) fn written(&mut self, n: usize, now: u32) {
+    pub(in crate::shard) fn written(&mut self, n: usize, now: u32) {
         self.out.advance(n, now);
         if let Session::V2(v) = &mut self.session {
             if !v.held.is_empty() {
@@ -201,19 +213,19 @@ impl Conn {
 
     /// Drops every frame not yet started, held ones too (see
     /// `Outbound::clear`); returns how many.
-    pub(super) fn clear_queued(&mut self) -> usize {
+    pub(in crate::shard) fn clear_queued(&mut self) -> usize {
         let held = self.v2_mut().map_or(0, |v| v.held.clear());
         self.out.clear() + held
     }
 
     /// Drops everything queued or held (the connection is given up).
-    pub(super) fn discard_queued(&mut self) -> usize {
+    pub(in crate::shard) fn discard_queued(&mut self) -> usize {
         let held = self.v2_mut().map_or(0, |v| v.held.clear());
         self.out.discard() + held
     }
 
     /// The version-2 state, if this is a version-2 connection.
-    pub(super) fn v2(&self) -> Option<&V2Conn> {
+    pub(in crate::shard) fn v2(&self) -> Option<&V2Conn> {
         match &self.session {
             Session::V2(v) => Some(v),
             Session::V1 { .. } => None,
@@ -221,7 +233,7 @@ impl Conn {
     }
 
     /// The version-2 state, to change.
-    pub(super) fn v2_mut(&mut self) -> Option<&mut V2Conn> {
+    pub(in crate::shard) fn v2_mut(&mut self) -> Option<&mut V2Conn> {
         match &mut self.session {
             Session::V2(v) => Some(v),
             Session::V1 { .. } => None,
@@ -232,7 +244,7 @@ impl Conn {
 impl Conn {
     /// The tick the wheel must look at this connection by: its deadline, or
     /// its token's next step if sooner.
-    pub(super) fn next_check(&self) -> u32 {
+    pub(in crate::shard) fn next_check(&self) -> u32 {
         match (&self.token, self.close) {
             (Some(t), None) => self.deadline.min(t.next_check(self.ver == binary::VERSION_NATIVE)),
             _ => self.deadline,
@@ -240,7 +252,7 @@ impl Conn {
     }
 
     /// What is due for the connection's token at `tick`, if anything.
-    pub(super) fn token_due(&mut self, tick: u32) -> Option<TokenStep> {
+    pub(in crate::shard) fn token_due(&mut self, tick: u32) -> Option<TokenStep> {
         let v2 = self.ver == binary::VERSION_NATIVE;
         self.token.as_mut()?.due(tick, v2)
     }
@@ -252,7 +264,7 @@ mod tests {
     /// own; keep an eye on its size (RSS per idle connection is a target).
     #[test]
     fn conn_record_stays_small() {
-        let size = std::mem::size_of::<super::Conn>();
+        let size = std::mem::size_of::<crate::shard::Conn>();
         // 176 before the token pointer (issue 11), 184 with it; 168 since
         // the driver is no task (no waker to keep).
         assert!(size <= 168, "Conn grew to {size} bytes");
