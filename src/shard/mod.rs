@@ -22,12 +22,11 @@
 //! conns/     Conn record, Transport; lifecycle (new / close / remove, rooms), heartbeat
 //!            (deadlines, pings, sweep), wheel, outbound (write queue), worklist (pure)
 //! publish/   the publish path in data-path order: ingress, owner, fanout, queue (→ conn::flush)
-//! directory  key and user slices (pure)
+//! owners/    the key and user directory slice (pure); pushes to users: live, inbox, owed
 //! session/   bytes → frames → v1 / v2 operations, resume, access (auth, tokens, limits), token
 //! history    room logs: offsets, epochs, history and its limits (pure)
 //! cost       what kept data costs in memory, as the memory limits count it (pure)
 //! inbox      user inboxes: pushes kept until acknowledged (pure)
-//! users      pushes to users: live delivery, inbox, what a new connection is owed
 //! dedup      publisher message ids seen lately, so a retry is delivered once (pure)
 //! admission  process-wide connection counts: total, per IP, attempts per IP (shared)
 //! presence   member lists, watched rooms, coalesced join/leave events
@@ -57,7 +56,6 @@ pub mod cluster;
 mod conns;
 pub mod cost;
 pub mod dedup;
-mod directory;
 pub mod history;
 pub mod inbox;
 pub mod mesh;
@@ -69,7 +67,6 @@ pub mod router;
 pub mod run;
 mod session;
 mod state;
-mod users;
 pub mod view;
 
 mod index;
@@ -83,6 +80,9 @@ use conns::heartbeat;
 pub use conns::outbound;
 use conns::wheel;
 pub use conns::worklist;
+
+mod owners;
+use owners::directory;
 
 #[cfg(test)]
 pub(crate) mod sim;

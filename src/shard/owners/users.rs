@@ -27,12 +27,12 @@
 //! until acknowledged; a version-1 one, with no version-2 connection of the
 //! user up, consumes it (it cannot acknowledge: at most once).
 
-use super::directory::ByShard;
-use super::mesh::{ConnRef, GlobalConn, ShardMsg};
-use super::publish::wants;
-use super::state::Shard;
 use crate::metrics::ShardStats;
 use crate::proto::wire::Frames;
+use crate::shard::directory::ByShard;
+use crate::shard::mesh::{ConnRef, GlobalConn, ShardMsg};
+use crate::shard::publish::wants;
+use crate::shard::state::Shard;
 use std::sync::atomic::Ordering::Relaxed;
 
 impl Shard {
@@ -45,7 +45,7 @@ impl Shard {
 
     /// On the users' owner: delivers push `id` to every connection of
     /// `mids` and keeps it where the module doc says.
-    pub(super) fn push_mids(&mut self, mids: &[i64], op: u32, frames: &Frames, id: u64, ttl: Option<u32>) {
+    pub(in crate::shard) fn push_mids(&mut self, mids: &[i64], op: u32, frames: &Frames, id: u64, ttl: Option<u32>) {
         let now = self.wheel.now();
         let mut by = ByShard::default();
         // In a cluster every node hears every user push, and an inbox here
@@ -70,7 +70,7 @@ impl Shard {
     /// On the user's owner, when a connection of `mid` registers: sends it
     /// what waits in the inbox (consumed if it is version 1 and no
     /// version-2 connection of the user is up).
-    pub(super) fn send_owed(&mut self, mid: i64, at: GlobalConn, v2: bool) {
+    pub(in crate::shard) fn send_owed(&mut self, mid: i64, at: GlobalConn, v2: bool) {
         let now = self.wheel.now();
         let keep = v2 || self.dir.user(mid).iter().any(|&(_, v2)| v2);
         let owed = if keep {
@@ -89,7 +89,7 @@ impl Shard {
 
     /// On the connection's shard: queues what it is owed, in order (version
     /// 1's accepts filter applies, as to any user push).
-    pub(super) fn deliver_owed(&mut self, conn: ConnRef, pushes: Vec<(u32, Frames)>) {
+    pub(in crate::shard) fn deliver_owed(&mut self, conn: ConnRef, pushes: Vec<(u32, Frames)>) {
         for (op, frames) in pushes {
             if self.conn(conn).is_some_and(|c| wants(c, op)) {
                 self.enqueue(conn, &frames, 1);
@@ -99,14 +99,14 @@ impl Shard {
 
     /// On the user's owner: a version-2 connection of `mid` acknowledged
     /// `ids`.
-    pub(super) fn ack(&mut self, mid: i64, ids: &[u64]) {
+    pub(in crate::shard) fn ack(&mut self, mid: i64, ids: &[u64]) {
         let n = self.inbox.ack(mid, ids);
         ShardStats::add(&self.stats().inbox_acked, n as u64);
         self.count_inbox();
     }
 
     /// Publishes this shard's inbox figures into its stats.
-    pub(super) fn count_inbox(&mut self) {
+    pub(in crate::shard) fn count_inbox(&mut self) {
         let e = self.inbox.take_evicted();
         let st = &self.shared.stats[self.id];
         ShardStats::add(&st.inbox_evicted_limit, e.limit);

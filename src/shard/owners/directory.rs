@@ -20,9 +20,9 @@
 //! Server-assigned keys have no entry: the key is the address
 //! (`GlobalConn::from_assigned_key`).
 
-use super::addr::KeyMaker;
-use super::mesh::{ConnRef, GlobalConn};
 use crate::proto::close::CloseReason;
+use crate::shard::addr::KeyMaker;
+use crate::shard::mesh::{ConnRef, GlobalConn};
 use fnv::FnvHashMap;
 use std::sync::Arc;
 
