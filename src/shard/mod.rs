@@ -23,11 +23,8 @@
 //!            (deadlines, pings, sweep), wheel, outbound (write queue), worklist (pure)
 //! publish/   the publish path in data-path order: ingress, owner, fanout, queue (→ conn::flush)
 //! owners/    the key and user directory slice (pure); pushes to users: live, inbox, owed
+//! store/     bounded, counted keeping (pure): history (room logs), inbox, dedup, cost
 //! session/   bytes → frames → v1 / v2 operations, resume, access (auth, tokens, limits), token
-//! history    room logs: offsets, epochs, history and its limits (pure)
-//! cost       what kept data costs in memory, as the memory limits count it (pure)
-//! inbox      user inboxes: pushes kept until acknowledged (pure)
-//! dedup      publisher message ids seen lately, so a retry is delivered once (pure)
 //! admission  process-wide connection counts: total, per IP, attempts per IP (shared)
 //! presence   member lists, watched rooms, coalesced join/leave events
 //! index/     pure indexes: rooms (RoomTable), patterns (PatternIndex), members (presence data)
@@ -54,10 +51,6 @@ pub mod addr;
 pub mod admission;
 pub mod cluster;
 mod conns;
-pub mod cost;
-pub mod dedup;
-pub mod history;
-pub mod inbox;
 pub mod mesh;
 pub mod msg;
 pub mod presence;
@@ -83,6 +76,12 @@ pub use conns::worklist;
 
 mod owners;
 use owners::directory;
+
+mod store;
+pub use store::cost;
+pub use store::dedup;
+pub use store::history;
+pub use store::inbox;
 
 #[cfg(test)]
 pub(crate) mod sim;

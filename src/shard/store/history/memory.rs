@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 impl Logs {
     /// Recounts `room`'s own cost after its deque or marks changed.
-    pub(super) fn recharge(&mut self, room: &str) {
+    pub(in crate::shard) fn recharge(&mut self, room: &str) {
         if let Some(log) = self.rooms.get_mut(room) {
             let c = log.cost(room);
             self.overhead = self.overhead - log.charged + c;
@@ -21,7 +21,7 @@ impl Logs {
 
     /// Queues `room` as an idle-log candidate if it stores nothing and is
     /// not queued yet.
-    pub(super) fn maybe_idle(&mut self, room: &Arc<str>) {
+    pub(in crate::shard) fn maybe_idle(&mut self, room: &Arc<str>) {
         if let Some(log) = self.rooms.get_mut(room) {
             if log.entries.is_empty() && !log.queued {
                 log.queued = true;
@@ -33,7 +33,7 @@ impl Logs {
     /// Drops idle logs — nothing stored, nobody in the room, not touched
     /// since queued — least recently used first, until everything counted
     /// is at most `target` (or `EVICT_SCAN` candidates were looked at).
-    pub(super) fn evict_idle(&mut self, target: usize) {
+    pub(in crate::shard) fn evict_idle(&mut self, target: usize) {
         let mut looked = 0;
         while self.charged() > target && looked < EVICT_SCAN {
             let Some((room, queued_at)) = self.idle.pop_front() else {
@@ -59,7 +59,7 @@ impl Logs {
 
     /// Under the cap again: idle logs first, then the oldest stored
     /// messages of any room.
-    pub(super) fn enforce_cap(&mut self) {
+    pub(in crate::shard) fn enforce_cap(&mut self) {
         if self.charged() > self.cap {
             self.evict_idle(self.cap);
         }
@@ -98,7 +98,7 @@ impl Logs {
         }
     }
 
-    pub(super) fn messages_hint(&self) -> usize {
+    pub(in crate::shard) fn messages_hint(&self) -> usize {
         self.count
     }
 }

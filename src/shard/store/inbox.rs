@@ -22,8 +22,8 @@
 //! owner; an id appears at most once per user (ids are process-unique per
 //! push); `bytes` and `count` are the sums over every user.
 
-use super::cost;
 use crate::proto::wire::Frames;
+use crate::shard::cost;
 use fnv::FnvHashMap;
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, VecDeque};

@@ -38,8 +38,8 @@
 //!   a log that is dropped (server restart, idle room without history) comes
 //!   back with another, so a client can always tell lost history from none.
 
-use super::cost;
 use crate::proto::wire::Wire;
+use crate::shard::cost;
 use fnv::FnvHashMap;
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, VecDeque};
