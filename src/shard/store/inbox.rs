@@ -24,9 +24,9 @@
 
 use crate::proto::wire::Frames;
 use crate::shard::cost;
+use crate::shard::store::due::{self, DueMarks, Mark};
 use fnv::FnvHashMap;
-use std::cmp::Reverse;
-use std::collections::{BinaryHeap, VecDeque};
+use std::collections::VecDeque;
 
 /// Bytes a stored push costs beyond its frames: its place in the eviction
 /// order (its slot in the user's deque is the inbox's).
@@ -34,7 +34,7 @@ const ENTRY_COST: usize = cost::queue_slot::<(i64, u64)>();
 
 /// Bytes a user's inbox costs before its deque: its map slot and its place
 /// in the due heap.
-const INBOX_COST: usize = cost::map_slot::<i64, Inbox>() + cost::queue_slot::<Reverse<(u32, i64)>>();
+const INBOX_COST: usize = cost::map_slot::<i64, Inbox>() + cost::queue_slot::<Mark<i64>>();
 
 /// How much one user's inbox keeps.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -126,7 +126,7 @@ pub struct Inboxes {
     /// entries already gone are skipped.
     order: VecDeque<(i64, u64)>,
     /// (tick, user) at which a user's oldest entry may be due.
-    due: BinaryHeap<Reverse<(u32, i64)>>,
+    due: DueMarks<i64>,
     evicted: Evicted,
 }
 
@@ -141,7 +141,7 @@ impl Inboxes {
             overhead: 0,
             count: 0,
             order: VecDeque::new(),
-            due: BinaryHeap::new(),
+            due: DueMarks::default(),
             evicted: Evicted::default(),
         }
     }
@@ -220,7 +220,7 @@ impl Inboxes {
         }
         self.order.push_back((mid, id));
         if let Some(when) = inbox.reschedule() {
-            self.due.push(Reverse((when, mid)));
+            self.due.mark(when, mid);
         }
         while self.bytes() > self.cap {
             let Some((m, id)) = self.order.pop_front() else { break };
@@ -234,22 +234,18 @@ impl Inboxes {
                 if inbox.entries.is_empty() {
                     self.remove_user(m);
                 } else if let Some(when) = inbox.reschedule() {
-                    self.due.push(Reverse((when, m)));
+                    self.due.mark(when, m);
                 }
             }
         }
         // Keep the order queue and the due heap from outgrowing what they
         // index (a user's marks stay in the heap until due, a day by
         // default, after the user's inbox has gone).
-        if self.order.len() > 2 * self.count + 1024 {
-            let users = &self.users;
-            self.order
-                .retain(|(m, id)| users.get(m).is_some_and(|i| i.entries.iter().any(|e| e.id == *id)));
-        }
-        if self.due.len() > 2 * self.users.len() + 1024 {
-            let users = &self.users;
-            self.due.retain(|Reverse((_, m))| users.contains_key(m));
-        }
+        let users = &self.users;
+        due::compact(&mut self.order, self.count, |(m, id)| {
+            users.get(m).is_some_and(|i| i.entries.iter().any(|e| e.id == *id))
+        });
+        self.due.compact(users.len(), |m| users.contains_key(m));
     }
 
     /// What `mid` is owed, oldest first (expired entries skipped).
@@ -291,7 +287,7 @@ impl Inboxes {
         if inbox.entries.is_empty() {
             self.remove_user(mid);
         } else if let Some(when) = inbox.reschedule() {
-            self.due.push(Reverse((when, mid)));
+            self.due.mark(when, mid);
         }
         gone
     }
@@ -300,11 +296,7 @@ impl Inboxes {
     /// of each inbox; a shorter-lived entry behind longer-lived ones is
     /// skipped by `pending` until it reaches the front).
     pub fn expire(&mut self, now: u32) {
-        while let Some(Reverse((when, _))) = self.due.peek() {
-            if *when > now {
-                return;
-            }
-            let Reverse((when, mid)) = self.due.pop().expect("peeked");
+        while let Some((when, mid)) = self.due.take_due(now) {
             let Some(inbox) = self.users.get_mut(&mid) else {
                 continue;
             };
@@ -321,7 +313,7 @@ impl Inboxes {
             if inbox.entries.is_empty() {
                 self.remove_user(mid);
             } else if let Some(when) = inbox.reschedule() {
-                self.due.push(Reverse((when, mid)));
+                self.due.mark(when, mid);
             }
         }
     }

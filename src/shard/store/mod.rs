@@ -7,5 +7,6 @@
 
 pub mod cost;
 pub mod dedup;
+pub mod due;
 pub mod history;
 pub mod inbox;

@@ -6,7 +6,7 @@
 //! there: what counts and in which order things go).
 
 use super::{Logs, EVICT_SCAN};
-use std::cmp::Reverse;
+use crate::shard::store::due;
 use std::sync::Arc;
 
 impl Logs {
@@ -76,26 +76,21 @@ impl Logs {
                 log.lost_through = log.lost_through.max(e.offset);
                 self.evicted.memory += 1;
                 if let Some(when) = log.reschedule() {
-                    self.due.push(Reverse((when, room.clone())));
+                    self.due.mark(when, room.clone());
                 }
                 self.maybe_idle(&room);
             }
         }
         // Keep the order queue from outgrowing what it indexes.
-        if self.order.len() > 2 * self.messages_hint() + 1024 {
-            let rooms = &self.rooms;
-            self.order.retain(|(r, o)| {
-                rooms
-                    .get(r)
-                    .and_then(|l| l.entries.front())
-                    .is_some_and(|f| f.offset <= *o)
-            });
-        }
+        let (rooms, hint) = (&self.rooms, self.messages_hint());
+        due::compact(&mut self.order, hint, |(r, o)| {
+            rooms
+                .get(r)
+                .and_then(|l| l.entries.front())
+                .is_some_and(|f| f.offset <= *o)
+        });
         // And the due heap (a dropped log's marks stay until due).
-        if self.due.len() > 2 * self.rooms.len() + 1024 {
-            let rooms = &self.rooms;
-            self.due.retain(|Reverse((_, r))| rooms.contains_key(r));
-        }
+        self.due.compact(rooms.len(), |r| rooms.contains_key(r));
     }
 
     pub(in crate::shard) fn messages_hint(&self) -> usize {

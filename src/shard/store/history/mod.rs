@@ -40,9 +40,9 @@
 
 use crate::proto::wire::Wire;
 use crate::shard::cost;
+use crate::shard::store::due::{DueMarks, Mark};
 use fnv::FnvHashMap;
-use std::cmp::Reverse;
-use std::collections::{BinaryHeap, VecDeque};
+use std::collections::VecDeque;
 use std::sync::Arc;
 
 /// Ticks a log without history and without activity is kept.
@@ -60,7 +60,7 @@ const ENTRY_COST: usize = cost::queue_slot::<(Arc<str>, u64)>();
 /// its places in the idle queue and the due heap.
 const LOG_COST: usize = cost::map_slot::<Arc<str>, RoomLog>()
     + cost::queue_slot::<(Arc<str>, u32)>()
-    + cost::queue_slot::<Reverse<(u32, Arc<str>)>>();
+    + cost::queue_slot::<Mark<Arc<str>>>();
 
 /// Bytes a read mark costs per unit of its room's map capacity: a bucket of
 /// user id and offset (16 bytes and a control byte), 8 buckets for every 7
@@ -224,7 +224,7 @@ pub struct Logs {
     order: VecDeque<(Arc<str>, u64)>,
     /// (tick, room) at which a room's oldest entry may be due; at most a
     /// few per room, re-checked when popped.
-    due: BinaryHeap<Reverse<(u32, Arc<str>)>>,
+    due: DueMarks<Arc<str>>,
     /// Logs with no message stored, each with its `touched` when queued:
     /// the memory cap's first candidates, least recently used first
     /// (re-checked when popped).
@@ -245,7 +245,7 @@ impl Logs {
             count: 0,
             cap,
             order: VecDeque::new(),
-            due: BinaryHeap::new(),
+            due: DueMarks::default(),
             idle: VecDeque::new(),
             in_use: InUse(Box::new(|_| false)),
             evicted: Evicted::default(),
@@ -378,7 +378,7 @@ impl Logs {
         self.evicted.limit += limit;
         self.order.push_back((room.clone(), offset));
         if let Some(when) = log.reschedule() {
-            self.due.push(Reverse((when, room.clone())));
+            self.due.mark(when, room.clone());
         }
         self.recharge(room);
         self.enforce_cap();
@@ -388,11 +388,7 @@ impl Logs {
     /// tick `now` (from the front of each room; a message whose TTL ends
     /// while older ones stay is skipped by readers until it reaches the front).
     pub fn expire(&mut self, now: u32) {
-        while let Some(Reverse((when, _))) = self.due.peek() {
-            if *when > now {
-                return;
-            }
-            let Reverse((when, room)) = self.due.pop().expect("peeked");
+        while let Some((when, room)) = self.due.take_due(now) {
             let Some(log) = self.rooms.get_mut(&room) else { continue };
             if when == log.scheduled {
                 log.scheduled = u32::MAX;
@@ -401,7 +397,7 @@ impl Logs {
             trim(log, now, &mut total, &mut self.evicted);
             (self.bytes, self.count) = total;
             if let Some(when) = log.reschedule() {
-                self.due.push(Reverse((when, room.clone())));
+                self.due.mark(when, room.clone());
             }
             self.maybe_idle(&room);
         }
