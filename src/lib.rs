@@ -18,7 +18,7 @@
 //! # A room publish, step by step
 //!
 //! ```text
-//! one node:  api::publish (HTTP, TCP publisher) | shard::access (client op 52)
+//! one node:  api::publish (HTTP, TCP publisher) | shard::session::access (client op 52)
 //!              └─> shard::router::publish_room_in ─PublishRoom─> owner_of(room):
 //!                  shard::publish::owner: dedup, next offset, history, answer
 //!                  └─> fan_out_room ─RoomFrame─> every shard: publish::fanout ─> publish::queue per member

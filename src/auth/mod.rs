@@ -9,7 +9,7 @@
 //! lengths match, which reveals only the key's length.
 //!
 //! `jwt` verifies client tokens (`[auth] mode = "jwt"`) and says what each
-//! grants; the shards enforce it (`shard::v1`, `shard::v2`).
+//! grants; the shards enforce it (`shard::session`).
 
 pub mod jwt;
 

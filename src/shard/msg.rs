@@ -263,7 +263,7 @@ pub enum ShardMsg {
         dedup: Option<Arc<str>>,
     },
     /// To a room's owner: a version-2 connection asks to join, maybe
-    /// resuming (see `shard::resume`).
+    /// resuming (see `shard::session::resume`).
     JoinReq {
         /// Room key.
         room: Arc<str>,

@@ -146,7 +146,7 @@ pub struct V2Conn {
     /// this shard.
     pub(in crate::shard) rooms: Vec<(Rc<str>, usize)>,
     /// Rooms whose join the room's owner has not answered yet: not members
-    /// until it does (`shard::resume` says why that is what keeps a resume
+    /// until it does (`shard::session::resume` says why that is what keeps a resume
     /// gapless).
     pub(in crate::shard) joining: Vec<Arc<str>>,
     /// Replayed frames (and pushes behind them) waiting for room in the
