@@ -2,11 +2,11 @@
 //! (`sim::redis`): a room's subscription from subscribing through syncing
 //! to live (and failed, and unsubscribed), a lost subscription filled from
 //! the Stream, a gap past history, a node taken for dead, the node queue,
-//! Redis unreachable, one of several instances unreachable, Redis restarted
-//! without its data, presence questions across nodes, pattern publishes,
-//! undecodable channel messages, and failures counted by kind. No socket,
-//! no sleep: every step is the test's. (The same paths against a real
-//! redis-server: tests/cluster/.)
+//! Redis unreachable, one of several instances unreachable (and presence
+//! events meanwhile), Redis restarted without its data, presence questions
+//! across nodes, pattern publishes, undecodable channel messages, and
+//! failures counted by kind. No socket, no sleep: every step is the test's.
+//! (The same paths against a real redis-server: tests/cluster/.)
 
 use super::redis::ClusterSim;
 use super::{Got, Peer};
@@ -510,4 +510,60 @@ fn one_of_several_instances_down_fails_only_what_lives_on_it() {
     assert!(publish(&mut cs, &down, "back"));
     assert_eq!(pushes(&cs.nodes[0].frames(members[1])), [(1, "back".to_string())]);
     assert_eq!(cs.nodes[0].closed(members[1]), None);
+}
+
+/// The user ids that joined in the op 58 events among `got`.
+fn presence_joins(got: &[Got]) -> Vec<i64> {
+    let mut mids: Vec<i64> = got
+        .iter()
+        .filter(|g| g.op == v2::op::PRESENCE)
+        .flat_map(|g| json_of(g)["joins"].as_array().cloned().unwrap_or_default())
+        .filter_map(|m| m["mid"].as_i64())
+        .collect();
+    mids.sort_unstable();
+    mids
+}
+
+#[test]
+fn presence_events_carry_only_the_nodes_own_changes_while_the_rooms_instance_is_unreachable() {
+    let mut cs = ClusterSim::with_instances(2, 2, 2, |_| {});
+    let room = room_on(1, 2);
+    let (watcher, _) = cs.nodes[0].authed_v2(0, r#"{"mid":1}"#);
+    let body = json!({"room": &room, "presence": true}).to_string();
+    cs.nodes[0].send(watcher, V2, v2::op::JOIN, 2, body.as_bytes());
+    cs.settle();
+    join_reply(&mut cs, 0, watcher, 2);
+    // Version-2 members: a join is answered (and the member counted) once
+    // the room is live on its node, so a node's first member is reported
+    // too (a version-1 member joins at once, before its node has heard of
+    // the watch: best-effort, as PROTOCOL.md says).
+    let join = |cs: &mut ClusterSim, k: usize, mid: i64| {
+        let (p, _) = cs.nodes[k].authed_v2(1, &json!({ "mid": mid }).to_string());
+        cs.nodes[k].send(p, V2, v2::op::JOIN, 2, json!({ "room": &room }).to_string().as_bytes());
+        cs.settle();
+    };
+    // Both nodes' joins reach the watcher's events.
+    join(&mut cs, 1, 20);
+    cs.tick(2);
+    join(&mut cs, 0, 10);
+    join(&mut cs, 1, 21);
+    cs.tick(2);
+    assert_eq!(presence_joins(&cs.nodes[0].frames(watcher)), [10, 20, 21]);
+    // The room's instance away: the node's own changes only (version-1
+    // members, whose joins need no answer from Redis).
+    cs.instance_up(1, false);
+    v1(&mut cs, 0, 1, json!({ "mid": 11, "room_id": &room }));
+    v1(&mut cs, 1, 1, json!({ "mid": 22, "room_id": &room }));
+    cs.tick(2);
+    assert_eq!(presence_joins(&cs.nodes[0].frames(watcher)), [11]);
+    // Back: the other node hears of the watch again when it subscribes
+    // anew (from the watch key; else from the watcher's announcement, every
+    // 5 s), and its changes come with the node's own.
+    cs.instance_up(1, true);
+    cs.tick(1);
+    cs.nodes[0].frames(watcher);
+    join(&mut cs, 1, 23);
+    join(&mut cs, 0, 12);
+    cs.tick(2);
+    assert_eq!(presence_joins(&cs.nodes[0].frames(watcher)), [12, 23]);
 }

@@ -10,9 +10,10 @@
 //! on it). `FakeRedis` keeps what the scripts keep in the real one, as far
 //! as the shards can tell: each room's offset, epoch, Stream (bounded by
 //! the publish's history length, exactly where the real one trims about),
-//! read marks and publish ids; the node queues; which nodes were taken for
-//! dead. User and key pushes routed through the registry are counted, not
-//! delivered (the end-to-end tests against redis-server cover them).
+//! read marks and publish ids; the rooms' watch keys and notes; the node
+//! queues; which nodes were taken for dead. User and key pushes routed
+//! through the registry are counted, not delivered (the end-to-end tests
+//! against redis-server cover them).
 //!
 //! Test-only. Deterministic but for node ids (each node's key tag).
 
@@ -86,6 +87,9 @@ pub(crate) struct FakeRedis {
     pub gone: BTreeSet<String>,
     /// What waits in each node's queue.
     pub queues: HashMap<String, Vec<Bytes>>,
+    /// Watch keys set (`vly:{R}:w`; no expiry here: a test lasts less
+    /// than their 15 s).
+    watches: BTreeSet<String>,
     /// Each node's last counts report: totals and rooms.
     reports: HashMap<String, Reported>,
 }
@@ -256,6 +260,7 @@ impl ClusterSim {
         self.redis.dedup.clear();
         self.redis.queues.clear();
         self.redis.reports.clear();
+        self.redis.watches.clear();
         for k in 0..self.nodes.len() {
             self.restore(k);
         }
@@ -424,11 +429,12 @@ impl FakeRedis {
                 RedisAnswer::Publish(Ok(p))
             }
             Call::Sync { room } => {
+                let watched = self.watches.contains(&RoomKeys::of(&room).watch());
                 let r = self.room(&room);
                 let p = Position {
                     offset: r.offset,
                     epoch: r.epoch,
-                    watched: false,
+                    watched,
                 };
                 RedisAnswer::Sync(Ok(p))
             }
@@ -490,9 +496,15 @@ impl FakeRedis {
             }
             Call::Note { channel, note } => RedisAnswer::Sent(Ok(self.publish(instance, &channel, Bytes::from(note)))),
             Call::Route { .. } => RedisAnswer::Sent(Ok(0)),
-            Call::Claim { .. } | Call::Remove { .. } | Call::Leave { .. } | Call::Watch { .. } => {
+            Call::Watch { key, channel, node } => {
+                // WATCH_SCRIPT: the key for nodes that subscribe later, the
+                // note for those subscribed now.
+                self.watches.insert(key);
+                let note = crate::redis::presence::encode::<(), ()>(&crate::redis::presence::Note::Watch { node });
+                self.publish(instance, &channel, Bytes::from(note.to_vec()));
                 RedisAnswer::Done(Ok(()))
             }
+            Call::Claim { .. } | Call::Remove { .. } | Call::Leave { .. } => RedisAnswer::Done(Ok(())),
             Call::Add { .. } => RedisAnswer::Owed(Ok(Vec::new())),
             Call::Alive { node, .. } => RedisAnswer::Alive(Ok(self.gone.remove(&node))),
             Call::TakeQueue { node } => RedisAnswer::Queue(Ok(self.queues.remove(&node).unwrap_or_default())),
