@@ -456,6 +456,16 @@ pub struct NodesPage {
     pub complete: bool,
 }
 
+impl NodesPage {
+    /// Adds one answer: `count` members, `members` the first of them;
+    /// at most `limit` stay listed.
+    pub fn add(&mut self, count: usize, members: Vec<Member>, limit: usize) {
+        self.count = self.count.saturating_add(count);
+        let room = limit.saturating_sub(self.members.len());
+        self.members.extend(members.into_iter().take(room));
+    }
+}
+
 impl ShardMsg {
     /// A message that queues frames to many local connections (its handling
     /// time is the shard's fan-out time).

@@ -53,11 +53,8 @@ impl Shard {
     /// Why a publish to `target` cannot be taken now (in a cluster: the
     /// Redis instance it needs is unreachable); `None` on a single node.
     pub fn refuses(&self, target: &Target) -> Option<String> {
-        if self.clustered() {
-            self.cluster_refuses(target)
-        } else {
-            None
-        }
+        // On a single node there is no cluster state, and no refusal.
+        self.cluster_refuses(target)
     }
 
     /// A room message entering on this shard (an API publish, a client's

@@ -7,7 +7,7 @@
 
 use super::request::{bad, ok, ApiError, Later, Req};
 use crate::proto::v2;
-use crate::shard::mesh::{HistoryPage, Reply};
+use crate::shard::mesh::{HistoryPage, NodesPage, Reply};
 use crate::shard::router::PresenceAsked;
 use hyper::StatusCode;
 use serde_json::{json, Value};
@@ -55,42 +55,37 @@ pub(super) fn v1_presence(r: &Req<'_>) -> Result<Later, ApiError> {
     let limit = r.query.limit(Some(max))?.min(max);
     let cluster_count = r.shared.online_room(&room, None) as usize;
     let asked = r.shard.borrow_mut().ask_presence(&room, limit);
-    let waits = match asked {
-        PresenceAsked::Shards(waits) => waits,
-        PresenceAsked::Nodes(wait) => {
-            return Ok(Box::pin(async move {
-                let page = wait.await.flatten().ok_or_else(|| {
-                    ApiError(
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        "the room's Redis instance is unreachable".into(),
-                    )
-                })?;
-                // Nodes that did not answer in time still count (as the
-                // cluster's counts have them).
-                let count = if page.complete {
-                    page.count
-                } else {
-                    page.count.max(cluster_count)
-                };
-                let truncated = page.members.len() < count;
-                Ok(ok(json!({"room": room, "count": count, "members": page.members,
-                "truncated": truncated, "complete": page.complete})))
-            }));
-        }
-    };
     Ok(Box::pin(async move {
-        let (mut count, mut members) = (0, Vec::new());
-        for w in waits {
-            let (n, list) = w
-                .await
-                .ok_or_else(|| ApiError(StatusCode::SERVICE_UNAVAILABLE, "a shard did not answer".into()))?;
-            count += n;
-            members.extend(list.into_iter().take(limit.saturating_sub(members.len())));
-        }
-        let truncated = members.len() < count;
-        Ok(ok(
-            json!({"room": room, "count": count, "members": members, "truncated": truncated, "complete": true}),
-        ))
+        let page = match asked {
+            PresenceAsked::Shards(waits) => {
+                let mut page = NodesPage {
+                    complete: true,
+                    ..NodesPage::default()
+                };
+                for w in waits {
+                    let unanswered = || ApiError(StatusCode::SERVICE_UNAVAILABLE, "a shard did not answer".into());
+                    let (n, list) = w.await.ok_or_else(unanswered)?;
+                    page.add(n, list, limit);
+                }
+                page
+            }
+            PresenceAsked::Nodes(wait) => wait.await.flatten().ok_or_else(|| {
+                ApiError(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "the room's Redis instance is unreachable".into(),
+                )
+            })?,
+        };
+        // Nodes that did not answer in time still count (as the cluster's
+        // counts have them).
+        let count = if page.complete {
+            page.count
+        } else {
+            page.count.max(cluster_count)
+        };
+        let truncated = page.members.len() < count;
+        Ok(ok(json!({"room": room, "count": count, "members": page.members,
+            "truncated": truncated, "complete": page.complete})))
     }))
 }
 

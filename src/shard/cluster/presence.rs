@@ -119,12 +119,8 @@ impl Shard {
             return; // answered already (late), or not ours
         };
         a.got += 1;
-        a.page.count = a
-            .page
-            .count
-            .saturating_add(usize::try_from(count).unwrap_or(usize::MAX));
-        let room_left = a.limit.saturating_sub(a.page.members.len());
-        a.page.members.extend(members.into_iter().take(room_left));
+        let count = usize::try_from(count).unwrap_or(usize::MAX);
+        a.page.add(count, members, a.limit);
         self.ask_done(q, false);
     }
 
@@ -151,8 +147,7 @@ impl Shard {
             limit,
             instance,
             left: nr,
-            count: 0,
-            members: Vec::new(),
+            page: NodesPage::default(),
         };
         c.gathers.insert(id, gather);
         for s in 0..nr {
@@ -167,9 +162,7 @@ impl Shard {
     pub(in crate::shard) fn presence_part(&mut self, id: u64, count: usize, members: Vec<Member>) {
         let Some(c) = self.cluster.as_mut() else { return };
         let Some(g) = c.gathers.get_mut(&id) else { return };
-        g.count += count as u64;
-        let room_left = g.limit.saturating_sub(g.members.len());
-        g.members.extend(members.into_iter().take(room_left));
+        g.page.add(count, members, g.limit);
         g.left -= 1;
         if g.left > 0 {
             return;
@@ -177,8 +170,8 @@ impl Shard {
         let Some(g) = c.gathers.remove(&id) else { return };
         let note = presence::encode::<(), _>(&Note::Answer {
             q: g.q,
-            count: g.count,
-            members: g.members,
+            count: g.page.count as u64,
+            members: g.page.members,
         });
         let call = Call::Note {
             channel: registry::channel(&g.asker),

@@ -18,7 +18,6 @@ use crate::redis::registry;
 use crate::redis::room::Message;
 use crate::redis::subscriber::Subscriber;
 use crate::redis::{instance_of, RedisUrl};
-use crate::shard::members::Member;
 use crate::shard::mesh::{Answer, ConnRef, GlobalConn, HistoryPage, NodesPage, Reply};
 use fnv::FnvHashMap;
 use std::sync::Arc;
@@ -57,9 +56,8 @@ pub struct Gather {
     pub(in crate::shard) instance: usize,
     /// Shards yet to answer.
     pub(in crate::shard) left: usize,
-    /// Members on the shards that answered, and the first `limit` of them.
-    pub(in crate::shard) count: u64,
-    pub(in crate::shard) members: Vec<Member>,
+    /// What the shards that answered hold.
+    pub(in crate::shard) page: NodesPage,
 }
 
 /// A shard's cluster state (see the module doc).
