@@ -8,7 +8,7 @@
 //! failures counted by kind. No socket, no sleep: every step is the test's.
 //! (The same paths against a real redis-server: tests/cluster/.)
 
-use super::redis::ClusterSim;
+use super::cluster::ClusterSim;
 use super::{Got, Peer};
 use crate::api::{Meta, PublishError, Target};
 use crate::proto::binary;

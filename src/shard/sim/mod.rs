@@ -9,7 +9,7 @@
 //! queued as written, unless the client is stalled, and removes connections
 //! that are closing after taking their goodbye.
 //!
-//! Cluster mode runs in the same harness: `redis::ClusterSim` is several
+//! Cluster mode runs in the same harness: `cluster::ClusterSim` is several
 //! such nodes around a simulated Redis (`redis::FakeRedis`) that answers
 //! the operations their shards emit and carries their channel messages.
 //!
@@ -17,6 +17,8 @@
 
 #[cfg(test)]
 mod access_tests;
+#[cfg(test)]
+pub(crate) mod cluster;
 #[cfg(test)]
 mod cluster_tests;
 #[cfg(test)]
