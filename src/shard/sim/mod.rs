@@ -20,6 +20,8 @@ mod access_tests;
 #[cfg(test)]
 pub(crate) mod cluster;
 #[cfg(test)]
+mod cluster_failure_tests;
+#[cfg(test)]
 mod cluster_tests;
 #[cfg(test)]
 mod inbox_tests;
