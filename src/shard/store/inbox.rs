@@ -16,17 +16,19 @@
 //! is allocated (`cost`): each push's frames and place, and each user's
 //! inbox itself. A push to many users is stored once and charged in full
 //! to each, so the cap errs on the side of less memory. Every eviction is
-//! counted by cause.
+//! counted by cause. The entries are kept by the shard's one bounded
+//! store (`store::bounded`), an `Inbox` being the user's slot there.
 //!
 //! Invariants: entries of a user are in the order their pushes reached the
 //! owner; an id appears at most once per user (ids are process-unique per
-//! push); `bytes` and `count` are the sums over every user.
+//! push); a user without entries has no inbox.
 
 use crate::proto::wire::Frames;
 use crate::shard::cost;
-use crate::shard::store::due::{self, DueMarks, Mark};
-use fnv::FnvHashMap;
-use std::collections::VecDeque;
+use crate::shard::store::bounded::{Bounded, Cause, Item, Queue, Slot};
+use crate::shard::store::due::Mark;
+
+pub use crate::shard::store::bounded::Evicted;
 
 /// Bytes a stored push costs beyond its frames: its place in the eviction
 /// order (its slot in the user's deque is the inbox's).
@@ -62,87 +64,56 @@ pub struct Entry {
     pub cost: usize,
 }
 
-#[derive(Debug)]
-struct Inbox {
-    entries: VecDeque<Entry>,
-    bytes: usize,
-    /// The earliest tick this inbox has a mark for in `due`.
-    scheduled: u32,
-    /// What the inbox itself costs, as counted in `Inboxes::overhead`.
-    charged: usize,
-}
-
-impl Default for Inbox {
-    fn default() -> Self {
-        Inbox {
-            entries: VecDeque::new(),
-            bytes: 0,
-            scheduled: u32::MAX,
-            charged: 0,
-        }
-    }
-}
-
-impl Inbox {
-    /// What it costs beside its pushes.
+impl Item for Entry {
     fn cost(&self) -> usize {
-        INBOX_COST + cost::deque(&self.entries)
-    }
-
-    /// Makes sure `due` will look at this inbox when its front is due
-    /// (after the front changed); returns the mark to push, if one is needed.
-    fn reschedule(&mut self) -> Option<u32> {
-        let when = self.entries.front()?.ttl_end;
-        (when < self.scheduled).then(|| {
-            self.scheduled = when;
-            when
-        })
+        self.cost
     }
 }
 
-/// Counts of what left inboxes and why.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct Evicted {
-    /// By a user's message or byte limit.
-    pub limit: u64,
-    /// By the shard's share of `[inbox] memory` (oldest first).
-    pub memory: u64,
-    /// By its TTL.
-    pub ttl: u64,
+/// One user's inbox: its slot in the bounded store.
+#[derive(Debug, Default)]
+struct Inbox {
+    entries: Queue<Entry>,
+}
+
+impl Slot<i64> for Inbox {
+    type Entry = Entry;
+    const KEEP_EMPTY: bool = false;
+
+    fn queue(&self) -> &Queue<Entry> {
+        &self.entries
+    }
+
+    fn queue_mut(&mut self) -> &mut Queue<Entry> {
+        &mut self.entries
+    }
+
+    fn own_cost(&self, _: &i64) -> usize {
+        INBOX_COST + self.entries.buffer_cost()
+    }
+
+    fn due(&self, e: &Entry) -> u32 {
+        e.ttl_end
+    }
+
+    fn due_cause(&self, e: &Entry, now: u32) -> Option<Cause> {
+        (e.ttl_end <= now).then_some(Cause::Ttl)
+    }
 }
 
 /// Every inbox this shard owns.
 #[derive(Debug)]
 pub struct Inboxes {
-    users: FnvHashMap<i64, Inbox>,
+    users: Bounded<i64, Inbox>,
     policy: Policy,
-    cap: usize,
-    /// Sum of the stored pushes' costs.
-    bytes: usize,
-    /// Sum of the inboxes' own costs (`Inbox::charged`).
-    overhead: usize,
-    count: usize,
-    /// (user, id) in the order stored: the memory cap evicts from the front;
-    /// entries already gone are skipped.
-    order: VecDeque<(i64, u64)>,
-    /// (tick, user) at which a user's oldest entry may be due.
-    due: DueMarks<i64>,
-    evicted: Evicted,
 }
 
 impl Inboxes {
     /// Inboxes under `policy`, holding at most `cap` bytes in all.
     pub fn new(policy: Policy, cap: usize) -> Self {
         Inboxes {
-            users: FnvHashMap::default(),
+            users: Bounded::new(cap),
             policy,
-            cap,
-            bytes: 0,
-            overhead: 0,
-            count: 0,
-            order: VecDeque::new(),
-            due: DueMarks::default(),
-            evicted: Evicted::default(),
         }
     }
 
@@ -153,30 +124,23 @@ impl Inboxes {
 
     /// Pushes stored, all users.
     pub fn messages(&self) -> usize {
-        self.count
+        self.users.count()
     }
 
     /// Bytes counted against the cap, all users: the pushes and the
     /// inboxes.
     pub fn bytes(&self) -> usize {
-        self.bytes + self.overhead
-    }
-
-    /// Forgets `mid`'s inbox (empty, or handed over) and its cost.
-    fn remove_user(&mut self, mid: i64) -> Option<Inbox> {
-        let inbox = self.users.remove(&mid)?;
-        self.overhead -= inbox.charged;
-        Some(inbox)
+        self.users.charged()
     }
 
     /// Users with something stored.
     pub fn users(&self) -> usize {
-        self.users.len()
+        self.users.slots()
     }
 
     /// What was evicted since the last call.
     pub fn take_evicted(&mut self) -> Evicted {
-        std::mem::take(&mut self.evicted)
+        self.users.take_evicted()
     }
 
     /// Stores push `id` for `mid` at tick `now`, with the publisher's `ttl`
@@ -186,66 +150,18 @@ impl Inboxes {
             return;
         }
         let p = self.policy;
-        let cost = cost::frames(frames) + ENTRY_COST;
-        let ttl_end = now.saturating_add(ttl.unwrap_or(p.ttl));
-        let inbox = self.users.entry(mid).or_default();
-        if inbox.entries.capacity() == 0 {
-            // Most users have one push waiting: no room for four up front.
-            inbox.entries.reserve_exact(1);
-        }
-        inbox.entries.push_back(Entry {
+        let e = Entry {
             id,
             op,
             frames: frames.clone(),
-            ttl_end,
-            cost,
-        });
-        inbox.bytes += cost;
-        self.bytes += cost;
-        self.count += 1;
-        while inbox.entries.len() > p.messages || inbox.bytes > p.bytes {
-            let e = inbox.entries.pop_front().expect("over a limit, so not empty");
-            inbox.bytes -= e.cost;
-            self.bytes -= e.cost;
-            self.count -= 1;
-            self.evicted.limit += 1;
+            ttl_end: now.saturating_add(ttl.unwrap_or(p.ttl)),
+            cost: cost::frames(frames) + ENTRY_COST,
+        };
+        if !self.users.contains(&mid) {
+            self.users.insert(mid, Inbox::default());
         }
-        let c = inbox.cost();
-        self.overhead = self.overhead - inbox.charged + c;
-        inbox.charged = c;
-        if inbox.entries.is_empty() {
-            // A push larger than a whole inbox: nothing is kept.
-            self.remove_user(mid);
-            return;
-        }
-        self.order.push_back((mid, id));
-        if let Some(when) = inbox.reschedule() {
-            self.due.mark(when, mid);
-        }
-        while self.bytes() > self.cap {
-            let Some((m, id)) = self.order.pop_front() else { break };
-            let Some(inbox) = self.users.get_mut(&m) else { continue };
-            if inbox.entries.front().is_some_and(|e| e.id == id) {
-                let e = inbox.entries.pop_front().expect("front checked");
-                inbox.bytes -= e.cost;
-                self.bytes -= e.cost;
-                self.count -= 1;
-                self.evicted.memory += 1;
-                if inbox.entries.is_empty() {
-                    self.remove_user(m);
-                } else if let Some(when) = inbox.reschedule() {
-                    self.due.mark(when, m);
-                }
-            }
-        }
-        // Keep the order queue and the due heap from outgrowing what they
-        // index (a user's marks stay in the heap until due, a day by
-        // default, after the user's inbox has gone).
-        let users = &self.users;
-        due::compact(&mut self.order, self.count, |(m, id)| {
-            users.get(m).is_some_and(|i| i.entries.iter().any(|e| e.id == *id))
-        });
-        self.due.compact(users.len(), |m| users.contains_key(m));
+        self.users.push(&mid, e, p.messages, p.bytes);
+        self.users.shed(|_, _| {});
     }
 
     /// What `mid` is owed, oldest first (expired entries skipped).
@@ -258,64 +174,22 @@ impl Inboxes {
     /// Hands `mid`'s whole inbox over (to a version-1 connection, which
     /// cannot acknowledge: at most once), oldest first.
     pub fn take(&mut self, mid: i64, now: u32) -> Vec<Entry> {
-        let Some(inbox) = self.remove_user(mid) else {
+        let Some(inbox) = self.users.remove(&mid) else {
             return Vec::new();
         };
-        self.bytes -= inbox.bytes;
-        self.count -= inbox.entries.len();
-        inbox.entries.into_iter().filter(|e| e.ttl_end > now).collect()
+        inbox.entries.into_entries().filter(|e| e.ttl_end > now).collect()
     }
 
     /// Forgets the entries of `mid` with these ids; returns how many there were.
     pub fn ack(&mut self, mid: i64, ids: &[u64]) -> usize {
-        let Some(inbox) = self.users.get_mut(&mid) else {
-            return 0;
-        };
-        let before = inbox.entries.len();
-        let mut freed = 0;
-        inbox.entries.retain(|e| {
-            let keep = !ids.contains(&e.id);
-            if !keep {
-                freed += e.cost;
-            }
-            keep
-        });
-        let gone = before - inbox.entries.len();
-        inbox.bytes -= freed;
-        self.bytes -= freed;
-        self.count -= gone;
-        if inbox.entries.is_empty() {
-            self.remove_user(mid);
-        } else if let Some(when) = inbox.reschedule() {
-            self.due.mark(when, mid);
-        }
-        gone
+        self.users.remove_where(&mid, |e| ids.contains(&e.id))
     }
 
     /// Drops the entries whose TTL has ended as of tick `now` (from the front
     /// of each inbox; a shorter-lived entry behind longer-lived ones is
     /// skipped by `pending` until it reaches the front).
     pub fn expire(&mut self, now: u32) {
-        while let Some((when, mid)) = self.due.take_due(now) {
-            let Some(inbox) = self.users.get_mut(&mid) else {
-                continue;
-            };
-            if when == inbox.scheduled {
-                inbox.scheduled = u32::MAX;
-            }
-            while inbox.entries.front().is_some_and(|e| e.ttl_end <= now) {
-                let e = inbox.entries.pop_front().expect("front checked");
-                inbox.bytes -= e.cost;
-                self.bytes -= e.cost;
-                self.count -= 1;
-                self.evicted.ttl += 1;
-            }
-            if inbox.entries.is_empty() {
-                self.remove_user(mid);
-            } else if let Some(when) = inbox.reschedule() {
-                self.due.mark(when, mid);
-            }
-        }
+        self.users.expire(now, |_, _| {});
     }
 }
 
@@ -372,7 +246,7 @@ mod tests {
         probe.store(1, 1, 7, &frames(1), 0, None);
         probe.store(2, 2, 7, &frames(2), 0, None);
         // And user 2's deque growing from one slot to four.
-        let mut b = Inboxes::new(P, probe.bytes() + 3 * std::mem::size_of::<Entry>());
+        let mut b = Inboxes::new(P, probe.bytes() + 3 * std::mem::size_of::<(u64, Entry)>());
         b.store(1, 1, 7, &frames(1), 0, Some(5));
         b.store(2, 2, 7, &frames(2), 0, None);
         b.store(2, 3, 7, &frames(3), 0, None);

@@ -53,7 +53,7 @@ impl Logs {
     /// The log of `room`, created with `epoch` and nothing known before
     /// now if missing.
     fn open_at(&mut self, room: &Arc<str>, policy: Policy, now: u32, epoch: u64) -> &mut RoomLog {
-        if !self.rooms.contains_key(room) {
+        if !self.rooms.contains(room) {
             let log = self.open(room, policy, now);
             (log.epoch, log.last, log.lost_through) = (epoch, 0, 0);
         }
@@ -64,12 +64,8 @@ impl Logs {
     /// `epoch`, nothing older replayable; its read marks go with another
     /// epoch.
     fn restart(&mut self, room: &Arc<str>, epoch: u64, offset: u64) {
+        self.rooms.clear(room);
         let log = self.rooms.get_mut(room).expect("restart of an open log");
-        for e in log.entries.drain(..) {
-            self.bytes -= e.cost;
-            self.count -= 1;
-        }
-        log.bytes = 0;
         if log.epoch != epoch {
             log.marks.clear();
         }

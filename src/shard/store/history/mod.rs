@@ -21,9 +21,11 @@
 //! message's own TTL removes it too. A read mark never creates a log: a
 //! room without one has nothing to be read up to.
 //!
-//! Files: `mod.rs` the logs and publishing, `memory.rs` the cap (costs,
-//! idle logs, eviction), `reads.rs` resumes, marks and pages, `cache.rs`
-//! cluster mode's cache of Redis offsets.
+//! The messages are kept by the shard's one bounded store
+//! (`store::bounded`: per-room FIFO, limits, cap, expiry heap, evictions);
+//! a `RoomLog` is the room's slot there. Files: `mod.rs` the logs and
+//! publishing, `memory.rs` idle logs and the cap, `reads.rs` resumes, marks
+//! and pages, `cache.rs` cluster mode's cache of Redis offsets.
 //!
 //! Invariants:
 //! - offsets of a room are 1, 2, 3, ... in publish order; `last` is the
@@ -33,14 +35,14 @@
 //!   a client that has every offset up to `o` can resume without a gap iff
 //!   `o >= lost_through` (messages that outlived their TTL are skipped, not
 //!   lost — the publisher said they stop mattering);
-//! - `bytes` is the sum of the entries' `cost` over all rooms;
 //! - an epoch is random and non-zero, chosen when the room's log is created:
 //!   a log that is dropped (server restart, idle room without history) comes
 //!   back with another, so a client can always tell lost history from none.
 
 use crate::proto::wire::Wire;
 use crate::shard::cost;
-use crate::shard::store::due::{DueMarks, Mark};
+use crate::shard::store::bounded::{self, Bounded, Cause, Item, Queue, Slot};
+use crate::shard::store::due::Mark;
 use fnv::FnvHashMap;
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -92,35 +94,15 @@ impl Entry {
     fn aged(&self, p: Policy, now: u32) -> bool {
         self.at.saturating_add(p.max_age) <= now
     }
+}
 
-    /// The tick this entry is due to leave (age limit or TTL).
-    fn due(&self, p: Policy) -> u32 {
-        self.at.saturating_add(p.max_age).min(self.ttl_end)
+impl Item for Entry {
+    fn cost(&self) -> usize {
+        self.cost
     }
 }
 
-/// Drops the due messages at the front of `log` (aged: a gap for resumes;
-/// TTL over: not), keeping the byte counts.
-fn trim(log: &mut RoomLog, now: u32, total: &mut (usize, usize), evicted: &mut Evicted) {
-    while let Some(e) = log.entries.front() {
-        let aged = e.aged(log.policy, now);
-        if !aged && !e.ttl_over(now) {
-            return;
-        }
-        let e = log.entries.pop_front().expect("front checked");
-        log.bytes -= e.cost;
-        total.0 -= e.cost;
-        total.1 -= 1;
-        if aged {
-            log.lost_through = log.lost_through.max(e.offset);
-            evicted.limit += 1;
-        } else {
-            evicted.ttl += 1;
-        }
-    }
-}
-
-/// One room's log.
+/// One room's log: its slot in the shard's bounded store.
 #[derive(Debug)]
 pub struct RoomLog {
     /// The room's epoch (see module doc).
@@ -130,16 +112,11 @@ pub struct RoomLog {
     /// See module invariants.
     pub lost_through: u64,
     policy: Policy,
-    entries: VecDeque<Entry>,
-    bytes: usize,
+    entries: Queue<Entry>,
     /// Tick of the last publish, join or mark.
     touched: u32,
     /// Per user, the offset read up to (in this epoch).
     marks: FnvHashMap<i64, u64>,
-    /// The earliest tick this room has a mark for in `due`.
-    scheduled: u32,
-    /// What the log itself costs, as counted in `Logs::overhead`.
-    charged: usize,
     /// It is in `Logs::idle`.
     queued: bool,
 }
@@ -154,20 +131,43 @@ impl RoomLog {
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
     }
+}
 
-    /// What the log costs beside its messages (`cost`).
-    fn cost(&self, name: &str) -> usize {
-        LOG_COST + cost::arc_str(name.len()) + cost::deque(&self.entries) + self.marks.capacity() * MARK_COST
+impl Slot<Arc<str>> for RoomLog {
+    type Entry = Entry;
+    /// A log outlives its messages: it holds the room's epoch, newest
+    /// offset and read marks.
+    const KEEP_EMPTY: bool = true;
+
+    fn queue(&self) -> &Queue<Entry> {
+        &self.entries
     }
 
-    /// When the front changed: the tick to mark in `due` if the room has
-    /// no mark that early yet.
-    fn reschedule(&mut self) -> Option<u32> {
-        let when = self.entries.front()?.due(self.policy);
-        (when < self.scheduled).then(|| {
-            self.scheduled = when;
-            when
-        })
+    fn queue_mut(&mut self) -> &mut Queue<Entry> {
+        &mut self.entries
+    }
+
+    fn own_cost(&self, name: &Arc<str>) -> usize {
+        LOG_COST + cost::arc_str(name.len()) + self.entries.buffer_cost() + self.marks.capacity() * MARK_COST
+    }
+
+    fn due(&self, e: &Entry) -> u32 {
+        e.at.saturating_add(self.policy.max_age).min(e.ttl_end)
+    }
+
+    /// Aged is a gap for resumes (a limit); a TTL over is not.
+    fn due_cause(&self, e: &Entry, now: u32) -> Option<Cause> {
+        if e.aged(self.policy, now) {
+            Some(Cause::Limit)
+        } else {
+            e.ttl_over(now).then_some(Cause::Ttl)
+        }
+    }
+
+    fn left(&mut self, e: &Entry, cause: Cause) {
+        if cause != Cause::Ttl {
+            self.lost_through = self.lost_through.max(e.offset);
+        }
     }
 }
 
@@ -210,45 +210,27 @@ impl std::fmt::Debug for InUse {
 /// Every room log this shard owns.
 #[derive(Debug)]
 pub struct Logs {
-    rooms: FnvHashMap<Arc<str>, RoomLog>,
-    /// Sum of every entry's cost.
-    bytes: usize,
-    /// Sum of every log's own cost (`RoomLog::charged`).
-    overhead: usize,
-    /// Entries stored, all rooms.
-    count: usize,
-    /// This shard's share of `[history] memory`.
-    cap: usize,
-    /// Stored messages across rooms in the order they were stored: the
-    /// memory cap evicts from the front. Entries already gone are skipped.
-    order: VecDeque<(Arc<str>, u64)>,
-    /// (tick, room) at which a room's oldest entry may be due; at most a
-    /// few per room, re-checked when popped.
-    due: DueMarks<Arc<str>>,
+    /// The logs and their messages, under this shard's share of
+    /// `[history] memory`.
+    rooms: Bounded<Arc<str>, RoomLog>,
     /// Logs with no message stored, each with its `touched` when queued:
     /// the memory cap's first candidates, least recently used first
     /// (re-checked when popped).
     idle: VecDeque<(Arc<str>, u32)>,
     /// Whether a room has members (`set_in_use`; none until set).
     in_use: InUse,
-    /// Evictions not yet collected into the stats.
-    evicted: Evicted,
+    /// Idle logs dropped for memory, not yet collected into the stats.
+    rooms_evicted: u64,
 }
 
 impl Logs {
     /// Logs holding at most `cap` bytes of history.
     pub fn new(cap: usize) -> Self {
         Logs {
-            rooms: FnvHashMap::default(),
-            bytes: 0,
-            overhead: 0,
-            count: 0,
-            cap,
-            order: VecDeque::new(),
-            due: DueMarks::default(),
+            rooms: Bounded::new(cap),
             idle: VecDeque::new(),
             in_use: InUse(Box::new(|_| false)),
-            evicted: Evicted::default(),
+            rooms_evicted: 0,
         }
     }
 
@@ -261,23 +243,23 @@ impl Logs {
 
     /// Bytes of stored messages.
     pub fn bytes(&self) -> usize {
-        self.bytes
+        self.rooms.bytes()
     }
 
     /// Everything counted against the cap: messages, and the logs' own
     /// bookkeeping and read marks.
     pub fn charged(&self) -> usize {
-        self.bytes + self.overhead
+        self.rooms.charged()
     }
 
     /// Messages stored, all rooms.
     pub fn messages(&self) -> usize {
-        self.count
+        self.rooms.count()
     }
 
     /// Rooms with a log.
     pub fn rooms(&self) -> usize {
-        self.rooms.len()
+        self.rooms.slots()
     }
 
     /// Every room with a log.
@@ -292,29 +274,30 @@ impl Logs {
 
     /// What was evicted since the last call.
     pub fn take_evicted(&mut self) -> Evicted {
-        std::mem::take(&mut self.evicted)
+        let bounded::Evicted { limit, memory, ttl } = self.rooms.take_evicted();
+        Evicted {
+            limit,
+            memory,
+            ttl,
+            rooms: std::mem::take(&mut self.rooms_evicted),
+        }
     }
 
     /// The log of `room`, created (new epoch, no offset yet) if missing;
     /// a new one first makes room under the cap among idle logs.
     pub fn open(&mut self, room: &Arc<str>, policy: Policy, now: u32) -> &mut RoomLog {
-        if !self.rooms.contains_key(room) {
-            let mut log = RoomLog {
+        if !self.rooms.contains(room) {
+            let log = RoomLog {
                 epoch: fastrand::u64(1..),
                 last: 0,
                 lost_through: 0,
                 policy,
-                entries: VecDeque::new(),
-                bytes: 0,
+                entries: Queue::default(),
                 touched: now,
                 marks: FnvHashMap::default(),
-                scheduled: u32::MAX,
-                charged: 0,
                 queued: true,
             };
-            log.charged = log.cost(room);
-            self.evict_idle(self.cap.saturating_sub(log.charged));
-            self.overhead += log.charged;
+            self.evict_idle(self.rooms.cap().saturating_sub(log.own_cost(room)));
             self.idle.push_back((room.clone(), now));
             self.rooms.insert(room.clone(), log);
         }
@@ -352,35 +335,14 @@ impl Logs {
             return;
         }
         let cost = cost::wire(&wire) + ENTRY_COST;
-        if log.entries.capacity() == 0 {
-            // Most rooms keep few messages: no room for four up front.
-            log.entries.reserve_exact(1);
-        }
-        log.entries.push_back(Entry {
+        let e = Entry {
             offset,
             wire,
             at: now,
             ttl_end: ttl.map_or(u32::MAX, |t| now.saturating_add(t)),
             cost,
-        });
-        log.bytes += cost;
-        self.bytes += cost;
-        self.count += 1;
-        let mut limit = 0;
-        while log.entries.len() > p.messages || log.bytes > p.bytes {
-            let e = log.entries.pop_front().expect("over a limit, so not empty");
-            log.bytes -= e.cost;
-            self.bytes -= e.cost;
-            self.count -= 1;
-            log.lost_through = log.lost_through.max(e.offset);
-            limit += 1;
-        }
-        self.evicted.limit += limit;
-        self.order.push_back((room.clone(), offset));
-        if let Some(when) = log.reschedule() {
-            self.due.mark(when, room.clone());
-        }
-        self.recharge(room);
+        };
+        self.rooms.push(room, e, p.messages, p.bytes);
         self.enforce_cap();
     }
 
@@ -388,42 +350,36 @@ impl Logs {
     /// tick `now` (from the front of each room; a message whose TTL ends
     /// while older ones stay is skipped by readers until it reaches the front).
     pub fn expire(&mut self, now: u32) {
-        while let Some((when, room)) = self.due.take_due(now) {
-            let Some(log) = self.rooms.get_mut(&room) else { continue };
-            if when == log.scheduled {
-                log.scheduled = u32::MAX;
-            }
-            let mut total = (self.bytes, self.count);
-            trim(log, now, &mut total, &mut self.evicted);
-            (self.bytes, self.count) = total;
-            if let Some(when) = log.reschedule() {
-                self.due.mark(when, room.clone());
-            }
-            self.maybe_idle(&room);
-        }
+        let idle = &mut self.idle;
+        self.rooms.expire(now, |room, log| queue_idle(idle, room, log));
         // Logs opened since the last tick may have passed the cap.
-        if self.charged() > self.cap {
-            self.evict_idle(self.cap);
+        if self.charged() > self.rooms.cap() {
+            self.evict_idle(self.rooms.cap());
         }
     }
 
     /// Drops logs with nothing stored, untouched for `IDLE_TICKS`, and whose
     /// room nobody is in.
     pub fn gc(&mut self, now: u32) {
-        let (in_use, overhead) = (&self.in_use.0, &mut self.overhead);
+        let in_use = &self.in_use.0;
         self.rooms.retain(|room, log| {
-            let keep = !log.entries.is_empty() || now.saturating_sub(log.touched) < IDLE_TICKS || in_use(room);
-            if !keep {
-                *overhead -= log.charged;
-            }
-            keep
+            !log.entries.is_empty() || now.saturating_sub(log.touched) < IDLE_TICKS || in_use(room)
         });
         // The idle queue forgets dropped logs as it meets them; keep it
         // from outgrowing what it indexes.
-        if self.idle.len() > 2 * self.rooms.len() + 1024 {
+        if self.idle.len() > 2 * self.rooms.slots() + 1024 {
             let rooms = &self.rooms;
             self.idle.retain(|(r, _)| rooms.get(r).is_some_and(|l| l.queued));
         }
+    }
+}
+
+/// Queues `room` as an idle-log candidate if it stores nothing and is not
+/// queued yet.
+fn queue_idle(idle: &mut VecDeque<(Arc<str>, u32)>, room: &Arc<str>, log: &mut RoomLog) {
+    if log.entries.is_empty() && !log.queued {
+        log.queued = true;
+        idle.push_back((room.clone(), log.touched));
     }
 }
 
@@ -435,8 +391,13 @@ mod reads;
 impl Logs {
     /// What `charged` should be, counted from scratch.
     fn recount(&self) -> usize {
-        let entries: usize = self.rooms.values().flat_map(|l| &l.entries).map(|e| e.cost).sum();
-        let logs: usize = self.rooms.iter().map(|(r, l)| l.cost(r)).sum();
+        let entries: usize = self
+            .rooms
+            .iter()
+            .flat_map(|(_, l)| l.entries.iter())
+            .map(|e| e.cost)
+            .sum();
+        let logs: usize = self.rooms.iter().map(|(r, l)| l.own_cost(r)).sum();
         entries + logs
     }
 }

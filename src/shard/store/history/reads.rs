@@ -3,7 +3,7 @@
 //!
 //! Pure, on the room's owner shard, as the rest of `history`.
 
-use super::{trim, Entry, Logs, Policy, Resumed};
+use super::{Entry, Logs, Policy, Resumed};
 use std::sync::Arc;
 
 impl Logs {
@@ -21,11 +21,9 @@ impl Logs {
     ) -> Resumed {
         use crate::proto::v2::Unrecovered;
         self.open(room, policy, now);
-        let log = self.rooms.get_mut(room).expect("opened just above");
         // What is due but not yet swept is gone already.
-        let mut total = (self.bytes, self.count);
-        trim(log, now, &mut total, &mut self.evicted);
-        (self.bytes, self.count) = total;
+        self.rooms.trim(room, now);
+        let log = self.rooms.get_mut(room).expect("opened just above");
         let (epoch, last) = (log.epoch, log.last);
         let mark = (mid != 0).then(|| log.marks.get(&mid).copied().unwrap_or(0));
         let replay = match resume {
@@ -64,7 +62,7 @@ impl Logs {
         let m = log.marks.entry(mid).or_default();
         *m = (*m).max(offset.min(log.last));
         let answer = (*m, log.last);
-        self.recharge(room);
+        self.rooms.recharge(room);
         self.enforce_cap();
         Some(answer)
     }

@@ -93,8 +93,9 @@ fn the_memory_cap_evicts_the_oldest_message_of_any_room() {
     for r in [&a, &b, &a] {
         probe.publish(r, P, 0, None, frame);
     }
-    // And b's deque growing from one slot to four, as a's did.
-    let cap = probe.charged() + 3 * std::mem::size_of::<Entry>();
+    // And b's deque growing from one slot to four, as a's did (a slot
+    // holds an entry and its place in the store's order).
+    let cap = probe.charged() + 3 * std::mem::size_of::<(u64, Entry)>();
     let mut logs = Logs::new(cap);
     let ea = logs.resume(&a, P, 0, None, 0).epoch;
     logs.publish(&a, P, 0, None, frame);
