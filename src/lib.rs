@@ -48,11 +48,13 @@
 //!   layering.
 //! - [`server`]: binds the listeners, starts the shards, `ServerHandle`.
 //! - [`net`]: listener specs, binding one socket per shard, the accept loop.
-//! - [`shard`]: per-core state and behaviour, sans-IO (connection records,
-//!   their addresses and signed assigned keys, heartbeat wheel, directory,
-//!   delivery, the version-1 and version-2 sessions, rooms, room logs with
-//!   offsets and history, resume, access and connection limits, room
-//!   patterns, presence, the mesh, and what kept data costs in memory),
+//! - [`shard`]: per-core state and behaviour, sans-IO, a folder per role,
+//!   `Shard` made of the components they own (connection records, their
+//!   addresses and signed assigned keys, heartbeat wheel, directory,
+//!   delivery, the version-1 and version-2 sessions, rooms, one bounded
+//!   store under room logs (offsets, history) and inboxes, resume, access
+//!   and connection limits, room patterns, presence, the mesh, and what
+//!   kept data costs in memory),
 //!   plus `shard::run`, the per-shard runtime that drives it,
 //!   `shard::router`, the fork per operation between this node and the
 //!   cluster, and `shard::cluster`, cluster mode on a shard (one file per

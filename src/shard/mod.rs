@@ -16,14 +16,17 @@
 //! `redis::driver::drive`):
 //!
 //! ```text
-//! state      Shard's fields, route(), handle() = one line per ShardMsg
+//! state      Shard = components that own their data (conns, index, store, owners, out,
+//!            clock, cluster); route()
+//! dispatch   handle(): one line per ShardMsg
 //! router     THE fork per operation: this node (owner shards) or the cluster (Redis)
 //! addr       ConnRef, GlobalConn, signed server-assigned keys (pure)
 //! conns/     Conn record, Transport; lifecycle (new / close / remove, rooms), heartbeat
 //!            (deadlines, pings, sweep), wheel, outbound (write queue), worklist (pure)
 //! publish/   the publish path in data-path order: ingress, owner, fanout, queue (→ conn::flush)
-//! owners/    the key and user directory slice (pure); pushes to users: live, inbox, owed
-//! store/     bounded, counted keeping (pure): history (room logs), inbox, dedup, cost
+//! owners/    the key and user directory slice (pure); registering with it; pushes to users
+//! store/     bounded, counted keeping (pure): one bounded store under history (room logs)
+//!            and inbox; dedup, cost
 //! session/   bytes → frames → v1 / v2 operations, resume, access (auth, tokens, limits), token
 //! admission  process-wide connection counts: total, per IP, attempts per IP (shared)
 //! presence   member lists, watched rooms, coalesced join/leave events
@@ -51,6 +54,7 @@ pub mod addr;
 pub mod admission;
 pub mod cluster;
 mod conns;
+mod dispatch;
 pub mod mesh;
 pub mod msg;
 pub mod presence;
@@ -71,7 +75,6 @@ use session::token;
 
 use conns::heartbeat;
 pub use conns::outbound;
-use conns::wheel;
 pub use conns::worklist;
 
 mod owners;

@@ -78,25 +78,25 @@ impl Shard {
     /// `r` joined (or left) `room` on this shard: noted if the room is
     /// watched.
     pub(super) fn presence_change(&mut self, r: ConnRef, room: &str, joined: bool) {
-        if !self.watched.pending.contains_key(room) {
+        if !self.index.watched.pending.contains_key(room) {
             return;
         }
         let Some(c) = self.conn(r) else { return };
         let m = self.member_of(r, c);
         let limit = self.cfg().client.presence_limit;
-        if let Some(p) = self.watched.pending.get_mut(room) {
+        if let Some(p) = self.index.watched.pending.get_mut(room) {
             p.add(m, joined, limit);
         }
     }
 
     /// Whether any room is watched anywhere or by a local connection.
     pub(super) fn presence_in_use(&self) -> bool {
-        !self.watched.pending.is_empty() || !self.watched.mine.is_empty()
+        !self.index.watched.pending.is_empty() || !self.index.watched.mine.is_empty()
     }
 
     /// `r` (a version-2 member of `room`) asked for presence events.
     pub(super) fn watch(&mut self, r: ConnRef, room: &Arc<str>) {
-        let list = self.watched.mine.entry(room.clone()).or_default();
+        let list = self.index.watched.mine.entry(room.clone()).or_default();
         list.push(r);
         if list.len() == 1 {
             let owner = owner_of_str(room, self.nr());
@@ -112,7 +112,7 @@ impl Shard {
 
     /// `r` left `room` or closed: no more events for it.
     pub(super) fn unwatch(&mut self, r: ConnRef, room: &str) {
-        let Some(list) = self.watched.mine.get_mut(room) else {
+        let Some(list) = self.index.watched.mine.get_mut(room) else {
             return;
         };
         let Some(i) = list.iter().position(|x| *x == r) else {
@@ -120,7 +120,7 @@ impl Shard {
         };
         list.swap_remove(i);
         if list.is_empty() {
-            let (room, _) = self.watched.mine.remove_entry(room).expect("present just above");
+            let (room, _) = self.index.watched.mine.remove_entry(room).expect("present just above");
             let owner = owner_of_str(&room, self.nr());
             self.route(owner, ShardMsg::Watch { room, delta: -1 });
         }
@@ -128,8 +128,8 @@ impl Shard {
 
     /// On the owner: one more (or one fewer) shard has watchers of `room`.
     pub(super) fn on_watch(&mut self, room: Arc<str>, delta: i32) {
-        let now = self.wheel.now();
-        let e = self.watched.owned.entry(room.clone()).or_default();
+        let now = self.conns.wheel.now();
+        let e = self.index.watched.owned.entry(room.clone()).or_default();
         let before = e.watched(now);
         e.shards = e.shards.saturating_add_signed(delta);
         if e.shards == 0 {
@@ -145,8 +145,8 @@ impl Shard {
     /// On the owner, in a cluster: another node watches `room` (it said so,
     /// or the room's watch key did when this node subscribed).
     pub(super) fn remote_watch(&mut self, room: &Arc<str>) {
-        let now = self.wheel.now();
-        let e = self.watched.owned.entry(room.clone()).or_default();
+        let now = self.conns.wheel.now();
+        let e = self.index.watched.owned.entry(room.clone()).or_default();
         let before = e.watched(now);
         e.remote_until = now.saturating_add(WATCH_TTL_SECS);
         self.owned_changed(room, before);
@@ -155,10 +155,10 @@ impl Shard {
     /// On the owner, after `room`'s watchers changed (it was watched
     /// `before`): every shard is told when that flips.
     fn owned_changed(&mut self, room: &Arc<str>, before: bool) {
-        let now = self.wheel.now();
-        let after = self.watched.owned.get(room).is_some_and(|e| e.watched(now));
+        let now = self.conns.wheel.now();
+        let after = self.index.watched.owned.get(room).is_some_and(|e| e.watched(now));
         if !after {
-            self.watched.owned.remove(room);
+            self.index.watched.owned.remove(room);
         }
         if before != after {
             for s in 0..self.nr() {
@@ -176,16 +176,16 @@ impl Shard {
     /// On every shard: `room` is (or is no longer) watched somewhere.
     pub(super) fn on_watching(&mut self, room: Arc<str>, on: bool) {
         if on {
-            self.watched.pending.entry(room).or_default();
+            self.index.watched.pending.entry(room).or_default();
         } else {
-            self.watched.pending.remove(&room);
+            self.index.watched.pending.remove(&room);
         }
     }
 
     /// On the owner: a shard's changes to `room` in the last second.
     pub(super) fn on_presence_delta(&mut self, room: &str, changes: Changes) {
         let limit = self.cfg().client.presence_limit;
-        if let Some(e) = self.watched.owned.get_mut(room) {
+        if let Some(e) = self.index.watched.owned.get_mut(room) {
             e.changes.merge(changes, limit);
         }
     }
@@ -194,14 +194,14 @@ impl Shard {
     /// last second, for this node's watchers.
     pub(super) fn on_presence_heard(&mut self, room: &str, changes: Changes) {
         let limit = self.cfg().client.presence_limit;
-        if let Some(e) = self.watched.owned.get_mut(room).filter(|e| e.shards > 0) {
+        if let Some(e) = self.index.watched.owned.get_mut(room).filter(|e| e.shards > 0) {
             e.heard.merge(changes, limit);
         }
     }
 
     /// On a shard: an event for the local watchers of `room`.
     pub(super) fn on_presence_frame(&mut self, room: &str, wire: &Wire) {
-        let targets = self.watched.mine.get(room).cloned().unwrap_or_default();
+        let targets = self.index.watched.mine.get(room).cloned().unwrap_or_default();
         for r in targets {
             let ws = self.conn(r).is_some_and(|c| c.transport == super::conns::Transport::Ws);
             self.enqueue_bytes(r, wire.for_transport(ws).clone());
@@ -212,6 +212,7 @@ impl Shard {
     /// that changed send their event.
     pub(super) fn presence_sweep(&mut self) {
         let changed: Vec<(Arc<str>, Changes)> = self
+            .index
             .watched
             .pending
             .iter_mut()
@@ -222,13 +223,13 @@ impl Shard {
             let owner = owner_of_str(&room, self.nr());
             self.route(owner, ShardMsg::PresenceDelta { room, changes });
         }
-        let now = self.wheel.now();
-        let expired: Vec<Arc<str>> = (self.watched.owned.iter())
+        let now = self.conns.wheel.now();
+        let expired: Vec<Arc<str>> = (self.index.watched.owned.iter())
             .filter(|(_, e)| e.remote_until != 0 && e.remote_until <= now)
             .map(|(room, _)| room.clone())
             .collect();
         for room in expired {
-            if let Some(e) = self.watched.owned.get_mut(&room) {
+            if let Some(e) = self.index.watched.owned.get_mut(&room) {
                 e.remote_until = 0;
             }
             self.owned_changed(&room, true);
@@ -239,7 +240,7 @@ impl Shard {
         let limit = self.cfg().client.presence_limit;
         let clustered = self.clustered();
         let (mut events, mut publish, mut announce) = (Vec::new(), Vec::new(), Vec::new());
-        for (room, e) in &mut self.watched.owned {
+        for (room, e) in &mut self.index.watched.owned {
             let mut c = std::mem::take(&mut e.changes);
             let heard = std::mem::take(&mut e.heard);
             if clustered && e.remote_until > now && !c.is_empty() {
@@ -263,7 +264,9 @@ impl Shard {
             self.announce_watch(&room);
         }
         for (room, c) in events {
-            let count = self.shared.online_room(&room, Some((self.id, self.rooms.count(&room))));
+            let count = self
+                .shared
+                .online_room(&room, Some((self.id, self.index.rooms.count(&room))));
             let body = if c.more > 0 {
                 serde_json::json!({"room": &*room, "count": count, "coalesced": true})
             } else {
@@ -284,7 +287,7 @@ impl Shard {
 
     /// This shard's members of `room`: how many, and the first `limit`.
     pub(super) fn presence_page(&self, room: &str, limit: usize) -> (usize, Vec<Member>) {
-        let members = self.rooms.members(room);
+        let members = self.index.rooms.members(room);
         let list = members
             .iter()
             .take(limit)

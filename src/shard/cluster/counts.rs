@@ -17,7 +17,7 @@ impl Shard {
     /// reconnected since (or every `FULL_REPORT_EVERY` sweeps).
     pub(super) fn report_counts(&mut self) {
         const FULL_REPORT_EVERY: u32 = 30;
-        let tick = self.wheel.now();
+        let tick = self.conns.wheel.now();
         let (ips, conns) = self.shared.online_totals();
         let mut now: FnvHashMap<Arc<str>, u64> = FnvHashMap::default();
         for v in &self.shared.views {

@@ -189,7 +189,7 @@ impl Shard {
         }
         self.register_all();
         self.forget_matched();
-        let tick = self.wheel.now();
+        let tick = self.conns.wheel.now();
         let Some(c) = self.cluster.as_ref() else { return };
         let mut retry = Vec::new();
         let mut idle = Vec::new();
@@ -198,7 +198,10 @@ impl Shard {
                 State::Failed(at) if tick > at => retry.push(room.clone()),
                 _ if s.joins.is_empty()
                     && tick.saturating_sub(s.touched) > LINGER_SECS
-                    && self.shared.room_count(room, Some((self.id, self.rooms.count(room)))) == 0 =>
+                    && self
+                        .shared
+                        .room_count(room, Some((self.id, self.index.rooms.count(room))))
+                        == 0 =>
                 {
                     idle.push(room.clone());
                 }

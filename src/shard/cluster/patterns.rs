@@ -108,8 +108,9 @@ impl Shard {
     /// the node's pattern subscribers if the room's own subscription did
     /// not bring it first.
     pub(in crate::shard) fn on_matched(&mut self, room: Arc<str>, m: Message) {
-        let now = self.wheel.now();
+        let now = self.conns.wheel.now();
         if self
+            .store
             .logs
             .get(&room)
             .is_some_and(|l| l.epoch == m.epoch && l.last >= m.offset)
@@ -147,7 +148,7 @@ impl Shard {
     /// Once a sweep: forgets rooms whose last glob-delivered message is
     /// older than `MATCHED_SECS`.
     pub(in crate::shard) fn forget_matched(&mut self) {
-        let now = self.wheel.now();
+        let now = self.conns.wheel.now();
         if let Some(c) = self.cluster.as_mut() {
             c.matched.retain(|_, s| now.saturating_sub(s.at) <= MATCHED_SECS);
         }

@@ -43,9 +43,9 @@ impl Shard {
     /// this one watches the room (and sets the room's watch key, for
     /// nodes that subscribe later).
     pub(in crate::shard) fn announce_watch(&mut self, room: &Arc<str>) {
-        let now = self.wheel.now();
+        let now = self.conns.wheel.now();
         let Some(c) = self.cluster.as_ref() else { return };
-        if let Some(e) = self.watched.owned.get_mut(room) {
+        if let Some(e) = self.index.watched.owned.get_mut(room) {
             e.announced = Some(now);
         }
         let node = c.node.clone();

@@ -61,7 +61,7 @@ impl Shard {
     pub(in crate::shard) fn history_of(&self, room: &str, limit: usize, page: Page) -> Option<HistoryPage> {
         let ((last, epoch), stored) = page?;
         let policy = self.cfg().history.policy(room);
-        let (unix, tick) = (self.unix_now, self.wheel.now());
+        let (unix, tick) = (self.clock.unix, self.conns.wheel.now());
         let entries = stored
             .into_iter()
             .filter(|s| s.at.saturating_add(u64::from(policy.max_age)) > unix)

@@ -72,7 +72,7 @@ impl Shard {
     /// pushes what the users among them are owed (`registry::add`) to
     /// their connections here, oldest first.
     pub(super) fn join_registry(&mut self, i: usize, entries: Vec<String>, node: String) {
-        let now = self.unix_now;
+        let now = self.clock.unix;
         self.emit(i, Call::Add { entries, node, now }, Then::Owed);
     }
 
@@ -95,8 +95,8 @@ impl Shard {
     /// leaves the node's inbox for the user's inbox in Redis (unless another
     /// node holds the user), so that it follows the user to the next node.
     pub(super) fn user_leaves(&mut self, mid: i64) {
-        let tick = self.wheel.now();
-        let owed: Vec<(Push, u64)> = (self.inbox.take(mid, tick).iter())
+        let tick = self.conns.wheel.now();
+        let owed: Vec<(Push, u64)> = (self.store.inbox.take(mid, tick).iter())
             .filter_map(|e| {
                 let tcp = e.frames.v2.for_transport(false);
                 let env = crate::proto::v2::decode_push(tcp.get(binary::HEADER_LEN..)?).ok()?;
@@ -111,14 +111,14 @@ impl Shard {
                 Some((push, u64::from(left)))
             })
             .collect();
-        self.count_inbox();
+        self.store.count_inbox(&self.shared.stats[self.id]);
         let Some(c) = self.cluster.as_ref() else { return };
         let ib = &self.shared.config.inbox;
         let limits = registry::InboxLimits {
             messages: ib.messages,
             secs: owed.iter().map(|(_, left)| *left as u32).max().unwrap_or(1),
         };
-        let (node, now) = (c.node.clone(), self.unix_now);
+        let (node, now) = (c.node.clone(), self.clock.unix);
         let Some(i) = self.cluster_instance(&registry::user_entry(mid)) else {
             return;
         };
@@ -161,7 +161,7 @@ impl Shard {
             return;
         }
         let mut by: Vec<Vec<String>> = vec![Vec::new(); n];
-        let (mids, keys) = self.dir.entries();
+        let (mids, keys) = self.owners.dir.entries();
         let keys = keys
             .filter(|k| registry::node_of_assigned_key(k).is_none())
             .map(|k| registry::key_entry(k));

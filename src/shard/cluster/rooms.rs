@@ -28,7 +28,7 @@ impl Shard {
     /// On a room's owner: the node has (or is about to have) a member of
     /// `room`: subscribes to its channel unless it is already.
     pub(in crate::shard) fn want_room(&mut self, room: &Arc<str>) {
-        let tick = self.wheel.now();
+        let tick = self.conns.wheel.now();
         let Some(c) = self.cluster.as_mut() else { return };
         if let Some(s) = c.rooms.get_mut(room) {
             s.touched = tick;
@@ -78,7 +78,7 @@ impl Shard {
             };
             return self.emit(i, call, Then::JoinMarked { room, j });
         }
-        let Some(log) = self.logs.get(&room) else {
+        let Some(log) = self.store.logs.get(&room) else {
             return self.join_req(room, j.at, j.seq, (j.resume, j.mid, j.presence));
         };
         let from_redis =
@@ -105,9 +105,9 @@ impl Shard {
     pub(in crate::shard) fn join_marked(&mut self, room: Arc<str>, mut j: Join, got: Result<u64, RedisError>) {
         match got {
             Ok(mark) => {
-                let (now, max) = (self.wheel.now(), self.cfg().history.max_marks);
+                let (now, max) = (self.conns.wheel.now(), self.cfg().history.max_marks);
                 // The node's copy only ever holds what Redis said.
-                self.logs.mark(&room, now, j.mid, mark, max);
+                self.store.logs.mark(&room, now, j.mid, mark, max);
                 j.marked = true;
                 self.join_live(room, j);
             }
@@ -132,17 +132,17 @@ impl Shard {
             Err(e) => return self.join_failed(&room, &j, &e.to_string()),
         };
         let policy = self.cfg().history.policy(&room);
-        let unix = self.unix_now;
+        let unix = self.clock.unix;
         let gapless = entries.len() as u64 == (through - from).saturating_add(1)
             && entries.iter().zip(from..).all(|(s, o)| s.msg.offset == o)
             && entries
                 .iter()
                 .all(|s| s.at.saturating_add(u64::from(policy.max_age)) > unix);
         // The cache goes on from `through` (if it still does).
-        let mut resumed = self.logs.resume(
+        let mut resumed = self.store.logs.resume(
             &room,
             policy,
-            self.wheel.now(),
+            self.conns.wheel.now(),
             Some(Resume {
                 offset: through,
                 epoch: resume.epoch,
@@ -162,7 +162,7 @@ impl Shard {
             Ok(_) => Err(Unrecovered::HistoryGone),
             Err(e) => Err(e),
         };
-        self.count_history();
+        self.store.count_history(&self.shared.stats[self.id]);
         self.route(
             usize::from(j.at.shard),
             ShardMsg::JoinReply {
@@ -225,7 +225,7 @@ impl Shard {
     /// the cache is set there (after filling what it missed, if it was
     /// live before), then the room goes live.
     pub(in crate::shard) fn synced(&mut self, room: Arc<str>, gen: u32, got: Result<room::Position, RedisError>) {
-        let tick = self.wheel.now();
+        let tick = self.conns.wheel.now();
         let Some(s) = self.cluster.as_mut().and_then(|c| c.rooms.get_mut(&room)) else {
             return;
         };
@@ -249,18 +249,19 @@ impl Shard {
         let policy = self.cfg().history.policy(&room);
         let keep = policy.messages as u64;
         let missed = self
+            .store
             .logs
             .get(&room)
             .map(|l| if l.epoch == epoch { l.last.saturating_add(1) } else { 1 })
             .filter(|&from| from <= offset);
         let Some(want) = missed else {
-            self.logs.sync(&room, policy, tick, epoch, offset);
+            self.store.logs.sync(&room, policy, tick, epoch, offset);
             return self.go_live(&room);
         };
         if keep == 0 {
             // A room without history: nothing to read back.
             self.tell_gap(&room);
-            self.logs.sync(&room, policy, tick, epoch, offset);
+            self.store.logs.sync(&room, policy, tick, epoch, offset);
             return self.go_live(&room);
         }
         let from = want.max(offset.saturating_add(1).saturating_sub(keep));
@@ -330,7 +331,7 @@ impl Shard {
             Ok(e) => e,
             Err(e) => return self.sync_failed(&room, &e.to_string()),
         };
-        let unix = self.unix_now;
+        let unix = self.clock.unix;
         // Messages past their TTL are still in the Stream (skipped below,
         // on purpose); only a missing offset is a loss.
         let gapless = want == from
@@ -348,7 +349,9 @@ impl Shard {
             }
         }
         let policy = self.cfg().history.policy(&room);
-        self.logs.sync(&room, policy, self.wheel.now(), epoch, offset);
+        self.store
+            .logs
+            .sync(&room, policy, self.conns.wheel.now(), epoch, offset);
         self.go_live(&room);
     }
 
@@ -372,7 +375,7 @@ impl Shard {
     /// Reading a room's position (or what it missed) failed: its joins are
     /// told why, and the sweep tries again.
     pub(super) fn sync_failed(&mut self, room: &Arc<str>, why: &str) {
-        let tick = self.wheel.now();
+        let tick = self.conns.wheel.now();
         let Some(s) = self.cluster.as_mut().and_then(|c| c.rooms.get_mut(room)) else {
             return;
         };
@@ -389,14 +392,15 @@ impl Shard {
     /// passed).
     pub(super) fn apply(&mut self, room: &Arc<str>, m: Message) {
         let policy = self.cfg().history.policy(room);
-        let now = self.wheel.now();
+        let now = self.conns.wheel.now();
         let frames = room_frames(room, &m);
         let ttl = (m.ttl > 0).then_some(m.ttl);
         if self
+            .store
             .logs
             .store(room, policy, now, (m.offset, m.epoch), ttl, frames.v2.clone())
         {
-            self.count_history();
+            self.store.count_history(&self.shared.stats[self.id]);
             let reach = self.reach_of(room, &m);
             self.fan_out_room(room, &frames, reach);
         }

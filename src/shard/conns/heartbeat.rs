@@ -3,7 +3,8 @@
 //!
 //! Runs on the owning shard; `sweep` is its clock (one tick per call, once a
 //! second from `shard::run`, directly from the simulated-time harness), and
-//! also what ages the history of the rooms the shard owns. The data
+//! after the deadlines it gives each component its tick (the store's
+//! expiry, shedding, the published view, presence, cluster mode). The data
 //! structure is `wheel::Wheel`; this module is the policy:
 //!
 //! ```text
@@ -39,16 +40,13 @@ pub const WS_PING_GRACE_SECS: u32 = 30;
 /// must not hold its socket for ever.
 pub const CLOSE_FLUSH_SECS: u32 = 5;
 
-/// Every this many ticks the sweep drops idle room logs (see `history::gc`).
-const GC_TICKS: u32 = 60;
-
 impl Shard {
     /// Makes sure the wheel looks at `r` by its recorded deadline.
     pub(in crate::shard) fn schedule(&mut self, r: ConnRef) {
-        let Some(c) = self.conns.get_mut(r.idx as usize).filter(|c| c.gen == r.gen) else {
+        let Some(c) = self.conns.slab.get_mut(r.idx as usize).filter(|c| c.gen == r.gen) else {
             return;
         };
-        c.wheel_at = self.wheel.schedule(r, c.next_check(), c.wheel_at);
+        c.wheel_at = self.conns.wheel.schedule(r, c.next_check(), c.wheel_at);
     }
 
     /// The first tick at least `secs` from now. The tick in force began up
@@ -56,7 +54,7 @@ impl Shard {
     /// client given T seconds is closed between T and T+1 s later, never
     /// before (docs/PROTOCOL.md, *Session*).
     pub(in crate::shard) fn deadline_in(&self, secs: u32) -> u32 {
-        self.wheel.now() + secs + 1
+        self.conns.wheel.now() + secs + 1
     }
 
     /// A sign of life (op 2, a pong): the heartbeat deadline starts again.
@@ -79,13 +77,13 @@ impl Shard {
 
     /// The current tick (seconds since the shard started).
     pub fn tick(&self) -> u32 {
-        self.wheel.now()
+        self.conns.wheel.now()
     }
 
     /// Advances the clock one second: acts on connections past their
     /// deadline and publishes this shard's view if it changed.
     pub fn sweep(&mut self) {
-        let (tick, due) = self.wheel.advance();
+        let (tick, due) = self.conns.wheel.advance();
         let ping_grace = WS_PING_GRACE_SECS.min(self.cfg().client.heartbeat_timeout_secs);
         for r in due {
             let Some(c) = self.conn_mut(r) else { continue };
@@ -128,42 +126,40 @@ impl Shard {
                 );
             }
         }
-        self.logs.expire(tick);
-        self.inbox.expire(tick);
-        self.count_inbox();
-        if tick % GC_TICKS == 0 {
-            self.logs.gc(tick);
-        }
-        self.count_history();
-        self.dedup.expire(tick);
-        let forgotten = self.dedup.take_forgotten();
-        ShardStats::add(&self.stats().dedup_forgotten, forgotten);
-        if self.queued > self.high_water() {
+        self.store.sweep(tick, &self.shared.stats[self.id]);
+        if self.out.queued > self.high_water() {
             // Still over a second after whatever passed it.
             self.shed(true);
         }
-        self.stats().outbound_queued.store(self.queued as u64, Relaxed);
-        self.stats().pattern_bytes.store(self.patterns.bytes() as u64, Relaxed);
+        self.stats().outbound_queued.store(self.out.queued as u64, Relaxed);
+        self.stats()
+            .pattern_bytes
+            .store(self.index.patterns.bytes() as u64, Relaxed);
         self.publish_view();
         self.presence_sweep();
         self.cluster_sweep();
         if self.id == 0 {
-            self.shared.admission.forget_idle(tick as usize, self.unix_now);
+            self.shared.admission.forget_idle(tick as usize, self.clock.unix);
         }
     }
 
     /// Replaces this shard's published view if its rooms or IPs changed.
     fn publish_view(&mut self) {
-        let rooms_dirty = self.rooms.take_dirty();
-        if !rooms_dirty && !self.ips_dirty {
+        let rooms_dirty = self.index.rooms.take_dirty();
+        if !rooms_dirty && !self.conns.ips_dirty {
             return;
         }
-        self.ips_dirty = false;
+        self.conns.ips_dirty = false;
         let view = ShardView {
-            rooms: self.rooms.counts().map(|(k, n)| (Arc::from(&**k), n as u32)).collect(),
-            ips: self.ips.keys().copied().collect(),
+            rooms: self
+                .index
+                .rooms
+                .counts()
+                .map(|(k, n)| (Arc::from(&**k), n as u32))
+                .collect(),
+            ips: self.conns.ips.keys().copied().collect(),
         };
-        self.stats().rooms.store(self.rooms.len() as u64, Relaxed);
+        self.stats().rooms.store(self.index.rooms.len() as u64, Relaxed);
         self.shared.views[self.id].store(Arc::new(view));
     }
 }

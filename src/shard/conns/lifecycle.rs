@@ -37,16 +37,34 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 
 impl Shard {
+    /// A TCP publisher connection opened (`fd`) on this shard.
+    pub fn publisher_opened(&mut self, fd: RawFd) {
+        self.conns.publishers.insert(fd);
+        ShardStats::add(&self.stats().publishers, 1);
+    }
+
+    /// A TCP publisher connection closed; its descriptor is about to close.
+    pub fn publisher_closed(&mut self, fd: RawFd) {
+        if self.conns.publishers.remove(&fd) {
+            self.stats().publishers.fetch_sub(1, Relaxed);
+        }
+    }
+
+    /// The open publisher sockets (shutdown shuts their read sides).
+    pub fn publisher_fds(&self) -> impl Iterator<Item = RawFd> + '_ {
+        self.conns.publishers.iter().copied()
+    }
+
     /// Registers a freshly accepted connection (its socket `fd`, which the
     /// flusher writes to; -1 for none); it must auth before the handshake
     /// deadline.
     pub fn new_conn(&mut self, ip: IpAddr, transport: Transport, fd: RawFd) -> ConnRef {
-        let gen = self.next_gen;
+        let gen = self.conns.next_gen;
         // 31 bits: the readiness ring (`conn::ring`) keeps a slot and its
         // generation in one 64-bit tag beside one bit of its own.
-        self.next_gen = ((self.next_gen + 1) & 0x7fff_ffff).max(1);
+        self.conns.next_gen = ((self.conns.next_gen + 1) & 0x7fff_ffff).max(1);
         let deadline = self.deadline_in(self.cfg().client.handshake_timeout_secs);
-        let idx = self.conns.insert(Conn {
+        let idx = self.conns.slab.insert(Conn {
             gen,
             out: Outbound::default(),
             authed: false,
@@ -66,8 +84,8 @@ impl Shard {
         });
         let r = ConnRef { idx: idx as u32, gen };
         self.schedule(r);
-        *self.ips.entry(ip).or_default() += 1;
-        self.ips_dirty = true;
+        *self.conns.ips.entry(ip).or_default() += 1;
+        self.conns.ips_dirty = true;
         ShardStats::add(&self.stats().conns, 1);
         ShardStats::add(&self.stats().accepted, 1);
         self.admit(r);
@@ -76,20 +94,20 @@ impl Shard {
 
     /// The record of a live connection.
     pub fn conn_mut(&mut self, r: ConnRef) -> Option<&mut Conn> {
-        self.conns.get_mut(r.idx as usize).filter(|c| c.gen == r.gen)
+        self.conns.slab.get_mut(r.idx as usize).filter(|c| c.gen == r.gen)
     }
 
     /// The record of a live connection and this shard's counters, at once
     /// (the driver writes from the one and counts in the other).
     pub fn conn_and_stats(&mut self, r: ConnRef) -> Option<(&mut Conn, &ShardStats)> {
         let stats = &self.shared.stats[self.id];
-        let c = self.conns.get_mut(r.idx as usize).filter(|c| c.gen == r.gen)?;
+        let c = self.conns.slab.get_mut(r.idx as usize).filter(|c| c.gen == r.gen)?;
         Some((c, stats))
     }
 
     /// The record of a live connection, to read.
     pub fn conn(&self, r: ConnRef) -> Option<&Conn> {
-        self.conns.get(r.idx as usize).filter(|c| c.gen == r.gen)
+        self.conns.slab.get(r.idx as usize).filter(|c| c.gen == r.gen)
     }
 
     /// `r` is gone or closing: nothing more is read from it.
@@ -99,12 +117,12 @@ impl Shard {
 
     /// Live connections on this shard.
     pub fn nr_conns(&self) -> usize {
-        self.conns.len()
+        self.conns.slab.len()
     }
 
     /// Every live connection, with its record.
     pub(in crate::shard) fn conn_refs(&self) -> impl Iterator<Item = (ConnRef, &Conn)> {
-        self.conns.iter().map(|(i, c)| {
+        self.conns.slab.iter().map(|(i, c)| {
             (
                 ConnRef {
                     idx: i as u32,
@@ -124,7 +142,7 @@ impl Shard {
         // Presence reports the leave with the record still there to name it
         // (nothing to do, and nothing collected, while no room is watched).
         if self.presence_in_use() {
-            let rooms: Vec<Rc<str>> = match &self.conns[r.idx as usize].session {
+            let rooms: Vec<Rc<str>> = match &self.conns.slab[r.idx as usize].session {
                 Session::V1 { room, .. } => room.iter().map(|(n, _)| n.clone()).collect(),
                 Session::V2(v2) => v2.rooms.iter().map(|(n, _)| n.clone()).collect(),
             };
@@ -133,9 +151,9 @@ impl Shard {
                 self.unwatch(r, room);
             }
         }
-        let c = self.conns.remove(r.idx as usize);
+        let c = self.conns.slab.remove(r.idx as usize);
         self.uncharged(c.charge());
-        self.shared.admission.release(c.ip, self.unix_now, c.authed);
+        self.shared.admission.release(c.ip, self.clock.unix, c.authed);
         let reason = c.close.unwrap_or(CloseReason::PeerClosed);
         match &c.session {
             Session::V1 {
@@ -148,7 +166,7 @@ impl Shard {
                     self.leave_room(room.clone(), *pos);
                 }
                 for p in &v2.patterns {
-                    self.patterns.remove(p, r);
+                    self.index.patterns.remove(p, r);
                     self.pattern_interest(p, -1);
                 }
             }
@@ -161,11 +179,11 @@ impl Shard {
             self.announce(at, c.key.clone(), c.mid, false);
             self.stats().authed.fetch_sub(1, Relaxed);
         }
-        if let Some(n) = self.ips.get_mut(&c.ip) {
+        if let Some(n) = self.conns.ips.get_mut(&c.ip) {
             *n -= 1;
             if *n == 0 {
-                self.ips.remove(&c.ip);
-                self.ips_dirty = true;
+                self.conns.ips.remove(&c.ip);
+                self.conns.ips_dirty = true;
             }
         }
         self.stats().conns.fetch_sub(1, Relaxed);
@@ -243,7 +261,7 @@ impl Shard {
     /// member that moved into its place (a version-1 connection's one room,
     /// or the matching room of a version-2 one).
     pub(in crate::shard) fn leave_room(&mut self, room: Rc<str>, pos: usize) {
-        if let Some(moved) = self.rooms.leave(&room, pos) {
+        if let Some(moved) = self.index.rooms.leave(&room, pos) {
             if let Some(m) = self.conn_mut(moved) {
                 let at = match &mut m.session {
                     Session::V1 { room, .. } => room.as_mut(),
@@ -277,7 +295,7 @@ impl Shard {
             return;
         }
         self.presence_change(r, room, true);
-        let (name, pos) = self.rooms.join(room, r);
+        let (name, pos) = self.index.rooms.join(room, r);
         if pos == 0 {
             self.first_member(room);
         }
@@ -301,8 +319,8 @@ impl Shard {
     /// WebSocket connections get the op 6 frame (protocol endpoint) and then
     /// a close frame with the same text.
     pub fn close_with_code(&mut self, r: ConnRef, reason: CloseReason, detail: &str, ws_code: Option<u16>) {
-        let (id, now) = (self.id, self.now);
-        let flush_by = self.wheel.now() + crate::shard::heartbeat::CLOSE_FLUSH_SECS;
+        let (id, now) = (self.id, self.clock.now);
+        let flush_by = self.conns.wheel.now() + crate::shard::heartbeat::CLOSE_FLUSH_SECS;
         if self.conn(r).is_none_or(|c| c.close.is_some()) {
             return;
         }
@@ -375,7 +393,7 @@ impl Shard {
     /// conformance runs, not for holding connections).
     pub fn ws_upgraded(&mut self, r: ConnRef, echo: bool) {
         let heartbeat = self.cfg().client.heartbeat_timeout_secs;
-        let now = self.wheel.now();
+        let now = self.conns.wheel.now();
         let Some(c) = self.conn_mut(r) else { return };
         if echo {
             c.transport = Transport::WsEcho;

@@ -30,6 +30,38 @@ pub mod outbound;
 pub(super) mod wheel;
 pub mod worklist;
 
+/// The connections a shard holds, with what is kept beside their records:
+/// the deadline wheel, connection counts per client address (the
+/// admission view), and the open publisher sockets.
+#[derive(Debug)]
+pub(in crate::shard) struct Conns {
+    /// Local client connections.
+    pub(in crate::shard) slab: slab::Slab<Conn>,
+    /// Next generation to hand out.
+    next_gen: u32,
+    /// Heartbeat / handshake deadlines, one slot per second.
+    pub(in crate::shard) wheel: wheel::Wheel<crate::shard::mesh::ConnRef>,
+    /// Client IPs on this shard with their connection counts.
+    ips: fnv::FnvHashMap<IpAddr, u32>,
+    /// IP set changed since the last published view.
+    ips_dirty: bool,
+    /// Open TCP publisher sockets, so shutdown can end their reads at once.
+    publishers: fnv::FnvHashSet<RawFd>,
+}
+
+impl Default for Conns {
+    fn default() -> Self {
+        Conns {
+            slab: slab::Slab::new(),
+            next_gen: 1,
+            wheel: wheel::Wheel::new(),
+            ips: Default::default(),
+            ips_dirty: false,
+            publishers: Default::default(),
+        }
+    }
+}
+
 /// Which wire a connection speaks, and how far its WebSocket handshake got.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Transport {

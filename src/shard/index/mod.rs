@@ -7,3 +7,16 @@
 pub mod members;
 pub mod patterns;
 pub mod rooms;
+
+use crate::shard::mesh::ConnRef;
+
+/// A shard's indexes of its own connections.
+#[derive(Debug, Default)]
+pub(in crate::shard) struct Index {
+    /// Local room memberships.
+    pub(in crate::shard) rooms: rooms::RoomTable<ConnRef>,
+    /// Local version-2 connections' pattern subscriptions.
+    pub(in crate::shard) patterns: patterns::PatternIndex<ConnRef>,
+    /// Rooms whose members' joins and leaves someone watches (`presence`).
+    pub(in crate::shard) watched: members::Watched<ConnRef>,
+}

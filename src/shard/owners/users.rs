@@ -33,37 +33,36 @@ use crate::shard::directory::ByShard;
 use crate::shard::mesh::{ConnRef, GlobalConn, ShardMsg};
 use crate::shard::publish::wants;
 use crate::shard::state::Shard;
-use std::sync::atomic::Ordering::Relaxed;
 
 impl Shard {
     /// An id for a push to users entering the process here: unique in the
     /// process (the shard in the top 16 bits), never 0.
     pub fn next_push_id(&mut self) -> u64 {
-        self.push_seq += 1;
-        ((self.id as u64) << 48) | self.push_seq
+        self.owners.push_seq += 1;
+        ((self.id as u64) << 48) | self.owners.push_seq
     }
 
     /// On the users' owner: delivers push `id` to every connection of
     /// `mids` and keeps it where the module doc says.
     pub(in crate::shard) fn push_mids(&mut self, mids: &[i64], op: u32, frames: &Frames, id: u64, ttl: Option<u32>) {
-        let now = self.wheel.now();
+        let now = self.conns.wheel.now();
         let mut by = ByShard::default();
         // In a cluster every node hears every user push, and an inbox here
         // is this node's: only a user with a version-2 connection here
         // (which acknowledges here) has it kept here.
         let offline_kept = !self.clustered();
         for &m in mids {
-            let conns = self.dir.user(m);
+            let conns = self.owners.dir.user(m);
             let keep = (offline_kept && conns.is_empty()) || conns.iter().any(|&(_, v2)| v2);
             for (at, _) in conns {
                 by.entry(at.shard).or_default().push(at.conn);
             }
-            if keep && self.inbox.enabled() {
-                self.inbox.store(m, id, op, frames, now, ttl);
+            if keep && self.store.inbox.enabled() {
+                self.store.inbox.store(m, id, op, frames, now, ttl);
                 ShardStats::add(&self.stats().inbox_stored, 1);
             }
         }
-        self.count_inbox();
+        self.store.count_inbox(&self.shared.stats[self.id]);
         self.forward(by, op, frames, false);
     }
 
@@ -71,18 +70,18 @@ impl Shard {
     /// what waits in the inbox (consumed if it is version 1 and no
     /// version-2 connection of the user is up).
     pub(in crate::shard) fn send_owed(&mut self, mid: i64, at: GlobalConn, v2: bool) {
-        let now = self.wheel.now();
-        let keep = v2 || self.dir.user(mid).iter().any(|&(_, v2)| v2);
+        let now = self.conns.wheel.now();
+        let keep = v2 || self.owners.dir.user(mid).iter().any(|&(_, v2)| v2);
         let owed = if keep {
-            self.inbox.pending(mid, now)
+            self.store.inbox.pending(mid, now)
         } else {
-            self.inbox.take(mid, now)
+            self.store.inbox.take(mid, now)
         };
         if owed.is_empty() {
             return;
         }
         ShardStats::add(&self.stats().inbox_owed, owed.len() as u64);
-        self.count_inbox();
+        self.store.count_inbox(&self.shared.stats[self.id]);
         let pushes = owed.into_iter().map(|e| (e.op, e.frames)).collect();
         self.route(usize::from(at.shard), ShardMsg::Owed { conn: at.conn, pushes });
     }
@@ -100,20 +99,8 @@ impl Shard {
     /// On the user's owner: a version-2 connection of `mid` acknowledged
     /// `ids`.
     pub(in crate::shard) fn ack(&mut self, mid: i64, ids: &[u64]) {
-        let n = self.inbox.ack(mid, ids);
+        let n = self.store.inbox.ack(mid, ids);
         ShardStats::add(&self.stats().inbox_acked, n as u64);
-        self.count_inbox();
-    }
-
-    /// Publishes this shard's inbox figures into its stats.
-    pub(in crate::shard) fn count_inbox(&mut self) {
-        let e = self.inbox.take_evicted();
-        let st = &self.shared.stats[self.id];
-        ShardStats::add(&st.inbox_evicted_limit, e.limit);
-        ShardStats::add(&st.inbox_evicted_memory, e.memory);
-        ShardStats::add(&st.inbox_expired, e.ttl);
-        st.inbox_messages.store(self.inbox.messages() as u64, Relaxed);
-        st.inbox_bytes.store(self.inbox.bytes() as u64, Relaxed);
-        st.inbox_users.store(self.inbox.users() as u64, Relaxed);
+        self.store.count_inbox(&self.shared.stats[self.id]);
     }
 }

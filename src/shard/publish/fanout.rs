@@ -28,12 +28,12 @@ impl Shard {
     /// its members, the subscribers of patterns it matches, each once.
     pub(in crate::shard) fn receivers(&self, room: &str, reach: Reach) -> Vec<ConnRef> {
         let mut members: Vec<ConnRef> = match reach {
-            Reach::All | Reach::Members => self.rooms.members(room).to_vec(),
+            Reach::All | Reach::Members => self.index.rooms.members(room).to_vec(),
             Reach::Patterns => Vec::new(),
         };
         let direct = members.len();
         if reach != Reach::Members {
-            self.patterns.lookup(room, &mut members);
+            self.index.patterns.lookup(room, &mut members);
         }
         if members.len() > direct {
             // A member of the room may also hold a matching pattern, or two.

@@ -32,6 +32,6 @@
 mod fanout;
 mod ingress;
 mod owner;
-mod queue;
+pub(super) mod queue;
 
 pub(in crate::shard) use fanout::wants;

@@ -32,9 +32,9 @@ impl Shard {
     /// first one's offset, marked as a duplicate.
     pub(in crate::shard) fn publish_room(&mut self, room: Arc<str>, msg: Publication, reply: Answer) {
         let policy = self.cfg().history.policy(&room);
-        let now = self.wheel.now();
+        let now = self.conns.wheel.now();
         let key = msg.id.as_deref().map(|id| format!("r\0{room}\0{id}"));
-        if let Some(Outcome::Room { offset, epoch }) = key.as_deref().and_then(|k| self.dedup.seen(k, now)) {
+        if let Some(Outcome::Room { offset, epoch }) = key.as_deref().and_then(|k| self.store.dedup.seen(k, now)) {
             ShardStats::add(&self.stats().publish_duplicates, 1);
             let p = Published {
                 offset,
@@ -44,7 +44,7 @@ impl Shard {
             return self.answer(reply, &room, p);
         }
         let id = msg.id.as_deref().unwrap_or("");
-        let (offset, epoch, v2) = self.logs.publish(&room, policy, now, msg.ttl, |offset, epoch| {
+        let (offset, epoch, v2) = self.store.logs.publish(&room, policy, now, msg.ttl, |offset, epoch| {
             Wire::from_tcp(
                 Envelope {
                     op: msg.op,
@@ -58,9 +58,9 @@ impl Shard {
                 .frame(),
             )
         });
-        self.count_history();
+        self.store.count_history(&self.shared.stats[self.id]);
         if let Some(k) = key {
-            self.dedup.record(&k, Outcome::Room { offset, epoch }, now);
+            self.store.dedup.record(&k, Outcome::Room { offset, epoch }, now);
         }
         let p = Published {
             offset,
@@ -114,6 +114,7 @@ impl Shard {
     pub(in crate::shard) fn publish_pattern(&mut self, pattern: &str, msg: Publication) {
         let (me, n) = (self.id, self.nr());
         let mut rooms: FnvHashSet<Arc<str>> = self
+            .store
             .logs
             .names()
             .filter(|r| pattern::matches(pattern, r))

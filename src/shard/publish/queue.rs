@@ -24,6 +24,47 @@ use bytes::Bytes;
 /// missed.
 const RESUME_HINT: &str = "; rejoin each room with its last offset to resume";
 
+/// What a shard's connections' queues hold against its outbound budget,
+/// and which connections wait for the flusher or the reactor.
+#[derive(Debug)]
+pub(in crate::shard) struct Output {
+    /// Sum of every local connection's `Conn::charge`: what their output
+    /// costs in memory (kept by each change to a queue).
+    pub(in crate::shard) queued: usize,
+    /// This shard's share of `[limits] outbound_budget` (`usize::MAX` when
+    /// the configuration left it unresolved, as the simulated-time harness
+    /// does).
+    pub(in crate::shard) budget: usize,
+    /// Above this, the next queued frame sheds the largest queues
+    /// (`Shard::shed`): `high_water`, or more while what keeps the shard
+    /// over it cannot be shed yet.
+    pub(in crate::shard) shed_above: usize,
+    /// Connections whose queue went from empty to non-empty since the
+    /// flusher last ran (`Shard::mark_dirty`).
+    pub(in crate::shard) dirty: Worklist,
+    /// Connections whose driver must run: closes, and the flusher handing
+    /// a queue over (`Shard::wake_conn`), for the reactor (`conn::reactor`).
+    pub(in crate::shard) woken: Worklist,
+}
+
+impl Output {
+    /// Nothing queued, under a share (of `nr` shards) of `outbound_budget`
+    /// (0: unresolved).
+    pub(in crate::shard) fn new(outbound_budget: usize, nr: usize) -> Self {
+        let budget = match outbound_budget {
+            0 => usize::MAX,
+            b => (b / nr).max(1),
+        };
+        Output {
+            queued: 0,
+            budget,
+            shed_above: budget - budget / 4,
+            dirty: Worklist::default(),
+            woken: Worklist::default(),
+        }
+    }
+}
+
 impl Shard {
     /// Queues a push to `r` in the form for its protocol version and
     /// transport, enforcing its byte limit. The push is being queued to
@@ -38,7 +79,7 @@ impl Shard {
     /// Queues a replayed history frame in `r`'s transport form; what does
     /// not fit under its limit is held behind its queue (`Outbound`).
     pub(in crate::shard) fn enqueue_replay(&mut self, r: ConnRef, wire: &Wire) {
-        let (now, cap) = (self.now, self.cfg().limits.replay_limit);
+        let (now, cap) = (self.clock.now, self.cfg().limits.replay_limit);
         let limit = self.cfg().limits.outbound_limit;
         let Some((c, stats)) = self.conn_and_stats(r) else {
             return;
@@ -88,8 +129,8 @@ impl Shard {
     /// `frame` picks the connection's form and is not built for a
     /// connection that is already closing.
     pub(super) fn enqueue_with(&mut self, r: ConnRef, among: usize, frame: impl FnOnce(&Conn) -> Bytes) {
-        let now = self.now;
-        let Some(c) = self.conns.get_mut(r.idx as usize).filter(|c| c.gen == r.gen) else {
+        let now = self.clock.now;
+        let Some(c) = self.conns.slab.get_mut(r.idx as usize).filter(|c| c.gen == r.gen) else {
             return;
         };
         let stats = &self.shared.stats[self.id];
@@ -136,24 +177,24 @@ impl Shard {
     /// driver run per connection. The flusher also puts back a connection
     /// whose write budget ran out with frames left.
     pub fn mark_dirty(&mut self, r: ConnRef) {
-        self.dirty.push(r);
+        self.out.dirty.push(r);
     }
 
     /// `r`'s driver must run (it is closing, or the flusher hands its queue
     /// over): the shard's reactor (`conn::reactor`) runs it, woken on the
     /// list's empty → non-empty edge.
     pub fn wake_conn(&mut self, r: ConnRef) {
-        self.woken.push(r);
+        self.out.woken.push(r);
     }
 
     /// The connections whose queues wait for the flusher (`mark_dirty`).
     pub fn dirty(&mut self) -> &mut Worklist {
-        &mut self.dirty
+        &mut self.out.dirty
     }
 
     /// The connections whose drivers wait for the reactor (`wake_conn`).
     pub fn woken(&mut self) -> &mut Worklist {
-        &mut self.woken
+        &mut self.out.woken
     }
 
     /// `r`'s driver wrote `n` bytes at time `now` (`Conn::written`).
@@ -176,12 +217,12 @@ impl Shard {
     /// grows here (a goodbye, held frames moving into the queue) is not new
     /// output, and closes run through here.
     pub(in crate::shard) fn requeue<T>(&mut self, r: ConnRef, f: impl FnOnce(&mut Conn) -> T) -> Option<T> {
-        let c = self.conns.get_mut(r.idx as usize).filter(|c| c.gen == r.gen)?;
+        let c = self.conns.slab.get_mut(r.idx as usize).filter(|c| c.gen == r.gen)?;
         let before = c.charge();
         let out = f(c);
         let after = c.charge();
         if after >= before {
-            self.queued += after - before;
+            self.out.queued += after - before;
         } else {
             self.uncharged(before - after);
         }
@@ -191,8 +232,8 @@ impl Shard {
     /// `n` more bytes queued on this shard; past three quarters of its
     /// share of the outbound budget, the largest stalled queues go.
     pub(super) fn charged(&mut self, n: usize) {
-        self.queued += n;
-        if self.queued > self.shed_above {
+        self.out.queued += n;
+        if self.out.queued > self.out.shed_above {
             self.shed(false);
         }
     }
@@ -201,10 +242,10 @@ impl Shard {
     pub(in crate::shard) fn uncharged(&mut self, n: usize) {
         // Exact by construction (the simulated-time harness checks it after
         // every step); a drift must not take a shard down in production.
-        debug_assert!(self.queued >= n, "queued {} < {n}", self.queued);
-        self.queued = self.queued.saturating_sub(n);
-        if self.queued <= self.high_water() {
-            self.shed_above = self.high_water();
+        debug_assert!(self.out.queued >= n, "queued {} < {n}", self.out.queued);
+        self.out.queued = self.out.queued.saturating_sub(n);
+        if self.out.queued <= self.high_water() {
+            self.out.shed_above = self.high_water();
         }
     }
 
@@ -214,7 +255,7 @@ impl Shard {
     /// written, the allocator's own overhead), so that the process stays
     /// under the budget, not only the count.
     pub(in crate::shard) fn high_water(&self) -> usize {
-        self.budget - self.budget / 4
+        self.out.budget - self.out.budget / 4
     }
 
     /// This shard's queues passed `high_water`: closes the connections with
@@ -236,7 +277,7 @@ impl Shard {
     /// it (or the next sweep), so the connections are not rescanned for
     /// every frame.
     pub(in crate::shard) fn shed(&mut self, persistent: bool) {
-        let target = self.budget / 2 + self.budget / 8;
+        let target = self.out.budget / 2 + self.out.budget / 8;
         let mut largest: Vec<(bool, usize, ConnRef)> = self
             .conn_refs()
             .filter(|(_, c)| c.close.is_none() && (persistent || c.blocked))
@@ -244,15 +285,15 @@ impl Shard {
             .filter(|&(_, q, _)| q > 3 * ENTRY_OVERHEAD)
             .collect();
         largest.sort_unstable_by_key(|&(blocked, q, _)| std::cmp::Reverse((blocked, q)));
-        let (share, mut closed) = (self.budget, 0);
+        let (share, mut closed) = (self.out.budget, 0);
         for (_, q, r) in largest {
-            if self.queued <= target {
+            if self.out.queued <= target {
                 break;
             }
             let mut detail = format!(
                 "{q} bytes queued, the largest while the server's outbound budget was full \
                  ({} bytes on this shard, its share {share})",
-                self.queued
+                self.out.queued
             );
             if self.conn(r).is_some_and(|c| c.ver == binary::VERSION_NATIVE) {
                 detail.push_str(RESUME_HINT);
@@ -261,6 +302,6 @@ impl Shard {
             closed += 1;
         }
         ShardStats::add(&self.stats().budget_closes, closed);
-        self.shed_above = self.high_water().max(self.queued + self.budget / 8);
+        self.out.shed_above = self.high_water().max(self.out.queued + self.out.budget / 8);
     }
 }

@@ -56,7 +56,7 @@ impl Shard {
     pub(in crate::shard) fn admit(&mut self, r: ConnRef) {
         let Some(ip) = self.conn(r).map(|c| c.ip) else { return };
         let shared = self.shared.clone();
-        if let Err(reason) = shared.admission.admit(ip, self.unix_now, &shared.config.limits) {
+        if let Err(reason) = shared.admission.admit(ip, self.clock.unix, &shared.config.limits) {
             let l = &shared.config.limits;
             let detail = match reason {
                 CloseReason::IpRateLimit => format!("{} connections per second per IP", l.conn_rate_per_ip),
@@ -81,7 +81,7 @@ impl Shard {
         let Some(verifier) = &self.shared.verifier else {
             return Err((CloseReason::TokenBadSignature, "no token keys are loaded".into()));
         };
-        let grant = verifier.verify(&a.token, self.unix_now).map_err(refused)?;
+        let grant = verifier.verify(&a.token, self.clock.unix).map_err(refused)?;
         if !a.key.is_empty() && !grant.may_hold_key(&a.key) {
             let detail = format!("the token's keys claim does not list {:?}", a.key);
             return Err((CloseReason::KeyNotAllowed, detail));
@@ -93,8 +93,8 @@ impl Shard {
     /// `leeway + grace` after it.
     fn token_timers(&self, grant: Grant) -> Token {
         let cfg = &self.cfg().auth;
-        let tick = self.wheel.now();
-        let left = grant.exp.saturating_sub(self.unix_now);
+        let tick = self.conns.wheel.now();
+        let left = grant.exp.saturating_sub(self.clock.unix);
         let ticks = |secs: u64| tick.saturating_add(u32::try_from(secs).unwrap_or(u32::MAX));
         Token {
             refresh_at: ticks(left.saturating_sub(u64::from(cfg.refresh_secs))),
@@ -138,7 +138,7 @@ impl Shard {
             Err(e) => return self.v2_error(r, f.seq, ErrorCode::BadRequest, &e.to_string()),
         };
         let Some(verifier) = &self.shared.verifier else { return };
-        let grant = match verifier.verify(&token, self.unix_now) {
+        let grant = match verifier.verify(&token, self.clock.unix) {
             Ok(g) if g.mid == mid => g,
             Ok(g) => {
                 let msg = format!("the token is for user {}, this connection is {mid}", g.mid);
@@ -188,7 +188,7 @@ impl Shard {
     pub(in crate::shard) fn user_over_limit(&self, mid: i64, new: GlobalConn) -> Option<GlobalConn> {
         let l = &self.cfg().limits;
         let max = l.max_conns_per_user as usize;
-        let conns = self.dir.user(mid);
+        let conns = self.owners.dir.user(mid);
         if max == 0 || conns.len() <= max {
             return None;
         }
@@ -216,7 +216,7 @@ impl Shard {
             let c = &self.cfg().client;
             (c.publish_rate, c.publish_burst, c.max_publish_payload)
         };
-        let tick = self.wheel.now();
+        let tick = self.conns.wheel.now();
         let Some(c) = self.conn_mut(r) else { return };
         if c.token.as_ref().is_some_and(|t| !t.grant.may_publish(p.room)) {
             let msg = format!("the token does not allow publishing to {}", p.room);
@@ -259,7 +259,7 @@ impl Shard {
             let c = &self.cfg().client;
             (c.room_op_rate, c.room_op_burst)
         };
-        let tick = self.wheel.now();
+        let tick = self.conns.wheel.now();
         let Some(v2) = self.conn_mut(r).and_then(|c| c.v2_mut()) else {
             return false;
         };

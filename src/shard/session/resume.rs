@@ -45,7 +45,6 @@ use crate::proto::v2::{self, op, Resume, Unrecovered};
 use crate::shard::history::Resumed;
 use crate::shard::mesh::{ConnRef, GlobalConn, HistoryPage, ShardMsg};
 use crate::shard::state::Shard;
-use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 
 impl Shard {
@@ -90,8 +89,11 @@ impl Shard {
         (resume, mid, presence): (Option<Resume>, i64, bool),
     ) {
         let policy = self.cfg().history.policy(&room);
-        let resumed = self.logs.resume(&room, policy, self.wheel.now(), resume, mid);
-        self.count_history();
+        let resumed = self
+            .store
+            .logs
+            .resume(&room, policy, self.conns.wheel.now(), resume, mid);
+        self.store.count_history(&self.shared.stats[self.id]);
         self.route(
             usize::from(at.shard),
             ShardMsg::JoinReply {
@@ -165,7 +167,7 @@ impl Shard {
             return;
         }
         self.presence_change(r, &room, true);
-        let (name, pos) = self.rooms.join(&room, r);
+        let (name, pos) = self.index.rooms.join(&room, r);
         if pos == 0 {
             self.first_member(&room);
         }
@@ -180,7 +182,7 @@ impl Shard {
     /// On the room's owner: records a read mark and answers with it.
     pub(in crate::shard) fn mark_req(&mut self, room: Arc<str>, at: GlobalConn, seq: u32, mid: i64, offset: u64) {
         let max = self.cfg().history.max_marks;
-        let mark = self.logs.mark(&room, self.wheel.now(), mid, offset, max);
+        let mark = self.store.logs.mark(&room, self.conns.wheel.now(), mid, offset, max);
         self.route(
             usize::from(at.shard),
             ShardMsg::MarkReply {
@@ -228,21 +230,8 @@ impl Shard {
 
     /// On a room's owner: a page of its history.
     pub(in crate::shard) fn history_page(&mut self, room: &str, since: u64, limit: usize) -> Option<HistoryPage> {
-        let now = self.wheel.now();
-        let (epoch, last, entries) = self.logs.page(room, since, limit, now)?;
+        let now = self.conns.wheel.now();
+        let (epoch, last, entries) = self.store.logs.page(room, since, limit, now)?;
         Some(HistoryPage { epoch, last, entries })
-    }
-
-    /// Publishes this shard's history figures into its stats.
-    pub(in crate::shard) fn count_history(&mut self) {
-        let e = self.logs.take_evicted();
-        let st = &self.shared.stats[self.id];
-        ShardStats::add(&st.history_evicted_limit, e.limit);
-        ShardStats::add(&st.history_evicted_memory, e.memory);
-        ShardStats::add(&st.history_expired, e.ttl);
-        ShardStats::add(&st.history_logs_evicted, e.rooms);
-        st.history_messages.store(self.logs.messages() as u64, Relaxed);
-        st.history_bytes.store(self.logs.charged() as u64, Relaxed);
-        st.room_logs.store(self.logs.rooms() as u64, Relaxed);
     }
 }

@@ -73,7 +73,7 @@ impl Shard {
         else {
             return 0;
         };
-        let live = self.rooms.count(room);
+        let live = self.index.rooms.count(room);
         let n = self.shared.online_room(room, Some((self.id, live)));
         u32::try_from(n).unwrap_or(u32::MAX)
     }

@@ -54,7 +54,7 @@ impl Shard {
         };
         let key: Option<Arc<str>> = (!a.key.is_empty()).then(|| a.key.as_str().into());
         let limit = self.cfg().limits.outbound_limit;
-        let (burst, tick) = (self.cfg().client.publish_burst, self.wheel.now());
+        let (burst, tick) = (self.cfg().client.publish_burst, self.conns.wheel.now());
         let ops = self.cfg().client.room_op_burst;
         let session = Session::V2(Box::new(V2Conn {
             limit,
@@ -144,7 +144,7 @@ impl Shard {
             if let Err(msg) = self.pattern_room(r, &j.room) {
                 return self.v2_error(r, f.seq, ErrorCode::PatternLimit, &msg);
             }
-            self.patterns.insert(&j.room, r);
+            self.index.patterns.insert(&j.room, r);
             self.pattern_interest(&j.room, 1);
             if let Some(v2) = self.conn_mut(r).and_then(|c| c.v2_mut()) {
                 v2.patterns.push(j.room.as_str().into());
@@ -224,7 +224,7 @@ impl Shard {
             ));
         }
         let share = c.pattern_memory / self.nr();
-        if self.patterns.bytes() + PatternIndex::<ConnRef>::cost_of(pattern) > share {
+        if self.index.patterns.bytes() + PatternIndex::<ConnRef>::cost_of(pattern) > share {
             ShardStats::add(&self.stats().pattern_refused, 1);
             return Err("the server's patterns hold [client] pattern_memory".into());
         }
@@ -239,7 +239,7 @@ impl Shard {
             Some(v.patterns.swap_remove(i))
         });
         let Some(p) = held else { return false };
-        self.patterns.remove(&p, r);
+        self.index.patterns.remove(&p, r);
         self.pattern_interest(&p, -1);
         true
     }

@@ -335,7 +335,7 @@ impl Sim {
             sh.dirty().take_into(&mut seen);
             sh.woken().take_into(&mut seen);
             let charged: usize = sh.conn_refs().map(|(_, c)| c.charge()).sum();
-            assert_eq!(sh.queued, charged, "shard {shard}'s total of queued bytes drifted");
+            assert_eq!(sh.out.queued, charged, "shard {shard}'s total of queued bytes drifted");
         }
         removed
     }
@@ -379,7 +379,7 @@ impl Sim {
     /// What `shard`'s connection queues cost in memory (its outbound
     /// budget's count).
     pub fn queued_on(&self, shard: usize) -> usize {
-        self.shards[shard].queued
+        self.shards[shard].out.queued
     }
 
     /// Counters of all shards, summed.
