@@ -29,7 +29,7 @@ use super::dedup::Outcome;
 use super::index::Index;
 use super::mesh::ShardMsg;
 use super::owners::Owners;
-use super::publish::queue::Output;
+use super::publish::Output;
 use super::store::Store;
 use super::view::Shared;
 use crate::config::Config;

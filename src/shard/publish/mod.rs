@@ -1,7 +1,8 @@
 //! The publish path, in data-path order: where a push enters (`ingress`),
 //! the room's owner (`owner`), each shard's fan-out (`fanout`), one
-//! connection's queue (`queue`), then `conn::flush` writes it. Deliveries
-//! of pushes to keys, users and everyone take the same last two steps.
+//! connection's queue (`queue`, counted in the shard's `Output`), then
+//! `conn::flush` writes it. Deliveries of pushes to keys, users and
+//! everyone take the same last two steps.
 //!
 //! Runs on the owning shard, inside the mesh inbox task (or inline when a
 //! publish arrives on the shard that owns its target). Nothing is written
@@ -31,7 +32,9 @@
 
 mod fanout;
 mod ingress;
+mod output;
 mod owner;
-pub(super) mod queue;
+mod queue;
+pub(super) use output::Output;
 
 pub(in crate::shard) use fanout::wants;
