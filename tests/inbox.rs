@@ -95,7 +95,7 @@ fn version_1_users_get_pushes_at_most_once_and_what_waited_on_connect() {
 fn inbox_expiry_limits_and_refusals() {
     let h = start_server(|c| c.inbox.messages = 2);
     user_push(&h, 9, "a", "");
-    // Two seconds: one could end at the next sweep, before the count below.
+    // Kept at least two seconds (docs/API.md): the count below sees it.
     user_push(&h, 9, "b", "&ttl=2");
     user_push(&h, 9, "c", "");
     // The routes answer once a push is routed, not stored: wait for it.

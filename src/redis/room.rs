@@ -400,9 +400,11 @@ pub struct Stored {
 }
 
 impl Stored {
-    /// Whether its own TTL (none: 0) has ended at Unix second `unix`.
+    /// Whether its own TTL (none: 0) has ended at Unix second `unix` (read
+    /// truncated, as `at` was): only once a whole second past `at + ttl`,
+    /// since both seconds may be up to one short of the real times.
     pub fn ttl_over(&self, unix: u64) -> bool {
-        self.msg.ttl != 0 && self.at.saturating_add(u64::from(self.msg.ttl)) <= unix
+        self.msg.ttl != 0 && self.at.saturating_add(u64::from(self.msg.ttl)) < unix
     }
 }
 
@@ -535,6 +537,10 @@ mod tests {
         );
         assert_eq!((s.msg.id.as_str(), &s.msg.payload[..]), ("a", &b"hi"[..]));
         assert!(stored(&Frame::Array(vec![f("x"), Frame::Array(vec![])]), 5).is_none());
+        // Stored within second 1_700_000_000 with a TTL of 30 s: second
+        // 1_700_000_030 may begin less than 30 s later.
+        assert!(!s.ttl_over(1_700_000_030), "kept through the second its TTL may end in");
+        assert!(s.ttl_over(1_700_000_031));
     }
 
     #[test]

@@ -165,15 +165,7 @@ impl Shard {
             Ok(ids) => ids,
             Err(e) => return self.v2_error(r, f.seq, ErrorCode::BadRequest, &e.to_string()),
         };
-        let mid = self.conn(r).map_or(0, |c| c.mid);
-        if mid == 0 {
-            return self.v2_error(
-                r,
-                f.seq,
-                ErrorCode::NoUser,
-                "this connection authenticated without a mid",
-            );
-        }
+        let Some(mid) = self.user_of(r, f.seq) else { return };
         let count = ids.len();
         let owner = owner_of_mid(mid, self.nr());
         self.route(owner, ShardMsg::Ack { mid, ids });
@@ -186,15 +178,7 @@ impl Shard {
             Ok(x) => x,
             Err(e) => return self.v2_error(r, f.seq, ErrorCode::BadRequest, &e.to_string()),
         };
-        let mid = self.conn(r).map_or(0, |c| c.mid);
-        if mid == 0 {
-            return self.v2_error(
-                r,
-                f.seq,
-                ErrorCode::NoUser,
-                "this connection authenticated without a mid",
-            );
-        }
+        let Some(mid) = self.user_of(r, f.seq) else { return };
         if pattern::kind(&room) != Kind::Literal {
             let msg = "a pattern spans rooms: it has no offset to mark";
             return self.v2_error(r, f.seq, ErrorCode::BadRequest, msg);
@@ -209,6 +193,18 @@ impl Shard {
             return;
         }
         self.mark_in(r, f.seq, room.into(), mid, offset);
+    }
+
+    /// The user `r` authenticated as, for an operation that needs one
+    /// (acks, read marks); otherwise refuses request `seq` as `NoUser`.
+    fn user_of(&mut self, r: ConnRef, seq: u32) -> Option<i64> {
+        let mid = self.conn(r).map_or(0, |c| c.mid);
+        if mid == 0 {
+            let msg = "this connection authenticated without a mid";
+            self.v2_error(r, seq, ErrorCode::NoUser, msg);
+            return None;
+        }
+        Some(mid)
     }
 
     /// Whether `r` may hold one more pattern, `pattern`: under `[client]

@@ -116,11 +116,15 @@ fn inbox_ttl_caps_and_refusals() {
         "a third push passes the per-user limit"
     );
     user_push(&mut sim, 0, 4, "z", None);
+    // Pushed during tick 0 with a TTL of 10 s: tick 10 may begin less than
+    // 10 s later, so they stay through it and leave at tick 11.
     sim.tick(10);
+    assert_eq!(sim.stats().inbox_messages, 3, "never before the TTL");
+    sim.tick(1);
     let st = sim.stats();
     assert_eq!((st.inbox_expired, st.inbox_messages, st.inbox_users), (3, 0, 0));
     user_push(&mut sim, 0, 3, "ttl", Some(2));
-    sim.tick(1);
+    sim.tick(2);
     let (p, _) = sim.authed_v2(0, r#"{"mid":3}"#);
     assert_eq!(texts(&user_pushes(&sim.frames(p))), vec!["ttl"]);
     sim.tick(1);

@@ -204,13 +204,17 @@ fn history_ages_out_on_ticks_and_a_ttl_skips_without_a_gap() {
     let ttl = |t| Meta { id: None, ttl: Some(t) };
     sim.publish(0, Target::Room("r".into()), 1, b"short", ttl(2));
     sim.publish(0, Target::Room("r".into()), 1, b"long", Meta::default());
+    // Published during tick 0 with a TTL of 2 s: kept through tick 2
+    // (which may begin less than 2 s later), gone at tick 3.
     sim.tick(2);
+    assert_eq!(sim.stats().history_expired, 0, "never before its TTL");
+    sim.tick(1);
     assert_eq!(sim.stats().history_expired, 1);
     let (q, _) = sim.authed_v2(0, "{}");
     let (reply, rest) = join(&mut sim, q, "r", 2, Some((0, epoch)));
     assert_eq!(reply["recovered"], json!(true), "an expired message is not a gap");
     assert_eq!(pushes(&rest, "r"), vec![(2, "long".to_string())]);
-    sim.tick(3);
+    sim.tick(2);
     assert_eq!(
         (sim.stats().history_evicted_limit, sim.stats().history_messages),
         (1, 0)

@@ -27,6 +27,7 @@ use crate::proto::wire::Frames;
 use crate::shard::cost;
 use crate::shard::store::bounded::{Bounded, Cause, Item, Queue, Slot};
 use crate::shard::store::due::Mark;
+use crate::shard::store::history;
 
 pub use crate::shard::store::bounded::Evicted;
 
@@ -58,7 +59,7 @@ pub struct Entry {
     pub op: u32,
     /// Its frames, shared with live delivery.
     pub frames: Frames,
-    /// Tick its TTL ends.
+    /// Tick its TTL ends (`history::ttl_end`: never before its TTL).
     pub ttl_end: u32,
     /// Bytes charged for it.
     pub cost: usize,
@@ -154,7 +155,7 @@ impl Inboxes {
             id,
             op,
             frames: frames.clone(),
-            ttl_end: now.saturating_add(ttl.unwrap_or(p.ttl)),
+            ttl_end: history::ttl_end(now, ttl.unwrap_or(p.ttl)),
             cost: cost::frames(frames) + ENTRY_COST,
         };
         if !self.users.contains(&mid) {
@@ -252,9 +253,11 @@ mod tests {
         b.store(2, 3, 7, &frames(3), 0, None);
         assert_eq!(b.take_evicted().memory, 1, "user 1's push was the oldest");
         assert!(b.pending(1, 0).is_empty());
-        b.expire(99);
-        assert_eq!(b.messages(), 2);
+        // Stored during tick 0 with a TTL of 100 s: tick 100 may begin
+        // less than 100 s later, so they stay through it.
         b.expire(100);
+        assert_eq!((b.messages(), b.pending(2, 100).len()), (2, 2));
+        b.expire(101);
         assert_eq!((b.messages(), b.take_evicted().ttl), (0, 2));
         b.store(3, 4, 7, &frames(4), 0, None);
         assert_eq!(ids(&b.take(3, 0)), vec![4]);

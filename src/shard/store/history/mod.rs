@@ -71,6 +71,14 @@ const MARK_COST: usize = (17 * 8usize).div_ceil(7);
 
 pub use crate::config::HistoryPolicy as Policy;
 
+/// The first tick at which a message stored during tick `now` with a TTL
+/// of `ttl` seconds may leave: ticks are whole seconds, so tick `now + ttl`
+/// can begin less than `ttl` seconds after the message came; one tick later
+/// never does ("seconds a message stays" is a promise, docs/API.md).
+pub fn ttl_end(now: u32, ttl: u32) -> u32 {
+    now.saturating_add(ttl).saturating_add(1)
+}
+
 /// One stored message.
 #[derive(Debug, Clone)]
 pub struct Entry {
@@ -80,7 +88,7 @@ pub struct Entry {
     pub wire: Wire,
     /// Tick it was stored at.
     pub at: u32,
-    /// Tick its TTL ends (`u32::MAX`: none).
+    /// Tick its TTL ends (`ttl_end`; `u32::MAX`: none).
     pub ttl_end: u32,
     /// Bytes charged for it.
     pub cost: usize,
@@ -339,7 +347,7 @@ impl Logs {
             offset,
             wire,
             at: now,
-            ttl_end: ttl.map_or(u32::MAX, |t| now.saturating_add(t)),
+            ttl_end: ttl.map_or(u32::MAX, |t| ttl_end(now, t)),
             cost,
         };
         self.rooms.push(room, e, p.messages, p.bytes);
