@@ -22,9 +22,10 @@
 //!   `overhead` the sum of every slot's own cost as last charged; `charged()`
 //!   (what the cap holds to) is `bytes + overhead`;
 //! - a slot without entries is dropped unless `Slot::KEEP_EMPTY`;
-//! - a key's FIFO has at most one live mark in `due` earlier than its
-//!   front's due tick (`Queue::scheduled`); stale marks are re-checked when
-//!   taken;
+//! - a key with entries has a mark in `due` no later than its front's due
+//!   tick (`Queue::scheduled` is its earliest), so `expire` reaches every
+//!   front when it falls due; a mark whose entry has gone (acknowledged,
+//!   shed, or the key dropped) only makes `expire` look at the key again;
 //! - the order queue and the heap stay within twice what they index plus a
 //!   constant (`due::compact`).
 
