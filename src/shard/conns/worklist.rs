@@ -17,8 +17,10 @@ pub struct Worklist {
     task: Option<Waker>,
 }
 
+// `push` is `#[inline]` for the reason given in `outbound.rs`.
 impl Worklist {
     /// Adds `r` (it may already be there) and wakes the task on the first.
+    #[inline]
     pub fn push(&mut self, r: ConnRef) {
         self.items.push(r);
         if self.items.len() == 1 {
