@@ -84,6 +84,11 @@ fn api_key_is_enforced_when_set() {
     assert_eq!(status, 200);
     let (status, _) = http(h.http_addr, "GET", "/v1/stats", &[("X-Api-Key", "s3cret")], b"");
     assert_eq!(status, 200);
+    // Load balancers ask without a key: health is open to all.
+    let (status, v) = http(h.http_addr, "GET", "/healthz", &[], b"");
+    assert_eq!((status, v["code"].as_i64()), (200, Some(0)), "{v}");
+    let (status, _) = http(h.http_addr, "HEAD", "/healthz", &[("X-Api-Key", "wrong")], b"");
+    assert_eq!(status, 200);
 }
 
 #[test]

@@ -8,13 +8,22 @@ use super::*;
 fn a_node_is_unhealthy_while_redis_is_down_and_keeps_its_clients() {
     let mut redis = Redis::start(&[]);
     let url = redis.url();
-    let h = start_server(|c| c.redis.urls = vec![url.clone()]);
+    let h = start_server(|c| {
+        c.redis.urls = vec![url.clone()];
+        c.api.key = Some("k".into());
+    });
     wait_until("every shard connected to redis", || health(&h).0 == 200);
     let mut client = Client::authed(h.tcp_addr, r#"{"mid":1,"room_id":"live://c"}"#);
 
     redis.kill();
+    // Without the key (a load balancer): the status, not the instances.
     wait_until("healthz says redis is down", || health(&h).0 == 503);
     let (_, v) = health(&h);
+    assert_eq!(v["code"], 503, "{v}");
+    assert!(v.get("data").is_none(), "{v}");
+    assert!(!v["message"].as_str().unwrap().contains("127.0.0.1"), "{v}");
+    let (status, v) = http(h.http_addr, "GET", "/healthz", &[("X-Api-Key", "k")], b"");
+    assert_eq!(status, 503);
     let message = v["message"].as_str().unwrap();
     assert!(
         message.contains(&format!("redis://127.0.0.1:{}/0", redis.port)),

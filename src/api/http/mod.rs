@@ -198,7 +198,8 @@ async fn dispatch(req: Request<Incoming>, shard: &Rc<RefCell<Shard>>) -> Result<
     };
     // Pages need no key; anything else, known route or not, does first.
     let page = ROUTES.iter().any(|r| r.path == path && r.method == method && !r.keyed);
-    if !page && !api_key_ok(shared.config.api.key.as_deref(), http_presented_key(req.headers())) {
+    let keyed = api_key_ok(shared.config.api.key.as_deref(), http_presented_key(req.headers()));
+    if !page && !keyed {
         return Err(ApiError(StatusCode::UNAUTHORIZED, "missing or wrong API key".into()));
     }
     let mut on_path = ROUTES.iter().filter(|r| r.path == path).peekable();
@@ -249,6 +250,7 @@ async fn dispatch(req: Request<Incoming>, shard: &Rc<RefCell<Shard>>) -> Result<
         body,
         shard,
         shared: &shared,
+        keyed,
     };
     match route.run {
         Run::Now(h) => h(&r),

@@ -235,6 +235,9 @@ pub struct Req<'a> {
     pub shard: &'a Rc<RefCell<Shard>>,
     /// State shared by every shard.
     pub shared: &'a Shared,
+    /// Whether the request carries the API key (or none is set): routes
+    /// open to all (`/healthz`) say more to those that do.
+    pub keyed: bool,
 }
 
 /// A route's handler.

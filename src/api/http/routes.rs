@@ -88,7 +88,9 @@ const fn page(path: &'static str, handler: Handler) -> Route {
 }
 
 /// Every route. Pages carry no secrets, so they need no key (publishing
-/// from the demo still does).
+/// from the demo still does); nor does `/healthz`, which load balancers
+/// ask without one and which then says no more than whether the node is
+/// healthy.
 pub const ROUTES: &[Route] = &[
     post_later("/goim/push/keys", goim_push_keys),
     post_later("/goim/push/mids", goim_push_mids),
@@ -111,7 +113,7 @@ pub const ROUTES: &[Route] = &[
     dev("/v1/dev/token", dev_token),
     get("/v1/stats", v1_stats),
     get("/metrics", metrics),
-    get("/healthz", healthz),
+    page("/healthz", healthz),
     page("/volley.js", volley_js),
     page("/demo", demo),
 ];
@@ -329,7 +331,8 @@ fn metrics(r: &Req<'_>) -> Result<Resp, ApiError> {
 
 /// 200 while the node can do its job; 503 with the reason while a Redis
 /// instance of the cluster is unreachable from some shard (publishes fail
-/// meanwhile; client connections stay up).
+/// meanwhile; client connections stay up). Without the API key (when one
+/// is set) the 503 does not name the instances.
 fn healthz(r: &Req<'_>) -> Result<Resp, ApiError> {
     let Some(health) = &r.shared.cluster else {
         return Ok(ok(Value::Null));
@@ -343,6 +346,12 @@ fn healthz(r: &Req<'_>) -> Result<Resp, ApiError> {
         return Ok(json_reply(
             StatusCode::SERVICE_UNAVAILABLE,
             &json!({"code": 503, "message": message, "data": {"redis": []}}),
+        ));
+    }
+    if !r.keyed {
+        return Ok(json_reply(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &json!({"code": 503, "message": "redis unreachable (the API key shows which instance and why)"}),
         ));
     }
     let now = crate::metrics::unix_now();
