@@ -2,6 +2,7 @@
 //! for SIGINT/SIGTERM and shut down cleanly.
 
 use anyhow::Context;
+use std::io::IsTerminal;
 use volley::config::{parse_cli, Cmd, LogFormat};
 
 #[global_allocator]
@@ -43,8 +44,12 @@ fn main() -> anyhow::Result<()> {
         }
     }
     let filter = tracing_subscriber::EnvFilter::try_new(&config.log.level).context("bad --log-level filter")?;
+    // Colour only for a person at a terminal: journald, files and pipes get
+    // plain text (and NO_COLOR is honoured, https://no-color.org).
+    let colour = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
     let sub = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(colour)
         .with_writer(std::io::stderr);
     match config.log.format {
         LogFormat::Json => sub.json().init(),

@@ -101,7 +101,9 @@ async fn serve(mut stream: TcpStream, shard: Rc<RefCell<Shard>>) {
     let _ = stream.close().await;
     let sh = shard.borrow();
     sh.stats().publisher_close(reason);
-    if !reason.is_quiet() {
+    if reason.is_quiet() {
+        tracing::debug!(shard = sh.id, ?peer, reason = reason.name(), detail, "publisher closed");
+    } else {
         tracing::info!(shard = sh.id, ?peer, reason = reason.name(), detail, "publisher closed");
     }
 }

@@ -137,6 +137,14 @@ where
             from_env.insert(flag.clone());
         }
     }
+    // Rust programs read their log filter from RUST_LOG: it counts as the
+    // environment's `[log] level` where VOLLEY_LOG_LEVEL is not set.
+    if !from_env.contains("log-level") {
+        if let Some(v) = env("RUST_LOG") {
+            env_flags.push(flag_arg("log-level", &v));
+            from_env.insert("log-level".into());
+        }
+    }
     for &(old, section, key) in LEGACY {
         let (old_var, flag) = (env_of(&flag_of("", old)), flag_of(section, key));
         let new_var = env_of(&flag);

@@ -6,11 +6,12 @@
 //! set a knob: key `k` in section `[s]` of the file is flag `--s-k` and
 //! environment variable `VOLLEY_S_K` (dashes and underscores swapped as
 //! needed); a top-level key `k` is `--k` and `VOLLEY_K`. So `[ws] path` is
-//! `--ws-path` and `VOLLEY_WS_PATH`. Precedence: flags > environment > file >
-//! defaults (`layer` does the layering; `check` refuses and warns at
-//! start; this module and `client`, `api`, `store` only declare: the
-//! groups of clients' limits, of the application side, and of what volley
-//! keeps live in those three files).
+//! `--ws-path` and `VOLLEY_WS_PATH` (one more name: `RUST_LOG` is `[log]
+//! level` where `VOLLEY_LOG_LEVEL` is unset). Precedence: flags >
+//! environment > file > defaults (`layer` does the layering; `check`
+//! refuses and warns at start; this module and `client`, `api`, `store`
+//! only declare: the groups of clients' limits, of the application side,
+//! and of what volley keeps live in those three files).
 //!
 //! ```text
 //! shards cpus backlog shutdown_grace_secs transparent_hugepages   (top level)

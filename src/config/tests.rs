@@ -326,3 +326,25 @@ fn redis_urls_repeat_and_each_layer_replaces_the_one_below() {
     let e = c.validate().unwrap_err().to_string();
     assert!(e.contains("[redis] urls") && e.contains("redis://"), "{e}");
 }
+
+#[test]
+fn rust_log_sets_the_log_filter_below_volley_log_level_and_the_flag() {
+    let level = |args: &[&str], env: &[(&str, &str)]| serve_with(args, env).unwrap().server.log.level;
+    assert_eq!(level(&["volley", "serve"], &[]), "info");
+    let rust_log = ("RUST_LOG", "volley=debug");
+    assert_eq!(level(&["volley", "serve"], &[rust_log]), "volley=debug");
+    assert_eq!(
+        level(&["volley", "serve"], &[rust_log, ("VOLLEY_LOG_LEVEL", "warn")]),
+        "warn"
+    );
+    assert_eq!(
+        level(&["volley", "serve", "--log-level", "error"], &[rust_log]),
+        "error"
+    );
+    let f = file("rust_log.toml", "[log]\nlevel = \"trace\"\n");
+    assert_eq!(
+        level(&["volley", "serve", "-c", &f], &[rust_log]),
+        "volley=debug",
+        "beats the file"
+    );
+}

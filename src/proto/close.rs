@@ -115,11 +115,21 @@ impl CloseReason {
         }
     }
 
-    /// An ordinary end, not worth a log line at info level.
+    /// An ordinary end of a connection's life, which a server of many
+    /// connections sees all the time (the peer left, went silent, its
+    /// network failed, it reconnected with its key, the server stopped):
+    /// logged at debug level. Every other close is logged at info.
     pub fn is_quiet(self) -> bool {
         matches!(
             self,
-            CloseReason::PeerClosed | CloseReason::ClientDisconnect | CloseReason::Shutdown
+            CloseReason::PeerClosed
+                | CloseReason::ClientDisconnect
+                | CloseReason::IoError
+                | CloseReason::HeartbeatTimeout
+                | CloseReason::HandshakeTimeout
+                | CloseReason::Replaced
+                | CloseReason::Shutdown
+                | CloseReason::WsClosed
         )
     }
 

@@ -366,14 +366,11 @@ impl Shard {
         self.wake_conn(r);
         self.schedule(r);
         ShardStats::add(&self.stats().dropped, dropped as u64);
-        if !reason.is_quiet() {
-            tracing::info!(
-                shard = id,
-                conn = r.idx,
-                reason = reason.name(),
-                detail,
-                "closing connection"
-            );
+        let name = reason.name();
+        if reason.is_quiet() {
+            tracing::debug!(shard = id, conn = r.idx, reason = name, detail, "closing connection");
+        } else {
+            tracing::info!(shard = id, conn = r.idx, reason = name, detail, "closing connection");
         }
     }
 
