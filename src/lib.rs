@@ -45,7 +45,8 @@
 //!
 //! # Modules
 //! - [`config`]: every knob, grouped in sections; file / environment / flag
-//!   layering.
+//!   layering; the example file and the configuration in force (`volley
+//!   config`).
 //! - [`server`]: binds the listeners, starts the shards, `ServerHandle`.
 //! - [`net`]: listener specs, binding one socket per shard, the accept loop.
 //! - [`shard`]: per-core state and behaviour, sans-IO, a folder per role,

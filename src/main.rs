@@ -28,6 +28,10 @@ fn main() -> anyhow::Result<()> {
             let tuned = checks.iter().all(|c| c.status == volley::host::Status::Ok);
             std::process::exit(if tuned { 0 } else { 1 });
         }
+        Cmd::Config(c) => {
+            print!("{}", c.text);
+            return Ok(());
+        }
     };
     let config = serve.server;
     let notes = serve.notes;

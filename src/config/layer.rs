@@ -66,8 +66,19 @@ fn flag_of(section: &str, key: &str) -> String {
     }
 }
 
+/// The key in `section` ("" for top level) of a flag: `flag_of` undone.
+pub(super) fn key_of(section: &str, flag: &str) -> String {
+    let prefix = format!("{section}-");
+    let bare = if section.is_empty() {
+        flag
+    } else {
+        flag.strip_prefix(&prefix).unwrap_or(flag)
+    };
+    bare.replace('-', "_")
+}
+
 /// The environment variable of a flag.
-fn env_of(flag: &str) -> String {
+pub(super) fn env_of(flag: &str) -> String {
     format!("VOLLEY_{}", flag.replace('-', "_").to_ascii_uppercase())
 }
 
@@ -89,8 +100,10 @@ where
 {
     let args: Vec<OsString> = args.into_iter().map(Into::into).collect();
     let cli = Cli::try_parse_from(&args)?;
-    let Cmd::Serve(serve) = &cli.cmd else {
-        return Ok(cli);
+    let serve = match &cli.cmd {
+        Cmd::Serve(serve) => serve,
+        Cmd::Config(c) => &c.serve,
+        Cmd::CheckHost(_) => return Ok(cli),
     };
     let cmd = Cli::command();
     let serve_cmd = cmd.find_subcommand("serve").expect("serve subcommand exists");
@@ -103,7 +116,10 @@ where
     // Repeatable flags (`--redis-url`) add up instead of replacing: one
     // given on the command line leaves out the environment's and the
     // file's, as a later value replaces an earlier one elsewhere.
-    let at = args.iter().position(|a| a == "serve").map_or(args.len(), |i| i + 1);
+    let at = args
+        .iter()
+        .position(|a| a == "serve" || a == "config")
+        .map_or(args.len(), |i| i + 1);
     let typed: HashSet<String> = serve_cmd
         .get_arguments()
         .filter(|a| matches!(a.get_action(), clap::ArgAction::Append))
@@ -161,12 +177,12 @@ where
     // The file, as flags, minus what the environment set.
     let path = serve.config.clone().or_else(|| env("VOLLEY_CONFIG").map(Into::into));
     let mut file_flags: Vec<OsString> = Vec::new();
-    if let Some(path) = path {
-        let text = std::fs::read_to_string(&path).map_err(|source| ConfigError::Read {
+    if let Some(path) = &path {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.clone(),
             source,
         })?;
-        for (flag, value) in file_args(&path, &text, &flags, &mut notes)? {
+        for (flag, value) in file_args(path, &text, &flags, &mut notes)? {
             if !from_env.contains(&flag) && !typed.contains(&flag) {
                 file_flags.push(format!("--{flag}={value}").into());
             }
@@ -178,9 +194,22 @@ where
     merged.extend(file_flags);
     merged.extend(env_flags);
     merged.extend_from_slice(&args[at..]);
-    let mut cli = Cli::try_parse_from(merged)?;
-    if let Cmd::Serve(s) = &mut cli.cmd {
-        s.notes = notes;
+    let mut cli = Cli::try_parse_from(&merged)?;
+    match &mut cli.cmd {
+        Cmd::Serve(s) => s.notes = notes,
+        Cmd::Config(c) if c.example => c.text = super::show::example(),
+        Cmd::Config(c) => {
+            let matches = Cli::command().try_get_matches_from(&merged)?;
+            let sub = matches.subcommand_matches("config").expect("parsed as config above");
+            let from = path.map_or("no file".to_string(), |p| format!("file {}", p.display()));
+            c.text = format!(
+                "# What `volley serve` would run with: the defaults, {from}, the\n\
+                 # environment and the flags (secrets masked).\n{}",
+                super::show::effective(sub)
+            );
+            c.serve.notes = notes;
+        }
+        Cmd::CheckHost(_) => {}
     }
     Ok(cli)
 }

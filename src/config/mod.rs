@@ -9,9 +9,10 @@
 //! `--ws-path` and `VOLLEY_WS_PATH` (one more name: `RUST_LOG` is `[log]
 //! level` where `VOLLEY_LOG_LEVEL` is unset). Precedence: flags >
 //! environment > file > defaults (`layer` does the layering; `check`
-//! refuses and warns at start; this module and `client`, `api`, `store`
-//! only declare: the groups of clients' limits, of the application side,
-//! and of what volley keeps live in those three files).
+//! refuses and warns at start; `show` prints the example file and the
+//! configuration in force for `volley config`; this module and `client`,
+//! `api`, `store` only declare: the groups of clients' limits, of the
+//! application side, and of what volley keeps live in those three files).
 //!
 //! ```text
 //! shards cpus backlog shutdown_grace_secs transparent_hugepages   (top level)
@@ -44,6 +45,7 @@ mod api;
 mod check;
 mod client;
 mod layer;
+mod show;
 mod store;
 
 pub use api::ApiConfig;
@@ -80,6 +82,31 @@ pub enum Cmd {
     /// Report what on this host is not tuned for many connections, and how to
     /// fix it; exits 1 when anything is.
     CheckHost(CheckHostArgs),
+    /// Print a configuration: `--example`, a complete `volley.toml` with
+    /// every knob at its default; `--print`, what `volley serve` given the
+    /// same flags, environment and file would run with.
+    #[command(args_override_self = true)]
+    Config(ConfigArgs),
+}
+
+/// Arguments of `volley config`.
+#[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("what").required(true).args(["example", "print"])))]
+pub struct ConfigArgs {
+    /// Print a complete `volley.toml`: every knob at its default, with what
+    /// it does, its flag and its environment variable.
+    #[arg(long)]
+    pub example: bool,
+    /// Print the configuration in force for the flags given here (any of
+    /// `serve`'s), the environment and the file, secrets masked.
+    #[arg(long)]
+    pub print: bool,
+    /// What `serve` would be given.
+    #[command(flatten)]
+    pub serve: ServeArgs,
+    /// What to print, made while layering.
+    #[arg(skip)]
+    pub text: String,
 }
 
 /// Arguments of `volley check-host`.

@@ -1,5 +1,6 @@
 use super::layer::parse_with_env;
 use super::*;
+use clap::CommandFactory;
 use std::ffi::OsString;
 
 fn serve_with(args: &[&str], env: &[(&str, &str)]) -> Result<ServeArgs, ConfigError> {
@@ -346,5 +347,106 @@ fn rust_log_sets_the_log_filter_below_volley_log_level_and_the_flag() {
         level(&["volley", "serve", "-c", &f], &[rust_log]),
         "volley=debug",
         "beats the file"
+    );
+}
+
+fn config_text(args: &[&str], env: &[(&str, &str)]) -> String {
+    let env: Vec<(String, OsString)> = env.iter().map(|(k, v)| (k.to_string(), (*v).into())).collect();
+    let cli = parse_with_env(args.iter().copied(), |name| {
+        env.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone())
+    })
+    .unwrap();
+    let Cmd::Config(c) = cli.cmd else { panic!("not config") };
+    c.text
+}
+
+#[test]
+fn the_example_file_names_every_knob_at_its_default_and_changes_nothing() {
+    let text = config_text(&["volley", "config", "--example"], &[]);
+    let f = file("example.toml", &text);
+    let read = serve_with(&["volley", "serve", "-c", &f], &[]).unwrap();
+    assert_eq!(format!("{:?}", read.server), format!("{:?}", Config::default()));
+    assert!(read.notes.is_empty(), "{:?}", read.notes);
+
+    // Every flag of `serve` is there: its line of names, and its key at its
+    // default in its section (commented out only where there is none).
+    let table: toml::Table = text.parse().unwrap();
+    let cmd = Cli::command();
+    let serve = cmd.find_subcommand("serve").unwrap();
+    let mut checked = 0;
+    for a in serve.get_arguments() {
+        let flag = a.get_long().unwrap();
+        if flag == "config" {
+            continue;
+        }
+        let env = format!("VOLLEY_{}", flag.replace('-', "_").to_ascii_uppercase());
+        assert!(text.contains(&format!("# --{flag}, {env}\n")), "{flag}: names");
+        let section = a.get_help_heading().map(|h| h.trim_matches(['[', ']']));
+        let key = match section {
+            Some(s) => flag.strip_prefix(&format!("{s}-")).unwrap().replace('-', "_"),
+            None => flag.replace('-', "_"),
+        };
+        let within = match section {
+            Some(s) => table[s].as_table().unwrap(),
+            None => &table,
+        };
+        let defaults: Vec<String> = a
+            .get_default_values()
+            .iter()
+            .map(|v| v.to_string_lossy().into())
+            .collect();
+        match within.get(&key) {
+            Some(toml::Value::Array(items)) => {
+                let items: Vec<String> = items
+                    .iter()
+                    .map(|v| v.to_string().trim_matches('"').to_string())
+                    .collect();
+                assert_eq!(items, defaults, "{flag}");
+            }
+            Some(v) => assert_eq!(v.to_string().trim_matches('"'), defaults[0], "{flag}"),
+            None => {
+                assert!(defaults.is_empty(), "{flag}: left out but has a default");
+                assert!(text.contains(&format!("# {key} =   (unset by default)")), "{flag}");
+            }
+        }
+        checked += 1;
+    }
+    assert!(checked > 60, "{checked} knobs");
+}
+
+#[test]
+fn config_print_shows_what_serve_would_run_with_and_masks_secrets() {
+    let f = file("print.toml", "[ws]\npath = \"/from-file\"\n[limits]\nmax_body = 777\n");
+    let env = [("VOLLEY_API_KEY", "hunter2-key"), ("VOLLEY_LIMITS_MAX_BODY", "888")];
+    let args = [
+        "volley",
+        "config",
+        "--print",
+        "-c",
+        &f,
+        "--redis-url",
+        "redis://:pw-in-url@127.0.0.1:6390/2",
+        "--auth-jwt-secret",
+        "a-secret-of-at-least-thirty-two-bytes!!",
+    ];
+    let text = config_text(&args, &env);
+    assert!(text.contains(&format!("file {}", &*f)), "{text}");
+    let table: toml::Table = text.parse().unwrap();
+    assert_eq!(table["ws"]["path"].as_str(), Some("/from-file"));
+    assert_eq!(
+        table["limits"]["max_body"].as_integer(),
+        Some(888),
+        "environment beats file"
+    );
+    assert_eq!(table["api"]["key"].as_str(), Some("(set)"));
+    assert_eq!(table["auth"]["jwt_secret"].as_array().unwrap().len(), 1);
+    assert_eq!(table["redis"]["urls"][0].as_str(), Some("redis://127.0.0.1:6390/2"));
+    for secret in ["hunter2", "pw-in-url", "a-secret-of"] {
+        assert!(!text.contains(secret), "{secret} shown:\n{text}");
+    }
+    assert_eq!(table["tcp"]["listen"].as_str(), Some("0.0.0.0:3101"), "defaults too");
+    assert!(
+        parse_with_env(["volley", "config"], |_| None).is_err(),
+        "--example or --print"
     );
 }
