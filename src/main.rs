@@ -59,6 +59,10 @@ fn main() -> anyhow::Result<()> {
         LogFormat::Json => sub.json().init(),
         LogFormat::Text => sub.init(),
     }
+    match &serve.config {
+        Some(path) => tracing::info!("configuration: {}, then the environment and flags", path.display()),
+        None => tracing::info!("configuration: no file; the embedded defaults, the environment and flags"),
+    }
     for note in notes {
         tracing::warn!("{note}");
     }

@@ -172,6 +172,9 @@ impl Server {
             }
         }
         let c = &shared.config;
+        for line in crate::config::summary(c) {
+            tracing::info!("{line}");
+        }
         tracing::info!(tcp = %c.tcp.listen, ws = %c.ws.listen, api = %c.api.listen,
             publishers = %c.api.publish_listen, shards = n,
             outbound_budget = c.limits.outbound_budget, max_conns = c.limits.max_conns, "volley serving");

@@ -1,5 +1,6 @@
 //! What an operator sees of a running `volley` binary: its log lines as
-//! written to a pipe (journald, a file), and which closes they report.
+//! written to a pipe (journald, a file), what it says at start is in
+//! force, and which closes it reports.
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpStream;
@@ -22,6 +23,7 @@ fn logs_to_a_pipe_are_plain_text_and_ordinary_closes_stay_below_info() {
         .args(["--client-handshake-timeout-secs", "1"])
         .env_remove("RUST_LOG")
         .env_remove("NO_COLOR")
+        .env_remove("VOLLEY_CONFIG")
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
@@ -68,6 +70,17 @@ fn logs_to_a_pipe_are_plain_text_and_ordinary_closes_stay_below_info() {
         seen.push(line);
     }
     let all = seen.join("\n");
+    // What is in force, said at start.
+    for part in [
+        "configuration: no file",
+        &format!("listening for TCP clients on {tcp}"),
+        "listening for the HTTP API on http://127.0.0.1:",
+        "auth: off",
+        "storage: in memory",
+        "cluster: off",
+    ] {
+        assert!(all.contains(part), "{part}:\n{all}");
+    }
     assert!(!all.contains('\u{1b}'), "colour codes in a pipe:\n{all}");
     assert!(!all.contains("peer_closed"), "an ordinary close at info:\n{all}");
     assert!(!all.contains("handshake_timeout"), "an ordinary close at info:\n{all}");

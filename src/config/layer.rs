@@ -196,7 +196,12 @@ where
     merged.extend_from_slice(&args[at..]);
     let mut cli = Cli::try_parse_from(&merged)?;
     match &mut cli.cmd {
-        Cmd::Serve(s) => s.notes = notes,
+        Cmd::Serve(s) => {
+            s.notes = notes;
+            // The file read, whichever way it was named (`--config` or
+            // VOLLEY_CONFIG), for the log at start.
+            s.config = path;
+        }
         Cmd::Config(c) if c.example => c.text = super::show::example(),
         Cmd::Config(c) => {
             let matches = Cli::command().try_get_matches_from(&merged)?;

@@ -51,6 +51,7 @@ mod store;
 pub use api::ApiConfig;
 pub use client::{ClientConfig, Limits, UserConnPolicy};
 pub use layer::{parse_cli, LEGACY};
+pub use show::summary;
 pub use store::{HistoryConfig, HistoryOverride, HistoryPolicy, InboxConfig};
 
 use clap::{Args, Parser, Subcommand, ValueEnum};

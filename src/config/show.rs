@@ -194,3 +194,103 @@ pub fn effective(matches: &ArgMatches) -> String {
     }
     out
 }
+
+/// Bytes as the docs write them (KiB, MiB, GiB).
+fn bytes(n: usize) -> String {
+    const UNITS: [(usize, &str); 3] = [(1 << 30, "GiB"), (1 << 20, "MiB"), (1 << 10, "KiB")];
+    for (size, unit) in UNITS {
+        if n >= size && n % (size / 16) == 0 {
+            let v = n as f64 / size as f64;
+            return format!(
+                "{} {unit}",
+                format!("{v:.2}").trim_end_matches('0').trim_end_matches('.')
+            );
+        }
+    }
+    format!("{n} B")
+}
+
+/// What a server with `c` has in force, a line each, for the log at start:
+/// every listener, auth, the API key, development tokens, what is kept
+/// and where, and cluster mode. Listener addresses are as bound.
+pub fn summary(c: &super::Config) -> Vec<String> {
+    use super::AuthMode;
+    let mut out = vec![
+        format!("listening for TCP clients on {} (goim binary protocol)", c.tcp.listen),
+        format!("listening for WebSocket clients on ws://{}{}", c.ws.listen, c.ws.path),
+    ];
+    if c.ws.echo {
+        out.push(format!(
+            "listening for WebSocket echo on ws://{}{} (conformance runs only)",
+            c.ws.listen, c.ws.echo_path
+        ));
+    }
+    let key = if c.api.key.is_some() {
+        "an API key is set"
+    } else {
+        "no API key: anyone who reaches it may publish"
+    };
+    out.push(format!("listening for the HTTP API on http://{} ({key})", c.api.listen));
+    out.push(format!(
+        "listening for TCP publishers on {} ({key})",
+        c.api.publish_listen
+    ));
+    out.push(match c.auth.mode {
+        AuthMode::Off => "auth: off (a client's auth body names its user; no tokens)".to_string(),
+        AuthMode::Jwt => format!(
+            "auth: jwt ({} HS256 secret(s), {} public key file(s); tokens refreshed {} s before exp)",
+            c.auth.jwt_secret.len(),
+            c.auth.jwt_public_key.len(),
+            c.auth.refresh_secs
+        ),
+    });
+    if c.auth.dev_tokens {
+        out.push("dev tokens: on (POST /v1/dev/token signs a token for anyone: development only)".into());
+    }
+    let h = &c.history;
+    let history = if h.messages == 0 {
+        "history off".to_string()
+    } else {
+        format!(
+            "history {} messages, {} s, {} per room ({} in all)",
+            h.messages,
+            h.max_age_secs,
+            bytes(h.max_bytes),
+            bytes(h.memory)
+        )
+    };
+    let i = &c.inbox;
+    let inbox = if i.messages == 0 {
+        "inboxes off".to_string()
+    } else {
+        format!(
+            "inboxes {} pushes, {}, {} s per user ({} in all)",
+            i.messages,
+            bytes(i.bytes),
+            i.ttl_secs,
+            bytes(i.memory)
+        )
+    };
+    let place = if c.redis.urls.is_empty() {
+        "in memory, lost on restart"
+    } else {
+        "history in Redis, inboxes in memory while their user is connected here"
+    };
+    out.push(format!("storage: {place}: {history}; {inbox}"));
+    out.push(if c.redis.urls.is_empty() {
+        "cluster: off (a single node, no Redis)".to_string()
+    } else {
+        let urls: Vec<String> = c
+            .redis
+            .urls
+            .iter()
+            .map(|u| crate::redis::RedisUrl::parse(u).map_or_else(|e| e, |u| u.to_string()))
+            .collect();
+        format!(
+            "cluster: on, through {} Redis instance(s): {} (history, marks and offline inboxes in Redis)",
+            urls.len(),
+            urls.join(", ")
+        )
+    });
+    out
+}

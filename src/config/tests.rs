@@ -450,3 +450,41 @@ fn config_print_shows_what_serve_would_run_with_and_masks_secrets() {
         "--example or --print"
     );
 }
+
+#[test]
+fn the_start_summary_says_what_is_in_force_without_secrets() {
+    let lines = summary(&Config::default()).join("\n");
+    for part in [
+        "TCP clients on 0.0.0.0:3101",
+        "WebSocket clients on ws://0.0.0.0:3102/sub",
+        "HTTP API on http://127.0.0.1:3111 (no API key",
+        "TCP publishers on 127.0.0.1:3112",
+        "auth: off",
+        "storage: in memory, lost on restart: history 100 messages, 300 s, 256 KiB per room",
+        "inboxes 100 pushes, 256 KiB, 86400 s per user",
+        "cluster: off",
+    ] {
+        assert!(lines.contains(part), "{part}:\n{lines}");
+    }
+    assert!(!lines.contains("dev tokens"), "{lines}");
+    let mut c = Config::default();
+    c.api.key = Some("hunter2-key".into());
+    c.auth.mode = AuthMode::Jwt;
+    c.auth.jwt_secret = vec!["a-secret-of-at-least-thirty-two-bytes!!".into()];
+    c.auth.dev_tokens = true;
+    c.redis.urls = vec!["redis://:pw-in-url@10.0.0.9:6390/2".into()];
+    c.history.messages = 0;
+    let lines = summary(&c).join("\n");
+    for part in [
+        "(an API key is set)",
+        "auth: jwt (1 HS256 secret(s), 0 public key file(s)",
+        "dev tokens: on",
+        "history off",
+        "cluster: on, through 1 Redis instance(s): redis://10.0.0.9:6390/2",
+    ] {
+        assert!(lines.contains(part), "{part}:\n{lines}");
+    }
+    for secret in ["hunter2", "pw-in-url", "a-secret-of"] {
+        assert!(!lines.contains(secret), "{secret}:\n{lines}");
+    }
+}
