@@ -82,6 +82,9 @@
 //!   reasons, room patterns, version 2, WebSocket).
 //! - [`metrics`]: counters and histograms, as JSON and Prometheus text.
 //! - [`host`]: `volley check-host`, what on this host is not tuned.
+//! - [`sub`]: `volley sub`, a terminal subscriber (blocking sockets, a
+//!   client of the server, not part of it) that prints what arrives and
+//!   resumes after a lost connection.
 //!
 //! Code that awaits: `conn`, `api::http`, `api::tcp`, `net::accept_each`,
 //! `shard::run`, `redis` (links, subscribers, scripts, the operations'
@@ -100,6 +103,7 @@ pub mod proto;
 pub mod redis;
 pub mod server;
 pub mod shard;
+pub mod sub;
 
 pub use config::Config;
 pub use server::{Server, ServerHandle, StartError};

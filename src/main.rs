@@ -32,6 +32,7 @@ fn main() -> anyhow::Result<()> {
             print!("{}", c.text);
             return Ok(());
         }
+        Cmd::Sub(a) => return volley::sub::run(&a, &mut std::io::stdout().lock()),
     };
     let config = serve.server;
     let notes = serve.notes;

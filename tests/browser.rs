@@ -235,6 +235,21 @@ fn two_tabs_chat_resume_after_a_server_side_close_and_see_history_on_reload() {
     assert_eq!(stat("client_publishes"), 1, "sent as a client publish");
     assert_eq!(stat("published"), api_before, "nothing through the publish API");
 
+    // What README's *Try it* sends with curl: a goim room push whose body
+    // is plain text, shown in both tabs as it came.
+    let path = "/goim/push/room?operation=1000&type=live&room=browser";
+    let (status, v) = common::http(h.http_addr, "POST", path, &[], b"hello from curl");
+    assert_eq!(status, 200, "{v}");
+    for (who, handle) in [("alice", &alice), ("bob", &bob)] {
+        switch(handle);
+        wait_js(
+            &d,
+            &sid,
+            &format!("the curl message in {who}'s tab"),
+            "return [...document.querySelectorAll('#messages li')].some(li => li.textContent === '?hello from curl')",
+        );
+    }
+
     // A burst of three 12 KB messages in one request: the tabs' queues pass
     // their 20,000-byte limit, the server closes both, and each resumes.
     let slow_before = common::closes(&h, "slow_consumer");

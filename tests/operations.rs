@@ -14,6 +14,16 @@ fn field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
     line[at..].split_whitespace().next()
 }
 
+/// The server process, stopped however the test ends.
+struct Server(std::process::Child);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 #[test]
 fn logs_to_a_pipe_are_plain_text_and_ordinary_closes_stay_below_info() {
     let mut child = Command::new(env!("CARGO_BIN_EXE_volley"))
@@ -30,6 +40,7 @@ fn logs_to_a_pipe_are_plain_text_and_ordinary_closes_stay_below_info() {
         .expect("volley binary starts");
     let (tx, rx) = mpsc::channel::<String>();
     let stderr = child.stderr.take().unwrap();
+    let server = Server(child);
     std::thread::spawn(move || {
         for line in BufReader::new(stderr).lines().map_while(Result::ok) {
             if tx.send(line).is_err() {
@@ -64,8 +75,7 @@ fn logs_to_a_pipe_are_plain_text_and_ordinary_closes_stay_below_info() {
             break;
         }
     }
-    let _ = child.kill();
-    let _ = child.wait();
+    drop(server);
     while let Ok(line) = rx.try_recv() {
         seen.push(line);
     }

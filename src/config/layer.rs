@@ -103,7 +103,7 @@ where
     let serve = match &cli.cmd {
         Cmd::Serve(serve) => serve,
         Cmd::Config(c) => &c.serve,
-        Cmd::CheckHost(_) => return Ok(cli),
+        Cmd::CheckHost(_) | Cmd::Sub(_) => return Ok(cli),
     };
     let cmd = Cli::command();
     let serve_cmd = cmd.find_subcommand("serve").expect("serve subcommand exists");
@@ -214,7 +214,7 @@ where
             );
             c.serve.notes = notes;
         }
-        Cmd::CheckHost(_) => {}
+        Cmd::CheckHost(_) | Cmd::Sub(_) => {}
     }
     Ok(cli)
 }

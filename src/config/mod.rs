@@ -88,6 +88,10 @@ pub enum Cmd {
     /// same flags, environment and file would run with.
     #[command(args_override_self = true)]
     Config(ConfigArgs),
+    /// Join rooms on a volley server and print what arrives, a line per
+    /// push; on a lost connection, reconnect and resume each room from the
+    /// last message printed.
+    Sub(crate::sub::SubArgs),
 }
 
 /// Arguments of `volley config`.
