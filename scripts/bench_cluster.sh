@@ -47,7 +47,7 @@ import sys, re, json
 print(json.dumps({m.group(1): int(m.group(2)) for m in (re.match(r"cmdstat_(\S+?):calls=(\d+)", l) for l in sys.stdin) if m}))'; }
 run() {
     local config=$1 rate=$2 nodes redis=() targets=() pids=()
-    case $config in single) nodes=1 ;; c1) nodes=1; redis=(--redis-url "redis://127.0.0.1:$REDIS_PORT") ;; c3) nodes=3; redis=(--redis-url "redis://127.0.0.1:$REDIS_PORT") ;; esac
+    case $config in single) nodes=1 ;; c1) nodes=1; redis=(--redis-urls "redis://127.0.0.1:$REDIS_PORT") ;; c3) nodes=3; redis=(--redis-urls "redis://127.0.0.1:$REDIS_PORT") ;; esac
     local rpid=
     if [ ${#redis[@]} -gt 0 ]; then
         redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save '' --appendonly no >/dev/null &

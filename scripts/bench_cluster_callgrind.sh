@@ -40,7 +40,7 @@ run() {
     for i in 0 1 2; do
         local b=$((5100 + 100 * i)) pre=()
         [ "$i" = 2 ] && pre=(valgrind --tool=callgrind "--callgrind-out-file=$OUT/$tag.out")
-        "${pre[@]}" "$bin" serve --shards 1 --redis-url "redis://127.0.0.1:$REDIS_PORT" \
+        "${pre[@]}" "$bin" serve --shards 1 --redis-urls "redis://127.0.0.1:$REDIS_PORT" \
             --tcp-listen "127.0.0.1:$((b + 1))" --ws-listen "127.0.0.1:$((b + 2))" \
             --api-listen "127.0.0.1:$((b + 11))" --api-publish-listen "127.0.0.1:$((b + 12))" \
             --log-level warn 2>"$OUT/$tag-$i.err" &

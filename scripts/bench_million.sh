@@ -11,7 +11,7 @@
 # room per process) over its TCP publisher connection, pipelined, so all
 # processes get it at once; PUBLISH=http publishes over HTTP instead.
 # CLUSTER=1 makes the processes one cluster instead: a redis-server of its
-# own (port 6392) joins them (`--redis-url`), each message is published once,
+# own (port 6392) joins them (`--redis-urls`), each message is published once,
 # to the first process only, and reaches every subscriber through Redis;
 # Redis's CPU and the commands it ran land in $OUT/million-$N-redis.json.
 # Loopback only; bounded; every process started here is stopped by PID.
@@ -44,7 +44,7 @@ if [ "${CLUSTER:-0}" = 1 ]; then
     RPID=$!
     PIDS+=("$RPID")
     for _ in $(seq 200); do redis-cli -p 6392 ping >/dev/null 2>&1 && break; sleep 0.05; done
-    REDIS=(--redis-url redis://127.0.0.1:6392)
+    REDIS=(--redis-urls redis://127.0.0.1:6392)
 fi
 for i in $(seq 0 $((P - 1))); do
     ./target/release/volley serve --shards 1 --cpus $((i % 2)) "${REDIS[@]}" \

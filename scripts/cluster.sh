@@ -37,7 +37,7 @@ wait_port "$REDIS_PORT"
 for i in $(seq 0 $((N - 1))); do
     b=$((BASE + 100 * i))
     # shellcheck disable=SC2086 # NODE_ARGS is a list of flags
-    ./target/release/volley serve --redis-url "redis://127.0.0.1:$REDIS_PORT" ${NODE_ARGS:-} \
+    ./target/release/volley serve --redis-urls "redis://127.0.0.1:$REDIS_PORT" ${NODE_ARGS:-} \
         --tcp-listen "127.0.0.1:$((b + 1))" --ws-listen "127.0.0.1:$((b + 2))" \
         --api-listen "127.0.0.1:$((b + 11))" --api-publish-listen "127.0.0.1:$((b + 12))" --log-level warn &
     PIDS+=($!)

@@ -15,7 +15,8 @@ pub struct ApiConfig {
         id = "api-listen",
         long = "api-listen",
         alias = "http-listen",
-        default_value = "127.0.0.1:3111"
+        default_value = "127.0.0.1:3111",
+        value_parser = super::listen_addr
     )]
     pub listen: SocketAddr,
 
@@ -26,7 +27,8 @@ pub struct ApiConfig {
         id = "api-publish-listen",
         long = "api-publish-listen",
         alias = "publish-listen",
-        default_value = "127.0.0.1:3112"
+        default_value = "127.0.0.1:3112",
+        value_parser = super::listen_addr
     )]
     pub publish_listen: SocketAddr,
 

@@ -1,5 +1,6 @@
-//! Layering for `volley serve`: defaults < TOML file < environment < flags,
-//! and the old flat key names.
+//! Layering for `volley serve` (and `volley config`, which shows its
+//! result): defaults < TOML file < environment < flags, and the old flat
+//! key names.
 //!
 //! Runs once on the main thread. Clap knows the flags and their defaults
 //! only; this module turns every other source into flags placed before the
@@ -9,14 +10,16 @@
 //! out, so the environment beats the file even for list knobs.
 //!
 //! Invariants: an unknown file key or section is an error, never ignored; a
-//! key or variable of the flat layout that came before the sections still
-//! works and leaves a note naming its new spelling.
+//! key, variable or flag of the flat layout that came before the sections
+//! still works and leaves a note naming its new spelling; a value of the
+//! wrong type is reported as the file's key or the variable that set it,
+//! never as a flag the operator did not type.
 
 use super::{Cli, Cmd, ConfigError};
 use clap::{CommandFactory, Parser};
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::ffi::OsString;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// Sections of the file; key `k` of section `s` is flag `--s-k`.
 const SECTIONS: &[&str] = &[
@@ -138,10 +141,30 @@ where
         .filter_map(|a| a.get_long().map(str::to_string))
         .collect();
     let mut notes = Vec::new();
+    // Flags renamed with the sections still work, and say their name now,
+    // as old file keys and variables do.
+    for arg in &args[at..] {
+        let arg = arg.to_string_lossy();
+        let Some(name) = arg.strip_prefix("--").map(|n| n.split('=').next().unwrap_or(n)) else {
+            continue;
+        };
+        let renamed = serve_cmd
+            .get_arguments()
+            .find(|a| a.get_all_aliases().into_iter().flatten().any(|old| old == name));
+        if let Some(long) = renamed.and_then(|a| a.get_long()) {
+            notes.push(format!("flag --{name} is now --{long}"));
+        }
+    }
 
     // The environment, as flags, and which flags it set.
     let mut env_flags: Vec<OsString> = Vec::new();
     let mut from_env: HashSet<String> = HashSet::new();
+    // Where each value the layering injects came from, to name that place
+    // if the value is refused.
+    let mut origin: HashMap<String, (Origin, String)> = HashMap::new();
+    let mut note_env = |flag: &str, var: String, v: &std::ffi::OsStr| {
+        origin.insert(flag.to_string(), (Origin::Env(var), v.to_string_lossy().into_owned()));
+    };
     let mut sorted: Vec<&String> = flags.iter().collect();
     sorted.sort();
     for flag in sorted {
@@ -151,6 +174,7 @@ where
         if let Some(v) = env(&env_of(flag)) {
             env_flags.push(flag_arg(flag, &v));
             from_env.insert(flag.clone());
+            note_env(flag, env_of(flag), &v);
         }
     }
     // Rust programs read their log filter from RUST_LOG: it counts as the
@@ -159,6 +183,7 @@ where
         if let Some(v) = env("RUST_LOG") {
             env_flags.push(flag_arg("log-level", &v));
             from_env.insert("log-level".into());
+            note_env("log-level", "RUST_LOG".into(), &v);
         }
     }
     for &(old, section, key) in LEGACY {
@@ -169,6 +194,7 @@ where
         }
         if let Some(v) = env(&old_var) {
             env_flags.push(flag_arg(&flag, &v));
+            note_env(&flag, old_var.clone(), &v);
             from_env.insert(flag);
             notes.push(format!("environment variable {old_var} is now {new_var}"));
         }
@@ -185,6 +211,8 @@ where
         for (flag, value) in file_args(path, &text, &flags, &mut notes)? {
             if !from_env.contains(&flag) && !typed.contains(&flag) {
                 file_flags.push(format!("--{flag}={value}").into());
+                let key = file_key(serve_cmd, &flag);
+                origin.insert(flag, (Origin::File(path.clone(), key), value));
             }
         }
     }
@@ -194,7 +222,7 @@ where
     merged.extend(file_flags);
     merged.extend(env_flags);
     merged.extend_from_slice(&args[at..]);
-    let mut cli = Cli::try_parse_from(&merged)?;
+    let mut cli = Cli::try_parse_from(&merged).map_err(|e| blame(e, &origin))?;
     match &mut cli.cmd {
         Cmd::Serve(s) => {
             s.notes = notes;
@@ -217,6 +245,62 @@ where
         Cmd::CheckHost(_) | Cmd::Sub(_) => {}
     }
     Ok(cli)
+}
+
+/// Where a value the layering turned into a flag came from.
+enum Origin {
+    /// A key (as `key_of` names it) of this file.
+    File(PathBuf, String),
+    /// This environment variable.
+    Env(String),
+}
+
+/// How the file names the knob of `flag`: `` `key` in [section] ``.
+fn file_key(serve: &clap::Command, flag: &str) -> String {
+    let section = serve
+        .get_arguments()
+        .find(|a| a.get_long() == Some(flag))
+        .and_then(|a| a.get_help_heading())
+        .map(|h| h.trim_matches(['[', ']']).to_string())
+        .unwrap_or_default();
+    let key = key_of(&section, flag);
+    if section.is_empty() {
+        format!("`{key}`")
+    } else {
+        format!("`{key}` in [{section}]")
+    }
+}
+
+/// A value clap refused, blamed on where it came from when the layering
+/// put it there: the file's key or the environment variable, not the flag
+/// made of it, which the operator never typed.
+fn blame(e: clap::Error, origin: &HashMap<String, (Origin, String)>) -> ConfigError {
+    use clap::error::{ContextKind, ContextValue};
+    let (Some(ContextValue::String(arg)), Some(ContextValue::String(value))) =
+        (e.get(ContextKind::InvalidArg), e.get(ContextKind::InvalidValue))
+    else {
+        return e.into();
+    };
+    let flag = arg.trim_start_matches('-').split([' ', '=']).next().unwrap_or_default();
+    let Some((from, _)) = origin
+        .get(flag)
+        .filter(|(_, v)| v == value || v.split(',').any(|part| part == value))
+    else {
+        return e.into();
+    };
+    let why = match (std::error::Error::source(&e), e.get(ContextKind::ValidValue)) {
+        (Some(source), _) => source.to_string(),
+        (None, Some(ContextValue::Strings(valid))) => format!("expected one of {}", valid.join(", ")),
+        _ => e.kind().to_string(),
+    };
+    let msg = format!("{value:?} is not valid: {why}");
+    match from {
+        Origin::File(path, key) => ConfigError::File {
+            path: path.clone(),
+            msg: format!("{key}: {msg}"),
+        },
+        Origin::Env(var) => ConfigError::Env { var: var.clone(), msg },
+    }
 }
 
 fn flag_arg(flag: &str, value: &std::ffi::OsStr) -> OsString {

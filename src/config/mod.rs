@@ -322,12 +322,21 @@ pub struct LogConfig {
     pub format: LogFormat,
 }
 
+/// A listener's address: an IP and a port. Host names are refused with
+/// what to write instead, since a name can stand for several addresses
+/// and binding must not depend on a resolver at start.
+pub(crate) fn listen_addr(s: &str) -> Result<SocketAddr, String> {
+    s.parse().map_err(|_| {
+        format!("`{s}` is not an IP:port; write e.g. 127.0.0.1:3101, 0.0.0.0:3101 or [::1]:3101 (host names such as localhost are not resolved)")
+    })
+}
+
 /// `[tcp]`
 #[derive(Debug, Clone, Args)]
 #[command(next_help_heading = "[tcp]")]
 pub struct TcpConfig {
     /// Client TCP listener (goim protocol).
-    #[arg(id = "tcp-listen", long = "tcp-listen", default_value = "0.0.0.0:3101")]
+    #[arg(id = "tcp-listen", long = "tcp-listen", default_value = "0.0.0.0:3101", value_parser = listen_addr)]
     pub listen: SocketAddr,
 }
 
@@ -336,7 +345,7 @@ pub struct TcpConfig {
 #[command(next_help_heading = "[ws]")]
 pub struct WsConfig {
     /// Client WebSocket listener (same protocol, one frame per binary message).
-    #[arg(id = "ws-listen", long = "ws-listen", default_value = "0.0.0.0:3102")]
+    #[arg(id = "ws-listen", long = "ws-listen", default_value = "0.0.0.0:3102", value_parser = listen_addr)]
     pub listen: SocketAddr,
 
     /// Path of the WebSocket endpoint (goim's is `/sub`).
@@ -378,6 +387,14 @@ pub enum ConfigError {
     File {
         /// The file.
         path: PathBuf,
+        /// What is wrong.
+        msg: String,
+    },
+    /// An environment variable's value is of a bad type.
+    #[error("environment variable {var}: {msg}")]
+    Env {
+        /// The variable.
+        var: String,
         /// What is wrong.
         msg: String,
     },

@@ -488,3 +488,66 @@ fn the_start_summary_says_what_is_in_force_without_secrets() {
         assert!(!lines.contains(secret), "{secret}:\n{lines}");
     }
 }
+
+#[test]
+fn old_flag_names_work_and_say_their_new_name() {
+    let s = serve_with(
+        &[
+            "volley",
+            "serve",
+            "--max-body",
+            "1000",
+            "--redis-url",
+            "redis://127.0.0.1:6390",
+        ],
+        &[],
+    )
+    .unwrap();
+    assert_eq!(s.server.limits.max_body, 1000);
+    assert_eq!(s.server.redis.urls, vec!["redis://127.0.0.1:6390".to_string()]);
+    assert!(
+        s.notes
+            .contains(&"flag --max-body is now --limits-max-body".to_string()),
+        "{:?}",
+        s.notes
+    );
+    assert!(
+        s.notes.contains(&"flag --redis-url is now --redis-urls".to_string()),
+        "{:?}",
+        s.notes
+    );
+    let s = serve_with(&["volley", "serve", "--limits-max-body", "1000"], &[]).unwrap();
+    assert!(s.notes.is_empty(), "{:?}", s.notes);
+}
+
+#[test]
+fn a_bad_value_is_blamed_on_the_file_key_or_variable_that_set_it() {
+    let f = file("bad.toml", "[limits]\nmax_body = \"abc\"\n[log]\nformat = \"xml\"\n");
+    let e = serve_with(&["volley", "serve", "-c", &f], &[]).unwrap_err().to_string();
+    assert!(e.starts_with(&format!("config file {}: ", &*f)), "{e}");
+    assert!(e.contains("`max_body` in [limits]: \"abc\" is not valid"), "{e}");
+    let f = file("bad_enum.toml", "[log]\nformat = \"xml\"\n");
+    let e = serve_with(&["volley", "serve", "-c", &f], &[]).unwrap_err().to_string();
+    assert!(
+        e.contains("`format` in [log]: \"xml\" is not valid: expected one of text, json"),
+        "{e}"
+    );
+
+    let e = serve_with(&["volley", "serve"], &[("VOLLEY_API_LISTEN", "localhost:3111")])
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.starts_with("environment variable VOLLEY_API_LISTEN: \"localhost:3111\""),
+        "{e}"
+    );
+    assert!(e.contains("is not an IP:port; write e.g. 127.0.0.1:3101"), "{e}");
+
+    // A flag's own bad value stays the flag's error.
+    let e = serve_with(&["volley", "serve", "--tcp-listen", "localhost:3101"], &[]).unwrap_err();
+    assert!(matches!(e, ConfigError::Args(_)), "{e}");
+    assert!(e.to_string().contains("--tcp-listen"), "{e}");
+    assert!(
+        e.to_string().contains("host names such as localhost are not resolved"),
+        "{e}"
+    );
+}

@@ -172,7 +172,7 @@ impl Node {
             .args(["serve", "--shards", "2", "--log-format", "json", "--log-level", "info"])
             .args(["--tcp-listen", "127.0.0.1:0", "--ws-listen", "127.0.0.1:0"])
             .args(["--api-listen", "127.0.0.1:0", "--api-publish-listen", "127.0.0.1:0"])
-            .args(["--redis-url", &redis.url()])
+            .args(["--redis-urls", &redis.url()])
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
