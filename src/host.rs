@@ -300,17 +300,38 @@ pub fn render(f: &HostFacts, checks: &[Check], conns: u64) -> String {
             let _ = writeln!(s, "       fix: {}", c.fix);
         }
     }
-    let bad = checks.iter().filter(|c| c.status != Status::Ok).count();
-    let _ = writeln!(
-        s,
-        "{}",
-        if bad == 0 {
-            "host is tuned for the target".to_string()
-        } else {
-            format!("{bad} item(s) to fix; tuning/README.md explains each, tuning/tune.sh apply sets them")
-        }
-    );
+    let bad: Vec<&Check> = checks.iter().filter(|c| c.status != Status::Ok).collect();
+    if bad.is_empty() {
+        let _ = writeln!(s, "host is tuned for the target");
+        return s;
+    }
+    let _ = writeln!(s, "{} item(s) to fix; tuning/README.md explains each", bad.len());
+    let (script, by_hand): (Vec<&Check>, Vec<&Check>) = bad.iter().partition(|c| by_tune_sh(c.name));
+    let names = |cs: &[&Check]| cs.iter().map(|c| c.name).collect::<Vec<_>>().join(", ");
+    if !script.is_empty() {
+        let _ = writeln!(s, "tuning/tune.sh apply sets: {}", names(&script));
+    }
+    if !by_hand.is_empty() {
+        let _ = writeln!(
+            s,
+            "not set by tuning/tune.sh apply (see each fix above): {}",
+            names(&by_hand)
+        );
+    }
     s
+}
+
+/// The sysctl file `tuning/tune.sh apply` applies.
+const TUNE_SH_SETS: &str = include_str!("../tuning/sysctl.d/99-volley.conf");
+
+/// Whether `tuning/tune.sh apply` sets the check named `name` (a sysctl
+/// key of its file).
+fn by_tune_sh(name: &str) -> bool {
+    TUNE_SH_SETS
+        .lines()
+        .filter(|l| !l.trim_start().starts_with('#'))
+        .filter_map(|l| l.split('=').next())
+        .any(|k| k.trim() == name)
 }
 
 #[cfg(test)]
@@ -361,6 +382,15 @@ mod tests {
         assert_eq!(status("RLIMIT_MEMLOCK"), Status::Ok);
         let text = render(&dev, &c, 1_000_000);
         assert!(text.contains("fix: LimitNOFILE=1001024"), "{text}");
+        // What the script sets, and what it does not, named apart.
+        assert!(
+            text.contains("tuning/tune.sh apply sets: net.core.somaxconn\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("not set by tuning/tune.sh apply (see each fix above): RLIMIT_NOFILE (soft), net.netfilter.nf_conntrack_max\n"),
+            "{text}"
+        );
         assert!(checks(&dev, 10_000, 2).iter().all(|c| c.status != Status::Fail));
     }
 
