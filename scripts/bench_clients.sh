@@ -16,7 +16,8 @@ RATES=${2:-"10 50 200"}
 SECS=${3:-10}
 OUT=${OUT:-target/bench}
 mkdir -p "$OUT"
-cargo build --release --workspace -q
+# NO_BUILD=1: use the binaries already in target/release (e.g. ones copied there).
+[ "${NO_BUILD:-0}" = 1 ] || cargo build --release --workspace -q
 TCP=127.0.0.1:3201
 WS=127.0.0.1:3202
 HTTP=127.0.0.1:3211

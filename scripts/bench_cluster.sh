@@ -30,7 +30,8 @@ OUT=${OUT:-target/bench/cluster}
 REDIS_PORT=6391
 mkdir -p "$OUT"
 command -v redis-server >/dev/null 2>&1 || { echo "redis-server missing (apt-get install redis-server)" >&2; exit 1; }
-cargo build --release --workspace -q
+# NO_BUILD=1: use the binaries already in target/release (e.g. ones copied there).
+[ "${NO_BUILD:-0}" = 1 ] || cargo build --release --workspace -q
 PIDS=()
 stop() {
     for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done

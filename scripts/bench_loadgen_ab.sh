@@ -16,7 +16,8 @@ RATES=${3:-"5 50"}
 ROUNDS=${4:-2}
 OUT=${OUT:-target/bench/loadgen-ab}
 mkdir -p "$OUT"
-cargo build --release --workspace -q
+# NO_BUILD=1: use the binaries already in target/release (e.g. ones copied there).
+[ "${NO_BUILD:-0}" = 1 ] || cargo build --release --workspace -q
 ./target/release/volley serve --tcp-listen 127.0.0.1:3201 --ws-listen 127.0.0.1:3202 --api-listen 127.0.0.1:3211 \
     --api-publish-listen 127.0.0.1:3212 --log-level warn &
 PID=$!

@@ -28,7 +28,8 @@ SECS=${3:-10}
 PER=${4:-19000}
 OUT=${OUT:-target/bench}
 mkdir -p "$OUT"
-cargo build --release --workspace -q
+# NO_BUILD=1: use the binaries already in target/release (e.g. ones copied there).
+[ "${NO_BUILD:-0}" = 1 ] || cargo build --release --workspace -q
 P=$(( (N + PER - 1) / PER ))
 PIDS=()
 cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }

@@ -11,7 +11,8 @@
 # submits most of its sends as io_uring SQEs (several per io_uring_enter),
 # so for volley the column counts syscalls, not sends; its /v1/stats
 # `writes` counts sends.
-# Installs nats-server from apt and uWebSockets.js from npm when missing.
+# Installs nats-server from apt and uWebSockets.js from npm when missing and
+# in SERVERS. NO_BUILD=1 skips the release build.
 # Loopback only; every process started here is stopped by PID. JSON per run
 # in $OUT, a table at the end. SERVERS picks which servers run (volley1:
 # volley with one shard). VOLLEY_ARGS adds flags to both volley runs (for
@@ -29,14 +30,17 @@ SERVERS=${SERVERS:-"volley uws nats tokio"}
 SECS=${3:-10}
 OUT=${OUT:-target/bench/peers}
 mkdir -p "$OUT"
-if ! command -v nats-server >/dev/null 2>&1; then
+# Only the peers this run compares are installed.
+runs() { case " $SERVERS " in *" $1 "*) return 0 ;; *) return 1 ;; esac; }
+if runs nats && ! command -v nats-server >/dev/null 2>&1; then
     if [ "$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi
     $SUDO apt-get install -y -qq nats-server
 fi
-if [ ! -d peers/uws/node_modules/uWebSockets.js ]; then
+if runs uws && [ ! -d peers/uws/node_modules/uWebSockets.js ]; then
     (cd peers/uws && npm install --no-audit --no-fund --loglevel=error)
 fi
-cargo build --release --workspace -q
+# NO_BUILD=1: use the binaries already in target/release (e.g. ones copied there).
+[ "${NO_BUILD:-0}" = 1 ] || cargo build --release --workspace -q
 LG=(./target/release/volley-loadgen ws --conns "$N" --sources 16 --rate 10000 --size 64 --duration "$SECS" --drain-secs 20 --json)
 PID=
 PERF=

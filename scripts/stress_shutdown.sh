@@ -19,7 +19,8 @@ ROUNDS=${1:-5}
 P=${2:-10}
 C=${3:-5000}
 GRACE=2
-cargo build --release --workspace -q
+# NO_BUILD=1: use the binaries already in target/release (e.g. ones copied there).
+[ "${NO_BUILD:-0}" = 1 ] || cargo build --release --workspace -q
 join() { local IFS=,; echo "$*"; }
 STUCK=0
 for round in $(seq "$ROUNDS"); do
