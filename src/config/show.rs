@@ -124,30 +124,40 @@ pub fn example() -> String {
     let mut out = String::new();
     comment(
         &mut out,
-        "volley.toml: every knob of `volley serve`, each at its default (printed by\n\
-         `volley config --example`). Key `k` in section `[s]` is also flag `--s-k` and\n\
-         environment variable `VOLLEY_S_K`; flags beat the environment, which beats\n\
+        "volley.toml: every knob of `volley serve`, each at its default (printed by \
+         `volley config --example`). Key `k` in section `[s]` is also flag `--s-k` and \
+         environment variable `VOLLEY_S_K`; flags beat the environment, which beats \
          this file, which beats the defaults. Use it with `volley serve -c volley.toml`.",
     );
+    file(&mut out, true, "unset by default", |k| k.default.clone());
+    out
+}
+
+/// Every knob as a `volley.toml`, section by section, with the values
+/// `values` gives it; `described` puts each knob's help, flag and variable
+/// above it. A knob without a value is there commented out, saying
+/// `unset`.
+fn file(out: &mut String, described: bool, unset: &str, values: impl Fn(&Knob) -> Vec<String>) {
     for (section, knobs) in by_section(knobs()) {
         if !section.is_empty() {
             let _ = write!(out, "\n[{section}]\n");
         }
         for k in knobs {
-            out.push('\n');
-            comment(&mut out, &k.help);
-            comment(&mut out, &format!("--{}, {}", k.flag, env_of(&k.flag)));
-            match toml_value(&k.default, k.list) {
+            if described {
+                out.push('\n');
+                comment(out, &k.help);
+                comment(out, &format!("--{}, {}", k.flag, env_of(&k.flag)));
+            }
+            match toml_value(&values(&k), k.list) {
                 Some(v) => {
                     let _ = writeln!(out, "{} = {v}", k.key);
                 }
                 None => {
-                    let _ = writeln!(out, "# {} =   (unset by default)", k.key);
+                    let _ = writeln!(out, "# {} =   ({unset})", k.key);
                 }
             }
         }
     }
-    out
 }
 
 /// Knobs whose values are secrets: printed as `"(set)"`.
@@ -158,40 +168,28 @@ const SECRETS: &[&str] = &["api-key", "auth-jwt-secret"];
 /// masked (an API key or JWT secret as `(set)`, Redis passwords left out).
 pub fn effective(matches: &ArgMatches) -> String {
     let mut out = String::new();
-    for (section, knobs) in by_section(knobs()) {
-        if !section.is_empty() {
-            let _ = write!(out, "\n[{section}]\n");
+    file(&mut out, false, "unset", |k| {
+        let id = k.flag.as_str();
+        let mut values: Vec<String> = matches
+            .get_raw(&k.id)
+            .map(|vs| vs.map(|v| v.to_string_lossy().into_owned()).collect())
+            .unwrap_or_default();
+        if k.list {
+            // A delimited flag's raw value is the text before splitting.
+            values = values.iter().flat_map(|v| v.split(',').map(str::to_string)).collect();
+            values.retain(|v| !v.is_empty());
         }
-        for k in knobs {
-            let id = k.flag.as_str();
-            let mut values: Vec<String> = matches
-                .get_raw(&k.id)
-                .map(|vs| vs.map(|v| v.to_string_lossy().into_owned()).collect())
-                .unwrap_or_default();
-            if k.list {
-                // A delimited flag's raw value is the text before splitting.
-                values = values.iter().flat_map(|v| v.split(',').map(str::to_string)).collect();
-                values.retain(|v| !v.is_empty());
-            }
-            if SECRETS.contains(&id) && !values.is_empty() {
-                values = vec!["(set)".into()];
-            }
-            if id == "redis-urls" {
-                values = values
-                    .iter()
-                    .map(|u| crate::redis::RedisUrl::parse(u).map_or_else(|e| e, |u| u.to_string()))
-                    .collect();
-            }
-            match toml_value(&values, k.list) {
-                Some(v) => {
-                    let _ = writeln!(out, "{} = {v}", k.key);
-                }
-                None => {
-                    let _ = writeln!(out, "# {} =   (unset)", k.key);
-                }
-            }
+        if SECRETS.contains(&id) && !values.is_empty() {
+            values = vec!["(set)".into()];
         }
-    }
+        if id == "redis-urls" {
+            values = values
+                .iter()
+                .map(|u| crate::redis::RedisUrl::parse(u).map_or_else(|e| e, |u| u.to_string()))
+                .collect();
+        }
+        values
+    });
     out
 }
 
