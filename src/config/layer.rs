@@ -15,7 +15,7 @@
 //! wrong type is reported as the file's key or the variable that set it,
 //! never as a flag the operator did not type.
 
-use super::{Cli, Cmd, ConfigError};
+use super::{env_of, flag_of, key_of, Cli, Cmd, ConfigError};
 use clap::{CommandFactory, Parser};
 use std::collections::{HashMap, HashSet};
 use std::ffi::OsString;
@@ -58,32 +58,6 @@ pub const LEGACY: &[(&str, &str, &str)] = &[
     ("log", "log", "level"),
     ("log_format", "log", "format"),
 ];
-
-/// The flag of `key` in `section` ("" for top level), without the dashes.
-fn flag_of(section: &str, key: &str) -> String {
-    let k = key.replace('_', "-");
-    if section.is_empty() {
-        k
-    } else {
-        format!("{section}-{k}")
-    }
-}
-
-/// The key in `section` ("" for top level) of a flag: `flag_of` undone.
-pub(super) fn key_of(section: &str, flag: &str) -> String {
-    let prefix = format!("{section}-");
-    let bare = if section.is_empty() {
-        flag
-    } else {
-        flag.strip_prefix(&prefix).unwrap_or(flag)
-    };
-    bare.replace('-', "_")
-}
-
-/// The environment variable of a flag.
-pub(super) fn env_of(flag: &str) -> String {
-    format!("VOLLEY_{}", flag.replace('-', "_").to_ascii_uppercase())
-}
 
 /// Parses the full command line, applying the environment and `--config`.
 pub fn parse_cli<I, T>(args: I) -> Result<Cli, ConfigError>

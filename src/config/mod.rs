@@ -58,6 +58,35 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
+// The naming rule (module doc): one place for the layering and for what
+// `volley config` prints.
+
+/// The flag of `key` in `section` ("" for top level), without the dashes.
+fn flag_of(section: &str, key: &str) -> String {
+    let k = key.replace('_', "-");
+    if section.is_empty() {
+        k
+    } else {
+        format!("{section}-{k}")
+    }
+}
+
+/// The key in `section` ("" for top level) of a flag: `flag_of` undone.
+fn key_of(section: &str, flag: &str) -> String {
+    let prefix = format!("{section}-");
+    let bare = if section.is_empty() {
+        flag
+    } else {
+        flag.strip_prefix(&prefix).unwrap_or(flag)
+    };
+    bare.replace('-', "_")
+}
+
+/// The environment variable of a flag.
+fn env_of(flag: &str) -> String {
+    format!("VOLLEY_{}", flag.replace('-', "_").to_ascii_uppercase())
+}
+
 /// The `volley` command line.
 #[derive(Debug, Parser)]
 #[command(

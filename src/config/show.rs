@@ -8,8 +8,7 @@
 //! neither can name a knob that does not exist or miss one that does; the
 //! example is checked by parsing it back (`tests.rs`).
 
-use super::layer::{env_of, key_of};
-use super::Cli;
+use super::{env_of, key_of, Cli};
 use clap::{ArgMatches, CommandFactory};
 use std::fmt::Write;
 
