@@ -1,5 +1,6 @@
 //! The `volley` binary: command line → `Config` → `Server::start`, then wait
-//! for SIGINT/SIGTERM and shut down cleanly.
+//! for SIGINT/SIGTERM and shut down cleanly; or one of the tools beside the
+//! server (`check-host`, `config`, `sub`), which print and exit.
 
 use anyhow::Context;
 use std::io::IsTerminal;

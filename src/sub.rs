@@ -65,6 +65,7 @@ pub fn run(args: &SubArgs, out: &mut impl Write) -> anyhow::Result<()> {
     let mut printed = 0u64;
     let mut backoff = Duration::from_millis(250);
     loop {
+        let began = Instant::now();
         match session(args, &mut marks, &mut printed, out) {
             Ok(()) => return Ok(()),
             Err(End::Refused(why)) => anyhow::bail!("{why}"),
@@ -72,6 +73,10 @@ pub fn run(args: &SubArgs, out: &mut impl Write) -> anyhow::Result<()> {
                 eprintln!("volley sub: {why}");
                 if args.no_reconnect {
                     anyhow::bail!("{why}");
+                }
+                // A connection that lived a while starts the backoff over.
+                if began.elapsed() > Duration::from_secs(10) {
+                    backoff = Duration::from_millis(250);
                 }
                 eprintln!("volley sub: reconnecting in {} ms", backoff.as_millis());
                 std::thread::sleep(backoff);
