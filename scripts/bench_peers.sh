@@ -94,7 +94,7 @@ run_nats() {
     nats-server -c "$OUT/nats.conf" > "$OUT/nats.log" 2>&1 &
     PID=$!; wait_port 3302; sleep 1
     count "nats-$1"
-    "${LG[@]}" --target 127.0.0.1:3302 --ws / \
+    "${LG[@]}" --target 127.0.0.1:3302 --ws / --publish ws \
         --first-message 'CONNECT {"verbose":false}\r\nSUB bench 1\r\n' \
         --publisher-first-message 'CONNECT {"verbose":false}\r\n' \
         --publish-template 'PUB bench {len}\r\n{payload}\r\n' \
@@ -107,7 +107,7 @@ run_tokio() {
     ./target/release/tokio-broadcast 127.0.0.1:3303 2>/dev/null &
     PID=$!; wait_port 3303; sleep 1
     count "tokio-$1"
-    "${LG[@]}" --target 127.0.0.1:3303 --ws / --msg-rate "$1" --server-pid "$PID" > "$OUT/tokio-$1.json" || true
+    "${LG[@]}" --target 127.0.0.1:3303 --ws / --publish ws --msg-rate "$1" --server-pid "$PID" > "$OUT/tokio-$1.json" || true
     stop
 }
 
@@ -118,7 +118,7 @@ run_uws() {
     node peers/uws/server.js 3304 > "$OUT/uws.log" 2>&1 &
     PID=$!; wait_port 3304; sleep 1
     count "uws-$1"
-    "${LG[@]}" --target 127.0.0.1:3304 --ws / --first-message 'S bench' \
+    "${LG[@]}" --target 127.0.0.1:3304 --ws / --publish ws --first-message 'S bench' \
         --publish-template 'P bench {payload}' --msg-rate "$1" --server-pid "$PID" > "$OUT/uws-$1.json" || true
     stop
 }

@@ -87,10 +87,13 @@ pub fn generic(common: Common, a: Generic, load: Load) -> Result<()> {
     let Some(ws_path) = common.ws.clone() else {
         bail!("the ws mode needs --ws PATH");
     };
-    let hello = match (&a.first_message, &a.first_binary_hex) {
-        (Some(_), Some(_)) => bail!("--first-message and --first-binary-hex exclude each other"),
-        (_, Some(h)) => Hello::generic(&decode_hex(h)?, true),
-        (m, None) => Hello::generic(&m.as_deref().map(unescape).unwrap_or_default(), false),
+    let hello = match (&a.first_message, &a.first_binary_hex, a.volley) {
+        (Some(_), Some(_), _) | (Some(_), _, true) | (_, Some(_), true) => {
+            bail!("--first-message, --first-binary-hex and --volley exclude each other")
+        }
+        (_, _, true) => Hello::generic(&crate::hello::volley_auth(&common.room), true),
+        (_, Some(h), _) => Hello::generic(&decode_hex(h)?, true),
+        (m, None, _) => Hello::generic(&m.as_deref().map(unescape).unwrap_or_default(), false),
     };
     let size = load.size;
     let publish: Publish = match a.publish {

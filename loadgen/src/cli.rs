@@ -206,8 +206,14 @@ pub struct Generic {
     /// (instead of --first-message), e.g. a volley auth frame.
     #[arg(long)]
     pub first_binary_hex: Option<String>,
-    /// How messages are published.
-    #[arg(long, value_enum, default_value_t = PublishVia::Ws)]
+    /// Each subscriber authenticates into --room with a volley auth frame
+    /// after the upgrade (instead of --first-message or --first-binary-hex),
+    /// as volley's WebSocket endpoint expects.
+    #[arg(long)]
+    pub volley: bool,
+    /// How messages are published (the default, tcp, is volley's TCP
+    /// publisher port; other servers take ws or http).
+    #[arg(long, value_enum, default_value_t = PublishVia::Tcp)]
     pub publish: PublishVia,
     /// Text the WebSocket publisher sends after its upgrade.
     #[arg(long)]
@@ -222,8 +228,9 @@ pub struct Generic {
     /// Path of that POST.
     #[arg(long, default_value = "/goim/push/room?operation=1000&type=live&room=bench")]
     pub publish_path: String,
-    /// volley TCP publisher addresses (--publish tcp).
-    #[arg(long, value_delimiter = ',')]
+    /// volley TCP publisher addresses (--publish tcp); the default is
+    /// volley's own.
+    #[arg(long, value_delimiter = ',', default_value = "127.0.0.1:3112")]
     pub publish_tcp: Vec<SocketAddr>,
 }
 

@@ -22,8 +22,7 @@ impl Hello {
     /// volley: an auth frame that joins `room` and accepts no business
     /// operations (room pushes need none); one binary message on WebSocket.
     pub fn volley(room: &str, websocket: bool) -> Hello {
-        let auth = format!(r#"{{"room_id":"{room}","accepts":[]}}"#);
-        let frame = binary::encode_to_bytes(binary::VERSION_GOIM, op::AUTH, 1, auth.as_bytes()).to_vec();
+        let frame = volley_auth(room);
         Hello {
             bytes: if websocket {
                 client_frame(true, opcode::BINARY, MASK, &frame)
@@ -47,6 +46,12 @@ impl Hello {
             generic: true,
         }
     }
+}
+
+/// A volley auth frame (version 1) into `room`, accepting every operation.
+pub fn volley_auth(room: &str) -> Vec<u8> {
+    let auth = serde_json::json!({"room_id": room, "accepts": []}).to_string();
+    binary::encode_to_bytes(binary::VERSION_GOIM, op::AUTH, 1, auth.as_bytes()).to_vec()
 }
 
 #[cfg(test)]
