@@ -381,7 +381,8 @@ fn healthz(r: &Req<'_>) -> Result<Resp, ApiError> {
     ))
 }
 
-/// The browser client, served at `/volley.js`.
+/// The JavaScript client (an ES module, docs/CLIENT.md), served at
+/// `/volley.js`.
 const VOLLEY_JS: &str = include_str!("../../../web/volley.js");
 /// The live-room demo page, served at `/demo` with the WebSocket port and
 /// path filled in.
