@@ -497,3 +497,29 @@ pub fn pattern(data: &[u8]) {
     }
     assert_eq!((idx.len(), idx.bytes()), (0, 0));
 }
+
+/// A segment of the durable store (`disk::frame::Scan`) on arbitrary bytes:
+/// every record served lies within the input, holds exactly the bytes
+/// there and re-encodes to them; damage is reported within the input, in
+/// order; the end is within the input.
+pub fn disk_scan(data: &[u8]) {
+    use volley::disk::frame::{encode, Item, Scan, HEADER};
+    let mut scan = Scan::new(data);
+    let mut after = 0;
+    for item in scan.by_ref() {
+        match item {
+            Item::Record { at, kind, body } => {
+                assert!(at >= after && at + HEADER + body.len() <= data.len(), "record at {at}");
+                let mut again = Vec::new();
+                encode(&mut again, kind, body);
+                assert_eq!(&data[at..at + again.len()], &again[..], "record at {at}");
+                after = at + again.len();
+            }
+            Item::Damaged { at, len, .. } => {
+                assert!(at >= after && at + len <= data.len(), "damage at {at}+{len}");
+                after = at + len;
+            }
+        }
+    }
+    assert!(scan.end().is_some_and(|e| e <= data.len()));
+}

@@ -80,6 +80,9 @@
 //!   with the per-shard driver that runs them (`redis::ops`).
 //! - [`proto`]: sans-IO codecs and policies (frames, batches, bodies, close
 //!   reasons, room patterns, version 2, WebSocket).
+//! - [`disk`]: the durable store's segment format (records framed with a
+//!   CRC32C, read back past torn writes and damage); the store itself is
+//!   being built on it.
 //! - [`metrics`]: counters and histograms, as JSON and Prometheus text.
 //! - [`host`]: `volley check-host`, what on this host is not tuned.
 //! - [`sub`]: `volley sub`, a terminal subscriber (blocking sockets, a
@@ -96,6 +99,7 @@ pub mod api;
 pub mod auth;
 pub mod config;
 pub mod conn;
+pub mod disk;
 pub mod host;
 pub mod metrics;
 pub mod net;

@@ -75,3 +75,8 @@ fn token() {
 fn pattern() {
     replay("pattern", checks::pattern);
 }
+
+#[test]
+fn disk_scan() {
+    replay("disk_scan", checks::disk_scan);
+}
