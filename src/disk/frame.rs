@@ -265,6 +265,51 @@ mod tests {
         }
     }
 
+    proptest::proptest! {
+        /// Random writes of random records, then damage of any kind (a cut,
+        /// flipped bits, a run of zeros or garbage over any range): what is
+        /// served is always exactly a record that was written, at its place.
+        #[test]
+        fn whatever_the_damage_only_written_records_are_served(
+            writes in proptest::collection::vec(
+                proptest::collection::vec((1u8..=255, proptest::collection::vec(proptest::prelude::any::<u8>(), 0..3000)), 1..6),
+                1..5,
+            ),
+            damage in proptest::collection::vec((0usize..30_000, 1usize..600, 0u8..3, proptest::prelude::any::<u8>()), 0..4),
+            cut in proptest::option::of(0usize..30_000),
+        ) {
+            let mut bytes = Vec::new();
+            let mut written = Vec::new();
+            for w in &writes {
+                for (kind, body) in w {
+                    written.push((bytes.len(), *kind, body.clone()));
+                    encode(&mut bytes, *kind, body);
+                }
+                pad(&mut bytes);
+            }
+            bytes.resize(bytes.len() + BLOCK, 0);
+            for (at, len, how, b) in damage {
+                let n = bytes.len();
+                let range = at.min(n)..(at + len).min(n);
+                for x in &mut bytes[range] {
+                    *x = match how {
+                        0 => *x ^ (b | 1),
+                        1 => 0,
+                        _ => b,
+                    };
+                }
+            }
+            if let Some(cut) = cut {
+                bytes.truncate(cut.min(bytes.len()));
+            }
+            let (good, _, end) = records(&bytes);
+            for r in &good {
+                proptest::prop_assert!(written.contains(r), "served {:?}", (r.0, r.1, r.2.len()));
+            }
+            proptest::prop_assert!(end.is_some_and(|e| e <= bytes.len()));
+        }
+    }
+
     #[test]
     fn kind_zero_is_refused_when_writing() {
         assert!(std::panic::catch_unwind(|| encode(&mut Vec::new(), 0, b"x")).is_err());
