@@ -7,7 +7,7 @@
 //! bits, and an operator can truncate a file.
 //!
 //! ```text
-//! record:  u32 len | u32 crc32c(kind, body) | u8 kind | body (len bytes)     little-endian
+//! record:  u32 len | u32 crc32c(len, kind, body) | u8 kind | body (len bytes)     little-endian
 //! block:   BLOCK bytes; a write (one group commit) starts on a block boundary
 //! ```
 //!
@@ -30,7 +30,7 @@ pub fn encode(out: &mut Vec<u8>, kind: u8, body: &[u8]) {
     assert!(kind != 0, "kind 0 marks the end of a segment");
     assert!(body.len() <= MAX_BODY, "record body of {} bytes", body.len());
     out.extend_from_slice(&(body.len() as u32).to_le_bytes());
-    out.extend_from_slice(&checksum(kind, body).to_le_bytes());
+    out.extend_from_slice(&checksum(body.len() as u32, kind, body).to_le_bytes());
     out.push(kind);
     out.extend_from_slice(body);
 }
@@ -40,8 +40,13 @@ pub fn pad(out: &mut Vec<u8>) {
     out.resize(out.len().next_multiple_of(BLOCK), 0);
 }
 
-fn checksum(kind: u8, body: &[u8]) -> u32 {
-    crc32c::crc32c_append(crc32c::crc32c(&[kind]), body)
+/// Covers the length too, so a damaged length is caught by the checksum
+/// and not only by where the body would end.
+fn checksum(len: u32, kind: u8, body: &[u8]) -> u32 {
+    let mut head = [0u8; 5];
+    head[..4].copy_from_slice(&len.to_le_bytes());
+    head[4] = kind;
+    crc32c::crc32c_append(crc32c::crc32c(&head), body)
 }
 
 /// What reading a segment finds next.
@@ -156,7 +161,7 @@ impl<'a> Iterator for Scan<'a> {
                 return Some(self.damaged(at, "a record that runs past what was written"));
             }
             let body = &rest[HEADER..HEADER + len];
-            if checksum(kind, body) != crc {
+            if checksum(len as u32, kind, body) != crc {
                 return Some(self.damaged(at, "a record whose checksum does not hold"));
             }
             self.at = at + HEADER + len;
@@ -308,6 +313,16 @@ mod tests {
             }
             proptest::prop_assert!(end.is_some_and(|e| e <= bytes.len()));
         }
+    }
+
+    #[test]
+    fn the_fuzz_seed_is_two_whole_writes_in_this_format() {
+        let seed = include_bytes!("../../fuzz/corpus/disk_scan/two_writes");
+        let (good, bad, end) = records(seed);
+        let kinds: Vec<u8> = good.iter().map(|r| r.1).collect();
+        assert_eq!(kinds, [1, 2, 3], "{bad:?}");
+        assert_eq!(good[2], (BLOCK, 3, b"second write".to_vec()));
+        assert!(bad.is_empty() && end.is_some());
     }
 
     #[test]
