@@ -15,7 +15,7 @@
 //! wrong type is reported as the file's key or the variable that set it,
 //! never as a flag the operator did not type.
 
-use super::{env_of, flag_of, key_of, Cli, Cmd, ConfigError};
+use super::{env_of, flag_of, key_of, section_of, Cli, Cmd, ConfigError};
 use clap::{CommandFactory, Parser};
 use std::collections::{HashMap, HashSet};
 use std::ffi::OsString;
@@ -234,8 +234,7 @@ fn file_key(serve: &clap::Command, flag: &str) -> String {
     let section = serve
         .get_arguments()
         .find(|a| a.get_long() == Some(flag))
-        .and_then(|a| a.get_help_heading())
-        .map(|h| h.trim_matches(['[', ']']).to_string())
+        .map(section_of)
         .unwrap_or_default();
     let key = key_of(&section, flag);
     if section.is_empty() {

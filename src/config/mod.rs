@@ -82,6 +82,14 @@ fn key_of(section: &str, flag: &str) -> String {
     bare.replace('-', "_")
 }
 
+/// The file section of a flag of `serve` ("" for the top level): its help
+/// heading, `[section]`, which each group declares.
+fn section_of(arg: &clap::Arg) -> String {
+    arg.get_help_heading()
+        .map(|h| h.trim_matches(['[', ']']).to_string())
+        .unwrap_or_default()
+}
+
 /// The environment variable of a flag.
 fn env_of(flag: &str) -> String {
     format!("VOLLEY_{}", flag.replace('-', "_").to_ascii_uppercase())

@@ -8,7 +8,7 @@
 //! neither can name a knob that does not exist or miss one that does; the
 //! example is checked by parsing it back (`tests.rs`).
 
-use super::{env_of, key_of, Cli};
+use super::{env_of, key_of, section_of, Cli};
 use clap::{ArgMatches, CommandFactory};
 use std::fmt::Write;
 
@@ -41,10 +41,7 @@ fn knobs() -> Vec<Knob> {
             if flag == "config" {
                 return None;
             }
-            let section = a
-                .get_help_heading()
-                .map(|h| h.trim_matches(['[', ']']).to_string())
-                .unwrap_or_default();
+            let section = section_of(a);
             let list = a.get_value_delimiter().is_some() || matches!(a.get_action(), clap::ArgAction::Append);
             Some(Knob {
                 id: a.get_id().to_string(),
@@ -182,10 +179,7 @@ pub fn effective(matches: &ArgMatches) -> String {
             values = vec!["(set)".into()];
         }
         if id == "redis-urls" {
-            values = values
-                .iter()
-                .map(|u| crate::redis::RedisUrl::parse(u).map_or_else(|e| e, |u| u.to_string()))
-                .collect();
+            values = values.iter().map(|u| crate::redis::RedisUrl::shown(u)).collect();
         }
         values
     });
@@ -277,12 +271,7 @@ pub fn summary(c: &super::Config) -> Vec<String> {
     out.push(if c.redis.urls.is_empty() {
         "cluster: off (a single node, no Redis)".to_string()
     } else {
-        let urls: Vec<String> = c
-            .redis
-            .urls
-            .iter()
-            .map(|u| crate::redis::RedisUrl::parse(u).map_or_else(|e| e, |u| u.to_string()))
-            .collect();
+        let urls: Vec<String> = c.redis.urls.iter().map(|u| crate::redis::RedisUrl::shown(u)).collect();
         format!(
             "cluster: on, through {} Redis instance(s): {} (history, marks and offline inboxes in Redis)",
             urls.len(),

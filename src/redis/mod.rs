@@ -60,6 +60,13 @@ pub struct RedisUrl {
 }
 
 impl RedisUrl {
+    /// `url` as it may be shown (logs, `/healthz`, `volley config`): the
+    /// address and database, or, if it does not parse, the reason with the
+    /// password masked. Never the password.
+    pub fn shown(url: &str) -> String {
+        RedisUrl::parse(url).map_or_else(|e| e, |u| u.to_string())
+    }
+
     /// Parses `redis://...`; the reason names what is wrong (and shows
     /// the URL with its password masked: it lands in logs).
     pub fn parse(url: &str) -> Result<RedisUrl, String> {

@@ -359,7 +359,7 @@ fn healthz(r: &Req<'_>) -> Result<Resp, ApiError> {
     let redis: Vec<Value> = down
         .iter()
         .map(|(i, reason, since)| {
-            let url = crate::redis::RedisUrl::parse(&urls[*i]).map_or_else(|e| e, |u| u.to_string());
+            let url = crate::redis::RedisUrl::shown(&urls[*i]);
             json!({"url": url, "reason": reason, "down_secs": now.saturating_sub(*since)})
         })
         .collect();
