@@ -126,13 +126,13 @@ fn session(
         send(&mut s, v2::op::JOIN, 2 + i as u32, join.to_string().as_bytes())?;
     }
     let mut buf = BytesMut::with_capacity(64 << 10);
+    let mut chunk = vec![0u8; 64 << 10];
     let mut beat = Instant::now();
     loop {
         if beat.elapsed() >= HEARTBEAT {
             send(&mut s, op::HEARTBEAT, 0, b"")?;
             beat = Instant::now();
         }
-        let mut chunk = [0u8; 64 << 10];
         match s.read(&mut chunk) {
             Ok(0) => return Err(End::Lost("the server closed the connection".into())),
             Ok(n) => buf.extend_from_slice(&chunk[..n]),
