@@ -500,8 +500,9 @@ pub fn pattern(data: &[u8]) {
 
 /// A segment of the durable store (`disk::frame::Scan`) on arbitrary bytes:
 /// every record served lies within the input, holds exactly the bytes
-/// there and re-encodes to them; damage is reported within the input, in
-/// order; the end is within the input.
+/// there and re-encodes to them, and a body that decodes as a record
+/// (`disk::record`) writes back as the same bytes; damage is reported
+/// within the input, in order; the end is within the input.
 pub fn disk_scan(data: &[u8]) {
     use volley::disk::frame::{encode, Item, Scan, HEADER};
     let mut scan = Scan::new(data);
@@ -513,6 +514,12 @@ pub fn disk_scan(data: &[u8]) {
                 let mut again = Vec::new();
                 encode(&mut again, kind, body);
                 assert_eq!(&data[at..at + again.len()], &again[..], "record at {at}");
+                // A body that reads as a record writes back as the same bytes.
+                if let Ok(rec) = volley::disk::record::decode(kind, body) {
+                    let mut re = Vec::new();
+                    rec.write(&mut re);
+                    assert_eq!(re, again, "record at {at} re-encoded");
+                }
                 after = at + again.len();
             }
             Item::Damaged { at, len, .. } => {

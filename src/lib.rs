@@ -81,8 +81,9 @@
 //! - [`proto`]: sans-IO codecs and policies (frames, batches, bodies, close
 //!   reasons, room patterns, version 2, WebSocket).
 //! - [`disk`]: the durable store's segment format (records framed with a
-//!   CRC32C, read back past torn writes and damage); the store itself is
-//!   being built on it.
+//!   CRC32C, read back past torn writes and damage) and its records (room
+//!   messages and positions, pushes, acks, marks, ids seen, checkpoints);
+//!   the store itself is being built on them.
 //! - [`metrics`]: counters and histograms, as JSON and Prometheus text.
 //! - [`host`]: `volley check-host`, what on this host is not tuned.
 //! - [`sub`]: `volley sub`, a terminal subscriber (blocking sockets, a
