@@ -1,9 +1,19 @@
 //! The durable store's side that touches disk (named for what it talks to,
-//! as `redis` is for cluster mode): the segment format (`frame`: how
-//! records are framed and checksummed, and how a segment is read back after
-//! a crash, a torn write or damage) and what records say (`record`).
+//! as `redis` is for cluster mode):
 //!
-//! Pure code over bytes, used by whichever shard owns a segment.
+//! ```text
+//! frame     how records sit in a segment: length, CRC32C, kind; read back past torn
+//!           writes and damage
+//! record    what records say: room messages and heads, pushes, acks, marks, ids seen,
+//!           checkpoint markers
+//! journal   a shard's append-only log as a state machine: LSNs, group commit, segments,
+//!           checkpoints, retries; emits writes, syncs and removals as values
+//! recover   reading a journal back: the newest whole checkpoint, then every record
+//! ```
+//!
+//! Pure code over bytes and values, used by the shard that owns a journal.
 
 pub mod frame;
+pub mod journal;
 pub mod record;
+pub mod recover;
