@@ -9,7 +9,9 @@
 //! per listener — client ones in the default task queue, application-server
 //! ones in the control queue — the flusher, and in cluster mode the shard's
 //! cluster state (`shard::cluster`) with one link and one subscriber per
-//! Redis instance, and hands the shard to its runtime (`shard::run::serve`),
+//! Redis instance, with `[storage] mode = "disk"` reads the shard's journal
+//! back (`shard::recovery`, the store's folder locked and laid out by
+//! `disk::layout` first), and hands the shard to its runtime (`shard::run::serve`),
 //! which owns the inbox, the sweep and the shutdown drain; after it, the
 //! drivers left are dropped.
 //!
@@ -43,6 +45,9 @@ pub enum StartError {
     /// The token keys could not be read (`[auth]`).
     #[error("[auth]: {0}")]
     Auth(String),
+    /// The durable store cannot be used (`[storage]`).
+    #[error("{0}")]
+    Storage(String),
     /// An executor could not start (CPU list, memlock limit...).
     #[error("cannot start shard {shard}: {source}")]
     Executor {
@@ -84,6 +89,8 @@ pub struct ServerHandle {
     pub listeners: Vec<ListenerSpec>,
     shared: Arc<Shared>,
     threads: Vec<glommio::ExecutorJoinHandle<()>>,
+    /// The durable store's folder, locked while the server lives.
+    _store: Option<crate::disk::layout::Store>,
 }
 
 impl Server {
@@ -92,6 +99,13 @@ impl Server {
     pub fn start(config: Config) -> Result<ServerHandle, StartError> {
         config.validate()?;
         let n = config.nr_shards();
+        // Before binding: a second server on the same store is refused
+        // without touching the first one's ports.
+        let mut store = if config.durable() {
+            Some(crate::disk::layout::open(&config.storage.dir, n).map_err(|e| StartError::Storage(e.to_string()))?)
+        } else {
+            None
+        };
         let bound = ListenerSpec::from_config(&config)
             .iter()
             .map(|spec| net::bind(spec, n))
@@ -138,21 +152,33 @@ impl Server {
         };
         let mut shared = Shared::new(config);
         shared.verifier = verifier;
+        if store.is_some() {
+            shared
+                .recovery
+                .shards_left
+                .store(n, std::sync::atomic::Ordering::Relaxed);
+        }
         let shared = Arc::new(shared);
+        let mut files: Vec<Option<crate::disk::layout::ShardFiles>> = match &store {
+            Some(s) => s.shards.iter().cloned().map(Some).collect(),
+            None => vec![None; n],
+        };
         let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<(), String>>();
         let mut threads = Vec::with_capacity(n);
         for (id, fds) in per_shard.into_iter().enumerate() {
             let cpu = shared.config.cpus.get(id).copied().unwrap_or(id % available);
             let shared = shared.clone();
             let ready = ready_tx.clone();
+            let files = files[id].take();
             let t = LocalExecutorBuilder::new(Placement::Fixed(cpu))
                 .name(&format!("volley-shard-{id}"))
-                // File DMA is not used yet; keep locked memory far below the
-                // common 8 MiB RLIMIT_MEMLOCK.
+                // Keep locked memory far below the common 8 MiB
+                // RLIMIT_MEMLOCK: the journal's DMA buffers past it come
+                // from the heap (disk::driver).
                 .io_memory(512 << 10)
                 .ring_depth(RING_DEPTH)
                 .preempt_timer(Duration::from_millis(10))
-                .spawn(move || shard_main(id, shared, fds, ready))
+                .spawn(move || shard_main(id, shared, fds, files, ready))
                 .map_err(|e| StartError::Executor {
                     shard: id,
                     source: e.to_string().into(),
@@ -170,6 +196,9 @@ impl Server {
                 Ok(Err(msg)) => return Err(failed(msg)),
                 Err(_) => return Err(failed("shard thread died".into())),
             }
+        }
+        if let Some(s) = &mut store {
+            s.moved().map_err(|e| StartError::Storage(e.to_string()))?;
         }
         let c = &shared.config;
         for line in crate::config::summary(c) {
@@ -189,6 +218,7 @@ impl Server {
             listeners: specs,
             shared: shared.clone(),
             threads,
+            _store: store,
         })
     }
 }
@@ -199,6 +229,7 @@ async fn shard_main(
     id: usize,
     shared: Arc<Shared>,
     fds: Vec<(ListenerKind, RawFd)>,
+    files: Option<crate::disk::layout::ShardFiles>,
     ready: std::sync::mpsc::Sender<Result<(), String>>,
 ) {
     let shard = Rc::new(RefCell::new(Shard::new(id, shared.clone())));
@@ -271,6 +302,18 @@ async fn shard_main(
                 return;
             }
         }
+    }
+    if let Some(files) = files {
+        // Acceptors run meanwhile (`/healthz` says "recovering"); what
+        // this shard owns waits in its inbox until it is read back.
+        if let Err(e) = crate::shard::recovery::recover(&shard, files, control).await {
+            let _ = ready.send(Err(e));
+            return;
+        }
+        shared
+            .recovery
+            .shards_left
+            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
     }
     let listeners = fds.iter().map(|&(_, fd)| fd).collect();
     run::serve(shard.clone(), control, listeners, ready).await;

@@ -152,6 +152,26 @@ impl Config {
                 );
             }
         }
+        let st = &self.storage;
+        if !(1 << 20..=1 << 30).contains(&st.segment_bytes) {
+            return bad("[storage] segment_bytes", "must be between 1 MiB and 1 GiB");
+        }
+        if st.sync_interval_ms == 0 || st.sync_interval_ms > 600_000 {
+            return bad("[storage] sync_interval_ms", "must be between 1 and 600000");
+        }
+        if st.sync_window_us > 100_000 {
+            return bad("[storage] sync_window_us", "must be at most 100000 (0.1 s)");
+        }
+        let shards = self.nr_shards() as u64;
+        if st.max_bytes > 0 && st.max_bytes / shards < 4 * st.segment_bytes {
+            return bad(
+                "[storage] max_bytes",
+                "must give each shard at least four segments (segment_bytes)",
+            );
+        }
+        if st.dir.as_os_str().is_empty() {
+            return bad("[storage] dir", "must name a folder");
+        }
         Ok(())
     }
 

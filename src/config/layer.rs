@@ -23,7 +23,7 @@ use std::path::{Path, PathBuf};
 
 /// Sections of the file; key `k` of section `s` is flag `--s-k`.
 const SECTIONS: &[&str] = &[
-    "log", "tcp", "ws", "client", "limits", "api", "history", "inbox", "auth", "redis",
+    "log", "tcp", "ws", "client", "limits", "api", "history", "inbox", "storage", "auth", "redis",
 ];
 
 /// Keys allowed outside any section.

@@ -31,6 +31,7 @@
 //!           dedup_window_secs dedup_max
 //! [history] messages max_age_secs max_bytes memory overrides max_marks
 //! [inbox]   messages bytes ttl_secs memory
+//! [storage] mode dir sync sync_window_us sync_interval_ms max_bytes segment_bytes
 //! [auth]    mode jwt_secret jwt_public_key leeway_secs refresh_secs grace_secs dev_tokens
 //! [redis]   urls
 //! ```
@@ -52,7 +53,7 @@ pub use api::ApiConfig;
 pub use client::{ClientConfig, Limits, UserConnPolicy};
 pub use layer::{parse_cli, LEGACY};
 pub use show::summary;
-pub use store::{HistoryConfig, HistoryOverride, HistoryPolicy, InboxConfig};
+pub use store::{HistoryConfig, HistoryOverride, HistoryPolicy, InboxConfig, StorageConfig, StorageMode, SyncMode};
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use std::net::SocketAddr;
@@ -250,6 +251,11 @@ pub struct Config {
     /// version-2 connection of the user acknowledges them.
     #[command(flatten)]
     pub inbox: InboxConfig,
+
+    /// `[storage]`: where history, inboxes, marks and publisher ids live
+    /// (memory, or a durable store on disk).
+    #[command(flatten)]
+    pub storage: StorageConfig,
 
     /// `[auth]`: who a client is and what it may do.
     #[command(flatten)]
@@ -461,6 +467,12 @@ impl Default for Config {
 }
 
 impl Config {
+    /// Whether the durable store is on: `[storage] mode = "disk"` on a
+    /// single node (cluster mode keeps what it keeps in Redis).
+    pub fn durable(&self) -> bool {
+        self.storage.mode == StorageMode::Disk && self.redis.urls.is_empty()
+    }
+
     /// Number of shards to run (resolves 0 to the CPU count).
     pub fn nr_shards(&self) -> usize {
         if self.shards > 0 {

@@ -262,10 +262,20 @@ pub fn summary(c: &super::Config) -> Vec<String> {
             bytes(i.memory)
         )
     };
-    let place = if c.redis.urls.is_empty() {
-        "in memory, lost on restart"
+    let place = if !c.redis.urls.is_empty() {
+        "history in Redis, inboxes in memory while their user is connected here".to_string()
+    } else if c.durable() {
+        let sync = match c.storage.sync {
+            super::SyncMode::Batch => "each publish answered once on disk".to_string(),
+            super::SyncMode::Interval => format!("synced every {} ms", c.storage.sync_interval_ms),
+            super::SyncMode::None => "syncing left to the OS".to_string(),
+        };
+        format!(
+            "on disk in {} ({sync}; inboxes still in memory)",
+            c.storage.dir.display()
+        )
     } else {
-        "history in Redis, inboxes in memory while their user is connected here"
+        "in memory, lost on restart".to_string()
     };
     out.push(format!("storage: {place}: {history}; {inbox}"));
     out.push(if c.redis.urls.is_empty() {

@@ -1,8 +1,10 @@
 //! The knobs of what volley keeps: `[history]` (room logs, their limits
-//! and per-room overrides, read marks) and `[inbox]` (user inboxes), and
-//! the per-room history policy they resolve to.
+//! and per-room overrides, read marks), `[inbox]` (user inboxes),
+//! `[storage]` (where: memory, or a durable store on disk, and how it
+//! syncs), and the per-room history policy they resolve to.
 
-use clap::Args;
+use clap::{Args, ValueEnum};
+use std::path::PathBuf;
 
 /// `[history]`
 #[derive(Debug, Clone, Args)]
@@ -69,6 +71,78 @@ pub struct InboxConfig {
     /// (`inbox_evicted_memory`).
     #[arg(id = "inbox-memory", long = "inbox-memory", default_value_t = 256 << 20)]
     pub memory: usize,
+}
+
+/// `[storage] mode`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum StorageMode {
+    /// History, inboxes, marks and publisher ids live in memory and end
+    /// with the process.
+    Memory,
+    /// They are also written to a journal per shard under `dir` and read
+    /// back at start.
+    Disk,
+}
+
+/// `[storage] sync`: when a write to the journal counts as kept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum SyncMode {
+    /// Group commit: answered once on disk (fdatasync), one sync per batch
+    /// per shard.
+    Batch,
+    /// Answered once written to the OS; an fdatasync every
+    /// `sync_interval_ms`.
+    Interval,
+    /// Answered once written to the OS; syncing is left to the OS.
+    None,
+}
+
+/// `[storage]`
+#[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "[storage]")]
+pub struct StorageConfig {
+    /// `memory`: everything kept ends with the process; `disk`: history,
+    /// inboxes, read marks and publisher ids are written to a journal per
+    /// shard under `dir` and come back at start (a single node; cluster
+    /// mode keeps them in Redis).
+    #[arg(id = "storage-mode", long = "storage-mode", value_enum, default_value_t = StorageMode::Memory)]
+    pub mode: StorageMode,
+
+    /// Folder of the durable store (created if missing; one server at a
+    /// time: a second one is refused).
+    #[arg(id = "storage-dir", long = "storage-dir", default_value = "volley-data")]
+    pub dir: PathBuf,
+
+    /// `batch`: a publish, an inbox push and an ack are answered once on
+    /// disk (crash- and power-safe); `interval`: once written (crash-safe;
+    /// a power loss loses up to `sync_interval_ms`); `none`: once written
+    /// (crash-safe; a power loss loses what the OS had not written).
+    #[arg(id = "storage-sync", long = "storage-sync", value_enum, default_value_t = SyncMode::Batch)]
+    pub sync: SyncMode,
+
+    /// `batch`: microseconds a write waits for others to share its sync
+    /// (0: it starts as soon as the previous one ends; writes that arrive
+    /// meanwhile share the next).
+    #[arg(id = "storage-sync-window-us", long = "storage-sync-window-us", default_value_t = 0)]
+    pub sync_window_us: u32,
+
+    /// `interval`: milliseconds between syncs.
+    #[arg(
+        id = "storage-sync-interval-ms",
+        long = "storage-sync-interval-ms",
+        default_value_t = 1000
+    )]
+    pub sync_interval_ms: u32,
+
+    /// Bytes the journals may take on disk, all shards together (split
+    /// evenly); past it publishes are refused as `storage full` until a
+    /// checkpoint frees space. 0: no bound.
+    #[arg(id = "storage-max-bytes", long = "storage-max-bytes", default_value_t = 8 << 30)]
+    pub max_bytes: u64,
+
+    /// Bytes per journal segment file (preallocated).
+    #[arg(id = "storage-segment-bytes", long = "storage-segment-bytes", default_value_t = 64 << 20)]
+    pub segment_bytes: u64,
 }
 
 /// How much history one room keeps.

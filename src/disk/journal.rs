@@ -138,6 +138,20 @@ pub struct Journal {
     /// Bytes the newest checkpoint's write took (0: none yet).
     checkpoint_bytes: u64,
     failing: Option<String>,
+    counts: Counts,
+}
+
+/// What the journal did since last asked (`take_counts`).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Counts {
+    /// Writes done.
+    pub writes: u64,
+    /// fdatasyncs done (with a write or alone).
+    pub syncs: u64,
+    /// Bytes written.
+    pub bytes: u64,
+    /// Operations that failed.
+    pub failures: u64,
 }
 
 /// Why the journal cannot take more now.
@@ -153,10 +167,12 @@ pub enum Refusal {
 
 impl Journal {
     /// A journal continuing after `segments` (number, bytes used, oldest
-    /// first; empty for a new store). LSNs start again at 1 in every
-    /// process: they order this process's records, recovery needs none.
+    /// first; empty for a new store), in a new segment (the last one read
+    /// back is never written again: whatever a crash left at its end stays
+    /// behind what was read). LSNs start again at 1 in every process: they
+    /// order this process's records, recovery needs none.
     pub fn new(sync: Sync, segment_bytes: u64, max_bytes: u64, segments: Vec<(u64, u64)>) -> Self {
-        let (segment, at) = segments.last().copied().unwrap_or((0, 0));
+        let segment = segments.last().map_or(0, |s| s.0);
         let segment_bytes = segment_bytes
             .next_multiple_of(frame::BLOCK as u64)
             .max(frame::BLOCK as u64);
@@ -171,13 +187,14 @@ impl Journal {
             written: 0,
             synced: 0,
             segment,
-            at,
+            at: 0,
             segments: segments.into(),
             checkpoint: None,
             checkpoint_segment: None,
             checkpoints: 0,
             checkpoint_bytes: 0,
             failing: None,
+            counts: Counts::default(),
         }
     }
 
@@ -303,7 +320,7 @@ impl Journal {
         let mut chunk = self.chunks.pop_front()?;
         frame::pad(&mut chunk.bytes);
         let len = chunk.bytes.len() as u64;
-        let create = self.segment == 0 || chunk.fresh || (self.at > 0 && self.at + len > self.segment_bytes);
+        let create = self.at == 0 || chunk.fresh || self.at + len > self.segment_bytes;
         let (segment, at) = if create {
             (self.segment + 1, 0)
         } else {
@@ -368,27 +385,40 @@ impl Journal {
                         if let Some(s) = self.segments.back_mut() {
                             s.1 = end;
                         }
+                        self.counts.writes += 1;
+                        let start = if created { 0 } else { self.at };
+                        self.counts.bytes += end - start;
                         (self.segment, self.at) = (segment, end);
                         self.written = through;
                         if sync {
                             self.synced = through;
+                            self.counts.syncs += 1;
                         }
                         if checkpoint {
                             self.checkpoint_bytes = end;
                         }
                     }
-                    Out::Sync { through } => self.synced = self.synced.max(through),
+                    Out::Sync { through } => {
+                        self.synced = self.synced.max(through);
+                        self.counts.syncs += 1;
+                    }
                     Out::Remove => {}
                 }
             }
             Err((op, why)) => {
                 self.failing = Some(why);
+                self.counts.failures += 1;
                 // A remove is asked again by `removable` itself.
                 if !matches!(op, DiskOp::Remove { .. }) {
                     self.retry = Some((op, out));
                 }
             }
         }
+    }
+
+    /// What it did since the last call.
+    pub fn take_counts(&mut self) -> Counts {
+        std::mem::take(&mut self.counts)
     }
 
     /// Whether writes are failing now.
@@ -500,13 +530,22 @@ mod tests {
         j.end_checkpoint(n);
         j.append(&mark(2));
         let op = j.take().expect("the write before the checkpoint");
-        assert_eq!(write_of(&op), (2, false, 4096, frame::BLOCK, false));
+        assert_eq!(
+            write_of(&op),
+            (3, true, 0, frame::BLOCK, false),
+            "never after what was read back"
+        );
         j.done(Ok(()));
         let op = j.take().expect("the checkpoint");
-        assert_eq!(write_of(&op), (3, true, 0, frame::BLOCK, true));
+        assert_eq!(write_of(&op), (4, true, 0, frame::BLOCK, true));
         assert!(j.checkpointing());
         j.done(Ok(()));
-        assert_eq!(j.take(), Some(DiskOp::Remove { segments: vec![1, 2] }));
+        assert_eq!(
+            j.take(),
+            Some(DiskOp::Remove {
+                segments: vec![1, 2, 3]
+            })
+        );
         j.done(Ok(()));
         assert!(!j.checkpointing() && !j.has_work());
         assert_eq!(j.segments(), 1);

@@ -13,7 +13,9 @@
 //!
 //! Pure code over bytes and values, used by the shard that owns a journal.
 
+pub mod driver;
 pub mod frame;
 pub mod journal;
+pub mod layout;
 pub mod record;
 pub mod recover;

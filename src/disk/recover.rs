@@ -11,7 +11,7 @@
 //! a record is handed on only if its frame's checksum holds and its body
 //! decodes; markers (`Begin`, `End`) are not handed on.
 
-use crate::disk::frame::{Item, Scan, BLOCK};
+use crate::disk::frame::{Item, Scan};
 use crate::disk::record::{self, Record};
 
 /// Something in a segment that was not read, named for the log.
@@ -47,8 +47,9 @@ pub struct Read {
     pub records: u64,
     /// What was not read.
     pub lost: Vec<Loss>,
-    /// Where new writes would start (a block boundary).
-    pub end: u64,
+    /// Where what was written ends: after the last readable record, or
+    /// where a torn one began (what follows is cut off).
+    pub stop: u64,
 }
 
 /// The checkpoint `bytes` (a segment) begins with, if it is whole.
@@ -96,8 +97,7 @@ pub fn read_segment(segment: u64, bytes: &[u8], mut apply: impl FnMut(Record<'_>
             }),
         }
     }
-    let end = scan.end().unwrap_or(bytes.len());
-    read.end = end.next_multiple_of(BLOCK) as u64;
+    read.stop = scan.end().unwrap_or(bytes.len()) as u64;
     read
 }
 
@@ -153,7 +153,7 @@ mod tests {
         let second = b.len();
         b.extend(seg(&[mark(2), mark(3)]));
         b[second + 20] ^= 0xFF;
-        b.extend(vec![0; 2 * BLOCK]);
+        b.extend(vec![0; 2 * frame::BLOCK]);
         let mut got = Vec::new();
         let read = read_segment(7, &b, |r| got.push(r.clone().into_owned_mark()));
         assert_eq!(got, [1]);
@@ -161,7 +161,7 @@ mod tests {
         assert_eq!(read.lost.len(), 1);
         assert_eq!(read.lost[0].segment, 7);
         assert_eq!(read.lost[0].at, second);
-        assert_eq!(read.end, 2 * BLOCK as u64);
+        assert_eq!(read.stop, 2 * frame::BLOCK as u64);
     }
 
     #[test]

@@ -173,6 +173,17 @@ shard_stats! {
     Counter inbox_evicted_limit: "Inbox pushes that left by a user's message or byte limit.";
     Counter inbox_evicted_memory: "Inbox pushes that left because `[inbox] memory` was full (oldest first).";
     Counter inbox_expired: "Inbox pushes that left at the end of their TTL.";
+    Counter storage_records: "Durable store: records appended to this shard's journal.";
+    Counter storage_writes: "Durable store: journal writes (each a group commit: everything appended while the one before ran).";
+    Counter storage_syncs: "Durable store: fdatasyncs of the journal.";
+    Counter storage_written_bytes: "Durable store: bytes written to the journal (whole 4 KiB blocks).";
+    Gauge storage_bytes: "Durable store: bytes in this shard's journal segments now.";
+    Gauge storage_held: "Durable store: publishes waiting for their records to be on disk before they are answered and sent.";
+    Counter storage_failures: "Durable store: journal operations that failed (retried in place every 0.5 s; logged).";
+    Counter storage_refused: "Durable store: room publishes refused because the journal was failing or full ([storage] max_bytes).";
+    Counter storage_checkpoints: "Durable store: checkpoints written (older segments then removed).";
+    Counter storage_replayed: "Durable store: records read back at start.";
+    Counter storage_lost: "Durable store: stretches of the journal not read back at start (torn or damaged; each logged with its place).";
     Gauge cluster_rooms: "Cluster mode: rooms this shard owns whose channel the node is subscribed to (it has members of them).";
     Counter cluster_publish_failed: "Cluster mode: publishes Redis did not take (unreachable, or an error), each answered as failed.";
     Counter cluster_filled: "Cluster mode: messages read back from a room's Stream for the node's members after its subscription was lost.";

@@ -26,7 +26,8 @@
 //! publish/   the publish path in data-path order: ingress, owner, fanout, queue (→ conn::flush)
 //! owners/    the key and user directory slice (pure); registering with it; pushes to users
 //! store/     bounded, counted keeping (pure): one bounded store under history (room logs)
-//!            and inbox; dedup, cost
+//!            and inbox; dedup, cost; durable/ (the journal of every change, held answers,
+//!            replay, checkpoints)
 //! session/   bytes → frames → v1 / v2 operations, resume, access (auth, tokens, limits), token
 //! admission  process-wide connection counts: total, per IP, attempts per IP (shared)
 //! presence   member lists, watched rooms, coalesced join/leave events
@@ -47,6 +48,8 @@
 //!   patterns   pattern subscriptions as channel globs
 //!   presence   member lists and presence changes between nodes
 //! run        per-shard runtime: inbox loop, sweep timer, shutdown drain (awaits)
+//! recovery   the durable store's start: journal read back, torn tail cut, driver started
+//!            (awaits)
 //! sim        simulated-time harness for tests (no sockets, no wall clock), with a simulated Redis
 //! ```
 
@@ -59,6 +62,7 @@ pub mod mesh;
 pub mod msg;
 pub mod presence;
 mod publish;
+pub mod recovery;
 pub mod reply;
 pub mod router;
 pub mod run;

@@ -105,8 +105,8 @@ pub enum ShardMsg {
         seq: u32,
         /// Room key.
         room: Arc<str>,
-        /// Offset, epoch, duplicate.
-        published: Published,
+        /// Offset, epoch, duplicate; or why it was not published.
+        published: PublishOutcome,
     },
     /// To a room's owner: one more (+1) or one fewer (-1) shard has
     /// connections watching the room's presence.

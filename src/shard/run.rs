@@ -134,7 +134,8 @@ async fn drain(shard: &Rc<RefCell<Shard>>) {
         (sh.id, sh.shared.clone())
     };
     let grace = Instant::now() + Duration::from_secs(shared.config.shutdown_grace_secs);
-    let open = |sh: &Shard| sh.nr_conns() > 0 || sh.stats().publishers.load(Relaxed) > 0;
+    // Publishes answered only once kept are kept before the shard ends.
+    let open = |sh: &Shard| sh.nr_conns() > 0 || sh.stats().publishers.load(Relaxed) > 0 || sh.unkept();
     while open(&shard.borrow()) && Instant::now() < grace {
         while let Some(m) = shared.mesh.try_recv(id) {
             if !matches!(m, ShardMsg::Shutdown) {

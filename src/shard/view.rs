@@ -66,6 +66,25 @@ pub struct Shared {
     /// report (`redis::counts`), read instead of the views' by the
     /// online routes and the heartbeat reply.
     pub cluster_counts: ArcSwap<crate::redis::counts::Counts>,
+    /// The durable store's start: what is left to read back (`/healthz`
+    /// answers 503 "recovering" until every shard is done).
+    pub recovery: Recovery,
+    /// Push ids go on above this (the highest read back from the durable
+    /// store, without the shard bits), so an id is never given twice.
+    pub push_floor: std::sync::atomic::AtomicU64,
+}
+
+/// Progress of the durable store's start, across shards.
+#[derive(Debug, Default)]
+pub struct Recovery {
+    /// Shards still reading their journal back.
+    pub shards_left: std::sync::atomic::AtomicUsize,
+    /// Bytes of segments to read, all shards.
+    pub bytes_total: std::sync::atomic::AtomicU64,
+    /// Bytes read so far.
+    pub bytes_read: std::sync::atomic::AtomicU64,
+    /// Records applied so far.
+    pub records: std::sync::atomic::AtomicU64,
 }
 
 impl Shared {
@@ -88,6 +107,8 @@ impl Shared {
             cluster_counts: ArcSwap::from_pointee(crate::redis::counts::Counts::default()),
             cluster: (!config.redis.urls.is_empty())
                 .then(|| Arc::new(crate::redis::Health::new(n, config.redis.urls.len()))),
+            recovery: Recovery::default(),
+            push_floor: Default::default(),
             config,
         }
     }

@@ -142,12 +142,22 @@ fn goim_push(r: &Req<'_>, target: Target) -> Result<Later, ApiError> {
 }
 
 /// A room push's answer: `{"offset": n, "epoch": "…", "duplicate": false}`;
-/// a 503 when it was not published (cluster mode: Redis did not take it).
+/// when it was not published, 507 if the durable store is full
+/// (`[storage] max_bytes`, or the disk), else 503 (the store failing;
+/// cluster mode: Redis did not take it).
 fn published_json(p: Option<PublishOutcome>) -> Result<Value, ApiError> {
     let p = p
         .ok_or_else(|| "the room's shard did not answer".to_string())
         .and_then(|p| p)
-        .map_err(|why| ApiError(StatusCode::SERVICE_UNAVAILABLE, why))?;
+        .map_err(|why| {
+            let full = why.starts_with("storage full") || why.contains("No space left");
+            let status = if full {
+                StatusCode::INSUFFICIENT_STORAGE
+            } else {
+                StatusCode::SERVICE_UNAVAILABLE
+            };
+            ApiError(status, why)
+        })?;
     Ok(json!({"offset": p.offset, "epoch": v2::fmt_epoch(p.epoch), "duplicate": p.duplicate}))
 }
 
@@ -329,11 +339,24 @@ fn metrics(r: &Req<'_>) -> Result<Resp, ApiError> {
     Ok(with_type(StatusCode::OK, prometheus::CONTENT_TYPE, Bytes::from(text)))
 }
 
-/// 200 while the node can do its job; 503 with the reason while a Redis
+/// 200 while the node can do its job; 503 with the reason while the
+/// durable store is read back at start (with progress), or while a Redis
 /// instance of the cluster is unreachable from some shard (publishes fail
 /// meanwhile; client connections stay up). Without the API key (when one
 /// is set) the 503 does not name the instances.
 fn healthz(r: &Req<'_>) -> Result<Resp, ApiError> {
+    let rec = &r.shared.recovery;
+    let left = rec.shards_left.load(std::sync::atomic::Ordering::Relaxed);
+    if left > 0 {
+        let load = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
+        let (read, total) = (load(&rec.bytes_read), load(&rec.bytes_total));
+        let message = format!("recovering: {read} of {total} bytes of the journal read back, {left} shard(s) left");
+        let data = json!({"recovering": {"shards_left": left, "bytes_read": read, "bytes_total": total, "records": load(&rec.records)}});
+        return Ok(json_reply(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &json!({"code": 503, "message": message, "data": data}),
+        ));
+    }
     let Some(health) = &r.shared.cluster else {
         return Ok(ok(Value::Null));
     };

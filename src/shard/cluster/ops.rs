@@ -120,10 +120,7 @@ impl Shard {
         match reply {
             Answer::None => {}
             Answer::Api(r) => r.send(got),
-            Answer::Client { at, seq } => match got {
-                Ok(p) => self.client_published(at.conn, seq, room, p),
-                Err(e) => self.v2_error(at.conn, seq, ErrorCode::Unavailable, &e),
-            },
+            Answer::Client { at, seq } => self.client_published(at.conn, seq, room, got),
         }
     }
 }

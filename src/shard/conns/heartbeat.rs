@@ -127,6 +127,7 @@ impl Shard {
             }
         }
         self.store.sweep(tick, &self.shared.stats[self.id]);
+        self.maybe_checkpoint();
         if self.out.queued > self.high_water() {
             // Still over a second after whatever passed it.
             self.shed(true);

@@ -36,9 +36,11 @@ use crate::shard::state::Shard;
 
 impl Shard {
     /// An id for a push to users entering the process here: unique in the
-    /// process (the shard in the top 16 bits), never 0.
+    /// process (the shard in the top 16 bits), never 0, and above every id
+    /// the durable store read back (`Shared::push_floor`).
     pub fn next_push_id(&mut self) -> u64 {
-        self.owners.push_seq += 1;
+        let floor = self.shared.push_floor.load(std::sync::atomic::Ordering::Relaxed);
+        self.owners.push_seq = self.owners.push_seq.max(floor) + 1;
         ((self.id as u64) << 48) | self.owners.push_seq
     }
 

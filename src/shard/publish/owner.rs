@@ -10,14 +10,17 @@
 //! `publish_pattern` in both modes. Invariant: only the owner sends a
 //! room's frames, in offset order.
 
+use crate::disk::record::Record;
 use crate::metrics::ShardStats;
 use crate::proto::binary;
 use crate::proto::pattern;
 use crate::proto::v2::{Envelope, Kind};
 use crate::proto::wire::{Frames, Wire};
 use crate::shard::dedup::Outcome;
-use crate::shard::mesh::{owner_of_str, Answer, Publication, Published, Reach, ShardMsg};
+use crate::shard::history;
+use crate::shard::mesh::{owner_of_str, Answer, Publication, PublishOutcome, Published, Reach, ShardMsg};
 use crate::shard::state::Shard;
+use crate::shard::store::durable::Held;
 use fnv::FnvHashSet;
 use std::sync::Arc;
 
@@ -36,12 +39,21 @@ impl Shard {
         let key = msg.id.as_deref().map(|id| format!("r\0{room}\0{id}"));
         if let Some(Outcome::Room { offset, epoch }) = key.as_deref().and_then(|k| self.store.dedup.seen(k, now)) {
             ShardStats::add(&self.stats().publish_duplicates, 1);
-            let p = Published {
+            let published = Published {
                 offset,
                 epoch,
                 duplicate: true,
             };
-            return self.answer(reply, &room, p);
+            // Not before the first one is kept (it may still wait).
+            return self.after_kept(Held::Published {
+                reply,
+                room,
+                published,
+                frames: None,
+            });
+        }
+        if let Some(why) = self.storage_refusal() {
+            return self.refuse(reply, &room, why);
         }
         let id = msg.id.as_deref().unwrap_or("");
         let (offset, epoch, v2) = self.store.logs.publish(&room, policy, now, msg.ttl, |offset, epoch| {
@@ -59,20 +71,38 @@ impl Shard {
             )
         });
         self.store.count_history(&self.shared.stats[self.id]);
+        if self.durable() {
+            let d = self.disk_now();
+            let ttl_end = msg.ttl.map_or(0, |t| d.unix_end(history::ttl_end(now, t)));
+            self.log(&Record::Message {
+                room: &room,
+                epoch,
+                offset,
+                at: d.unix,
+                ttl_end,
+                op: msg.op,
+                id,
+                payload: &msg.payload,
+            });
+        }
         if let Some(k) = key {
             self.store.dedup.record(&k, Outcome::Room { offset, epoch }, now);
         }
-        let p = Published {
+        let published = Published {
             offset,
             epoch,
             duplicate: false,
         };
-        self.answer(reply, &room, p);
         let frames = Frames {
             v1: Wire::encode(binary::VERSION_GOIM, msg.op, 0, &msg.payload),
             v2,
         };
-        self.fan_out_room(&room, &frames, Reach::All);
+        self.after_kept(Held::Published {
+            reply,
+            room,
+            published,
+            frames: Some(frames),
+        });
     }
 
     /// On a room's owner: a message with its offset, to every shard's
@@ -91,17 +121,26 @@ impl Shard {
     }
 
     /// Tells whoever waits what a room publish got.
-    pub(super) fn answer(&mut self, reply: Answer, room: &Arc<str>, p: Published) {
+    pub(in crate::shard) fn answer(&mut self, reply: Answer, room: &Arc<str>, p: Published) {
+        self.tell_publisher(reply, room, Ok(p));
+    }
+
+    /// Tells whoever waits that a room publish was refused, and why.
+    fn refuse(&mut self, reply: Answer, room: &Arc<str>, why: String) {
+        self.tell_publisher(reply, room, Err(why));
+    }
+
+    fn tell_publisher(&mut self, reply: Answer, room: &Arc<str>, got: PublishOutcome) {
         match reply {
             Answer::None => {}
-            Answer::Api(r) => r.send(Ok(p)),
+            Answer::Api(r) => r.send(got),
             Answer::Client { at, seq } => self.route(
                 usize::from(at.shard),
                 ShardMsg::ClientPublished {
                     conn: at.conn,
                     seq,
                     room: room.clone(),
-                    published: p,
+                    published: got,
                 },
             ),
         }

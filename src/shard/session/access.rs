@@ -33,7 +33,7 @@ use crate::proto::body::AuthBody;
 use crate::proto::close::CloseReason;
 use crate::proto::pattern::{self, Kind};
 use crate::proto::v2::{self, op, ErrorCode};
-use crate::shard::mesh::{Answer, ConnRef, GlobalConn, Publication, Published};
+use crate::shard::mesh::{Answer, ConnRef, GlobalConn, Publication, PublishOutcome};
 use crate::shard::state::Shard;
 use crate::shard::token::{Token, TokenStep};
 use bytes::Bytes;
@@ -276,7 +276,11 @@ impl Shard {
     }
 
     /// On the publishing connection's shard: the owner's answer, as op 53.
-    pub(in crate::shard) fn client_published(&mut self, r: ConnRef, seq: u32, room: &str, p: Published) {
+    pub(in crate::shard) fn client_published(&mut self, r: ConnRef, seq: u32, room: &str, p: PublishOutcome) {
+        let p = match p {
+            Ok(p) => p,
+            Err(why) => return self.v2_error(r, seq, v2::ErrorCode::Unavailable, &why),
+        };
         let body = serde_json::json!({
             "room": room,
             "offset": p.offset,

@@ -39,12 +39,14 @@
 //! held behind its queue and moves in as the client reads (`Outbound`), so a
 //! slow consumer that was closed can resume.
 
+use crate::disk::record::Record;
 use crate::metrics::ShardStats;
 use crate::proto::binary::VERSION_NATIVE;
 use crate::proto::v2::{self, op, Resume, Unrecovered};
 use crate::shard::history::Resumed;
 use crate::shard::mesh::{ConnRef, GlobalConn, HistoryPage, ShardMsg};
 use crate::shard::state::Shard;
+use crate::shard::store::durable::Held;
 use std::sync::Arc;
 
 impl Shard {
@@ -89,10 +91,20 @@ impl Shard {
         (resume, mid, presence): (Option<Resume>, i64, bool),
     ) {
         let policy = self.cfg().history.policy(&room);
+        let new_log = self.durable() && self.store.logs.get(&room).is_none();
         let resumed = self
             .store
             .logs
             .resume(&room, policy, self.conns.wheel.now(), resume, mid);
+        if new_log {
+            // The epoch the reply names outlives a restart.
+            self.log(&Record::Head {
+                room: &room,
+                epoch: resumed.epoch,
+                last: 0,
+                lost_through: 0,
+            });
+        }
         self.store.count_history(&self.shared.stats[self.id]);
         self.route(
             usize::from(at.shard),
@@ -182,16 +194,23 @@ impl Shard {
     /// On the room's owner: records a read mark and answers with it.
     pub(in crate::shard) fn mark_req(&mut self, room: Arc<str>, at: GlobalConn, seq: u32, mid: i64, offset: u64) {
         let max = self.cfg().history.max_marks;
+        let before = self.store.logs.unread(&room, mid).map(|(m, _)| m);
         let mark = self.store.logs.mark(&room, self.conns.wheel.now(), mid, offset, max);
-        self.route(
-            usize::from(at.shard),
-            ShardMsg::MarkReply {
-                conn: at.conn,
-                seq,
-                room,
-                mark,
-            },
-        );
+        if let Some((m, _)) = mark.filter(|&(m, _)| self.durable() && before != Some(m) && m > 0) {
+            self.log(&Record::Mark {
+                room: &room,
+                mid,
+                offset: m,
+            });
+        }
+        // Answered once the mark is kept (at once without a journal).
+        let reply = ShardMsg::MarkReply {
+            conn: at.conn,
+            seq,
+            room,
+            mark,
+        };
+        self.after_kept(Held::Route(usize::from(at.shard), reply));
     }
 
     /// On the marking connection's shard: the answer, as op 49 or error.

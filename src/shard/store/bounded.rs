@@ -229,7 +229,6 @@ where
     }
 
     /// Every slot with its key.
-    #[cfg(test)]
     pub fn iter(&self) -> impl Iterator<Item = (&K, &S)> {
         self.slots.iter()
     }

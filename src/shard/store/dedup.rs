@@ -90,6 +90,14 @@ impl Dedup {
         }
     }
 
+    /// Every id kept, oldest first: (key, tick first seen, outcome), for
+    /// the durable store's checkpoints.
+    pub fn each(&self) -> impl Iterator<Item = (&str, u32, Outcome)> {
+        self.order
+            .iter()
+            .filter_map(|(at, k)| self.seen.get(k).map(|&(_, o)| (&**k, *at, o)))
+    }
+
     /// Ids kept now.
     pub fn len(&self) -> usize {
         self.seen.len()

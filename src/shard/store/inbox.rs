@@ -147,6 +147,13 @@ impl Inboxes {
     /// Stores push `id` for `mid` at tick `now`, with the publisher's `ttl`
     /// if it gave one.
     pub fn store(&mut self, mid: i64, id: u64, op: u32, frames: &Frames, now: u32, ttl: Option<u32>) {
+        let end = history::ttl_end(now, ttl.unwrap_or(self.policy.ttl));
+        self.keep(mid, id, op, frames, end);
+    }
+
+    /// Keeps push `id` for `mid` until tick `ttl_end` (what `store` does
+    /// once it knows the end; the durable store's replay calls it too).
+    pub fn keep(&mut self, mid: i64, id: u64, op: u32, frames: &Frames, ttl_end: u32) {
         if !self.enabled() {
             return;
         }
@@ -155,7 +162,7 @@ impl Inboxes {
             id,
             op,
             frames: frames.clone(),
-            ttl_end: history::ttl_end(now, ttl.unwrap_or(p.ttl)),
+            ttl_end,
             cost: cost::frames(frames) + ENTRY_COST,
         };
         if !self.users.contains(&mid) {
@@ -191,6 +198,21 @@ impl Inboxes {
     /// skipped by `pending` until it reaches the front).
     pub fn expire(&mut self, now: u32) {
         self.users.expire(now, |_, _| {});
+    }
+
+    /// Whether `mid`'s inbox holds push `id` (replay meets a push twice
+    /// when a checkpoint repeats it).
+    pub fn holds(&self, mid: i64, id: u64) -> bool {
+        self.users
+            .get(&mid)
+            .is_some_and(|i| i.entries.iter().any(|e| e.id == id))
+    }
+
+    /// Every user's pushes, oldest first, for a checkpoint.
+    pub fn each(&self) -> impl Iterator<Item = (i64, &Entry)> {
+        self.users
+            .iter()
+            .flat_map(|(&m, i)| i.entries.iter().map(move |e| (m, e)))
     }
 }
 

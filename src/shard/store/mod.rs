@@ -3,8 +3,10 @@
 //! cap, the expiry heap, evictions by cause) under room logs (`history`:
 //! offsets, epochs, history and its limits, marks) and user inboxes
 //! (`inbox`); publisher message ids seen (`dedup`); what kept data costs in
-//! memory as the limits count it (`cost`); and the expiry marks and
-//! order-queue compaction the stores share (`due`).
+//! memory as the limits count it (`cost`); the expiry marks and
+//! order-queue compaction the stores share (`due`); and the durable store
+//! under them all (`durable`: a journal of every change, read back at
+//! start).
 //!
 //! Pure data, owned by one shard; time arrives as ticks.
 
@@ -12,6 +14,7 @@ pub mod bounded;
 pub mod cost;
 pub mod dedup;
 pub mod due;
+pub mod durable;
 pub mod history;
 pub mod inbox;
 
@@ -31,6 +34,9 @@ pub(in crate::shard) struct Store {
     pub(in crate::shard) inbox: inbox::Inboxes,
     /// Publisher message ids seen lately, of what this shard acted on first.
     pub(in crate::shard) dedup: dedup::Dedup,
+    /// The durable store's journal and what waits for it (`[storage] mode
+    /// = "disk"` on a single node; set once recovered).
+    pub(in crate::shard) disk: Option<durable::Durable>,
 }
 
 impl Store {
@@ -50,6 +56,7 @@ impl Store {
             logs,
             inbox: inbox::Inboxes::new(policy, ib.memory / nr),
             dedup: dedup::Dedup::new(config.api.dedup_window_secs, config.api.dedup_max / nr),
+            disk: None,
         }
     }
 

@@ -34,7 +34,13 @@ impl Logs {
         if offset > log.last.saturating_add(1) {
             log.lost_through = offset - 1;
         }
-        self.append(room, now, offset, ttl, wire);
+        self.append(
+            room,
+            now,
+            offset,
+            ttl.map_or(u32::MAX, |t| super::ttl_end(now, t)),
+            wire,
+        );
         true
     }
 
@@ -52,10 +58,10 @@ impl Logs {
 
     /// The log of `room`, created with `epoch` and nothing known before
     /// now if missing.
-    fn open_at(&mut self, room: &Arc<str>, policy: Policy, now: u32, epoch: u64) -> &mut RoomLog {
+    pub(super) fn open_at(&mut self, room: &Arc<str>, policy: Policy, now: u32, epoch: u64) -> &mut RoomLog {
         if !self.rooms.contains(room) {
             let log = self.open(room, policy, now);
-            (log.epoch, log.last, log.lost_through) = (epoch, 0, 0);
+            (log.epoch, log.last, log.told, log.lost_through) = (epoch, 0, 0, 0);
         }
         self.open(room, policy, now)
     }
@@ -63,13 +69,13 @@ impl Logs {
     /// Empties `room`'s log (which exists) and sets it at `offset` of
     /// `epoch`, nothing older replayable; its read marks go with another
     /// epoch.
-    fn restart(&mut self, room: &Arc<str>, epoch: u64, offset: u64) {
+    pub(super) fn restart(&mut self, room: &Arc<str>, epoch: u64, offset: u64) {
         self.rooms.clear(room);
         let log = self.rooms.get_mut(room).expect("restart of an open log");
         if log.epoch != epoch {
             log.marks.clear();
         }
-        (log.epoch, log.last, log.lost_through) = (epoch, offset, offset);
+        (log.epoch, log.last, log.told, log.lost_through) = (epoch, offset, offset, offset);
         self.maybe_idle(room);
     }
 }

@@ -25,7 +25,8 @@
 //! (`store::bounded`: per-room FIFO, limits, cap, expiry heap, evictions);
 //! a `RoomLog` is the room's slot there. Files: `mod.rs` the logs and
 //! publishing, `memory.rs` idle logs and the cap, `reads.rs` resumes, marks
-//! and pages, `cache.rs` cluster mode's cache of Redis offsets.
+//! and pages, `cache.rs` cluster mode's cache of Redis offsets,
+//! `restore.rs` what the durable store writes down and reads back.
 //!
 //! Invariants:
 //! - offsets of a room are 1, 2, 3, ... in publish order; `last` is the
@@ -117,6 +118,10 @@ pub struct RoomLog {
     pub epoch: u64,
     /// Newest offset given out (0: none yet).
     pub last: u64,
+    /// Newest offset anyone was told of (answered, sent, replayed): `last`,
+    /// unless the durable store holds newer ones back until they are kept
+    /// (`Logs::tell`); resumes and reads see no further.
+    pub told: u64,
     /// See module invariants.
     pub lost_through: u64,
     policy: Policy,
@@ -229,6 +234,9 @@ pub struct Logs {
     in_use: InUse,
     /// Idle logs dropped for memory, not yet collected into the stats.
     rooms_evicted: u64,
+    /// New offsets are told only through `tell` (the durable store holds
+    /// them until kept).
+    hold_told: bool,
 }
 
 impl Logs {
@@ -239,6 +247,7 @@ impl Logs {
             idle: VecDeque::new(),
             in_use: InUse(Box::new(|_| false)),
             rooms_evicted: 0,
+            hold_told: false,
         }
     }
 
@@ -247,6 +256,19 @@ impl Logs {
     /// dropped for memory.
     pub fn set_in_use(&mut self, f: impl Fn(&str) -> bool + 'static) {
         self.in_use = InUse(Box::new(f));
+    }
+
+    /// From now on new offsets are told only through `tell` (the durable
+    /// store holds them until they are kept).
+    pub fn hold_told(&mut self) {
+        self.hold_told = true;
+    }
+
+    /// `room`'s offsets up to `offset` may be told (they are kept).
+    pub fn tell(&mut self, room: &str, offset: u64) {
+        if let Some(log) = self.rooms.get_mut(room) {
+            log.told = log.told.max(offset.min(log.last));
+        }
     }
 
     /// Bytes of stored messages.
@@ -298,6 +320,7 @@ impl Logs {
             let log = RoomLog {
                 epoch: fastrand::u64(1..),
                 last: 0,
+                told: 0,
                 lost_through: 0,
                 policy,
                 entries: Queue::default(),
@@ -327,16 +350,21 @@ impl Logs {
         let log = self.open(room, policy, now);
         let (offset, epoch) = (log.last + 1, log.epoch);
         let wire = frame(offset, epoch);
-        self.append(room, now, offset, ttl, wire.clone());
+        let end = ttl.map_or(u32::MAX, |t| ttl_end(now, t));
+        self.append(room, now, offset, end, wire.clone());
         (offset, epoch, wire)
     }
 
     /// Stores `wire` as `room`'s message `offset` (the next one after
-    /// `last`, or past a gap the caller has marked), enforcing the room's
-    /// limits and the shard's cap.
-    fn append(&mut self, room: &Arc<str>, now: u32, offset: u64, ttl: Option<u32>, wire: Wire) {
+    /// `last`, or past a gap the caller has marked), stored at tick `at`
+    /// and kept until `ttl_end` (`u32::MAX`: no TTL of its own), enforcing
+    /// the room's limits and the shard's cap.
+    fn append(&mut self, room: &Arc<str>, at: u32, offset: u64, ttl_end: u32, wire: Wire) {
         let log = self.rooms.get_mut(room).expect("append to an open log");
         log.last = offset;
+        if !self.hold_told {
+            log.told = offset;
+        }
         let p = log.policy;
         if p.messages == 0 {
             log.lost_through = offset;
@@ -346,8 +374,8 @@ impl Logs {
         let e = Entry {
             offset,
             wire,
-            at: now,
-            ttl_end: ttl.map_or(u32::MAX, |t| ttl_end(now, t)),
+            at,
+            ttl_end,
             cost,
         };
         self.rooms.push(room, e, p.messages, p.bytes);
@@ -394,6 +422,7 @@ fn queue_idle(idle: &mut VecDeque<(Arc<str>, u32)>, room: &Arc<str>, log: &mut R
 mod cache;
 mod memory;
 mod reads;
+mod restore;
 
 #[cfg(test)]
 impl Logs {

@@ -24,7 +24,7 @@ impl Logs {
         // What is due but not yet swept is gone already.
         self.rooms.trim(room, now);
         let log = self.rooms.get_mut(room).expect("opened just above");
-        let (epoch, last) = (log.epoch, log.last);
+        let (epoch, last) = (log.epoch, log.told);
         let mark = (mid != 0).then(|| log.marks.get(&mid).copied().unwrap_or(0));
         let replay = match resume {
             None => Ok(Vec::new()),
@@ -34,7 +34,7 @@ impl Logs {
             Some(r) => Ok(log
                 .entries
                 .iter()
-                .filter(|e| e.offset > r.offset && !e.ttl_over(now))
+                .filter(|e| e.offset > r.offset && e.offset <= last && !e.ttl_over(now))
                 .map(|e| e.wire.clone())
                 .collect()),
         };
@@ -60,8 +60,8 @@ impl Logs {
             return None;
         }
         let m = log.marks.entry(mid).or_default();
-        *m = (*m).max(offset.min(log.last));
-        let answer = (*m, log.last);
+        *m = (*m).max(offset.min(log.told));
+        let answer = (*m, log.told);
         self.rooms.recharge(room);
         self.enforce_cap();
         Some(answer)
@@ -71,7 +71,7 @@ impl Logs {
     /// the room has no log.
     pub fn unread(&self, room: &str, mid: i64) -> Option<(u64, u64)> {
         let log = self.rooms.get(room)?;
-        Some((log.marks.get(&mid).copied().unwrap_or(0), log.last))
+        Some((log.marks.get(&mid).copied().unwrap_or(0), log.told))
     }
 
     /// Up to `limit` stored messages of `room` after `since`, oldest first,
@@ -81,10 +81,10 @@ impl Logs {
         let entries = log
             .entries
             .iter()
-            .filter(|e| e.offset > since && !e.ttl_over(now) && !e.aged(log.policy, now))
+            .filter(|e| e.offset > since && e.offset <= log.told && !e.ttl_over(now) && !e.aged(log.policy, now))
             .take(limit)
             .cloned()
             .collect();
-        Some((log.epoch, log.last, entries))
+        Some((log.epoch, log.told, entries))
     }
 }

@@ -1,0 +1,237 @@
+//! The driver of a shard's journal (`disk::journal`): one task per shard
+//! takes the operations the journal emits and runs them on glommio's DMA
+//! files (O_DIRECT, on the shard's own ring: writes, fdatasync, fallocate
+//! and unlink are ring operations, so the shard never blocks on the disk),
+//! then hands back how each went; at start it reads segments back for
+//! recovery.
+//!
+//! Runs on every shard of a node with `[storage] mode = "disk"`, in the
+//! shard's control queue. Owns the open file of the segment written now.
+//!
+//! Invariants: one operation at a time, in the order taken; a segment is
+//! created, preallocated and its directory synced before its first write
+//! counts; the segment left behind is synced before the next is written,
+//! so a sync of the newest covers every older one; an operation's error is
+//! handed back with the operation (the journal retries it), never dropped.
+
+use crate::disk::journal::{DiskOp, Journal, Sync};
+use glommio::io::{DmaFile, OpenOptions};
+use std::cell::RefCell;
+use std::path::{Path, PathBuf};
+use std::rc::Weak;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+/// Bytes read from a segment per DMA read at recovery.
+const READ_PIECE: usize = 8 << 20;
+
+/// How long a failed operation waits before it is tried again.
+const RETRY_AFTER: Duration = Duration::from_millis(500);
+
+/// The file name of segment `n` in a shard's folder.
+pub fn segment_path(dir: &Path, n: u64) -> PathBuf {
+    dir.join(format!("{n:016}.seg"))
+}
+
+/// The segment numbers in a shard's folder, oldest first (other files are
+/// left alone). Read with the standard library: called once at start,
+/// before the shard serves.
+pub fn list_segments(dir: &Path) -> std::io::Result<Vec<u64>> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir)? {
+        let name = e?.file_name();
+        let name = name.to_string_lossy();
+        if let Some(n) = name.strip_suffix(".seg").and_then(|n| n.parse::<u64>().ok()) {
+            out.push(n);
+        }
+    }
+    out.sort_unstable();
+    Ok(out)
+}
+
+/// Reads segment `n` of `dir` whole.
+pub async fn read_segment(dir: &Path, n: u64) -> std::io::Result<Vec<u8>> {
+    let f = DmaFile::open(segment_path(dir, n)).await?;
+    let size = f.file_size().await? as usize;
+    let mut out = Vec::with_capacity(size);
+    while out.len() < size {
+        let want = READ_PIECE.min(size - out.len());
+        let got = f.read_at(out.len() as u64, want).await?;
+        if got.is_empty() {
+            break;
+        }
+        out.extend_from_slice(&got);
+    }
+    f.close().await?;
+    Ok(out)
+}
+
+/// What the driver works for: the shard that owns a journal.
+pub trait Owner {
+    /// Its journal.
+    fn journal(&mut self) -> &mut Journal;
+    /// Registers the driver's waker, woken when the journal has work.
+    fn park(&mut self, cx: &mut Context<'_>);
+    /// An operation ended (the journal is told first); what waited for it
+    /// may go on.
+    fn done(&mut self, result: Result<(), (DiskOp, String)>);
+}
+
+/// A shard's open segment.
+struct Files {
+    dir: PathBuf,
+    segment_bytes: u64,
+    current: Option<(u64, DmaFile)>,
+}
+
+impl Files {
+    async fn run(&mut self, op: &DiskOp) -> std::io::Result<()> {
+        match op {
+            DiskOp::Write {
+                segment,
+                create,
+                at,
+                bytes,
+                sync,
+            } => {
+                let f = self.file(*segment, *create).await?;
+                let mut buf = f.alloc_dma_buffer(bytes.len());
+                buf.as_bytes_mut().copy_from_slice(bytes);
+                let n = f.write_at(buf, *at).await?;
+                if n != bytes.len() {
+                    return Err(std::io::Error::other(format!(
+                        "short write: {n} of {} bytes",
+                        bytes.len()
+                    )));
+                }
+                if *sync {
+                    f.fdatasync().await?;
+                }
+                Ok(())
+            }
+            DiskOp::Sync { segment } => match &self.current {
+                Some((n, f)) if n == segment => Ok(f.fdatasync().await?),
+                _ => Ok(()),
+            },
+            DiskOp::Remove { segments } => {
+                for &n in segments {
+                    if let Err(e) = glommio::io::remove(segment_path(&self.dir, n)).await {
+                        let e = std::io::Error::from(e);
+                        if e.kind() != std::io::ErrorKind::NotFound {
+                            return Err(e);
+                        }
+                    }
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// The file of `segment`: the open one, the last one of a recovered
+    /// store (opened to append), or a new one.
+    async fn file(&mut self, segment: u64, create: bool) -> std::io::Result<&DmaFile> {
+        if self.current.as_ref().is_none_or(|(n, _)| *n != segment) {
+            if let Some((_, old)) = self.current.take() {
+                old.fdatasync().await?;
+                old.close().await?;
+            }
+            let path = segment_path(&self.dir, segment);
+            let f = if create {
+                let f = OpenOptions::new()
+                    .write(true)
+                    .read(true)
+                    .create(true)
+                    .truncate(true)
+                    .dma_open(&path)
+                    .await?;
+                f.pre_allocate(self.segment_bytes, true).await?;
+                glommio::io::Directory::open(&self.dir).await?.sync().await?;
+                f
+            } else {
+                OpenOptions::new().write(true).read(true).dma_open(&path).await?
+            };
+            self.current = Some((segment, f));
+        }
+        Ok(&self.current.as_ref().expect("opened just above").1)
+    }
+}
+
+/// Runs the journal of the shard behind `me`, whose segments live in
+/// `dir`, until the shard is gone.
+pub async fn drive<S: Owner + 'static>(me: Weak<RefCell<S>>, dir: PathBuf, segment_bytes: u64) {
+    let mut files = Files {
+        dir,
+        segment_bytes,
+        current: None,
+    };
+    let mut next_sync = std::time::Instant::now();
+    loop {
+        let Some(sync) = me.upgrade().map(|s| s.borrow_mut().journal().sync()) else {
+            return;
+        };
+        let work = std::future::poll_fn(|cx| match me.upgrade() {
+            Some(s) => {
+                let mut s = s.borrow_mut();
+                if s.journal().has_work() {
+                    return Poll::Ready(true);
+                }
+                s.park(cx);
+                Poll::Pending
+            }
+            None => Poll::Ready(false),
+        });
+        let op = match sync {
+            Sync::Interval { every_ms } => {
+                let left = next_sync.saturating_duration_since(std::time::Instant::now());
+                let wait = async {
+                    glommio::timer::sleep(left).await;
+                    true
+                };
+                futures_lite::future::or(work, wait).await;
+                let Some(s) = me.upgrade() else { return };
+                let mut s = s.borrow_mut();
+                let j = s.journal();
+                let now = std::time::Instant::now();
+                let synced = if now >= next_sync {
+                    next_sync = now + Duration::from_millis(every_ms.into());
+                    j.take_sync()
+                } else {
+                    None
+                };
+                synced.or_else(|| j.take())
+            }
+            Sync::Batch { window_us } => {
+                if !work.await {
+                    return;
+                }
+                if window_us > 0 {
+                    glommio::timer::sleep(Duration::from_micros(window_us.into())).await;
+                }
+                let Some(s) = me.upgrade() else { return };
+                let op = s.borrow_mut().journal().take();
+                op
+            }
+            Sync::None => {
+                if !work.await {
+                    return;
+                }
+                let Some(s) = me.upgrade() else { return };
+                let op = s.borrow_mut().journal().take();
+                op
+            }
+        };
+        let Some(op) = op else { continue };
+        let result = files.run(&op).await;
+        let failed = result.is_err();
+        if let Err(e) = &result {
+            // The segment's handle may be what failed; open it again.
+            files.current = None;
+            tracing::error!(error = %e, "storage: a journal write failed; retrying");
+        }
+        let Some(s) = me.upgrade() else { return };
+        s.borrow_mut().done(result.map_err(|e| (op, e.to_string())));
+        if failed {
+            glommio::timer::sleep(RETRY_AFTER).await;
+        }
+    }
+}
