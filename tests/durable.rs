@@ -175,3 +175,142 @@ fn a_second_server_on_the_same_folder_is_refused() {
     stop(h);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+fn request(c: &mut Client, op: u32, seq: u32, body: Value) -> Value {
+    c.send_as(2, op, seq, body.to_string().as_bytes());
+    let g = c.read().expect("a reply");
+    assert_eq!(g.seq, seq, "{}", g.text());
+    let mut v: Value = serde_json::from_slice(&g.body).unwrap();
+    v["op"] = g.op.into();
+    v
+}
+
+fn user_pushes(c: &mut Client, n: usize) -> Vec<(u64, String)> {
+    (0..n)
+        .map(|_| {
+            let p = c.read_push2().expect("a user push");
+            assert_eq!(p.kind, 2, "a user push");
+            (p.offset, String::from_utf8(p.payload).unwrap())
+        })
+        .collect()
+}
+
+#[test]
+fn inboxes_and_acknowledgements_survive_restarts_and_ids_are_never_reused() {
+    let dir = store_dir("inbox");
+    let h = start_on(&dir, 2, SyncMode::Batch);
+    for t in ["one", "two", "three"] {
+        post(&h, "/goim/push/mids?operation=1000&mids=77,78", t.as_bytes());
+    }
+    stop(h);
+
+    let h = start_on(&dir, 2, SyncMode::Batch);
+    let (mut c, _) = Client::authed_v2(h.tcp_addr, r#"{"mid":77}"#);
+    let got = user_pushes(&mut c, 3);
+    let texts: Vec<&str> = got.iter().map(|g| g.1.as_str()).collect();
+    assert_eq!(texts, ["one", "two", "three"], "what waited, in order");
+    let reply = request(&mut c, op2::ACK, 5, json!({"ids": [got[0].0, got[2].0]}));
+    assert_eq!((reply["op"].as_u64(), reply["count"].as_u64()), (Some(47), Some(2)));
+    drop(c);
+    post(&h, "/goim/push/mids?operation=1000&mids=77", b"four");
+    stop(h);
+
+    let h = start_on(&dir, 2, SyncMode::Batch);
+    let (mut c, _) = Client::authed_v2(h.tcp_addr, r#"{"mid":77}"#);
+    let again = user_pushes(&mut c, 2);
+    assert_eq!(again[0], got[1], "the one not acknowledged, same id");
+    assert_eq!(again[1].1, "four");
+    assert!(
+        got.iter().all(|g| g.0 != again[1].0),
+        "a push after a restart gets a new id: {got:?} {again:?}"
+    );
+    let (mut d, _) = Client::authed_v2(h.tcp_addr, r#"{"mid":78}"#);
+    assert_eq!(user_pushes(&mut d, 3).len(), 3, "the other user's inbox is whole");
+    stop(h);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn read_marks_survive_a_restart() {
+    let dir = store_dir("marks");
+    let h = start_on(&dir, 2, SyncMode::Batch);
+    let (mut c, _) = Client::authed_v2(h.tcp_addr, r#"{"mid":31}"#);
+    c.join(2, "chat://m", None);
+    for i in 1..=6 {
+        publish(&h, "chat://m", &format!("{i}"), &format!("m-{i}"));
+        c.read_push2().expect("live");
+    }
+    let r = request(&mut c, op2::READ, 3, json!({"room": "chat://m", "offset": 4}));
+    assert_eq!((r["offset"].as_u64(), r["unread"].as_u64()), (Some(4), Some(2)), "{r}");
+    drop(c);
+    stop(h);
+
+    let h = start_on(&dir, 2, SyncMode::Batch);
+    let (mut c, _) = Client::authed_v2(h.tcp_addr, r#"{"mid":31}"#);
+    assert_eq!(c.join(2, "chat://m", None)["unread"], 2, "the mark came back");
+    stop(h);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_changed_shard_count_loses_nothing() {
+    let dir = store_dir("reshard");
+    let h = start_on(&dir, 2, SyncMode::Batch);
+    let rooms: Vec<String> = (0..12).map(|i| format!("chat://s{i}")).collect();
+    let mut epochs = Vec::new();
+    for r in &rooms {
+        epochs.push(publish(&h, r, "first", &format!("{r}-1")).1);
+        publish(&h, r, "second", &format!("{r}-2"));
+    }
+    post(&h, "/goim/push/mids?operation=1000&mids=1,2,3,4,5,6,7,8", b"kept");
+    stop(h);
+
+    for shards in [3, 1] {
+        let h = start_on(&dir, shards, SyncMode::Batch);
+        for (r, e) in rooms.iter().zip(&epochs) {
+            let d = history(&h, r);
+            assert_eq!(
+                (bodies(&d), d["epoch"].as_str()),
+                (vec!["first".to_string(), "second".to_string()], Some(e.as_str())),
+                "{r} on {shards} shards"
+            );
+        }
+        for mid in 1..=8 {
+            let (mut c, _) = Client::authed_v2(h.tcp_addr, &format!(r#"{{"mid":{mid}}}"#));
+            assert_eq!(user_pushes(&mut c, 1)[0].1, "kept", "user {mid} on {shards} shards");
+        }
+        stop(h);
+        let gens: Vec<_> = std::fs::read_dir(&dir)
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .filter(|e| e.path().is_dir())
+            .collect();
+        assert_eq!(gens.len(), 1, "one generation left");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn checkpoints_bound_the_journal_and_what_they_hold_comes_back() {
+    let dir = store_dir("checkpoint");
+    let h = start_on(&dir, 1, SyncMode::None);
+    let payload = "x".repeat(500);
+    // Room "chat://big" keeps its last 100; each publish alone is a 4 KiB
+    // write, and 4 MiB of journal asks for a checkpoint.
+    for i in 1..=1800u64 {
+        publish(&h, "chat://big", &format!("{i} {payload}"), &format!("b-{i}"));
+    }
+    wait_until("a checkpoint", || h.stats()[0].storage_checkpoints >= 1);
+    wait_until("older segments to go", || h.stats()[0].storage_bytes < 8 << 20);
+    let before = history(&h, "chat://big");
+    stop(h);
+    let h = start_on(&dir, 1, SyncMode::None);
+    let d = history(&h, "chat://big");
+    assert_eq!(d, before);
+    let b = bodies(&d);
+    assert_eq!(b.len(), 100, "the room's history limit");
+    assert_eq!(b.last().map(|s| s.split(' ').next().unwrap()), Some("1800"));
+    assert_eq!(publish(&h, "chat://big", "next", "b-next").0, 1801);
+    stop(h);
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -30,7 +30,7 @@ use crate::proto::body::MAX_ROOM_LEN;
 use crate::proto::pattern;
 pub use crate::proto::publish::Target;
 use crate::proto::v2::MAX_ID_LEN;
-use crate::shard::mesh::{Answer, Publication, PublishOutcome, Reply, ReplyWait};
+use crate::shard::mesh::{Answer, Kept, Publication, PublishOutcome, Published, Reply, ReplyWait};
 use crate::shard::Shard;
 use bytes::Bytes;
 use std::sync::Arc;
@@ -74,6 +74,47 @@ pub enum PublishError {
     /// Cluster mode: the Redis instance the publish needs is unreachable.
     #[error("{0}")]
     Unavailable(String),
+}
+
+/// What a publish waits for before it is answered.
+pub enum Wait {
+    /// A room push: its owner's answer (the offset it got).
+    Room(ReplyWait<PublishOutcome>),
+    /// A push to users with the durable store: each owner's word that it
+    /// kept it.
+    Kept(Vec<ReplyWait<Kept>>),
+}
+
+impl std::fmt::Debug for Wait {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Wait::Room(_) => f.write_str("Wait::Room"),
+            Wait::Kept(w) => write!(f, "Wait::Kept({})", w.len()),
+        }
+    }
+}
+
+impl Wait {
+    /// What the publish got: a room push's offset, or nothing for a kept
+    /// push; `Err` with why it was not published.
+    pub async fn outcome(self) -> Result<Option<Published>, String> {
+        match self {
+            Wait::Room(w) => match w.await {
+                Some(p) => p.map(Some),
+                None => Err("the room's shard did not answer".to_string()),
+            },
+            Wait::Kept(ws) => {
+                for w in ws {
+                    match w.await {
+                        Some(Ok(())) => {}
+                        Some(Err(why)) => return Err(why),
+                        None => return Err("a user's shard did not answer".to_string()),
+                    }
+                }
+                Ok(None)
+            }
+        }
+    }
 }
 
 /// What a publisher may say about a message besides where it goes.
@@ -127,7 +168,7 @@ pub fn publish(
     payload: &[u8],
     meta: Meta,
     answer: bool,
-) -> Result<Option<ReplyWait<PublishOutcome>>, PublishError> {
+) -> Result<Option<Wait>, PublishError> {
     check(&target, payload, &meta, sh.shared.config.api.max_push_body)?;
     if let Some(why) = sh.refuses(&target) {
         ShardStats::add(&sh.stats().cluster_publish_failed, 1);
@@ -157,14 +198,19 @@ pub fn publish(
             };
             let reply = if answer {
                 let (reply, w) = Reply::pair();
-                wait = Some(w);
+                wait = Some(Wait::Room(w));
                 Answer::Api(reply)
             } else {
                 Answer::None
             };
             sh.publish_room_in(Arc::from(room), msg, reply);
         }
-        target => sh.push_in(target, op, payload, meta.id.as_deref(), meta.ttl),
+        target => {
+            let kept = sh.push_in(target, op, payload, meta.id.as_deref(), meta.ttl);
+            if !kept.is_empty() {
+                wait = Some(Wait::Kept(kept));
+            }
+        }
     }
     Ok(wait)
 }

@@ -180,6 +180,11 @@ async fn run(stream: &mut TcpStream, shard: &Rc<RefCell<Shard>>, out: &mut Bytes
         }
         buf.copy_within(used..have, 0);
         have -= used;
+        for w in session.take_waits() {
+            if let Err(why) = w.outcome().await {
+                return Ended::new(CloseReason::Unavailable, why);
+            }
+        }
         if !out.is_empty() {
             if let Err(e) = stream.write_all(out).await {
                 return Ended::new(CloseReason::IoError, e.to_string());

@@ -9,7 +9,8 @@
 //! ```text
 //! before auth:  op 7 with the API key as body → op 8      anything else → auth_required
 //! after:        op 2 → op 3 (everything before it is routed)
-//!               op 20/22/24/26 → routed; op + 1 back when the sequence is non-zero
+//!               op 20/22/24/26 → routed (and, with the durable store, kept before
+//!               any later reply is written); op + 1 back when the sequence is non-zero
 //!               (frame version 2: the body starts with a message id and a TTL)
 //!               op 9 → each inner frame in order (no op 9 inside)
 //!               op 6 → closed (client_disconnect)        op 7 → protocol_error
@@ -29,7 +30,7 @@ use crate::proto::publish::{self as body, op};
 use crate::shard::Shard;
 use bytes::BytesMut;
 
-use super::PublishError;
+use super::{PublishError, Wait};
 
 /// Largest auth frame body before auth (or the API key's length, if longer).
 pub const AUTH_FRAME_MAX: usize = 1024;
@@ -61,6 +62,9 @@ pub struct PublisherSession {
     /// Tick the connection opened: auth is due within the handshake
     /// timeout of it, however the bytes trickle.
     opened: u32,
+    /// With the durable store: what the publishes since the last write of
+    /// replies wait for (each must be kept before any reply after it goes).
+    waits: Vec<Wait>,
 }
 
 impl PublisherSession {
@@ -70,7 +74,13 @@ impl PublisherSession {
             authed: false,
             last_heard: now,
             opened: now,
+            waits: Vec::new(),
         }
+    }
+
+    /// What the replies written so far wait for (see `waits`).
+    pub fn take_waits(&mut self) -> Vec<Wait> {
+        std::mem::take(&mut self.waits)
     }
 
     /// Whether the publisher has authenticated.
@@ -167,7 +177,11 @@ impl PublisherSession {
                     id: meta.id.map(str::to_owned),
                     ttl: meta.ttl,
                 };
-                super::publish(sh, p.target, p.op, p.payload, meta, false).map_err(|e| {
+                // With the durable store every publish is kept before the
+                // replies after it are written (and a refusal ends the
+                // connection with its reason).
+                let kept = sh.durable();
+                let wait = super::publish(sh, p.target, p.op, p.payload, meta, kept).map_err(|e| {
                     let reason = match e {
                         PublishError::TooLarge { .. } => CloseReason::BodyTooLarge,
                         PublishError::Unavailable(_) => CloseReason::Unavailable,
@@ -175,6 +189,7 @@ impl PublisherSession {
                     };
                     Ended::new(reason, e.to_string())
                 })?;
+                self.waits.extend(wait);
                 if f.seq != 0 {
                     reply(out, f.op + 1);
                 }

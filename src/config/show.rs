@@ -270,10 +270,7 @@ pub fn summary(c: &super::Config) -> Vec<String> {
             super::SyncMode::Interval => format!("synced every {} ms", c.storage.sync_interval_ms),
             super::SyncMode::None => "syncing left to the OS".to_string(),
         };
-        format!(
-            "on disk in {} ({sync}; inboxes still in memory)",
-            c.storage.dir.display()
-        )
+        format!("on disk in {} ({sync})", c.storage.dir.display())
     } else {
         "in memory, lost on restart".to_string()
     };

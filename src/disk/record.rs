@@ -20,6 +20,7 @@
 //! 6 Seen      key str | at u64 | offset u64 | epoch u64            (offset 0: a push, not a room message)
 //! 7 Begin     checkpoint u64                                      (a checkpoint's records follow)
 //! 8 End       checkpoint u64                                      (the checkpoint is whole)
+//! 9 Floor     push u64                                            (push ids go on above it)
 //! ttl_end 0: no TTL of its own
 //! ```
 
@@ -123,6 +124,12 @@ pub enum Record<'a> {
         /// The checkpoint's number.
         checkpoint: u64,
     },
+    /// Push ids given out so far go up to this sequence (a checkpoint
+    /// keeps it when the pushes themselves are gone).
+    Floor {
+        /// The highest push sequence given out.
+        push: u64,
+    },
 }
 
 /// Why a body does not read as a record.
@@ -157,6 +164,7 @@ impl Record<'_> {
             Record::Seen { .. } => 6,
             Record::Begin { .. } => 7,
             Record::End { .. } => 8,
+            Record::Floor { .. } => 9,
         }
     }
 
@@ -243,6 +251,7 @@ impl Record<'_> {
                 put_u64s(b, &[*at, *offset, *epoch]);
             }
             Record::Begin { checkpoint } | Record::End { checkpoint } => b.extend_from_slice(&checkpoint.to_le_bytes()),
+            Record::Floor { push } => b.extend_from_slice(&push.to_le_bytes()),
         }
     }
 }
@@ -301,6 +310,7 @@ pub fn decode(kind: u8, body: &[u8]) -> Result<Record<'_>, RecordError> {
         },
         7 => Record::Begin { checkpoint: r.u64()? },
         8 => Record::End { checkpoint: r.u64()? },
+        9 => Record::Floor { push: r.u64()? },
         k => return Err(RecordError::Kind(k)),
     };
     if !r.rest.is_empty() {
@@ -429,6 +439,7 @@ mod tests {
             },
             Record::Begin { checkpoint: 4 },
             Record::End { checkpoint: 4 },
+            Record::Floor { push: 77 },
         ]
     }
 
@@ -480,7 +491,7 @@ mod tests {
             assert_eq!(decode(r.kind(), &b), Err(RecordError::Trailing));
         }
         assert_eq!(decode(0, &[]), Err(RecordError::Kind(0)));
-        assert_eq!(decode(9, &[]), Err(RecordError::Kind(9)));
+        assert_eq!(decode(10, &[]), Err(RecordError::Kind(10)));
     }
 
     #[test]

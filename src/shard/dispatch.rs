@@ -6,6 +6,7 @@
 
 use crate::shard::mesh::{MembersTo, ShardMsg};
 use crate::shard::state::Shard;
+use crate::shard::store::durable::Held;
 
 impl Shard {
     /// Acts on one mesh message.
@@ -55,12 +56,23 @@ impl Shard {
                 id,
                 ttl,
                 dedup,
+                kept,
             } => {
+                if let Some(why) = self.storage_refusal() {
+                    if let Some(k) = kept {
+                        k.send(Err(why));
+                    }
+                    return;
+                }
                 let mids = self.first_seen(mids, dedup.as_deref(), |m| format!("u\0{m}"));
                 self.push_mids(&mids, op, &frames, id, ttl);
+                if let Some(k) = kept {
+                    self.after_kept(Held::Kept(k));
+                }
             }
             ShardMsg::Owed { conn, pushes } => self.deliver_owed(conn, pushes),
-            ShardMsg::Ack { mid, ids } => self.ack(mid, &ids),
+            ShardMsg::Ack { mid, ids, from } => self.ack(mid, &ids, from),
+            ShardMsg::AckReply { conn, seq, count } => self.ack_reply(conn, seq, count),
             ShardMsg::Deliver {
                 conns,
                 assigned_only,

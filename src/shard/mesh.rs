@@ -23,7 +23,7 @@ use std::task::{Context, Poll};
 
 pub use super::addr::{ConnRef, GlobalConn};
 pub use super::msg::{
-    Answer, HistoryPage, MembersTo, NodesPage, Publication, PublishOutcome, Published, Reach, ShardMsg,
+    Answer, HistoryPage, Kept, MembersTo, NodesPage, Publication, PublishOutcome, Published, Reach, ShardMsg,
 };
 pub use super::reply::{Reply, ReplyWait};
 

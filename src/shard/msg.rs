@@ -37,6 +37,10 @@ pub struct Publication {
 /// take it (cluster mode).
 pub type PublishOutcome = Result<Published, String>;
 
+/// What a push to users got from each owner: kept (`Ok`), or why it was not
+/// pushed (the durable store could not keep it).
+pub type Kept = Result<(), String>;
+
 /// What a room publish got, as its owner answers it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Published {
@@ -223,6 +227,9 @@ pub enum ShardMsg {
         ttl: Option<u32>,
         /// The publisher's message id (see `PushKeys`).
         dedup: Option<Arc<str>>,
+        /// Answered once the push is kept where it waits (the durable
+        /// store: on disk), or with why it was not pushed.
+        kept: Option<Reply<Kept>>,
     },
     /// From a user's owner to a connection of the user that just
     /// authenticated: the pushes waiting in the inbox, oldest first, to be
@@ -240,6 +247,18 @@ pub enum ShardMsg {
         mid: i64,
         /// Push ids.
         ids: Vec<u64>,
+        /// The acknowledging connection and its request's sequence, answered
+        /// (op 47) once the acknowledgement is kept.
+        from: Option<(GlobalConn, u32)>,
+    },
+    /// From a user's owner to the connection that acknowledged: op 47.
+    AckReply {
+        /// The connection.
+        conn: ConnRef,
+        /// Its request's sequence.
+        seq: u32,
+        /// Ids it sent.
+        count: usize,
     },
     /// To a connection's shard: deliver to exactly these connections.
     Deliver {

@@ -123,7 +123,7 @@ pub async fn recover(shard: &Rc<RefCell<Shard>>, files: ShardFiles, control: Tas
             glommio::executor().yield_if_needed().await;
         }
     }
-    shared.push_floor.fetch_max(applied.max_push & ((1 << 48) - 1), Relaxed);
+    shared.push_floor.fetch_max(applied.max_push, Relaxed);
     let c = &shared.config.storage;
     let journal = Journal::new(
         sync_of(c),

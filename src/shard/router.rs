@@ -32,7 +32,7 @@
 use super::cluster::state::Join;
 use super::members::Member;
 use super::mesh::{owner_of_str, Answer, GlobalConn, HistoryPage, MembersTo, NodesPage, Publication, Reply};
-use super::mesh::{ConnRef, ReplyWait, ShardMsg};
+use super::mesh::{ConnRef, Kept, ReplyWait, ShardMsg};
 use super::state::Shard;
 use crate::proto::publish::Target;
 use crate::proto::v2::Resume;
@@ -82,13 +82,23 @@ impl Shard {
     }
 
     /// A push to keys, users or everyone.
-    pub fn push_in(&mut self, target: Target, op: u32, payload: &[u8], id: Option<&str>, ttl: Option<u32>) {
+    pub fn push_in(
+        &mut self,
+        target: Target,
+        op: u32,
+        payload: &[u8],
+        id: Option<&str>,
+        ttl: Option<u32>,
+    ) -> Vec<ReplyWait<Kept>> {
         if self.clustered() {
             // Through Redis to the nodes that hold the targets (everyone:
             // every node, this one too).
-            return self.cluster_push(target, op, payload, id, ttl);
+            self.cluster_push(target, op, payload, id, ttl);
+            return Vec::new();
         }
-        self.route_push(target, op, payload, id, ttl);
+        // With the durable store a push to users is answered once kept.
+        let kept = self.durable();
+        self.route_push(target, op, payload, (id, ttl), kept)
     }
 
     /// On a room's owner: a version-2 join of connection `at`.

@@ -154,6 +154,15 @@ impl Shard {
                     return false;
                 }
                 self.store.dedup.record(&k, Outcome::Direct, now);
+                if self.store.disk.is_some() {
+                    let at = self.clock.unix;
+                    self.log(&crate::disk::record::Record::Seen {
+                        key: &k,
+                        at,
+                        offset: 0,
+                        epoch: 0,
+                    });
+                }
                 true
             })
             .collect();

@@ -69,8 +69,9 @@ pub struct Shared {
     /// The durable store's start: what is left to read back (`/healthz`
     /// answers 503 "recovering" until every shard is done).
     pub recovery: Recovery,
-    /// Push ids go on above this (the highest read back from the durable
-    /// store, without the shard bits), so an id is never given twice.
+    /// The highest push sequence (an id without its shard bits) given out
+    /// or read back from the durable store: ids go on above it, so none is
+    /// given twice, and checkpoints keep it.
     pub push_floor: std::sync::atomic::AtomicU64,
 }
 

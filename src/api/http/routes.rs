@@ -13,7 +13,7 @@ use super::request::{
 use crate::api::{publish, Meta, Target};
 use crate::metrics::{prometheus, ShardStats, StatsSnapshot};
 use crate::proto::v2;
-use crate::shard::mesh::PublishOutcome;
+use crate::shard::mesh::Published;
 use bytes::Bytes;
 use hyper::{Method, StatusCode};
 use serde_json::{json, Value};
@@ -126,7 +126,10 @@ fn push(r: &Req<'_>, target: Target, op: u32, payload: &[u8], meta: Meta, answer
     let wait = publish(&mut r.shard.borrow_mut(), target, op, payload, meta, answer)?;
     Ok(Box::pin(async move {
         Ok(match wait {
-            Some(w) => ok(published_json(w.await)?),
+            Some(w) => match published_json(w.outcome().await)? {
+                Some(v) => ok(v),
+                None => ok(Value::Null),
+            },
             None => ok(Value::Null),
         })
     }))
@@ -145,20 +148,17 @@ fn goim_push(r: &Req<'_>, target: Target) -> Result<Later, ApiError> {
 /// when it was not published, 507 if the durable store is full
 /// (`[storage] max_bytes`, or the disk), else 503 (the store failing;
 /// cluster mode: Redis did not take it).
-fn published_json(p: Option<PublishOutcome>) -> Result<Value, ApiError> {
-    let p = p
-        .ok_or_else(|| "the room's shard did not answer".to_string())
-        .and_then(|p| p)
-        .map_err(|why| {
-            let full = why.starts_with("storage full") || why.contains("No space left");
-            let status = if full {
-                StatusCode::INSUFFICIENT_STORAGE
-            } else {
-                StatusCode::SERVICE_UNAVAILABLE
-            };
-            ApiError(status, why)
-        })?;
-    Ok(json!({"offset": p.offset, "epoch": v2::fmt_epoch(p.epoch), "duplicate": p.duplicate}))
+fn published_json(p: Result<Option<Published>, String>) -> Result<Option<Value>, ApiError> {
+    let p = p.map_err(|why| {
+        let full = why.starts_with("storage full") || why.contains("No space left");
+        let status = if full {
+            StatusCode::INSUFFICIENT_STORAGE
+        } else {
+            StatusCode::SERVICE_UNAVAILABLE
+        };
+        ApiError(status, why)
+    })?;
+    Ok(p.map(|p| json!({"offset": p.offset, "epoch": v2::fmt_epoch(p.epoch), "duplicate": p.duplicate})))
 }
 
 fn goim_push_keys(r: &Req<'_>) -> Result<Later, ApiError> {
@@ -257,7 +257,8 @@ fn v1_push_one(r: &Req<'_>) -> Result<Later, ApiError> {
 }
 
 /// `POST /v1/publish`: the batch is checked whole, then routed in order;
-/// answered once every room message in it has its offset.
+/// answered once every room message in it has its offset (and, with the
+/// durable store, every push in it is kept).
 fn v1_publish(r: &Req<'_>) -> Result<Later, ApiError> {
     let all = v1_batch(&r.body, r.shared.config.api.max_push_body)?;
     let n = all.len();
@@ -272,7 +273,7 @@ fn v1_publish(r: &Req<'_>) -> Result<Later, ApiError> {
         let mut results = Vec::with_capacity(n);
         for w in waits {
             results.push(match w {
-                Some(w) => published_json(w.await)?,
+                Some(w) => published_json(w.outcome().await)?.unwrap_or(Value::Null),
                 None => Value::Null,
             });
         }

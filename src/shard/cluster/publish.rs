@@ -178,7 +178,7 @@ impl Shard {
     pub(super) fn route_cluster_push(&mut self, p: Push) {
         let id = (!p.id.is_empty()).then_some(p.id.as_str());
         let ttl = (p.ttl > 0).then_some(p.ttl);
-        self.route_push(p.target, p.op, &p.payload, id, ttl);
+        self.route_push(p.target, p.op, &p.payload, (id, ttl), false);
     }
 
     /// A pattern publish from the node's channel (on shard 0): every shard

@@ -27,20 +27,27 @@
 //! until acknowledged; a version-1 one, with no version-2 connection of the
 //! user up, consumes it (it cannot acknowledge: at most once).
 
+use crate::disk::record::{Record, MAX_ACKS, MAX_MIDS};
 use crate::metrics::ShardStats;
 use crate::proto::wire::Frames;
 use crate::shard::directory::ByShard;
+use crate::shard::history;
 use crate::shard::mesh::{ConnRef, GlobalConn, ShardMsg};
 use crate::shard::publish::wants;
 use crate::shard::state::Shard;
+use crate::shard::store::durable::checkpoint::envelope;
+use crate::shard::store::durable::Held;
 
 impl Shard {
-    /// An id for a push to users entering the process here: unique in the
-    /// process (the shard in the top 16 bits), never 0, and above every id
-    /// the durable store read back (`Shared::push_floor`).
+    /// An id for a push to users entering the process here: unique (the
+    /// shard in the top 16 bits), never 0, and above every id given out
+    /// before, in this process or (the durable store keeps the highest,
+    /// `Shared::push_floor`) an earlier one.
     pub fn next_push_id(&mut self) -> u64 {
-        let floor = self.shared.push_floor.load(std::sync::atomic::Ordering::Relaxed);
+        use std::sync::atomic::Ordering::Relaxed;
+        let floor = self.shared.push_floor.load(Relaxed);
         self.owners.push_seq = self.owners.push_seq.max(floor) + 1;
+        self.shared.push_floor.fetch_max(self.owners.push_seq, Relaxed);
         ((self.id as u64) << 48) | self.owners.push_seq
     }
 
@@ -53,6 +60,7 @@ impl Shard {
         // is this node's: only a user with a version-2 connection here
         // (which acknowledges here) has it kept here.
         let offline_kept = !self.clustered();
+        let mut kept = Vec::new();
         for &m in mids {
             let conns = self.owners.dir.user(m);
             let keep = (offline_kept && conns.is_empty()) || conns.iter().any(|&(_, v2)| v2);
@@ -62,10 +70,33 @@ impl Shard {
             if keep && self.store.inbox.enabled() {
                 self.store.inbox.store(m, id, op, frames, now, ttl);
                 ShardStats::add(&self.stats().inbox_stored, 1);
+                kept.push(m);
             }
         }
         self.store.count_inbox(&self.shared.stats[self.id]);
+        self.log_push(kept, id, op, frames, ttl);
         self.forward(by, op, frames, false);
+    }
+
+    /// Writes push `id` kept for `mids` to the journal, if there is one.
+    fn log_push(&mut self, mids: Vec<i64>, id: u64, op: u32, frames: &Frames, ttl: Option<u32>) {
+        if !self.durable() || mids.is_empty() {
+            return;
+        }
+        let Some(env) = envelope(&frames.v2) else { return };
+        let d = self.disk_now();
+        let end = history::ttl_end(d.tick, ttl.unwrap_or(self.cfg().inbox.ttl_secs));
+        for mids in mids.chunks(MAX_MIDS) {
+            self.log(&Record::Push {
+                mids: mids.to_vec(),
+                push: id,
+                op,
+                at: d.unix,
+                ttl_end: d.unix_end(end),
+                id: env.id,
+                payload: env.payload,
+            });
+        }
     }
 
     /// On the user's owner, when a connection of `mid` registers: sends it
@@ -77,7 +108,13 @@ impl Shard {
         let owed = if keep {
             self.store.inbox.pending(mid, now)
         } else {
-            self.store.inbox.take(mid, now)
+            let taken = self.store.inbox.take(mid, now);
+            if self.durable() && !taken.is_empty() {
+                // Consumed by a version-1 connection: gone as if acknowledged.
+                let pushes = taken.iter().map(|e| e.id).collect();
+                self.log(&Record::Ack { mid, pushes });
+            }
+            taken
         };
         if owed.is_empty() {
             return;
@@ -99,10 +136,25 @@ impl Shard {
     }
 
     /// On the user's owner: a version-2 connection of `mid` acknowledged
-    /// `ids`.
-    pub(in crate::shard) fn ack(&mut self, mid: i64, ids: &[u64]) {
+    /// `ids`; `from` (the connection and its request) is answered once
+    /// that is kept.
+    pub(in crate::shard) fn ack(&mut self, mid: i64, ids: &[u64], from: Option<(GlobalConn, u32)>) {
         let n = self.store.inbox.ack(mid, ids);
         ShardStats::add(&self.stats().inbox_acked, n as u64);
         self.store.count_inbox(&self.shared.stats[self.id]);
+        if n > 0 && self.durable() {
+            self.log(&Record::Ack {
+                mid,
+                pushes: ids.iter().take(MAX_ACKS).copied().collect(),
+            });
+        }
+        if let Some((at, seq)) = from {
+            let reply = ShardMsg::AckReply {
+                conn: at.conn,
+                seq,
+                count: ids.len(),
+            };
+            self.after_kept(Held::Route(usize::from(at.shard), reply));
+        }
     }
 }

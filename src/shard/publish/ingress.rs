@@ -8,7 +8,7 @@
 use crate::proto::publish::Target;
 use crate::proto::v2::{Envelope, Kind};
 use crate::proto::wire::Frames;
-use crate::shard::mesh::{owner_of_mid, owner_of_str, ShardMsg};
+use crate::shard::mesh::{owner_of_mid, owner_of_str, Kept, Reply, ReplyWait, ShardMsg};
 use crate::shard::state::Shard;
 use fnv::FnvHashMap;
 use std::sync::Arc;
@@ -16,8 +16,18 @@ use std::sync::Arc;
 impl Shard {
     /// A push to keys, users or everyone (never a room), as it enters this
     /// node: encoded once per form, then routed to the key and user owners,
-    /// or to every shard.
-    pub fn route_push(&mut self, target: Target, op: u32, payload: &[u8], id: Option<&str>, ttl: Option<u32>) {
+    /// or to every shard. With `kept`, a push to users returns a wait per
+    /// owner shard, answered once the owner has kept it (the durable store:
+    /// on disk) or refused it.
+    pub fn route_push(
+        &mut self,
+        target: Target,
+        op: u32,
+        payload: &[u8],
+        (id, ttl): (Option<&str>, Option<u32>),
+        kept: bool,
+    ) -> Vec<ReplyWait<Kept>> {
+        let mut waits = Vec::new();
         let n = self.nr();
         let dedup: Option<Arc<str>> = id.map(Arc::from);
         let direct = || {
@@ -80,6 +90,11 @@ impl Shard {
                     by.entry(owner_of_mid(m, n)).or_default().push(m);
                 }
                 for (s, mids) in by {
+                    let kept = kept.then(|| {
+                        let (reply, wait) = Reply::pair();
+                        waits.push(wait);
+                        reply
+                    });
                     self.route(
                         s,
                         ShardMsg::PushMids {
@@ -89,10 +104,12 @@ impl Shard {
                             id: push,
                             ttl,
                             dedup: dedup.clone(),
+                            kept,
                         },
                     );
                 }
             }
         }
+        waits
     }
 }

@@ -166,11 +166,20 @@ impl Shard {
             Err(e) => return self.v2_error(r, f.seq, ErrorCode::BadRequest, &e.to_string()),
         };
         let Some(mid) = self.user_of(r, f.seq) else { return };
-        let count = ids.len();
         let owner = owner_of_mid(mid, self.nr());
-        self.route(owner, ShardMsg::Ack { mid, ids });
+        let at = GlobalConn {
+            shard: self.id as u16,
+            conn: r,
+        };
+        // The owner answers (op 47), once the acknowledgement is kept.
+        let from = Some((at, f.seq));
+        self.route(owner, ShardMsg::Ack { mid, ids, from });
+    }
+
+    /// The owner kept an acknowledgement of connection `r`: op 47.
+    pub(in crate::shard) fn ack_reply(&mut self, r: ConnRef, seq: u32, count: usize) {
         let body = serde_json::json!({ "count": count }).to_string();
-        self.reply(r, VERSION_NATIVE, v2::op::ACK_REPLY, f.seq, body.as_bytes());
+        self.reply(r, VERSION_NATIVE, v2::op::ACK_REPLY, seq, body.as_bytes());
     }
 
     fn v2_read(&mut self, r: ConnRef, f: Frame<'_>) {

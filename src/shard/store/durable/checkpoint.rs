@@ -8,7 +8,8 @@
 //!
 //! Per room: a `Head` at the offset before its oldest stored message, the
 //! messages, a `Head` at its newest offset, its read marks; per user and
-//! push, a `Push`; per id seen, a `Seen`. Replayed, the rooms come back at
+//! push, a `Push`; per id seen, a `Seen`; and the push ids given out so
+//! far (`Floor`), which outlive the pushes. Replayed, the rooms come back at
 //! the same positions with the same messages (`history::restore`).
 
 use super::Now;
@@ -29,9 +30,10 @@ pub fn envelope(wire: &Wire) -> Option<Envelope<'_>> {
 impl Store {
     /// Writes a checkpoint of this store as of `now` into `j`; returns the
     /// records written.
-    pub fn checkpoint(&self, j: &mut Journal, now: Now) -> u64 {
+    pub fn checkpoint(&self, j: &mut Journal, now: Now, push_floor: u64) -> u64 {
         let n = j.begin_checkpoint();
-        let mut records = 0u64;
+        j.append(&Record::Floor { push: push_floor });
+        let mut records = 1u64;
         let mut put = |j: &mut Journal, r: Record<'_>| {
             j.append(&r);
             records += 1;

@@ -24,14 +24,15 @@ pub mod shard;
 
 use crate::disk::journal::{Journal, Lsn};
 use crate::proto::wire::Frames;
-use crate::shard::mesh::{Answer, Published, ShardMsg};
+use crate::shard::mesh::{Answer, Kept, Published, Reply, ShardMsg};
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::task::Waker;
 
-/// Bytes the journal may grow past twice its last checkpoint before the
-/// next one is written.
-pub const CHECKPOINT_GROWTH: u64 = 64 << 20;
+/// Segments' worth of bytes the journal may grow past twice its last
+/// checkpoint before the next one is written (so a store holds at most
+/// about twice what the shard keeps, plus this).
+pub const CHECKPOINT_SEGMENTS: u64 = 4;
 
 /// What waits for the journal.
 #[derive(Debug)]
@@ -48,8 +49,11 @@ pub enum Held {
         /// What goes to the members.
         frames: Option<Frames>,
     },
-    /// An answer to send to a shard once kept (a read mark's).
+    /// An answer to send to a shard once kept (a read mark's, an
+    /// acknowledgement's).
     Route(usize, ShardMsg),
+    /// A push to users kept by this shard.
+    Kept(Reply<Kept>),
 }
 
 /// A shard's journal and what waits for it.

@@ -18,6 +18,9 @@ use crate::shard::mesh::{owner_of_mid, owner_of_str};
 use crate::shard::store::Store;
 use std::sync::Arc;
 
+/// The sequence bits of a push id (the top 16 name the shard it entered).
+const PUSH_SEQ: u64 = (1 << 48) - 1;
+
 /// Who owns what, for replay: this shard of how many.
 #[derive(Debug, Clone, Copy)]
 pub struct Owner {
@@ -56,7 +59,8 @@ pub struct Applied {
     pub records: u64,
     /// Records for rooms or users of other shards.
     pub elsewhere: u64,
-    /// The highest push id met (push ids go on above it).
+    /// The highest push sequence met, without the shard bits of its id
+    /// (push ids go on above it).
     pub max_push: u64,
 }
 
@@ -69,6 +73,7 @@ impl Store {
             Record::Ack { mid, .. } => owner.mid(*mid),
             Record::Seen { key, .. } => owner.key(key),
             Record::Push { mids, .. } => mids.iter().any(|&m| owner.mid(m)),
+            Record::Floor { .. } => true,
             Record::Begin { .. } | Record::End { .. } => false,
         };
         if !mine {
@@ -128,7 +133,7 @@ impl Store {
                 id,
                 payload,
             } => {
-                done.max_push = done.max_push.max(push);
+                done.max_push = done.max_push.max(push & PUSH_SEQ);
                 if ttl_end != 0 && ttl_end <= now.unix {
                     return;
                 }
@@ -164,6 +169,7 @@ impl Store {
                     self.dedup.record(key, outcome, now.tick_at(at));
                 }
             }
+            Record::Floor { push } => done.max_push = done.max_push.max(push),
             Record::Begin { .. } | Record::End { .. } => {}
         }
     }

@@ -7,7 +7,7 @@
 //! Runs on the shard that owns the rooms and users, inside its handlers
 //! (never awaits).
 
-use super::{Held, Now, CHECKPOINT_GROWTH};
+use super::{Held, Now, CHECKPOINT_SEGMENTS};
 use crate::disk::journal::{DiskOp, Journal};
 use crate::disk::record::Record;
 use crate::metrics::ShardStats;
@@ -34,7 +34,7 @@ impl Shard {
     }
 
     /// Whether changes are written to a journal.
-    pub(in crate::shard) fn durable(&self) -> bool {
+    pub fn durable(&self) -> bool {
         self.store.disk.is_some()
     }
 
@@ -84,6 +84,7 @@ impl Shard {
                 }
             }
             Held::Route(to, m) => self.route(to, m),
+            Held::Kept(r) => r.send(Ok(())),
         }
     }
 
@@ -115,11 +116,12 @@ impl Shard {
     /// Once a tick: a checkpoint when the journal has grown enough past
     /// the last one.
     pub(in crate::shard) fn maybe_checkpoint(&mut self) {
+        let growth = CHECKPOINT_SEGMENTS * self.cfg().storage.segment_bytes;
         if !self
             .store
             .disk
             .as_ref()
-            .is_some_and(|d| d.journal.wants_checkpoint(CHECKPOINT_GROWTH))
+            .is_some_and(|d| d.journal.wants_checkpoint(growth))
         {
             return;
         }
@@ -132,7 +134,8 @@ impl Shard {
         let now = self.disk_now();
         // Out of the store while the store is read into it.
         let Some(mut d) = self.store.disk.take() else { return 0 };
-        let records = self.store.checkpoint(&mut d.journal, now);
+        let floor = self.shared.push_floor.load(std::sync::atomic::Ordering::Relaxed);
+        let records = self.store.checkpoint(&mut d.journal, now, floor);
         let lsn = d.journal.appended();
         d.wake();
         self.store.disk = Some(d);
