@@ -314,3 +314,149 @@ fn checkpoints_bound_the_journal_and_what_they_hold_comes_back() {
     stop(h);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A tmpfs of `mb` MiB mounted at a fresh folder (root only); unmounted on drop.
+struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    fn mount(name: &str, mb: u32) -> Option<Tmpfs> {
+        let d = store_dir(name);
+        std::fs::create_dir_all(&d).unwrap();
+        let ok = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={mb}m"), "tmpfs"])
+            .arg(&d)
+            .status()
+            .is_ok_and(|s| s.success());
+        if !ok {
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "CI runs as root: mounting a tmpfs must work"
+            );
+            eprintln!("skipped: mounting a tmpfs needs root");
+            return None;
+        }
+        Some(Tmpfs(d))
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(&self.0).status();
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn try_publish(h: &volley::ServerHandle, room: &str, body: &str, id: &str) -> (u16, Value) {
+    http(
+        h.http_addr,
+        "POST",
+        "/v1/push/room",
+        &[],
+        json!({"room": room, "op": 1000, "body": body, "id": id})
+            .to_string()
+            .as_bytes(),
+    )
+}
+
+#[test]
+fn a_full_disk_refuses_publishes_by_name_keeps_serving_and_recovers_when_space_returns() {
+    let Some(fs) = Tmpfs::mount("enospc", 4) else { return };
+    let store = fs.0.join("store");
+    let filler = fs.0.join("filler");
+    std::fs::write(&filler, vec![1u8; 2 << 20]).unwrap();
+    let h = std::sync::Arc::new(start_on(&store, 1, SyncMode::Batch));
+    let (mut c, _) = Client::authed_v2(h.tcp_addr, r#"{"mid":5}"#);
+    let epoch = c.join(2, "chat://full", None)["epoch"].as_str().unwrap().to_string();
+    // Publish until the journal needs a segment the disk has no room for:
+    // that publish is not answered while the write fails.
+    let stop_writer = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let (h, stop) = (h.clone(), stop_writer.clone());
+        std::thread::spawn(move || {
+            let mut answered = Vec::new();
+            for i in 1..=2000u64 {
+                if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    break;
+                }
+                let (s, v) = try_publish(&h, "chat://full", &format!("m{i}"), &format!("f-{i}"));
+                if s != 200 {
+                    return (answered, Some((s, v)));
+                }
+                answered.push(v["data"]["offset"].as_u64().unwrap());
+            }
+            (answered, None)
+        })
+    };
+    wait_until("a journal write to fail", || h.stats()[0].storage_failures >= 1);
+    let (s, v) = try_publish(&h, "chat://full", "refused", "f-refused");
+    assert_eq!(s, 507, "{v}");
+    let msg = v["message"].as_str().unwrap_or_default();
+    assert!(
+        msg.starts_with("storage failing: ") && msg.contains("No space left"),
+        "{msg}"
+    );
+    assert!(h.stats()[0].storage_refused >= 1);
+    // What is stored is still served: a resume replays it.
+    let (mut r, _) = Client::authed_v2(h.tcp_addr, r#"{"mid":6}"#);
+    let last = r.join(2, "chat://full", None)["offset"].as_u64().unwrap();
+    let (mut r, _) = Client::authed_v2(h.tcp_addr, r#"{"mid":6}"#);
+    let j = r.join(2, "chat://full", Some((last - 3, &epoch)));
+    assert_eq!(j["recovered"], true, "{j}");
+    let replayed: Vec<u64> = (0..3).map(|_| r.read_push2().expect("replayed").offset).collect();
+    assert_eq!(replayed, [last - 2, last - 1, last]);
+    // Space returns: the write that failed goes through, the publish that
+    // waited is answered, and publishes flow again.
+    stop_writer.store(true, std::sync::atomic::Ordering::Relaxed);
+    std::fs::remove_file(&filler).unwrap();
+    let (answered, refused) = writer.join().unwrap();
+    assert!(
+        refused.is_none(),
+        "the waiting publish was answered once space returned: {refused:?}"
+    );
+    let n = answered.len() as u64;
+    assert_eq!(answered, (1..=n).collect::<Vec<_>>());
+    assert_eq!(try_publish(&h, "chat://full", "after", "f-after").0, 200);
+    let live = (0..=n)
+        .map(|_| c.read_push2().expect("live").offset)
+        .collect::<Vec<_>>();
+    assert_eq!(
+        live,
+        (1..=n + 1).collect::<Vec<_>>(),
+        "every answered publish delivered once, in order"
+    );
+    let h = std::sync::Arc::into_inner(h).expect("one owner");
+    stop(h);
+    let h = start_on(&store, 1, SyncMode::Batch);
+    let d = history(&h, "chat://full");
+    assert_eq!(
+        d["offset"].as_u64(),
+        Some(n + 1),
+        "nothing refused was stored, nothing answered was lost"
+    );
+    stop(h);
+}
+
+#[test]
+fn max_bytes_is_kept_by_checkpoints() {
+    let dir = store_dir("max-bytes");
+    let dir2 = dir.clone();
+    let h = start_server(move |c| {
+        c.shards = 1;
+        c.storage.mode = StorageMode::Disk;
+        c.storage.dir = dir2;
+        c.storage.segment_bytes = 1 << 20;
+        c.storage.max_bytes = 4 << 20;
+        c.storage.sync = SyncMode::None;
+        c.history.messages = 10;
+    });
+    // ~8 MiB of 4 KiB writes through a 4 MiB bound: checkpoints free it.
+    for i in 1..=2000u64 {
+        let (s, v) = try_publish(&h, "chat://bounded", &format!("m{i}"), &format!("mb-{i}"));
+        assert_eq!(s, 200, "publish {i}: {v}");
+    }
+    let st = &h.stats()[0];
+    assert!(st.storage_checkpoints >= 2, "{} checkpoints", st.storage_checkpoints);
+    assert!(st.storage_bytes <= 4 << 20, "{} bytes on disk", st.storage_bytes);
+    stop(h);
+    let _ = std::fs::remove_dir_all(&dir);
+}

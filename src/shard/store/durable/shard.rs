@@ -111,12 +111,20 @@ impl Shard {
             self.let_go(h);
         }
         self.count_held();
+        // A journal that grows fast reaches its bound between sweeps.
+        self.maybe_checkpoint();
     }
 
-    /// Once a tick: a checkpoint when the journal has grown enough past
-    /// the last one.
+    /// Once a tick and after each write: a checkpoint when the journal has
+    /// grown enough past the last one.
     pub(in crate::shard) fn maybe_checkpoint(&mut self) {
-        let growth = CHECKPOINT_SEGMENTS * self.cfg().storage.segment_bytes;
+        // Early enough that `[storage] max_bytes` is not reached first.
+        let st = &self.cfg().storage;
+        let share = st.max_bytes / self.nr() as u64;
+        let mut growth = CHECKPOINT_SEGMENTS * st.segment_bytes;
+        if share > 0 {
+            growth = growth.min(share / 4);
+        }
         if !self
             .store
             .disk
