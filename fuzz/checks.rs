@@ -530,3 +530,18 @@ pub fn disk_scan(data: &[u8]) {
     }
     assert!(scan.end().is_some_and(|e| e <= data.len()));
 }
+
+/// Recovery of a durable store's segment from arbitrary bytes
+/// (`shard::recovery::replay_checked`): every readable record applied to a
+/// fresh store, whose invariants then hold (messages in offset order and
+/// within the room's position, nothing held back, no push twice in an
+/// inbox); never a panic otherwise. The first 8 bytes pick the clock, so
+/// TTLs and dedup windows both expire and not.
+pub fn disk_recover(data: &[u8]) {
+    let (clock, bytes) = match data.split_first_chunk::<8>() {
+        Some((c, rest)) => (u64::from_le_bytes(*c), rest),
+        None => (0, data),
+    };
+    let (records, lost) = volley::shard::recovery::replay_checked(bytes, clock);
+    assert!(records as usize + lost <= bytes.len());
+}

@@ -460,3 +460,102 @@ fn max_bytes_is_kept_by_checkpoints() {
     stop(h);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Every room's (offset, body) in history.
+fn served(h: &volley::ServerHandle, rooms: &[&str]) -> Vec<(String, u64, String)> {
+    let mut out = Vec::new();
+    for r in rooms {
+        let d = history(h, r);
+        let offsets = d["messages"].as_array().map_or(Vec::new(), |m| {
+            m.iter().map(|m| m["offset"].as_u64().unwrap()).collect()
+        });
+        for (o, b) in offsets.into_iter().zip(bodies(&d)) {
+            out.push((r.to_string(), o, b));
+        }
+    }
+    out
+}
+
+#[test]
+fn a_damaged_store_never_serves_wrong_bytes_and_names_what_it_drops() {
+    use volley::disk::frame::{Item, Scan};
+    let dir = store_dir("damage");
+    let rooms = ["chat://d0", "chat://d1", "chat://d2"];
+    let h = start_on(&dir, 1, SyncMode::Batch);
+    for i in 1..=24u64 {
+        let room = rooms[i as usize % 3];
+        publish(&h, room, &format!("{room} #{i}"), &format!("d-{i}"));
+        if i % 5 == 0 {
+            post(
+                &h,
+                "/goim/push/mids?operation=1000&mids=9",
+                format!("push {i}").as_bytes(),
+            );
+        }
+    }
+    let whole = served(&h, &rooms);
+    assert_eq!(whole.len(), 24);
+    stop(h);
+    let shard = dir.join("1/shard-0");
+    let segs: Vec<_> = std::fs::read_dir(&shard).unwrap().map(|e| e.unwrap().path()).collect();
+    assert_eq!(segs.len(), 1, "{segs:?}");
+    let pristine = std::fs::read(&segs[0]).unwrap();
+    // Where each record's bytes lie.
+    let records: Vec<(usize, usize)> = Scan::new(&pristine)
+        .filter_map(|i| match i {
+            Item::Record { at, body, .. } => Some((at, at + 9 + body.len())),
+            Item::Damaged { .. } => None,
+        })
+        .collect();
+    assert!(records.len() >= 28, "{} records", records.len());
+    let in_record = |p: usize| records.iter().any(|&(a, b)| a <= p && p < b);
+    assert!(records.windows(2).all(|w| w[0].1 <= w[1].0));
+    let len = pristine.len();
+    let mut cases: Vec<(&str, usize)> = Vec::new();
+    for p in (0..len).step_by(len / 50).chain([1, 5, 8, 9, 12, len - 1]) {
+        cases.push(("flip", p));
+    }
+    for p in (1..len).step_by(len / 30).chain([9, 4096, 4097, len - 1]) {
+        cases.push(("cut", p));
+    }
+    for (what, p) in cases {
+        let work = store_dir("damage-work");
+        let wshard = work.join("1/shard-0");
+        std::fs::create_dir_all(&wshard).unwrap();
+        std::fs::copy(dir.join("CURRENT"), work.join("CURRENT")).unwrap();
+        let mut bytes = pristine.clone();
+        match what {
+            "flip" => bytes[p] ^= 0x5A,
+            _ => bytes.truncate(p),
+        }
+        std::fs::write(wshard.join(segs[0].file_name().unwrap()), &bytes).unwrap();
+        let h = start_on(&work, 1, SyncMode::Batch);
+        let got = served(&h, &rooms);
+        for g in &got {
+            assert!(whole.contains(g), "{what} at {p}: served {g:?}, never written");
+        }
+        let lost = h.stats()[0].storage_lost;
+        // A cut at a record's start leaves a shorter journal, which reads
+        // as one: only a cut through a record can be told.
+        let damaged = match what {
+            "flip" => in_record(p),
+            _ => records.iter().any(|&(a, b)| a < p && p < b),
+        };
+        if damaged {
+            assert!(lost >= 1, "{what} at {p} inside a record: the loss is named");
+        }
+        if got.len() < whole.len() && what == "flip" {
+            assert!(
+                lost >= 1,
+                "{what} at {p}: {} messages dropped without a word",
+                whole.len() - got.len()
+            );
+        }
+        // The store goes on: the next publish of a room continues it.
+        let (s, v) = try_publish(&h, "chat://d0", "after", &format!("after-{what}-{p}"));
+        assert_eq!(s, 200, "{v}");
+        stop(h);
+        let _ = std::fs::remove_dir_all(&work);
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -80,3 +80,8 @@ fn pattern() {
 fn disk_scan() {
     replay("disk_scan", checks::disk_scan);
 }
+
+#[test]
+fn disk_recover() {
+    replay("disk_recover", checks::disk_recover);
+}
