@@ -102,6 +102,11 @@ pub enum Cmd {
         /// Seconds between reconnect rounds.
         #[arg(long, default_value_t = 2.0)]
         churn_period_secs: f64,
+        /// Retry each publish for up to this many seconds while the server
+        /// is away (HTTP, with message ids: exactly once across a restart of
+        /// a server with the durable store); 0: a failed publish ends the run.
+        #[arg(long, default_value_t = 0.0)]
+        retry_secs: f64,
         /// Subscribers per load generator thread (the first ones) that join
         /// with presence events on (op 58), counted in the report.
         #[arg(long, default_value_t = 0)]
@@ -180,6 +185,15 @@ pub enum Cmd {
         #[arg(long, default_value_t = 0)]
         concurrent: usize,
     },
+    /// volley's durable store: publish with message ids to many rooms and
+    /// users and log what was acknowledged; verify a server (restarted or
+    /// killed since) against that log. `verify` exits 1 on any acknowledged
+    /// message missing, duplicated or moved, an offset gap or a changed epoch.
+    Durable {
+        /// Which step.
+        #[command(subcommand)]
+        step: DurableStep,
+    },
     /// Generic WebSocket broadcast: drives any WebSocket broadcast server
     /// (volley, NATS, a tokio server...) with the same load. Subscribers
     /// upgrade at --ws, send --first-message, and count every message holding
@@ -192,6 +206,63 @@ pub enum Cmd {
         generic: Generic,
         #[command(flatten)]
         load: Load,
+    },
+}
+
+/// The steps of the `durable` mode.
+#[derive(Subcommand)]
+pub enum DurableStep {
+    /// Publish for --secs (or until the server goes away) and append every
+    /// acknowledged publish to --log.
+    Publish {
+        /// volley's HTTP API.
+        #[arg(long, default_value = "127.0.0.1:3111")]
+        http: SocketAddr,
+        /// API key.
+        #[arg(long, default_value = "")]
+        api_key: String,
+        /// Rooms (`durable://0` ..).
+        #[arg(long, default_value_t = 1000)]
+        rooms: u64,
+        /// Users (1 ..).
+        #[arg(long, default_value_t = 10_000)]
+        users: u64,
+        /// Percent of publishes that are pushes to a user.
+        #[arg(long, default_value_t = 50)]
+        user_pct: u64,
+        /// Publishes per second in all (0: each connection as fast as it is answered).
+        #[arg(long, default_value_t = 0)]
+        rate: u64,
+        /// Seconds to publish for.
+        #[arg(long, default_value_t = 10.0)]
+        secs: f64,
+        /// Payload bytes.
+        #[arg(long, default_value_t = 64)]
+        size: usize,
+        /// HTTP connections publishing at once.
+        #[arg(long, default_value_t = 16)]
+        conns: usize,
+        /// File the acknowledged publishes are appended to.
+        #[arg(long)]
+        log: std::path::PathBuf,
+        /// Prefix of the message ids (tells runs apart; the default is the process id).
+        #[arg(long)]
+        run: Option<String>,
+    },
+    /// Check that every publish in --log is stored exactly once.
+    Verify {
+        /// volley's HTTP API (room histories).
+        #[arg(long, default_value = "127.0.0.1:3111")]
+        http: SocketAddr,
+        /// volley's client TCP listener (user inboxes, read over version 2).
+        #[arg(long, default_value = "127.0.0.1:3101")]
+        target: SocketAddr,
+        /// API key.
+        #[arg(long, default_value = "")]
+        api_key: String,
+        /// The log `publish` wrote.
+        #[arg(long)]
+        log: std::path::PathBuf,
     },
 }
 

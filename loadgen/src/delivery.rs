@@ -13,17 +13,17 @@
 //! Runs on the main thread (publishing, waiting, reporting); the
 //! connections are `v2client`'s threads.
 
-use crate::broadcast::room_publisher;
+use crate::broadcast::{room_publisher, Publish};
 use crate::cli::{Common, Load};
 use crate::payload::{stamp, STAMP_LEN};
 use crate::procfs::{procs_usage, tick_secs};
-use crate::publish::{get_json, TcpPublisher};
+use crate::publish::{get_json, HttpPublisher, TcpPublisher};
 use crate::report;
 use crate::run::now_ns;
 use crate::stats::new_hist;
 use crate::v2client::{self, Outcome, Role, Shared};
 use crate::wire::BENCH_OP;
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
@@ -98,6 +98,47 @@ pub struct Churn {
     pub pct: u64,
     /// The period.
     pub period: Duration,
+    /// Retry each publish (HTTP, with a message id, so the server keeps it
+    /// once) for this long while the server is away (a restart); zero: a
+    /// failed publish ends the run.
+    pub retry: Duration,
+}
+
+/// Publishes each message to `room` over HTTP with message id
+/// `RUN-SEQ`, retrying it (reconnecting) for up to `retry` while the server
+/// is away: across a restart with the durable store every message is then
+/// published exactly once.
+fn retrying_publisher(room: &str, http: SocketAddr, api_key: &str, size: usize, retry: Duration) -> Result<Publish> {
+    let (typ, rid) = room.split_once("://").context("--room must be type://id")?;
+    let base = format!(
+        "/goim/push/room?operation={BENCH_OP}&type={typ}&room={rid}&id=churn{}-",
+        std::process::id()
+    );
+    let api_key = api_key.to_string();
+    let mut payload = vec![b'x'; size];
+    let mut conn: Option<HttpPublisher> = None;
+    Ok(Box::new(move |seq, ns| {
+        stamp(&mut payload, seq, ns);
+        let path = format!("{base}{seq}");
+        let until = Instant::now() + retry;
+        loop {
+            if conn.is_none() {
+                conn = HttpPublisher::connect(http, &api_key).ok();
+            }
+            let sent = match conn.as_mut() {
+                Some(c) => c.post(&path, &payload),
+                None => Err(anyhow::anyhow!("cannot connect to {http}")),
+            };
+            match sent {
+                Ok(()) => return Ok(()),
+                Err(e) if Instant::now() >= until => return Err(e),
+                Err(_) => {
+                    conn = None;
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+            }
+        }
+    }))
 }
 
 /// The `churn` mode.
@@ -116,7 +157,15 @@ pub fn churn(common: Common, opts: Churn, load: Load) -> Result<()> {
     } = load;
     let total = msg_rate * duration;
     let n = common.conns as u64;
-    let mut publish = room_publisher(&common.room, &opts.http, &opts.publish_tcp, &opts.api_key, size, total)?;
+    let mut publish = if opts.retry.is_zero() {
+        room_publisher(&common.room, &opts.http, &opts.publish_tcp, &opts.api_key, size, total)?
+    } else {
+        let http = *opts
+            .http
+            .first()
+            .context("--retry-secs publishes over HTTP: give --http")?;
+        retrying_publisher(&common.room, http, &opts.api_key, size, opts.retry)?
+    };
     let mut shared = Shared::new(
         common.target.clone(),
         common.sources,
@@ -192,6 +241,7 @@ pub fn churn(common: Common, opts: Churn, load: Load) -> Result<()> {
         "dups": dups,
         "gaps": gaps,
         "unrecovered_resumes": unrecovered,
+        "unrecovered_why": *shared.unrecovered_why.lock().unwrap(),
         "errors": shared.errors.load(Relaxed),
         "watchers": opts.watchers,
         "presence_events": shared.presence_events.load(Relaxed),

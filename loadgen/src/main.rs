@@ -31,6 +31,7 @@ mod attack;
 mod broadcast;
 mod cli;
 mod delivery;
+mod durable;
 mod hello;
 mod payload;
 mod procfs;
@@ -81,6 +82,44 @@ fn main() -> Result<()> {
             };
             attack::run(kind, t, &server_pid, json)
         }
+        Cmd::Durable { step } => match step {
+            cli::DurableStep::Publish {
+                http,
+                api_key,
+                rooms,
+                users,
+                user_pct,
+                rate,
+                secs,
+                size,
+                conns,
+                log,
+                run,
+            } => durable::publish(durable::PublishOpts {
+                http,
+                api_key,
+                rooms,
+                users,
+                user_pct: user_pct.min(100),
+                rate,
+                secs,
+                size,
+                conns,
+                log,
+                run: run.unwrap_or_else(|| format!("p{}", std::process::id())),
+            }),
+            cli::DurableStep::Verify {
+                http,
+                target,
+                api_key,
+                log,
+            } => durable::verify(durable::VerifyOpts {
+                http,
+                target,
+                api_key,
+                log,
+            }),
+        },
         cmd => load(cmd),
     }
 }
@@ -89,7 +128,7 @@ fn main() -> Result<()> {
 fn load(cmd: Cmd) -> Result<()> {
     let cli = Cli { cmd };
     let common = match &cli.cmd {
-        Cmd::Attack { .. } => anyhow::bail!("not a load mode"),
+        Cmd::Attack { .. } | Cmd::Durable { .. } => anyhow::bail!("not a load mode"),
         Cmd::Idle { common, .. }
         | Cmd::Broadcast { common, .. }
         | Cmd::Ws { common, .. }
@@ -103,7 +142,7 @@ fn load(cmd: Cmd) -> Result<()> {
     };
     check_limits(&common, open_at_once)?;
     match cli.cmd {
-        Cmd::Attack { .. } => anyhow::bail!("not a load mode"),
+        Cmd::Attack { .. } | Cmd::Durable { .. } => anyhow::bail!("not a load mode"),
         Cmd::Idle { hold_secs, .. } => idle(common, hold_secs),
         Cmd::Broadcast {
             http,
@@ -119,6 +158,7 @@ fn load(cmd: Cmd) -> Result<()> {
             api_key,
             churn_pct,
             churn_period_secs,
+            retry_secs,
             watchers,
             load,
             ..
@@ -131,6 +171,7 @@ fn load(cmd: Cmd) -> Result<()> {
                 api_key,
                 pct: churn_pct,
                 period: Duration::from_secs_f64(churn_period_secs.max(0.01)),
+                retry: Duration::from_secs_f64(retry_secs.max(0.0)),
             },
             load,
         ),

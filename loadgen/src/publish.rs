@@ -41,6 +41,11 @@ impl HttpPublisher {
 
     /// POSTs `body` to `path` and waits for a 200.
     pub fn post(&mut self, path: &str, body: &[u8]) -> Result<()> {
+        self.post_json(path, body).map(drop)
+    }
+
+    /// POSTs `body` to `path`, waits for a 200, and returns its JSON.
+    pub fn post_json(&mut self, path: &str, body: &[u8]) -> Result<serde_json::Value> {
         let head = format!(
             "POST {path} HTTP/1.1\r\nHost: {}\r\n{}Content-Length: {}\r\n\r\n",
             self.http,
@@ -72,7 +77,7 @@ impl HttpPublisher {
                 if r.code != Some(200) {
                     bail!("publish failed: {}", String::from_utf8_lossy(&resp));
                 }
-                return Ok(());
+                return Ok(serde_json::from_slice(&resp[end..end + len]).unwrap_or(serde_json::Value::Null));
             }
         }
     }

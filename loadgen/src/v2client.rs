@@ -86,6 +86,8 @@ pub struct Shared {
     pub server_closes: AtomicU64,
     /// Resumes answered `recovered: false`.
     pub unrecovered: AtomicU64,
+    /// Those, by the reason the server gave.
+    pub unrecovered_why: std::sync::Mutex<std::collections::BTreeMap<String, u64>>,
     /// Version-2 errors (op 50) received.
     pub errors: AtomicU64,
     /// Connect attempts that failed (retried).
@@ -122,6 +124,7 @@ impl Shared {
             reconnects: AtomicU64::new(0),
             server_closes: AtomicU64::new(0),
             unrecovered: AtomicU64::new(0),
+            unrecovered_why: Default::default(),
             errors: AtomicU64::new(0),
             connect_failed: AtomicU64::new(0),
             acked: AtomicU64::new(0),
@@ -436,6 +439,8 @@ impl Driver {
                 let v: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
                 if v["recovered"] == false {
                     sh.unrecovered.fetch_add(1, Relaxed);
+                    let why = v["reason"].as_str().unwrap_or("?").to_string();
+                    *sh.unrecovered_why.lock().unwrap().entry(why).or_default() += 1;
                 }
                 let c = &mut self.conns[slot];
                 let epoch = v["epoch"].as_str().map(str::to_owned);

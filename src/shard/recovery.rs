@@ -44,6 +44,9 @@ pub async fn recover(shard: &Rc<RefCell<Shard>>, files: ShardFiles, control: Tas
     let (id, shared) = {
         let mut sh = shard.borrow_mut();
         sh.set_unix(metrics::unix_now());
+        // Until it is loaded, what clients and the API accepted here ask of
+        // this shard waits in its inbox like what other shards ask.
+        sh.recovering = true;
         (sh.id, sh.shared.clone())
     };
     let started = std::time::Instant::now();
@@ -133,6 +136,7 @@ pub async fn recover(shard: &Rc<RefCell<Shard>>, files: ShardFiles, control: Tas
     );
     {
         let mut sh = shard.borrow_mut();
+        sh.recovering = false;
         let st = &shared.stats[id];
         ShardStats::add(&st.storage_replayed, applied.records);
         ShardStats::add(&st.storage_lost, lost);
@@ -214,12 +218,13 @@ async fn cut(dir: &Path, n: u64, len: u64) -> std::io::Result<()> {
 /// messages out of offset order or past its newest offset, what it tells
 /// behind what it holds, a push twice in one inbox.
 pub fn replay_checked(bytes: &[u8], unix: u64) -> (u64, usize) {
-    let config = crate::config::Config::default();
-    let mut store = super::store::Store::new(&config, 1, |_| false);
+    static CONFIG: std::sync::OnceLock<crate::config::Config> = std::sync::OnceLock::new();
+    let config = CONFIG.get_or_init(crate::config::Config::default);
+    let mut store = super::store::Store::new(config, 1, |_| false);
     let now = super::store::durable::Now { tick: 0, unix };
     let owner = Owner { id: 0, nr: 1 };
     let mut applied = Applied::default();
-    let read = recover::read_segment(1, bytes, |rec| store.apply(&rec, now, &config, owner, &mut applied));
+    let read = recover::read_segment(1, bytes, |rec| store.apply(&rec, now, config, owner, &mut applied));
     for (room, log) in store.logs.each() {
         let offsets: Vec<u64> = log.entries().map(|e| e.offset).collect();
         assert!(offsets.windows(2).all(|w| w[0] < w[1]), "{room}: {offsets:?}");

@@ -60,6 +60,10 @@ pub struct Shard {
     pub(super) clock: Clock,
     /// Set by `Shutdown`: accept loops stop, new connections are refused.
     pub shutting_down: bool,
+    /// The durable store is being read back (`shard::recovery`): what
+    /// this shard would handle inline waits in its inbox instead, so that
+    /// nothing it owns is touched before it is loaded.
+    pub(super) recovering: bool,
     /// Cluster mode: links, subscribers, subscribed rooms (`None`: single
     /// node).
     pub cluster: Option<super::cluster::state::ShardCluster>,
@@ -94,6 +98,7 @@ impl Shard {
             clock: Clock::default(),
             shared,
             shutting_down: false,
+            recovering: false,
             cluster: None,
         }
     }
@@ -129,9 +134,10 @@ impl Shard {
         self.clock.unix = secs;
     }
 
-    /// Sends `msg` to shard `to`, or handles it inline when `to` is this shard.
+    /// Sends `msg` to shard `to`, or handles it inline when `to` is this
+    /// shard (unless it is recovering: then it waits in its inbox).
     pub fn route(&mut self, to: usize, msg: ShardMsg) {
-        if to == self.id {
+        if to == self.id && !self.recovering {
             self.handle(msg);
         } else {
             self.shared.mesh.send(to, msg);
