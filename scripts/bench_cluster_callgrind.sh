@@ -11,6 +11,9 @@
 # started here is stopped by PID.
 # Usage: scripts/bench_cluster_callgrind.sh OLD_VOLLEY NEW_VOLLEY [N=1500] [ROUNDS=2]
 set -euo pipefail
+# The servers started here keep what they keep in memory, as when these
+# figures were first taken (VOLLEY_STORAGE_MODE=disk measures the durable store).
+export VOLLEY_STORAGE_MODE=${VOLLEY_STORAGE_MODE:-memory}
 export VOLLEY_LIMITS_MAX_CONNS_PER_IP=0 VOLLEY_LIMITS_CONN_RATE_PER_IP=0 VOLLEY_LIMITS_MAX_HANDSHAKES_PER_IP=0
 cd "$(dirname "$0")/.."
 OLD=$1

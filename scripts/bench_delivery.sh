@@ -9,6 +9,9 @@
 # Usage: scripts/bench_delivery.sh [N=19000] [RATE=20] [DURATION=60] [USERS=100000] [MSGS=10] [ROOMS=10000]
 # Results: target/bench/delivery/*.json
 set -euo pipefail
+# The servers started here keep what they keep in memory, as when these
+# figures were first taken (VOLLEY_STORAGE_MODE=disk measures the durable store).
+export VOLLEY_STORAGE_MODE=${VOLLEY_STORAGE_MODE:-memory}
 # The load generator opens thousands of connections per source address at
 # thousands a second: lift the per-IP limits (the documented way off,
 # docs/LIMITS.md).

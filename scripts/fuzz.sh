@@ -37,7 +37,12 @@ for t in "${TARGETS[@]}"; do
     crashes=$(ls "fuzz/artifacts/$t" 2>/dev/null | wc -l)
     echo "$t: $execs executions in ${SECS} s, $cov, $crashes artifacts"
     [ "$crashes" -eq 0 ] || failed=1
-    # Keep only the inputs that add coverage (in place).
+    # Keep only the inputs that add coverage (in place), and every seed
+    # with a name (tests read some of them by name).
+    seeds=$(mktemp -d)
+    find "fuzz/corpus/$t" -maxdepth 1 -type f ! -regex '.*/[0-9a-f]\{40\}' -exec cp {} "$seeds/" \;
     cargo +nightly fuzz cmin "$t" "fuzz/corpus/$t" >"$OUT/$t.cmin.log" 2>&1 || true
+    cp "$seeds"/* "fuzz/corpus/$t/" 2>/dev/null || true
+    rm -rf "$seeds"
 done
 exit $failed

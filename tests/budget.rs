@@ -52,7 +52,7 @@ impl Volley {
             .args(["--limits-outbound-budget", &budget])
             // 19,000 clients from one address, 500 in flight at a time.
             .args(["--limits-max-conns-per-ip", "0", "--limits-conn-rate-per-ip", "0"])
-            .args(["--limits-max-handshakes-per-ip", "0"])
+            .args(["--limits-max-handshakes-per-ip", "0", "--storage-mode", "memory"])
             .args(["--client-heartbeat-timeout-secs", "600"])
             // A stalled client's socket fills after kilobytes, not megabytes.
             .args(["--limits-socket-sndbuf", "16384"])

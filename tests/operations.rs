@@ -30,7 +30,7 @@ fn logs_to_a_pipe_are_plain_text_and_ordinary_closes_stay_below_info() {
         .args(["serve", "--shards", "1", "--log-level", "info"])
         .args(["--tcp-listen", "127.0.0.1:0", "--ws-listen", "127.0.0.1:0"])
         .args(["--api-listen", "127.0.0.1:0", "--api-publish-listen", "127.0.0.1:0"])
-        .args(["--client-handshake-timeout-secs", "1"])
+        .args(["--client-handshake-timeout-secs", "1", "--storage-mode", "memory"])
         .env_remove("RUST_LOG")
         .env_remove("NO_COLOR")
         .env_remove("VOLLEY_CONFIG")

@@ -29,6 +29,7 @@ fn the_ws_mode_runs_against_volley_with_its_default_publisher() {
     c.ws.listen = any;
     c.api.listen = any;
     c.api.publish_listen = any;
+    c.storage.mode = volley::config::StorageMode::Memory;
     let h = Server::start(c).expect("server starts");
     let out = Command::new(env!("CARGO_BIN_EXE_volley-loadgen"))
         .args(["ws", "--target", &h.ws_addr.to_string(), "--ws", "/sub", "--volley"])

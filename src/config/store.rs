@@ -105,7 +105,7 @@ pub struct StorageConfig {
     /// inboxes, read marks and publisher ids are written to a journal per
     /// shard under `dir` and come back at start (a single node; cluster
     /// mode keeps them in Redis).
-    #[arg(id = "storage-mode", long = "storage-mode", value_enum, default_value_t = StorageMode::Memory)]
+    #[arg(id = "storage-mode", long = "storage-mode", value_enum, default_value_t = StorageMode::Disk)]
     pub mode: StorageMode,
 
     /// Folder of the durable store (created if missing; one server at a

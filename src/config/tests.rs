@@ -460,7 +460,7 @@ fn the_start_summary_says_what_is_in_force_without_secrets() {
         "HTTP API on http://127.0.0.1:3111 (no API key",
         "TCP publishers on 127.0.0.1:3112",
         "auth: off",
-        "storage: in memory, lost on restart: history 100 messages, 300 s, 256 KiB per room",
+        "storage: on disk in volley-data (each publish answered once on disk): history 100 messages, 300 s, 256 KiB per room",
         "inboxes 100 pushes, 256 KiB, 86400 s per user",
         "cluster: off",
     ] {
@@ -468,6 +468,10 @@ fn the_start_summary_says_what_is_in_force_without_secrets() {
     }
     assert!(!lines.contains("dev tokens"), "{lines}");
     let mut c = Config::default();
+    c.storage.mode = crate::config::StorageMode::Memory;
+    assert!(summary(&c)
+        .join("\n")
+        .contains("storage: in memory, lost on restart: history"));
     c.api.key = Some("hunter2-key".into());
     c.auth.mode = AuthMode::Jwt;
     c.auth.jwt_secret = vec!["a-secret-of-at-least-thirty-two-bytes!!".into()];

@@ -9,7 +9,9 @@ use std::time::{Duration, Instant};
 pub use volley::proto::binary::op;
 use volley::{Config, Server, ServerHandle};
 
-/// A server with 2 shards on ephemeral loopback ports; `tweak` edits the config.
+/// A server with 2 shards on ephemeral loopback ports, keeping what it
+/// keeps in memory (tests of the durable store give it a folder of its
+/// own); `tweak` edits the config.
 pub fn start_server(tweak: impl FnOnce(&mut Config)) -> ServerHandle {
     let any: std::net::SocketAddr = "127.0.0.1:0".parse().unwrap();
     let mut c = Config {
@@ -17,6 +19,7 @@ pub fn start_server(tweak: impl FnOnce(&mut Config)) -> ServerHandle {
         shutdown_grace_secs: 1,
         ..Config::default()
     };
+    c.storage.mode = volley::config::StorageMode::Memory;
     c.tcp.listen = any;
     c.ws.listen = any;
     c.api.listen = any;

@@ -13,6 +13,7 @@ fn spoiled(edit: impl FnOnce(&mut Config)) -> Result<volley::ServerHandle, Start
         ..Config::default()
     };
     (c.tcp.listen, c.ws.listen, c.api.listen, c.api.publish_listen) = (any, any, any, any);
+    c.storage.mode = volley::config::StorageMode::Memory;
     edit(&mut c);
     Server::start(c)
 }
