@@ -46,6 +46,8 @@ start() {
         >>"$OUT/server.log" 2>&1 &
     SERVER=$!
     for _ in $(seq 1 600); do
+        # Ours answering, not another process on the port.
+        kill -0 "$SERVER" 2>/dev/null || { echo "the server exited; see $OUT/server.log" >&2; exit 1; }
         if curl -sf "http://$API/healthz" >/dev/null 2>&1; then return 0; fi
         sleep 0.1
     done
@@ -68,6 +70,10 @@ storm() {
     STORM_PID=$!
 }
 
+if curl -s "http://$API/healthz" >/dev/null 2>&1; then
+    echo "something already answers on $API: stop it or set BASE_PORT" >&2
+    exit 1
+fi
 start
 # Subscribers across every round: 200 version-2 clients in one room, 10 %
 # reconnecting every 2 s, 20 msg/s retried across the restarts.

@@ -249,6 +249,23 @@ pub enum DurableStep {
         #[arg(long)]
         run: Option<String>,
     },
+    /// The same load against NATS JetStream (a file-storage stream; each
+    /// connection waits for JetStream's ack before its next publish), for
+    /// comparison.
+    Jetstream {
+        /// nats-server's client port (run with JetStream on: `-js`).
+        #[arg(long, default_value = "127.0.0.1:4222")]
+        nats: SocketAddr,
+        /// Connections publishing at once.
+        #[arg(long, default_value_t = 16)]
+        conns: usize,
+        /// Seconds to publish for.
+        #[arg(long, default_value_t = 10.0)]
+        secs: f64,
+        /// Payload bytes.
+        #[arg(long, default_value_t = 64)]
+        size: usize,
+    },
     /// Check that every publish in --log is stored exactly once.
     Verify {
         /// volley's HTTP API (room histories).

@@ -33,6 +33,7 @@ mod cli;
 mod delivery;
 mod durable;
 mod hello;
+mod jetstream;
 mod payload;
 mod procfs;
 mod publish;
@@ -108,6 +109,12 @@ fn main() -> Result<()> {
                 log,
                 run: run.unwrap_or_else(|| format!("p{}", std::process::id())),
             }),
+            cli::DurableStep::Jetstream {
+                nats,
+                conns,
+                secs,
+                size,
+            } => jetstream::run(nats, conns, secs, size),
             cli::DurableStep::Verify {
                 http,
                 target,

@@ -390,3 +390,33 @@ fn decode_errors_close_with_the_rule_broken() {
         assert!(goodbye(&mut sim, p).starts_with(want.name()));
     }
 }
+
+/// While a shard reads its durable store back, what its own clients ask of
+/// it (here a join of a room it owns) waits in its inbox with what other
+/// shards ask, instead of being handled inline against a store not yet
+/// loaded (which answered resumes after a restart with a new epoch).
+#[test]
+fn a_recovering_shard_leaves_what_its_own_clients_ask_of_it_in_its_inbox() {
+    let mut sim = Sim::new(1, |_| {});
+    let (p, _) = sim.authed_v2(0, r#"{"mid":7}"#);
+    sim.shards[0].recovering = true;
+    sim.send_unsettled(
+        p,
+        binary::VERSION_NATIVE,
+        crate::proto::v2::op::JOIN,
+        2,
+        br#"{"room":"chat://r"}"#,
+    );
+    assert_eq!(sim.shared.mesh.backlog(0), 1, "the join waits in the inbox");
+    assert!(
+        sim.shards[0].store.logs.get("chat://r").is_none(),
+        "no log before the store is loaded"
+    );
+    sim.shards[0].recovering = false;
+    sim.pump();
+    let got = sim.frames(p);
+    assert!(
+        got.iter().any(|g| g.op == crate::proto::v2::op::JOIN_REPLY),
+        "answered once loaded"
+    );
+}
