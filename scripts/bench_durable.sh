@@ -31,7 +31,7 @@ PID=""
 trap '[ -n "$PID" ] && kill -9 "$PID" 2>/dev/null || true' EXIT
 
 cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
-stat_sum() { curl -s "http://$API/v1/stats" | python3 -c "import json,sys; print(json.load(sys.stdin)['total'].get('$1', 0))"; }
+stat_sum() { curl -s "http://$API/v1/stats" | python3 -c "import json,sys; print(json.load(sys.stdin)['data']['total'].get('$1', 0))"; }
 
 run_volley() { # MODE SIZE SHARDS CONNS
     local mode=$1 size=$2 shards=$3 conns=$4 store="$OUT/store-$1-$2-$3-$4"

@@ -83,8 +83,15 @@ pub fn publish(o: PublishOpts) -> Result<()> {
                 let payload = "x".repeat(o.size);
                 let mut mine = Vec::new();
                 let mut lat = crate::stats::new_hist();
+                // Runs count from 0 each: a salt from the run's name spreads
+                // their targets over every room and user.
+                let salt = o
+                    .run
+                    .bytes()
+                    .fold(0u64, |h, b| h.wrapping_mul(31).wrapping_add(u64::from(b)));
                 while !stop.load(Relaxed) && Instant::now() < deadline {
                     let n = seq.fetch_add(1, Relaxed);
+                    let pick = n.wrapping_add(salt.wrapping_mul(1_000_003));
                     if o.rate > 0 {
                         let due = start + Duration::from_secs_f64(n as f64 / o.rate as f64);
                         if let Some(d) = due.checked_duration_since(Instant::now()) {
@@ -94,7 +101,7 @@ pub fn publish(o: PublishOpts) -> Result<()> {
                     let id = format!("{}-{n}", o.run);
                     let to_user = n % 100 < o.user_pct;
                     let (path, body, room, mid) = if to_user {
-                        let mid = 1 + (n.wrapping_mul(0xD6E8_FEB8_6659_FD93) >> 17) % o.users.max(1);
+                        let mid = 1 + (pick.wrapping_mul(0xD6E8_FEB8_6659_FD93) >> 17) % o.users.max(1);
                         let body = json!({"mids": [mid], "op": 1000, "body": payload, "id": id});
                         ("/v1/push/mids", body, String::new(), mid)
                     } else {

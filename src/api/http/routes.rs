@@ -118,29 +118,49 @@ pub const ROUTES: &[Route] = &[
     page("/demo", demo),
 ];
 
-/// Routes one push. With `answer`, a room push is answered once its owner
-/// has given it its offset (`published_json`); without, as soon as it is
+/// Routes one push and answers as `answer` says: with a room push's
+/// offset once its owner has given it one (and kept it, with the durable
+/// store; `published_json`), once kept without data, or as soon as it is
 /// routed (goim's fire-and-forget reply, which does not wait on a shard
 /// busy fanning out).
-fn push(r: &Req<'_>, target: Target, op: u32, payload: &[u8], meta: Meta, answer: bool) -> Result<Later, ApiError> {
-    let wait = publish(&mut r.shard.borrow_mut(), target, op, payload, meta, answer)?;
+fn push(r: &Req<'_>, target: Target, op: u32, payload: &[u8], meta: Meta, answer: Answer) -> Result<Later, ApiError> {
+    let wait = answer != Answer::Routed;
+    let wait = publish(&mut r.shard.borrow_mut(), target, op, payload, meta, wait)?;
     Ok(Box::pin(async move {
         Ok(match wait {
             Some(w) => match published_json(w.outcome().await)? {
-                Some(v) => ok(v),
-                None => ok(Value::Null),
+                Some(v) if answer == Answer::Offset => ok(v),
+                _ => ok(Value::Null),
             },
             None => ok(Value::Null),
         })
     }))
 }
 
+/// When a push is answered, and with what.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Answer {
+    /// Once routed, without data (goim's way).
+    Routed,
+    /// Once kept (the durable store), without data.
+    Kept,
+    /// Once kept, a room push with its offset.
+    Offset,
+}
+
 /// A goim route's push: answered with the offset only when it carries a
 /// message id (an idempotent publish wants to know whether it was a
-/// retry); otherwise as goim answers, once routed.
+/// retry); otherwise as goim answers, once routed — or, with the durable
+/// store, once kept (still without data).
 fn goim_push(r: &Req<'_>, target: Target) -> Result<Later, ApiError> {
     let meta = r.query.meta()?;
-    let answer = meta.id.is_some();
+    let answer = if meta.id.is_some() {
+        Answer::Offset
+    } else if r.shard.borrow().durable() {
+        Answer::Kept
+    } else {
+        Answer::Routed
+    };
     push(r, target, r.query.op()?, &r.body, meta, answer)
 }
 
@@ -253,7 +273,7 @@ fn v1_online_top(r: &Req<'_>) -> Result<Resp, ApiError> {
 fn v1_push_one(r: &Req<'_>) -> Result<Later, ApiError> {
     let kind = r.path.trim_start_matches("/v1/push/");
     let p = v1_push(kind, &r.body)?;
-    push(r, p.target, p.op, &p.payload, p.meta, true)
+    push(r, p.target, p.op, &p.payload, p.meta, Answer::Offset)
 }
 
 /// `POST /v1/publish`: the batch is checked whole, then routed in order;
