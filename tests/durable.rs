@@ -176,25 +176,6 @@ fn a_second_server_on_the_same_folder_is_refused() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-fn request(c: &mut Client, op: u32, seq: u32, body: Value) -> Value {
-    c.send_as(2, op, seq, body.to_string().as_bytes());
-    let g = c.read().expect("a reply");
-    assert_eq!(g.seq, seq, "{}", g.text());
-    let mut v: Value = serde_json::from_slice(&g.body).unwrap();
-    v["op"] = g.op.into();
-    v
-}
-
-fn user_pushes(c: &mut Client, n: usize) -> Vec<(u64, String)> {
-    (0..n)
-        .map(|_| {
-            let p = c.read_push2().expect("a user push");
-            assert_eq!(p.kind, 2, "a user push");
-            (p.offset, String::from_utf8(p.payload).unwrap())
-        })
-        .collect()
-}
-
 #[test]
 fn inboxes_and_acknowledgements_survive_restarts_and_ids_are_never_reused() {
     let dir = store_dir("inbox");
@@ -206,7 +187,7 @@ fn inboxes_and_acknowledgements_survive_restarts_and_ids_are_never_reused() {
 
     let h = start_on(&dir, 2, SyncMode::Batch);
     let (mut c, _) = Client::authed_v2(h.tcp_addr, r#"{"mid":77}"#);
-    let got = user_pushes(&mut c, 3);
+    let got = read_user_pushes(&mut c, 3);
     let texts: Vec<&str> = got.iter().map(|g| g.1.as_str()).collect();
     assert_eq!(texts, ["one", "two", "three"], "what waited, in order");
     let reply = request(&mut c, op2::ACK, 5, json!({"ids": [got[0].0, got[2].0]}));
@@ -217,7 +198,7 @@ fn inboxes_and_acknowledgements_survive_restarts_and_ids_are_never_reused() {
 
     let h = start_on(&dir, 2, SyncMode::Batch);
     let (mut c, _) = Client::authed_v2(h.tcp_addr, r#"{"mid":77}"#);
-    let again = user_pushes(&mut c, 2);
+    let again = read_user_pushes(&mut c, 2);
     assert_eq!(again[0], got[1], "the one not acknowledged, same id");
     assert_eq!(again[1].1, "four");
     assert!(
@@ -225,7 +206,7 @@ fn inboxes_and_acknowledgements_survive_restarts_and_ids_are_never_reused() {
         "a push after a restart gets a new id: {got:?} {again:?}"
     );
     let (mut d, _) = Client::authed_v2(h.tcp_addr, r#"{"mid":78}"#);
-    assert_eq!(user_pushes(&mut d, 3).len(), 3, "the other user's inbox is whole");
+    assert_eq!(read_user_pushes(&mut d, 3).len(), 3, "the other user's inbox is whole");
     stop(h);
     let _ = std::fs::remove_dir_all(&dir);
 }
@@ -277,7 +258,11 @@ fn a_changed_shard_count_loses_nothing() {
         }
         for mid in 1..=8 {
             let (mut c, _) = Client::authed_v2(h.tcp_addr, &format!(r#"{{"mid":{mid}}}"#));
-            assert_eq!(user_pushes(&mut c, 1)[0].1, "kept", "user {mid} on {shards} shards");
+            assert_eq!(
+                read_user_pushes(&mut c, 1)[0].1,
+                "kept",
+                "user {mid} on {shards} shards"
+            );
         }
         stop(h);
         let gens: Vec<_> = std::fs::read_dir(&dir)

@@ -6,7 +6,7 @@
 mod common;
 
 use common::*;
-use serde_json::{json, Value};
+use serde_json::json;
 
 fn user_push(h: &volley::ServerHandle, mid: i64, text: &str, query: &str) {
     post(
@@ -14,26 +14,6 @@ fn user_push(h: &volley::ServerHandle, mid: i64, text: &str, query: &str) {
         &format!("/goim/push/mids?operation=1000&mids={mid}{query}"),
         text.as_bytes(),
     );
-}
-
-/// Reads `n` user pushes: (id, text).
-fn read_user_pushes(c: &mut Client, n: usize) -> Vec<(u64, String)> {
-    (0..n)
-        .map(|_| {
-            let p = c.read_push2().expect("a user push");
-            assert_eq!(p.kind, 2, "a user push");
-            (p.offset, String::from_utf8(p.payload).unwrap())
-        })
-        .collect()
-}
-
-fn request(c: &mut Client, op: u32, seq: u32, body: Value) -> Value {
-    c.send_as(2, op, seq, body.to_string().as_bytes());
-    let g = c.read().expect("a reply");
-    assert_eq!(g.seq, seq, "{}", g.text());
-    let mut v: Value = serde_json::from_slice(&g.body).unwrap();
-    v["op"] = g.op.into();
-    v
 }
 
 fn inbox_messages(h: &volley::ServerHandle) -> u64 {

@@ -50,7 +50,7 @@ pub enum Sync {
 }
 
 /// What the driver is asked to do.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DiskOp {
     /// Write `bytes` (whole blocks) at `at` of segment `segment`, creating
     /// and preallocating it first when `create` (and syncing the
@@ -563,22 +563,7 @@ mod tests {
         let mut j = batch();
         j.append(&mark(1));
         let op = j.take().expect("a write");
-        let again = match &op {
-            DiskOp::Write {
-                segment,
-                create,
-                at,
-                bytes,
-                sync,
-            } => DiskOp::Write {
-                segment: *segment,
-                create: *create,
-                at: *at,
-                bytes: bytes.clone(),
-                sync: *sync,
-            },
-            o => panic!("{o:?}"),
-        };
+        let again = op.clone();
         j.done(Err((op, "No space left on device".into())));
         assert_eq!(j.refusal(), Some(Refusal::Failing("No space left on device".into())));
         assert_eq!(j.durable(), 0);

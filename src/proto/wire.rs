@@ -55,6 +55,20 @@ impl Frames {
         }
     }
 
+    /// Both versions of push `push` to users (kind 2: `push` is what
+    /// version-2 clients acknowledge), with the publisher's `id`.
+    pub fn user(op: u32, push: u64, id: &str, payload: &[u8]) -> Frames {
+        Frames::new(&super::v2::Envelope {
+            op,
+            kind: super::v2::Kind::User,
+            room: "",
+            offset: push,
+            epoch: 0,
+            id,
+            payload,
+        })
+    }
+
     /// The form for a connection of protocol `ver` and transport.
     pub fn for_conn(&self, ver: u16, websocket: bool) -> &Bytes {
         if ver == binary::VERSION_NATIVE {

@@ -246,6 +246,27 @@ pub fn replay_checked(bytes: &[u8], unix: u64) -> (u64, usize) {
 #[cfg(test)]
 mod tests {
     #[test]
+    fn a_message_at_offset_zero_in_another_epoch_is_left_out() {
+        use crate::disk::record::Record;
+        let mut seg = Vec::new();
+        for (epoch, offset) in [(1, 1), (2, 0), (3, 0)] {
+            Record::Message {
+                room: "r",
+                epoch,
+                offset,
+                at: 1,
+                ttl_end: 0,
+                op: 1,
+                id: "",
+                payload: b"x",
+            }
+            .write(&mut seg);
+        }
+        crate::disk::frame::pad(&mut seg);
+        assert_eq!(super::replay_checked(&seg, 10), (3, 0));
+    }
+
+    #[test]
     fn the_fuzz_seed_of_every_kind_replays_whole() {
         let seed = include_bytes!("../../fuzz/corpus/disk_scan/every_kind");
         // Message, Head, Push, Ack, Mark, Seen and Floor; the markers are not handed on.

@@ -191,6 +191,28 @@ pub fn post(h: &ServerHandle, path: &str, body: &[u8]) -> Value {
     v
 }
 
+/// Reads `n` user pushes (version 2): (push id, text).
+pub fn read_user_pushes(c: &mut Client, n: usize) -> Vec<(u64, String)> {
+    (0..n)
+        .map(|_| {
+            let p = c.read_push2().expect("a user push");
+            assert_eq!(p.kind, 2, "a user push");
+            (p.offset, String::from_utf8(p.payload).unwrap())
+        })
+        .collect()
+}
+
+/// Sends a version-2 request and returns its reply's JSON, with the
+/// reply's op as `op`.
+pub fn request(c: &mut Client, op: u32, seq: u32, body: Value) -> Value {
+    c.send_as(2, op, seq, body.to_string().as_bytes());
+    let g = c.read().expect("a reply");
+    assert_eq!(g.seq, seq, "{}", g.text());
+    let mut v: Value = serde_json::from_slice(&g.body).unwrap();
+    v["op"] = g.op.into();
+    v
+}
+
 /// Polls `cond` until it holds (the server publishes some views once a second).
 pub fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
     let end = Instant::now() + Duration::from_secs(10);

@@ -76,15 +76,7 @@ impl Shard {
             }
             Target::Mids(mids) => {
                 let push = self.next_push_id();
-                let frames = Frames::new(&Envelope {
-                    op,
-                    kind: Kind::User,
-                    room: "",
-                    offset: push,
-                    epoch: 0,
-                    id: id.unwrap_or(""),
-                    payload,
-                });
+                let frames = Frames::user(op, push, id.unwrap_or(""), payload);
                 let mut by: FnvHashMap<usize, Vec<i64>> = FnvHashMap::default();
                 for m in mids {
                     by.entry(owner_of_mid(m, n)).or_default().push(m);

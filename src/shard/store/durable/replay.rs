@@ -80,6 +80,10 @@ impl Store {
             done.elsewhere += 1;
             return;
         }
+        if matches!(rec, Record::Message { offset: 0, .. }) {
+            // No message has offset 0: not one of ours, whatever its checksum.
+            return;
+        }
         done.records += 1;
         match *rec {
             Record::Message {
@@ -137,15 +141,7 @@ impl Store {
                 if ttl_end != 0 && ttl_end <= now.unix {
                     return;
                 }
-                let frames = Frames::new(&Envelope {
-                    op,
-                    kind: Kind::User,
-                    room: "",
-                    offset: push,
-                    epoch: 0,
-                    id,
-                    payload,
-                });
+                let frames = Frames::user(op, push, id, payload);
                 let end = now.tick_end(ttl_end);
                 for &m in mids.iter().filter(|&&m| owner.mid(m)) {
                     if !self.inbox.holds(m, push) {

@@ -23,16 +23,8 @@ impl Logs {
         ttl: Option<u32>,
         wire: Wire,
     ) -> bool {
-        let log = self.open_at(room, policy, now, epoch);
-        if log.epoch != epoch {
-            self.restart(room, epoch, offset - 1);
-        }
-        let log = self.rooms.get_mut(room).expect("opened just above");
-        if offset <= log.last {
+        if !self.place(room, policy, now, (offset, epoch)) {
             return false;
-        }
-        if offset > log.last.saturating_add(1) {
-            log.lost_through = offset - 1;
         }
         self.append(
             room,
@@ -54,6 +46,25 @@ impl Logs {
         if log.epoch != epoch || log.last != offset {
             self.restart(room, epoch, offset);
         }
+    }
+
+    /// Makes way in `room`'s log for message `offset` of `epoch` given from
+    /// outside (Redis, or the durable store's replay): another epoch starts
+    /// the log over; an offset past the next one leaves a gap no resume is
+    /// served across. False for an offset the log has already passed.
+    pub(super) fn place(&mut self, room: &Arc<str>, policy: Policy, now: u32, (offset, epoch): (u64, u64)) -> bool {
+        let log = self.open_at(room, policy, now, epoch);
+        if log.epoch != epoch {
+            self.restart(room, epoch, offset - 1);
+        }
+        let log = self.rooms.get_mut(room).expect("opened just above");
+        if offset <= log.last {
+            return false;
+        }
+        if offset > log.last.saturating_add(1) {
+            log.lost_through = offset - 1;
+        }
+        true
     }
 
     /// The log of `room`, created with `epoch` and nothing known before

@@ -49,17 +49,10 @@ impl Logs {
         (offset, epoch): (u64, u64),
         wire: Wire,
     ) -> bool {
-        let log = self.open_at(room, policy, now, epoch);
-        if log.epoch != epoch {
-            self.restart(room, epoch, offset - 1);
-        }
-        let log = self.rooms.get_mut(room).expect("opened just above");
-        if offset <= log.last {
+        if !self.place(room, policy, now, (offset, epoch)) {
             return false;
         }
-        if offset > log.last + 1 {
-            log.lost_through = offset - 1;
-        }
+        let log = self.rooms.get_mut(room).expect("placed just above");
         let aged = at.saturating_add(policy.max_age) <= now;
         if policy.messages == 0 || aged {
             (log.last, log.told, log.lost_through) = (offset, offset, offset);
