@@ -20,9 +20,9 @@
 //! appended`; a failed write is retried with the same bytes at the same
 //! place (so nothing is written twice or out of order), and while writes
 //! fail the journal is `failing` (the shard refuses what it cannot keep);
-//! the bytes in segments never exceed `max_bytes` by more than one
-//! segment (a write that would is refused as `full` until a checkpoint
-//! frees space).
+//! once the segments hold `max_bytes`, `refusal` says `Full` and the shard
+//! takes no more publishes (acknowledgements, marks and checkpoints still
+//! go in, so space can be freed) until a checkpoint frees space.
 
 use crate::disk::frame;
 use crate::disk::record::Record;
