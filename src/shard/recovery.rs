@@ -58,11 +58,8 @@ pub async fn recover(shard: &Rc<RefCell<Shard>>, files: ShardFiles, control: Tas
     let mut lost = 0u64;
     let mut kept: Vec<(u64, u64)> = Vec::new();
     let fail = |what: &str, dir: &Path, e: std::io::Error| format!("storage: {what} in {}: {e}", dir.display());
+    progress.bytes_total.fetch_add(files.bytes, Relaxed);
     for (dir, segs) in &files.replay {
-        for &n in segs {
-            let size = std::fs::metadata(segment_path(dir, n)).map_or(0, |m| m.len());
-            progress.bytes_total.fetch_add(size, Relaxed);
-        }
         let mut start = 0;
         let mut first = None;
         for i in (0..segs.len()).rev() {
