@@ -17,7 +17,6 @@ use crate::disk::journal::{Journal, Sync};
 use crate::disk::layout::ShardFiles;
 use crate::disk::recover;
 use crate::metrics::{self, ShardStats};
-use glommio::io::{DmaFile, OpenOptions};
 use glommio::TaskQueueHandle;
 use std::cell::RefCell;
 use std::path::Path;
@@ -181,7 +180,7 @@ pub async fn recover(shard: &Rc<RefCell<Shard>>, files: ShardFiles, control: Tas
 /// Whether segment `n` of `dir` starts with a checkpoint's `Begin` (its
 /// first block is enough to tell).
 async fn begins_checkpoint(dir: &Path, n: u64) -> std::io::Result<bool> {
-    let f = DmaFile::open(segment_path(dir, n)).await?;
+    let f = driver::options().read(true).dma_open(segment_path(dir, n)).await?;
     let head = f.read_at(0, crate::disk::frame::BLOCK).await?;
     f.close().await?;
     let mut scan = crate::disk::frame::Scan::new(&head);
@@ -197,7 +196,7 @@ async fn remove(dir: &Path, n: u64) -> std::io::Result<()> {
 
 /// Cuts segment `n` of `dir` at `len` bytes, durably.
 async fn cut(dir: &Path, n: u64, len: u64) -> std::io::Result<()> {
-    let f = OpenOptions::new().write(true).dma_open(segment_path(dir, n)).await?;
+    let f = driver::options().write(true).dma_open(segment_path(dir, n)).await?;
     f.truncate(len).await?;
     f.fdatasync().await?;
     f.close().await?;

@@ -126,6 +126,7 @@ impl DmaFile {
         path: &Path,
         flags: libc::c_int,
         mode: libc::mode_t,
+        polled: bool,
     ) -> io::Result<DmaFile> {
         let file = GlommioFile::open_at(dir, path, flags, mode).await?;
         let (major, minor) = (file.dev_major as usize, file.dev_minor as usize);
@@ -143,9 +144,10 @@ impl DmaFile {
             // Allow this to work on non direct I/O devices, but only if this is in-memory
             sys::direct_io_ify(file.as_raw_fd(), flags)?;
             let reactor = file.reactor.upgrade().unwrap();
-            if reactor
-                .probe_iopoll_support(file.as_raw_fd(), o_direct_alignment, major, minor, path)
-                .await
+            if polled
+                && reactor
+                    .probe_iopoll_support(file.as_raw_fd(), o_direct_alignment, major, minor, path)
+                    .await
             {
                 PollableStatus::Pollable
             } else {
@@ -173,7 +175,7 @@ impl DmaFile {
             | opts.get_creation_mode()?
             | (opts.custom_flags as libc::c_int & !libc::O_ACCMODE);
 
-        let res = DmaFile::open_at(dir, path, flags, opts.mode).await;
+        let res = DmaFile::open_at(dir, path, flags, opts.mode, opts.polled).await;
         Ok(enhanced_try!(res, opdesc, Some(path), None)?)
     }
 

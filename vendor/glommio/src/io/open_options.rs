@@ -28,6 +28,8 @@ pub struct OpenOptions {
     // system-specific
     pub(super) custom_flags: libc::c_int,
     pub(super) mode: libc::mode_t,
+    // volley: whether a DMA file may use the polled ring (IOPOLL)
+    pub(super) polled: bool,
 }
 
 impl Default for OpenOptions {
@@ -54,7 +56,17 @@ impl OpenOptions {
             custom_flags: 0,
             // previously, we defaulted to 0o644, but 0o666 is used by libstd
             mode: 0o666,
+            polled: true,
         }
+    }
+
+    /// (volley) Whether a DMA file opened with these options may use the
+    /// polled ring (IOPOLL) when its device supports it (the default). A
+    /// reactor with polled I/O in flight cannot sleep and spins until it
+    /// completes; `false` keeps the file's I/O on the sleepable ring.
+    pub fn polled(&mut self, polled: bool) -> &mut Self {
+        self.polled = polled;
+        self
     }
 
     /// Sets the option for read access.
