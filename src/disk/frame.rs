@@ -21,18 +21,30 @@
 pub const BLOCK: usize = 4096;
 /// Bytes before a record's body.
 pub const HEADER: usize = 9;
-/// The largest body a record may have (a room message is at most a few
-/// tens of KiB; this bounds what a damaged length can make the reader take).
-pub const MAX_BODY: usize = 16 << 20;
+/// The largest body a record may have: the largest payload any
+/// configuration lets through (16 MiB) with room for a record's other
+/// fields (names and ids are bounded far below 64 KiB); it also bounds what
+/// a damaged length can make the reader take.
+pub const MAX_BODY: usize = (16 << 20) + (64 << 10);
 
 /// Appends one record of `kind` (1 to 255) with `body` to `out`.
 pub fn encode(out: &mut Vec<u8>, kind: u8, body: &[u8]) {
+    encode_with(out, kind, |out| out.extend_from_slice(body));
+}
+
+/// Appends one record of `kind` whose body `body` writes straight into
+/// `out` (no copy through a buffer of its own), then its header.
+pub fn encode_with(out: &mut Vec<u8>, kind: u8, body: impl FnOnce(&mut Vec<u8>)) {
     assert!(kind != 0, "kind 0 marks the end of a segment");
-    assert!(body.len() <= MAX_BODY, "record body of {} bytes", body.len());
-    out.extend_from_slice(&(body.len() as u32).to_le_bytes());
-    out.extend_from_slice(&checksum(body.len() as u32, kind, body).to_le_bytes());
-    out.push(kind);
-    out.extend_from_slice(body);
+    let at = out.len();
+    out.extend_from_slice(&[0; HEADER]);
+    body(out);
+    let len = out.len() - at - HEADER;
+    assert!(len <= MAX_BODY, "record body of {len} bytes");
+    let crc = checksum(len as u32, kind, &out[at + HEADER..]);
+    out[at..at + 4].copy_from_slice(&(len as u32).to_le_bytes());
+    out[at + 4..at + 8].copy_from_slice(&crc.to_le_bytes());
+    out[at + 8] = kind;
 }
 
 /// Pads `out` with zeros to the next block boundary (the end of a write).

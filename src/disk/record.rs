@@ -174,18 +174,7 @@ impl Record<'_> {
     /// If a field is past its bound (a bug: the shard's own limits are far
     /// below these).
     pub fn write(&self, out: &mut Vec<u8>) {
-        let mut body = Vec::with_capacity(self.size_hint());
-        self.body(&mut body);
-        frame::encode(out, self.kind(), &body);
-    }
-
-    fn size_hint(&self) -> usize {
-        match self {
-            Record::Message { room, id, payload, .. } => 48 + room.len() + id.len() + payload.len(),
-            Record::Push { mids, id, payload, .. } => 40 + 8 * mids.len() + id.len() + payload.len(),
-            Record::Ack { pushes, .. } => 12 + 8 * pushes.len(),
-            _ => 64,
-        }
+        frame::encode_with(out, self.kind(), |b| self.body(b));
     }
 
     fn body(&self, b: &mut Vec<u8>) {
@@ -492,6 +481,29 @@ mod tests {
         }
         assert_eq!(decode(0, &[]), Err(RecordError::Kind(0)));
         assert_eq!(decode(10, &[]), Err(RecordError::Kind(10)));
+    }
+
+    /// The largest payload a configuration lets through, with the longest
+    /// names, still makes a record.
+    #[test]
+    fn the_largest_message_fits_a_record() {
+        let (room, payload) = ("r".repeat(MAX_NAME), vec![7u8; 16 << 20]);
+        let m = Record::Message {
+            room: &room,
+            epoch: 1,
+            offset: 1,
+            at: 0,
+            ttl_end: 0,
+            op: 1,
+            id: &room,
+            payload: &payload,
+        };
+        let mut seg = Vec::new();
+        m.write(&mut seg);
+        let Some(Item::Record { kind, body, .. }) = Scan::new(&seg).next() else {
+            panic!("a record")
+        };
+        assert_eq!(decode(kind, body), Ok(m));
     }
 
     #[test]

@@ -47,7 +47,11 @@ impl Shard {
         use std::sync::atomic::Ordering::Relaxed;
         let floor = self.shared.push_floor.load(Relaxed);
         self.owners.push_seq = self.owners.push_seq.max(floor) + 1;
-        self.shared.push_floor.fetch_max(self.owners.push_seq, Relaxed);
+        if self.durable() {
+            // Only checkpoints read it: a shared line written per push is
+            // paid only where it is kept.
+            self.shared.push_floor.fetch_max(self.owners.push_seq, Relaxed);
+        }
         ((self.id as u64) << 48) | self.owners.push_seq
     }
 
