@@ -249,8 +249,38 @@ pub enum DurableStep {
         #[arg(long)]
         run: Option<String>,
     },
+    /// Acknowledged room pushes through volley's TCP publisher connection:
+    /// each connection keeps --window pushes (with message ids) in flight and
+    /// counts the replies the server sends once they are kept.
+    Pipeline {
+        /// volley's TCP publisher port (`[api] publish_listen`).
+        #[arg(long, default_value = "127.0.0.1:3112")]
+        publish_tcp: SocketAddr,
+        /// API key.
+        #[arg(long, default_value = "")]
+        api_key: String,
+        /// Rooms (`durable://0` ..).
+        #[arg(long, default_value_t = 1000)]
+        rooms: u64,
+        /// Seconds to publish for.
+        #[arg(long, default_value_t = 10.0)]
+        secs: f64,
+        /// Payload bytes.
+        #[arg(long, default_value_t = 64)]
+        size: usize,
+        /// Publisher connections.
+        #[arg(long, default_value_t = 1)]
+        conns: usize,
+        /// Pushes in flight per connection.
+        #[arg(long, default_value_t = 64)]
+        window: usize,
+        /// Prefix of the message ids (tells runs apart; the default is the process id).
+        #[arg(long)]
+        run: Option<String>,
+    },
     /// The same load against NATS JetStream (a file-storage stream; each
-    /// connection waits for JetStream's ack before its next publish), for
+    /// connection keeps --window publishes waiting for JetStream's acks:
+    /// 1, the default, waits for each ack before the next publish), for
     /// comparison.
     Jetstream {
         /// nats-server's client port (run with JetStream on: `-js`).
@@ -265,6 +295,9 @@ pub enum DurableStep {
         /// Payload bytes.
         #[arg(long, default_value_t = 64)]
         size: usize,
+        /// Publishes in flight per connection.
+        #[arg(long, default_value_t = 1)]
+        window: usize,
     },
     /// Check that every publish in --log is stored exactly once.
     Verify {

@@ -1,14 +1,17 @@
 //! `durable jetstream`: the peer of `durable publish` for the durable-store
 //! benchmark — NATS JetStream publishing with acknowledgements, over the
 //! NATS text protocol on plain blocking sockets: a file-storage stream is
-//! created (or found), then `--conns` connections each publish one message
-//! at a time and wait for JetStream's ack (`{"stream":..,"seq":..}` on the
-//! reply subject) before the next, as `durable publish` waits for volley's
-//! answer. Reports acknowledged messages per second and ack latency.
+//! created (or found), then `--conns` connections each keep `--window`
+//! publishes waiting for JetStream's acks (`{"stream":..,"seq":..}` on the
+//! reply subject, in publish order): with 1, each waits for its ack before
+//! the next, as `durable publish` waits for volley's answer; with more, as
+//! an asynchronous JetStream publisher does and `durable pipeline` does
+//! with volley. Reports acknowledged messages per second and ack latency.
 //! Loopback only.
 
 use anyhow::{bail, Context, Result};
 use serde_json::json;
+use std::collections::VecDeque;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -81,16 +84,22 @@ impl Nats {
 
     /// Publishes `payload` to `subject` asking for a reply on `inbox`.
     fn request(&mut self, subject: &str, inbox: &str, payload: &[u8]) -> Result<Vec<u8>> {
-        let mut m = format!("PUB {subject} {inbox} {}\r\n", payload.len()).into_bytes();
-        m.extend_from_slice(payload);
-        m.extend_from_slice(b"\r\n");
+        let mut m = Vec::new();
+        pub_frame(&mut m, subject, inbox, payload);
         self.w.write_all(&m)?;
         self.next_msg()
     }
 }
 
+/// Appends a PUB of `payload` to `subject` with reply subject `inbox`.
+fn pub_frame(m: &mut Vec<u8>, subject: &str, inbox: &str, payload: &[u8]) {
+    m.extend_from_slice(format!("PUB {subject} {inbox} {}\r\n", payload.len()).as_bytes());
+    m.extend_from_slice(payload);
+    m.extend_from_slice(b"\r\n");
+}
+
 /// `durable jetstream`.
-pub fn run(addr: SocketAddr, conns: usize, secs: f64, size: usize) -> Result<()> {
+pub fn run(addr: SocketAddr, conns: usize, secs: f64, size: usize, window: usize) -> Result<()> {
     let mut admin = Nats::connect(addr)?;
     admin.w.write_all(b"SUB _INBOX.admin 1\r\n")?;
     let cfg = json!({"name": "volleybench", "subjects": ["volleybench"], "storage": "file", "max_msgs": 10_000_000});
@@ -116,9 +125,19 @@ pub fn run(addr: SocketAddr, conns: usize, secs: f64, size: usize) -> Result<()>
                 n.w.write_all(format!("SUB {inbox} 1\r\n").as_bytes())?;
                 let payload = vec![b'x'; size];
                 let mut lat = crate::stats::new_hist();
-                while Instant::now() < deadline {
-                    let t = Instant::now();
-                    let ack = n.request("volleybench", &inbox, &payload)?;
+                let mut inflight = VecDeque::with_capacity(window);
+                let mut out = Vec::new();
+                loop {
+                    out.clear();
+                    while inflight.len() < window.max(1) && Instant::now() < deadline {
+                        pub_frame(&mut out, "volleybench", &inbox, &payload);
+                        inflight.push_back(Instant::now());
+                    }
+                    if !out.is_empty() {
+                        n.w.write_all(&out)?;
+                    }
+                    let Some(t) = inflight.pop_front() else { break };
+                    let ack = n.next_msg()?;
                     if !ack.starts_with(b"{\"stream\"") {
                         bail!("not an ack: {}", String::from_utf8_lossy(&ack));
                     }
@@ -141,6 +160,7 @@ pub fn run(addr: SocketAddr, conns: usize, secs: f64, size: usize) -> Result<()>
         json!({
             "mode": "durable jetstream",
             "conns": conns,
+            "window": window,
             "payload_bytes": size,
             "acknowledged": n,
             "acknowledged_per_sec": n as f64 / elapsed,

@@ -35,6 +35,7 @@ mod durable;
 mod hello;
 mod jetstream;
 mod payload;
+mod pipeline;
 mod procfs;
 mod publish;
 mod ramp;
@@ -109,12 +110,32 @@ fn main() -> Result<()> {
                 log,
                 run: run.unwrap_or_else(|| format!("p{}", std::process::id())),
             }),
+            cli::DurableStep::Pipeline {
+                publish_tcp,
+                api_key,
+                rooms,
+                secs,
+                size,
+                conns,
+                window,
+                run,
+            } => pipeline::run(pipeline::PipelineOpts {
+                addr: publish_tcp,
+                api_key,
+                rooms,
+                secs,
+                size,
+                conns,
+                window,
+                run: run.unwrap_or_else(|| format!("t{}", std::process::id())),
+            }),
             cli::DurableStep::Jetstream {
                 nats,
                 conns,
                 secs,
                 size,
-            } => jetstream::run(nats, conns, secs, size),
+                window,
+            } => jetstream::run(nats, conns, secs, size, window),
             cli::DurableStep::Verify {
                 http,
                 target,
