@@ -9,6 +9,13 @@
 //! times out of three on the development host) and finish in about two
 //! seconds with the vendored fix; the bound below only turns a hang into a
 //! failure.
+//!
+//! An executor going to sleep and another thread handing it work race, and
+//! one of the two must see the other (vendor/README.md: the vendored crate
+//! settles the race with a fence on each side, not `membarrier`). The last
+//! two tests make that race happen tens of thousands of times, through a
+//! shared channel and through a waker woken from a plain thread (volley's
+//! shard mesh): a lost wake-up is a hang.
 
 use glommio::{Latency, LocalExecutorBuilder, Shares};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -97,4 +104,83 @@ fn a_timer_task_in_a_latency_queue_keeps_running_beside_busy_tasks() {
     expect_progress(&rx, 5_000, "timer ticks");
     done.store(true, Ordering::Relaxed);
     worker.join().expect("executor thread");
+}
+
+#[test]
+fn executors_ping_ponging_over_shared_channels_never_miss_a_wake_up() {
+    use glommio::channels::shared_channel;
+    const ROUNDS: usize = 50_000;
+    let (ping_tx, ping_rx) = shared_channel::new_bounded::<usize>(1);
+    let (pong_tx, pong_rx) = shared_channel::new_bounded::<usize>(1);
+    let (tx, rx) = mpsc::channel();
+    let a = LocalExecutorBuilder::default()
+        .spawn(move || async move {
+            let (ping, pong) = (ping_tx.connect().await, pong_rx.connect().await);
+            for i in 0..ROUNDS {
+                ping.send(i).await.expect("ping");
+                assert_eq!(pong.recv().await, Some(i));
+                if i % 1_000 == 999 {
+                    let _ = tx.send(i);
+                }
+            }
+        })
+        .expect("executor a");
+    let b = LocalExecutorBuilder::default()
+        .spawn(move || async move {
+            let (ping, pong) = (ping_rx.connect().await, pong_tx.connect().await);
+            while let Some(i) = ping.recv().await {
+                pong.send(i).await.expect("pong");
+            }
+        })
+        .expect("executor b");
+    expect_progress(&rx, ROUNDS, "round trips");
+    a.join().expect("executor a");
+    b.join().expect("executor b");
+}
+
+#[test]
+fn an_executor_woken_from_a_plain_thread_never_misses_a_wake_up() {
+    use std::sync::atomic::AtomicUsize;
+    use std::sync::Mutex;
+    use std::task::{Poll, Waker};
+    const ROUNDS: usize = 50_000;
+    // The shape of volley's mesh: a counter of work handed over and the
+    // waker of the task that takes it, woken by another thread.
+    let given = Arc::new(AtomicUsize::new(0));
+    let waker: Arc<Mutex<Option<Waker>>> = Arc::default();
+    let (tx, rx) = mpsc::channel();
+    let (g, w) = (given.clone(), waker.clone());
+    let taker = LocalExecutorBuilder::default()
+        .spawn(move || async move {
+            for i in 0..ROUNDS {
+                std::future::poll_fn(|cx| {
+                    *w.lock().unwrap() = Some(cx.waker().clone());
+                    if g.load(Ordering::SeqCst) > i {
+                        Poll::Ready(())
+                    } else {
+                        Poll::Pending
+                    }
+                })
+                .await;
+                if i % 1_000 == 999 {
+                    let _ = tx.send(i);
+                }
+            }
+        })
+        .expect("executor");
+    let giver = std::thread::spawn(move || {
+        for i in 1..=ROUNDS {
+            given.store(i, Ordering::SeqCst);
+            if let Some(w) = waker.lock().unwrap().take() {
+                w.wake();
+            }
+            // Let the executor get to sleep now and then.
+            if i % 64 == 0 {
+                std::thread::sleep(Duration::from_micros(50));
+            }
+        }
+    });
+    expect_progress(&rx, ROUNDS, "wake-ups");
+    giver.join().expect("giver");
+    taker.join().expect("executor");
 }

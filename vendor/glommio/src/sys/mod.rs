@@ -306,6 +306,10 @@ impl SleepNotifier {
     }
 
     pub(crate) fn notify(&self, force: bool) {
+        // volley: pairs with the fence the sleeper issues after
+        // `prepare_to_sleep` (membarrier.rs): what was queued for this
+        // executor is visible to it, or it is seen sleeping and woken.
+        membarrier::light();
         if self
             .should_notify
             .compare_exchange(true, false, Ordering::Relaxed, Ordering::Relaxed)
