@@ -6,12 +6,16 @@
 # shards; with the server's fsyncs per second, journal bytes per message and
 # CPU per acknowledged publish. Then nats-server with JetStream (a file
 # stream, each connection waiting for its ack) under the same load, and
-# both from one connection. Loopback only; every process started here is
-# stopped by PID.
+# both from one connection. Then the pipelined shape: one TCP publisher
+# connection keeping WINDOW pushes in flight (volley-loadgen durable
+# pipeline) against one JetStream connection publishing asynchronously with
+# the same window. Loopback only; every process started here is stopped by
+# PID.
 #
 # Usage: scripts/bench_durable.sh [SECS=8] [CONNS=32]
 # Env: NO_BUILD=1, BASE_PORT (default 3501), OUT (results dir), SIZES ("64 1024"),
-#      MODES ("memory batch interval none"), SHARDS ("1 2").
+#      MODES ("memory batch interval none"), SHARDS ("1 2"), WINDOW (64),
+#      PIPELINE=0 (skip the pipelined runs), HTTP=0 (skip the HTTP runs).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SECS=${1:-8}
@@ -20,6 +24,7 @@ BASE=${BASE_PORT:-3501}
 SIZES=${SIZES:-"64 1024"}
 MODES=${MODES:-"memory batch interval none"}
 SHARDS=${SHARDS:-"1 2"}
+WINDOW=${WINDOW:-64}
 OUT=${OUT:-$(mktemp -d /tmp/volley-bench-durable.XXXXXX)}
 mkdir -p "$OUT"
 [ "${NO_BUILD:-}" = 1 ] || cargo build --release -p volley -p volley-loadgen
@@ -33,8 +38,8 @@ trap '[ -n "$PID" ] && kill -9 "$PID" 2>/dev/null || true' EXIT
 cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
 stat_sum() { curl -s "http://$API/v1/stats" | python3 -c "import json,sys; print(json.load(sys.stdin)['data']['total'].get('$1', 0))"; }
 
-run_volley() { # MODE SIZE SHARDS CONNS
-    local mode=$1 size=$2 shards=$3 conns=$4 store="$OUT/store-$1-$2-$3-$4"
+run_volley() { # MODE SIZE SHARDS CONNS [pipeline]
+    local mode=$1 size=$2 shards=$3 conns=$4 how=${5:-http} store="$OUT/store-$1-$2-$3-$4"
     local storage=(--storage-mode disk --storage-dir "$store" --storage-sync "$mode")
     [ "$mode" = memory ] && storage=(--storage-mode memory)
     "$BIN" serve --shards "$shards" --tcp-listen "$TCP" --ws-listen "127.0.0.1:$((BASE + 1))" --api-listen "$API" \
@@ -43,11 +48,18 @@ run_volley() { # MODE SIZE SHARDS CONNS
     for _ in $(seq 1 300); do curl -sf "http://$API/healthz" >/dev/null 2>&1 && break; sleep 0.1; done
     local t0 s0 b0 r0
     t0=$(cpu_ticks "$PID"); s0=$(stat_sum storage_syncs); b0=$(stat_sum storage_written_bytes); r0=$(stat_sum storage_records)
-    "$LG" durable publish --http "$API" --rooms 1000 --user-pct 0 --conns "$conns" --secs "$SECS" --size "$size" \
-        --log "$OUT/acked-$mode-$size-$shards-$conns.log" >"$OUT/volley-$mode-$size-$shards-$conns.json"
+    local json="$OUT/volley-$mode-$size-$shards-$conns.json"
+    if [ "$how" = pipeline ]; then
+        json="$OUT/pipeline-$mode-$size-$shards-w$WINDOW.json"
+        "$LG" durable pipeline --publish-tcp "127.0.0.1:$((BASE + 11))" --rooms 1000 --conns "$conns" \
+            --window "$WINDOW" --secs "$SECS" --size "$size" >"$json"
+    else
+        "$LG" durable publish --http "$API" --rooms 1000 --user-pct 0 --conns "$conns" --secs "$SECS" --size "$size" \
+            --log "$OUT/acked-$mode-$size-$shards-$conns.log" >"$json"
+    fi
     local t1 s1 b1 r1
     t1=$(cpu_ticks "$PID"); s1=$(stat_sum storage_syncs); b1=$(stat_sum storage_written_bytes); r1=$(stat_sum storage_records)
-    python3 - "$OUT/volley-$mode-$size-$shards-$conns.json" "$((t1 - t0))" "$((s1 - s0))" "$((b1 - b0))" "$((r1 - r0))" "$(getconf CLK_TCK)" <<'PY'
+    python3 - "$json" "$((t1 - t0))" "$((s1 - s0))" "$((b1 - b0))" "$((r1 - r0))" "$(getconf CLK_TCK)" <<'PY'
 import json, sys
 path, ticks, syncs, written, records, hz = sys.argv[1], *map(int, sys.argv[2:])
 d = json.load(open(path))
@@ -59,33 +71,47 @@ PY
     rm -rf "$store"
 }
 
-run_nats() { # SIZE CONNS
-    local size=$1 conns=$2
+run_nats() { # SIZE CONNS [WINDOW]
+    local size=$1 conns=$2 window=${3:-1}
     rm -rf "$OUT/js"
     nats-server -js -sd "$OUT/js" -a 127.0.0.1 -p $((BASE + 20)) >>"$OUT/nats.log" 2>&1 &
     PID=$!
     sleep 1
     "$LG" durable jetstream --nats "127.0.0.1:$((BASE + 20))" --conns "$conns" --secs "$SECS" --size "$size" \
-        >"$OUT/jetstream-$size-$conns.json"
+        --window "$window" >"$OUT/jetstream-$size-$conns-w$window.json"
     kill -TERM "$PID"; wait "$PID" 2>/dev/null || true; PID=""
 }
 
-for size in $SIZES; do
-    for shards in $SHARDS; do
-        for mode in $MODES; do
-            echo "== volley $mode, $size B, $shards shard(s), $CONNS connections"
-            run_volley "$mode" "$size" "$shards" "$CONNS"
+if [ "${HTTP:-1}" = 1 ]; then
+    for size in $SIZES; do
+        for shards in $SHARDS; do
+            for mode in $MODES; do
+                echo "== volley $mode, $size B, $shards shard(s), $CONNS connections"
+                run_volley "$mode" "$size" "$shards" "$CONNS"
+            done
         done
+        echo "== JetStream, $size B, $CONNS connections"
+        run_nats "$size" "$CONNS"
     done
-    echo "== JetStream, $size B, $CONNS connections"
-    run_nats "$size" "$CONNS"
-done
-for mode in memory batch; do
-    echo "== volley $mode, 64 B, one connection"
-    run_volley "$mode" 64 "$(nproc)" 1
-done
-echo "== JetStream, 64 B, one connection"
-run_nats 64 1
+    for mode in memory batch; do
+        echo "== volley $mode, 64 B, one connection"
+        run_volley "$mode" 64 "$(nproc)" 1
+    done
+    echo "== JetStream, 64 B, one connection"
+    run_nats 64 1
+fi
+if [ "${PIPELINE:-1}" = 1 ]; then
+    for size in $SIZES; do
+        for shards in $SHARDS; do
+            for mode in $MODES; do
+                echo "== volley $mode, $size B, $shards shard(s), one TCP publisher, $WINDOW in flight"
+                run_volley "$mode" "$size" "$shards" 1 pipeline
+            done
+        done
+        echo "== JetStream, $size B, one connection, $WINDOW in flight"
+        run_nats "$size" 1 "$WINDOW"
+    done
+fi
 python3 - "$OUT" <<'PY'
 import glob, json, os, sys
 print(f"{'run':34} {'acked/s':>9} {'p50 us':>7} {'p99 us':>7} {'fsync/s':>8} {'B/msg':>6} {'cpu us/ack':>10}")
