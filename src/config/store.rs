@@ -87,8 +87,8 @@ pub enum StorageMode {
 /// `[storage] sync`: when a write to the journal counts as kept.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum SyncMode {
-    /// Group commit: answered once on disk (fdatasync), one sync per batch
-    /// per shard.
+    /// Group commit: answered once on disk, one synchronous write (O_DSYNC:
+    /// data and the disk's cache flushed) per batch per shard.
     Batch,
     /// Answered once written to the OS; an fdatasync every
     /// `sync_interval_ms`.

@@ -106,6 +106,10 @@ pub trait Owner {
 struct Files {
     dir: PathBuf,
     segment_bytes: u64,
+    /// Segments are opened O_DSYNC (`batch`): a write returns once it is on
+    /// disk, so a write that must be synced needs no fdatasync after it —
+    /// one ring operation and one wake-up per group commit instead of two.
+    dsync: bool,
     /// The segment written now, and how many bytes its file holds.
     current: Option<(u64, DmaFile, u64)>,
 }
@@ -120,7 +124,7 @@ impl Files {
                 bytes,
                 sync,
             } => {
-                let segment_bytes = self.segment_bytes;
+                let (segment_bytes, dsync) = (self.segment_bytes, self.dsync);
                 let (f, size) = self.file(*segment, *create).await?;
                 let end = at + bytes.len() as u64;
                 // Zeros after the records read as the end of the segment
@@ -139,7 +143,7 @@ impl Files {
                     return Err(std::io::Error::other(format!("short write: {n} of {len} bytes")));
                 }
                 *size = (*size).max(at + len as u64);
-                if *sync {
+                if *sync && !dsync {
                     f.fdatasync().await?;
                 }
                 Ok(())
@@ -171,8 +175,12 @@ impl Files {
                 old.close().await?;
             }
             let path = segment_path(&self.dir, segment);
+            let mut o = options();
+            if self.dsync {
+                o.custom_flags(libc::O_DSYNC);
+            }
             let (f, size) = if create {
-                let f = options()
+                let f = o
                     .write(true)
                     .read(true)
                     .create(true)
@@ -186,7 +194,7 @@ impl Files {
                 glommio::io::Directory::open(&self.dir).await?.sync().await?;
                 (f, 0)
             } else {
-                let f = options().write(true).read(true).dma_open(&path).await?;
+                let f = o.write(true).read(true).dma_open(&path).await?;
                 let size = f.file_size().await?;
                 (f, size)
             };
@@ -200,9 +208,13 @@ impl Files {
 /// Runs the journal of the shard behind `me`, whose segments live in
 /// `dir`, until the shard is gone.
 pub async fn drive<S: Owner + 'static>(me: Weak<RefCell<S>>, dir: PathBuf, segment_bytes: u64) {
+    let dsync = me
+        .upgrade()
+        .is_some_and(|s| matches!(s.borrow_mut().journal().sync(), Sync::Batch { .. }));
     let mut files = Files {
         dir,
         segment_bytes,
+        dsync,
         current: None,
     };
     let mut next_sync = std::time::Instant::now();
