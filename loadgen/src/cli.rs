@@ -252,32 +252,7 @@ pub enum DurableStep {
     /// Acknowledged room pushes through volley's TCP publisher connection:
     /// each connection keeps --window pushes (with message ids) in flight and
     /// counts the replies the server sends once they are kept.
-    Pipeline {
-        /// volley's TCP publisher port (`[api] publish_listen`).
-        #[arg(long, default_value = "127.0.0.1:3112")]
-        publish_tcp: SocketAddr,
-        /// API key.
-        #[arg(long, default_value = "")]
-        api_key: String,
-        /// Rooms (`durable://0` ..).
-        #[arg(long, default_value_t = 1000)]
-        rooms: u64,
-        /// Seconds to publish for.
-        #[arg(long, default_value_t = 10.0)]
-        secs: f64,
-        /// Payload bytes.
-        #[arg(long, default_value_t = 64)]
-        size: usize,
-        /// Publisher connections.
-        #[arg(long, default_value_t = 1)]
-        conns: usize,
-        /// Pushes in flight per connection.
-        #[arg(long, default_value_t = 64)]
-        window: usize,
-        /// Prefix of the message ids (tells runs apart; the default is the process id).
-        #[arg(long)]
-        run: Option<String>,
-    },
+    Pipeline(Pipeline),
     /// The same load against NATS JetStream (a file-storage stream; each
     /// connection keeps --window publishes waiting for JetStream's acks:
     /// 1, the default, waits for each ack before the next publish), for
@@ -446,4 +421,33 @@ mod tests {
             (19000, 10, 2.0, 1)
         );
     }
+}
+
+/// `durable pipeline`'s options.
+#[derive(clap::Args)]
+pub struct Pipeline {
+    /// volley's TCP publisher port (`[api] publish_listen`).
+    #[arg(long, default_value = "127.0.0.1:3112")]
+    pub publish_tcp: SocketAddr,
+    /// API key.
+    #[arg(long, default_value = "")]
+    pub api_key: String,
+    /// Rooms (`durable://0` ..).
+    #[arg(long, default_value_t = 1000)]
+    pub rooms: u64,
+    /// Seconds to publish for.
+    #[arg(long, default_value_t = 10.0)]
+    pub secs: f64,
+    /// Payload bytes.
+    #[arg(long, default_value_t = 64)]
+    pub size: usize,
+    /// Publisher connections.
+    #[arg(long, default_value_t = 1)]
+    pub conns: usize,
+    /// Pushes in flight per connection.
+    #[arg(long, default_value_t = 64)]
+    pub window: usize,
+    /// Prefix of the message ids (tells runs apart; the default is the process id).
+    #[arg(long)]
+    pub run: Option<String>,
 }

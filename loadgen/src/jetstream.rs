@@ -149,23 +149,6 @@ pub fn run(addr: SocketAddr, conns: usize, secs: f64, size: usize, window: usize
             })
         })
         .collect();
-    for t in threads {
-        t.join().map_err(|_| anyhow::anyhow!("a publisher panicked"))??;
-    }
-    let elapsed = start.elapsed().as_secs_f64();
-    let h = hist.lock().unwrap();
-    let n = acked.load(Relaxed);
-    println!(
-        "{}",
-        json!({
-            "mode": "durable jetstream",
-            "conns": conns,
-            "window": window,
-            "payload_bytes": size,
-            "acknowledged": n,
-            "acknowledged_per_sec": n as f64 / elapsed,
-            "latency_us": {"p50": h.value_at_quantile(0.5), "p99": h.value_at_quantile(0.99), "max": h.max()},
-        })
-    );
-    Ok(())
+    let fields = json!({"mode": "durable jetstream", "conns": conns, "window": window, "payload_bytes": size});
+    crate::stats::report_acks(threads, fields, &acked, &hist, start)
 }

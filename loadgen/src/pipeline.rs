@@ -9,82 +9,48 @@
 //! JetStream's asynchronous publishes. Plain threads and blocking sockets;
 //! loopback only.
 
+use crate::cli::Pipeline;
 use anyhow::{bail, Context, Result};
 use bytes::BytesMut;
 use serde_json::json;
 use std::collections::VecDeque;
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::TcpStream;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use volley::proto::binary::{self, op};
 use volley::proto::publish::{self, Target};
 
-/// Options of `durable pipeline`.
-pub struct PipelineOpts {
-    /// volley's TCP publisher port.
-    pub addr: SocketAddr,
-    /// API key.
-    pub api_key: String,
-    /// Rooms `durable://0` .. published to.
-    pub rooms: u64,
-    /// Seconds to publish for.
-    pub secs: f64,
-    /// Payload bytes.
-    pub size: usize,
-    /// Publisher connections.
-    pub conns: usize,
-    /// Pushes in flight per connection.
-    pub window: usize,
-    /// Prefix of every message id.
-    pub run: String,
-}
-
 /// `durable pipeline`.
-pub fn run(o: PipelineOpts) -> Result<()> {
+pub fn run(o: Pipeline) -> Result<()> {
     let acked = Arc::new(AtomicU64::new(0));
     let hist = Arc::new(Mutex::new(crate::stats::new_hist()));
     let start = Instant::now();
     let deadline = start + Duration::from_secs_f64(o.secs);
+    let run = o.run.clone().unwrap_or_else(|| format!("t{}", std::process::id()));
     let o = Arc::new(o);
     let threads: Vec<_> = (0..o.conns.max(1))
         .map(|c| {
-            let (o, acked, hist) = (o.clone(), acked.clone(), hist.clone());
-            std::thread::spawn(move || publisher(&o, c, deadline, &acked, &hist))
+            let (o, acked, hist, run) = (o.clone(), acked.clone(), hist.clone(), run.clone());
+            std::thread::spawn(move || publisher(&o, &run, c, deadline, &acked, &hist))
         })
         .collect();
-    for t in threads {
-        t.join().map_err(|_| anyhow::anyhow!("a publisher panicked"))??;
-    }
-    let elapsed = start.elapsed().as_secs_f64();
-    let h = hist.lock().unwrap();
-    let n = acked.load(Relaxed);
-    println!(
-        "{}",
-        json!({
-            "mode": "durable pipeline",
-            "conns": o.conns,
-            "window": o.window,
-            "payload_bytes": o.size,
-            "acknowledged": n,
-            "acknowledged_per_sec": n as f64 / elapsed,
-            "secs": elapsed,
-            "latency_us": {"p50": h.value_at_quantile(0.5), "p99": h.value_at_quantile(0.99), "max": h.max()},
-        })
-    );
-    Ok(())
+    let fields = json!({"mode": "durable pipeline", "conns": o.conns, "window": o.window, "payload_bytes": o.size});
+    crate::stats::report_acks(threads, fields, &acked, &hist, start)
 }
 
 /// One connection: fills its window, then tops it up as replies come.
 fn publisher(
-    o: &PipelineOpts,
+    o: &Pipeline,
+    run: &str,
     c: usize,
     deadline: Instant,
     acked: &AtomicU64,
     hist: &Mutex<hdrhistogram::Histogram<u64>>,
 ) -> Result<()> {
-    let mut s = TcpStream::connect(o.addr).with_context(|| format!("connect to the TCP publisher port {}", o.addr))?;
+    let mut s = TcpStream::connect(o.publish_tcp)
+        .with_context(|| format!("connect to the TCP publisher port {}", o.publish_tcp))?;
     s.set_nodelay(true)?;
     s.set_read_timeout(Some(Duration::from_secs(30)))?;
     let mut out = BytesMut::new();
@@ -104,7 +70,7 @@ fn publisher(
             while inflight.len() < o.window.max(1) && Instant::now() < deadline {
                 // Sequence numbers 1.. (0 asks for no reply).
                 let seq = (n % u64::from(u32::MAX)) as u32 + 1;
-                let id = format!("{}-{c}-{n}", o.run);
+                let id = format!("{run}-{c}-{n}");
                 let room = format!(
                     "durable://{}",
                     (n.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 17) % o.rooms.max(1)

@@ -24,6 +24,31 @@ pub fn new_hist() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 60_000_000_000, 3).expect("valid bounds")
 }
 
+/// Waits for the publisher threads of an acknowledged-publish run started
+/// at `start`, then prints `fields` with what they counted (`acked`, `hist`
+/// of ack latencies in µs): acknowledged messages, per second, latency.
+pub fn report_acks(
+    threads: Vec<std::thread::JoinHandle<anyhow::Result<()>>>,
+    mut fields: serde_json::Value,
+    acked: &AtomicU64,
+    hist: &Mutex<Histogram<u64>>,
+    start: std::time::Instant,
+) -> anyhow::Result<()> {
+    for t in threads {
+        t.join().map_err(|_| anyhow::anyhow!("a publisher panicked"))??;
+    }
+    let secs = start.elapsed().as_secs_f64();
+    let h = hist.lock().expect("no publisher panicked holding it");
+    let n = acked.load(Relaxed);
+    fields["acknowledged"] = n.into();
+    fields["acknowledged_per_sec"] = (n as f64 / secs).into();
+    fields["secs"] = secs.into();
+    fields["latency_us"] =
+        serde_json::json!({"p50": h.value_at_quantile(0.5), "p99": h.value_at_quantile(0.99), "max": h.max()});
+    println!("{fields}");
+    Ok(())
+}
+
 /// Connect failure causes reported separately.
 pub const FAIL_CAUSES: [&str; 7] = [
     "refused",
