@@ -11,6 +11,10 @@
 //! - `churn`: version-2 subscribers reconnecting and resuming while a room
 //!   broadcast runs; `inbox`: offline users' pushes stored, then delivered
 //!   and acknowledged (`delivery`, over `v2client`).
+//! - `durable`: for the durable store — `publish` and `verify` (every
+//!   acknowledged publish stored exactly once, across restarts), `pipeline`
+//!   (acknowledged pushes with a window in flight on the TCP publisher) and
+//!   `jetstream` (the same loads against NATS JetStream).
 //!
 //! Every payload carries a sequence number and a send time stamp; subscribers
 //! record publish-to-receive latency in hdrhistogram and detect loss, gaps and
@@ -21,11 +25,13 @@
 //! Modules: `cli` (flags), `hello` (what subscribers send first), `worker` (executors with private fd tables, the
 //! paced connect loop), `subscribe` (handshakes), `recv` (epoll receive
 //! threads), `wire` (reading what servers send), `payload` (stamps and
-//! markers), `stats` (counters, sequence tracking), `publish` (HTTP, TCP and
+//! markers), `stats` (counters, sequence tracking, the acknowledged-publish report), `publish` (HTTP, TCP and
 //! WebSocket publishers), `run` (what a run's threads share), `broadcast`
 //! (the measured run), `ramp` (progress
 //! and stall reports), `procfs` (memory, CPU, threads, accept queues),
-//! `report` (the final report).
+//! `report` (the final report), `durable`, `pipeline` and `jetstream` (the
+//! durable-store steps above), `attack` (one hostile client at a time beside a
+//! bystander).
 
 mod attack;
 mod broadcast;

@@ -1,7 +1,8 @@
 //! What the run counts: `Totals` (shared by every worker thread: connects,
 //! failures by cause, deliveries, gaps, duplicates, and per worker and per
-//! target how far each connection got), and `Track`, one subscriber's view
-//! of the message sequence (loss, duplicates, gaps, latency).
+//! target how far each connection got), `Track`, one subscriber's view
+//! of the message sequence (loss, duplicates, gaps, latency), and
+//! `report_acks`, what a run of acknowledged publishes reports.
 //!
 //! Totals are relaxed atomics bumped once per batch, not per message; a
 //! subscriber keeps its own counts and flushes them (`Track::flush`).
