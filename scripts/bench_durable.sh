@@ -46,6 +46,7 @@ run_volley() { # MODE SIZE SHARDS CONNS [pipeline]
         --api-publish-listen "127.0.0.1:$((BASE + 11))" "${storage[@]}" --log-level warn >>"$OUT/server.log" 2>&1 &
     PID=$!
     for _ in $(seq 1 300); do curl -sf "http://$API/healthz" >/dev/null 2>&1 && break; sleep 0.1; done
+    kill -0 "$PID" 2>/dev/null || { echo "volley did not start (see $OUT/server.log)" >&2; exit 1; }
     local t0 s0 b0 r0
     t0=$(cpu_ticks "$PID"); s0=$(stat_sum storage_syncs); b0=$(stat_sum storage_written_bytes); r0=$(stat_sum storage_records)
     local json="$OUT/volley-$mode-$size-$shards-$conns.json"
@@ -77,9 +78,12 @@ run_nats() { # SIZE CONNS [WINDOW]
     nats-server -js -sd "$OUT/js" -a 127.0.0.1 -p $((BASE + 20)) >>"$OUT/nats.log" 2>&1 &
     PID=$!
     sleep 1
+    # Not another process's server on that port: this one is still up.
+    kill -0 "$PID" 2>/dev/null || { echo "nats-server did not start (see $OUT/nats.log)" >&2; exit 1; }
     "$LG" durable jetstream --nats "127.0.0.1:$((BASE + 20))" --conns "$conns" --secs "$SECS" --size "$size" \
         --window "$window" >"$OUT/jetstream-$size-$conns-w$window.json"
     kill -TERM "$PID"; wait "$PID" 2>/dev/null || true; PID=""
+    rm -rf "$OUT/js" # a run leaves a GB or more of stream behind
 }
 
 if [ "${HTTP:-1}" = 1 ]; then
