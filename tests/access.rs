@@ -483,14 +483,20 @@ fn connection_limits_close_only_the_one_over() {
     h.shutdown();
 
     let h = start_server(|c| c.limits.conn_rate_per_ip = 3);
-    let _ok: Vec<Client> = (0..3).map(|_| connect_from(h.tcp_addr, "127.0.0.6")).collect();
-    // Within the same second (a retry covers a boundary crossed meanwhile).
+    // Four connections from one address back to back, within one second
+    // (a retry covers a second boundary crossed between them): one of them
+    // is over the rate. Each burst is opened before any is read, so the
+    // reads' timeouts cannot spread a burst over several seconds.
     let mut refused_once = false;
     for _ in 0..3 {
-        let mut c = connect_from(h.tcp_addr, "127.0.0.6");
-        c.s.set_read_timeout(Some(Duration::from_millis(500))).unwrap();
-        if c.read().is_some_and(|g| g.text().starts_with("ip_rate_limit")) {
-            refused_once = true;
+        let burst: Vec<Client> = (0..4).map(|_| connect_from(h.tcp_addr, "127.0.0.6")).collect();
+        for mut c in burst {
+            c.s.set_read_timeout(Some(Duration::from_millis(500))).unwrap();
+            if c.read().is_some_and(|g| g.text().starts_with("ip_rate_limit")) {
+                refused_once = true;
+            }
+        }
+        if refused_once {
             break;
         }
     }
