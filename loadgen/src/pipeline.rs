@@ -10,12 +10,12 @@
 //! loopback only.
 
 use crate::cli::Pipeline;
+use crate::publish::TcpPublisher;
 use anyhow::{bail, Context, Result};
 use bytes::BytesMut;
 use serde_json::json;
 use std::collections::VecDeque;
 use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -49,47 +49,39 @@ fn publisher(
     acked: &AtomicU64,
     hist: &Mutex<hdrhistogram::Histogram<u64>>,
 ) -> Result<()> {
-    let mut s = TcpStream::connect(o.publish_tcp)
-        .with_context(|| format!("connect to the TCP publisher port {}", o.publish_tcp))?;
-    s.set_nodelay(true)?;
-    s.set_read_timeout(Some(Duration::from_secs(30)))?;
+    let mut s = TcpPublisher::connect(o.publish_tcp, &o.api_key)?.into_stream();
     let mut out = BytesMut::new();
-    binary::encode(&mut out, binary::VERSION_GOIM, op::AUTH, 1, o.api_key.as_bytes());
-    s.write_all(&out)?;
     let mut input = Vec::with_capacity(64 << 10);
     let mut chunk = vec![0u8; 64 << 10];
-    let mut authed = false;
     let payload = vec![b'x'; o.size];
     let mut body = BytesMut::new();
     let mut inflight: VecDeque<(u32, Instant)> = VecDeque::with_capacity(o.window);
     let mut lat = crate::stats::new_hist();
     let (mut n, mut mine) = (0u64, 0u64);
     loop {
-        if authed {
-            out.clear();
-            while inflight.len() < o.window.max(1) && Instant::now() < deadline {
-                // Sequence numbers 1.. (0 asks for no reply).
-                let seq = (n % u64::from(u32::MAX)) as u32 + 1;
-                let id = format!("{run}-{c}-{n}");
-                let room = format!(
-                    "durable://{}",
-                    (n.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 17) % o.rooms.max(1)
-                );
-                body.clear();
-                body.extend_from_slice(&(id.len() as u16).to_be_bytes());
-                body.extend_from_slice(id.as_bytes());
-                body.extend_from_slice(&0u32.to_be_bytes());
-                let pub_op = publish::encode(&mut body, &Target::Room(room), 1000, &payload);
-                binary::encode(&mut out, binary::VERSION_NATIVE, pub_op, seq, &body);
-                inflight.push_back((seq, Instant::now()));
-                n += 1;
-            }
-            if !out.is_empty() {
-                s.write_all(&out).context("publisher write")?;
-            }
-            if inflight.is_empty() {
-                break;
-            }
+        out.clear();
+        while inflight.len() < o.window.max(1) && Instant::now() < deadline {
+            // Sequence numbers 1.. (0 asks for no reply).
+            let seq = (n % u64::from(u32::MAX)) as u32 + 1;
+            let id = format!("{run}-{c}-{n}");
+            let room = format!(
+                "durable://{}",
+                (n.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 17) % o.rooms.max(1)
+            );
+            body.clear();
+            body.extend_from_slice(&(id.len() as u16).to_be_bytes());
+            body.extend_from_slice(id.as_bytes());
+            body.extend_from_slice(&0u32.to_be_bytes());
+            let pub_op = publish::encode(&mut body, &Target::Room(room), 1000, &payload);
+            binary::encode(&mut out, binary::VERSION_NATIVE, pub_op, seq, &body);
+            inflight.push_back((seq, Instant::now()));
+            n += 1;
+        }
+        if !out.is_empty() {
+            s.write_all(&out).context("publisher write")?;
+        }
+        if inflight.is_empty() {
+            break;
         }
         let got = s.read(&mut chunk).context("publisher read")?;
         if got == 0 {
@@ -102,7 +94,6 @@ fn publisher(
         {
             used += len;
             match f.op {
-                op::AUTH_REPLY => authed = true,
                 op::DISCONNECT => bail!("the server closed the publisher: {}", String::from_utf8_lossy(f.body)),
                 _ => {
                     let Some((seq, t)) = inflight.pop_front() else {

@@ -148,6 +148,12 @@ impl TcpPublisher {
         }
     }
 
+    /// The authenticated connection, for a caller that reads and writes it
+    /// itself (`durable pipeline`).
+    pub fn into_stream(self) -> std::net::TcpStream {
+        self.s
+    }
+
     /// A room push of `payload` with business operation `push_op`.
     pub fn push_room(&mut self, room: &str, push_op: u32, payload: &[u8]) -> Result<()> {
         self.push(&Target::Room(room.to_string()), push_op, payload)
