@@ -4,7 +4,7 @@
 //!
 //! Records get log sequence numbers (LSNs) in the order appended. They wait
 //! in a chunk until the driver takes the next write (group commit: one
-//! write, and in `batch` mode one fdatasync, carries everything appended
+//! write, in `batch` mode a synced one, carries everything appended
 //! meanwhile); `durable()` is the newest LSN the configured promise holds
 //! for (`batch`: written and synced; `interval` and `none`: written), which
 //! is when the shard answers and fans out what waited for it.
@@ -34,7 +34,7 @@ pub type Lsn = u64;
 /// When an appended record counts as kept.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Sync {
-    /// Written and fdatasync'ed; a write waits at most `window_us` for
+    /// Written and synced (on disk); a write waits at most `window_us` for
     /// others to share its sync.
     Batch {
         /// Longest a record waits before its write starts.
@@ -54,7 +54,8 @@ pub enum Sync {
 pub enum DiskOp {
     /// Write `bytes` (whole blocks) at `at` of segment `segment`, creating
     /// and preallocating it first when `create` (and syncing the
-    /// directory), then fdatasync when `sync`.
+    /// directory), and on disk before it counts as done when `sync` (the
+    /// driver's choice how: an O_DSYNC file, or an fdatasync after).
     Write {
         /// The segment's number.
         segment: u64,
@@ -64,7 +65,7 @@ pub enum DiskOp {
         at: u64,
         /// Whole blocks.
         bytes: Vec<u8>,
-        /// Whether to fdatasync after.
+        /// Whether it must be on disk when done.
         sync: bool,
     },
     /// fdatasync the current segment (`interval`).
@@ -146,7 +147,7 @@ pub struct Journal {
 pub struct Counts {
     /// Writes done.
     pub writes: u64,
-    /// fdatasyncs done (with a write or alone).
+    /// Syncs done (a synced write, or an fdatasync alone).
     pub syncs: u64,
     /// Bytes written.
     pub bytes: u64,
@@ -228,7 +229,7 @@ impl Journal {
         }
     }
 
-    /// The newest LSN fdatasync'ed.
+    /// The newest LSN synced (on disk).
     pub fn synced(&self) -> Lsn {
         self.synced
     }
