@@ -82,8 +82,9 @@
 //!   reasons, room patterns, version 2, WebSocket).
 //! - [`disk`]: the durable store's segment format (records framed with a
 //!   CRC32C, read back past torn writes and damage) and its records (room
-//!   messages and positions, pushes, acks, marks, ids seen, checkpoints);
-//!   the store itself is being built on them.
+//!   messages and positions, pushes, acks, marks, ids seen, checkpoints),
+//!   the journal as a state machine, reading it back, the folder and its
+//!   lock, and the driver that runs a shard's journal on DMA files.
 //! - [`metrics`]: counters and histograms, as JSON and Prometheus text.
 //! - [`host`]: `volley check-host`, what on this host is not tuned.
 //! - [`sub`]: `volley sub`, a terminal subscriber (blocking sockets, a

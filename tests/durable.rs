@@ -547,3 +547,85 @@ fn a_damaged_store_never_serves_wrong_bytes_and_names_what_it_drops() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn checkpoints_go_in_pieces_while_publishes_go_on_and_an_unfinished_one_is_left_out() {
+    use volley::disk::{frame, record::Record};
+    let dir = store_dir("pieces");
+    let h = start_on(&dir, 1, SyncMode::None);
+    let rooms: Vec<String> = (0..30).map(|i| format!("chat://p{i}")).collect();
+    let payload = "y".repeat(1000);
+    // 30 rooms keeping their last 100 messages of 1 KB: a checkpoint of
+    // about 3 MB, a dozen pieces, written while the publishes go on (4 MiB
+    // of journal asks for one).
+    for i in 0..6000u64 {
+        let room = &rooms[(i % 30) as usize];
+        publish(&h, room, &format!("{i} {payload}"), &format!("p-{i}"));
+    }
+    wait_until("a checkpoint", || h.stats()[0].storage_checkpoints >= 1);
+    let refs: Vec<&str> = rooms.iter().map(String::as_str).collect();
+    let before = served(&h, &refs);
+    // The history's byte bound keeps 98 of these a room.
+    assert!(before.len() > 2500, "{} kept", before.len());
+    let epoch = u64::from_str_radix(history(&h, &rooms[0])["epoch"].as_str().expect("an epoch"), 16).expect("hex");
+    stop(h);
+    let h = start_on(&dir, 1, SyncMode::None);
+    let got = served(&h, &refs);
+    assert!(
+        got == before,
+        "every room as it was: {} of {} the same",
+        same(&got, &before),
+        before.len()
+    );
+    stop(h);
+
+    // A checkpoint that did not finish (a crash while writing it): its
+    // `Begin` and a message the rooms never had, no `End`.
+    let shard = dir.join("1/shard-0");
+    let newest = std::fs::read_dir(&shard)
+        .unwrap()
+        .filter_map(|e| {
+            e.unwrap()
+                .file_name()
+                .to_str()?
+                .strip_suffix(".seg")?
+                .parse::<u64>()
+                .ok()
+        })
+        .max()
+        .expect("segments");
+    let last = before.iter().filter(|m| m.0 == rooms[0]).map(|m| m.1).max().unwrap();
+    let mut seg = Vec::new();
+    Record::Begin { checkpoint: 999 }.write(&mut seg);
+    Record::Message {
+        room: &rooms[0],
+        epoch,
+        offset: last + 1,
+        at: 1_796_000_000,
+        ttl_end: 0,
+        op: 1000,
+        id: "ghost",
+        payload: b"ghost",
+    }
+    .write(&mut seg);
+    frame::pad(&mut seg);
+    let ghost = shard.join(format!("{:016}.seg", newest + 1));
+    std::fs::write(&ghost, &seg).unwrap();
+    let h = start_on(&dir, 1, SyncMode::None);
+    let got = served(&h, &refs);
+    assert!(
+        got == before,
+        "nothing of the unfinished checkpoint is served: {} messages, {} as before",
+        got.len(),
+        same(&got, &before)
+    );
+    assert!(!ghost.exists(), "and it is removed");
+    assert_eq!(publish(&h, &rooms[0], "next", "p-next").0, last + 1);
+    stop(h);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// How many of `got` are in `want` (for short messages about long lists).
+fn same(got: &[(String, u64, String)], want: &[(String, u64, String)]) -> usize {
+    got.iter().filter(|g| want.contains(g)).count()
+}

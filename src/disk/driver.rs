@@ -6,12 +6,15 @@
 //! recovery.
 //!
 //! Runs on every shard of a node with `[storage] mode = "disk"`, in the
-//! shard's control queue. Owns the open file of the segment written now.
+//! shard's control queue. Owns the open files of the log's segment written
+//! now and of a checkpoint's, and asks the shard for a checkpoint's next
+//! records when the journal wants them (`Owner::checkpoint_more`).
 //!
 //! Invariants: one operation at a time, in the order taken; a segment is
 //! created, preallocated and its directory synced before its first write
-//! counts; the segment left behind is synced before the next is written,
-//! so a sync of the newest covers every older one; an operation's error is
+//! counts; the log's segment left behind is synced before the next is
+//! written, so a sync of the newest covers every older one; a checkpoint's
+//! segment is synced by its last piece; an operation's error is
 //! handed back with the operation (the journal retries it), never dropped;
 //! what a segment file holds past its last record is zeros (written ahead
 //! with a record, `ZERO_AHEAD`), which read as its end.
@@ -100,18 +103,28 @@ pub trait Owner {
     /// An operation ended (the journal is told first); what waited for it
     /// may go on.
     fn done(&mut self, result: Result<(), (DiskOp, String)>);
+    /// The journal wants the next records of the checkpoint under way
+    /// (`Journal::wants_pieces`): add some, or end it.
+    fn checkpoint_more(&mut self);
 }
 
-/// A shard's open segment.
+/// A segment's open file and how many bytes it holds.
+type Open = Option<(u64, DmaFile, u64)>;
+
+/// A shard's open segments.
 struct Files {
     dir: PathBuf,
     segment_bytes: u64,
-    /// Segments are opened O_DSYNC (`batch`): a write returns once it is on
-    /// disk, so a write that must be synced needs no fdatasync after it —
-    /// one ring operation and one wake-up per group commit instead of two.
+    /// The log's segments are opened O_DSYNC (`batch`): a write returns
+    /// once it is on disk, so a write that must be synced needs no
+    /// fdatasync after it — one ring operation and one wake-up per group
+    /// commit instead of two. A checkpoint's are not: its pieces need no
+    /// sync but the last one's.
     dsync: bool,
-    /// The segment written now, and how many bytes its file holds.
-    current: Option<(u64, DmaFile, u64)>,
+    /// The log's segment written now.
+    log: Open,
+    /// The segment of the checkpoint under way.
+    checkpoint: Open,
 }
 
 impl Files {
@@ -119,17 +132,20 @@ impl Files {
         match op {
             DiskOp::Write {
                 segment,
+                checkpoint,
                 create,
                 at,
                 bytes,
                 sync,
             } => {
-                let (segment_bytes, dsync) = (self.segment_bytes, self.dsync);
-                let (f, size) = self.file(*segment, *create).await?;
+                let segment_bytes = self.segment_bytes;
+                let dsync = self.dsync && !checkpoint;
+                let (f, size) = self.file(*segment, *create, *checkpoint).await?;
                 let end = at + bytes.len() as u64;
                 // Zeros after the records read as the end of the segment
-                // (`disk::frame`), so they may go out with them.
-                let len = if end > *size {
+                // (`disk::frame`), so they may go out with them. (Not with
+                // a checkpoint's pieces: they are not synced one by one.)
+                let len = if end > *size && !checkpoint {
                     end.next_multiple_of(ZERO_AHEAD).min(segment_bytes.max(end)) - at
                 } else {
                     bytes.len() as u64
@@ -146,11 +162,19 @@ impl Files {
                 if *sync && !dsync {
                     f.fdatasync().await?;
                 }
+                if *checkpoint && *sync {
+                    // Its last piece: the file is done with.
+                    if let Some((_, f, _)) = self.checkpoint.take() {
+                        f.close().await?;
+                    }
+                }
                 Ok(())
             }
-            DiskOp::Sync { segment } => match &self.current {
-                Some((n, f, _)) if n == segment => Ok(f.fdatasync().await?),
-                _ => Ok(()),
+            DiskOp::Sync { segment } => match self.file(*segment, false, false).await {
+                Ok((f, _)) => Ok(f.fdatasync().await?),
+                // Removed: a whole checkpoint holds what it held.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+                Err(e) => Err(e),
             },
             DiskOp::Remove { segments } => {
                 for &n in segments {
@@ -166,17 +190,24 @@ impl Files {
         }
     }
 
-    /// The file of `segment` and how many bytes it holds: the open one,
-    /// the last one of a recovered store (opened to append), or a new one.
-    async fn file(&mut self, segment: u64, create: bool) -> std::io::Result<(&DmaFile, &mut u64)> {
-        if self.current.as_ref().is_none_or(|(n, ..)| *n != segment) {
-            if let Some((_, old, _)) = self.current.take() {
+    /// The file of `segment` (the log's, or a checkpoint's) and how many
+    /// bytes it holds: the open one, the last one of a recovered store
+    /// (opened to append), or a new one.
+    async fn file(&mut self, segment: u64, create: bool, checkpoint: bool) -> std::io::Result<(&DmaFile, &mut u64)> {
+        let dsync = self.dsync && !checkpoint;
+        let slot = if checkpoint {
+            &mut self.checkpoint
+        } else {
+            &mut self.log
+        };
+        if slot.as_ref().is_none_or(|(n, ..)| *n != segment) {
+            if let Some((_, old, _)) = slot.take() {
                 old.fdatasync().await?;
                 old.close().await?;
             }
             let path = segment_path(&self.dir, segment);
             let mut o = options();
-            if self.dsync {
+            if dsync {
                 o.custom_flags(libc::O_DSYNC);
             }
             let (f, size) = if create {
@@ -198,9 +229,9 @@ impl Files {
                 let size = f.file_size().await?;
                 (f, size)
             };
-            self.current = Some((segment, f, size));
+            *slot = Some((segment, f, size));
         }
-        let (_, f, size) = self.current.as_mut().expect("opened just above");
+        let (_, f, size) = slot.as_mut().expect("opened just above");
         Ok((f, size))
     }
 }
@@ -215,7 +246,8 @@ pub async fn drive<S: Owner + 'static>(me: Weak<RefCell<S>>, dir: PathBuf, segme
         dir,
         segment_bytes,
         dsync,
-        current: None,
+        log: None,
+        checkpoint: None,
     };
     let mut next_sync = std::time::Instant::now();
     loop {
@@ -243,15 +275,14 @@ pub async fn drive<S: Owner + 'static>(me: Weak<RefCell<S>>, dir: PathBuf, segme
                 futures_lite::future::or(work, wait).await;
                 let Some(s) = me.upgrade() else { return };
                 let mut s = s.borrow_mut();
-                let j = s.journal();
                 let now = std::time::Instant::now();
                 let synced = if now >= next_sync {
                     next_sync = now + Duration::from_millis(every_ms.into());
-                    j.take_sync()
+                    s.journal().take_sync()
                 } else {
                     None
                 };
-                synced.or_else(|| j.take())
+                synced.or_else(|| next(&mut *s))
             }
             Sync::Batch { window_us } => {
                 if !work.await {
@@ -261,7 +292,7 @@ pub async fn drive<S: Owner + 'static>(me: Weak<RefCell<S>>, dir: PathBuf, segme
                     glommio::timer::sleep(Duration::from_micros(window_us.into())).await;
                 }
                 let Some(s) = me.upgrade() else { return };
-                let op = s.borrow_mut().journal().take();
+                let op = next(&mut *s.borrow_mut());
                 op
             }
             Sync::None => {
@@ -269,7 +300,7 @@ pub async fn drive<S: Owner + 'static>(me: Weak<RefCell<S>>, dir: PathBuf, segme
                     return;
                 }
                 let Some(s) = me.upgrade() else { return };
-                let op = s.borrow_mut().journal().take();
+                let op = next(&mut *s.borrow_mut());
                 op
             }
         };
@@ -277,8 +308,8 @@ pub async fn drive<S: Owner + 'static>(me: Weak<RefCell<S>>, dir: PathBuf, segme
         let result = files.run(&op).await;
         let failed = result.is_err();
         if let Err(e) = &result {
-            // The segment's handle may be what failed; open it again.
-            files.current = None;
+            // A segment's handle may be what failed; open them again.
+            (files.log, files.checkpoint) = (None, None);
             tracing::error!(error = %e, "storage: a journal write failed; retrying");
         }
         let Some(s) = me.upgrade() else { return };
@@ -287,4 +318,13 @@ pub async fn drive<S: Owner + 'static>(me: Weak<RefCell<S>>, dir: PathBuf, segme
             glommio::timer::sleep(RETRY_AFTER).await;
         }
     }
+}
+
+/// The journal's next operation, with the checkpoint under way given its
+/// next records first if it wants them.
+fn next<S: Owner>(s: &mut S) -> Option<DiskOp> {
+    if s.journal().wants_pieces() {
+        s.checkpoint_more();
+    }
+    s.journal().take()
 }

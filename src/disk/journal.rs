@@ -11,18 +11,27 @@
 //!
 //! Segments are files numbered from 1 up, each written from its start in
 //! whole blocks (`frame::BLOCK`); a write that would pass `segment_bytes`
-//! starts the next segment. A checkpoint starts a segment too: once its
-//! `End` is durable, every older segment is removed (recovery starts at the
-//! newest whole checkpoint, `disk::recover`).
+//! starts the next segment. A checkpoint (what the shard keeps at one
+//! moment, `begin_checkpoint`) has a segment of its own, N: the records
+//! appended before it began are written first, in the segments before N;
+//! those appended after it go to N + 1 and on, while the checkpoint's
+//! records are written into N in pieces of `CHECKPOINT_PIECE` bytes, one
+//! piece between two writes of the log, so a checkpoint of gigabytes never
+//! holds an answer back for longer than one piece's write. Once its `End`
+//! is synced every segment before N is removed (recovery starts at the
+//! newest whole checkpoint and reads the segments after it, leaving out a
+//! checkpoint that did not finish, `disk::recover`).
 //!
 //! Invariants: LSNs are 1, 2, 3, ... in append order and written in that
 //! order; at most one operation is out at a time; `durable <= written <=
-//! appended`; a failed write is retried with the same bytes at the same
-//! place (so nothing is written twice or out of order), and while writes
-//! fail the journal is `failing` (the shard refuses what it cannot keep);
-//! once the segments hold `max_bytes`, `refusal` says `Full` and the shard
-//! takes no more publishes (acknowledgements, marks and checkpoints still
-//! go in, so space can be freed) until a checkpoint frees space.
+//! appended`; no record appended after a checkpoint began is written
+//! before its segment, none appended before it after; a failed write is
+//! retried with the same bytes at the same place (so nothing is written
+//! twice or out of order), and while writes fail the journal is `failing`
+//! (the shard refuses what it cannot keep); once the segments hold
+//! `max_bytes`, `refusal` says `Full` and the shard takes no more publishes
+//! (acknowledgements, marks and checkpoints still go in, so space can be
+//! freed) until a checkpoint frees space.
 
 use crate::disk::frame;
 use crate::disk::record::Record;
@@ -30,6 +39,10 @@ use std::collections::VecDeque;
 
 /// A log sequence number: the place of a record in its shard's journal.
 pub type Lsn = u64;
+
+/// Bytes of a checkpoint written at a time, between two writes of the log:
+/// what a checkpoint adds to an answer's wait is one write of this size.
+pub const CHECKPOINT_PIECE: usize = 256 << 10;
 
 /// When an appended record counts as kept.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -59,6 +72,9 @@ pub enum DiskOp {
     Write {
         /// The segment's number.
         segment: u64,
+        /// A piece of a checkpoint (to its own segment, open beside the
+        /// log's) rather than records of the log.
+        checkpoint: bool,
         /// Whether the segment is new.
         create: bool,
         /// Where in it.
@@ -68,7 +84,7 @@ pub enum DiskOp {
         /// Whether it must be on disk when done.
         sync: bool,
     },
-    /// fdatasync the current segment (`interval`).
+    /// fdatasync the log's segment written now (`interval`).
     Sync {
         /// The segment's number.
         segment: u64,
@@ -86,11 +102,28 @@ struct Chunk {
     bytes: Vec<u8>,
     /// The newest LSN in it.
     through: Lsn,
-    /// It starts a new segment (a checkpoint).
-    fresh: bool,
-    /// It is synced whatever the mode (it ends a checkpoint, which lets
-    /// older segments go).
-    sync: bool,
+}
+
+/// A checkpoint being written.
+#[derive(Debug)]
+struct Checkpoint {
+    n: u64,
+    /// The newest LSN appended when it began: every record up to it is
+    /// written before any piece (those records come before the checkpoint).
+    before: Lsn,
+    /// Its segment, numbered when its first piece or the first record
+    /// after it is taken.
+    segment: Option<u64>,
+    /// Where its next piece goes.
+    at: u64,
+    /// Pieces ready, oldest first.
+    pieces: VecDeque<Vec<u8>>,
+    /// The piece being filled.
+    open: Vec<u8>,
+    /// Its `End` is appended: the last piece is among `pieces`.
+    ended: bool,
+    /// Its `End` is synced: older segments may go.
+    whole: bool,
 }
 
 /// The operation out, and what its success means.
@@ -102,12 +135,19 @@ enum Out {
         segment: u64,
         end: u64,
         created: bool,
-        checkpoint: bool,
     },
     Sync {
         through: Lsn,
     },
-    Remove,
+    Piece {
+        segment: u64,
+        end: u64,
+        created: bool,
+        last: bool,
+    },
+    Remove {
+        segment: u64,
+    },
 }
 
 /// One shard's journal.
@@ -124,16 +164,21 @@ pub struct Journal {
     appended: Lsn,
     written: Lsn,
     synced: Lsn,
-    /// The segment written now (0: none yet) and where its next write goes.
+    /// The log's segment written now (0: none yet) and where its next
+    /// write goes.
     segment: u64,
     at: u64,
-    /// Segments on disk, oldest first, with their sizes.
+    /// The highest segment number given out (the log's or a checkpoint's).
+    highest: u64,
+    /// Segments on disk, by number, with their sizes.
     segments: VecDeque<(u64, u64)>,
-    /// The LSN of the newest checkpoint's `End`, until older segments are
-    /// removed.
-    checkpoint: Option<Lsn>,
-    /// The segment that checkpoint starts, once its write is taken.
-    checkpoint_segment: Option<u64>,
+    /// The checkpoint under way, until older segments are removed.
+    checkpoint: Option<Checkpoint>,
+    /// The next record appended starts a chunk of its own (the first
+    /// after a checkpoint began).
+    cut: bool,
+    /// The last operation taken was a checkpoint's (the log's go next).
+    aside_last: bool,
     /// Checkpoints started (numbers them).
     checkpoints: u64,
     /// Bytes the newest checkpoint's write took (0: none yet).
@@ -189,9 +234,11 @@ impl Journal {
             synced: 0,
             segment,
             at: 0,
+            highest: segment,
             segments: segments.into(),
             checkpoint: None,
-            checkpoint_segment: None,
+            cut: false,
+            aside_last: false,
             checkpoints: 0,
             checkpoint_bytes: 0,
             failing: None,
@@ -206,7 +253,8 @@ impl Journal {
 
     /// Appends `rec`; returns its LSN.
     pub fn append(&mut self, rec: &Record<'_>) -> Lsn {
-        if self.chunks.is_empty() {
+        let cut = std::mem::take(&mut self.cut);
+        if self.chunks.is_empty() || cut {
             self.chunks.push_back(Chunk::default());
         }
         let c = self.chunks.back_mut().expect("one at least");
@@ -259,35 +307,74 @@ impl Journal {
         self.checkpoint.is_none() && self.disk_bytes() > 2 * self.checkpoint_bytes + growth
     }
 
-    /// Whether a checkpoint is being written or waits to be durable.
+    /// Whether a checkpoint is being written or waits for older segments
+    /// to be removed.
     pub fn checkpointing(&self) -> bool {
         self.checkpoint.is_some()
     }
 
-    /// Starts a checkpoint: appends its `Begin` at the start of a new
-    /// segment and returns its number; the caller appends what the shard
-    /// keeps, then `end_checkpoint`.
+    /// Starts a checkpoint of what the shard keeps now and returns its
+    /// number: its `Begin` opens its first piece; the caller adds what the
+    /// shard keeps with `checkpoint_record` while `wants_pieces` says so,
+    /// then `end_checkpoint`. What is appended from now on is written after
+    /// the checkpoint's segment.
     pub fn begin_checkpoint(&mut self) -> u64 {
+        assert!(self.checkpoint.is_none(), "one checkpoint at a time");
         self.checkpoints += 1;
-        self.chunks.push_back(Chunk {
-            fresh: true,
-            ..Chunk::default()
-        });
         let n = self.checkpoints;
-        self.append(&Record::Begin { checkpoint: n });
+        let mut open = Vec::new();
+        Record::Begin { checkpoint: n }.write(&mut open);
+        self.checkpoint = Some(Checkpoint {
+            n,
+            before: self.appended,
+            segment: None,
+            at: 0,
+            pieces: VecDeque::new(),
+            open,
+            ended: false,
+            whole: false,
+        });
+        self.cut = true;
         n
     }
 
-    /// Ends checkpoint `n`: once durable, older segments go.
-    pub fn end_checkpoint(&mut self, n: u64) {
-        let lsn = self.append(&Record::End { checkpoint: n });
-        self.chunks.back_mut().expect("the checkpoint's").sync = true;
-        self.checkpoint = Some(lsn);
+    /// Whether the checkpoint under way wants more records (fewer than two
+    /// pieces wait for the disk).
+    pub fn wants_pieces(&self) -> bool {
+        self.checkpoint.as_ref().is_some_and(|c| !c.ended && c.pieces.len() < 2)
+    }
+
+    /// Adds `rec` to the checkpoint under way.
+    pub fn checkpoint_record(&mut self, rec: &Record<'_>) {
+        let c = self.checkpoint.as_mut().expect("a checkpoint began");
+        debug_assert!(!c.ended, "after its end");
+        rec.write(&mut c.open);
+        if c.open.len() >= CHECKPOINT_PIECE {
+            let mut piece = std::mem::take(&mut c.open);
+            frame::pad(&mut piece);
+            c.pieces.push_back(piece);
+        }
+    }
+
+    /// Ends the checkpoint under way: its last piece, synced whatever the
+    /// mode, lets older segments go.
+    pub fn end_checkpoint(&mut self) {
+        let c = self.checkpoint.as_mut().expect("a checkpoint began");
+        Record::End { checkpoint: c.n }.write(&mut c.open);
+        let mut piece = std::mem::take(&mut c.open);
+        frame::pad(&mut piece);
+        c.pieces.push_back(piece);
+        c.ended = true;
     }
 
     /// Whether the driver has something to do.
     pub fn has_work(&self) -> bool {
-        self.out.is_none() && (self.retry.is_some() || !self.chunks.is_empty() || self.removable().is_some())
+        self.out.is_none()
+            && (self.retry.is_some()
+                || !self.chunks.is_empty()
+                || self.removable().is_some()
+                || self.piece_due()
+                || self.wants_pieces())
     }
 
     /// Whether writes wait in `interval` mode for a sync.
@@ -298,8 +385,32 @@ impl Journal {
     /// Segments a synced checkpoint made old, if any (whatever the mode:
     /// removing them before the checkpoint is synced could lose both).
     fn removable(&self) -> Option<Vec<u64>> {
-        let (end, seg) = (self.checkpoint?, self.checkpoint_segment?);
-        (self.synced >= end).then(|| self.segments.iter().map(|s| s.0).filter(|&s| s < seg).collect())
+        let c = self.checkpoint.as_ref().filter(|c| c.whole)?;
+        let seg = c.segment?;
+        Some(self.segments.iter().map(|s| s.0).filter(|&s| s < seg).collect())
+    }
+
+    /// Whether a piece of the checkpoint may be written now: one is ready
+    /// and every record from before the checkpoint is written.
+    fn piece_due(&self) -> bool {
+        self.checkpoint
+            .as_ref()
+            .is_some_and(|c| !c.pieces.is_empty() && self.chunks.front().is_none_or(|ch| ch.through > c.before))
+    }
+
+    /// The checkpoint's segment, numbered now if it is not yet. It is
+    /// numbered once every record from before it is written, so the log's
+    /// segments before it are all there will be: the log's next write
+    /// starts the one after it (the one written now goes with the others
+    /// once the checkpoint is whole).
+    fn checkpoint_segment(&mut self) -> Option<u64> {
+        let c = self.checkpoint.as_mut()?;
+        if c.segment.is_none() {
+            self.highest += 1;
+            c.segment = Some(self.highest);
+            self.at = 0;
+        }
+        c.segment
     }
 
     /// The next operation, if any is due and none is out.
@@ -311,28 +422,49 @@ impl Journal {
             self.out = Some(out);
             return Some(op);
         }
-        if let Some(segments) = self.removable() {
-            if !segments.is_empty() {
-                self.out = Some(Out::Remove);
-                return Some(DiskOp::Remove { segments });
+        // The log's writes and a checkpoint's work (its pieces, then the
+        // removal of the segments it made old, one at a time: unlinking a
+        // segment of 64 MiB takes ~10 ms here) take turns, so that neither
+        // waits for the other for long.
+        let turn = !self.aside_last || self.chunks.is_empty();
+        if let Some(old) = self.removable() {
+            match old.first() {
+                None => self.checkpoint = None,
+                Some(&segment) if turn => {
+                    self.aside_last = true;
+                    self.out = Some(Out::Remove { segment });
+                    return Some(DiskOp::Remove {
+                        segments: vec![segment],
+                    });
+                }
+                Some(_) => {}
             }
-            (self.checkpoint, self.checkpoint_segment) = (None, None);
+        }
+        let piece = self.piece_due() && turn;
+        self.aside_last = piece;
+        if piece {
+            return self.take_piece();
         }
         let mut chunk = self.chunks.pop_front()?;
+        if self.checkpoint.as_ref().is_some_and(|c| chunk.through > c.before) {
+            // Appended after the checkpoint began: after its segment.
+            self.checkpoint_segment();
+        }
         frame::pad(&mut chunk.bytes);
         let len = chunk.bytes.len() as u64;
-        let create = self.at == 0 || chunk.fresh || self.at + len > self.segment_bytes;
+        let create = self.at == 0 || self.at + len > self.segment_bytes;
         let (segment, at) = if create {
-            (self.segment + 1, 0)
+            (self.highest + 1, 0)
         } else {
             (self.segment, self.at)
         };
-        if chunk.fresh {
-            self.checkpoint_segment = Some(segment);
+        if create {
+            self.highest = segment;
         }
-        let sync = chunk.sync || matches!(self.sync, Sync::Batch { .. });
+        let sync = matches!(self.sync, Sync::Batch { .. });
         let op = DiskOp::Write {
             segment,
+            checkpoint: false,
             create,
             at,
             bytes: chunk.bytes,
@@ -344,9 +476,31 @@ impl Journal {
             segment,
             end: at + len,
             created: create,
-            checkpoint: chunk.fresh,
         });
         Some(op)
+    }
+
+    fn take_piece(&mut self) -> Option<DiskOp> {
+        let segment = self.checkpoint_segment()?;
+        let c = self.checkpoint.as_mut()?;
+        let bytes = c.pieces.pop_front()?;
+        let last = c.ended && c.pieces.is_empty();
+        let created = c.at == 0;
+        let at = c.at;
+        self.out = Some(Out::Piece {
+            segment,
+            end: at + bytes.len() as u64,
+            created,
+            last,
+        });
+        Some(DiskOp::Write {
+            segment,
+            checkpoint: true,
+            create: created,
+            at,
+            bytes,
+            sync: last,
+        })
     }
 
     /// An fdatasync of what was written (`interval` mode's timer).
@@ -362,12 +516,6 @@ impl Journal {
     /// be retried as it was).
     pub fn done(&mut self, result: Result<(), (DiskOp, String)>) {
         let out = self.out.take().expect("an operation was out");
-        if matches!(out, Out::Remove) && result.is_ok() {
-            if let Some(seg) = self.checkpoint_segment {
-                self.segments.retain(|s| s.0 >= seg);
-            }
-            (self.checkpoint, self.checkpoint_segment) = (None, None);
-        }
         match result {
             Ok(()) => {
                 self.failing = None;
@@ -378,32 +526,37 @@ impl Journal {
                         segment,
                         end,
                         created,
-                        checkpoint,
                     } => {
-                        if created {
-                            self.segments.push_back((segment, 0));
-                        }
-                        if let Some(s) = self.segments.back_mut() {
-                            s.1 = end;
-                        }
-                        self.counts.writes += 1;
                         let start = if created { 0 } else { self.at };
-                        self.counts.bytes += end - start;
+                        self.grew(segment, created, start, end);
                         (self.segment, self.at) = (segment, end);
                         self.written = through;
                         if sync {
                             self.synced = through;
                             self.counts.syncs += 1;
                         }
-                        if checkpoint {
+                    }
+                    Out::Piece {
+                        segment,
+                        end,
+                        created,
+                        last,
+                    } => {
+                        let c = self.checkpoint.as_mut().expect("a piece is a checkpoint's");
+                        let start = c.at;
+                        c.at = end;
+                        if last {
+                            c.whole = true;
                             self.checkpoint_bytes = end;
+                            self.counts.syncs += 1;
                         }
+                        self.grew(segment, created, start, end);
                     }
                     Out::Sync { through } => {
                         self.synced = self.synced.max(through);
                         self.counts.syncs += 1;
                     }
-                    Out::Remove => {}
+                    Out::Remove { segment } => self.segments.retain(|s| s.0 != segment),
                 }
             }
             Err((op, why)) => {
@@ -415,6 +568,20 @@ impl Journal {
                 }
             }
         }
+    }
+
+    /// A write of segment `segment` (new if `created`) from `start` to
+    /// `end` is done.
+    fn grew(&mut self, segment: u64, created: bool, start: u64, end: u64) {
+        if created {
+            let i = self.segments.partition_point(|s| s.0 < segment);
+            self.segments.insert(i, (segment, 0));
+        }
+        if let Some(s) = self.segments.iter_mut().rev().find(|s| s.0 == segment) {
+            s.1 = s.1.max(end);
+        }
+        self.counts.writes += 1;
+        self.counts.bytes += end - start;
     }
 
     /// What it did since the last call.
@@ -448,6 +615,21 @@ mod tests {
         match op {
             DiskOp::Write {
                 segment,
+                checkpoint: false,
+                create,
+                at,
+                bytes,
+                sync,
+            } => (*segment, *create, *at, bytes.len(), *sync),
+            o => panic!("{o:?}"),
+        }
+    }
+
+    fn piece_of(op: &DiskOp) -> (u64, bool, u64, usize, bool) {
+        match op {
+            DiskOp::Write {
+                segment,
+                checkpoint: true,
                 create,
                 at,
                 bytes,
@@ -523,14 +705,16 @@ mod tests {
     }
 
     #[test]
-    fn a_checkpoint_starts_a_segment_is_synced_in_any_mode_and_then_older_segments_go() {
+    fn a_checkpoint_has_a_segment_of_its_own_is_synced_in_any_mode_and_then_older_segments_go() {
         let mut j = Journal::new(Sync::None, 64 << 10, 0, vec![(1, 8192), (2, 4096)]);
         j.append(&mark(1));
-        let n = j.begin_checkpoint();
-        j.append(&mark(1));
-        j.end_checkpoint(n);
+        j.begin_checkpoint();
+        assert!(j.wants_pieces());
+        j.checkpoint_record(&mark(1));
+        j.end_checkpoint();
+        assert!(!j.wants_pieces());
         j.append(&mark(2));
-        let op = j.take().expect("the write before the checkpoint");
+        let op = j.take().expect("the write from before the checkpoint");
         assert_eq!(
             write_of(&op),
             (3, true, 0, frame::BLOCK, false),
@@ -538,18 +722,24 @@ mod tests {
         );
         j.done(Ok(()));
         let op = j.take().expect("the checkpoint");
-        assert_eq!(write_of(&op), (4, true, 0, frame::BLOCK, true));
+        assert_eq!(piece_of(&op), (4, true, 0, frame::BLOCK, true));
         assert!(j.checkpointing());
         j.done(Ok(()));
+        assert_eq!(j.durable(), 1, "a piece is no record of the log");
+        // The log's turn: the write waiting since the checkpoint began.
+        let op = j.take().expect("the write from after it");
         assert_eq!(
-            j.take(),
-            Some(DiskOp::Remove {
-                segments: vec![1, 2, 3]
-            })
+            write_of(&op),
+            (5, true, 0, frame::BLOCK, false),
+            "after the checkpoint's"
         );
         j.done(Ok(()));
-        assert!(!j.checkpointing() && !j.has_work());
-        assert_eq!(j.segments(), 1);
+        for old in 1..=3 {
+            assert_eq!(j.take(), Some(DiskOp::Remove { segments: vec![old] }), "one at a time");
+            j.done(Ok(()));
+        }
+        assert!(j.take().is_none() && !j.checkpointing());
+        assert_eq!((j.durable(), j.segments()), (2, 2));
         assert!(!j.wants_checkpoint(0), "just checkpointed");
         for i in 0..2 {
             j.append(&mark(i));
@@ -557,6 +747,79 @@ mod tests {
             j.done(Ok(()));
         }
         assert!(j.wants_checkpoint(0), "the log grew past twice the checkpoint");
+    }
+
+    #[test]
+    fn a_big_checkpoint_goes_in_pieces_between_writes_of_the_log() {
+        let mut j = batch();
+        j.append(&mark(0));
+        j.take().expect("a write");
+        j.done(Ok(()));
+        j.append(&mark(1));
+        j.begin_checkpoint();
+        let payload = vec![3u8; 1000];
+        let big = Record::Message {
+            room: "r",
+            epoch: 1,
+            offset: 1,
+            at: 0,
+            ttl_end: 0,
+            op: 1,
+            id: "",
+            payload: &payload,
+        };
+        let mut pieces_made = 0;
+        let mut records = 0;
+        // The shard fills while the journal wants; the log goes on meanwhile.
+        let mut ops = Vec::new();
+        let mut lsn = 1;
+        loop {
+            while j.wants_pieces() && records < 1000 {
+                j.checkpoint_record(&big);
+                records += 1;
+            }
+            if records == 1000 && !j.checkpoint.as_ref().expect("under way").ended {
+                j.end_checkpoint();
+            }
+            lsn = j.append(&mark(lsn + 1));
+            let Some(op) = j.take() else { break };
+            if let DiskOp::Write { checkpoint, .. } = op {
+                pieces_made += usize::from(checkpoint);
+                ops.push((checkpoint, write_or_piece(&op)));
+            }
+            j.done(Ok(()));
+            if !j.checkpointing() {
+                break;
+            }
+        }
+        assert!(pieces_made >= 4, "{pieces_made} pieces");
+        // The write from before the checkpoint first, to the log's segment.
+        assert_eq!(ops[0], (false, (1, false, frame::BLOCK as u64, frame::BLOCK, true)));
+        // Then turns: a piece, then the log (in the segment after the
+        // checkpoint's), never two pieces while the log has records waiting.
+        assert!(ops[1].0);
+        let ckpt = ops[1].1 .0;
+        assert_eq!(ckpt, 2);
+        for w in ops[1..].windows(2) {
+            assert!(!(w[0].0 && w[1].0), "two pieces in a row: {ops:?}");
+        }
+        for (piece, (seg, ..)) in &ops[1..] {
+            assert_eq!(*seg, if *piece { ckpt } else { ckpt + 1 }, "{ops:?}");
+        }
+        let last = ops.iter().rev().find(|o| o.0).expect("pieces");
+        assert!(last.1 .4, "the last piece is synced");
+        while let Some(_op) = j.take() {
+            j.done(Ok(()));
+        }
+        assert_eq!(j.durable(), j.appended());
+        assert_eq!(j.segments(), 2, "the checkpoint's and the one after it");
+    }
+
+    fn write_or_piece(op: &DiskOp) -> (u64, bool, u64, usize, bool) {
+        match op {
+            DiskOp::Write { checkpoint: true, .. } => piece_of(op),
+            _ => write_of(op),
+        }
     }
 
     #[test]

@@ -7,7 +7,9 @@
 //!
 //! Invariants: a checkpoint counts only if its segment begins with its
 //! `Begin` and holds its `End` (a crash while writing one leaves the one
-//! before it, whose segments are removed only once the new one is synced);
+//! before it, whose segments are removed only once the new one is synced;
+//! the unfinished one is left out, as everything in it is also in the
+//! segments before it);
 //! a record is handed on only if its frame's checksum holds and its body
 //! decodes; markers (`Begin`, `End`) are not handed on.
 
@@ -52,16 +54,22 @@ pub struct Read {
     pub stop: u64,
 }
 
+/// The checkpoint `bytes` (a segment) begins with, whole or not.
+pub fn begins_checkpoint(bytes: &[u8]) -> Option<u64> {
+    match Scan::new(bytes).next()? {
+        Item::Record { kind, body, .. } => match record::decode(kind, body) {
+            Ok(Record::Begin { checkpoint }) => Some(checkpoint),
+            _ => None,
+        },
+        Item::Damaged { .. } => None,
+    }
+}
+
 /// The checkpoint `bytes` (a segment) begins with, if it is whole.
 pub fn whole_checkpoint(bytes: &[u8]) -> Option<u64> {
+    let n = begins_checkpoint(bytes)?;
     let mut scan = Scan::new(bytes);
-    let n = match scan.next()? {
-        Item::Record { kind, body, .. } => match record::decode(kind, body) {
-            Ok(Record::Begin { checkpoint }) => checkpoint,
-            _ => return None,
-        },
-        Item::Damaged { .. } => return None,
-    };
+    scan.next();
     scan.any(|i| match i {
         Item::Record { kind, body, .. } => record::decode(kind, body) == Ok(Record::End { checkpoint: n }),
         Item::Damaged { .. } => false,

@@ -92,6 +92,23 @@ pub async fn recover(shard: &Rc<RefCell<Shard>>, files: ShardFiles, control: Tas
                     .await
                     .map_err(|e| fail("cannot read a segment", dir, e))?,
             };
+            if i > start && recover::begins_checkpoint(&bytes).is_some() {
+                // A checkpoint that did not finish: what it holds is the
+                // segments before it, as of its start; those after it go on
+                // from there.
+                tracing::warn!(
+                    shard = id,
+                    segment = n,
+                    "storage: an unfinished checkpoint was left out"
+                );
+                if !files.moving {
+                    remove(dir, n)
+                        .await
+                        .map_err(|e| fail("cannot remove an unfinished checkpoint", dir, e))?;
+                }
+                progress.bytes_read.fetch_add(bytes.len() as u64, Relaxed);
+                continue;
+            }
             let read = {
                 let mut sh = shard.borrow_mut();
                 let store = &mut sh.store;
@@ -146,13 +163,13 @@ pub async fn recover(shard: &Rc<RefCell<Shard>>, files: ShardFiles, control: Tas
         .map(|t| t.detach())
         .map_err(|e| format!("cannot spawn the journal's driver: {e}"))?;
     if files.moving {
-        let target = shard.borrow_mut().checkpoint_now();
+        shard.borrow_mut().checkpoint_now();
         while shard
             .borrow()
             .store
             .disk
             .as_ref()
-            .is_some_and(|d| d.journal.synced() < target)
+            .is_some_and(|d| d.journal.checkpointing())
         {
             if let Some(why) = shard
                 .borrow()
@@ -183,11 +200,7 @@ async fn begins_checkpoint(dir: &Path, n: u64) -> std::io::Result<bool> {
     let f = driver::options().read(true).dma_open(segment_path(dir, n)).await?;
     let head = f.read_at(0, crate::disk::frame::BLOCK).await?;
     f.close().await?;
-    let mut scan = crate::disk::frame::Scan::new(&head);
-    Ok(
-        matches!(scan.next(), Some(crate::disk::frame::Item::Record { kind, body, .. })
-        if matches!(crate::disk::record::decode(kind, body), Ok(crate::disk::record::Record::Begin { .. }))),
-    )
+    Ok(recover::begins_checkpoint(&head).is_some())
 }
 
 async fn remove(dir: &Path, n: u64) -> std::io::Result<()> {

@@ -87,7 +87,7 @@ impl Shard {
         if !self.durable() || mids.is_empty() {
             return;
         }
-        let Some(env) = envelope(&frames.v2) else { return };
+        let Some(env) = envelope(&frames.v2.tcp) else { return };
         let d = self.disk_now();
         let end = history::ttl_end(d.tick, ttl.unwrap_or(self.cfg().inbox.ttl_secs));
         for mids in mids.chunks(MAX_MIDS) {

@@ -1,10 +1,16 @@
-//! A checkpoint: everything the memory store keeps, written to the journal
-//! as records between a `Begin` and an `End` at the start of a segment, so
-//! that recovery starts there and older segments can go.
+//! A checkpoint: everything the memory store keeps, as of one moment,
+//! written to the journal as records between a `Begin` and an `End` in a
+//! segment of its own, so that recovery starts there and older segments
+//! can go.
 //!
-//! Pure, on the shard that owns the store; written in one go between two
-//! awaits (the shard changes nothing meanwhile, so the checkpoint is the
-//! store at one moment, and every record after `End` is a change since).
+//! Pure, on the shard that owns the store. `Store::snapshot` takes the
+//! store at one moment between two awaits — handles to the stored frames
+//! (reference counts, no copies) and the small fields beside them — and
+//! the `Snapshot` is then turned into records a few pieces at a time, as
+//! the journal's driver asks for them (`Journal::wants_pieces`), between
+//! the shard's other work. So a store of gigabytes costs its shard one pass
+//! over its entries at the moment, not the encoding and writing of all of
+//! it; the snapshot holds about 50 bytes per stored message meanwhile.
 //!
 //! Per room: a `Head` at the offset before its oldest stored message, the
 //! messages, a `Head` at its newest offset, its read marks; per user and
@@ -17,90 +23,203 @@ use crate::disk::journal::Journal;
 use crate::disk::record::Record;
 use crate::proto::binary;
 use crate::proto::v2::{self, Envelope};
-use crate::proto::wire::Wire;
 use crate::shard::dedup::Outcome;
 use crate::shard::store::Store;
+use bytes::Bytes;
+use std::sync::Arc;
 
-/// The envelope inside a version-2 push frame as the shard built it.
-pub fn envelope(wire: &Wire) -> Option<Envelope<'_>> {
-    let (frame, _) = binary::decode(&wire.tcp, usize::MAX).ok().flatten()?;
+/// The envelope inside a version-2 push frame (its TCP form) as the shard
+/// built it.
+pub fn envelope(tcp: &[u8]) -> Option<Envelope<'_>> {
+    let (frame, _) = binary::decode(tcp, usize::MAX).ok().flatten()?;
     v2::decode_push(frame.body).ok()
 }
 
+/// What the store kept at one moment, to be written as a checkpoint.
+#[derive(Debug)]
+pub struct Snapshot {
+    now: Now,
+    items: Vec<Item>,
+    rooms: Vec<Arc<str>>,
+    /// The next item to write.
+    next: usize,
+}
+
+/// One record to be, with what it needs from the store.
+#[derive(Debug)]
+enum Item {
+    Floor(u64),
+    Head {
+        room: u32,
+        epoch: u64,
+        last: u64,
+        lost_through: u64,
+    },
+    Message {
+        room: u32,
+        epoch: u64,
+        offset: u64,
+        at: u32,
+        ttl_end: u32,
+        frame: Bytes,
+    },
+    Mark {
+        room: u32,
+        mid: i64,
+        offset: u64,
+    },
+    Push {
+        mid: i64,
+        push: u64,
+        op: u32,
+        ttl_end: u32,
+        frame: Bytes,
+    },
+    Seen {
+        key: Box<str>,
+        at: u32,
+        outcome: Outcome,
+    },
+}
+
 impl Store {
-    /// Writes a checkpoint of this store as of `now` into `j`; returns the
-    /// records written.
-    pub fn checkpoint(&self, j: &mut Journal, now: Now, push_floor: u64) -> u64 {
-        let n = j.begin_checkpoint();
-        j.append(&Record::Floor { push: push_floor });
-        let mut records = 1u64;
-        let mut put = |j: &mut Journal, r: Record<'_>| {
-            j.append(&r);
-            records += 1;
-        };
-        for (room, log) in self.logs.each() {
+    /// What this store keeps now (`now`), and the push ids given out so far
+    /// (`push_floor`), to be written as a checkpoint.
+    pub fn snapshot(&self, now: Now, push_floor: u64) -> Snapshot {
+        let mut items = vec![Item::Floor(push_floor)];
+        let mut rooms = Vec::new();
+        for (name, log) in self.logs.each() {
+            let room = rooms.len() as u32;
+            rooms.push(name.clone());
             let first = log.entries().next().map_or(log.last, |e| e.offset - 1);
-            let head = |last| Record::Head {
+            let head = |last| Item::Head {
                 room,
                 epoch: log.epoch,
                 last,
                 lost_through: log.lost_through.min(last),
             };
-            put(j, head(first));
-            for e in log.entries() {
-                let Some(env) = envelope(&e.wire) else { continue };
-                put(
-                    j,
+            items.push(head(first));
+            items.extend(log.entries().map(|e| Item::Message {
+                room,
+                epoch: log.epoch,
+                offset: e.offset,
+                at: e.at,
+                ttl_end: e.ttl_end,
+                frame: e.wire.tcp.clone(),
+            }));
+            if first != log.last {
+                items.push(head(log.last));
+            }
+            items.extend(log.marks().map(|(mid, offset)| Item::Mark { room, mid, offset }));
+        }
+        items.extend(self.inbox.each().map(|(mid, e)| Item::Push {
+            mid,
+            push: e.id,
+            op: e.op,
+            ttl_end: e.ttl_end,
+            frame: e.frames.v2.tcp.clone(),
+        }));
+        items.extend(self.dedup.each().map(|(key, at, outcome)| Item::Seen {
+            key: key.into(),
+            at,
+            outcome,
+        }));
+        Snapshot {
+            now,
+            items,
+            rooms,
+            next: 0,
+        }
+    }
+}
+
+impl Snapshot {
+    /// Records in it.
+    pub fn records(&self) -> usize {
+        self.items.len()
+    }
+
+    /// Adds records to the checkpoint under way in `j` while it wants
+    /// them; returns whether every record is in (the caller then ends it).
+    pub fn fill(&mut self, j: &mut Journal) -> bool {
+        let now = self.now;
+        while j.wants_pieces() {
+            let Some(item) = self.items.get(self.next) else {
+                return true;
+            };
+            self.next += 1;
+            let room = |i: &u32| &*self.rooms[*i as usize];
+            let rec = match item {
+                Item::Floor(push) => Record::Floor { push: *push },
+                Item::Head {
+                    room: r,
+                    epoch,
+                    last,
+                    lost_through,
+                } => Record::Head {
+                    room: room(r),
+                    epoch: *epoch,
+                    last: *last,
+                    lost_through: *lost_through,
+                },
+                Item::Message {
+                    room: r,
+                    epoch,
+                    offset,
+                    at,
+                    ttl_end,
+                    frame,
+                } => {
+                    let Some(env) = envelope(frame) else { continue };
                     Record::Message {
-                        room,
-                        epoch: log.epoch,
-                        offset: e.offset,
-                        at: now.unix_at(e.at),
-                        ttl_end: now.unix_end(e.ttl_end),
+                        room: room(r),
+                        epoch: *epoch,
+                        offset: *offset,
+                        at: now.unix_at(*at),
+                        ttl_end: now.unix_end(*ttl_end),
                         op: env.op,
                         id: env.id,
                         payload: env.payload,
-                    },
-                );
-            }
-            if first != log.last {
-                put(j, head(log.last));
-            }
-            for (mid, offset) in log.marks() {
-                put(j, Record::Mark { room, mid, offset });
-            }
-        }
-        for (mid, e) in self.inbox.each() {
-            let Some(env) = envelope(&e.frames.v2) else { continue };
-            put(
-                j,
-                Record::Push {
-                    mids: vec![mid],
-                    push: e.id,
-                    op: e.op,
-                    at: now.unix,
-                    ttl_end: now.unix_end(e.ttl_end),
-                    id: env.id,
-                    payload: env.payload,
+                    }
+                }
+                Item::Mark { room: r, mid, offset } => Record::Mark {
+                    room: room(r),
+                    mid: *mid,
+                    offset: *offset,
                 },
-            );
-        }
-        for (key, at, outcome) in self.dedup.each() {
-            let (offset, epoch) = match outcome {
-                Outcome::Room { offset, epoch } => (offset, epoch),
-                Outcome::Direct => (0, 0),
+                Item::Push {
+                    mid,
+                    push,
+                    op,
+                    ttl_end,
+                    frame,
+                } => {
+                    let Some(env) = envelope(frame) else { continue };
+                    Record::Push {
+                        mids: vec![*mid],
+                        push: *push,
+                        op: *op,
+                        at: now.unix,
+                        ttl_end: now.unix_end(*ttl_end),
+                        id: env.id,
+                        payload: env.payload,
+                    }
+                }
+                Item::Seen { key, at, outcome } => {
+                    let (offset, epoch) = match *outcome {
+                        Outcome::Room { offset, epoch } => (offset, epoch),
+                        Outcome::Direct => (0, 0),
+                    };
+                    Record::Seen {
+                        key,
+                        at: now.unix_at(*at),
+                        offset,
+                        epoch,
+                    }
+                }
             };
-            put(
-                j,
-                Record::Seen {
-                    key,
-                    at: now.unix_at(at),
-                    offset,
-                    epoch,
-                },
-            );
+            j.checkpoint_record(&rec);
         }
-        j.end_checkpoint(n);
-        records
+        self.next >= self.items.len()
     }
 }

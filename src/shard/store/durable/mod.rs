@@ -61,6 +61,8 @@ pub enum Held {
 pub struct Durable {
     /// The journal.
     pub journal: Journal,
+    /// The checkpoint under way, until its last records are in the journal.
+    pub snapshot: Option<checkpoint::Snapshot>,
     held: VecDeque<(Lsn, Held)>,
     /// The driver's waker, woken when there is work.
     waker: Option<Waker>,
@@ -71,6 +73,7 @@ impl Durable {
     pub fn new(journal: Journal) -> Self {
         Durable {
             journal,
+            snapshot: None,
             held: VecDeque::new(),
             waker: None,
         }

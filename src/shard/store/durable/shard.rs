@@ -136,20 +136,41 @@ impl Shard {
         self.checkpoint_now();
     }
 
-    /// Writes a checkpoint of what the shard keeps now; returns the LSN
-    /// that is durable once it is whole (0 without a journal).
-    pub(in crate::shard) fn checkpoint_now(&mut self) -> u64 {
+    /// Starts a checkpoint of what the shard keeps now (unless one is
+    /// under way); the journal's driver has it written in pieces
+    /// (`checkpoint_more`), and `Journal::checkpointing` says when it is
+    /// whole and older segments are gone.
+    pub(in crate::shard) fn checkpoint_now(&mut self) {
+        if self.store.disk.as_ref().is_none_or(|d| d.journal.checkpointing()) {
+            return;
+        }
         let now = self.disk_now();
-        // Out of the store while the store is read into it.
-        let Some(mut d) = self.store.disk.take() else { return 0 };
         let floor = self.shared.push_floor.load(std::sync::atomic::Ordering::Relaxed);
-        let records = self.store.checkpoint(&mut d.journal, now, floor);
-        let lsn = d.journal.appended();
+        let started = std::time::Instant::now();
+        let snapshot = self.store.snapshot(now, floor);
+        let Some(d) = &mut self.store.disk else { return };
+        d.journal.begin_checkpoint();
+        tracing::debug!(
+            shard = self.id,
+            records = snapshot.records(),
+            us = started.elapsed().as_micros() as u64,
+            "storage: checkpoint begun"
+        );
+        d.snapshot = Some(snapshot);
         d.wake();
-        self.store.disk = Some(d);
         ShardStats::add(&self.shared.stats[self.id].storage_checkpoints, 1);
-        tracing::debug!(shard = self.id, records, "storage: checkpoint written");
-        lsn
+    }
+
+    /// Adds the next records of the checkpoint under way, or ends it.
+    fn checkpoint_more(&mut self) {
+        let Some(d) = &mut self.store.disk else { return };
+        // (Without a snapshot there is nothing more to give: end it rather
+        // than leave the journal wanting.)
+        if d.snapshot.as_mut().is_none_or(|s| s.fill(&mut d.journal)) {
+            d.journal.end_checkpoint();
+            d.snapshot = None;
+            tracing::debug!(shard = self.id, "storage: checkpoint's last records given");
+        }
     }
 }
 
@@ -171,5 +192,9 @@ impl crate::disk::driver::Owner for Shard {
 
     fn done(&mut self, result: Result<(), (DiskOp, String)>) {
         self.disk_done(result);
+    }
+
+    fn checkpoint_more(&mut self) {
+        Shard::checkpoint_more(self);
     }
 }
