@@ -611,32 +611,45 @@ mod tests {
         Journal::new(Sync::Batch { window_us: 0 }, 64 << 10, 0, Vec::new())
     }
 
-    fn write_of(op: &DiskOp) -> (u64, bool, u64, usize, bool) {
+    fn message(payload: &[u8]) -> Record<'_> {
+        Record::Message {
+            room: "r",
+            epoch: 1,
+            offset: 1,
+            at: 0,
+            ttl_end: 0,
+            op: 1,
+            id: "",
+            payload,
+        }
+    }
+
+    /// A write's (segment, create, at, bytes, sync), and whether it is a
+    /// checkpoint's piece.
+    fn write_or_piece(op: &DiskOp) -> (bool, (u64, bool, u64, usize, bool)) {
         match op {
             DiskOp::Write {
                 segment,
-                checkpoint: false,
+                checkpoint,
                 create,
                 at,
                 bytes,
                 sync,
-            } => (*segment, *create, *at, bytes.len(), *sync),
+            } => (*checkpoint, (*segment, *create, *at, bytes.len(), *sync)),
             o => panic!("{o:?}"),
         }
     }
 
+    fn write_of(op: &DiskOp) -> (u64, bool, u64, usize, bool) {
+        let (piece, w) = write_or_piece(op);
+        assert!(!piece, "a write of the log");
+        w
+    }
+
     fn piece_of(op: &DiskOp) -> (u64, bool, u64, usize, bool) {
-        match op {
-            DiskOp::Write {
-                segment,
-                checkpoint: true,
-                create,
-                at,
-                bytes,
-                sync,
-            } => (*segment, *create, *at, bytes.len(), *sync),
-            o => panic!("{o:?}"),
-        }
+        let (piece, w) = write_or_piece(op);
+        assert!(piece, "a checkpoint's piece");
+        w
     }
 
     #[test]
@@ -683,16 +696,7 @@ mod tests {
     fn a_write_past_the_segment_size_starts_the_next_segment() {
         let mut j = Journal::new(Sync::None, 2 * frame::BLOCK as u64, 0, vec![(4, frame::BLOCK as u64)]);
         let payload = vec![7u8; 5000];
-        let big = Record::Message {
-            room: "r",
-            epoch: 1,
-            offset: 1,
-            at: 0,
-            ttl_end: 0,
-            op: 1,
-            id: "",
-            payload: &payload,
-        };
+        let big = message(&payload);
         j.append(&big);
         let op = j.take().expect("a write");
         assert_eq!(write_of(&op), (5, true, 0, 2 * frame::BLOCK, false));
@@ -758,16 +762,7 @@ mod tests {
         j.append(&mark(1));
         j.begin_checkpoint();
         let payload = vec![3u8; 1000];
-        let big = Record::Message {
-            room: "r",
-            epoch: 1,
-            offset: 1,
-            at: 0,
-            ttl_end: 0,
-            op: 1,
-            id: "",
-            payload: &payload,
-        };
+        let big = message(&payload);
         let mut pieces_made = 0;
         let mut records = 0;
         // The shard fills while the journal wants; the log goes on meanwhile.
@@ -785,7 +780,7 @@ mod tests {
             let Some(op) = j.take() else { break };
             if let DiskOp::Write { checkpoint, .. } = op {
                 pieces_made += usize::from(checkpoint);
-                ops.push((checkpoint, write_or_piece(&op)));
+                ops.push(write_or_piece(&op));
             }
             j.done(Ok(()));
             if !j.checkpointing() {
@@ -813,13 +808,6 @@ mod tests {
         }
         assert_eq!(j.durable(), j.appended());
         assert_eq!(j.segments(), 2, "the checkpoint's and the one after it");
-    }
-
-    fn write_or_piece(op: &DiskOp) -> (u64, bool, u64, usize, bool) {
-        match op {
-            DiskOp::Write { checkpoint: true, .. } => piece_of(op),
-            _ => write_of(op),
-        }
     }
 
     #[test]
