@@ -11,8 +11,8 @@
 //!
 //! Segments are files numbered from 1 up, each written from its start in
 //! whole blocks (`frame::BLOCK`); a write that would pass `segment_bytes`
-//! starts the next segment. A checkpoint (what the shard keeps at one
-//! moment, `begin_checkpoint`) has a segment of its own, N: the records
+//! starts the next segment. A checkpoint (what the shard keeps, begun at
+//! one LSN, `begin_checkpoint`) has a segment of its own, N: the records
 //! appended before it began are written first, in the segments before N;
 //! those appended after it go to N + 1 and on, while the checkpoint's
 //! records are written into N in pieces of `CHECKPOINT_PIECE` bytes, one
@@ -313,11 +313,11 @@ impl Journal {
         self.checkpoint.is_some()
     }
 
-    /// Starts a checkpoint of what the shard keeps now and returns its
-    /// number: its `Begin` opens its first piece; the caller adds what the
-    /// shard keeps with `checkpoint_record` while `wants_pieces` says so,
-    /// then `end_checkpoint`. What is appended from now on is written after
-    /// the checkpoint's segment.
+    /// Starts a checkpoint of what the shard keeps and returns its number:
+    /// its `Begin` opens its first piece; the caller adds what the shard
+    /// keeps with `checkpoint_record` while `wants_pieces` says so, then
+    /// `end_checkpoint`. What is appended from now on is written after the
+    /// checkpoint's segment.
     pub fn begin_checkpoint(&mut self) -> u64 {
         assert!(self.checkpoint.is_none(), "one checkpoint at a time");
         self.checkpoints += 1;

@@ -132,6 +132,13 @@ impl<E> Queue<E> {
         self.entries.iter().map(|(_, e)| e)
     }
 
+    /// The entries after those for which `before` holds (a prefix, as the
+    /// entries are in order), oldest first; found by binary search.
+    pub fn after(&self, mut before: impl FnMut(&E) -> bool) -> impl Iterator<Item = &E> {
+        let i = self.entries.partition_point(|(_, e)| before(e));
+        self.entries.range(i..).map(|(_, e)| e)
+    }
+
     /// The oldest entry.
     pub fn front(&self) -> Option<&E> {
         self.entries.front().map(|(_, e)| e)

@@ -39,6 +39,10 @@ pub struct Dedup {
     window: u32,
     cap: usize,
     forgotten: u64,
+    /// Ids ever put in `order`, and taken from its front: the id at
+    /// `order[i]` is the `popped + i`th kept (`by_seq`).
+    pushed: u64,
+    popped: u64,
 }
 
 impl Dedup {
@@ -73,10 +77,12 @@ impl Dedup {
             let Some((_, old)) = self.order.pop_front() else { break };
             self.seen.remove(&old);
             self.forgotten += 1;
+            self.popped += 1;
         }
         let key: Rc<str> = Rc::from(key);
         self.seen.insert(key.clone(), (now, outcome));
         self.order.push_back((now, key));
+        self.pushed += 1;
     }
 
     /// Forgets ids older than the window.
@@ -87,15 +93,29 @@ impl Dedup {
             }
             let (_, key) = self.order.pop_front().expect("front checked");
             self.seen.remove(&key);
+            self.popped += 1;
         }
     }
 
-    /// Every id kept, oldest first: (key, tick first seen, outcome), for
-    /// the durable store's checkpoints.
-    pub fn each(&self) -> impl Iterator<Item = (&str, u32, Outcome)> {
-        self.order
-            .iter()
-            .filter_map(|(at, k)| self.seen.get(k).map(|&(_, o)| (&**k, *at, o)))
+    /// The ids kept so far are numbered from 0 in the order kept: the
+    /// numbers of those still kept run from this one ...
+    pub fn first_seq(&self) -> u64 {
+        self.popped
+    }
+
+    /// ... up to this one (the next id kept gets it).
+    pub fn next_seq(&self) -> u64 {
+        self.pushed
+    }
+
+    /// The id numbered `seq`, if it is still kept: (key, tick first seen,
+    /// outcome). For the durable store's checkpoints, which write the ids
+    /// kept when they began, a few at a time.
+    pub fn by_seq(&self, seq: u64) -> Option<(&str, u32, Outcome)> {
+        let i = usize::try_from(seq.checked_sub(self.popped)?).ok()?;
+        let (at, k) = self.order.get(i)?;
+        let &(_, o) = self.seen.get(k)?;
+        Some((k, *at, o))
     }
 
     /// Ids kept now.
@@ -120,6 +140,22 @@ mod tests {
     use super::*;
 
     const ROOM: Outcome = Outcome::Room { offset: 7, epoch: 1 };
+
+    #[test]
+    fn ids_are_numbered_in_the_order_kept_and_forgotten_numbers_find_nothing() {
+        let mut d = Dedup::new(10, 2);
+        for (i, k) in ["a", "b", "c"].into_iter().enumerate() {
+            d.record(k, ROOM, i as u32);
+        }
+        // The cap of 2 forgot "a".
+        assert_eq!((d.first_seq(), d.next_seq()), (1, 3));
+        assert_eq!(d.by_seq(0), None);
+        assert_eq!(d.by_seq(1), Some(("b", 1, ROOM)));
+        assert_eq!(d.by_seq(2), Some(("c", 2, ROOM)));
+        assert_eq!(d.by_seq(3), None);
+        d.expire(12);
+        assert_eq!((d.first_seq(), d.by_seq(1), d.by_seq(2)), (3, None, None));
+    }
 
     #[test]
     fn an_id_is_known_for_its_window_then_forgotten() {

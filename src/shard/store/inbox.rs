@@ -208,7 +208,17 @@ impl Inboxes {
             .is_some_and(|i| i.entries.iter().any(|e| e.id == id))
     }
 
-    /// Every user's pushes, oldest first, for a checkpoint.
+    /// The users with something stored.
+    pub fn ids(&self) -> impl Iterator<Item = i64> + '_ {
+        self.users.keys().copied()
+    }
+
+    /// `mid`'s pushes, oldest first.
+    pub fn pushes(&self, mid: i64) -> impl Iterator<Item = &Entry> {
+        self.users.get(&mid).into_iter().flat_map(|i| i.entries.iter())
+    }
+
+    /// Every user's pushes, oldest first.
     pub fn each(&self) -> impl Iterator<Item = (i64, &Entry)> {
         self.users
             .iter()

@@ -144,15 +144,14 @@ impl Shard {
         if self.store.disk.as_ref().is_none_or(|d| d.journal.checkpointing()) {
             return;
         }
-        let now = self.disk_now();
         let floor = self.shared.push_floor.load(std::sync::atomic::Ordering::Relaxed);
         let started = std::time::Instant::now();
-        let snapshot = self.store.snapshot(now, floor);
+        let snapshot = self.store.snapshot(floor);
         let Some(d) = &mut self.store.disk else { return };
         d.journal.begin_checkpoint();
         tracing::debug!(
             shard = self.id,
-            records = snapshot.records(),
+            items = snapshot.items(),
             us = started.elapsed().as_micros() as u64,
             "storage: checkpoint begun"
         );
@@ -163,14 +162,20 @@ impl Shard {
 
     /// Adds the next records of the checkpoint under way, or ends it.
     fn checkpoint_more(&mut self) {
-        let Some(d) = &mut self.store.disk else { return };
+        let now = self.disk_now();
+        // Out of the store while the store is read into it.
+        let Some(mut d) = self.store.disk.take() else { return };
         // (Without a snapshot there is nothing more to give: end it rather
         // than leave the journal wanting.)
-        if d.snapshot.as_mut().is_none_or(|s| s.fill(&mut d.journal)) {
+        if d.snapshot
+            .as_mut()
+            .is_none_or(|s| s.fill(&self.store, &mut d.journal, now))
+        {
             d.journal.end_checkpoint();
             d.snapshot = None;
             tracing::debug!(shard = self.id, "storage: checkpoint's last records given");
         }
+        self.store.disk = Some(d);
     }
 }
 

@@ -77,6 +77,11 @@ impl RoomLog {
         self.entries.iter()
     }
 
+    /// Its stored messages after `offset`, oldest first.
+    pub fn entries_after(&self, offset: u64) -> impl Iterator<Item = &Entry> {
+        self.entries.after(move |e| e.offset <= offset)
+    }
+
     /// Its read marks: (user, offset read up to).
     pub fn marks(&self) -> impl Iterator<Item = (i64, u64)> + '_ {
         self.marks.iter().map(|(&m, &o)| (m, o))
