@@ -558,7 +558,7 @@ fn checkpoints_go_in_pieces_while_publishes_go_on_and_an_unfinished_one_is_left_
     // 30 rooms keeping their last 100 messages of 1 KB: a checkpoint of
     // about 3 MB, a dozen pieces, written while the publishes go on (4 MiB
     // of journal asks for one).
-    for i in 0..6000u64 {
+    for i in 0..7500u64 {
         let room = &rooms[(i % 30) as usize];
         publish(&h, room, &format!("{i} {payload}"), &format!("p-{i}"));
     }
@@ -577,6 +577,17 @@ fn checkpoints_go_in_pieces_while_publishes_go_on_and_an_unfinished_one_is_left_
         same(&got, &before),
         before.len()
     );
+    // The checkpoint read back counts: the next is not due at once (each
+    // answered publish asks whether one is).
+    publish(&h, &rooms[1], "one more", "p-more");
+    let st = &h.stats()[0];
+    assert!(
+        st.storage_bytes > 4 << 20,
+        "{} bytes: enough to ask for one",
+        st.storage_bytes
+    );
+    assert_eq!(st.storage_checkpoints, 0);
+    let before = served(&h, &refs);
     stop(h);
 
     // A checkpoint that did not finish (a crash while writing it): its

@@ -307,6 +307,12 @@ impl Journal {
         self.checkpoint.is_none() && self.disk_bytes() > 2 * self.checkpoint_bytes + growth
     }
 
+    /// Says the newest checkpoint read back took `bytes` (so the next one
+    /// is due once the log has grown past it, not at once).
+    pub fn checkpointed(&mut self, bytes: u64) {
+        self.checkpoint_bytes = bytes;
+    }
+
     /// Whether a checkpoint is being written or waits for older segments
     /// to be removed.
     pub fn checkpointing(&self) -> bool {

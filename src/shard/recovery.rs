@@ -56,6 +56,9 @@ pub async fn recover(shard: &Rc<RefCell<Shard>>, files: ShardFiles, control: Tas
     let mut applied = Applied::default();
     let mut lost = 0u64;
     let mut kept: Vec<(u64, u64)> = Vec::new();
+    // The size of the checkpoint replay started at: the journal's next
+    // checkpoint is due when the log has grown well past it.
+    let mut checkpoint_bytes = 0;
     let fail = |what: &str, dir: &Path, e: std::io::Error| format!("storage: {what} in {}: {e}", dir.display());
     progress.bytes_total.fetch_add(files.bytes, Relaxed);
     for (dir, segs) in &files.replay {
@@ -72,6 +75,7 @@ pub async fn recover(shard: &Rc<RefCell<Shard>>, files: ShardFiles, control: Tas
                 .await
                 .map_err(|e| fail("cannot read a segment", dir, e))?;
             if recover::whole_checkpoint(&bytes).is_some() {
+                checkpoint_bytes += bytes.len() as u64;
                 (start, first) = (i, Some(bytes));
                 break;
             }
@@ -120,7 +124,10 @@ pub async fn recover(shard: &Rc<RefCell<Shard>>, files: ShardFiles, control: Tas
                 tracing::warn!(shard = id, dir = %dir.display(), "storage: not read back: {l}");
             }
             lost += read.lost.len() as u64;
-            if (read.stop as usize) < bytes.len() && !files.moving {
+            // (Zeros after the last record are how a segment ends, written
+            // ahead with it: only other bytes are a torn write.)
+            let torn = bytes[read.stop as usize..].iter().any(|&b| b != 0);
+            if torn && !files.moving {
                 // A torn tail: cut it off so it is not met again.
                 cut(dir, n, read.stop)
                     .await
@@ -141,12 +148,15 @@ pub async fn recover(shard: &Rc<RefCell<Shard>>, files: ShardFiles, control: Tas
     }
     shared.push_floor.fetch_max(applied.max_push, Relaxed);
     let c = &shared.config.storage;
-    let journal = Journal::new(
+    let mut journal = Journal::new(
         sync_of(c),
         c.segment_bytes,
         c.max_bytes / nr as u64,
         if files.moving { Vec::new() } else { kept },
     );
+    if !files.moving {
+        journal.checkpointed(checkpoint_bytes);
+    }
     {
         let mut sh = shard.borrow_mut();
         sh.recovering = false;
