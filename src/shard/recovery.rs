@@ -97,9 +97,9 @@ pub async fn recover(shard: &Rc<RefCell<Shard>>, files: ShardFiles, control: Tas
                     .map_err(|e| fail("cannot read a segment", dir, e))?,
             };
             if i > start && recover::begins_checkpoint(&bytes).is_some() {
-                // A checkpoint that did not finish: what it holds is the
-                // segments before it, as of its start; those after it go on
-                // from there.
+                // A checkpoint that did not finish: everything in it is
+                // also in the segments around it (those before it up to its
+                // start, those after it since).
                 tracing::warn!(
                     shard = id,
                     segment = n,
