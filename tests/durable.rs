@@ -640,3 +640,20 @@ fn checkpoints_go_in_pieces_while_publishes_go_on_and_an_unfinished_one_is_left_
 fn same(got: &[(String, u64, String)], want: &[(String, u64, String)]) -> usize {
     got.iter().filter(|g| want.contains(g)).count()
 }
+
+#[test]
+fn a_relative_folder_like_the_default_one_works_and_comes_back() {
+    // As the README's first command runs: `volley-data` in the working
+    // directory (here the package's), which glommio cannot open as it is.
+    let rel = PathBuf::from(format!("target/volley-durable-relative-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&rel);
+    let h = start_on(&rel, 2, SyncMode::Batch);
+    for i in 1..=3u64 {
+        assert_eq!(publish(&h, "chat://rel", &format!("m{i}"), &format!("rel-{i}")).0, i);
+    }
+    stop(h);
+    let h = start_on(&rel, 2, SyncMode::Batch);
+    assert_eq!(bodies(&history(&h, "chat://rel")), ["m1", "m2", "m3"]);
+    stop(h);
+    let _ = std::fs::remove_dir_all(&rel);
+}

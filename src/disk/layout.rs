@@ -96,6 +96,9 @@ fn io<'a>(dir: &'a Path, what: &'static str) -> impl FnOnce(std::io::Error) -> L
 /// takes its lock, and says what each shard replays.
 pub fn open(dir: &Path, shards: usize) -> Result<Store, LayoutError> {
     fs::create_dir_all(dir).map_err(io(dir, "cannot create it"))?;
+    // Absolute from here on: glommio opens a relative directory against no
+    // descriptor at all (EBADF), and `volley-data`, the default, is relative.
+    let dir = &fs::canonicalize(dir).map_err(io(dir, "cannot resolve it"))?;
     let lock = OpenOptions::new()
         .create(true)
         .truncate(false)
