@@ -1,9 +1,9 @@
 //! What the durable store reads back into room logs at start (`restore*`)
-//! and what its checkpoints write down (`each`, `RoomLog::entries`,
-//! `RoomLog::marks`).
+//! and what its checkpoints write down (`RoomLog::entries_after`, a room
+//! over several turns, and `RoomLog::marks`).
 //!
 //! Pure, on the room's owner shard, as the rest of `history`. Replay may
-//! meet a record twice (a checkpoint repeats what the log before it said):
+//! meet a record twice (a checkpoint repeats what the log around it says):
 //! restoring is idempotent, and an offset the log has passed is skipped.
 
 use super::{Entry, Logs, Policy, RoomLog};
