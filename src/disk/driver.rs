@@ -10,7 +10,8 @@
 //! now and of a checkpoint's, and asks the shard for a checkpoint's next
 //! records when the journal wants them (`Owner::checkpoint_more`).
 //!
-//! Invariants: one operation at a time, in the order taken; a segment is
+//! Invariants: one write or sync at a time, in the order taken, and beside
+//! it at most one removal (a task of its own); a segment is
 //! created, preallocated and its directory synced before its first write
 //! counts; the log's segment left behind is synced before the next is
 //! written, so a sync of the newest covers every older one; a checkpoint's
@@ -94,6 +95,19 @@ pub async fn read_segment(dir: &Path, n: u64) -> std::io::Result<Vec<u8>> {
     Ok(out)
 }
 
+/// Removes segments `segments` of `dir` (one already gone counts as removed).
+async fn remove(dir: &Path, segments: &[u64]) -> std::io::Result<()> {
+    for &n in segments {
+        if let Err(e) = glommio::io::remove(segment_path(dir, n)).await {
+            let e = std::io::Error::from(e);
+            if e.kind() != std::io::ErrorKind::NotFound {
+                return Err(e);
+            }
+        }
+    }
+    Ok(())
+}
+
 /// What the driver works for: the shard that owns a journal.
 pub trait Owner {
     /// Its journal.
@@ -103,6 +117,8 @@ pub trait Owner {
     /// An operation ended (the journal is told first); what waited for it
     /// may go on.
     fn done(&mut self, result: Result<(), (DiskOp, String)>);
+    /// A removal ended (`Journal::removed`).
+    fn removed(&mut self, result: Result<(), String>);
     /// The journal wants the next records of the checkpoint under way
     /// (`Journal::wants_pieces`): add some, or end it.
     fn checkpoint_more(&mut self);
@@ -176,17 +192,7 @@ impl Files {
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
                 Err(e) => Err(e),
             },
-            DiskOp::Remove { segments } => {
-                for &n in segments {
-                    if let Err(e) = glommio::io::remove(segment_path(&self.dir, n)).await {
-                        let e = std::io::Error::from(e);
-                        if e.kind() != std::io::ErrorKind::NotFound {
-                            return Err(e);
-                        }
-                    }
-                }
-                Ok(())
-            }
+            DiskOp::Remove { segments } => remove(&self.dir, segments).await,
         }
     }
 
@@ -305,6 +311,21 @@ pub async fn drive<S: Owner + 'static>(me: Weak<RefCell<S>>, dir: PathBuf, segme
             }
         };
         let Some(op) = op else { continue };
+        if let DiskOp::Remove { segments } = op {
+            // Beside the log's writes, in a task of its own.
+            let (me, dir) = (me.clone(), files.dir.clone());
+            let removing = async move {
+                let result = remove(&dir, &segments).await.map_err(|e| e.to_string());
+                if let Err(e) = &result {
+                    tracing::error!(error = %e, "storage: removing an old segment failed; retrying");
+                }
+                if let Some(s) = me.upgrade() {
+                    s.borrow_mut().removed(result);
+                }
+            };
+            glommio::spawn_local(removing).detach();
+            continue;
+        }
         let result = files.run(&op).await;
         let failed = result.is_err();
         if let Err(e) = &result {

@@ -23,7 +23,8 @@
 //! checkpoint that did not finish, `disk::recover`).
 //!
 //! Invariants: LSNs are 1, 2, 3, ... in append order and written in that
-//! order; at most one operation is out at a time; `durable <= written <=
+//! order; at most one write or sync is out at a time, and beside it at most
+//! one removal; `durable <= written <=
 //! appended`; no record appended after a checkpoint began is written
 //! before its segment, none appended before it after; a failed write is
 //! retried with the same bytes at the same place (so nothing is written
@@ -89,7 +90,8 @@ pub enum DiskOp {
         /// The segment's number.
         segment: u64,
     },
-    /// Remove these segments (older than a whole checkpoint).
+    /// Remove these segments (older than a whole checkpoint). Run beside
+    /// the other operations, told with `removed`.
     Remove {
         /// Their numbers.
         segments: Vec<u64>,
@@ -145,9 +147,6 @@ enum Out {
         created: bool,
         last: bool,
     },
-    Remove {
-        segment: u64,
-    },
 }
 
 /// One shard's journal.
@@ -177,8 +176,10 @@ pub struct Journal {
     /// The next record appended starts a chunk of its own (the first
     /// after a checkpoint began).
     cut: bool,
-    /// The last operation taken was a checkpoint's (the log's go next).
-    aside_last: bool,
+    /// The last write taken was a checkpoint's piece (the log's go next).
+    piece_last: bool,
+    /// The segment being removed, beside the other operations.
+    removing: Option<u64>,
     /// Checkpoints started (numbers them).
     checkpoints: u64,
     /// Bytes the newest checkpoint's write took (0: none yet).
@@ -238,7 +239,8 @@ impl Journal {
             segments: segments.into(),
             checkpoint: None,
             cut: false,
-            aside_last: false,
+            piece_last: false,
+            removing: None,
             checkpoints: 0,
             checkpoint_bytes: 0,
             failing: None,
@@ -378,7 +380,7 @@ impl Journal {
         self.out.is_none()
             && (self.retry.is_some()
                 || !self.chunks.is_empty()
-                || self.removable().is_some()
+                || (self.removable().is_some() && self.removing.is_none())
                 || self.piece_due()
                 || self.wants_pieces())
     }
@@ -428,17 +430,14 @@ impl Journal {
             self.out = Some(out);
             return Some(op);
         }
-        // The log's writes and a checkpoint's work (its pieces, then the
-        // removal of the segments it made old, one at a time: unlinking a
-        // segment of 64 MiB takes ~10 ms here) take turns, so that neither
-        // waits for the other for long.
-        let turn = !self.aside_last || self.chunks.is_empty();
+        // The segments a checkpoint made old go one at a time, beside the
+        // log's writes: unlinking one takes ~10 ms per 64 MiB here (110 ms
+        // for an old checkpoint of 2 GB), which the log does not wait for.
         if let Some(old) = self.removable() {
             match old.first() {
                 None => self.checkpoint = None,
-                Some(&segment) if turn => {
-                    self.aside_last = true;
-                    self.out = Some(Out::Remove { segment });
+                Some(&segment) if self.removing.is_none() => {
+                    self.removing = Some(segment);
                     return Some(DiskOp::Remove {
                         segments: vec![segment],
                     });
@@ -446,8 +445,10 @@ impl Journal {
                 Some(_) => {}
             }
         }
-        let piece = self.piece_due() && turn;
-        self.aside_last = piece;
+        // The log's writes and a checkpoint's pieces take turns, so that
+        // neither waits for the other for long.
+        let piece = self.piece_due() && (!self.piece_last || self.chunks.is_empty());
+        self.piece_last = piece;
         if piece {
             return self.take_piece();
         }
@@ -562,16 +563,25 @@ impl Journal {
                         self.synced = self.synced.max(through);
                         self.counts.syncs += 1;
                     }
-                    Out::Remove { segment } => self.segments.retain(|s| s.0 != segment),
                 }
             }
             Err((op, why)) => {
                 self.failing = Some(why);
                 self.counts.failures += 1;
-                // A remove is asked again by `removable` itself.
-                if !matches!(op, DiskOp::Remove { .. }) {
-                    self.retry = Some((op, out));
-                }
+                self.retry = Some((op, out));
+            }
+        }
+    }
+
+    /// How the removal out went (a failed one is asked again by
+    /// `removable` itself).
+    pub fn removed(&mut self, result: Result<(), String>) {
+        let Some(segment) = self.removing.take() else { return };
+        match result {
+            Ok(()) => self.segments.retain(|s| s.0 != segment),
+            Err(why) => {
+                self.failing = Some(why);
+                self.counts.failures += 1;
             }
         }
     }

@@ -134,17 +134,20 @@ fn a_checkpoint_has_a_segment_of_its_own_is_synced_in_any_mode_and_then_older_se
     assert!(j.checkpointing());
     j.done(Ok(()));
     assert_eq!(j.durable(), 1, "a piece is no record of the log");
-    // The log's turn: the write waiting since the checkpoint began.
-    let op = j.take().expect("the write from after it");
+    // Removing what it made old starts at once, beside the log's writes.
+    assert_eq!(j.take(), Some(DiskOp::Remove { segments: vec![1] }));
+    let op = j.take().expect("the write from after it, with the removal out");
     assert_eq!(
         write_of(&op),
         (5, true, 0, frame::BLOCK, false),
         "after the checkpoint's"
     );
     j.done(Ok(()));
-    for old in 1..=3 {
-        assert_eq!(j.take(), Some(DiskOp::Remove { segments: vec![old] }), "one at a time");
-        j.done(Ok(()));
+    assert!(j.take().is_none() && !j.has_work(), "one removal at a time");
+    j.removed(Ok(()));
+    for old in 2..=3 {
+        assert_eq!(j.take(), Some(DiskOp::Remove { segments: vec![old] }));
+        j.removed(Ok(()));
     }
     assert!(j.take().is_none() && !j.checkpointing());
     assert_eq!((j.durable(), j.segments()), (2, 2));
@@ -186,7 +189,7 @@ fn a_big_checkpoint_goes_in_pieces_between_writes_of_the_log() {
             pieces_made += usize::from(checkpoint);
             ops.push(write_or_piece(&op));
         }
-        j.done(Ok(()));
+        finish(&mut j, &op);
         if !j.checkpointing() {
             break;
         }
@@ -207,8 +210,8 @@ fn a_big_checkpoint_goes_in_pieces_between_writes_of_the_log() {
     }
     let last = ops.iter().rev().find(|o| o.0).expect("pieces");
     assert!(last.1 .4, "the last piece is synced");
-    while let Some(_op) = j.take() {
-        j.done(Ok(()));
+    while let Some(op) = j.take() {
+        finish(&mut j, &op);
     }
     assert_eq!(j.durable(), j.appended());
     assert_eq!(j.segments(), 2, "the checkpoint's and the one after it");
@@ -242,4 +245,12 @@ fn max_bytes_refuses_until_space_is_freed() {
         j.done(Ok(()));
     }
     assert_eq!(j.refusal(), Some(Refusal::Full));
+}
+
+/// Tells the journal `op` went well.
+fn finish(j: &mut Journal, op: &DiskOp) {
+    match op {
+        DiskOp::Remove { .. } => j.removed(Ok(())),
+        _ => j.done(Ok(())),
+    }
 }

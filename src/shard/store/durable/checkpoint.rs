@@ -287,21 +287,26 @@ mod tests {
                 // The room goes on between turns.
                 change(&mut live, &mut j, 60);
             }
-            let Some(op) = j.take() else { break };
-            if let DiskOp::Write {
-                segment,
-                checkpoint,
-                bytes,
-                ..
-            } = op
-            {
-                if checkpoint {
-                    pieces.push((segment, bytes));
-                } else {
-                    writes.push((segment, bytes));
+            match j.take() {
+                None => break,
+                Some(DiskOp::Remove { .. }) => j.removed(Ok(())),
+                Some(op) => {
+                    if let DiskOp::Write {
+                        segment,
+                        checkpoint,
+                        bytes,
+                        ..
+                    } = op
+                    {
+                        if checkpoint {
+                            pieces.push((segment, bytes));
+                        } else {
+                            writes.push((segment, bytes));
+                        }
+                    }
+                    j.done(Ok(()));
                 }
             }
-            j.done(Ok(()));
         }
         assert!(turns >= 3, "the room took {turns} turns");
         // Recovery: the checkpoint's segment, then every later one.

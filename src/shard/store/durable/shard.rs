@@ -99,6 +99,18 @@ impl Shard {
     pub fn disk_done(&mut self, result: Result<(), (DiskOp, String)>) {
         let Some(d) = &mut self.store.disk else { return };
         d.journal.done(result);
+        self.storage_counts();
+        while let Some(h) = self.store.disk.as_mut().and_then(|d| d.next_ready()) {
+            self.let_go(h);
+        }
+        self.count_held();
+        // A journal that grows fast reaches its bound between sweeps.
+        self.maybe_checkpoint();
+    }
+
+    /// The journal's counts since last asked, into the shard's stats.
+    fn storage_counts(&mut self) {
+        let Some(d) = &mut self.store.disk else { return };
         let c = d.journal.take_counts();
         let bytes = d.journal.disk_bytes();
         let st = &self.shared.stats[self.id];
@@ -107,12 +119,6 @@ impl Shard {
         ShardStats::add(&st.storage_written_bytes, c.bytes);
         ShardStats::add(&st.storage_failures, c.failures);
         st.storage_bytes.store(bytes, Relaxed);
-        while let Some(h) = self.store.disk.as_mut().and_then(|d| d.next_ready()) {
-            self.let_go(h);
-        }
-        self.count_held();
-        // A journal that grows fast reaches its bound between sweeps.
-        self.maybe_checkpoint();
     }
 
     /// Once a tick and after each write: a checkpoint when the journal has
@@ -197,6 +203,15 @@ impl crate::disk::driver::Owner for Shard {
 
     fn done(&mut self, result: Result<(), (DiskOp, String)>) {
         self.disk_done(result);
+    }
+
+    fn removed(&mut self, result: Result<(), String>) {
+        let Some(d) = &mut self.store.disk else { return };
+        d.journal.removed(result);
+        // The driver may be waiting for it (the next removal, or the end
+        // of the checkpoint).
+        d.wake();
+        self.storage_counts();
     }
 
     fn checkpoint_more(&mut self) {
