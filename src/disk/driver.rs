@@ -318,6 +318,8 @@ pub async fn drive<S: Owner + 'static>(me: Weak<RefCell<S>>, dir: PathBuf, segme
                 let result = remove(&dir, &segments).await.map_err(|e| e.to_string());
                 if let Err(e) = &result {
                     tracing::error!(error = %e, "storage: removing an old segment failed; retrying");
+                    // Still out meanwhile, so it is not asked again at once.
+                    glommio::timer::sleep(RETRY_AFTER).await;
                 }
                 if let Some(s) = me.upgrade() {
                     s.borrow_mut().removed(result);
