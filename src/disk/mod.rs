@@ -9,9 +9,13 @@
 //! journal   a shard's append-only log as a state machine: LSNs, group commit, segments,
 //!           checkpoints, retries; emits writes, syncs and removals as values
 //! recover   reading a journal back: the newest whole checkpoint, then every record
+//! layout    the store's folder: its lock, `CURRENT`, the generations of shard folders
+//! driver    runs a shard's journal on glommio's DMA files, and reads segments back
 //! ```
 //!
-//! Pure code over bytes and values, used by the shard that owns a journal.
+//! All but `layout` (the standard library, once at start) and `driver` (the
+//! shard's ring) are pure code over bytes and values, used by the shard that
+//! owns a journal.
 
 pub mod driver;
 pub mod frame;
