@@ -39,10 +39,9 @@ pub struct Dedup {
     window: u32,
     cap: usize,
     forgotten: u64,
-    /// Ids ever put in `order`, and taken from its front: the id at
-    /// `order[i]` is the `popped + i`th kept (`by_seq`).
+    /// Ids ever put in `order`: the id at `order[i]` is the
+    /// `pushed - order.len() + i`th kept (`by_seq`).
     pushed: u64,
-    popped: u64,
 }
 
 impl Dedup {
@@ -77,7 +76,6 @@ impl Dedup {
             let Some((_, old)) = self.order.pop_front() else { break };
             self.seen.remove(&old);
             self.forgotten += 1;
-            self.popped += 1;
         }
         let key: Rc<str> = Rc::from(key);
         self.seen.insert(key.clone(), (now, outcome));
@@ -93,14 +91,13 @@ impl Dedup {
             }
             let (_, key) = self.order.pop_front().expect("front checked");
             self.seen.remove(&key);
-            self.popped += 1;
         }
     }
 
     /// The ids kept so far are numbered from 0 in the order kept: the
     /// numbers of those still kept run from this one ...
     pub fn first_seq(&self) -> u64 {
-        self.popped
+        self.pushed - self.order.len() as u64
     }
 
     /// ... up to this one (the next id kept gets it).
@@ -112,7 +109,7 @@ impl Dedup {
     /// outcome). For the durable store's checkpoints, which write the ids
     /// kept when they began, a few at a time.
     pub fn by_seq(&self, seq: u64) -> Option<(&str, u32, Outcome)> {
-        let i = usize::try_from(seq.checked_sub(self.popped)?).ok()?;
+        let i = usize::try_from(seq.checked_sub(self.first_seq())?).ok()?;
         let (at, k) = self.order.get(i)?;
         let &(_, o) = self.seen.get(k)?;
         Some((k, *at, o))
