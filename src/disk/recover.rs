@@ -50,8 +50,11 @@ pub struct Read {
     /// What was not read.
     pub lost: Vec<Loss>,
     /// Where what was written ends: after the last readable record, or
-    /// where a torn one began (what follows is cut off).
+    /// where a torn one began.
     pub stop: u64,
+    /// What follows `stop` is a torn write to cut off, not the zeros a
+    /// segment ends with (written ahead with its records).
+    pub torn: bool,
 }
 
 /// The checkpoint `bytes` (a segment) begins with, whole or not.
@@ -106,6 +109,7 @@ pub fn read_segment(segment: u64, bytes: &[u8], mut apply: impl FnMut(Record<'_>
         }
     }
     read.stop = scan.end().unwrap_or(bytes.len()) as u64;
+    read.torn = bytes[read.stop as usize..].iter().any(|&b| b != 0);
     read
 }
 

@@ -124,10 +124,7 @@ pub async fn recover(shard: &Rc<RefCell<Shard>>, files: ShardFiles, control: Tas
                 tracing::warn!(shard = id, dir = %dir.display(), "storage: not read back: {l}");
             }
             lost += read.lost.len() as u64;
-            // (Zeros after the last record are how a segment ends, written
-            // ahead with it: only other bytes are a torn write.)
-            let torn = bytes[read.stop as usize..].iter().any(|&b| b != 0);
-            if torn && !files.moving {
+            if read.torn && !files.moving {
                 // A torn tail: cut it off so it is not met again.
                 cut(dir, n, read.stop)
                     .await
