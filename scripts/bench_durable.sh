@@ -9,13 +9,18 @@
 # both from one connection. Then the pipelined shape: one TCP publisher
 # connection keeping WINDOW pushes in flight (volley-loadgen durable
 # pipeline) against one JetStream connection publishing asynchronously with
-# the same window. Loopback only; every process started here is stopped by
-# PID.
+# the same window. JetStream runs once for each of NATS_SYNC: `default`
+# (nats-server's own, a sync every two minutes) and `always` (an fsync after
+# every message; nats-server 2.10 or newer). Loopback only; every process
+# started here is stopped by PID.
 #
 # Usage: scripts/bench_durable.sh [SECS=8] [CONNS=32]
 # Env: NO_BUILD=1, BASE_PORT (default 3501), OUT (results dir), SIZES ("64 1024"),
 #      MODES ("memory batch interval none"), SHARDS ("1 2"), WINDOW (64),
-#      PIPELINE=0 (skip the pipelined runs), HTTP=0 (skip the HTTP runs).
+#      PIPELINE=0 (skip the pipelined runs), HTTP=0 (skip the HTTP runs),
+#      NATS_SERVER (the nats-server binary; default the one on PATH),
+#      NATS_SYNC ("default always"; "default" alone when nats-server is older
+#      than 2.10, which has no sync_interval).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SECS=${1:-8}
@@ -28,7 +33,17 @@ WINDOW=${WINDOW:-64}
 OUT=${OUT:-$(mktemp -d /tmp/volley-bench-durable.XXXXXX)}
 mkdir -p "$OUT"
 [ "${NO_BUILD:-}" = 1 ] || cargo build --release -p volley -p volley-loadgen
-command -v nats-server >/dev/null 2>&1 || { echo "nats-server missing (apt-get install nats-server)" >&2; exit 1; }
+NATS=${NATS_SERVER:-nats-server}
+command -v "$NATS" >/dev/null 2>&1 || { echo "nats-server missing (apt-get install nats-server)" >&2; exit 1; }
+NATS_VERSION=$("$NATS" --version | grep -o '[0-9][0-9.]*' | head -1)
+if [ -z "${NATS_SYNC:-}" ]; then
+    NATS_SYNC="default always"
+    case $NATS_VERSION in 1.* | 2.[0-9] | 2.[0-9].*)
+        NATS_SYNC=default
+        echo "nats-server $NATS_VERSION has no sync_interval: JetStream runs with its default only (NATS_SERVER= a 2.10 or newer for \`always\`)" >&2 ;;
+    esac
+fi
+echo "nats-server $NATS_VERSION, JetStream sync: $NATS_SYNC"
 BIN=target/release/volley
 LG=target/release/volley-loadgen
 TCP=127.0.0.1:$BASE API=127.0.0.1:$((BASE + 10))
@@ -73,17 +88,25 @@ PY
 }
 
 run_nats() { # SIZE CONNS [WINDOW]
-    local size=$1 conns=$2 window=${3:-1}
-    rm -rf "$OUT/js"
-    nats-server -js -sd "$OUT/js" -a 127.0.0.1 -p $((BASE + 20)) >>"$OUT/nats.log" 2>&1 &
-    PID=$!
-    sleep 1
-    # Not another process's server on that port: this one is still up.
-    kill -0 "$PID" 2>/dev/null || { echo "nats-server did not start (see $OUT/nats.log)" >&2; exit 1; }
-    "$LG" durable jetstream --nats "127.0.0.1:$((BASE + 20))" --conns "$conns" --secs "$SECS" --size "$size" \
-        --window "$window" >"$OUT/jetstream-$size-$conns-w$window.json"
-    kill -TERM "$PID"; wait "$PID" 2>/dev/null || true; PID=""
-    rm -rf "$OUT/js" # a run leaves a GB or more of stream behind
+    local size=$1 conns=$2 window=${3:-1} sync
+    for sync in $NATS_SYNC; do
+        echo "   JetStream sync $sync"
+        rm -rf "$OUT/js"
+        mkdir -p "$OUT/js"
+        # 2.9 knows no sync_interval: its default run gets no such line.
+        { echo "jetstream { store_dir: \"$OUT/js\""
+          [ "$sync" = default ] || echo "  sync_interval: $sync"
+          echo "}"; } >"$OUT/js.conf"
+        "$NATS" -c "$OUT/js.conf" -a 127.0.0.1 -p $((BASE + 20)) >>"$OUT/nats.log" 2>&1 &
+        PID=$!
+        sleep 1
+        # Not another process's server on that port: this one is still up.
+        kill -0 "$PID" 2>/dev/null || { echo "nats-server did not start (see $OUT/nats.log)" >&2; exit 1; }
+        "$LG" durable jetstream --nats "127.0.0.1:$((BASE + 20))" --conns "$conns" --secs "$SECS" --size "$size" \
+            --window "$window" >"$OUT/jetstream-$sync-$size-$conns-w$window.json"
+        kill -TERM "$PID"; wait "$PID" 2>/dev/null || true; PID=""
+        rm -rf "$OUT/js" # a run leaves a GB or more of stream behind
+    done
 }
 
 if [ "${HTTP:-1}" = 1 ]; then
