@@ -90,6 +90,8 @@
 //! - [`sub`]: `volley sub`, a terminal subscriber (blocking sockets, a
 //!   client of the server, not part of it) that prints what arrives and
 //!   resumes after a lost connection.
+//! - [`ctl`]: `volley drain`, the operator's command that asks a running
+//!   server to drain and follows it (a client of the HTTP API).
 //!
 //! Code that awaits: `conn`, `api::http`, `api::tcp`, `net::accept_each`,
 //! `shard::run`, `redis` (links, subscribers, scripts, the operations'
@@ -101,6 +103,7 @@ pub mod api;
 pub mod auth;
 pub mod config;
 pub mod conn;
+pub mod ctl;
 pub mod disk;
 pub mod host;
 pub mod metrics;

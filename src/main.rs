@@ -1,6 +1,6 @@
 //! The `volley` binary: command line → `Config` → `Server::start`, then wait
 //! for SIGINT/SIGTERM and shut down cleanly; or one of the tools beside the
-//! server (`check-host`, `config`, `sub`), which print and exit.
+//! server (`check-host`, `config`, `sub`, `drain`), which print and exit.
 
 use anyhow::Context;
 use std::io::IsTerminal;
@@ -34,6 +34,7 @@ fn main() -> anyhow::Result<()> {
             return Ok(());
         }
         Cmd::Sub(a) => return volley::sub::run(&a, &mut std::io::stdout().lock()),
+        Cmd::Drain(d) => return volley::ctl::drain(&d, &mut std::io::stdout().lock()),
     };
     let config = serve.server;
     let notes = serve.notes;

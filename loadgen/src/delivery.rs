@@ -231,6 +231,7 @@ pub fn churn(common: Common, opts: Churn, load: Load) -> Result<()> {
         "churn_period_secs": opts.period.as_secs_f64(),
         "reconnects": shared.reconnects.load(Relaxed),
         "server_closes": shared.server_closes.load(Relaxed),
+        "server_closes_per_sec": shared.server_closes_per_sec(),
         "connect_failed": shared.connect_failed.load(Relaxed),
         "published": total,
         "payload_bytes": size,
@@ -355,6 +356,7 @@ pub fn inbox(common: Common, o: Inbox) -> Result<()> {
         "acked": shared.acked.load(Relaxed),
         "left_in_inboxes": left,
         "server_closes": shared.server_closes.load(Relaxed),
+        "server_closes_per_sec": shared.server_closes_per_sec(),
         "connect_failed": shared.connect_failed.load(Relaxed),
         "errors": shared.errors.load(Relaxed),
     });

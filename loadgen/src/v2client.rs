@@ -84,6 +84,9 @@ pub struct Shared {
     pub reconnects: AtomicU64,
     /// Connections the server closed (op 6 or end of stream), reconnected.
     pub server_closes: AtomicU64,
+    /// Those, by second of the run (from `base`; the last bucket takes
+    /// the rest).
+    pub server_closes_by_sec: Vec<AtomicU64>,
     /// Resumes answered `recovered: false`.
     pub unrecovered: AtomicU64,
     /// Those, by the reason the server gave.
@@ -101,7 +104,26 @@ pub struct Shared {
     pub presence_events: AtomicU64,
 }
 
+/// Seconds of a run whose server closes are counted one by one.
+const CLOSE_SECS: usize = 3600;
+
 impl Shared {
+    /// Counts a close by the server, and its second.
+    fn server_closed(&self) {
+        self.server_closes.fetch_add(1, Relaxed);
+        let sec = (self.base.elapsed().as_secs() as usize).min(CLOSE_SECS - 1);
+        self.server_closes_by_sec[sec].fetch_add(1, Relaxed);
+    }
+
+    /// Server closes per second of the run, up to the last second with one.
+    pub fn server_closes_per_sec(&self) -> Vec<u64> {
+        let mut v: Vec<u64> = self.server_closes_by_sec.iter().map(|a| a.load(Relaxed)).collect();
+        while v.last() == Some(&0) {
+            v.pop();
+        }
+        v
+    }
+
     /// Shared state for `targets`, before any connection.
     pub fn new(targets: Vec<SocketAddr>, sources: usize, role: Role, rate: u64, churn: (u64, Duration)) -> Self {
         Shared {
@@ -123,6 +145,7 @@ impl Shared {
             gaps: AtomicU64::new(0),
             reconnects: AtomicU64::new(0),
             server_closes: AtomicU64::new(0),
+            server_closes_by_sec: (0..CLOSE_SECS).map(|_| AtomicU64::new(0)).collect(),
             unrecovered: AtomicU64::new(0),
             unrecovered_why: Default::default(),
             errors: AtomicU64::new(0),
@@ -380,7 +403,7 @@ impl Driver {
         // SAFETY: reading into the unused tail of our buffer.
         let n = unsafe { libc::read(fd, c.buf[c.have..].as_mut_ptr().cast(), c.buf.len() - c.have) };
         if n == 0 || (n < 0 && std::io::Error::last_os_error().kind() != std::io::ErrorKind::WouldBlock) {
-            self.shared.server_closes.fetch_add(1, Relaxed);
+            self.shared.server_closed();
             self.reconnect(slot);
             return;
         }
@@ -503,7 +526,7 @@ impl Driver {
                 }
             }
             op::DISCONNECT => {
-                sh.server_closes.fetch_add(1, Relaxed);
+                sh.server_closed();
                 if self.conns[slot].phase != Phase::Finished {
                     self.reconnect(slot);
                 }
@@ -548,7 +571,7 @@ impl Driver {
         // SAFETY: writing from a buffer we own to a descriptor we own.
         let n = unsafe { libc::send(fd, frame.as_ptr().cast(), frame.len(), libc::MSG_NOSIGNAL) };
         if n != frame.len() as isize {
-            self.shared.server_closes.fetch_add(1, Relaxed);
+            self.shared.server_closed();
             self.reconnect(slot);
             return false;
         }

@@ -80,6 +80,7 @@ where
     let serve = match &cli.cmd {
         Cmd::Serve(serve) => serve,
         Cmd::Config(c) => &c.serve,
+        Cmd::Drain(d) => &d.serve,
         Cmd::CheckHost(_) | Cmd::Sub(_) => return Ok(cli),
     };
     let cmd = Cli::command();
@@ -95,7 +96,7 @@ where
     // file's, as a later value replaces an earlier one elsewhere.
     let at = args
         .iter()
-        .position(|a| a == "serve" || a == "config")
+        .position(|a| a == "serve" || a == "config" || a == "drain")
         .map_or(args.len(), |i| i + 1);
     let typed: HashSet<String> = serve_cmd
         .get_arguments()
@@ -216,6 +217,7 @@ where
             );
             c.serve.notes = notes;
         }
+        Cmd::Drain(d) => d.serve.config = path,
         Cmd::CheckHost(_) | Cmd::Sub(_) => {}
     }
     Ok(cli)

@@ -130,6 +130,27 @@ pub enum Cmd {
     /// push; on a lost connection, reconnect and resume each room from the
     /// last message printed.
     Sub(crate::sub::SubArgs),
+    /// Drain a running server: every client connection is told to
+    /// reconnect (elsewhere, if there is an elsewhere) at its own moment of
+    /// the window, so the reconnects do not arrive at once. Finds the
+    /// server's API as `serve` would be configured (same flags,
+    /// environment and file); follows the drain until it is done.
+    #[command(args_override_self = true)]
+    Drain(DrainArgs),
+}
+
+/// Arguments of `volley drain`.
+#[derive(Debug, Args)]
+pub struct DrainArgs {
+    /// Seconds over which the clients are told to reconnect.
+    #[arg(long, default_value_t = 30)]
+    pub over: u64,
+    /// Return once the drain has begun instead of following it.
+    #[arg(long)]
+    pub no_wait: bool,
+    /// The server's configuration: where its API listens, its key.
+    #[command(flatten)]
+    pub serve: ServeArgs,
 }
 
 /// Arguments of `volley config`.

@@ -62,6 +62,7 @@ close_reasons! {
     SlowConsumer => "slow_consumer", true, Some(close::POLICY), "Outbound queue passed its byte limit.";
     Replaced => "replaced", true, Some(close::NORMAL), "Another connection authenticated with the same key.";
     Shutdown => "shutdown", true, Some(close::GOING_AWAY), "The server is shutting down; reconnect elsewhere.";
+    Restart => "restart", true, Some(close::SERVICE_RESTART), "The server is draining (`volley drain`): reconnect, elsewhere if there is an elsewhere; version 2 resumes from its offsets.";
     BadUpgrade => "bad_upgrade", false, None, "The WebSocket upgrade request was refused (HTTP 4xx sent).";
     WsClosed => "ws_closed", false, None, "The WebSocket client sent a close frame (answered).";
     WsProtocol => "ws_protocol_error", false, Some(close::PROTOCOL), "A WebSocket framing rule was broken (close 1002).";
@@ -129,6 +130,7 @@ impl CloseReason {
                 | CloseReason::HandshakeTimeout
                 | CloseReason::Replaced
                 | CloseReason::Shutdown
+                | CloseReason::Restart
                 | CloseReason::WsClosed
         )
     }

@@ -152,6 +152,10 @@ impl Shard {
                 }
             }
             ShardMsg::JoinFailed { conn, seq, room, why } => self.on_join_failed(conn, seq, &room, &why),
+            // The runtime takes it before this (`shard::run`): a drain needs
+            // its clock and its timer. A shard driven without one has no
+            // connections to tell.
+            ShardMsg::Drain { .. } => {}
             ShardMsg::Shutdown => self.shutdown(),
         }
     }

@@ -430,6 +430,14 @@ pub enum ShardMsg {
         /// Why.
         why: String,
     },
+    /// Begin draining: tell every client connection to reconnect, spread
+    /// over `over_ms` (`shard::conns::drain`).
+    Drain {
+        /// The window.
+        over_ms: u64,
+        /// Order and jitter (one per shard, so shards differ).
+        seed: u64,
+    },
     /// Stop accepting, tell every client, close, and end the shard.
     Shutdown,
 }

@@ -11,7 +11,8 @@
 //!
 //! ```text
 //! serve: spawn sweep (1 s, until the executor ends) + inbox; ready
-//!        inbox: handle messages until Shutdown (closes every client)
+//!        inbox: handle messages until Shutdown (closes every client);
+//!               Drain starts a task that tells each client when its turn comes
 //!        shut the listeners and the publishers' read sides
 //!        drain: keep handling directory messages until every connection
 //!               and publisher is gone, or shutdown_grace_secs
@@ -102,6 +103,10 @@ async fn inbox(shard: Rc<RefCell<Shard>>) {
     let mut handled = 0u32;
     loop {
         let msg = std::future::poll_fn(|cx| shared.mesh.poll_recv(id, cx)).await;
+        if let ShardMsg::Drain { over_ms, seed } = msg {
+            begin_drain(&shard, over_ms, seed);
+            continue;
+        }
         let stop = matches!(msg, ShardMsg::Shutdown);
         let fan_out = msg.is_fan_out();
         let start = metrics::clock_us();
@@ -122,6 +127,35 @@ async fn inbox(shard: Rc<RefCell<Shard>>) {
         if handled % INBOX_BATCH == 0 {
             glommio::executor().yield_if_needed().await;
         }
+    }
+}
+
+/// Begins the shard's drain and, when it has connections to tell, a task
+/// in the control queue that tells each at its time (`shard::conns::drain`).
+fn begin_drain(shard: &Rc<RefCell<Shard>>, over_ms: u64, seed: u64) {
+    let start = Instant::now();
+    let ms = move || start.elapsed().as_millis() as u64;
+    if shard.borrow_mut().drain_begin(ms(), over_ms, seed).is_none() {
+        return;
+    }
+    let shard = shard.clone();
+    let teller = async move {
+        loop {
+            let next = {
+                let mut sh = shard.borrow_mut();
+                sh.set_clock(metrics::clock_us());
+                sh.drain_due(ms())
+            };
+            let Some(at) = next else { break };
+            glommio::timer::sleep(Duration::from_millis(at.saturating_sub(ms()).max(1))).await;
+        }
+    };
+    // Detached: it ends with its plan (or with the executor).
+    match glommio::spawn_local_into(teller, glommio::executor().current_task_queue()) {
+        Ok(t) => {
+            t.detach();
+        }
+        Err(e) => tracing::error!(error = %e, "cannot start the drain; connections stay"),
     }
 }
 

@@ -73,6 +73,26 @@ pub struct Shared {
     /// or read back from the durable store: ids go on above it, so none is
     /// given twice, and checkpoints keep it.
     pub push_floor: std::sync::atomic::AtomicU64,
+    /// `volley drain`: whether one began, and how far it got.
+    pub drain: DrainProgress,
+}
+
+/// A drain across shards (`/v1/drain`, `/healthz`).
+#[derive(Debug, Default)]
+pub struct DrainProgress {
+    /// Set when a drain begins; never unset (a drained node stays
+    /// drained: `/healthz` keeps answering 503).
+    pub begun: std::sync::atomic::AtomicBool,
+    /// When it began (Unix ms) and its window (ms).
+    pub began_ms: std::sync::atomic::AtomicU64,
+    /// The window (ms).
+    pub over_ms: std::sync::atomic::AtomicU64,
+    /// Client connections to tell, added by each shard as it begins.
+    pub planned: std::sync::atomic::AtomicU64,
+    /// Told so far (or gone before their turn).
+    pub told: std::sync::atomic::AtomicU64,
+    /// Shards that have begun.
+    pub shards_started: std::sync::atomic::AtomicUsize,
 }
 
 /// Progress of the durable store's start, across shards.
@@ -110,6 +130,7 @@ impl Shared {
                 .then(|| Arc::new(crate::redis::Health::new(n, config.redis.urls.len()))),
             recovery: Recovery::default(),
             push_floor: Default::default(),
+            drain: DrainProgress::default(),
             config,
         }
     }

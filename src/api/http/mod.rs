@@ -9,7 +9,7 @@
 //! the body within `[api] max_body`, call the handler. What a handler gets
 //! and gives, and parsing, live in `request`; the route table and most
 //! handlers in `routes`; the reads that ask a room's owner (history,
-//! presence, unread) in `reads`. Publishing is fire-and-forget, as in
+//! presence, unread) in `reads`; draining the node in `drain`. Publishing is fire-and-forget, as in
 //! goim: the reply says the message was accepted for delivery.
 //!
 //! ```text
@@ -17,12 +17,14 @@
 //! GET  /goim/online/{room,total,top}
 //! POST /v1/push/{keys,mids,room,all}   POST /v1/publish (batch)
 //! GET  /v1/online/{rooms,total,top}  /v1/history  /v1/stats  /metrics  /healthz
+//! POST /v1/drain?over=SECS   GET /v1/drain
 //! ```
 //!
 //! Every JSON reply is `{"code":0,"message":"","data":...}`; a bad request
 //! gets a 4xx status with `code` = minus the status and a `message` saying
 //! what is wrong. Not here: HTTP/2, TLS (terminate in front).
 
+mod drain;
 mod reads;
 pub mod request;
 pub mod routes;

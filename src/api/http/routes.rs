@@ -6,6 +6,7 @@
 //! row, checks the key, reads the body, then calls the handler). docs/API.md
 //! is the contract; every reply is `{"code":0,"message":"","data":...}`.
 
+use super::drain::{v1_drain, v1_drain_status};
 use super::reads::{v1_history, v1_presence, v1_unread};
 use super::request::{
     bad, json_reply, ok, v1_batch, v1_push, with_type, ApiError, Handler, Later, LaterHandler, Req, Resp,
@@ -55,6 +56,15 @@ const fn get_later(path: &'static str, handler: LaterHandler) -> Route {
         path,
         keyed: true,
         run: Run::Later(handler),
+    }
+}
+
+const fn post(path: &'static str, handler: Handler) -> Route {
+    Route {
+        method: Method::POST,
+        path,
+        keyed: true,
+        run: Run::Now(handler),
     }
 }
 
@@ -111,6 +121,8 @@ pub const ROUTES: &[Route] = &[
     get_later("/v1/unread", v1_unread),
     get_later("/v1/presence", v1_presence),
     dev("/v1/dev/token", dev_token),
+    post("/v1/drain", v1_drain),
+    get("/v1/drain", v1_drain_status),
     get("/v1/stats", v1_stats),
     get("/metrics", metrics),
     page("/healthz", healthz),
@@ -361,7 +373,9 @@ fn metrics(r: &Req<'_>) -> Result<Resp, ApiError> {
 }
 
 /// 200 while the node can do its job; 503 with the reason while the
-/// durable store is read back at start (with progress), or while a Redis
+/// durable store is read back at start (with progress), from the moment a
+/// drain begins (so that load balancers send new clients elsewhere; with
+/// progress), or while a Redis
 /// instance of the cluster is unreachable from some shard (publishes fail
 /// meanwhile; client connections stay up). Without the API key (when one
 /// is set) the 503 does not name the instances.
@@ -373,6 +387,12 @@ fn healthz(r: &Req<'_>) -> Result<Resp, ApiError> {
         let (read, total) = (load(&rec.bytes_read), load(&rec.bytes_total));
         let message = format!("recovering: {read} of {total} bytes of the journal read back, {left} shard(s) left");
         let data = json!({"recovering": {"shards_left": left, "bytes_read": read, "bytes_total": total, "records": load(&rec.records)}});
+        return Ok(json_reply(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &json!({"code": 503, "message": message, "data": data}),
+        ));
+    }
+    if let Some((message, data)) = super::drain::unhealthy(r.shared) {
         return Ok(json_reply(
             StatusCode::SERVICE_UNAVAILABLE,
             &json!({"code": 503, "message": message, "data": data}),

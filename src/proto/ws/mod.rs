@@ -61,6 +61,8 @@ pub mod close {
     pub const TOO_BIG: u16 = 1009;
     /// Unexpected server condition.
     pub const INTERNAL: u16 = 1011;
+    /// Service restart: the server is draining; reconnect.
+    pub const SERVICE_RESTART: u16 = 1012;
     /// Try again later (the server is at a limit).
     pub const TRY_AGAIN: u16 = 1013;
 }

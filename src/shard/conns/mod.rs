@@ -8,7 +8,8 @@
 //!
 //! Files: this one (the record), `lifecycle` (new, close, remove, room
 //! changes), `heartbeat` (deadlines, WebSocket pings, the sweep), `wheel`
-//! (the deadline wheel, pure), `outbound` (a connection's write queue,
+//! (the deadline wheel, pure), `drain` (who is told to reconnect when,
+//! while `volley drain` runs), `outbound` (a connection's write queue,
 //! pure), `worklist` (connections waiting for the flusher or the reactor,
 //! one wake per burst, pure).
 
@@ -24,6 +25,7 @@ use std::os::fd::RawFd;
 use std::rc::Rc;
 use std::sync::Arc;
 
+pub(super) mod drain;
 pub(super) mod heartbeat;
 mod lifecycle;
 pub mod outbound;
@@ -47,6 +49,8 @@ pub(in crate::shard) struct Conns {
     ips_dirty: bool,
     /// Open TCP publisher sockets, so shutdown can end their reads at once.
     publishers: fnv::FnvHashSet<RawFd>,
+    /// While `volley drain` runs: who is told to reconnect when.
+    pub(in crate::shard) drain: Option<drain::Plan>,
 }
 
 impl Default for Conns {
@@ -58,6 +62,7 @@ impl Default for Conns {
             ips: Default::default(),
             ips_dirty: false,
             publishers: Default::default(),
+            drain: None,
         }
     }
 }
