@@ -8,7 +8,8 @@
 # load generator's loss, duplicate and gap counts. Loopback only; bounded;
 # stops what it started, by PID.
 # Usage: scripts/bench_drain.sh [N=19000] [OVER=30] [RATE=50]
-# Env: NO_BUILD=1, OUT (default target/bench/drain)
+# Env: NO_BUILD=1, OUT (default target/bench/drain), NO_DRAIN=1 (the same
+#      run without the drain, to compare with)
 set -euo pipefail
 export VOLLEY_LIMITS_MAX_CONNS_PER_IP=0 VOLLEY_LIMITS_CONN_RATE_PER_IP=0 VOLLEY_LIMITS_MAX_HANDSHAKES_PER_IP=0
 cd "$(dirname "$0")/.."
@@ -42,8 +43,12 @@ for _ in $(seq 1200); do
     sleep 0.1
 done
 sleep 5
-echo "== volley drain --over $OVER ($joined connected)"
-"$V" drain --over "$OVER" --api-listen "$API" | tee "$OUT/drain.log"
+if [ "${NO_DRAIN:-}" = 1 ]; then
+    echo "== no drain ($joined connected)"
+else
+    echo "== volley drain --over $OVER ($joined connected)"
+    "$V" drain --over "$OVER" --api-listen "$API" | tee "$OUT/drain.log"
+fi
 wait "$LPID" || echo "churn exited $?"
 LPID=
 python3 - "$OUT/churn.json" <<'PY'
