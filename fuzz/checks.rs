@@ -545,3 +545,30 @@ pub fn disk_recover(data: &[u8]) {
     let (records, lost) = volley::shard::recovery::replay_checked(bytes, clock);
     assert!(records as usize + lost <= bytes.len());
 }
+
+/// The records of a shard handed to the next process on an upgrade
+/// (`shard::handoff`), from arbitrary bytes: what decodes encodes back to
+/// records equal to it; importing it into a fresh shard of a one-shard
+/// process never panics and either refuses it whole (the shard stays
+/// empty) or takes every connection, which then export again as given.
+pub fn handoff_records(data: &[u8]) {
+    use std::sync::Arc;
+    use volley::shard::handoff::{decode, encode};
+    let Some(state) = decode(data) else { return };
+    assert_eq!(decode(&encode(&state)).as_ref(), Some(&state), "re-encoded");
+    let config = volley::Config {
+        shards: 1,
+        ..volley::Config::default()
+    };
+    let mut shard = volley::shard::Shard::new(0, Arc::new(volley::shard::Shared::new(config)));
+    let fds = vec![-1; state.conns.len()];
+    let n = state.conns.len();
+    match shard.import(state, &fds) {
+        Ok(()) => {
+            assert_eq!(shard.nr_conns(), n);
+            let (again, fds) = shard.export().expect("imported connections export");
+            assert_eq!((again.conns.len(), fds.len()), (n, n));
+        }
+        Err(_) => assert_eq!(shard.nr_conns(), 0, "a refusal changes nothing"),
+    }
+}

@@ -85,6 +85,9 @@
 //!   messages and positions, pushes, acks, marks, ids seen, checkpoints),
 //!   the journal as a state machine, reading it back, the folder and its
 //!   lock, and the driver that runs a shard's journal on DMA files.
+//! - [`handoff`]: what crosses to the next process on an upgrade:
+//!   descriptors with their bytes over a Unix socket pair, and the
+//!   versioned messages the two processes exchange.
 //! - [`metrics`]: counters and histograms, as JSON and Prometheus text.
 //! - [`host`]: `volley check-host`, what on this host is not tuned.
 //! - [`sub`]: `volley sub`, a terminal subscriber (blocking sockets, a
@@ -105,6 +108,7 @@ pub mod config;
 pub mod conn;
 pub mod ctl;
 pub mod disk;
+pub mod handoff;
 pub mod host;
 pub mod metrics;
 pub mod net;

@@ -85,3 +85,8 @@ fn disk_scan() {
 fn disk_recover() {
     replay("disk_recover", checks::disk_recover);
 }
+
+#[test]
+fn handoff_records() {
+    replay("handoff_records", checks::handoff_records);
+}

@@ -90,6 +90,11 @@ close_reasons! {
 }
 
 impl CloseReason {
+    /// The reason named `name` (as `name()` spells it).
+    pub fn from_name(name: &str) -> Option<CloseReason> {
+        CloseReason::ALL.iter().copied().find(|r| r.name() == name)
+    }
+
     /// Position in `ALL` (the counter index).
     pub fn index(self) -> usize {
         self as usize

@@ -27,7 +27,7 @@ use sha1::Sha1;
 
 /// A connection's address inside its shard: slab index plus a generation,
 /// so a stale reference to a reused slot is detected, never misdelivered.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub struct ConnRef {
     /// Slab index.
     pub idx: u32,
@@ -36,7 +36,7 @@ pub struct ConnRef {
 }
 
 /// A connection anywhere in the process.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub struct GlobalConn {
     /// Shard that owns it.
     pub shard: u16,

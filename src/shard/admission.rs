@@ -95,6 +95,19 @@ impl Admission {
         Ok(())
     }
 
+    /// Counts a connection handed over from the previous process (`volley
+    /// upgrade`): open, and handshaking unless `authed`; no limit applies
+    /// (it was admitted once) and it is no attempt of this second.
+    pub fn adopt(&self, ip: IpAddr, authed: bool) {
+        self.total.fetch_add(1, Relaxed);
+        let mut map = self.stripe(&ip);
+        let e = map.entry(ip).or_default();
+        e.open += 1;
+        if !authed {
+            e.handshaking += 1;
+        }
+    }
+
     /// A record from `ip` authenticated: it no longer counts as
     /// handshaking.
     pub fn authenticated(&self, ip: IpAddr) {

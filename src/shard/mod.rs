@@ -22,7 +22,10 @@
 //! router     THE fork per operation: this node (owner shards) or the cluster (Redis)
 //! addr       ConnRef, GlobalConn, signed server-assigned keys (pure)
 //! conns/     Conn record, Transport; lifecycle (new / close / remove, rooms), heartbeat
-//!            (deadlines, pings, sweep), wheel, outbound (write queue), worklist (pure)
+//!            (deadlines, pings, sweep), wheel, outbound (write queue), worklist (pure),
+//!            drain (who is told to reconnect when)
+//! handoff    a quiet shard's connections as records for the next process, and taking
+//!            them over at the same slots (volley upgrade)
 //! publish/   the publish path in data-path order: ingress, owner, fanout, queue (→ conn::flush)
 //! owners/    the key and user directory slice (pure); registering with it; pushes to users
 //! store/     bounded, counted keeping (pure): one bounded store under history (room logs)
@@ -58,6 +61,7 @@ pub mod admission;
 pub mod cluster;
 mod conns;
 mod dispatch;
+pub mod handoff;
 pub mod mesh;
 pub mod msg;
 pub mod presence;

@@ -40,13 +40,13 @@ pub(in crate::shard) struct Conns {
     /// Local client connections.
     pub(in crate::shard) slab: slab::Slab<Conn>,
     /// Next generation to hand out.
-    next_gen: u32,
+    pub(in crate::shard) next_gen: u32,
     /// Heartbeat / handshake deadlines, one slot per second.
     pub(in crate::shard) wheel: wheel::Wheel<crate::shard::mesh::ConnRef>,
     /// Client IPs on this shard with their connection counts.
-    ips: fnv::FnvHashMap<IpAddr, u32>,
+    pub(in crate::shard) ips: fnv::FnvHashMap<IpAddr, u32>,
     /// IP set changed since the last published view.
-    ips_dirty: bool,
+    pub(in crate::shard) ips_dirty: bool,
     /// Open TCP publisher sockets, so shutdown can end their reads at once.
     publishers: fnv::FnvHashSet<RawFd>,
     /// While `volley drain` runs: who is told to reconnect when.
@@ -68,7 +68,7 @@ impl Default for Conns {
 }
 
 /// Which wire a connection speaks, and how far its WebSocket handshake got.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Transport {
     /// Raw TCP: protocol frames back to back.
     Tcp,

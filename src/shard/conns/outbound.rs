@@ -189,6 +189,11 @@ impl Held {
         moved
     }
 
+    /// The frames held, in order.
+    pub fn frames(&self) -> impl Iterator<Item = &Bytes> {
+        self.frames.iter()
+    }
+
     /// Drops everything held; returns how many frames.
     pub fn clear(&mut self) -> usize {
         let n = self.frames.len();
@@ -249,6 +254,18 @@ impl Outbound {
         self.mem += (share.min(frame.len()) + ENTRY_OVERHEAD) as u32;
         self.q.push_back(frame);
         was_empty
+    }
+
+    /// What is left to write, in order: the first frame from where writing
+    /// stopped, then the others whole.
+    pub fn unwritten(&self) -> impl Iterator<Item = Bytes> + '_ {
+        self.q.iter().enumerate().map(|(i, f)| {
+            if i == 0 {
+                f.slice(self.head as usize..)
+            } else {
+                f.clone()
+            }
+        })
     }
 
     /// When the oldest unwritten byte was queued (see `push`).

@@ -42,6 +42,12 @@ impl<T: Copy> Wheel<T> {
         }
     }
 
+    /// An empty wheel at tick `now` (a shard taking over another process's
+    /// connections goes on counting from its tick).
+    pub fn starting_at(now: u32) -> Self {
+        Wheel { now, ..Self::new() }
+    }
+
     /// The current tick.
     pub fn now(&self) -> u32 {
         self.now

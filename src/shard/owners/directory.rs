@@ -65,7 +65,28 @@ pub enum KeyRule {
     SameUser,
 }
 
+/// Client-chosen keys with their holder and the holder's user.
+pub type KeyEntries = Vec<(Arc<str>, GlobalConn, i64)>;
+/// Users with their connections (each: whether it speaks version 2).
+pub type UserEntries = Vec<(i64, Vec<(GlobalConn, bool)>)>;
+
 impl Directory {
+    /// Every entry: keys with their holder and its user, users with their
+    /// connections (what an upgrade hands to the next process).
+    pub fn all(&self) -> (KeyEntries, UserEntries) {
+        let keys = self.keys.iter().map(|(k, &(at, mid))| (k.clone(), at, mid)).collect();
+        let mids = self.mids.iter().map(|(&m, v)| (m, v.clone())).collect();
+        (keys, mids)
+    }
+
+    /// A directory of exactly these entries (`all` of another process's).
+    pub fn restore(keys: KeyEntries, mids: UserEntries) -> Directory {
+        Directory {
+            keys: keys.into_iter().map(|(k, at, mid)| (k, (at, mid))).collect(),
+            mids: mids.into_iter().collect(),
+        }
+    }
+
     /// Records that `at`, a connection of user `mid` (0: none), holds
     /// `key`. Returns the connection to close over it, if any: the key's
     /// earlier holder in this process (`keys`, `nr_shards`), replaced; or,

@@ -24,6 +24,8 @@ mod cluster_failure_tests;
 #[cfg(test)]
 mod cluster_tests;
 #[cfg(test)]
+mod handoff_tests;
+#[cfg(test)]
 mod inbox_tests;
 #[cfg(test)]
 pub(crate) mod redis;
@@ -89,6 +91,17 @@ pub(crate) struct Sim {
     pub unix: u64,
 }
 
+/// A process's shared state for `cfg`, with its token keys loaded.
+fn shared_for(cfg: Config) -> Shared {
+    let mut shared = Shared::new(cfg);
+    if shared.config.auth.mode == crate::config::AuthMode::Jwt {
+        let a = &shared.config.auth;
+        let v = crate::auth::jwt::Verifier::new(&a.jwt_secret, &a.jwt_public_key, a.leeway_secs);
+        shared.verifier = Some(v.expect("test keys load"));
+    }
+    shared
+}
+
 /// Where the simulated wall clock starts.
 pub const SIM_UNIX_START: u64 = 1_700_000_000;
 
@@ -101,13 +114,7 @@ impl Sim {
         };
         tweak(&mut cfg);
         cfg.validate().expect("valid test config");
-        let mut shared = Shared::new(cfg);
-        if shared.config.auth.mode == crate::config::AuthMode::Jwt {
-            let a = &shared.config.auth;
-            let v = crate::auth::jwt::Verifier::new(&a.jwt_secret, &a.jwt_public_key, a.leeway_secs);
-            shared.verifier = Some(v.expect("test keys load"));
-        }
-        let shared = Arc::new(shared);
+        let shared = Arc::new(shared_for(cfg));
         let mut shards: Vec<Shard> = (0..nr).map(|i| Shard::new(i, shared.clone())).collect();
         for sh in &mut shards {
             sh.set_unix(SIM_UNIX_START);
@@ -380,6 +387,46 @@ impl Sim {
     /// budget's count).
     pub fn queued_on(&self, shard: usize) -> usize {
         self.shards[shard].out.queued
+    }
+
+    /// The next process after `volley upgrade`: every shard exported,
+    /// encoded, decoded and imported into a fresh shard of a process with
+    /// the same configuration and key secret. What history and inboxes
+    /// hold moves as the durable store would bring it back; what clients
+    /// had been sent and not read moves with their sockets.
+    pub fn upgrade(mut self) -> Sim {
+        self.settle();
+        let mut shared = shared_for(self.shared.config.clone());
+        shared.keys = self.shared.keys.clone();
+        let shared = Arc::new(shared);
+        let mut shards: Vec<Shard> = (0..self.shards.len()).map(|i| Shard::new(i, shared.clone())).collect();
+        for (old, new) in self.shards.iter_mut().zip(&mut shards) {
+            new.set_unix(self.unix);
+            new.set_clock(self.now_us);
+            let (state, fds) = old.export().expect("a quiet shard exports");
+            let state = super::handoff::decode(&super::handoff::encode(&state)).expect("its records decode");
+            std::mem::swap(&mut old.store, &mut new.store);
+            let views = shared.clone();
+            new.store.logs.set_in_use(move |room| views.room_count(room, None) > 0);
+            new.import(state, &fds).expect("a fresh shard imports");
+        }
+        let mut next = Sim {
+            shards,
+            shared,
+            wire: self.wire,
+            stalled: self.stalled,
+            closed: self.closed,
+            now_us: self.now_us,
+            unix: self.unix,
+        };
+        next.settle();
+        next
+    }
+
+    /// `p` reads again.
+    pub fn unstall(&mut self, p: Peer) {
+        self.stalled.retain(|s| *s != p);
+        self.settle();
     }
 
     /// Counters of all shards, summed.
