@@ -564,9 +564,12 @@ pub fn handoff_records(data: &[u8]) {
     let fds = vec![-1; state.conns.len()];
     let n = state.conns.len();
     match shard.import(state, &fds) {
-        Ok(()) => {
+        Ok(inputs) => {
+            assert_eq!(inputs.len(), n);
             assert_eq!(shard.nr_conns(), n);
-            let (again, fds) = shard.export().expect("imported connections export");
+            let (again, fds) = shard
+                .export(|_| Default::default())
+                .expect("imported connections export");
             assert_eq!((again.conns.len(), fds.len()), (n, n));
         }
         Err(_) => assert_eq!(shard.nr_conns(), 0, "a refusal changes nothing"),

@@ -44,6 +44,7 @@ use crate::proto::close::CloseReason;
 use crate::proto::ws::session::{Action, Rules};
 use crate::proto::ws::Session;
 use crate::proto::{binary, v2};
+use crate::shard::handoff::Input;
 use crate::shard::mesh::ConnRef;
 use crate::shard::outbound::{Outbound, MAX_IOV};
 use crate::shard::{Shard, Shared, Transport};
@@ -75,6 +76,12 @@ pub fn add(id: ConnRef, d: ClientDriver) {
 /// Runs connection `id`'s driver on this shard (see `Drivers::run`).
 pub fn run(shard: &RefCell<Shard>, id: ConnRef) -> Step {
     DRIVERS.with(|t| t.borrow_mut().run(shard, id))
+}
+
+/// What connection `id`'s driver holds of its input, for the next process
+/// (`volley upgrade`; empty if it has no driver).
+pub fn saved_input(id: ConnRef) -> Input {
+    DRIVERS.with(|t| t.borrow().get(id).map(ClientDriver::save).unwrap_or_default())
 }
 
 /// Drops this shard's drivers at shutdown (see `Drivers::clear`).
@@ -126,6 +133,29 @@ impl ClientDriver {
             fd,
             partial: Vec::new(),
             ws,
+        }
+    }
+
+    /// A driver for a connection handed over by the previous process
+    /// (`volley upgrade`), going on with what that one's driver held.
+    pub fn adopted(fd: OwnedFd, shared: &Arc<Shared>, input: Input) -> Self {
+        ClientDriver {
+            fd,
+            partial: input.partial,
+            ws: input.ws.map(|saved| {
+                Box::new(WsConn {
+                    session: Session::restore(saved),
+                    shared: shared.clone(),
+                })
+            }),
+        }
+    }
+
+    /// What it holds of its input, for the next process.
+    pub fn save(&self) -> Input {
+        Input {
+            partial: self.partial.clone(),
+            ws: self.ws.as_ref().map(|w| w.session.save()),
         }
     }
 
@@ -318,6 +348,14 @@ pub struct Drivers {
 }
 
 impl Drivers {
+    /// The driver of connection `id`.
+    pub fn get(&self, id: ConnRef) -> Option<&ClientDriver> {
+        match self.slots.get(id.idx as usize) {
+            Some(Some((gen, d))) if *gen == id.gen => Some(d),
+            _ => None,
+        }
+    }
+
     /// Adds the driver of connection `id`.
     pub fn insert(&mut self, id: ConnRef, d: ClientDriver) {
         let i = id.idx as usize;

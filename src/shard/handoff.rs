@@ -97,6 +97,18 @@ pub struct ConnState {
     pub session: SessionState,
     /// Queued, not yet written: the first from where writing stopped.
     pub out: Vec<Vec<u8>>,
+    /// What its driver read and has not handed on yet.
+    pub input: Input,
+}
+
+/// A connection's bytes read and not yet handled (`conn::driver`): an
+/// incomplete frame or upgrade request, and the WebSocket session.
+#[derive(Debug, Default, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Input {
+    /// The incomplete frame (or HTTP upgrade request) read so far.
+    pub partial: Vec<u8>,
+    /// The WebSocket session (`None`: raw TCP).
+    pub ws: Option<crate::proto::ws::session::Saved>,
 }
 
 /// What a protocol version keeps.
@@ -181,6 +193,10 @@ pub enum HandoffError {
     /// A close reason this build does not know.
     #[error("unknown close reason {0:?}")]
     Reason(String),
+    /// A WebSocket session on a raw TCP connection, or none on a
+    /// WebSocket one.
+    #[error("slot {0}: its input is not its transport's")]
+    Input(u32),
     /// Two records for one slot, or a slot past any shard's.
     #[error("slot {0} given twice, or past {MAX_SLOT}")]
     Slot(u32),
@@ -213,8 +229,9 @@ fn owned(frames: impl Iterator<Item = Bytes>) -> Vec<Vec<u8>> {
 
 impl Shard {
     /// This shard's connections and directory slice as records, with each
-    /// connection's socket in the same order.
-    pub fn export(&self) -> Result<(ShardState, Vec<RawFd>), HandoffError> {
+    /// connection's socket in the same order; `input_of` gives what each
+    /// one's driver holds.
+    pub fn export(&self, mut input_of: impl FnMut(ConnRef) -> Input) -> Result<(ShardState, Vec<RawFd>), HandoffError> {
         let mut conns = Vec::with_capacity(self.nr_conns());
         let mut fds = Vec::with_capacity(self.nr_conns());
         for (r, c) in self.conn_refs() {
@@ -269,6 +286,7 @@ impl Shard {
                 token,
                 session,
                 out: owned(c.out.unwritten()),
+                input: input_of(r),
             });
             fds.push(c.fd);
         }
@@ -293,8 +311,9 @@ impl Shard {
     }
 
     /// Takes over the connections in `state` (another process's shard of
-    /// the same index), whose sockets are `fds` in the same order.
-    pub fn import(&mut self, state: ShardState, fds: &[RawFd]) -> Result<(), HandoffError> {
+    /// the same index), whose sockets are `fds` in the same order. Returns
+    /// each connection's input, for its driver.
+    pub fn import(&mut self, state: ShardState, fds: &[RawFd]) -> Result<Vec<(ConnRef, Input)>, HandoffError> {
         if self.nr_conns() > 0 {
             return Err(HandoffError::NotEmpty(self.id));
         }
@@ -317,6 +336,9 @@ impl Shard {
             if c.conn.idx > MAX_SLOT || !slots.insert(c.conn.idx) {
                 return Err(HandoffError::Slot(c.conn.idx));
             }
+            if c.input.ws.is_some() == (c.transport == Transport::Tcp) {
+                return Err(HandoffError::Input(c.conn.idx));
+            }
             if let Some(name) = c.close.as_deref().filter(|n| CloseReason::from_name(n).is_none()) {
                 return Err(HandoffError::Reason(name.to_string()));
             }
@@ -338,6 +360,7 @@ impl Shard {
         self.conns.wheel = super::conns::wheel::Wheel::starting_at(state.tick);
         self.conns.next_gen = state.next_gen;
         let mut later = Vec::with_capacity(state.conns.len());
+        let mut inputs = Vec::with_capacity(state.conns.len());
         let records: Vec<(usize, Conn)> = state
             .conns
             .into_iter()
@@ -387,6 +410,7 @@ impl Shard {
                         asked: t.asked,
                     })
                 });
+                inputs.push((c.conn, c.input));
                 later.push((c.conn, rooms, c.out));
                 let record = Conn {
                     gen: c.conn.gen,
@@ -494,7 +518,7 @@ impl Shard {
                 self.watch(r, &room);
             }
         }
-        Ok(())
+        Ok(inputs)
     }
 }
 
@@ -531,6 +555,7 @@ mod tests {
             token: None,
             session,
             out: vec![vec![0, 0, 0, 16, 0, 16, 0, 1, 0, 0, 3, 232, 0, 0, 0, 0]],
+            input: Input::default(),
         };
         let v1 = SessionState::V1 {
             room: Some("live://1".into()),
@@ -554,6 +579,17 @@ mod tests {
             },
             Some("restart"),
         );
+        closing.transport = Transport::Ws;
+        closing.input = Input {
+            partial: vec![0x82, 0x85],
+            ws: Some(crate::proto::ws::session::Saved {
+                state: crate::proto::ws::session::State::Open { echo: false },
+                assembling: Some(crate::proto::ws::reader::Assembling {
+                    text: false,
+                    buf: vec![0, 0, 0, 20],
+                }),
+            }),
+        };
         closing.token = Some(TokenState {
             mid: 3,
             exp: 1_700_000_100,
@@ -582,12 +618,21 @@ mod tests {
     }
 
     /// The format is part of `handoff::wire::VERSION`: a change to these
-    /// records that changes their bytes must bump it (and renew the seed).
+    /// records that changes their bytes must bump it, and renew the seed
+    /// (`VOLLEY_RENEW_SEED=1 cargo test --lib pinned_sample` writes it).
     #[test]
     fn the_records_encode_as_the_pinned_sample_for_this_version() {
-        let pinned = include_bytes!("../../fuzz/corpus/handoff_records/seed-three-conns");
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/fuzz/corpus/handoff_records/seed-three-conns"
+        );
+        if std::env::var_os("VOLLEY_RENEW_SEED").is_some() {
+            std::fs::write(path, encode(&sample())).unwrap();
+        }
+        let pinned = std::fs::read(path).unwrap();
+        let pinned = &pinned[..];
         assert_eq!(crate::handoff::wire::VERSION, 1, "a new version: renew the seed");
-        assert_eq!(encode(&sample()), pinned.to_vec());
+        assert_eq!(encode(&sample()), pinned);
         assert_eq!(decode(pinned), Some(sample()));
     }
 }

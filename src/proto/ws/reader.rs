@@ -60,7 +60,39 @@ pub struct Reader {
     done: Option<Partial>,
 }
 
+/// A fragmented message's state as another process takes it over
+/// (`volley upgrade`): its kind and what arrived of it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Assembling {
+    /// Text (true) or binary.
+    pub text: bool,
+    /// The fragments so far, unmasked.
+    pub buf: Vec<u8>,
+}
+
 impl Reader {
+    /// The message being assembled, if any, to hand to another process.
+    pub fn save(&self) -> Option<Assembling> {
+        self.partial.as_ref().map(|p| Assembling {
+            text: p.text,
+            buf: p.buf.clone(),
+        })
+    }
+
+    /// A reader that goes on with `assembling`. Its text is checked again
+    /// from the start as the next fragment arrives (it came from outside
+    /// this process), and its size against the limit.
+    pub fn restore(assembling: Option<Assembling>) -> Reader {
+        Reader {
+            partial: assembling.map(|a| Partial {
+                text: a.text,
+                buf: a.buf,
+                checked: 0,
+            }),
+            done: None,
+        }
+    }
+
     /// A fragmented message is being assembled.
     pub fn mid_message(&self) -> bool {
         self.partial.is_some()

@@ -71,14 +71,28 @@ pub enum Action<'a> {
     },
 }
 
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-enum State {
+/// How far a WebSocket connection got.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum State {
+    /// The HTTP upgrade is not answered yet.
     #[default]
     Upgrading,
+    /// Frames flow.
     Open {
+        /// The echo endpoint (conformance), not the protocol's.
         echo: bool,
     },
+    /// A close was sent or taken: nothing more is read.
     Closed,
+}
+
+/// A session as another process takes it over (`volley upgrade`).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Saved {
+    /// How far it got.
+    pub state: State,
+    /// A fragmented message being assembled.
+    pub assembling: Option<super::reader::Assembling>,
 }
 
 /// One WebSocket connection's protocol state.
@@ -89,6 +103,22 @@ pub struct Session {
 }
 
 impl Session {
+    /// This session, to hand to another process.
+    pub fn save(&self) -> Saved {
+        Saved {
+            state: self.state,
+            assembling: self.reader.save(),
+        }
+    }
+
+    /// A session that goes on from `saved`.
+    pub fn restore(saved: Saved) -> Session {
+        Session {
+            state: saved.state,
+            reader: Reader::restore(saved.assembling),
+        }
+    }
+
     /// The upgrade has been accepted.
     pub fn is_open(&self) -> bool {
         matches!(self.state, State::Open { .. })

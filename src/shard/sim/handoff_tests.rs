@@ -55,6 +55,11 @@ fn every_connection_carries_on_in_the_next_process_as_if_nothing_happened() {
     // Version 2 holding a pattern.
     let (d, _) = sim.authed_v2(1, r#"{"mid":10}"#);
     join(&mut sim, d, 2, json!({"room": "live://*"}));
+    // A WebSocket member.
+    let w = sim.connect_ws(1);
+    let auth = binary::encode_to_bytes(1, op::AUTH, 1, br#"{"room_id":"live://1","accepts":[1000]}"#);
+    sim.send_message(w, &auth);
+    assert_eq!(sim.take(w)[0], 0x82, "its auth reply, one binary message");
     // A member that stopped reading: frames wait in its queue.
     let e = sim.authed(1, r#"{"room_id":"live://1","accepts":[1000]}"#);
     sim.stall(e);
@@ -62,6 +67,7 @@ fn every_connection_carries_on_in_the_next_process_as_if_nothing_happened() {
     for p in [a, b, c, d] {
         assert!(!sim.frames(p).is_empty());
     }
+    assert!(!sim.take(w).is_empty());
     let queued = sim.queued(e);
     assert!(queued > 0);
     // 20 of the 30 heartbeat seconds pass in this process.
@@ -81,6 +87,9 @@ fn every_connection_carries_on_in_the_next_process_as_if_nothing_happened() {
         "the offsets go on"
     );
     assert_eq!(pushes(&sim.frames(d)).len(), 1, "the pattern holds");
+    let got = sim.take(w);
+    assert_eq!(got[0], 0x82, "still WebSocket messages");
+    assert!(got.windows(5).any(|x| x == b"after"));
     sim.unstall(e);
     assert_eq!(texts(&sim.frames(e), 1000), ["before", "after"]);
     say(&mut sim, "live://2", "second room");
@@ -139,16 +148,19 @@ fn a_join_waiting_for_its_owner_holds_the_export_back() {
         .find(|r| crate::shard::mesh::owner_of_str(r, 2) == 1)
         .unwrap();
     sim.send_unsettled(c, V2, v2::op::JOIN, 2, json!({ "room": room }).to_string().as_bytes());
-    assert_eq!(sim.shards[0].export().unwrap_err(), HandoffError::Joining(c.conn));
+    assert_eq!(
+        sim.shards[0].export(|_| Default::default()).unwrap_err(),
+        HandoffError::Joining(c.conn)
+    );
     sim.pump();
-    assert!(sim.shards[0].export().is_ok());
+    assert!(sim.shards[0].export(|_| Default::default()).is_ok());
 }
 
 #[test]
 fn records_another_shard_would_misread_are_refused_before_anything_changes() {
     let mut sim = Sim::new(2, |_| {});
     sim.authed(0, r#"{"room_id":"live://1"}"#);
-    let (mut state, fds) = sim.shards[0].export().unwrap();
+    let (mut state, fds) = sim.shards[0].export(|_| Default::default()).unwrap();
     assert_eq!(decode(&encode(&state)).as_ref(), Some(&state));
     assert!(decode(&encode(&state)[..10]).is_none(), "cut short");
     let mut next = Sim::new(2, |_| {});

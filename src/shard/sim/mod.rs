@@ -43,6 +43,7 @@ use crate::config::Config;
 use crate::metrics::StatsSnapshot;
 use crate::proto::binary::{self, Frame};
 use crate::proto::close::CloseReason;
+use crate::proto::ws;
 use std::collections::HashMap;
 use std::io::IoSlice;
 use std::net::IpAddr;
@@ -403,7 +404,26 @@ impl Sim {
         for (old, new) in self.shards.iter_mut().zip(&mut shards) {
             new.set_unix(self.unix);
             new.set_clock(self.now_us);
-            let (state, fds) = old.export().expect("a quiet shard exports");
+            // The harness's drivers hold nothing; a WebSocket one has its
+            // session in the phase its record says.
+            let input = |r| {
+                let t = old.conn(r).map_or(Transport::Tcp, |c| c.transport);
+                let state = match t {
+                    Transport::WsUpgrading => ws::session::State::Upgrading,
+                    t => ws::session::State::Open {
+                        echo: t == Transport::WsEcho,
+                    },
+                };
+                let ws = (t != Transport::Tcp).then_some(ws::session::Saved {
+                    state,
+                    assembling: None,
+                });
+                super::handoff::Input {
+                    partial: Vec::new(),
+                    ws,
+                }
+            };
+            let (state, fds) = old.export(input).expect("a quiet shard exports");
             let state = super::handoff::decode(&super::handoff::encode(&state)).expect("its records decode");
             std::mem::swap(&mut old.store, &mut new.store);
             let views = shared.clone();
