@@ -119,4 +119,4 @@ pub mod shard;
 pub mod sub;
 
 pub use config::Config;
-pub use server::{Server, ServerHandle, StartError};
+pub use server::{Adoption, Server, ServerHandle, StartError};

@@ -31,7 +31,7 @@ use std::time::Duration;
 const ACCEPT_LOG_EVERY: Duration = Duration::from_secs(10);
 
 /// What a listener serves.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub enum ListenerKind {
     /// Client protocol frames over raw TCP.
     ClientTcp,

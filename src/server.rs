@@ -48,6 +48,10 @@ pub enum StartError {
     /// The durable store cannot be used (`[storage]`).
     #[error("{0}")]
     Storage(String),
+    /// What the previous process handed over cannot be taken (`volley
+    /// upgrade`).
+    #[error("hand-off: {0}")]
+    Handoff(String),
     /// An executor could not start (CPU list, memlock limit...).
     #[error("cannot start shard {shard}: {source}")]
     Executor {
@@ -75,6 +79,19 @@ const FD_RESERVE: usize = 64;
 /// The running server.
 pub struct Server;
 
+/// What a process taking over from another one starts with (`volley
+/// upgrade`, `handoff`): the listening sockets and connections it is given
+/// instead of binding, and the key secret its assigned keys are signed
+/// with.
+pub struct Adoption {
+    /// The previous process's key tag and secret.
+    pub keys: (u64, Vec<u8>),
+    /// Listening sockets: what each is for, and the shard to accept on it.
+    pub listeners: Vec<(ListenerKind, usize, std::os::fd::OwnedFd)>,
+    /// Per shard, in order: its connections' records and their sockets.
+    pub shards: Vec<(crate::shard::handoff::ShardState, Vec<std::os::fd::OwnedFd>)>,
+}
+
 /// Handle to a running server: its addresses, its stats, and its stop.
 pub struct ServerHandle {
     /// Client TCP listener's actual address.
@@ -97,6 +114,18 @@ impl Server {
     /// Validates `config`, binds, starts every shard, and returns when all
     /// are serving.
     pub fn start(config: Config) -> Result<ServerHandle, StartError> {
+        Self::start_with(config, None)
+    }
+
+    /// As `start`, but with the listeners and connections of `adoption`
+    /// (a previous process's) instead of binding: every shard imports its
+    /// connections before it serves. The listeners' addresses are the
+    /// ones in force, whatever the configuration names.
+    pub fn adopt(config: Config, adoption: Adoption) -> Result<ServerHandle, StartError> {
+        Self::start_with(config, Some(adoption))
+    }
+
+    fn start_with(config: Config, adoption: Option<Adoption>) -> Result<ServerHandle, StartError> {
         config.validate()?;
         let n = config.nr_shards();
         // Before binding: a second server on the same store is refused
@@ -106,10 +135,25 @@ impl Server {
         } else {
             None
         };
-        let bound = ListenerSpec::from_config(&config)
-            .iter()
-            .map(|spec| net::bind(spec, n))
-            .collect::<Result<Vec<_>, _>>()?;
+        let (bound, mut adopted) = match adoption {
+            None => {
+                let bound = ListenerSpec::from_config(&config)
+                    .iter()
+                    .map(|spec| net::bind(spec, n))
+                    .collect::<Result<Vec<_>, _>>()?;
+                (bound, None)
+            }
+            Some(a) => {
+                let bound = adopted_listeners(&config, a.listeners, n)?;
+                if a.shards.len() != n {
+                    return Err(StartError::Handoff(format!(
+                        "connections of {} shards handed to {n}",
+                        a.shards.len()
+                    )));
+                }
+                (bound, Some((a.keys, a.shards)))
+            }
+        };
         let specs: Vec<ListenerSpec> = bound.iter().map(|b| b.spec.clone()).collect();
         let addr_of = |kind| {
             specs
@@ -152,6 +196,13 @@ impl Server {
         };
         let mut shared = Shared::new(config);
         shared.verifier = verifier;
+        let mut handed: Vec<Option<_>> = (0..n).map(|_| None).collect();
+        if let Some(((tag, secret), shards)) = adopted.take() {
+            shared.keys = crate::shard::addr::KeyMaker::with_secret(tag, &secret);
+            for (i, s) in shards.into_iter().enumerate() {
+                handed[i] = Some(s);
+            }
+        }
         if store.is_some() {
             shared
                 .recovery
@@ -170,6 +221,7 @@ impl Server {
             let shared = shared.clone();
             let ready = ready_tx.clone();
             let files = files[id].take();
+            let handed = handed[id].take();
             let t = LocalExecutorBuilder::new(Placement::Fixed(cpu))
                 .name(&format!("volley-shard-{id}"))
                 // Keep locked memory far below the common 8 MiB
@@ -178,7 +230,7 @@ impl Server {
                 .io_memory(512 << 10)
                 .ring_depth(RING_DEPTH)
                 .preempt_timer(Duration::from_millis(10))
-                .spawn(move || shard_main(id, shared, fds, files, ready))
+                .spawn(move || shard_main(id, shared, fds, files, handed, ready))
                 .map_err(|e| StartError::Executor {
                     shard: id,
                     source: e.to_string().into(),
@@ -223,13 +275,54 @@ impl Server {
     }
 }
 
-/// One shard's start: its `Shard`, an acceptor per listener, then its
-/// runtime until shutdown.
+/// The listening sockets a previous process handed over, as bound ones:
+/// one of each kind per shard.
+fn adopted_listeners(
+    config: &Config,
+    listeners: Vec<(ListenerKind, usize, std::os::fd::OwnedFd)>,
+    n: usize,
+) -> Result<Vec<net::Bound>, StartError> {
+    let mut bound: Vec<net::Bound> = ListenerSpec::from_config(config)
+        .into_iter()
+        .map(|spec| net::Bound {
+            spec,
+            sockets: Vec::with_capacity(n),
+        })
+        .collect();
+    let mut at: Vec<Vec<Option<socket2::Socket>>> = bound.iter().map(|_| (0..n).map(|_| None).collect()).collect();
+    for (kind, shard, fd) in listeners {
+        let k = bound
+            .iter()
+            .position(|b| b.spec.kind == kind)
+            .expect("every kind is configured");
+        let slot = at[k]
+            .get_mut(shard)
+            .ok_or_else(|| StartError::Handoff(format!("a {} listener for shard {shard} of {n}", kind.name())))?;
+        *slot = Some(socket2::Socket::from(fd));
+    }
+    for (b, sockets) in bound.iter_mut().zip(at) {
+        for (shard, s) in sockets.into_iter().enumerate() {
+            let s =
+                s.ok_or_else(|| StartError::Handoff(format!("no {} listener for shard {shard}", b.spec.kind.name())))?;
+            if shard == 0 {
+                if let Some(addr) = s.local_addr().ok().and_then(|a| a.as_socket()) {
+                    b.spec.addr = addr;
+                }
+            }
+            b.sockets.push(s);
+        }
+    }
+    Ok(bound)
+}
+
+/// One shard's start: its `Shard`, the connections handed over to it if
+/// any, an acceptor per listener, then its runtime until shutdown.
 async fn shard_main(
     id: usize,
     shared: Arc<Shared>,
     fds: Vec<(ListenerKind, RawFd)>,
     files: Option<crate::disk::layout::ShardFiles>,
+    handed: Option<(crate::shard::handoff::ShardState, Vec<std::os::fd::OwnedFd>)>,
     ready: std::sync::mpsc::Sender<Result<(), String>>,
 ) {
     let shard = Rc::new(RefCell::new(Shard::new(id, shared.clone())));
@@ -243,6 +336,21 @@ async fn shard_main(
     // In the default queue, as the connections' reads always were: the
     // control queue (mesh inbox, API, flusher) goes first.
     glommio::spawn_local(conn::reactor::reactor(shard.clone())).detach();
+    if let Some((state, sockets)) = handed {
+        shard.borrow_mut().set_unix(crate::metrics::unix_now());
+        shard.borrow_mut().set_clock(crate::metrics::clock_us());
+        match conn::adopt(&shard, state, sockets) {
+            Ok(n) => tracing::info!(
+                shard = id,
+                connections = n,
+                "took over the previous process's connections"
+            ),
+            Err(e) => {
+                let _ = ready.send(Err(format!("cannot take over the connections handed over: {e}")));
+                return;
+            }
+        }
+    }
     for &(kind, fd) in &fds {
         // SAFETY: the descriptor was created by `net::bind` and handed over
         // with into_raw_fd; nothing else owns it.

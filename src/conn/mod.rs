@@ -1,4 +1,5 @@
-//! Client connection I/O: accepting clients on a shard; `driver`, the state
+//! Client connection I/O: accepting clients on a shard, or adopting those
+//! the previous process handed over (`volley upgrade`); `driver`, the state
 //! per connection that moves its bytes between the socket and the shard
 //! (raw TCP or WebSocket alike); `ring`, the shard's readiness ring;
 //! `reactor`, the task that runs the drivers as the ring reports; and
@@ -59,6 +60,26 @@ pub async fn accept(listener: TcpListener, shard: Rc<RefCell<Shard>>, kind: List
         driver::add(id, ClientDriver::new(fd, &sh.shared, transport));
     })
     .await;
+}
+
+/// Takes over connections the previous process handed over (`volley
+/// upgrade`): their records go into the shard at their slots
+/// (`Shard::import`), then each socket is watched on the readiness ring
+/// and gets a driver that goes on with the input it had. Returns how many.
+pub fn adopt(
+    shard: &Rc<RefCell<Shard>>,
+    state: crate::shard::handoff::ShardState,
+    fds: Vec<OwnedFd>,
+) -> Result<usize, crate::shard::handoff::HandoffError> {
+    let raw: Vec<RawFd> = fds.iter().map(AsRawFd::as_raw_fd).collect();
+    let mut sh = shard.borrow_mut();
+    let inputs = sh.import(state, &raw)?;
+    let n = inputs.len();
+    for ((id, input), fd) in inputs.into_iter().zip(fds) {
+        ring::watch(fd.as_raw_fd(), id);
+        driver::add(id, ClientDriver::adopted(fd, &sh.shared, input));
+    }
+    Ok(n)
 }
 
 /// Caps the socket's kernel send buffer (`[limits] socket_sndbuf`); a

@@ -20,6 +20,7 @@
 //! is an error, never a partial message.
 
 use super::fds;
+pub use crate::net::ListenerKind;
 use serde::{Deserialize, Serialize};
 use std::io;
 use std::os::fd::{BorrowedFd, OwnedFd, RawFd};
@@ -32,19 +33,6 @@ pub const VERSION: u32 = 1;
 pub const MAX_BYTES: usize = 1 << 30;
 /// Most descriptors one message brings.
 pub const MAX_FDS_TOTAL: usize = 4 << 20;
-
-/// What a listening socket is for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub enum ListenerKind {
-    /// Raw TCP clients.
-    Tcp,
-    /// WebSocket clients.
-    Ws,
-    /// The HTTP API.
-    Api,
-    /// TCP publishers.
-    Publish,
-}
 
 /// One turn of the conversation. `Hello` is the first variant, with these
 /// fields, in every version (a test pins its bytes).

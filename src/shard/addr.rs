@@ -20,7 +20,8 @@
 //!
 //! Invariants: one spelling per key (lower-case hex; `from_assigned_key`
 //! refuses any other); the secret never leaves the `KeyMaker` (its `Debug`
-//! shows the tag only); a key decodes only in the process that made it.
+//! shows the tag only) but to the process that takes over on an upgrade;
+//! a key decodes only in the process that made it, or took over from it.
 
 use hmac::{Hmac, Mac};
 use sha1::Sha1;
@@ -57,6 +58,9 @@ const MAC_BYTES: usize = 12;
 #[derive(Clone)]
 pub struct KeyMaker {
     tag: u64,
+    /// The secret, kept only to hand to the process that takes over on an
+    /// upgrade (`secret`).
+    secret: Box<[u8]>,
     /// Keyed with the secret; cloned per signature (the key schedule is
     /// done once).
     mac: Hmac<Sha1>,
@@ -85,7 +89,17 @@ impl KeyMaker {
     /// Keys tagged `tag`, signed with `secret` (tests pin it).
     pub fn with_secret(tag: u64, secret: &[u8]) -> KeyMaker {
         let mac = Hmac::<Sha1>::new_from_slice(secret).expect("HMAC takes a key of any length");
-        KeyMaker { tag, mac }
+        KeyMaker {
+            tag,
+            secret: secret.into(),
+            mac,
+        }
+    }
+
+    /// The secret, for the process that takes over on `volley upgrade`
+    /// only: its keys must verify there.
+    pub fn secret(&self) -> &[u8] {
+        &self.secret
     }
 
     /// The public part: the process tag.

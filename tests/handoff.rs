@@ -1,0 +1,130 @@
+//! The new process's side of `volley upgrade`, on real sockets: a server
+//! started with listening sockets and connections handed to it
+//! (`Server::adopt`) serves them as the previous process did — the frame
+//! it had queued comes first, the half frame it had read is completed by
+//! the client's next bytes, and the connection's room, user and key reach
+//! it — and nothing is bound anew.
+
+mod common;
+
+use common::{frame, op, post, Client};
+use std::io::Write;
+use std::net::{TcpListener, TcpStream};
+use std::os::fd::OwnedFd;
+use std::time::Duration;
+use volley::net::{self, ListenerSpec};
+use volley::shard::handoff::{ConnState, Input, SessionState, ShardState};
+use volley::shard::mesh::{owner_of_mid, owner_of_str, ConnRef, GlobalConn};
+use volley::{Adoption, Config, Server};
+
+/// A connected pair: the client's end, and the server's as a descriptor.
+fn pair() -> (TcpStream, OwnedFd) {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let client = TcpStream::connect(l.local_addr().unwrap()).unwrap();
+    let (server, _) = l.accept().unwrap();
+    server.set_nonblocking(true).unwrap();
+    client.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    (client, OwnedFd::from(server))
+}
+
+fn empty(shard: u32) -> ShardState {
+    ShardState {
+        shard,
+        tick: 0,
+        next_gen: 1,
+        conns: Vec::new(),
+        keys: Vec::new(),
+        users: Vec::new(),
+        push_seq: 0,
+        watching: Vec::new(),
+    }
+}
+
+#[test]
+fn a_server_given_another_process_s_connection_serves_it_as_that_one_did() {
+    let any = "127.0.0.1:0".parse().unwrap();
+    let mut config = Config {
+        shards: 2,
+        shutdown_grace_secs: 1,
+        ..Config::default()
+    };
+    config.storage.mode = volley::config::StorageMode::Memory;
+    config.tcp.listen = any;
+    config.ws.listen = any;
+    config.api.listen = any;
+    config.api.publish_listen = any;
+    // The previous process's listening sockets.
+    let mut listeners = Vec::new();
+    for spec in ListenerSpec::from_config(&config) {
+        let b = net::bind(&spec, 2).unwrap();
+        for (shard, s) in b.sockets.into_iter().enumerate() {
+            listeners.push((spec.kind, shard, OwnedFd::from(s)));
+        }
+    }
+    // Its connection on shard 0, slot 5: a version-1 member of
+    // live://moved, user 5, key k-moved, with a push queued for it and
+    // half a heartbeat read.
+    let (mut client, fd) = pair();
+    let conn = ConnRef { idx: 5, gen: 3 };
+    let at = GlobalConn { shard: 0, conn };
+    let queued = frame(1, 1000, 0, b"queued before the move");
+    let heartbeat = frame(1, op::HEARTBEAT, 7, b"");
+    let mut shards = vec![empty(0), empty(1)];
+    shards[0].conns.push(ConnState {
+        conn,
+        transport: volley::shard::Transport::Tcp,
+        authed: true,
+        ver: 1,
+        key: Some("k-moved".into()),
+        mid: 5,
+        ip: "127.0.0.1".parse().unwrap(),
+        deadline: 31,
+        pinged: false,
+        blocked: false,
+        close: None,
+        token: None,
+        session: SessionState::V1 {
+            room: Some("live://moved".into()),
+            accepts: vec![1000],
+        },
+        out: vec![queued],
+        input: Input {
+            partial: heartbeat[..10].to_vec(),
+            ws: None,
+        },
+    });
+    shards[0].next_gen = 4;
+    shards[owner_of_str("k-moved", 2)].keys.push(("k-moved".into(), at, 5));
+    shards[owner_of_mid(5, 2)].users.push((5, vec![(at, false)]));
+    let mut shards = shards.into_iter();
+    let first = shards.next().unwrap();
+    let adoption = Adoption {
+        keys: (0x1234_5678_9abc, vec![7; 32]),
+        listeners,
+        shards: vec![(first, vec![fd]), (shards.next().unwrap(), Vec::new())],
+    };
+    let h = Server::adopt(config, adoption).expect("the server takes them over");
+    let mut c = Client {
+        s: client.try_clone().unwrap(),
+    };
+    let first = c.read().expect("the queued push");
+    assert_eq!((first.op, first.text().as_str()), (1000, "queued before the move"));
+    client.write_all(&heartbeat[10..]).unwrap();
+    let r = c.read().expect("the heartbeat's reply");
+    assert_eq!((r.op, r.seq), (op::HEARTBEAT_REPLY, 7));
+    post(
+        &h,
+        "/goim/push/room?operation=1000&type=live&room=moved",
+        b"to the room",
+    );
+    post(&h, "/goim/push/mids?operation=1000&mids=5", b"to the user");
+    post(&h, "/goim/push/keys?operation=1000&keys=k-moved", b"to the key");
+    for want in ["to the room", "to the user", "to the key"] {
+        let got = c.read().expect("a push");
+        assert_eq!((got.op, got.text().as_str()), (1000, want));
+    }
+    let authed: u64 = h.stats().iter().map(|s| s.authed).sum();
+    assert_eq!(authed, 1);
+    h.shutdown();
+    h.join();
+}
