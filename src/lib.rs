@@ -119,4 +119,5 @@ pub mod shard;
 pub mod sub;
 
 pub use config::Config;
-pub use server::{Adoption, Server, ServerHandle, StartError};
+pub use handoff::Adoption;
+pub use server::{Server, ServerHandle, StartError};

@@ -176,6 +176,55 @@ pub fn bind(spec: &ListenerSpec, nr_shards: usize) -> Result<Bound, BindError> {
     })
 }
 
+/// A shard's acceptor tasks, and the listening sockets they accept on.
+#[derive(Default)]
+struct Acceptors {
+    tasks: Vec<glommio::Task<()>>,
+    listeners: Vec<(ListenerKind, std::os::fd::RawFd)>,
+}
+
+thread_local! {
+    /// This shard's acceptors, so that a hand-off (`volley upgrade`) can
+    /// keep their sockets and end the tasks.
+    static ACCEPTORS: std::cell::RefCell<Acceptors> = std::cell::RefCell::new(Acceptors::default());
+}
+
+/// Keeps `task`, this shard's acceptor on `fd` (a `kind` listener).
+pub fn keep_acceptor(task: glommio::Task<()>, kind: ListenerKind, fd: std::os::fd::RawFd) {
+    ACCEPTORS.with(|a| {
+        let mut a = a.borrow_mut();
+        a.tasks.push(task);
+        a.listeners.push((kind, fd));
+    });
+}
+
+/// Lets this shard's acceptors run on their own until the executor ends
+/// (they are tasks of it: dropped after it, they could not be cancelled).
+pub fn detach_acceptors() {
+    let tasks = ACCEPTORS.with(|a| std::mem::take(&mut a.borrow_mut().tasks));
+    for t in tasks {
+        t.detach();
+    }
+}
+
+/// Ends this shard's acceptors, after taking a copy of each listening
+/// socket (which the acceptors close as they end): no connection is
+/// accepted here from now on, and the copies go to the next process.
+pub fn stop_acceptors() -> std::io::Result<Vec<(ListenerKind, std::os::fd::OwnedFd)>> {
+    use std::os::fd::{AsFd, BorrowedFd};
+    let Acceptors { tasks, listeners: fds } = ACCEPTORS.with(|a| std::mem::take(&mut *a.borrow_mut()));
+    let mut copies = Vec::with_capacity(fds.len());
+    for (kind, fd) in fds {
+        // SAFETY: the descriptor is open: its acceptor, which owns it, is
+        // still in `tasks`.
+        let fd = unsafe { BorrowedFd::borrow_raw(fd) };
+        copies.push((kind, fd.as_fd().try_clone_to_owned()?));
+    }
+    // Dropping a task cancels its pending accept and closes its listener.
+    drop(tasks);
+    Ok(copies)
+}
+
 /// Accepts on `listener` until the shard shuts down, handing each connection
 /// to `take`. Accept errors (EMFILE and the like) are counted, logged at
 /// most once per `ACCEPT_LOG_EVERY` with how many there were, and back off

@@ -18,6 +18,7 @@
 //! Nothing here runs per connection or per message.
 
 use crate::config::{Config, ConfigError};
+use crate::handoff::Adoption;
 use crate::metrics::{ShardStats, StatsSnapshot};
 use crate::net::{self, BindError, ListenerKind, ListenerSpec};
 use crate::shard::cluster::state::ShardCluster;
@@ -78,19 +79,6 @@ const FD_RESERVE: usize = 64;
 
 /// The running server.
 pub struct Server;
-
-/// What a process taking over from another one starts with (`volley
-/// upgrade`, `handoff`): the listening sockets and connections it is given
-/// instead of binding, and the key secret its assigned keys are signed
-/// with.
-pub struct Adoption {
-    /// The previous process's key tag and secret.
-    pub keys: (u64, Vec<u8>),
-    /// Listening sockets: what each is for, and the shard to accept on it.
-    pub listeners: Vec<(ListenerKind, usize, std::os::fd::OwnedFd)>,
-    /// Per shard, in order: its connections' records and their sockets.
-    pub shards: Vec<(crate::shard::handoff::ShardState, Vec<std::os::fd::OwnedFd>)>,
-}
 
 /// Handle to a running server: its addresses, its stats, and its stop.
 pub struct ServerHandle {
@@ -358,16 +346,12 @@ async fn shard_main(
         let sh = shard.clone();
         let spawned = match kind {
             ListenerKind::ClientTcp | ListenerKind::ClientWs => {
-                glommio::spawn_local(conn::accept(listener, sh, kind)).detach();
-                Ok(())
+                Ok(glommio::spawn_local(conn::accept(listener, sh, kind)))
             }
-            ListenerKind::Api => glommio::spawn_local_into(api::http::accept(listener, sh), control).map(|t| {
-                t.detach();
-            }),
-            ListenerKind::Publisher => glommio::spawn_local_into(api::tcp::accept(listener, sh), control).map(|t| {
-                t.detach();
-            }),
-        };
+            ListenerKind::Api => glommio::spawn_local_into(api::http::accept(listener, sh), control),
+            ListenerKind::Publisher => glommio::spawn_local_into(api::tcp::accept(listener, sh), control),
+        }
+        .map(|task| net::keep_acceptor(task, kind, fd));
         if let Err(e) = spawned {
             let _ = ready.send(Err(format!("cannot spawn the {} acceptor: {e}", kind.name())));
             return;
@@ -426,6 +410,7 @@ async fn shard_main(
     let listeners = fds.iter().map(|&(_, fd)| fd).collect();
     run::serve(shard.clone(), control, listeners, ready).await;
     conn::driver::clear(&shard);
+    net::detach_acceptors();
 }
 
 impl ServerHandle {
@@ -437,6 +422,22 @@ impl ServerHandle {
     /// Per-shard counters.
     pub fn stats(&self) -> Vec<StatsSnapshot> {
         self.shared.stats.iter().map(ShardStats::snapshot).collect()
+    }
+
+    /// Takes every shard's listeners and connections for the next process
+    /// (`handoff::local::take`): from the call on, this server accepts and
+    /// reads nothing. Once the next process has them, `let_go`.
+    pub fn hand_off(&self, timeout: Duration) -> Result<Adoption, String> {
+        crate::handoff::local::take(&self.shared, timeout)
+    }
+
+    /// Ends every shard without a word to anyone or a touch to any socket
+    /// (the next process serves them now), and waits for them to end.
+    pub fn let_go(mut self) {
+        crate::handoff::local::let_go(&self.shared);
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
     }
 
     /// Asks every shard to shut down (returns at once; see `join`).

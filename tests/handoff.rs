@@ -128,3 +128,94 @@ fn a_server_given_another_process_s_connection_serves_it_as_that_one_did() {
     h.shutdown();
     h.join();
 }
+
+/// A WebSocket client's next protocol frame (one per binary message).
+fn ws_next(ws: &mut tungstenite::WebSocket<TcpStream>) -> common::Got {
+    loop {
+        match ws.read().expect("a message") {
+            tungstenite::Message::Binary(b) => {
+                let len = u32::from_be_bytes(b[0..4].try_into().unwrap()) as usize;
+                assert_eq!(len, b.len());
+                return common::Got {
+                    ver: u16::from_be_bytes([b[6], b[7]]),
+                    op: u32::from_be_bytes(b[8..12].try_into().unwrap()),
+                    seq: u32::from_be_bytes(b[12..16].try_into().unwrap()),
+                    body: b[16..].to_vec(),
+                };
+            }
+            tungstenite::Message::Ping(_) | tungstenite::Message::Pong(_) => {}
+            other => panic!("not a protocol frame: {other:?}"),
+        }
+    }
+}
+
+#[test]
+fn a_running_server_hands_every_connection_to_the_next_one_and_nobody_notices() {
+    let dir = std::env::temp_dir().join(format!("volley-handoff-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let durable = |c: &mut Config| {
+        c.storage.mode = volley::config::StorageMode::Disk;
+        c.storage.dir = dir.clone();
+    };
+    let a = common::start_server(durable);
+    let (tcp, ws_addr, api) = (a.tcp_addr, a.ws_addr, a.http_addr);
+    let mut v1 = Client::authed(tcp, r#"{"mid":21,"key":"k-up","room_id":"live://up","accepts":[1000]}"#);
+    let (mut v2, _) = Client::authed_v2(tcp, r#"{"mid":22}"#);
+    let joined = v2.join(2, "live://up", None);
+    let epoch = joined["epoch"].as_str().unwrap().to_string();
+    let s = TcpStream::connect(ws_addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let (mut ws, _) = tungstenite::client::client(format!("ws://{ws_addr}/sub"), s).unwrap();
+    let auth = frame(1, op::AUTH, 1, br#"{"room_id":"live://up","accepts":[1000]}"#);
+    ws.send(tungstenite::Message::binary(auth)).unwrap();
+    assert_eq!(ws_next(&mut ws).op, op::AUTH_REPLY);
+    common::wait_until("three members", || {
+        common::http(api, "GET", "/v1/online/rooms?rooms=live://up", &[], b"").1["data"]["live://up"] == 3
+    });
+    post(&a, "/goim/push/room?operation=1000&type=live&room=up", b"before");
+    assert_eq!(v1.read_push().text(), "before");
+    let before = v2.read_push2().unwrap();
+    assert_eq!(ws_next(&mut ws).text(), "before");
+
+    let adoption = a.hand_off(Duration::from_secs(10)).expect("the shards hand over");
+    let conns: usize = adoption.shards.iter().map(|s| s.0.conns.len()).sum();
+    assert_eq!(conns, 3);
+    a.let_go();
+    let mut config = Config {
+        shards: 2,
+        shutdown_grace_secs: 1,
+        ..Config::default()
+    };
+    durable(&mut config);
+    let b = Server::adopt(config, adoption).expect("the next server takes over");
+    assert_eq!((b.tcp_addr, b.http_addr), (tcp, api), "the same listening sockets");
+
+    post(&b, "/goim/push/room?operation=1000&type=live&room=up", b"after");
+    assert_eq!(v1.read_push().text(), "after");
+    let after = v2.read_push2().unwrap();
+    assert_eq!(
+        (after.offset, after.payload.as_slice()),
+        (before.offset + 1, &b"after"[..])
+    );
+    assert_eq!(
+        format!("{:016x}", after.epoch),
+        epoch,
+        "the same epoch: nothing was lost"
+    );
+    assert_eq!(ws_next(&mut ws).text(), "after");
+    post(&b, "/goim/push/mids?operation=1000&mids=21", b"to the user");
+    post(&b, "/goim/push/keys?operation=1000&keys=k-up", b"to the key");
+    assert_eq!(v1.read_push().text(), "to the user");
+    assert_eq!(v1.read_push().text(), "to the key");
+    v1.send(op::HEARTBEAT, 9, b"");
+    let r = v1.read().expect("a heartbeat reply");
+    assert_eq!((r.op, r.seq), (op::HEARTBEAT_REPLY, 9));
+    // New clients reach the new server on the same port.
+    let mut late = Client::authed(tcp, r#"{"room_id":"live://up","accepts":[1000]}"#);
+    post(&b, "/goim/push/room?operation=1000&type=live&room=up", b"last");
+    assert_eq!(late.read_push().text(), "last");
+    assert_eq!(v1.read_push().text(), "last");
+    b.shutdown();
+    b.join();
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -40,7 +40,34 @@ use std::time::{Duration, Instant};
 
 thread_local! {
     static TABLE: RefCell<Table> = RefCell::new(Table::default());
+    /// The next process takes over (`volley upgrade`): no connection
+    /// waits for another request.
+    static LETTING_GO: Cell<bool> = const { Cell::new(false) };
 }
+
+/// Ends this shard's API connections for the next process (`volley
+/// upgrade`): every one waiting for a request now, one in a request once
+/// it is answered (after a moment for the answer to be written). Their
+/// clients connect again, to the next process.
+pub fn let_go() {
+    LETTING_GO.with(|l| l.set(true));
+    TABLE.with(|t| {
+        for (_, c) in t.borrow().conns.iter() {
+            if !c.busy.get() {
+                c.evict();
+            }
+        }
+    });
+}
+
+/// API and publisher connections open on this shard.
+pub fn open() -> usize {
+    TABLE.with(|t| t.borrow().conns.len())
+}
+
+/// After its answer, how long a connection stays while letting go: the
+/// time to write the answer.
+const LET_GO_AFTER: Duration = Duration::from_millis(200);
 
 #[derive(Default)]
 struct Table {
@@ -77,6 +104,11 @@ impl ApiConn {
         self.started.set(false);
         self.since.set(now);
         self.deadline.set(deadline);
+        if LETTING_GO.with(Cell::get) {
+            self.deadline.set(now + LET_GO_AFTER);
+            self.nudged.set(true);
+            self.wake();
+        }
     }
 
     /// Bytes arrived: the first of a request has its headers due by

@@ -88,6 +88,11 @@ pub async fn flusher(shard: Rc<RefCell<Shard>>) {
             glommio::timer::sleep(window - since).await;
         }
         shard.borrow_mut().dirty().take_into(&mut dirty);
+        if shard.borrow().handing_off {
+            // What is queued goes with the records to the next process.
+            dirty.clear();
+            continue;
+        }
         let (started, queued_before) = (Instant::now(), shared.stats[id].deliveries.load(Relaxed));
         // A connection twice in one batch would have its frames sent twice:
         // sorted and deduplicated once per round, which also lets a batch's

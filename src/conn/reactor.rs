@@ -73,6 +73,11 @@ pub async fn reactor(shard: Rc<RefCell<Shard>>) {
             if todo.is_empty() && done.is_empty() {
                 break;
             }
+            if shard.borrow().handing_off {
+                // Handed to the next process: it reads and writes them.
+                todo.clear();
+                continue;
+            }
             // A connection named twice in one pass runs once.
             todo.sort_unstable_by_key(|r| (r.idx, r.gen));
             todo.dedup();

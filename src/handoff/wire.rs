@@ -25,10 +25,7 @@ use serde::{Deserialize, Serialize};
 use std::io;
 use std::os::fd::{BorrowedFd, OwnedFd, RawFd};
 
-/// The hand-off format's version: both processes must speak the same one
-/// (the records of `shard::handoff` are part of it). Bumped on any change
-/// to them; a test pins the encoding of a sample.
-pub const VERSION: u32 = 1;
+pub use crate::shard::handoff::VERSION;
 /// Largest message taken (a shard of a million connections is ~100 MB).
 pub const MAX_BYTES: usize = 1 << 30;
 /// Most descriptors one message brings.

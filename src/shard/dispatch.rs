@@ -152,10 +152,10 @@ impl Shard {
                 }
             }
             ShardMsg::JoinFailed { conn, seq, room, why } => self.on_join_failed(conn, seq, &room, &why),
-            // The runtime takes it before this (`shard::run`): a drain needs
-            // its clock and its timer. A shard driven without one has no
-            // connections to tell.
-            ShardMsg::Drain { .. } => {}
+            // The runtime takes these before this (`shard::run`): a drain
+            // needs its clock and timer, the others the runtime itself. A
+            // shard driven without one has no connections to tell.
+            ShardMsg::Drain { .. } | ShardMsg::Run(_) | ShardMsg::LetGo => {}
             ShardMsg::Shutdown => self.shutdown(),
         }
     }

@@ -43,6 +43,11 @@ use std::net::IpAddr;
 use std::os::fd::RawFd;
 use std::sync::Arc;
 
+/// The hand-off's format version (these records and `handoff::wire`'s
+/// messages): both processes must speak the same one. Bumped on any change
+/// to either; a test pins the encoding of a sample.
+pub const VERSION: u32 = 1;
+
 /// Everything one shard hands over.
 #[derive(Debug, PartialEq, Serialize, Deserialize)]
 pub struct ShardState {
@@ -228,6 +233,21 @@ fn owned(frames: impl Iterator<Item = Bytes>) -> Vec<Vec<u8>> {
 }
 
 impl Shard {
+    /// Every connection this shard holds.
+    pub fn conn_ids(&self) -> Vec<ConnRef> {
+        self.conn_refs().map(|(r, _)| r).collect()
+    }
+
+    /// Whether nothing this shard started waits to finish: no join waits
+    /// for its owner, no answer for the journal. A shard that no longer
+    /// reads anything gets there, and stays there.
+    pub fn settled(&self) -> bool {
+        let joining = self
+            .conn_refs()
+            .any(|(_, c)| c.v2().is_some_and(|v| !v.joining.is_empty()));
+        !joining && self.store.disk.as_ref().is_none_or(|d| d.settled())
+    }
+
     /// This shard's connections and directory slice as records, with each
     /// connection's socket in the same order; `input_of` gives what each
     /// one's driver holds.
@@ -631,7 +651,7 @@ mod tests {
         }
         let pinned = std::fs::read(path).unwrap();
         let pinned = &pinned[..];
-        assert_eq!(crate::handoff::wire::VERSION, 1, "a new version: renew the seed");
+        assert_eq!(VERSION, 1, "a new version: renew the seed");
         assert_eq!(encode(&sample()), pinned);
         assert_eq!(decode(pinned), Some(sample()));
     }

@@ -440,6 +440,26 @@ pub enum ShardMsg {
     },
     /// Stop accepting, tell every client, close, and end the shard.
     Shutdown,
+    /// Run this on the shard's runtime, with the shard (the upgrade
+    /// hand-off's steps, which touch what the runtime owns: acceptors,
+    /// drivers, the readiness ring).
+    Run(RunOnShard),
+    /// End the shard at once without a word to anyone or a touch to any
+    /// socket: its connections were handed to the next process, which
+    /// serves them now.
+    LetGo,
+}
+
+/// A shard as its runtime holds it.
+pub type ShardCell = std::rc::Rc<std::cell::RefCell<super::state::Shard>>;
+
+/// A step run on a shard's runtime (`ShardMsg::Run`).
+pub struct RunOnShard(pub Box<dyn FnOnce(&ShardCell) + Send>);
+
+impl std::fmt::Debug for RunOnShard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("RunOnShard(..)")
+    }
 }
 
 /// Who waits for a room publish's offset.

@@ -61,6 +61,9 @@ pub async fn serve(
         loop {
             glommio::timer::sleep(Duration::from_secs(1)).await;
             let mut sh = sweeper.borrow_mut();
+            if sh.handing_off {
+                continue;
+            }
             sh.set_unix(metrics::unix_now());
             sh.sweep();
         }
@@ -77,7 +80,12 @@ pub async fn serve(
     };
     let _ = ready.send(Ok(()));
     drop(ready);
-    inbox.await;
+    if inbox.await == End::LetGo {
+        // The next process holds the listeners and connections: no
+        // shutdown() on any socket, no goodbye. Dropping the drivers
+        // closes this process's descriptors only.
+        return;
+    }
     // Fail the pending accepts so the loops end; new clients are refused.
     for fd in listeners {
         // SAFETY: shutting a listening socket we own; no memory is involved.
@@ -93,9 +101,29 @@ pub async fn serve(
     drain(&shard).await;
 }
 
+/// How the inbox ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum End {
+    /// `Shutdown`: close everything.
+    Shutdown,
+    /// `LetGo`: the next process has it all.
+    LetGo,
+}
+
+thread_local! {
+    /// Messages this shard's inbox acted on, `Run` steps left out: the
+    /// hand-off sees from two readings whether anything moved between.
+    static HANDLED: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+}
+
+/// Messages this shard's inbox has acted on (read on the shard's thread).
+pub fn handled() -> u64 {
+    HANDLED.with(std::cell::Cell::get)
+}
+
 /// The mesh inbox: every message for this shard, in arrival order, until
-/// `Shutdown`. Times each fan-out for the metrics.
-async fn inbox(shard: Rc<RefCell<Shard>>) {
+/// `Shutdown` or `LetGo`. Times each fan-out for the metrics.
+async fn inbox(shard: Rc<RefCell<Shard>>) -> End {
     let (id, shared) = {
         let sh = shard.borrow();
         (sh.id, sh.shared.clone())
@@ -103,10 +131,19 @@ async fn inbox(shard: Rc<RefCell<Shard>>) {
     let mut handled = 0u32;
     loop {
         let msg = std::future::poll_fn(|cx| shared.mesh.poll_recv(id, cx)).await;
-        if let ShardMsg::Drain { over_ms, seed } = msg {
-            begin_drain(&shard, over_ms, seed);
-            continue;
-        }
+        let msg = match msg {
+            ShardMsg::Drain { over_ms, seed } => {
+                begin_drain(&shard, over_ms, seed);
+                continue;
+            }
+            ShardMsg::Run(step) => {
+                (step.0)(&shard);
+                continue;
+            }
+            ShardMsg::LetGo => return End::LetGo,
+            msg => msg,
+        };
+        HANDLED.with(|h| h.set(h.get() + 1));
         let stop = matches!(msg, ShardMsg::Shutdown);
         let fan_out = msg.is_fan_out();
         let start = metrics::clock_us();
@@ -121,7 +158,7 @@ async fn inbox(shard: Rc<RefCell<Shard>>) {
                 .record(metrics::clock_us().wrapping_sub(start));
         }
         if stop {
-            break;
+            return End::Shutdown;
         }
         handled = handled.wrapping_add(1);
         if handled % INBOX_BATCH == 0 {

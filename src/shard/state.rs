@@ -60,6 +60,10 @@ pub struct Shard {
     pub(super) clock: Clock,
     /// Set by `Shutdown`: accept loops stop, new connections are refused.
     pub shutting_down: bool,
+    /// Its connections are being handed to the next process (`volley
+    /// upgrade`): nothing reads or writes them, no sweep runs; what they
+    /// have queued stays queued for the records.
+    pub handing_off: bool,
     /// The durable store is being read back (`shard::recovery`): what
     /// this shard would handle inline waits in its inbox instead, so that
     /// nothing it owns is touched before it is loaded.
@@ -98,6 +102,7 @@ impl Shard {
             clock: Clock::default(),
             shared,
             shutting_down: false,
+            handing_off: false,
             recovering: false,
             cluster: None,
         }

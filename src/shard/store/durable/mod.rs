@@ -79,6 +79,12 @@ impl Durable {
         }
     }
 
+    /// Whether everything appended is durable and nothing waits for it:
+    /// the journal has nothing under way that anyone waits on.
+    pub fn settled(&self) -> bool {
+        self.held.is_empty() && self.journal.appended() <= self.journal.durable()
+    }
+
     /// Holds `h` until what was appended so far is durable; gives it back
     /// if it already is (and nothing held before it still waits).
     pub fn hold(&mut self, h: Held) -> Option<Held> {

@@ -1,0 +1,152 @@
+//! Taking a running server's listeners and connections for the next
+//! process (`take`), and letting go of them once it has them (`let_go`).
+//!
+//! Runs on the caller's thread (the hand-off's own), and on each shard's
+//! runtime through `ShardMsg::Run` steps:
+//!
+//! ```text
+//! quiet     each shard: copies of its listening sockets kept, acceptors
+//!           ended; its connections neither read nor written (off the
+//!           readiness ring); API connections end once answered, TCP
+//!           publishers' reads end; no sweep
+//! export    each shard: once nothing it started waits (joins, journal
+//!           answers), no API or publisher connection is left and its inbox
+//!           is empty — its records, with a copy of each connection's socket
+//! check     no shard acted on a message since its export: the records
+//!           are one moment of the whole server; otherwise export again
+//! let go    each shard ends without a word or a touch to any socket
+//! ```
+//!
+//! Invariant: from `quiet` on, nothing new enters the server (no accept,
+//! no read), so what is under way finishes and the shards settle; the
+//! records are taken only once all have.
+
+use super::Adoption;
+use crate::net;
+use crate::shard::handoff::ShardState;
+use crate::shard::mesh::ShardMsg;
+use crate::shard::msg::RunOnShard;
+use crate::shard::{run, Shard, Shared};
+use std::cell::RefCell;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::rc::Rc;
+use std::sync::mpsc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// How long to wait between two tries at an export.
+const RETRY: Duration = Duration::from_millis(5);
+
+/// One shard's records, its sockets, and how many messages it had acted on.
+type Exported = (ShardState, Vec<OwnedFd>, u64);
+
+/// Runs `step` on every shard; each answer, in shard order, or why not
+/// within `until`.
+fn on_every_shard<T: Send + 'static>(
+    shared: &Shared,
+    until: Instant,
+    step: impl Fn(&Rc<RefCell<Shard>>) -> T + Send + Clone + 'static,
+) -> Result<Vec<T>, String> {
+    let n = shared.mesh.nr_shards();
+    let (tx, rx) = mpsc::channel();
+    for s in 0..n {
+        let (tx, step) = (tx.clone(), step.clone());
+        let run = move |sh: &Rc<RefCell<Shard>>| {
+            let _ = tx.send((s, step(sh)));
+        };
+        shared.mesh.send(s, ShardMsg::Run(RunOnShard(Box::new(run))));
+    }
+    let mut out: Vec<Option<T>> = (0..n).map(|_| None).collect();
+    for _ in 0..n {
+        let left = until.saturating_duration_since(Instant::now());
+        let (s, v) = rx
+            .recv_timeout(left)
+            .map_err(|_| "a shard did not answer in time".to_string())?;
+        out[s] = Some(v);
+    }
+    Ok(out.into_iter().map(|v| v.expect("every shard answered once")).collect())
+}
+
+/// The step `quiet` on one shard (see the module doc).
+fn quiet(shard: &Rc<RefCell<Shard>>) -> Result<Vec<(net::ListenerKind, OwnedFd)>, String> {
+    let listeners = net::stop_acceptors().map_err(|e| format!("cannot keep the listening sockets: {e}"))?;
+    let mut sh = shard.borrow_mut();
+    sh.handing_off = true;
+    for r in sh.conn_ids() {
+        crate::conn::ring::forget(r);
+    }
+    crate::conn::ring::submit();
+    crate::api::conns::let_go();
+    for fd in sh.publisher_fds() {
+        // SAFETY: the descriptor is open (it leaves the registry before its
+        // stream closes); shutting a socket touches no memory.
+        unsafe { libc::shutdown(fd, libc::SHUT_RD) };
+    }
+    Ok(listeners)
+}
+
+/// The step `export` on one shard: `None` while it has not settled.
+fn export(shard: &Rc<RefCell<Shard>>) -> Result<Option<Exported>, String> {
+    let sh = shard.borrow();
+    if !sh.settled() || crate::api::conns::open() > 0 || sh.shared.mesh.backlog(sh.id) > 0 {
+        return Ok(None);
+    }
+    let (state, raw) = sh.export(crate::conn::driver::saved_input).map_err(|e| e.to_string())?;
+    let mut fds = Vec::with_capacity(raw.len());
+    for fd in raw {
+        // SAFETY: the descriptor is open, owned by the connection's driver,
+        // which nothing runs any more.
+        let fd = unsafe { BorrowedFd::borrow_raw(fd) };
+        fds.push(
+            fd.as_fd()
+                .try_clone_to_owned()
+                .map_err(|e| format!("cannot keep a socket: {e}"))?,
+        );
+    }
+    Ok(Some((state, fds, run::handled())))
+}
+
+/// Takes every shard's listeners and connections for the next process,
+/// within `timeout`. From the first step on this server accepts and reads
+/// nothing; on success it must be let go (`let_go`) once the next process
+/// has taken over.
+pub fn take(shared: &Arc<Shared>, timeout: Duration) -> Result<Adoption, String> {
+    let until = Instant::now() + timeout;
+    let mut listeners = Vec::new();
+    for (s, l) in on_every_shard(shared, until, quiet)?.into_iter().enumerate() {
+        listeners.extend(l?.into_iter().map(|(kind, fd)| (kind, s, fd)));
+    }
+    loop {
+        let exported = on_every_shard(shared, until, export)?;
+        let mut shards = Vec::with_capacity(exported.len());
+        for e in exported {
+            if let Some(e) = e? {
+                shards.push(e);
+            }
+        }
+        if shards.len() == shared.mesh.nr_shards() {
+            let now = on_every_shard(shared, until, |_| run::handled())?;
+            if shards.iter().zip(&now).all(|(e, &h)| e.2 == h) {
+                let keys = (shared.keys.tag(), shared.keys.secret().to_vec());
+                let shards = shards.into_iter().map(|(state, fds, _)| (state, fds)).collect();
+                return Ok(Adoption {
+                    keys,
+                    listeners,
+                    shards,
+                });
+            }
+        }
+        if Instant::now() + RETRY > until {
+            return Err("the shards did not settle in time".into());
+        }
+        std::thread::sleep(RETRY);
+    }
+}
+
+/// Ends every shard without a word to anyone or a touch to any socket:
+/// the next process serves them now.
+pub fn let_go(shared: &Shared) {
+    for s in 0..shared.mesh.nr_shards() {
+        shared.mesh.send(s, ShardMsg::LetGo);
+    }
+}
