@@ -556,10 +556,12 @@ pub fn handoff_records(data: &[u8]) {
     use volley::shard::handoff::{decode, encode};
     let Some(state) = decode(data) else { return };
     assert_eq!(decode(&encode(&state)).as_ref(), Some(&state), "re-encoded");
-    let config = volley::Config {
+    let mut config = volley::Config {
         shards: 1,
         ..volley::Config::default()
     };
+    // A connection table as long as the records ask for, up to this.
+    config.limits.max_conns = 4096;
     let mut shard = volley::shard::Shard::new(0, Arc::new(volley::shard::Shared::new(config)));
     let fds = vec![-1; state.conns.len()];
     let n = state.conns.len();

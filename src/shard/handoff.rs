@@ -203,7 +203,7 @@ pub enum HandoffError {
     #[error("slot {0}: its input is not its transport's")]
     Input(u32),
     /// Two records for one slot, or a slot past any shard's.
-    #[error("slot {0} given twice, or past {MAX_SLOT}")]
+    #[error("slot {0} given twice, or past the most a shard holds")]
     Slot(u32),
     /// A room pattern that is not one, or a room that is a pattern.
     #[error("{0:?} is not what its place says (room or pattern)")]
@@ -214,9 +214,10 @@ pub enum HandoffError {
 }
 
 /// The highest slot taken: a shard's slots are dense (a freed one is
-/// reused first), so no shard holding a sane number of connections has one
-/// past this; a record that names one would make the table that long.
-pub const MAX_SLOT: u32 = 1 << 24;
+/// reused first), so a shard has none past the most connections it ever
+/// held at once, and the table of a million per shard is what the records
+/// may ask for; a slot past `[limits] max_conns` (when set) is refused too.
+pub const MAX_SLOT: u32 = 1 << 20;
 
 /// The records as bytes (postcard).
 pub fn encode(state: &ShardState) -> Vec<u8> {
@@ -352,8 +353,14 @@ impl Shard {
         // Checked before anything changes, so a refusal leaves the shard
         // as it was.
         let mut slots = std::collections::HashSet::with_capacity(state.conns.len());
+        let max_conns = self.cfg().limits.max_conns;
+        let max_slot = if max_conns > 0 {
+            MAX_SLOT.min(u32::try_from(max_conns).unwrap_or(u32::MAX))
+        } else {
+            MAX_SLOT
+        };
         for c in &state.conns {
-            if c.conn.idx > MAX_SLOT || !slots.insert(c.conn.idx) {
+            if c.conn.idx > max_slot || !slots.insert(c.conn.idx) {
                 return Err(HandoffError::Slot(c.conn.idx));
             }
             if c.input.ws.is_some() == (c.transport == Transport::Tcp) {
