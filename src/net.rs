@@ -24,6 +24,7 @@ use glommio::net::{TcpListener, TcpStream};
 use socket2::{Domain, Protocol, Socket, Type};
 use std::cell::RefCell;
 use std::net::SocketAddr;
+use std::os::fd::{OwnedFd, RawFd};
 use std::rc::Rc;
 use std::time::Duration;
 
@@ -176,26 +177,56 @@ pub fn bind(spec: &ListenerSpec, nr_shards: usize) -> Result<Bound, BindError> {
     })
 }
 
-/// A shard's acceptor tasks, and the listening sockets they accept on.
+/// Starts the acceptor of a `kind` listener on its shard (the server's
+/// choice of task and queue per kind).
+pub type StartAcceptor = Box<dyn Fn(ListenerKind, TcpListener) -> Result<glommio::Task<()>, String>>;
+
+/// A shard's acceptor tasks, the listening sockets they accept on, and
+/// while a hand-off holds them, this shard's copies of those sockets.
 #[derive(Default)]
 struct Acceptors {
+    start: Option<StartAcceptor>,
     tasks: Vec<glommio::Task<()>>,
-    listeners: Vec<(ListenerKind, std::os::fd::RawFd)>,
+    listeners: Vec<(ListenerKind, RawFd)>,
+    stopped: Vec<(ListenerKind, OwnedFd)>,
 }
 
 thread_local! {
     /// This shard's acceptors, so that a hand-off (`volley upgrade`) can
-    /// keep their sockets and end the tasks.
+    /// keep their sockets, end the tasks, and start them again if the
+    /// next process does not take over.
     static ACCEPTORS: std::cell::RefCell<Acceptors> = std::cell::RefCell::new(Acceptors::default());
 }
 
-/// Keeps `task`, this shard's acceptor on `fd` (a `kind` listener).
-pub fn keep_acceptor(task: glommio::Task<()>, kind: ListenerKind, fd: std::os::fd::RawFd) {
+/// Starts this shard's acceptors on `listeners` (each descriptor is the
+/// acceptor's from here on) with `start`, which is kept to start them
+/// again after a hand-off that did not happen.
+pub fn start_acceptors(start: StartAcceptor, listeners: &[(ListenerKind, RawFd)]) -> Result<(), String> {
+    ACCEPTORS.with(|a| a.borrow_mut().start = Some(start));
+    for &(kind, fd) in listeners {
+        start_one(kind, fd)?;
+    }
+    Ok(())
+}
+
+fn start_one(kind: ListenerKind, fd: RawFd) -> Result<(), String> {
     ACCEPTORS.with(|a| {
         let mut a = a.borrow_mut();
+        let start = a.start.as_ref().ok_or("no acceptor to start")?;
+        // SAFETY: the descriptor is a listening socket handed to us to own
+        // (bound by `bind`, or a copy made by `stop_acceptors`).
+        let listener = unsafe { <TcpListener as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+        let task = start(kind, listener)?;
         a.tasks.push(task);
         a.listeners.push((kind, fd));
-    });
+        Ok(())
+    })
+}
+
+/// This shard's listening sockets as its acceptors hold them (shutdown
+/// ends their accepts with them).
+pub fn listener_fds() -> Vec<RawFd> {
+    ACCEPTORS.with(|a| a.borrow().listeners.iter().map(|&(_, fd)| fd).collect())
 }
 
 /// Lets this shard's acceptors run on their own until the executor ends
@@ -207,22 +238,37 @@ pub fn detach_acceptors() {
     }
 }
 
-/// Ends this shard's acceptors, after taking a copy of each listening
-/// socket (which the acceptors close as they end): no connection is
-/// accepted here from now on, and the copies go to the next process.
-pub fn stop_acceptors() -> std::io::Result<Vec<(ListenerKind, std::os::fd::OwnedFd)>> {
+/// Ends this shard's acceptors, keeping a copy of each listening socket
+/// (the acceptors close theirs as they end) and giving another to the
+/// caller, for the next process: no connection is accepted here until
+/// `resume_acceptors`.
+pub fn stop_acceptors() -> std::io::Result<Vec<(ListenerKind, OwnedFd)>> {
     use std::os::fd::{AsFd, BorrowedFd};
-    let Acceptors { tasks, listeners: fds } = ACCEPTORS.with(|a| std::mem::take(&mut *a.borrow_mut()));
-    let mut copies = Vec::with_capacity(fds.len());
-    for (kind, fd) in fds {
-        // SAFETY: the descriptor is open: its acceptor, which owns it, is
-        // still in `tasks`.
-        let fd = unsafe { BorrowedFd::borrow_raw(fd) };
-        copies.push((kind, fd.as_fd().try_clone_to_owned()?));
+    ACCEPTORS.with(|a| {
+        let mut a = a.borrow_mut();
+        let mut given = Vec::with_capacity(a.listeners.len());
+        for (kind, fd) in std::mem::take(&mut a.listeners) {
+            // SAFETY: the descriptor is open: its acceptor, which owns it,
+            // is still in `tasks`.
+            let fd = unsafe { BorrowedFd::borrow_raw(fd) };
+            a.stopped.push((kind, fd.as_fd().try_clone_to_owned()?));
+            given.push((kind, fd.as_fd().try_clone_to_owned()?));
+        }
+        // Dropping a task cancels its pending accept and closes its
+        // listener.
+        a.tasks.clear();
+        Ok(given)
+    })
+}
+
+/// Starts this shard's acceptors again on the copies `stop_acceptors`
+/// kept: the hand-off did not happen.
+pub fn resume_acceptors() -> Result<(), String> {
+    let stopped = ACCEPTORS.with(|a| std::mem::take(&mut a.borrow_mut().stopped));
+    for (kind, fd) in stopped {
+        start_one(kind, std::os::fd::IntoRawFd::into_raw_fd(fd))?;
     }
-    // Dropping a task cancels its pending accept and closes its listener.
-    drop(tasks);
-    Ok(copies)
+    Ok(())
 }
 
 /// Accepts on `listener` until the shard shuts down, handing each connection

@@ -25,11 +25,10 @@ use crate::shard::cluster::state::ShardCluster;
 use crate::shard::mesh::ShardMsg;
 use crate::shard::{run, Shard, Shared};
 use crate::{api, conn, redis};
-use glommio::net::TcpListener;
 use glommio::{LocalExecutorBuilder, Placement};
 use std::cell::RefCell;
 use std::net::SocketAddr;
-use std::os::fd::{FromRawFd, IntoRawFd, RawFd};
+use std::os::fd::{IntoRawFd, RawFd};
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
@@ -339,23 +338,23 @@ async fn shard_main(
             }
         }
     }
-    for &(kind, fd) in &fds {
-        // SAFETY: the descriptor was created by `net::bind` and handed over
-        // with into_raw_fd; nothing else owns it.
-        let listener = unsafe { TcpListener::from_raw_fd(fd) };
-        let sh = shard.clone();
-        let spawned = match kind {
+    let sh = shard.clone();
+    let start: net::StartAcceptor = Box::new(move |kind, listener| {
+        let sh = sh.clone();
+        match kind {
             ListenerKind::ClientTcp | ListenerKind::ClientWs => {
                 Ok(glommio::spawn_local(conn::accept(listener, sh, kind)))
             }
             ListenerKind::Api => glommio::spawn_local_into(api::http::accept(listener, sh), control),
             ListenerKind::Publisher => glommio::spawn_local_into(api::tcp::accept(listener, sh), control),
         }
-        .map(|task| net::keep_acceptor(task, kind, fd));
-        if let Err(e) = spawned {
-            let _ = ready.send(Err(format!("cannot spawn the {} acceptor: {e}", kind.name())));
-            return;
-        }
+        .map_err(|e| format!("cannot spawn the {} acceptor: {e}", kind.name()))
+    });
+    // The descriptors were created by `net::bind` (or handed over) and
+    // given up with into_raw_fd: the acceptors own them from here.
+    if let Err(e) = net::start_acceptors(start, &fds) {
+        let _ = ready.send(Err(e));
+        return;
     }
     if let Err(e) = glommio::spawn_local_into(conn::flush::flusher(shard.clone()), control).map(|t| t.detach()) {
         let _ = ready.send(Err(format!("cannot spawn the flusher: {e}")));
@@ -407,8 +406,7 @@ async fn shard_main(
             .shards_left
             .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
     }
-    let listeners = fds.iter().map(|&(_, fd)| fd).collect();
-    run::serve(shard.clone(), control, listeners, ready).await;
+    run::serve(shard.clone(), control, net::listener_fds, ready).await;
     conn::driver::clear(&shard);
     net::detach_acceptors();
 }
@@ -429,6 +427,12 @@ impl ServerHandle {
     /// reads nothing. Once the next process has them, `let_go`.
     pub fn hand_off(&self, timeout: Duration) -> Result<Adoption, String> {
         crate::handoff::local::take(&self.shared, timeout)
+    }
+
+    /// Serves again as before `hand_off`, when the next process did not
+    /// take over (drop the `Adoption` it gave, unused).
+    pub fn resume(&self, timeout: Duration) -> Result<(), String> {
+        crate::handoff::local::resume(&self.shared, timeout)
     }
 
     /// Ends every shard without a word to anyone or a touch to any socket

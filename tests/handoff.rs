@@ -219,3 +219,50 @@ fn a_running_server_hands_every_connection_to_the_next_one_and_nobody_notices() 
     b.join();
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn a_hand_off_that_does_not_happen_leaves_the_server_serving_as_before() {
+    let a = common::start_server(|_| {});
+    let mut v1 = Client::authed(a.tcp_addr, r#"{"room_id":"live://stay","accepts":[1000]}"#);
+    let (mut v2, _) = Client::authed_v2(a.tcp_addr, "{}");
+    v2.join(2, "live://stay", None);
+    common::wait_until("both members", || {
+        common::http(a.http_addr, "GET", "/v1/online/rooms?rooms=live://stay", &[], b"").1["data"]["live://stay"] == 2
+    });
+    post(&a, "/goim/push/room?operation=1000&type=live&room=stay", b"before");
+    assert_eq!(v1.read_push().text(), "before");
+    let before = v2.read_push2().unwrap();
+
+    let adoption = a.hand_off(Duration::from_secs(10)).expect("the shards hand over");
+    // While handed over: a publish waits in the listen backlog, a
+    // heartbeat in the socket.
+    let api = a.http_addr;
+    let publish = std::thread::spawn(move || {
+        common::http(
+            api,
+            "POST",
+            "/goim/push/room?operation=1000&type=live&room=stay",
+            &[],
+            b"during",
+        )
+        .0
+    });
+    v1.send(op::HEARTBEAT, 4, b"");
+    std::thread::sleep(Duration::from_millis(200));
+    drop(adoption);
+    a.resume(Duration::from_secs(10)).expect("the shards serve again");
+
+    assert_eq!(publish.join().unwrap(), 200);
+    let mut got = [v1.read().unwrap(), v1.read().unwrap()];
+    got.sort_by_key(|g| g.op);
+    assert_eq!((got[0].op, got[0].seq), (op::HEARTBEAT_REPLY, 4));
+    assert_eq!((got[1].op, got[1].text().as_str()), (1000, "during"));
+    let during = v2.read_push2().unwrap();
+    assert_eq!((during.offset, during.epoch), (before.offset + 1, before.epoch));
+    let mut late = Client::authed(a.tcp_addr, r#"{"room_id":"live://stay","accepts":[1000]}"#);
+    post(&a, "/goim/push/room?operation=1000&type=live&room=stay", b"after");
+    assert_eq!(late.read_push().text(), "after");
+    assert_eq!(v1.read_push().text(), "after");
+    a.shutdown();
+    a.join();
+}

@@ -60,6 +60,11 @@ pub fn let_go() {
     });
 }
 
+/// The hand-off did not happen: connections wait for requests again.
+pub fn hold_on() {
+    LETTING_GO.with(|l| l.set(false));
+}
+
 /// API and publisher connections open on this shard.
 pub fn open() -> usize {
     TABLE.with(|t| t.borrow().conns.len())

@@ -15,6 +15,8 @@
 //! check     no shard acted on a message since its export: the records
 //!           are one moment of the whole server; otherwise export again
 //! let go    each shard ends without a word or a touch to any socket
+//! resume    (instead, when the next process does not take over) each shard
+//!           accepts again on the sockets it kept, reads and writes again
 //! ```
 //!
 //! Invariant: from `quiet` on, nothing new enters the server (no accept,
@@ -141,6 +143,40 @@ pub fn take(shared: &Arc<Shared>, timeout: Duration) -> Result<Adoption, String>
         }
         std::thread::sleep(RETRY);
     }
+}
+
+/// The step `resume` on one shard: its acceptors start again on the
+/// listening sockets it kept, its connections are watched on the
+/// readiness ring again (each run once, for what arrived meanwhile), and
+/// what is queued for them is written.
+fn resume_shard(shard: &Rc<RefCell<Shard>>) -> Result<(), String> {
+    crate::api::conns::hold_on();
+    let mut sh = shard.borrow_mut();
+    sh.handing_off = false;
+    for r in sh.conn_ids() {
+        if let Some(fd) = sh.conn(r).map(|c| c.fd) {
+            crate::conn::ring::watch(fd, r);
+        }
+        sh.wake_conn(r);
+        if sh.conn(r).is_some_and(|c| !c.out.is_empty()) {
+            sh.mark_dirty(r);
+        }
+    }
+    crate::conn::ring::submit();
+    drop(sh);
+    net::resume_acceptors()
+}
+
+/// Takes back what `take` took, when the next process did not take over:
+/// every shard accepts, reads and writes again as before (within
+/// `timeout`). What `take` gave out (the `Adoption`) must be dropped, not
+/// used.
+pub fn resume(shared: &Shared, timeout: Duration) -> Result<(), String> {
+    let until = Instant::now() + timeout;
+    for r in on_every_shard(shared, until, resume_shard)? {
+        r?;
+    }
+    Ok(())
 }
 
 /// Ends every shard without a word to anyone or a touch to any socket:

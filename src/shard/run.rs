@@ -46,12 +46,13 @@ pub fn control_queue() -> TaskQueueHandle {
 
 /// Runs the shard until shutdown: spawns the sweep and inbox tasks into
 /// `control`, reports readiness through `ready` (with why not, if a task
-/// cannot start), and after the inbox's `Shutdown` shuts `listeners` and
-/// drains. Acceptors are the caller's (they are spawned before this).
+/// cannot start), and after the inbox's `Shutdown` shuts the listening
+/// sockets `listeners` names then (a hand-off that did not happen may have
+/// changed them) and drains. Acceptors are the caller's (they are spawned before this).
 pub async fn serve(
     shard: Rc<RefCell<Shard>>,
     control: TaskQueueHandle,
-    listeners: Vec<RawFd>,
+    listeners: fn() -> Vec<RawFd>,
     ready: std::sync::mpsc::Sender<Result<(), String>>,
 ) {
     shard.borrow_mut().set_unix(metrics::unix_now());
@@ -87,7 +88,7 @@ pub async fn serve(
         return;
     }
     // Fail the pending accepts so the loops end; new clients are refused.
-    for fd in listeners {
+    for fd in listeners() {
         // SAFETY: shutting a listening socket we own; no memory is involved.
         unsafe { libc::shutdown(fd, libc::SHUT_RDWR) };
     }
