@@ -93,8 +93,9 @@ pub struct ServerHandle {
     pub listeners: Vec<ListenerSpec>,
     shared: Arc<Shared>,
     threads: Vec<glommio::ExecutorJoinHandle<()>>,
-    /// The durable store's folder, locked while the server lives.
-    _store: Option<crate::disk::layout::Store>,
+    /// The durable store's folder, locked while the server lives (taken
+    /// later by a server that took over from another one).
+    _store: Arc<std::sync::Mutex<Option<crate::disk::layout::Store>>>,
 }
 
 impl Server {
@@ -116,8 +117,10 @@ impl Server {
         config.validate()?;
         let n = config.nr_shards();
         // Before binding: a second server on the same store is refused
-        // without touching the first one's ports.
-        let mut store = if config.durable() {
+        // without touching the first one's ports. A server taking over
+        // from another one takes the store once that one lets go of it
+        // (`StoreLater`).
+        let mut store = if config.durable() && adoption.is_none() {
             Some(crate::disk::layout::open(&config.storage.dir, n).map_err(|e| StartError::Storage(e.to_string()))?)
         } else {
             None
@@ -190,16 +193,23 @@ impl Server {
                 handed[i] = Some(s);
             }
         }
-        if store.is_some() {
+        let later = shared.config.durable() && store.is_none();
+        if shared.config.durable() {
             shared
                 .recovery
                 .shards_left
                 .store(n, std::sync::atomic::Ordering::Relaxed);
         }
         let shared = Arc::new(shared);
-        let mut files: Vec<Option<crate::disk::layout::ShardFiles>> = match &store {
-            Some(s) => s.shards.iter().cloned().map(Some).collect(),
-            None => vec![None; n],
+        let held = Arc::new(std::sync::Mutex::new(None));
+        let mut files: Vec<Option<StoreFiles>> = match &store {
+            Some(s) => s.shards.iter().cloned().map(|f| Some(StoreFiles::Now(f))).collect(),
+            None if later => {
+                let (txs, rxs): (Vec<_>, Vec<_>) = (0..n).map(|_| std::sync::mpsc::channel()).unzip();
+                take_store_later(shared.config.storage.dir.clone(), n, txs, held.clone());
+                rxs.into_iter().map(|rx| Some(StoreFiles::Later(rx))).collect()
+            }
+            None => (0..n).map(|_| None).collect(),
         };
         let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<(), String>>();
         let mut threads = Vec::with_capacity(n);
@@ -239,6 +249,9 @@ impl Server {
         if let Some(s) = &mut store {
             s.moved().map_err(|e| StartError::Storage(e.to_string()))?;
         }
+        if store.is_some() {
+            *held.lock().unwrap_or_else(|p| p.into_inner()) = store;
+        }
         let c = &shared.config;
         for line in crate::config::summary(c) {
             tracing::info!("{line}");
@@ -257,8 +270,68 @@ impl Server {
             listeners: specs,
             shared: shared.clone(),
             threads,
-            _store: store,
+            _store: held,
         })
+    }
+}
+
+/// Where a shard's part of the durable store comes from.
+enum StoreFiles {
+    /// Opened before the shards started.
+    Now(crate::disk::layout::ShardFiles),
+    /// Once the previous process lets go of the store (taking over).
+    Later(std::sync::mpsc::Receiver<crate::disk::layout::ShardFiles>),
+}
+
+/// How long a server taking over waits for the previous one to let go of
+/// the durable store.
+const STORE_WAIT: Duration = Duration::from_secs(120);
+
+/// Opens the durable store in `dir` as soon as its lock is free (the
+/// previous process holds it until it lets go), on a thread of its own;
+/// each shard's part goes down `to`, the store (and its lock) into `held`.
+fn take_store_later(
+    dir: std::path::PathBuf,
+    n: usize,
+    to: Vec<std::sync::mpsc::Sender<crate::disk::layout::ShardFiles>>,
+    held: Arc<std::sync::Mutex<Option<crate::disk::layout::Store>>>,
+) {
+    let wait = move || {
+        let until = std::time::Instant::now() + STORE_WAIT;
+        loop {
+            match crate::disk::layout::open(&dir, n) {
+                Ok(store) => {
+                    for (tx, files) in to.iter().zip(&store.shards) {
+                        let _ = tx.send(files.clone());
+                    }
+                    *held.lock().unwrap_or_else(|p| p.into_inner()) = Some(store);
+                    return;
+                }
+                Err(crate::disk::layout::LayoutError::Locked(_)) if std::time::Instant::now() < until => {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot take the durable store over");
+                    return;
+                }
+            }
+        }
+    };
+    if let Err(e) = std::thread::Builder::new().name("volley-store".into()).spawn(wait) {
+        tracing::error!(error = %e, "cannot start waiting for the durable store");
+    }
+}
+
+/// The shard's part of the store once it comes; `None` if it never will.
+async fn wait_for(
+    rx: std::sync::mpsc::Receiver<crate::disk::layout::ShardFiles>,
+) -> Option<crate::disk::layout::ShardFiles> {
+    loop {
+        match rx.try_recv() {
+            Ok(files) => return Some(files),
+            Err(std::sync::mpsc::TryRecvError::Empty) => glommio::timer::sleep(Duration::from_millis(5)).await,
+            Err(std::sync::mpsc::TryRecvError::Disconnected) => return None,
+        }
     }
 }
 
@@ -308,7 +381,7 @@ async fn shard_main(
     id: usize,
     shared: Arc<Shared>,
     fds: Vec<(ListenerKind, RawFd)>,
-    files: Option<crate::disk::layout::ShardFiles>,
+    files: Option<StoreFiles>,
     handed: Option<(crate::shard::handoff::ShardState, Vec<std::os::fd::OwnedFd>)>,
     ready: std::sync::mpsc::Sender<Result<(), String>>,
 ) {
@@ -394,10 +467,26 @@ async fn shard_main(
             }
         }
     }
+    let mut ready = ready;
     if let Some(files) = files {
         // Acceptors run meanwhile (`/healthz` says "recovering"); what
         // this shard owns waits in its inbox until it is read back.
-        if let Err(e) = crate::shard::recovery::recover(&shard, files, control).await {
+        let recovered = match files {
+            StoreFiles::Now(files) => crate::shard::recovery::recover(&shard, files, control).await,
+            StoreFiles::Later(rx) => {
+                // Taking over: serving the connections handed over does
+                // not wait for the previous process to let go of the store.
+                shard.borrow_mut().begin_recovery();
+                let _ = ready.send(Ok(()));
+                ready = std::sync::mpsc::channel().0;
+                match wait_for(rx).await {
+                    Some(files) => crate::shard::recovery::recover(&shard, files, control).await,
+                    None => Err("the durable store was not free in time".into()),
+                }
+            }
+        };
+        if let Err(e) = recovered {
+            tracing::error!(shard = id, error = %e, "cannot read the durable store back");
             let _ = ready.send(Err(e));
             return;
         }

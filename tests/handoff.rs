@@ -180,15 +180,18 @@ fn a_running_server_hands_every_connection_to_the_next_one_and_nobody_notices() 
     let adoption = a.hand_off(Duration::from_secs(10)).expect("the shards hand over");
     let conns: usize = adoption.shards.iter().map(|s| s.0.conns.len()).sum();
     assert_eq!(conns, 3);
-    a.let_go();
     let mut config = Config {
         shards: 2,
         shutdown_grace_secs: 1,
         ..Config::default()
     };
     durable(&mut config);
+    // As the real hand-off does: the next server takes the connections
+    // first, then the previous one lets go (and of the store with them),
+    // which the next one reads back as soon as it is free.
     let b = Server::adopt(config, adoption).expect("the next server takes over");
     assert_eq!((b.tcp_addr, b.http_addr), (tcp, api), "the same listening sockets");
+    a.let_go();
 
     post(&b, "/goim/push/room?operation=1000&type=live&room=up", b"after");
     assert_eq!(v1.read_push().text(), "after");

@@ -37,6 +37,15 @@ pub fn sync_of(c: &crate::config::StorageConfig) -> Sync {
     }
 }
 
+impl Shard {
+    /// From now until `recover` is done, what this shard would handle
+    /// inline waits in its inbox (a server taking over from another one
+    /// serves its connections before the store is free to read back).
+    pub fn begin_recovery(&mut self) {
+        self.recovering = true;
+    }
+}
+
 /// Reads the shard's store back and starts its journal (see the module
 /// doc). An error is why the shard cannot start.
 pub async fn recover(shard: &Rc<RefCell<Shard>>, files: ShardFiles, control: TaskQueueHandle) -> Result<(), String> {
