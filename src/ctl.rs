@@ -1,13 +1,15 @@
-//! `volley drain`: the operator's command that asks a running server to
-//! drain (`POST /v1/drain`) and follows it (`GET /v1/drain`) until every
-//! client was told to reconnect.
+//! `volley drain` and `volley upgrade`: the operator's commands that ask a
+//! running server to drain (`POST /v1/drain`, followed through `GET
+//! /v1/drain` until every client was told to reconnect) or to upgrade in
+//! place (`POST /v1/upgrade`, followed through `GET /v1/upgrade` until
+//! another process answers, or the server says why not).
 //!
 //! Runs on the `volley` binary's main thread with blocking sockets: a
 //! client of the server's HTTP API, not a part of the server. It finds the
 //! API as `serve` is configured (the same flags, environment and file, so
 //! the listen address and key `serve` uses), one request per connection.
 
-use crate::config::DrainArgs;
+use crate::config::{DrainArgs, UpgradeArgs};
 use anyhow::{bail, Context};
 use serde_json::Value;
 use std::io::{Read, Write};
@@ -46,6 +48,44 @@ pub fn drain(args: &DrainArgs, out: &mut impl Write) -> anyhow::Result<()> {
             return Ok(());
         }
     }
+}
+
+/// Asks for the upgrade, then waits until another process answers on the
+/// same API (done) or the server reports the upgrade failed.
+pub fn upgrade(args: &UpgradeArgs, out: &mut impl Write) -> anyhow::Result<()> {
+    let api = &args.serve.server.api;
+    let addr = reachable(api.listen);
+    let key = api.key.as_deref();
+    let (status, body) = request(addr, "GET", "/v1/upgrade", key)?;
+    if status != 200 {
+        bail!("{addr} answered {status}: {}", body["message"]);
+    }
+    let (pid, failed) = (
+        body["data"]["pid"].clone(),
+        body["data"]["failed"].as_u64().unwrap_or(0),
+    );
+    let (status, body) = request(addr, "POST", "/v1/upgrade", key)?;
+    if status != 202 {
+        bail!("{addr} refused the upgrade ({status}): {}", body["message"]);
+    }
+    writeln!(out, "upgrade begun on {addr} (pid {pid})")?;
+    let until = std::time::Instant::now() + Duration::from_secs(args.timeout_secs);
+    while std::time::Instant::now() < until {
+        std::thread::sleep(Duration::from_millis(200));
+        // Between the two processes a request may find neither answering.
+        let Ok((200, body)) = request(addr, "GET", "/v1/upgrade", key) else {
+            continue;
+        };
+        let d = &body["data"];
+        if d["pid"] != pid {
+            writeln!(out, "upgraded: pid {pid} handed every connection to pid {}", d["pid"])?;
+            return Ok(());
+        }
+        if d["failed"].as_u64().unwrap_or(0) > failed {
+            bail!("the upgrade failed, pid {pid} serves on: {}", d["last_error"]);
+        }
+    }
+    bail!("no answer from a new process within {} s", args.timeout_secs)
 }
 
 /// One line of progress.

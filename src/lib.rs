@@ -85,16 +85,19 @@
 //!   messages and positions, pushes, acks, marks, ids seen, checkpoints),
 //!   the journal as a state machine, reading it back, the folder and its
 //!   lock, and the driver that runs a shard's journal on DMA files.
-//! - [`handoff`]: what crosses to the next process on an upgrade:
-//!   descriptors with their bytes over a Unix socket pair, and the
-//!   versioned messages the two processes exchange.
+//! - [`handoff`]: `volley upgrade`: what crosses to the next process
+//!   (descriptors over a Unix socket pair, versioned messages), taking
+//!   every shard's listeners and connections from a running server and
+//!   giving them back if the next process does not take over, and the
+//!   conversation between the two processes (docs/UPGRADE.md).
 //! - [`metrics`]: counters and histograms, as JSON and Prometheus text.
 //! - [`host`]: `volley check-host`, what on this host is not tuned.
 //! - [`sub`]: `volley sub`, a terminal subscriber (blocking sockets, a
 //!   client of the server, not part of it) that prints what arrives and
 //!   resumes after a lost connection.
-//! - [`ctl`]: `volley drain`, the operator's command that asks a running
-//!   server to drain and follows it (a client of the HTTP API).
+//! - [`ctl`]: `volley drain` and `volley upgrade`, the operator's commands
+//!   that ask a running server to drain or to upgrade in place, and follow
+//!   it (a client of the HTTP API).
 //!
 //! Code that awaits: `conn`, `api::http`, `api::tcp`, `net::accept_each`,
 //! `shard::run`, `redis` (links, subscribers, scripts, the operations'

@@ -1,6 +1,8 @@
 //! The `volley` binary: command line → `Config` → `Server::start`, then wait
 //! for SIGINT/SIGTERM and shut down cleanly; or one of the tools beside the
-//! server (`check-host`, `config`, `sub`, `drain`), which print and exit.
+//! server (`check-host`, `config`, `sub`, `drain`, `upgrade`), which print
+//! and exit. SIGUSR2 upgrades the running server in place (`handoff`); a
+//! process started by an upgrade takes over instead of binding.
 
 use anyhow::Context;
 use std::io::IsTerminal;
@@ -35,6 +37,7 @@ fn main() -> anyhow::Result<()> {
         }
         Cmd::Sub(a) => return volley::sub::run(&a, &mut std::io::stdout().lock()),
         Cmd::Drain(d) => return volley::ctl::drain(&d, &mut std::io::stdout().lock()),
+        Cmd::Upgrade(u) => return volley::ctl::upgrade(&u, &mut std::io::stdout().lock()),
     };
     let config = serve.server;
     let notes = serve.notes;
@@ -69,11 +72,53 @@ fn main() -> anyhow::Result<()> {
     for note in notes {
         tracing::warn!("{note}");
     }
-    let mut signals = signal_hook::iterator::Signals::new([signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM])
-        .context("cannot install signal handlers")?;
-    let handle = volley::Server::start(config).context("cannot start server")?;
-    if let Some(sig) = signals.forever().next() {
-        tracing::info!(signal = sig, "shutting down");
+    use signal_hook::consts::{SIGINT, SIGTERM, SIGUSR2};
+    use volley::handoff::process;
+    let mut signals =
+        signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGUSR2]).context("cannot install signal handlers")?;
+    // The binary an upgrade starts unless told another: this one, as it
+    // was named when it started (a deploy may replace the file since).
+    let own = std::env::current_exe().context("cannot tell this binary's path")?;
+    process::enable();
+    let handle = if std::env::var_os(process::ENV).is_some() {
+        match process::take_over(config) {
+            Ok(h) => {
+                tracing::info!("took over from the previous process");
+                h
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot take over; the previous process serves on");
+                std::process::exit(1);
+            }
+        }
+    } else {
+        volley::Server::start(config).context("cannot start server")?
+    };
+    for sig in signals.forever() {
+        if sig != SIGUSR2 {
+            tracing::info!(signal = sig, "shutting down");
+            break;
+        }
+        let binary = {
+            let mut s = process::status();
+            s.running = true;
+            s.binary.take().unwrap_or_else(|| own.clone())
+        };
+        tracing::info!(binary = %binary.display(), "upgrading: handing every connection to the new process");
+        match process::upgrade(&handle, &binary) {
+            Ok(()) => {
+                tracing::info!("handed over; this process ends");
+                handle.let_go();
+                return Ok(());
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "upgrade failed; serving on");
+                let mut s = process::status();
+                s.running = false;
+                s.failed += 1;
+                s.last_error = Some(e);
+            }
+        }
     }
     handle.shutdown();
     handle.join();

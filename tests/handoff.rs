@@ -269,3 +269,17 @@ fn a_hand_off_that_does_not_happen_leaves_the_server_serving_as_before() {
     a.shutdown();
     a.join();
 }
+
+#[test]
+fn a_program_embedding_the_server_is_not_asked_to_upgrade() {
+    let h = common::start_server(|_| {});
+    let (status, v) = common::http(h.http_addr, "POST", "/v1/upgrade", &[], b"");
+    assert_eq!(status, 501, "{v}");
+    let (status, v) = common::http(h.http_addr, "GET", "/v1/upgrade", &[], b"");
+    assert_eq!(
+        (status, &v["data"]["pid"]),
+        (200, &serde_json::Value::from(std::process::id()))
+    );
+    h.shutdown();
+    h.join();
+}

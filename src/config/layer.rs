@@ -81,6 +81,7 @@ where
         Cmd::Serve(serve) => serve,
         Cmd::Config(c) => &c.serve,
         Cmd::Drain(d) => &d.serve,
+        Cmd::Upgrade(u) => &u.serve,
         Cmd::CheckHost(_) | Cmd::Sub(_) => return Ok(cli),
     };
     let cmd = Cli::command();
@@ -96,7 +97,7 @@ where
     // file's, as a later value replaces an earlier one elsewhere.
     let at = args
         .iter()
-        .position(|a| a == "serve" || a == "config" || a == "drain")
+        .position(|a| a == "serve" || a == "config" || a == "drain" || a == "upgrade")
         .map_or(args.len(), |i| i + 1);
     let typed: HashSet<String> = serve_cmd
         .get_arguments()
@@ -218,6 +219,7 @@ where
             c.serve.notes = notes;
         }
         Cmd::Drain(d) => d.serve.config = path,
+        Cmd::Upgrade(u) => u.serve.config = path,
         Cmd::CheckHost(_) | Cmd::Sub(_) => {}
     }
     Ok(cli)

@@ -137,6 +137,25 @@ pub enum Cmd {
     /// environment and file); follows the drain until it is done.
     #[command(args_override_self = true)]
     Drain(DrainArgs),
+    /// Upgrade a running server in place: it starts a new process of its
+    /// binary (as named when it started: replace the file first) and hands
+    /// it every listening socket and connection, with their sessions;
+    /// clients stay connected. Finds the server's API as `serve` would be
+    /// configured; returns once the new process answers, or says why not
+    /// (the old one then serves on).
+    #[command(args_override_self = true)]
+    Upgrade(UpgradeArgs),
+}
+
+/// Arguments of `volley upgrade`.
+#[derive(Debug, Args)]
+pub struct UpgradeArgs {
+    /// Seconds to wait for the new process.
+    #[arg(long, default_value_t = 120)]
+    pub timeout_secs: u64,
+    /// The server's configuration: where its API listens, its key.
+    #[command(flatten)]
+    pub serve: ServeArgs,
 }
 
 /// Arguments of `volley drain`.

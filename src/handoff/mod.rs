@@ -6,7 +6,10 @@
 //! - `wire`: the versioned conversation between the two processes, in
 //!   messages of any size, with the sockets they carry;
 //! - `local`: taking every shard's listeners and connections from a
-//!   running server (quiet, settled, exported), and letting go of them.
+//!   running server (quiet, settled, exported), and letting go of them —
+//!   or taking them back;
+//! - `process`: the upgrade between two processes: starting the next
+//!   binary, the conversation on each side, and its status.
 //!
 //! The shard's side — a connection's session as records, taken from a
 //! quiet shard and put into a fresh one at the same slot — is
@@ -15,6 +18,7 @@
 
 pub mod fds;
 pub mod local;
+pub mod process;
 pub mod wire;
 
 use crate::net::ListenerKind;

@@ -1,5 +1,7 @@
 //! `POST /v1/drain` and `GET /v1/drain`: draining this node (`volley
-//! drain`), and what `/healthz` says while it runs and after.
+//! drain`), and what `/healthz` says while it runs and after; `POST
+//! /v1/upgrade` and `GET /v1/upgrade`: asking for an upgrade (`volley
+//! upgrade`, `handoff::process`) and how it went.
 //!
 //! Runs on the shard that took the request; the drain itself runs on
 //! every shard (`shard::conns::drain`), begun by a `Drain` message each.
@@ -100,4 +102,43 @@ fn unix_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// `POST /v1/upgrade`: hands every connection to a new process of this
+/// process's binary (as it was named at start: replace the file first),
+/// as SIGUSR2 does. Answered at once (202); `GET /v1/upgrade` tells how
+/// it went (`pid` changes once the new process answers).
+pub fn v1_upgrade(_: &Req<'_>) -> Result<Resp, ApiError> {
+    match crate::handoff::process::request(None) {
+        Ok(()) => Ok(json_reply(
+            StatusCode::ACCEPTED,
+            &json!({"code": 0, "message": "", "data": upgrade_status()}),
+        )),
+        Err(why) => {
+            let status = match why {
+                crate::handoff::process::Refused::NotHere => StatusCode::NOT_IMPLEMENTED,
+                crate::handoff::process::Refused::Running => StatusCode::CONFLICT,
+            };
+            let code = -i64::from(status.as_u16());
+            Ok(json_reply(
+                status,
+                &json!({"code": code, "message": why.to_string(), "data": upgrade_status()}),
+            ))
+        }
+    }
+}
+
+/// `GET /v1/upgrade`: this process and its last upgrade.
+pub fn v1_upgrade_status(_: &Req<'_>) -> Result<Resp, ApiError> {
+    Ok(ok(upgrade_status()))
+}
+
+fn upgrade_status() -> Value {
+    let s = crate::handoff::process::status().clone();
+    json!({
+        "pid": std::process::id(),
+        "running": s.running,
+        "failed": s.failed,
+        "last_error": s.last_error,
+    })
 }

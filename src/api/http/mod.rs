@@ -17,7 +17,7 @@
 //! GET  /goim/online/{room,total,top}
 //! POST /v1/push/{keys,mids,room,all}   POST /v1/publish (batch)
 //! GET  /v1/online/{rooms,total,top}  /v1/history  /v1/stats  /metrics  /healthz
-//! POST /v1/drain?over=SECS   GET /v1/drain
+//! POST /v1/drain?over=SECS   GET /v1/drain   POST /v1/upgrade   GET /v1/upgrade
 //! ```
 //!
 //! Every JSON reply is `{"code":0,"message":"","data":...}`; a bad request

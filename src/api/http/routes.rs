@@ -6,7 +6,7 @@
 //! row, checks the key, reads the body, then calls the handler). docs/API.md
 //! is the contract; every reply is `{"code":0,"message":"","data":...}`.
 
-use super::drain::{v1_drain, v1_drain_status};
+use super::drain::{v1_drain, v1_drain_status, v1_upgrade, v1_upgrade_status};
 use super::reads::{v1_history, v1_presence, v1_unread};
 use super::request::{
     bad, json_reply, ok, v1_batch, v1_push, with_type, ApiError, Handler, Later, LaterHandler, Req, Resp,
@@ -123,6 +123,8 @@ pub const ROUTES: &[Route] = &[
     dev("/v1/dev/token", dev_token),
     post("/v1/drain", v1_drain),
     get("/v1/drain", v1_drain_status),
+    post("/v1/upgrade", v1_upgrade),
+    get("/v1/upgrade", v1_upgrade_status),
     get("/v1/stats", v1_stats),
     get("/metrics", metrics),
     page("/healthz", healthz),
