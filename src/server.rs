@@ -518,6 +518,12 @@ impl ServerHandle {
         crate::handoff::local::take(&self.shared, timeout)
     }
 
+    /// As `hand_off`, with the connections' sockets lent, not copied
+    /// (`handoff::local::Lent`): for handing them to another process.
+    pub fn lend(&self, timeout: Duration) -> Result<crate::handoff::local::Lent, String> {
+        crate::handoff::local::lend(&self.shared, timeout)
+    }
+
     /// Serves again as before `hand_off`, when the next process did not
     /// take over (drop the `Adoption` it gave, unused).
     pub fn resume(&self, timeout: Duration) -> Result<(), String> {

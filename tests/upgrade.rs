@@ -26,18 +26,31 @@ impl Running {
     fn start(binary: &Path, name: &str, env: &[(&str, &str)]) -> Running {
         let dir = std::env::temp_dir().join(format!("volley-upgrade-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
-        let mut child = Command::new(binary)
-            .args(["serve", "--shards", "2", "--log-level", "info"])
-            .args(["--tcp-listen", "127.0.0.1:0", "--ws-listen", "127.0.0.1:0"])
-            .args(["--api-listen", "127.0.0.1:0", "--api-publish-listen", "127.0.0.1:0"])
-            .args(["--storage-mode", "disk", "--storage-dir"])
-            .arg(&dir)
-            .envs(env.iter().copied())
-            .env_remove("VOLLEY_CONFIG")
-            .env_remove("RUST_LOG")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
+        // A copy just written may be busy for a moment (ETXTBSY: another
+        // test's fork holds its descriptor until that child execs).
+        let spawn = || {
+            Command::new(binary)
+                .args(["serve", "--shards", "2", "--log-level", "info"])
+                .args(["--tcp-listen", "127.0.0.1:0", "--ws-listen", "127.0.0.1:0"])
+                .args(["--api-listen", "127.0.0.1:0", "--api-publish-listen", "127.0.0.1:0"])
+                .args(["--storage-mode", "disk", "--storage-dir"])
+                .arg(&dir)
+                .envs(env.iter().copied())
+                .env_remove("VOLLEY_CONFIG")
+                .env_remove("RUST_LOG")
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn()
+        };
+        let mut child = (0..100)
+            .find_map(|_| match spawn() {
+                Err(e) if e.raw_os_error() == Some(libc::ETXTBSY) => {
+                    std::thread::sleep(Duration::from_millis(20));
+                    None
+                }
+                other => Some(other),
+            })
+            .expect("the copy stays busy")
             .expect("volley starts");
         let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
         let field = |line: &str, key: &str| -> std::net::SocketAddr {

@@ -30,7 +30,7 @@ use crate::shard::mesh::ShardMsg;
 use crate::shard::msg::RunOnShard;
 use crate::shard::{run, Shard, Shared};
 use std::cell::RefCell;
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd, RawFd};
 use std::rc::Rc;
 use std::sync::mpsc;
 use std::sync::Arc;
@@ -39,8 +39,24 @@ use std::time::{Duration, Instant};
 /// How long to wait between two tries at an export.
 const RETRY: Duration = Duration::from_millis(5);
 
-/// One shard's records, its sockets, and how many messages it had acted on.
-type Exported = (ShardState, Vec<OwnedFd>, u64);
+/// One shard's records, its connections' sockets (its drivers' own
+/// descriptors), and how many messages it had acted on.
+type Exported = (ShardState, Vec<RawFd>, u64);
+
+/// What `lend` gives: as an `Adoption`, but each connection's socket is
+/// the descriptor its driver here still owns — valid until `let_go` or
+/// `resume`, and not to be closed. For handing over to another process,
+/// where SCM_RIGHTS makes the copies: a server of many connections could
+/// not hold a second descriptor for each.
+#[derive(Debug)]
+pub struct Lent {
+    /// The key tag and secret.
+    pub keys: (u64, Vec<u8>),
+    /// Listening sockets (copies), what each is for and its shard.
+    pub listeners: Vec<(net::ListenerKind, usize, OwnedFd)>,
+    /// Per shard: its records and its connections' descriptors, in order.
+    pub shards: Vec<(ShardState, Vec<RawFd>)>,
+}
 
 /// Runs `step` on every shard; each answer, in shard order, or why not
 /// within `until`.
@@ -94,25 +110,36 @@ fn export(shard: &Rc<RefCell<Shard>>) -> Result<Option<Exported>, String> {
         return Ok(None);
     }
     let (state, raw) = sh.export(crate::conn::driver::saved_input).map_err(|e| e.to_string())?;
-    let mut fds = Vec::with_capacity(raw.len());
-    for fd in raw {
-        // SAFETY: the descriptor is open, owned by the connection's driver,
-        // which nothing runs any more.
-        let fd = unsafe { BorrowedFd::borrow_raw(fd) };
-        fds.push(
-            fd.as_fd()
-                .try_clone_to_owned()
-                .map_err(|e| format!("cannot keep a socket: {e}"))?,
-        );
-    }
-    Ok(Some((state, fds, run::handled())))
+    Ok(Some((state, raw, run::handled())))
 }
 
-/// Takes every shard's listeners and connections for the next process,
-/// within `timeout`. From the first step on this server accepts and reads
-/// nothing; on success it must be let go (`let_go`) once the next process
-/// has taken over.
+/// Takes every shard's listeners and connections for the next server in
+/// this process, within `timeout`, each socket copied. From the first step
+/// on this server accepts and reads nothing; on success it must be let go
+/// (`let_go`) once the next server has taken over, or `resume`d.
 pub fn take(shared: &Arc<Shared>, timeout: Duration) -> Result<Adoption, String> {
+    let lent = lend(shared, timeout)?;
+    let mut shards = Vec::with_capacity(lent.shards.len());
+    for (state, raw) in lent.shards {
+        let mut fds = Vec::with_capacity(raw.len());
+        for fd in raw {
+            // SAFETY: the descriptor is open, owned by the connection's
+            // driver, which nothing runs any more (`lend`).
+            let fd = unsafe { BorrowedFd::borrow_raw(fd) };
+            let copy = fd.as_fd().try_clone_to_owned();
+            fds.push(copy.map_err(|e| format!("cannot keep a socket: {e}"))?);
+        }
+        shards.push((state, fds));
+    }
+    Ok(Adoption {
+        keys: lent.keys,
+        listeners: lent.listeners,
+        shards,
+    })
+}
+
+/// As `take`, with the connections' sockets lent (`Lent`), not copied.
+pub fn lend(shared: &Arc<Shared>, timeout: Duration) -> Result<Lent, String> {
     let until = Instant::now() + timeout;
     let mut listeners = Vec::new();
     for (s, l) in on_every_shard(shared, until, quiet)?.into_iter().enumerate() {
@@ -131,7 +158,7 @@ pub fn take(shared: &Arc<Shared>, timeout: Duration) -> Result<Adoption, String>
             if shards.iter().zip(&now).all(|(e, &h)| e.2 == h) {
                 let keys = (shared.keys.tag(), shared.keys.secret().to_vec());
                 let shards = shards.into_iter().map(|(state, fds, _)| (state, fds)).collect();
-                return Ok(Adoption {
+                return Ok(Lent {
                     keys,
                     listeners,
                     shards,

@@ -157,8 +157,8 @@ pub fn upgrade(handle: &ServerHandle, binary: &Path) -> Result<(), String> {
         }
         other => return Err(gone(&mut child, &format!("after {other:?} instead of hello"))),
     }
-    let adoption = handle.hand_off(SETTLE)?;
-    let sent = send_all(&ours, adoption);
+    let lent = handle.lend(SETTLE)?;
+    let sent = send_all(&ours, lent);
     let answer = sent.and_then(|()| wire::recv(ours.as_fd()).map_err(|e| e.to_string()));
     match answer {
         Ok(Some((Message::Adopted, _))) => Ok(()),
@@ -189,20 +189,19 @@ fn gone(child: &mut Child, when: &str) -> String {
 }
 
 /// Everything the new process takes over, with the sockets.
-fn send_all(sock: &OwnedFd, a: Adoption) -> Result<(), String> {
+fn send_all(sock: &OwnedFd, a: super::local::Lent) -> Result<(), String> {
     let fail = |e: io::Error| format!("cannot hand over: {e}");
     let (tag, secret) = a.keys;
     wire::send(sock.as_fd(), &Message::Keys { tag, secret }, &[]).map_err(fail)?;
     let sockets = a.listeners.iter().map(|(k, s, _)| (*k, *s as u32)).collect();
     let raw: Vec<RawFd> = a.listeners.iter().map(|(_, _, fd)| fd.as_raw_fd()).collect();
     wire::send(sock.as_fd(), &Message::Listeners { sockets }, &raw).map_err(fail)?;
-    for (state, fds) in &a.shards {
-        let raw: Vec<RawFd> = fds.iter().map(AsRawFd::as_raw_fd).collect();
+    for (state, raw) in &a.shards {
         let msg = Message::Shard {
             shard: state.shard,
             records: encode(state),
         };
-        wire::send(sock.as_fd(), &msg, &raw).map_err(fail)?;
+        wire::send(sock.as_fd(), &msg, raw).map_err(fail)?;
     }
     Ok(())
 }
