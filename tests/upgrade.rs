@@ -191,11 +191,11 @@ fn a_new_binary_that_exits_at_start_or_dies_taking_over_leaves_the_old_one_servi
     let out = s.upgrade();
     assert!(!out.status.success(), "{out:?}");
     let (_, v) = http(s.api, "GET", "/v1/upgrade", &[], b"");
+    // Exited before its hello (or, if a test's fork held the new file
+    // for a moment, could not be started at all: the same to the old).
+    let why = v["data"]["last_error"].as_str().unwrap();
     assert!(
-        v["data"]["last_error"]
-            .as_str()
-            .unwrap()
-            .contains("before it said hello"),
+        why.contains("before it said hello") || why.contains("cannot start"),
         "{v}"
     );
     s.publish("still here");
