@@ -106,8 +106,14 @@ fn main() -> anyhow::Result<()> {
         };
         tracing::info!(binary = %binary.display(), "upgrading: handing every connection to the new process");
         match process::upgrade(&handle, &binary) {
-            Ok(()) => {
-                tracing::info!("handed over; this process ends");
+            Ok(t) => {
+                tracing::info!(
+                    connections = t.connections,
+                    hello_ms = t.hello.as_millis() as u64,
+                    quiet_ms = t.quiet.as_millis() as u64,
+                    adopted_ms = t.adopted.as_millis() as u64,
+                    "handed over; this process ends"
+                );
                 handle.let_go();
                 return Ok(());
             }

@@ -229,11 +229,18 @@ pub enum Admission {
 }
 
 /// Admits a new connection on this shard, which holds at most `cap`,
-/// waiting for its first request until `deadline`.
+/// waiting for its first request until `deadline` (while letting go, a
+/// moment: one accepted just before the hand-off began gets its request
+/// in, or goes to the next process).
 pub fn admit(cap: usize, deadline: Instant) -> Admission {
     TABLE.with(|t| {
         let mut t = t.borrow_mut();
         let now = Instant::now();
+        let deadline = if LETTING_GO.with(Cell::get) {
+            deadline.min(now + LET_GO_AFTER)
+        } else {
+            deadline
+        };
         let mut evicted = false;
         if t.conns.len() >= cap {
             // The connection waiting longest, not already on its way out.

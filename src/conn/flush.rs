@@ -102,6 +102,12 @@ pub async fn flusher(shard: Rc<RefCell<Shard>>) {
         for chunk in dirty.chunks(YIELD_EVERY) {
             {
                 let mut sh = shard.borrow_mut();
+                // A hand-off began during the last yield: from here on the
+                // queues are the next process's to write (their records
+                // may already be taken).
+                if sh.handing_off {
+                    break;
+                }
                 let now = metrics::clock_us();
                 sh.set_clock(now);
                 match batch.as_mut() {

@@ -82,6 +82,11 @@ pub async fn reactor(shard: Rc<RefCell<Shard>>) {
             todo.sort_unstable_by_key(|r| (r.idx, r.gen));
             todo.dedup();
             for chunk in todo.chunks(BATCH) {
+                // As in the flusher: not a byte read or written once a
+                // hand-off has begun, even in the middle of a pass.
+                if shard.borrow().handing_off {
+                    break;
+                }
                 for &r in chunk {
                     if driver::run(&shard, r) == Step::Again {
                         shard.borrow_mut().wake_conn(r);

@@ -8,7 +8,7 @@
 //! quiet     each shard: copies of its listening sockets kept, acceptors
 //!           ended; its connections neither read nor written (off the
 //!           readiness ring); API connections end once answered, TCP
-//!           publishers' reads end; no sweep
+//!           publishers' reads end (the sweep goes on)
 //! export    each shard: once nothing it started waits (joins, journal
 //!           answers), no API or publisher connection is left and its inbox
 //!           is empty — its records, with a copy of each connection's socket
@@ -103,14 +103,25 @@ fn quiet(shard: &Rc<RefCell<Shard>>) -> Result<Vec<(net::ListenerKind, OwnedFd)>
     Ok(listeners)
 }
 
-/// The step `export` on one shard: `None` while it has not settled.
-fn export(shard: &Rc<RefCell<Shard>>) -> Result<Option<Exported>, String> {
+/// The step `export` on one shard: `Ok(Err(what))` while it has not
+/// settled, saying what it waits for.
+fn export(shard: &Rc<RefCell<Shard>>) -> Result<Result<Exported, String>, String> {
     let sh = shard.borrow();
-    if !sh.settled() || crate::api::conns::open() > 0 || sh.shared.mesh.backlog(sh.id) > 0 {
-        return Ok(None);
+    let (open, backlog) = (crate::api::conns::open(), sh.shared.mesh.backlog(sh.id));
+    if !sh.settled() || open > 0 || backlog > 0 {
+        let waits = format!(
+            "shard {}: {}{open} API or publisher connections open, {backlog} messages waiting",
+            sh.id,
+            if sh.settled() {
+                ""
+            } else {
+                "a join or the journal under way, "
+            }
+        );
+        return Ok(Err(waits));
     }
     let (state, raw) = sh.export(crate::conn::driver::saved_input).map_err(|e| e.to_string())?;
-    Ok(Some((state, raw, run::handled())))
+    Ok(Ok((state, raw, run::handled())))
 }
 
 /// Takes every shard's listeners and connections for the next server in
@@ -145,12 +156,15 @@ pub fn lend(shared: &Arc<Shared>, timeout: Duration) -> Result<Lent, String> {
     for (s, l) in on_every_shard(shared, until, quiet)?.into_iter().enumerate() {
         listeners.extend(l?.into_iter().map(|(kind, fd)| (kind, s, fd)));
     }
+    let mut waits = Vec::new();
     loop {
-        let exported = on_every_shard(shared, until, export)?;
+        let exported = on_every_shard(shared, until, export).map_err(|e| format!("{e} ({})", waits.join("; ")))?;
         let mut shards = Vec::with_capacity(exported.len());
+        waits.clear();
         for e in exported {
-            if let Some(e) = e? {
-                shards.push(e);
+            match e? {
+                Ok(e) => shards.push(e),
+                Err(w) => waits.push(w),
             }
         }
         if shards.len() == shared.mesh.nr_shards() {
@@ -166,7 +180,7 @@ pub fn lend(shared: &Arc<Shared>, timeout: Duration) -> Result<Lent, String> {
             }
         }
         if Instant::now() + RETRY > until {
-            return Err("the shards did not settle in time".into());
+            return Err(format!("the shards did not settle in time ({})", waits.join("; ")));
         }
         std::thread::sleep(RETRY);
     }

@@ -113,19 +113,44 @@ pub fn request(binary: Option<std::path::PathBuf>) -> Result<(), Refused> {
     Ok(())
 }
 
+/// How long each part of a successful upgrade took.
+#[derive(Debug, Clone, Copy)]
+pub struct Timings {
+    /// From the start until the new process said hello (it started and
+    /// read its configuration; the old one still served meanwhile).
+    pub hello: Duration,
+    /// From hello until every shard was quiet and settled and its records
+    /// taken: the start of the pause clients see.
+    pub quiet: Duration,
+    /// From then until the new process said it had adopted everything:
+    /// sending, decoding, importing (the rest of the pause).
+    pub adopted: Duration,
+    /// Connections handed over.
+    pub connections: usize,
+}
+
 /// Upgrades to `binary`, started with this process's arguments. `Ok`: the
 /// new process has everything; let go (`ServerHandle::let_go`) and exit.
 /// `Err`: why not; the server serves on as before.
-pub fn upgrade(handle: &ServerHandle, binary: &Path) -> Result<(), String> {
+pub fn upgrade(handle: &ServerHandle, binary: &Path) -> Result<Timings, String> {
+    let start = std::time::Instant::now();
     let (ours, theirs) = fds::pair().map_err(|e| format!("cannot make the socket pair: {e}"))?;
     let theirs_raw = theirs.as_raw_fd();
     let mut cmd = Command::new(binary);
     cmd.args(std::env::args_os().skip(1)).env(ENV, CHILD_FD.to_string());
-    // SAFETY: between fork and exec only dup2, which is async-signal-safe;
-    // the duplicate (unlike the original) is not closed on exec.
+    // SAFETY: between fork and exec only dup2 and close_range, which are
+    // async-signal-safe system calls; the duplicate (unlike the original)
+    // is not closed on exec.
     unsafe {
         cmd.pre_exec(move || {
             if libc::dup2(theirs_raw, CHILD_FD) < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            // Nothing else of this process goes with it: a socket not
+            // marked close-on-exec (an API connection, say) would stay
+            // open in the new process, which does not know of it, and its
+            // client would wait for an answer forever.
+            if libc::syscall(libc::SYS_close_range, CHILD_FD + 1, u32::MAX, 0) < 0 {
                 return Err(io::Error::last_os_error());
             }
             Ok(())
@@ -157,11 +182,28 @@ pub fn upgrade(handle: &ServerHandle, binary: &Path) -> Result<(), String> {
         }
         other => return Err(gone(&mut child, &format!("after {other:?} instead of hello"))),
     }
-    let lent = handle.lend(SETTLE)?;
+    let hello = start.elapsed();
+    let lent = match handle.lend(SETTLE) {
+        Ok(lent) => lent,
+        Err(e) => {
+            // Some shards may have gone quiet: all serve again.
+            let _ = wire::send(ours.as_fd(), &Message::Abort { reason: e.clone() }, &[]);
+            handle.resume(SETTLE)?;
+            let _ = gone(&mut child, "after the hand-off was called off");
+            return Err(format!("the shards did not hand over: {e}"));
+        }
+    };
+    let quiet = start.elapsed() - hello;
+    let connections = lent.shards.iter().map(|s| s.1.len()).sum();
     let sent = send_all(&ours, lent);
     let answer = sent.and_then(|()| wire::recv(ours.as_fd()).map_err(|e| e.to_string()));
     match answer {
-        Ok(Some((Message::Adopted, _))) => Ok(()),
+        Ok(Some((Message::Adopted, _))) => Ok(Timings {
+            hello,
+            quiet,
+            adopted: start.elapsed() - hello - quiet,
+            connections,
+        }),
         other => {
             handle.resume(SETTLE)?;
             let why = match other {

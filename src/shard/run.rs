@@ -62,9 +62,6 @@ pub async fn serve(
         loop {
             glommio::timer::sleep(Duration::from_secs(1)).await;
             let mut sh = sweeper.borrow_mut();
-            if sh.handing_off {
-                continue;
-            }
             sh.set_unix(metrics::unix_now());
             sh.sweep();
         }

@@ -61,8 +61,10 @@ pub struct Shard {
     /// Set by `Shutdown`: accept loops stop, new connections are refused.
     pub shutting_down: bool,
     /// Its connections are being handed to the next process (`volley
-    /// upgrade`): nothing reads or writes them, no sweep runs; what they
-    /// have queued stays queued for the records.
+    /// upgrade`): nothing reads or writes them; what they have queued
+    /// stays queued for the records. The sweep goes on: what is under way
+    /// in the journal (a checkpoint's turns) must finish for the shard to
+    /// settle.
     pub handing_off: bool,
     /// The durable store is being read back (`shard::recovery`): what
     /// this shard would handle inline waits in its inbox instead, so that

@@ -1,0 +1,76 @@
+#!/usr/bin/env bash
+# `volley upgrade` under load: N version-2 subscribers of one room
+# (volley-loadgen churn with no churn of its own) while a room broadcast
+# runs at RATE msg/s over HTTP (message ids, each publish retried while the
+# server is away, so none is lost or doubled by the switch); once all are
+# joined, UPGRADES upgrades in a row, one every GAP seconds, each timed
+# from `volley upgrade` to its answer. Reports the load generator's
+# reconnects (server closes), loss, duplicates, gaps and latency; with
+# NO_UPGRADE=1 the same run without upgrades, to compare with. The
+# server keeps its store on disk (the default). Loopback only; bounded;
+# stops what it started by PID (the last upgrade's process too).
+# Usage: scripts/bench_upgrade.sh [N=19000] [UPGRADES=10] [RATE=50] [GAP=5]
+# Env: NO_BUILD=1, NO_UPGRADE=1, OUT (default target/bench/upgrade)
+set -euo pipefail
+export VOLLEY_LIMITS_MAX_CONNS_PER_IP=0 VOLLEY_LIMITS_CONN_RATE_PER_IP=0 VOLLEY_LIMITS_MAX_HANDSHAKES_PER_IP=0
+cd "$(dirname "$0")/.."
+N=${1:-19000}
+UPGRADES=${2:-10}
+RATE=${3:-50}
+GAP=${4:-5}
+DURATION=$((UPGRADES * GAP + 15))
+OUT=${OUT:-target/bench/upgrade}
+mkdir -p "$OUT"
+[ "${NO_BUILD:-}" = 1 ] || cargo build --release -p volley -p volley-loadgen
+V=$PWD/target/release/volley
+LG=target/release/volley-loadgen
+API=127.0.0.1:3511
+STORE=$(mktemp -d /tmp/volley-bench-upgrade.XXXXXX)
+PID= LPID=
+server_pid() { curl -s "http://$API/v1/upgrade" | python3 -c 'import json,sys; print(json.load(sys.stdin)["data"]["pid"])' 2>/dev/null || true; }
+stop() {
+    [ -z "$LPID" ] || { kill "$LPID" 2>/dev/null || true; wait "$LPID" 2>/dev/null || true; }
+    local now
+    now=$(server_pid)
+    [ -z "$now" ] || kill "$now" 2>/dev/null || true
+    [ -z "$PID" ] || { kill "$PID" 2>/dev/null || true; wait "$PID" 2>/dev/null || true; }
+    sleep 1
+    rm -rf "$STORE"
+}
+trap stop EXIT
+"$V" serve --tcp-listen 127.0.0.1:3501 --ws-listen 127.0.0.1:3502 --api-listen "$API" \
+    --api-publish-listen 127.0.0.1:3512 --storage-dir "$STORE" --log-level info 2>"$OUT/server.log" &
+PID=$!
+for _ in $(seq 100); do curl -sf "http://$API/healthz" >/dev/null 2>&1 && break; sleep 0.05; done
+timeout $((DURATION + 240)) "$LG" churn --target 127.0.0.1:3501 --http "$API" --retry-secs 10 --conns "$N" \
+    --rate 5000 --sources 8 --msg-rate "$RATE" --duration "$DURATION" --churn-pct 0 \
+    --drain-secs 30 --json >"$OUT/churn.json" 2>"$OUT/churn.log" &
+LPID=$!
+for _ in $(seq 1200); do
+    joined=$(curl -s "http://$API/v1/online/total" | python3 -c 'import json,sys; print(json.load(sys.stdin)["data"]["conn_count"])' 2>/dev/null || echo 0)
+    [ "$joined" -ge "$N" ] && break
+    sleep 0.1
+done
+sleep "$GAP"
+: >"$OUT/upgrades.txt"
+if [ "${NO_UPGRADE:-}" != 1 ]; then
+    for i in $(seq 1 "$UPGRADES"); do
+        t0=$(date +%s.%N)
+        if "$V" upgrade --api-listen "$API" >>"$OUT/upgrades.txt" 2>&1; then ok=ok; else ok=failed; fi
+        t1=$(date +%s.%N)
+        echo "upgrade $i: $ok in $(python3 -c "print(f'{$t1 - $t0:.3f}')") s" | tee -a "$OUT/upgrades.txt"
+        [ "$i" -eq "$UPGRADES" ] || sleep "$GAP"
+    done
+fi
+wait "$LPID" || echo "churn exited $?"
+LPID=
+python3 - "$OUT/churn.json" <<'PY'
+import json, sys
+d = json.load(open(sys.argv[1]))
+print({k: d[k] for k in ("subscribers", "published", "expected", "received", "lost", "subscribers_short", "dups", "gaps",
+                         "unrecovered_resumes", "server_closes", "connect_failed", "latency_us") if k in d})
+PY
+# Each hand-off as the old process logged it: connections, and the
+# milliseconds until hello, until quiet (records taken), until adopted.
+grep 'handed over' "$OUT/server.log" | sed -E 's/.*connections=([0-9]+) hello_ms=([0-9]+) quiet_ms=([0-9]+) adopted_ms=([0-9]+).*/connections \1, hello \2 ms, quiet \3 ms, adopted \4 ms/' || true
+echo "results in $OUT"
