@@ -13,6 +13,7 @@
 set -euo pipefail
 export VOLLEY_LIMITS_MAX_CONNS_PER_IP=0 VOLLEY_LIMITS_CONN_RATE_PER_IP=0 VOLLEY_LIMITS_MAX_HANDSHAKES_PER_IP=0
 cd "$(dirname "$0")/.."
+. scripts/churn_lib.sh
 N=${1:-19000}
 OVER=${2:-30}
 RATE=${3:-50}
@@ -37,11 +38,7 @@ timeout $((DURATION + 240)) "$LG" churn --target 127.0.0.1:3401 --publish-tcp 12
     --rate 5000 --sources 8 --msg-rate "$RATE" --duration "$DURATION" --churn-pct 0 \
     --drain-secs 30 --server-pid "$PID" --json >"$OUT/churn.json" 2>"$OUT/churn.log" &
 LPID=$!
-for _ in $(seq 1200); do
-    joined=$(curl -s "http://$API/v1/online/total" | python3 -c 'import json,sys; print(json.load(sys.stdin)["data"]["conn_count"])')
-    [ "$joined" -ge "$N" ] && break
-    sleep 0.1
-done
+joined=$(wait_joined "$API" "$N")
 sleep 5
 if [ "${NO_DRAIN:-}" = 1 ]; then
     echo "== no drain ($joined connected)"
@@ -51,11 +48,6 @@ else
 fi
 wait "$LPID" || echo "churn exited $?"
 LPID=
-python3 - "$OUT/churn.json" <<'PY'
-import json, sys
-d = json.load(open(sys.argv[1]))
-print({k: d[k] for k in ("subscribers", "published", "expected", "received", "lost", "subscribers_short", "dups", "gaps",
-                         "unrecovered_resumes", "server_closes", "connect_failed", "latency_us") if k in d})
-print("server closes per second of the run:", d["server_closes_per_sec"])
-PY
+churn_report "$OUT/churn.json"
+python3 -c 'import json,sys; print("server closes per second of the run:", json.load(open(sys.argv[1]))["server_closes_per_sec"])' "$OUT/churn.json"
 echo "results in $OUT"

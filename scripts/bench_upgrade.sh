@@ -14,6 +14,7 @@
 set -euo pipefail
 export VOLLEY_LIMITS_MAX_CONNS_PER_IP=0 VOLLEY_LIMITS_CONN_RATE_PER_IP=0 VOLLEY_LIMITS_MAX_HANDSHAKES_PER_IP=0
 cd "$(dirname "$0")/.."
+. scripts/churn_lib.sh
 N=${1:-19000}
 UPGRADES=${2:-10}
 RATE=${3:-50}
@@ -46,11 +47,7 @@ timeout $((DURATION + 240)) "$LG" churn --target 127.0.0.1:3501 --http "$API" --
     --rate 5000 --sources 8 --msg-rate "$RATE" --duration "$DURATION" --churn-pct 0 \
     --drain-secs 30 --json >"$OUT/churn.json" 2>"$OUT/churn.log" &
 LPID=$!
-for _ in $(seq 1200); do
-    joined=$(curl -s "http://$API/v1/online/total" | python3 -c 'import json,sys; print(json.load(sys.stdin)["data"]["conn_count"])' 2>/dev/null || echo 0)
-    [ "$joined" -ge "$N" ] && break
-    sleep 0.1
-done
+joined=$(wait_joined "$API" "$N")
 sleep "$GAP"
 : >"$OUT/upgrades.txt"
 if [ "${NO_UPGRADE:-}" != 1 ]; then
@@ -64,12 +61,7 @@ if [ "${NO_UPGRADE:-}" != 1 ]; then
 fi
 wait "$LPID" || echo "churn exited $?"
 LPID=
-python3 - "$OUT/churn.json" <<'PY'
-import json, sys
-d = json.load(open(sys.argv[1]))
-print({k: d[k] for k in ("subscribers", "published", "expected", "received", "lost", "subscribers_short", "dups", "gaps",
-                         "unrecovered_resumes", "server_closes", "connect_failed", "latency_us") if k in d})
-PY
+churn_report "$OUT/churn.json"
 # Each hand-off as the old process logged it: connections, and the
 # milliseconds until hello, until quiet (records taken), until adopted.
 grep 'handed over' "$OUT/server.log" | sed -E 's/.*connections=([0-9]+) hello_ms=([0-9]+) quiet_ms=([0-9]+) adopted_ms=([0-9]+).*/connections \1, hello \2 ms, quiet \3 ms, adopted \4 ms/' || true

@@ -42,17 +42,7 @@ fn empty(shard: u32) -> ShardState {
 
 #[test]
 fn a_server_given_another_process_s_connection_serves_it_as_that_one_did() {
-    let any = "127.0.0.1:0".parse().unwrap();
-    let mut config = Config {
-        shards: 2,
-        shutdown_grace_secs: 1,
-        ..Config::default()
-    };
-    config.storage.mode = volley::config::StorageMode::Memory;
-    config.tcp.listen = any;
-    config.ws.listen = any;
-    config.api.listen = any;
-    config.api.publish_listen = any;
+    let config = common::config(|_| {});
     // The previous process's listening sockets.
     let mut listeners = Vec::new();
     for spec in ListenerSpec::from_config(&config) {
@@ -180,12 +170,7 @@ fn a_running_server_hands_every_connection_to_the_next_one_and_nobody_notices() 
     let adoption = a.hand_off(Duration::from_secs(10)).expect("the shards hand over");
     let conns: usize = adoption.shards.iter().map(|s| s.0.conns.len()).sum();
     assert_eq!(conns, 3);
-    let mut config = Config {
-        shards: 2,
-        shutdown_grace_secs: 1,
-        ..Config::default()
-    };
-    durable(&mut config);
+    let config = common::config(durable);
     // As the real hand-off does: the next server takes the connections
     // first, then the previous one lets go (and of the store with them),
     // which the next one reads back as soon as it is free.

@@ -13,6 +13,11 @@ use volley::{Config, Server, ServerHandle};
 /// keeps in memory (tests of the durable store give it a folder of its
 /// own); `tweak` edits the config.
 pub fn start_server(tweak: impl FnOnce(&mut Config)) -> ServerHandle {
+    Server::start(config(tweak)).expect("server starts")
+}
+
+/// The configuration `start_server` starts with.
+pub fn config(tweak: impl FnOnce(&mut Config)) -> Config {
     let any: std::net::SocketAddr = "127.0.0.1:0".parse().unwrap();
     let mut c = Config {
         shards: 2,
@@ -25,7 +30,7 @@ pub fn start_server(tweak: impl FnOnce(&mut Config)) -> ServerHandle {
     c.api.listen = any;
     c.api.publish_listen = any;
     tweak(&mut c);
-    Server::start(c).expect("server starts")
+    c
 }
 
 pub fn frame(ver: u16, op: u32, seq: u32, body: &[u8]) -> Vec<u8> {
