@@ -4,8 +4,9 @@
 //! window with jitter, so that the reconnects do not arrive at once.
 //!
 //! `Plan` is pure (times in milliseconds on the driver's monotonic clock);
-//! the shard holds one while a drain runs (`Conns::drain`) and its runtime
-//! (`shard::run`) calls `Shard::drain_due` until the plan is spent.
+//! the shard holds one while a drain runs (`Conns::drain`, begun and
+//! carried out in `lifecycle`) and its runtime (`shard::run`) calls
+//! `Shard::drain_due` until the plan is spent.
 //!
 //! ```text
 //! n connections, window W from t0:  connection i (in a shuffled order)
@@ -22,17 +23,11 @@
 //! told at most once (its record may be gone or already closing by its
 //! turn: then it is skipped, and counted as told, since it left anyway).
 
-use crate::proto::close::CloseReason;
 use crate::shard::mesh::ConnRef;
-use crate::shard::state::Shard;
 use std::collections::VecDeque;
-use std::sync::atomic::Ordering::Relaxed;
 
 /// Fractions of a connection's slot, for the jitter.
 const JITTER_STEPS: u64 = 1 << 16;
-
-/// The goodbye's detail: what a client should do.
-const DETAIL: &str = "the server is draining: reconnect (version 2: resume from your offsets)";
 
 /// Who is told when: connections in due order.
 #[derive(Debug, Default)]
@@ -76,40 +71,6 @@ impl Plan {
     /// When the next connection is due; `None` once every one was told.
     pub fn next_due(&self) -> Option<u64> {
         self.due.front().map(|&(at, _)| at)
-    }
-}
-
-impl Shard {
-    /// Begins draining this shard's client connections over `over_ms` from
-    /// `now_ms` (the driver's monotonic clock); a second drain while one
-    /// runs changes nothing. Returns when the first is due (`None`: no
-    /// connection to tell).
-    pub fn drain_begin(&mut self, now_ms: u64, over_ms: u64, seed: u64) -> Option<u64> {
-        if self.conns.drain.is_none() {
-            let conns: Vec<ConnRef> = self
-                .conn_refs()
-                .filter(|(_, c)| c.close.is_none())
-                .map(|(r, _)| r)
-                .collect();
-            let progress = &self.shared.drain;
-            progress.planned.fetch_add(conns.len() as u64, Relaxed);
-            progress.shards_started.fetch_add(1, Relaxed);
-            self.conns.drain = Some(Plan::new(conns, now_ms, over_ms, seed));
-        }
-        self.conns.drain.as_ref().and_then(Plan::next_due)
-    }
-
-    /// Tells the connections due at `now_ms` to reconnect; returns when
-    /// the next is due, `None` once the plan is spent (or none runs).
-    pub fn drain_due(&mut self, now_ms: u64) -> Option<u64> {
-        let due = self.conns.drain.as_mut()?.take_due(now_ms);
-        self.shared.drain.told.fetch_add(due.len() as u64, Relaxed);
-        for r in due {
-            if self.conn(r).is_some_and(|c| c.close.is_none()) {
-                self.close(r, CloseReason::Restart, DETAIL);
-            }
-        }
-        self.conns.drain.as_ref().and_then(Plan::next_due)
     }
 }
 

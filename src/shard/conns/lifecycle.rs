@@ -1,6 +1,7 @@
 //! Connection life cycle on a shard: a record is created at accept, marked
 //! closing with a named reason (queueing the goodbye), and removed when its
-//! driver ends; room membership changes in between.
+//! driver ends; room membership changes in between; a drain tells each
+//! connection to reconnect at its turn (`conns::drain` plans when).
 //!
 //! Runs on the owning shard only; nothing here awaits or touches a socket.
 //!
@@ -25,6 +26,7 @@ use crate::metrics::ShardStats;
 use crate::proto::binary::{self, op};
 use crate::proto::close::CloseReason;
 use crate::proto::ws;
+use crate::shard::conns::drain::Plan;
 use crate::shard::conns::{Conn, Session, Transport};
 use crate::shard::mesh::{owner_of_mid, owner_of_str, ConnRef, GlobalConn, ShardMsg};
 use crate::shard::outbound::Outbound;
@@ -399,5 +401,43 @@ impl Shard {
         } else {
             c.transport = Transport::Ws;
         }
+    }
+}
+
+/// A drain's goodbye detail: what a client should do.
+const DRAIN_DETAIL: &str = "the server is draining: reconnect (version 2: resume from your offsets)";
+
+/// Draining (`volley drain`, `conns::drain`).
+impl Shard {
+    /// Begins draining this shard's client connections over `over_ms` from
+    /// `now_ms` (the driver's monotonic clock); a second drain while one
+    /// runs changes nothing. Returns when the first is due (`None`: no
+    /// connection to tell).
+    pub fn drain_begin(&mut self, now_ms: u64, over_ms: u64, seed: u64) -> Option<u64> {
+        if self.conns.drain.is_none() {
+            let conns: Vec<ConnRef> = self
+                .conn_refs()
+                .filter(|(_, c)| c.close.is_none())
+                .map(|(r, _)| r)
+                .collect();
+            let progress = &self.shared.drain;
+            progress.planned.fetch_add(conns.len() as u64, Relaxed);
+            progress.shards_started.fetch_add(1, Relaxed);
+            self.conns.drain = Some(Plan::new(conns, now_ms, over_ms, seed));
+        }
+        self.conns.drain.as_ref().and_then(Plan::next_due)
+    }
+
+    /// Tells the connections due at `now_ms` to reconnect; returns when
+    /// the next is due, `None` once the plan is spent (or none runs).
+    pub fn drain_due(&mut self, now_ms: u64) -> Option<u64> {
+        let due = self.conns.drain.as_mut()?.take_due(now_ms);
+        self.shared.drain.told.fetch_add(due.len() as u64, Relaxed);
+        for r in due {
+            if self.conn(r).is_some_and(|c| c.close.is_none()) {
+                self.close(r, CloseReason::Restart, DRAIN_DETAIL);
+            }
+        }
+        self.conns.drain.as_ref().and_then(Plan::next_due)
     }
 }
