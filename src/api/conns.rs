@@ -60,9 +60,36 @@ pub fn let_go() {
     });
 }
 
+/// Whether this shard's API connections are being let go: an answer
+/// given now is the connection's last (`Connection: close`).
+pub fn letting_go() -> bool {
+    LETTING_GO.with(Cell::get)
+}
+
 /// The hand-off did not happen: connections wait for requests again.
 pub fn hold_on() {
     LETTING_GO.with(|l| l.set(false));
+}
+
+/// What this shard's open API and publisher connections are doing (for
+/// a hand-off that waits on them): how many are in a request, evicted,
+/// and how long the oldest has waited since it last changed.
+pub fn describe() -> String {
+    TABLE.with(|t| {
+        let t = t.borrow();
+        let now = Instant::now();
+        let busy = t.conns.iter().filter(|(_, c)| c.busy.get()).count();
+        let evicted = t.conns.iter().filter(|(_, c)| c.evicted.get()).count();
+        let oldest = t
+            .conns
+            .iter()
+            .map(|(_, c)| now.saturating_duration_since(c.since.get()))
+            .max();
+        format!(
+            "{busy} in a request, {evicted} evicted, the oldest waiting {:.1} s",
+            oldest.unwrap_or_default().as_secs_f64()
+        )
+    })
 }
 
 /// API and publisher connections open on this shard.

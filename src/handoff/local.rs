@@ -110,13 +110,14 @@ fn export(shard: &Rc<RefCell<Shard>>) -> Result<Result<Exported, String>, String
     let (open, backlog) = (crate::api::conns::open(), sh.shared.mesh.backlog(sh.id));
     if !sh.settled() || open > 0 || backlog > 0 {
         let waits = format!(
-            "shard {}: {}{open} API or publisher connections open, {backlog} messages waiting",
+            "shard {}: {}{open} API or publisher connections open ({}), {backlog} messages waiting",
             sh.id,
             if sh.settled() {
                 ""
             } else {
                 "a join or the journal under way, "
-            }
+            },
+            crate::api::conns::describe()
         );
         return Ok(Err(waits));
     }

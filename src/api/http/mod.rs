@@ -96,6 +96,16 @@ async fn serve(mut stream: TcpStream, shard: Rc<RefCell<Shard>>) {
                 1
             };
             conn.waiting(std::time::Instant::now(), conns::after(next));
+            let mut resp = resp;
+            if conns::letting_go() {
+                // The next process takes over: this answer is the
+                // connection's last, however soon the client would send
+                // its next request on it (its next goes to the new one).
+                resp.headers_mut().insert(
+                    hyper::header::CONNECTION,
+                    hyper::header::HeaderValue::from_static("close"),
+                );
+            }
             Ok::<_, std::convert::Infallible>(resp)
         }
     });
