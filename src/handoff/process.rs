@@ -141,6 +141,7 @@ pub fn upgrade(handle: &ServerHandle, binary: &Path) -> Result<Timings, String> 
     // SAFETY: between fork and exec only dup2 and close_range, which are
     // async-signal-safe system calls; the duplicate (unlike the original)
     // is not closed on exec.
+    const CLOSE_RANGE_CLOEXEC: libc::c_uint = 1 << 2;
     unsafe {
         cmd.pre_exec(move || {
             if libc::dup2(theirs_raw, CHILD_FD) < 0 {
@@ -149,8 +150,10 @@ pub fn upgrade(handle: &ServerHandle, binary: &Path) -> Result<Timings, String> 
             // Nothing else of this process goes with it: a socket not
             // marked close-on-exec (an API connection, say) would stay
             // open in the new process, which does not know of it, and its
-            // client would wait for an answer forever.
-            if libc::syscall(libc::SYS_close_range, CHILD_FD + 1, u32::MAX, 0) < 0 {
+            // client would wait for an answer forever. Marked, not closed:
+            // the pipe that reports a failed exec must stay open until
+            // then.
+            if libc::syscall(libc::SYS_close_range, CHILD_FD + 1, u32::MAX, CLOSE_RANGE_CLOEXEC) < 0 {
                 return Err(io::Error::last_os_error());
             }
             Ok(())
