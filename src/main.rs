@@ -76,7 +76,7 @@ fn main() -> anyhow::Result<()> {
     use volley::handoff::process;
     let mut signals =
         signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGUSR2]).context("cannot install signal handlers")?;
-    // The binary an upgrade starts unless told another: this one, as it
+    // The binary an upgrade starts: this one, as it
     // was named when it started (a deploy may replace the file since).
     let own = std::env::current_exe().context("cannot tell this binary's path")?;
     process::enable();
@@ -99,13 +99,12 @@ fn main() -> anyhow::Result<()> {
             tracing::info!(signal = sig, "shutting down");
             break;
         }
-        let binary = {
-            let mut s = process::status();
-            s.running = true;
-            s.binary.take().unwrap_or_else(|| own.clone())
-        };
+        // Set here too: SIGUSR2 may come from outside (`request` sets it
+        // for the API).
+        process::status().running = true;
+        let binary = &own;
         tracing::info!(binary = %binary.display(), "upgrading: handing every connection to the new process");
-        match process::upgrade(&handle, &binary) {
+        match process::upgrade(&handle, binary) {
             Ok(t) => {
                 tracing::info!(
                     connections = t.connections,

@@ -51,9 +51,6 @@ const SETTLE: Duration = Duration::from_secs(10);
 pub struct Status {
     /// An upgrade runs now.
     pub running: bool,
-    /// The binary the next one asked for runs (`None`: this process's own).
-    #[serde(skip)]
-    pub binary: Option<std::path::PathBuf>,
     /// Why the last one failed, if it did.
     pub last_error: Option<String>,
     /// Upgrades that failed since this process started.
@@ -63,7 +60,6 @@ pub struct Status {
 /// This process's upgrade status.
 pub static STATUS: std::sync::Mutex<Status> = std::sync::Mutex::new(Status {
     running: false,
-    binary: None,
     last_error: None,
     failed: 0,
 });
@@ -95,9 +91,9 @@ pub enum Refused {
     Running,
 }
 
-/// Asks this process's main thread for an upgrade to `binary` (its own
-/// when `None`), as SIGUSR2 does.
-pub fn request(binary: Option<std::path::PathBuf>) -> Result<(), Refused> {
+/// Asks this process's main thread for an upgrade to its own binary, as
+/// SIGUSR2 does.
+pub fn request() -> Result<(), Refused> {
     if !ENABLED.load(std::sync::atomic::Ordering::Relaxed) {
         return Err(Refused::NotHere);
     }
@@ -106,7 +102,6 @@ pub fn request(binary: Option<std::path::PathBuf>) -> Result<(), Refused> {
         return Err(Refused::Running);
     }
     s.running = true;
-    s.binary = binary;
     drop(s);
     // SAFETY: raising a signal at this process; no memory involved.
     unsafe { libc::kill(libc::getpid(), libc::SIGUSR2) };

@@ -109,7 +109,7 @@ fn unix_ms() -> u64 {
 /// as SIGUSR2 does. Answered at once (202); `GET /v1/upgrade` tells how
 /// it went (`pid` changes once the new process answers).
 pub fn v1_upgrade(_: &Req<'_>) -> Result<Resp, ApiError> {
-    match crate::handoff::process::request(None) {
+    match crate::handoff::process::request() {
         Ok(()) => Ok(json_reply(
             StatusCode::ACCEPTED,
             &json!({"code": 0, "message": "", "data": upgrade_status()}),
