@@ -22,5 +22,10 @@ import json, sys
 d = json.load(open(sys.argv[1]))
 print({k: d[k] for k in ("subscribers", "published", "expected", "received", "lost", "subscribers_short", "dups", "gaps",
                          "unrecovered_resumes", "server_closes", "connect_failed", "latency_us") if k in d})
+mixed = {k: d[k] for k in ("mix", "presence_events", "heartbeats_sent", "heartbeats_unanswered", "user_pushes_published",
+                           "user_pushes_received", "user_pushes_lost", "user_push_dups", "acks_sent", "acks_answered",
+                           "pause_ms") if k in d}
+if mixed.get("heartbeats_sent") or mixed.get("user_pushes_published"):
+    print(mixed)
 PY
 }

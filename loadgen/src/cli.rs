@@ -112,6 +112,8 @@ pub enum Cmd {
         #[arg(long, default_value_t = 0)]
         watchers: usize,
         #[command(flatten)]
+        mix: MixArgs,
+        #[command(flatten)]
         load: Load,
     },
     /// Hostile clients (docs/LIMITS.md): one attack against a running
@@ -358,6 +360,42 @@ pub struct Load {
     /// Seconds to wait after the last publish for deliveries to finish.
     #[arg(long, default_value_t = 10)]
     pub drain_secs: u64,
+}
+
+/// The churn mode's mix: by default every connection is a version-2 room
+/// member over raw TCP.
+#[derive(clap::Args, Clone, Debug)]
+pub struct MixArgs {
+    /// volley's WebSocket listeners (comma-separated), for the --ws-pct
+    /// share of the connections.
+    #[arg(long, value_delimiter = ',')]
+    pub ws_target: Vec<SocketAddr>,
+    /// The WebSocket path (`[ws] path`).
+    #[arg(long, default_value = "/sub")]
+    pub ws_path: String,
+    /// Percentage of connections over WebSocket (any kind).
+    #[arg(long, default_value_t = 0)]
+    pub ws_pct: u64,
+    /// Percentage of connections speaking version 1 (the room in the auth,
+    /// checked by payload sequence).
+    #[arg(long, default_value_t = 0)]
+    pub v1_pct: u64,
+    /// Percentage of connections subscribing to --pattern instead of
+    /// joining the room.
+    #[arg(long, default_value_t = 0)]
+    pub pattern_pct: u64,
+    /// The pattern those subscribe to; it must match --room.
+    #[arg(long, default_value = "live://*")]
+    pub pattern: String,
+    /// Every connection sends a heartbeat this often (seconds) while the
+    /// broadcast runs, and every one must be answered; 0: none.
+    #[arg(long, default_value_t = 0.0)]
+    pub heartbeat_secs: f64,
+    /// Pushes to users per second while the broadcast runs (HTTP, with
+    /// message ids), each to the next version-2 subscriber's user, who
+    /// acknowledges it; every one must arrive once.
+    #[arg(long, default_value_t = 0)]
+    pub push_rate: u64,
 }
 
 /// `\r`, `\n` and `\t` in a command-line text, unescaped.

@@ -14,13 +14,14 @@
 //! connections are `v2client`'s threads.
 
 use crate::broadcast::{room_publisher, Publish};
-use crate::cli::{Common, Load};
+use crate::cli::{Common, Load, MixArgs};
 use crate::payload::{stamp, STAMP_LEN};
 use crate::procfs::{procs_usage, tick_secs};
 use crate::publish::{get_json, HttpPublisher, TcpPublisher};
 use crate::report;
 use crate::run::now_ns;
 use crate::stats::new_hist;
+use crate::v2client::mix::{Kind, Mix};
 use crate::v2client::{self, Outcome, Role, Shared};
 use crate::wire::BENCH_OP;
 use anyhow::{bail, Context, Result};
@@ -66,16 +67,20 @@ fn wait_for(what: &str, want: u64, limit: Duration, count: impl Fn() -> u64) -> 
 }
 
 /// Stops the threads and folds their outcomes.
-fn finish(shared: &Shared, handles: Vec<std::thread::JoinHandle<Outcome>>) -> (hdrhistogram::Histogram<u64>, Vec<u64>) {
+fn finish(shared: &Shared, handles: Vec<std::thread::JoinHandle<Outcome>>) -> Outcome {
     shared.stop.store(true, Relaxed);
-    let mut hist = new_hist();
-    let mut next = Vec::new();
+    let mut all = Outcome {
+        hist: new_hist(),
+        next_seq: Vec::new(),
+        pauses: new_hist(),
+    };
     for h in handles {
         let o = h.join().expect("a connection thread panicked");
-        let _ = hist.add(&o.hist);
-        next.extend(o.next_seq);
+        let _ = all.hist.add(&o.hist);
+        let _ = all.pauses.add(&o.pauses);
+        all.next_seq.extend(o.next_seq);
     }
-    (hist, next)
+    all
 }
 
 fn latency(h: &hdrhistogram::Histogram<u64>) -> serde_json::Value {
@@ -102,49 +107,116 @@ pub struct Churn {
     /// once) for this long while the server is away (a restart); zero: a
     /// failed publish ends the run.
     pub retry: Duration,
+    /// Which connections are what (WebSocket, version 1, patterns), the
+    /// heartbeat and the pushes to users.
+    pub mix: MixArgs,
+}
+
+/// HTTP posts that are retried (reconnecting) for up to `retry` while the
+/// server is away: with message ids in the paths and the durable store,
+/// each is published exactly once across a restart or an upgrade.
+struct Retrying {
+    http: SocketAddr,
+    api_key: String,
+    retry: Duration,
+    conn: Option<HttpPublisher>,
+}
+
+impl Retrying {
+    fn new(http: SocketAddr, api_key: &str, retry: Duration) -> Self {
+        Retrying {
+            http,
+            api_key: api_key.to_string(),
+            retry,
+            conn: None,
+        }
+    }
+
+    fn post(&mut self, path: &str, body: &[u8]) -> Result<()> {
+        let until = Instant::now() + self.retry;
+        loop {
+            if self.conn.is_none() {
+                self.conn = HttpPublisher::connect(self.http, &self.api_key).ok();
+            }
+            let sent = match self.conn.as_mut() {
+                Some(c) => c.post(path, body),
+                None => Err(anyhow::anyhow!("cannot connect to {}", self.http)),
+            };
+            match sent {
+                Ok(()) => return Ok(()),
+                Err(e) if Instant::now() >= until => return Err(e),
+                Err(_) => {
+                    self.conn = None;
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+            }
+        }
+    }
 }
 
 /// Publishes each message to `room` over HTTP with message id
-/// `RUN-SEQ`, retrying it (reconnecting) for up to `retry` while the server
-/// is away: across a restart with the durable store every message is then
-/// published exactly once.
+/// `RUN-SEQ`, retried while the server is away (`Retrying`).
 fn retrying_publisher(room: &str, http: SocketAddr, api_key: &str, size: usize, retry: Duration) -> Result<Publish> {
     let (typ, rid) = room.split_once("://").context("--room must be type://id")?;
     let base = format!(
         "/goim/push/room?operation={BENCH_OP}&type={typ}&room={rid}&id=churn{}-",
         std::process::id()
     );
-    let api_key = api_key.to_string();
     let mut payload = vec![b'x'; size];
-    let mut conn: Option<HttpPublisher> = None;
+    let mut poster = Retrying::new(http, api_key, retry);
     Ok(Box::new(move |seq, ns| {
         stamp(&mut payload, seq, ns);
-        let path = format!("{base}{seq}");
-        let until = Instant::now() + retry;
-        loop {
-            if conn.is_none() {
-                conn = HttpPublisher::connect(http, &api_key).ok();
-            }
-            let sent = match conn.as_mut() {
-                Some(c) => c.post(&path, &payload),
-                None => Err(anyhow::anyhow!("cannot connect to {http}")),
-            };
-            match sent {
-                Ok(()) => return Ok(()),
-                Err(e) if Instant::now() >= until => return Err(e),
-                Err(_) => {
-                    conn = None;
-                    std::thread::sleep(Duration::from_millis(50));
-                }
-            }
-        }
+        poster.post(&format!("{base}{seq}"), &payload)
     }))
+}
+
+/// The op of the pushes to users (the room's is `BENCH_OP`).
+const USER_OP: u32 = BENCH_OP + 1;
+
+/// Pushes to users at `rate` a second while `shared.churning` is set,
+/// each to the next of `mids`, time-stamped with its own sequence and
+/// carrying a message id; answers how many were published.
+fn spawn_pusher(
+    mut poster: Retrying,
+    rate: u64,
+    mids: Vec<i64>,
+    size: usize,
+    shared: Arc<Shared>,
+) -> std::thread::JoinHandle<Result<u64>> {
+    std::thread::spawn(move || {
+        let run = std::process::id();
+        let mut payload = vec![b'u'; size.max(STAMP_LEN)];
+        let start = Instant::now();
+        let mut seq = 0u64;
+        while shared.churning.load(Relaxed) && !mids.is_empty() {
+            let due = start + Duration::from_secs_f64(seq as f64 / rate as f64);
+            if let Some(d) = due.checked_duration_since(Instant::now()) {
+                std::thread::sleep(d.min(Duration::from_millis(50)));
+                continue;
+            }
+            let mid = mids[seq as usize % mids.len()];
+            stamp(&mut payload, seq, now_ns(shared.base));
+            poster.post(
+                &format!("/goim/push/mids?operation={USER_OP}&mids={mid}&id=push{run}-{seq}"),
+                &payload,
+            )?;
+            seq += 1;
+        }
+        Ok(seq)
+    })
 }
 
 /// The `churn` mode.
 pub fn churn(common: Common, opts: Churn, load: Load) -> Result<()> {
     if common.ws.is_some() {
-        bail!("churn speaks version 2 over raw TCP; leave out --ws");
+        bail!("churn's WebSocket share is --ws-pct with --ws-target; leave out --ws");
+    }
+    let m = &opts.mix;
+    if m.ws_pct > 0 && m.ws_target.is_empty() {
+        bail!("--ws-pct needs --ws-target");
+    }
+    if m.v1_pct + m.pattern_pct > 100 || m.ws_pct > 100 {
+        bail!("the percentages add up to more than 100");
     }
     if load.size < STAMP_LEN {
         bail!("--size must be at least {STAMP_LEN}");
@@ -174,7 +246,21 @@ pub fn churn(common: Common, opts: Churn, load: Load) -> Result<()> {
         (opts.pct, opts.period),
     );
     shared.watchers = opts.watchers;
+    shared.mix = Mix {
+        v1_pct: m.v1_pct,
+        pattern_pct: m.pattern_pct,
+        pattern: m.pattern.clone(),
+        ws_pct: m.ws_pct,
+        ws_targets: m.ws_target.clone(),
+        ws_path: m.ws_path.clone(),
+        heartbeat: (m.heartbeat_secs > 0.0).then(|| Duration::from_secs_f64(m.heartbeat_secs)),
+    };
     let shared = Arc::new(shared);
+    // Users of the version-2 subscribers, who acknowledge their pushes.
+    let mids: Vec<i64> = (0..common.conns)
+        .filter(|&i| shared.mix.kind(i) != Kind::V1)
+        .map(|i| shared.first_mid + i as i64)
+        .collect();
     let t0 = Instant::now();
     let handles = start(&common, &shared);
     let ramp_limit = Duration::from_secs(n / common.rate.max(1) + 60);
@@ -185,6 +271,14 @@ pub fn churn(common: Common, opts: Churn, load: Load) -> Result<()> {
     let connect_secs = t0.elapsed().as_secs_f64();
     let s0 = procs_usage(&common.server_pid);
     shared.churning.store(true, Relaxed);
+    let pusher = match (m.push_rate, opts.http.first()) {
+        (0, _) => None,
+        (_, None) => bail!("--push-rate pushes over HTTP: give --http"),
+        (rate, Some(&http)) => {
+            let poster = Retrying::new(http, &opts.api_key, opts.retry);
+            Some(spawn_pusher(poster, rate, mids, size, shared.clone()))
+        }
+    };
     let start_at = Instant::now();
     let mut last = Instant::now();
     for seq in 0..total {
@@ -205,13 +299,26 @@ pub fn churn(common: Common, opts: Churn, load: Load) -> Result<()> {
         }
     }
     shared.churning.store(false, Relaxed);
+    let pushed = match pusher {
+        Some(p) => p.join().expect("the pusher panicked")?,
+        None => 0,
+    };
     let expected = total * n;
-    wait_for("received", expected, Duration::from_secs(drain_secs), || {
-        shared.received.load(Relaxed)
+    let drain_until = Instant::now() + Duration::from_secs(drain_secs);
+    let left = || drain_until.saturating_duration_since(Instant::now());
+    wait_for("received", expected, left(), || shared.received.load(Relaxed));
+    wait_for("user pushes", pushed, left(), || shared.user_pushes.load(Relaxed));
+    let beats = shared.heartbeats_sent.load(Relaxed);
+    wait_for("heartbeats answered", beats, left(), || {
+        shared.heartbeats_answered.load(Relaxed)
     });
     let elapsed = start_at.elapsed().as_secs_f64();
     let s1 = procs_usage(&common.server_pid);
-    let (hist, next) = finish(&shared, handles);
+    let Outcome {
+        hist,
+        next_seq: next,
+        pauses,
+    } = finish(&shared, handles);
     let received = shared.received.load(Relaxed);
     let short = next.iter().filter(|&&s| s < total).count();
     let lost = expected.saturating_sub(received);
@@ -220,6 +327,11 @@ pub fn churn(common: Common, opts: Churn, load: Load) -> Result<()> {
         shared.gaps.load(Relaxed),
         shared.unrecovered.load(Relaxed),
     );
+    let (user_pushes, user_push_dups) = (shared.user_pushes.load(Relaxed), shared.user_push_dups.load(Relaxed));
+    let users_lost = pushed.saturating_sub(user_pushes);
+    let unanswered = beats.saturating_sub(shared.heartbeats_answered.load(Relaxed));
+    let (kind_room, kind_pattern, kind_v1, over_ws) = shared.mix.census(common.conns);
+    let ms = |ns: u64| ns as f64 / 1e6;
     let server_cpu = s0
         .zip(s1)
         .map(|(a, b)| (b.1 - a.1) as f64 * tick_secs() * 1e6 / received.max(1) as f64);
@@ -249,9 +361,25 @@ pub fn churn(common: Common, opts: Churn, load: Load) -> Result<()> {
         "deliveries_per_sec": received as f64 / elapsed,
         "server_cpu_us_per_delivery": server_cpu,
         "latency_us": latency(&hist),
+        "mix": {"room": kind_room, "pattern": kind_pattern, "v1": kind_v1, "websocket": over_ws},
+        "pause_ms": {
+            "p50": ms(pauses.value_at_quantile(0.5)),
+            "p99": ms(pauses.value_at_quantile(0.99)),
+            "p99_99": ms(pauses.value_at_quantile(0.9999)),
+            "max": ms(pauses.max()),
+        },
+        "heartbeats_sent": beats,
+        "heartbeats_unanswered": unanswered,
+        "user_pushes_published": pushed,
+        "user_pushes_received": user_pushes,
+        "user_pushes_lost": users_lost,
+        "user_push_dups": user_push_dups,
+        "acks_sent": shared.acked.load(Relaxed),
+        "acks_answered": shared.acks_answered.load(Relaxed),
     });
     report::print_report(&report, common.json);
-    if lost > 0 || dups > 0 || gaps > 0 || unrecovered > 0 {
+    let users_wrong = users_lost > 0 || user_push_dups > 0 || unanswered > 0;
+    if lost > 0 || dups > 0 || gaps > 0 || unrecovered > 0 || users_wrong {
         std::process::exit(1);
     }
     Ok(())
@@ -336,7 +464,7 @@ pub fn inbox(common: Common, o: Inbox) -> Result<()> {
         stored.saturating_sub(inbox_stats(o.http, &o.api_key).map_or(stored, |s| s.0.saturating_sub(m0)))
     });
     let left = inbox_stats(o.http, &o.api_key)?.0.saturating_sub(m0);
-    let (_, _) = finish(&shared, handles);
+    finish(&shared, handles);
     let received = shared.received.load(Relaxed);
     let per = |a: u64, b: u64| (b as f64 - a as f64) / stored.max(1) as f64;
     let report = serde_json::json!({

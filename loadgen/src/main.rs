@@ -176,12 +176,14 @@ fn load(cmd: Cmd) -> Result<()> {
             churn_period_secs,
             retry_secs,
             watchers,
+            mix,
             load,
             ..
         } => delivery::churn(
             common,
             delivery::Churn {
                 watchers,
+                mix,
                 http,
                 publish_tcp,
                 api_key,

@@ -1,10 +1,12 @@
-//! Version-2 subscribers for the `churn` and `inbox` modes: plain threads,
-//! each with a private fd table (`unshare(CLONE_FILES)`, as `worker`
-//! explains), driving its share of the connections through one
-//! level-triggered epoll: connect, version-2 auth, then either a room join
-//! (resuming after the last offset seen once the connection has been up)
-//! or nothing (inbox: pushes to the user arrive on auth and are
-//! acknowledged).
+//! Subscribers for the `churn` and `inbox` modes: plain threads, each with
+//! a private fd table (`unshare(CLONE_FILES)`, as `worker` explains),
+//! driving its share of the connections through one level-triggered epoll:
+//! connect (and upgrade, over WebSocket: `link`), auth, then either follow
+//! the room (`mix`: a version-2 join resuming after the last offset seen
+//! once the connection has been up, a version-2 pattern that matches the
+//! room, or a version-1 auth naming it) or nothing (inbox: pushes to the
+//! user arrive on auth and are acknowledged). Version-2 connections also
+//! acknowledge every push to their user (`session`).
 //!
 //! Each connection keeps what it has seen across reconnects: the room's
 //! epoch and last offset (so a reconnect resumes exactly there), the next
@@ -14,23 +16,30 @@
 //! A resume the server answers `"recovered": false` is counted: that is a
 //! loss the server owned up to.
 //!
+//! A version-1 or pattern subscriber has no offsets to resume with; its
+//! payload sequence alone tells loss and duplicates. Every room delivery
+//! also times the pause since the connection's previous one.
+//!
 //! Churn: while `Shared::churning` is set, every `period` each thread closes
 //! `pct` percent of its live connections (round robin) and reconnects them
 //! at once, resuming.
 
-use crate::payload::read_stamp;
-use crate::run::now_ns;
+mod link;
+pub mod mix;
+mod session;
+
 use crate::stats::new_hist;
 use crate::worker::source_addr;
 use hdrhistogram::Histogram;
-use serde_json::Value;
+use link::Link;
+use mix::{Kind, Mix};
+use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use volley::proto::binary::{self, op};
-use volley::proto::v2::{self, decode_push};
+use volley::proto::binary::op;
 
 /// What every connection does after auth.
 #[derive(Clone, Debug)]
@@ -102,6 +111,18 @@ pub struct Shared {
     pub watchers: usize,
     /// Presence events (op 58) received.
     pub presence_events: AtomicU64,
+    /// Kinds, transports and heartbeat of a mixed run.
+    pub mix: Mix,
+    /// Heartbeats (op 2) sent.
+    pub heartbeats_sent: AtomicU64,
+    /// Heartbeat answers (op 3) received.
+    pub heartbeats_answered: AtomicU64,
+    /// Pushes to a user received for the first time (by payload sequence).
+    pub user_pushes: AtomicU64,
+    /// Pushes to a user received again.
+    pub user_push_dups: AtomicU64,
+    /// Acknowledgements answered (op 47).
+    pub acks_answered: AtomicU64,
 }
 
 /// Seconds of a run whose server closes are counted one by one.
@@ -153,6 +174,12 @@ impl Shared {
             acked: AtomicU64::new(0),
             watchers: 0,
             presence_events: AtomicU64::new(0),
+            mix: Mix::default(),
+            heartbeats_sent: AtomicU64::new(0),
+            heartbeats_answered: AtomicU64::new(0),
+            user_pushes: AtomicU64::new(0),
+            user_push_dups: AtomicU64::new(0),
+            acks_answered: AtomicU64::new(0),
         }
     }
 }
@@ -164,6 +191,8 @@ pub struct Outcome {
     /// Per connection, the next payload sequence it expected (room role):
     /// everything below it was received once, in order.
     pub next_seq: Vec<u64>,
+    /// The pauses between a connection's consecutive room deliveries, ns.
+    pub pauses: Histogram<u64>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -178,6 +207,10 @@ enum Phase {
 
 struct Conn {
     index: usize,
+    kind: Kind,
+    /// Over WebSocket.
+    ws: bool,
+    link: Link,
     fd: RawFd,
     phase: Phase,
     buf: Vec<u8>,
@@ -190,6 +223,12 @@ struct Conn {
     got: u64,
     /// Acknowledgements sent and not yet answered (op 47).
     acks_pending: u32,
+    /// When the next heartbeat is due (once live, while the broadcast runs).
+    heartbeat_due: Option<Instant>,
+    /// When the last room delivery arrived (ns of the run; 0: none yet).
+    last_room_ns: u64,
+    /// Payload sequences of the user pushes received.
+    user_seqs: HashSet<u64>,
 }
 
 /// Runs connections `indices` (global numbering) until `shared.stop`.
@@ -208,11 +247,14 @@ struct Driver {
     epfd: RawFd,
     conns: Vec<Conn>,
     hist: Histogram<u64>,
+    pauses: Histogram<u64>,
     threads: usize,
     /// Slots whose connect could not even start, and when to try again.
     retry: Vec<(Instant, usize)>,
     /// Connections open now.
     open_now: usize,
+    /// When heartbeats are next looked at.
+    heartbeat_scan: Instant,
 }
 
 impl Driver {
@@ -225,9 +267,11 @@ impl Driver {
             epfd,
             conns: Vec::new(),
             hist: new_hist(),
+            pauses: new_hist(),
             threads,
             retry: Vec::new(),
             open_now: 0,
+            heartbeat_scan: Instant::now(),
         }
     }
 
@@ -256,8 +300,12 @@ impl Driver {
             while tokens >= 1.0 && opened < indices.len() && self.open_now < max_open {
                 tokens -= 1.0;
                 let index = indices[opened];
+                let ws = self.shared.mix.ws(index);
                 self.conns.push(Conn {
                     index,
+                    kind: self.shared.mix.kind(index),
+                    ws,
+                    link: Link::Tcp,
                     fd: -1,
                     phase: Phase::Connecting,
                     buf: vec![0; 4096],
@@ -268,6 +316,9 @@ impl Driver {
                     next_seq: 0,
                     got: 0,
                     acks_pending: 0,
+                    heartbeat_due: None,
+                    last_room_ns: 0,
+                    user_seqs: HashSet::new(),
                 });
                 let slot = self.conns.len() - 1;
                 self.connect(slot);
@@ -296,6 +347,7 @@ impl Driver {
                     }
                 }
             }
+            self.heartbeats();
             // SAFETY: `events` is a valid buffer of its length.
             let n = unsafe { libc::epoll_wait(self.epfd, events.as_mut_ptr(), events.len() as i32, 10) };
             for e in events.iter().take(n.max(0) as usize) {
@@ -318,6 +370,40 @@ impl Driver {
         Outcome {
             hist: self.hist,
             next_seq,
+            pauses: self.pauses,
+        }
+    }
+
+    /// Sends the heartbeats that are due, while the broadcast runs; each
+    /// connection's first comes at a fraction of the period set by its
+    /// index, so they do not all come at once.
+    fn heartbeats(&mut self) {
+        let Some(every) = self.shared.mix.heartbeat else {
+            return;
+        };
+        let now = Instant::now();
+        if !self.shared.churning.load(Relaxed) || now < self.heartbeat_scan {
+            return;
+        }
+        // Looking every 20 ms is early enough and keeps the scan off the
+        // delivery path.
+        self.heartbeat_scan = now + Duration::from_millis(20);
+        for slot in 0..self.conns.len() {
+            let c = &mut self.conns[slot];
+            if c.phase != Phase::Live {
+                continue;
+            }
+            let due = *c
+                .heartbeat_due
+                .get_or_insert_with(|| now + every.mul_f64((c.index % 1000) as f64 / 1000.0));
+            if due > now {
+                continue;
+            }
+            c.heartbeat_due = Some(now + every);
+            let version = self.version(slot);
+            if self.send_as(slot, version, op::HEARTBEAT, 3, b"") {
+                self.shared.heartbeats_sent.fetch_add(1, Relaxed);
+            }
         }
     }
 
@@ -325,7 +411,10 @@ impl Driver {
     fn connect(&mut self, slot: usize) {
         let sh = &self.shared;
         let index = self.conns[slot].index;
-        let target = sh.targets[index % sh.targets.len()];
+        let target = match self.conns[slot].ws {
+            true => sh.mix.ws_targets[index % sh.mix.ws_targets.len()],
+            false => sh.targets[index % sh.targets.len()],
+        };
         let source = (sh.sources > 0).then(|| source_addr(index / sh.targets.len() % sh.sources));
         let fd = match open(source, target) {
             Ok(fd) => fd,
@@ -342,6 +431,7 @@ impl Driver {
         c.fd = fd;
         c.phase = Phase::Connecting;
         c.have = 0;
+        c.link = if c.ws { Link::Upgrading } else { Link::Tcp };
         let mut ev = libc::epoll_event {
             events: (libc::EPOLLIN | libc::EPOLLOUT) as u32,
             u64: slot as u64,
@@ -381,18 +471,22 @@ impl Driver {
                 self.reconnect(slot);
                 return;
             }
-            let mid = self.shared.first_mid + self.conns[slot].index as i64;
-            let auth = format!(r#"{{"mid":{mid}}}"#);
-            if !self.send(slot, op::AUTH, 1, auth.as_bytes()) {
-                return;
-            }
-            self.conns[slot].phase = Phase::Authing;
             let mut e = libc::epoll_event {
                 events: libc::EPOLLIN as u32,
                 u64: slot as u64,
             };
             // SAFETY: valid descriptors and event.
             unsafe { libc::epoll_ctl(self.epfd, libc::EPOLL_CTL_MOD, fd, &mut e) };
+            if self.conns[slot].link == Link::Upgrading {
+                let host = self.shared.mix.ws_targets[0].to_string();
+                let request = link::upgrade_request(&self.shared.mix.ws_path, &host);
+                if self.write(slot, &request) {
+                    // Waiting for the answer; the auth follows it.
+                    self.conns[slot].phase = Phase::Authing;
+                }
+            } else {
+                self.authenticate(slot);
+            }
             return;
         }
         // Readable (or closed): read what there is.
@@ -411,171 +505,25 @@ impl Driver {
             return;
         }
         c.have += n as usize;
-        let mut at = 0;
-        let mut frames = Vec::new();
-        loop {
-            let c = &self.conns[slot];
-            match binary::decode(&c.buf[at..c.have], 16 << 20) {
-                Ok(Some((f, used))) => {
-                    frames.push((f.op, f.body.to_vec()));
-                    at += used;
-                }
-                Ok(None) => break,
-                Err(_) => {
-                    self.shared.errors.fetch_add(1, Relaxed);
-                    self.reconnect(slot);
-                    return;
-                }
+        let read = link::take(&mut c.link, &mut c.buf, &mut c.have);
+        for pong in &read.pongs {
+            if !self.write(slot, pong) {
+                return;
             }
         }
-        let c = &mut self.conns[slot];
-        c.buf.copy_within(at..c.have, 0);
-        c.have -= at;
-        for (op, body) in frames {
+        if read.upgraded {
+            self.authenticate(slot);
+        }
+        for (op, body) in read.frames {
             if self.conns[slot].fd != fd {
                 return; // reconnected while handling an earlier frame
             }
             self.frame(slot, op, &body);
         }
-    }
-
-    fn frame(&mut self, slot: usize, op: u32, body: &[u8]) {
-        let sh = self.shared.clone();
-        match op {
-            op::AUTH_REPLY => match &sh.role {
-                Role::Room(room) => {
-                    let c = &self.conns[slot];
-                    let mut join = match &c.epoch {
-                        Some(e) => serde_json::json!({"room": room, "offset": c.last_offset, "epoch": e}),
-                        None => serde_json::json!({"room": room}),
-                    };
-                    if slot < sh.watchers {
-                        join["presence"] = true.into();
-                    }
-                    if self.send(slot, v2::op::JOIN, 2, join.to_string().as_bytes()) {
-                        self.conns[slot].phase = Phase::Joining;
-                    }
-                }
-                Role::Inbox { .. } => self.became_live(slot),
-            },
-            v2::op::JOIN_REPLY => {
-                let v: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
-                if v["recovered"] == false {
-                    sh.unrecovered.fetch_add(1, Relaxed);
-                    let why = v["reason"].as_str().unwrap_or("?").to_string();
-                    *sh.unrecovered_why.lock().unwrap().entry(why).or_default() += 1;
-                }
-                let c = &mut self.conns[slot];
-                let epoch = v["epoch"].as_str().map(str::to_owned);
-                if c.epoch.is_none() || v["recovered"] == false || c.epoch != epoch {
-                    // A first join, or one that could not resume: follow on
-                    // from where the room is now.
-                    c.last_offset = v["offset"].as_u64().unwrap_or(0);
-                }
-                c.epoch = epoch;
-                self.became_live(slot);
-            }
-            v2::op::PUSH => {
-                let Ok(env) = decode_push(body) else {
-                    sh.errors.fetch_add(1, Relaxed);
-                    return;
-                };
-                let now = now_ns(sh.base);
-                match sh.role {
-                    Role::Room(_) => {
-                        let c = &mut self.conns[slot];
-                        if env.offset <= c.last_offset {
-                            sh.dups.fetch_add(1, Relaxed);
-                            return;
-                        }
-                        if env.offset != c.last_offset + 1 {
-                            sh.gaps.fetch_add(env.offset - c.last_offset - 1, Relaxed);
-                        }
-                        c.last_offset = env.offset;
-                        let Some((seq, sent)) = read_stamp(env.payload) else {
-                            return;
-                        };
-                        if seq < c.next_seq {
-                            sh.dups.fetch_add(1, Relaxed);
-                            return;
-                        }
-                        // A sequence jump is loss, counted at the end as
-                        // what was expected and never received.
-                        c.next_seq = seq + 1;
-                        sh.received.fetch_add(1, Relaxed);
-                        let _ = self.hist.record(now.saturating_sub(sent).max(1));
-                    }
-                    Role::Inbox { expect } => {
-                        if let Some((_, sent)) = read_stamp(env.payload) {
-                            let _ = self.hist.record(now.saturating_sub(sent).max(1));
-                        }
-                        let id = env.offset;
-                        let c = &mut self.conns[slot];
-                        c.got += 1;
-                        let done = c.got == expect;
-                        sh.received.fetch_add(1, Relaxed);
-                        let ack = format!(r#"{{"ids":[{id}]}}"#);
-                        if self.send(slot, v2::op::ACK, 0, ack.as_bytes()) {
-                            sh.acked.fetch_add(1, Relaxed);
-                            self.conns[slot].acks_pending += 1;
-                        }
-                        if done {
-                            sh.done.fetch_add(1, Relaxed);
-                        }
-                    }
-                }
-            }
-            op::DISCONNECT => {
-                sh.server_closed();
-                if self.conns[slot].phase != Phase::Finished {
-                    self.reconnect(slot);
-                }
-            }
-            v2::op::ACK_REPLY => {
-                let c = &mut self.conns[slot];
-                c.acks_pending = c.acks_pending.saturating_sub(1);
-                if let Role::Inbox { expect } = sh.role {
-                    if sh.max_open > 0 && c.got >= expect && c.acks_pending == 0 {
-                        // Every acknowledgement answered (closing sooner
-                        // could reset the connection before the server read
-                        // the last one): make room for the next user.
-                        self.drop_socket(slot);
-                        self.conns[slot].phase = Phase::Finished;
-                    }
-                }
-            }
-            v2::op::PRESENCE => {
-                sh.presence_events.fetch_add(1, Relaxed);
-            }
-            v2::op::ERROR => {
-                sh.errors.fetch_add(1, Relaxed);
-            }
-            _ => {}
-        }
-    }
-
-    fn became_live(&mut self, slot: usize) {
-        let c = &mut self.conns[slot];
-        c.phase = Phase::Live;
-        if !c.was_live {
-            c.was_live = true;
-            self.shared.live.fetch_add(1, Relaxed);
-        }
-    }
-
-    /// Writes one version-2 frame whole (small frames on a socket that is
-    /// not backed up); a connection that cannot take it is reconnected.
-    fn send(&mut self, slot: usize, op: u32, seq: u32, body: &[u8]) -> bool {
-        let frame = binary::encode_to_bytes(binary::VERSION_NATIVE, op, seq, body);
-        let fd = self.conns[slot].fd;
-        // SAFETY: writing from a buffer we own to a descriptor we own.
-        let n = unsafe { libc::send(fd, frame.as_ptr().cast(), frame.len(), libc::MSG_NOSIGNAL) };
-        if n != frame.len() as isize {
+        if read.closed && self.conns[slot].fd == fd {
             self.shared.server_closed();
             self.reconnect(slot);
-            return false;
         }
-        true
     }
 }
 
