@@ -3,6 +3,11 @@
 //! server (`check-host`, `config`, `sub`, `drain`, `upgrade`), which print
 //! and exit. SIGUSR2 upgrades the running server in place (`handoff`); a
 //! process started by an upgrade takes over instead of binding.
+//!
+//! Under systemd (`Type=notify`, tuning/volley.service) the server says
+//! READY=1 once it serves, STOPPING=1 when told to stop, and, when an
+//! upgrade has handed everything over, MAINPID= of the new process before
+//! this one exits: the service lives on in it instead of being stopped.
 
 use anyhow::Context;
 use std::io::IsTerminal;
@@ -92,11 +97,14 @@ fn main() -> anyhow::Result<()> {
             }
         }
     } else {
-        volley::Server::start(config).context("cannot start server")?
+        let handle = volley::Server::start(config).context("cannot start server")?;
+        tell_systemd(&[NotifyState::Ready]);
+        handle
     };
     for sig in signals.forever() {
         if sig != SIGUSR2 {
             tracing::info!(signal = sig, "shutting down");
+            tell_systemd(&[NotifyState::Stopping]);
             break;
         }
         // Set here too: SIGUSR2 may come from outside (`request` sets it
@@ -113,6 +121,10 @@ fn main() -> anyhow::Result<()> {
                     adopted_ms = t.adopted.as_millis() as u64,
                     "handed over; this process ends"
                 );
+                // The new process is the service now; said before this
+                // one exits, or systemd would take the exit for the
+                // service's end and stop the new one with it.
+                tell_systemd(&[NotifyState::MainPid(t.pid)]);
                 handle.let_go();
                 return Ok(());
             }
@@ -129,4 +141,14 @@ fn main() -> anyhow::Result<()> {
     handle.join();
     tracing::info!("stopped");
     Ok(())
+}
+
+use sd_notify::NotifyState;
+
+/// Tells the service manager `state`, when one started us with a
+/// notification socket (NOTIFY_SOCKET); otherwise nothing.
+fn tell_systemd(state: &[NotifyState<'_>]) {
+    if let Err(e) = sd_notify::notify(state) {
+        tracing::warn!(error = %e, "cannot notify the service manager");
+    }
 }

@@ -122,6 +122,8 @@ pub struct Timings {
     pub adopted: Duration,
     /// Connections handed over.
     pub connections: usize,
+    /// The new process.
+    pub pid: u32,
 }
 
 /// Upgrades to `binary`, started with this process's arguments. `Ok`: the
@@ -201,6 +203,7 @@ pub fn upgrade(handle: &ServerHandle, binary: &Path) -> Result<Timings, String> 
             quiet,
             adopted: start.elapsed() - hello - quiet,
             connections,
+            pid: child.id(),
         }),
         other => {
             handle.resume(SETTLE)?;

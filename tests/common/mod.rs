@@ -2,6 +2,8 @@
 //! (which returns only once every shard serves), then speak raw bytes.
 #![allow(dead_code)]
 
+pub mod process;
+
 use serde_json::Value;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
