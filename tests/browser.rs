@@ -7,8 +7,10 @@
 //! from one of them as a client publish (no HTTP publish from the page);
 //! closed by the server as slow consumers by a burst, both must resume and
 //! show every message of the burst exactly once; and a reloaded tab must
-//! show the room's history. scripts/test.sh installs chromium and
-//! chromium-driver.
+//! show the room's history. And across `volley upgrade` of a server run
+//! as its own process, the page must keep its connection (volley.js counts
+//! no second open) and show every message once. scripts/test.sh installs
+//! chromium and chromium-driver.
 
 mod common;
 
@@ -77,6 +79,24 @@ fn wd(addr: SocketAddr, method: &str, path: &str, body: Option<Value>) -> Value 
     v["value"].clone()
 }
 
+/// A WebDriver session of headless Chromium with a profile of its own;
+/// returns its id and the profile's folder.
+fn browser(d: &Driver, name: &str) -> (String, std::path::PathBuf) {
+    let profile =
+        std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("chromium-{name}-{}", std::process::id()));
+    let caps = json!({"capabilities": {"alwaysMatch": {
+        "browserName": "chrome",
+        "goog:chromeOptions": {
+            "binary": "/usr/bin/chromium",
+            "args": ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                     format!("--user-data-dir={}", profile.display())]
+        }
+    }}});
+    let session = wd(d.addr, "POST", "/session", Some(caps));
+    let sid = session["sessionId"].as_str().expect("session id").to_string();
+    (sid, profile)
+}
+
 fn start_driver() -> Driver {
     let port = free_port();
     use std::os::unix::process::CommandExt;
@@ -137,17 +157,7 @@ fn two_tabs_chat_resume_after_a_server_side_close_and_see_history_on_reload() {
         c.auth.dev_tokens = true;
     });
     let d = start_driver();
-    let profile = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("chromium-{}", std::process::id()));
-    let caps = json!({"capabilities": {"alwaysMatch": {
-        "browserName": "chrome",
-        "goog:chromeOptions": {
-            "binary": "/usr/bin/chromium",
-            "args": ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                     format!("--user-data-dir={}", profile.display())]
-        }
-    }}});
-    let session = wd(d.addr, "POST", "/session", Some(caps));
-    let sid = session["sessionId"].as_str().expect("session id").to_string();
+    let (sid, profile) = browser(&d, "tabs");
     let url = |name: &str| format!("http://{}/demo?room=live://browser&name={name}", h.http_addr);
 
     wd(
@@ -293,6 +303,57 @@ fn two_tabs_chat_resume_after_a_server_side_close_and_see_history_on_reload() {
             .as_bytes(),
     );
     wait_js(&d, &sid, "live after reload", &once("botafter reload"));
+    wd(d.addr, "DELETE", &format!("/session/{sid}"), None);
+    let _ = std::fs::remove_dir_all(&profile);
+}
+
+#[test]
+fn the_demo_page_keeps_its_connection_across_an_upgrade() {
+    // The server as a process of its own: an upgrade starts the binary
+    // again and hands it the page's WebSocket. Auth off: the page connects
+    // without a token.
+    let s = common::process::Running::start(std::path::Path::new(env!("CARGO_BIN_EXE_volley")), "browser", &[]);
+    let d = start_driver();
+    let (sid, profile) = browser(&d, "upgrade");
+    let url = format!("http://{}/demo?room=live://up&name=carol", s.api);
+    wd(
+        d.addr,
+        "POST",
+        &format!("/session/{sid}/url"),
+        Some(json!({"url": url})),
+    );
+    let connected_once = "return document.getElementById('status').textContent === 'connected as carol' \
+                          && document.getElementById('status').dataset.opens === '1'";
+    wait_js(&d, &sid, "carol connected", connected_once);
+    // Joined (the page joins right after connecting): the room counts her.
+    common::wait_until("carol in the room", || {
+        common::http(s.api, "GET", "/v1/online/rooms?rooms=live://up", &[], b"").1["data"]["live://up"] == 1
+    });
+    let once = |text: &str| {
+        format!("return [...document.querySelectorAll('#messages li')].filter(li => li.textContent === '?{text}').length === 1")
+    };
+    s.publish("before the upgrade");
+    wait_js(&d, &sid, "the message before", &once("before the upgrade"));
+
+    let old = s.pid();
+    let out = s.upgrade();
+    assert!(out.status.success(), "{out:?}");
+    assert_ne!(s.pid(), old);
+    for i in 1..=5 {
+        s.publish(&format!("after the upgrade {i}"));
+    }
+    for i in 1..=5 {
+        wait_js(
+            &d,
+            &sid,
+            &format!("message {i} after"),
+            &once(&format!("after the upgrade {i}")),
+        );
+    }
+    // Still the first connection: volley.js never reconnected, and the
+    // message from before is still shown once (nothing was replayed).
+    wait_js(&d, &sid, "no reconnect", connected_once);
+    wait_js(&d, &sid, "nothing twice", &once("before the upgrade"));
     wd(d.addr, "DELETE", &format!("/session/{sid}"), None);
     let _ = std::fs::remove_dir_all(&profile);
 }

@@ -34,7 +34,9 @@
 // WebSocket answers pings), and reconnects with exponential backoff
 // and jitter unless closed by the caller or replaced by a newer connection
 // with the same key. A room push already received (at or below the room's
-// last offset in the same epoch) is not passed on twice.
+// last offset in the same epoch) is not passed on twice. `c.opens` counts
+// the connections it has authenticated: one more than its reconnects (a
+// server upgrade in place costs none).
 //
 // Version 1 (goim's protocol; `version: 1`): one room from auth.room_id,
 // joinRoom(room) moves it, onRoomCount gets the heartbeat reply's count.
@@ -147,6 +149,7 @@ export class VolleyClient {
     this.retry = null;
     this.stopped = false;
     this.authed = false;
+    this.opens = 0;
     // Version 2: room -> {offset, epoch, joined} — where each room's
     // stream stands, kept across reconnects.
     this.rooms = new Map();
@@ -205,6 +208,7 @@ export class VolleyClient {
     switch (f.op) {
       case OP.AUTH_REPLY:
         this.authed = true;
+        this.opens += 1;
         this.backoff = this.opts.minBackoffMs;
         this.heartbeat();
         clearInterval(this.timer);
