@@ -3,7 +3,8 @@
 //! (`Server::adopt`) serves them as the previous process did — the frame
 //! it had queued comes first, the half frame it had read is completed by
 //! the client's next bytes, and the connection's room, user and key reach
-//! it — and nothing is bound anew.
+//! it — and nothing is bound anew. A TCP publisher moves too, with half a
+//! frame read: it finishes the frame to the next server, which acks it.
 
 mod common;
 
@@ -37,6 +38,7 @@ fn empty(shard: u32) -> ShardState {
         users: Vec::new(),
         push_seq: 0,
         watching: Vec::new(),
+        publishers: Vec::new(),
     }
 }
 
@@ -166,10 +168,25 @@ fn a_running_server_hands_every_connection_to_the_next_one_and_nobody_notices() 
     assert_eq!(v1.read_push().text(), "before");
     let before = v2.read_push2().unwrap();
     assert_eq!(ws_next(&mut ws).text(), "before");
+    // A TCP publisher, authenticated, with the first half of a room push
+    // (acked: sequence 5) sent before the hand-off.
+    let mut publisher = common::publisher(a.publish_addr, None);
+    let push = frame(
+        1,
+        24,
+        5,
+        &common::room_body(1000, "live://up", b"half before, half after"),
+    );
+    publisher.send_raw(&push[..20]);
+    std::thread::sleep(Duration::from_millis(100));
 
     let adoption = a.hand_off(Duration::from_secs(10)).expect("the shards hand over");
     let conns: usize = adoption.shards.iter().map(|s| s.0.conns.len()).sum();
     assert_eq!(conns, 3);
+    let publishers: Vec<_> = adoption.shards.iter().flat_map(|s| s.0.publishers.clone()).collect();
+    assert_eq!(publishers.len(), 1, "the publisher is handed over");
+    assert!(publishers[0].authed);
+    assert_eq!(publishers[0].unparsed, push[..20], "with the bytes it had read");
     let config = common::config(durable);
     // As the real hand-off does: the next server takes the connections
     // first, then the previous one lets go (and of the store with them),
@@ -191,6 +208,14 @@ fn a_running_server_hands_every_connection_to_the_next_one_and_nobody_notices() 
         "the same epoch: nothing was lost"
     );
     assert_eq!(ws_next(&mut ws).text(), "after");
+    // The publisher finishes its frame to the next server, on the same
+    // connection: acked, and delivered.
+    publisher.send_raw(&push[20..]);
+    let ack = publisher.read().expect("the push's ack");
+    assert_eq!((ack.op, ack.seq), (25, 5));
+    assert_eq!(v1.read_push().text(), "half before, half after");
+    assert_eq!(v2.read_push2().unwrap().offset, before.offset + 2);
+    assert_eq!(ws_next(&mut ws).text(), "half before, half after");
     post(&b, "/goim/push/mids?operation=1000&mids=21", b"to the user");
     post(&b, "/goim/push/keys?operation=1000&keys=k-up", b"to the key");
     assert_eq!(v1.read_push().text(), "to the user");
@@ -221,9 +246,11 @@ fn a_hand_off_that_does_not_happen_leaves_the_server_serving_as_before() {
     assert_eq!(v1.read_push().text(), "before");
     let before = v2.read_push2().unwrap();
 
+    let mut publisher = common::publisher(a.publish_addr, None);
     let adoption = a.hand_off(Duration::from_secs(10)).expect("the shards hand over");
+    assert_eq!(adoption.shards.iter().map(|s| s.0.publishers.len()).sum::<usize>(), 1);
     // While handed over: a publish waits in the listen backlog, a
-    // heartbeat in the socket.
+    // heartbeat in the socket, and so does a publisher's barrier.
     let api = a.http_addr;
     let publish = std::thread::spawn(move || {
         common::http(
@@ -236,9 +263,12 @@ fn a_hand_off_that_does_not_happen_leaves_the_server_serving_as_before() {
         .0
     });
     v1.send(op::HEARTBEAT, 4, b"");
+    publisher.send(op::HEARTBEAT, 8, b"");
     std::thread::sleep(Duration::from_millis(200));
     drop(adoption);
     a.resume(Duration::from_secs(10)).expect("the shards serve again");
+    let barrier = publisher.read().expect("the publisher reads on");
+    assert_eq!((barrier.op, barrier.seq), (op::HEARTBEAT_REPLY, 8));
 
     assert_eq!(publish.join().unwrap(), 200);
     let mut got = [v1.read().unwrap(), v1.read().unwrap()];

@@ -5,17 +5,8 @@
 
 mod common;
 use common::*;
-use std::net::SocketAddr;
 use std::time::Duration;
 use volley::proto::publish::op as pop;
-
-fn room_body(op: u32, room: &str, payload: &[u8]) -> Vec<u8> {
-    let mut b = op.to_be_bytes().to_vec();
-    b.extend_from_slice(&(room.len() as u16).to_be_bytes());
-    b.extend_from_slice(room.as_bytes());
-    b.extend_from_slice(payload);
-    b
-}
 
 fn keys_body(op: u32, keys: &[&str], payload: &[u8]) -> Vec<u8> {
     let mut b = op.to_be_bytes().to_vec();
@@ -42,15 +33,6 @@ fn all_body(op: u32, payload: &[u8]) -> Vec<u8> {
     let mut b = op.to_be_bytes().to_vec();
     b.extend_from_slice(payload);
     b
-}
-
-/// A publisher that authenticated with `key` (empty body when `None`).
-fn publisher(addr: SocketAddr, key: Option<&str>) -> Client {
-    let mut p = Client::connect(addr);
-    p.send(op::AUTH, 1, key.unwrap_or("").as_bytes());
-    let r = p.read().expect("auth reply");
-    assert_eq!((r.op, r.seq), (op::AUTH_REPLY, 1), "{}", r.text());
-    p
 }
 
 /// op 2 → op 3: every publish before it has been routed.

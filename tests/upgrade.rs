@@ -44,6 +44,7 @@ fn an_upgrade_hands_every_connection_to_the_new_process_and_nobody_reconnects() 
     let mut s = Running::start(&bin.0, "ok", &[("NOTIFY_SOCKET", notify_path.to_str().unwrap())]);
     assert_eq!(notification(&notify), "READY=1\n");
     let (mut v1, mut v2, (offset, epoch)) = members(&s);
+    let mut publisher = common::publisher(s.publish, None);
     let old = s.pid();
     let out = s.upgrade();
     let said = String::from_utf8_lossy(&out.stdout);
@@ -65,6 +66,12 @@ fn an_upgrade_hands_every_connection_to_the_new_process_and_nobody_reconnects() 
     v1.send(op::HEARTBEAT, 3, b"");
     let r = v1.read().expect("the heartbeat's reply");
     assert_eq!((r.op, r.seq), (op::HEARTBEAT_REPLY, 3));
+    // The TCP publisher's connection moved too: it publishes on it.
+    let push = common::room_body(1000, "live://up", b"from the publisher");
+    publisher.send(24, 6, &push);
+    let ack = publisher.read().expect("the push's ack");
+    assert_eq!((ack.op, ack.seq), (25, 6));
+    assert_eq!(v1.read_push().text(), "from the publisher");
     drop(s);
     assert_eq!(notification(&notify), "STOPPING=1\n");
     let _ = std::fs::remove_file(notify_path);

@@ -170,6 +170,12 @@ impl ApiConn {
         self.busy.set(true);
     }
 
+    /// Takes back an eviction by `let_go` (the hand-off was called off;
+    /// nothing else evicts meanwhile: nothing is accepted).
+    pub fn pardon(&self) {
+        self.evicted.set(false);
+    }
+
     /// Whether it was evicted to make room.
     pub fn is_evicted(&self) -> bool {
         self.evicted.get()

@@ -2,7 +2,8 @@
 //! by side — `http` (the HTTP API, on hyper) and `tcp` (the pipelined TCP
 //! publisher connection) — and `publish`, the one path every push takes
 //! from either into the shards; `conns` keeps both kinds of connection
-//! within `[api] max_conns`, their deadlines and the body memory.
+//! within `[api] max_conns`, their deadlines and the body memory;
+//! `tcp_handoff` parks the TCP publishers for an upgrade in place.
 //!
 //! Runs on the shard that accepted the request or connection, in its
 //! control task queue. Both listeners check the same API key (`auth`).
@@ -23,6 +24,7 @@
 pub mod conns;
 pub mod http;
 pub mod tcp;
+pub mod tcp_handoff;
 mod tcp_session;
 
 use crate::metrics::ShardStats;

@@ -30,20 +30,26 @@
 //! faster than the fan-out is slowed by TCP flow control instead of growing
 //! the queues. Bad input is answered with op 6 `<reason>: <detail>` and a
 //! close of this connection only, counted under `publisher_closes`.
+//!
+//! In a hand-off (`volley upgrade`) the connection's task parks between
+//! two reads (`tcp_handoff`) and the next process's goes on with its
+//! session and unhandled bytes (`adopt`): the publisher sees a pause.
 
 use super::conns::{self, ApiConn};
+use super::tcp_handoff;
 use super::tcp_session::{Ended, PublisherSession};
 use crate::metrics::ShardStats;
 use crate::net::{accept_each, ListenerKind};
 use crate::proto::binary::{self, op};
 use crate::proto::close::CloseReason;
+use crate::shard::handoff::PublisherState;
 use crate::shard::Shard;
 use bytes::BytesMut;
-use futures_lite::{AsyncReadExt, AsyncWriteExt};
+use futures_lite::{future, AsyncReadExt, AsyncWriteExt};
 use glommio::net::{TcpListener, TcpStream};
 use std::cell::RefCell;
 use std::io;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd};
 use std::rc::Rc;
 use std::time::Duration;
 
@@ -65,12 +71,46 @@ const TICK: Duration = Duration::from_secs(1);
 pub async fn accept(listener: TcpListener, shard: Rc<RefCell<Shard>>) {
     accept_each(listener, shard, ListenerKind::Publisher, |stream, shard| {
         let _ = stream.set_nodelay(true);
-        glommio::spawn_local(serve(stream, shard.clone())).detach();
+        glommio::spawn_local(serve(stream, shard.clone(), None)).detach();
     })
     .await;
 }
 
-async fn serve(mut stream: TcpStream, shard: Rc<RefCell<Shard>>) {
+/// Takes over the publisher connections the previous process handed over
+/// (`volley upgrade`): each goes on in a task of the shard's control queue
+/// with its session and the bytes it had read. `Err` before any starts:
+/// the records do not fit their sockets.
+pub fn adopt(
+    shard: &Rc<RefCell<Shard>>,
+    queue: glommio::TaskQueueHandle,
+    publishers: Vec<PublisherState>,
+    sockets: Vec<OwnedFd>,
+) -> Result<usize, String> {
+    if publishers.len() != sockets.len() {
+        return Err(format!(
+            "{} publisher records for {} sockets",
+            publishers.len(),
+            sockets.len()
+        ));
+    }
+    // Half a frame at most, of the largest a session takes.
+    let most = 2 * PIPELINE_CHUNK.max(shard.borrow().shared.config.api.max_body + binary::HEADER_LEN);
+    if let Some(p) = publishers.iter().find(|p| p.unparsed.len() > most) {
+        return Err(format!("a publisher's unhandled input of {} bytes", p.unparsed.len()));
+    }
+    let n = publishers.len();
+    for (state, fd) in publishers.into_iter().zip(sockets) {
+        // SAFETY: the descriptor is ours (received by SCM_RIGHTS), given up
+        // by its OwnedFd to the stream that owns it from here.
+        let stream = unsafe { TcpStream::from_raw_fd(fd.into_raw_fd()) };
+        glommio::spawn_local_into(serve(stream, shard.clone(), Some(state)), queue)
+            .map_err(|e| format!("cannot spawn a publisher's task: {e}"))?
+            .detach();
+    }
+    Ok(n)
+}
+
+async fn serve(mut stream: TcpStream, shard: Rc<RefCell<Shard>>, handed: Option<PublisherState>) {
     let peer = stream.peer_addr().ok();
     let fd = stream.as_raw_fd();
     let (cap, auth_secs) = {
@@ -94,7 +134,7 @@ async fn serve(mut stream: TcpStream, shard: Rc<RefCell<Shard>>) {
     shard.borrow_mut().publisher_opened(fd);
     let mut out = BytesMut::new();
     let Ended { reason, detail } = match &admitted {
-        Some(a) => run(&mut stream, &shard, &mut out, &a.conn).await,
+        Some(a) => run(&mut stream, &shard, &mut out, &a.conn, handed).await,
         None => Ended::new(CloseReason::ConnLimit, "[api] max_conns connections are publishing"),
     };
     if reason.notifies_client() {
@@ -105,6 +145,7 @@ async fn serve(mut stream: TcpStream, shard: Rc<RefCell<Shard>>) {
         let _ = stream.write_all(&out).await;
     }
     shard.borrow_mut().publisher_closed(fd);
+    tcp_handoff::forget(fd);
     let _ = stream.close().await;
     let sh = shard.borrow();
     sh.stats().publisher_close(reason);
@@ -115,20 +156,45 @@ async fn serve(mut stream: TcpStream, shard: Rc<RefCell<Shard>>) {
     }
 }
 
-/// Reads, handles and answers frames until the connection must end.
-async fn run(stream: &mut TcpStream, shard: &Rc<RefCell<Shard>>, out: &mut BytesMut, conn: &ApiConn) -> Ended {
-    let now = shard.borrow().tick();
-    let mut session = PublisherSession::new(now);
+/// Reads, handles and answers frames until the connection must end; a
+/// connection `handed` over goes on with that session and input.
+async fn run(
+    stream: &mut TcpStream,
+    shard: &Rc<RefCell<Shard>>,
+    out: &mut BytesMut,
+    conn: &ApiConn,
+    handed: Option<PublisherState>,
+) -> Ended {
     if let Err(e) = stream.set_read_timeout(Some(TICK)) {
         return Ended::new(CloseReason::IoError, e.to_string());
     }
+    let fd = stream.as_raw_fd();
     // `buf[..have]` holds unparsed bytes. It doubles only when full without
     // a whole frame, and decode refuses a frame over the session's limit
     // (small until auth) as soon as its length arrives, so it stays under
     // twice that.
-    let mut buf = vec![0u8; FIRST_CHUNK];
-    let mut have = 0;
+    let (mut session, mut buf, mut have) = match handed {
+        Some(h) => {
+            let session = PublisherSession::restored(&h);
+            let have = h.unparsed.len();
+            let mut buf = h.unparsed;
+            buf.resize((2 * have).max(FIRST_CHUNK), 0);
+            (session, buf, have)
+        }
+        None => (PublisherSession::new(shard.borrow().tick()), vec![0u8; FIRST_CHUNK], 0),
+    };
+    if session.authed() {
+        conn.keep();
+    }
     loop {
+        if tcp_handoff::parking_now() {
+            // Between two reads, every reply written: the connection can
+            // move as it stands. Back here if the hand-off is called off.
+            tcp_handoff::park(fd, session.saved(&buf[..have])).await;
+            // Not evicted for a hand-off that did not happen.
+            conn.pardon();
+            continue;
+        }
         if conn.is_evicted() {
             let detail = "[api] max_conns reached: a connection that had not authenticated made room";
             return Ended::new(CloseReason::ConnLimit, detail);
@@ -137,7 +203,16 @@ async fn run(stream: &mut TcpStream, shard: &Rc<RefCell<Shard>>, out: &mut Bytes
         if have == buf.len() {
             buf.resize(buf.len() * 2, 0);
         }
-        let res = stream.read(&mut buf[have..]).await;
+        // A hand-off drops a read that waits for bytes: it has taken none.
+        let read = async { Some(stream.read(&mut buf[have..]).await) };
+        let Some(res) = future::or(read, async {
+            tcp_handoff::hand_off_begun(fd).await;
+            None
+        })
+        .await
+        else {
+            continue;
+        };
         let stopping = shard.borrow().shutting_down;
         match res {
             Ok(0) if stopping => return Ended::new(CloseReason::Shutdown, ""),

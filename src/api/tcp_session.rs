@@ -27,6 +27,7 @@ use crate::proto::batch::{Batch, BatchError};
 use crate::proto::binary::{self, op as client_op, Frame};
 use crate::proto::close::CloseReason;
 use crate::proto::publish::{self as body, op};
+use crate::shard::handoff::PublisherState;
 use crate::shard::Shard;
 use bytes::BytesMut;
 
@@ -74,6 +75,30 @@ impl PublisherSession {
             authed: false,
             last_heard: now,
             opened: now,
+            waits: Vec::new(),
+        }
+    }
+
+    /// The session as a hand-off carries it, with `unparsed` (what was
+    /// read and not handled). Taken between two reads, every reply
+    /// written: nothing waits.
+    pub fn saved(&self, unparsed: &[u8]) -> PublisherState {
+        debug_assert!(self.waits.is_empty(), "parked with replies waiting");
+        PublisherState {
+            authed: self.authed,
+            opened: self.opened,
+            last_heard: self.last_heard,
+            unparsed: unparsed.to_vec(),
+        }
+    }
+
+    /// A session handed over by the previous process (ticks carry over:
+    /// the new shard's wheel goes on from the old one's).
+    pub fn restored(p: &PublisherState) -> Self {
+        PublisherSession {
+            authed: p.authed,
+            last_heard: p.last_heard,
+            opened: p.opened,
             waits: Vec::new(),
         }
     }

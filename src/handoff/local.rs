@@ -8,10 +8,12 @@
 //! quiet     each shard: copies of its listening sockets kept, acceptors
 //!           ended; its connections neither read nor written (off the
 //!           readiness ring); API connections end once answered, TCP
-//!           publishers' reads end (the sweep goes on)
+//!           publishers park at their next read (`api::tcp_handoff`; the
+//!           sweep goes on)
 //! export    each shard: once nothing it started waits (joins, journal
-//!           answers), no API or publisher connection is left and its inbox
-//!           is empty — its records, with a copy of each connection's socket
+//!           answers), no API connection is left but parked publishers and
+//!           its inbox is empty — its records and its publishers', with
+//!           each connection's socket
 //! check     no shard acted on a message since its export: the records
 //!           are one moment of the whole server; otherwise export again
 //! let go    each shard ends without a word or a touch to any socket
@@ -94,12 +96,8 @@ fn quiet(shard: &Rc<RefCell<Shard>>) -> Result<Vec<(net::ListenerKind, OwnedFd)>
         crate::conn::ring::forget(r);
     }
     crate::conn::ring::submit();
+    crate::api::tcp_handoff::park_all();
     crate::api::conns::let_go();
-    for fd in sh.publisher_fds() {
-        // SAFETY: the descriptor is open (it leaves the registry before its
-        // stream closes); shutting a socket touches no memory.
-        unsafe { libc::shutdown(fd, libc::SHUT_RD) };
-    }
     Ok(listeners)
 }
 
@@ -107,10 +105,12 @@ fn quiet(shard: &Rc<RefCell<Shard>>) -> Result<Vec<(net::ListenerKind, OwnedFd)>
 /// settled, saying what it waits for.
 fn export(shard: &Rc<RefCell<Shard>>) -> Result<Result<Exported, String>, String> {
     let sh = shard.borrow();
-    let (open, backlog) = (crate::api::conns::open(), sh.shared.mesh.backlog(sh.id));
-    if !sh.settled() || open > 0 || backlog > 0 {
+    let parked = crate::api::tcp_handoff::parked();
+    let open = crate::api::conns::open().saturating_sub(parked);
+    let backlog = sh.shared.mesh.backlog(sh.id);
+    if !sh.settled() || open > 0 || backlog > 0 || parked != sh.publisher_fds().count() {
         let waits = format!(
-            "shard {}: {}{open} API or publisher connections open ({}), {backlog} messages waiting",
+            "shard {}: {}{open} API or publisher connections open and not parked ({}), {backlog} messages waiting",
             sh.id,
             if sh.settled() {
                 ""
@@ -121,7 +121,10 @@ fn export(shard: &Rc<RefCell<Shard>>) -> Result<Result<Exported, String>, String
         );
         return Ok(Err(waits));
     }
-    let (state, raw) = sh.export(crate::conn::driver::saved_input).map_err(|e| e.to_string())?;
+    let (mut state, mut raw) = sh.export(crate::conn::driver::saved_input).map_err(|e| e.to_string())?;
+    let (publishers, fds) = crate::api::tcp_handoff::exported();
+    state.publishers = publishers;
+    raw.extend(fds);
     Ok(Ok((state, raw, run::handled())))
 }
 
@@ -193,6 +196,7 @@ pub fn lend(shared: &Arc<Shared>, timeout: Duration) -> Result<Lent, String> {
 /// what is queued for them is written.
 fn resume_shard(shard: &Rc<RefCell<Shard>>) -> Result<(), String> {
     crate::api::conns::hold_on();
+    crate::api::tcp_handoff::unpark_all();
     let mut sh = shard.borrow_mut();
     sh.handing_off = false;
     for r in sh.conn_ids() {

@@ -302,7 +302,11 @@ async fn shard_main(
     // In the default queue, as the connections' reads always were: the
     // control queue (mesh inbox, API, flusher) goes first.
     glommio::spawn_local(conn::reactor::reactor(shard.clone())).detach();
-    if let Some((state, sockets)) = handed {
+    let mut publishers = None;
+    if let Some((mut state, mut sockets)) = handed {
+        // The publishers' sockets follow the connections'.
+        let theirs = sockets.split_off(state.conns.len().min(sockets.len()));
+        publishers = Some((std::mem::take(&mut state.publishers), theirs));
         shard.borrow_mut().set_unix(crate::metrics::unix_now());
         shard.borrow_mut().set_clock(crate::metrics::clock_us());
         match conn::adopt(&shard, state, sockets) {
@@ -334,6 +338,20 @@ async fn shard_main(
     if let Err(e) = net::start_acceptors(start, &fds) {
         let _ = ready.send(Err(e));
         return;
+    }
+    if let Some((records, sockets)) = publishers {
+        match api::tcp::adopt(&shard, control, records, sockets) {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(
+                shard = id,
+                publishers = n,
+                "took over the previous process's publishers"
+            ),
+            Err(e) => {
+                let _ = ready.send(Err(format!("cannot take over the publishers handed over: {e}")));
+                return;
+            }
+        }
     }
     if let Err(e) = glommio::spawn_local_into(conn::flush::flusher(shard.clone()), control).map(|t| t.detach()) {
         let _ = ready.send(Err(format!("cannot spawn the flusher: {e}")));

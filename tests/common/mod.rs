@@ -441,3 +441,22 @@ pub fn ws_frame(op: u8, payload: &[u8], masked: bool) -> Vec<u8> {
     );
     v
 }
+
+/// A TCP publisher that authenticated with `key` (empty body when `None`).
+pub fn publisher(addr: SocketAddr, key: Option<&str>) -> Client {
+    let mut p = Client::connect(addr);
+    p.send(op::AUTH, 1, key.unwrap_or("").as_bytes());
+    let r = p.read().expect("auth reply");
+    assert_eq!((r.op, r.seq), (op::AUTH_REPLY, 1), "{}", r.text());
+    p
+}
+
+/// A TCP publisher's room push body (op 24), built from docs/API.md's
+/// layout: business op, room length and room, payload.
+pub fn room_body(op: u32, room: &str, payload: &[u8]) -> Vec<u8> {
+    let mut b = op.to_be_bytes().to_vec();
+    b.extend_from_slice(&(room.len() as u16).to_be_bytes());
+    b.extend_from_slice(room.as_bytes());
+    b.extend_from_slice(payload);
+    b
+}

@@ -20,6 +20,8 @@ pub struct Running {
     pub ws: std::net::SocketAddr,
     /// The HTTP API.
     pub api: std::net::SocketAddr,
+    /// The TCP publisher listener.
+    pub publish: std::net::SocketAddr,
     dir: PathBuf,
 }
 
@@ -58,10 +60,11 @@ impl Running {
             let at = line.find(&format!(" {key}=")).unwrap() + key.len() + 2;
             line[at..].split_whitespace().next().unwrap().parse().unwrap()
         };
-        let (tcp, ws, api) = loop {
+        let (tcp, ws, api, publish) = loop {
             let line = lines.next().expect("a log line").unwrap();
             if line.contains("volley serving") {
-                break (field(&line, "tcp"), field(&line, "ws"), field(&line, "api"));
+                let publish = field(&line, "publishers");
+                break (field(&line, "tcp"), field(&line, "ws"), field(&line, "api"), publish);
             }
         };
         // Both processes log to this pipe; keep it drained.
@@ -71,6 +74,7 @@ impl Running {
             tcp,
             ws,
             api,
+            publish,
             dir,
         }
     }

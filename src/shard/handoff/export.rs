@@ -99,6 +99,9 @@ impl Shard {
             keys: keys.into_iter().map(|(k, at, mid)| (k.to_string(), at, mid)).collect(),
             users,
             push_seq: self.owners.push_seq,
+            // The publishers are not the shard's: `api::tcp_handoff` adds
+            // them.
+            publishers: Vec::new(),
             watching: self
                 .index
                 .watched

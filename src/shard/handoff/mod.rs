@@ -19,7 +19,9 @@
 //! queued or held for it and not yet written. What does not: its socket
 //! (sent beside the records by SCM_RIGHTS, in the records' order), what
 //! history and inboxes hold (read back from the durable store by the new
-//! process), the bytes its driver holds (`conn::driver`).
+//! process), the bytes its driver holds (`conn::driver`). The shard's TCP
+//! publisher connections travel beside them (`PublisherState`, filled in
+//! by `api::tcp_handoff`, their sockets after the connections').
 //!
 //! Files: this one (the records, their encoding, what is refused),
 //! `export` (taking them from a quiet shard), `import` (putting them into
@@ -39,7 +41,7 @@ use std::net::IpAddr;
 /// The hand-off's format version (these records and `handoff::wire`'s
 /// messages): both processes must speak the same one. Bumped on any change
 /// to either; a test pins the encoding of a sample.
-pub const VERSION: u32 = 1;
+pub const VERSION: u32 = 2;
 
 /// Everything one shard hands over.
 #[derive(Debug, PartialEq, Serialize, Deserialize)]
@@ -62,6 +64,23 @@ pub struct ShardState {
     pub push_seq: u64,
     /// Rooms whose presence this shard's connections watch, and who.
     pub watching: Vec<(String, Vec<ConnRef>)>,
+    /// Its TCP publisher connections (`api::tcp`); their sockets follow
+    /// the connections' ones, in this order.
+    pub publishers: Vec<PublisherState>,
+}
+
+/// A TCP publisher connection, parked between two reads with every reply
+/// written (`api::tcp_handoff`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PublisherState {
+    /// Passed auth (the API key).
+    pub authed: bool,
+    /// The tick it connected at: auth is due within the handshake timeout.
+    pub opened: u32,
+    /// The tick its last bytes arrived at.
+    pub last_heard: u32,
+    /// What it read and has not handled: an incomplete frame.
+    pub unparsed: Vec<u8>,
 }
 
 /// One connection.
@@ -231,7 +250,8 @@ mod tests {
 
     /// The records of `fuzz/corpus/handoff_records/seed-three-conns`: a
     /// version-1 member with a key, a version-2 one with rooms, a pattern,
-    /// held frames and a presence watch, and a closing one with a token.
+    /// held frames and a presence watch, and a closing one with a token;
+    /// and a TCP publisher with half a frame read.
     fn sample() -> ShardState {
         let c = |idx, session, close: Option<&str>| ConnState {
             conn: ConnRef { idx, gen: idx + 1 },
@@ -307,6 +327,12 @@ mod tests {
             users: vec![(1, vec![(at(0), false)]), (2, vec![(at(1), true)])],
             push_seq: 4,
             watching: vec![("live://1".into(), vec![ConnRef { idx: 1, gen: 2 }])],
+            publishers: vec![PublisherState {
+                authed: true,
+                opened: 2,
+                last_heard: 11,
+                unparsed: vec![0, 0, 0, 40, 0, 16, 0, 1],
+            }],
         }
     }
 
@@ -324,7 +350,7 @@ mod tests {
         }
         let pinned = std::fs::read(path).unwrap();
         let pinned = &pinned[..];
-        assert_eq!(VERSION, 1, "a new version: renew the seed");
+        assert_eq!(VERSION, 2, "a new version: renew the seed");
         assert_eq!(encode(&sample()), pinned);
         assert_eq!(decode(pinned), Some(sample()));
     }
