@@ -14,7 +14,12 @@
 # own (port 6392) joins them (`--redis-urls`), each message is published once,
 # to the first process only, and reaches every subscriber through Redis;
 # Redis's CPU and the commands it ran land in $OUT/million-$N-redis.json.
-# Loopback only; bounded; every process started here is stopped by PID.
+# UPGRADE=1: once every connection is up and the broadcast runs, each
+# volley process in turn is upgraded in place (`volley upgrade`); each
+# upgrade's outcome and wall time land in $OUT/million-$N-upgrades.txt. Give
+# SECS enough for all of them (about 2 s each here).
+# Loopback only; bounded; every process started here is stopped by PID
+# (after upgrades, the PIDs the servers report).
 # Usage: scripts/bench_million.sh [N=1000000] [MSG_RATE=1] [SECS=10] [PER=19000]
 set -euo pipefail
 # The servers started here keep what they keep in memory, as when these
@@ -35,9 +40,19 @@ mkdir -p "$OUT"
 [ "${NO_BUILD:-0}" = 1 ] || cargo build --release --workspace -q
 P=$(( (N + PER - 1) / PER ))
 PIDS=()
-cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
+APIS=()
+# The pid serving at API $1 now (an upgrade replaces the process).
+serving_pid() { curl -s "http://$1/v1/upgrade" | python3 -c 'import json,sys; print(json.load(sys.stdin)["data"]["pid"])' 2>/dev/null || true; }
+cleanup() {
+    for a in "${APIS[@]}"; do
+        p=$(serving_pid "$a")
+        [ -z "$p" ] || kill "$p" 2>/dev/null || true
+    done
+    for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+}
 trap cleanup EXIT
-TARGETS=() ; APIS=() ; PUBS=() ; REDIS=() ; NODES=()
+TARGETS=() ; PUBS=() ; REDIS=() ; NODES=()
 # Listeners' address. In a cluster the nodes' connections to Redis take
 # ephemeral ports of 127.0.0.1 (the tuned range is 1024-65535), which may be
 # a later node's listening port there: the nodes listen on 127.0.0.2.
@@ -80,7 +95,35 @@ echo "== $N connections over $P volley processes (pids $(join "${NODES[@]}"))"
 ./target/release/volley-loadgen broadcast --target "$(join "${TARGETS[@]}")" "${VIA[@]}" \
     --conns "$N" --workers "$P" --sources 64 --rate 10000 \
     --msg-rate "$RATE" --size 64 --duration "$SECS" --drain-secs 300 \
-    --server-pid "$(join "${NODES[@]}")" --json | tee "$OUT/million-$N.json"
+    --server-pid "$(join "${NODES[@]}")" --json >"$OUT/million-$N.json" &
+LG=$!
+PIDS+=("$LG")
+if [ "${UPGRADE:-0}" = 1 ]; then
+    UP="$OUT/million-$N-upgrades.txt"
+    : >"$UP"
+    total() {
+        local t=0 a c
+        for a in "${APIS[@]}"; do
+            c=$(curl -s "http://$a/goim/online/total" | python3 -c 'import json,sys; print(json.load(sys.stdin)["data"]["conn_count"])' 2>/dev/null || echo 0)
+            t=$((t + c))
+        done
+        echo "$t"
+    }
+    until [ "$(total)" -ge "$N" ]; do
+        kill -0 "$LG" 2>/dev/null || break
+        sleep 2
+    done
+    sleep 3 # the broadcast has begun
+    t0=$(date +%s.%N)
+    for a in "${APIS[@]}"; do
+        s=$(date +%s.%N)
+        if ./target/release/volley upgrade --api-listen "$a" --timeout-secs 120 >>"$UP" 2>&1; then ok=ok; else ok=failed; fi
+        echo "upgrade $a: $ok in $(python3 -c "print(f'{$(date +%s.%N) - $s:.3f}')") s" | tee -a "$UP"
+    done
+    echo "all $P upgraded in $(python3 -c "print(f'{$(date +%s.%N) - $t0:.1f}')") s" | tee -a "$UP"
+fi
+wait "$LG" || echo "the load generator exited $?"
+cat "$OUT/million-$N.json"
 if [ "${CLUSTER:-0}" = 1 ]; then
     R1=$(awk '{print $14 + $15}' "/proc/$RPID/stat")
     C1=$(redis-cli -p 6392 INFO commandstats | tr -d '\r')

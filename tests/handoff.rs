@@ -39,6 +39,7 @@ fn empty(shard: u32) -> ShardState {
         push_seq: 0,
         watching: Vec::new(),
         publishers: Vec::new(),
+        cluster_rooms: Vec::new(),
     }
 }
 
@@ -194,6 +195,10 @@ fn a_running_server_hands_every_connection_to_the_next_one_and_nobody_notices() 
     let b = Server::adopt(config, adoption).expect("the next server takes over");
     assert_eq!((b.tcp_addr, b.http_addr), (tcp, api), "the same listening sockets");
     a.let_go();
+    // The new server counts the connections it took over.
+    common::wait_until("three connections counted", || {
+        common::http(api, "GET", "/goim/online/total", &[], b"").1["data"]["conn_count"] == 3
+    });
 
     post(&b, "/goim/push/room?operation=1000&type=live&room=up", b"after");
     assert_eq!(v1.read_push().text(), "after");

@@ -56,6 +56,9 @@ fn an_upgrade_hands_every_connection_to_the_new_process_and_nobody_reconnects() 
     // The service's main process is the new one now (and it did not say
     // READY again: the service never stopped being ready).
     assert_eq!(notification(&notify), format!("MAINPID={}\n", s.pid()));
+    // The new process counts the connections it took over.
+    let (_, v) = http(s.api, "GET", "/goim/online/total", &[], b"");
+    assert_eq!(v["data"]["conn_count"], 2, "{v}");
     s.publish("after");
     assert_eq!(v1.read_push().text(), "after");
     let p = v2.read_push2().unwrap();

@@ -98,6 +98,7 @@ fn quiet(shard: &Rc<RefCell<Shard>>) -> Result<Vec<(net::ListenerKind, OwnedFd)>
     crate::conn::ring::submit();
     crate::api::tcp_handoff::park_all();
     crate::api::conns::let_go();
+    sh.pause_cluster();
     Ok(listeners)
 }
 
@@ -108,10 +109,13 @@ fn export(shard: &Rc<RefCell<Shard>>) -> Result<Result<Exported, String>, String
     let parked = crate::api::tcp_handoff::parked();
     let open = crate::api::conns::open().saturating_sub(parked);
     let backlog = sh.shared.mesh.backlog(sh.id);
-    if !sh.settled() || open > 0 || backlog > 0 || parked != sh.publisher_fds().count() {
-        let waits = format!(
-            "shard {}: {}{open} API or publisher connections open and not parked ({}), {backlog} messages waiting",
+    let redis = sh.cluster_quiet();
+    if !sh.settled() || open > 0 || backlog > 0 || parked != sh.publisher_fds().count() || !redis {
+        let waits =
+            format!(
+            "shard {}: {}{}{open} API or publisher connections open and not parked ({}), {backlog} messages waiting",
             sh.id,
+            if redis { "" } else { "Redis subscriptions not yet let go, " },
             if sh.settled() {
                 ""
             } else {
@@ -198,6 +202,7 @@ fn resume_shard(shard: &Rc<RefCell<Shard>>) -> Result<(), String> {
     crate::api::conns::hold_on();
     crate::api::tcp_handoff::unpark_all();
     let mut sh = shard.borrow_mut();
+    sh.resume_cluster();
     sh.handing_off = false;
     for r in sh.conn_ids() {
         if let Some(fd) = sh.conn(r).map(|c| c.fd) {

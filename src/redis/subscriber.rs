@@ -14,6 +14,13 @@
 //! the channel, so whoever needs them reads the room's Stream
 //! (`redis::room`) once the channel is confirmed again.
 //!
+//! For an upgrade in place (`volley upgrade`) it can `pause`: everything is
+//! unsubscribed on the connection it keeps, and once Redis has answered a
+//! marker sent after that, no message can come any more; the callback
+//! hears `Down` as if the connection were gone (room messages wait in the
+//! Streams, what is sent to the node in its queue). `resume` subscribes the
+//! wanted set again, as after a reconnect.
+//!
 //! Invariants: the wanted set, not the server's answers, is the truth (a
 //! channel unsubscribed while its SUBSCRIBE is in flight ends
 //! unsubscribed, the commands going out in order); the connection is taken
@@ -76,7 +83,16 @@ struct Inner {
     up: bool,
     /// Why it is down.
     reason: String,
+    /// Paused for a hand-off: nothing is subscribed while it is.
+    paused: bool,
+    /// Paused, and no message can arrive any more (the marker came back,
+    /// or the connection is new or gone).
+    quiet: bool,
 }
+
+/// The argument of the PING sent after a pause's unsubscribes: its answer
+/// comes after theirs.
+const QUIET_MARK: &[u8] = b"volley-quiet";
 
 impl Subscriber {
     /// A subscriber of `url`, down until its task (`run`) connects it.
@@ -89,6 +105,8 @@ impl Subscriber {
                 outbox: Outbox::default(),
                 up: false,
                 reason: "not connected yet".into(),
+                paused: false,
+                quiet: false,
             })),
         }
     }
@@ -125,7 +143,7 @@ impl Subscriber {
     /// Wants `channel` (from now on, and after every reconnect).
     pub fn subscribe(&self, channel: &str) {
         let mut i = self.inner.borrow_mut();
-        if i.wanted.insert(channel.to_string()) && i.up {
+        if i.wanted.insert(channel.to_string()) && i.live() {
             i.send(&[b"SUBSCRIBE", channel.as_bytes()]);
         }
     }
@@ -133,7 +151,7 @@ impl Subscriber {
     /// No longer wants `channel`.
     pub fn unsubscribe(&self, channel: &str) {
         let mut i = self.inner.borrow_mut();
-        if i.wanted.remove(channel) && i.up {
+        if i.wanted.remove(channel) && i.live() {
             i.send(&[b"UNSUBSCRIBE", channel.as_bytes()]);
         }
     }
@@ -141,7 +159,7 @@ impl Subscriber {
     /// Wants every channel matching `glob` (Redis glob syntax).
     pub fn psubscribe(&self, glob: &str) {
         let mut i = self.inner.borrow_mut();
-        if i.globs.insert(glob.to_string()) && i.up {
+        if i.globs.insert(glob.to_string()) && i.live() {
             i.send(&[b"PSUBSCRIBE", glob.as_bytes()]);
         }
     }
@@ -149,8 +167,43 @@ impl Subscriber {
     /// No longer wants the channels matching `glob`.
     pub fn punsubscribe(&self, glob: &str) {
         let mut i = self.inner.borrow_mut();
-        if i.globs.remove(glob) && i.up {
+        if i.globs.remove(glob) && i.live() {
             i.send(&[b"PUNSUBSCRIBE", glob.as_bytes()]);
+        }
+    }
+
+    /// Unsubscribes from everything it wants (which it keeps wanting) until
+    /// `resume`; see the module doc.
+    pub fn pause(&self) {
+        let mut i = self.inner.borrow_mut();
+        if i.paused {
+            return;
+        }
+        i.paused = true;
+        i.quiet = !i.up;
+        if i.up {
+            i.send(&[b"UNSUBSCRIBE"]);
+            i.send(&[b"PUNSUBSCRIBE"]);
+            i.send(&[b"PING", QUIET_MARK]);
+        }
+    }
+
+    /// Paused, and nothing can arrive any more.
+    pub fn is_quiet(&self) -> bool {
+        let i = self.inner.borrow();
+        i.paused && i.quiet
+    }
+
+    /// Subscribes to the wanted set again after `pause`.
+    pub fn resume(&self) {
+        let mut i = self.inner.borrow_mut();
+        if !i.paused {
+            return;
+        }
+        i.paused = false;
+        i.quiet = false;
+        if i.up {
+            i.resubscribe();
         }
     }
 
@@ -181,6 +234,8 @@ impl Subscriber {
     fn down(&self, why: &str) {
         let mut i = self.inner.borrow_mut();
         i.up = false;
+        // Nothing arrives on a connection that is gone.
+        i.quiet = i.paused;
         i.outbox.clear();
         why.clone_into(&mut i.reason);
     }
@@ -190,7 +245,15 @@ impl Subscriber {
         let take = |cx: &mut std::task::Context<'_>| self.inner.borrow_mut().outbox.poll_take(cx);
         let on_frame = |frame: Frame| {
             heard.set(Instant::now());
-            if let Some(e) = event(frame) {
+            if is_quiet_mark(&frame) {
+                let mut i = self.inner.borrow_mut();
+                if i.paused && !i.quiet {
+                    i.quiet = true;
+                    drop(i);
+                    // Every subscription is gone, as when the connection is.
+                    on_event(Event::Down);
+                }
+            } else if let Some(e) = event(frame) {
                 on_event(e);
             }
             Ok(())
@@ -215,10 +278,20 @@ impl Inner {
         self.outbox.push(args);
     }
 
+    /// Connected and not paused: changes to the wanted set go out at once.
+    fn live(&self) -> bool {
+        self.up && !self.paused
+    }
+
     /// After a connect: the whole wanted set, a thousand channels (or
-    /// globs) a command.
+    /// globs) a command; nothing while paused (a new connection has no
+    /// subscription: nothing can arrive on it).
     fn resubscribe(&mut self) {
         self.up = true;
+        if self.paused {
+            self.quiet = true;
+            return;
+        }
         for (command, set) in [(&b"SUBSCRIBE"[..], &self.wanted), (b"PSUBSCRIBE", &self.globs)] {
             let names: Vec<&String> = set.iter().collect();
             for chunk in names.chunks(PER_COMMAND) {
@@ -227,6 +300,18 @@ impl Inner {
                 self.outbox.push(&args);
             }
         }
+    }
+}
+
+/// Whether `frame` answers the PING a pause sends after its unsubscribes
+/// (`["pong", mark]` while subscribed, the bulk string once nothing is).
+fn is_quiet_mark(frame: &Frame) -> bool {
+    match frame {
+        Frame::BulkString(b) => &b[..] == QUIET_MARK,
+        Frame::Array(v) => {
+            matches!(&v[..], [Frame::BulkString(k), Frame::BulkString(b)] if &k[..] == b"pong" && &b[..] == QUIET_MARK)
+        }
+        _ => false,
     }
 }
 
@@ -272,6 +357,29 @@ mod tests {
 
     fn bulk(s: &'static [u8]) -> Frame {
         Frame::BulkString(Bytes::from_static(s))
+    }
+
+    #[test]
+    fn a_pause_is_quiet_once_its_marker_comes_back_and_sends_nothing_meanwhile() {
+        let s = Subscriber::new(RedisUrl::parse("redis://127.0.0.1:1").unwrap());
+        s.subscribe("vly:{a}");
+        s.inner.borrow_mut().resubscribe();
+        s.inner.borrow_mut().outbox.clear();
+        s.pause();
+        assert!(!s.is_quiet());
+        let sent = s.inner.borrow().outbox.len();
+        assert!(sent > 0, "UNSUBSCRIBE, PUNSUBSCRIBE, PING");
+        s.subscribe("vly:{b}");
+        assert_eq!(s.inner.borrow().outbox.len(), sent, "wanted, not sent while paused");
+        assert!(is_quiet_mark(&Frame::Array(vec![bulk(b"pong"), bulk(b"volley-quiet")])));
+        assert!(is_quiet_mark(&bulk(b"volley-quiet")));
+        assert!(!is_quiet_mark(&Frame::Array(vec![bulk(b"pong"), bulk(b"")])));
+        s.inner.borrow_mut().quiet = true;
+        assert!(s.is_quiet());
+        s.inner.borrow_mut().outbox.clear();
+        s.resume();
+        assert!(!s.is_quiet());
+        assert!(s.inner.borrow().outbox.len() > 0, "the wanted set subscribed again");
     }
 
     #[test]

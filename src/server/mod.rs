@@ -302,6 +302,22 @@ async fn shard_main(
     // In the default queue, as the connections' reads always were: the
     // control queue (mesh inbox, API, flusher) goes first.
     glommio::spawn_local(conn::reactor::reactor(shard.clone())).detach();
+    // Cluster state before any connection handed over is imported: their
+    // rooms and patterns subscribe as they go in (the connections to
+    // Redis start below).
+    let redis_conns = shared.cluster.as_ref().map(|health| {
+        let urls: Vec<redis::RedisUrl> = shared
+            .config
+            .redis
+            .urls
+            .iter()
+            .map(|u| redis::RedisUrl::parse(u).expect("checked by Config::validate"))
+            .collect();
+        let state = ShardCluster::new(id, &urls, shared.keys.tag());
+        let (links, subs) = state.connections();
+        shard.borrow_mut().cluster = Some(state);
+        (health.clone(), links, subs)
+    });
     let mut publishers = None;
     if let Some((mut state, mut sockets)) = handed {
         // The publishers' sockets follow the connections'.
@@ -357,17 +373,7 @@ async fn shard_main(
         let _ = ready.send(Err(format!("cannot spawn the flusher: {e}")));
         return;
     }
-    if let Some(health) = &shared.cluster {
-        let urls: Vec<redis::RedisUrl> = shared
-            .config
-            .redis
-            .urls
-            .iter()
-            .map(|u| redis::RedisUrl::parse(u).expect("checked by Config::validate"))
-            .collect();
-        let state = ShardCluster::new(id, &urls, shared.keys.tag());
-        let (links, subs) = state.connections();
-        shard.borrow_mut().cluster = Some(state);
+    if let Some((health, links, subs)) = redis_conns {
         let ops = redis::driver::drive(Rc::downgrade(&shard), links.clone(), control);
         if let Err(e) = glommio::spawn_local_into(ops, control).map(|t| t.detach()) {
             let _ = ready.send(Err(format!("cannot spawn the Redis operations' driver: {e}")));

@@ -13,6 +13,7 @@ mod link;
 mod presence;
 mod pushes;
 mod rooms;
+mod upgrade;
 
 use common::*;
 use std::net::{SocketAddr, TcpListener, TcpStream};

@@ -40,7 +40,10 @@
 //! and each answer to what it is for), `publish`, `rooms` (the
 //! subscription machine), `registry`, `reads`, `counts`, `patterns`,
 //! `presence`. Here: the mode, the hooks single-node code calls, the
-//! dispatch of what the subscribers hear, and the sweep.
+//! dispatch of what the subscribers hear, the sweep, and an upgrade in
+//! place: the subscriptions paused before the hand-off, each room's
+//! position handed over, so the next process reads what it missed from
+//! the Streams as after a reconnect.
 
 mod counts;
 pub mod ops;
@@ -84,6 +87,64 @@ impl Shard {
     pub fn cluster_instance(&self, room: &str) -> Option<usize> {
         let c = self.cluster.as_ref()?;
         Some(instance_of(room.as_bytes(), c.links.len()))
+    }
+
+    /// An upgrade in place begins (`handoff::local`): this shard's
+    /// subscribers unsubscribe from everything (`Subscriber::pause`), so
+    /// that what is published meanwhile waits in Redis — room messages in
+    /// their Streams, what is sent to the node in its queue — for the next
+    /// process, instead of reaching this one as it lets go.
+    pub fn pause_cluster(&mut self) {
+        if let Some(c) = &self.cluster {
+            c.subs.iter().for_each(|s| s.pause());
+        }
+    }
+
+    /// Whether nothing can come from Redis any more after `pause_cluster`
+    /// (always, on a single node).
+    pub fn cluster_quiet(&self) -> bool {
+        self.cluster
+            .as_ref()
+            .is_none_or(|c| c.subs.iter().all(|s| s.is_quiet()))
+    }
+
+    /// The upgrade did not happen: subscribed again, rooms read what they
+    /// missed from their Streams and the node its queue, as after a
+    /// reconnect.
+    pub fn resume_cluster(&mut self) {
+        if let Some(c) = &self.cluster {
+            c.subs.iter().for_each(|s| s.resume());
+        }
+    }
+
+    /// For the next process: the rooms this shard owns with members on
+    /// the node, with the epoch and the last offset its cache (and so its
+    /// members) got.
+    pub(in crate::shard) fn cluster_positions(&self) -> Vec<(String, u64, u64)> {
+        let Some(c) = &self.cluster else { return Vec::new() };
+        let mut rooms: Vec<_> = (c.rooms.keys())
+            .filter_map(|room| {
+                let log = self.store.logs.get(room)?;
+                Some((room.to_string(), log.epoch, log.last))
+            })
+            .collect();
+        rooms.sort();
+        rooms
+    }
+
+    /// In the next process, before its members' rooms are subscribed: the
+    /// cache of each room the previous process had stands where it was, so
+    /// the room's sync reads what came after from the Stream.
+    pub(in crate::shard) fn set_cluster_positions(&mut self, rooms: Vec<(String, u64, u64)>) {
+        if self.cluster.is_none() {
+            return;
+        }
+        let now = self.conns.wheel.now();
+        for (room, epoch, last) in rooms {
+            let room: Arc<str> = Arc::from(room);
+            let policy = self.cfg().history.policy(&room);
+            self.store.logs.sync(&room, policy, now, epoch, last);
+        }
     }
 
     /// What this shard's subscriber to instance `i` heard.

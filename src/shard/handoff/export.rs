@@ -102,6 +102,7 @@ impl Shard {
             // The publishers are not the shard's: `api::tcp_handoff` adds
             // them.
             publishers: Vec::new(),
+            cluster_rooms: self.cluster_positions(),
             watching: self
                 .index
                 .watched

@@ -66,12 +66,22 @@ impl Shard {
                 return Err(HandoffError::Room(bad.clone()));
             }
         }
+        if let Some((bad, ..)) = state
+            .cluster_rooms
+            .iter()
+            .find(|(r, ..)| !pattern::check(r).is_ok_and(|k| k == Kind::Literal))
+        {
+            return Err(HandoffError::Room(bad.clone()));
+        }
         let refs: std::collections::HashSet<ConnRef> = state.conns.iter().map(|c| c.conn).collect();
         if let Some((room, _)) = (state.watching.iter()).find(|(_, who)| who.iter().any(|r| !refs.contains(r))) {
             return Err(HandoffError::Watcher(room.clone()));
         }
         self.conns.wheel = crate::shard::conns::wheel::Wheel::starting_at(state.tick);
         self.conns.next_gen = state.next_gen;
+        // Before the members' interest subscribes the rooms again, so their
+        // sync reads what they missed from there.
+        self.set_cluster_positions(state.cluster_rooms);
         let mut later = Vec::with_capacity(state.conns.len());
         let mut inputs = Vec::with_capacity(state.conns.len());
         let records: Vec<(usize, Conn)> = state

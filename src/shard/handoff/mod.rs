@@ -21,7 +21,8 @@
 //! history and inboxes hold (read back from the durable store by the new
 //! process), the bytes its driver holds (`conn::driver`). The shard's TCP
 //! publisher connections travel beside them (`PublisherState`, filled in
-//! by `api::tcp_handoff`, their sockets after the connections').
+//! by `api::tcp_handoff`, their sockets after the connections'), and in
+//! cluster mode where each room the shard owns stands (`cluster_rooms`).
 //!
 //! Files: this one (the records, their encoding, what is refused),
 //! `export` (taking them from a quiet shard), `import` (putting them into
@@ -41,7 +42,7 @@ use std::net::IpAddr;
 /// The hand-off's format version (these records and `handoff::wire`'s
 /// messages): both processes must speak the same one. Bumped on any change
 /// to either; a test pins the encoding of a sample.
-pub const VERSION: u32 = 2;
+pub const VERSION: u32 = 3;
 
 /// Everything one shard hands over.
 #[derive(Debug, PartialEq, Serialize, Deserialize)]
@@ -67,6 +68,11 @@ pub struct ShardState {
     /// Its TCP publisher connections (`api::tcp`); their sockets follow
     /// the connections' ones, in this order.
     pub publishers: Vec<PublisherState>,
+    /// Cluster mode: the rooms this shard owns with members on the node,
+    /// each with the epoch and the last offset its members were sent, so
+    /// that the next process reads what came after from the room's Stream
+    /// (empty on a single node).
+    pub cluster_rooms: Vec<(String, u64, u64)>,
 }
 
 /// A TCP publisher connection, parked between two reads with every reply
@@ -251,7 +257,8 @@ mod tests {
     /// The records of `fuzz/corpus/handoff_records/seed-three-conns`: a
     /// version-1 member with a key, a version-2 one with rooms, a pattern,
     /// held frames and a presence watch, and a closing one with a token;
-    /// and a TCP publisher with half a frame read.
+    /// a TCP publisher with half a frame read, and a cluster room's
+    /// position.
     fn sample() -> ShardState {
         let c = |idx, session, close: Option<&str>| ConnState {
             conn: ConnRef { idx, gen: idx + 1 },
@@ -333,6 +340,7 @@ mod tests {
                 last_heard: 11,
                 unparsed: vec![0, 0, 0, 40, 0, 16, 0, 1],
             }],
+            cluster_rooms: vec![("live://1".into(), 0x9f86_d081_884c_7d65, 41)],
         }
     }
 
@@ -350,7 +358,7 @@ mod tests {
         }
         let pinned = std::fs::read(path).unwrap();
         let pinned = &pinned[..];
-        assert_eq!(VERSION, 2, "a new version: renew the seed");
+        assert_eq!(VERSION, 3, "a new version: renew the seed");
         assert_eq!(encode(&sample()), pinned);
         assert_eq!(decode(pinned), Some(sample()));
     }
