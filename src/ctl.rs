@@ -64,7 +64,14 @@ pub fn upgrade(args: &UpgradeArgs, out: &mut impl Write) -> anyhow::Result<()> {
         body["data"]["pid"].clone(),
         body["data"]["failed"].as_u64().unwrap_or(0),
     );
-    let (status, body) = request(addr, "POST", "/v1/upgrade", key)?;
+    let path = match &args.binary {
+        Some(b) => {
+            let b: String = form_urlencoded::byte_serialize(b.as_os_str().as_encoded_bytes()).collect();
+            format!("/v1/upgrade?binary={b}")
+        }
+        None => "/v1/upgrade".to_string(),
+    };
+    let (status, body) = request(addr, "POST", &path, key)?;
     if status != 202 {
         bail!("{addr} refused the upgrade ({status}): {}", body["message"]);
     }

@@ -81,10 +81,11 @@ fn main() -> anyhow::Result<()> {
     use volley::handoff::process;
     let mut signals =
         signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGUSR2]).context("cannot install signal handlers")?;
-    // The binary an upgrade starts: this one, as it
-    // was named when it started (a deploy may replace the file since).
+    // The binary an upgrade starts: this one, as it was named when it
+    // started (a deploy may replace the file since), unless the API names
+    // another beside it.
     let own = std::env::current_exe().context("cannot tell this binary's path")?;
-    process::enable();
+    process::enable(own);
     let handle = if std::env::var_os(process::ENV).is_some() {
         match process::take_over(config) {
             Ok(h) => {
@@ -110,9 +111,9 @@ fn main() -> anyhow::Result<()> {
         // Set here too: SIGUSR2 may come from outside (`request` sets it
         // for the API).
         process::status().running = true;
-        let binary = &own;
+        let binary = process::next_binary();
         tracing::info!(binary = %binary.display(), "upgrading: handing every connection to the new process");
-        match process::upgrade(&handle, binary) {
+        match process::upgrade(&handle, &binary) {
             Ok(t) => {
                 tracing::info!(
                     connections = t.connections,

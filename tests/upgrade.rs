@@ -2,7 +2,8 @@
 //! binary again and hands it every listening socket and connection; the
 //! clients stay connected and miss nothing. When the new binary exits at
 //! start, or dies while taking over, the old one serves on. Under a
-//! service manager the new process is named the main one.
+//! service manager the new process is named the main one. Another binary
+//! may be named if it sits beside the server's own.
 
 mod common;
 
@@ -118,4 +119,39 @@ fn a_new_binary_that_exits_at_start_or_dies_taking_over_leaves_the_old_one_servi
     );
     s.publish("still here");
     assert_eq!(v1.read_push().text(), "still here");
+}
+
+#[test]
+fn an_upgrade_may_start_another_binary_beside_the_servers_own_and_no_other() {
+    // A folder of the operator's: the server's binary and the next one.
+    let dir = std::env::temp_dir().join(format!("volley-upgrade-bin-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir(&dir).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let (own, next) = (dir.join("volley"), dir.join("volley-next"));
+    std::fs::copy(env!("CARGO_BIN_EXE_volley"), &own).unwrap();
+    std::fs::copy(env!("CARGO_BIN_EXE_volley"), &next).unwrap();
+    let s = Running::start(&own, "binary", &[]);
+    let (mut v1, _, _) = members(&s);
+    let old = s.pid();
+
+    // Anything else is refused before anything starts, and says why.
+    let out = s.upgrade_with(&["--binary", "/bin/sh"]);
+    assert!(!out.status.success(), "{out:?}");
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(said.contains("400") && said.contains("not in"), "{said}");
+    assert_eq!(s.pid(), old);
+
+    let out = s.upgrade_with(&["--binary", next.to_str().unwrap()]);
+    assert!(out.status.success(), "{out:?}");
+    assert_ne!(s.pid(), old);
+    s.publish("after");
+    assert_eq!(v1.read_push().text(), "after");
+    // The new process runs the binary named (as its own, for the next
+    // upgrade).
+    let exe = std::fs::read_link(format!("/proc/{}/exe", s.pid())).unwrap();
+    assert_eq!(exe, next);
+    drop(s);
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -64,6 +64,11 @@ pub struct UpgradeArgs {
     /// Seconds to wait for the new process.
     #[arg(long, default_value_t = 120)]
     pub timeout_secs: u64,
+    /// Start this binary instead of the server's own: an absolute path in
+    /// the same folder, an executable owned by root or the server's user
+    /// that nobody else may write (docs/UPGRADE.md).
+    #[arg(long)]
+    pub binary: Option<PathBuf>,
     /// The server's configuration: where its API listens, its key.
     #[command(flatten)]
     pub serve: ServeArgs,
@@ -128,4 +133,3 @@ pub struct ServeArgs {
     #[arg(skip)]
     pub notes: Vec<String>,
 }
-

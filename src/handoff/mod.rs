@@ -9,13 +9,15 @@
 //!   running server (quiet, settled, exported), and letting go of them —
 //!   or taking them back;
 //! - `process`: the upgrade between two processes: starting the next
-//!   binary, the conversation on each side, and its status.
+//!   binary, the conversation on each side, and its status;
+//! - `binary`: which binary other than its own an upgrade may start.
 //!
 //! The shard's side — a connection's session as records, taken from a
 //! quiet shard and put into a fresh one at the same slot — is
 //! `shard::handoff`; starting a server from what was handed over is
 //! `Server::adopt`.
 
+pub mod binary;
 pub mod fds;
 pub mod local;
 pub mod process;

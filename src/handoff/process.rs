@@ -27,7 +27,7 @@ use crate::{Server, ServerHandle};
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::process::CommandExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 use std::time::Duration;
 use wire::Message;
@@ -55,6 +55,12 @@ pub struct Status {
     pub last_error: Option<String>,
     /// Upgrades that failed since this process started.
     pub failed: u64,
+    /// The binary the running (or last) upgrade started.
+    pub binary: Option<String>,
+    /// The binary asked for over the API, for the upgrade about to run
+    /// (`None`: the process's own).
+    #[serde(skip)]
+    pub next: Option<PathBuf>,
 }
 
 /// This process's upgrade status.
@@ -62,6 +68,8 @@ pub static STATUS: std::sync::Mutex<Status> = std::sync::Mutex::new(Status {
     running: false,
     last_error: None,
     failed: 0,
+    binary: None,
+    next: None,
 });
 
 /// The status, locked (a poisoned lock holds plain data, still good).
@@ -74,13 +82,27 @@ pub fn status() -> std::sync::MutexGuard<'static, Status> {
 /// would end it).
 static ENABLED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
-/// This process's main thread runs upgrades on SIGUSR2 from now on.
-pub fn enable() {
+/// The binary this process was started from, as named then.
+static OWN: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+
+/// This process's main thread runs upgrades on SIGUSR2 from now on; its
+/// own binary is `own`.
+pub fn enable(own: PathBuf) {
+    let _ = OWN.set(own);
     ENABLED.store(true, std::sync::atomic::Ordering::Relaxed);
 }
 
+/// The binary the next upgrade starts (taking the one asked for over the
+/// API, if any), noted in the status.
+pub fn next_binary() -> PathBuf {
+    let mut s = status();
+    let binary = s.next.take().or_else(|| OWN.get().cloned()).unwrap_or_default();
+    s.binary = Some(binary.display().to_string());
+    binary
+}
+
 /// Why an upgrade was not begun.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Refused {
     /// Nothing in this process runs upgrades (a program embedding the
     /// server, not the `volley` binary).
@@ -89,19 +111,27 @@ pub enum Refused {
     /// One runs already.
     #[error("an upgrade runs already")]
     Running,
+    /// The binary asked for may not be started (`binary::allowed`).
+    #[error("that binary may not be started: {0}")]
+    Binary(String),
 }
 
-/// Asks this process's main thread for an upgrade to its own binary, as
-/// SIGUSR2 does.
-pub fn request() -> Result<(), Refused> {
+/// Asks this process's main thread for an upgrade, as SIGUSR2 does: to
+/// `binary` if given (and `binary::allowed`), else to its own.
+pub fn request(binary: Option<&Path>) -> Result<(), Refused> {
     if !ENABLED.load(std::sync::atomic::Ordering::Relaxed) {
         return Err(Refused::NotHere);
     }
+    let next = match (binary, OWN.get()) {
+        (Some(given), Some(own)) => Some(super::binary::allowed(own, given).map_err(Refused::Binary)?),
+        _ => None,
+    };
     let mut s = status();
     if s.running {
         return Err(Refused::Running);
     }
     s.running = true;
+    s.next = next;
     drop(s);
     // SAFETY: raising a signal at this process; no memory involved.
     unsafe { libc::kill(libc::getpid(), libc::SIGUSR2) };

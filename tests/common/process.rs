@@ -96,8 +96,14 @@ impl Running {
     }
 
     pub fn upgrade(&self) -> std::process::Output {
+        self.upgrade_with(&[])
+    }
+
+    /// `volley upgrade` with more arguments (`--binary PATH`).
+    pub fn upgrade_with(&self, more: &[&str]) -> std::process::Output {
         Command::new(env!("CARGO_BIN_EXE_volley"))
             .args(["upgrade", "--timeout-secs", "60", "--api-listen", &self.api.to_string()])
+            .args(more)
             .env_remove("VOLLEY_CONFIG")
             .env_remove("VOLLEY_API_KEY")
             .output()

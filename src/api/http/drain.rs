@@ -108,8 +108,13 @@ fn unix_ms() -> u64 {
 /// process's binary (as it was named at start: replace the file first),
 /// as SIGUSR2 does. Answered at once (202); `GET /v1/upgrade` tells how
 /// it went (`pid` changes once the new process answers).
-pub fn v1_upgrade(_: &Req<'_>) -> Result<Resp, ApiError> {
-    match crate::handoff::process::request() {
+pub fn v1_upgrade(r: &Req<'_>) -> Result<Resp, ApiError> {
+    let binary = r
+        .query
+        .one("binary")
+        .filter(|b| !b.is_empty())
+        .map(std::path::Path::new);
+    match crate::handoff::process::request(binary) {
         Ok(()) => Ok(json_reply(
             StatusCode::ACCEPTED,
             &json!({"code": 0, "message": "", "data": upgrade_status()}),
@@ -118,6 +123,7 @@ pub fn v1_upgrade(_: &Req<'_>) -> Result<Resp, ApiError> {
             let status = match why {
                 crate::handoff::process::Refused::NotHere => StatusCode::NOT_IMPLEMENTED,
                 crate::handoff::process::Refused::Running => StatusCode::CONFLICT,
+                crate::handoff::process::Refused::Binary(_) => StatusCode::BAD_REQUEST,
             };
             let code = -i64::from(status.as_u16());
             Ok(json_reply(
@@ -140,5 +146,6 @@ fn upgrade_status() -> Value {
         "running": s.running,
         "failed": s.failed,
         "last_error": s.last_error,
+        "binary": s.binary,
     })
 }
