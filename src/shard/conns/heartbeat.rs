@@ -145,7 +145,7 @@ impl Shard {
     }
 
     /// Replaces this shard's published view if its rooms or IPs changed.
-    fn publish_view(&mut self) {
+    pub(in crate::shard) fn publish_view(&mut self) {
         let rooms_dirty = self.index.rooms.take_dirty();
         if !rooms_dirty && !self.conns.ips_dirty {
             return;

@@ -241,6 +241,9 @@ impl Shard {
                 self.watch(r, &room);
             }
         }
+        // Room counts and client addresses are seen at once, not at the
+        // first sweep: for the clients nothing changed.
+        self.publish_view();
         Ok(inputs)
     }
 }
