@@ -60,7 +60,11 @@ fn an_upgrade_hands_every_connection_to_the_new_process_and_nobody_reconnects() 
     // The new process counts the connections it took over, and their
     // addresses and rooms, from its first answer on.
     let (_, v) = http(s.api, "GET", "/goim/online/total", &[], b"");
-    assert_eq!((&v["data"]["conn_count"], &v["data"]["ip_count"]), (&2.into(), &1.into()), "{v}");
+    assert_eq!(
+        (&v["data"]["conn_count"], &v["data"]["ip_count"]),
+        (&2.into(), &1.into()),
+        "{v}"
+    );
     let (_, v) = http(s.api, "GET", "/v1/online/rooms?rooms=live://up", &[], b"");
     assert_eq!(v["data"]["live://up"], 2, "{v}");
     s.publish("after");

@@ -1,9 +1,12 @@
 //! The bytes under one connection: raw TCP (protocol frames back to back),
 //! or WebSocket (an HTTP upgrade first, then one protocol frame per binary
-//! message, the client's masked). Turns what was read into protocol frames
-//! and wraps what is sent; knows nothing of what the frames mean.
+//! message, the client's masked). Opens the socket, turns what was read
+//! into protocol frames and wraps what is sent; knows nothing of what the
+//! frames mean.
 
 use crate::wire::{tcp_frames, ws_frames, MASK};
+use std::net::SocketAddr;
+use std::os::fd::RawFd;
 use volley::proto::ws::frame::client_frame;
 use volley::proto::ws::opcode;
 use volley::proto::ws::upgrade::client_request;
@@ -92,6 +95,41 @@ pub fn wrap(link: Link, frame: Vec<u8>) -> Vec<u8> {
         Link::Tcp => frame,
         Link::Upgrading | Link::Ws => client_frame(true, opcode::BINARY, MASK, &frame),
     }
+}
+
+/// A non-blocking socket connecting from `source` to `target`.
+pub(super) fn open(source: Option<std::net::IpAddr>, target: SocketAddr) -> std::io::Result<RawFd> {
+    use socket2::{Domain, Socket, Type};
+    use std::os::fd::IntoRawFd;
+    let s = Socket::new(Domain::for_address(target), Type::STREAM, None)?;
+    s.set_nonblocking(true)?;
+    s.set_nodelay(true)?;
+    if let Some(ip) = source {
+        s.bind(&SocketAddr::new(ip, 0).into())?;
+    }
+    match s.connect(&target.into()) {
+        Ok(()) => {}
+        Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}
+        Err(e) => return Err(e),
+    }
+    Ok(s.into_raw_fd())
+}
+
+/// The pending error of a socket whose connect finished (0: connected).
+pub(super) fn so_error(fd: RawFd) -> i32 {
+    let mut err: libc::c_int = 0;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: getsockopt into a c_int we own.
+    unsafe {
+        libc::getsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_ERROR,
+            (&mut err as *mut libc::c_int).cast(),
+            &mut len,
+        )
+    };
+    err
 }
 
 #[cfg(test)]

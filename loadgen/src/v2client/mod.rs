@@ -39,7 +39,6 @@ use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use volley::proto::binary::op;
 
 /// What every connection does after auth.
 #[derive(Clone, Debug)]
@@ -374,39 +373,6 @@ impl Driver {
         }
     }
 
-    /// Sends the heartbeats that are due, while the broadcast runs; each
-    /// connection's first comes at a fraction of the period set by its
-    /// index, so they do not all come at once.
-    fn heartbeats(&mut self) {
-        let Some(every) = self.shared.mix.heartbeat else {
-            return;
-        };
-        let now = Instant::now();
-        if !self.shared.churning.load(Relaxed) || now < self.heartbeat_scan {
-            return;
-        }
-        // Looking every 20 ms is early enough and keeps the scan off the
-        // delivery path.
-        self.heartbeat_scan = now + Duration::from_millis(20);
-        for slot in 0..self.conns.len() {
-            let c = &mut self.conns[slot];
-            if c.phase != Phase::Live {
-                continue;
-            }
-            let due = *c
-                .heartbeat_due
-                .get_or_insert_with(|| now + every.mul_f64((c.index % 1000) as f64 / 1000.0));
-            if due > now {
-                continue;
-            }
-            c.heartbeat_due = Some(now + every);
-            let version = self.version(slot);
-            if self.send_as(slot, version, op::HEARTBEAT, 3, b"") {
-                self.shared.heartbeats_sent.fetch_add(1, Relaxed);
-            }
-        }
-    }
-
     /// Starts a non-blocking connect for `slot`.
     fn connect(&mut self, slot: usize) {
         let sh = &self.shared;
@@ -416,7 +382,7 @@ impl Driver {
             false => sh.targets[index % sh.targets.len()],
         };
         let source = (sh.sources > 0).then(|| source_addr(index / sh.targets.len() % sh.sources));
-        let fd = match open(source, target) {
+        let fd = match link::open(source, target) {
             Ok(fd) => fd,
             Err(_) => {
                 sh.connect_failed.fetch_add(1, Relaxed);
@@ -466,7 +432,7 @@ impl Driver {
             if ev & (libc::EPOLLOUT | libc::EPOLLERR | libc::EPOLLHUP) as u32 == 0 {
                 return;
             }
-            if so_error(fd) != 0 {
+            if link::so_error(fd) != 0 {
                 self.shared.connect_failed.fetch_add(1, Relaxed);
                 self.reconnect(slot);
                 return;
@@ -525,39 +491,4 @@ impl Driver {
             self.reconnect(slot);
         }
     }
-}
-
-/// A non-blocking socket connecting from `source` to `target`.
-fn open(source: Option<std::net::IpAddr>, target: SocketAddr) -> std::io::Result<RawFd> {
-    use socket2::{Domain, Socket, Type};
-    use std::os::fd::IntoRawFd;
-    let s = Socket::new(Domain::for_address(target), Type::STREAM, None)?;
-    s.set_nonblocking(true)?;
-    s.set_nodelay(true)?;
-    if let Some(ip) = source {
-        s.bind(&SocketAddr::new(ip, 0).into())?;
-    }
-    match s.connect(&target.into()) {
-        Ok(()) => {}
-        Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}
-        Err(e) => return Err(e),
-    }
-    Ok(s.into_raw_fd())
-}
-
-/// The pending error of a socket whose connect finished (0: connected).
-fn so_error(fd: RawFd) -> i32 {
-    let mut err: libc::c_int = 0;
-    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
-    // SAFETY: getsockopt into a c_int we own.
-    unsafe {
-        libc::getsockopt(
-            fd,
-            libc::SOL_SOCKET,
-            libc::SO_ERROR,
-            (&mut err as *mut libc::c_int).cast(),
-            &mut len,
-        )
-    };
-    err
 }

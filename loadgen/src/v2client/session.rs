@@ -3,7 +3,8 @@
 //! names its room in the auth), and what each frame from the server counts
 //! for. A room delivery is checked against the connection's offset (version
 //! 2) and payload sequence (all kinds); a push to the user is counted once
-//! by its payload sequence and acknowledged.
+//! by its payload sequence and acknowledged. Heartbeats go out on their
+//! schedule while the broadcast runs.
 
 use super::link::{self, Link};
 use super::mix::Kind;
@@ -13,6 +14,7 @@ use crate::run::now_ns;
 use crate::wire::BENCH_OP;
 use serde_json::Value;
 use std::sync::atomic::Ordering::Relaxed;
+use std::time::{Duration, Instant};
 use volley::proto::binary::{self, op};
 use volley::proto::v2::{self, decode_push, Kind as PushKind};
 
@@ -169,6 +171,39 @@ impl Driver {
                 sh.errors.fetch_add(1, Relaxed);
             }
             _ => {}
+        }
+    }
+
+    /// Sends the heartbeats that are due, while the broadcast runs; each
+    /// connection's first comes at a fraction of the period set by its
+    /// index, so they do not all come at once.
+    pub(super) fn heartbeats(&mut self) {
+        let Some(every) = self.shared.mix.heartbeat else {
+            return;
+        };
+        let now = Instant::now();
+        if !self.shared.churning.load(Relaxed) || now < self.heartbeat_scan {
+            return;
+        }
+        // Looking every 20 ms is early enough and keeps the scan off the
+        // delivery path.
+        self.heartbeat_scan = now + Duration::from_millis(20);
+        for slot in 0..self.conns.len() {
+            let c = &mut self.conns[slot];
+            if c.phase != Phase::Live {
+                continue;
+            }
+            let due = *c
+                .heartbeat_due
+                .get_or_insert_with(|| now + every.mul_f64((c.index % 1000) as f64 / 1000.0));
+            if due > now {
+                continue;
+            }
+            c.heartbeat_due = Some(now + every);
+            let version = self.version(slot);
+            if self.send_as(slot, version, op::HEARTBEAT, 3, b"") {
+                self.shared.heartbeats_sent.fetch_add(1, Relaxed);
+            }
         }
     }
 
