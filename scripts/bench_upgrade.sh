@@ -75,9 +75,11 @@ if [ "${BROKEN:-}" = exit ]; then
 fi
 sleep "$GAP"
 : >"$OUT/upgrades.txt"
+: >"$OUT/upgrade-times.txt"
 if [ "${NO_UPGRADE:-}" != 1 ]; then
     for i in $(seq 1 "$UPGRADES"); do
         t0=$(date +%s.%N)
+        echo "$t0" >>"$OUT/upgrade-times.txt"
         if "$CTL" upgrade --api-listen "$API" >>"$OUT/upgrades.txt" 2>&1; then ok=ok; else ok=failed; fi
         t1=$(date +%s.%N)
         echo "upgrade $i: $ok in $(python3 -c "print(f'{$t1 - $t0:.3f}')") s" | tee -a "$OUT/upgrades.txt"
@@ -87,6 +89,26 @@ fi
 wait "$LPID" || echo "churn exited $?"
 LPID=
 churn_report "$OUT/churn.json"
+# Delivery latency in the seconds of each switch (the second an upgrade
+# began and the next) against the other seconds of the broadcast.
+python3 - "$OUT/churn.json" "$OUT/upgrade-times.txt" <<'PY'
+import json, statistics, sys
+d = json.load(open(sys.argv[1]))
+starts = [float(t) for t in open(sys.argv[2]).read().split()]
+p99 = {s: p for s, p, _, _ in d.get("latency_by_sec", [])}
+switch = set()
+for t in starts:
+    s = int(t - d["started_unix"])
+    switch |= {s, s + 1}
+during = [p99[s] for s in sorted(switch) if s in p99]
+# The broadcast's seconds: from the first upgrade's second minus the gap
+# to the end (or all, without upgrades), leaving out the ramp.
+first = min(switch) - 5 if switch else min(p99, default=0)
+other = [p for s, p in p99.items() if s not in switch and s >= first]
+f = lambda xs: f"median {statistics.median(xs):.1f} / max {max(xs):.1f} ms over {len(xs)} s" if xs else "none"
+print("per-second p99 latency, switch seconds:", f(during))
+print("per-second p99 latency, other seconds: ", f(other))
+PY
 # Each hand-off as the old process logged it: connections, and the
 # milliseconds until hello, until quiet (records taken), until adopted.
 grep 'handed over' "$OUT/server.log" | sed -E 's/.*connections=([0-9]+) hello_ms=([0-9]+) quiet_ms=([0-9]+) adopted_ms=([0-9]+).*/connections \1, hello \2 ms, quiet \3 ms, adopted \4 ms/' || true

@@ -73,12 +73,21 @@ fn finish(shared: &Shared, handles: Vec<std::thread::JoinHandle<Outcome>>) -> Ou
         hist: new_hist(),
         next_seq: Vec::new(),
         pauses: new_hist(),
+        by_sec: Vec::new(),
     };
     for h in handles {
         let o = h.join().expect("a connection thread panicked");
         let _ = all.hist.add(&o.hist);
         let _ = all.pauses.add(&o.pauses);
         all.next_seq.extend(o.next_seq);
+        if all.by_sec.len() < o.by_sec.len() {
+            all.by_sec.resize_with(o.by_sec.len(), || None);
+        }
+        for (mine, theirs) in all.by_sec.iter_mut().zip(o.by_sec) {
+            if let Some(t) = theirs {
+                let _ = mine.get_or_insert_with(v2client::sec_hist).add(&t);
+            }
+        }
     }
     all
 }
@@ -318,7 +327,22 @@ pub fn churn(common: Common, opts: Churn, load: Load) -> Result<()> {
         hist,
         next_seq: next,
         pauses,
+        by_sec,
     } = finish(&shared, handles);
+    // [second of the run, p99 ms, max ms, deliveries] for each second
+    // with deliveries.
+    let by_sec: Vec<serde_json::Value> = (by_sec.iter().enumerate())
+        .filter_map(|(s, h)| {
+            let h = h.as_ref()?;
+            let ms = |us: u64| us as f64 / 1000.0;
+            Some(serde_json::json!([
+                s,
+                ms(h.value_at_quantile(0.99)),
+                ms(h.max()),
+                h.len()
+            ]))
+        })
+        .collect();
     let received = shared.received.load(Relaxed);
     let short = next.iter().filter(|&&s| s < total).count();
     let lost = expected.saturating_sub(received);
@@ -361,6 +385,8 @@ pub fn churn(common: Common, opts: Churn, load: Load) -> Result<()> {
         "deliveries_per_sec": received as f64 / elapsed,
         "server_cpu_us_per_delivery": server_cpu,
         "latency_us": latency(&hist),
+        "started_unix": shared.base_unix,
+        "latency_by_sec": by_sec,
         "mix": {"room": kind_room, "pattern": kind_pattern, "v1": kind_v1, "websocket": over_ws},
         "pause_ms": {
             "p50": ms(pauses.value_at_quantile(0.5)),

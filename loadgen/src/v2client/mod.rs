@@ -78,6 +78,9 @@ pub struct Shared {
     pub stop: AtomicBool,
     /// The run's clock.
     pub base: Instant,
+    /// When `base` was, as Unix time in seconds (for scripts that line the
+    /// run's seconds up with what they did meanwhile).
+    pub base_unix: f64,
     /// Connections that reached their role (joined, or authenticated).
     pub live: AtomicU64,
     /// Pushes counted as new (in order, not seen before).
@@ -158,6 +161,9 @@ impl Shared {
             churn_period: churn.1,
             stop: AtomicBool::new(false),
             base: Instant::now(),
+            base_unix: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0.0, |d| d.as_secs_f64()),
             live: AtomicU64::new(0),
             received: AtomicU64::new(0),
             done: AtomicU64::new(0),
@@ -192,6 +198,14 @@ pub struct Outcome {
     pub next_seq: Vec<u64>,
     /// The pauses between a connection's consecutive room deliveries, ns.
     pub pauses: Histogram<u64>,
+    /// Room delivery latency by second of the run (when received), µs.
+    pub by_sec: Vec<Option<Histogram<u64>>>,
+}
+
+/// A histogram for one second's latencies, µs: two significant figures
+/// keep a few hundred of them small.
+pub fn sec_hist() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 60_000_000, 2).expect("valid bounds")
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -247,6 +261,7 @@ struct Driver {
     conns: Vec<Conn>,
     hist: Histogram<u64>,
     pauses: Histogram<u64>,
+    by_sec: Vec<Option<Histogram<u64>>>,
     threads: usize,
     /// Slots whose connect could not even start, and when to try again.
     retry: Vec<(Instant, usize)>,
@@ -267,6 +282,7 @@ impl Driver {
             conns: Vec::new(),
             hist: new_hist(),
             pauses: new_hist(),
+            by_sec: Vec::new(),
             threads,
             retry: Vec::new(),
             open_now: 0,
@@ -370,6 +386,7 @@ impl Driver {
             hist: self.hist,
             next_seq,
             pauses: self.pauses,
+            by_sec: self.by_sec,
         }
     }
 

@@ -228,7 +228,15 @@ impl Driver {
         // and never received.
         c.next_seq = seq + 1;
         sh.received.fetch_add(1, Relaxed);
-        let _ = self.hist.record(now.saturating_sub(sent).max(1));
+        let latency = now.saturating_sub(sent).max(1);
+        let _ = self.hist.record(latency);
+        let sec = (now / 1_000_000_000) as usize;
+        if self.by_sec.len() <= sec {
+            self.by_sec.resize_with(sec + 1, || None);
+        }
+        let _ = self.by_sec[sec]
+            .get_or_insert_with(super::sec_hist)
+            .record((latency / 1000).max(1));
     }
 
     /// Acknowledges push `id` (op 46).
