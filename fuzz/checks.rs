@@ -577,3 +577,43 @@ pub fn handoff_records(data: &[u8]) {
         Err(_) => assert_eq!(shard.nr_conns(), 0, "a refusal changes nothing"),
     }
 }
+
+/// permessage-deflate: the first byte picks an inflate limit, the rest is
+/// split at the first NUL into an offer header and a compressed message.
+/// Negotiation answers only with what the accepted offer allows; inflating
+/// never yields more than the limit; whatever inflated compresses and
+/// inflates back to itself.
+pub fn ws_deflate(data: &[u8]) {
+    use volley::proto::ws::deflate::{negotiate, offers, Compressor, Inflater};
+    let Some((&sel, data)) = data.split_first() else { return };
+    let cut = data.iter().position(|&b| b == 0).unwrap_or(data.len());
+    let header = String::from_utf8_lossy(&data[..cut]);
+    let compressed = data.get(cut + 1..).unwrap_or(&[]);
+    let offered = offers([&*header]);
+    match negotiate([&*header]) {
+        Some(a) => {
+            let first = offered
+                .iter()
+                .flatten()
+                .next()
+                .expect("an answer only to an acceptable offer");
+            assert!(a
+                .response
+                .starts_with("permessage-deflate; server_no_context_takeover; client_no_context_takeover"));
+            match first.server_max_window_bits {
+                Some(b) => assert!(a.response.ends_with(&format!("; server_max_window_bits={b}"))),
+                None => assert!(!a.response.contains("max_window_bits")),
+            }
+            assert_eq!(a.compressed_sends, first.server_max_window_bits.is_none_or(|b| b == 15));
+        }
+        None => assert!(offered.iter().all(Option::is_none)),
+    }
+    let limit = limit(sel) * 16;
+    if let Ok(plain) = Inflater::default().inflate(compressed, limit) {
+        assert!(plain.len() <= limit);
+        if let Some(z) = Compressor::default().compress(&plain) {
+            assert!(z.len() < plain.len());
+            assert_eq!(Inflater::default().inflate(&z, plain.len()).as_deref(), Ok(&plain[..]));
+        }
+    }
+}

@@ -11,7 +11,7 @@ SECS=${1:-600}
 shift || true
 TARGETS=("$@")
 if [ ${#TARGETS[@]} -eq 0 ]; then
-    TARGETS=(client_frames control_bodies publisher ws_reader ws_upgrade v2_bodies access redis_reply cluster_message token pattern disk_scan disk_recover handoff_records)
+    TARGETS=(client_frames control_bodies publisher ws_reader ws_upgrade v2_bodies access redis_reply cluster_message token pattern disk_scan disk_recover handoff_records ws_deflate)
 fi
 OUT=${OUT:-target/fuzz-logs}
 mkdir -p "$OUT"

@@ -90,3 +90,8 @@ fn disk_recover() {
 fn handoff_records() {
     replay("handoff_records", checks::handoff_records);
 }
+
+#[test]
+fn ws_deflate() {
+    replay("ws_deflate", checks::ws_deflate);
+}

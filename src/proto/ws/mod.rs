@@ -6,6 +6,9 @@
 //!   masked frames a client sends (the load generator and tests use those);
 //! - `reader`: message assembly across frames and reads, with UTF-8 checks;
 //!   returns one event at a time;
+//! - `deflate`: permessage-deflate (RFC 7692): the offers and the answer,
+//!   a message compressed once for every connection that negotiated it,
+//!   a client's message inflated under a limit (not yet used by `session`);
 //! - `session`: the policy on top — answer the upgrade, pong pings, echo on
 //!   the echo endpoint, refuse text on the protocol endpoint, answer a
 //!   close, and which reason and close code each violation gets.
@@ -15,6 +18,7 @@
 //! driver owns one `Session` per WebSocket connection and only moves bytes
 //! between it, the socket and the shard.
 
+pub mod deflate;
 pub mod frame;
 pub mod reader;
 pub mod session;
