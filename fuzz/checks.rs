@@ -138,6 +138,7 @@ fn ws_rules() -> UpgradeRules {
     UpgradeRules {
         paths: vec!["/sub".into(), "/echo".into()],
         origins: vec![],
+        compression: true,
     }
 }
 

@@ -99,6 +99,16 @@ fn env_of(flag: &str) -> String {
     format!("VOLLEY_{}", flag.replace('-', "_").to_ascii_uppercase())
 }
 
+/// Whether WebSocket clients may negotiate permessage-deflate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum WsCompression {
+    /// No extension is negotiated.
+    Off,
+    /// permessage-deflate is agreed with clients that offer it
+    /// (docs/PROTOCOL.md, *WebSocket*).
+    On,
+}
+
 /// Log line format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum LogFormat {
@@ -320,6 +330,13 @@ pub struct WsConfig {
     /// any origin (and none). A refused origin gets HTTP 403.
     #[arg(id = "ws-origins", long = "ws-origins", value_delimiter = ',', action = clap::ArgAction::Set)]
     pub origins: Vec<String>,
+
+    /// permessage-deflate (RFC 7692) with clients that offer it: "on" or
+    /// "off". Their compressed messages are inflated (to at most the
+    /// message limit); the server's own messages are sent uncompressed for
+    /// now.
+    #[arg(id = "ws-compression", long = "ws-compression", value_enum, default_value = "on")]
+    pub compression: WsCompression,
 
     /// Serve a WebSocket echo endpoint at `echo_path` on the WebSocket
     /// listener, for conformance suites (Autobahn). Off in production.

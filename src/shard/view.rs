@@ -122,6 +122,7 @@ impl Shared {
                     .chain(config.ws.echo.then(|| config.ws.echo_path.clone()))
                     .collect(),
                 origins: config.ws.origins.clone(),
+                compression: config.ws.compression == crate::config::WsCompression::On,
             },
             admission: Admission::default(),
             verifier: None,

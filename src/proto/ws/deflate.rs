@@ -250,6 +250,17 @@ impl Compressor {
     }
 }
 
+thread_local! {
+    /// The shard's inflater: every connection's messages inflate from a
+    /// fresh state, so one serves them all.
+    static INFLATER: std::cell::RefCell<Inflater> = std::cell::RefCell::new(Inflater::default());
+}
+
+/// `compressed` inflated by this thread's inflater (`Inflater::inflate`).
+pub fn inflate_here(compressed: &[u8], limit: usize) -> Result<Vec<u8>, InflateError> {
+    INFLATER.with(|i| i.borrow_mut().inflate(compressed, limit))
+}
+
 /// Why a compressed client message was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum InflateError {

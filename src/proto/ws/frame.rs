@@ -20,9 +20,13 @@ use bytes::{BufMut, Bytes, BytesMut};
 /// goes into the close frame's reason.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum WsError {
-    /// RSV1-3 set although no extension was negotiated.
+    /// RSV1-3 set although no extension was negotiated (or RSV1 on a
+    /// control frame or a continuation, which permessage-deflate forbids).
     #[error("reserved bits set (no extension negotiated)")]
     ReservedBits,
+    /// A compressed message that does not inflate (permessage-deflate).
+    #[error("compressed message is not valid deflate data")]
+    BadCompression,
     /// An opcode RFC 6455 reserves.
     #[error("reserved opcode {0:#x}")]
     ReservedOpcode(u8),
@@ -74,7 +78,7 @@ impl WsError {
     pub fn code(&self) -> u16 {
         match self {
             WsError::TooBig { .. } => close::TOO_BIG,
-            WsError::InvalidUtf8 | WsError::CloseReasonNotUtf8 => close::INVALID_DATA,
+            WsError::InvalidUtf8 | WsError::CloseReasonNotUtf8 | WsError::BadCompression => close::INVALID_DATA,
             _ => close::PROTOCOL,
         }
     }
@@ -85,6 +89,9 @@ impl WsError {
 pub struct Header {
     /// Last frame of the message.
     pub fin: bool,
+    /// RSV1: a compressed message's first frame (permessage-deflate; the
+    /// reader decides whether it may be set).
+    pub rsv1: bool,
     /// Opcode.
     pub op: u8,
     /// Masking key (clients must mask).
@@ -116,7 +123,10 @@ pub fn parse_header_from(buf: &[u8], from: Sender) -> Result<Option<Header>, WsE
     let (Some(&b0), Some(&b1)) = (buf.first(), buf.get(1)) else {
         return Ok(None);
     };
-    if b0 & 0x70 != 0 {
+    // RSV2 and RSV3 belong to no extension volley knows; RSV1 to
+    // permessage-deflate, never on a control frame.
+    let rsv1 = b0 & 0x40 != 0;
+    if b0 & 0x30 != 0 || (rsv1 && b0 & 0x08 != 0) {
         return Err(WsError::ReservedBits);
     }
     let op = b0 & 0x0f;
@@ -157,6 +167,7 @@ pub fn parse_header_from(buf: &[u8], from: Sender) -> Result<Option<Header>, WsE
     if !masked {
         return Ok(Some(Header {
             fin,
+            rsv1,
             op,
             mask: [0; 4],
             len,
@@ -166,6 +177,7 @@ pub fn parse_header_from(buf: &[u8], from: Sender) -> Result<Option<Header>, WsE
     let Some(m) = buf.get(at..at + 4) else { return Ok(None) };
     Ok(Some(Header {
         fin,
+        rsv1,
         op,
         mask: [m[0], m[1], m[2], m[3]],
         len,
@@ -278,7 +290,17 @@ mod tests {
     fn header_rules_table() {
         let h = |b: &[u8]| parse_header(b);
         assert_eq!(h(&[0x82]), Ok(None));
-        assert_eq!(h(&[0xC2, 0x80, 0, 0, 0, 0]), Err(WsError::ReservedBits));
+        assert_eq!(h(&[0xA2, 0x80, 0, 0, 0, 0]), Err(WsError::ReservedBits), "RSV2");
+        assert_eq!(h(&[0x92, 0x80, 0, 0, 0, 0]), Err(WsError::ReservedBits), "RSV3");
+        assert_eq!(
+            h(&[0xC9, 0x80, 0, 0, 0, 0]),
+            Err(WsError::ReservedBits),
+            "RSV1 on a ping"
+        );
+        assert!(
+            h(&[0xC2, 0x80, 0, 0, 0, 0]).unwrap().unwrap().rsv1,
+            "RSV1: the reader's to judge"
+        );
         assert_eq!(h(&[0x83, 0x80, 0, 0, 0, 0]), Err(WsError::ReservedOpcode(3)));
         assert_eq!(h(&[0x09, 0x80]), Err(WsError::FragmentedControl));
         assert_eq!(h(&[0x89, 0xFE]), Err(WsError::ControlTooLong));

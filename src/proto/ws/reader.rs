@@ -10,9 +10,13 @@
 //!   buffer the reader owns, bounded by `Limits::max_message`;
 //! - control frames may arrive between fragments and never disturb it;
 //! - text is checked for UTF-8 as it arrives (fail fast), an incomplete
-//!   character only at the end of a non-final fragment;
+//!   character only at the end of a non-final fragment; a compressed
+//!   message (permessage-deflate, RSV1 on its first frame, only once
+//!   negotiated) is checked once inflated, and inflates to at most
+//!   `Limits::max_message` bytes;
 //! - every error names its close code (`WsError::code`).
 
+use super::deflate::{inflate_here, InflateError};
 use super::frame::{close_code_valid, parse_header, unmask, WsError};
 use super::{close, opcode};
 
@@ -45,6 +49,8 @@ pub enum Event<'a> {
 #[derive(Debug)]
 struct Partial {
     text: bool,
+    /// Compressed (RSV1 on its first frame): inflated once whole.
+    compressed: bool,
     buf: Vec<u8>,
     /// Prefix of `buf` known to be valid UTF-8 (text only).
     checked: usize,
@@ -55,9 +61,11 @@ struct Partial {
 pub struct Reader {
     /// The message being assembled, if fragmented.
     partial: Option<Partial>,
-    /// A fragmented message completed by the last call, lent out in its
-    /// event; dropped at the next call.
+    /// A fragmented or compressed message completed by the last call,
+    /// lent out in its event; dropped at the next call.
     done: Option<Partial>,
+    /// permessage-deflate was negotiated: RSV1 may start a message.
+    deflate: bool,
 }
 
 /// A fragmented message's state as another process takes it over
@@ -66,6 +74,8 @@ pub struct Reader {
 pub struct Assembling {
     /// Text (true) or binary.
     pub text: bool,
+    /// Compressed (permessage-deflate).
+    pub compressed: bool,
     /// The fragments so far, unmasked.
     pub buf: Vec<u8>,
 }
@@ -75,22 +85,39 @@ impl Reader {
     pub fn save(&self) -> Option<Assembling> {
         self.partial.as_ref().map(|p| Assembling {
             text: p.text,
+            compressed: p.compressed,
             buf: p.buf.clone(),
         })
     }
 
-    /// A reader that goes on with `assembling`. Its text is checked again
-    /// from the start as the next fragment arrives (it came from outside
-    /// this process), and its size against the limit.
-    pub fn restore(assembling: Option<Assembling>) -> Reader {
+    /// A reader that goes on with `assembling`, with permessage-deflate
+    /// negotiated or not. Its text is checked again from the start as the
+    /// next fragment arrives (it came from outside this process), and its
+    /// size against the limit.
+    pub fn restore(assembling: Option<Assembling>, deflate: bool) -> Reader {
         Reader {
             partial: assembling.map(|a| Partial {
                 text: a.text,
+                compressed: a.compressed && deflate,
                 buf: a.buf,
                 checked: 0,
             }),
             done: None,
+            deflate,
         }
+    }
+
+    /// A reader of a connection that negotiated permessage-deflate (or not).
+    pub fn new(deflate: bool) -> Reader {
+        Reader {
+            deflate,
+            ..Reader::default()
+        }
+    }
+
+    /// Whether permessage-deflate was negotiated.
+    pub fn deflate(&self) -> bool {
+        self.deflate
     }
 
     /// A fragmented message is being assembled.
@@ -133,15 +160,23 @@ impl Reader {
                     return Ok((Some(Event::Close(code, reason)), used));
                 }
                 opcode::CONT => {
+                    if h.rsv1 {
+                        // Only a message's first frame says it is compressed.
+                        return Err(WsError::ReservedBits);
+                    }
                     let Some(p) = self.partial.as_mut() else {
                         return Err(WsError::ContinuationWithoutMessage);
                     };
                     p.buf.extend_from_slice(&data[start..used]);
-                    if p.text {
+                    if p.text && !p.compressed {
                         check_utf8(p, h.fin)?;
                     }
                     if h.fin {
-                        let p = self.done.insert(self.partial.take().expect("checked above"));
+                        let mut p = self.partial.take().expect("checked above");
+                        if p.compressed {
+                            p.buf = inflated(&p.buf, p.text, limits)?;
+                        }
+                        let p = self.done.insert(p);
                         let ev = Event::Message {
                             text: p.text,
                             payload: &p.buf,
@@ -153,7 +188,20 @@ impl Reader {
                     if self.partial.is_some() {
                         return Err(WsError::MessageInsideMessage);
                     }
+                    if h.rsv1 && !self.deflate {
+                        return Err(WsError::ReservedBits);
+                    }
                     let text = op == opcode::TEXT;
+                    if h.fin && h.rsv1 {
+                        let buf = inflated(&data[start..used], text, limits)?;
+                        let p = self.done.insert(Partial {
+                            text,
+                            compressed: true,
+                            buf,
+                            checked: 0,
+                        });
+                        return Ok((Some(Event::Message { text, payload: &p.buf }), used));
+                    }
                     if h.fin {
                         let payload = &data[start..used];
                         if text && std::str::from_utf8(payload).is_err() {
@@ -163,10 +211,11 @@ impl Reader {
                     }
                     let mut p = Partial {
                         text,
+                        compressed: h.rsv1,
                         buf: data[start..used].to_vec(),
                         checked: 0,
                     };
-                    if text {
+                    if text && !p.compressed {
                         check_utf8(&mut p, false)?;
                     }
                     self.partial = Some(p);
@@ -174,6 +223,22 @@ impl Reader {
             }
         }
     }
+}
+
+/// A compressed message's payload inflated (at most the message limit),
+/// its text checked.
+fn inflated(compressed: &[u8], text: bool, limits: Limits) -> Result<Vec<u8>, WsError> {
+    let buf = inflate_here(compressed, limits.max_message).map_err(|e| match e {
+        InflateError::TooBig(max) => WsError::TooBig {
+            size: max as u64 + 1,
+            max,
+        },
+        InflateError::Corrupt => WsError::BadCompression,
+    })?;
+    if text && std::str::from_utf8(&buf).is_err() {
+        return Err(WsError::InvalidUtf8);
+    }
+    Ok(buf)
 }
 
 /// Checks the unchecked tail of a text message; an incomplete character is
@@ -255,6 +320,75 @@ mod tests {
         data.extend(cf(true, opcode::BINARY, &[1, 2]));
         data.extend(cf(true, opcode::PONG, b""));
         data
+    }
+
+    /// A client frame with RSV1 set (a compressed message's first frame).
+    fn compressed_frame(fin: bool, op: u8, payload: &[u8]) -> Vec<u8> {
+        let mut f = cf(fin, op, payload);
+        f[0] |= 0x40;
+        f
+    }
+
+    fn deflated(m: &[u8]) -> Vec<u8> {
+        crate::proto::ws::deflate::Compressor::default()
+            .compress(m)
+            .expect("compressible")
+    }
+
+    #[test]
+    fn compressed_messages_inflate_once_negotiated_whole_or_in_fragments() {
+        let text = "héllo wörld, héllo wörld, héllo wörld".repeat(4);
+        let z = deflated(text.as_bytes());
+        let mut data = compressed_frame(true, opcode::TEXT, &z);
+        data.extend(compressed_frame(false, opcode::BINARY, &z[..5]));
+        data.extend(cf(true, opcode::PING, b"p"));
+        data.extend(cf(true, opcode::CONT, &z[5..]));
+        data.extend(cf(true, opcode::BINARY, b"plain"));
+        let (res, got) = read_all(&mut Reader::new(true), &mut data, 1000);
+        assert!(res.is_ok(), "{res:?}");
+        assert_eq!(
+            got,
+            vec![
+                format!("t:{text}"),
+                "ping:p".into(),
+                format!("b:{text}"),
+                "b:plain".into()
+            ]
+        );
+    }
+
+    #[test]
+    fn compression_rules_each_close_with_their_code() {
+        let z = deflated(&[b'a'; 500]);
+        let err = |reader: &mut Reader, mut data: Vec<u8>, max: usize| read_all(reader, &mut data, max).0.unwrap_err();
+        // RSV1 without the extension, or on a continuation.
+        assert_eq!(
+            err(&mut Reader::default(), compressed_frame(true, opcode::BINARY, &z), 1000),
+            WsError::ReservedBits
+        );
+        let mut cont = cf(false, opcode::BINARY, &z[..3]);
+        cont.extend(compressed_frame(true, opcode::CONT, &z[3..]));
+        assert_eq!(err(&mut Reader::new(true), cont, 1000), WsError::ReservedBits);
+        // A bomb: more than the message limit once inflated (1009).
+        let e = err(&mut Reader::new(true), compressed_frame(true, opcode::BINARY, &z), 499);
+        assert!(matches!(e, WsError::TooBig { max: 499, .. }), "{e:?}");
+        assert_eq!(e.code(), close::TOO_BIG);
+        // Not deflate data (1007), and text that inflates to bad UTF-8.
+        let e = err(
+            &mut Reader::new(true),
+            compressed_frame(true, opcode::BINARY, &[0xff; 8]),
+            1000,
+        );
+        assert_eq!((e, e.code()), (WsError::BadCompression, close::INVALID_DATA));
+        let bad_text = deflated(&[0xff; 64]);
+        assert_eq!(
+            err(
+                &mut Reader::new(true),
+                compressed_frame(true, opcode::TEXT, &bad_text),
+                1000
+            ),
+            WsError::InvalidUtf8
+        );
     }
 
     #[test]

@@ -93,6 +93,8 @@ pub struct Saved {
     pub state: State,
     /// A fragmented message being assembled.
     pub assembling: Option<super::reader::Assembling>,
+    /// permessage-deflate was negotiated.
+    pub deflate: bool,
 }
 
 /// One WebSocket connection's protocol state.
@@ -108,6 +110,7 @@ impl Session {
         Saved {
             state: self.state,
             assembling: self.reader.save(),
+            deflate: self.reader.deflate(),
         }
     }
 
@@ -115,7 +118,7 @@ impl Session {
     pub fn restore(saved: Saved) -> Session {
         Session {
             state: saved.state,
-            reader: Reader::restore(saved.assembling),
+            reader: Reader::restore(saved.assembling, saved.deflate),
         }
     }
 
@@ -135,7 +138,8 @@ impl Session {
                 Ok(Some(up)) => {
                     let echo = up.path == 1;
                     self.state = State::Open { echo };
-                    let response = response_101(&up.accept);
+                    self.reader = Reader::new(up.deflate.is_some());
+                    let response = response_101(&up.accept, up.deflate.as_ref().map(|a| a.response.as_str()));
                     (Some(Action::Upgraded { response, echo }), up.len)
                 }
                 Err(e) => {
@@ -238,6 +242,7 @@ mod tests {
         UpgradeRules {
             paths: vec!["/sub".into(), "/echo".into()],
             origins: vec![],
+            compression: true,
         }
     }
 

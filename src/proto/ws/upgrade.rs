@@ -7,8 +7,9 @@
 //! `MAX_UPGRADE_BYTES`, checked on every partial parse so a slow or endless
 //! request cannot grow the caller's buffer beyond it.
 //!
-//! Not here: subprotocols and extensions (none are negotiated; a request
-//! that offers permessage-deflate simply gets none).
+//! Extensions: permessage-deflate, when the rules allow it, is answered
+//! here (`deflate::negotiate`); no other extension and no subprotocol is
+//! negotiated.
 
 use bytes::Bytes;
 
@@ -80,6 +81,8 @@ pub struct UpgradeRules {
     pub paths: Vec<String>,
     /// Allowed `Origin` values; empty = any (and requests without Origin).
     pub origins: Vec<String>,
+    /// permessage-deflate may be negotiated (`[ws] compression`).
+    pub compression: bool,
 }
 
 /// An accepted upgrade request.
@@ -91,6 +94,8 @@ pub struct Upgrade {
     pub accept: String,
     /// Bytes of the request (anything after belongs to the WebSocket stream).
     pub len: usize,
+    /// permessage-deflate, if offered, allowed and agreed.
+    pub deflate: Option<super::deflate::Agreed>,
 }
 
 /// Parses and checks an upgrade request. `Ok(None)`: incomplete, read more.
@@ -159,10 +164,21 @@ pub fn parse_upgrade(buf: &[u8], rules: &UpgradeRules) -> Result<Option<Upgrade>
         }
     }
     let key = std::str::from_utf8(key).map_err(|_| UpgradeError::BadRequest("Sec-WebSocket-Key is not ASCII"))?;
+    let deflate = if rules.compression {
+        let offered = req
+            .headers
+            .iter()
+            .filter(|h| h.name.eq_ignore_ascii_case("sec-websocket-extensions"))
+            .filter_map(|h| std::str::from_utf8(h.value).ok());
+        super::deflate::negotiate(offered)
+    } else {
+        None
+    };
     Ok(Some(Upgrade {
         path,
         accept: accept_key(key),
         len,
+        deflate,
     }))
 }
 
@@ -185,10 +201,11 @@ pub fn client_request(path: &str, host: &str) -> String {
     )
 }
 
-/// The 101 response completing the handshake.
-pub fn response_101(accept: &str) -> Bytes {
+/// The 101 response completing the handshake, with the extensions agreed.
+pub fn response_101(accept: &str, extensions: Option<&str>) -> Bytes {
+    let extensions = extensions.map_or(String::new(), |e| format!("Sec-WebSocket-Extensions: {e}\r\n"));
     Bytes::from(format!(
-        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n\r\n"
+        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n{extensions}\r\n"
     ))
 }
 
@@ -200,11 +217,37 @@ mod tests {
         UpgradeRules {
             paths: vec!["/sub".into()],
             origins: vec![],
+            compression: true,
         }
     }
 
     const REQ: &str = "GET /sub?x=1 HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\nConnection: keep-alive, Upgrade\r\n\
                        Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n";
+
+    #[test]
+    fn permessage_deflate_is_agreed_when_offered_and_allowed() {
+        let offer = REQ.replace(
+            "Host: a\r\n",
+            "Host: a\r\nSec-WebSocket-Extensions: x-webkit-deflate-frame\r\nSec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n",
+        );
+        let up = parse_upgrade(offer.as_bytes(), &rules()).unwrap().unwrap();
+        let agreed = up.deflate.expect("agreed");
+        let answer = response_101(&up.accept, Some(&agreed.response));
+        let answer = std::str::from_utf8(&answer).unwrap();
+        assert!(
+            answer.contains("\r\nSec-WebSocket-Extensions: permessage-deflate; server_no_context_takeover; client_no_context_takeover\r\n"),
+            "{answer}"
+        );
+        let off = UpgradeRules {
+            compression: false,
+            ..rules()
+        };
+        assert_eq!(parse_upgrade(offer.as_bytes(), &off).unwrap().unwrap().deflate, None);
+        assert_eq!(parse_upgrade(REQ.as_bytes(), &rules()).unwrap().unwrap().deflate, None);
+        assert!(!std::str::from_utf8(&response_101("k", None))
+            .unwrap()
+            .contains("Extensions"));
+    }
 
     #[test]
     fn the_client_request_is_accepted() {
@@ -260,6 +303,7 @@ mod tests {
         let strict = UpgradeRules {
             paths: vec!["/sub".into()],
             origins: vec!["https://ok.example".into()],
+            compression: false,
         };
         assert_eq!(parse_upgrade(full, &strict), Err(UpgradeError::Forbidden));
         let with = REQ.replace("Host: a\r\n", "Host: a\r\nOrigin: https://ok.example\r\n");

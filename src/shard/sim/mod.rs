@@ -417,6 +417,7 @@ impl Sim {
                 let ws = (t != Transport::Tcp).then_some(ws::session::Saved {
                     state,
                     assembling: None,
+                    deflate: false,
                 });
                 super::handoff::Input {
                     partial: Vec::new(),
