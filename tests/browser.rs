@@ -3,7 +3,9 @@
 //! server that runs JWT auth with the development token endpoint on. Both
 //! tabs must sign in with a development token and connect through
 //! web/volley.js (protocol version 2), see the room's online count reach 2
-//! and the other's arrival as a presence event, and show a message sent
+//! and the other's arrival as a presence event, agree permessage-deflate
+//! with the server (what they send and its big pushes are compressed), and
+//! show a message sent
 //! from one of them as a client publish (no HTTP publish from the page);
 //! closed by the server as slow consumers by a burst, both must resume and
 //! show every message of the burst exactly once; and a reloaded tab must
@@ -38,6 +40,21 @@ impl Drop for Driver {
 
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// `n` letters and digits that deflate cannot shrink much (about 6 bits a
+/// character): padding that stays big when the server compresses it.
+fn noise(n: usize, seed: u64) -> String {
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let mut x = 0x9e37_79b9_7f4a_7c15u64 ^ seed;
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            ALPHABET[(x >> 58) as usize] as char
+        })
+        .collect()
 }
 
 /// One WebDriver command; returns its `value`.
@@ -207,6 +224,16 @@ fn two_tabs_chat_resume_after_a_server_side_close_and_see_history_on_reload() {
         2,
         "two WebSocket clients"
     );
+    // Chromium offered permessage-deflate and the server agreed: what the
+    // tabs send is compressed, and so are the big messages of the burst
+    // below (the small ones go plain).
+    wait_js(
+        &d,
+        &sid,
+        "permessage-deflate agreed",
+        "return document.getElementById('status').dataset.extensions \
+         === 'permessage-deflate; server_no_context_takeover; client_no_context_takeover'",
+    );
     switch(&alice);
     wait_js(
         &d,
@@ -260,12 +287,13 @@ fn two_tabs_chat_resume_after_a_server_side_close_and_see_history_on_reload() {
         );
     }
 
-    // A burst of three 12 KB messages in one request: the tabs' queues pass
-    // their 20,000-byte limit, the server closes both, and each resumes.
+    // A burst of three 14 KB messages in one request (about 10.5 KB each
+    // once compressed): the tabs' queues pass their 20,000-byte limit, the
+    // server closes both, and each resumes.
     let slow_before = common::closes(&h, "slow_consumer");
     let msg = |i: usize| {
         json!({"target": "room", "room": "live://browser", "op": 1000,
-        "body": json!({"from": "bot", "text": format!("big-{i}"), "pad": "x".repeat(12_000)}).to_string()})
+        "body": json!({"from": "bot", "text": format!("big-{i}"), "pad": noise(14_000, i as u64)}).to_string()})
     };
     let burst = json!({"messages": [msg(1), msg(2), msg(3)]}).to_string();
     let (status, v) = common::http(h.http_addr, "POST", "/v1/publish", &[], burst.as_bytes());

@@ -332,9 +332,9 @@ pub struct WsConfig {
     pub origins: Vec<String>,
 
     /// permessage-deflate (RFC 7692) with clients that offer it: "on" or
-    /// "off". Their compressed messages are inflated (to at most the
-    /// message limit); the server's own messages are sent uncompressed for
-    /// now.
+    /// "off". Pushes of 128 bytes or more are compressed once for all of
+    /// them; their compressed messages are inflated (to at most the message
+    /// limit).
     #[arg(id = "ws-compression", long = "ws-compression", value_enum, default_value = "on")]
     pub compression: WsCompression,
 

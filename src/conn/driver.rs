@@ -280,9 +280,13 @@ impl ClientDriver {
             let Some(action) = action else { break };
             match action {
                 Action::Send(bytes) => shard.enqueue_bytes(id, bytes),
-                Action::Upgraded { response, echo } => {
+                Action::Upgraded {
+                    response,
+                    echo,
+                    compressed_sends,
+                } => {
                     shard.enqueue_bytes(id, response);
-                    shard.ws_upgraded(id, echo);
+                    shard.ws_upgraded(id, echo, compressed_sends);
                 }
                 Action::Deliver(payload) => shard.feed_message(id, payload),
                 Action::Alive => shard.ws_pong(id),

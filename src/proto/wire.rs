@@ -4,10 +4,31 @@
 //! Built where a push enters the process (the API) and then only cloned
 //! (a reference-count increment per connection): TCP connections get the
 //! bare protocol frame, WebSocket connections the same frame inside one
-//! binary message. Neither is ever copied per connection.
+//! binary message. Neither is ever copied per connection. WebSocket
+//! connections that agreed permessage-deflate get the message compressed:
+//! once, by the first shard that needs it (the stream starts over for each
+//! message, so the same bytes serve every such connection), and only when
+//! the frame is at least `COMPRESS_MIN` bytes and compressing shrinks it.
 
 use crate::proto::{binary, ws};
 use bytes::Bytes;
+use std::sync::{Arc, OnceLock};
+
+/// Frames shorter than this go uncompressed: deflate's own overhead and
+/// the CPU are not worth it for them.
+pub const COMPRESS_MIN: usize = 128;
+
+/// The form a connection takes its pushes in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Form {
+    /// The bare protocol frame (raw TCP).
+    Tcp,
+    /// One WebSocket binary message.
+    Ws,
+    /// One WebSocket binary message, compressed when that shrinks it
+    /// (permessage-deflate agreed at the full window).
+    WsDeflate,
+}
 
 /// A push frame in every wire format the server speaks.
 #[derive(Debug, Clone)]
@@ -16,6 +37,18 @@ pub struct Wire {
     pub tcp: Bytes,
     /// The same frame as one WebSocket binary message.
     pub ws: Bytes,
+    /// The same message compressed (RSV1 set), made the first time a
+    /// connection that agreed permessage-deflate needs it; `None` inside:
+    /// it would not shrink, the plain message goes. No cell at all for a
+    /// frame under `COMPRESS_MIN` (most replies and small pushes), which
+    /// then costs 8 bytes, not an allocation.
+    wsz: Option<Arc<OnceLock<Option<Bytes>>>>,
+}
+
+thread_local! {
+    /// The shard's compressor: each message compresses on its own, so one
+    /// serves every message the shard compresses.
+    static COMPRESSOR: std::cell::RefCell<ws::deflate::Compressor> = std::cell::RefCell::default();
 }
 
 impl Wire {
@@ -24,13 +57,25 @@ impl Wire {
         Wire::from_tcp(binary::encode_to_bytes(ver, op, seq, body))
     }
 
-    /// The form for a connection of the given transport.
-    pub fn for_transport(&self, websocket: bool) -> &Bytes {
-        if websocket {
-            &self.ws
-        } else {
-            &self.tcp
+    /// The bytes for a connection that takes its pushes in `form`.
+    pub fn for_transport(&self, form: Form) -> &Bytes {
+        match form {
+            Form::Tcp => &self.tcp,
+            Form::Ws => &self.ws,
+            Form::WsDeflate => self.compressed().unwrap_or(&self.ws),
         }
+    }
+
+    /// The compressed message, made on first use; `None` when the frame is
+    /// short or does not shrink.
+    fn compressed(&self) -> Option<&Bytes> {
+        self.wsz
+            .as_ref()?
+            .get_or_init(|| {
+                let z = COMPRESSOR.with(|c| c.borrow_mut().compress(&self.tcp))?;
+                Some(ws::frame::compressed_frame(ws::opcode::BINARY, &z))
+            })
+            .as_ref()
     }
 }
 
@@ -69,12 +114,12 @@ impl Frames {
         })
     }
 
-    /// The form for a connection of protocol `ver` and transport.
-    pub fn for_conn(&self, ver: u16, websocket: bool) -> &Bytes {
+    /// The bytes for a connection of protocol `ver` taking `form`.
+    pub fn for_conn(&self, ver: u16, form: Form) -> &Bytes {
         if ver == binary::VERSION_NATIVE {
-            self.v2.for_transport(websocket)
+            self.v2.for_transport(form)
         } else {
-            self.v1.for_transport(websocket)
+            self.v1.for_transport(form)
         }
     }
 }
@@ -84,6 +129,33 @@ impl Wire {
     /// WebSocket binary message.
     pub fn from_tcp(tcp: Bytes) -> Wire {
         let ws = ws::frame(ws::opcode::BINARY, &tcp);
-        Wire { tcp, ws }
+        let wsz = (tcp.len() >= COMPRESS_MIN).then(Arc::default);
+        Wire { tcp, ws, wsz }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::ws::deflate::Inflater;
+    use crate::proto::ws::frame::{parse_header_from, Sender};
+
+    #[test]
+    fn a_push_is_compressed_once_for_every_deflate_connection_and_only_when_it_shrinks() {
+        let body = br#"{"from":"bot","text":"the same words again and again and again"}"#.repeat(6);
+        let w = Wire::encode(binary::VERSION_NATIVE, 44, 0, &body);
+        let z = w.for_transport(Form::WsDeflate).clone();
+        // The same bytes each time: compressed once, then shared.
+        assert_eq!(w.clone().for_transport(Form::WsDeflate).as_ptr(), z.as_ptr());
+        let h = parse_header_from(&z, Sender::Server).unwrap().unwrap();
+        assert!(h.rsv1 && h.fin);
+        assert!(z.len() < w.ws.len() / 2, "{} of {}", z.len(), w.ws.len());
+        let plain = Inflater::default().inflate(&z[h.size..], 1 << 20).unwrap();
+        assert_eq!(plain, w.tcp);
+        // Plain forms are untouched, and a short push goes plain.
+        assert_eq!(w.for_transport(Form::Ws), &w.ws);
+        assert_eq!(w.for_transport(Form::Tcp), &w.tcp);
+        let short = Wire::encode(binary::VERSION_NATIVE, 44, 0, b"hi");
+        assert_eq!(short.for_transport(Form::WsDeflate), &short.ws);
     }
 }

@@ -203,8 +203,10 @@ impl Shard {
     pub(super) fn on_presence_frame(&mut self, room: &str, wire: &Wire) {
         let targets = self.index.watched.mine.get(room).cloned().unwrap_or_default();
         for r in targets {
-            let ws = self.conn(r).is_some_and(|c| c.transport == super::conns::Transport::Ws);
-            self.enqueue_bytes(r, wire.for_transport(ws).clone());
+            let Some(transport) = self.conn(r).map(|c| c.transport) else {
+                continue;
+            };
+            self.enqueue_bytes(r, wire.for_transport(transport.form()).clone());
         }
     }
 

@@ -193,6 +193,16 @@ pub fn frame(op: u8, payload: &[u8]) -> Bytes {
     b.freeze()
 }
 
+/// A FIN, unmasked data frame whose payload is a compressed message
+/// (permessage-deflate: RSV1 set).
+pub fn compressed_frame(op: u8, payload: &[u8]) -> Bytes {
+    let mut b = BytesMut::with_capacity(10 + payload.len());
+    b.put_u8(0x80 | 0x40 | op);
+    put_len(&mut b, 0, payload.len());
+    b.put_slice(payload);
+    b.freeze()
+}
+
 /// Writes a FIN, unmasked frame header for `len` payload bytes.
 pub fn put_header(b: &mut BytesMut, op: u8, len: usize) {
     b.put_u8(0x80 | op);

@@ -51,6 +51,9 @@ pub enum Action<'a> {
         response: Bytes,
         /// Connected to the echo endpoint.
         echo: bool,
+        /// permessage-deflate was agreed at the full window: pushes may go
+        /// compressed.
+        compressed_sends: bool,
     },
     /// A binary message on the protocol endpoint: whole protocol frames.
     Deliver(&'a [u8]),
@@ -140,7 +143,13 @@ impl Session {
                     self.state = State::Open { echo };
                     self.reader = Reader::new(up.deflate.is_some());
                     let response = response_101(&up.accept, up.deflate.as_ref().map(|a| a.response.as_str()));
-                    (Some(Action::Upgraded { response, echo }), up.len)
+                    let compressed_sends = up.deflate.is_some_and(|a| a.compressed_sends);
+                    let upgraded = Action::Upgraded {
+                        response,
+                        echo,
+                        compressed_sends,
+                    };
+                    (Some(upgraded), up.len)
                 }
                 Err(e) => {
                     self.state = State::Closed;
@@ -261,7 +270,7 @@ mod tests {
             let Some(a) = action else { break };
             out.push(match a {
                 Action::Send(b) => format!("send {:02x?}", &b[..b.len().min(4)]),
-                Action::Upgraded { response, echo } => {
+                Action::Upgraded { response, echo, .. } => {
                     assert!(response.starts_with(b"HTTP/1.1 101"));
                     format!("upgraded echo={echo}")
                 }

@@ -98,7 +98,7 @@ impl Shard {
         let tick = self.conns.wheel.now();
         let owed: Vec<(Push, u64)> = (self.store.inbox.take(mid, tick).iter())
             .filter_map(|e| {
-                let tcp = e.frames.v2.for_transport(false);
+                let tcp = e.frames.v2.for_transport(crate::proto::wire::Form::Tcp);
                 let env = crate::proto::v2::decode_push(tcp.get(binary::HEADER_LEN..)?).ok()?;
                 let left = e.ttl_end.saturating_sub(tick);
                 let push = Push {

@@ -343,7 +343,8 @@ impl Shard {
                 } else {
                     0
                 };
-                let goodbye = reason.notifies_client() && matches!(c.transport, Transport::Tcp | Transport::Ws);
+                let goodbye = reason.notifies_client()
+                    && matches!(c.transport, Transport::Tcp | Transport::Ws | Transport::WsDeflate);
                 let close_code = if c.transport.websocket_open() {
                     ws_code.or_else(|| reason.ws_close_code())
                 } else {
@@ -390,7 +391,7 @@ impl Shard {
     /// WebSocket frames. Echo connections skip auth and live until their
     /// heartbeat deadline, which nothing renews (the endpoint is for
     /// conformance runs, not for holding connections).
-    pub fn ws_upgraded(&mut self, r: ConnRef, echo: bool) {
+    pub fn ws_upgraded(&mut self, r: ConnRef, echo: bool, compressed_sends: bool) {
         let heartbeat = self.cfg().client.heartbeat_timeout_secs;
         let now = self.conns.wheel.now();
         let Some(c) = self.conn_mut(r) else { return };
@@ -398,6 +399,8 @@ impl Shard {
             c.transport = Transport::WsEcho;
             c.deadline = now + heartbeat;
             self.schedule(r);
+        } else if compressed_sends {
+            c.transport = Transport::WsDeflate;
         } else {
             c.transport = Transport::Ws;
         }

@@ -78,19 +78,38 @@ pub enum Transport {
     Ws,
     /// WebSocket echo endpoint (conformance testing): no protocol, no pushes.
     WsEcho,
+    /// As `Ws`, with permessage-deflate agreed at the full window: a push
+    /// goes compressed when that shrinks it (`Wire::for_transport`).
+    WsDeflate,
 }
 
 impl Transport {
     /// The upgrade is done: WebSocket frames flow.
     pub fn websocket_open(self) -> bool {
-        matches!(self, Transport::Ws | Transport::WsEcho)
+        matches!(self, Transport::Ws | Transport::WsEcho | Transport::WsDeflate)
+    }
+
+    /// WebSocket carrying the protocol (pushes go to it).
+    pub fn protocol_ws(self) -> bool {
+        matches!(self, Transport::Ws | Transport::WsDeflate)
+    }
+
+    /// The form its pushes take.
+    pub fn form(self) -> crate::proto::wire::Form {
+        use crate::proto::wire::Form;
+        match self {
+            Transport::Ws | Transport::WsEcho | Transport::WsUpgrading => Form::Ws,
+            Transport::WsDeflate => Form::WsDeflate,
+            Transport::Tcp => Form::Tcp,
+        }
     }
 
     /// A protocol frame in this connection's wire form (one binary message
     /// on WebSocket).
     pub fn frame(self, ver: u16, op: u32, seq: u32, body: &[u8]) -> Bytes {
         let frame = binary::encode_to_bytes(ver, op, seq, body);
-        if self == Transport::Ws {
+        // Replies are small: never worth compressing.
+        if self.protocol_ws() {
             ws::frame(ws::opcode::BINARY, &frame)
         } else {
             frame

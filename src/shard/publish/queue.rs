@@ -13,7 +13,7 @@ use crate::metrics::ShardStats;
 use crate::proto::binary;
 use crate::proto::close::CloseReason;
 use crate::proto::wire::{Frames, Wire};
-use crate::shard::conns::{Conn, Session, Transport};
+use crate::shard::conns::{Conn, Session};
 use crate::shard::mesh::ConnRef;
 use crate::shard::outbound::{PushError, ENTRY_OVERHEAD};
 use crate::shard::state::Shard;
@@ -30,9 +30,7 @@ impl Shard {
     /// `among` connections of this shard, which share its bytes in the
     /// outbound budget (`Outbound::mem`).
     pub(in crate::shard) fn enqueue(&mut self, r: ConnRef, frames: &Frames, among: usize) {
-        self.enqueue_with(r, among, |c| {
-            frames.for_conn(c.ver, c.transport == Transport::Ws).clone()
-        });
+        self.enqueue_with(r, among, |c| frames.for_conn(c.ver, c.transport.form()).clone());
     }
 
     /// Queues a replayed history frame in `r`'s transport form; what does
@@ -46,7 +44,7 @@ impl Shard {
         if c.close.is_some() {
             return;
         }
-        let frame = wire.for_transport(c.transport == Transport::Ws).clone();
+        let frame = wire.for_transport(c.transport.form()).clone();
         let Session::V2(v2) = &mut c.session else { return };
         let into_queue =
             v2.held.is_empty() && (c.out.is_empty() || c.out.cost() + frame.len() + ENTRY_OVERHEAD <= limit);

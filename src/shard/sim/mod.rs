@@ -139,7 +139,7 @@ impl Sim {
     /// A new connection on `shard` whose WebSocket upgrade was answered.
     pub fn connect_ws(&mut self, shard: usize) -> Peer {
         let p = self.connect_as(shard, Transport::WsUpgrading);
-        self.shards[shard].ws_upgraded(p.conn, false);
+        self.shards[shard].ws_upgraded(p.conn, false, false);
         p
     }
 
