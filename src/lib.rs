@@ -69,7 +69,8 @@
 //!   fan-out queued (batched on io_uring).
 //! - [`api`]: the application-server side: HTTP API, TCP publishers, the
 //!   one publish path both take, and their connections' cap, deadlines and
-//!   body memory (`api::conns`).
+//!   body memory (`api::conns`); TCP publishers park for an upgrade in
+//!   place (`api::tcp_handoff`).
 //! - [`auth`]: the API key check (constant time) and client tokens (JWT).
 //! - [`redis`]: cluster mode's Redis side (named for what it talks to, so
 //!   that "cluster" names one thing, `shard::cluster`): each shard's pipelined links
@@ -79,7 +80,7 @@
 //!   presence notes nodes leave each other, and Redis operations as values
 //!   with the per-shard driver that runs them (`redis::ops`).
 //! - [`proto`]: sans-IO codecs and policies (frames, batches, bodies, close
-//!   reasons, room patterns, version 2, WebSocket).
+//!   reasons, room patterns, version 2, WebSocket with permessage-deflate).
 //! - [`disk`]: the durable store's segment format (records framed with a
 //!   CRC32C, read back past torn writes and damage) and its records (room
 //!   messages and positions, pushes, acks, marks, ids seen, checkpoints),
@@ -88,8 +89,9 @@
 //! - [`handoff`]: `volley upgrade`: what crosses to the next process
 //!   (descriptors over a Unix socket pair, versioned messages), taking
 //!   every shard's listeners and connections from a running server and
-//!   giving them back if the next process does not take over, and the
-//!   conversation between the two processes (docs/UPGRADE.md).
+//!   giving them back if the next process does not take over, the
+//!   conversation between the two processes, and which binary it may start
+//!   (docs/UPGRADE.md).
 //! - [`metrics`]: counters and histograms, as JSON and Prometheus text.
 //! - [`host`]: `volley check-host`, what on this host is not tuned.
 //! - [`sub`]: `volley sub`, a terminal subscriber (blocking sockets, a
