@@ -270,6 +270,9 @@ fn two_tabs_chat_resume_after_a_server_side_close_and_see_history_on_reload() {
         );
     }
     assert_eq!(stat("client_publishes"), 1, "sent as a client publish");
+    // Chromium compressed it, and the server inflated it (counted by the
+    // shards' sweep, once a second).
+    common::wait_until("the publish inflated", || stat("ws_inflated") >= 1);
     assert_eq!(stat("published"), api_before, "nothing through the publish API");
 
     // What README's *Try it* sends with curl: a goim room push whose body
@@ -301,6 +304,7 @@ fn two_tabs_chat_resume_after_a_server_side_close_and_see_history_on_reload() {
     common::wait_until("both tabs closed as slow consumers", || {
         common::closes(&h, "slow_consumer") >= slow_before + 2
     });
+    common::wait_until("the burst compressed", || stat("ws_compressed") >= 3);
     let once = |text: &str| {
         format!(
             "return [...document.querySelectorAll('#messages li')].filter(li => li.textContent === '{text}').length === 1 \

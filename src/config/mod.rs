@@ -332,11 +332,16 @@ pub struct WsConfig {
     pub origins: Vec<String>,
 
     /// permessage-deflate (RFC 7692) with clients that offer it: "on" or
-    /// "off". Pushes of 128 bytes or more are compressed once for all of
-    /// them; their compressed messages are inflated (to at most the message
-    /// limit).
+    /// "off". Pushes of `compression_min_bytes` or more are compressed once
+    /// for all of them; their compressed messages are inflated (to at most
+    /// the message limit).
     #[arg(id = "ws-compression", long = "ws-compression", value_enum, default_value = "on")]
     pub compression: WsCompression,
+
+    /// Smallest push (its protocol frame, in bytes) that is compressed for
+    /// connections that agreed permessage-deflate; smaller ones go plain.
+    #[arg(id = "ws-compression-min-bytes", long = "ws-compression-min-bytes", default_value_t = crate::proto::wire::COMPRESS_MIN)]
+    pub compression_min_bytes: usize,
 
     /// Serve a WebSocket echo endpoint at `echo_path` on the WebSocket
     /// listener, for conformance suites (Autobahn). Off in production.

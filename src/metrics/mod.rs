@@ -145,6 +145,8 @@ shard_stats! {
     Counter budget_closes: "Connections closed as slow consumers because the shard's queues passed its share of [limits] outbound_budget.";
     Counter left_ungranted: "Rooms and patterns version-2 connections were taken out of because a refreshed token no longer allowed them.";
     Counter client_publishes: "Version-2 client publishes (op 52) accepted and sent to the room's owner.";
+    Counter ws_compressed: "Pushes compressed (permessage-deflate), once each for every WebSocket connection that agreed it.";
+    Counter ws_inflated: "Compressed WebSocket messages from clients inflated (permessage-deflate).";
     Gauge pattern_bytes: "Bytes the shard's pattern index takes ([client] pattern_memory counts these).";
     Counter pattern_refused: "Pattern subscriptions refused because the shard's index held its share of [client] pattern_memory.";
     Counter pattern_publishes: "Rooms an API publish to a pattern reached on this shard (as their owner).";

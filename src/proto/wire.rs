@@ -8,15 +8,27 @@
 //! connections that agreed permessage-deflate get the message compressed:
 //! once, by the first shard that needs it (the stream starts over for each
 //! message, so the same bytes serve every such connection), and only when
-//! the frame is at least `COMPRESS_MIN` bytes and compressing shrinks it.
+//! the frame is at least `[ws] compression_min_bytes` (`set_compress_min`)
+//! and compressing shrinks it.
 
 use crate::proto::{binary, ws};
 use bytes::Bytes;
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, OnceLock};
 
-/// Frames shorter than this go uncompressed: deflate's own overhead and
-/// the CPU are not worth it for them.
+/// The default of `[ws] compression_min_bytes`: frames shorter than this go
+/// uncompressed, deflate's own overhead and the CPU not being worth it.
 pub const COMPRESS_MIN: usize = 128;
+
+/// Frames shorter than this get no compressed form (`usize::MAX`:
+/// compression is off). Process-wide: set once as the server starts.
+static MIN: AtomicUsize = AtomicUsize::new(COMPRESS_MIN);
+
+/// Sets the smallest frame that may be compressed (`None`: compression
+/// off, no frame gets a compressed form or its cell).
+pub fn set_compress_min(min: Option<usize>) {
+    MIN.store(min.unwrap_or(usize::MAX), Relaxed);
+}
 
 /// The form a connection takes its pushes in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -40,8 +52,8 @@ pub struct Wire {
     /// The same message compressed (RSV1 set), made the first time a
     /// connection that agreed permessage-deflate needs it; `None` inside:
     /// it would not shrink, the plain message goes. No cell at all for a
-    /// frame under `COMPRESS_MIN` (most replies and small pushes), which
-    /// then costs 8 bytes, not an allocation.
+    /// frame under the minimum (most replies and small pushes), which then
+    /// costs 8 bytes, not an allocation.
     wsz: Option<Arc<OnceLock<Option<Bytes>>>>,
 }
 
@@ -73,6 +85,7 @@ impl Wire {
             .as_ref()?
             .get_or_init(|| {
                 let z = COMPRESSOR.with(|c| c.borrow_mut().compress(&self.tcp))?;
+                ws::deflate::count_compressed();
                 Some(ws::frame::compressed_frame(ws::opcode::BINARY, &z))
             })
             .as_ref()
@@ -129,7 +142,7 @@ impl Wire {
     /// WebSocket binary message.
     pub fn from_tcp(tcp: Bytes) -> Wire {
         let ws = ws::frame(ws::opcode::BINARY, &tcp);
-        let wsz = (tcp.len() >= COMPRESS_MIN).then(Arc::default);
+        let wsz = (tcp.len() >= MIN.load(Relaxed)).then(Arc::default);
         Wire { tcp, ws, wsz }
     }
 }

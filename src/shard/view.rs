@@ -122,7 +122,11 @@ impl Shared {
                     .chain(config.ws.echo.then(|| config.ws.echo_path.clone()))
                     .collect(),
                 origins: config.ws.origins.clone(),
-                compression: config.ws.compression == crate::config::WsCompression::On,
+                compression: {
+                    let on = config.ws.compression == crate::config::WsCompression::On;
+                    crate::proto::wire::set_compress_min(on.then_some(config.ws.compression_min_bytes));
+                    on
+                },
             },
             admission: Admission::default(),
             verifier: None,

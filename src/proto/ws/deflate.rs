@@ -254,11 +254,28 @@ thread_local! {
     /// The shard's inflater: every connection's messages inflate from a
     /// fresh state, so one serves them all.
     static INFLATER: std::cell::RefCell<Inflater> = std::cell::RefCell::new(Inflater::default());
+    /// Messages compressed and inflated on this thread since `take_counts`.
+    static COUNTS: std::cell::Cell<(u64, u64)> = const { std::cell::Cell::new((0, 0)) };
 }
 
 /// `compressed` inflated by this thread's inflater (`Inflater::inflate`).
 pub fn inflate_here(compressed: &[u8], limit: usize) -> Result<Vec<u8>, InflateError> {
-    INFLATER.with(|i| i.borrow_mut().inflate(compressed, limit))
+    let r = INFLATER.with(|i| i.borrow_mut().inflate(compressed, limit));
+    if r.is_ok() {
+        COUNTS.with(|c| c.set((c.get().0, c.get().1 + 1)));
+    }
+    r
+}
+
+/// A message was compressed on this thread (`proto::wire`).
+pub fn count_compressed() {
+    COUNTS.with(|c| c.set((c.get().0 + 1, c.get().1)));
+}
+
+/// Messages compressed and inflated on this thread since the last call
+/// (the shard's sweep adds them to its counters).
+pub fn take_counts() -> (u64, u64) {
+    COUNTS.with(|c| c.replace((0, 0)))
 }
 
 /// Why a compressed client message was refused.

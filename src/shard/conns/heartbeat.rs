@@ -133,6 +133,9 @@ impl Shard {
             self.shed(true);
         }
         self.stats().outbound_queued.store(self.out.queued as u64, Relaxed);
+        let (compressed, inflated) = crate::proto::ws::deflate::take_counts();
+        ShardStats::add(&self.stats().ws_compressed, compressed);
+        ShardStats::add(&self.stats().ws_inflated, inflated);
         self.stats()
             .pattern_bytes
             .store(self.index.patterns.bytes() as u64, Relaxed);
