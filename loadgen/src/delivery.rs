@@ -13,12 +13,13 @@
 //! Runs on the main thread (publishing, waiting, reporting); the
 //! connections are `v2client`'s threads.
 
-use crate::broadcast::{room_publisher, Publish};
+use crate::broadcast::room_publisher;
 use crate::cli::{Common, Load, MixArgs};
 use crate::payload::{stamp, STAMP_LEN};
 use crate::procfs::{procs_usage, tick_secs};
-use crate::publish::{get_json, HttpPublisher, TcpPublisher};
+use crate::publish::{get_json, TcpPublisher};
 use crate::report;
+use crate::retrying::{retrying_publisher, spawn_pusher, Retrying};
 use crate::run::now_ns;
 use crate::stats::new_hist;
 use crate::v2client::mix::{Kind, Mix};
@@ -119,100 +120,6 @@ pub struct Churn {
     /// Which connections are what (WebSocket, version 1, patterns), the
     /// heartbeat and the pushes to users.
     pub mix: MixArgs,
-}
-
-/// HTTP posts that are retried (reconnecting) for up to `retry` while the
-/// server is away: with message ids in the paths and the durable store,
-/// each is published exactly once across a restart or an upgrade.
-struct Retrying {
-    http: SocketAddr,
-    api_key: String,
-    retry: Duration,
-    conn: Option<HttpPublisher>,
-}
-
-impl Retrying {
-    fn new(http: SocketAddr, api_key: &str, retry: Duration) -> Self {
-        Retrying {
-            http,
-            api_key: api_key.to_string(),
-            retry,
-            conn: None,
-        }
-    }
-
-    fn post(&mut self, path: &str, body: &[u8]) -> Result<()> {
-        let until = Instant::now() + self.retry;
-        loop {
-            if self.conn.is_none() {
-                self.conn = HttpPublisher::connect(self.http, &self.api_key).ok();
-            }
-            let sent = match self.conn.as_mut() {
-                Some(c) => c.post(path, body),
-                None => Err(anyhow::anyhow!("cannot connect to {}", self.http)),
-            };
-            match sent {
-                Ok(()) => return Ok(()),
-                Err(e) if Instant::now() >= until => return Err(e),
-                Err(_) => {
-                    self.conn = None;
-                    std::thread::sleep(Duration::from_millis(50));
-                }
-            }
-        }
-    }
-}
-
-/// Publishes each message to `room` over HTTP with message id
-/// `RUN-SEQ`, retried while the server is away (`Retrying`).
-fn retrying_publisher(room: &str, http: SocketAddr, api_key: &str, size: usize, retry: Duration) -> Result<Publish> {
-    let (typ, rid) = room.split_once("://").context("--room must be type://id")?;
-    let base = format!(
-        "/goim/push/room?operation={BENCH_OP}&type={typ}&room={rid}&id=churn{}-",
-        std::process::id()
-    );
-    let mut payload = vec![b'x'; size];
-    let mut poster = Retrying::new(http, api_key, retry);
-    Ok(Box::new(move |seq, ns| {
-        stamp(&mut payload, seq, ns);
-        poster.post(&format!("{base}{seq}"), &payload)
-    }))
-}
-
-/// The op of the pushes to users (the room's is `BENCH_OP`).
-const USER_OP: u32 = BENCH_OP + 1;
-
-/// Pushes to users at `rate` a second while `shared.churning` is set,
-/// each to the next of `mids`, time-stamped with its own sequence and
-/// carrying a message id; answers how many were published.
-fn spawn_pusher(
-    mut poster: Retrying,
-    rate: u64,
-    mids: Vec<i64>,
-    size: usize,
-    shared: Arc<Shared>,
-) -> std::thread::JoinHandle<Result<u64>> {
-    std::thread::spawn(move || {
-        let run = std::process::id();
-        let mut payload = vec![b'u'; size.max(STAMP_LEN)];
-        let start = Instant::now();
-        let mut seq = 0u64;
-        while shared.churning.load(Relaxed) && !mids.is_empty() {
-            let due = start + Duration::from_secs_f64(seq as f64 / rate as f64);
-            if let Some(d) = due.checked_duration_since(Instant::now()) {
-                std::thread::sleep(d.min(Duration::from_millis(50)));
-                continue;
-            }
-            let mid = mids[seq as usize % mids.len()];
-            stamp(&mut payload, seq, now_ns(shared.base));
-            poster.post(
-                &format!("/goim/push/mids?operation={USER_OP}&mids={mid}&id=push{run}-{seq}"),
-                &payload,
-            )?;
-            seq += 1;
-        }
-        Ok(seq)
-    })
 }
 
 /// The `churn` mode.

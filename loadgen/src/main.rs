@@ -47,6 +47,7 @@ mod publish;
 mod ramp;
 mod recv;
 mod report;
+mod retrying;
 mod run;
 mod stats;
 mod subscribe;
